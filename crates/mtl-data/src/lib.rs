@@ -1,0 +1,566 @@
+//! # mtl-data
+//!
+//! Reads CSV files (header row, one example per line) into [`EncodedData`], streaming:
+//! records are parsed one at a time into reused byte buffers and only the encoded ids and
+//! numbers are kept. It sits in its own crate so that model crates never link CSV code.
+//!
+//! A bad row (wrong number of columns, unparsable number, NaN or infinity, id outside its
+//! vocabulary, binary label other than 0/1) is an error naming the file, the line and the
+//! column, unless the policy is [`BadRowPolicy::Skip`], which counts and reports it.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use mtl_features::schema::ValidSchema;
+use mtl_features::state::parse_dense_for_fit;
+use mtl_features::{CellError, EncodedData, Encoder, FeatureError, FeatureState, StateFitter};
+use thiserror::Error;
+
+/// Errors of the data layer; every one names the file, and a row error the line and column.
+#[derive(Debug, Error)]
+pub enum DataError {
+    /// The file could not be opened or read.
+    #[error("{file}: {message}")]
+    Io {
+        /// The file.
+        file: String,
+        /// What failed.
+        message: String,
+    },
+    /// The schema names a column the file's header lacks.
+    #[error("{file}: no column `{column}` in the header (needed by {field}); the header has: {header}")]
+    MissingColumn {
+        /// The file.
+        file: String,
+        /// The missing column.
+        column: String,
+        /// Which schema entry needs it.
+        field: String,
+        /// The columns present (first few).
+        header: String,
+    },
+    /// A row the policy did not allow.
+    #[error("{file}:{line}: column `{column}`: {message}")]
+    BadRow {
+        /// The file.
+        file: String,
+        /// 1-based line number.
+        line: u64,
+        /// The column (or `<row>` for a row-level fault).
+        column: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The file has no data rows (or every row was skipped).
+    #[error("{file}: no usable data rows")]
+    Empty {
+        /// The file.
+        file: String,
+    },
+    /// A feature-layer error.
+    #[error(transparent)]
+    Feature(#[from] FeatureError),
+}
+
+/// What to do with a row that cannot be encoded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum BadRowPolicy {
+    /// Stop with an error naming file, line and column (default).
+    #[default]
+    Fail,
+    /// Drop the row, count it and keep the first few messages for the report.
+    Skip,
+}
+
+impl std::str::FromStr for BadRowPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "fail" => Ok(Self::Fail),
+            "skip" => Ok(Self::Skip),
+            other => Err(format!(
+                "unknown bad-row policy `{other}` (expected fail or skip)"
+            )),
+        }
+    }
+}
+
+/// What a read saw.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReadReport {
+    /// The file read.
+    pub file: String,
+    /// Rows kept.
+    pub rows: u64,
+    /// Rows skipped under [`BadRowPolicy::Skip`].
+    pub skipped: u64,
+    /// The first few skip reasons (`file:line: column: message`).
+    pub examples: Vec<String>,
+}
+
+impl fmt::Display for ReadReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {} rows", self.file, self.rows)?;
+        if self.skipped > 0 {
+            write!(f, ", {} skipped", self.skipped)?;
+            if let Some(first) = self.examples.first() {
+                write!(f, " (first: {first})")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+const MAX_EXAMPLES: usize = 5;
+
+/// Column positions of every schema entry in one file.
+#[derive(Debug, Clone)]
+struct ColumnMap {
+    sparse: Vec<usize>,
+    sequence: Vec<usize>,
+    dense: Vec<usize>,
+    labels: Vec<usize>,
+    names: Vec<String>,
+    width: usize,
+}
+
+fn column_map(
+    file: &str,
+    header: &csv::StringRecord,
+    schema: &ValidSchema,
+    need_labels: bool,
+) -> Result<ColumnMap, DataError> {
+    let index: HashMap<&str, usize> = header.iter().enumerate().map(|(i, h)| (h.trim(), i)).collect();
+    let find = |column: &str, field: String| {
+        index.get(column).copied().ok_or_else(|| {
+            let mut shown: Vec<&str> = header.iter().take(12).collect();
+            if header.len() > 12 {
+                shown.push("…");
+            }
+            DataError::MissingColumn {
+                file: file.to_string(),
+                column: column.to_string(),
+                field,
+                header: shown.join(","),
+            }
+        })
+    };
+    let s = &schema.schema;
+    let sparse = s
+        .sparse
+        .iter()
+        .enumerate()
+        .map(|(i, f)| find(f.column(), format!("sparse[{i}] `{}`", f.name)))
+        .collect::<Result<_, _>>()?;
+    let sequence = s
+        .sequence
+        .iter()
+        .enumerate()
+        .map(|(i, f)| find(f.column(), format!("sequence[{i}] `{}`", f.name)))
+        .collect::<Result<_, _>>()?;
+    let dense = s
+        .dense
+        .iter()
+        .enumerate()
+        .map(|(i, f)| find(f.column(), format!("dense[{i}] `{}`", f.name)))
+        .collect::<Result<_, _>>()?;
+    let labels = if need_labels {
+        s.labels
+            .iter()
+            .enumerate()
+            .map(|(i, f)| find(f.column(), format!("labels[{i}] `{}`", f.name)))
+            .collect::<Result<_, _>>()?
+    } else {
+        Vec::new()
+    };
+    Ok(ColumnMap {
+        sparse,
+        sequence,
+        dense,
+        labels,
+        names: header.iter().map(str::to_string).collect(),
+        width: header.len(),
+    })
+}
+
+/// A CSV file opened against a schema: header checked, rows streamed.
+pub struct CsvSource {
+    file: String,
+    reader: csv::Reader<std::fs::File>,
+    columns: ColumnMap,
+    record: csv::ByteRecord,
+}
+
+/// One row's cells, as the encoder and fitter see them.
+struct Row<'a> {
+    record: &'a csv::ByteRecord,
+}
+
+impl Row<'_> {
+    fn cell(&self, i: usize) -> Result<&str, CellError> {
+        std::str::from_utf8(self.record.get(i).unwrap_or(b""))
+            .map_err(|_| CellError::NotANumber("<invalid UTF-8>".into()))
+    }
+}
+
+impl CsvSource {
+    /// Opens `path` and maps the schema's columns; labels are required when `need_labels`.
+    pub fn open(path: impl AsRef<Path>, schema: &ValidSchema, need_labels: bool) -> Result<Self, DataError> {
+        let path = path.as_ref();
+        let file = path.display().to_string();
+        let io = |e: &dyn fmt::Display| DataError::Io {
+            file: file.clone(),
+            message: e.to_string(),
+        };
+        let mut reader = csv::ReaderBuilder::new()
+            .flexible(true)
+            .has_headers(true)
+            .from_path(path)
+            .map_err(|e| io(&e))?;
+        let header = reader.headers().map_err(|e| io(&e))?.clone();
+        let columns = column_map(&file, &header, schema, need_labels)?;
+        Ok(Self {
+            file,
+            reader,
+            columns,
+            record: csv::ByteRecord::new(),
+        })
+    }
+
+    /// The file name used in messages.
+    pub fn file(&self) -> &str {
+        &self.file
+    }
+
+    /// Position of a named column in the header.
+    pub fn column_index(&self, name: &str) -> Option<usize> {
+        self.columns.names.iter().position(|n| n == name)
+    }
+
+    /// Advances to the next record; `Ok(None)` at the end. Row-level faults carry the line.
+    fn next_record(&mut self) -> Result<Option<u64>, DataError> {
+        match self.reader.read_byte_record(&mut self.record) {
+            Ok(false) => Ok(None),
+            Ok(true) => Ok(Some(self.record.position().map_or(0, |p| p.line()))),
+            Err(e) => {
+                let line = e.position().map_or(0, |p| p.line());
+                Err(DataError::BadRow {
+                    file: self.file.clone(),
+                    line,
+                    column: "<row>".into(),
+                    message: e.to_string(),
+                })
+            }
+        }
+    }
+
+    fn bad(&self, line: u64, column: usize, e: impl fmt::Display) -> DataError {
+        DataError::BadRow {
+            file: self.file.clone(),
+            line,
+            column: self
+                .columns
+                .names
+                .get(column)
+                .cloned()
+                .unwrap_or_else(|| format!("#{column}")),
+            message: e.to_string(),
+        }
+    }
+
+    fn check_width(&self, line: u64) -> Result<(), DataError> {
+        if self.record.len() != self.columns.width {
+            return Err(DataError::BadRow {
+                file: self.file.clone(),
+                line,
+                column: "<row>".into(),
+                message: format!(
+                    "{} columns, the header has {}",
+                    self.record.len(),
+                    self.columns.width
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Encodes the next up to `max_rows` good rows into `out`; returns how many were read.
+    /// Extra output columns (`passthrough`) are appended per kept row as raw text.
+    pub fn read_chunk(
+        &mut self,
+        encoder: &Encoder,
+        policy: BadRowPolicy,
+        max_rows: usize,
+        out: &mut EncodedData,
+        report: &mut ReadReport,
+        mut passthrough: Option<(usize, &mut Vec<String>)>,
+    ) -> Result<usize, DataError> {
+        let schema = encoder.schema();
+        let n_seq = schema.n_sequence();
+        let mut kept = 0;
+        while kept < max_rows {
+            let line = match self.next_record() {
+                Ok(Some(line)) => line,
+                Ok(None) => break,
+                Err(e) => match policy {
+                    BadRowPolicy::Fail => return Err(e),
+                    BadRowPolicy::Skip => {
+                        note_skip(report, &e);
+                        continue;
+                    }
+                },
+            };
+            let start = (
+                out.sparse.len(),
+                out.sequence.len(),
+                out.seq_len.len(),
+                out.dense.len(),
+                out.labels.len(),
+            );
+            match self.encode_row(encoder, line, n_seq, out) {
+                Ok(()) => {
+                    kept += 1;
+                    out.rows += 1;
+                    if let Some((col, values)) = passthrough.as_mut() {
+                        values
+                            .push(String::from_utf8_lossy(self.record.get(*col).unwrap_or(b"")).into_owned());
+                    }
+                }
+                Err(e) => {
+                    out.sparse.truncate(start.0);
+                    out.sequence.truncate(start.1);
+                    out.seq_len.truncate(start.2);
+                    out.dense.truncate(start.3);
+                    out.labels.truncate(start.4);
+                    match policy {
+                        BadRowPolicy::Fail => return Err(e),
+                        BadRowPolicy::Skip => note_skip(report, &e),
+                    }
+                }
+            }
+        }
+        report.rows += kept as u64;
+        Ok(kept)
+    }
+
+    fn encode_row(
+        &self,
+        encoder: &Encoder,
+        line: u64,
+        n_seq: usize,
+        out: &mut EncodedData,
+    ) -> Result<(), DataError> {
+        self.check_width(line)?;
+        let row = Row { record: &self.record };
+        let schema = encoder.schema();
+        let n_sparse = schema.n_sparse();
+        for (f, &col) in self.columns.sparse.iter().enumerate() {
+            let id = row
+                .cell(col)
+                .and_then(|t| encoder.encode_id(f, t))
+                .map_err(|e| self.bad(line, col, e))?;
+            out.sparse.push(id);
+        }
+        for (s, &col) in self.columns.sequence.iter().enumerate() {
+            let spec = &schema.schema.sequence[s];
+            let text = row.cell(col).map_err(|e| self.bad(line, col, e))?;
+            let mut len = 0u32;
+            for part in text
+                .split(spec.delimiter.as_str())
+                .filter(|p| !p.trim().is_empty())
+                .take(spec.max_len)
+            {
+                let id = encoder
+                    .encode_id(n_sparse + s, part)
+                    .map_err(|e| self.bad(line, col, e))?;
+                out.sequence.push(id);
+                len += 1;
+            }
+            out.sequence
+                .extend(std::iter::repeat_n(0, spec.max_len - len as usize));
+            out.seq_len.push(len);
+        }
+        debug_assert_eq!(out.seq_len.len() % n_seq.max(1), 0);
+        for (d, &col) in self.columns.dense.iter().enumerate() {
+            let v = row
+                .cell(col)
+                .and_then(|t| encoder.encode_dense(d, t))
+                .map_err(|e| self.bad(line, col, e))?;
+            out.dense.push(v);
+        }
+        for (l, &col) in self.columns.labels.iter().enumerate() {
+            let v = row
+                .cell(col)
+                .and_then(|t| encoder.encode_label(l, t))
+                .map_err(|e| self.bad(line, col, e))?;
+            out.labels.push(v);
+        }
+        if self.columns.labels.is_empty() {
+            out.labels.extend(std::iter::repeat_n(0.0, out.n_labels));
+        }
+        Ok(())
+    }
+
+    /// Feeds every good row to `fitter`; bad rows follow `policy`.
+    fn fit_into(
+        &mut self,
+        schema: &ValidSchema,
+        fitter: &mut StateFitter,
+        policy: BadRowPolicy,
+        report: &mut ReadReport,
+    ) -> Result<(), DataError> {
+        let n_sparse = schema.n_sparse();
+        loop {
+            let line = match self.next_record() {
+                Ok(Some(line)) => line,
+                Ok(None) => break,
+                Err(e) if policy == BadRowPolicy::Skip => {
+                    note_skip(report, &e);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let result = (|| {
+                self.check_width(line)?;
+                let row = Row { record: &self.record };
+                let mut dense = Vec::with_capacity(self.columns.dense.len());
+                for (d, &col) in self.columns.dense.iter().enumerate() {
+                    let v = row
+                        .cell(col)
+                        .and_then(parse_dense_for_fit)
+                        .map_err(|e| self.bad(line, col, e))?;
+                    dense.push((d, v));
+                }
+                Ok::<_, DataError>(dense)
+            })();
+            let dense = match result {
+                Ok(d) => d,
+                Err(e) if policy == BadRowPolicy::Skip => {
+                    note_skip(report, &e);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            for (d, v) in dense {
+                if let Some(v) = v {
+                    fitter.observe_dense(d, v);
+                }
+            }
+            let row = Row { record: &self.record };
+            for (f, &col) in self.columns.sparse.iter().enumerate() {
+                if fitter.wants_ids(f) {
+                    let text = row.cell(col).map_err(|e| self.bad(line, col, e))?;
+                    fitter.observe_id(f, text);
+                }
+            }
+            for (s, &col) in self.columns.sequence.iter().enumerate() {
+                let field = n_sparse + s;
+                if fitter.wants_ids(field) {
+                    let spec = &schema.schema.sequence[s];
+                    let text = row.cell(col).map_err(|e| self.bad(line, col, e))?;
+                    for part in text
+                        .split(spec.delimiter.as_str())
+                        .filter(|p| !p.trim().is_empty())
+                        .take(spec.max_len)
+                    {
+                        fitter.observe_id(field, part);
+                    }
+                }
+            }
+            report.rows += 1;
+        }
+        Ok(())
+    }
+}
+
+fn note_skip(report: &mut ReadReport, e: &DataError) {
+    report.skipped += 1;
+    if report.examples.len() < MAX_EXAMPLES {
+        report.examples.push(e.to_string());
+    }
+}
+
+/// Fits the feature state on the training file(s): vocabularies of `fit` fields and dense
+/// statistics. A schema with nothing to fit still gets a state (dense statistics included).
+pub fn fit_state(
+    paths: &[PathBuf],
+    schema: &ValidSchema,
+    policy: BadRowPolicy,
+) -> Result<FeatureState, DataError> {
+    let mut fitter = StateFitter::new(schema);
+    for path in paths {
+        let mut source = CsvSource::open(path, schema, true)?;
+        let mut report = ReadReport {
+            file: source.file().to_string(),
+            ..Default::default()
+        };
+        source.fit_into(schema, &mut fitter, policy, &mut report)?;
+        if report.rows == 0 {
+            return Err(DataError::Empty { file: report.file });
+        }
+    }
+    Ok(fitter.finish())
+}
+
+/// An empty [`EncodedData`] with the widths of `schema`.
+pub fn empty_encoded(schema: &ValidSchema) -> EncodedData {
+    EncodedData::empty(
+        schema.n_sparse(),
+        schema.schema.sequence.iter().map(|s| s.max_len).collect(),
+        schema.n_dense(),
+        schema.n_labels(),
+    )
+}
+
+/// Reads and encodes a whole file. Labels are required when `need_labels`; otherwise they are
+/// read if present (zeros if not). `id_column`, when given, is passed through as text.
+pub fn read_encoded(
+    path: impl AsRef<Path>,
+    encoder: &Encoder,
+    policy: BadRowPolicy,
+    need_labels: bool,
+    id_column: Option<&str>,
+) -> Result<(EncodedData, ReadReport, Vec<String>), DataError> {
+    let schema = encoder.schema();
+    let mut source = match CsvSource::open(path.as_ref(), schema, true) {
+        Err(DataError::MissingColumn { .. }) if !need_labels => {
+            CsvSource::open(path.as_ref(), schema, false)?
+        }
+        other => other?,
+    };
+    let mut ids = Vec::new();
+    let pass = match id_column {
+        Some(name) => Some(
+            source
+                .column_index(name)
+                .ok_or_else(|| DataError::MissingColumn {
+                    file: source.file().to_string(),
+                    column: name.to_string(),
+                    field: "--id-column".into(),
+                    header: source.columns.names.join(","),
+                })?,
+        ),
+        None => None,
+    };
+    let mut out = empty_encoded(schema);
+    let mut report = ReadReport {
+        file: source.file().to_string(),
+        ..Default::default()
+    };
+    source.read_chunk(
+        encoder,
+        policy,
+        usize::MAX,
+        &mut out,
+        &mut report,
+        pass.map(|c| (c, &mut ids)),
+    )?;
+    if out.rows == 0 {
+        return Err(DataError::Empty { file: report.file });
+    }
+    Ok((out, report, ids))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,179 @@
+use std::io::Write;
+
+use mtl_features::Schema;
+
+use super::*;
+
+const SCHEMA: &str = r#"
+[[sparse]]
+name = "user"
+vocab_size = 5
+[[sparse]]
+name = "city"
+fit = true
+[[sequence]]
+name = "hist"
+max_len = 2
+hash_buckets = 11
+[[dense]]
+name = "price"
+standardize = true
+[[labels]]
+name = "click"
+kind = "binary"
+"#;
+
+fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
+    let path = dir.path().join(name);
+    std::fs::File::create(&path)
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    path
+}
+
+fn setup(csv: &str) -> (tempfile::TempDir, PathBuf, ValidSchema) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(&dir, "d.csv", csv);
+    let schema = Schema::from_toml_str(SCHEMA, "s.toml").unwrap();
+    (dir, path, schema)
+}
+
+const GOOD: &str =
+    "click,user,city,hist,price,extra\n1,0,paris,a|b|c,1.0,x\n0,4,rome,,3.0,y\n1,2,paris,b,2.0,z\n";
+
+#[test]
+fn reads_and_encodes_good_rows() {
+    let (_d, path, schema) = setup(GOOD);
+    let state = fit_state(std::slice::from_ref(&path), &schema, BadRowPolicy::Fail).unwrap();
+    let enc = Encoder::new(&schema, &state);
+    let (data, report, ids) = read_encoded(&path, &enc, BadRowPolicy::Fail, true, Some("extra")).unwrap();
+    assert_eq!(report.rows, 3);
+    assert_eq!(ids, vec!["x", "y", "z"]);
+    assert_eq!(data.rows, 3);
+    // user ids as given, city fitted in order of appearance (paris=1, rome=2)
+    assert_eq!(data.sparse, vec![0, 1, 4, 2, 2, 1]);
+    // hist truncated to max_len 2 and padded
+    assert_eq!(data.seq_len, vec![2, 0, 1]);
+    assert_eq!(data.sequence[2..4], [0, 0]);
+    // price standardised: mean 2, population std sqrt(2/3)
+    let std = (2.0f32 / 3.0).sqrt();
+    assert!((data.dense[0] + 1.0 / std).abs() < 1e-5);
+    assert_eq!(data.labels, vec![1.0, 0.0, 1.0]);
+}
+
+#[test]
+fn errors_name_file_line_and_column() {
+    let cases = [
+        (
+            "click,user,city,hist,price\n1,0,a,,1\n0,9,a,,1\n",
+            3,
+            "user",
+            "outside the vocabulary",
+        ),
+        (
+            "click,user,city,hist,price\n1,0,a,,1\n1,1,a,,1\n0,1,a,,abc\n",
+            4,
+            "price",
+            "not a number",
+        ),
+        (
+            "click,user,city,hist,price\n1,0,a,,NaN\n",
+            2,
+            "price",
+            "not finite",
+        ),
+        ("click,user,city,hist,price\n2,0,a,,1\n", 2, "click", "not 0 or 1"),
+        (
+            "click,user,city,hist,price\n1,0,a,,1\n1,0,a\n",
+            3,
+            "<row>",
+            "3 columns",
+        ),
+        (
+            "click,user,city,hist,price\n1,-1,a,,1\n",
+            2,
+            "user",
+            "not a non-negative integer",
+        ),
+    ];
+    for (csv, line, column, what) in cases {
+        let (_d, path, schema) = setup(csv);
+        let state = StateFitter::new(&schema).finish();
+        let enc = Encoder::new(&schema, &state);
+        let err = read_encoded(&path, &enc, BadRowPolicy::Fail, true, None).unwrap_err();
+        let msg = err.to_string();
+        match &err {
+            DataError::BadRow {
+                line: l,
+                column: c,
+                file,
+                ..
+            } => {
+                assert_eq!((*l, c.as_str()), (line, column), "{msg}");
+                assert!(file.ends_with("d.csv"));
+            }
+            other => panic!("expected a bad row, got {other}"),
+        }
+        assert!(msg.contains(what), "{msg}");
+        assert!(msg.contains(&format!("d.csv:{line}")), "{msg}");
+    }
+}
+
+#[test]
+fn skip_policy_counts_and_keeps_good_rows() {
+    let csv = "click,user,city,hist,price\n1,0,a,,1\n0,9,a,,1\n1,1,a,,x\n0,2,b,,2\n1,3\n";
+    let (_d, path, schema) = setup(csv);
+    let state = fit_state(std::slice::from_ref(&path), &schema, BadRowPolicy::Skip).unwrap();
+    let enc = Encoder::new(&schema, &state);
+    let (data, report, _) = read_encoded(&path, &enc, BadRowPolicy::Skip, true, None).unwrap();
+    assert_eq!(data.rows, 2);
+    assert_eq!(report.rows, 2);
+    assert_eq!(report.skipped, 3);
+    assert_eq!(data.sparse, vec![0, 1, 2, 2]);
+    assert!(report.examples[0].contains(":3:"), "{:?}", report.examples);
+    assert!(report.to_string().contains("3 skipped"));
+}
+
+#[test]
+fn missing_column_and_missing_file_are_named() {
+    let (_d, path, schema) = setup("click,user,hist,price\n1,0,,1\n");
+    let err = fit_state(&[path], &schema, BadRowPolicy::Fail)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("d.csv") && err.contains("`city`"), "{err}");
+    let err = fit_state(
+        &[PathBuf::from("/nonexistent/x.csv")],
+        &schema,
+        BadRowPolicy::Fail,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("/nonexistent/x.csv"), "{err}");
+}
+
+#[test]
+fn labels_are_optional_for_prediction() {
+    let (_d, path, schema) = setup("user,city,hist,price\n1,a,,1\n");
+    let state = StateFitter::new(&schema).finish();
+    let enc = Encoder::new(&schema, &state);
+    assert!(read_encoded(&path, &enc, BadRowPolicy::Fail, true, None).is_err());
+    let (data, _, _) = read_encoded(&path, &enc, BadRowPolicy::Fail, false, None).unwrap();
+    assert_eq!(data.rows, 1);
+    assert_eq!(data.labels, vec![0.0]);
+}
+
+#[test]
+fn ali_ccp_sample_loads_with_shipped_config() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let data = root.join("../shared/data/ali-ccp-sample/ali_ccp_train_sample.csv");
+    let schema = Schema::from_file(root.join("configs/ali-ccp-schema.toml")).unwrap();
+    let state = fit_state(std::slice::from_ref(&data), &schema, BadRowPolicy::Fail).unwrap();
+    let enc = Encoder::new(&schema, &state);
+    let (d, report, _) = read_encoded(&data, &enc, BadRowPolicy::Fail, true, None).unwrap();
+    assert_eq!(report.rows, 100);
+    assert_eq!((d.n_sparse, d.n_dense, d.n_labels), (23, 8, 2));
+    // the sample has 7 clicks and 1 purchase (README of the sample)
+    assert_eq!(d.label_column(0).iter().sum::<f32>(), 7.0);
+    assert_eq!(d.label_column(1).iter().sum::<f32>(), 1.0);
+}

@@ -1,0 +1,168 @@
+//! Encoded data held in memory as flat row-major blocks, and the tensors of one batch.
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+use crate::state::TableLayout;
+
+/// Encoded rows: ids are local to each field's vocabulary (the table offset is added when a
+/// batch is built), dense values are already standardised, labels are numbers.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EncodedData {
+    /// Number of rows.
+    pub rows: usize,
+    /// Sparse fields per row.
+    pub n_sparse: usize,
+    /// Per sequence field: its padded length (`max_len`).
+    pub seq_max_len: Vec<usize>,
+    /// Dense fields per row.
+    pub n_dense: usize,
+    /// Labels per row.
+    pub n_labels: usize,
+    /// `rows × n_sparse` ids.
+    pub sparse: Vec<u32>,
+    /// `rows × Σ max_len` ids, padded with 0.
+    pub sequence: Vec<u32>,
+    /// `rows × n_sequence` true lengths.
+    pub seq_len: Vec<u32>,
+    /// `rows × n_dense` values.
+    pub dense: Vec<f32>,
+    /// `rows × n_labels` values.
+    pub labels: Vec<f32>,
+}
+
+impl EncodedData {
+    /// An empty block with the given widths.
+    pub fn empty(n_sparse: usize, seq_max_len: Vec<usize>, n_dense: usize, n_labels: usize) -> Self {
+        Self {
+            rows: 0,
+            n_sparse,
+            seq_max_len,
+            n_dense,
+            n_labels,
+            ..Default::default()
+        }
+    }
+
+    /// Total padded sequence width of one row.
+    pub fn seq_width(&self) -> usize {
+        self.seq_max_len.iter().sum()
+    }
+
+    /// Appends all rows of `other` (same widths).
+    pub fn append(&mut self, other: &EncodedData) {
+        assert_eq!(self.n_sparse, other.n_sparse, "sparse width differs");
+        assert_eq!(self.seq_max_len, other.seq_max_len, "sequence widths differ");
+        assert_eq!(self.n_dense, other.n_dense, "dense width differs");
+        assert_eq!(self.n_labels, other.n_labels, "label width differs");
+        self.rows += other.rows;
+        self.sparse.extend_from_slice(&other.sparse);
+        self.sequence.extend_from_slice(&other.sequence);
+        self.seq_len.extend_from_slice(&other.seq_len);
+        self.dense.extend_from_slice(&other.dense);
+        self.labels.extend_from_slice(&other.labels);
+    }
+
+    /// Label `label` of every row.
+    pub fn label_column(&self, label: usize) -> Vec<f32> {
+        (0..self.rows)
+            .map(|r| self.labels[r * self.n_labels + label])
+            .collect()
+    }
+
+    /// Builds the tensors of the rows `indices` (in that order) on `device`.
+    pub fn batch(&self, indices: &[usize], layout: &TableLayout, device: &Device) -> BatchTensors {
+        let b = indices.len();
+        let ns = self.n_sparse;
+        let mut sparse = Vec::with_capacity(b * ns);
+        for &r in indices {
+            let row = &self.sparse[r * ns..(r + 1) * ns];
+            sparse.extend(
+                row.iter()
+                    .zip(&layout.offset)
+                    .map(|(&id, &off)| (id as usize + off) as i32),
+            );
+        }
+        let sparse_ids =
+            (ns > 0).then(|| Tensor::<2, Int>::from_data(TensorData::new(sparse, [b, ns]), device));
+
+        let sequence = (!self.seq_max_len.is_empty()).then(|| {
+            let width = self.seq_width();
+            let n_seq = self.seq_max_len.len();
+            let mut ids = Vec::with_capacity(b * width);
+            let mut mask = Vec::with_capacity(b * width);
+            for &r in indices {
+                let row = &self.sequence[r * width..(r + 1) * width];
+                let lens = &self.seq_len[r * n_seq..(r + 1) * n_seq];
+                let mut start = 0;
+                for (s, &max_len) in self.seq_max_len.iter().enumerate() {
+                    let off = layout.offset[ns + s];
+                    for k in 0..max_len {
+                        ids.push((row[start + k] as usize + off) as i32);
+                        mask.push(if (k as u32) < lens[s] { 1.0f32 } else { 0.0 });
+                    }
+                    start += max_len;
+                }
+            }
+            SequenceTensors {
+                ids: Tensor::from_data(TensorData::new(ids, [b, width]), device),
+                mask: Tensor::from_data(TensorData::new(mask, [b, width]), device),
+            }
+        });
+
+        let dense = (self.n_dense > 0).then(|| {
+            let nd = self.n_dense;
+            let mut v = Vec::with_capacity(b * nd);
+            for &r in indices {
+                v.extend_from_slice(&self.dense[r * nd..(r + 1) * nd]);
+            }
+            Tensor::from_data(TensorData::new(v, [b, nd]), device)
+        });
+
+        let nl = self.n_labels;
+        let mut labels = Vec::with_capacity(b * nl);
+        for &r in indices {
+            labels.extend_from_slice(&self.labels[r * nl..(r + 1) * nl]);
+        }
+        BatchTensors {
+            rows: b,
+            sparse_ids,
+            sequence,
+            dense,
+            labels: Tensor::from_data(TensorData::new(labels, [b, nl.max(1)]), device),
+        }
+    }
+}
+
+/// Padded sequence ids with their mask.
+#[derive(Debug, Clone)]
+pub struct SequenceTensors {
+    /// `[batch, Σ max_len]` table rows (offset applied).
+    pub ids: Tensor<2, Int>,
+    /// `[batch, Σ max_len]`: 1 where an id is present, 0 for padding.
+    pub mask: Tensor<2>,
+}
+
+/// The tensors of one batch, ready for a model.
+#[derive(Debug, Clone)]
+pub struct BatchTensors {
+    /// Rows in the batch.
+    pub rows: usize,
+    /// `[batch, n_sparse]` table rows (offset applied), absent without sparse fields.
+    pub sparse_ids: Option<Tensor<2, Int>>,
+    /// Sequence ids and mask, absent without sequence fields.
+    pub sequence: Option<SequenceTensors>,
+    /// `[batch, n_dense]`, absent without dense fields.
+    pub dense: Option<Tensor<2>>,
+    /// `[batch, n_labels]`.
+    pub labels: Tensor<2>,
+}
+
+impl BatchTensors {
+    /// Label column `index` as `[batch]`.
+    pub fn label(&self, index: usize) -> Tensor<1> {
+        self.labels
+            .clone()
+            .slice([0..self.rows, index..index + 1])
+            .reshape([self.rows])
+    }
+}

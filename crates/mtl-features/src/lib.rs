@@ -1,0 +1,55 @@
+//! # mtl-features
+//!
+//! The bottom layer of mtl: the feature schema (TOML), fitting and encoding (vocabularies,
+//! hashing, standardisation), encoded data and batch tensors, the shared embedding/input layer,
+//! and the one way every crate picks its compute device ([`BackendKind`]).
+//!
+//! Reading files lives one layer up in `mtl-data`, so that model crates never link CSV code.
+//!
+//! ```
+//! use mtl_features::{BackendKind, Schema};
+//! let schema = Schema::from_toml_str(
+//!     "[[sparse]]\nname = \"user\"\nvocab_size = 100\n[[labels]]\nname = \"click\"\nkind = \"binary\"\n",
+//!     "inline.toml",
+//! ).unwrap();
+//! assert_eq!(schema.n_sparse(), 1);
+//! let _device = BackendKind::Flex.device().unwrap();
+//! ```
+
+pub mod backend;
+pub mod batch;
+pub mod embedding;
+pub mod error;
+pub mod schema;
+pub mod state;
+
+pub use backend::BackendKind;
+pub use batch::{BatchTensors, EncodedData, SequenceTensors};
+pub use embedding::{FieldPooling, InputLayer, InputSpec};
+pub use error::FeatureError;
+pub use schema::{
+    DenseField, LabelField, LabelKind, Schema, SequenceField, SequencePooling, SparseField, ValidSchema,
+    VocabSpec,
+};
+pub use state::{CellError, DenseStats, Encoder, FeatureState, StateFitter, TableLayout};
+
+use std::io::Write;
+use std::path::Path;
+
+/// Writes `bytes` to `path` atomically: a temp file in the same folder, synced, then renamed,
+/// so a crash never leaves a half-written file at `path`.
+pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), FeatureError> {
+    let io = |source| FeatureError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
+    tmp.write_all(bytes).map_err(io)?;
+    tmp.as_file().sync_all().map_err(io)?;
+    tmp.persist(path).map_err(|e| io(e.error))?;
+    Ok(())
+}

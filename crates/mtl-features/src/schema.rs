@@ -1,0 +1,580 @@
+//! The feature schema: which columns are sparse ids, dense numbers, multi-hot sequences and
+//! labels, read from TOML with unknown keys rejected.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::FeatureError;
+
+fn default_embed_dim() -> usize {
+    16
+}
+fn default_delimiter() -> String {
+    "|".to_string()
+}
+fn default_min_count() -> u64 {
+    1
+}
+fn default_init_std() -> f64 {
+    1e-4
+}
+
+/// How the ids of a sparse or sequence field become table rows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VocabSpec {
+    /// Ids are already encoded integers in `0..size`; a larger id is an error.
+    Ids {
+        /// Number of distinct ids.
+        size: usize,
+    },
+    /// The vocabulary is fitted on training data: values seen at least `min_count` times get
+    /// ids `1..=n` in order of first appearance; everything else maps to id 0 (out of vocabulary).
+    Fit {
+        /// Minimum count for a value to get its own id.
+        min_count: u64,
+    },
+    /// Values are hashed (64-bit FNV-1a of the raw text) into `buckets` rows.
+    Hash {
+        /// Number of hash buckets.
+        buckets: usize,
+    },
+    /// The field uses the table (and vocabulary) of another field.
+    Shared {
+        /// The owning field's name.
+        with: String,
+    },
+}
+
+/// A categorical field: one id per row, one embedding row per id.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SparseField {
+    /// Field name (used by `shared_with` and in messages).
+    pub name: String,
+    /// CSV column; defaults to `name`.
+    #[serde(default)]
+    pub column: Option<String>,
+    /// Pre-encoded ids in `0..vocab_size`.
+    #[serde(default)]
+    pub vocab_size: Option<usize>,
+    /// Fit the vocabulary on the training data.
+    #[serde(default)]
+    pub fit: Option<bool>,
+    /// With `fit`: values seen fewer times map to the out-of-vocabulary id 0.
+    #[serde(default)]
+    pub min_count: Option<u64>,
+    /// Hash raw values into this many buckets.
+    #[serde(default)]
+    pub hash_buckets: Option<usize>,
+    /// Use another field's table and vocabulary.
+    #[serde(default)]
+    pub shared_with: Option<String>,
+    /// Group tag (e.g. `user`, `item`) for group-sum pooling.
+    #[serde(default)]
+    pub group: Option<String>,
+}
+
+/// A multi-hot field: delimiter-separated ids in one column, pooled to one vector.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SequenceField {
+    /// Field name.
+    pub name: String,
+    /// CSV column; defaults to `name`.
+    #[serde(default)]
+    pub column: Option<String>,
+    /// Separator between ids in the cell.
+    #[serde(default = "default_delimiter")]
+    pub delimiter: String,
+    /// Ids past this many are dropped.
+    pub max_len: usize,
+    /// `sum` or `mean` over the present ids.
+    #[serde(default)]
+    pub pooling: SequencePooling,
+    /// Pre-encoded ids in `0..vocab_size`.
+    #[serde(default)]
+    pub vocab_size: Option<usize>,
+    /// Fit the vocabulary on the training data.
+    #[serde(default)]
+    pub fit: Option<bool>,
+    /// With `fit`: minimum count for an id of its own.
+    #[serde(default)]
+    pub min_count: Option<u64>,
+    /// Hash raw values into this many buckets.
+    #[serde(default)]
+    pub hash_buckets: Option<usize>,
+    /// Use another field's table and vocabulary.
+    #[serde(default)]
+    pub shared_with: Option<String>,
+    /// Group tag for group-sum pooling.
+    #[serde(default)]
+    pub group: Option<String>,
+}
+
+/// Pooling over the ids of one sequence field.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SequencePooling {
+    /// Sum of the id embeddings.
+    Sum,
+    /// Mean of the id embeddings (zero for an empty cell).
+    #[default]
+    Mean,
+}
+
+/// A numeric field.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DenseField {
+    /// Field name.
+    pub name: String,
+    /// CSV column; defaults to `name`.
+    #[serde(default)]
+    pub column: Option<String>,
+    /// Standardize with mean and standard deviation fitted on the training data.
+    #[serde(default)]
+    pub standardize: bool,
+    /// Value used for an empty cell; without it an empty cell is an error.
+    #[serde(default)]
+    pub default: Option<f32>,
+}
+
+/// What a label measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LabelKind {
+    /// 0 or 1; predicted as a probability.
+    Binary,
+    /// Any finite number; predicted as a value.
+    Regression,
+}
+
+/// One training target.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelField {
+    /// Label name, referred to by model configs.
+    pub name: String,
+    /// CSV column; defaults to `name`.
+    #[serde(default)]
+    pub column: Option<String>,
+    /// `binary` or `regression`.
+    pub kind: LabelKind,
+}
+
+/// The whole feature schema of a data set.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Schema {
+    /// Width of every embedding row (all fields share one table layout of this width).
+    #[serde(default = "default_embed_dim")]
+    pub embed_dim: usize,
+    /// Standard deviation of the normal initialisation of embedding rows (torch-rechub: 1e-4).
+    #[serde(default = "default_init_std")]
+    pub embed_init_std: f64,
+    /// Categorical fields.
+    #[serde(default)]
+    pub sparse: Vec<SparseField>,
+    /// Multi-hot fields.
+    #[serde(default)]
+    pub sequence: Vec<SequenceField>,
+    /// Numeric fields.
+    #[serde(default)]
+    pub dense: Vec<DenseField>,
+    /// Targets, one per task.
+    pub labels: Vec<LabelField>,
+}
+
+/// A sparse or sequence field seen uniformly (sparse fields first, then sequences).
+#[derive(Debug, Clone, Copy)]
+pub struct IdField<'a> {
+    /// Field name.
+    pub name: &'a str,
+    /// CSV column.
+    pub column: &'a str,
+    /// Group tag.
+    pub group: Option<&'a str>,
+    /// Key prefix for messages, e.g. `sparse[2]`.
+    pub key: &'static str,
+    /// Index within its own list.
+    pub index: usize,
+}
+
+fn resolve_vocab(
+    file: &str,
+    key: &str,
+    vocab_size: Option<usize>,
+    fit: Option<bool>,
+    min_count: Option<u64>,
+    hash_buckets: Option<usize>,
+    shared_with: &Option<String>,
+) -> Result<VocabSpec, FeatureError> {
+    let invalid = |k: &str, message: String| FeatureError::SchemaInvalid {
+        file: file.to_string(),
+        key: format!("{key}.{k}"),
+        message,
+    };
+    let fit = fit.unwrap_or(false);
+    let given = [
+        vocab_size.is_some(),
+        fit,
+        hash_buckets.is_some(),
+        shared_with.is_some(),
+    ]
+    .iter()
+    .filter(|b| **b)
+    .count();
+    if given != 1 {
+        return Err(invalid(
+            "vocab_size",
+            format!(
+                "give exactly one of `vocab_size`, `fit = true`, `hash_buckets`, `shared_with` (found {given})"
+            ),
+        ));
+    }
+    if min_count.is_some() && !fit {
+        return Err(invalid("min_count", "only allowed with `fit = true`".into()));
+    }
+    Ok(if let Some(size) = vocab_size {
+        if size == 0 {
+            return Err(invalid("vocab_size", "must be at least 1".into()));
+        }
+        VocabSpec::Ids { size }
+    } else if fit {
+        VocabSpec::Fit {
+            min_count: min_count.unwrap_or(default_min_count()).max(1),
+        }
+    } else if let Some(buckets) = hash_buckets {
+        if buckets == 0 {
+            return Err(invalid("hash_buckets", "must be at least 1".into()));
+        }
+        VocabSpec::Hash { buckets }
+    } else {
+        VocabSpec::Shared {
+            with: shared_with.clone().unwrap_or_default(),
+        }
+    })
+}
+
+impl SparseField {
+    /// The CSV column this field reads.
+    pub fn column(&self) -> &str {
+        self.column.as_deref().unwrap_or(&self.name)
+    }
+}
+impl SequenceField {
+    /// The CSV column this field reads.
+    pub fn column(&self) -> &str {
+        self.column.as_deref().unwrap_or(&self.name)
+    }
+}
+impl DenseField {
+    /// The CSV column this field reads.
+    pub fn column(&self) -> &str {
+        self.column.as_deref().unwrap_or(&self.name)
+    }
+}
+impl LabelField {
+    /// The CSV column this label reads.
+    pub fn column(&self) -> &str {
+        self.column.as_deref().unwrap_or(&self.name)
+    }
+}
+
+/// A schema that passed validation, with vocabulary specs resolved.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ValidSchema {
+    /// The schema as written.
+    pub schema: Schema,
+    /// One vocabulary spec per id field (sparse fields first, then sequences).
+    pub vocab: Vec<VocabSpec>,
+    /// For each id field, the id field whose table it uses (itself unless shared).
+    pub owner: Vec<usize>,
+}
+
+impl Schema {
+    /// Reads and validates a schema file; errors name the file and the key.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<ValidSchema, FeatureError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| FeatureError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml_str(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates schema TOML; `file` names the source in errors.
+    pub fn from_toml_str(text: &str, file: &str) -> Result<ValidSchema, FeatureError> {
+        let schema: Schema = toml::from_str(text).map_err(|e| FeatureError::SchemaParse {
+            file: file.to_string(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        schema.validate(file)
+    }
+
+    /// Checks names, vocabularies and sharing; returns the resolved schema.
+    pub fn validate(self, file: &str) -> Result<ValidSchema, FeatureError> {
+        let invalid = |key: String, message: String| FeatureError::SchemaInvalid {
+            file: file.to_string(),
+            key,
+            message,
+        };
+        if self.embed_dim == 0 {
+            return Err(invalid("embed_dim".into(), "must be at least 1".into()));
+        }
+        if self.labels.is_empty() {
+            return Err(invalid("labels".into(), "at least one label is required".into()));
+        }
+        if self.sparse.is_empty() && self.sequence.is_empty() && self.dense.is_empty() {
+            return Err(invalid("sparse".into(), "the schema has no input fields".into()));
+        }
+        let mut names = HashSet::new();
+        let all_names = self
+            .sparse
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (format!("sparse[{i}].name"), &f.name))
+            .chain(
+                self.sequence
+                    .iter()
+                    .enumerate()
+                    .map(|(i, f)| (format!("sequence[{i}].name"), &f.name)),
+            )
+            .chain(
+                self.dense
+                    .iter()
+                    .enumerate()
+                    .map(|(i, f)| (format!("dense[{i}].name"), &f.name)),
+            )
+            .chain(
+                self.labels
+                    .iter()
+                    .enumerate()
+                    .map(|(i, f)| (format!("labels[{i}].name"), &f.name)),
+            );
+        for (key, name) in all_names {
+            if name.is_empty() {
+                return Err(invalid(key, "must not be empty".into()));
+            }
+            if !names.insert(name.clone()) {
+                return Err(invalid(key, format!("the name `{name}` is used twice")));
+            }
+        }
+        for (i, s) in self.sequence.iter().enumerate() {
+            if s.max_len == 0 {
+                return Err(invalid(
+                    format!("sequence[{i}].max_len"),
+                    "must be at least 1".into(),
+                ));
+            }
+            if s.delimiter.is_empty() {
+                return Err(invalid(
+                    format!("sequence[{i}].delimiter"),
+                    "must not be empty".into(),
+                ));
+            }
+        }
+        let mut vocab = Vec::new();
+        for (i, f) in self.sparse.iter().enumerate() {
+            vocab.push(resolve_vocab(
+                file,
+                &format!("sparse[{i}]"),
+                f.vocab_size,
+                f.fit,
+                f.min_count,
+                f.hash_buckets,
+                &f.shared_with,
+            )?);
+        }
+        for (i, f) in self.sequence.iter().enumerate() {
+            vocab.push(resolve_vocab(
+                file,
+                &format!("sequence[{i}]"),
+                f.vocab_size,
+                f.fit,
+                f.min_count,
+                f.hash_buckets,
+                &f.shared_with,
+            )?);
+        }
+        let id_names: Vec<&str> = self
+            .sparse
+            .iter()
+            .map(|f| f.name.as_str())
+            .chain(self.sequence.iter().map(|f| f.name.as_str()))
+            .collect();
+        let index: HashMap<&str, usize> = id_names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
+        let mut owner = Vec::with_capacity(vocab.len());
+        for (i, v) in vocab.iter().enumerate() {
+            let key = if i < self.sparse.len() {
+                format!("sparse[{i}].shared_with")
+            } else {
+                format!("sequence[{}].shared_with", i - self.sparse.len())
+            };
+            match v {
+                VocabSpec::Shared { with } => {
+                    let Some(&j) = index.get(with.as_str()) else {
+                        return Err(invalid(
+                            key,
+                            format!("no sparse or sequence field is named `{with}`"),
+                        ));
+                    };
+                    if matches!(vocab[j], VocabSpec::Shared { .. }) {
+                        return Err(invalid(
+                            key,
+                            format!("`{with}` itself shares another table; name the owner"),
+                        ));
+                    }
+                    owner.push(j);
+                }
+                _ => owner.push(i),
+            }
+        }
+        Ok(ValidSchema {
+            schema: self,
+            vocab,
+            owner,
+        })
+    }
+}
+
+impl ValidSchema {
+    /// Number of sparse (single-id) fields.
+    pub fn n_sparse(&self) -> usize {
+        self.schema.sparse.len()
+    }
+    /// Number of sequence fields.
+    pub fn n_sequence(&self) -> usize {
+        self.schema.sequence.len()
+    }
+    /// Number of dense fields.
+    pub fn n_dense(&self) -> usize {
+        self.schema.dense.len()
+    }
+    /// Number of labels.
+    pub fn n_labels(&self) -> usize {
+        self.schema.labels.len()
+    }
+    /// The id fields (sparse then sequence) in table order.
+    pub fn id_fields(&self) -> Vec<IdField<'_>> {
+        let s = &self.schema;
+        s.sparse
+            .iter()
+            .enumerate()
+            .map(|(i, f)| IdField {
+                name: &f.name,
+                column: f.column(),
+                group: f.group.as_deref(),
+                key: "sparse",
+                index: i,
+            })
+            .chain(s.sequence.iter().enumerate().map(|(i, f)| IdField {
+                name: &f.name,
+                column: f.column(),
+                group: f.group.as_deref(),
+                key: "sequence",
+                index: i,
+            }))
+            .collect()
+    }
+    /// Index of a label by name.
+    pub fn label_index(&self, name: &str) -> Option<usize> {
+        self.schema.labels.iter().position(|l| l.name == name)
+    }
+    /// The label names in order.
+    pub fn label_names(&self) -> Vec<String> {
+        self.schema.labels.iter().map(|l| l.name.clone()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+embed_dim = 8
+[[sparse]]
+name = "user"
+vocab_size = 10
+group = "user"
+[[sparse]]
+name = "item"
+fit = true
+min_count = 2
+group = "item"
+[[sparse]]
+name = "cat"
+hash_buckets = 7
+[[sparse]]
+name = "item2"
+shared_with = "item"
+[[sequence]]
+name = "hist"
+max_len = 3
+pooling = "sum"
+shared_with = "item"
+[[dense]]
+name = "price"
+standardize = true
+default = 0.0
+[[labels]]
+name = "click"
+kind = "binary"
+"#;
+
+    #[test]
+    fn good_schema_resolves_vocab_and_owners() {
+        let s = Schema::from_toml_str(GOOD, "good.toml").unwrap();
+        assert_eq!(s.vocab[0], VocabSpec::Ids { size: 10 });
+        assert_eq!(s.vocab[1], VocabSpec::Fit { min_count: 2 });
+        assert_eq!(s.vocab[2], VocabSpec::Hash { buckets: 7 });
+        assert_eq!(s.owner, vec![0, 1, 2, 1, 1]);
+        assert_eq!(s.schema.sequence[0].pooling, SequencePooling::Sum);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let text = GOOD.replace("standardize = true", "standardise = true");
+        let err = Schema::from_toml_str(&text, "s.toml").unwrap_err().to_string();
+        assert!(err.starts_with("s.toml"), "{err}");
+        assert!(err.contains("standardise"), "{err}");
+    }
+
+    #[test]
+    fn missing_labels_is_named() {
+        let text = "[[sparse]]\nname = \"a\"\nvocab_size = 3\n";
+        let err = Schema::from_toml_str(text, "s.toml").unwrap_err().to_string();
+        assert!(err.contains("labels"), "{err}");
+        let text = "labels = []\n[[sparse]]\nname = \"a\"\nvocab_size = 3\n";
+        let err = Schema::from_toml_str(text, "s.toml").unwrap_err().to_string();
+        assert!(err.contains("`labels`"), "{err}");
+    }
+
+    #[test]
+    fn bad_type_is_named() {
+        let text = GOOD.replace("vocab_size = 10", "vocab_size = \"ten\"");
+        let err = Schema::from_toml_str(&text, "s.toml").unwrap_err().to_string();
+        assert!(err.contains("vocab_size"), "{err}");
+        let text = GOOD.replace("kind = \"binary\"", "kind = \"ordinal\"");
+        let err = Schema::from_toml_str(&text, "s.toml").unwrap_err().to_string();
+        assert!(err.contains("ordinal"), "{err}");
+    }
+
+    #[test]
+    fn conflicting_or_dangling_vocab_is_named() {
+        let text = GOOD.replace("hash_buckets = 7", "hash_buckets = 7\nvocab_size = 3");
+        let err = Schema::from_toml_str(&text, "s.toml").unwrap_err().to_string();
+        assert!(err.contains("sparse[2].vocab_size"), "{err}");
+        let text = GOOD.replace("shared_with = \"item\"\n[[seq", "shared_with = \"nope\"\n[[seq");
+        let err = Schema::from_toml_str(&text, "s.toml").unwrap_err().to_string();
+        assert!(
+            err.contains("sparse[3].shared_with") && err.contains("nope"),
+            "{err}"
+        );
+        let text = GOOD.replace("name = \"cat\"", "name = \"user\"");
+        let err = Schema::from_toml_str(&text, "s.toml").unwrap_err().to_string();
+        assert!(err.contains("sparse[2].name"), "{err}");
+    }
+}

@@ -1,0 +1,506 @@
+//! Fitted feature state (vocabularies, normalisation statistics), the encoder that applies it,
+//! and the table layout it implies. The state is saved beside a model so that evaluation and
+//! prediction encode exactly as training did.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::schema::{LabelKind, ValidSchema, VocabSpec};
+use crate::{FeatureError, atomic_write};
+
+/// Mean and standard deviation of one dense field on the training data.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct DenseStats {
+    /// Mean.
+    pub mean: f64,
+    /// Population standard deviation (1 when the field is constant).
+    pub std: f64,
+    /// Rows seen.
+    pub count: u64,
+}
+
+/// The fitted state of every feature.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeatureState {
+    /// File format version.
+    pub format: u32,
+    /// Fingerprint of the schema the state was fitted for.
+    pub schema_fingerprint: String,
+    /// Per id field: the fitted vocabulary (value of id `k` at index `k - 1`), for `fit` fields.
+    pub vocabularies: Vec<Option<Vec<String>>>,
+    /// Per dense field: statistics (always computed; applied when `standardize`).
+    pub dense: Vec<DenseStats>,
+}
+
+/// Fingerprint of a schema: FNV-1a of its canonical JSON.
+pub fn schema_fingerprint(schema: &ValidSchema) -> String {
+    let json = serde_json::to_string(&schema.schema).unwrap_or_default();
+    format!("{:016x}", fnv1a(json.as_bytes()))
+}
+
+/// 64-bit FNV-1a, the hash behind `hash_buckets` (stable across platforms and releases).
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// Accumulates what fitting needs while the training data streams by.
+#[derive(Debug)]
+pub struct StateFitter {
+    schema: ValidSchema,
+    counts: Vec<Option<HashMap<String, (u64, u64)>>>,
+    seen: u64,
+    dense: Vec<(u64, f64, f64)>,
+}
+
+impl StateFitter {
+    /// A fitter for the given schema.
+    pub fn new(schema: &ValidSchema) -> Self {
+        let counts = schema
+            .vocab
+            .iter()
+            .map(|v| matches!(v, VocabSpec::Fit { .. }).then(HashMap::new))
+            .collect();
+        Self {
+            schema: schema.clone(),
+            counts,
+            seen: 0,
+            dense: vec![(0, 0.0, 0.0); schema.n_dense()],
+        }
+    }
+
+    /// Whether id field `field` needs its raw values observed.
+    pub fn wants_ids(&self, field: usize) -> bool {
+        self.counts[self.schema.owner[field]].is_some()
+    }
+
+    /// Records one raw value of id field `field` (counted into its owner's vocabulary).
+    pub fn observe_id(&mut self, field: usize, value: &str) {
+        let owner = self.schema.owner[field];
+        if let Some(map) = self.counts[owner].as_mut() {
+            self.seen += 1;
+            let seen = self.seen;
+            if let Some(entry) = map.get_mut(value) {
+                entry.0 += 1;
+            } else {
+                map.insert(value.to_string(), (1, seen));
+            }
+        }
+    }
+
+    /// Records one value of dense field `field` (Welford's update).
+    pub fn observe_dense(&mut self, field: usize, value: f64) {
+        let (n, mean, m2) = &mut self.dense[field];
+        *n += 1;
+        let delta = value - *mean;
+        *mean += delta / *n as f64;
+        *m2 += delta * (value - *mean);
+    }
+
+    /// The fitted state.
+    pub fn finish(self) -> FeatureState {
+        let vocabularies = self
+            .counts
+            .into_iter()
+            .enumerate()
+            .map(|(i, counts)| {
+                counts.map(|map| {
+                    let min_count = match self.schema.vocab[i] {
+                        VocabSpec::Fit { min_count } => min_count,
+                        _ => 1,
+                    };
+                    let mut kept: Vec<(String, u64)> = map
+                        .into_iter()
+                        .filter(|(_, (c, _))| *c >= min_count)
+                        .map(|(v, (_, first))| (v, first))
+                        .collect();
+                    kept.sort_by_key(|(_, first)| *first);
+                    kept.into_iter().map(|(v, _)| v).collect()
+                })
+            })
+            .collect();
+        let dense = self
+            .dense
+            .into_iter()
+            .map(|(n, mean, m2)| {
+                let var = if n > 0 { m2 / n as f64 } else { 0.0 };
+                let std = var.sqrt();
+                DenseStats {
+                    mean: if n > 0 { mean } else { 0.0 },
+                    std: if std > 1e-12 { std } else { 1.0 },
+                    count: n,
+                }
+            })
+            .collect();
+        FeatureState {
+            format: 1,
+            schema_fingerprint: schema_fingerprint(&self.schema),
+            vocabularies,
+            dense,
+        }
+    }
+}
+
+impl FeatureState {
+    /// Writes the state as JSON, atomically (temp file, then rename).
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<(), FeatureError> {
+        let json = serde_json::to_vec_pretty(self).map_err(|e| FeatureError::State {
+            file: path.as_ref().display().to_string(),
+            message: e.to_string(),
+        })?;
+        atomic_write(path.as_ref(), &json)
+    }
+
+    /// Reads a state saved by [`FeatureState::save`] and checks it belongs to `schema`.
+    pub fn load(path: impl AsRef<Path>, schema: &ValidSchema) -> Result<Self, FeatureError> {
+        let path = path.as_ref();
+        let file = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|source| FeatureError::Io {
+            path: file.clone(),
+            source,
+        })?;
+        let state: FeatureState = serde_json::from_slice(&bytes).map_err(|e| FeatureError::State {
+            file: file.clone(),
+            message: e.to_string(),
+        })?;
+        if state.schema_fingerprint != schema_fingerprint(schema)
+            || state.vocabularies.len() != schema.vocab.len()
+            || state.dense.len() != schema.n_dense()
+        {
+            return Err(FeatureError::State {
+                file,
+                message: "was fitted for a different schema".into(),
+            });
+        }
+        Ok(state)
+    }
+}
+
+/// Where each id field's rows sit in the one embedding table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableLayout {
+    /// Per id field: rows of its (owner's) vocabulary.
+    pub rows: Vec<usize>,
+    /// Per id field: the first row of its (owner's) block in the table.
+    pub offset: Vec<usize>,
+    /// Rows of the whole table (shared blocks counted once).
+    pub total_rows: usize,
+}
+
+/// Turns raw cell text into ids and numbers as the fitted state says.
+#[derive(Debug, Clone)]
+pub struct Encoder {
+    schema: ValidSchema,
+    state: FeatureState,
+    lookup: Vec<Option<HashMap<String, u32>>>,
+    layout: TableLayout,
+}
+
+/// Why one cell could not be encoded (the reader adds file, line and column).
+#[derive(Debug, Clone, PartialEq)]
+pub enum CellError {
+    /// Not a non-negative integer id.
+    NotAnId(String),
+    /// An id at or past the vocabulary size.
+    IdOutOfRange {
+        /// The id.
+        id: u64,
+        /// The vocabulary size.
+        size: usize,
+    },
+    /// Not a number.
+    NotANumber(String),
+    /// NaN or infinity.
+    NotFinite(String),
+    /// Empty cell where no default exists.
+    Missing,
+    /// A binary label other than 0 or 1.
+    NotBinary(String),
+}
+
+impl std::fmt::Display for CellError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NotAnId(v) => write!(f, "`{v}` is not a non-negative integer id"),
+            Self::IdOutOfRange { id, size } => {
+                write!(f, "id {id} is outside the vocabulary (size {size})")
+            }
+            Self::NotANumber(v) => write!(f, "`{v}` is not a number"),
+            Self::NotFinite(v) => write!(f, "`{v}` is not finite (NaN or infinity)"),
+            Self::Missing => write!(f, "empty cell and no default"),
+            Self::NotBinary(v) => write!(f, "binary label `{v}` is not 0 or 1"),
+        }
+    }
+}
+
+fn parse_finite(text: &str) -> Result<f64, CellError> {
+    let t = text.trim();
+    let v: f64 = t.parse().map_err(|_| CellError::NotANumber(t.to_string()))?;
+    if v.is_finite() {
+        Ok(v)
+    } else {
+        Err(CellError::NotFinite(t.to_string()))
+    }
+}
+
+impl Encoder {
+    /// An encoder for `schema` with the fitted `state`.
+    pub fn new(schema: &ValidSchema, state: &FeatureState) -> Self {
+        let lookup = state
+            .vocabularies
+            .iter()
+            .map(|v| {
+                v.as_ref().map(|values| {
+                    values
+                        .iter()
+                        .enumerate()
+                        .map(|(i, s)| (s.clone(), (i + 1) as u32))
+                        .collect()
+                })
+            })
+            .collect();
+        let mut own_rows = Vec::with_capacity(schema.vocab.len());
+        for (i, spec) in schema.vocab.iter().enumerate() {
+            own_rows.push(match spec {
+                VocabSpec::Ids { size } => *size,
+                VocabSpec::Hash { buckets } => *buckets,
+                VocabSpec::Fit { .. } => state.vocabularies[i].as_ref().map_or(0, Vec::len) + 1,
+                VocabSpec::Shared { .. } => 0,
+            });
+        }
+        let mut own_offset = vec![0; own_rows.len()];
+        let mut total = 0;
+        for (i, rows) in own_rows.iter().enumerate() {
+            own_offset[i] = total;
+            total += rows;
+        }
+        let layout = TableLayout {
+            rows: schema.owner.iter().map(|&o| own_rows[o]).collect(),
+            offset: schema.owner.iter().map(|&o| own_offset[o]).collect(),
+            total_rows: total,
+        };
+        Self {
+            schema: schema.clone(),
+            state: state.clone(),
+            lookup,
+            layout,
+        }
+    }
+
+    /// The schema this encoder serves.
+    pub fn schema(&self) -> &ValidSchema {
+        &self.schema
+    }
+
+    /// The fitted state this encoder applies.
+    pub fn state(&self) -> &FeatureState {
+        &self.state
+    }
+
+    /// The embedding table layout.
+    pub fn layout(&self) -> &TableLayout {
+        &self.layout
+    }
+
+    /// Encodes one raw value of id field `field` to its id within the field's vocabulary.
+    pub fn encode_id(&self, field: usize, text: &str) -> Result<u32, CellError> {
+        let owner = self.schema.owner[field];
+        match &self.schema.vocab[owner] {
+            VocabSpec::Ids { size } => {
+                let t = text.trim();
+                let id: u64 = t.parse().map_err(|_| CellError::NotAnId(t.to_string()))?;
+                if id >= *size as u64 {
+                    return Err(CellError::IdOutOfRange { id, size: *size });
+                }
+                Ok(id as u32)
+            }
+            VocabSpec::Fit { .. } => Ok(self.lookup[owner]
+                .as_ref()
+                .and_then(|m| m.get(text).copied())
+                .unwrap_or(0)),
+            VocabSpec::Hash { buckets } => Ok((fnv1a(text.as_bytes()) % *buckets as u64) as u32),
+            VocabSpec::Shared { .. } => unreachable!("owners never share"),
+        }
+    }
+
+    /// Encodes one dense cell: default for empty, standardised when the schema says so.
+    pub fn encode_dense(&self, field: usize, text: &str) -> Result<f32, CellError> {
+        let spec = &self.schema.schema.dense[field];
+        let raw = if text.trim().is_empty() {
+            match spec.default {
+                Some(d) => return Ok(d),
+                None => return Err(CellError::Missing),
+            }
+        } else {
+            parse_finite(text)?
+        };
+        Ok(if spec.standardize {
+            let s = self.state.dense[field];
+            ((raw - s.mean) / s.std) as f32
+        } else {
+            raw as f32
+        })
+    }
+
+    /// Encodes one label cell.
+    pub fn encode_label(&self, label: usize, text: &str) -> Result<f32, CellError> {
+        if text.trim().is_empty() {
+            return Err(CellError::Missing);
+        }
+        let v = parse_finite(text)?;
+        match self.schema.schema.labels[label].kind {
+            LabelKind::Binary if v == 0.0 || v == 1.0 => Ok(v as f32),
+            LabelKind::Binary => Err(CellError::NotBinary(text.trim().to_string())),
+            LabelKind::Regression => Ok(v as f32),
+        }
+    }
+}
+
+/// Parses a dense cell for fitting (no default, no standardisation).
+pub fn parse_dense_for_fit(text: &str) -> Result<Option<f64>, CellError> {
+    if text.trim().is_empty() {
+        Ok(None)
+    } else {
+        parse_finite(text).map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Schema;
+
+    fn schema() -> ValidSchema {
+        Schema::from_toml_str(
+            r#"
+[[sparse]]
+name = "a"
+vocab_size = 4
+[[sparse]]
+name = "b"
+fit = true
+min_count = 2
+[[sparse]]
+name = "c"
+hash_buckets = 5
+[[sparse]]
+name = "b2"
+shared_with = "b"
+[[dense]]
+name = "x"
+standardize = true
+[[dense]]
+name = "y"
+default = -1.0
+[[labels]]
+name = "click"
+kind = "binary"
+[[labels]]
+name = "dwell"
+kind = "regression"
+"#,
+            "t.toml",
+        )
+        .unwrap()
+    }
+
+    fn fitted(s: &ValidSchema) -> FeatureState {
+        let mut f = StateFitter::new(s);
+        for v in ["p", "q", "p", "r", "q"] {
+            f.observe_id(1, v);
+        }
+        f.observe_id(3, "r"); // shared field counts into b's vocabulary
+        for x in [1.0, 2.0, 3.0, 4.0] {
+            f.observe_dense(0, x);
+        }
+        f.finish()
+    }
+
+    #[test]
+    fn fit_orders_by_first_appearance_and_applies_min_count() {
+        let s = schema();
+        let st = fitted(&s);
+        assert_eq!(
+            st.vocabularies[1].as_deref(),
+            Some(&["p".to_string(), "q".into(), "r".into()][..])
+        );
+        assert!(st.vocabularies[0].is_none());
+        // mean 2.5, population std sqrt(1.25)
+        assert!((st.dense[0].mean - 2.5).abs() < 1e-12);
+        assert!((st.dense[0].std - 1.25f64.sqrt()).abs() < 1e-12);
+    }
+
+    #[test]
+    fn encode_ids_oov_hash_and_layout() {
+        let s = schema();
+        let enc = Encoder::new(&s, &fitted(&s));
+        assert_eq!(enc.encode_id(0, "3"), Ok(3));
+        assert_eq!(
+            enc.encode_id(0, "4"),
+            Err(CellError::IdOutOfRange { id: 4, size: 4 })
+        );
+        assert!(matches!(enc.encode_id(0, "x"), Err(CellError::NotAnId(_))));
+        assert_eq!(enc.encode_id(1, "p"), Ok(1));
+        assert_eq!(enc.encode_id(1, "r"), Ok(3));
+        assert_eq!(enc.encode_id(1, "never-seen"), Ok(0), "OOV is id 0");
+        assert_eq!(
+            enc.encode_id(3, "q"),
+            Ok(2),
+            "shared field uses the owner's vocabulary"
+        );
+        // hash: FNV-1a of the bytes modulo the buckets, computed independently here
+        let expected = (fnv1a(b"hello") % 5) as u32;
+        assert_eq!(enc.encode_id(2, "hello"), Ok(expected));
+        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+        let l = enc.layout();
+        assert_eq!(l.rows, vec![4, 4, 5, 4]);
+        assert_eq!(l.offset, vec![0, 4, 8, 4]);
+        assert_eq!(l.total_rows, 13);
+    }
+
+    #[test]
+    fn dense_and_labels() {
+        let s = schema();
+        let enc = Encoder::new(&s, &fitted(&s));
+        let z = enc.encode_dense(0, "2.5").unwrap();
+        assert!(z.abs() < 1e-6);
+        assert_eq!(enc.encode_dense(1, ""), Ok(-1.0));
+        assert_eq!(enc.encode_dense(0, ""), Err(CellError::Missing));
+        assert!(matches!(enc.encode_dense(0, "NaN"), Err(CellError::NotFinite(_))));
+        assert!(matches!(enc.encode_dense(0, "inf"), Err(CellError::NotFinite(_))));
+        assert_eq!(enc.encode_label(0, "1"), Ok(1.0));
+        assert!(matches!(enc.encode_label(0, "2"), Err(CellError::NotBinary(_))));
+        assert_eq!(enc.encode_label(1, "2.5"), Ok(2.5));
+    }
+
+    #[test]
+    fn state_round_trip_gives_identical_ids() {
+        let s = schema();
+        let st = fitted(&s);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("features.json");
+        st.save(&path).unwrap();
+        let loaded = FeatureState::load(&path, &s).unwrap();
+        assert_eq!(loaded, st);
+        let (a, b) = (Encoder::new(&s, &st), Encoder::new(&s, &loaded));
+        for v in ["p", "q", "r", "zz", "hello"] {
+            assert_eq!(a.encode_id(1, v), b.encode_id(1, v));
+            assert_eq!(a.encode_id(2, v), b.encode_id(2, v));
+        }
+        // a different schema refuses the state
+        let other = Schema::from_toml_str(
+            "[[sparse]]\nname = \"a\"\nvocab_size = 9\n[[labels]]\nname = \"l\"\nkind = \"binary\"\n",
+            "o.toml",
+        )
+        .unwrap();
+        let err = FeatureState::load(&path, &other).unwrap_err().to_string();
+        assert!(err.contains("different schema"), "{err}");
+    }
+}

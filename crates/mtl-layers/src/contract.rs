@@ -1,0 +1,76 @@
+//! The one contract every multi-task model implements and the trainer drives.
+//!
+//! It sits here, in `mtl-layers`, because it needs only the batch type (from `mtl-features`)
+//! and the heads; the model crates implement it and the trainer consumes it, so every arrow
+//! still points down.
+
+use burn::module::Module;
+use burn::tensor::Tensor;
+use mtl_features::{BatchTensors, LabelKind};
+
+/// What one model output predicts and how it is evaluated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputSpec {
+    /// Output name (`ctr`, `cvr`, `ctcvr`, or the task name).
+    pub name: String,
+    /// Binary (a probability) or regression (a value).
+    pub kind: LabelKind,
+    /// The target is the product of these label columns (`click AND purchase` for CTCVR).
+    pub target: Vec<usize>,
+    /// Evaluate only on rows where this label is 1 (CVR: clicked rows), if set.
+    pub rows_where: Option<usize>,
+}
+
+impl OutputSpec {
+    /// An output evaluated against one label over all rows.
+    pub fn simple(name: &str, kind: LabelKind, label: usize) -> Self {
+        Self {
+            name: name.to_string(),
+            kind,
+            target: vec![label],
+            rows_where: None,
+        }
+    }
+}
+
+/// A training forward pass: predictions and the loss terms.
+#[derive(Debug, Clone)]
+pub struct Forward {
+    /// One `[batch]` tensor per output, in [`MultiTaskModel::outputs`] order.
+    pub predictions: Vec<Tensor<1>>,
+    /// One `[1]` tensor per loss term, in [`MultiTaskModel::loss_names`] order.
+    pub losses: Vec<Tensor<1>>,
+}
+
+impl Forward {
+    /// `Σ wᵢ · lossᵢ` (weights default to 1 when `weights` is empty).
+    ///
+    /// # Shapes
+    /// - output: `[1]`
+    pub fn total_loss(&self, weights: &[f32]) -> Tensor<1> {
+        self.losses
+            .iter()
+            .enumerate()
+            .map(|(i, l)| l.clone().mul_scalar(weights.get(i).copied().unwrap_or(1.0)))
+            .reduce(|a, b| a + b)
+            .expect("a model has at least one loss term")
+    }
+}
+
+/// A model that predicts several tasks from one encoded batch.
+pub trait MultiTaskModel: Module + Clone + std::fmt::Debug {
+    /// The outputs, in the order [`MultiTaskModel::predict`] returns them.
+    fn outputs(&self) -> Vec<OutputSpec>;
+
+    /// Names of the loss terms, in the order [`Forward::losses`] holds them.
+    fn loss_names(&self) -> Vec<String>;
+
+    /// Predictions (probability or value) per output.
+    ///
+    /// # Shapes
+    /// - output: one `[batch]` tensor per output
+    fn predict(&self, batch: &BatchTensors) -> Vec<Tensor<1>>;
+
+    /// Predictions and loss terms against the batch's labels.
+    fn forward(&self, batch: &BatchTensors) -> Forward;
+}

@@ -1,0 +1,64 @@
+//! Prediction heads and per-task losses, computed from logits so that a saturated sigmoid
+//! never produces NaN.
+
+use burn::tensor::Tensor;
+use burn::tensor::activation::{log_sigmoid, sigmoid};
+use mtl_features::LabelKind;
+
+/// Turns a tower's raw output into the task's prediction: sigmoid for binary, identity for
+/// regression.
+///
+/// # Shapes
+/// - logit: `[batch]`; output: `[batch]`
+pub fn predict(logit: Tensor<1>, kind: LabelKind) -> Tensor<1> {
+    match kind {
+        LabelKind::Binary => sigmoid(logit),
+        LabelKind::Regression => logit,
+    }
+}
+
+/// Mean binary cross-entropy of `label ∈ {0,1}` against `σ(logit)`, from the logit:
+/// `−[y·log σ(x) + (1−y)·log σ(−x)]`.
+///
+/// # Shapes
+/// - logit, label: `[batch]`; output: `[1]`
+pub fn bce_with_logits(logit: Tensor<1>, label: Tensor<1>) -> Tensor<1> {
+    bce_from_log_probs(log_sigmoid(logit.clone()), log_sigmoid(logit.neg()), label)
+}
+
+/// Mean binary cross-entropy from `log p` and `log(1 − p)` given separately (both finite).
+///
+/// # Shapes
+/// - log_p, log_not_p, label: `[batch]`; output: `[1]`
+pub fn bce_from_log_probs(log_p: Tensor<1>, log_not_p: Tensor<1>, label: Tensor<1>) -> Tensor<1> {
+    let not_label = label.clone().neg().add_scalar(1.0);
+    (label * log_p + not_label * log_not_p).mean().neg()
+}
+
+/// Mean squared error.
+///
+/// # Shapes
+/// - prediction, label: `[batch]`; output: `[1]`
+pub fn mse(prediction: Tensor<1>, label: Tensor<1>) -> Tensor<1> {
+    (prediction - label).square().mean()
+}
+
+/// The loss of one task from its logit: BCE for binary, MSE for regression.
+///
+/// # Shapes
+/// - logit, label: `[batch]`; output: `[1]`
+pub fn task_loss(logit: Tensor<1>, label: Tensor<1>, kind: LabelKind) -> Tensor<1> {
+    match kind {
+        LabelKind::Binary => bce_with_logits(logit, label),
+        LabelKind::Regression => mse(logit, label),
+    }
+}
+
+/// `log(e^a + e^b)` element-wise, stable for large magnitudes.
+///
+/// # Shapes
+/// - a, b, output: `[batch]`
+pub fn log_add_exp(a: Tensor<1>, b: Tensor<1>) -> Tensor<1> {
+    let m = a.clone().max_pair(b.clone()).detach();
+    m.clone() + ((a - m.clone()).exp() + (b - m).exp()).log()
+}

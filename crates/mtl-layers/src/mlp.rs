@@ -1,0 +1,161 @@
+//! The MLP block, matching torch-rechub's `MLP` so configs translate one to one:
+//! per hidden dim `Linear → BatchNorm (optional) → activation → Dropout`, then an optional
+//! final `Linear` to one output.
+
+use burn::module::Module;
+use burn::nn::{BatchNorm, BatchNormConfig, Dropout, DropoutConfig, Linear, LinearConfig};
+use burn::tensor::activation;
+use burn::tensor::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+/// Activation after each hidden layer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Activation {
+    /// max(0, x).
+    #[default]
+    Relu,
+    /// 1 / (1 + e^-x).
+    Sigmoid,
+    /// tanh(x).
+    Tanh,
+    /// Softmax over the features of each row.
+    Softmax,
+    /// x.
+    Identity,
+}
+
+impl Activation {
+    /// Applies the activation to `[batch, features]`.
+    pub fn forward(self, x: Tensor<2>) -> Tensor<2> {
+        match self {
+            Self::Relu => activation::relu(x),
+            Self::Sigmoid => activation::sigmoid(x),
+            Self::Tanh => activation::tanh(x),
+            Self::Softmax => activation::softmax(x, 1),
+            Self::Identity => x,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Configuration of an MLP (the TOML form: `dims`, `activation`, `dropout`, `batch_norm`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MlpSpec {
+    /// Hidden layer widths.
+    pub dims: Vec<usize>,
+    /// Activation after each hidden layer.
+    #[serde(default)]
+    pub activation: Activation,
+    /// Dropout probability after each hidden layer.
+    #[serde(default)]
+    pub dropout: f64,
+    /// BatchNorm after each hidden Linear (torch-rechub always has it).
+    #[serde(default = "default_true")]
+    pub batch_norm: bool,
+}
+
+impl MlpSpec {
+    /// Hidden layers `dims` with torch-rechub's defaults (ReLU, no dropout, BatchNorm).
+    pub fn new(dims: impl Into<Vec<usize>>) -> Self {
+        Self {
+            dims: dims.into(),
+            activation: Activation::Relu,
+            dropout: 0.0,
+            batch_norm: true,
+        }
+    }
+
+    /// The same spec with another activation.
+    pub fn with_activation(mut self, activation: Activation) -> Self {
+        self.activation = activation;
+        self
+    }
+
+    /// The same spec with or without BatchNorm.
+    pub fn with_batch_norm(mut self, batch_norm: bool) -> Self {
+        self.batch_norm = batch_norm;
+        self
+    }
+
+    /// Output width: the last hidden dim, or 1 with an output layer.
+    pub fn output_dim(&self, input_dim: usize, output_layer: bool) -> usize {
+        if output_layer {
+            1
+        } else {
+            self.dims.last().copied().unwrap_or(input_dim)
+        }
+    }
+
+    /// Builds the MLP on `device`.
+    pub fn init(&self, input_dim: usize, output_layer: bool, device: &Device) -> Mlp {
+        let mut blocks = Vec::with_capacity(self.dims.len());
+        let mut width = input_dim;
+        for &dim in &self.dims {
+            blocks.push(MlpBlock {
+                linear: LinearConfig::new(width, dim).init(device),
+                norm: self.batch_norm.then(|| BatchNormConfig::new(dim).init(device)),
+                dropout: DropoutConfig::new(self.dropout).init(),
+                activation: self.activation,
+            });
+            width = dim;
+        }
+        Mlp {
+            blocks,
+            output: output_layer.then(|| LinearConfig::new(width, 1).init(device)),
+        }
+    }
+}
+
+/// One hidden layer: Linear → BatchNorm? → activation → Dropout.
+#[derive(Module, Debug)]
+pub struct MlpBlock {
+    /// The affine map.
+    pub linear: Linear,
+    /// Optional batch normalisation.
+    pub norm: Option<BatchNorm>,
+    /// Dropout (active only while training).
+    pub dropout: Dropout,
+    /// The activation.
+    #[module(skip)]
+    pub activation: Activation,
+}
+
+impl MlpBlock {
+    /// # Shapes
+    /// - input: `[batch, in]`
+    /// - output: `[batch, out]`
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        let mut x = self.linear.forward(x);
+        if let Some(norm) = &self.norm {
+            x = norm.forward(x);
+        }
+        self.dropout.forward(self.activation.forward(x))
+    }
+}
+
+/// A stack of [`MlpBlock`]s with an optional final Linear to one output.
+#[derive(Module, Debug)]
+pub struct Mlp {
+    /// Hidden layers.
+    pub blocks: Vec<MlpBlock>,
+    /// Final Linear to one output (a logit), if any.
+    pub output: Option<Linear>,
+}
+
+impl Mlp {
+    /// # Shapes
+    /// - input: `[batch, in]`
+    /// - output: `[batch, last dim]`, or `[batch, 1]` with an output layer
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        let x = self.blocks.iter().fold(x, |x, block| block.forward(x));
+        match &self.output {
+            Some(linear) => linear.forward(x),
+            None => x,
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! MMOE, OMoE and Shared-Bottom: gates, the one-expert equivalence, mixed heads and
+//! torch-rechub's parameter counts.
+
+use burn::module::Module;
+use burn::tensor::{Device, Tensor};
+use mtl_features::{EncodedData, Encoder, Schema, StateFitter, ValidSchema};
+use mtl_layers::{MlpSpec, MultiTaskModel, trainable_params};
+use mtl_mmoe::{MmoeConfig, SharedBottom, TaskConfig};
+
+fn schema() -> ValidSchema {
+    Schema::from_toml_str(
+        r#"
+embed_dim = 4
+embed_init_std = 0.5
+[[sparse]]
+name = "u"
+vocab_size = 20
+[[sparse]]
+name = "i"
+vocab_size = 30
+[[dense]]
+name = "x"
+[[labels]]
+name = "click"
+kind = "binary"
+[[labels]]
+name = "dwell"
+kind = "regression"
+"#,
+        "t.toml",
+    )
+    .unwrap()
+}
+
+fn data(rows: usize) -> EncodedData {
+    EncodedData {
+        rows,
+        n_sparse: 2,
+        seq_max_len: vec![],
+        n_dense: 1,
+        n_labels: 2,
+        sparse: (0..rows)
+            .flat_map(|r| [(r * 7 % 20) as u32, (r * 11 % 30) as u32])
+            .collect(),
+        sequence: vec![],
+        seq_len: vec![],
+        dense: (0..rows).map(|r| (r as f32 * 0.37).sin()).collect(),
+        labels: (0..rows)
+            .flat_map(|r| [(r % 2) as f32, r as f32 / 10.0])
+            .collect(),
+    }
+}
+
+fn tasks() -> Vec<TaskConfig> {
+    vec![TaskConfig::new("click"), TaskConfig::new("dwell")]
+}
+
+fn v<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().try_to_vec::<f32>().unwrap()
+}
+
+#[test]
+fn gates_are_distributions_over_experts() {
+    let device = Device::flex();
+    device.seed(5);
+    let s = schema();
+    let enc = Encoder::new(&s, &StateFitter::new(&s).finish());
+    let model = MmoeConfig::new(3, MlpSpec::new([8]), MlpSpec::new([4]), tasks())
+        .init(&s, enc.layout(), &device)
+        .unwrap();
+    let batch = data(17).batch(&(0..17).collect::<Vec<_>>(), enc.layout(), &device);
+    let (logits, gates) = model.forward_with_gates(&batch);
+    assert_eq!(logits.len(), 2);
+    assert_eq!(gates.len(), 2);
+    for g in &gates {
+        assert_eq!(g.dims(), [17, 3]);
+        let w = v(g.clone());
+        assert!(w.iter().all(|x| *x >= 0.0));
+        for row in w.chunks(3) {
+            assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5, "{row:?}");
+        }
+    }
+    // two gates, two different mixtures
+    assert_ne!(v(gates[0].clone()), v(gates[1].clone()));
+    // binary head is a probability, regression head is the raw tower output
+    let preds = model.predict(&batch);
+    assert!(v(preds[0].clone()).iter().all(|p| *p > 0.0 && *p < 1.0));
+    assert_eq!(v(preds[1].clone()), v(logits[1].clone()));
+}
+
+#[test]
+fn omoe_shares_one_gate_across_tasks() {
+    let device = Device::flex();
+    let s = schema();
+    let enc = Encoder::new(&s, &StateFitter::new(&s).finish());
+    let model = MmoeConfig::new(4, MlpSpec::new([8]), MlpSpec::new([4]), tasks())
+        .one_gate()
+        .init(&s, enc.layout(), &device)
+        .unwrap();
+    assert_eq!(model.gates.len(), 1);
+    let batch = data(9).batch(&(0..9).collect::<Vec<_>>(), enc.layout(), &device);
+    let (_, gates) = model.forward_with_gates(&batch);
+    assert_eq!(v(gates[0].clone()), v(gates[1].clone()));
+}
+
+#[test]
+fn one_expert_mmoe_is_shared_bottom_with_that_expert() {
+    let s = schema();
+    let enc = Encoder::new(&s, &StateFitter::new(&s).finish());
+    for device in [Device::flex(), Device::flex().autodiff()] {
+        let mmoe = MmoeConfig::new(1, MlpSpec::new([8, 6]), MlpSpec::new([4]), tasks())
+            .init(&s, enc.layout(), &device)
+            .unwrap();
+        let bottom = SharedBottom {
+            input: mmoe.input.clone(),
+            bottom: mmoe.experts[0].clone(),
+            towers: mmoe.towers.clone(),
+            tasks: mmoe.tasks.clone(),
+        };
+        let batch = data(12).batch(&(0..12).collect::<Vec<_>>(), enc.layout(), &device);
+        let a = mmoe.forward(&batch);
+        let b = bottom.forward(&batch);
+        for t in 0..2 {
+            let (x, y) = (v(a.predictions[t].clone()), v(b.predictions[t].clone()));
+            for (p, q) in x.iter().zip(&y) {
+                assert!((p - q).abs() < 1e-5, "task {t}: {p} vs {q}");
+            }
+            let (lx, ly) = (
+                a.losses[t].clone().into_scalar::<f32>(),
+                b.losses[t].clone().into_scalar::<f32>(),
+            );
+            assert!((lx - ly).abs() < 1e-5);
+        }
+    }
+}
+
+#[test]
+fn parameter_counts_match_torch_rechub() {
+    let vocab = [
+        100000, 50000, 20000, 5000, 1000, 500, 100, 50, 20, 10, 100000, 30000, 10000, 2000, 1000, 300, 100,
+        40, 20, 10,
+    ];
+    let mut text = String::from("embed_dim = 16\n");
+    for (k, size) in vocab.iter().enumerate() {
+        text += &format!("[[sparse]]\nname = \"f{k}\"\nvocab_size = {size}\n");
+    }
+    text += "[[labels]]\nname = \"click\"\nkind = \"binary\"\n[[labels]]\nname = \"purchase\"\nkind = \"binary\"\n";
+    let s = Schema::from_toml_str(&text, "peer").unwrap();
+    let enc = Encoder::new(&s, &StateFitter::new(&s).finish());
+    let device = Device::flex();
+    let two = || vec![TaskConfig::new("click"), TaskConfig::new("purchase")];
+    let example = MmoeConfig::new(8, MlpSpec::new([16]), MlpSpec::new([8]), two())
+        .init(&s, enc.layout(), &device)
+        .unwrap();
+    assert_eq!(trainable_params(&example), 5_169_234);
+    assert_eq!(trainable_params(&example.experts[0]), 5_168);
+    assert_eq!(trainable_params(&example.gates[0]), 2_584);
+    assert_eq!(trainable_params(&example.towers[0]), 161);
+    let large = MmoeConfig::new(8, MlpSpec::new([256, 128]), MlpSpec::new([64]), two())
+        .init(&s, enc.layout(), &device)
+        .unwrap();
+    assert_eq!(trainable_params(&large), 6_071_186);
+    let omoe = MmoeConfig::new(8, MlpSpec::new([16]), MlpSpec::new([8]), two())
+        .one_gate()
+        .init(&s, enc.layout(), &device)
+        .unwrap();
+    assert_eq!(trainable_params(&omoe), 5_169_234 - 2_584);
+    assert!(example.num_params() > 5_169_234);
+}
+
+#[test]
+fn bad_task_config_is_named() {
+    let s = schema();
+    let enc = Encoder::new(&s, &StateFitter::new(&s).finish());
+    let err = MmoeConfig::new(
+        2,
+        MlpSpec::new([4]),
+        MlpSpec::new([4]),
+        vec![TaskConfig::new("click"), TaskConfig::new("buy")],
+    )
+    .init(&s, enc.layout(), &Device::flex())
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("model.tasks[1].label") && err.contains("buy"),
+        "{err}"
+    );
+    let err = MmoeConfig::new(0, MlpSpec::new([4]), MlpSpec::new([4]), tasks())
+        .init(&s, enc.layout(), &Device::flex())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("model.n_experts"), "{err}");
+}
