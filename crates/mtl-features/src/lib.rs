@@ -34,6 +34,20 @@ pub use schema::{
 pub use state::{CellError, DenseStats, Encoder, FeatureState, StateFitter, TableLayout};
 
 use std::io::Write;
+
+/// Formats a TOML error as one line: `line L, column C: message` (the message names the key).
+pub fn toml_error_line(text: &str, err: &toml::de::Error) -> String {
+    match err.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            let source = text.lines().nth(line - 1).unwrap_or("").trim();
+            format!("line {line}, column {column}: {} (in `{source}`)", err.message())
+        }
+        None => err.message().to_string(),
+    }
+}
 use std::path::Path;
 
 /// Writes `bytes` to `path` atomically: a temp file in the same folder, synced, then renamed,

@@ -309,7 +309,7 @@ impl Schema {
     pub fn from_toml_str(text: &str, file: &str) -> Result<ValidSchema, FeatureError> {
         let schema: Schema = toml::from_str(text).map_err(|e| FeatureError::SchemaParse {
             file: file.to_string(),
-            message: e.to_string().trim_end().to_string(),
+            message: crate::toml_error_line(text, &e),
         })?;
         schema.validate(file)
     }

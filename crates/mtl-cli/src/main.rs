@@ -1,0 +1,357 @@
+//! `mtl`: train, evaluate and predict with multi-task recommendation models.
+//!
+//! With no arguments it runs a built-in demo: it generates a small synthetic click/conversion
+//! data set in a temporary directory, trains ESMM and MMOE briefly, and prints each task's
+//! metrics and where the artifacts are.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use mtl_data::BadRowPolicy;
+use mtl_data::synthetic::{CcpSpec, generate_ccp};
+use mtl_esmm::EsmmConfig;
+use mtl_layers::MlpSpec;
+use mtl_mmoe::{MmoeConfig, TaskConfig};
+use mtl_trainer::{
+    DataConfig, ModelConfig, RunConfig, TaskMetrics, TrainOptions, TrainSettings, TrainSummary,
+};
+
+/// Multi-task recommendation models (ESMM, MMOE, OMoE, Shared-Bottom) on burn.
+#[derive(Debug, Parser)]
+#[command(name = "mtl", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Log details (-v info, -vv debug) to stderr.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// CPU threads for the flex/ndarray backends (default: all cores, or RAYON_NUM_THREADS).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    /// Hide progress bars.
+    #[arg(long, global = true)]
+    quiet: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Train a model from a config (or continue one with --resume).
+    Train(TrainArgs),
+    /// Evaluate a trained model on a labelled CSV file: per-task metrics.
+    Eval(EvalArgs),
+    /// Write one prediction column per task output for a CSV file.
+    Predict(PredictArgs),
+    /// Generate synthetic data, train ESMM and MMOE briefly, print metrics (the default).
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+struct TrainArgs {
+    /// Run config TOML (schema, data, model, train).
+    #[arg(long, required_unless_present = "resume", conflicts_with = "resume")]
+    config: Option<PathBuf>,
+    /// Continue the interrupted run in this model directory from its last checkpoint.
+    #[arg(long, value_name = "DIR")]
+    resume: Option<PathBuf>,
+    /// Training CSV (overrides `data.train`).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Validation CSV (overrides `data.valid`).
+    #[arg(long)]
+    valid: Option<PathBuf>,
+    /// Epochs (overrides `train.epochs`).
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Batch size (overrides `train.batch_size`).
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Learning rate (overrides `train.lr`).
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Seed (overrides `train.seed`).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Stop after this many steps, leaving a checkpoint to --resume from.
+    #[arg(long)]
+    max_steps: Option<usize>,
+    /// Backend: flex (default), ndarray, wgpu or cuda.
+    #[arg(long)]
+    backend: Option<String>,
+    /// Model directory to create.
+    #[arg(long, default_value = "out/model")]
+    out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct EvalArgs {
+    /// Trained model directory.
+    #[arg(long)]
+    model: PathBuf,
+    /// Labelled CSV file.
+    #[arg(long)]
+    data: PathBuf,
+    /// Also write the metrics as JSON here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Backend: flex (default), ndarray, wgpu or cuda.
+    #[arg(long, default_value = "flex")]
+    backend: String,
+    /// Bad rows: fail (default) or skip.
+    #[arg(long, default_value = "fail")]
+    bad_rows: BadRowPolicy,
+}
+
+#[derive(Debug, Args)]
+struct PredictArgs {
+    /// Trained model directory.
+    #[arg(long)]
+    model: PathBuf,
+    /// CSV file (labels not needed).
+    #[arg(long)]
+    data: PathBuf,
+    /// Output CSV.
+    #[arg(long)]
+    out: PathBuf,
+    /// Copy this input column into the output as the first column.
+    #[arg(long)]
+    id_column: Option<String>,
+    /// Backend: flex (default), ndarray, wgpu or cuda.
+    #[arg(long, default_value = "flex")]
+    backend: String,
+    /// Bad rows: fail (default) or skip.
+    #[arg(long, default_value = "fail")]
+    bad_rows: BadRowPolicy,
+}
+
+#[derive(Debug, Args)]
+struct DemoArgs {
+    /// Rows of synthetic data to generate.
+    #[arg(long, default_value_t = 200_000)]
+    rows: usize,
+    /// Epochs per model.
+    #[arg(long, default_value_t = 2)]
+    epochs: usize,
+    /// Backend: flex (default), ndarray, wgpu or cuda.
+    #[arg(long, default_value = "flex")]
+    backend: String,
+    /// Where to put data and models (default: a new temporary directory).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| filter.into()),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let chain: Vec<String> = e.chain().map(ToString::to_string).collect();
+            eprintln!("error: {}", chain.join(": "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    if let Some(n) = cli.threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .context("setting the thread count")?;
+    }
+    let progress = !cli.quiet;
+    match cli.command.unwrap_or(Command::Demo(DemoArgs {
+        rows: 200_000,
+        epochs: 2,
+        backend: "flex".into(),
+        dir: None,
+    })) {
+        Command::Train(args) => train(args, progress),
+        Command::Eval(args) => eval(args),
+        Command::Predict(args) => predict(args),
+        Command::Demo(args) => demo(args, progress),
+    }
+}
+
+fn train(args: TrainArgs, progress: bool) -> Result<()> {
+    let options = TrainOptions { progress };
+    let summary = if let Some(dir) = &args.resume {
+        mtl_trainer::train(None, dir, true, &options)
+            .with_context(|| format!("resuming {}", dir.display()))?
+    } else {
+        let path = args
+            .config
+            .as_ref()
+            .expect("clap requires --config without --resume");
+        let mut config =
+            RunConfig::from_file(path).with_context(|| format!("reading config {}", path.display()))?;
+        if let Some(d) = args.data {
+            config.data.train = d;
+        }
+        if let Some(v) = args.valid {
+            config.data.valid = Some(v);
+        }
+        let t = &mut config.train;
+        t.epochs = args.epochs.unwrap_or(t.epochs);
+        t.batch_size = args.batch_size.unwrap_or(t.batch_size);
+        t.lr = args.lr.unwrap_or(t.lr);
+        t.seed = args.seed.unwrap_or(t.seed);
+        t.max_steps = args.max_steps.or(t.max_steps);
+        if let Some(b) = args.backend {
+            t.backend = b;
+        }
+        config.check(&path.display().to_string())?;
+        mtl_trainer::train(Some(&config), &args.out, false, &options).context("training")?
+    };
+    print_summary(&summary);
+    Ok(())
+}
+
+fn print_metrics(title: &str, metrics: &[TaskMetrics]) {
+    if metrics.is_empty() {
+        return;
+    }
+    println!("{title}");
+    for m in metrics {
+        println!("  {}", m.summary());
+    }
+}
+
+fn print_summary(s: &TrainSummary) {
+    for r in &s.reads {
+        println!("read {r}");
+    }
+    println!(
+        "{}: {} steps on {} ({} training rows, {:.0} samples/s){}",
+        s.model,
+        s.steps,
+        s.backend,
+        s.train_rows,
+        s.samples_per_sec,
+        if s.stopped_early {
+            ", stopped early"
+        } else if !s.finished {
+            ", interrupted: continue with --resume"
+        } else {
+            ""
+        }
+    );
+    print_metrics("validation (last evaluation):", &s.valid);
+    print_metrics("test (saved model):", &s.test);
+    println!("artifacts: {}", s.out_dir.display());
+}
+
+fn eval(args: EvalArgs) -> Result<()> {
+    let (metrics, report) = mtl_trainer::eval_file(&args.model, &args.data, &args.backend, args.bad_rows)
+        .with_context(|| format!("evaluating {}", args.model.display()))?;
+    println!("read {report}");
+    print_metrics("metrics:", &metrics);
+    if let Some(out) = args.out {
+        let json = serde_json::to_vec_pretty(&metrics)?;
+        mtl_features::atomic_write(&out, &json)?;
+        println!("wrote {}", out.display());
+    }
+    Ok(())
+}
+
+fn predict(args: PredictArgs) -> Result<()> {
+    let (rows, report, names) = mtl_trainer::predict_file(
+        &args.model,
+        &args.data,
+        &args.out,
+        args.id_column.as_deref(),
+        &args.backend,
+        args.bad_rows,
+    )
+    .with_context(|| format!("predicting with {}", args.model.display()))?;
+    println!("read {report}");
+    println!(
+        "wrote {rows} rows of {} to {}",
+        names.join(","),
+        args.out.display()
+    );
+    Ok(())
+}
+
+fn demo(args: DemoArgs, progress: bool) -> Result<()> {
+    let dir = match args.dir {
+        Some(d) => d,
+        None => tempfile::Builder::new().prefix("mtl-demo-").tempdir()?.keep(),
+    };
+    if args.rows < 1000 {
+        bail!("--rows must be at least 1000");
+    }
+    println!(
+        "generating {} rows of synthetic click/conversion data in {}",
+        args.rows,
+        dir.display()
+    );
+    let files = generate_ccp(&CcpSpec::small(args.rows, 2022), &dir.join("data"), "synth")
+        .with_context(|| format!("writing data to {}", dir.display()))?;
+    println!(
+        "click rate {:.3}, conversion rate among clicks {:.3}",
+        files.click_rate, files.cvr_rate
+    );
+    let data = DataConfig {
+        train: files.train.clone(),
+        valid: Some(files.val.clone()),
+        test: Some(files.test.clone()),
+        bad_rows: "fail".into(),
+    };
+    let train = TrainSettings {
+        epochs: args.epochs,
+        batch_size: 1024,
+        lr: 2e-3,
+        weight_decay: 1e-6,
+        backend: args.backend.clone(),
+        ..TrainSettings::default()
+    };
+    let esmm = ModelConfig::Esmm(EsmmConfig::new(MlpSpec::new([64, 32]), MlpSpec::new([64, 32])));
+    let mmoe = ModelConfig::Mmoe(MmoeConfig::new(
+        4,
+        MlpSpec::new([64]),
+        MlpSpec::new([32]),
+        vec![TaskConfig::new("click"), TaskConfig::new("purchase")],
+    ));
+    for model in [esmm, mmoe] {
+        let out = dir.join(model.kind());
+        let config = RunConfig {
+            schema: files.schema.clone(),
+            data: data.clone(),
+            model,
+            train: train.clone(),
+        };
+        println!();
+        let summary = mtl_trainer::train(Some(&config), &out, false, &TrainOptions { progress })
+            .with_context(|| format!("training {}", config.model.kind()))?;
+        print_summary(&summary);
+    }
+    println!(
+        "\nnext: mtl eval --model {} --data {}",
+        dir.join("esmm").display(),
+        files.test.display()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,128 @@
+//! The training-curve image: one small SVG line chart per series (training and validation
+//! loss, each output's main validation metric) against the step of each evaluation.
+
+use crate::fit::EvalRecord;
+
+/// One line of a chart: (legend, colour, points).
+type Line = (&'static str, &'static str, Vec<(f64, f64)>);
+
+struct Series {
+    title: String,
+    lines: Vec<Line>,
+}
+
+fn series(history: &[EvalRecord]) -> Vec<Series> {
+    let mut out = vec![Series {
+        title: "loss".into(),
+        lines: vec![
+            (
+                "train",
+                "#1f77b4",
+                history.iter().map(|r| (r.step as f64, r.train_loss)).collect(),
+            ),
+            (
+                "valid",
+                "#d62728",
+                history
+                    .iter()
+                    .filter_map(|r| r.valid_loss.map(|l| (r.step as f64, l)))
+                    .collect(),
+            ),
+        ],
+    }];
+    if let Some(first) = history.first() {
+        for (k, task) in first.valid.iter().enumerate() {
+            let (metric, _) = task.main_metric();
+            let points = history
+                .iter()
+                .filter_map(|r| {
+                    r.valid
+                        .get(k)
+                        .and_then(|m| m.main_metric().1)
+                        .map(|v| (r.step as f64, v))
+                })
+                .collect();
+            out.push(Series {
+                title: format!("{} {metric} (valid)", task.name),
+                lines: vec![("valid", "#2ca02c", points)],
+            });
+        }
+    }
+    out
+}
+
+/// Renders the history as an SVG document.
+pub fn render_svg(history: &[EvalRecord]) -> String {
+    let panels = series(history);
+    let (w, h, pad) = (520.0, 180.0, 40.0);
+    let total_h = h * panels.len() as f64;
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{total_h}\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+    );
+    for (p, panel) in panels.iter().enumerate() {
+        let top = p as f64 * h;
+        let pts: Vec<(f64, f64)> = panel.lines.iter().flat_map(|l| l.2.iter().copied()).collect();
+        svg += &format!(
+            "<text x=\"{pad}\" y=\"{}\" font-weight=\"bold\">{}</text>\n",
+            top + 16.0,
+            panel.title
+        );
+        svg += &format!(
+            "<rect x=\"{pad}\" y=\"{}\" width=\"{}\" height=\"{}\" fill=\"none\" stroke=\"#999\"/>\n",
+            top + 24.0,
+            w - 2.0 * pad,
+            h - 48.0
+        );
+        if pts.is_empty() {
+            svg += &format!(
+                "<text x=\"{}\" y=\"{}\">no data</text>\n",
+                w / 2.0 - 20.0,
+                top + h / 2.0
+            );
+            continue;
+        }
+        let (x0, x1) = pts
+            .iter()
+            .fold((f64::MAX, f64::MIN), |a, p| (a.0.min(p.0), a.1.max(p.0)));
+        let (mut y0, mut y1) = pts
+            .iter()
+            .fold((f64::MAX, f64::MIN), |a, p| (a.0.min(p.1), a.1.max(p.1)));
+        if (y1 - y0).abs() < 1e-12 {
+            y0 -= 0.5;
+            y1 += 0.5;
+        }
+        let sx = |x: f64| pad + if x1 > x0 { (x - x0) / (x1 - x0) } else { 0.5 } * (w - 2.0 * pad);
+        let sy = |y: f64| top + 24.0 + (1.0 - (y - y0) / (y1 - y0)) * (h - 48.0);
+        svg += &format!("<text x=\"2\" y=\"{}\">{y1:.4}</text>\n", top + 32.0);
+        svg += &format!("<text x=\"2\" y=\"{}\">{y0:.4}</text>\n", top + h - 26.0);
+        svg += &format!("<text x=\"{pad}\" y=\"{}\">step {x0}</text>\n", top + h - 10.0);
+        svg += &format!(
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">step {x1}</text>\n",
+            w - pad,
+            top + h - 10.0
+        );
+        for (i, (name, color, line)) in panel.lines.iter().enumerate() {
+            if line.is_empty() {
+                continue;
+            }
+            let coords: Vec<String> = line
+                .iter()
+                .map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y)))
+                .collect();
+            svg += &format!(
+                "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>\n",
+                coords.join(" ")
+            );
+            for c in &coords {
+                let (cx, cy) = c.split_once(',').unwrap_or(("0", "0"));
+                svg += &format!("<circle cx=\"{cx}\" cy=\"{cy}\" r=\"2.5\" fill=\"{color}\"/>\n");
+            }
+            svg += &format!(
+                "<text x=\"{}\" y=\"{}\" fill=\"{color}\" text-anchor=\"end\">{name}</text>\n",
+                w - pad - 4.0,
+                top + 38.0 + 13.0 * i as f64
+            );
+        }
+    }
+    svg + "</svg>\n"
+}

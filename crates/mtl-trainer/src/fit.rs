@@ -1,0 +1,467 @@
+//! The training loop: seeded shuffling, Adam/AdamW steps, evaluation, early stopping,
+//! atomic checkpoints with optimiser state and data position, and exact resume.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::grad_clipping::GradientClippingConfig;
+use burn::module::Module;
+use burn::optim::{AdamConfig, AdamWConfig, GradientsParams, ModuleOptimizer, decay::WeightDecayConfig};
+use burn::tensor::{Device, Tensor};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use mtl_features::{EncodedData, TableLayout};
+use mtl_layers::MultiTaskModel;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{OptimizerKind, TrainSettings};
+use crate::metrics::{TaskMetrics, evaluate};
+use crate::{TrainError, record_err};
+
+/// One evaluation of the model on the validation set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalRecord {
+    /// Epoch (1-based) the evaluation happened in or after.
+    pub epoch: usize,
+    /// Optimiser steps so far.
+    pub step: usize,
+    /// Mean training loss (weighted sum of terms) since the previous evaluation.
+    pub train_loss: f64,
+    /// Mean of each training loss term since the previous evaluation.
+    pub train_losses: Vec<(String, f64)>,
+    /// Validation loss (weighted sum of terms), if there is validation data.
+    pub valid_loss: Option<f64>,
+    /// Per-output validation metrics.
+    pub valid: Vec<TaskMetrics>,
+    /// Rows trained on since the previous evaluation.
+    pub train_rows: u64,
+    /// Seconds spent training since the previous evaluation (evaluation and checkpoints excluded).
+    pub train_secs: f64,
+    /// Training throughput since the previous evaluation.
+    pub samples_per_sec: f64,
+}
+
+/// Where training stands: saved in every checkpoint so `--resume` continues exactly.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Current epoch (0-based).
+    pub epoch: usize,
+    /// Next batch within the current epoch.
+    pub batch_in_epoch: usize,
+    /// Optimiser steps taken.
+    pub global_step: usize,
+    /// Every evaluation so far.
+    pub history: Vec<EvalRecord>,
+    /// Best monitored value and the step it was reached at.
+    pub best: Option<(f64, usize)>,
+    /// Evaluations since the best one.
+    pub since_best: usize,
+    /// Whether training ran to its end (all epochs or early stopping).
+    pub finished: bool,
+    /// Whether early stopping ended the run.
+    pub stopped_early: bool,
+    /// Running sums since the last evaluation: (rows, weighted loss · rows, per-term loss · rows).
+    pub pending: (u64, f64, Vec<f64>),
+    /// Seconds spent training since the last evaluation.
+    pub pending_secs: f64,
+}
+
+/// Options of one `fit` call that are not model settings.
+#[derive(Debug, Clone)]
+pub struct FitOptions {
+    /// Folder for `checkpoint/` and `best.bpk`.
+    pub out_dir: PathBuf,
+    /// Show progress bars on stderr.
+    pub progress: bool,
+    /// Label names (for metric descriptions).
+    pub label_names: Vec<String>,
+}
+
+/// The result of a fit.
+pub struct FitOutcome<M> {
+    /// The model after the last step (on the training device).
+    pub model: M,
+    /// The state at the end.
+    pub state: TrainState,
+}
+
+/// Builds the configured optimiser.
+pub fn optimizer(settings: &TrainSettings) -> ModuleOptimizer {
+    let clip = settings.grad_clip_norm.map(GradientClippingConfig::Norm);
+    match settings.optimizer {
+        OptimizerKind::Adam => AdamConfig::new()
+            .with_weight_decay(
+                (settings.weight_decay > 0.0).then(|| WeightDecayConfig::new(settings.weight_decay as f32)),
+            )
+            .with_grad_clipping(clip)
+            .init(),
+        OptimizerKind::AdamW => AdamWConfig::new()
+            .with_weight_decay(settings.weight_decay as f32)
+            .with_grad_clipping(clip)
+            .init(),
+    }
+}
+
+/// The row order of `epoch`: a permutation seeded by (seed, epoch), so a resumed run replays it.
+pub fn epoch_order(rows: usize, seed: u64, epoch: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..rows).collect();
+    let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64));
+    order.shuffle(&mut rng);
+    order
+}
+
+/// Predictions of every output for every row of `data`, in batches, with the model in
+/// evaluation mode on the plain device. Also returns the mean loss terms when `with_loss`.
+pub fn predict_all<M: MultiTaskModel>(
+    model: &M,
+    data: &EncodedData,
+    layout: &TableLayout,
+    device: &Device,
+    batch_size: usize,
+    with_loss: bool,
+) -> (Vec<Vec<f32>>, Option<Vec<f64>>) {
+    let n_out = model.outputs().len();
+    let mut preds = vec![Vec::with_capacity(data.rows); n_out];
+    let mut loss_sums: Vec<f64> = Vec::new();
+    let mut start = 0;
+    while start < data.rows {
+        let end = (start + batch_size).min(data.rows);
+        let idx: Vec<usize> = (start..end).collect();
+        let batch = data.batch(&idx, layout, device);
+        let outputs = if with_loss {
+            let f = model.forward(&batch);
+            let terms: Vec<f32> = Tensor::cat(f.losses, 0)
+                .into_data()
+                .try_to_vec::<f32>()
+                .unwrap_or_default();
+            loss_sums.resize(terms.len(), 0.0);
+            for (s, t) in loss_sums.iter_mut().zip(terms) {
+                *s += f64::from(t) * (end - start) as f64;
+            }
+            f.predictions
+        } else {
+            model.predict(&batch)
+        };
+        for (p, o) in preds.iter_mut().zip(outputs) {
+            p.extend(o.into_data().try_to_vec::<f32>().unwrap_or_default());
+        }
+        start = end;
+    }
+    let losses = with_loss.then(|| loss_sums.iter().map(|s| s / data.rows.max(1) as f64).collect());
+    (preds, losses)
+}
+
+fn weighted(terms: &[f64], weights: &[f32]) -> f64 {
+    terms
+        .iter()
+        .enumerate()
+        .map(|(i, t)| t * f64::from(weights.get(i).copied().unwrap_or(1.0)))
+        .sum()
+}
+
+/// The value early stopping watches in an evaluation.
+fn monitored(record: &EvalRecord, metric: &str) -> Option<f64> {
+    if metric == "loss" {
+        return record.valid_loss;
+    }
+    let (output, name) = metric.split_once('.')?;
+    record.valid.iter().find(|m| m.name == output)?.get(name)
+}
+
+/// Whether `value` improves on `best` in the metric's direction (AUC up; loss, MSE down).
+pub fn improves(es: &crate::config::EarlyStopping, value: f64, best: Option<f64>) -> bool {
+    match best {
+        None => true,
+        Some(best) if es.higher_is_better() => value > best,
+        Some(best) => value < best,
+    }
+}
+
+/// Checkpoint files inside `out_dir/checkpoint/`.
+pub fn checkpoint_dir(out_dir: &Path) -> PathBuf {
+    out_dir.join("checkpoint")
+}
+
+/// Writes model, optimiser and state into a fresh folder, then swaps it in, so a crash leaves
+/// either the old checkpoint or the new one, never a mix.
+pub fn write_checkpoint<M: Module>(
+    out_dir: &Path,
+    model: &M,
+    optim: &ModuleOptimizer,
+    state: &TrainState,
+) -> Result<(), TrainError> {
+    let final_dir = checkpoint_dir(out_dir);
+    let tmp = out_dir.join("checkpoint.tmp");
+    let old = out_dir.join("checkpoint.old");
+    let io = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| TrainError::Io { path, source }
+    };
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    // `valid()` first: it folds BatchNorm's pending running-statistic updates into the saved
+    // values (a training-mode record would hold them one step stale).
+    model
+        .valid()
+        .save_file(tmp.join("model.bpk"))
+        .map_err(record_err(&tmp))?;
+    optim.save(tmp.join("optim.bpk")).map_err(record_err(&tmp))?;
+    let json = serde_json::to_vec_pretty(state).expect("state serialises");
+    std::fs::write(tmp.join("state.json"), json).map_err(io(&tmp))?;
+    if final_dir.exists() {
+        if old.exists() {
+            std::fs::remove_dir_all(&old).map_err(io(&old))?;
+        }
+        std::fs::rename(&final_dir, &old).map_err(io(&final_dir))?;
+    }
+    std::fs::rename(&tmp, &final_dir).map_err(io(&tmp))?;
+    if old.exists() {
+        std::fs::remove_dir_all(&old).map_err(io(&old))?;
+    }
+    Ok(())
+}
+
+/// Reads a checkpoint: the state, and paths of the model and optimiser records.
+pub fn read_checkpoint(out_dir: &Path) -> Result<(TrainState, PathBuf, PathBuf), TrainError> {
+    let mut dir = checkpoint_dir(out_dir);
+    if !dir.join("state.json").exists() && out_dir.join("checkpoint.old/state.json").exists() {
+        dir = out_dir.join("checkpoint.old");
+    }
+    let state_path = dir.join("state.json");
+    let bytes = std::fs::read(&state_path).map_err(|_| TrainError::NoCheckpoint {
+        dir: out_dir.display().to_string(),
+    })?;
+    let state: TrainState = serde_json::from_slice(&bytes).map_err(|e| TrainError::Config {
+        file: state_path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    Ok((state, dir.join("model.bpk"), dir.join("optim.bpk")))
+}
+
+fn progress_bar(show: bool, total: u64, epoch: usize, epochs: usize) -> ProgressBar {
+    let pb = ProgressBar::with_draw_target(
+        Some(total),
+        if show {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        },
+    );
+    pb.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} rows {per_sec} eta {eta} {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    pb.set_prefix(format!("epoch {}/{}", epoch + 1, epochs));
+    pb
+}
+
+/// Trains `model` (on an autodiff device) from `state`, evaluating on `valid`.
+#[allow(clippy::too_many_arguments)]
+pub fn fit<M: MultiTaskModel>(
+    mut model: M,
+    mut optim: ModuleOptimizer,
+    train: &EncodedData,
+    valid: Option<&EncodedData>,
+    layout: &TableLayout,
+    settings: &TrainSettings,
+    device: &Device,
+    options: &FitOptions,
+    mut state: TrainState,
+) -> Result<FitOutcome<M>, TrainError> {
+    let plain = device.clone().without_autodiff();
+    let bs = settings.batch_size;
+    let batches = train.rows.div_ceil(bs);
+    let loss_names = model.loss_names();
+    let outputs = model.outputs();
+    if state.pending.2.is_empty() {
+        state.pending.2 = vec![0.0; loss_names.len()];
+    }
+    let mut clock = Instant::now();
+
+    let evaluate_now = |model: &M, state: &mut TrainState, clock: &mut Instant| -> Result<bool, TrainError> {
+        let secs = state.pending_secs + clock.elapsed().as_secs_f64();
+        let (rows, loss_sum, terms) = std::mem::take(&mut state.pending);
+        let train_losses: Vec<(String, f64)> = loss_names
+            .iter()
+            .cloned()
+            .zip(terms.iter().map(|t| t / rows.max(1) as f64))
+            .collect();
+        let (valid_loss, valid_metrics) = match valid {
+            Some(v) => {
+                let eval_model = model.valid();
+                let (preds, losses) = predict_all(&eval_model, v, layout, &plain, bs.max(4096), true);
+                let loss = losses.map(|l| weighted(&l, &settings.loss_weights));
+                (loss, evaluate(&outputs, &preds, v, &options.label_names))
+            }
+            None => (None, Vec::new()),
+        };
+        let record = EvalRecord {
+            epoch: state.epoch + usize::from(state.batch_in_epoch > 0),
+            step: state.global_step,
+            train_loss: loss_sum / rows.max(1) as f64,
+            train_losses,
+            valid_loss,
+            valid: valid_metrics,
+            train_rows: rows,
+            train_secs: secs,
+            samples_per_sec: rows as f64 / secs.max(1e-9),
+        };
+        tracing::info!(step = record.step, train_loss = record.train_loss, "evaluation");
+        if options.progress {
+            eprintln!(
+                "  step {:>6}  train loss {:.5}  valid loss {}  ({:.0} samples/s)",
+                record.step,
+                record.train_loss,
+                record.valid_loss.map_or("-".into(), |l| format!("{l:.5}")),
+                record.samples_per_sec
+            );
+            for m in &record.valid {
+                eprintln!("    {}", m.summary());
+            }
+        }
+        state.pending = (0, 0.0, vec![0.0; loss_names.len()]);
+        state.pending_secs = 0.0;
+        let mut stop = false;
+        if let Some(es) = &settings.early_stopping {
+            match monitored(&record, &es.metric) {
+                Some(value) => {
+                    let better = improves(es, value, state.best.map(|b| b.0));
+                    if better {
+                        state.best = Some((value, state.global_step));
+                        state.since_best = 0;
+                        save_atomic(model, &options.out_dir.join("best.bpk"))?;
+                    } else {
+                        state.since_best += 1;
+                        stop = state.since_best >= es.patience;
+                    }
+                }
+                None => {
+                    if !record
+                        .valid
+                        .iter()
+                        .any(|m| es.metric.starts_with(&format!("{}.", m.name)))
+                        && es.metric != "loss"
+                    {
+                        return Err(TrainError::Config {
+                            file: "config".into(),
+                            message: format!(
+                                "`train.early_stopping.metric` = \"{}\": the model's outputs are {}",
+                                es.metric,
+                                record
+                                    .valid
+                                    .iter()
+                                    .map(|m| m.name.as_str())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ),
+                        });
+                    }
+                    tracing::warn!(metric = %es.metric, "monitored metric not available at this evaluation");
+                }
+            }
+        }
+        state.history.push(record);
+        *clock = Instant::now();
+        Ok(stop)
+    };
+
+    'epochs: while state.epoch < settings.epochs {
+        let order = epoch_order(train.rows, settings.seed, state.epoch);
+        let pb = progress_bar(options.progress, train.rows as u64, state.epoch, settings.epochs);
+        pb.set_position((state.batch_in_epoch * bs).min(train.rows) as u64);
+        while state.batch_in_epoch < batches {
+            let bi = state.batch_in_epoch;
+            let idx = &order[bi * bs..((bi + 1) * bs).min(train.rows)];
+            let batch = train.batch(idx, layout, device);
+            let forward = model.forward(&batch);
+            let loss = forward.total_loss(&settings.loss_weights);
+            let terms: Vec<f32> = Tensor::cat(forward.losses.clone(), 0)
+                .into_data()
+                .try_to_vec::<f32>()
+                .unwrap_or_default();
+            let total = weighted(
+                &terms.iter().map(|&t| f64::from(t)).collect::<Vec<_>>(),
+                &settings.loss_weights,
+            );
+            if !total.is_finite() {
+                return Err(TrainError::NonFinite {
+                    step: state.global_step + 1,
+                    terms: loss_names.iter().cloned().zip(terms).collect(),
+                });
+            }
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            model = optim.step(settings.lr, model, grads);
+            state.global_step += 1;
+            state.batch_in_epoch += 1;
+            let rows = idx.len() as u64;
+            state.pending.0 += rows;
+            state.pending.1 += total * rows as f64;
+            for (s, t) in state.pending.2.iter_mut().zip(&terms) {
+                *s += f64::from(*t) * rows as f64;
+            }
+            pb.inc(rows);
+            pb.set_message(format!("loss {total:.4}"));
+            let step = state.global_step;
+            let at_epoch_end = state.batch_in_epoch == batches;
+            if at_epoch_end {
+                state.epoch += 1;
+                state.batch_in_epoch = 0;
+            }
+            let eval_due = match settings.eval_every_steps {
+                Some(n) => step.is_multiple_of(n) || (at_epoch_end && state.epoch == settings.epochs),
+                None => at_epoch_end,
+            };
+            let mut stop = false;
+            if eval_due {
+                pb.suspend(|| -> Result<(), TrainError> {
+                    stop = evaluate_now(&model, &mut state, &mut clock)?;
+                    Ok(())
+                })?;
+            }
+            let checkpoint_due = match settings.checkpoint_every_steps {
+                Some(n) => step.is_multiple_of(n) || at_epoch_end,
+                None => at_epoch_end,
+            };
+            let limit_hit = settings.max_steps.is_some_and(|m| step >= m);
+            if stop {
+                state.finished = true;
+                state.stopped_early = true;
+            } else if state.epoch >= settings.epochs {
+                state.finished = true;
+            }
+            if checkpoint_due || limit_hit || state.finished {
+                state.pending_secs += clock.elapsed().as_secs_f64();
+                clock = Instant::now();
+                write_checkpoint(&options.out_dir, &model, &optim, &state)?;
+            }
+            if state.finished || limit_hit {
+                pb.finish_and_clear();
+                break 'epochs;
+            }
+            if at_epoch_end {
+                break;
+            }
+        }
+        pb.finish_and_clear();
+    }
+    Ok(FitOutcome { model, state })
+}
+
+/// Saves a module record atomically (temp name, then rename).
+pub fn save_atomic<M: Module>(model: &M, path: &Path) -> Result<(), TrainError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp.bpk",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("model")
+    ));
+    model.valid().save_file(&tmp).map_err(record_err(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(|source| TrainError::Io {
+        path: path.display().to_string(),
+        source,
+    })
+}

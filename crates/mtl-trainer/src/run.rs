@@ -1,0 +1,491 @@
+//! Whole jobs on model directories: train (fresh or resumed), evaluate, predict.
+//!
+//! A model directory holds `config.toml` (the run config, absolute paths), `schema.toml`,
+//! `features.json` (fitted state), `model.bpk` (the best model under early stopping, else the
+//! last), `metrics.json`, `curve.svg` and `checkpoint/` (last weights, optimiser, position).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::tensor::Device;
+use mtl_data::{BadRowPolicy, ReadReport, fit_state, read_encoded};
+use mtl_esmm::Esmm;
+use mtl_features::{BackendKind, EncodedData, Encoder, FeatureState, Schema, ValidSchema, atomic_write};
+use mtl_layers::MultiTaskModel;
+use mtl_mmoe::{Mmoe, SharedBottom};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{ModelConfig, RunConfig};
+use crate::fit::{FitOptions, TrainState, fit, optimizer, predict_all, read_checkpoint, save_atomic};
+use crate::metrics::{TaskMetrics, evaluate};
+use crate::{TrainError, record_err};
+
+/// Something to do with a freshly built model, whatever its type.
+pub trait WithModel {
+    /// What it returns.
+    type Out;
+    /// Does it.
+    fn run<M: MultiTaskModel + 'static>(self, model: M) -> Result<Self::Out, TrainError>;
+}
+
+/// Builds the configured model and hands it to `job` (one match arm per model type: a new
+/// model is one more arm here and one variant in [`ModelConfig`]).
+pub fn with_model<W: WithModel>(
+    config: &ModelConfig,
+    schema: &ValidSchema,
+    encoder: &Encoder,
+    device: &Device,
+    job: W,
+) -> Result<W::Out, TrainError> {
+    let layout = encoder.layout();
+    match config {
+        ModelConfig::Esmm(c) => job.run::<Esmm>(c.init(schema, layout, device)?),
+        ModelConfig::Mmoe(c) => job.run::<Mmoe>(c.init(schema, layout, device)?),
+        ModelConfig::Omoe(c) => job.run::<Mmoe>(ModelConfig::omoe(c).init(schema, layout, device)?),
+        ModelConfig::SharedBottom(c) => job.run::<SharedBottom>(c.init(schema, layout, device)?),
+    }
+}
+
+/// Options of a training job.
+#[derive(Debug, Clone, Default)]
+pub struct TrainOptions {
+    /// Show progress bars and per-evaluation lines on stderr.
+    pub progress: bool,
+}
+
+/// What a training job produced.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainSummary {
+    /// Model type.
+    pub model: String,
+    /// The model directory.
+    pub out_dir: PathBuf,
+    /// Backend trained on.
+    pub backend: String,
+    /// Rows in the training file.
+    pub train_rows: usize,
+    /// Steps taken in total.
+    pub steps: usize,
+    /// Whether all epochs ran (or early stopping ended the run).
+    pub finished: bool,
+    /// Whether early stopping ended the run.
+    pub stopped_early: bool,
+    /// Mean training throughput over all evaluations (samples/s).
+    pub samples_per_sec: f64,
+    /// Validation metrics at the last evaluation.
+    pub valid: Vec<TaskMetrics>,
+    /// Test metrics of the saved model, if a test file was given.
+    pub test: Vec<TaskMetrics>,
+    /// Every evaluation.
+    pub history: Vec<crate::fit::EvalRecord>,
+    /// Data read reports (rows, skipped rows).
+    pub reads: Vec<String>,
+}
+
+fn backend_device(name: &str) -> Result<Device, TrainError> {
+    let kind: BackendKind = name.parse()?;
+    Ok(kind.probe()?)
+}
+
+fn read(
+    path: &Path,
+    encoder: &Encoder,
+    policy: BadRowPolicy,
+    reads: &mut Vec<String>,
+) -> Result<EncodedData, TrainError> {
+    let (data, report, _) = read_encoded(path, encoder, policy, true, None)?;
+    note(reads, &report);
+    Ok(data)
+}
+
+fn note(reads: &mut Vec<String>, report: &ReadReport) {
+    tracing::info!(%report, "read");
+    reads.push(report.to_string());
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
+    move |source| TrainError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Trains from a config into `out_dir` (created), or continues the run in `out_dir` when
+/// `resume` is set (the config is then read from the directory).
+pub fn train(
+    config: Option<&RunConfig>,
+    out_dir: &Path,
+    resume: bool,
+    options: &TrainOptions,
+) -> Result<TrainSummary, TrainError> {
+    let (config, schema, state, start) = if resume {
+        let config = load_dir_config(out_dir)?;
+        let schema = Schema::from_file(out_dir.join("schema.toml"))?;
+        let features = FeatureState::load(out_dir.join("features.json"), &schema)?;
+        let (state, _, _) = read_checkpoint(out_dir)?;
+        (config, schema, features, Some(state))
+    } else {
+        let config = config.ok_or_else(|| TrainError::Config {
+            file: "<none>".into(),
+            message: "a config is required unless resuming".into(),
+        })?;
+        let schema = Schema::from_file(&config.schema)?;
+        std::fs::create_dir_all(out_dir).map_err(io_err(out_dir))?;
+        if out_dir.join("checkpoint").exists() {
+            return Err(TrainError::Config {
+                file: out_dir.display().to_string(),
+                message: "already holds a training run; use --resume to continue it or choose another --out"
+                    .into(),
+            });
+        }
+        if options.progress {
+            eprintln!("fitting features on {}", config.data.train.display());
+        }
+        let features = fit_state(
+            std::slice::from_ref(&config.data.train),
+            &schema,
+            config.data.policy()?,
+        )?;
+        let schema_text = std::fs::read(&config.schema).map_err(io_err(&config.schema))?;
+        atomic_write(&out_dir.join("schema.toml"), &schema_text)?;
+        features.save(out_dir.join("features.json"))?;
+        let config_text = toml::to_string_pretty(config).map_err(|e| TrainError::Config {
+            file: "config".into(),
+            message: e.to_string(),
+        })?;
+        atomic_write(&out_dir.join("config.toml"), config_text.as_bytes())?;
+        (config.clone(), schema, features, None)
+    };
+    let encoder = Encoder::new(&schema, &state);
+    let policy = config.data.policy()?;
+    let mut reads = Vec::new();
+    let train_data = read(&config.data.train, &encoder, policy, &mut reads)?;
+    let valid = config
+        .data
+        .valid
+        .as_deref()
+        .map(|p| read(p, &encoder, policy, &mut reads))
+        .transpose()?;
+    let test = config
+        .data
+        .test
+        .as_deref()
+        .map(|p| read(p, &encoder, policy, &mut reads))
+        .transpose()?;
+    let device = backend_device(&config.train.backend)?;
+    device.seed(config.train.seed);
+    let ad = device.clone().autodiff();
+    with_model(
+        &config.model,
+        &schema,
+        &encoder,
+        &ad,
+        TrainJob {
+            config: &config,
+            schema: &schema,
+            encoder: &encoder,
+            train: &train_data,
+            valid: valid.as_ref(),
+            test: test.as_ref(),
+            device: &ad,
+            out_dir,
+            start,
+            options,
+            reads,
+        },
+    )
+}
+
+struct TrainJob<'a> {
+    config: &'a RunConfig,
+    schema: &'a ValidSchema,
+    encoder: &'a Encoder,
+    train: &'a EncodedData,
+    valid: Option<&'a EncodedData>,
+    test: Option<&'a EncodedData>,
+    device: &'a Device,
+    out_dir: &'a Path,
+    start: Option<TrainState>,
+    options: &'a TrainOptions,
+    reads: Vec<String>,
+}
+
+impl WithModel for TrainJob<'_> {
+    type Out = TrainSummary;
+
+    fn run<M: MultiTaskModel + 'static>(self, model: M) -> Result<TrainSummary, TrainError> {
+        let settings = &self.config.train;
+        let mut optim = optimizer(settings);
+        let (model, state) = match self.start {
+            Some(_) => {
+                let (state, model_path, optim_path) = read_checkpoint(self.out_dir)?;
+                if state.finished {
+                    return Err(TrainError::Config {
+                        file: self.out_dir.display().to_string(),
+                        message: "this run already finished; nothing to resume".into(),
+                    });
+                }
+                let model = model
+                    .try_load_file(&model_path)
+                    .map_err(record_err(&model_path))?;
+                optim = optim.load(&optim_path).map_err(record_err(&optim_path))?;
+                (model, state)
+            }
+            None => (model, TrainState::default()),
+        };
+        let options = FitOptions {
+            out_dir: self.out_dir.to_path_buf(),
+            progress: self.options.progress,
+            label_names: self.schema.label_names(),
+        };
+        let outcome = fit(
+            model,
+            optim,
+            self.train,
+            self.valid,
+            self.encoder.layout(),
+            settings,
+            self.device,
+            &options,
+            state,
+        )?;
+        let state = outcome.state;
+        let best = self.out_dir.join("best.bpk");
+        let final_model = if settings.early_stopping.is_some() && best.exists() {
+            outcome
+                .model
+                .valid()
+                .try_load_file(&best)
+                .map_err(record_err(&best))?
+        } else {
+            outcome.model.valid()
+        };
+        if state.finished {
+            save_atomic(&final_model, &self.out_dir.join("model.bpk"))?;
+        }
+        let plain = self.device.clone().without_autodiff();
+        let test = match self.test {
+            Some(t) if state.finished => {
+                let (preds, _) = predict_all(&final_model, t, self.encoder.layout(), &plain, 4096, false);
+                evaluate(&final_model.outputs(), &preds, t, &self.schema.label_names())
+            }
+            _ => Vec::new(),
+        };
+        let total_rows: f64 = state.history.iter().map(|e| e.train_rows as f64).sum();
+        let total_secs: f64 = state.history.iter().map(|e| e.train_secs).sum();
+        let summary = TrainSummary {
+            model: self.config.model.kind().to_string(),
+            out_dir: self.out_dir.to_path_buf(),
+            backend: settings.backend.clone(),
+            train_rows: self.train.rows,
+            steps: state.global_step,
+            finished: state.finished,
+            stopped_early: state.stopped_early,
+            samples_per_sec: if total_secs > 0.0 {
+                total_rows / total_secs
+            } else {
+                0.0
+            },
+            valid: state.history.last().map(|h| h.valid.clone()).unwrap_or_default(),
+            test,
+            history: state.history.clone(),
+            reads: self.reads,
+        };
+        let json = serde_json::to_vec_pretty(&summary).expect("summary serialises");
+        atomic_write(&self.out_dir.join("metrics.json"), &json)?;
+        atomic_write(
+            &self.out_dir.join("curve.svg"),
+            crate::curve::render_svg(&state.history).as_bytes(),
+        )?;
+        Ok(summary)
+    }
+}
+
+fn load_dir_config(dir: &Path) -> Result<RunConfig, TrainError> {
+    let path = dir.join("config.toml");
+    if !dir.is_dir() {
+        return Err(TrainError::NotAModelDir {
+            dir: dir.display().to_string(),
+            missing: "the directory itself".into(),
+        });
+    }
+    let text = std::fs::read_to_string(&path).map_err(|_| TrainError::NotAModelDir {
+        dir: dir.display().to_string(),
+        missing: "config.toml".into(),
+    })?;
+    RunConfig::from_toml_str(&text, &path.display().to_string())
+}
+
+/// A trained model directory, loaded for inference.
+pub struct ModelDir {
+    /// The directory.
+    pub dir: PathBuf,
+    /// Its run config.
+    pub config: RunConfig,
+    /// Its schema.
+    pub schema: ValidSchema,
+    /// Its encoder (fitted state).
+    pub encoder: Encoder,
+}
+
+impl ModelDir {
+    /// Opens a model directory; errors name what is missing.
+    pub fn open(dir: &Path) -> Result<Self, TrainError> {
+        if !dir.is_dir() {
+            return Err(TrainError::NotAModelDir {
+                dir: dir.display().to_string(),
+                missing: "the directory itself".into(),
+            });
+        }
+        for file in ["config.toml", "schema.toml", "features.json", "model.bpk"] {
+            if !dir.join(file).exists() {
+                return Err(TrainError::NotAModelDir {
+                    dir: dir.display().to_string(),
+                    missing: file.to_string(),
+                });
+            }
+        }
+        let config = load_dir_config(dir)?;
+        let schema = Schema::from_file(dir.join("schema.toml"))?;
+        let state = FeatureState::load(dir.join("features.json"), &schema)?;
+        let encoder = Encoder::new(&schema, &state);
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            config,
+            schema,
+            encoder,
+        })
+    }
+
+    /// Output names of the model, without loading weights.
+    pub fn output_names(&self) -> Result<Vec<String>, TrainError> {
+        struct Names;
+        impl WithModel for Names {
+            type Out = Vec<String>;
+            fn run<M: MultiTaskModel + 'static>(self, model: M) -> Result<Vec<String>, TrainError> {
+                Ok(model.outputs().into_iter().map(|o| o.name).collect())
+            }
+        }
+        with_model(
+            &self.config.model,
+            &self.schema,
+            &self.encoder,
+            &Device::flex(),
+            Names,
+        )
+    }
+
+    /// Predictions for every row of `data` on `backend`: one column per output.
+    pub fn predict(
+        &self,
+        data: &EncodedData,
+        backend: &str,
+        batch_size: usize,
+    ) -> Result<(Vec<String>, Vec<Vec<f32>>), TrainError> {
+        struct Predict<'a> {
+            dir: &'a Path,
+            data: &'a EncodedData,
+            encoder: &'a Encoder,
+            device: Device,
+            batch_size: usize,
+        }
+        impl WithModel for Predict<'_> {
+            type Out = (Vec<String>, Vec<Vec<f32>>);
+            fn run<M: MultiTaskModel + 'static>(self, model: M) -> Result<Self::Out, TrainError> {
+                let path = self.dir.join("model.bpk");
+                let model = model.try_load_file(&path).map_err(record_err(&path))?;
+                let names = model.outputs().into_iter().map(|o| o.name).collect();
+                let (preds, _) = predict_all(
+                    &model,
+                    self.data,
+                    self.encoder.layout(),
+                    &self.device,
+                    self.batch_size,
+                    false,
+                );
+                Ok((names, preds))
+            }
+        }
+        let device = backend_device(backend)?;
+        with_model(
+            &self.config.model,
+            &self.schema,
+            &self.encoder,
+            &device,
+            Predict {
+                dir: &self.dir,
+                data,
+                encoder: &self.encoder,
+                device: device.clone(),
+                batch_size,
+            },
+        )
+    }
+
+    /// Per-output metrics of the model on `data` (labels required).
+    pub fn evaluate(&self, data: &EncodedData, backend: &str) -> Result<Vec<TaskMetrics>, TrainError> {
+        struct Outputs;
+        impl WithModel for Outputs {
+            type Out = Vec<mtl_layers::OutputSpec>;
+            fn run<M: MultiTaskModel + 'static>(self, model: M) -> Result<Self::Out, TrainError> {
+                Ok(model.outputs())
+            }
+        }
+        let specs = with_model(
+            &self.config.model,
+            &self.schema,
+            &self.encoder,
+            &Device::flex(),
+            Outputs,
+        )?;
+        let (_, preds) = self.predict(data, backend, 4096)?;
+        Ok(evaluate(&specs, &preds, data, &self.schema.label_names()))
+    }
+}
+
+/// Evaluates a model directory on a CSV file.
+pub fn eval_file(
+    dir: &Path,
+    data: &Path,
+    backend: &str,
+    policy: BadRowPolicy,
+) -> Result<(Vec<TaskMetrics>, ReadReport), TrainError> {
+    let model = ModelDir::open(dir)?;
+    let (encoded, report, _) = read_encoded(data, &model.encoder, policy, true, None)?;
+    Ok((model.evaluate(&encoded, backend)?, report))
+}
+
+/// Writes predictions for a CSV file: a header, then one row per input row with the id
+/// column (if asked) and one column per output. Written atomically.
+pub fn predict_file(
+    dir: &Path,
+    data: &Path,
+    out: &Path,
+    id_column: Option<&str>,
+    backend: &str,
+    policy: BadRowPolicy,
+) -> Result<(usize, ReadReport, Vec<String>), TrainError> {
+    let model = ModelDir::open(dir)?;
+    let started = Instant::now();
+    let (encoded, report, ids) = read_encoded(data, &model.encoder, policy, false, id_column)?;
+    let (names, preds) = model.predict(&encoded, backend, 4096)?;
+    let mut buf = Vec::with_capacity(encoded.rows * 12 * (names.len() + 1));
+    let mut header: Vec<String> = id_column.map(|c| vec![c.to_string()]).unwrap_or_default();
+    header.extend(names.iter().cloned());
+    writeln!(buf, "{}", header.join(",")).expect("write to memory");
+    for r in 0..encoded.rows {
+        if id_column.is_some() {
+            write!(buf, "{},", ids[r]).expect("write to memory");
+        }
+        let cells: Vec<String> = preds.iter().map(|p| format!("{}", p[r])).collect();
+        writeln!(buf, "{}", cells.join(",")).expect("write to memory");
+    }
+    atomic_write(out, &buf)?;
+    tracing::info!(
+        rows = encoded.rows,
+        secs = started.elapsed().as_secs_f64(),
+        "predicted"
+    );
+    Ok((encoded.rows, report, names))
+}

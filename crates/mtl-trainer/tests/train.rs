@@ -1,0 +1,404 @@
+//! End-to-end training jobs on generated data: train → eval → predict, exact resume,
+//! early-stopping direction, and learning on a known signal for every model.
+
+use std::path::Path;
+
+use burn::module::Module;
+use burn::tensor::Device;
+use mtl_data::BadRowPolicy;
+use mtl_data::synthetic::{CcpFiles, CcpSpec, generate_ccp};
+use mtl_esmm::EsmmConfig;
+use mtl_layers::MlpSpec;
+use mtl_mmoe::{MmoeConfig, SharedBottomConfig, TaskConfig};
+use mtl_trainer::fit::improves;
+use mtl_trainer::{DataConfig, EarlyStopping, ModelConfig, RunConfig, TrainOptions, TrainSettings, auc};
+
+fn data(dir: &Path, rows: usize, seed: u64) -> CcpFiles {
+    let mut spec = CcpSpec::small(rows, seed);
+    spec.embed_dim = 8;
+    let files = generate_ccp(&spec, dir, "d").unwrap();
+    // larger initial embeddings than torch-rechub's 1e-4 so that a few hundred steps suffice
+    let text = std::fs::read_to_string(&files.schema)
+        .unwrap()
+        .replace("embed_dim = 8", "embed_dim = 8\nembed_init_std = 0.05");
+    std::fs::write(&files.schema, text).unwrap();
+    files
+}
+
+fn config(files: &CcpFiles, model: ModelConfig, settings: TrainSettings) -> RunConfig {
+    RunConfig {
+        schema: files.schema.clone(),
+        data: DataConfig {
+            train: files.train.clone(),
+            valid: Some(files.val.clone()),
+            test: Some(files.test.clone()),
+            bad_rows: "fail".into(),
+        },
+        model,
+        train: settings,
+    }
+}
+
+fn esmm() -> ModelConfig {
+    ModelConfig::Esmm(EsmmConfig::new(MlpSpec::new([32, 16]), MlpSpec::new([32, 16])))
+}
+
+fn two_tasks() -> Vec<TaskConfig> {
+    vec![TaskConfig::new("click"), TaskConfig::new("purchase")]
+}
+
+fn settings(epochs: usize, batch: usize) -> TrainSettings {
+    TrainSettings {
+        epochs,
+        batch_size: batch,
+        lr: 3e-3,
+        seed: 7,
+        ..TrainSettings::default()
+    }
+}
+
+fn read_csv(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut lines = text.lines();
+    let header = lines.next().unwrap().split(',').map(str::to_string).collect();
+    (
+        header,
+        lines
+            .map(|l| l.split(',').map(str::to_string).collect())
+            .collect(),
+    )
+}
+
+#[test]
+fn train_eval_predict_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = data(&dir.path().join("data"), 6000, 1);
+    let out = dir.path().join("model");
+    let summary = mtl_trainer::train(
+        Some(&config(&files, esmm(), settings(1, 256))),
+        &out,
+        false,
+        &TrainOptions::default(),
+    )
+    .unwrap();
+    assert!(summary.finished);
+    assert_eq!(summary.steps, 4800usize.div_ceil(256));
+    for f in [
+        "config.toml",
+        "schema.toml",
+        "features.json",
+        "model.bpk",
+        "metrics.json",
+        "curve.svg",
+        "checkpoint/state.json",
+    ] {
+        assert!(out.join(f).exists(), "{f} missing");
+    }
+    let metrics: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(metrics["history"].as_array().unwrap().len(), 1);
+    assert!(
+        std::fs::read_to_string(out.join("curve.svg"))
+            .unwrap()
+            .contains("<polyline")
+    );
+
+    // eval on the test file
+    let (eval, report) = mtl_trainer::eval_file(&out, &files.test, "flex", BadRowPolicy::Fail).unwrap();
+    assert_eq!(report.rows, 600);
+    assert_eq!(
+        eval.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(),
+        ["ctr", "cvr", "ctcvr"]
+    );
+    // the saved model's test metrics in the summary are the same numbers
+    assert_eq!(summary.test, eval);
+
+    // predict writes the scores eval used: recompute AUCs from the written file
+    let pred_path = dir.path().join("pred.csv");
+    let (rows, _, names) = mtl_trainer::predict_file(
+        &out,
+        &files.test,
+        &pred_path,
+        Some("p_click"),
+        "flex",
+        BadRowPolicy::Fail,
+    )
+    .unwrap();
+    assert_eq!(rows, 600);
+    assert_eq!(names, ["ctr", "cvr", "ctcvr"]);
+    let (header, pred_rows) = read_csv(&pred_path);
+    assert_eq!(header, ["p_click", "ctr", "cvr", "ctcvr"]);
+    let (test_header, test_rows) = read_csv(&files.test);
+    let col = |name: &str| test_header.iter().position(|h| h == name).unwrap();
+    let click: Vec<f32> = test_rows
+        .iter()
+        .map(|r| r[col("click")].parse().unwrap())
+        .collect();
+    let buy: Vec<f32> = test_rows
+        .iter()
+        .map(|r| r[col("purchase")].parse().unwrap())
+        .collect();
+    let score = |k: usize| -> Vec<f32> { pred_rows.iter().map(|r| r[k].parse().unwrap()).collect() };
+    for (r, row) in pred_rows.iter().enumerate() {
+        assert_eq!(row[0], test_rows[r][col("p_click")], "id column passed through");
+    }
+    assert_eq!(auc(&score(1), &click), eval[0].get("auc"));
+    let clicked: Vec<usize> = (0..click.len()).filter(|&i| click[i] > 0.5).collect();
+    let cvr_scores: Vec<f32> = clicked.iter().map(|&i| score(2)[i]).collect();
+    let cvr_labels: Vec<f32> = clicked.iter().map(|&i| buy[i]).collect();
+    assert_eq!(auc(&cvr_scores, &cvr_labels), eval[1].get("auc"));
+    assert_eq!(eval[1].rows, clicked.len());
+    let ctcvr_labels: Vec<f32> = click.iter().zip(&buy).map(|(c, b)| c * b).collect();
+    assert_eq!(auc(&score(3), &ctcvr_labels), eval[2].get("auc"));
+}
+
+fn load_weights(dir: &Path) -> Vec<f32> {
+    let model_dir = mtl_trainer::ModelDir::open(dir).unwrap();
+    let ModelConfig::Esmm(cfg) = &model_dir.config.model else {
+        panic!("esmm expected")
+    };
+    let m = cfg
+        .init(&model_dir.schema, model_dir.encoder.layout(), &Device::flex())
+        .unwrap();
+    let m = m.load_file(dir.join("checkpoint/model.bpk"));
+    let mut out = m
+        .input
+        .embedding
+        .weight
+        .val()
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap();
+    out.extend(
+        m.ctr_tower.blocks[0]
+            .linear
+            .weight
+            .val()
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap(),
+    );
+    out.extend(
+        m.cvr_tower
+            .output
+            .as_ref()
+            .unwrap()
+            .weight
+            .val()
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap(),
+    );
+    out.extend(
+        m.cvr_tower.blocks[0]
+            .norm
+            .as_ref()
+            .unwrap()
+            .running_mean
+            .value()
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap(),
+    );
+    out
+}
+
+#[test]
+fn interrupted_run_resumes_to_the_same_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = data(&dir.path().join("data"), 3000, 2);
+    let mut s = settings(2, 200); // 2400 rows → 12 steps per epoch, 24 in all
+    s.weight_decay = 1e-4;
+    s.grad_clip_norm = Some(5.0);
+    let full = dir.path().join("full");
+    let a = mtl_trainer::train(
+        Some(&config(&files, esmm(), s.clone())),
+        &full,
+        false,
+        &TrainOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(a.steps, 24);
+
+    // stop inside the first epoch, resume, stop inside the second, resume to the end
+    let part = dir.path().join("part");
+    let mut s1 = s.clone();
+    s1.max_steps = Some(7);
+    let b = mtl_trainer::train(
+        Some(&config(&files, esmm(), s1)),
+        &part,
+        false,
+        &TrainOptions::default(),
+    )
+    .unwrap();
+    assert!(!b.finished);
+    assert_eq!(b.steps, 7);
+    assert!(
+        !part.join("model.bpk").exists(),
+        "an interrupted run leaves only its checkpoint"
+    );
+    // the stored config carries max_steps = 7; lift it as a user would by editing, then resume
+    let cfg_path = part.join("config.toml");
+    let text = std::fs::read_to_string(&cfg_path)
+        .unwrap()
+        .replace("max_steps = 7", "max_steps = 17");
+    std::fs::write(&cfg_path, text).unwrap();
+    let c = mtl_trainer::train(None, &part, true, &TrainOptions::default()).unwrap();
+    assert_eq!(c.steps, 17);
+    let text = std::fs::read_to_string(&cfg_path)
+        .unwrap()
+        .replace("max_steps = 17\n", "");
+    std::fs::write(&cfg_path, text).unwrap();
+    let d = mtl_trainer::train(None, &part, true, &TrainOptions::default()).unwrap();
+    assert!(d.finished);
+    assert_eq!(d.steps, 24);
+
+    let (wa, wd) = (load_weights(&full), load_weights(&part));
+    assert_eq!(wa.len(), wd.len());
+    let max_diff = wa
+        .iter()
+        .zip(&wd)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
+    // bit-identical: same batches, same optimiser state, BatchNorm statistics included
+    assert!(max_diff == 0.0, "resumed weights differ by up to {max_diff}");
+    // same seed → same metrics
+    assert_eq!(a.history.last().unwrap().valid, d.history.last().unwrap().valid);
+    // resuming a finished run is refused
+    let err = mtl_trainer::train(None, &part, true, &TrainOptions::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("already finished"), "{err}");
+}
+
+#[test]
+fn early_stopping_direction() {
+    let auc = EarlyStopping {
+        metric: "ctr.auc".into(),
+        patience: 1,
+    };
+    assert!(improves(&auc, 0.7, None));
+    assert!(improves(&auc, 0.71, Some(0.70)));
+    assert!(!improves(&auc, 0.69, Some(0.70)));
+    let mse = EarlyStopping {
+        metric: "dwell.mse".into(),
+        patience: 1,
+    };
+    assert!(improves(&mse, 0.9, Some(1.0)));
+    assert!(!improves(&mse, 1.1, Some(1.0)));
+    let loss = EarlyStopping {
+        metric: "loss".into(),
+        patience: 1,
+    };
+    assert!(!loss.higher_is_better());
+}
+
+#[test]
+fn early_stopping_keeps_the_best_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = data(&dir.path().join("data"), 3000, 3);
+    let mut s = settings(6, 100);
+    s.lr = 0.05; // large steps: the validation loss turns up after a few evaluations
+    s.eval_every_steps = Some(6);
+    s.early_stopping = Some(EarlyStopping {
+        metric: "loss".into(),
+        patience: 2,
+    });
+    let out = dir.path().join("m");
+    let summary = mtl_trainer::train(
+        Some(&config(&files, esmm(), s)),
+        &out,
+        false,
+        &TrainOptions::default(),
+    )
+    .unwrap();
+    let losses: Vec<f64> = summary.history.iter().map(|h| h.valid_loss.unwrap()).collect();
+    let best = losses.iter().copied().fold(f64::INFINITY, f64::min);
+    if summary.stopped_early {
+        // stopped exactly `patience` evaluations after the best one
+        let best_at = losses.iter().position(|&l| l == best).unwrap();
+        assert_eq!(losses.len() - 1 - best_at, 2, "{losses:?}");
+    }
+    // the saved model is the best one: its validation loss equals the best seen
+    let model = mtl_trainer::ModelDir::open(&out).unwrap();
+    let (valid, _, _) =
+        mtl_data::read_encoded(&files.val, &model.encoder, BadRowPolicy::Fail, true, None).unwrap();
+    let ModelConfig::Esmm(cfg) = &model.config.model else {
+        panic!()
+    };
+    let m = cfg
+        .init(&model.schema, model.encoder.layout(), &Device::flex())
+        .unwrap()
+        .load_file(out.join("model.bpk"));
+    let (_, terms) =
+        mtl_trainer::fit::predict_all(&m, &valid, model.encoder.layout(), &Device::flex(), 4096, true);
+    let loss: f64 = terms.unwrap().iter().sum();
+    assert!(
+        (loss - best).abs() < 1e-6,
+        "saved model loss {loss} vs best {best} of {losses:?}"
+    );
+}
+
+#[test]
+fn every_model_learns_a_known_signal() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = data(&dir.path().join("data"), 25_000, 4);
+    let models = [
+        esmm(),
+        ModelConfig::Mmoe(MmoeConfig::new(
+            3,
+            MlpSpec::new([32]),
+            MlpSpec::new([16]),
+            two_tasks(),
+        )),
+        ModelConfig::Omoe(MmoeConfig::new(
+            3,
+            MlpSpec::new([32]),
+            MlpSpec::new([16]),
+            two_tasks(),
+        )),
+        ModelConfig::SharedBottom(SharedBottomConfig {
+            bottom: MlpSpec::new([32]),
+            tower: MlpSpec::new([16]),
+            tasks: two_tasks(),
+            pooling: Default::default(),
+        }),
+    ];
+    for model in models {
+        let kind = model.kind();
+        let out = dir.path().join(kind);
+        let s = mtl_trainer::train(
+            Some(&config(&files, model, settings(2, 128))),
+            &out,
+            false,
+            &TrainOptions::default(),
+        )
+        .unwrap();
+        let test_auc = |name: &str| {
+            s.test
+                .iter()
+                .find(|m| m.name == name)
+                .and_then(|m| m.get("auc"))
+                .unwrap()
+        };
+        let click = if kind == "esmm" {
+            test_auc("ctr")
+        } else {
+            test_auc("click")
+        };
+        eprintln!("{kind}: {} steps, test click AUC {click:.4}", s.steps);
+        assert!(click > 0.68, "{kind}: click AUC {click}");
+        if kind == "esmm" {
+            let cvr = test_auc("cvr");
+            let ctcvr = test_auc("ctcvr");
+            eprintln!("esmm: cvr AUC {cvr:.4} ctcvr AUC {ctcvr:.4}");
+            assert!(cvr > 0.6, "cvr AUC {cvr}");
+            assert!(ctcvr > 0.7, "ctcvr AUC {ctcvr}");
+        } else {
+            let buy = test_auc("purchase");
+            eprintln!("{kind}: purchase AUC {buy:.4}");
+            assert!(buy > 0.7, "{kind}: purchase AUC {buy}");
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Examples live in `library.rs` (`cargo run --release -p mtl-examples --example library`).
