@@ -45,6 +45,46 @@ enum Command {
     Predict(PredictArgs),
     /// Generate synthetic data, train ESMM and MMOE briefly, print metrics (the default).
     Demo(DemoArgs),
+    /// Write synthetic data sets with a known ground truth (CSV files and a schema).
+    #[command(subcommand)]
+    GenData(GenData),
+}
+
+#[derive(Debug, Subcommand)]
+enum GenData {
+    /// Click/conversion data shaped like Ali-CCP, with the true p_click and p_cvr per row.
+    Ccp {
+        /// Rows in total (split 80/10/10 into train/val/test).
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: usize,
+        /// Random seed (same seed, same bytes).
+        #[arg(long, default_value_t = 2022)]
+        seed: u64,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Small vocabularies (10 … 1,000) instead of the peer's (10 … 100,000).
+        #[arg(long)]
+        small: bool,
+        /// Number of dense fields.
+        #[arg(long, default_value_t = 0)]
+        dense: usize,
+    },
+    /// The MMoE paper's synthetic regression pair with task correlation P.
+    MmoeSynthetic {
+        /// Correlation P between the two tasks.
+        #[arg(long, default_value_t = 0.5)]
+        correlation: f64,
+        /// Rows in total.
+        #[arg(long, default_value_t = 100_000)]
+        rows: usize,
+        /// Random seed.
+        #[arg(long, default_value_t = 2018)]
+        seed: u64,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -182,7 +222,53 @@ fn run(cli: Cli) -> Result<()> {
         Command::Eval(args) => eval(args),
         Command::Predict(args) => predict(args),
         Command::Demo(args) => demo(args, progress),
+        Command::GenData(what) => gen_data(what),
     }
+}
+
+fn gen_data(what: GenData) -> Result<()> {
+    match what {
+        GenData::Ccp {
+            rows,
+            seed,
+            out,
+            small,
+            dense,
+        } => {
+            let mut spec = if small {
+                CcpSpec::small(rows, seed)
+            } else {
+                CcpSpec::new(rows, seed)
+            };
+            spec.dense = dense;
+            let files = generate_ccp(&spec, &out, "synth_ccp")
+                .with_context(|| format!("writing to {}", out.display()))?;
+            println!(
+                "wrote {} rows to {} (click rate {:.4}, conversion rate among clicks {:.4}); schema {}",
+                rows,
+                out.display(),
+                files.click_rate,
+                files.cvr_rate,
+                files.schema.display()
+            );
+        }
+        GenData::MmoeSynthetic {
+            correlation,
+            rows,
+            seed,
+            out,
+        } => {
+            let spec = mtl_data::synthetic::MmoeSynthSpec::new(rows, seed, correlation);
+            let [_, _, _, schema] = mtl_data::synthetic::generate_mmoe_synthetic(&spec, &out, "mmoe_synth")
+                .with_context(|| format!("writing to {}", out.display()))?;
+            println!(
+                "wrote {rows} rows (correlation {correlation}) to {}; schema {}",
+                out.display(),
+                schema.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 fn train(args: TrainArgs, progress: bool) -> Result<()> {
@@ -250,6 +336,12 @@ fn print_summary(s: &TrainSummary) {
     );
     print_metrics("validation (last evaluation):", &s.valid);
     print_metrics("test (saved model):", &s.test);
+    if let Some(i) = s.inference_samples_per_sec {
+        println!("inference on the test file: {i:.0} samples/s");
+    }
+    if let Some(rss) = s.peak_rss_mb {
+        println!("peak RSS: {rss:.0} MB");
+    }
     println!("artifacts: {}", s.out_dir.display());
 }
 

@@ -365,3 +365,166 @@ mod tests {
         );
     }
 }
+
+/// Parameters of the MMoE paper's synthetic regression pair (Ma et al., KDD 2018, §4.1).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MmoeSynthSpec {
+    /// Rows in total (split 80/10/10).
+    pub rows: usize,
+    /// Random seed.
+    pub seed: u64,
+    /// Pearson correlation P between the two tasks' weight vectors.
+    pub correlation: f64,
+    /// Input dimension d (paper: 100).
+    pub dim: usize,
+    /// Scale c of the weight vectors (not given in the paper; 1.0 here).
+    pub scale: f64,
+    /// Number m of sine terms (not given in the paper; 10 here), α_j, β_j ~ N(0, 1).
+    pub sines: usize,
+    /// Noise standard deviation (paper: ε ~ N(0, 0.01), i.e. sd 0.1).
+    pub noise_sd: f64,
+}
+
+impl MmoeSynthSpec {
+    /// The paper's setting with the open constants chosen here: d = 100, c = 1, m = 10.
+    pub fn new(rows: usize, seed: u64, correlation: f64) -> Self {
+        Self {
+            rows,
+            seed,
+            correlation,
+            dim: 100,
+            scale: 1.0,
+            sines: 10,
+            noise_sd: 0.1,
+        }
+    }
+}
+
+/// Writes `<out>/<prefix>_{train,val,test}.csv` (columns `x0..x{d-1}`, `y1`, `y2`) and a schema:
+/// orthonormal u1, u2; w1 = c·u1, w2 = c(P·u1 + √(1−P²)·u2); x ~ N(0, I);
+/// y_i = w_iᵀx + Σ_j sin(α_j w_iᵀx + β_j) + ε.
+pub fn generate_mmoe_synthetic(
+    spec: &MmoeSynthSpec,
+    out: &Path,
+    prefix: &str,
+) -> std::io::Result<[PathBuf; 4]> {
+    std::fs::create_dir_all(out)?;
+    let mut rng = StdRng::seed_from_u64(spec.seed);
+    let d = spec.dim;
+    // Gram–Schmidt on two Gaussian vectors
+    let mut u1: Vec<f64> = (0..d).map(|_| normal(&mut rng)).collect();
+    let n1 = u1.iter().map(|x| x * x).sum::<f64>().sqrt();
+    u1.iter_mut().for_each(|x| *x /= n1);
+    let mut u2: Vec<f64> = (0..d).map(|_| normal(&mut rng)).collect();
+    let dot: f64 = u1.iter().zip(&u2).map(|(a, b)| a * b).sum();
+    u2.iter_mut().zip(&u1).for_each(|(b, a)| *b -= dot * a);
+    let n2 = u2.iter().map(|x| x * x).sum::<f64>().sqrt();
+    u2.iter_mut().for_each(|x| *x /= n2);
+    let p = spec.correlation.clamp(-1.0, 1.0);
+    let q = (1.0 - p * p).max(0.0).sqrt();
+    let w1: Vec<f64> = u1.iter().map(|a| spec.scale * a).collect();
+    let w2: Vec<f64> = u1
+        .iter()
+        .zip(&u2)
+        .map(|(a, b)| spec.scale * (p * a + q * b))
+        .collect();
+    let alpha: Vec<f64> = (0..spec.sines).map(|_| normal(&mut rng)).collect();
+    let beta: Vec<f64> = (0..spec.sines).map(|_| normal(&mut rng)).collect();
+
+    let paths = ["train", "val", "test"].map(|s| out.join(format!("{prefix}_{s}.csv")));
+    let mut writers = Vec::new();
+    for path in &paths {
+        writers.push(BufWriter::with_capacity(1 << 20, File::create(path)?));
+    }
+    let mut header: String = (0..d).map(|k| format!("x{k},")).collect();
+    header += "y1,y2\n";
+    for w in &mut writers {
+        w.write_all(header.as_bytes())?;
+    }
+    let mut line = String::with_capacity(d * 10);
+    let mut x = vec![0.0; d];
+    for r in 0..spec.rows {
+        for v in &mut x {
+            *v = normal(&mut rng);
+        }
+        let y = |w: &[f64], rng: &mut StdRng| {
+            let s: f64 = w.iter().zip(&x).map(|(a, b)| a * b).sum();
+            s + alpha
+                .iter()
+                .zip(&beta)
+                .map(|(a, b)| (a * s + b).sin())
+                .sum::<f64>()
+                + spec.noise_sd * normal(rng)
+        };
+        let (y1, y2) = (y(&w1, &mut rng), y(&w2, &mut rng));
+        line.clear();
+        use std::fmt::Write as _;
+        for v in &x {
+            let _ = write!(line, "{v:.5},");
+        }
+        let _ = writeln!(line, "{y1:.6},{y2:.6}");
+        let split = match r % 10 {
+            8 => 1,
+            9 => 2,
+            _ => 0,
+        };
+        writers[split].write_all(line.as_bytes())?;
+    }
+    for mut w in writers {
+        w.flush()?;
+    }
+    let schema_path = out.join(format!("{prefix}_schema.toml"));
+    let mut schema = format!(
+        "# MMoE synthetic regression pair: correlation {p}, d = {d}, c = {}, m = {}, seed {}.\n\n",
+        spec.scale, spec.sines, spec.seed
+    );
+    for k in 0..d {
+        schema += &format!("[[dense]]\nname = \"x{k}\"\n\n");
+    }
+    schema += "[[labels]]\nname = \"y1\"\nkind = \"regression\"\n\n[[labels]]\nname = \"y2\"\nkind = \"regression\"\n";
+    std::fs::write(&schema_path, schema)?;
+    let [a, b, c] = paths;
+    Ok([a, b, c, schema_path])
+}
+
+#[cfg(test)]
+mod mmoe_tests {
+    use super::*;
+
+    fn column(text: &str, name: &str) -> Vec<f64> {
+        let mut lines = text.lines();
+        let k = lines.next().unwrap().split(',').position(|h| h == name).unwrap();
+        lines
+            .map(|l| l.split(',').nth(k).unwrap().parse().unwrap())
+            .collect()
+    }
+
+    fn pearson(a: &[f64], b: &[f64]) -> f64 {
+        let n = a.len() as f64;
+        let (ma, mb) = (a.iter().sum::<f64>() / n, b.iter().sum::<f64>() / n);
+        let cov: f64 = a.iter().zip(b).map(|(x, y)| (x - ma) * (y - mb)).sum();
+        let va: f64 = a.iter().map(|x| (x - ma).powi(2)).sum();
+        let vb: f64 = b.iter().map(|y| (y - mb).powi(2)).sum();
+        cov / (va * vb).sqrt()
+    }
+
+    #[test]
+    fn label_correlation_follows_the_weight_correlation() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut corr = Vec::new();
+        for p in [1.0, 0.5, 0.0] {
+            let [train, ..] = generate_mmoe_synthetic(
+                &MmoeSynthSpec::new(4000, 3, p),
+                &dir.path().join(format!("{p}")),
+                "m",
+            )
+            .unwrap();
+            let text = std::fs::read_to_string(train).unwrap();
+            corr.push(pearson(&column(&text, "y1"), &column(&text, "y2")));
+        }
+        // P = 1: identical weights, only the noise differs; correlation falls as P falls
+        assert!(corr[0] > 0.95, "{corr:?}");
+        assert!(corr[0] > corr[1] && corr[1] > corr[2], "{corr:?}");
+        assert!(corr[2].abs() < 0.2, "{corr:?}");
+    }
+}

@@ -241,6 +241,14 @@ impl MultiTaskModel for Esmm {
         vec![p.pctr, p.pcvr, p.pctcvr]
     }
 
+    fn input_layer(&self) -> &InputLayer {
+        &self.input
+    }
+
+    fn input_layer_mut(&mut self) -> &mut InputLayer {
+        &mut self.input
+    }
+
     fn forward(&self, batch: &BatchTensors) -> Forward {
         let p = self.forward_predictions(batch);
         let losses = self.losses(&p, batch).to_vec();

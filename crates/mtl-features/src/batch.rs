@@ -69,8 +69,39 @@ impl EncodedData {
             .collect()
     }
 
-    /// Builds the tensors of the rows `indices` (in that order) on `device`.
+    /// Builds the tensors of the rows `indices` (in that order) on `device`; ids are table rows.
     pub fn batch(&self, indices: &[usize], layout: &TableLayout, device: &Device) -> BatchTensors {
+        self.build(indices, layout, device, |global| global as i32)
+    }
+
+    /// Builds the tensors of the rows `indices` for row-sparse training: returns the batch's
+    /// distinct table rows (in first-seen order), and the batch's ids are positions in that
+    /// list. The caller gathers those rows into [`BatchTensors::gathered`].
+    pub fn batch_unique(
+        &self,
+        indices: &[usize],
+        layout: &TableLayout,
+        device: &Device,
+    ) -> (BatchTensors, Vec<i32>) {
+        let mut unique: Vec<i32> = Vec::new();
+        let mut position: std::collections::HashMap<usize, i32> =
+            std::collections::HashMap::with_capacity(indices.len() * 4);
+        let batch = self.build(indices, layout, device, |global| {
+            *position.entry(global).or_insert_with(|| {
+                unique.push(global as i32);
+                unique.len() as i32 - 1
+            })
+        });
+        (batch, unique)
+    }
+
+    fn build(
+        &self,
+        indices: &[usize],
+        layout: &TableLayout,
+        device: &Device,
+        mut id: impl FnMut(usize) -> i32,
+    ) -> BatchTensors {
         let b = indices.len();
         let ns = self.n_sparse;
         let mut sparse = Vec::with_capacity(b * ns);
@@ -79,13 +110,15 @@ impl EncodedData {
             sparse.extend(
                 row.iter()
                     .zip(&layout.offset)
-                    .map(|(&id, &off)| (id as usize + off) as i32),
+                    .map(|(&v, &off)| id(v as usize + off)),
             );
         }
         let sparse_ids =
             (ns > 0).then(|| Tensor::<2, Int>::from_data(TensorData::new(sparse, [b, ns]), device));
 
-        let sequence = (!self.seq_max_len.is_empty()).then(|| {
+        let sequence = if self.seq_max_len.is_empty() {
+            None
+        } else {
             let width = self.seq_width();
             let n_seq = self.seq_max_len.len();
             let mut ids = Vec::with_capacity(b * width);
@@ -97,17 +130,17 @@ impl EncodedData {
                 for (s, &max_len) in self.seq_max_len.iter().enumerate() {
                     let off = layout.offset[ns + s];
                     for k in 0..max_len {
-                        ids.push((row[start + k] as usize + off) as i32);
+                        ids.push(id(row[start + k] as usize + off));
                         mask.push(if (k as u32) < lens[s] { 1.0f32 } else { 0.0 });
                     }
                     start += max_len;
                 }
             }
-            SequenceTensors {
+            Some(SequenceTensors {
                 ids: Tensor::from_data(TensorData::new(ids, [b, width]), device),
                 mask: Tensor::from_data(TensorData::new(mask, [b, width]), device),
-            }
-        });
+            })
+        };
 
         let dense = (self.n_dense > 0).then(|| {
             let nd = self.n_dense;
@@ -129,6 +162,7 @@ impl EncodedData {
             sequence,
             dense,
             labels: Tensor::from_data(TensorData::new(labels, [b, nl.max(1)]), device),
+            gathered: None,
         }
     }
 }
@@ -155,6 +189,9 @@ pub struct BatchTensors {
     pub dense: Option<Tensor<2>>,
     /// `[batch, n_labels]`.
     pub labels: Tensor<2>,
+    /// Row-sparse training: the batch's distinct embedding rows `[unique, dim]`; when set, the
+    /// ids above are positions in it rather than table rows.
+    pub gathered: Option<Tensor<2>>,
 }
 
 impl BatchTensors {

@@ -117,3 +117,23 @@ fn sum_sequence_pooling_and_unknown_group() {
     let err = InputSpec::new(&schema, &FieldPooling::SumByGroup(vec!["ctx".into()])).unwrap_err();
     assert!(err.to_string().contains("ctx"), "{err}");
 }
+
+#[test]
+fn gathered_rows_give_the_same_input_as_the_table() {
+    let device = Device::flex();
+    for pooling in [
+        FieldPooling::Concat,
+        FieldPooling::SumByGroup(vec!["user".into(), "item".into()]),
+    ] {
+        let (_, enc, layer) = layer(pooling, &device);
+        let d = data();
+        let full = layer.forward(&d.batch(&[0, 1], enc.layout(), &device));
+        let (mut batch, unique) = d.batch_unique(&[0, 1], enc.layout(), &device);
+        // distinct table rows in first-seen order: u=1 → 1, i=2 → 4, u2=0 → 0, then row 1's
+        // i=0 → 2; sequence ids 0, 1 of i → 2, 3; padding id 0 of i → 2 (already seen)
+        assert_eq!(unique, vec![1, 4, 0, 2, 3]);
+        let idx = Tensor::<1, burn::tensor::Int>::from_data(TensorData::new(unique, [5]), &device);
+        batch.gathered = Some(layer.embedding.weight.val().select(0, idx));
+        assert_eq!(values(layer.forward(&batch)), values(full));
+    }
+}

@@ -6,7 +6,7 @@
 
 use burn::module::Module;
 use burn::tensor::Tensor;
-use mtl_features::{BatchTensors, LabelKind};
+use mtl_features::{BatchTensors, InputLayer, LabelKind};
 
 /// What one model output predicts and how it is evaluated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,4 +73,10 @@ pub trait MultiTaskModel: Module + Clone + std::fmt::Debug {
 
     /// Predictions and loss terms against the batch's labels.
     fn forward(&self, batch: &BatchTensors) -> Forward;
+
+    /// The shared embedding/input layer.
+    fn input_layer(&self) -> &InputLayer;
+
+    /// The shared embedding/input layer, mutably (row-sparse training swaps its table).
+    fn input_layer_mut(&mut self) -> &mut InputLayer;
 }

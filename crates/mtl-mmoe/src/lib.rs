@@ -302,6 +302,14 @@ impl MultiTaskModel for Mmoe {
             .map(|(t, l)| predict(l, t.kind))
             .collect()
     }
+    fn input_layer(&self) -> &InputLayer {
+        &self.input
+    }
+
+    fn input_layer_mut(&mut self) -> &mut InputLayer {
+        &mut self.input
+    }
+
     fn forward(&self, batch: &BatchTensors) -> Forward {
         let (logits, _) = self.forward_with_gates(batch);
         task_forward(&self.tasks, logits, batch)
@@ -401,6 +409,14 @@ impl MultiTaskModel for SharedBottom {
             .map(|(t, l)| predict(l, t.kind))
             .collect()
     }
+    fn input_layer(&self) -> &InputLayer {
+        &self.input
+    }
+
+    fn input_layer_mut(&mut self) -> &mut InputLayer {
+        &mut self.input
+    }
+
     fn forward(&self, batch: &BatchTensors) -> Forward {
         task_forward(&self.tasks, self.logits(batch), batch)
     }

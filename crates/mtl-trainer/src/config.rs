@@ -86,6 +86,17 @@ pub enum OptimizerKind {
     AdamW,
 }
 
+/// How the embedding table is updated.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EmbeddingUpdate {
+    /// Only the rows a batch uses, with a row-wise Adam (fast; vocabulary-size independent).
+    #[default]
+    Sparse,
+    /// burn's dense gradient and optimiser over the whole table (torch-rechub's semantics).
+    Dense,
+}
+
 /// Early stopping on a validation metric.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -151,6 +162,9 @@ pub struct TrainSettings {
     /// `flex` (default), `ndarray`, `wgpu` or `cuda`.
     #[serde(default = "default_backend")]
     pub backend: String,
+    /// Embedding updates: `sparse` (default) or `dense`.
+    #[serde(default)]
+    pub embedding: EmbeddingUpdate,
 }
 
 fn default_epochs() -> usize {

@@ -16,8 +16,9 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{OptimizerKind, TrainSettings};
+use crate::config::{EmbeddingUpdate, OptimizerKind, TrainSettings};
 use crate::metrics::{TaskMetrics, evaluate};
+use crate::sparse::SparseAdam;
 use crate::{TrainError, record_err};
 
 /// One evaluation of the model on the validation set.
@@ -66,6 +67,9 @@ pub struct TrainState {
     pub pending: (u64, f64, Vec<f64>),
     /// Seconds spent training since the last evaluation.
     pub pending_secs: f64,
+    /// Steps of the row-sparse embedding optimiser.
+    #[serde(default)]
+    pub sparse_time: usize,
 }
 
 /// Options of one `fit` call that are not model settings.
@@ -190,6 +194,7 @@ pub fn write_checkpoint<M: Module>(
     out_dir: &Path,
     model: &M,
     optim: &ModuleOptimizer,
+    sparse: Option<&SparseAdam>,
     state: &TrainState,
 ) -> Result<(), TrainError> {
     let final_dir = checkpoint_dir(out_dir);
@@ -210,6 +215,9 @@ pub fn write_checkpoint<M: Module>(
         .save_file(tmp.join("model.bpk"))
         .map_err(record_err(&tmp))?;
     optim.save(tmp.join("optim.bpk")).map_err(record_err(&tmp))?;
+    if let Some(sparse) = sparse {
+        sparse.save(&tmp.join(SPARSE_MOMENTS))?;
+    }
     let json = serde_json::to_vec_pretty(state).expect("state serialises");
     std::fs::write(tmp.join("state.json"), json).map_err(io(&tmp))?;
     if final_dir.exists() {
@@ -224,6 +232,9 @@ pub fn write_checkpoint<M: Module>(
     }
     Ok(())
 }
+
+/// File of the row-sparse optimiser's moments inside a checkpoint.
+pub const SPARSE_MOMENTS: &str = "embedding_moments.bpk";
 
 /// Reads a checkpoint: the state, and paths of the model and optimiser records.
 pub fn read_checkpoint(out_dir: &Path) -> Result<(TrainState, PathBuf, PathBuf), TrainError> {
@@ -282,6 +293,17 @@ pub fn fit<M: MultiTaskModel>(
         state.pending.2 = vec![0.0; loss_names.len()];
     }
     let mut clock = Instant::now();
+    let mut sparse = match settings.embedding {
+        EmbeddingUpdate::Dense => None,
+        EmbeddingUpdate::Sparse => {
+            let mut sp = SparseAdam::new(&model, settings, device);
+            let moments = checkpoint_dir(&options.out_dir).join(SPARSE_MOMENTS);
+            if state.global_step > 0 && moments.exists() {
+                sp.load(&moments, state.sparse_time)?;
+            }
+            Some(sp)
+        }
+    };
 
     let evaluate_now = |model: &M, state: &mut TrainState, clock: &mut Instant| -> Result<bool, TrainError> {
         let secs = state.pending_secs + clock.elapsed().as_secs_f64();
@@ -377,7 +399,15 @@ pub fn fit<M: MultiTaskModel>(
         while state.batch_in_epoch < batches {
             let bi = state.batch_in_epoch;
             let idx = &order[bi * bs..((bi + 1) * bs).min(train.rows)];
-            let batch = train.batch(idx, layout, device);
+            let (batch, gathered) = match &sparse {
+                None => (train.batch(idx, layout, device), None),
+                Some(sp) => {
+                    let (mut batch, unique) = train.batch_unique(idx, layout, device);
+                    let (leaf, ids) = sp.gather(unique);
+                    batch.gathered = Some(leaf.clone());
+                    (batch, Some((leaf, ids)))
+                }
+            };
             let forward = model.forward(&batch);
             let loss = forward.total_loss(&settings.loss_weights);
             let terms: Vec<f32> = Tensor::cat(forward.losses.clone(), 0)
@@ -394,7 +424,16 @@ pub fn fit<M: MultiTaskModel>(
                     terms: loss_names.iter().cloned().zip(terms).collect(),
                 });
             }
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            let mut grads = loss.backward();
+            if let (Some(sp), Some((leaf, ids))) = (sparse.as_mut(), gathered) {
+                // take the rows' gradient before the module's gradients are collected
+                let grad = leaf
+                    .grad_remove(&mut grads)
+                    .expect("the gathered rows feed the loss");
+                sp.step(ids, leaf.inner(), grad, settings.lr);
+                state.sparse_time = sp.time;
+            }
+            let grads = GradientsParams::from_grads(grads, &model);
             model = optim.step(settings.lr, model, grads);
             state.global_step += 1;
             state.batch_in_epoch += 1;
@@ -417,17 +456,23 @@ pub fn fit<M: MultiTaskModel>(
                 None => at_epoch_end,
             };
             let mut stop = false;
+            let checkpoint_due = match settings.checkpoint_every_steps {
+                Some(n) => step.is_multiple_of(n) || at_epoch_end,
+                None => at_epoch_end,
+            };
+            let limit_hit = settings.max_steps.is_some_and(|m| step >= m);
+            if let Some(sp) = &sparse
+                && (eval_due || checkpoint_due || limit_hit || state.epoch >= settings.epochs)
+            {
+                // evaluation and checkpoints read the model's own table
+                sp.sync_into(&mut model);
+            }
             if eval_due {
                 pb.suspend(|| -> Result<(), TrainError> {
                     stop = evaluate_now(&model, &mut state, &mut clock)?;
                     Ok(())
                 })?;
             }
-            let checkpoint_due = match settings.checkpoint_every_steps {
-                Some(n) => step.is_multiple_of(n) || at_epoch_end,
-                None => at_epoch_end,
-            };
-            let limit_hit = settings.max_steps.is_some_and(|m| step >= m);
             if stop {
                 state.finished = true;
                 state.stopped_early = true;
@@ -437,7 +482,7 @@ pub fn fit<M: MultiTaskModel>(
             if checkpoint_due || limit_hit || state.finished {
                 state.pending_secs += clock.elapsed().as_secs_f64();
                 clock = Instant::now();
-                write_checkpoint(&options.out_dir, &model, &optim, &state)?;
+                write_checkpoint(&options.out_dir, &model, &optim, sparse.as_ref(), &state)?;
             }
             if state.finished || limit_hit {
                 pb.finish_and_clear();
@@ -448,6 +493,9 @@ pub fn fit<M: MultiTaskModel>(
             }
         }
         pb.finish_and_clear();
+    }
+    if let Some(sp) = &sparse {
+        sp.sync_into(&mut model);
     }
     Ok(FitOutcome { model, state })
 }

@@ -23,8 +23,11 @@ pub mod curve;
 pub mod fit;
 pub mod metrics;
 pub mod run;
+pub mod sparse;
 
-pub use config::{DataConfig, EarlyStopping, ModelConfig, OptimizerKind, RunConfig, TrainSettings};
+pub use config::{
+    DataConfig, EarlyStopping, EmbeddingUpdate, ModelConfig, OptimizerKind, RunConfig, TrainSettings,
+};
 pub use fit::{EvalRecord, TrainState};
 pub use metrics::{TaskMetrics, auc};
 pub use run::{ModelDir, TrainOptions, TrainSummary, eval_file, predict_file, train};

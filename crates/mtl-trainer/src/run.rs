@@ -81,6 +81,18 @@ pub struct TrainSummary {
     pub history: Vec<crate::fit::EvalRecord>,
     /// Data read reports (rows, skipped rows).
     pub reads: Vec<String>,
+    /// Inference throughput of the saved model on the test file (samples/s, model only).
+    pub inference_samples_per_sec: Option<f64>,
+    /// Peak resident memory of this process so far (MB; Linux only).
+    pub peak_rss_mb: Option<f64>,
+}
+
+/// Peak resident set size of this process in MB (`VmHWM`), where the OS reports it.
+pub fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
 }
 
 fn backend_device(name: &str) -> Result<Device, TrainError> {
@@ -265,9 +277,12 @@ impl WithModel for TrainJob<'_> {
             save_atomic(&final_model, &self.out_dir.join("model.bpk"))?;
         }
         let plain = self.device.clone().without_autodiff();
+        let mut inference = None;
         let test = match self.test {
             Some(t) if state.finished => {
+                let started = Instant::now();
                 let (preds, _) = predict_all(&final_model, t, self.encoder.layout(), &plain, 4096, false);
+                inference = Some(t.rows as f64 / started.elapsed().as_secs_f64().max(1e-9));
                 evaluate(&final_model.outputs(), &preds, t, &self.schema.label_names())
             }
             _ => Vec::new(),
@@ -291,6 +306,8 @@ impl WithModel for TrainJob<'_> {
             test,
             history: state.history.clone(),
             reads: self.reads,
+            inference_samples_per_sec: inference,
+            peak_rss_mb: peak_rss_mb(),
         };
         let json = serde_json::to_vec_pretty(&summary).expect("summary serialises");
         atomic_write(&self.out_dir.join("metrics.json"), &json)?;

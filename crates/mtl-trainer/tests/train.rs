@@ -365,6 +365,7 @@ fn every_model_learns_a_known_signal() {
             pooling: Default::default(),
         }),
     ];
+    let mut sparse_esmm_auc = None;
     for model in models {
         let kind = model.kind();
         let out = dir.path().join(kind);
@@ -390,6 +391,7 @@ fn every_model_learns_a_known_signal() {
         eprintln!("{kind}: {} steps, test click AUC {click:.4}", s.steps);
         assert!(click > 0.68, "{kind}: click AUC {click}");
         if kind == "esmm" {
+            sparse_esmm_auc = Some(click);
             let cvr = test_auc("cvr");
             let ctcvr = test_auc("ctcvr");
             eprintln!("esmm: cvr AUC {cvr:.4} ctcvr AUC {ctcvr:.4}");
@@ -401,4 +403,26 @@ fn every_model_learns_a_known_signal() {
             assert!(buy > 0.7, "{kind}: purchase AUC {buy}");
         }
     }
+    // the default row-sparse embedding updates land in the same AUC band as burn's dense Adam
+    let mut dense = settings(2, 128);
+    dense.embedding = mtl_trainer::EmbeddingUpdate::Dense;
+    let s = mtl_trainer::train(
+        Some(&config(&files, esmm(), dense)),
+        &dir.path().join("dense"),
+        false,
+        &TrainOptions::default(),
+    )
+    .unwrap();
+    let dense_auc = s
+        .test
+        .iter()
+        .find(|m| m.name == "ctr")
+        .and_then(|m| m.get("auc"))
+        .unwrap();
+    let sparse_auc = sparse_esmm_auc.unwrap();
+    eprintln!("esmm click AUC: sparse {sparse_auc:.4}, dense {dense_auc:.4}");
+    assert!(
+        dense_auc > 0.68 && (sparse_auc - dense_auc).abs() < 0.02,
+        "sparse {sparse_auc} vs dense {dense_auc}"
+    );
 }

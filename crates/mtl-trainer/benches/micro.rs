@@ -1,0 +1,183 @@
+//! Criterion micro-benchmarks, per compiled and usable backend: embedding lookup
+//! forward+backward, MLP forward, MMOE forward, and one full ESMM and MMOE training step
+//! (forward, backward, Adam) on the torch-rechub example configuration (20 fields, embed 16,
+//! batch 1024). `cargo xtask bench` runs them; `MTL_BENCH_VOCAB` sets the ids per field.
+
+use std::hint::black_box;
+
+use burn::module::Module;
+use burn::optim::GradientsParams;
+use burn::tensor::{Distribution, Tensor};
+use criterion::{Criterion, criterion_group, criterion_main};
+use mtl_features::backend::usable_backends;
+use mtl_features::{BatchTensors, EncodedData, Encoder, Schema, StateFitter, ValidSchema};
+use mtl_layers::{MlpSpec, MultiTaskModel};
+use mtl_trainer::run::{WithModel, with_model};
+use mtl_trainer::{ModelConfig, TrainError, TrainSettings};
+
+const BATCH: usize = 1024;
+const FIELDS: usize = 20;
+
+fn vocab() -> usize {
+    std::env::var("MTL_BENCH_VOCAB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000)
+}
+
+fn schema() -> ValidSchema {
+    let mut text = String::from("embed_dim = 16\n");
+    for k in 0..FIELDS {
+        text += &format!(
+            "[[sparse]]\nname = \"f{k}\"\nvocab_size = {}\ngroup = \"g{}\"\n",
+            vocab(),
+            k % 2
+        );
+    }
+    text += "[[labels]]\nname = \"click\"\nkind = \"binary\"\n[[labels]]\nname = \"purchase\"\nkind = \"binary\"\n";
+    Schema::from_toml_str(&text, "bench").expect("valid schema")
+}
+
+fn data() -> EncodedData {
+    let v = vocab() as u64;
+    let mut s = 1u64;
+    let mut next = || {
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        s >> 33
+    };
+    EncodedData {
+        rows: BATCH,
+        n_sparse: FIELDS,
+        n_labels: 2,
+        sparse: (0..BATCH * FIELDS).map(|_| (next() % v) as u32).collect(),
+        labels: (0..BATCH)
+            .flat_map(|r| [f32::from(r % 25 == 0), f32::from(r % 500 == 0)])
+            .collect(),
+        ..Default::default()
+    }
+}
+
+struct TrainStep<'a> {
+    c: &'a mut Criterion,
+    name: String,
+    batch: BatchTensors,
+}
+
+impl WithModel for TrainStep<'_> {
+    type Out = ();
+    fn run<M: MultiTaskModel + 'static>(self, model: M) -> Result<(), TrainError> {
+        let mut optim = mtl_trainer::fit::optimizer(&TrainSettings::default());
+        let mut model = Some(model);
+        let batch = self.batch;
+        self.c.bench_function(&self.name, |b| {
+            b.iter(|| {
+                let m = model.take().expect("model");
+                let f = m.forward(&batch);
+                let loss = f.total_loss(&[]);
+                let _ = loss.clone().into_scalar::<f32>();
+                let grads = GradientsParams::from_grads(loss.backward(), &m);
+                model = Some(optim.step(1e-3, m, grads));
+            })
+        });
+        Ok(())
+    }
+}
+
+fn benches(c: &mut Criterion) {
+    let s = schema();
+    let enc = Encoder::new(&s, &StateFitter::new(&s).finish());
+    let d = data();
+    let idx: Vec<usize> = (0..BATCH).collect();
+    let models: Vec<ModelConfig> = [
+        "type = \"esmm\"\nctr_tower = { dims = [16, 8] }\ncvr_tower = { dims = [16, 8] }",
+        "type = \"mmoe\"\nn_experts = 8\nexpert = { dims = [16] }\ntower = { dims = [8] }\ntasks = [{ label = \"click\" }, { label = \"purchase\" }]",
+    ]
+    .iter()
+    .map(|t| toml::from_str(t).expect("model config"))
+    .collect();
+    for (kind, device) in usable_backends().expect("backends") {
+        let v = vocab();
+        let ad = device.clone().autodiff();
+        ad.seed(1);
+        // embedding lookup forward + backward (the dense gradient of burn's embedding)
+        let esmm = with_model(&models[0], &s, &enc, &ad, Return).expect("esmm");
+        let batch_ad = d.batch(&idx, enc.layout(), &ad);
+        c.bench_function(&format!("{kind}/embedding_fwd_bwd/vocab{v}"), |b| {
+            b.iter(|| {
+                let x = esmm.input.forward(&batch_ad);
+                let grads = x.sum().backward();
+                black_box(esmm.input.embedding.weight.val().grad(&grads).map(|g| g.dims()));
+            })
+        });
+        let mlp = MlpSpec::new([256, 128, 64]).init(320, true, &device);
+        let x = Tensor::<2>::random([BATCH, 320], Distribution::Normal(0.0, 1.0), &device);
+        let mlp = mlp.valid();
+        c.bench_function(&format!("{kind}/mlp_fwd/320-256-128-64-1"), |b| {
+            b.iter(|| black_box(mlp.forward(x.clone()).into_data()))
+        });
+        let mmoe = with_model(&models[1], &s, &enc, &device, Return).expect("mmoe");
+        let batch = d.batch(&idx, enc.layout(), &device);
+        c.bench_function(&format!("{kind}/mmoe_fwd/example"), |b| {
+            b.iter(|| black_box(mmoe.forward_gates_len(&batch)))
+        });
+        for (name, config) in ["esmm", "mmoe"].iter().zip(&models) {
+            let step = TrainStep {
+                c,
+                name: format!("{kind}/{name}_train_step/example/vocab{v}"),
+                batch: d.batch(&idx, enc.layout(), &ad),
+            };
+            with_model(config, &s, &enc, &ad, step).expect("train step");
+        }
+    }
+}
+
+/// Hands back the model built by [`with_model`] as a type-erased box of its forward.
+struct Return;
+
+/// A built model behind a small object-safe interface for the forward benchmarks.
+trait Bench {
+    fn forward_gates_len(&self, batch: &BatchTensors) -> usize;
+}
+
+struct Boxed<M: MultiTaskModel>(M);
+
+impl<M: MultiTaskModel> Bench for Boxed<M> {
+    fn forward_gates_len(&self, batch: &BatchTensors) -> usize {
+        self.0
+            .predict(batch)
+            .into_iter()
+            .map(|t| t.into_data().num_elements())
+            .sum()
+    }
+}
+
+/// The ESMM input layer is what the embedding benchmark needs; other models give theirs too.
+struct Built {
+    input: mtl_features::InputLayer,
+    model: Box<dyn Bench>,
+}
+
+impl Built {
+    fn forward_gates_len(&self, batch: &BatchTensors) -> usize {
+        self.model.forward_gates_len(batch)
+    }
+}
+
+impl WithModel for Return {
+    type Out = Built;
+    fn run<M: MultiTaskModel + 'static>(self, model: M) -> Result<Built, TrainError> {
+        Ok(Built {
+            input: model.input_layer().clone(),
+            model: Box::new(Boxed(model)),
+        })
+    }
+}
+
+criterion_group! {
+    name = micro;
+    config = Criterion::default().sample_size(10);
+    targets = benches
+}
+criterion_main!(micro);

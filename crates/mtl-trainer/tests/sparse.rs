@@ -1,0 +1,160 @@
+//! Row-sparse embedding training against burn's dense Adam, untouched rows, and learning.
+
+use burn::module::Module;
+use burn::tensor::{Device, Tensor};
+use mtl_esmm::{Esmm, EsmmConfig};
+use mtl_features::{EncodedData, Encoder, Schema, StateFitter, ValidSchema};
+use mtl_layers::{MlpSpec, MultiTaskModel};
+use mtl_trainer::fit::{FitOptions, TrainState, fit, optimizer};
+use mtl_trainer::sparse::SparseAdam;
+use mtl_trainer::{EmbeddingUpdate, TrainSettings};
+
+fn schema() -> ValidSchema {
+    Schema::from_toml_str(
+        "embed_dim = 4\nembed_init_std = 0.3\n[[sparse]]\nname = \"a\"\nvocab_size = 6\n[[sparse]]\nname = \"b\"\nvocab_size = 5\n[[sparse]]\nname = \"b2\"\nshared_with = \"b\"\n[[labels]]\nname = \"click\"\nkind = \"binary\"\n[[labels]]\nname = \"purchase\"\nkind = \"binary\"\n",
+        "s.toml",
+    )
+    .unwrap()
+}
+
+/// 30 rows in which every id of every field occurs.
+fn data() -> EncodedData {
+    let rows = 30;
+    EncodedData {
+        rows,
+        n_sparse: 3,
+        n_labels: 2,
+        sparse: (0..rows)
+            .flat_map(|r| [(r % 6) as u32, (r % 5) as u32, ((r / 5) % 5) as u32])
+            .collect(),
+        labels: (0..rows)
+            .flat_map(|r| [f32::from(r % 3 == 0), f32::from(r % 9 == 0)])
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn values(t: Tensor<2>) -> Vec<f32> {
+    t.into_data().try_to_vec::<f32>().unwrap()
+}
+
+fn model(s: &ValidSchema, enc: &Encoder, device: &Device) -> Esmm {
+    EsmmConfig::new(MlpSpec::new([8]), MlpSpec::new([8]))
+        .init(s, enc.layout(), device)
+        .unwrap()
+}
+
+#[test]
+fn sparse_adam_equals_dense_adam_when_every_row_is_touched() {
+    let s = schema();
+    let enc = Encoder::new(&s, &StateFitter::new(&s).finish());
+    let d = data();
+    let dir = tempfile::tempdir().unwrap();
+    let device = Device::flex().autodiff();
+    device.seed(3);
+    let init = model(&s, &enc, &device);
+    let _ = init.predict(&d.batch(&[0], enc.layout(), &device.clone().without_autodiff()));
+    init.valid().save_file(dir.path().join("init.bpk")).unwrap();
+    let mut tables = Vec::new();
+    for mode in [EmbeddingUpdate::Dense, EmbeddingUpdate::Sparse] {
+        let m = model(&s, &enc, &device).load_file(dir.path().join("init.bpk"));
+        let settings = TrainSettings {
+            epochs: 6,
+            batch_size: 30,
+            lr: 0.05,
+            weight_decay: 0.0,
+            embedding: mode,
+            ..TrainSettings::default()
+        };
+        let out = dir.path().join(format!("{mode:?}"));
+        std::fs::create_dir_all(&out).unwrap();
+        let options = FitOptions {
+            out_dir: out,
+            progress: false,
+            label_names: s.label_names(),
+        };
+        let r = fit(
+            m,
+            optimizer(&settings),
+            &d,
+            None,
+            enc.layout(),
+            &settings,
+            &device,
+            &options,
+            TrainState::default(),
+        )
+        .unwrap();
+        assert_eq!(r.state.global_step, 6);
+        let m = r.model.valid();
+        let mut v = values(m.input.embedding.weight.val());
+        v.extend(values(m.ctr_tower.blocks[0].linear.weight.val()));
+        tables.push(v);
+    }
+    let before = values(
+        model(&s, &enc, &device)
+            .load_file(dir.path().join("init.bpk"))
+            .input
+            .embedding
+            .weight
+            .val()
+            .inner(),
+    );
+    let moved = before
+        .iter()
+        .zip(&tables[0])
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(moved > 0.01, "training must move the table ({moved})");
+    let diff = tables[0]
+        .iter()
+        .zip(&tables[1])
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(diff < 1e-5, "sparse and dense Adam differ by {diff}");
+}
+
+#[test]
+fn untouched_rows_and_their_moments_stay_bit_identical() {
+    let s = schema();
+    let enc = Encoder::new(&s, &StateFitter::new(&s).finish());
+    let device = Device::flex().autodiff();
+    device.seed(4);
+    let m = model(&s, &enc, &device);
+    let _ = m.predict(&data().batch(&[0], enc.layout(), &device.clone().without_autodiff()));
+    let settings = TrainSettings {
+        weight_decay: 1e-2,
+        grad_clip_norm: Some(1.0),
+        ..TrainSettings::default()
+    };
+    let mut sp = SparseAdam::new(&m, &settings, &device);
+    let before = values(sp.table());
+    for step in 0..3 {
+        let touched = vec![1, 4, 7 + step];
+        let (leaf, ids) = sp.gather(touched);
+        let rows = leaf.clone().inner();
+        let grad = Tensor::<2>::ones(rows.dims(), &rows.device()).mul_scalar(0.5);
+        sp.step(ids, rows, grad, 0.01);
+    }
+    let after = values(sp.table());
+    let (m1, m2) = sp.moments();
+    let (m1, m2) = (values(m1), values(m2));
+    let touched = [1usize, 4, 7, 8, 9];
+    for row in 0..after.len() / 4 {
+        let r = row * 4..row * 4 + 4;
+        if touched.contains(&row) {
+            assert_ne!(after[r.clone()], before[r.clone()], "row {row} was touched");
+            assert!(m2[r].iter().all(|x| *x > 0.0));
+        } else {
+            assert_eq!(
+                after[r.clone()].iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                before[r.clone()].iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                "row {row}"
+            );
+            assert!(
+                m1[r.clone()].iter().chain(&m2[r]).all(|x| *x == 0.0),
+                "row {row} moments"
+            );
+        }
+    }
+}
