@@ -168,7 +168,7 @@ fn run_config(
     let q = |p: &Path| format!("{:?}", p.display().to_string());
     let valid = valid.map(|v| format!("valid = {}\n", q(v))).unwrap_or_default();
     format!(
-        "schema = {}\n[data]\ntrain = {}\n{valid}test = {}\n[model]\n{model}\n[train]\nepochs = 1\nbatch_size = 1024\nlr = 1e-3\nweight_decay = 1e-4\nseed = 2022\n{extra}",
+        "schema = {}\n[data]\ntrain = {}\n{valid}test = {}\n[model]\n{model}\n[train]\nlr = 1e-3\nweight_decay = 1e-4\nseed = 2022\n{extra}",
         q(schema),
         q(train),
         q(test)
@@ -226,7 +226,7 @@ fn bench(quick: bool, rows: Option<usize>, threads: usize, no_micro: bool, embed
                 None,
                 &data.join("synth_ccp_test.csv"),
                 &model_toml(model, size),
-                &format!("embedding = \"{embedding}\"\n"),
+                &format!("epochs = 1\nbatch_size = 1024\nembedding = \"{embedding}\"\n"),
             );
             let (m, secs) = train_job(&mtl, &name, &config, threads, &dir)?;
             let (first, second, third) = if model == "esmm" {
@@ -242,13 +242,14 @@ fn bench(quick: bool, rows: Option<usize>, threads: usize, no_micro: bool, embed
                 "train_samples_per_sec": m["samples_per_sec"],
                 "inference_samples_per_sec": m["inference_samples_per_sec"],
                 "peak_rss_mb": m["peak_rss_mb"],
+                "data_wait_fraction": m["data_wait_fraction"],
                 "auc": { first: test_auc(&m, first), second: test_auc(&m, second), third: test_auc(&m, third) },
                 "wall_secs": secs,
             }));
         }
     }
     let mut md = format!(
-        "Data: `mtl gen-data ccp --rows {rows} --seed 2022` (80 % train, 10 % test), 1 epoch, batch 1024, {threads} threads, embedding updates {embedding}.\n\n| job | train samples/s | inference samples/s | peak RSS | AUC (test) | wall |\n|---|---|---|---|---|---|\n"
+        "Data: `mtl gen-data ccp --rows {rows} --seed 2022` (80 % train, 10 % test), 1 epoch, batch 1024, {threads} threads, embedding updates {embedding}.\n\n| job | train samples/s | inference samples/s | peak RSS | AUC (test) | batch building | wall |\n|---|---|---|---|---|---|---|\n"
     );
     for r in &results {
         let auc = r["auc"].as_object().map(|o| {
@@ -259,12 +260,13 @@ fn bench(quick: bool, rows: Option<usize>, threads: usize, no_micro: bool, embed
                 .join(", ")
         });
         md += &format!(
-            "| {} | {} | {} | {} MB | {} | {:.0} s |\n",
+            "| {} | {} | {} | {} MB | {} | {:.1} % | {:.0} s |\n",
             r["job"].as_str().unwrap_or(""),
             fmt(r["train_samples_per_sec"].as_f64(), 0),
             fmt(r["inference_samples_per_sec"].as_f64(), 0),
             fmt(r["peak_rss_mb"].as_f64(), 0),
             auc.unwrap_or_default(),
+            100.0 * r["data_wait_fraction"].as_f64().unwrap_or(0.0),
             r["wall_secs"].as_f64().unwrap_or(0.0)
         );
     }

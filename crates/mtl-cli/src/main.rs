@@ -336,6 +336,10 @@ fn print_summary(s: &TrainSummary) {
     );
     print_metrics("validation (last evaluation):", &s.valid);
     print_metrics("test (saved model):", &s.test);
+    println!(
+        "time spent building batches: {:.1} % of training",
+        100.0 * s.data_wait_fraction
+    );
     if let Some(i) = s.inference_samples_per_sec {
         println!("inference on the test file: {i:.0} samples/s");
     }
@@ -401,6 +405,7 @@ fn demo(args: DemoArgs, progress: bool) -> Result<()> {
         valid: Some(files.val.clone()),
         test: Some(files.test.clone()),
         bad_rows: "fail".into(),
+        cache: true,
     };
     let train = TrainSettings {
         epochs: args.epochs,

@@ -93,6 +93,8 @@ fn benches(c: &mut Criterion) {
     let models: Vec<ModelConfig> = [
         "type = \"esmm\"\nctr_tower = { dims = [16, 8] }\ncvr_tower = { dims = [16, 8] }",
         "type = \"mmoe\"\nn_experts = 8\nexpert = { dims = [16] }\ntower = { dims = [8] }\ntasks = [{ label = \"click\" }, { label = \"purchase\" }]",
+        "type = \"omoe\"\nn_experts = 8\nexpert = { dims = [16] }\ntower = { dims = [8] }\ntasks = [{ label = \"click\" }, { label = \"purchase\" }]",
+        "type = \"shared_bottom\"\nbottom = { dims = [16] }\ntower = { dims = [8] }\ntasks = [{ label = \"click\" }, { label = \"purchase\" }]",
     ]
     .iter()
     .map(|t| toml::from_str(t).expect("model config"))
@@ -122,7 +124,7 @@ fn benches(c: &mut Criterion) {
         c.bench_function(&format!("{kind}/mmoe_fwd/example"), |b| {
             b.iter(|| black_box(mmoe.forward_gates_len(&batch)))
         });
-        for (name, config) in ["esmm", "mmoe"].iter().zip(&models) {
+        for (name, config) in ["esmm", "mmoe", "omoe", "shared_bottom"].iter().zip(&models) {
             let step = TrainStep {
                 c,
                 name: format!("{kind}/{name}_train_step/example/vocab{v}"),

@@ -59,6 +59,13 @@ pub struct DataConfig {
     /// `fail` (default) or `skip` for rows that cannot be encoded.
     #[serde(default = "default_policy")]
     pub bad_rows: String,
+    /// Keep a binary cache of the encoded rows next to each CSV (`<file>.mtlcache`).
+    #[serde(default = "default_true")]
+    pub cache: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_policy() -> String {

@@ -42,6 +42,9 @@ pub struct EvalRecord {
     pub train_secs: f64,
     /// Training throughput since the previous evaluation.
     pub samples_per_sec: f64,
+    /// Of `train_secs`, the seconds spent building batches (data the loop waited for).
+    #[serde(default)]
+    pub data_secs: f64,
 }
 
 /// Where training stands: saved in every checkpoint so `--resume` continues exactly.
@@ -70,6 +73,9 @@ pub struct TrainState {
     /// Steps of the row-sparse embedding optimiser.
     #[serde(default)]
     pub sparse_time: usize,
+    /// Seconds spent building batches (the loop waiting on data) since the last evaluation.
+    #[serde(default)]
+    pub pending_data_secs: f64,
 }
 
 /// Options of one `fit` call that are not model settings.
@@ -295,7 +301,8 @@ pub fn fit<M: MultiTaskModel>(
     let mut clock = Instant::now();
     let mut sparse = match settings.embedding {
         EmbeddingUpdate::Dense => None,
-        EmbeddingUpdate::Sparse => {
+        // a schema without id fields has no table to update
+        EmbeddingUpdate::Sparse if layout.total_rows > 0 => {
             let mut sp = SparseAdam::new(&model, settings, device);
             let moments = checkpoint_dir(&options.out_dir).join(SPARSE_MOMENTS);
             if state.global_step > 0 && moments.exists() {
@@ -303,6 +310,7 @@ pub fn fit<M: MultiTaskModel>(
             }
             Some(sp)
         }
+        EmbeddingUpdate::Sparse => None,
     };
 
     let evaluate_now = |model: &M, state: &mut TrainState, clock: &mut Instant| -> Result<bool, TrainError> {
@@ -332,6 +340,7 @@ pub fn fit<M: MultiTaskModel>(
             train_rows: rows,
             train_secs: secs,
             samples_per_sec: rows as f64 / secs.max(1e-9),
+            data_secs: std::mem::take(&mut state.pending_data_secs),
         };
         tracing::info!(step = record.step, train_loss = record.train_loss, "evaluation");
         if options.progress {
@@ -399,6 +408,7 @@ pub fn fit<M: MultiTaskModel>(
         while state.batch_in_epoch < batches {
             let bi = state.batch_in_epoch;
             let idx = &order[bi * bs..((bi + 1) * bs).min(train.rows)];
+            let data_clock = Instant::now();
             let (batch, gathered) = match &sparse {
                 None => (train.batch(idx, layout, device), None),
                 Some(sp) => {
@@ -408,6 +418,7 @@ pub fn fit<M: MultiTaskModel>(
                     (batch, Some((leaf, ids)))
                 }
             };
+            state.pending_data_secs += data_clock.elapsed().as_secs_f64();
             let forward = model.forward(&batch);
             let loss = forward.total_loss(&settings.loss_weights);
             let terms: Vec<f32> = Tensor::cat(forward.losses.clone(), 0)
@@ -427,11 +438,11 @@ pub fn fit<M: MultiTaskModel>(
             let mut grads = loss.backward();
             if let (Some(sp), Some((leaf, ids))) = (sparse.as_mut(), gathered) {
                 // take the rows' gradient before the module's gradients are collected
-                let grad = leaf
-                    .grad_remove(&mut grads)
-                    .expect("the gathered rows feed the loss");
-                sp.step(ids, leaf.inner(), grad, settings.lr);
-                state.sparse_time = sp.time;
+                // (a batch whose rows feed nothing has no gradient to apply)
+                if let Some(grad) = leaf.grad_remove(&mut grads) {
+                    sp.step(ids, leaf.inner(), grad, settings.lr);
+                    state.sparse_time = sp.time;
+                }
             }
             let grads = GradientsParams::from_grads(grads, &model);
             model = optim.step(settings.lr, model, grads);

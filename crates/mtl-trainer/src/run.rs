@@ -85,6 +85,8 @@ pub struct TrainSummary {
     pub inference_samples_per_sec: Option<f64>,
     /// Peak resident memory of this process so far (MB; Linux only).
     pub peak_rss_mb: Option<f64>,
+    /// Fraction of training time spent building batches.
+    pub data_wait_fraction: f64,
 }
 
 /// Peak resident set size of this process in MB (`VmHWM`), where the OS reports it.
@@ -104,16 +106,25 @@ fn read(
     path: &Path,
     encoder: &Encoder,
     policy: BadRowPolicy,
+    cache: bool,
     reads: &mut Vec<String>,
 ) -> Result<EncodedData, TrainError> {
-    let (data, report, _) = read_encoded(path, encoder, policy, true, None)?;
-    note(reads, &report);
+    let started = Instant::now();
+    let (data, report, cached) = if cache {
+        mtl_data::cache::read_encoded_cached(path, encoder, policy, true)?
+    } else {
+        let (d, r, _) = read_encoded(path, encoder, policy, true, None)?;
+        (d, r, false)
+    };
+    let secs = started.elapsed().as_secs_f64();
+    let line = format!(
+        "{report} in {secs:.2} s ({:.0} rows/s{})",
+        data.rows as f64 / secs.max(1e-9),
+        if cached { ", from the encoded cache" } else { "" }
+    );
+    tracing::info!(%line, "read");
+    reads.push(line);
     Ok(data)
-}
-
-fn note(reads: &mut Vec<String>, report: &ReadReport) {
-    tracing::info!(%report, "read");
-    reads.push(report.to_string());
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
@@ -172,18 +183,24 @@ pub fn train(
     let encoder = Encoder::new(&schema, &state);
     let policy = config.data.policy()?;
     let mut reads = Vec::new();
-    let train_data = read(&config.data.train, &encoder, policy, &mut reads)?;
+    let train_data = read(
+        &config.data.train,
+        &encoder,
+        policy,
+        config.data.cache,
+        &mut reads,
+    )?;
     let valid = config
         .data
         .valid
         .as_deref()
-        .map(|p| read(p, &encoder, policy, &mut reads))
+        .map(|p| read(p, &encoder, policy, config.data.cache, &mut reads))
         .transpose()?;
     let test = config
         .data
         .test
         .as_deref()
-        .map(|p| read(p, &encoder, policy, &mut reads))
+        .map(|p| read(p, &encoder, policy, config.data.cache, &mut reads))
         .transpose()?;
     let device = backend_device(&config.train.backend)?;
     device.seed(config.train.seed);
@@ -308,6 +325,7 @@ impl WithModel for TrainJob<'_> {
             reads: self.reads,
             inference_samples_per_sec: inference,
             peak_rss_mb: peak_rss_mb(),
+            data_wait_fraction: state.history.iter().map(|e| e.data_secs).sum::<f64>() / total_secs.max(1e-9),
         };
         let json = serde_json::to_vec_pretty(&summary).expect("summary serialises");
         atomic_write(&self.out_dir.join("metrics.json"), &json)?;

@@ -33,6 +33,7 @@ fn config(files: &CcpFiles, model: ModelConfig, settings: TrainSettings) -> RunC
             valid: Some(files.val.clone()),
             test: Some(files.test.clone()),
             bad_rows: "fail".into(),
+            cache: true,
         },
         model,
         train: settings,
