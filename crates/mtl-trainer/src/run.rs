@@ -304,8 +304,12 @@ impl WithModel for TrainJob<'_> {
             }
             _ => Vec::new(),
         };
-        let total_rows: f64 = state.history.iter().map(|e| e.train_rows as f64).sum();
-        let total_secs: f64 = state.history.iter().map(|e| e.train_secs).sum();
+        // evaluations so far, plus the steps since the last one (an interrupted run has no
+        // evaluation at all)
+        let total_rows: f64 =
+            state.history.iter().map(|e| e.train_rows as f64).sum::<f64>() + state.pending.0 as f64;
+        let total_secs: f64 = state.history.iter().map(|e| e.train_secs).sum::<f64>() + state.pending_secs;
+        let data_secs: f64 = state.history.iter().map(|e| e.data_secs).sum::<f64>() + state.pending_data_secs;
         let summary = TrainSummary {
             model: self.config.model.kind().to_string(),
             out_dir: self.out_dir.to_path_buf(),
@@ -325,7 +329,7 @@ impl WithModel for TrainJob<'_> {
             reads: self.reads,
             inference_samples_per_sec: inference,
             peak_rss_mb: peak_rss_mb(),
-            data_wait_fraction: state.history.iter().map(|e| e.data_secs).sum::<f64>() / total_secs.max(1e-9),
+            data_wait_fraction: data_secs / total_secs.max(1e-9),
         };
         let json = serde_json::to_vec_pretty(&summary).expect("summary serialises");
         atomic_write(&self.out_dir.join("metrics.json"), &json)?;
