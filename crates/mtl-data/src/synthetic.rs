@@ -203,6 +203,41 @@ impl Truth {
     }
 }
 
+/// The train/val/test files of one generation, written row by row (80/10/10 by row index).
+struct SplitWriter {
+    paths: [PathBuf; 3],
+    writers: Vec<BufWriter<File>>,
+}
+
+impl SplitWriter {
+    fn create(out: &Path, prefix: &str, header: &str) -> std::io::Result<Self> {
+        let paths = ["train", "val", "test"].map(|s| out.join(format!("{prefix}_{s}.csv")));
+        let mut writers = Vec::new();
+        for path in &paths {
+            let mut w = BufWriter::with_capacity(1 << 20, File::create(path)?);
+            w.write_all(header.as_bytes())?;
+            writers.push(w);
+        }
+        Ok(Self { paths, writers })
+    }
+
+    fn write(&mut self, row: usize, line: &str) -> std::io::Result<()> {
+        let split = match row % 10 {
+            8 => 1,
+            9 => 2,
+            _ => 0,
+        };
+        self.writers[split].write_all(line.as_bytes())
+    }
+
+    fn finish(self) -> std::io::Result<[PathBuf; 3]> {
+        for mut w in self.writers {
+            w.flush()?;
+        }
+        Ok(self.paths)
+    }
+}
+
 /// Finds `b` with mean σ(b + x) = target over the pilot logits (bisection).
 fn calibrate(parts: &[f64], target: f64) -> f64 {
     let (mut lo, mut hi) = (-30.0, 30.0);
@@ -256,11 +291,6 @@ pub fn generate_ccp(spec: &CcpSpec, out: &Path, prefix: &str) -> std::io::Result
     }
     let b_cvr = 0.5 * (lo + hi);
 
-    let paths = ["train", "val", "test"].map(|s| out.join(format!("{prefix}_{s}.csv")));
-    let mut writers = Vec::new();
-    for p in &paths {
-        writers.push(BufWriter::with_capacity(1 << 20, File::create(p)?));
-    }
     let mut header = String::from("click,purchase");
     for k in 0..spec.user_vocab.len() {
         header += &format!(",u{k}");
@@ -272,9 +302,7 @@ pub fn generate_ccp(spec: &CcpSpec, out: &Path, prefix: &str) -> std::io::Result
         header += &format!(",d{k}");
     }
     header += ",p_click,p_cvr\n";
-    for w in &mut writers {
-        w.write_all(header.as_bytes())?;
-    }
+    let mut files = SplitWriter::create(out, prefix, &header)?;
     let (mut clicks, mut buys) = (0u64, 0u64);
     let mut line = String::with_capacity(256);
     for r in 0..spec.rows {
@@ -295,16 +323,9 @@ pub fn generate_ccp(spec: &CcpSpec, out: &Path, prefix: &str) -> std::io::Result
             let _ = write!(line, ",{:.5}", w * row.click_part + 0.5 * normal(&mut rng));
         }
         let _ = writeln!(line, ",{p_click:.6},{p_cvr:.6}");
-        let split = match r % 10 {
-            8 => 1,
-            9 => 2,
-            _ => 0,
-        };
-        writers[split].write_all(line.as_bytes())?;
+        files.write(r, &line)?;
     }
-    for mut w in writers {
-        w.flush()?;
-    }
+    let paths = files.finish()?;
 
     let schema_path = out.join(format!("{prefix}_schema.toml"));
     let mut schema = format!(
@@ -431,16 +452,9 @@ pub fn generate_mmoe_synthetic(
     let alpha: Vec<f64> = (0..spec.sines).map(|_| normal(&mut rng)).collect();
     let beta: Vec<f64> = (0..spec.sines).map(|_| normal(&mut rng)).collect();
 
-    let paths = ["train", "val", "test"].map(|s| out.join(format!("{prefix}_{s}.csv")));
-    let mut writers = Vec::new();
-    for path in &paths {
-        writers.push(BufWriter::with_capacity(1 << 20, File::create(path)?));
-    }
     let mut header: String = (0..d).map(|k| format!("x{k},")).collect();
     header += "y1,y2\n";
-    for w in &mut writers {
-        w.write_all(header.as_bytes())?;
-    }
+    let mut files = SplitWriter::create(out, prefix, &header)?;
     let mut line = String::with_capacity(d * 10);
     let mut x = vec![0.0; d];
     for r in 0..spec.rows {
@@ -463,16 +477,9 @@ pub fn generate_mmoe_synthetic(
             let _ = write!(line, "{v:.5},");
         }
         let _ = writeln!(line, "{y1:.6},{y2:.6}");
-        let split = match r % 10 {
-            8 => 1,
-            9 => 2,
-            _ => 0,
-        };
-        writers[split].write_all(line.as_bytes())?;
+        files.write(r, &line)?;
     }
-    for mut w in writers {
-        w.flush()?;
-    }
+    let paths = files.finish()?;
     let schema_path = out.join(format!("{prefix}_schema.toml"));
     let mut schema = format!(
         "# MMoE synthetic regression pair: correlation {p}, d = {d}, c = {}, m = {}, seed {}.\n\n",
