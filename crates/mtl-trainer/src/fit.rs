@@ -298,7 +298,6 @@ pub fn fit<M: MultiTaskModel>(
     if state.pending.2.is_empty() {
         state.pending.2 = vec![0.0; loss_names.len()];
     }
-    let mut clock = Instant::now();
     let mut sparse = match settings.embedding {
         EmbeddingUpdate::Dense => None,
         // a schema without id fields has no table to update
@@ -312,6 +311,10 @@ pub fn fit<M: MultiTaskModel>(
         }
         EmbeddingUpdate::Sparse => None,
     };
+    // burn initialises parameters lazily; a large table's random initialisation (seconds at
+    // tens of millions of rows) happens here, before the training clock starts
+    let _ = model.input_layer().embedding.weight.val();
+    let mut clock = Instant::now();
 
     let evaluate_now = |model: &M, state: &mut TrainState, clock: &mut Instant| -> Result<bool, TrainError> {
         let secs = state.pending_secs + clock.elapsed().as_secs_f64();
