@@ -9,7 +9,7 @@ use burn::module::Module;
 use burn::optim::{AdamConfig, AdamWConfig, GradientsParams, ModuleOptimizer, decay::WeightDecayConfig};
 use burn::tensor::{Device, Tensor};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use mtl_features::{EncodedData, TableLayout};
+use mtl_features::{BatchTensors, EncodedData, TableLayout};
 use mtl_layers::MultiTaskModel;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -404,109 +404,134 @@ pub fn fit<M: MultiTaskModel>(
         Ok(stop)
     };
 
-    'epochs: while state.epoch < settings.epochs {
+    while state.epoch < settings.epochs {
         let order = epoch_order(train.rows, settings.seed, state.epoch);
         let pb = progress_bar(options.progress, train.rows as u64, state.epoch, settings.epochs);
         pb.set_position((state.batch_in_epoch * bs).min(train.rows) as u64);
-        while state.batch_in_epoch < batches {
-            let bi = state.batch_in_epoch;
-            let idx = &order[bi * bs..((bi + 1) * bs).min(train.rows)];
-            let data_clock = Instant::now();
-            let (batch, gathered) = match &sparse {
-                None => (train.batch(idx, layout, device), None),
-                Some(sp) => {
-                    let (mut batch, unique) = train.batch_unique(idx, layout, device);
+        let first = state.batch_in_epoch;
+        let row_sparse = sparse.is_some();
+        let (trained, stop_training) = std::thread::scope(|scope| -> Result<(M, bool), TrainError> {
+            let mut model = model;
+            // a helper thread assembles the epoch's batches, up to two ahead of the step
+            // that needs them; only the gather from the live table stays on this thread
+            let (tx, rx) = std::sync::mpsc::sync_channel::<(BatchTensors, Vec<i32>)>(2);
+            let order = &order;
+            scope.spawn(move || {
+                for bi in first..batches {
+                    let idx = &order[bi * bs..((bi + 1) * bs).min(train.rows)];
+                    let item = if row_sparse {
+                        train.batch_unique(idx, layout, device)
+                    } else {
+                        (train.batch(idx, layout, device), Vec::new())
+                    };
+                    if tx.send(item).is_err() {
+                        break;
+                    }
+                }
+            });
+            while state.batch_in_epoch < batches {
+                let bi = state.batch_in_epoch;
+                let batch_rows = ((bi + 1) * bs).min(train.rows) - bi * bs;
+                let data_clock = Instant::now();
+                let (mut batch, unique) = rx
+                    .recv()
+                    .expect("the batch thread sends every batch of the epoch");
+                let gathered = sparse.as_ref().map(|sp| {
                     let (leaf, ids) = sp.gather(unique);
                     batch.gathered = Some(leaf.clone());
-                    (batch, Some((leaf, ids)))
-                }
-            };
-            state.pending_data_secs += data_clock.elapsed().as_secs_f64();
-            let forward = model.forward(&batch);
-            let loss = forward.total_loss(&settings.loss_weights);
-            let terms: Vec<f32> = Tensor::cat(forward.losses.clone(), 0)
-                .into_data()
-                .try_to_vec::<f32>()
-                .unwrap_or_default();
-            let total = weighted(
-                &terms.iter().map(|&t| f64::from(t)).collect::<Vec<_>>(),
-                &settings.loss_weights,
-            );
-            if !total.is_finite() {
-                return Err(TrainError::NonFinite {
-                    step: state.global_step + 1,
-                    terms: loss_names.iter().cloned().zip(terms).collect(),
+                    (leaf, ids)
                 });
-            }
-            let mut grads = loss.backward();
-            if let (Some(sp), Some((leaf, ids))) = (sparse.as_mut(), gathered) {
-                // take the rows' gradient before the module's gradients are collected
-                // (a batch whose rows feed nothing has no gradient to apply)
-                if let Some(grad) = leaf.grad_remove(&mut grads) {
-                    sp.step(ids, leaf.inner(), grad, settings.lr);
-                    state.sparse_time = sp.time;
+                state.pending_data_secs += data_clock.elapsed().as_secs_f64();
+                let forward = model.forward(&batch);
+                let loss = forward.total_loss(&settings.loss_weights);
+                let terms: Vec<f32> = Tensor::cat(forward.losses.clone(), 0)
+                    .into_data()
+                    .try_to_vec::<f32>()
+                    .unwrap_or_default();
+                let total = weighted(
+                    &terms.iter().map(|&t| f64::from(t)).collect::<Vec<_>>(),
+                    &settings.loss_weights,
+                );
+                if !total.is_finite() {
+                    return Err(TrainError::NonFinite {
+                        step: state.global_step + 1,
+                        terms: loss_names.iter().cloned().zip(terms).collect(),
+                    });
+                }
+                let mut grads = loss.backward();
+                if let (Some(sp), Some((leaf, ids))) = (sparse.as_mut(), gathered) {
+                    // take the rows' gradient before the module's gradients are collected
+                    // (a batch whose rows feed nothing has no gradient to apply)
+                    if let Some(grad) = leaf.grad_remove(&mut grads) {
+                        sp.step(ids, leaf.inner(), grad, settings.lr);
+                        state.sparse_time = sp.time;
+                    }
+                }
+                let grads = GradientsParams::from_grads(grads, &model);
+                model = optim.step(settings.lr, model, grads);
+                state.global_step += 1;
+                state.batch_in_epoch += 1;
+                let rows = batch_rows as u64;
+                state.pending.0 += rows;
+                state.pending.1 += total * rows as f64;
+                for (s, t) in state.pending.2.iter_mut().zip(&terms) {
+                    *s += f64::from(*t) * rows as f64;
+                }
+                pb.inc(rows);
+                pb.set_message(format!("loss {total:.4}"));
+                let step = state.global_step;
+                let at_epoch_end = state.batch_in_epoch == batches;
+                if at_epoch_end {
+                    state.epoch += 1;
+                    state.batch_in_epoch = 0;
+                }
+                let eval_due = match settings.eval_every_steps {
+                    Some(n) => step.is_multiple_of(n) || (at_epoch_end && state.epoch == settings.epochs),
+                    None => at_epoch_end,
+                };
+                let mut stop = false;
+                let checkpoint_due = match settings.checkpoint_every_steps {
+                    Some(n) => step.is_multiple_of(n) || at_epoch_end,
+                    None => at_epoch_end,
+                };
+                let limit_hit = settings.max_steps.is_some_and(|m| step >= m);
+                if let Some(sp) = &sparse
+                    && (eval_due || checkpoint_due || limit_hit || state.epoch >= settings.epochs)
+                {
+                    // evaluation and checkpoints read the model's own table
+                    sp.sync_into(&mut model);
+                }
+                if eval_due {
+                    pb.suspend(|| -> Result<(), TrainError> {
+                        stop = evaluate_now(&model, &mut state, &mut clock)?;
+                        Ok(())
+                    })?;
+                }
+                if stop {
+                    state.finished = true;
+                    state.stopped_early = true;
+                } else if state.epoch >= settings.epochs {
+                    state.finished = true;
+                }
+                if checkpoint_due || limit_hit || state.finished {
+                    state.pending_secs += clock.elapsed().as_secs_f64();
+                    clock = Instant::now();
+                    write_checkpoint(&options.out_dir, &model, &optim, sparse.as_ref(), &state)?;
+                }
+                if state.finished || limit_hit {
+                    return Ok((model, true));
+                }
+                if at_epoch_end {
+                    break;
                 }
             }
-            let grads = GradientsParams::from_grads(grads, &model);
-            model = optim.step(settings.lr, model, grads);
-            state.global_step += 1;
-            state.batch_in_epoch += 1;
-            let rows = idx.len() as u64;
-            state.pending.0 += rows;
-            state.pending.1 += total * rows as f64;
-            for (s, t) in state.pending.2.iter_mut().zip(&terms) {
-                *s += f64::from(*t) * rows as f64;
-            }
-            pb.inc(rows);
-            pb.set_message(format!("loss {total:.4}"));
-            let step = state.global_step;
-            let at_epoch_end = state.batch_in_epoch == batches;
-            if at_epoch_end {
-                state.epoch += 1;
-                state.batch_in_epoch = 0;
-            }
-            let eval_due = match settings.eval_every_steps {
-                Some(n) => step.is_multiple_of(n) || (at_epoch_end && state.epoch == settings.epochs),
-                None => at_epoch_end,
-            };
-            let mut stop = false;
-            let checkpoint_due = match settings.checkpoint_every_steps {
-                Some(n) => step.is_multiple_of(n) || at_epoch_end,
-                None => at_epoch_end,
-            };
-            let limit_hit = settings.max_steps.is_some_and(|m| step >= m);
-            if let Some(sp) = &sparse
-                && (eval_due || checkpoint_due || limit_hit || state.epoch >= settings.epochs)
-            {
-                // evaluation and checkpoints read the model's own table
-                sp.sync_into(&mut model);
-            }
-            if eval_due {
-                pb.suspend(|| -> Result<(), TrainError> {
-                    stop = evaluate_now(&model, &mut state, &mut clock)?;
-                    Ok(())
-                })?;
-            }
-            if stop {
-                state.finished = true;
-                state.stopped_early = true;
-            } else if state.epoch >= settings.epochs {
-                state.finished = true;
-            }
-            if checkpoint_due || limit_hit || state.finished {
-                state.pending_secs += clock.elapsed().as_secs_f64();
-                clock = Instant::now();
-                write_checkpoint(&options.out_dir, &model, &optim, sparse.as_ref(), &state)?;
-            }
-            if state.finished || limit_hit {
-                pb.finish_and_clear();
-                break 'epochs;
-            }
-            if at_epoch_end {
-                break;
-            }
-        }
+            Ok((model, false))
+        })?;
+        model = trained;
         pb.finish_and_clear();
+        if stop_training {
+            break;
+        }
     }
     if let Some(sp) = &sparse {
         sp.sync_into(&mut model);
