@@ -50,7 +50,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // 5. per-task metrics on the test set (CVR on clicked rows)
     let eval = model.valid();
-    let (predictions, _) = predict_all(&eval, &test, encoder.layout(), &Device::flex(), 4096, false);
+    let (predictions, _) = predict_all(&eval, &test, encoder.layout(), &Device::flex(), 4096, false)?;
     for m in metrics::evaluate(&eval.outputs(), &predictions, &test, &schema.label_names()) {
         println!("{}", m.summary());
     }

@@ -122,6 +122,26 @@ pub fn epoch_order(rows: usize, seed: u64, epoch: usize) -> Vec<usize> {
     order
 }
 
+/// Reads a `[n]` tensor back to the host; a backend failure is an error, never an empty list.
+pub fn to_host(t: Tensor<1>) -> Result<Vec<f32>, TrainError> {
+    let n = t.dims()[0];
+    let values = t
+        .try_into_data()
+        .map_err(|e| TrainError::Backend(format!("reading results from the device: {e:?}")))?
+        .try_to_vec::<f32>()
+        .map_err(|e| TrainError::Backend(format!("reading results from the device: {e:?}")))?;
+    if values.len() != n {
+        return Err(TrainError::Backend(format!(
+            "expected {n} values from the device, got {}",
+            values.len()
+        )));
+    }
+    Ok(values)
+}
+
+/// One column of predictions per output, and the mean loss terms when asked for.
+pub type Predictions = (Vec<Vec<f32>>, Option<Vec<f64>>);
+
 /// Predictions of every output for every row of `data`, in batches, with the model in
 /// evaluation mode on the plain device. Also returns the mean loss terms when `with_loss`.
 pub fn predict_all<M: MultiTaskModel>(
@@ -131,7 +151,7 @@ pub fn predict_all<M: MultiTaskModel>(
     device: &Device,
     batch_size: usize,
     with_loss: bool,
-) -> (Vec<Vec<f32>>, Option<Vec<f64>>) {
+) -> Result<Predictions, TrainError> {
     let n_out = model.outputs().len();
     let mut preds = vec![Vec::with_capacity(data.rows); n_out];
     let mut loss_sums: Vec<f64> = Vec::new();
@@ -142,10 +162,7 @@ pub fn predict_all<M: MultiTaskModel>(
         let batch = data.batch(&idx, layout, device);
         let outputs = if with_loss {
             let f = model.forward(&batch);
-            let terms: Vec<f32> = Tensor::cat(f.losses, 0)
-                .into_data()
-                .try_to_vec::<f32>()
-                .unwrap_or_default();
+            let terms = to_host(Tensor::cat(f.losses, 0))?;
             loss_sums.resize(terms.len(), 0.0);
             for (s, t) in loss_sums.iter_mut().zip(terms) {
                 *s += f64::from(t) * (end - start) as f64;
@@ -155,12 +172,12 @@ pub fn predict_all<M: MultiTaskModel>(
             model.predict(&batch)
         };
         for (p, o) in preds.iter_mut().zip(outputs) {
-            p.extend(o.into_data().try_to_vec::<f32>().unwrap_or_default());
+            p.extend(to_host(o)?);
         }
         start = end;
     }
     let losses = with_loss.then(|| loss_sums.iter().map(|s| s / data.rows.max(1) as f64).collect());
-    (preds, losses)
+    Ok((preds, losses))
 }
 
 fn weighted(terms: &[f64], weights: &[f32]) -> f64 {
@@ -327,7 +344,7 @@ pub fn fit<M: MultiTaskModel>(
         let (valid_loss, valid_metrics) = match valid {
             Some(v) => {
                 let eval_model = model.valid();
-                let (preds, losses) = predict_all(&eval_model, v, layout, &plain, bs.max(4096), true);
+                let (preds, losses) = predict_all(&eval_model, v, layout, &plain, bs.max(4096), true)?;
                 let loss = losses.map(|l| weighted(&l, &settings.loss_weights));
                 (loss, evaluate(&outputs, &preds, v, &options.label_names))
             }
@@ -444,10 +461,7 @@ pub fn fit<M: MultiTaskModel>(
                 state.pending_data_secs += data_clock.elapsed().as_secs_f64();
                 let forward = model.forward(&batch);
                 let loss = forward.total_loss(&settings.loss_weights);
-                let terms: Vec<f32> = Tensor::cat(forward.losses.clone(), 0)
-                    .into_data()
-                    .try_to_vec::<f32>()
-                    .unwrap_or_default();
+                let terms = to_host(Tensor::cat(forward.losses.clone(), 0))?;
                 let total = weighted(
                     &terms.iter().map(|&t| f64::from(t)).collect::<Vec<_>>(),
                     &settings.loss_weights,

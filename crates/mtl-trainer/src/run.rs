@@ -298,7 +298,7 @@ impl WithModel for TrainJob<'_> {
         let test = match self.test {
             Some(t) if state.finished => {
                 let started = Instant::now();
-                let (preds, _) = predict_all(&final_model, t, self.encoder.layout(), &plain, 4096, false);
+                let (preds, _) = predict_all(&final_model, t, self.encoder.layout(), &plain, 4096, false)?;
                 inference = Some(t.rows as f64 / started.elapsed().as_secs_f64().max(1e-9));
                 evaluate(&final_model.outputs(), &preds, t, &self.schema.label_names())
             }
@@ -442,7 +442,7 @@ impl ModelDir {
                     &self.device,
                     self.batch_size,
                     false,
-                );
+                )?;
                 Ok((names, preds))
             }
         }

@@ -333,7 +333,8 @@ fn early_stopping_keeps_the_best_model() {
         .unwrap()
         .load_file(out.join("model.bpk"));
     let (_, terms) =
-        mtl_trainer::fit::predict_all(&m, &valid, model.encoder.layout(), &Device::flex(), 4096, true);
+        mtl_trainer::fit::predict_all(&m, &valid, model.encoder.layout(), &Device::flex(), 4096, true)
+            .unwrap();
     let loss: f64 = terms.unwrap().iter().sum();
     assert!(
         (loss - best).abs() < 1e-6,
