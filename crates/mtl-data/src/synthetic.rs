@@ -167,32 +167,35 @@ struct Row {
     cvr_part: f64,
 }
 
+/// Draws one id per field of one side (user or item): pushes the ids, adds their effects to
+/// `click` and `cvr`, and returns the summed latent vectors (P, P').
+fn draw_side(
+    fields: &[Field],
+    rng: &mut StdRng,
+    ids: &mut Vec<usize>,
+    click: &mut f64,
+    cvr: &mut f64,
+) -> ([f64; LATENT], [f64; LATENT]) {
+    let (mut p, mut p2) = ([0f64; LATENT], [0f64; LATENT]);
+    for f in fields {
+        let id = f.draw(rng);
+        *click += f64::from(f.a[id]);
+        *cvr += f64::from(f.c[id]);
+        for k in 0..LATENT {
+            p[k] += f64::from(f.p[id][k]);
+            p2[k] += f64::from(f.p2[id][k]);
+        }
+        ids.push(id);
+    }
+    (p, p2)
+}
+
 impl Truth {
     fn row(&self, rng: &mut StdRng) -> Row {
         let mut ids = Vec::with_capacity(self.users.len() + self.items.len());
         let (mut click, mut cvr) = (0.0, 0.0);
-        let (mut pu, mut qi, mut pu2, mut qi2) =
-            ([0f64; LATENT], [0f64; LATENT], [0f64; LATENT], [0f64; LATENT]);
-        for f in &self.users {
-            let id = f.draw(rng);
-            click += f64::from(f.a[id]);
-            cvr += f64::from(f.c[id]);
-            for k in 0..LATENT {
-                pu[k] += f64::from(f.p[id][k]);
-                pu2[k] += f64::from(f.p2[id][k]);
-            }
-            ids.push(id);
-        }
-        for f in &self.items {
-            let id = f.draw(rng);
-            click += f64::from(f.a[id]);
-            cvr += f64::from(f.c[id]);
-            for k in 0..LATENT {
-                qi[k] += f64::from(f.p[id][k]);
-                qi2[k] += f64::from(f.p2[id][k]);
-            }
-            ids.push(id);
-        }
+        let (pu, pu2) = draw_side(&self.users, rng, &mut ids, &mut click, &mut cvr);
+        let (qi, qi2) = draw_side(&self.items, rng, &mut ids, &mut click, &mut cvr);
         click += (0..LATENT).map(|k| pu[k] * qi[k]).sum::<f64>();
         cvr += (0..LATENT).map(|k| pu2[k] * qi2[k]).sum::<f64>() + 0.5 * click;
         Row {

@@ -397,24 +397,6 @@ impl ModelDir {
         })
     }
 
-    /// Output names of the model, without loading weights.
-    pub fn output_names(&self) -> Result<Vec<String>, TrainError> {
-        struct Names;
-        impl WithModel for Names {
-            type Out = Vec<String>;
-            fn run<M: MultiTaskModel + 'static>(self, model: M) -> Result<Vec<String>, TrainError> {
-                Ok(model.outputs().into_iter().map(|o| o.name).collect())
-            }
-        }
-        with_model(
-            &self.config.model,
-            &self.schema,
-            &self.encoder,
-            &Device::flex(),
-            Names,
-        )
-    }
-
     /// Predictions for every row of `data` on `backend`: one column per output.
     pub fn predict(
         &self,
