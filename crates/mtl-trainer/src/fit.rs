@@ -320,6 +320,7 @@ pub fn fit<M: MultiTaskModel>(
         // a schema without id fields has no table to update
         EmbeddingUpdate::Sparse if layout.total_rows > 0 => {
             let mut sp = SparseAdam::new(&model, settings, device);
+            sp.release_from(&mut model);
             let moments = checkpoint_dir(&options.out_dir).join(SPARSE_MOMENTS);
             if state.global_step > 0 && moments.exists() {
                 sp.load(&moments, state.sparse_time)?;
@@ -531,6 +532,11 @@ pub fn fit<M: MultiTaskModel>(
                     state.pending_secs += clock.elapsed().as_secs_f64();
                     clock = Instant::now();
                     write_checkpoint(&options.out_dir, &model, &optim, sparse.as_ref(), &state)?;
+                }
+                if let Some(sp) = &sparse
+                    && !(state.finished || limit_hit)
+                {
+                    sp.release_from(&mut model);
                 }
                 if state.finished || limit_hit {
                     return Ok((model, true));

@@ -7,8 +7,9 @@
 //! to the touched rows only. With weight decay 0 and every row touched in every step the
 //! result equals burn's dense Adam. Dense layers keep burn's optimiser.
 //!
-//! The table lives on the plain (non-autodiff) device; the model's own embedding parameter is
-//! refreshed from it before evaluation and checkpoints.
+//! The table lives on the plain (non-autodiff) device; while training, the model's own
+//! embedding parameter is a one-row placeholder (the table is held once), and it is set to the
+//! table before evaluation, checkpoints and the end of training.
 
 use std::path::Path;
 
@@ -146,6 +147,15 @@ impl SparseAdam {
         let id = weight.id;
         let device = weight.val().device();
         *weight = Param::initialized(id, self.table().to_device(&device.without_autodiff()));
+    }
+
+    /// Replaces the model's embedding parameter with a one-row placeholder (same id), so the
+    /// table is held once while training; [`SparseAdam::sync_into`] puts the table back.
+    pub fn release_from<M: MultiTaskModel>(&self, model: &mut M) {
+        let weight = &mut model.input_layer_mut().embedding.weight;
+        let id = weight.id;
+        let dim = self.table.as_ref().expect("table present").dims()[1];
+        *weight = Param::initialized(id, Tensor::zeros([1, dim], &self.device));
     }
 
     /// Saves the moments next to a checkpoint.
