@@ -146,8 +146,7 @@ pub fn train(
         let config = load_dir_config(out_dir)?;
         let schema = Schema::from_file(out_dir.join("schema.toml"))?;
         let features = FeatureState::load(out_dir.join("features.json"), &schema)?;
-        let (state, _, _) = read_checkpoint(out_dir)?;
-        (config, schema, features, Some(state))
+        (config, schema, features, Some(read_checkpoint(out_dir)?))
     } else {
         let config = config.ok_or_else(|| TrainError::Config {
             file: "<none>".into(),
@@ -235,7 +234,8 @@ struct TrainJob<'a> {
     test: Option<&'a EncodedData>,
     device: &'a Device,
     out_dir: &'a Path,
-    start: Option<TrainState>,
+    /// On resume: the checkpoint's state and its model and optimiser files.
+    start: Option<(TrainState, PathBuf, PathBuf)>,
     options: &'a TrainOptions,
     reads: Vec<String>,
 }
@@ -247,8 +247,7 @@ impl WithModel for TrainJob<'_> {
         let settings = &self.config.train;
         let mut optim = optimizer(settings);
         let (model, state) = match self.start {
-            Some(_) => {
-                let (state, model_path, optim_path) = read_checkpoint(self.out_dir)?;
+            Some((state, model_path, optim_path)) => {
                 if state.finished {
                     return Err(TrainError::Config {
                         file: self.out_dir.display().to_string(),
@@ -404,6 +403,17 @@ impl ModelDir {
         backend: &str,
         batch_size: usize,
     ) -> Result<(Vec<String>, Vec<Vec<f32>>), TrainError> {
+        let (specs, preds) = self.predict_outputs(data, backend, batch_size)?;
+        Ok((specs.into_iter().map(|o| o.name).collect(), preds))
+    }
+
+    /// Predictions with the specs of the outputs they belong to.
+    fn predict_outputs(
+        &self,
+        data: &EncodedData,
+        backend: &str,
+        batch_size: usize,
+    ) -> Result<(Vec<mtl_layers::OutputSpec>, Vec<Vec<f32>>), TrainError> {
         struct Predict<'a> {
             dir: &'a Path,
             data: &'a EncodedData,
@@ -412,11 +422,11 @@ impl ModelDir {
             batch_size: usize,
         }
         impl WithModel for Predict<'_> {
-            type Out = (Vec<String>, Vec<Vec<f32>>);
+            type Out = (Vec<mtl_layers::OutputSpec>, Vec<Vec<f32>>);
             fn run<M: MultiTaskModel + 'static>(self, model: M) -> Result<Self::Out, TrainError> {
                 let path = self.dir.join("model.bpk");
                 let model = model.try_load_file(&path).map_err(record_err(&path))?;
-                let names = model.outputs().into_iter().map(|o| o.name).collect();
+                let specs = model.outputs();
                 let (preds, _) = predict_all(
                     &model,
                     self.data,
@@ -425,7 +435,7 @@ impl ModelDir {
                     self.batch_size,
                     false,
                 )?;
-                Ok((names, preds))
+                Ok((specs, preds))
             }
         }
         let device = backend_device(backend)?;
@@ -446,21 +456,7 @@ impl ModelDir {
 
     /// Per-output metrics of the model on `data` (labels required).
     pub fn evaluate(&self, data: &EncodedData, backend: &str) -> Result<Vec<TaskMetrics>, TrainError> {
-        struct Outputs;
-        impl WithModel for Outputs {
-            type Out = Vec<mtl_layers::OutputSpec>;
-            fn run<M: MultiTaskModel + 'static>(self, model: M) -> Result<Self::Out, TrainError> {
-                Ok(model.outputs())
-            }
-        }
-        let specs = with_model(
-            &self.config.model,
-            &self.schema,
-            &self.encoder,
-            &Device::flex(),
-            Outputs,
-        )?;
-        let (_, preds) = self.predict(data, backend, 4096)?;
+        let (specs, preds) = self.predict_outputs(data, backend, 4096)?;
         Ok(evaluate(&specs, &preds, data, &self.schema.label_names()))
     }
 }
