@@ -85,6 +85,77 @@ fn batch_norm_uses_batch_statistics_in_training_and_running_ones_in_eval() {
 }
 
 #[test]
+fn row_batch_norm_matches_burns_batch_norm_with_gradients_and_running_stats() {
+    use burn::nn::BatchNormConfig;
+    use mtl_layers::mlp::batch_norm_rows;
+    let device = Device::flex().autodiff();
+    let x = Tensor::<2>::random([6, 4], Distribution::Normal(1.0, 2.0), &device);
+    let weights = Tensor::<2>::random([6, 4], Distribution::Normal(0.0, 1.0), &device);
+    let ours = BatchNormConfig::new(4).init(&device);
+    let burns = BatchNormConfig::new(4).init(&device);
+    let gamma = Tensor::<1>::from_floats([0.5, 1.5, -1.0, 2.0], &device);
+    let beta = Tensor::<1>::from_floats([0.1, -0.2, 0.3, 0.0], &device);
+    let set = |n: burn::nn::BatchNorm| {
+        let mut n = n;
+        n.gamma = burn::module::Param::from_tensor(gamma.clone());
+        n.beta = burn::module::Param::from_tensor(beta.clone());
+        n
+    };
+    let (ours, burns) = (set(ours), set(burns));
+    let close = |a: Vec<f32>, b: Vec<f32>, what: &str| {
+        assert_eq!(a.len(), b.len());
+        for (i, (a, b)) in a.iter().zip(&b).enumerate() {
+            assert!((a - b).abs() < 1e-5, "{what}[{i}]: {a} vs {b}");
+        }
+    };
+    // two training steps, so the running statistics are updated twice
+    for step in 0..2 {
+        let xa = x.clone().detach().mul_scalar(1.0 + step as f32).require_grad();
+        let xb = x.clone().detach().mul_scalar(1.0 + step as f32).require_grad();
+        let ya = batch_norm_rows(&ours, xa.clone());
+        let yb = burns.forward(xb.clone());
+        close(to_vec(ya.clone()), to_vec(yb.clone()), "train output");
+        let ga = (ya * weights.clone()).sum().backward();
+        let gb = (yb * weights.clone()).sum().backward();
+        close(
+            to_vec(xa.grad(&ga).unwrap()),
+            to_vec(xb.grad(&gb).unwrap()),
+            "d/dx",
+        );
+        let (pa, pb) = (ours.gamma.val(), burns.gamma.val());
+        close(
+            to_vec(pa.grad(&ga).unwrap()),
+            to_vec(pb.grad(&gb).unwrap()),
+            "d/dgamma",
+        );
+        let (pa, pb) = (ours.beta.val(), burns.beta.val());
+        close(
+            to_vec(pa.grad(&ga).unwrap()),
+            to_vec(pb.grad(&gb).unwrap()),
+            "d/dbeta",
+        );
+    }
+    close(
+        to_vec(ours.running_mean.value()),
+        to_vec(burns.running_mean.value()),
+        "running mean",
+    );
+    close(
+        to_vec(ours.running_var.value()),
+        to_vec(burns.running_var.value()),
+        "running var",
+    );
+    // inference uses the running statistics
+    let (ours, burns) = (ours.valid(), burns.valid());
+    let x = x.inner();
+    close(
+        to_vec(batch_norm_rows(&ours, x.clone())),
+        to_vec(burns.forward(x)),
+        "eval output",
+    );
+}
+
+#[test]
 fn losses_match_formulas() {
     let device = Device::flex();
     let logits = [-30.0f32, -1.0, 0.0, 2.0, 40.0];
