@@ -105,6 +105,8 @@ impl Peer {
             std::fs::remove_file(&results)?;
         }
         eprintln!("== torch-rechub {model} {config}");
+        // its driver prints every result line; they are read back from `results` below
+        let stdout = std::fs::File::create(log.join(format!("{model}-{config}.stdout")))?;
         run(Command::new(&self.python)
             .arg(self.dir.join("bench_torch_rechub.py"))
             .arg("--data")
@@ -123,7 +125,8 @@ impl Peer {
             .arg(log)
             // on a 2-core machine PyTorch's spinning OpenMP threads make it many times slower
             // under any other load; the peer's README measures with PASSIVE
-            .env("OMP_WAIT_POLICY", "PASSIVE"))?;
+            .env("OMP_WAIT_POLICY", "PASSIVE")
+            .stdout(stdout))?;
         let text =
             std::fs::read_to_string(&results).with_context(|| format!("reading {}", results.display()))?;
         let line = text

@@ -257,7 +257,7 @@ pub fn write_checkpoint<M: Module>(
 }
 
 /// File of the row-sparse optimiser's moments inside a checkpoint.
-pub const SPARSE_MOMENTS: &str = "embedding_moments.bpk";
+pub const SPARSE_MOMENTS: &str = "embedding_moments.bin";
 
 /// Reads a checkpoint: the state, and paths of the model and optimiser records.
 pub fn read_checkpoint(out_dir: &Path) -> Result<(TrainState, PathBuf, PathBuf), TrainError> {
@@ -319,8 +319,7 @@ pub fn fit<M: MultiTaskModel>(
         EmbeddingUpdate::Dense => None,
         // a schema without id fields has no table to update
         EmbeddingUpdate::Sparse if layout.total_rows > 0 => {
-            let mut sp = SparseAdam::new(&model, settings, device);
-            sp.release_from(&mut model);
+            let mut sp = SparseAdam::new(&mut model, settings, device);
             let moments = checkpoint_dir(&options.out_dir).join(SPARSE_MOMENTS);
             if state.global_step > 0 && moments.exists() {
                 sp.load(&moments, state.sparse_time)?;
@@ -478,7 +477,7 @@ pub fn fit<M: MultiTaskModel>(
                     // take the rows' gradient before the module's gradients are collected
                     // (a batch whose rows feed nothing has no gradient to apply)
                     if let Some(grad) = leaf.grad_remove(&mut grads) {
-                        sp.step(ids, leaf.inner(), grad, settings.lr);
+                        sp.step(&ids, grad, settings.lr);
                         state.sparse_time = sp.time;
                     }
                 }

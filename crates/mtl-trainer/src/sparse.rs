@@ -7,34 +7,69 @@
 //! to the touched rows only. With weight decay 0 and every row touched in every step the
 //! result equals burn's dense Adam. Dense layers keep burn's optimiser.
 //!
-//! The table lives on the plain (non-autodiff) device; while training, the model's own
-//! embedding parameter is a one-row placeholder (the table is held once), and it is set to the
-//! table before evaluation, checkpoints and the end of training.
+//! The table and its moments live in host memory, one row's value, first and second moment
+//! side by side (`3 × dim` floats), so that a step's update of a row touches one place in
+//! memory, in one pass; on Linux the buffer asks for transparent huge pages, so random rows
+//! of a multi-GB table do not each cost a TLB miss. Each step uploads the rows the batch
+//! uses to the training device and reads their gradient back (on the CPU backends both are
+//! plain copies). While training, the model's own embedding parameter is a one-row
+//! placeholder (the table is held once); it is set to the table before evaluation,
+//! checkpoints and the end of training.
 
+use std::io::{Read, Write};
 use std::path::Path;
 
-use burn::module::{Module, Param};
-use burn::tensor::IndexingUpdateOp;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::module::Param;
+use burn::tensor::{Device, Tensor, TensorData};
 use mtl_layers::MultiTaskModel;
 
+use crate::TrainError;
 use crate::config::{OptimizerKind, TrainSettings};
-use crate::{TrainError, record_err};
 
-/// The saved moments of the row-wise optimiser.
-#[derive(Module, Debug)]
-pub struct SparseMoments {
-    /// First moment `[rows, dim]`.
-    pub m: Param<Tensor<2>>,
-    /// Second moment `[rows, dim]`.
-    pub v: Param<Tensor<2>>,
+/// First bytes of a saved moments file.
+const MOMENTS_MAGIC: &[u8; 7] = b"MTLMOM1";
+
+/// Host memory for `len` floats, zeroed: an anonymous mapping advised to use huge pages
+/// where the platform has them, else a vector.
+enum HostBuf {
+    Map(memmap2::MmapMut),
+    Vec(Vec<f32>),
+}
+
+impl HostBuf {
+    fn zeroed(len: usize) -> Self {
+        match memmap2::MmapOptions::new().len(len * 4).map_anon() {
+            Ok(map) if len > 0 => {
+                // advice only: without huge pages the table works the same, a little slower
+                #[cfg(target_os = "linux")]
+                let _ = map.advise(memmap2::Advice::HugePage);
+                Self::Map(map)
+            }
+            _ => Self::Vec(vec![0.0; len]),
+        }
+    }
+
+    fn floats(&self) -> &[f32] {
+        match self {
+            Self::Map(map) => bytemuck::cast_slice(&map[..]),
+            Self::Vec(v) => v,
+        }
+    }
+
+    fn floats_mut(&mut self) -> &mut [f32] {
+        match self {
+            Self::Map(map) => bytemuck::cast_slice_mut(&mut map[..]),
+            Self::Vec(v) => v,
+        }
+    }
 }
 
 /// The embedding table and its row-wise Adam state.
 pub struct SparseAdam {
-    table: Option<Tensor<2>>,
-    m: Option<Tensor<2>>,
-    v: Option<Tensor<2>>,
+    /// Per row: value, first moment, second moment (`3 × dim` floats).
+    buf: HostBuf,
+    rows: usize,
+    dim: usize,
     /// Steps taken (drives the bias correction).
     pub time: usize,
     beta_1: f32,
@@ -43,25 +78,32 @@ pub struct SparseAdam {
     weight_decay: f32,
     decoupled: bool,
     clip_norm: Option<f32>,
+    /// The plain (non-autodiff) training device, where gathered rows go.
     device: Device,
 }
 
 impl SparseAdam {
-    /// Takes the table out of `model` (onto the plain device) with zero moments.
-    pub fn new<M: MultiTaskModel>(model: &M, settings: &TrainSettings, device: &Device) -> Self {
+    /// Moves the table out of `model` into host memory, with zero moments; the model keeps a
+    /// one-row placeholder (see [`SparseAdam::release_from`]).
+    pub fn new<M: MultiTaskModel>(model: &mut M, settings: &TrainSettings, device: &Device) -> Self {
+        let weight = &mut model.input_layer_mut().embedding.weight;
+        let table = weight.val().inner();
+        let [rows, dim] = table.dims();
         let plain = device.clone().without_autodiff();
-        let table = model
-            .input_layer()
-            .embedding
-            .weight
-            .val()
-            .inner()
-            .to_device(&plain);
-        let zeros = Tensor::zeros(table.dims(), &plain);
+        // the placeholder first, so the table's memory is the data's and is not copied twice
+        *weight = Param::initialized(weight.id, Tensor::zeros([1, dim], &plain));
+        let table = table.into_data();
+        let values = table.as_slice::<f32>().expect("embedding tables are f32");
+        let mut buf = HostBuf::zeroed(rows * 3 * dim);
+        let floats = buf.floats_mut();
+        for (slot, row) in floats.chunks_exact_mut(3 * dim).zip(values.chunks_exact(dim)) {
+            slot[..dim].copy_from_slice(row);
+        }
+        drop(table);
         Self {
-            m: Some(zeros.clone()),
-            v: Some(zeros),
-            table: Some(table),
+            buf,
+            rows,
+            dim,
             time: 0,
             beta_1: 0.9,
             beta_2: 0.999,
@@ -73,72 +115,81 @@ impl SparseAdam {
         }
     }
 
-    /// The batch's rows as an autodiff leaf, and their ids as a tensor.
+    /// The rows `ids` as an autodiff leaf on the training device, and the ids back.
     ///
     /// # Shapes
-    /// - output: `[unique, dim]` leaf, `[unique]` ids
-    pub fn gather(&self, unique: Vec<i32>) -> (Tensor<2>, Tensor<1, Int>) {
-        let n = unique.len();
-        let ids = Tensor::<1, Int>::from_data(TensorData::new(unique, [n]), &self.device);
-        let rows = self
-            .table
-            .as_ref()
-            .expect("table present")
-            .clone()
-            .select(0, ids.clone());
+    /// - output: `[ids, dim]` leaf
+    pub fn gather(&self, ids: Vec<i32>) -> (Tensor<2>, Vec<i32>) {
+        let d = self.dim;
+        let floats = self.buf.floats();
+        let mut out = Vec::with_capacity(ids.len() * d);
+        for &id in &ids {
+            let base = id as usize * 3 * d;
+            out.extend_from_slice(&floats[base..base + d]);
+        }
+        let rows = Tensor::<2>::from_data(TensorData::new(out, [ids.len(), d]), &self.device);
         (rows.autodiff().require_grad(), ids)
     }
 
-    /// One row-wise Adam step on the rows `ids`, whose current values are `rows` and whose
-    /// gradient is `grad` (both `[unique, dim]`, plain device).
-    pub fn step(&mut self, ids: Tensor<1, Int>, rows: Tensor<2>, grad: Tensor<2>, lr: f64) {
+    /// One row-wise Adam step on the rows `ids` with their gradient `grad` (`[ids, dim]`).
+    pub fn step(&mut self, ids: &[i32], grad: Tensor<2>, lr: f64) {
+        let g = grad.into_data();
+        let g = g.as_slice::<f32>().expect("gradients are f32");
+        let d = self.dim;
+        debug_assert_eq!(g.len(), ids.len() * d);
         self.time += 1;
         let t = self.time as i32;
-        let mut g = grad;
-        if let Some(threshold) = self.clip_norm {
-            // as burn's clip_by_norm: coef = min(1, threshold / (‖g‖ + tiny))
-            let norm = g.clone().square().sum().sqrt();
-            let coef = norm
-                .add_scalar(f32::MIN_POSITIVE)
-                .recip()
-                .mul_scalar(threshold)
-                .clamp_max(1.0);
-            g = g * coef.unsqueeze();
+        // as burn's clip_by_norm: coef = min(1, threshold / (‖g‖ + tiny))
+        let coef = self.clip_norm.map_or(1.0, |threshold| {
+            let norm = g.iter().map(|x| x * x).sum::<f32>().sqrt();
+            (threshold / (norm + f32::MIN_POSITIVE)).min(1.0)
+        });
+        let (b1, b2, lr) = (self.beta_1, self.beta_2, lr as f32);
+        let bc2 = (1.0 - b2.powi(t)).sqrt();
+        let factor = bc2 / (1.0 - b1.powi(t));
+        let eps = self.epsilon * bc2;
+        let (wd, decoupled) = (self.weight_decay, self.decoupled);
+        let floats = self.buf.floats_mut();
+        for (&id, g) in ids.iter().zip(g.chunks_exact(d)) {
+            let base = id as usize * 3 * d;
+            let (w, moments) = floats[base..base + 3 * d].split_at_mut(d);
+            let (m, v) = moments.split_at_mut(d);
+            for j in 0..d {
+                let mut gj = g[j] * coef;
+                if wd > 0.0 && !decoupled {
+                    gj += w[j] * wd;
+                }
+                m[j] = m[j] * b1 + gj * (1.0 - b1);
+                v[j] = v[j] * b2 + gj * gj * (1.0 - b2);
+                let update = m[j] * factor / (v[j].sqrt() + eps);
+                w[j] = if decoupled && wd > 0.0 {
+                    w[j] - (update + w[j] * wd) * lr
+                } else {
+                    w[j] - update * lr
+                };
+            }
         }
-        if self.weight_decay > 0.0 && !self.decoupled {
-            g = g + rows.clone().mul_scalar(self.weight_decay);
+    }
+
+    /// Column block `part` (0 value, 1 first moment, 2 second moment) of every row as a
+    /// `[rows, dim]` tensor on the plain training device.
+    fn part(&self, part: usize) -> Tensor<2> {
+        let d = self.dim;
+        let mut out = Vec::with_capacity(self.rows * d);
+        for row in self.buf.floats().chunks_exact(3 * d) {
+            out.extend_from_slice(&row[part * d..(part + 1) * d]);
         }
-        let m = self.m.take().expect("moments present");
-        let v = self.v.take().expect("moments present");
-        let table = self.table.take().expect("table present");
-        let m_rows = m.clone().select(0, ids.clone()).mul_scalar(self.beta_1)
-            + g.clone().mul_scalar(1.0 - self.beta_1);
-        let v_rows = v.clone().select(0, ids.clone()).mul_scalar(self.beta_2)
-            + g.square().mul_scalar(1.0 - self.beta_2);
-        let bc2 = (1.0 - self.beta_2.powi(t)).sqrt();
-        let factor = bc2 / (1.0 - self.beta_1.powi(t));
-        let update = m_rows.clone().mul_scalar(factor) / v_rows.clone().sqrt().add_scalar(self.epsilon * bc2);
-        let new_rows = if self.decoupled && self.weight_decay > 0.0 {
-            rows.clone() - (update + rows.mul_scalar(self.weight_decay)).mul_scalar(lr)
-        } else {
-            rows - update.mul_scalar(lr)
-        };
-        self.m = Some(m.select_assign(0, ids.clone(), m_rows, IndexingUpdateOp::Assign));
-        self.v = Some(v.select_assign(0, ids.clone(), v_rows, IndexingUpdateOp::Assign));
-        self.table = Some(table.select_assign(0, ids, new_rows, IndexingUpdateOp::Assign));
+        Tensor::from_data(TensorData::new(out, [self.rows, d]), &self.device)
     }
 
     /// The first and second moments `[rows, dim]` (plain device).
     pub fn moments(&self) -> (Tensor<2>, Tensor<2>) {
-        (
-            self.m.as_ref().expect("moments present").clone(),
-            self.v.as_ref().expect("moments present").clone(),
-        )
+        (self.part(1), self.part(2))
     }
 
     /// The current table `[rows, dim]` (plain device).
     pub fn table(&self) -> Tensor<2> {
-        self.table.as_ref().expect("table present").clone()
+        self.part(0)
     }
 
     /// Writes the current table into the model's embedding parameter (same parameter id).
@@ -154,28 +205,77 @@ impl SparseAdam {
     pub fn release_from<M: MultiTaskModel>(&self, model: &mut M) {
         let weight = &mut model.input_layer_mut().embedding.weight;
         let id = weight.id;
-        let dim = self.table.as_ref().expect("table present").dims()[1];
-        *weight = Param::initialized(id, Tensor::zeros([1, dim], &self.device));
+        *weight = Param::initialized(id, Tensor::zeros([1, self.dim], &self.device));
     }
 
-    /// Saves the moments next to a checkpoint.
+    /// Saves the moments next to a checkpoint: a header (`MTLMOM1`, rows, dim as u64 LE),
+    /// then every first moment and every second moment, f32 LE, streamed from the table's
+    /// memory (no copy of the moments is made).
     pub fn save(&self, path: &Path) -> Result<(), TrainError> {
-        let moments = SparseMoments {
-            m: Param::from_tensor(self.m.as_ref().expect("moments present").clone()),
-            v: Param::from_tensor(self.v.as_ref().expect("moments present").clone()),
+        let io = |source| TrainError::Io {
+            path: path.display().to_string(),
+            source,
         };
-        moments.save_file(path).map_err(record_err(path))
+        let file = std::fs::File::create(path).map_err(io)?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+        out.write_all(MOMENTS_MAGIC).map_err(io)?;
+        out.write_all(&(self.rows as u64).to_le_bytes()).map_err(io)?;
+        out.write_all(&(self.dim as u64).to_le_bytes()).map_err(io)?;
+        let d = self.dim;
+        for part in [1, 2] {
+            for row in self.buf.floats().chunks_exact(3 * d) {
+                out.write_all(bytemuck::cast_slice(&row[part * d..(part + 1) * d]))
+                    .map_err(io)?;
+            }
+        }
+        out.into_inner()
+            .map_err(|e| io(e.into_error()))?
+            .sync_all()
+            .map_err(io)
     }
 
     /// Restores moments saved by [`SparseAdam::save`] and the step count.
     pub fn load(&mut self, path: &Path, time: usize) -> Result<(), TrainError> {
-        let template = SparseMoments {
-            m: Param::from_tensor(self.m.take().expect("moments present")),
-            v: Param::from_tensor(self.v.take().expect("moments present")),
+        let bad = |message: String| TrainError::Record {
+            path: path.display().to_string(),
+            message,
         };
-        let loaded = template.try_load_file(path).map_err(record_err(path))?;
-        self.m = Some(loaded.m.val().inner());
-        self.v = Some(loaded.v.val().inner());
+        let io = |source| TrainError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let file = std::fs::File::open(path).map_err(io)?;
+        let mut input = std::io::BufReader::with_capacity(1 << 20, file);
+        let mut header = [0u8; 23];
+        input
+            .read_exact(&mut header)
+            .map_err(|_| bad("not a moments file (too short)".into()))?;
+        if &header[..7] != MOMENTS_MAGIC {
+            return Err(bad("not a moments file (bad magic)".into()));
+        }
+        let rows = u64::from_le_bytes(header[7..15].try_into().expect("8 bytes"));
+        let dim = u64::from_le_bytes(header[15..23].try_into().expect("8 bytes"));
+        if (rows, dim) != (self.rows as u64, self.dim as u64) {
+            return Err(bad(format!(
+                "moments of a {rows} × {dim} table; this table is {} × {}",
+                self.rows, self.dim
+            )));
+        }
+        let d = self.dim;
+        let mut bytes = vec![0u8; d * 4];
+        for part in [1, 2] {
+            for row in self.buf.floats_mut().chunks_exact_mut(3 * d) {
+                input
+                    .read_exact(&mut bytes)
+                    .map_err(|_| bad("the file ends early".into()))?;
+                for (dst, src) in row[part * d..(part + 1) * d]
+                    .iter_mut()
+                    .zip(bytes.chunks_exact(4))
+                {
+                    *dst = f32::from_le_bytes(src.try_into().expect("4 bytes"));
+                }
+            }
+        }
         self.time = time;
         Ok(())
     }

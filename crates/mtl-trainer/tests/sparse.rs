@@ -120,21 +120,21 @@ fn untouched_rows_and_their_moments_stay_bit_identical() {
     let enc = Encoder::new(&s, &StateFitter::new(&s).finish());
     let device = Device::flex().autodiff();
     device.seed(4);
-    let m = model(&s, &enc, &device);
+    let mut m = model(&s, &enc, &device);
     let _ = m.predict(&data().batch(&[0], enc.layout(), &device.clone().without_autodiff()));
     let settings = TrainSettings {
         weight_decay: 1e-2,
         grad_clip_norm: Some(1.0),
         ..TrainSettings::default()
     };
-    let mut sp = SparseAdam::new(&m, &settings, &device);
+    let mut sp = SparseAdam::new(&mut m, &settings, &device);
     let before = values(sp.table());
     for step in 0..3 {
         let touched = vec![1, 4, 7 + step];
         let (leaf, ids) = sp.gather(touched);
-        let rows = leaf.clone().inner();
+        let rows = leaf.inner();
         let grad = Tensor::<2>::ones(rows.dims(), &rows.device()).mul_scalar(0.5);
-        sp.step(ids, rows, grad, 0.01);
+        sp.step(&ids, grad, 0.01);
     }
     let after = values(sp.table());
     let (m1, m2) = sp.moments();
@@ -157,4 +157,45 @@ fn untouched_rows_and_their_moments_stay_bit_identical() {
             );
         }
     }
+}
+
+#[test]
+fn saved_moments_round_trip_and_a_mismatched_file_is_an_error() {
+    let s = schema();
+    let enc = Encoder::new(&s, &StateFitter::new(&s).finish());
+    let device = Device::flex().autodiff();
+    let mut m = model(&s, &enc, &device);
+    let settings = TrainSettings::default();
+    let mut sp = SparseAdam::new(&mut m, &settings, &device);
+    let (leaf, ids) = sp.gather(vec![0, 2, 5]);
+    let grad = Tensor::<2>::ones(leaf.dims(), &leaf.inner().device()).mul_scalar(0.3);
+    sp.step(&ids, grad, 0.01);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("moments.bin");
+    sp.save(&path).unwrap();
+    let (m1, m2) = sp.moments();
+    let (m1, m2) = (values(m1), values(m2));
+    // a fresh optimiser on the same table has zero moments until it loads the file
+    let mut fresh = SparseAdam::new(&mut model(&s, &enc, &device), &settings, &device);
+    assert!(values(fresh.moments().0).iter().all(|x| *x == 0.0));
+    fresh.load(&path, 1).unwrap();
+    let (l1, l2) = fresh.moments();
+    assert_eq!(values(l1), m1);
+    assert_eq!(values(l2), m2);
+    assert!(m2.iter().any(|x| *x > 0.0));
+    // a table of another shape refuses the file, naming it
+    let other: ValidSchema = Schema::from_toml_str(
+        "embed_dim = 4\n[[sparse]]\nname = \"a\"\nvocab_size = 3\n[[labels]]\nname = \"click\"\nkind = \"binary\"\n[[labels]]\nname = \"purchase\"\nkind = \"binary\"\n",
+        "other",
+    )
+    .unwrap();
+    let other_enc = Encoder::new(&other, &StateFitter::new(&other).finish());
+    let mut small = SparseAdam::new(&mut model(&other, &other_enc, &device), &settings, &device);
+    let err = small.load(&path, 1).unwrap_err().to_string();
+    assert!(err.contains("moments.bin") && err.contains("table"), "{err}");
+    // a truncated file is an error too
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() - 5]).unwrap();
+    let err = fresh.load(&path, 1).unwrap_err().to_string();
+    assert!(err.contains("ends early"), "{err}");
 }
