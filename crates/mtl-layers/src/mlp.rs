@@ -172,15 +172,31 @@ impl Mlp {
 /// - input: `[batch, features]`
 /// - output: `[batch, features]`
 pub fn batch_norm_rows(norm: &BatchNorm, x: Tensor<2>) -> Tensor<2> {
-    let features = x.dims()[1];
-    let gamma = norm.gamma.val().reshape([1, features]);
-    let beta = norm.beta.val().reshape([1, features]);
+    batch_norm_over(norm, x, 0)
+}
+
+/// burn's [`BatchNorm`] with the batch along dim `batch_dim` and every other dim a feature:
+/// statistics are taken over `batch_dim` alone, and `norm`'s parameters and running statistics
+/// (length = the product of the other dims) are laid out in the row-major order of those dims.
+/// `batch_norm_over(norm, x, 0)` on `[batch, features]` is [`batch_norm_rows`]; on
+/// `[experts, batch, features]` with `batch_dim` 1 it normalises every expert's every feature
+/// on its own, as `experts` separate BatchNorms would.
+///
+/// # Shapes
+/// - input: any `[…, batch, …]`
+/// - output: the same
+pub fn batch_norm_over<const D: usize>(norm: &BatchNorm, x: Tensor<D>, batch_dim: usize) -> Tensor<D> {
+    let mut stats = x.dims();
+    stats[batch_dim] = 1;
+    let features: usize = stats.iter().product();
+    let gamma = norm.gamma.val().reshape(stats);
+    let beta = norm.beta.val().reshape(stats);
     if x.device().is_autodiff() && norm.training.is_enabled() {
-        let mean = x.clone().mean_dim(0);
+        let mean = x.clone().mean_dim(batch_dim);
         let centered = x - mean.clone();
-        let variance = centered.clone().square().mean_dim(0);
+        let variance = centered.clone().square().mean_dim(batch_dim);
         let scale = gamma * (variance.clone() + norm.epsilon).sqrt().recip();
-        let running = |state: &burn::module::RunningState<Tensor<1>>, batch: Tensor<2>| {
+        let running = |state: &burn::module::RunningState<Tensor<1>>, batch: Tensor<D>| {
             let old = state.value_sync().to_device(&batch.device());
             let batch = batch.detach().reshape([features]);
             state.update(
@@ -194,12 +210,8 @@ pub fn batch_norm_rows(norm: &BatchNorm, x: Tensor<2>) -> Tensor<2> {
         centered * scale + beta
     } else {
         let device = x.device();
-        let mean = norm
-            .running_mean
-            .value()
-            .to_device(&device)
-            .reshape([1, features]);
-        let variance = norm.running_var.value().to_device(&device).reshape([1, features]);
+        let mean = norm.running_mean.value().to_device(&device).reshape(stats);
+        let variance = norm.running_var.value().to_device(&device).reshape(stats);
         let scale = gamma * (variance + norm.epsilon).sqrt().recip();
         let shift = beta - mean * scale.clone();
         x * scale + shift

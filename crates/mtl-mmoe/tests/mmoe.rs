@@ -113,7 +113,7 @@ fn one_expert_mmoe_is_shared_bottom_with_that_expert() {
             .unwrap();
         let bottom = SharedBottom {
             input: mmoe.input.clone(),
-            bottom: mmoe.experts[0].clone(),
+            bottom: mmoe.experts.expert(0),
             towers: mmoe.towers.clone(),
             tasks: mmoe.tasks.clone(),
         };
@@ -153,7 +153,8 @@ fn parameter_counts_match_torch_rechub() {
         .init(&s, enc.layout(), &device)
         .unwrap();
     assert_eq!(trainable_params(&example), 5_169_234);
-    assert_eq!(trainable_params(&example.experts[0]), 5_168);
+    assert_eq!(trainable_params(&example.experts.expert(0)), 5_168);
+    assert_eq!(trainable_params(&example.experts), 8 * 5_168);
     assert_eq!(trainable_params(&example.gates[0]), 2_584);
     assert_eq!(trainable_params(&example.towers[0]), 161);
     let large = MmoeConfig::new(8, MlpSpec::new([256, 128]), MlpSpec::new([64]), two())
@@ -190,4 +191,44 @@ fn bad_task_config_is_named() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("model.n_experts"), "{err}");
+}
+
+#[test]
+fn fused_experts_equal_separate_expert_mlps_in_training_and_eval() {
+    use burn::tensor::Distribution;
+    use mtl_mmoe::Experts;
+    let device = Device::flex().autodiff();
+    let n = 3;
+    let experts = Experts::new(n, &MlpSpec::new([5, 4, 2]), 6, &device);
+    // each expert as its own MLP, copied out before any training step
+    let separate: Vec<_> = (0..n).map(|k| experts.expert(k)).collect();
+    let close = |a: Tensor<2>, b: Tensor<2>, what: &str| {
+        let (a, b) = (v(a), v(b));
+        assert_eq!(a.len(), b.len());
+        for (i, (p, q)) in a.iter().zip(&b).enumerate() {
+            assert!((p - q).abs() < 1e-5, "{what}[{i}]: {p} vs {q}");
+        }
+    };
+    for step in 0..2 {
+        let x = Tensor::<2>::random([7, 6], Distribution::Normal(step as f64, 1.0), &device);
+        let fused = experts.forward(x.clone()); // [7, n, 2], batch statistics
+        assert_eq!(fused.dims(), [7, n, 2]);
+        for (k, mlp) in separate.iter().enumerate() {
+            let one = fused.clone().slice([0..7, k..k + 1, 0..2]).reshape([7, 2]);
+            close(
+                one,
+                mlp.forward(x.clone()),
+                &format!("train step {step}, expert {k}"),
+            );
+        }
+    }
+    // eval mode uses the running statistics both sides updated twice
+    let x = Tensor::<2>::random([4, 6], Distribution::Normal(0.0, 1.0), &device).inner();
+    let (experts, separate): (Experts, Vec<_>) =
+        (experts.valid(), separate.into_iter().map(|m| m.valid()).collect());
+    let fused = experts.forward(x.clone());
+    for (k, mlp) in separate.iter().enumerate() {
+        let one = fused.clone().slice([0..4, k..k + 1, 0..2]).reshape([4, 2]);
+        close(one, mlp.forward(x.clone()), &format!("eval, expert {k}"));
+    }
 }

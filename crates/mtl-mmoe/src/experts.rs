@@ -1,0 +1,206 @@
+//! The experts of a mixture, evaluated together instead of one MLP at a time.
+//!
+//! ```text
+//! layer 1:   H = act(BN(x W₁ + b₁))         W₁: [in, n·d₁]   — every expert's first Linear side by side
+//! layer l:   H_k = act(BN(H_k W_lk + b_lk))  W_l: [n, d, d']  — one batched matmul over the experts
+//! ```
+//!
+//! This is the same function as `n` separate torch-rechub MLPs (`Linear → BatchNorm →
+//! activation → Dropout` per layer) with the same parameter count: every output column of the
+//! fused first Linear has its own weights, and BatchNorm normalises each feature on its own, so
+//! stacking features changes nothing; [`Experts::expert`] takes expert `k` back out as an
+//! [`Mlp`] (tested to give the same outputs). It replaces 8 small matrix products and their
+//! element-wise ops per layer by one larger product, which is what the small configurations
+//! (experts of width 16) spend their time on.
+
+use burn::module::{Module, Param, RunningState};
+use burn::nn::{BatchNorm, BatchNormConfig, Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
+use burn::tensor::{Device, Tensor};
+use mtl_layers::mlp::batch_norm_over;
+use mtl_layers::{Activation, Mlp, MlpBlock, MlpSpec};
+
+/// burn's (and PyTorch's) Linear initialisation: uniform in ±1/√fan_in, weights and bias.
+fn linear_init() -> Initializer {
+    Initializer::KaimingUniform {
+        gain: 1.0 / 3f64.sqrt(),
+        fan_out_only: false,
+    }
+}
+
+/// A hidden layer after the first, for every expert at once.
+#[derive(Module, Debug)]
+pub struct ExpertLayer {
+    /// Per-expert weights `[n, in, out]`.
+    pub weight: Param<Tensor<3>>,
+    /// Per-expert biases `[n, 1, out]`.
+    pub bias: Param<Tensor<3>>,
+    /// BatchNorm over the `n · out` features (expert-major), if the spec has it.
+    pub norm: Option<BatchNorm>,
+    /// Dropout (active only while training).
+    pub dropout: Dropout,
+    /// The activation.
+    #[module(skip)]
+    pub activation: Activation,
+}
+
+impl ExpertLayer {
+    /// # Shapes
+    /// - input: `[n, batch, in]`
+    /// - output: `[n, batch, out]`
+    pub fn forward(&self, h: Tensor<3>) -> Tensor<3> {
+        let mut y = h.matmul(self.weight.val()) + self.bias.val();
+        if let Some(norm) = &self.norm {
+            y = batch_norm_over(norm, y, 1);
+        }
+        let [n, b, out] = y.dims();
+        let y = self
+            .activation
+            .forward(y.reshape([n * b, out]))
+            .reshape([n, b, out]);
+        self.dropout.forward(y)
+    }
+}
+
+/// `n` expert MLPs over the same input, evaluated together.
+#[derive(Module, Debug)]
+pub struct Experts {
+    /// First hidden layer of every expert, side by side: `[in] → [n · d₁]`.
+    pub first: MlpBlock,
+    /// The later hidden layers, each for all experts at once.
+    pub layers: Vec<ExpertLayer>,
+    /// Number of experts.
+    #[module(skip)]
+    pub n: usize,
+}
+
+impl Experts {
+    /// `n` experts with hidden layers `spec` (at least one) over inputs of width `input_dim`.
+    pub fn new(n: usize, spec: &MlpSpec, input_dim: usize, device: &Device) -> Self {
+        let first_dim = spec.dims[0];
+        let norm = |features: usize| {
+            spec.batch_norm
+                .then(|| BatchNormConfig::new(features).init(device))
+        };
+        let first = MlpBlock {
+            linear: LinearConfig::new(input_dim, n * first_dim).init(device),
+            norm: norm(n * first_dim),
+            dropout: DropoutConfig::new(spec.dropout).init(),
+            activation: spec.activation,
+        };
+        let layers = spec
+            .dims
+            .windows(2)
+            .map(|w| {
+                let (d_in, d_out) = (w[0], w[1]);
+                ExpertLayer {
+                    weight: linear_init().init_with([n, d_in, d_out], Some(d_in), Some(d_out), device),
+                    bias: linear_init().init_with([n, 1, d_out], Some(d_in), Some(d_out), device),
+                    norm: norm(n * d_out),
+                    dropout: DropoutConfig::new(spec.dropout).init(),
+                    activation: spec.activation,
+                }
+            })
+            .collect();
+        Self { first, layers, n }
+    }
+
+    /// Number of experts.
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    /// Whether there are no experts (never, for a built model).
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    /// Every expert's output.
+    ///
+    /// # Shapes
+    /// - input: `[batch, in]`
+    /// - output: `[batch, n, out]`
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<3> {
+        let b = x.dims()[0];
+        let h = self.first.forward(x); // [batch, n · d₁]
+        let d1 = h.dims()[1] / self.n;
+        let h = h.reshape([b, self.n, d1]);
+        if self.layers.is_empty() {
+            return h;
+        }
+        let h = self
+            .layers
+            .iter()
+            .fold(h.swap_dims(0, 1), |h, layer| layer.forward(h)); // [n, batch, out]
+        h.swap_dims(0, 1)
+    }
+
+    /// Expert `k` on its own, as the MLP it is part of (weights and statistics copied out).
+    pub fn expert(&self, k: usize) -> Mlp {
+        assert!(k < self.n, "expert {k} of {}", self.n);
+        let d1 = self.first.linear.weight.dims()[1] / self.n;
+        let cols = k * d1..(k + 1) * d1;
+        let linear = &self.first.linear;
+        let first = MlpBlock {
+            linear: Linear {
+                weight: leaf(
+                    linear
+                        .weight
+                        .val()
+                        .slice([0..linear.weight.dims()[0], cols.clone()]),
+                ),
+                bias: linear.bias.as_ref().map(|b| leaf(b.val().slice([cols.clone()]))),
+            },
+            norm: self.first.norm.as_ref().map(|n| norm_slice(n, cols.clone())),
+            dropout: self.first.dropout.clone(),
+            activation: self.first.activation,
+        };
+        let mut blocks = vec![first];
+        for layer in &self.layers {
+            let [_, d_in, d_out] = layer.weight.dims();
+            blocks.push(MlpBlock {
+                linear: Linear {
+                    weight: leaf(
+                        layer
+                            .weight
+                            .val()
+                            .slice([k..k + 1, 0..d_in, 0..d_out])
+                            .reshape([d_in, d_out]),
+                    ),
+                    bias: Some(leaf(
+                        layer
+                            .bias
+                            .val()
+                            .slice([k..k + 1, 0..1, 0..d_out])
+                            .reshape([d_out]),
+                    )),
+                },
+                norm: layer
+                    .norm
+                    .as_ref()
+                    .map(|n| norm_slice(n, k * d_out..(k + 1) * d_out)),
+                dropout: layer.dropout.clone(),
+                activation: layer.activation,
+            });
+        }
+        Mlp { blocks, output: None }
+    }
+}
+
+/// The BatchNorm of the features `range` of `norm`.
+fn norm_slice(norm: &BatchNorm, range: std::ops::Range<usize>) -> BatchNorm {
+    let part = |t: Tensor<1>| t.slice([range.clone()]);
+    BatchNorm {
+        gamma: leaf(part(norm.gamma.val())),
+        beta: leaf(part(norm.beta.val())),
+        training: norm.training.clone(),
+        running_mean: RunningState::new(part(norm.running_mean.value())),
+        running_var: RunningState::new(part(norm.running_var.value())),
+        momentum: norm.momentum,
+        epsilon: norm.epsilon,
+    }
+}
+
+/// A copy of `t` as a new parameter (a leaf, cut from the graph it came from).
+fn leaf<const D: usize>(t: Tensor<D>) -> Param<Tensor<D>> {
+    Param::from_tensor(t.detach())
+}
