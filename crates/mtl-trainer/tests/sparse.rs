@@ -199,3 +199,85 @@ fn saved_moments_round_trip_and_a_mismatched_file_is_an_error() {
     let err = fresh.load(&path, 1).unwrap_err().to_string();
     assert!(err.contains("ends early"), "{err}");
 }
+
+#[test]
+fn sparse_training_agrees_across_backends() {
+    use mtl_features::BackendKind;
+    use mtl_features::backend::usable_backends;
+    let backends = usable_backends().expect("a required backend is unusable");
+    assert_eq!(backends[0].0, BackendKind::Flex);
+    let s = schema();
+    let enc = Encoder::new(&s, &StateFitter::new(&s).finish());
+    let d = data();
+    let dir = tempfile::tempdir().unwrap();
+    let init_path = dir.path().join("init.bpk");
+    let mut results = Vec::new();
+    for (kind, device) in &backends {
+        let device = device.clone().autodiff();
+        let m = model(&s, &enc, &device);
+        if !init_path.exists() {
+            let _ = m.predict(&d.batch(&[0], enc.layout(), &device.clone().without_autodiff()));
+            m.valid().save_file(&init_path).unwrap();
+        }
+        let m = model(&s, &enc, &device).load_file(&init_path);
+        let settings = TrainSettings {
+            epochs: 2,
+            batch_size: 8,
+            lr: 0.05,
+            weight_decay: 1e-3,
+            embedding: EmbeddingUpdate::Sparse,
+            ..TrainSettings::default()
+        };
+        let out = dir.path().join(format!("{kind:?}"));
+        std::fs::create_dir_all(&out).unwrap();
+        let options = FitOptions {
+            out_dir: out,
+            progress: false,
+            label_names: s.label_names(),
+        };
+        let r = fit(
+            m,
+            optimizer(&settings),
+            &d,
+            None,
+            enc.layout(),
+            &settings,
+            &device,
+            &options,
+            TrainState::default(),
+        )
+        .unwrap();
+        assert_eq!(r.state.global_step, 8);
+        let m = r.model.valid();
+        let mut v = values(m.input.embedding.weight.val());
+        v.extend(values(m.cvr_tower.blocks[0].linear.weight.val()));
+        results.push((*kind, v));
+    }
+    let (_, flex) = &results[0];
+    let before = values(
+        model(&s, &enc, &Device::flex())
+            .load_file(&init_path)
+            .input
+            .embedding
+            .weight
+            .val(),
+    );
+    let moved = before
+        .iter()
+        .zip(flex)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(moved > 0.01, "training must move the table ({moved})");
+    for (kind, v) in &results[1..] {
+        let diff = flex
+            .iter()
+            .zip(v)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        eprintln!("sparse training, {kind:?} vs flex: max |diff| {diff:e}");
+        assert!(
+            diff < 1e-4,
+            "{kind:?}: sparse training differs from flex by {diff}"
+        );
+    }
+}
