@@ -44,6 +44,38 @@ fn model(s: &ValidSchema, enc: &Encoder, device: &Device) -> Esmm {
         .unwrap()
 }
 
+/// Trains `m` with `settings` on `d` (output under `out`); the model in eval mode and the
+/// number of steps taken.
+fn train(
+    m: Esmm,
+    settings: &TrainSettings,
+    d: &EncodedData,
+    enc: &Encoder,
+    s: &ValidSchema,
+    device: &Device,
+    out: &std::path::Path,
+) -> (Esmm, usize) {
+    std::fs::create_dir_all(out).unwrap();
+    let options = FitOptions {
+        out_dir: out.to_path_buf(),
+        progress: false,
+        label_names: s.label_names(),
+    };
+    let r = fit(
+        m,
+        optimizer(settings),
+        d,
+        None,
+        enc.layout(),
+        settings,
+        device,
+        &options,
+        TrainState::default(),
+    )
+    .unwrap();
+    (r.model.valid(), r.state.global_step)
+}
+
 #[test]
 fn sparse_adam_equals_dense_adam_when_every_row_is_touched() {
     let s = schema();
@@ -66,27 +98,16 @@ fn sparse_adam_equals_dense_adam_when_every_row_is_touched() {
             embedding: mode,
             ..TrainSettings::default()
         };
-        let out = dir.path().join(format!("{mode:?}"));
-        std::fs::create_dir_all(&out).unwrap();
-        let options = FitOptions {
-            out_dir: out,
-            progress: false,
-            label_names: s.label_names(),
-        };
-        let r = fit(
+        let (m, steps) = train(
             m,
-            optimizer(&settings),
-            &d,
-            None,
-            enc.layout(),
             &settings,
+            &d,
+            &enc,
+            &s,
             &device,
-            &options,
-            TrainState::default(),
-        )
-        .unwrap();
-        assert_eq!(r.state.global_step, 6);
-        let m = r.model.valid();
+            &dir.path().join(format!("{mode:?}")),
+        );
+        assert_eq!(steps, 6);
         let mut v = values(m.input.embedding.weight.val());
         v.extend(values(m.ctr_tower.blocks[0].linear.weight.val()));
         tables.push(v);
@@ -228,27 +249,16 @@ fn sparse_training_agrees_across_backends() {
             embedding: EmbeddingUpdate::Sparse,
             ..TrainSettings::default()
         };
-        let out = dir.path().join(format!("{kind:?}"));
-        std::fs::create_dir_all(&out).unwrap();
-        let options = FitOptions {
-            out_dir: out,
-            progress: false,
-            label_names: s.label_names(),
-        };
-        let r = fit(
+        let (m, steps) = train(
             m,
-            optimizer(&settings),
-            &d,
-            None,
-            enc.layout(),
             &settings,
+            &d,
+            &enc,
+            &s,
             &device,
-            &options,
-            TrainState::default(),
-        )
-        .unwrap();
-        assert_eq!(r.state.global_step, 8);
-        let m = r.model.valid();
+            &dir.path().join(format!("{kind:?}")),
+        );
+        assert_eq!(steps, 8);
         let mut v = values(m.input.embedding.weight.val());
         v.extend(values(m.cvr_tower.blocks[0].linear.weight.val()));
         results.push((*kind, v));
