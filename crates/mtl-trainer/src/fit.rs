@@ -259,12 +259,19 @@ pub fn write_checkpoint<M: Module>(
 /// File of the row-sparse optimiser's moments inside a checkpoint.
 pub const SPARSE_MOMENTS: &str = "embedding_moments.bin";
 
+/// The checkpoint a resume reads: `checkpoint/`, or `checkpoint.old/` when a crash came
+/// between the two renames of [`write_checkpoint`].
+fn live_checkpoint_dir(out_dir: &Path) -> PathBuf {
+    let dir = checkpoint_dir(out_dir);
+    if !dir.join("state.json").exists() && out_dir.join("checkpoint.old/state.json").exists() {
+        return out_dir.join("checkpoint.old");
+    }
+    dir
+}
+
 /// Reads a checkpoint: the state, and paths of the model and optimiser records.
 pub fn read_checkpoint(out_dir: &Path) -> Result<(TrainState, PathBuf, PathBuf), TrainError> {
-    let mut dir = checkpoint_dir(out_dir);
-    if !dir.join("state.json").exists() && out_dir.join("checkpoint.old/state.json").exists() {
-        dir = out_dir.join("checkpoint.old");
-    }
+    let dir = live_checkpoint_dir(out_dir);
     let state_path = dir.join("state.json");
     let bytes = std::fs::read(&state_path).map_err(|_| TrainError::NoCheckpoint {
         dir: out_dir.display().to_string(),
@@ -320,8 +327,18 @@ pub fn fit<M: MultiTaskModel>(
         // a schema without id fields has no table to update
         EmbeddingUpdate::Sparse if layout.total_rows > 0 => {
             let mut sp = SparseAdam::new(&mut model, settings, device);
-            let moments = checkpoint_dir(&options.out_dir).join(SPARSE_MOMENTS);
-            if state.global_step > 0 && moments.exists() {
+            // a resumed row-sparse run needs its moments (a run that was dense until now has
+            // none: `sparse_time` 0); zero moments in their place would be silently wrong
+            if state.global_step > 0 && state.sparse_time > 0 {
+                let moments = live_checkpoint_dir(&options.out_dir).join(SPARSE_MOMENTS);
+                if !moments.exists() {
+                    return Err(TrainError::Record {
+                        path: moments.display().to_string(),
+                        message: "missing: the checkpoint has no moments of the row-sparse \
+                                  optimiser (written by an older mtl, or incomplete)"
+                            .into(),
+                    });
+                }
                 sp.load(&moments, state.sparse_time)?;
             }
             Some(sp)

@@ -204,6 +204,20 @@ fn load_weights(dir: &Path) -> Vec<f32> {
     out
 }
 
+/// Copies a run directory and everything under it.
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            copy_dir(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).unwrap();
+        }
+    }
+}
+
 #[test]
 fn interrupted_run_resumes_to_the_same_weights() {
     let dir = tempfile::tempdir().unwrap();
@@ -237,6 +251,19 @@ fn interrupted_run_resumes_to_the_same_weights() {
     assert!(
         !part.join("model.bpk").exists(),
         "an interrupted run leaves only its checkpoint"
+    );
+    // a checkpoint that lost the row-sparse optimiser's moments is refused, not resumed with
+    // zero moments
+    let broken = dir.path().join("broken");
+    copy_dir(&part, &broken);
+    std::fs::remove_file(broken.join("checkpoint").join(mtl_trainer::fit::SPARSE_MOMENTS)).unwrap();
+    let err = mtl_trainer::train(None, &broken, true, &TrainOptions::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("embedding_moments") && err.contains("missing"),
+        "{err}"
     );
     // the stored config carries max_steps = 7; lift it as a user would by editing, then resume
     let cfg_path = part.join("config.toml");
