@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{EmbeddingUpdate, OptimizerKind, TrainSettings};
 use crate::metrics::{TaskMetrics, evaluate};
 use crate::sparse::SparseAdam;
-use crate::{TrainError, record_err};
+use crate::{TrainError, io_err, record_err};
 
 /// One evaluation of the model on the validation set.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -223,14 +223,10 @@ pub fn write_checkpoint<M: Module>(
     let final_dir = checkpoint_dir(out_dir);
     let tmp = out_dir.join("checkpoint.tmp");
     let old = out_dir.join("checkpoint.old");
-    let io = |path: &Path| {
-        let path = path.display().to_string();
-        move |source| TrainError::Io { path, source }
-    };
     if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+        std::fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
     }
-    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    std::fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
     // `valid()` first: it folds BatchNorm's pending running-statistic updates into the saved
     // values (a training-mode record would hold them one step stale).
     model
@@ -242,16 +238,16 @@ pub fn write_checkpoint<M: Module>(
         sparse.save(&tmp.join(SPARSE_MOMENTS))?;
     }
     let json = serde_json::to_vec_pretty(state).expect("state serialises");
-    std::fs::write(tmp.join("state.json"), json).map_err(io(&tmp))?;
+    std::fs::write(tmp.join("state.json"), json).map_err(io_err(&tmp))?;
     if final_dir.exists() {
         if old.exists() {
-            std::fs::remove_dir_all(&old).map_err(io(&old))?;
+            std::fs::remove_dir_all(&old).map_err(io_err(&old))?;
         }
-        std::fs::rename(&final_dir, &old).map_err(io(&final_dir))?;
+        std::fs::rename(&final_dir, &old).map_err(io_err(&final_dir))?;
     }
-    std::fs::rename(&tmp, &final_dir).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, &final_dir).map_err(io_err(&tmp))?;
     if old.exists() {
-        std::fs::remove_dir_all(&old).map_err(io(&old))?;
+        std::fs::remove_dir_all(&old).map_err(io_err(&old))?;
     }
     Ok(())
 }

@@ -100,6 +100,14 @@ pub enum TrainError {
     Model(#[from] mtl_layers::ModelError),
 }
 
+/// An I/O error on `path`, for `map_err`.
+pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
+    move |source| TrainError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
 pub(crate) fn record_err(path: &std::path::Path) -> impl FnOnce(burn::store::RecordError) -> TrainError + '_ {
     move |e| TrainError::Record {
         path: path.display().to_string(),

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{ModelConfig, RunConfig};
 use crate::fit::{FitOptions, TrainState, fit, optimizer, predict_all, read_checkpoint, save_atomic};
 use crate::metrics::{TaskMetrics, evaluate};
-use crate::{TrainError, record_err};
+use crate::{TrainError, io_err, record_err};
 
 /// Something to do with a freshly built model, whatever its type.
 pub trait WithModel {
@@ -127,13 +127,6 @@ fn read(
     tracing::info!(%line, "read");
     reads.push(line);
     Ok(data)
-}
-
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
-    move |source| TrainError::Io {
-        path: path.display().to_string(),
-        source,
-    }
 }
 
 /// Trains from a config into `out_dir` (created), or continues the run in `out_dir` when

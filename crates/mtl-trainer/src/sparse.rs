@@ -23,8 +23,13 @@ use burn::module::Param;
 use burn::tensor::{Device, Tensor, TensorData};
 use mtl_layers::MultiTaskModel;
 
-use crate::TrainError;
 use crate::config::{OptimizerKind, TrainSettings};
+use crate::{TrainError, io_err};
+
+/// Replaces an embedding parameter by a `[1, dim]` zero placeholder with the same id.
+fn set_placeholder(weight: &mut Param<Tensor<2>>, dim: usize, device: &Device) {
+    *weight = Param::initialized(weight.id, Tensor::zeros([1, dim], device));
+}
 
 /// First bytes of a saved moments file.
 const MOMENTS_MAGIC: &[u8; 7] = b"MTLMOM1";
@@ -91,7 +96,7 @@ impl SparseAdam {
         let [rows, dim] = table.dims();
         let plain = device.clone().without_autodiff();
         // the placeholder first, so the table's memory is the data's and is not copied twice
-        *weight = Param::initialized(weight.id, Tensor::zeros([1, dim], &plain));
+        set_placeholder(weight, dim, &plain);
         let table = table.into_data();
         let values = table.as_slice::<f32>().expect("embedding tables are f32");
         let mut buf = HostBuf::zeroed(rows * 3 * dim);
@@ -203,35 +208,35 @@ impl SparseAdam {
     /// Replaces the model's embedding parameter with a one-row placeholder (same id), so the
     /// table is held once while training; [`SparseAdam::sync_into`] puts the table back.
     pub fn release_from<M: MultiTaskModel>(&self, model: &mut M) {
-        let weight = &mut model.input_layer_mut().embedding.weight;
-        let id = weight.id;
-        *weight = Param::initialized(id, Tensor::zeros([1, self.dim], &self.device));
+        set_placeholder(
+            &mut model.input_layer_mut().embedding.weight,
+            self.dim,
+            &self.device,
+        );
     }
 
     /// Saves the moments next to a checkpoint: a header (`MTLMOM1`, rows, dim as u64 LE),
     /// then every first moment and every second moment, f32 LE, streamed from the table's
     /// memory (no copy of the moments is made).
     pub fn save(&self, path: &Path) -> Result<(), TrainError> {
-        let io = |source| TrainError::Io {
-            path: path.display().to_string(),
-            source,
-        };
-        let file = std::fs::File::create(path).map_err(io)?;
+        let file = std::fs::File::create(path).map_err(io_err(path))?;
         let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
-        out.write_all(MOMENTS_MAGIC).map_err(io)?;
-        out.write_all(&(self.rows as u64).to_le_bytes()).map_err(io)?;
-        out.write_all(&(self.dim as u64).to_le_bytes()).map_err(io)?;
+        out.write_all(MOMENTS_MAGIC).map_err(io_err(path))?;
+        out.write_all(&(self.rows as u64).to_le_bytes())
+            .map_err(io_err(path))?;
+        out.write_all(&(self.dim as u64).to_le_bytes())
+            .map_err(io_err(path))?;
         let d = self.dim;
         for part in [1, 2] {
             for row in self.buf.floats().chunks_exact(3 * d) {
                 out.write_all(bytemuck::cast_slice(&row[part * d..(part + 1) * d]))
-                    .map_err(io)?;
+                    .map_err(io_err(path))?;
             }
         }
         out.into_inner()
-            .map_err(|e| io(e.into_error()))?
+            .map_err(|e| io_err(path)(e.into_error()))?
             .sync_all()
-            .map_err(io)
+            .map_err(io_err(path))
     }
 
     /// Restores moments saved by [`SparseAdam::save`] and the step count.
@@ -240,11 +245,7 @@ impl SparseAdam {
             path: path.display().to_string(),
             message,
         };
-        let io = |source| TrainError::Io {
-            path: path.display().to_string(),
-            source,
-        };
-        let file = std::fs::File::open(path).map_err(io)?;
+        let file = std::fs::File::open(path).map_err(io_err(path))?;
         let mut input = std::io::BufReader::with_capacity(1 << 20, file);
         let mut header = [0u8; 23];
         input
