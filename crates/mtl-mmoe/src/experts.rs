@@ -14,7 +14,7 @@
 //! (experts of width 16) spend their time on.
 
 use burn::module::{Module, Param, RunningState};
-use burn::nn::{BatchNorm, BatchNormConfig, Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
+use burn::nn::{BatchNorm, BatchNormConfig, Dropout, DropoutConfig, Initializer, Linear};
 use burn::tensor::{Device, Tensor};
 use mtl_layers::mlp::batch_norm_over;
 use mtl_layers::{Activation, Mlp, MlpBlock, MlpSpec};
@@ -81,12 +81,15 @@ impl Experts {
             spec.batch_norm
                 .then(|| BatchNormConfig::new(features).init(device))
         };
-        let first = MlpBlock {
-            linear: LinearConfig::new(input_dim, n * first_dim).init(device),
-            norm: norm(n * first_dim),
-            dropout: DropoutConfig::new(spec.dropout).init(),
-            activation: spec.activation,
-        };
+        // one MLP layer of width n · d₁, built as every MLP layer is
+        let first = MlpSpec {
+            dims: vec![n * first_dim],
+            ..spec.clone()
+        }
+        .init(input_dim, false, device)
+        .blocks
+        .pop()
+        .expect("a one-layer spec has one block");
         let layers = spec
             .dims
             .windows(2)
