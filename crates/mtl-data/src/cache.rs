@@ -1,27 +1,43 @@
-//! A binary cache of encoded data next to the CSV it came from (`<file>.mtlcache`), so that a
-//! second run skips parsing and encoding.
+//! A columnar cache of encoded data next to the CSV it came from (`<file>.mtl.arrow`, an Arrow
+//! IPC file), so that a second run skips parsing and encoding.
+//!
+//! One column per schema field, named after it: sparse ids `UInt32`, sequences
+//! `List<UInt32>` (the ids before padding), dense values and labels `Float32`, in record
+//! batches of 65,536 rows — readable by any Arrow reader (`pyarrow.ipc.open_file`). The
+//! schema metadata holds the cache key and the read report.
 //!
 //! The cache is valid only for the same source file (size, modification time, and a hash of
 //! its first and last 64 KiB), the same schema and fitted feature state, the same bad-row
-//! policy and the same need for labels; anything else rebuilds it. The format is a small
-//! header and the raw little-endian arrays of [`EncodedData`] — simpler and faster to load
-//! than a general columnar format for these five flat arrays. Written atomically.
+//! policy and the same need for labels; anything else — or a file that does not read back
+//! with exactly the expected columns — rebuilds it. Written atomically.
 
+use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float32Type, UInt32Type};
+use arrow_array::{Array, ArrayRef, Float32Array, ListArray, RecordBatch, UInt32Array};
+use arrow_buffer::OffsetBuffer;
+use arrow_schema::{DataType, Field, Schema as ArrowSchema};
 use mtl_features::state::{fnv1a, schema_fingerprint};
-use mtl_features::{EncodedData, Encoder, atomic_write};
+use mtl_features::{EncodedData, Encoder, ValidSchema, atomic_write_with};
 
 use crate::{BadRowPolicy, DataError, ReadReport, read_encoded};
 
-const MAGIC: &[u8; 8] = b"MTLCACHE";
-const VERSION: u32 = 1;
+/// Bumped whenever the layout of the cache changes.
+const VERSION: u32 = 2;
+/// Rows per record batch.
+const BATCH_ROWS: usize = 65_536;
+const KEY: &str = "mtl.cache_key";
+const ROWS_READ: &str = "mtl.rows_read";
+const SKIPPED: &str = "mtl.rows_skipped";
 
 /// Where the cache of `csv` lives.
 pub fn cache_path(csv: &Path) -> PathBuf {
     let mut name = csv.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-    name.push(".mtlcache");
+    name.push(".mtl.arrow");
     csv.with_file_name(name)
 }
 
@@ -49,116 +65,183 @@ fn source_key(csv: &Path, encoder: &Encoder, policy: BadRowPolicy, need_labels: 
     Some(fnv1a(key.as_bytes()))
 }
 
-fn put_u32s(out: &mut Vec<u8>, v: &[u32]) {
-    out.extend_from_slice(&(v.len() as u64).to_le_bytes());
-    for x in v {
-        out.extend_from_slice(&x.to_le_bytes());
+fn arrow_schema(schema: &ValidSchema, n_labels: usize, metadata: HashMap<String, String>) -> ArrowSchema {
+    let s = &schema.schema;
+    let item = Arc::new(Field::new_list_field(DataType::UInt32, false));
+    let fields = (s
+        .sparse
+        .iter()
+        .map(|f| Field::new(&f.name, DataType::UInt32, false)))
+    .chain(
+        s.sequence
+            .iter()
+            .map(|f| Field::new(&f.name, DataType::List(item.clone()), false)),
+    )
+    .chain(
+        s.dense
+            .iter()
+            .map(|f| Field::new(&f.name, DataType::Float32, false)),
+    )
+    .chain((s.labels.iter().take(n_labels)).map(|f| Field::new(&f.name, DataType::Float32, false)));
+    ArrowSchema::new_with_metadata(fields.collect::<Vec<_>>(), metadata)
+}
+
+/// Column `k` of a `width`-wide row-major array, rows `rows`.
+fn column<T: Copy>(v: &[T], width: usize, k: usize, rows: std::ops::Range<usize>) -> Vec<T> {
+    rows.map(|r| v[r * width + k]).collect()
+}
+
+fn write_cache(
+    path: &Path,
+    key: u64,
+    data: &EncodedData,
+    report: &ReadReport,
+    schema: &ValidSchema,
+) -> Result<(), DataError> {
+    let metadata = HashMap::from([
+        (KEY.to_string(), format!("{key:016x}")),
+        (ROWS_READ.to_string(), report.rows.to_string()),
+        (SKIPPED.to_string(), report.skipped.to_string()),
+    ]);
+    let arrow = Arc::new(arrow_schema(schema, data.n_labels, metadata));
+    let (n_seq, width) = (data.seq_max_len.len(), data.seq_width());
+    let item = Arc::new(Field::new_list_field(DataType::UInt32, false));
+    atomic_write_with(path, |out| {
+        let mut writer =
+            arrow_ipc::writer::FileWriter::try_new(out, &arrow).map_err(std::io::Error::other)?;
+        for start in (0..data.rows).step_by(BATCH_ROWS) {
+            let rows = start..(start + BATCH_ROWS).min(data.rows);
+            let mut columns: Vec<ArrayRef> = Vec::with_capacity(arrow.fields().len());
+            for f in 0..data.n_sparse {
+                columns.push(Arc::new(UInt32Array::from(column(
+                    &data.sparse,
+                    data.n_sparse,
+                    f,
+                    rows.clone(),
+                ))));
+            }
+            let mut offset = 0;
+            for (s, &max_len) in data.seq_max_len.iter().enumerate() {
+                let lens = column(&data.seq_len, n_seq, s, rows.clone());
+                let values: Vec<u32> = rows
+                    .clone()
+                    .zip(&lens)
+                    .flat_map(|(r, &len)| &data.sequence[r * width + offset..][..len as usize])
+                    .copied()
+                    .collect();
+                let offsets = OffsetBuffer::from_lengths(lens.iter().map(|&l| l as usize));
+                let list =
+                    ListArray::try_new(item.clone(), offsets, Arc::new(UInt32Array::from(values)), None)
+                        .map_err(std::io::Error::other)?;
+                columns.push(Arc::new(list));
+                offset += max_len;
+            }
+            for d in 0..data.n_dense {
+                columns.push(Arc::new(Float32Array::from(column(
+                    &data.dense,
+                    data.n_dense,
+                    d,
+                    rows.clone(),
+                ))));
+            }
+            for l in 0..data.n_labels {
+                columns.push(Arc::new(Float32Array::from(column(
+                    &data.labels,
+                    data.n_labels,
+                    l,
+                    rows.clone(),
+                ))));
+            }
+            let batch = RecordBatch::try_new(arrow.clone(), columns).map_err(std::io::Error::other)?;
+            writer.write(&batch).map_err(std::io::Error::other)?;
+        }
+        writer.finish().map_err(std::io::Error::other)
+    })?;
+    Ok(())
+}
+
+/// Scatters a column of `n` values into column `k` of a `width`-wide row-major block.
+fn scatter<T: Copy>(dst: &mut [T], width: usize, k: usize, values: &[T]) {
+    for (row, &v) in dst.chunks_exact_mut(width).zip(values) {
+        row[k] = v;
     }
 }
 
-fn put_f32s(out: &mut Vec<u8>, v: &[f32]) {
-    out.extend_from_slice(&(v.len() as u64).to_le_bytes());
-    for x in v {
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-}
-
-struct Reader<'a> {
-    bytes: &'a [u8],
-    at: usize,
-}
-
-impl Reader<'_> {
-    fn take(&mut self, n: usize) -> Option<&[u8]> {
-        let s = self.bytes.get(self.at..self.at.checked_add(n)?)?;
-        self.at += n;
-        Some(s)
-    }
-    fn u64(&mut self) -> Option<u64> {
-        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
-    }
-    fn u32s(&mut self) -> Option<Vec<u32>> {
-        let n = self.u64()? as usize;
-        let raw = self.take(n.checked_mul(4)?)?;
-        Some(
-            raw.chunks_exact(4)
-                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-        )
-    }
-    fn f32s(&mut self) -> Option<Vec<f32>> {
-        let n = self.u64()? as usize;
-        let raw = self.take(n.checked_mul(4)?)?;
-        Some(
-            raw.chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-        )
-    }
-}
-
-fn encode(key: u64, data: &EncodedData, report: &ReadReport) -> Vec<u8> {
-    let mut out = Vec::with_capacity(
-        64 + 4 * (data.sparse.len() + data.sequence.len() + data.dense.len() + data.labels.len()),
-    );
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&key.to_le_bytes());
-    for n in [data.rows, data.n_sparse, data.n_dense, data.n_labels] {
-        out.extend_from_slice(&(n as u64).to_le_bytes());
-    }
-    out.extend_from_slice(&report.rows.to_le_bytes());
-    out.extend_from_slice(&report.skipped.to_le_bytes());
-    put_u32s(
-        &mut out,
-        &data.seq_max_len.iter().map(|&x| x as u32).collect::<Vec<_>>(),
-    );
-    put_u32s(&mut out, &data.sparse);
-    put_u32s(&mut out, &data.sequence);
-    put_u32s(&mut out, &data.seq_len);
-    put_f32s(&mut out, &data.dense);
-    put_f32s(&mut out, &data.labels);
-    out
-}
-
-fn decode(bytes: &[u8], key: u64, file: &str) -> Option<(EncodedData, ReadReport)> {
-    let mut r = Reader { bytes, at: 0 };
-    if r.take(8)? != MAGIC || r.u64()? != key {
+/// Reads the cache back; `None` when it is missing, stale (another key) or not exactly the
+/// expected columns.
+fn read_cache(path: &Path, key: u64, schema: &ValidSchema, file: &str) -> Option<(EncodedData, ReadReport)> {
+    let reader = std::io::BufReader::new(std::fs::File::open(path).ok()?);
+    let reader = arrow_ipc::reader::FileReader::try_new(reader, None).ok()?;
+    let meta = reader.schema().metadata().clone();
+    if meta.get(KEY)? != &format!("{key:016x}") {
         return None;
     }
-    let (rows, n_sparse, n_dense, n_labels) = (
-        r.u64()? as usize,
-        r.u64()? as usize,
-        r.u64()? as usize,
-        r.u64()? as usize,
+    let fixed = schema.n_sparse() + schema.n_sequence() + schema.n_dense();
+    let n_labels = reader.schema().fields().len().checked_sub(fixed)?;
+    if n_labels != 0 && n_labels != schema.n_labels() {
+        return None;
+    }
+    let expected = arrow_schema(schema, n_labels, HashMap::new());
+    if reader.schema().fields() != expected.fields() {
+        return None;
+    }
+    let seq_max_len: Vec<usize> = schema.schema.sequence.iter().map(|f| f.max_len).collect();
+    let mut data = EncodedData::empty(schema.n_sparse(), seq_max_len, schema.n_dense(), n_labels);
+    let (n_sparse, n_seq, n_dense, width) = (
+        data.n_sparse,
+        data.seq_max_len.len(),
+        data.n_dense,
+        data.seq_width(),
     );
-    let (read, skipped) = (r.u64()?, r.u64()?);
-    let seq_max_len = r.u32s()?.into_iter().map(|x| x as usize).collect();
-    let data = EncodedData {
-        rows,
-        n_sparse,
-        seq_max_len,
-        n_dense,
-        n_labels,
-        sparse: r.u32s()?,
-        sequence: r.u32s()?,
-        seq_len: r.u32s()?,
-        dense: r.f32s()?,
-        labels: r.f32s()?,
+    for batch in reader {
+        let batch = batch.ok()?;
+        let n = batch.num_rows();
+        let mut columns = batch.columns().iter();
+        if batch.columns().iter().any(|c| c.null_count() > 0) {
+            return None;
+        }
+        let start = data.rows;
+        data.rows += n;
+        data.sparse.resize(data.rows * n_sparse, 0);
+        for f in 0..n_sparse {
+            let col = columns.next()?.as_primitive_opt::<UInt32Type>()?;
+            scatter(&mut data.sparse[start * n_sparse..], n_sparse, f, col.values());
+        }
+        data.sequence.resize(data.rows * width, 0);
+        data.seq_len.resize(data.rows * n_seq, 0);
+        let mut offset = 0;
+        for (s, &max_len) in schema.schema.sequence.iter().map(|f| &f.max_len).enumerate() {
+            let list = columns.next()?.as_list_opt::<i32>()?;
+            let values = list.values().as_primitive_opt::<UInt32Type>()?.values();
+            for (i, w) in list.offsets().windows(2).enumerate() {
+                let ids = values.get(w[0] as usize..w[1] as usize)?;
+                if ids.len() > max_len {
+                    return None;
+                }
+                let row = start + i;
+                data.sequence[row * width + offset..][..ids.len()].copy_from_slice(ids);
+                data.seq_len[row * n_seq + s] = ids.len() as u32;
+            }
+            offset += max_len;
+        }
+        data.dense.resize(data.rows * n_dense, 0.0);
+        for d in 0..n_dense {
+            let col = columns.next()?.as_primitive_opt::<Float32Type>()?;
+            scatter(&mut data.dense[start * n_dense..], n_dense, d, col.values());
+        }
+        data.labels.resize(data.rows * n_labels, 0.0);
+        for l in 0..n_labels {
+            let col = columns.next()?.as_primitive_opt::<Float32Type>()?;
+            scatter(&mut data.labels[start * n_labels..], n_labels, l, col.values());
+        }
+    }
+    let report = ReadReport {
+        file: file.to_string(),
+        rows: meta.get(ROWS_READ)?.parse().ok()?,
+        skipped: meta.get(SKIPPED)?.parse().ok()?,
+        examples: Vec::new(),
     };
-    let consistent = data.sparse.len() == rows * n_sparse
-        && data.dense.len() == rows * n_dense
-        && data.labels.len() == rows * n_labels
-        && data.sequence.len() == rows * data.seq_width()
-        && data.seq_len.len() == rows * data.seq_max_len.len();
-    consistent.then(|| {
-        let report = ReadReport {
-            file: file.to_string(),
-            rows: read,
-            skipped,
-            examples: Vec::new(),
-        };
-        (data, report)
-    })
+    Some((data, report))
 }
 
 /// Like [`read_encoded`] (without an id column), through the cache beside `csv`: loads it when
@@ -173,15 +256,14 @@ pub fn read_encoded_cached(
     let key = source_key(csv, encoder, policy, need_labels);
     let cache = cache_path(csv);
     if let Some(key) = key
-        && let Ok(bytes) = std::fs::read(&cache)
-        && let Some((data, report)) = decode(&bytes, key, &file)
+        && let Some((data, report)) = read_cache(&cache, key, encoder.schema(), &file)
     {
         return Ok((data, report, true));
     }
     let (data, report, _) = read_encoded(csv, encoder, policy, need_labels, None)?;
     if let Some(key) = key {
         // a read-only data folder just means no cache
-        let _ = atomic_write(&cache, &encode(key, &data, &report));
+        let _ = write_cache(&cache, key, &data, &report, encoder.schema());
     }
     Ok((data, report, false))
 }
@@ -203,6 +285,26 @@ mod tests {
         let (fresh, _, cached) = read_encoded_cached(&csv, &enc, BadRowPolicy::Fail, true).unwrap();
         assert!(!cached);
         assert!(cache_path(&csv).exists());
+
+        // an Arrow IPC file, one column per field, named after it
+        let file = std::fs::File::open(cache_path(&csv)).unwrap();
+        let reader = arrow_ipc::reader::FileReader::try_new(file, None).unwrap();
+        let names: Vec<_> = reader
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        assert_eq!(names, ["u", "h", "x", "y"]);
+        let batches: Vec<_> = reader.map(Result::unwrap).collect();
+        assert_eq!(batches.len(), 1);
+        let b = &batches[0];
+        assert_eq!(b.column(0).as_primitive::<UInt32Type>().values(), &[3, 9]);
+        let h = b.column(1).as_list::<i32>();
+        assert_eq!((h.value_length(0), h.value_length(1)), (2, 0));
+        assert_eq!(b.column(2).as_primitive::<Float32Type>().values(), &[0.25, -1.5]);
+        assert_eq!(b.column(3).as_primitive::<Float32Type>().values(), &[1.0, 0.0]);
+
         let (again, report, cached) = read_encoded_cached(&csv, &enc, BadRowPolicy::Fail, true).unwrap();
         assert!(cached, "second read comes from the cache");
         assert_eq!(again, fresh);
@@ -229,5 +331,27 @@ mod tests {
         let (data, _, cached) = read_encoded_cached(&csv, &enc2, BadRowPolicy::Fail, true).unwrap();
         assert!(!cached);
         assert_eq!(data.rows, 2);
+    }
+
+    #[test]
+    fn round_trips_across_record_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let csv = dir.path().join("d.csv");
+        let rows = BATCH_ROWS + 1_000;
+        let mut text = String::from("y,u,h,x\n");
+        for r in 0..rows {
+            let h: Vec<String> = (0..r % 3).map(|k| format!("t{}", (r + k) % 11)).collect();
+            text += &format!("{},{},{},{}\n", r % 2, r % 10, h.join("|"), r as f32 / 7.0);
+        }
+        std::fs::write(&csv, text).unwrap();
+        let schema = Schema::from_toml_str(SCHEMA, "s").unwrap();
+        let enc = Encoder::new(&schema, &StateFitter::new(&schema).finish());
+        let (fresh, _, cached) = read_encoded_cached(&csv, &enc, BadRowPolicy::Fail, true).unwrap();
+        assert!(!cached);
+        assert_eq!(fresh.rows, rows);
+        let (again, report, cached) = read_encoded_cached(&csv, &enc, BadRowPolicy::Fail, true).unwrap();
+        assert!(cached);
+        assert_eq!(report.rows, rows as u64);
+        assert_eq!(again, fresh);
     }
 }

@@ -53,6 +53,15 @@ use std::path::Path;
 /// Writes `bytes` to `path` atomically: a temp file in the same folder, synced, then renamed,
 /// so a crash never leaves a half-written file at `path`.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), FeatureError> {
+    atomic_write_with(path, |w| w.write_all(bytes))
+}
+
+/// Like [`atomic_write`], with the contents streamed by `write` into a buffered temp file, so
+/// a large file never has to be held in memory whole.
+pub fn atomic_write_with(
+    path: &Path,
+    write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> Result<(), FeatureError> {
     let io = |source| FeatureError::Io {
         path: path.display().to_string(),
         source,
@@ -61,8 +70,10 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), FeatureError> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
-    tmp.write_all(bytes).map_err(io)?;
+    let tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, tmp);
+    write(&mut out).map_err(io)?;
+    let tmp = out.into_inner().map_err(|e| io(e.into_error()))?;
     tmp.as_file().sync_all().map_err(io)?;
     tmp.persist(path).map_err(|e| io(e.error))?;
     Ok(())

@@ -59,7 +59,7 @@ pub struct DataConfig {
     /// `fail` (default) or `skip` for rows that cannot be encoded.
     #[serde(default = "default_policy")]
     pub bad_rows: String,
-    /// Keep a binary cache of the encoded rows next to each CSV (`<file>.mtlcache`).
+    /// Keep a cache of the encoded rows next to each CSV (`<file>.mtl.arrow`, Arrow IPC).
     #[serde(default = "default_true")]
     pub cache: bool,
 }
