@@ -43,6 +43,11 @@ struct BenchArgs {
     /// The peer's scripts [default: ../shared/peer, or $MTL_PEER_DIR].
     #[arg(long)]
     peer_dir: Option<PathBuf>,
+    /// Train every job this many times, with training seeds 2022, 2023, … (same data, and
+    /// the same seeds for the peer): AUCs are reported as mean ± standard deviation over the
+    /// seeds, speeds and memory as medians.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    seeds: u64,
 }
 
 /// mtl project automation.
@@ -174,12 +179,13 @@ fn run_config(
     valid: Option<&Path>,
     test: &Path,
     model: &str,
+    seed: u64,
     extra: &str,
 ) -> String {
     let q = |p: &Path| format!("{:?}", p.display().to_string());
     let valid = valid.map(|v| format!("valid = {}\n", q(v))).unwrap_or_default();
     format!(
-        "schema = {}\n[data]\ntrain = {}\n{valid}test = {}\n[model]\n{model}\n[train]\nlr = 1e-3\nweight_decay = 1e-4\nseed = 2022\n{extra}",
+        "schema = {}\n[data]\ntrain = {}\n{valid}test = {}\n[model]\n{model}\n[train]\nlr = 1e-3\nweight_decay = 1e-4\nseed = {seed}\n{extra}",
         q(schema),
         q(train),
         q(test)
@@ -279,41 +285,45 @@ fn bench(a: &BenchArgs) -> Result<()> {
     for model in ["esmm", "mmoe"] {
         for size in ["example", "large"] {
             let name = format!("{model}-{size}");
-            let config = run_config(
-                &schema,
-                &train,
-                None,
-                &test,
-                &model_toml(model, size),
-                &format!("epochs = 1\nbatch_size = 1024\nembedding = \"{}\"\n", a.embedding),
-            );
-            let (m, secs) = train_job(&mtl, &name, &config, threads, &dir)?;
-            let auc: serde_json::Map<String, Value> = peer_aucs(model)
-                .iter()
-                .map(|(out, _)| (out.to_string(), json!(test_auc(&m, out))))
-                .collect();
-            let mut row = json!({
-                "job": name,
-                "rows_train": m["train_rows"],
-                "threads": threads,
-                "embedding": a.embedding,
-                "train_samples_per_sec": m["samples_per_sec"],
-                "inference_samples_per_sec": m["inference_samples_per_sec"],
-                "peak_rss_mb": m["peak_rss_mb"],
-                "data_wait_fraction": m["data_wait_fraction"],
-                "auc": auc,
-                "wall_secs": secs,
-            });
-            if let Some(p) = &peer {
-                row["peer"] = p.bench_job(
-                    &prefix,
-                    &model.to_uppercase(),
-                    size,
-                    threads,
-                    &dir.join("peer-logs"),
-                )?;
+            let mut runs = Vec::new();
+            for seed in 2022..2022 + a.seeds {
+                let config = run_config(
+                    &schema,
+                    &train,
+                    None,
+                    &test,
+                    &model_toml(model, size),
+                    seed,
+                    &format!("epochs = 1\nbatch_size = 1024\nembedding = \"{}\"\n", a.embedding),
+                );
+                let (m, secs) = train_job(&mtl, &name, &config, threads, &dir)?;
+                let auc: serde_json::Map<String, Value> = peer_aucs(model)
+                    .iter()
+                    .map(|(out, _)| (out.to_string(), json!(test_auc(&m, out))))
+                    .collect();
+                let mut run = json!({
+                    "seed": seed,
+                    "rows_train": m["train_rows"],
+                    "train_samples_per_sec": m["samples_per_sec"],
+                    "inference_samples_per_sec": m["inference_samples_per_sec"],
+                    "peak_rss_mb": m["peak_rss_mb"],
+                    "data_wait_fraction": m["data_wait_fraction"],
+                    "auc": auc,
+                    "wall_secs": secs,
+                });
+                if let Some(p) = &peer {
+                    run["peer"] = p.bench_job(
+                        &prefix,
+                        &model.to_uppercase(),
+                        size,
+                        threads,
+                        seed,
+                        &dir.join("peer-logs"),
+                    )?;
+                }
+                runs.push(run);
             }
-            results.push(row);
+            results.push(summarise(&name, model, threads, &a.embedding, runs));
         }
     }
     let mut md = format!(
@@ -324,7 +334,14 @@ fn bench(a: &BenchArgs) -> Result<()> {
         let auc = r["auc"].as_object().map(|o| {
             o.iter()
                 .filter(|(_, v)| !v.is_null())
-                .map(|(k, v)| format!("{k} {:.4}", v.as_f64().unwrap_or(0.0)))
+                .map(|(k, v)| {
+                    let sd = r["auc_sd"][k].as_f64().filter(|_| a.seeds > 1);
+                    format!(
+                        "{k} {:.4}{}",
+                        v.as_f64().unwrap_or(0.0),
+                        sd.map(|sd| format!(" ± {sd:.4}")).unwrap_or_default()
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join(", ")
         });
@@ -339,8 +356,15 @@ fn bench(a: &BenchArgs) -> Result<()> {
             r["wall_secs"].as_f64().unwrap_or(0.0)
         );
     }
+    if a.seeds > 1 {
+        md += &format!(
+            "\nEach job ran with {} training seeds (2022, …): speeds, memory and wall time are medians, AUCs mean ± standard deviation.\n",
+            a.seeds
+        );
+    }
     if peer.is_some() {
         md += &peer_table(&results);
+        md += &auc_table(&results, a.seeds);
     }
     std::fs::write(dir.join("results.json"), serde_json::to_vec_pretty(&results)?)?;
     std::fs::write(dir.join("results.md"), &md)?;
@@ -356,6 +380,130 @@ fn bench(a: &BenchArgs) -> Result<()> {
         run(&mut c)?;
     }
     Ok(())
+}
+
+/// The median of the numbers at `path` over `runs` (missing values left out).
+fn median_at(runs: &[Value], path: &[&str]) -> Option<f64> {
+    let mut v: Vec<f64> = runs.iter().filter_map(|r| at(r, path).as_f64()).collect();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    (n > 0).then(|| {
+        if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        }
+    })
+}
+
+/// The mean and sample standard deviation (0 for one value) of the numbers at `path`.
+fn mean_sd_at(runs: &[Value], path: &[&str]) -> Option<(f64, f64)> {
+    let v: Vec<f64> = runs.iter().filter_map(|r| at(r, path).as_f64()).collect();
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let sd = if v.len() > 1 {
+        (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
+    } else {
+        0.0
+    };
+    (!v.is_empty()).then_some((mean, sd))
+}
+
+fn at<'a>(v: &'a Value, path: &[&str]) -> &'a Value {
+    path.iter().fold(v, |v, k| &v[*k])
+}
+
+/// One job's row of results.json from its runs (one per seed): speeds, memory and wall time
+/// as medians, AUCs as means with their standard deviation in `auc_sd`; the runs themselves
+/// under `runs`.
+fn summarise(job: &str, model: &str, threads: usize, embedding: &str, runs: Vec<Value>) -> Value {
+    let median = |path: &[&str]| json!(median_at(&runs, path));
+    let aucs = |prefix: &[&str], keys: &mut dyn Iterator<Item = &str>| {
+        let (mut mean, mut sd) = (serde_json::Map::new(), serde_json::Map::new());
+        for key in keys {
+            let path: Vec<&str> = prefix.iter().copied().chain([key]).collect();
+            let m = mean_sd_at(&runs, &path);
+            mean.insert(key.to_string(), json!(m.map(|m| m.0)));
+            sd.insert(key.to_string(), json!(m.map(|m| m.1)));
+        }
+        (Value::Object(mean), Value::Object(sd))
+    };
+    let (auc, auc_sd) = aucs(&["auc"], &mut peer_aucs(model).iter().map(|k| k.0));
+    let mut row = json!({
+        "job": job,
+        "seeds": runs.iter().map(|r| r["seed"].clone()).collect::<Vec<_>>(),
+        "rows_train": runs[0]["rows_train"],
+        "threads": threads,
+        "embedding": embedding,
+        "train_samples_per_sec": median(&["train_samples_per_sec"]),
+        "inference_samples_per_sec": median(&["inference_samples_per_sec"]),
+        "peak_rss_mb": median(&["peak_rss_mb"]),
+        "data_wait_fraction": median(&["data_wait_fraction"]),
+        "wall_secs": median(&["wall_secs"]),
+        "auc": auc,
+        "auc_sd": auc_sd,
+    });
+    if runs.iter().all(|r| r.get("peer").is_some()) {
+        let mut peer = json!({});
+        for key in [
+            "train_sps_incl",
+            "train_sps_excl",
+            "infer_sps_excl",
+            "peak_rss_mb",
+        ] {
+            peer[key] = median(&["peer", key]);
+        }
+        let (mean, sd) = aucs(&["peer"], &mut peer_aucs(model).iter().map(|k| k.1));
+        for (key, v) in mean.as_object().into_iter().flatten() {
+            peer[key] = v.clone();
+        }
+        peer["auc_sd"] = sd;
+        row["peer"] = peer;
+    }
+    row["runs"] = Value::Array(runs);
+    row
+}
+
+/// The AUC comparison: per task, mtl and torch-rechub as mean ± sd over the seeds, their
+/// difference with ±2 standard errors, and whether mtl is within 0.01 below the peer or better.
+fn auc_table(results: &[Value], seeds: u64) -> String {
+    let mut md = String::from(
+        "\nAUC on the test rows (CVR on clicked rows), mtl − torch-rechub with ±2 standard errors of the difference of means; the target is mtl ≥ torch-rechub − 0.01:\n\n| job | task | mtl | torch-rechub | difference | target |\n|---|---|---|---|---|---|\n",
+    );
+    let n = seeds as f64;
+    for r in results {
+        let job = r["job"].as_str().unwrap_or("");
+        let model = job.split('-').next().unwrap_or("");
+        for (out, key) in peer_aucs(model) {
+            let (m, p) = (r["auc"][*out].as_f64(), r["peer"][*key].as_f64());
+            let (m_sd, p_sd) = (r["auc_sd"][*out].as_f64(), r["peer"]["auc_sd"][*key].as_f64());
+            let (diff, verdict) = match (m, p, m_sd, p_sd) {
+                (Some(m), Some(p), Some(a), Some(b)) if seeds > 1 => {
+                    let (d, se) = (m - p, ((a * a + b * b) / n).sqrt());
+                    let verdict = if d - 2.0 * se >= -0.01 {
+                        "met"
+                    } else if d + 2.0 * se < -0.01 {
+                        "not met"
+                    } else {
+                        "undecided"
+                    };
+                    (format!("{d:+.4} ± {:.4}", 2.0 * se), verdict)
+                }
+                (Some(m), Some(p), ..) => (format!("{:+.4}", m - p), "one seed: undecided"),
+                _ => ("-".into(), "-"),
+            };
+            let cell = |v: Option<f64>, sd: Option<f64>| match (v, sd) {
+                (Some(v), Some(sd)) if seeds > 1 => format!("{v:.4} ± {sd:.4}"),
+                (v, _) => fmt(v, 4),
+            };
+            md += &format!(
+                "| {job} | {out} | {} | {} | {diff} | {verdict} |\n",
+                cell(m, m_sd),
+                cell(p, p_sd)
+            );
+        }
+    }
+    md
 }
 
 /// The side-by-side table: mtl and torch-rechub from the same run, and their ratios.
@@ -434,6 +582,7 @@ fn quality(quick: bool, threads: usize) -> Result<()> {
         Some(&valid),
         &test,
         &model_toml("esmm", "example"),
+        2022,
         "epochs = 2\n",
     );
     let naive_model = "type = \"shared_bottom\"\nbottom = { dims = [16, 8] }\ntower = { dims = [] }\ntasks = [{ label = \"purchase\", name = \"cvr\" }]\n";
@@ -443,6 +592,7 @@ fn quality(quick: bool, threads: usize) -> Result<()> {
         Some(&valid),
         &test,
         naive_model,
+        2022,
         "epochs = 2\n",
     );
     let mut cvr_rows = Vec::new();
@@ -510,6 +660,7 @@ fn quality(quick: bool, threads: usize) -> Result<()> {
                 Some(&data.join("mmoe_synth_val.csv")),
                 &data.join("mmoe_synth_test.csv"),
                 &model,
+                2022,
                 "epochs = 5\nbatch_size = 256\n",
             );
             let (m, _) = train_job(&mtl, &format!("{name}-corr{corr}"), &config, threads, &dir)?;
@@ -567,4 +718,75 @@ fn validate() -> Result<()> {
     run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
     println!("validate: fmt, tests and clippy passed");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(seed: u64, train: f64, ctr: f64, peer_ctr: f64) -> Value {
+        json!({
+            "seed": seed, "rows_train": 10, "train_samples_per_sec": train,
+            "inference_samples_per_sec": 2.0 * train, "peak_rss_mb": 100.0,
+            "data_wait_fraction": 0.01, "wall_secs": 5.0,
+            "auc": { "ctr": ctr, "cvr": null, "ctcvr": 0.7 },
+            "peer": { "train_sps_incl": train / 4.0, "train_sps_excl": train / 3.0,
+                      "infer_sps_excl": train, "peak_rss_mb": 1000.0,
+                      "auc_ctr": peer_ctr, "auc_cvr_clicked": 0.6, "auc_ctcvr": 0.7 },
+        })
+    }
+
+    #[test]
+    fn medians_and_mean_sd() {
+        let runs: Vec<Value> = [3.0, 1.0, 2.0].iter().map(|&x| json!({ "x": x })).collect();
+        assert_eq!(median_at(&runs, &["x"]), Some(2.0));
+        assert_eq!(median_at(&runs[..2], &["x"]), Some(2.0));
+        assert_eq!(median_at(&runs, &["missing"]), None);
+        // 3, 1, 2: mean 2, sample variance (1 + 1 + 0) / 2 = 1
+        assert_eq!(mean_sd_at(&runs, &["x"]), Some((2.0, 1.0)));
+        assert_eq!(mean_sd_at(&runs[..1], &["x"]), Some((3.0, 0.0)));
+    }
+
+    #[test]
+    fn summary_of_seeds_and_auc_verdicts() {
+        let runs = vec![
+            run(2022, 100.0, 0.71, 0.70),
+            run(2023, 300.0, 0.73, 0.70),
+            run(2024, 200.0, 0.72, 0.70),
+        ];
+        let row = summarise("esmm-example", "esmm", 2, "sparse", runs);
+        assert_eq!(row["train_samples_per_sec"], json!(200.0));
+        assert_eq!(row["peer"]["train_sps_incl"], json!(50.0));
+        assert!((row["auc"]["ctr"].as_f64().unwrap() - 0.72).abs() < 1e-12);
+        assert!((row["auc_sd"]["ctr"].as_f64().unwrap() - 0.01).abs() < 1e-12);
+        assert_eq!(row["auc"]["cvr"], Value::Null);
+        assert!((row["peer"]["auc_ctr"].as_f64().unwrap() - 0.7).abs() < 1e-12);
+        assert_eq!(row["runs"].as_array().unwrap().len(), 3);
+
+        // ctr: +0.02 ± 2·sqrt(0.01² / 3) = ±0.0115: met; ctcvr: 0 ± 0, met; cvr: no value
+        let md = auc_table(std::slice::from_ref(&row), 3);
+        let line = |task: &str| {
+            md.lines()
+                .find(|l| l.starts_with(&format!("| esmm-example | {task} |")))
+                .unwrap()
+                .to_string()
+        };
+        assert!(line("ctr").contains("+0.0200 ± 0.0115") && line("ctr").ends_with("| met |"));
+        assert!(line("ctcvr").ends_with("| met |"));
+        assert!(line("cvr").ends_with("| - |"));
+
+        // 0.05 below the peer with a small spread: not met; 0.01 below with a large one: undecided
+        let low = vec![run(1, 1.0, 0.65, 0.70), run(2, 1.0, 0.66, 0.71)];
+        let md = auc_table(&[summarise("esmm-x", "esmm", 2, "sparse", low)], 2);
+        assert!(
+            md.lines()
+                .any(|l| l.contains("| ctr |") && l.ends_with("| not met |"))
+        );
+        let wide = vec![run(1, 1.0, 0.64, 0.70), run(2, 1.0, 0.74, 0.70)];
+        let md = auc_table(&[summarise("esmm-x", "esmm", 2, "sparse", wide)], 2);
+        assert!(
+            md.lines()
+                .any(|l| l.contains("| ctr |") && l.ends_with("| undecided |"))
+        );
+    }
 }

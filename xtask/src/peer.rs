@@ -90,13 +90,15 @@ impl Peer {
     }
 
     /// Trains one torch-rechub job (`model` ESMM or MMOE, `config` example or large) for one
-    /// epoch on the files at `prefix` and returns its JSON result line.
+    /// epoch on the files at `prefix`, with training seed `seed`, and returns its JSON result
+    /// line.
     pub fn bench_job(
         &self,
         prefix: &Path,
         model: &str,
         config: &str,
         threads: usize,
+        seed: u64,
         log: &Path,
     ) -> Result<Value> {
         std::fs::create_dir_all(log)?;
@@ -118,6 +120,8 @@ impl Peer {
                 model,
                 "--configs",
                 config,
+                "--seed",
+                &seed.to_string(),
             ])
             .arg("--results")
             .arg(&results)

@@ -1,7 +1,9 @@
 //! Criterion micro-benchmarks, per compiled and usable backend: embedding lookup
-//! forward+backward, MLP forward, MMOE forward, and one full ESMM and MMOE training step
-//! (forward, backward, Adam) on the torch-rechub example configuration (20 fields, embed 16,
-//! batch 1024). `cargo xtask bench` runs them; `MTL_BENCH_VOCAB` sets the ids per field.
+//! forward+backward, MLP forward, MMOE forward, and one full training step (forward,
+//! backward, Adam) on the torch-rechub example configuration (20 fields, embed 16, batch 1024):
+//! through burn's dense embedding gradient for every model, and as `mtl train` runs it by
+//! default (row-sparse: gather the batch's rows, row-wise Adam) for ESMM and MMOE.
+//! `cargo xtask bench` runs them; `MTL_BENCH_VOCAB` sets the ids per field.
 
 use std::hint::black_box;
 
@@ -13,6 +15,7 @@ use mtl_features::backend::usable_backends;
 use mtl_features::{BatchTensors, EncodedData, Encoder, Schema, StateFitter, ValidSchema};
 use mtl_layers::{MlpSpec, MultiTaskModel};
 use mtl_trainer::run::{WithModel, with_model};
+use mtl_trainer::sparse::SparseAdam;
 use mtl_trainer::{ModelConfig, TrainError, TrainSettings};
 
 const BATCH: usize = 1024;
@@ -63,6 +66,45 @@ struct TrainStep<'a> {
     c: &'a mut Criterion,
     name: String,
     batch: BatchTensors,
+}
+
+/// One row-sparse step as the trainer takes it (its batch built ahead, as the trainer's
+/// helper thread does): gather the distinct rows, forward, backward, row-wise Adam on those
+/// rows, burn's Adam on the dense layers.
+struct SparseStep<'a> {
+    c: &'a mut Criterion,
+    name: String,
+    batch: BatchTensors,
+    unique: Vec<i32>,
+    device: burn::tensor::Device,
+}
+
+impl WithModel for SparseStep<'_> {
+    type Out = ();
+    fn run<M: MultiTaskModel + 'static>(self, mut model: M) -> Result<(), TrainError> {
+        let settings = TrainSettings::default();
+        let mut optim = mtl_trainer::fit::optimizer(&settings);
+        let mut sparse = SparseAdam::new(&mut model, &settings, &self.device);
+        let mut model = Some(model);
+        let (batch, unique) = (self.batch, self.unique);
+        self.c.bench_function(&self.name, |b| {
+            b.iter(|| {
+                let m = model.take().expect("model");
+                let mut batch = batch.clone();
+                let (leaf, ids) = sparse.gather(unique.clone());
+                batch.gathered = Some(leaf.clone());
+                let f = m.forward(&batch);
+                let loss = f.total_loss(&[]);
+                let _ = loss.clone().into_scalar::<f32>();
+                let mut grads = loss.backward();
+                let grad = leaf.grad_remove(&mut grads).expect("the rows feed the loss");
+                sparse.step(&ids, grad, 1e-3);
+                let grads = GradientsParams::from_grads(grads, &m);
+                model = Some(optim.step(1e-3, m, grads));
+            })
+        });
+        Ok(())
+    }
 }
 
 impl WithModel for TrainStep<'_> {
@@ -131,6 +173,17 @@ fn benches(c: &mut Criterion) {
                 batch: d.batch(&idx, enc.layout(), &ad),
             };
             with_model(config, &s, &enc, &ad, step).expect("train step");
+        }
+        for (name, config) in ["esmm", "mmoe"].iter().zip(&models) {
+            let (batch, unique) = d.batch_unique(&idx, enc.layout(), &ad);
+            let step = SparseStep {
+                c,
+                name: format!("{kind}/{name}_train_step_sparse/example/vocab{v}"),
+                batch,
+                unique,
+                device: ad.clone(),
+            };
+            with_model(config, &s, &enc, &ad, step).expect("sparse train step");
         }
     }
 }
