@@ -485,7 +485,9 @@ fn note_skip(report: &mut ReadReport, e: &DataError) {
 }
 
 /// Fits the feature state on the training file(s): vocabularies of `fit` fields and dense
-/// statistics. A schema with nothing to fit still gets a state (dense statistics included).
+/// statistics. A schema with nothing to fit still gets a state; its files are only opened
+/// and their headers checked (the rows are left to the encoding pass, which reports any bad
+/// one), so that a file is parsed once.
 pub fn fit_state(
     paths: &[PathBuf],
     schema: &ValidSchema,
@@ -494,6 +496,9 @@ pub fn fit_state(
     let mut fitter = StateFitter::new(schema);
     for path in paths {
         let mut source = CsvSource::open(path, schema, true)?;
+        if !fitter.needs_rows() {
+            continue;
+        }
         let mut report = ReadReport {
             file: source.file().to_string(),
             ..Default::default()

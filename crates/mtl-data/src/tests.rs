@@ -153,6 +153,34 @@ fn missing_column_and_missing_file_are_named() {
 }
 
 #[test]
+fn nothing_to_fit_leaves_the_rows_to_the_encoding_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    // the third line has an id outside the vocabulary
+    let path = write(&dir, "d.csv", "click,user\n1,3\n0,9\n");
+    let schema = Schema::from_toml_str(
+        "[[sparse]]\nname = \"user\"\nvocab_size = 5\n[[labels]]\nname = \"click\"\nkind = \"binary\"\n",
+        "s",
+    )
+    .unwrap();
+    assert!(!StateFitter::new(&schema).needs_rows());
+    let state = fit_state(std::slice::from_ref(&path), &schema, BadRowPolicy::Fail).unwrap();
+    assert_eq!(state, StateFitter::new(&schema).finish());
+    let enc = Encoder::new(&schema, &state);
+    let err = read_encoded(&path, &enc, BadRowPolicy::Fail, true, None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("d.csv:3") && err.contains("user"), "{err}");
+    // the header is still checked before any row is read
+    let bad = write(&dir, "e.csv", "click,usr\n1,3\n");
+    let err = fit_state(&[bad], &schema, BadRowPolicy::Fail)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("e.csv") && err.contains("`user`"), "{err}");
+    // with a field to fit, the rows are read
+    assert!(StateFitter::new(&Schema::from_toml_str(SCHEMA, "s").unwrap()).needs_rows());
+}
+
+#[test]
 fn labels_are_optional_for_prediction() {
     let (_d, path, schema) = setup("user,city,hist,price\n1,a,,1\n");
     let state = StateFitter::new(&schema).finish();

@@ -75,6 +75,12 @@ impl StateFitter {
         }
     }
 
+    /// Whether fitting needs the data's rows at all: some vocabulary is fitted or some dense
+    /// field gets statistics. Without either, the state is the same whatever the rows hold.
+    pub fn needs_rows(&self) -> bool {
+        self.counts.iter().any(Option::is_some) || !self.dense.is_empty()
+    }
+
     /// Whether id field `field` needs its raw values observed.
     pub fn wants_ids(&self, field: usize) -> bool {
         self.counts[self.schema.owner[field]].is_some()

@@ -87,6 +87,46 @@ pub struct SparseAdam {
     device: Device,
 }
 
+/// The row-wise Adam update of [`SparseAdam::step`] as one loop, compiled for the widest SIMD
+/// the CPU has (pulp's runtime dispatch: AVX-512, AVX2 or SSE2). Element for element the same
+/// IEEE operations as a scalar loop, so the results do not depend on the CPU.
+struct RowAdam<'a> {
+    floats: &'a mut [f32],
+    ids: &'a [i32],
+    g: &'a [f32],
+    dim: usize,
+    coef: f32,
+    b1: f32,
+    b2: f32,
+    factor: f32,
+    eps: f32,
+    lr: f32,
+    wd_grad: f32,
+    wd_update: f32,
+}
+
+impl pulp::WithSimd for RowAdam<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) {
+        let d = self.dim;
+        let (b1, b2, factor, eps, lr) = (self.b1, self.b2, self.factor, self.eps, self.lr);
+        for (&id, g) in self.ids.iter().zip(self.g.chunks_exact(d)) {
+            let base = id as usize * 3 * d;
+            let (w, moments) = self.floats[base..base + 3 * d].split_at_mut(d);
+            let (m, v) = moments.split_at_mut(d);
+            for (((w, m), v), &g) in w.iter_mut().zip(m).zip(v).zip(g) {
+                let g = g * self.coef + *w * self.wd_grad;
+                *m = *m * b1 + g * (1.0 - b1);
+                *v = *v * b2 + g * g * (1.0 - b2);
+                let update = *m * factor / (v.sqrt() + eps);
+                *w -= (update + *w * self.wd_update) * lr;
+            }
+        }
+    }
+}
+
 impl SparseAdam {
     /// Moves the table out of `model` into host memory, with zero moments; the model keeps a
     /// one-row placeholder (see [`SparseAdam::release_from`]).
@@ -151,29 +191,23 @@ impl SparseAdam {
         });
         let (b1, b2, lr) = (self.beta_1, self.beta_2, lr as f32);
         let bc2 = (1.0 - b2.powi(t)).sqrt();
-        let factor = bc2 / (1.0 - b1.powi(t));
-        let eps = self.epsilon * bc2;
         let (wd, decoupled) = (self.weight_decay, self.decoupled);
-        let floats = self.buf.floats_mut();
-        for (&id, g) in ids.iter().zip(g.chunks_exact(d)) {
-            let base = id as usize * 3 * d;
-            let (w, moments) = floats[base..base + 3 * d].split_at_mut(d);
-            let (m, v) = moments.split_at_mut(d);
-            for j in 0..d {
-                let mut gj = g[j] * coef;
-                if wd > 0.0 && !decoupled {
-                    gj += w[j] * wd;
-                }
-                m[j] = m[j] * b1 + gj * (1.0 - b1);
-                v[j] = v[j] * b2 + gj * gj * (1.0 - b2);
-                let update = m[j] * factor / (v[j].sqrt() + eps);
-                w[j] = if decoupled && wd > 0.0 {
-                    w[j] - (update + w[j] * wd) * lr
-                } else {
-                    w[j] - update * lr
-                };
-            }
-        }
+        let op = RowAdam {
+            floats: self.buf.floats_mut(),
+            ids,
+            g,
+            dim: d,
+            coef,
+            b1,
+            b2,
+            factor: bc2 / (1.0 - b1.powi(t)),
+            eps: self.epsilon * bc2,
+            lr,
+            // L2 weight decay goes into the gradient, decoupled (AdamW) into the update
+            wd_grad: if decoupled { 0.0 } else { wd },
+            wd_update: if decoupled { wd } else { 0.0 },
+        };
+        pulp::Arch::new().dispatch(op);
     }
 
     /// Column block `part` (0 value, 1 first moment, 2 second moment) of every row as a

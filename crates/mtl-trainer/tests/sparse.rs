@@ -7,7 +7,7 @@ use mtl_features::{EncodedData, Encoder, Schema, StateFitter, ValidSchema};
 use mtl_layers::{MlpSpec, MultiTaskModel};
 use mtl_trainer::fit::{FitOptions, TrainState, fit, optimizer};
 use mtl_trainer::sparse::SparseAdam;
-use mtl_trainer::{EmbeddingUpdate, TrainSettings};
+use mtl_trainer::{EmbeddingUpdate, OptimizerKind, TrainSettings};
 
 fn schema() -> ValidSchema {
     Schema::from_toml_str(
@@ -289,5 +289,59 @@ fn sparse_training_agrees_across_backends() {
             diff < 1e-4,
             "{kind:?}: sparse training differs from flex by {diff}"
         );
+    }
+}
+
+#[test]
+fn first_row_step_matches_the_adam_formula_with_either_weight_decay() {
+    // after one step the bias-corrected moments are g and g², so Adam moves a row by
+    // lr · g / (|g| + ε) per element: g = grad + wd · w for L2 decay (Adam), and AdamW adds
+    // lr · wd · w to the move instead
+    let s = schema();
+    let enc = Encoder::new(&s, &StateFitter::new(&s).finish());
+    let device = Device::flex().autodiff();
+    device.seed(5);
+    // a large decay, so that wd · w (w ~ 1e-4) is far above ε, and zero gradients, where only
+    // the decay moves a weight: each kind of decay must show in the result
+    let (lr, wd, eps) = (0.01f32, 10.0f32, 1e-5f32);
+    for kind in [OptimizerKind::Adam, OptimizerKind::AdamW] {
+        let mut m = model(&s, &enc, &device);
+        let _ = m.predict(&data().batch(&[0], enc.layout(), &device.clone().without_autodiff()));
+        let settings = TrainSettings {
+            weight_decay: wd as f64,
+            optimizer: kind,
+            ..TrainSettings::default()
+        };
+        let mut sp = SparseAdam::new(&mut m, &settings, &device);
+        let before = values(sp.table());
+        let (leaf, ids) = sp.gather(vec![2, 5]);
+        let rows = leaf.inner();
+        let grad: Vec<f32> = (0..rows.dims()[0] * rows.dims()[1])
+            .map(|i| if i % 4 == 0 { 0.0 } else { (i as f32 - 3.5) * 0.25 })
+            .collect();
+        let shape = rows.dims();
+        let grad_t =
+            Tensor::<2>::from_data(burn::tensor::TensorData::new(grad.clone(), shape), &rows.device());
+        sp.step(&ids, grad_t, lr as f64);
+        let after = values(sp.table());
+        let d = shape[1];
+        for (k, &row) in ids.iter().enumerate() {
+            for j in 0..d {
+                let w = before[row as usize * d + j];
+                let g = grad[k * d + j];
+                let expected = match kind {
+                    OptimizerKind::Adam => {
+                        let g = g + wd * w;
+                        w - lr * g / (g.abs() + eps)
+                    }
+                    OptimizerKind::AdamW => w - lr * (g / (g.abs() + eps) + wd * w),
+                };
+                let got = after[row as usize * d + j];
+                assert!(
+                    (got - expected).abs() < 1e-6,
+                    "{kind:?} row {row} [{j}]: {got} vs {expected}"
+                );
+            }
+        }
     }
 }
