@@ -135,14 +135,21 @@ fn sparse_adam_equals_dense_adam_when_every_row_is_touched() {
     assert!(diff < 1e-5, "sparse and dense Adam differ by {diff}");
 }
 
-#[test]
-fn untouched_rows_and_their_moments_stay_bit_identical() {
+/// A freshly initialised model (its lazy parameters materialised by one prediction) on the
+/// flex autodiff device seeded with `seed`.
+fn initialised(seed: u64) -> (Esmm, Device) {
     let s = schema();
     let enc = Encoder::new(&s, &StateFitter::new(&s).finish());
     let device = Device::flex().autodiff();
-    device.seed(4);
-    let mut m = model(&s, &enc, &device);
+    device.seed(seed);
+    let m = model(&s, &enc, &device);
     let _ = m.predict(&data().batch(&[0], enc.layout(), &device.clone().without_autodiff()));
+    (m, device)
+}
+
+#[test]
+fn untouched_rows_and_their_moments_stay_bit_identical() {
+    let (mut m, device) = initialised(4);
     let settings = TrainSettings {
         weight_decay: 1e-2,
         grad_clip_norm: Some(1.0),
@@ -297,16 +304,11 @@ fn first_row_step_matches_the_adam_formula_with_either_weight_decay() {
     // after one step the bias-corrected moments are g and g², so Adam moves a row by
     // lr · g / (|g| + ε) per element: g = grad + wd · w for L2 decay (Adam), and AdamW adds
     // lr · wd · w to the move instead
-    let s = schema();
-    let enc = Encoder::new(&s, &StateFitter::new(&s).finish());
-    let device = Device::flex().autodiff();
-    device.seed(5);
     // a large decay, so that wd · w (w ~ 1e-4) is far above ε, and zero gradients, where only
     // the decay moves a weight: each kind of decay must show in the result
     let (lr, wd, eps) = (0.01f32, 10.0f32, 1e-5f32);
     for kind in [OptimizerKind::Adam, OptimizerKind::AdamW] {
-        let mut m = model(&s, &enc, &device);
-        let _ = m.predict(&data().batch(&[0], enc.layout(), &device.clone().without_autodiff()));
+        let (mut m, device) = initialised(5);
         let settings = TrainSettings {
             weight_decay: wd as f64,
             optimizer: kind,
