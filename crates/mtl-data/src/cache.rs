@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
-use arrow_array::types::{Float32Type, UInt32Type};
-use arrow_array::{Array, ArrayRef, Float32Array, ListArray, RecordBatch, UInt32Array};
+use arrow_array::types::{ArrowPrimitiveType, Float32Type, UInt32Type};
+use arrow_array::{Array, ArrayRef, ListArray, PrimitiveArray, RecordBatch, UInt32Array};
 use arrow_buffer::OffsetBuffer;
 use arrow_schema::{DataType, Field, Schema as ArrowSchema};
 use mtl_features::state::{fnv1a, schema_fingerprint};
@@ -86,9 +86,16 @@ fn arrow_schema(schema: &ValidSchema, n_labels: usize, metadata: HashMap<String,
     ArrowSchema::new_with_metadata(fields.collect::<Vec<_>>(), metadata)
 }
 
-/// Column `k` of a `width`-wide row-major array, rows `rows`.
-fn column<T: Copy>(v: &[T], width: usize, k: usize, rows: std::ops::Range<usize>) -> Vec<T> {
-    rows.map(|r| v[r * width + k]).collect()
+/// The `width` columns of a row-major block, rows `rows`, as Arrow arrays of type `T`.
+fn block_columns<T: ArrowPrimitiveType>(
+    block: &[T::Native],
+    width: usize,
+    rows: std::ops::Range<usize>,
+) -> impl Iterator<Item = ArrayRef> + '_ {
+    (0..width).map(move |k| {
+        let values = rows.clone().map(|r| block[r * width + k]);
+        Arc::new(PrimitiveArray::<T>::from_iter_values(values)) as ArrayRef
+    })
 }
 
 fn write_cache(
@@ -112,17 +119,14 @@ fn write_cache(
         for start in (0..data.rows).step_by(BATCH_ROWS) {
             let rows = start..(start + BATCH_ROWS).min(data.rows);
             let mut columns: Vec<ArrayRef> = Vec::with_capacity(arrow.fields().len());
-            for f in 0..data.n_sparse {
-                columns.push(Arc::new(UInt32Array::from(column(
-                    &data.sparse,
-                    data.n_sparse,
-                    f,
-                    rows.clone(),
-                ))));
-            }
+            columns.extend(block_columns::<UInt32Type>(
+                &data.sparse,
+                data.n_sparse,
+                rows.clone(),
+            ));
             let mut offset = 0;
             for (s, &max_len) in data.seq_max_len.iter().enumerate() {
-                let lens = column(&data.seq_len, n_seq, s, rows.clone());
+                let lens: Vec<u32> = rows.clone().map(|r| data.seq_len[r * n_seq + s]).collect();
                 let values: Vec<u32> = rows
                     .clone()
                     .zip(&lens)
@@ -136,22 +140,16 @@ fn write_cache(
                 columns.push(Arc::new(list));
                 offset += max_len;
             }
-            for d in 0..data.n_dense {
-                columns.push(Arc::new(Float32Array::from(column(
-                    &data.dense,
-                    data.n_dense,
-                    d,
-                    rows.clone(),
-                ))));
-            }
-            for l in 0..data.n_labels {
-                columns.push(Arc::new(Float32Array::from(column(
-                    &data.labels,
-                    data.n_labels,
-                    l,
-                    rows.clone(),
-                ))));
-            }
+            columns.extend(block_columns::<Float32Type>(
+                &data.dense,
+                data.n_dense,
+                rows.clone(),
+            ));
+            columns.extend(block_columns::<Float32Type>(
+                &data.labels,
+                data.n_labels,
+                rows.clone(),
+            ));
             let batch = RecordBatch::try_new(arrow.clone(), columns).map_err(std::io::Error::other)?;
             writer.write(&batch).map_err(std::io::Error::other)?;
         }
@@ -160,11 +158,23 @@ fn write_cache(
     Ok(())
 }
 
-/// Scatters a column of `n` values into column `k` of a `width`-wide row-major block.
-fn scatter<T: Copy>(dst: &mut [T], width: usize, k: usize, values: &[T]) {
-    for (row, &v) in dst.chunks_exact_mut(width).zip(values) {
-        row[k] = v;
+/// Reads the next `width` columns (of type `T`) into the rows from `start` on of the
+/// row-major `block`, grown to `rows` rows; `None` when a column is missing or of another type.
+fn read_block<'a, T: ArrowPrimitiveType>(
+    columns: &mut impl Iterator<Item = &'a ArrayRef>,
+    block: &mut Vec<T::Native>,
+    width: usize,
+    start: usize,
+    rows: usize,
+) -> Option<()> {
+    block.resize(rows * width, T::Native::default());
+    for k in 0..width {
+        let values = columns.next()?.as_primitive_opt::<T>()?.values();
+        for (row, &v) in block[start * width..].chunks_exact_mut(width).zip(values.iter()) {
+            row[k] = v;
+        }
     }
+    Some(())
 }
 
 /// Reads the cache back; `None` when it is missing, stale (another key) or not exactly the
@@ -202,11 +212,7 @@ fn read_cache(path: &Path, key: u64, schema: &ValidSchema, file: &str) -> Option
         }
         let start = data.rows;
         data.rows += n;
-        data.sparse.resize(data.rows * n_sparse, 0);
-        for f in 0..n_sparse {
-            let col = columns.next()?.as_primitive_opt::<UInt32Type>()?;
-            scatter(&mut data.sparse[start * n_sparse..], n_sparse, f, col.values());
-        }
+        read_block::<UInt32Type>(&mut columns, &mut data.sparse, n_sparse, start, data.rows)?;
         data.sequence.resize(data.rows * width, 0);
         data.seq_len.resize(data.rows * n_seq, 0);
         let mut offset = 0;
@@ -224,16 +230,8 @@ fn read_cache(path: &Path, key: u64, schema: &ValidSchema, file: &str) -> Option
             }
             offset += max_len;
         }
-        data.dense.resize(data.rows * n_dense, 0.0);
-        for d in 0..n_dense {
-            let col = columns.next()?.as_primitive_opt::<Float32Type>()?;
-            scatter(&mut data.dense[start * n_dense..], n_dense, d, col.values());
-        }
-        data.labels.resize(data.rows * n_labels, 0.0);
-        for l in 0..n_labels {
-            let col = columns.next()?.as_primitive_opt::<Float32Type>()?;
-            scatter(&mut data.labels[start * n_labels..], n_labels, l, col.values());
-        }
+        read_block::<Float32Type>(&mut columns, &mut data.dense, n_dense, start, data.rows)?;
+        read_block::<Float32Type>(&mut columns, &mut data.labels, n_labels, start, data.rows)?;
     }
     let report = ReadReport {
         file: file.to_string(),
