@@ -418,17 +418,16 @@ fn at<'a>(v: &'a Value, path: &[&str]) -> &'a Value {
 /// under `runs`.
 fn summarise(job: &str, model: &str, threads: usize, embedding: &str, runs: Vec<Value>) -> Value {
     let median = |path: &[&str]| json!(median_at(&runs, path));
-    let aucs = |prefix: &[&str], keys: &mut dyn Iterator<Item = &str>| {
+    let aucs = |prefix: &str, keys: Vec<&str>| {
         let (mut mean, mut sd) = (serde_json::Map::new(), serde_json::Map::new());
         for key in keys {
-            let path: Vec<&str> = prefix.iter().copied().chain([key]).collect();
-            let m = mean_sd_at(&runs, &path);
+            let m = mean_sd_at(&runs, &[prefix, key]);
             mean.insert(key.to_string(), json!(m.map(|m| m.0)));
             sd.insert(key.to_string(), json!(m.map(|m| m.1)));
         }
         (Value::Object(mean), Value::Object(sd))
     };
-    let (auc, auc_sd) = aucs(&["auc"], &mut peer_aucs(model).iter().map(|k| k.0));
+    let (auc, auc_sd) = aucs("auc", peer_aucs(model).iter().map(|k| k.0).collect());
     let mut row = json!({
         "job": job,
         "seeds": runs.iter().map(|r| r["seed"].clone()).collect::<Vec<_>>(),
@@ -453,7 +452,7 @@ fn summarise(job: &str, model: &str, threads: usize, embedding: &str, runs: Vec<
         ] {
             peer[key] = median(&["peer", key]);
         }
-        let (mean, sd) = aucs(&["peer"], &mut peer_aucs(model).iter().map(|k| k.1));
+        let (mean, sd) = aucs("peer", peer_aucs(model).iter().map(|k| k.1).collect());
         for (key, v) in mean.as_object().into_iter().flatten() {
             peer[key] = v.clone();
         }
