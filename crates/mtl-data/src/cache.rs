@@ -20,7 +20,7 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::{ArrowPrimitiveType, Float32Type, UInt32Type};
 use arrow_array::{Array, ArrayRef, ListArray, PrimitiveArray, RecordBatch, UInt32Array};
 use arrow_buffer::OffsetBuffer;
-use arrow_schema::{DataType, Field, Schema as ArrowSchema};
+use arrow_schema::{DataType, Field, FieldRef, Schema as ArrowSchema};
 use mtl_features::state::{fnv1a, schema_fingerprint};
 use mtl_features::{EncodedData, Encoder, ValidSchema, atomic_write_with};
 
@@ -65,9 +65,14 @@ fn source_key(csv: &Path, encoder: &Encoder, policy: BadRowPolicy, need_labels: 
     Some(fnv1a(key.as_bytes()))
 }
 
+/// The item field of a sequence column's `List<UInt32>`.
+fn sequence_item() -> FieldRef {
+    Arc::new(Field::new_list_field(DataType::UInt32, false))
+}
+
 fn arrow_schema(schema: &ValidSchema, n_labels: usize, metadata: HashMap<String, String>) -> ArrowSchema {
     let s = &schema.schema;
-    let item = Arc::new(Field::new_list_field(DataType::UInt32, false));
+    let item = sequence_item();
     let fields = (s
         .sparse
         .iter()
@@ -112,7 +117,7 @@ fn write_cache(
     ]);
     let arrow = Arc::new(arrow_schema(schema, data.n_labels, metadata));
     let (n_seq, width) = (data.seq_max_len.len(), data.seq_width());
-    let item = Arc::new(Field::new_list_field(DataType::UInt32, false));
+    let item = sequence_item();
     atomic_write_with(path, |out| {
         let mut writer =
             arrow_ipc::writer::FileWriter::try_new(out, &arrow).map_err(std::io::Error::other)?;
