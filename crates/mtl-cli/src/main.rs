@@ -96,28 +96,30 @@ struct TrainArgs {
     #[arg(long, value_name = "DIR")]
     resume: Option<PathBuf>,
     /// Training CSV (overrides `data.train`).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     data: Option<PathBuf>,
     /// Validation CSV (overrides `data.valid`).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     valid: Option<PathBuf>,
-    /// Epochs (overrides `train.epochs`).
+    /// Epochs (overrides `train.epochs`; with --resume, more epochs than a finished run had
+    /// train it further).
     #[arg(long)]
     epochs: Option<usize>,
     /// Batch size (overrides `train.batch_size`).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     batch_size: Option<usize>,
     /// Learning rate (overrides `train.lr`).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     lr: Option<f64>,
     /// Seed (overrides `train.seed`).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     seed: Option<u64>,
-    /// Stop after this many steps, leaving a checkpoint to --resume from.
+    /// Stop after this many steps in total, leaving a checkpoint to --resume from (this
+    /// invocation only: the limit is not saved with the run).
     #[arg(long)]
     max_steps: Option<usize>,
     /// Backend: flex (default), ndarray, wgpu or cuda.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     backend: Option<String>,
     /// Model directory to create.
     #[arg(long, default_value = "out/model")]
@@ -151,16 +153,17 @@ struct PredictArgs {
     /// CSV file (labels not needed).
     #[arg(long)]
     data: PathBuf,
-    /// Output CSV.
+    /// Output CSV (a new path or a regular file).
     #[arg(long)]
     out: PathBuf,
-    /// Copy this input column into the output as the first column.
+    /// Copy this input column into the output (after `input_line` when bad rows are skipped).
     #[arg(long)]
     id_column: Option<String>,
     /// Backend: flex (default), ndarray, wgpu or cuda.
     #[arg(long, default_value = "flex")]
     backend: String,
-    /// Bad rows: fail (default) or skip.
+    /// Bad rows: fail (default) or skip; skipping adds an `input_line` column first, the
+    /// input line of each predicted row.
     #[arg(long, default_value = "fail")]
     bad_rows: BadRowPolicy,
 }
@@ -202,17 +205,46 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let chain: Vec<String> = e.chain().map(ToString::to_string).collect();
-            eprintln!("error: {}", chain.join(": "));
+            eprintln!("error: {}", error_line(&e));
             ExitCode::FAILURE
         }
     }
 }
 
+/// An error and its causes on one line, each said once: a library error that already quotes
+/// its source (`file: No such file…`) is not followed by the source again.
+fn error_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain().map(ToString::to_string) {
+        if line.contains(&cause) {
+            continue;
+        }
+        if !line.is_empty() {
+            line += ": ";
+        }
+        line += &cause;
+    }
+    line
+}
+
+/// The thread count to use: `asked`, at most the machine's cores (a larger pool only adds
+/// threads that wait: 100,000 of them never finished starting).
+fn thread_count(asked: usize) -> Result<usize> {
+    if asked == 0 {
+        bail!("--threads 0: give at least 1 (leave it out to use every core)");
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if asked > cores {
+        eprintln!("warning: --threads {asked} is more than the {cores} cores here; using {cores}");
+        return Ok(cores);
+    }
+    Ok(asked)
+}
+
 fn run(cli: Cli) -> Result<()> {
     if let Some(n) = cli.threads {
         rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
+            .num_threads(thread_count(n)?)
             .build_global()
             .context("setting the thread count")?;
     }
@@ -276,8 +308,18 @@ fn gen_data(what: GenData) -> Result<()> {
     Ok(())
 }
 
+/// A path given on the command line, made absolute against the working directory (it is
+/// saved with the run, which may be resumed from elsewhere).
+fn absolute(path: PathBuf) -> Result<PathBuf> {
+    std::path::absolute(&path).with_context(|| format!("resolving {}", path.display()))
+}
+
 fn train(args: TrainArgs, progress: bool) -> Result<()> {
-    let options = TrainOptions { progress };
+    let options = TrainOptions {
+        progress,
+        epochs: args.resume.as_ref().and(args.epochs),
+        max_steps: args.resume.as_ref().and(args.max_steps),
+    };
     let summary = if let Some(dir) = &args.resume {
         mtl_trainer::train(None, dir, true, &options)
             .with_context(|| format!("resuming {}", dir.display()))?
@@ -286,13 +328,12 @@ fn train(args: TrainArgs, progress: bool) -> Result<()> {
             .config
             .as_ref()
             .expect("clap requires --config without --resume");
-        let mut config =
-            RunConfig::from_file(path).with_context(|| format!("reading config {}", path.display()))?;
+        let mut config = RunConfig::from_file(path).context("reading the config")?;
         if let Some(d) = args.data {
-            config.data.train = d;
+            config.data.train = absolute(d)?;
         }
         if let Some(v) = args.valid {
-            config.data.valid = Some(v);
+            config.data.valid = Some(absolute(v)?);
         }
         let t = &mut config.train;
         t.epochs = args.epochs.unwrap_or(t.epochs);
@@ -304,6 +345,7 @@ fn train(args: TrainArgs, progress: bool) -> Result<()> {
             t.backend = b;
         }
         config.check(&path.display().to_string())?;
+        config.check_model(&path.display().to_string())?;
         mtl_trainer::train(Some(&config), &args.out, false, &options).context("training")?
     };
     print_summary(&summary);
@@ -379,21 +421,40 @@ fn predict(args: PredictArgs) -> Result<()> {
     .with_context(|| format!("predicting with {}", args.model.display()))?;
     println!("read {report}");
     println!(
-        "wrote {rows} rows of {} to {}",
+        "wrote {rows} rows of {} to {}{}",
         names.join(","),
-        args.out.display()
+        args.out.display(),
+        if report.skipped > 0 || args.bad_rows == BadRowPolicy::Skip {
+            format!(
+                " (first column `{}`: the input line of each row)",
+                mtl_trainer::run::INPUT_LINE_COLUMN
+            )
+        } else {
+            String::new()
+        }
     );
     Ok(())
 }
 
 fn demo(args: DemoArgs, progress: bool) -> Result<()> {
+    if !(1000..=mtl_data::synthetic::MAX_ROWS).contains(&args.rows) {
+        bail!(
+            "--rows {}: must be between 1000 and {}",
+            args.rows,
+            mtl_data::synthetic::MAX_ROWS
+        );
+    }
+    if !(1..=mtl_trainer::config::MAX_EPOCHS).contains(&args.epochs) {
+        bail!(
+            "--epochs {}: must be between 1 and {}",
+            args.epochs,
+            mtl_trainer::config::MAX_EPOCHS
+        );
+    }
     let dir = match args.dir {
         Some(d) => d,
         None => tempfile::Builder::new().prefix("mtl-demo-").tempdir()?.keep(),
     };
-    if args.rows < 1000 {
-        bail!("--rows must be at least 1000");
-    }
     println!(
         "generating {} rows of synthetic click/conversion data in {}",
         args.rows,
@@ -436,7 +497,11 @@ fn demo(args: DemoArgs, progress: bool) -> Result<()> {
             train: train.clone(),
         };
         println!();
-        let summary = mtl_trainer::train(Some(&config), &out, false, &TrainOptions { progress })
+        let options = TrainOptions {
+            progress,
+            ..TrainOptions::default()
+        };
+        let summary = mtl_trainer::train(Some(&config), &out, false, &options)
             .with_context(|| format!("training {}", config.model.kind()))?;
         print_summary(&summary);
     }

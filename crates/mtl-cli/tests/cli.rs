@@ -214,3 +214,226 @@ fn ali_ccp_sample_trains_with_the_shipped_config() {
         assert!(Path::new(&out_dir).join("model.bpk").exists());
     }
 }
+
+/// A trained model in `dir/model` (the small ESMM of [`config`]).
+fn trained(dir: &Path) -> String {
+    let cfg = config(dir, "");
+    let model = dir.join("model").display().to_string();
+    let out = mtl(&["train", "--config", &cfg, "--out", &model]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    model
+}
+
+#[cfg(unix)]
+#[test]
+fn outputs_never_replace_links_devices_or_fifos_and_get_normal_permissions() {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let dir = tempfile::tempdir().unwrap();
+    let model = trained(dir.path());
+    let data = dir.path().join("train.csv").display().to_string();
+    // a symlink stays a symlink, and its target is untouched
+    let target = write(dir.path(), "target.json", "keep me");
+    let link = dir.path().join("link.json");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let fifo = dir.path().join("fifo");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    for (out_path, what) in [
+        (link.display().to_string(), "symbolic link"),
+        (fifo.display().to_string(), "not a regular file"),
+        ("/dev/null".to_string(), "not a regular file"),
+        (dir.path().display().to_string(), "a folder"),
+    ] {
+        for sub in ["eval", "predict"] {
+            let out = mtl(&[sub, "--model", &model, "--data", &data, "--out", &out_path]);
+            assert_user_error(&out, &[&out_path, "refusing to replace it", what]);
+        }
+    }
+    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep me");
+    assert!(
+        std::fs::symlink_metadata("/dev/null")
+            .unwrap()
+            .file_type()
+            .is_char_device()
+    );
+    // a new output gets the permissions `File::create` gives (0666 less the umask), not 0600
+    let umask = u32::from_str_radix(
+        String::from_utf8(Command::new("sh").args(["-c", "umask"]).output().unwrap().stdout)
+            .unwrap()
+            .trim(),
+        8,
+    )
+    .unwrap();
+    let fresh = dir.path().join("fresh.json").display().to_string();
+    let out = mtl(&["eval", "--model", &model, "--data", &data, "--out", &fresh]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mode = std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o666 & !umask, "mode {mode:o} with umask {umask:o}");
+    // a regular file is replaced and keeps its own mode
+    std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let out = mtl(&["eval", "--model", &model, "--data", &data, "--out", &fresh]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777,
+        0o640
+    );
+    // the model directory's own files are not private either
+    let model_mode = std::fs::metadata(Path::new(&model).join("model.bpk"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(model_mode & 0o777, 0o666 & !umask);
+}
+
+#[test]
+fn predict_with_skipped_rows_writes_each_rows_input_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = trained(dir.path());
+    // lines 2..=11 are rows 0..=9; lines 4 and 8 are bad (u outside the vocabulary)
+    let mut text = String::from("click,purchase,u,i,rid\n");
+    for r in 0..10 {
+        let u = if r == 2 || r == 6 { 42 } else { r % 10 };
+        text += &format!("0,0,{u},a,row{r}\n");
+    }
+    let data = write(dir.path(), "skip.csv", &text);
+    let pred = dir.path().join("p.csv").display().to_string();
+    let out = mtl(&[
+        "predict",
+        "--model",
+        &model,
+        "--data",
+        &data,
+        "--out",
+        &pred,
+        "--bad-rows",
+        "skip",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let written = std::fs::read_to_string(&pred).unwrap();
+    let lines: Vec<&str> = written.lines().collect();
+    assert_eq!(lines[0], "input_line,ctr,cvr,ctcvr");
+    let input_lines: Vec<&str> = lines[1..].iter().map(|l| l.split(',').next().unwrap()).collect();
+    assert_eq!(input_lines, ["2", "3", "5", "6", "7", "9", "10", "11"]);
+    // with an id column too, each id sits beside its own line
+    let out = mtl(&[
+        "predict",
+        "--model",
+        &model,
+        "--data",
+        &data,
+        "--out",
+        &pred,
+        "--bad-rows",
+        "skip",
+        "--id-column",
+        "rid",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let written = std::fs::read_to_string(&pred).unwrap();
+    assert!(
+        written.starts_with("input_line,rid,ctr,cvr,ctcvr\n2,row0,"),
+        "{written}"
+    );
+    assert!(written.contains("\n5,row3,"), "{written}");
+}
+
+#[test]
+fn a_locked_run_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "");
+    let out_dir = dir.path().join("busy");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let lock = mtl_trainer::run::RunLock::acquire(&out_dir).unwrap();
+    let out = mtl(&["train", "--config", &cfg, "--out", &out_dir.display().to_string()]);
+    assert_user_error(&out, &["is in use", "another mtl process"]);
+    assert!(
+        !out_dir.join("config.toml").exists(),
+        "nothing written into a locked run"
+    );
+    drop(lock);
+    let out = mtl(&["train", "--config", &cfg, "--out", &out_dir.display().to_string()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn runs_resume_and_rerun_from_any_working_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    config(dir.path(), "epochs = 2\n");
+    // started with relative paths from the data folder...
+    let run = Command::new(env!("CARGO_BIN_EXE_mtl"))
+        .args([
+            "train",
+            "--config",
+            "run.toml",
+            "--out",
+            "runs/a",
+            "--max-steps",
+            "3",
+            "--quiet",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    // ...resumed from somewhere else
+    let elsewhere = tempfile::tempdir().unwrap();
+    let a = dir.path().join("runs/a");
+    let out = Command::new(env!("CARGO_BIN_EXE_mtl"))
+        .args(["train", "--resume", &a.display().to_string(), "--quiet"])
+        .current_dir(elsewhere.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("esmm: 10 steps"));
+    // the saved config runs the same job again, from anywhere
+    let saved = a.join("config.toml").display().to_string();
+    let b = dir.path().join("runs/b").display().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_mtl"))
+        .args(["train", "--config", &saved, "--out", &b, "--quiet"])
+        .current_dir(elsewhere.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // (model files hold random parameter ids: the predictions are what must be equal)
+    let data = dir.path().join("train.csv").display().to_string();
+    let predictions = |model: &Path| {
+        let out = model.join("p.csv");
+        let run = mtl(&[
+            "predict",
+            "--model",
+            &model.display().to_string(),
+            "--data",
+            &data,
+            "--out",
+            &out.display().to_string(),
+        ]);
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        std::fs::read_to_string(out).unwrap()
+    };
+    assert!(
+        predictions(&a) == predictions(Path::new(&b)),
+        "same config, same seed: the same predictions"
+    );
+    // a finished run trains further with more epochs
+    let out = mtl(&["train", "--resume", &a.display().to_string(), "--epochs", "3"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("esmm: 15 steps"));
+}
+
+#[test]
+fn thread_counts_beyond_the_machine_are_capped_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "");
+    let out = mtl(&[
+        "--threads",
+        "100000",
+        "train",
+        "--config",
+        &cfg,
+        "--out",
+        &dir.path().join("m").display().to_string(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("--threads 100000 is more than the"), "{stderr}");
+}

@@ -8,7 +8,6 @@
 //! vocabulary, binary label other than 0/1) is an error naming the file, the line and the
 //! column, unless the policy is [`BadRowPolicy::Skip`], which counts and reports it.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -31,8 +30,29 @@ pub enum DataError {
         /// What failed.
         message: String,
     },
+    /// The file has no header row at all.
+    #[error("{file}: the file is empty (no header row)")]
+    NoHeader {
+        /// The file.
+        file: String,
+    },
+    /// A column the schema reads appears twice in the header.
+    #[error(
+        "{file}:1: column `{column}` appears twice in the header (columns {first} and {second}); \
+         rename one so that it is clear which to read"
+    )]
+    DuplicateColumn {
+        /// The file.
+        file: String,
+        /// The column name.
+        column: String,
+        /// 1-based position of its first appearance.
+        first: usize,
+        /// 1-based position of its second appearance.
+        second: usize,
+    },
     /// The schema names a column the file's header lacks.
-    #[error("{file}: no column `{column}` in the header (needed by {field}); the header has: {header}")]
+    #[error("{file}: no column `{column}` in the header (needed by {field}){header}")]
     MissingColumn {
         /// The file.
         file: String,
@@ -40,7 +60,7 @@ pub enum DataError {
         column: String,
         /// Which schema entry needs it.
         field: String,
-        /// The columns present (first few).
+        /// A suggestion and the columns present, as a clause of the message.
         header: String,
     },
     /// A row the policy did not allow.
@@ -128,26 +148,59 @@ struct ColumnMap {
     width: usize,
 }
 
+/// The columns listed in a missing-column message, at most.
+const SHOWN_COLUMNS: usize = 40;
+
+/// The end of a missing-column message: a close match ("did you mean"), then the header.
+fn header_hint(column: &str, header: &[&str]) -> String {
+    let close = header
+        .iter()
+        .map(|h| (strsim::levenshtein(&column.to_lowercase(), &h.to_lowercase()), *h))
+        .filter(|(d, h)| *d <= (column.chars().count().max(h.chars().count()) / 3).max(1))
+        .min_by_key(|(d, _)| *d);
+    let mut out = String::new();
+    if let Some((_, h)) = close {
+        out += &format!("; did you mean `{h}`?");
+    }
+    if header.iter().all(|h| h.is_empty()) {
+        return out + "; the header row is empty";
+    }
+    let shown: Vec<&str> = header.iter().take(SHOWN_COLUMNS).copied().collect();
+    out += &format!("; the header has {} columns: {}", header.len(), shown.join(","));
+    if header.len() > SHOWN_COLUMNS {
+        out += &format!(",… ({} more)", header.len() - SHOWN_COLUMNS);
+    }
+    out
+}
+
 fn column_map(
     file: &str,
     header: &csv::StringRecord,
     schema: &ValidSchema,
     need_labels: bool,
 ) -> Result<ColumnMap, DataError> {
-    let index: HashMap<&str, usize> = header.iter().enumerate().map(|(i, h)| (h.trim(), i)).collect();
+    let names: Vec<&str> = header.iter().map(str::trim).collect();
     let find = |column: &str, field: String| {
-        index.get(column).copied().ok_or_else(|| {
-            let mut shown: Vec<&str> = header.iter().take(12).collect();
-            if header.len() > 12 {
-                shown.push("…");
-            }
-            DataError::MissingColumn {
+        let mut at = names
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| **h == column)
+            .map(|(i, _)| i);
+        match (at.next(), at.next()) {
+            (Some(first), None) => Ok(first),
+            (Some(first), Some(second)) => Err(DataError::DuplicateColumn {
+                file: file.to_string(),
+                column: column.to_string(),
+                first: first + 1,
+                second: second + 1,
+            }),
+            (None, _) => Err(DataError::MissingColumn {
                 file: file.to_string(),
                 column: column.to_string(),
                 field,
-                header: shown.join(","),
-            }
-        })
+                header: header_hint(column, &names),
+            }),
+        }
     };
     let s = &schema.schema;
     let sparse = s
@@ -182,8 +235,31 @@ fn column_map(
         sequence,
         dense,
         labels,
-        names: header.iter().map(str::to_string).collect(),
+        names: names.iter().map(|n| n.to_string()).collect(),
         width: header.len(),
+    })
+}
+
+/// How a file ends its lines, read from its first line: the csv reader counts `\n`s, and
+/// records a row's line before it skips the `\n` of the previous row's `\r\n`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LineEnds {
+    /// `\n`: the reader's line numbers are right.
+    Lf,
+    /// `\r\n`: every row after the header is reported one line early.
+    CrLf,
+    /// `\r` alone: the reader never sees a new line; the record count is used.
+    Cr,
+}
+
+fn line_ends(path: &Path) -> std::io::Result<LineEnds> {
+    use std::io::Read;
+    let mut head = Vec::with_capacity(1 << 16);
+    std::fs::File::open(path)?.take(1 << 16).read_to_end(&mut head)?;
+    Ok(match head.iter().position(|b| *b == b'\n' || *b == b'\r') {
+        Some(i) if head[i] == b'\r' && head.get(i + 1) == Some(&b'\n') => LineEnds::CrLf,
+        Some(i) if head[i] == b'\r' && i + 1 < head.len() => LineEnds::Cr,
+        _ => LineEnds::Lf,
     })
 }
 
@@ -193,6 +269,20 @@ pub struct CsvSource {
     reader: csv::Reader<std::fs::File>,
     columns: ColumnMap,
     record: csv::ByteRecord,
+    line_ends: LineEnds,
+}
+
+/// What to keep of each row that [`CsvSource::read_chunk`] keeps, besides its encoding.
+#[derive(Debug, Default)]
+pub struct RowTags {
+    /// The column copied as text (an id column), if any.
+    pub column: Option<usize>,
+    /// Its text per kept row.
+    pub ids: Vec<String>,
+    /// Whether to keep line numbers.
+    pub keep_lines: bool,
+    /// The input line of each kept row (as an editor counts it), when `keep_lines`.
+    pub lines: Vec<u64>,
 }
 
 /// One row's cells, as the encoder and fitter see them.
@@ -221,13 +311,18 @@ impl CsvSource {
             .has_headers(true)
             .from_path(path)
             .map_err(|e| io(&e))?;
+        let line_ends = line_ends(path).map_err(|e| io(&e))?;
         let header = reader.headers().map_err(|e| io(&e))?.clone();
+        if header.is_empty() {
+            return Err(DataError::NoHeader { file });
+        }
         let columns = column_map(&file, &header, schema, need_labels)?;
         Ok(Self {
             file,
             reader,
             columns,
             record: csv::ByteRecord::new(),
+            line_ends,
         })
     }
 
@@ -241,13 +336,23 @@ impl CsvSource {
         self.columns.names.iter().position(|n| n == name)
     }
 
+    /// The line (as an editor counts it) where a record at `pos` starts.
+    fn line_of(&self, pos: Option<&csv::Position>) -> u64 {
+        let Some(pos) = pos else { return 0 };
+        match self.line_ends {
+            LineEnds::Lf => pos.line(),
+            LineEnds::CrLf => pos.line() + 1,
+            LineEnds::Cr => pos.record() + 1,
+        }
+    }
+
     /// Advances to the next record; `Ok(None)` at the end. Row-level faults carry the line.
     fn next_record(&mut self) -> Result<Option<u64>, DataError> {
         match self.reader.read_byte_record(&mut self.record) {
             Ok(false) => Ok(None),
-            Ok(true) => Ok(Some(self.record.position().map_or(0, |p| p.line()))),
+            Ok(true) => Ok(Some(self.line_of(self.record.position()))),
             Err(e) => {
-                let line = e.position().map_or(0, |p| p.line());
+                let line = self.line_of(e.position());
                 Err(DataError::BadRow {
                     file: self.file.clone(),
                     line,
@@ -297,7 +402,7 @@ impl CsvSource {
         max_rows: usize,
         out: &mut EncodedData,
         report: &mut ReadReport,
-        mut passthrough: Option<(usize, &mut Vec<String>)>,
+        mut tags: Option<&mut RowTags>,
     ) -> Result<usize, DataError> {
         let schema = encoder.schema();
         let n_seq = schema.n_sequence();
@@ -325,9 +430,14 @@ impl CsvSource {
                 Ok(()) => {
                     kept += 1;
                     out.rows += 1;
-                    if let Some((col, values)) = passthrough.as_mut() {
-                        values
-                            .push(String::from_utf8_lossy(self.record.get(*col).unwrap_or(b"")).into_owned());
+                    if let Some(tags) = tags.as_mut() {
+                        if let Some(col) = tags.column {
+                            let text = self.record.get(col).unwrap_or(b"");
+                            tags.ids.push(String::from_utf8_lossy(text).into_owned());
+                        }
+                        if tags.keep_lines {
+                            tags.lines.push(line);
+                        }
                     }
                 }
                 Err(e) => {
@@ -401,6 +511,11 @@ impl CsvSource {
         }
         if self.columns.labels.is_empty() {
             out.labels.extend(std::iter::repeat_n(0.0, out.n_labels));
+        } else {
+            let row_labels = &out.labels[out.labels.len() - out.n_labels..];
+            encoder
+                .check_label_rules(row_labels)
+                .map_err(|(label, message)| self.bad(line, self.columns.labels[label], message))?;
         }
         Ok(())
     }
@@ -530,6 +645,20 @@ pub fn read_encoded(
     need_labels: bool,
     id_column: Option<&str>,
 ) -> Result<(EncodedData, ReadReport, Vec<String>), DataError> {
+    let (data, report, tags) = read_tagged(path, encoder, policy, need_labels, id_column, false)?;
+    Ok((data, report, tags.ids))
+}
+
+/// Like [`read_encoded`], also keeping each kept row's input line when `keep_lines`, so that
+/// output rows can be matched to input rows when bad rows are skipped.
+pub fn read_tagged(
+    path: impl AsRef<Path>,
+    encoder: &Encoder,
+    policy: BadRowPolicy,
+    need_labels: bool,
+    id_column: Option<&str>,
+    keep_lines: bool,
+) -> Result<(EncodedData, ReadReport, RowTags), DataError> {
     let schema = encoder.schema();
     let mut source = match CsvSource::open(path.as_ref(), schema, true) {
         Err(DataError::MissingColumn { .. }) if !need_labels => {
@@ -537,19 +666,22 @@ pub fn read_encoded(
         }
         other => other?,
     };
-    let mut ids = Vec::new();
-    let pass = match id_column {
-        Some(name) => Some(
-            source
-                .column_index(name)
-                .ok_or_else(|| DataError::MissingColumn {
-                    file: source.file().to_string(),
-                    column: name.to_string(),
-                    field: "--id-column".into(),
-                    header: source.columns.names.join(","),
-                })?,
-        ),
+    let column = match id_column {
+        Some(name) => Some(source.column_index(name).ok_or_else(|| {
+            let names: Vec<&str> = source.columns.names.iter().map(String::as_str).collect();
+            DataError::MissingColumn {
+                file: source.file().to_string(),
+                column: name.to_string(),
+                field: "--id-column".into(),
+                header: header_hint(name, &names),
+            }
+        })?),
         None => None,
+    };
+    let mut tags = RowTags {
+        column,
+        keep_lines,
+        ..RowTags::default()
     };
     let mut out = empty_encoded(schema);
     let mut report = ReadReport {
@@ -562,12 +694,12 @@ pub fn read_encoded(
         usize::MAX,
         &mut out,
         &mut report,
-        pass.map(|c| (c, &mut ids)),
+        Some(&mut tags),
     )?;
     if out.rows == 0 {
         return Err(DataError::Empty { file: report.file });
     }
-    Ok((out, report, ids))
+    Ok((out, report, tags))
 }
 
 #[cfg(test)]

@@ -256,8 +256,44 @@ fn calibrate(parts: &[f64], target: f64) -> f64 {
     0.5 * (lo + hi)
 }
 
+/// The most rows a generator writes in one call (a guard against a typo that would write
+/// for hours).
+pub const MAX_ROWS: usize = 1_000_000_000;
+/// The most dense fields the click/conversion generator writes.
+pub const MAX_DENSE: usize = 1024;
+
+/// An invalid generator setting, as the I/O error the generators return.
+fn invalid(message: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidInput, message)
+}
+
+/// Checks a row count: at least 10 (one row per split), at most [`MAX_ROWS`].
+fn check_rows(rows: usize) -> std::io::Result<()> {
+    if !(10..=MAX_ROWS).contains(&rows) {
+        return Err(invalid(format!(
+            "--rows {rows}: must be between 10 (the 80/10/10 split needs a row in each file) and {MAX_ROWS}"
+        )));
+    }
+    Ok(())
+}
+
+impl CcpSpec {
+    /// Checks the settings a command line can get wrong, naming the flag and the range.
+    pub fn check(&self) -> std::io::Result<()> {
+        check_rows(self.rows)?;
+        if self.dense > MAX_DENSE {
+            return Err(invalid(format!(
+                "--dense {}: must be at most {MAX_DENSE}",
+                self.dense
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Writes `<out>/<prefix>_{train,val,test}.csv` and `<out>/<prefix>_schema.toml`.
 pub fn generate_ccp(spec: &CcpSpec, out: &Path, prefix: &str) -> std::io::Result<CcpFiles> {
+    spec.check()?;
     std::fs::create_dir_all(out)?;
     let mut rng = StdRng::seed_from_u64(spec.seed);
     let users: Vec<Field> = spec.user_vocab.iter().map(|&v| Field::new(v, &mut rng)).collect();
@@ -432,6 +468,13 @@ pub fn generate_mmoe_synthetic(
     out: &Path,
     prefix: &str,
 ) -> std::io::Result<[PathBuf; 4]> {
+    check_rows(spec.rows)?;
+    if !(spec.correlation.is_finite() && (-1.0..=1.0).contains(&spec.correlation)) {
+        return Err(invalid(format!(
+            "--correlation {}: must be between -1 and 1",
+            spec.correlation
+        )));
+    }
     std::fs::create_dir_all(out)?;
     let mut rng = StdRng::seed_from_u64(spec.seed);
     let d = spec.dim;

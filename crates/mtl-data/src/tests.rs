@@ -194,7 +194,7 @@ fn labels_are_optional_for_prediction() {
 #[test]
 fn ali_ccp_sample_loads_with_shipped_config() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let data = root.join("../shared/data/ali-ccp-sample/ali_ccp_train_sample.csv");
+    let data = root.join("data/samples/ali-ccp/ali_ccp_train_sample.csv");
     let schema = Schema::from_file(root.join("configs/ali-ccp-schema.toml")).unwrap();
     let state = fit_state(std::slice::from_ref(&data), &schema, BadRowPolicy::Fail).unwrap();
     let enc = Encoder::new(&schema, &state);

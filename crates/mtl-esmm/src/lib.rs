@@ -54,9 +54,11 @@
 use burn::module::Module;
 use burn::tensor::activation::{log_sigmoid, sigmoid};
 use burn::tensor::{Device, Tensor};
-use mtl_features::{BatchTensors, FieldPooling, InputLayer, InputSpec, LabelKind, TableLayout, ValidSchema};
+use mtl_features::{
+    BatchTensors, FieldPooling, InputLayer, InputSpec, LabelKind, LabelRule, TableLayout, ValidSchema,
+};
 use mtl_layers::head::{bce_from_log_probs, bce_with_logits, log_add_exp};
-use mtl_layers::{Forward, Mlp, MlpSpec, ModelError, MultiTaskModel, OutputSpec, resolve_label};
+use mtl_layers::{Forward, Mlp, MlpSpec, ModelError, ModelPlan, MultiTaskModel, OutputSpec, resolve_label};
 use serde::{Deserialize, Serialize};
 
 fn default_click() -> String {
@@ -97,13 +99,8 @@ impl EsmmConfig {
         }
     }
 
-    /// Builds the model for `schema` with the embedding `layout`.
-    pub fn init(
-        &self,
-        schema: &ValidSchema,
-        layout: &TableLayout,
-        device: &Device,
-    ) -> Result<Esmm, ModelError> {
+    /// The label columns, checked: both in the schema, both binary, not the same label.
+    fn labels(&self, schema: &ValidSchema) -> Result<EsmmLabels, ModelError> {
         let click = resolve_label(schema, "model.click_label", &self.click_label)?;
         let conversion = resolve_label(schema, "model.conversion_label", &self.conversion_label)?;
         for (key, idx) in [
@@ -120,6 +117,45 @@ impl EsmmConfig {
                 });
             }
         }
+        if click == conversion {
+            return Err(ModelError::Invalid {
+                key: "model.conversion_label".into(),
+                message: format!(
+                    "= \"{}\" is also `model.click_label`; ESMM needs two different labels",
+                    self.conversion_label
+                ),
+            });
+        }
+        Ok(EsmmLabels { click, conversion })
+    }
+
+    /// Checks the config against `schema` (towers, pooling, labels) and says what the model
+    /// outputs and which rule its training rows must follow, without building it.
+    pub fn plan(&self, schema: &ValidSchema) -> Result<ModelPlan, ModelError> {
+        self.ctr_tower.check("model.ctr_tower")?;
+        self.cvr_tower.check("model.cvr_tower")?;
+        InputSpec::new(schema, &self.pooling)?;
+        let labels = self.labels(schema)?;
+        Ok(ModelPlan {
+            outputs: labels.outputs(),
+            loss_names: LOSS_NAMES.iter().map(|n| n.to_string()).collect(),
+            label_rules: vec![LabelRule {
+                label: labels.conversion,
+                requires: labels.click,
+                needed_by: "ESMM (a conversion is post-click)".into(),
+            }],
+        })
+    }
+
+    /// Builds the model for `schema` with the embedding `layout`.
+    pub fn init(
+        &self,
+        schema: &ValidSchema,
+        layout: &TableLayout,
+        device: &Device,
+    ) -> Result<Esmm, ModelError> {
+        self.plan(schema)?;
+        let labels = self.labels(schema)?;
         let input = InputLayer::new(
             InputSpec::new(schema, &self.pooling)?,
             layout,
@@ -131,7 +167,7 @@ impl EsmmConfig {
             ctr_tower: self.ctr_tower.init(width, true, device),
             cvr_tower: self.cvr_tower.init(width, true, device),
             input,
-            labels: EsmmLabels { click, conversion },
+            labels,
         })
     }
 }
@@ -212,9 +248,13 @@ impl Esmm {
     }
 }
 
-impl MultiTaskModel for Esmm {
-    fn outputs(&self) -> Vec<OutputSpec> {
-        let EsmmLabels { click, conversion } = self.labels;
+/// ESMM's loss terms.
+const LOSS_NAMES: [&str; 2] = ["ctr", "ctcvr"];
+
+impl EsmmLabels {
+    /// ESMM's outputs: CTR and CTCVR over all rows, CVR on clicked rows.
+    fn outputs(self) -> Vec<OutputSpec> {
+        let EsmmLabels { click, conversion } = self;
         vec![
             OutputSpec::simple("ctr", LabelKind::Binary, click),
             OutputSpec {
@@ -231,9 +271,15 @@ impl MultiTaskModel for Esmm {
             },
         ]
     }
+}
+
+impl MultiTaskModel for Esmm {
+    fn outputs(&self) -> Vec<OutputSpec> {
+        self.labels.outputs()
+    }
 
     fn loss_names(&self) -> Vec<String> {
-        vec!["ctr".into(), "ctcvr".into()]
+        LOSS_NAMES.iter().map(|n| n.to_string()).collect()
     }
 
     fn predict(&self, batch: &BatchTensors) -> Vec<Tensor<1>> {

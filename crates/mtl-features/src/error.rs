@@ -14,6 +14,14 @@ pub enum FeatureError {
         #[source]
         source: std::io::Error,
     },
+    /// An output path that must not be written over.
+    #[error("{path}: {message}")]
+    Output {
+        /// The path.
+        path: String,
+        /// Why not.
+        message: String,
+    },
     /// The schema TOML does not parse (unknown key, wrong type, missing key).
     #[error("{file}: {message}")]
     SchemaParse {

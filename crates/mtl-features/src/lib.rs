@@ -31,37 +31,120 @@ pub use schema::{
     DenseField, LabelField, LabelKind, Schema, SequenceField, SequencePooling, SparseField, ValidSchema,
     VocabSpec,
 };
-pub use state::{CellError, DenseStats, Encoder, FeatureState, StateFitter, TableLayout};
+pub use state::{
+    CellError, DenseStats, Encoder, FeatureState, LabelRule, StateFitter, TableLayout, canonical_id, shown,
+};
 
 use std::io::Write;
 
-/// Formats a TOML error as one line: `line L, column C: message` (the message names the key).
+/// Formats a TOML error as one line: `line L, column C: message (in `source line`)`; the
+/// message names the key, in the file's words rather than Rust's.
 pub fn toml_error_line(text: &str, err: &toml::de::Error) -> String {
+    let message = plain_message(err.message());
     match err.span() {
-        Some(span) => {
-            let before = &text[..span.start.min(text.len())];
-            let line = before.matches('\n').count() + 1;
-            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-            let source = text.lines().nth(line - 1).unwrap_or("").trim();
-            format!("line {line}, column {column}: {} (in `{source}`)", err.message())
-        }
-        None => err.message().to_string(),
+        Some(span) => toml_span_line(text, span, &message),
+        None => message,
     }
 }
+
+/// `message` placed at `span` of `text`: `line L, column C: message (in `source line`)`.
+pub fn toml_span_line(text: &str, span: std::ops::Range<usize>, message: &str) -> String {
+    let start = span.start.min(text.len());
+    let before = text.get(..start).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    let source = text.lines().nth(line - 1).unwrap_or("").trim();
+    let source: String = if source.chars().count() > 80 {
+        source.chars().take(80).collect::<String>() + "…"
+    } else {
+        source.to_string()
+    };
+    format!("line {line}, column {column}: {message} (in `{source}`)")
+}
+
+/// A serde message in a config author's words: `expected struct MlpSpec` → `expected a
+/// table`, `expected usize` → `expected a non-negative integer`, and so on.
+pub fn plain_message(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(i) = rest.find("expected ") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + "expected ".len()..];
+        let word_end = |s: &str| {
+            s.find(|c: char| !(c.is_alphanumeric() || c == '_'))
+                .unwrap_or(s.len())
+        };
+        let (replacement, consumed) = if let Some(t) = after.strip_prefix("struct ") {
+            ("expected a table", "struct ".len() + word_end(t))
+        } else if let Some(t) = after.strip_prefix("enum ") {
+            ("expected one of the allowed values", "enum ".len() + word_end(t))
+        } else {
+            let w = word_end(after);
+            match &after[..w] {
+                "usize" | "u64" | "u32" | "u16" | "u8" => ("expected a non-negative integer", w),
+                "i64" | "i32" => ("expected an integer", w),
+                "f64" | "f32" => ("expected a number", w),
+                "bool" => ("expected true or false", w),
+                _ => ("expected ", 0),
+            }
+        };
+        out.push_str(replacement);
+        rest = &after[consumed..];
+    }
+    out.push_str(rest);
+    out
+}
+
 use std::path::Path;
 
 /// Writes `bytes` to `path` atomically: a temp file in the same folder, synced, then renamed,
-/// so a crash never leaves a half-written file at `path`.
+/// so a crash never leaves a half-written file at `path`. See [`atomic_write_with`] for what
+/// `path` may be.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), FeatureError> {
     atomic_write_with(path, |w| w.write_all(bytes))
 }
 
+/// Checks that `path` is a new path or a regular file: a rename over a symlink, a device, a
+/// FIFO or a folder would replace it (as root, even `/dev/full`), so those are refused with
+/// a message saying what the path is.
+pub fn check_output_path(path: &Path) -> Result<(), FeatureError> {
+    let what = match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(FeatureError::Io {
+                path: path.display().to_string(),
+                source,
+            });
+        }
+        Ok(meta) => {
+            let t = meta.file_type();
+            if t.is_file() {
+                return Ok(());
+            } else if t.is_symlink() {
+                "a symbolic link (give the path it points to, or a new path)"
+            } else if t.is_dir() {
+                "a folder"
+            } else {
+                "not a regular file (a device, FIFO or socket)"
+            }
+        }
+    };
+    Err(FeatureError::Output {
+        path: path.display().to_string(),
+        message: format!("refusing to replace it: it is {what}"),
+    })
+}
+
 /// Like [`atomic_write`], with the contents streamed by `write` into a buffered temp file, so
 /// a large file never has to be held in memory whole.
+///
+/// `path` must be a new path or a regular file ([`check_output_path`]). A new file gets the
+/// usual permissions (0666 less the umask), a replaced one keeps its own.
 pub fn atomic_write_with(
     path: &Path,
     write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
 ) -> Result<(), FeatureError> {
+    check_output_path(path)?;
     let io = |source| FeatureError::Io {
         path: path.display().to_string(),
         source,
@@ -70,10 +153,19 @@ pub fn atomic_write_with(
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
+    let existing = std::fs::metadata(path).ok().map(|m| m.permissions());
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".mtl-");
+    // a new file: read-write for all less the umask, as `File::create` makes it
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+    let tmp = builder.tempfile_in(dir).map_err(io)?;
     let mut out = std::io::BufWriter::with_capacity(1 << 20, tmp);
     write(&mut out).map_err(io)?;
     let tmp = out.into_inner().map_err(|e| io(e.into_error()))?;
+    if let Some(permissions) = existing {
+        tmp.as_file().set_permissions(permissions).map_err(io)?;
+    }
     tmp.as_file().sync_all().map_err(io)?;
     tmp.persist(path).map_err(|e| io(e.error))?;
     Ok(())

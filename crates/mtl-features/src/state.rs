@@ -88,6 +88,7 @@ impl StateFitter {
 
     /// Records one raw value of id field `field` (counted into its owner's vocabulary).
     pub fn observe_id(&mut self, field: usize, value: &str) {
+        let value = canonical_id(value);
         let owner = self.schema.owner[field];
         if let Some(map) = self.counts[owner].as_mut() {
             self.seen += 1;
@@ -206,6 +207,49 @@ pub struct Encoder {
     state: FeatureState,
     lookup: Vec<Option<HashMap<String, u32>>>,
     layout: TableLayout,
+    rules: Vec<LabelRule>,
+}
+
+/// A rule every labelled row must follow: binary label `label` is 1 only where binary label
+/// `requires` is 1 (ESMM: a conversion is only counted after a click).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabelRule {
+    /// The label that implies the other.
+    pub label: usize,
+    /// The label that must be 1 wherever `label` is.
+    pub requires: usize,
+    /// Who needs the rule, for the message (e.g. `ESMM (model.conversion_label)`).
+    pub needed_by: String,
+}
+
+/// At most this many characters of a cell are quoted in a message.
+const SHOWN_CHARS: usize = 48;
+
+/// A cell's text as a message quotes it: whole when short, else its start and its length.
+pub fn shown(text: &str) -> String {
+    let t = text.trim();
+    if t.chars().count() <= SHOWN_CHARS {
+        t.to_string()
+    } else {
+        let start: String = t.chars().take(SHOWN_CHARS).collect();
+        format!("{start}… ({} bytes)", t.len())
+    }
+}
+
+/// The value an id cell stands for: surrounding spaces dropped, and an integer written as a
+/// decimal number (`3.0`, `3.`, `-2.00`) read as that integer (`3`, `-2`), so that `3.0` and
+/// `3` are one id for fitted, hashed and declared vocabularies alike (files written by
+/// pandas turn integer columns with gaps into floats).
+pub fn canonical_id(text: &str) -> &str {
+    let t = text.trim();
+    if let Some((int, frac)) = t.split_once('.') {
+        let digits = int.strip_prefix('-').unwrap_or(int);
+        if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) && frac.bytes().all(|b| b == b'0')
+        {
+            return int;
+        }
+    }
+    t
 }
 
 /// Why one cell could not be encoded (the reader adds file, line and column).
@@ -224,6 +268,8 @@ pub enum CellError {
     NotANumber(String),
     /// NaN or infinity.
     NotFinite(String),
+    /// A finite number too large for a 32-bit float (after standardisation, if any).
+    OutOfRange(String),
     /// Empty cell where no default exists.
     Missing,
     /// A binary label other than 0 or 1.
@@ -239,6 +285,10 @@ impl std::fmt::Display for CellError {
             }
             Self::NotANumber(v) => write!(f, "`{v}` is not a number"),
             Self::NotFinite(v) => write!(f, "`{v}` is not finite (NaN or infinity)"),
+            Self::OutOfRange(v) => write!(
+                f,
+                "`{v}` is outside the range of a 32-bit float (about ±3.4e38) once encoded"
+            ),
             Self::Missing => write!(f, "empty cell and no default"),
             Self::NotBinary(v) => write!(f, "binary label `{v}` is not 0 or 1"),
         }
@@ -247,11 +297,21 @@ impl std::fmt::Display for CellError {
 
 fn parse_finite(text: &str) -> Result<f64, CellError> {
     let t = text.trim();
-    let v: f64 = t.parse().map_err(|_| CellError::NotANumber(t.to_string()))?;
+    let v: f64 = t.parse().map_err(|_| CellError::NotANumber(shown(t)))?;
     if v.is_finite() {
         Ok(v)
     } else {
-        Err(CellError::NotFinite(t.to_string()))
+        Err(CellError::NotFinite(shown(t)))
+    }
+}
+
+/// `v` as the f32 the model sees, or an error quoting `text` when it does not fit.
+fn to_f32(v: f64, text: &str) -> Result<f32, CellError> {
+    let x = v as f32;
+    if x.is_finite() {
+        Ok(x)
+    } else {
+        Err(CellError::OutOfRange(shown(text)))
     }
 }
 
@@ -296,7 +356,41 @@ impl Encoder {
             state: state.clone(),
             lookup,
             layout,
+            rules: Vec::new(),
         }
+    }
+
+    /// The same encoder, also checking `rules` on every labelled row.
+    pub fn with_label_rules(mut self, rules: Vec<LabelRule>) -> Self {
+        self.rules = rules;
+        self
+    }
+
+    /// The label rules checked on every labelled row.
+    pub fn label_rules(&self) -> &[LabelRule] {
+        &self.rules
+    }
+
+    /// Checks one row's labels (in schema order) against the rules: the first rule broken,
+    /// as (the label it names, the message).
+    pub fn check_label_rules(&self, labels: &[f32]) -> Result<(), (usize, String)> {
+        for rule in &self.rules {
+            if labels[rule.label] == 1.0 && labels[rule.requires] != 1.0 {
+                let names = &self.schema.schema.labels;
+                return Err((
+                    rule.label,
+                    format!(
+                        "`{}` is 1 on a row where `{}` is 0; {} needs `{}` to be 1 only where `{}` is 1",
+                        names[rule.label].name,
+                        names[rule.requires].name,
+                        rule.needed_by,
+                        names[rule.label].name,
+                        names[rule.requires].name
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The schema this encoder serves.
@@ -319,8 +413,8 @@ impl Encoder {
         let owner = self.schema.owner[field];
         match &self.schema.vocab[owner] {
             VocabSpec::Ids { size } => {
-                let t = text.trim();
-                let id: u64 = t.parse().map_err(|_| CellError::NotAnId(t.to_string()))?;
+                let t = canonical_id(text);
+                let id: u64 = t.parse().map_err(|_| CellError::NotAnId(shown(t)))?;
                 if id >= *size as u64 {
                     return Err(CellError::IdOutOfRange { id, size: *size });
                 }
@@ -328,9 +422,11 @@ impl Encoder {
             }
             VocabSpec::Fit { .. } => Ok(self.lookup[owner]
                 .as_ref()
-                .and_then(|m| m.get(text).copied())
+                .and_then(|m| m.get(canonical_id(text)).copied())
                 .unwrap_or(0)),
-            VocabSpec::Hash { buckets } => Ok((fnv1a(text.as_bytes()) % *buckets as u64) as u32),
+            VocabSpec::Hash { buckets } => {
+                Ok((fnv1a(canonical_id(text).as_bytes()) % *buckets as u64) as u32)
+            }
             VocabSpec::Shared { .. } => unreachable!("owners never share"),
         }
     }
@@ -346,12 +442,13 @@ impl Encoder {
         } else {
             parse_finite(text)?
         };
-        Ok(if spec.standardize {
+        let value = if spec.standardize {
             let s = self.state.dense[field];
-            ((raw - s.mean) / s.std) as f32
+            (raw - s.mean) / s.std
         } else {
-            raw as f32
-        })
+            raw
+        };
+        to_f32(value, text)
     }
 
     /// Encodes one label cell.
@@ -362,8 +459,8 @@ impl Encoder {
         let v = parse_finite(text)?;
         match self.schema.schema.labels[label].kind {
             LabelKind::Binary if v == 0.0 || v == 1.0 => Ok(v as f32),
-            LabelKind::Binary => Err(CellError::NotBinary(text.trim().to_string())),
-            LabelKind::Regression => Ok(v as f32),
+            LabelKind::Binary => Err(CellError::NotBinary(shown(text))),
+            LabelKind::Regression => to_f32(v, text),
         }
     }
 }
@@ -373,7 +470,9 @@ pub fn parse_dense_for_fit(text: &str) -> Result<Option<f64>, CellError> {
     if text.trim().is_empty() {
         Ok(None)
     } else {
-        parse_finite(text).map(Some)
+        let v = parse_finite(text)?;
+        to_f32(v, text)?;
+        Ok(Some(v))
     }
 }
 

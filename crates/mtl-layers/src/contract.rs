@@ -6,7 +6,7 @@
 
 use burn::module::Module;
 use burn::tensor::Tensor;
-use mtl_features::{BatchTensors, InputLayer, LabelKind};
+use mtl_features::{BatchTensors, InputLayer, LabelKind, LabelRule};
 
 /// What one model output predicts and how it is evaluated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +31,18 @@ impl OutputSpec {
             rows_where: None,
         }
     }
+}
+
+/// What a model config promises before the model is built: checked against the schema and
+/// the training settings before any data is read, so that a wrong key fails in seconds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelPlan {
+    /// The outputs, in prediction order.
+    pub outputs: Vec<OutputSpec>,
+    /// The loss terms, in [`Forward::losses`] order.
+    pub loss_names: Vec<String>,
+    /// Rules every labelled row must follow (ESMM: a conversion only after a click).
+    pub label_rules: Vec<LabelRule>,
 }
 
 /// A training forward pass: predictions and the loss terms.

@@ -8,6 +8,8 @@ use burn::tensor::activation;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use crate::ModelError;
+
 /// Activation after each hidden layer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -37,6 +39,10 @@ impl Activation {
         }
     }
 }
+
+/// The widest layer a config may ask for (a guard against typos such as `dims = [2560000]`
+/// that would allocate gigabytes before the first step).
+pub const MAX_WIDTH: usize = 65_536;
 
 fn default_true() -> bool {
     true
@@ -80,6 +86,30 @@ impl MlpSpec {
     pub fn with_batch_norm(mut self, batch_norm: bool) -> Self {
         self.batch_norm = batch_norm;
         self
+    }
+
+    /// Checks the values a TOML file can get wrong: every width at least 1 (and at most
+    /// [`MAX_WIDTH`]), dropout a probability below 1. `key` names the spec in the message,
+    /// e.g. `model.ctr_tower`.
+    pub fn check(&self, key: &str) -> Result<(), ModelError> {
+        for (i, &dim) in self.dims.iter().enumerate() {
+            if dim == 0 || dim > MAX_WIDTH {
+                return Err(ModelError::Invalid {
+                    key: format!("{key}.dims[{i}]"),
+                    message: format!("= {dim}: a layer width must be between 1 and {MAX_WIDTH}"),
+                });
+            }
+        }
+        if !(self.dropout.is_finite() && (0.0..1.0).contains(&self.dropout)) {
+            return Err(ModelError::Invalid {
+                key: format!("{key}.dropout"),
+                message: format!(
+                    "= {}: a dropout probability must be at least 0 and below 1",
+                    self.dropout
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// Output width: the last hidden dim, or 1 with an output layer.

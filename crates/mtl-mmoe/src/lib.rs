@@ -56,7 +56,9 @@ use burn::tensor::{Device, Tensor};
 pub use experts::{ExpertLayer, Experts};
 use mtl_features::{BatchTensors, FieldPooling, InputLayer, InputSpec, LabelKind, TableLayout, ValidSchema};
 use mtl_layers::head::{predict, task_loss};
-use mtl_layers::{Activation, Forward, Mlp, MlpSpec, ModelError, MultiTaskModel, OutputSpec, resolve_label};
+use mtl_layers::{
+    Activation, Forward, Mlp, MlpSpec, ModelError, ModelPlan, MultiTaskModel, OutputSpec, resolve_label,
+};
 use serde::{Deserialize, Serialize};
 
 /// One task: an output name and the label it learns.
@@ -102,18 +104,47 @@ fn resolve_tasks(schema: &ValidSchema, tasks: &[TaskConfig]) -> Result<Vec<TaskS
             message: "at least one task is required".into(),
         });
     }
-    tasks
-        .iter()
-        .enumerate()
-        .map(|(i, t)| {
-            let label = resolve_label(schema, &format!("model.tasks[{i}].label"), &t.label)?;
-            Ok(TaskSpec {
-                name: t.name.clone().unwrap_or_else(|| t.label.clone()),
-                label,
-                kind: schema.schema.labels[label].kind,
-            })
-        })
-        .collect()
+    let mut resolved: Vec<TaskSpec> = Vec::with_capacity(tasks.len());
+    for (i, t) in tasks.iter().enumerate() {
+        let label = resolve_label(schema, &format!("model.tasks[{i}].label"), &t.label)?;
+        let name = t.name.clone().unwrap_or_else(|| t.label.clone());
+        if let Some(tower) = &t.tower {
+            tower.check(&format!("model.tasks[{i}].tower"))?;
+        }
+        if let Some(j) = resolved.iter().position(|r| r.label == label) {
+            return Err(ModelError::Invalid {
+                key: format!("model.tasks[{i}].label"),
+                message: format!(
+                    "= \"{}\" is also the label of model.tasks[{j}]; each task needs its own label",
+                    t.label
+                ),
+            });
+        }
+        if name.is_empty() || resolved.iter().any(|r| r.name == name) {
+            return Err(ModelError::Invalid {
+                key: format!("model.tasks[{i}].name"),
+                message: format!("= \"{name}\": task names must be distinct and not empty"),
+            });
+        }
+        resolved.push(TaskSpec {
+            name,
+            label,
+            kind: schema.schema.labels[label].kind,
+        });
+    }
+    Ok(resolved)
+}
+
+/// The most experts a config may ask for.
+pub const MAX_EXPERTS: usize = 1024;
+
+/// What a per-task model over `tasks` outputs: one prediction and one loss term per task.
+fn task_plan(tasks: &[TaskSpec]) -> ModelPlan {
+    ModelPlan {
+        outputs: outputs(tasks),
+        loss_names: tasks.iter().map(|t| t.name.clone()).collect(),
+        label_rules: Vec::new(),
+    }
 }
 
 fn outputs(tasks: &[TaskSpec]) -> Vec<OutputSpec> {
@@ -192,17 +223,13 @@ impl MmoeConfig {
         self
     }
 
-    /// Builds the model.
-    pub fn init(
-        &self,
-        schema: &ValidSchema,
-        layout: &TableLayout,
-        device: &Device,
-    ) -> Result<Mmoe, ModelError> {
-        if self.n_experts == 0 {
+    /// Checks the config against `schema` (experts, towers, tasks, pooling) and says what the
+    /// model outputs, without building it.
+    pub fn plan(&self, schema: &ValidSchema) -> Result<ModelPlan, ModelError> {
+        if self.n_experts == 0 || self.n_experts > MAX_EXPERTS {
             return Err(ModelError::Invalid {
                 key: "model.n_experts".into(),
-                message: "must be at least 1".into(),
+                message: format!("= {}: must be between 1 and {MAX_EXPERTS}", self.n_experts),
             });
         }
         if self.expert.dims.is_empty() {
@@ -211,6 +238,20 @@ impl MmoeConfig {
                 message: "an expert needs at least one layer".into(),
             });
         }
+        self.expert.check("model.expert")?;
+        self.tower.check("model.tower")?;
+        InputSpec::new(schema, &self.pooling)?;
+        Ok(task_plan(&resolve_tasks(schema, &self.tasks)?))
+    }
+
+    /// Builds the model.
+    pub fn init(
+        &self,
+        schema: &ValidSchema,
+        layout: &TableLayout,
+        device: &Device,
+    ) -> Result<Mmoe, ModelError> {
+        self.plan(schema)?;
         let tasks = resolve_tasks(schema, &self.tasks)?;
         let input = InputLayer::new(
             InputSpec::new(schema, &self.pooling)?,
@@ -331,6 +372,15 @@ pub struct SharedBottomConfig {
 }
 
 impl SharedBottomConfig {
+    /// Checks the config against `schema` (bottom, towers, tasks, pooling) and says what the
+    /// model outputs, without building it.
+    pub fn plan(&self, schema: &ValidSchema) -> Result<ModelPlan, ModelError> {
+        self.bottom.check("model.bottom")?;
+        self.tower.check("model.tower")?;
+        InputSpec::new(schema, &self.pooling)?;
+        Ok(task_plan(&resolve_tasks(schema, &self.tasks)?))
+    }
+
     /// Builds the model.
     pub fn init(
         &self,
@@ -338,6 +388,7 @@ impl SharedBottomConfig {
         layout: &TableLayout,
         device: &Device,
     ) -> Result<SharedBottom, ModelError> {
+        self.plan(schema)?;
         let tasks = resolve_tasks(schema, &self.tasks)?;
         let input = InputLayer::new(
             InputSpec::new(schema, &self.pooling)?,

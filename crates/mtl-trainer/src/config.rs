@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 use mtl_data::BadRowPolicy;
 use mtl_esmm::EsmmConfig;
+use mtl_features::{LabelKind, ValidSchema};
+use mtl_layers::{ModelError, ModelPlan, OutputSpec};
 use mtl_mmoe::{Gating, MmoeConfig, SharedBottomConfig};
 use serde::{Deserialize, Serialize};
 
@@ -33,6 +35,32 @@ impl ModelConfig {
             Self::Omoe(_) => "omoe",
             Self::SharedBottom(_) => "shared_bottom",
         }
+    }
+
+    /// Every `type` a config may name.
+    pub const KINDS: [&'static str; 4] = ["esmm", "mmoe", "omoe", "shared_bottom"];
+
+    /// Checks the model config against `schema` and says what the model outputs, without
+    /// building it.
+    pub fn plan(&self, schema: &ValidSchema) -> Result<ModelPlan, ModelError> {
+        match self {
+            Self::Esmm(c) => c.plan(schema),
+            Self::Mmoe(c) => c.plan(schema),
+            Self::Omoe(c) => Self::omoe(c).plan(schema),
+            Self::SharedBottom(c) => c.plan(schema),
+        }
+    }
+
+    /// Reads the `[model]` table of type `kind` (its `type` key already removed), so that an
+    /// error inside it points at its own line.
+    fn from_table(kind: &str, table: toml::de::ValueDeserializer<'_>) -> Result<Self, toml::de::Error> {
+        Ok(match kind {
+            "esmm" => Self::Esmm(EsmmConfig::deserialize(table)?),
+            "mmoe" => Self::Mmoe(MmoeConfig::deserialize(table)?),
+            "omoe" => Self::Omoe(MmoeConfig::deserialize(table)?),
+            "shared_bottom" => Self::SharedBottom(SharedBottomConfig::deserialize(table)?),
+            other => unreachable!("kind `{other}` is checked against KINDS first"),
+        })
     }
 
     /// The MMOE config with OMoE's single gate applied, for `type = "omoe"`.
@@ -119,10 +147,74 @@ fn default_patience() -> usize {
     2
 }
 
+/// Which way a monitored metric improves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Higher is better (AUC).
+    Higher,
+    /// Lower is better (losses and errors).
+    Lower,
+}
+
+/// The metrics early stopping can watch, per kind of output, with their direction.
+const BINARY_METRICS: [(&str, Direction); 2] = [("auc", Direction::Higher), ("logloss", Direction::Lower)];
+const REGRESSION_METRICS: [(&str, Direction); 2] = [("mse", Direction::Lower), ("mae", Direction::Lower)];
+
 impl EarlyStopping {
+    /// The direction of the watched metric, once it is known to be one early stopping can use
+    /// ([`RunConfig::check_plan`] rejects every other name before training starts).
+    pub fn direction(&self) -> Direction {
+        let name = self.metric.rsplit('.').next().unwrap_or("");
+        BINARY_METRICS
+            .iter()
+            .chain(&REGRESSION_METRICS)
+            .find(|(m, _)| *m == name)
+            .map_or(Direction::Lower, |(_, d)| *d)
+    }
+
     /// Whether a higher value is better: AUC yes; loss, log loss, MSE, MAE no.
     pub fn higher_is_better(&self) -> bool {
-        self.metric.ends_with(".auc")
+        self.direction() == Direction::Higher
+    }
+
+    /// Checks the metric against the model's outputs: `loss`, or `<output>.<metric>` with a
+    /// metric its kind has (`auc`, `logloss` for binary outputs; `mse`, `mae` for regression).
+    fn check(&self, outputs: &[OutputSpec]) -> Result<(), String> {
+        if self.patience == 0 {
+            return Err("`train.early_stopping.patience` = 0: must be at least 1 evaluation".into());
+        }
+        if self.metric == "loss" {
+            return Ok(());
+        }
+        let names: Vec<&str> = outputs.iter().map(|o| o.name.as_str()).collect();
+        let bad = |why: String| {
+            Err(format!(
+                "`train.early_stopping.metric` = \"{}\": {why}; use `loss` or `<output>.<metric>` \
+                 (outputs: {}; binary metrics: auc, logloss; regression metrics: mse, mae)",
+                self.metric,
+                names.join(", ")
+            ))
+        };
+        let Some((output, metric)) = self.metric.split_once('.') else {
+            return bad("no output named".into());
+        };
+        let Some(spec) = outputs.iter().find(|o| o.name == output) else {
+            return bad(format!("the model has no output `{output}`"));
+        };
+        let allowed: &[(&str, Direction)] = match spec.kind {
+            LabelKind::Binary => &BINARY_METRICS,
+            LabelKind::Regression => &REGRESSION_METRICS,
+        };
+        if !allowed.iter().any(|(m, _)| *m == metric) {
+            return bad(format!(
+                "`{metric}` is not a metric early stopping can watch on the {} output `{output}`",
+                match spec.kind {
+                    LabelKind::Binary => "binary",
+                    LabelKind::Regression => "regression",
+                }
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -211,16 +303,35 @@ pub struct RunConfig {
     pub train: TrainSettings,
 }
 
+/// `p` relative to `base` when it is relative, made absolute (against the working directory)
+/// so that a saved run can be resumed from anywhere.
 fn resolve(base: &Path, p: &Path) -> PathBuf {
-    if p.is_absolute() {
+    let joined = if p.is_absolute() {
         p.to_path_buf()
     } else {
         base.join(p)
-    }
+    };
+    std::path::absolute(&joined).unwrap_or(joined)
+}
+
+/// The largest batch a config may ask for.
+pub const MAX_BATCH: usize = 1 << 22;
+/// The most epochs a config may ask for.
+pub const MAX_EPOCHS: usize = 100_000;
+
+/// `[data]`, `[train]` and `schema`: everything but `[model]`, read first.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Sections {
+    schema: PathBuf,
+    data: DataConfig,
+    #[serde(default)]
+    train: TrainSettings,
 }
 
 impl RunConfig {
-    /// Reads a config; relative paths inside are resolved against the file's folder.
+    /// Reads a config; relative paths inside are resolved against the file's folder and
+    /// stored absolute.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, TrainError> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|source| TrainError::Io {
@@ -229,50 +340,108 @@ impl RunConfig {
         })?;
         let mut config = Self::from_toml_str(&text, &path.display().to_string())?;
         let base = path.parent().unwrap_or(Path::new("."));
-        config.schema = resolve(base, &config.schema);
-        config.data.train = resolve(base, &config.data.train);
-        config.data.valid = config.data.valid.as_deref().map(|p| resolve(base, p));
-        config.data.test = config.data.test.as_deref().map(|p| resolve(base, p));
+        config.resolve_paths(base);
         Ok(config)
     }
 
-    /// Parses config TOML; `file` names the source in errors.
+    /// Resolves relative paths against `base` and makes every path absolute.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        self.schema = resolve(base, &self.schema);
+        self.data.train = resolve(base, &self.data.train);
+        self.data.valid = self.data.valid.as_deref().map(|p| resolve(base, p));
+        self.data.test = self.data.test.as_deref().map(|p| resolve(base, p));
+    }
+
+    /// Parses config TOML; `file` names the source in errors. Every error names the line
+    /// and the key (inside `[model]` too: that table is read on its own once its `type` is
+    /// known, so its errors keep their own lines).
     pub fn from_toml_str(text: &str, file: &str) -> Result<Self, TrainError> {
-        let config: Self = toml::from_str(text).map_err(|e| TrainError::Config {
+        let at = |e: toml::de::Error| TrainError::Config {
             file: file.to_string(),
             message: mtl_features::toml_error_line(text, &e),
-        })?;
+        };
+        let at_span = |span: std::ops::Range<usize>, message: String| TrainError::Config {
+            file: file.to_string(),
+            message: mtl_features::toml_span_line(text, span, &message),
+        };
+        let doc = toml::de::DeTable::parse(text).map_err(at)?;
+        let doc_span = doc.span();
+        let mut table = doc.into_inner();
+        let model = table.remove("model");
+        let sections =
+            Sections::deserialize(toml::de::Deserializer::from(toml::Spanned::new(doc_span, table)))
+                .map_err(at)?;
+        let Some(model) = model else {
+            return Err(TrainError::Config {
+                file: file.to_string(),
+                message: format!(
+                    "no [model] table: add one with `type` = one of {}",
+                    ModelConfig::KINDS.join(", ")
+                ),
+            });
+        };
+        let model_span = model.span();
+        let toml::de::DeValue::Table(mut model_table) = model.into_inner() else {
+            return Err(at_span(
+                model_span,
+                "`model` must be a table such as [model]".into(),
+            ));
+        };
+        let kind = match model_table.remove("type") {
+            Some(kind) => match kind.get_ref().as_str() {
+                Some(k) if ModelConfig::KINDS.contains(&k) => k.to_string(),
+                _ => {
+                    return Err(at_span(
+                        kind.span(),
+                        format!(
+                            "unknown model `type` {}: expected one of {}",
+                            toml_text(text, kind.span()),
+                            ModelConfig::KINDS.join(", ")
+                        ),
+                    ));
+                }
+            },
+            None => {
+                return Err(at_span(
+                    model_span,
+                    format!(
+                        "[model] has no `type`: expected one of {}",
+                        ModelConfig::KINDS.join(", ")
+                    ),
+                ));
+            }
+        };
+        let model = ModelConfig::from_table(
+            &kind,
+            toml::de::ValueDeserializer::from(toml::Spanned::new(
+                model_span,
+                toml::de::DeValue::Table(model_table),
+            )),
+        )
+        .map_err(at)?;
+        let config = Self {
+            schema: sections.schema,
+            data: sections.data,
+            model,
+            train: sections.train,
+        };
         config.check(file)?;
         Ok(config)
     }
 
-    /// Checks values that parse but cannot work.
+    /// Checks values that parse but cannot work: every message names the key, the value and
+    /// what is allowed.
     pub fn check(&self, file: &str) -> Result<(), TrainError> {
+        self.train.check().map_err(|message| TrainError::Config {
+            file: file.to_string(),
+            message,
+        })?;
         let bad = |message: String| TrainError::Config {
             file: file.to_string(),
             message,
         };
-        let t = &self.train;
-        if t.batch_size == 0 {
-            return Err(bad("`train.batch_size` must be at least 1".into()));
-        }
-        if t.epochs == 0 {
-            return Err(bad("`train.epochs` must be at least 1".into()));
-        }
-        if !(t.lr.is_finite() && t.lr > 0.0) {
-            return Err(bad("`train.lr` must be a positive number".into()));
-        }
-        if t.early_stopping.is_some() && self.data.valid.is_none() {
+        if self.train.early_stopping.is_some() && self.data.valid.is_none() {
             return Err(bad("`train.early_stopping` needs `data.valid`".into()));
-        }
-        if let Some(es) = &t.early_stopping
-            && es.metric != "loss"
-            && !es.metric.contains('.')
-        {
-            return Err(bad(format!(
-                "`train.early_stopping.metric` = \"{}\": use `loss` or `<output>.<metric>` such as `ctr.auc`",
-                es.metric
-            )));
         }
         self.data.policy().map_err(|_| {
             bad(format!(
@@ -280,6 +449,122 @@ impl RunConfig {
                 self.data.bad_rows
             ))
         })?;
+        Ok(())
+    }
+
+    /// Reads the schema and checks the model config and every setting that depends on it,
+    /// before any data is read; errors name `file` (the config) or the schema file.
+    pub fn check_model(&self, file: &str) -> Result<(ValidSchema, ModelPlan), TrainError> {
+        let schema = mtl_features::Schema::from_file(&self.schema)?;
+        let plan = self.model.plan(&schema).map_err(|e| TrainError::Config {
+            file: file.to_string(),
+            message: e.to_string(),
+        })?;
+        self.check_plan(&plan, file)?;
+        Ok((schema, plan))
+    }
+
+    /// Checks the settings that depend on the model against its plan (the number of loss
+    /// weights, the early-stopping metric): before any data is read.
+    pub fn check_plan(&self, plan: &ModelPlan, file: &str) -> Result<(), TrainError> {
+        let bad = |message: String| TrainError::Config {
+            file: file.to_string(),
+            message,
+        };
+        let weights = &self.train.loss_weights;
+        if !weights.is_empty() && weights.len() != plan.loss_names.len() {
+            return Err(bad(format!(
+                "`train.loss_weights` has {} values; the {} model has {} loss terms ({}), one weight each",
+                weights.len(),
+                self.model.kind(),
+                plan.loss_names.len(),
+                plan.loss_names.join(", ")
+            )));
+        }
+        if let Some(es) = &self.train.early_stopping {
+            es.check(&plan.outputs).map_err(bad)?;
+        }
+        Ok(())
+    }
+}
+
+/// The source text of a span, for quoting a value in a message.
+fn toml_text(text: &str, span: std::ops::Range<usize>) -> &str {
+    text.get(span).unwrap_or("?")
+}
+
+impl TrainSettings {
+    /// Checks every value against its allowed range; the message names key, value and range.
+    pub fn check(&self) -> Result<(), String> {
+        let range =
+            |key: &str, value: String, allowed: &str| Err(format!("`train.{key}` = {value}: {allowed}"));
+        if !(1..=MAX_BATCH).contains(&self.batch_size) {
+            return range(
+                "batch_size",
+                self.batch_size.to_string(),
+                &format!("must be between 1 and {MAX_BATCH}"),
+            );
+        }
+        if !(1..=MAX_EPOCHS).contains(&self.epochs) {
+            return range(
+                "epochs",
+                self.epochs.to_string(),
+                &format!("must be between 1 and {MAX_EPOCHS}"),
+            );
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0 && self.lr <= 10.0) {
+            return range(
+                "lr",
+                self.lr.to_string(),
+                "must be a number above 0 and at most 10",
+            );
+        }
+        if !(self.weight_decay.is_finite() && (0.0..=1.0).contains(&self.weight_decay)) {
+            return range(
+                "weight_decay",
+                self.weight_decay.to_string(),
+                "must be between 0 and 1",
+            );
+        }
+        if let Some(clip) = self.grad_clip_norm
+            && !(clip.is_finite() && clip > 0.0)
+        {
+            return range(
+                "grad_clip_norm",
+                clip.to_string(),
+                "must be a number above 0 (leave it out for no clipping)",
+            );
+        }
+        for (i, w) in self.loss_weights.iter().enumerate() {
+            if !(w.is_finite() && *w >= 0.0) {
+                return range(
+                    &format!("loss_weights[{i}]"),
+                    w.to_string(),
+                    "must be a number at least 0",
+                );
+            }
+        }
+        if !self.loss_weights.is_empty() && self.loss_weights.iter().all(|w| *w == 0.0) {
+            return Err(
+                "`train.loss_weights`: at least one weight must be above 0 (all 0 trains nothing)".into(),
+            );
+        }
+        for (key, value) in [
+            ("eval_every_steps", self.eval_every_steps),
+            ("checkpoint_every_steps", self.checkpoint_every_steps),
+            ("max_steps", self.max_steps),
+        ] {
+            if value == Some(0) {
+                return range(
+                    key,
+                    "0".into(),
+                    "must be at least 1 (leave it out for the default)",
+                );
+            }
+        }
+        if let Err(e) = self.backend.parse::<mtl_features::BackendKind>() {
+            return Err(format!("`train.backend` = \"{}\": {e}", self.backend));
+        }
         Ok(())
     }
 }
@@ -338,27 +623,117 @@ early_stopping = { metric = "click.auc" }
     }
 
     #[test]
-    fn impossible_values_are_named() {
-        let text = GOOD.replace("epochs = 2", "epochs = 2\nbatch_size = 0");
-        assert!(
-            RunConfig::from_toml_str(&text, "c.toml")
-                .unwrap_err()
-                .to_string()
-                .contains("batch_size")
-        );
+    fn impossible_values_are_named_with_key_value_and_range() {
+        for (line, key, value) in [
+            ("batch_size = 0", "train.batch_size", "= 0"),
+            ("epochs = 0", "train.epochs", "= 0"),
+            ("lr = -0.1", "train.lr", "= -0.1"),
+            ("weight_decay = -0.0001", "train.weight_decay", "= -0.0001"),
+            ("grad_clip_norm = -1.0", "train.grad_clip_norm", "= -1"),
+            ("loss_weights = [1.0, -2.0]", "train.loss_weights[1]", "= -2"),
+            ("loss_weights = [0.0, 0.0]", "train.loss_weights", "at least one"),
+            ("eval_every_steps = 0", "train.eval_every_steps", "= 0"),
+            (
+                "checkpoint_every_steps = 0",
+                "train.checkpoint_every_steps",
+                "= 0",
+            ),
+            ("max_steps = 0", "train.max_steps", "= 0"),
+            ("backend = \"tpu\"", "train.backend", "tpu"),
+        ] {
+            let text = GOOD.replace("epochs = 2\n", &format!("epochs = 2\n{line}\n"));
+            let text = if line.starts_with("epochs") {
+                GOOD.replace("epochs = 2", line)
+            } else {
+                text
+            };
+            let err = RunConfig::from_toml_str(&text, "c.toml").unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains(value), "{line}: {err}");
+        }
         let text = GOOD.replace("valid = \"v.csv\"\n", "");
+        let err = RunConfig::from_toml_str(&text, "c.toml").unwrap_err().to_string();
+        assert!(err.contains("data.valid"), "{err}");
+    }
+
+    fn schema() -> ValidSchema {
+        mtl_features::Schema::from_toml_str(
+            "[[sparse]]\nname = \"u\"\nvocab_size = 4\n[[labels]]\nname = \"click\"\nkind = \"binary\"\n\
+             [[labels]]\nname = \"purchase\"\nkind = \"binary\"\n[[labels]]\nname = \"dwell\"\nkind = \"regression\"\n",
+            "s.toml",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn settings_that_depend_on_the_model_are_checked_against_its_plan() {
+        let s = schema();
+        let check = |text: &str| {
+            let c = RunConfig::from_toml_str(text, "c.toml")?;
+            let plan = c.model.plan(&s)?;
+            c.check_plan(&plan, "c.toml")
+        };
+        assert!(check(GOOD).is_ok());
+        for (from, to, expect) in [
+            (
+                "epochs = 2",
+                "epochs = 2\nloss_weights = [1.0]",
+                "has 1 values; the mmoe model has 2 loss terms",
+            ),
+            ("click.auc", "auc", "no output named"),
+            ("click.auc", "ctr.auc", "no output `ctr`"),
+            (
+                "click.auc",
+                "click.mean_prediction",
+                "`mean_prediction` is not a metric",
+            ),
+            ("click.auc", "click.mse", "`mse` is not a metric"),
+            (
+                "metric = \"click.auc\"",
+                "metric = \"click.auc\", patience = 0",
+                "patience",
+            ),
+        ] {
+            let err = check(&GOOD.replace(from, to)).unwrap_err().to_string();
+            assert!(err.contains(expect), "{to}: {err}");
+        }
+        // the direction is explicit per metric
+        for (metric, higher) in [("click.auc", true), ("click.logloss", false), ("loss", false)] {
+            let es = EarlyStopping {
+                metric: metric.into(),
+                patience: 1,
+            };
+            assert_eq!(es.higher_is_better(), higher, "{metric}");
+        }
+        let dwell = GOOD.replace("{ label = \"purchase\" }", "{ label = \"dwell\" }");
+        for (metric, ok) in [("dwell.mse", true), ("dwell.mae", true), ("dwell.auc", false)] {
+            let text = dwell.replace("click.auc", metric);
+            assert_eq!(check(&text).is_ok(), ok, "{metric}");
+        }
+    }
+
+    #[test]
+    fn model_errors_point_at_their_own_line_in_plain_words() {
+        // line 10 is `tower = ...`; the error must say line 10, not the [model] header's
+        let text = GOOD.replace("tower = { dims = [8] }", "tower = { dims = \"eight\" }");
+        let err = RunConfig::from_toml_str(&text, "c.toml").unwrap_err().to_string();
+        assert!(err.contains("line 10"), "{err}");
+        assert!(err.contains("dims = \"eight\""), "{err}");
+        let text = GOOD.replace("tower = { dims = [8] }", "tower = 8");
+        let err = RunConfig::from_toml_str(&text, "c.toml").unwrap_err().to_string();
         assert!(
-            RunConfig::from_toml_str(&text, "c.toml")
-                .unwrap_err()
-                .to_string()
-                .contains("data.valid")
+            err.contains("line 10") && err.contains("expected a table"),
+            "{err}"
         );
-        let text = GOOD.replace("click.auc", "auc");
+        assert!(!err.contains("struct"), "no Rust type names: {err}");
+        let text = GOOD.replace("n_experts = 4", "n_experts = -4");
+        let err = RunConfig::from_toml_str(&text, "c.toml").unwrap_err().to_string();
         assert!(
-            RunConfig::from_toml_str(&text, "c.toml")
-                .unwrap_err()
-                .to_string()
-                .contains("early_stopping.metric")
+            err.contains("line 8") && err.contains("non-negative integer"),
+            "{err}"
         );
+        assert!(!err.contains("usize"), "{err}");
+        let text = GOOD.replace("type = \"mmoe\"\n", "");
+        let err = RunConfig::from_toml_str(&text, "c.toml").unwrap_err().to_string();
+        assert!(err.contains("no `type`") && err.contains("esmm"), "{err}");
     }
 }

@@ -16,10 +16,10 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{EmbeddingUpdate, OptimizerKind, TrainSettings};
+use crate::config::{Direction, EmbeddingUpdate, OptimizerKind, TrainSettings};
 use crate::metrics::{TaskMetrics, evaluate};
 use crate::sparse::SparseAdam;
-use crate::{TrainError, io_err, record_err};
+use crate::{TrainError, crash_point, io_err, record_err};
 
 /// One evaluation of the model on the validation set.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -62,8 +62,12 @@ pub struct TrainState {
     pub best: Option<(f64, usize)>,
     /// Evaluations since the best one.
     pub since_best: usize,
-    /// Whether training ran to its end (all epochs or early stopping).
+    /// Whether the run is complete: trained, and its model and metrics written.
     pub finished: bool,
+    /// Whether the training loop ran to its end (all epochs, or early stopping); the run is
+    /// `finished` once the final model and metrics are written after it.
+    #[serde(default)]
+    pub trained: bool,
     /// Whether early stopping ended the run.
     pub stopped_early: bool,
     /// Running sums since the last evaluation: (rows, weighted loss · rows, per-term loss · rows).
@@ -199,10 +203,10 @@ fn monitored(record: &EvalRecord, metric: &str) -> Option<f64> {
 
 /// Whether `value` improves on `best` in the metric's direction (AUC up; loss, MSE down).
 pub fn improves(es: &crate::config::EarlyStopping, value: f64, best: Option<f64>) -> bool {
-    match best {
-        None => true,
-        Some(best) if es.higher_is_better() => value > best,
-        Some(best) => value < best,
+    match (best, es.direction()) {
+        (None, _) => true,
+        (Some(best), Direction::Higher) => value > best,
+        (Some(best), Direction::Lower) => value < best,
     }
 }
 
@@ -239,12 +243,14 @@ pub fn write_checkpoint<M: Module>(
     }
     let json = serde_json::to_vec_pretty(state).expect("state serialises");
     std::fs::write(tmp.join("state.json"), json).map_err(io_err(&tmp))?;
+    crash_point("checkpoint-written");
     if final_dir.exists() {
         if old.exists() {
             std::fs::remove_dir_all(&old).map_err(io_err(&old))?;
         }
         std::fs::rename(&final_dir, &old).map_err(io_err(&final_dir))?;
     }
+    crash_point("checkpoint-between-renames");
     std::fs::rename(&tmp, &final_dir).map_err(io_err(&tmp))?;
     if old.exists() {
         std::fs::remove_dir_all(&old).map_err(io_err(&old))?;
@@ -345,6 +351,8 @@ pub fn fit<M: MultiTaskModel>(
     // tens of millions of rows) happens here, before the training clock starts
     let _ = model.input_layer().embedding.weight.val();
     let mut clock = Instant::now();
+    // a resumed run may have nothing left: trained already, or at its step limit
+    let nothing_left = state.trained || settings.max_steps.is_some_and(|m| state.global_step >= m);
 
     let evaluate_now = |model: &M, state: &mut TrainState, clock: &mut Instant| -> Result<bool, TrainError> {
         let secs = state.pending_secs + clock.elapsed().as_secs_f64();
@@ -405,26 +413,8 @@ pub fn fit<M: MultiTaskModel>(
                     }
                 }
                 None => {
-                    if !record
-                        .valid
-                        .iter()
-                        .any(|m| es.metric.starts_with(&format!("{}.", m.name)))
-                        && es.metric != "loss"
-                    {
-                        return Err(TrainError::Config {
-                            file: "config".into(),
-                            message: format!(
-                                "`train.early_stopping.metric` = \"{}\": the model's outputs are {}",
-                                es.metric,
-                                record
-                                    .valid
-                                    .iter()
-                                    .map(|m| m.name.as_str())
-                                    .collect::<Vec<_>>()
-                                    .join(", ")
-                            ),
-                        });
-                    }
+                    // the metric was checked against the outputs before training; it can still
+                    // be undefined here (an AUC on a validation set with one class)
                     tracing::warn!(metric = %es.metric, "monitored metric not available at this evaluation");
                 }
             }
@@ -434,7 +424,7 @@ pub fn fit<M: MultiTaskModel>(
         Ok(stop)
     };
 
-    while state.epoch < settings.epochs {
+    while !nothing_left && state.epoch < settings.epochs {
         let order = epoch_order(train.rows, settings.seed, state.epoch);
         let pb = progress_bar(options.progress, train.rows as u64, state.epoch, settings.epochs);
         pb.set_position((state.batch_in_epoch * bs).min(train.rows) as u64);
@@ -535,22 +525,23 @@ pub fn fit<M: MultiTaskModel>(
                     })?;
                 }
                 if stop {
-                    state.finished = true;
+                    state.trained = true;
                     state.stopped_early = true;
                 } else if state.epoch >= settings.epochs {
-                    state.finished = true;
+                    state.trained = true;
                 }
-                if checkpoint_due || limit_hit || state.finished {
+                crash_point("step");
+                if checkpoint_due || limit_hit || state.trained {
                     state.pending_secs += clock.elapsed().as_secs_f64();
                     clock = Instant::now();
                     write_checkpoint(&options.out_dir, &model, &optim, sparse.as_ref(), &state)?;
                 }
                 if let Some(sp) = &sparse
-                    && !(state.finished || limit_hit)
+                    && !(state.trained || limit_hit)
                 {
                     sp.release_from(&mut model);
                 }
-                if state.finished || limit_hit {
+                if state.trained || limit_hit {
                     return Ok((model, true));
                 }
                 if at_epoch_end {
@@ -579,6 +570,10 @@ pub fn save_atomic<M: Module>(model: &M, path: &Path) -> Result<(), TrainError> 
         path.file_name().and_then(|n| n.to_str()).unwrap_or("model")
     ));
     model.valid().save_file(&tmp).map_err(record_err(&tmp))?;
+    crash_point(&format!(
+        "saving-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("model")
+    ));
     std::fs::rename(&tmp, path).map_err(|source| TrainError::Io {
         path: path.display().to_string(),
         source,

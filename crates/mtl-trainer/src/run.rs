@@ -4,22 +4,25 @@
 //! `features.json` (fitted state), `model.bpk` (the best model under early stopping, else the
 //! last), `metrics.json`, `curve.svg` and `checkpoint/` (last weights, optimiser, position).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::tensor::Device;
-use mtl_data::{BadRowPolicy, ReadReport, fit_state, read_encoded};
+use mtl_data::{BadRowPolicy, ReadReport, fit_state, read_encoded, read_tagged};
 use mtl_esmm::Esmm;
-use mtl_features::{BackendKind, EncodedData, Encoder, FeatureState, Schema, ValidSchema, atomic_write};
+use mtl_features::{
+    BackendKind, EncodedData, Encoder, FeatureState, Schema, ValidSchema, atomic_write, atomic_write_with,
+};
 use mtl_layers::MultiTaskModel;
 use mtl_mmoe::{Mmoe, SharedBottom};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{ModelConfig, RunConfig};
-use crate::fit::{FitOptions, TrainState, fit, optimizer, predict_all, read_checkpoint, save_atomic};
+use crate::fit::{
+    FitOptions, TrainState, checkpoint_dir, fit, optimizer, predict_all, read_checkpoint, save_atomic,
+};
 use crate::metrics::{TaskMetrics, evaluate};
-use crate::{TrainError, io_err, record_err};
+use crate::{TrainError, crash_point, io_err, record_err};
 
 /// Something to do with a freshly built model, whatever its type.
 pub trait WithModel {
@@ -52,6 +55,39 @@ pub fn with_model<W: WithModel>(
 pub struct TrainOptions {
     /// Show progress bars and per-evaluation lines on stderr.
     pub progress: bool,
+    /// On resume: train to this many epochs in all (more than a finished run had extends it).
+    pub epochs: Option<usize>,
+    /// On resume: stop after this many steps in total, leaving a checkpoint. A limit applies
+    /// to one invocation only and is never saved with the run.
+    pub max_steps: Option<usize>,
+}
+
+/// Holds `DIR/.lock` while a process trains in `DIR`, so that a second `mtl train` on the
+/// same directory stops with an error instead of mixing two runs' files. The OS releases
+/// the lock when the process ends, however it ends.
+#[derive(Debug)]
+pub struct RunLock {
+    _file: std::fs::File,
+}
+
+impl RunLock {
+    /// Takes the lock of `dir` (which must exist), or says that another process holds it.
+    pub fn acquire(dir: &Path) -> Result<Self, TrainError> {
+        let path = dir.join(".lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Self { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(TrainError::Busy {
+                dir: dir.display().to_string(),
+            }),
+            Err(std::fs::TryLockError::Error(e)) => Err(io_err(&path)(e)),
+        }
+    }
 }
 
 /// What a training job produced.
@@ -130,26 +166,90 @@ fn read(
 }
 
 /// Trains from a config into `out_dir` (created), or continues the run in `out_dir` when
-/// `resume` is set (the config is then read from the directory).
+/// `resume` is set (the config is then read from the directory; `options.epochs` beyond a
+/// finished run's epochs trains it further).
+///
+/// Every setting is checked against the schema and the model before any data is read. The
+/// directory is locked while training. A run is marked finished only after its model and
+/// metrics are written, so a kill at any moment leaves a run that `resume` continues (or
+/// completes) or a finished one with its model.
 pub fn train(
     config: Option<&RunConfig>,
     out_dir: &Path,
     resume: bool,
     options: &TrainOptions,
 ) -> Result<TrainSummary, TrainError> {
-    let (config, schema, state, start) = if resume {
-        let config = load_dir_config(out_dir)?;
+    let (config, schema, state, start, _lock) = if resume {
+        if !out_dir.is_dir() {
+            return Err(TrainError::NotAModelDir {
+                dir: out_dir.display().to_string(),
+                missing: "the directory itself".into(),
+            });
+        }
+        let lock = RunLock::acquire(out_dir)?;
+        let mut config = load_dir_config(out_dir)?;
         let schema = Schema::from_file(out_dir.join("schema.toml"))?;
         let features = FeatureState::load(out_dir.join("features.json"), &schema)?;
-        (config, schema, features, Some(read_checkpoint(out_dir)?))
+        // a run killed before its first checkpoint starts over: its directory has all it needs
+        let mut start = match read_checkpoint(out_dir) {
+            Ok(checkpoint) => Some(checkpoint),
+            Err(TrainError::NoCheckpoint { .. }) => None,
+            Err(e) => return Err(e),
+        };
+        let saved_epochs = config.train.epochs;
+        let done = start.as_ref().map_or(0, |(state, _, _)| state.epoch);
+        if let Some(epochs) = options.epochs {
+            if epochs < done {
+                return Err(TrainError::Config {
+                    file: out_dir.display().to_string(),
+                    message: format!("--epochs {epochs}: the run has already trained {done} epochs"),
+                });
+            }
+            config.train.epochs = epochs;
+        }
+        config.train.max_steps = options.max_steps;
+        config.check(&out_dir.join("config.toml").display().to_string())?;
+        if let Some((state, _, _)) = start.as_mut() {
+            let extend = options.epochs.is_some() && config.train.epochs > state.epoch;
+            if state.finished && !extend {
+                return Err(TrainError::Config {
+                    file: out_dir.display().to_string(),
+                    message: format!(
+                        "this run already finished after {} epochs{}; `--resume {} --epochs N` with N > {} trains it further",
+                        state.epoch,
+                        if state.stopped_early {
+                            " (stopped early)"
+                        } else {
+                            ""
+                        },
+                        out_dir.display(),
+                        state.epoch
+                    ),
+                });
+            }
+            if extend {
+                // more epochs: early stopping starts counting afresh
+                state.finished = false;
+                state.trained = false;
+                state.stopped_early = false;
+                state.since_best = 0;
+            }
+        }
+        if config.train.epochs != saved_epochs {
+            save_dir_config(out_dir, &config)?;
+        }
+        (config, schema, features, start, lock)
     } else {
         let config = config.ok_or_else(|| TrainError::Config {
             file: "<none>".into(),
             message: "a config is required unless resuming".into(),
         })?;
-        let schema = Schema::from_file(&config.schema)?;
+        let mut config = config.clone();
+        config.resolve_paths(Path::new(""));
+        let (schema, _) = config.check_model("config")?;
         std::fs::create_dir_all(out_dir).map_err(io_err(out_dir))?;
-        if out_dir.join("checkpoint").exists() {
+        let lock = RunLock::acquire(out_dir)?;
+        if out_dir.join("checkpoint").exists() || out_dir.join("checkpoint.old").exists() {
             return Err(TrainError::Config {
                 file: out_dir.display().to_string(),
                 message: "already holds a training run; use --resume to continue it or choose another --out"
@@ -167,14 +267,12 @@ pub fn train(
         let schema_text = std::fs::read(&config.schema).map_err(io_err(&config.schema))?;
         atomic_write(&out_dir.join("schema.toml"), &schema_text)?;
         features.save(out_dir.join("features.json"))?;
-        let config_text = toml::to_string_pretty(config).map_err(|e| TrainError::Config {
-            file: "config".into(),
-            message: e.to_string(),
-        })?;
-        atomic_write(&out_dir.join("config.toml"), config_text.as_bytes())?;
-        (config.clone(), schema, features, None)
+        save_dir_config(out_dir, &config)?;
+        (config, schema, features, None, lock)
     };
-    let encoder = Encoder::new(&schema, &state);
+    let plan = config.model.plan(&schema)?;
+    config.check_plan(&plan, "config")?;
+    let encoder = Encoder::new(&schema, &state).with_label_rules(plan.label_rules);
     let policy = config.data.policy()?;
     let mut reads = Vec::new();
     let train_data = read(
@@ -220,6 +318,21 @@ pub fn train(
     )
 }
 
+/// Writes the run's `config.toml`: the schema as the copy beside it, data paths absolute,
+/// and no `max_steps` (a limit belongs to one invocation), so that `--resume` works from
+/// any directory and `mtl train --config DIR/config.toml` runs the same job again.
+fn save_dir_config(out_dir: &Path, config: &RunConfig) -> Result<(), TrainError> {
+    let mut saved = config.clone();
+    saved.schema = PathBuf::from("schema.toml");
+    saved.train.max_steps = None;
+    let text = toml::to_string_pretty(&saved).map_err(|e| TrainError::Config {
+        file: "config".into(),
+        message: e.to_string(),
+    })?;
+    atomic_write(&out_dir.join("config.toml"), text.as_bytes())?;
+    Ok(())
+}
+
 struct TrainJob<'a> {
     config: &'a RunConfig,
     schema: &'a ValidSchema,
@@ -243,12 +356,6 @@ impl WithModel for TrainJob<'_> {
         let mut optim = optimizer(settings);
         let (model, state) = match self.start {
             Some((state, model_path, optim_path)) => {
-                if state.finished {
-                    return Err(TrainError::Config {
-                        file: self.out_dir.display().to_string(),
-                        message: "this run already finished; nothing to resume".into(),
-                    });
-                }
                 let model = model
                     .try_load_file(&model_path)
                     .map_err(record_err(&model_path))?;
@@ -273,7 +380,8 @@ impl WithModel for TrainJob<'_> {
             &options,
             state,
         )?;
-        let state = outcome.state;
+        let mut state = outcome.state;
+        crash_point("trained");
         let best = self.out_dir.join("best.bpk");
         let final_model = if settings.early_stopping.is_some() && best.exists() {
             outcome
@@ -284,13 +392,14 @@ impl WithModel for TrainJob<'_> {
         } else {
             outcome.model.valid()
         };
-        if state.finished {
+        if state.trained {
             save_atomic(&final_model, &self.out_dir.join("model.bpk"))?;
+            crash_point("model-saved");
         }
         let plain = self.device.clone().without_autodiff();
         let mut inference = None;
         let test = match self.test {
-            Some(t) if state.finished => {
+            Some(t) if state.trained => {
                 let layout = self.encoder.layout();
                 let started = Instant::now();
                 let (preds, _) = predict_all(&final_model, t, layout, &plain, 4096, false)?;
@@ -318,6 +427,8 @@ impl WithModel for TrainJob<'_> {
             state.history.iter().map(|e| e.train_rows as f64).sum::<f64>() + state.pending.0 as f64;
         let total_secs: f64 = state.history.iter().map(|e| e.train_secs).sum::<f64>() + state.pending_secs;
         let data_secs: f64 = state.history.iter().map(|e| e.data_secs).sum::<f64>() + state.pending_data_secs;
+        // the run is finished once its model and metrics are on disk: marked last
+        state.finished = state.trained;
         let summary = TrainSummary {
             model: self.config.model.kind().to_string(),
             out_dir: self.out_dir.to_path_buf(),
@@ -345,6 +456,10 @@ impl WithModel for TrainJob<'_> {
             &self.out_dir.join("curve.svg"),
             crate::curve::render_svg(&state.history).as_bytes(),
         )?;
+        if state.finished {
+            crash_point("metrics-written");
+            mark_finished(self.out_dir, &state)?;
+        }
         Ok(summary)
     }
 }
@@ -357,11 +472,20 @@ fn load_dir_config(dir: &Path) -> Result<RunConfig, TrainError> {
             missing: "the directory itself".into(),
         });
     }
-    let text = std::fs::read_to_string(&path).map_err(|_| TrainError::NotAModelDir {
-        dir: dir.display().to_string(),
-        missing: "config.toml".into(),
-    })?;
-    RunConfig::from_toml_str(&text, &path.display().to_string())
+    if !path.is_file() {
+        return Err(TrainError::NotAModelDir {
+            dir: dir.display().to_string(),
+            missing: "config.toml".into(),
+        });
+    }
+    RunConfig::from_file(&path)
+}
+
+/// Records in the checkpoint that the run is finished (after its model and metrics).
+fn mark_finished(out_dir: &Path, state: &TrainState) -> Result<(), TrainError> {
+    let json = serde_json::to_vec_pretty(state).expect("state serialises");
+    atomic_write(&checkpoint_dir(out_dir).join("state.json"), &json)?;
+    Ok(())
 }
 
 /// Test sets up to this many rows are predicted three more times to time inference.
@@ -473,7 +597,8 @@ impl ModelDir {
     }
 }
 
-/// Evaluates a model directory on a CSV file.
+/// Evaluates a model directory on a CSV file (its rows must follow the model's label rules,
+/// as training rows do).
 pub fn eval_file(
     dir: &Path,
     data: &Path,
@@ -481,12 +606,19 @@ pub fn eval_file(
     policy: BadRowPolicy,
 ) -> Result<(Vec<TaskMetrics>, ReadReport), TrainError> {
     let model = ModelDir::open(dir)?;
-    let (encoded, report, _) = read_encoded(data, &model.encoder, policy, true, None)?;
+    let plan = model.config.model.plan(&model.schema)?;
+    let encoder = model.encoder.clone().with_label_rules(plan.label_rules);
+    let (encoded, report, _) = read_encoded(data, &encoder, policy, true, None)?;
     Ok((model.evaluate(&encoded, backend)?, report))
 }
 
-/// Writes predictions for a CSV file: a header, then one row per input row with the id
-/// column (if asked) and one column per output. Written atomically.
+/// The column of input line numbers that `predict` writes when bad rows are skipped.
+pub const INPUT_LINE_COLUMN: &str = "input_line";
+
+/// Writes predictions for a CSV file: a header, then one row per kept input row with the id
+/// column (if asked) and one column per output. When bad rows are skipped, the first column
+/// is the input line of each row (`input_line`), so that no prediction can be matched to the
+/// wrong row. Written atomically, with the `csv` writer (ids holding commas are quoted).
 pub fn predict_file(
     dir: &Path,
     data: &Path,
@@ -495,22 +627,35 @@ pub fn predict_file(
     backend: &str,
     policy: BadRowPolicy,
 ) -> Result<(usize, ReadReport, Vec<String>), TrainError> {
+    mtl_features::check_output_path(out)?;
     let model = ModelDir::open(dir)?;
     let started = Instant::now();
-    let (encoded, report, ids) = read_encoded(data, &model.encoder, policy, false, id_column)?;
+    let keep_lines = policy == BadRowPolicy::Skip;
+    let (encoded, report, tags) = read_tagged(data, &model.encoder, policy, false, id_column, keep_lines)?;
     let (names, preds) = model.predict(&encoded, backend, 4096)?;
-    let mut buf = Vec::with_capacity(encoded.rows * 12 * (names.len() + 1));
-    let mut header: Vec<String> = id_column.map(|c| vec![c.to_string()]).unwrap_or_default();
-    header.extend(names.iter().cloned());
-    writeln!(buf, "{}", header.join(",")).expect("write to memory");
-    for r in 0..encoded.rows {
-        if id_column.is_some() {
-            write!(buf, "{},", ids[r]).expect("write to memory");
-        }
-        let cells: Vec<String> = preds.iter().map(|p| format!("{}", p[r])).collect();
-        writeln!(buf, "{}", cells.join(",")).expect("write to memory");
+    let mut header: Vec<String> = Vec::with_capacity(names.len() + 2);
+    if keep_lines {
+        header.push(INPUT_LINE_COLUMN.to_string());
     }
-    atomic_write(out, &buf)?;
+    header.extend(id_column.map(str::to_string));
+    header.extend(names.iter().cloned());
+    atomic_write_with(out, |w| {
+        let mut csv = csv::Writer::from_writer(w);
+        csv.write_record(&header)?;
+        let mut row: Vec<String> = Vec::with_capacity(header.len());
+        for r in 0..encoded.rows {
+            row.clear();
+            if keep_lines {
+                row.push(tags.lines[r].to_string());
+            }
+            if id_column.is_some() {
+                row.push(tags.ids[r].clone());
+            }
+            row.extend(preds.iter().map(|p| p[r].to_string()));
+            csv.write_record(&row)?;
+        }
+        csv.flush()
+    })?;
     tracing::info!(
         rows = encoded.rows,
         secs = started.elapsed().as_secs_f64(),

@@ -265,22 +265,24 @@ fn interrupted_run_resumes_to_the_same_weights() {
         err.contains("embedding_moments") && err.contains("missing"),
         "{err}"
     );
-    // the stored config carries max_steps = 7; lift it as a user would by editing, then resume
-    let cfg_path = part.join("config.toml");
-    let text = std::fs::read_to_string(&cfg_path)
-        .unwrap()
-        .replace("max_steps = 7", "max_steps = 17");
-    std::fs::write(&cfg_path, text).unwrap();
-    let c = mtl_trainer::train(None, &part, true, &TrainOptions::default()).unwrap();
+    // a step limit belongs to one invocation: it is not saved with the run
+    let saved = std::fs::read_to_string(part.join("config.toml")).unwrap();
+    assert!(!saved.contains("max_steps"), "{saved}");
+    let c = mtl_trainer::train(
+        None,
+        &part,
+        true,
+        &TrainOptions {
+            max_steps: Some(17),
+            ..TrainOptions::default()
+        },
+    )
+    .unwrap();
     assert_eq!(c.steps, 17);
-    let text = std::fs::read_to_string(&cfg_path)
-        .unwrap()
-        .replace("max_steps = 17\n", "");
-    std::fs::write(&cfg_path, text).unwrap();
+    assert!(!c.finished);
     let d = mtl_trainer::train(None, &part, true, &TrainOptions::default()).unwrap();
     assert!(d.finished);
     assert_eq!(d.steps, 24);
-
     let (wa, wd) = (load_weights(&full), load_weights(&part));
     assert_eq!(wa.len(), wd.len());
     let max_diff = wa
@@ -297,7 +299,24 @@ fn interrupted_run_resumes_to_the_same_weights() {
         .err()
         .unwrap()
         .to_string();
-    assert!(err.contains("already finished"), "{err}");
+    assert!(
+        err.contains("already finished") && err.contains("--epochs"),
+        "{err}"
+    );
+    // ... unless it asks for more epochs: a finished run trains further
+    let e = mtl_trainer::train(
+        None,
+        &part,
+        true,
+        &TrainOptions {
+            epochs: Some(3),
+            ..TrainOptions::default()
+        },
+    )
+    .unwrap();
+    assert!(e.finished);
+    assert_eq!(e.steps, 36);
+    assert_eq!(e.history.len(), 3, "one evaluation per epoch, the third new");
 }
 
 #[test]
