@@ -1,8 +1,9 @@
-//! The peer: torch-rechub 0.9.0 on PyTorch (CPU), run from `../shared/peer` on the same files
-//! as mtl, so that `cargo xtask bench --peer` measures both in one run.
+//! The peer: torch-rechub 0.9.0 on PyTorch (CPU), run by the project's own harness in
+//! `xtask/peer/` on the same files as mtl, so that `cargo xtask bench --peer` measures both in
+//! one run.
 //!
-//! xtask only drives the peer's own scripts (`gen_data.py`, `bench_torch_rechub.py`) with the
-//! Python the user installed them into; it never installs anything itself.
+//! xtask drives the harness's scripts (`gen_data.py`, `bench_torch_rechub.py`) with the Python
+//! the user installed `xtask/peer/requirements.txt` into; it never installs anything itself.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -19,12 +20,12 @@ pub struct Peer {
 }
 
 /// How to install the peer, printed when it is missing.
-const SETUP: &str = "set it up once (a few GB of wheels):\n  python3 -m venv .venv-peer && . .venv-peer/bin/activate\n  pip install torch && pip install torch-rechub==0.9.0 numpy pandas scikit-learn scipy\nor point MTL_PEER_PYTHON / --peer-python at a Python that has them";
+const SETUP: &str = "set it up once (a few GB of wheels):\n  python3 -m venv .venv-peer && .venv-peer/bin/pip install -r xtask/peer/requirements.txt\nor point MTL_PEER_PYTHON / --peer-python at a Python that has them";
 
 impl Peer {
     /// Finds the peer's scripts and a Python with torch and torch-rechub, or says how to get them.
     ///
-    /// Defaults: `<root>/.venv-peer/bin/python` and `<root>/../shared/peer`; the environment
+    /// Defaults: `<root>/.venv-peer/bin/python` and `<root>/xtask/peer`; the environment
     /// variables `MTL_PEER_PYTHON` and `MTL_PEER_DIR` override them, flags override both.
     pub fn locate(root: &Path, python: Option<PathBuf>, dir: Option<PathBuf>) -> Result<Self> {
         let python = python
@@ -32,7 +33,7 @@ impl Peer {
             .unwrap_or_else(|| root.join(".venv-peer/bin/python"));
         let dir = dir
             .or_else(|| std::env::var_os("MTL_PEER_DIR").map(PathBuf::from))
-            .unwrap_or_else(|| root.join("../shared/peer"));
+            .unwrap_or_else(|| root.join("xtask/peer"));
         for script in ["gen_data.py", "bench_torch_rechub.py"] {
             if !dir.join(script).is_file() {
                 bail!(
@@ -65,7 +66,7 @@ impl Peer {
         Ok(Self { python, dir })
     }
 
-    /// Generates (or reuses) the peer's data set under `out` with its own `gen_data.py`, writes
+    /// Generates (or reuses) the data set under `out` with the harness's `gen_data.py`, writes
     /// mtl's schema for it, and returns the files' prefix (`<out>/synth_ccp`).
     pub fn gen_data(&self, rows: usize, seed: u64, out: &Path) -> Result<PathBuf> {
         let prefix = out.join("synth_ccp");
@@ -73,7 +74,7 @@ impl Peer {
         if meta_path.exists() {
             eprintln!("== reusing {}", out.display());
         } else {
-            eprintln!("== generating {rows} rows with the peer's gen_data.py");
+            eprintln!("== generating {rows} rows with xtask/peer/gen_data.py");
             std::fs::create_dir_all(out)?;
             run(Command::new(&self.python)
                 .arg(self.dir.join("gen_data.py"))

@@ -325,6 +325,33 @@ mod tests {
         assert!(!cached);
         assert_eq!(changed.sparse, vec![4, 9]);
 
+        // an edit late in a large file, same size, modification time put back: rebuilt (the
+        // key once read only size, time and the first and last 64 KiB)
+        let mut big = String::from("y,u,h,x\n");
+        for r in 0..40_000 {
+            big += &format!("{},{},a,0.5\n", r % 2, r % 10);
+        }
+        std::fs::write(&csv, &big).unwrap();
+        let (before, _, _) = read_encoded_cached(&csv, &enc, BadRowPolicy::Fail, true).unwrap();
+        let mtime = std::fs::metadata(&csv).unwrap().modified().unwrap();
+        let at = big.len() / 2;
+        let at = at + big[at..].find('\n').unwrap() + 3; // the `u` digit of a row mid-file
+        let mut bytes = big.into_bytes();
+        assert!(bytes[at].is_ascii_digit());
+        bytes[at] = if bytes[at] == b'9' { b'8' } else { b'9' };
+        std::fs::write(&csv, &bytes).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&csv)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        let (after, _, cached) = read_encoded_cached(&csv, &enc, BadRowPolicy::Fail, true).unwrap();
+        assert!(!cached, "a same-size, same-time edit is seen");
+        assert_ne!(after.sparse, before.sparse);
+        std::fs::write(&csv, "y,u,h,x\n1,4,a|b,0.25\n0,9,,-1.5\n").unwrap();
+        read_encoded_cached(&csv, &enc, BadRowPolicy::Fail, true).unwrap();
+
         // the schema changes: rebuilt
         let other =
             Schema::from_toml_str(&SCHEMA.replace("hash_buckets = 7", "hash_buckets = 5"), "s").unwrap();

@@ -1,6 +1,6 @@
 use std::io::Write;
 
-use mtl_features::Schema;
+use mtl_features::{Schema, StateFitter};
 
 use super::*;
 
@@ -204,4 +204,119 @@ fn ali_ccp_sample_loads_with_shipped_config() {
     // the sample has 7 clicks and 1 purchase (README of the sample)
     assert_eq!(d.label_column(0).iter().sum::<f32>(), 7.0);
     assert_eq!(d.label_column(1).iter().sum::<f32>(), 1.0);
+}
+
+#[test]
+fn line_numbers_are_right_for_lf_crlf_and_cr_files() {
+    // the bad value (user 9, vocabulary 5) sits on line 4 of each file
+    let rows = [
+        "click,user,city,hist,price",
+        "1,0,a,,1.0",
+        "0,1,b,,2.0",
+        "1,9,c,,3.0",
+        "0,2,d,,4.0",
+    ];
+    for end in ["\n", "\r\n", "\r"] {
+        let (_d, path, schema) = setup(&(rows.join(end) + end));
+        let state = fit_state(std::slice::from_ref(&path), &schema, BadRowPolicy::Fail).unwrap();
+        let enc = Encoder::new(&schema, &state);
+        let err = read_encoded(&path, &enc, BadRowPolicy::Fail, true, None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("d.csv:4: column `user`"), "{end:?}: {err}");
+        // skipped rows keep the lines of the rows that are kept
+        let (_, report, tags) = read_tagged(&path, &enc, BadRowPolicy::Skip, true, None, true).unwrap();
+        assert_eq!(report.skipped, 1);
+        assert_eq!(tags.lines, vec![2, 3, 5], "{end:?}");
+    }
+}
+
+#[test]
+fn integer_ids_written_as_floats_are_the_same_ids() {
+    let csv = "click,user,city,hist,price\n1,3,7,7,1.0\n0,3.0,7.0,7.0|7,2.0\n1, 3 ,007,x,3.0\n";
+    let (_d, path, schema) = setup(csv);
+    let state = fit_state(std::slice::from_ref(&path), &schema, BadRowPolicy::Fail).unwrap();
+    let enc = Encoder::new(&schema, &state);
+    let (data, _, _) = read_encoded(&path, &enc, BadRowPolicy::Fail, true, None).unwrap();
+    // declared (user), fitted (city) and hashed (hist) ids: `3.0` is `3`, `7.0` is `7`
+    assert_eq!(data.sparse[0..2], data.sparse[2..4], "row 2 encodes as row 1");
+    assert_eq!(data.sequence[0], data.sequence[2]);
+    assert_eq!(data.sequence[2], data.sequence[3]);
+    // `007` is not `7` for a fitted field: only a zero fraction is dropped
+    assert_ne!(data.sparse[5], data.sparse[1]);
+    assert_eq!(state.vocabularies[1].as_ref().unwrap(), &["7", "007"]);
+}
+
+#[test]
+fn values_beyond_f32_are_errors_not_infinities() {
+    let (_d, path, schema) = setup("click,user,city,hist,price\n1,0,a,,1.0\n0,1,b,,1e40\n");
+    let err = fit_state(std::slice::from_ref(&path), &schema, BadRowPolicy::Fail)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("d.csv:3: column `price`") && err.contains("32-bit float"),
+        "{err}"
+    );
+}
+
+#[test]
+fn label_rules_name_the_row_that_breaks_them() {
+    let schema = Schema::from_toml_str(
+        "[[sparse]]\nname = \"u\"\nvocab_size = 3\n[[labels]]\nname = \"click\"\nkind = \"binary\"\n\
+         [[labels]]\nname = \"buy\"\nkind = \"binary\"\n",
+        "s.toml",
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(&dir, "d.csv", "click,buy,u\n1,1,0\n0,0,1\n0,1,2\n");
+    let rules = vec![mtl_features::LabelRule {
+        label: 1,
+        requires: 0,
+        needed_by: "the test".into(),
+    }];
+    let enc = Encoder::new(&schema, &StateFitter::new(&schema).finish()).with_label_rules(rules);
+    let err = read_encoded(&path, &enc, BadRowPolicy::Fail, true, None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("d.csv:4: column `buy`: `buy` is 1 on a row where `click` is 0"),
+        "{err}"
+    );
+    let (data, report, _) = read_encoded(&path, &enc, BadRowPolicy::Skip, true, None).unwrap();
+    assert_eq!((data.rows, report.skipped), (2, 1));
+    // without labels (prediction) there is nothing to check
+    let enc = Encoder::new(&schema, &StateFitter::new(&schema).finish());
+    assert_eq!(
+        read_encoded(&path, &enc, BadRowPolicy::Fail, true, None)
+            .unwrap()
+            .0
+            .rows,
+        3
+    );
+}
+
+#[test]
+fn header_problems_are_named() {
+    let (_d, path, schema) = setup("");
+    let err = fit_state(std::slice::from_ref(&path), &schema, BadRowPolicy::Fail)
+        .unwrap_err()
+        .to_string();
+    assert!(err.ends_with("d.csv: the file is empty (no header row)"), "{err}");
+    let (_d, path, schema) = setup("click,user,city,hist,price,user\n1,0,a,,1.0,0\n");
+    let err = fit_state(std::slice::from_ref(&path), &schema, BadRowPolicy::Fail)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("column `user` appears twice in the header (columns 2 and 6)"),
+        "{err}"
+    );
+    let (_d, path, schema) = setup("click,usr,city,hist,price\n1,0,a,,1.0\n");
+    let err = fit_state(std::slice::from_ref(&path), &schema, BadRowPolicy::Fail)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("did you mean `usr`?"), "{err}");
+    assert!(
+        err.contains("the header has 5 columns: click,usr,city,hist,price"),
+        "{err}"
+    );
 }
