@@ -92,7 +92,9 @@ def worker(a):
     labels = ["purchase", "click", "purchase"] if a.model == "ESMM" else ["purchase", "click"]
 
     def split(df):
-        return {c: df[c].values for c in users + items}, df[labels].values
+        # writable, contiguous copies: torch refuses negative strides and warns on read-only arrays
+        x = {c: df[c].to_numpy(dtype=np.int64, copy=True) for c in users + items}
+        return x, np.ascontiguousarray(df[labels].to_numpy(dtype=np.float32, copy=True))
 
     (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = (split(frames[p]) for p in ("train", "val", "test"))
     feature = lambda c: SparseFeature(c, vocab[c], embed_dim=a.embed_dim)  # noqa: E731

@@ -59,7 +59,12 @@ fn content_hash(csv: &Path) -> std::io::Result<u64> {
 
 fn source_key(csv: &Path, encoder: &Encoder, policy: BadRowPolicy, need_labels: bool) -> Option<u64> {
     let state = serde_json::to_vec(encoder.state()).ok()?;
-    let rules = serde_json::to_vec(encoder.label_rules()).ok()?;
+    // label rules change which rows a `skip` read keeps; a `fail` read keeps every row or
+    // none, so its cache serves any rules its rows satisfy (checked on loading)
+    let rules = match policy {
+        BadRowPolicy::Skip => serde_json::to_vec(encoder.label_rules()).ok()?,
+        BadRowPolicy::Fail => Vec::new(),
+    };
     let key = format!(
         "{VERSION}|{:x}|{}|{:x}|{:x}|{policy:?}|{need_labels}",
         content_hash(csv).ok()?,
@@ -265,6 +270,7 @@ pub fn read_encoded_cached(
     let cache = cache_path(csv);
     if let Some(key) = key
         && let Some((data, report)) = read_cache(&cache, key, encoder.schema(), &file)
+        && follows_rules(&data, encoder)
     {
         return Ok((data, report, true));
     }
@@ -274,6 +280,18 @@ pub fn read_encoded_cached(
         let _ = write_cache(&cache, key, &data, &report, encoder.schema());
     }
     Ok((data, report, false))
+}
+
+/// Whether every row of `data` follows the encoder's label rules (a cache written for a model
+/// without them may hold rows another model refuses: those are read from the CSV again, which
+/// names the file and line of the first).
+fn follows_rules(data: &EncodedData, encoder: &Encoder) -> bool {
+    encoder.label_rules().is_empty()
+        || data.n_labels == 0
+        || data
+            .labels
+            .chunks_exact(data.n_labels)
+            .all(|row| encoder.check_label_rules(row).is_ok())
 }
 
 #[cfg(test)]
@@ -351,6 +369,43 @@ mod tests {
         assert_ne!(after.sparse, before.sparse);
         std::fs::write(&csv, "y,u,h,x\n1,4,a|b,0.25\n0,9,,-1.5\n").unwrap();
         read_encoded_cached(&csv, &enc, BadRowPolicy::Fail, true).unwrap();
+
+        // label rules: a cache written without them serves a run with them when its rows follow
+        // them; rows that break them are read from the CSV again, which names the line
+        let labelled = Schema::from_toml_str(
+            &format!("{SCHEMA}[[labels]]\nname = \"z\"\nkind = \"binary\"\n"),
+            "s",
+        )
+        .unwrap();
+        let plain = Encoder::new(&labelled, &StateFitter::new(&labelled).finish());
+        let rule = mtl_features::LabelRule {
+            label: 1,
+            requires: 0,
+            needed_by: "the test".into(),
+        };
+        let ruled = plain.clone().with_label_rules(vec![rule]);
+        std::fs::write(&csv, "y,z,u,h,x\n1,1,4,a|b,0.25\n0,0,9,,-1.5\n").unwrap();
+        assert!(
+            !read_encoded_cached(&csv, &plain, BadRowPolicy::Fail, true)
+                .unwrap()
+                .2
+        );
+        assert!(
+            read_encoded_cached(&csv, &ruled, BadRowPolicy::Fail, true)
+                .unwrap()
+                .2
+        );
+        std::fs::write(&csv, "y,z,u,h,x\n1,1,4,a|b,0.25\n0,1,9,,-1.5\n").unwrap();
+        assert!(
+            !read_encoded_cached(&csv, &plain, BadRowPolicy::Fail, true)
+                .unwrap()
+                .2
+        );
+        let err = read_encoded_cached(&csv, &ruled, BadRowPolicy::Fail, true)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("d.csv:3: column `z`"), "{err}");
+        std::fs::write(&csv, "y,u,h,x\n1,4,a|b,0.25\n0,9,,-1.5\n").unwrap();
 
         // the schema changes: rebuilt
         let other =

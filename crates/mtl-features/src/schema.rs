@@ -8,6 +8,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::FeatureError;
 
+/// The most rows a vocabulary or hash space may have: ids are 32-bit.
+pub const MAX_ROWS: usize = u32::MAX as usize;
+/// The widest embedding a schema may ask for.
+pub const MAX_EMBED_DIM: usize = 4096;
+/// The longest sequence field a schema may ask for (every row holds `max_len` ids).
+pub const MAX_SEQUENCE: usize = 65_536;
+/// The most floats the whole embedding table may hold (rows × `embed_dim`: 16 GiB).
+pub const MAX_TABLE_FLOATS: usize = 1 << 32;
+
 fn default_embed_dim() -> usize {
     16
 }
@@ -238,8 +247,11 @@ fn resolve_vocab(
         return Err(invalid("min_count", "only allowed with `fit = true`".into()));
     }
     Ok(if let Some(size) = vocab_size {
-        if size == 0 {
-            return Err(invalid("vocab_size", "must be at least 1".into()));
+        if size == 0 || size > MAX_ROWS {
+            return Err(invalid(
+                "vocab_size",
+                format!("= {size}: must be between 1 and {MAX_ROWS} (ids are 32-bit)"),
+            ));
         }
         VocabSpec::Ids { size }
     } else if fit {
@@ -247,8 +259,11 @@ fn resolve_vocab(
             min_count: min_count.unwrap_or(default_min_count()).max(1),
         }
     } else if let Some(buckets) = hash_buckets {
-        if buckets == 0 {
-            return Err(invalid("hash_buckets", "must be at least 1".into()));
+        if buckets == 0 || buckets > MAX_ROWS {
+            return Err(invalid(
+                "hash_buckets",
+                format!("= {buckets}: must be between 1 and {MAX_ROWS} (ids are 32-bit)"),
+            ));
         }
         VocabSpec::Hash { buckets }
     } else {
@@ -321,8 +336,27 @@ impl Schema {
             key,
             message,
         };
-        if self.embed_dim == 0 {
-            return Err(invalid("embed_dim".into(), "must be at least 1".into()));
+        if self.embed_dim == 0 || self.embed_dim > MAX_EMBED_DIM {
+            return Err(invalid(
+                "embed_dim".into(),
+                format!("= {}: must be between 1 and {MAX_EMBED_DIM}", self.embed_dim),
+            ));
+        }
+        if !(self.embed_init_std.is_finite() && (0.0..=10.0).contains(&self.embed_init_std)) {
+            return Err(invalid(
+                "embed_init_std".into(),
+                format!("= {}: must be between 0 and 10", self.embed_init_std),
+            ));
+        }
+        for (i, d) in self.dense.iter().enumerate() {
+            if let Some(v) = d.default
+                && !v.is_finite()
+            {
+                return Err(invalid(
+                    format!("dense[{i}].default"),
+                    format!("= {v}: must be a finite number"),
+                ));
+            }
         }
         if self.labels.is_empty() {
             return Err(invalid("labels".into(), "at least one label is required".into()));
@@ -363,10 +397,10 @@ impl Schema {
             }
         }
         for (i, s) in self.sequence.iter().enumerate() {
-            if s.max_len == 0 {
+            if s.max_len == 0 || s.max_len > MAX_SEQUENCE {
                 return Err(invalid(
                     format!("sequence[{i}].max_len"),
-                    "must be at least 1".into(),
+                    format!("= {}: must be between 1 and {MAX_SEQUENCE}", s.max_len),
                 ));
             }
             if s.delimiter.is_empty() {
