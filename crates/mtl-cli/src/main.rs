@@ -14,9 +14,8 @@ use mtl_data::synthetic::{CcpSpec, generate_ccp};
 use mtl_esmm::EsmmConfig;
 use mtl_layers::MlpSpec;
 use mtl_mmoe::{MmoeConfig, TaskConfig};
-use mtl_trainer::{
-    DataConfig, ModelConfig, RunConfig, TaskMetrics, TrainOptions, TrainSettings, TrainSummary,
-};
+use mtl_models::{ModelConfig, Models, RunConfig};
+use mtl_trainer::{DataConfig, Registry, TaskMetrics, TrainOptions, TrainSettings, TrainSummary};
 
 /// Multi-task recommendation models (ESMM, MMOE, OMoE, Shared-Bottom) on burn.
 #[derive(Debug, Parser)]
@@ -45,6 +44,8 @@ enum Command {
     Predict(PredictArgs),
     /// Generate synthetic data, train ESMM and MMOE briefly, print metrics (the default).
     Demo(DemoArgs),
+    /// List the model types a config's `[model] type` can name, each with an example table.
+    Models,
     /// Write synthetic data sets with a known ground truth (CSV files and a schema).
     #[command(subcommand)]
     GenData(GenData),
@@ -259,6 +260,10 @@ fn run(cli: Cli) -> Result<()> {
         Command::Eval(args) => eval(args),
         Command::Predict(args) => predict(args),
         Command::Demo(args) => demo(args, progress),
+        Command::Models => {
+            print!("{}", models_text());
+            Ok(())
+        }
         Command::GenData(what) => gen_data(what),
     }
 }
@@ -321,7 +326,7 @@ fn train(args: TrainArgs, progress: bool) -> Result<()> {
         max_steps: args.resume.as_ref().and(args.max_steps),
     };
     let summary = if let Some(dir) = &args.resume {
-        mtl_trainer::train(None, dir, true, &options)
+        mtl_trainer::train::<Models>(None, dir, true, &options)
             .with_context(|| format!("resuming {}", dir.display()))?
     } else {
         let path = args
@@ -350,6 +355,36 @@ fn train(args: TrainArgs, progress: bool) -> Result<()> {
     };
     print_summary(&summary);
     Ok(())
+}
+
+/// `mtl models`: every registered type, what it is, its keys (read back from its example
+/// with every default filled in, so the list cannot drift from the config type) and a working
+/// `[model]` table.
+fn models_text() -> String {
+    let mut text = String::new();
+    for kind in Models::KINDS {
+        let (about, example) = Models::about(kind).expect("a registered kind has its text");
+        let config =
+            format!("schema = \"s.toml\"\n[data]\ntrain = \"t.csv\"\n[model]\ntype = \"{kind}\"\n{example}");
+        let keys = RunConfig::from_toml_str(&config, "example")
+            .ok()
+            .and_then(|c| toml::Table::try_from(&c.model).ok())
+            .map(|table| {
+                table
+                    .keys()
+                    .filter(|k| *k != "type")
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default();
+        text += &format!("{kind}: {about}\n  keys: {keys}\n\n    [model]\n    type = \"{kind}\"\n");
+        for line in example.lines() {
+            text += &format!("    {line}\n");
+        }
+        text += "\n";
+    }
+    text
 }
 
 fn print_metrics(title: &str, metrics: &[TaskMetrics]) {
@@ -397,8 +432,9 @@ fn print_summary(s: &TrainSummary) {
 }
 
 fn eval(args: EvalArgs) -> Result<()> {
-    let (metrics, report) = mtl_trainer::eval_file(&args.model, &args.data, &args.backend, args.bad_rows)
-        .with_context(|| format!("evaluating {}", args.model.display()))?;
+    let (metrics, report) =
+        mtl_trainer::eval_file::<Models>(&args.model, &args.data, &args.backend, args.bad_rows)
+            .with_context(|| format!("evaluating {}", args.model.display()))?;
     println!("read {report}");
     print_metrics("metrics:", &metrics);
     if let Some(out) = args.out {
@@ -410,7 +446,7 @@ fn eval(args: EvalArgs) -> Result<()> {
 }
 
 fn predict(args: PredictArgs) -> Result<()> {
-    let (rows, report, names) = mtl_trainer::predict_file(
+    let (rows, report, names) = mtl_trainer::predict_file::<Models>(
         &args.model,
         &args.data,
         &args.out,
@@ -489,7 +525,7 @@ fn demo(args: DemoArgs, progress: bool) -> Result<()> {
         vec![TaskConfig::new("click"), TaskConfig::new("purchase")],
     ));
     for model in [esmm, mmoe] {
-        let out = dir.join(model.kind());
+        let out = dir.join(Models::kind(&model));
         let config = RunConfig {
             schema: files.schema.clone(),
             data: data.clone(),
@@ -502,7 +538,7 @@ fn demo(args: DemoArgs, progress: bool) -> Result<()> {
             ..TrainOptions::default()
         };
         let summary = mtl_trainer::train(Some(&config), &out, false, &options)
-            .with_context(|| format!("training {}", config.model.kind()))?;
+            .with_context(|| format!("training {}", Models::kind(&config.model)))?;
         print_summary(&summary);
     }
     println!(
@@ -520,5 +556,35 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_registered_model_is_listed_with_an_example_that_parses() {
+        use mtl_trainer::Registry;
+        let text = super::models_text();
+        for kind in super::Models::KINDS {
+            assert!(
+                text.contains(&format!("type = \"{kind}\"")),
+                "{kind} missing from:\n{text}"
+            );
+            let (_, example) = super::Models::about(kind).unwrap();
+            let config = format!(
+                "schema = \"s.toml\"\n[data]\ntrain = \"t.csv\"\n[model]\ntype = \"{kind}\"\n{example}"
+            );
+            let parsed = super::RunConfig::from_toml_str(&config, "example.toml").unwrap();
+            assert_eq!(super::Models::kind(&parsed.model), *kind);
+        }
+        // keys come from the config types: ESMM's include its defaulted ones
+        let esmm = text.lines().find(|l| l.starts_with("esmm:")).unwrap();
+        let keys = text.lines().skip_while(|l| *l != esmm).nth(1).unwrap();
+        for key in [
+            "ctr_tower",
+            "cvr_tower",
+            "pooling",
+            "click_label",
+            "conversion_label",
+        ] {
+            assert!(keys.contains(key), "{key} not in `{keys}`");
+        }
     }
 }

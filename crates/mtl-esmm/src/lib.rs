@@ -58,7 +58,9 @@ use mtl_features::{
     BatchTensors, FieldPooling, InputLayer, InputSpec, LabelKind, LabelRule, TableLayout, ValidSchema,
 };
 use mtl_layers::head::{bce_from_log_probs, bce_with_logits, log_add_exp};
-use mtl_layers::{Forward, Mlp, MlpSpec, ModelError, ModelPlan, MultiTaskModel, OutputSpec, resolve_label};
+use mtl_layers::{
+    Forward, Mlp, MlpSpec, ModelBuilder, ModelError, ModelPlan, MultiTaskModel, OutputSpec, resolve_label,
+};
 use serde::{Deserialize, Serialize};
 
 fn default_click() -> String {
@@ -169,6 +171,21 @@ impl EsmmConfig {
             input,
             labels,
         })
+    }
+}
+
+impl ModelBuilder for EsmmConfig {
+    type Model = Esmm;
+    const ABOUT: &'static str =
+        "Entire Space Multi-task Model: pCTCVR = pCTR × pCVR, trained on every impression";
+    const EXAMPLE: &'static str = "ctr_tower = { dims = [16, 8] }\ncvr_tower = { dims = [16, 8] }\nclick_label = \"click\"\nconversion_label = \"purchase\"\n";
+
+    fn plan(&self, schema: &ValidSchema) -> Result<ModelPlan, ModelError> {
+        EsmmConfig::plan(self, schema)
+    }
+
+    fn init(&self, schema: &ValidSchema, layout: &TableLayout, device: &Device) -> Result<Esmm, ModelError> {
+        EsmmConfig::init(self, schema, layout, device)
     }
 }
 

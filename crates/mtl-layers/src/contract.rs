@@ -5,8 +5,12 @@
 //! still points down.
 
 use burn::module::Module;
-use burn::tensor::Tensor;
-use mtl_features::{BatchTensors, InputLayer, LabelKind, LabelRule};
+use burn::tensor::{Device, Tensor};
+use mtl_features::{BatchTensors, InputLayer, LabelKind, LabelRule, TableLayout, ValidSchema};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::ModelError;
 
 /// What one model output predicts and how it is evaluated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,4 +95,31 @@ pub trait MultiTaskModel: Module + Clone + std::fmt::Debug {
 
     /// The shared embedding/input layer, mutably (row-sparse training swaps its table).
     fn input_layer_mut(&mut self) -> &mut InputLayer;
+}
+
+/// A model's configuration (the `[model]` table of a run config, less its `type`): all a
+/// registry needs to read, check, describe and build the model. A new model implements it
+/// for its config type and takes one line in the registry (`mtl-models`).
+pub trait ModelBuilder: Clone + std::fmt::Debug + PartialEq + Serialize + DeserializeOwned {
+    /// The model it builds.
+    type Model: MultiTaskModel + 'static;
+
+    /// One line on what the model is, for `mtl models`.
+    const ABOUT: &'static str;
+
+    /// A working `[model]` table (without `type`) for a schema with binary labels `click`
+    /// and `purchase`: shown by `mtl models`, and used by tests that run every model.
+    const EXAMPLE: &'static str;
+
+    /// Checks the config against `schema` and says what the model outputs, without building
+    /// it (so that a wrong key fails before any data is read).
+    fn plan(&self, schema: &ValidSchema) -> Result<ModelPlan, ModelError>;
+
+    /// Builds the model for `schema` with the embedding `layout`.
+    fn init(
+        &self,
+        schema: &ValidSchema,
+        layout: &TableLayout,
+        device: &Device,
+    ) -> Result<Self::Model, ModelError>;
 }

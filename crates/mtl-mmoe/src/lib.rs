@@ -49,6 +49,7 @@
 //! ```
 
 mod experts;
+mod ple;
 
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
@@ -57,8 +58,10 @@ pub use experts::{ExpertLayer, Experts};
 use mtl_features::{BatchTensors, FieldPooling, InputLayer, InputSpec, LabelKind, TableLayout, ValidSchema};
 use mtl_layers::head::{predict, task_loss};
 use mtl_layers::{
-    Activation, Forward, Mlp, MlpSpec, ModelError, ModelPlan, MultiTaskModel, OutputSpec, resolve_label,
+    Activation, Forward, Mlp, MlpSpec, ModelBuilder, ModelError, ModelPlan, MultiTaskModel, OutputSpec,
+    resolve_label,
 };
+pub use ple::{ExtractionLayer, MAX_LEVELS, Ple, PleConfig};
 use serde::{Deserialize, Serialize};
 
 /// One task: an output name and the label it learns.
@@ -284,6 +287,69 @@ impl MmoeConfig {
             input,
             tasks,
         })
+    }
+}
+
+impl ModelBuilder for MmoeConfig {
+    type Model = Mmoe;
+    const ABOUT: &'static str =
+        "Multi-gate Mixture-of-Experts: shared experts, one softmax gate and one tower per task";
+    const EXAMPLE: &'static str = MMOE_EXAMPLE;
+
+    fn plan(&self, schema: &ValidSchema) -> Result<ModelPlan, ModelError> {
+        MmoeConfig::plan(self, schema)
+    }
+
+    fn init(&self, schema: &ValidSchema, layout: &TableLayout, device: &Device) -> Result<Mmoe, ModelError> {
+        MmoeConfig::init(self, schema, layout, device)
+    }
+}
+
+/// MMOE's (and OMoE's) example table.
+const MMOE_EXAMPLE: &str = "n_experts = 4\nexpert = { dims = [16] }\ntower = { dims = [8] }\ntasks = [{ label = \"click\" }, { label = \"purchase\" }]\n";
+
+/// One-gate Mixture-of-Experts: an MMOE config whose tasks share one gate (`type = "omoe"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct OmoeConfig(pub MmoeConfig);
+
+impl OmoeConfig {
+    /// The MMOE config with the single gate applied.
+    pub fn mmoe(&self) -> MmoeConfig {
+        self.0.clone().one_gate()
+    }
+}
+
+impl ModelBuilder for OmoeConfig {
+    type Model = Mmoe;
+    const ABOUT: &'static str = "One-gate Mixture-of-Experts: MMOE with one gate shared by every task";
+    const EXAMPLE: &'static str = MMOE_EXAMPLE;
+
+    fn plan(&self, schema: &ValidSchema) -> Result<ModelPlan, ModelError> {
+        self.mmoe().plan(schema)
+    }
+
+    fn init(&self, schema: &ValidSchema, layout: &TableLayout, device: &Device) -> Result<Mmoe, ModelError> {
+        self.mmoe().init(schema, layout, device)
+    }
+}
+
+impl ModelBuilder for SharedBottomConfig {
+    type Model = SharedBottom;
+    const ABOUT: &'static str = "Shared-Bottom: one shared MLP under one tower per task";
+    const EXAMPLE: &'static str = "bottom = { dims = [16] }\ntower = { dims = [8] }\ntasks = [{ label = \"click\" }, { label = \"purchase\" }]\n";
+
+    fn plan(&self, schema: &ValidSchema) -> Result<ModelPlan, ModelError> {
+        SharedBottomConfig::plan(self, schema)
+    }
+
+    fn init(
+        &self,
+        schema: &ValidSchema,
+        layout: &TableLayout,
+        device: &Device,
+    ) -> Result<SharedBottom, ModelError> {
+        SharedBottomConfig::init(self, schema, layout, device)
     }
 }
 

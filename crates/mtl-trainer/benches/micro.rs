@@ -14,9 +14,9 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use mtl_features::backend::usable_backends;
 use mtl_features::{BatchTensors, EncodedData, Encoder, Schema, StateFitter, ValidSchema};
 use mtl_layers::{MlpSpec, MultiTaskModel};
-use mtl_trainer::run::{WithModel, with_model};
+use mtl_models::{ModelConfig, Models, RunConfig};
 use mtl_trainer::sparse::SparseAdam;
-use mtl_trainer::{ModelConfig, TrainError, TrainSettings};
+use mtl_trainer::{Registry, TrainError, TrainSettings, WithModel};
 
 const BATCH: usize = 1024;
 const FIELDS: usize = 20;
@@ -139,14 +139,17 @@ fn benches(c: &mut Criterion) {
         "type = \"shared_bottom\"\nbottom = { dims = [16] }\ntower = { dims = [8] }\ntasks = [{ label = \"click\" }, { label = \"purchase\" }]",
     ]
     .iter()
-    .map(|t| toml::from_str(t).expect("model config"))
+    .map(|t| {
+        let text = format!("schema = \"s.toml\"\n[data]\ntrain = \"t.csv\"\n[model]\n{t}\n");
+        RunConfig::from_toml_str(&text, "bench").expect("model config").model
+    })
     .collect();
     for (kind, device) in usable_backends().expect("backends") {
         let v = vocab();
         let ad = device.clone().autodiff();
         ad.seed(1);
         // embedding lookup forward + backward (the dense gradient of burn's embedding)
-        let esmm = with_model(&models[0], &s, &enc, &ad, Return).expect("esmm");
+        let esmm = Models::with_model(&models[0], &s, enc.layout(), &ad, Return).expect("esmm");
         let batch_ad = d.batch(&idx, enc.layout(), &ad);
         c.bench_function(&format!("{kind}/embedding_fwd_bwd/vocab{v}"), |b| {
             b.iter(|| {
@@ -161,7 +164,7 @@ fn benches(c: &mut Criterion) {
         c.bench_function(&format!("{kind}/mlp_fwd/320-256-128-64-1"), |b| {
             b.iter(|| black_box(mlp.forward(x.clone()).into_data()))
         });
-        let mmoe = with_model(&models[1], &s, &enc, &device, Return).expect("mmoe");
+        let mmoe = Models::with_model(&models[1], &s, enc.layout(), &device, Return).expect("mmoe");
         let batch = d.batch(&idx, enc.layout(), &device);
         c.bench_function(&format!("{kind}/mmoe_fwd/example"), |b| {
             b.iter(|| black_box(mmoe.forward_gates_len(&batch)))
@@ -172,7 +175,7 @@ fn benches(c: &mut Criterion) {
                 name: format!("{kind}/{name}_train_step/example/vocab{v}"),
                 batch: d.batch(&idx, enc.layout(), &ad),
             };
-            with_model(config, &s, &enc, &ad, step).expect("train step");
+            Models::with_model(config, &s, enc.layout(), &ad, step).expect("train step");
         }
         for (name, config) in ["esmm", "mmoe"].iter().zip(&models) {
             let (batch, unique) = d.batch_unique(&idx, enc.layout(), &ad);
@@ -183,12 +186,12 @@ fn benches(c: &mut Criterion) {
                 unique,
                 device: ad.clone(),
             };
-            with_model(config, &s, &enc, &ad, step).expect("sparse train step");
+            Models::with_model(config, &s, enc.layout(), &ad, step).expect("sparse train step");
         }
     }
 }
 
-/// Hands back the model built by [`with_model`] as a type-erased box of its forward.
+/// Hands back the model built by the registry as a type-erased box of its forward.
 struct Return;
 
 /// A built model behind a small object-safe interface for the forward benchmarks.

@@ -4,73 +4,11 @@
 use std::path::{Path, PathBuf};
 
 use mtl_data::BadRowPolicy;
-use mtl_esmm::EsmmConfig;
 use mtl_features::{LabelKind, ValidSchema};
-use mtl_layers::{ModelError, ModelPlan, OutputSpec};
-use mtl_mmoe::{Gating, MmoeConfig, SharedBottomConfig};
+use mtl_layers::{ModelPlan, OutputSpec};
 use serde::{Deserialize, Serialize};
 
-use crate::TrainError;
-
-/// Which model to build, tagged by `type`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum ModelConfig {
-    /// Entire Space Multi-task Model.
-    Esmm(EsmmConfig),
-    /// Multi-gate Mixture-of-Experts.
-    Mmoe(MmoeConfig),
-    /// One-gate Mixture-of-Experts (MMOE's `gating = "shared"`).
-    Omoe(MmoeConfig),
-    /// Shared bottom MLP under per-task towers.
-    SharedBottom(SharedBottomConfig),
-}
-
-impl ModelConfig {
-    /// The `type` name.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::Esmm(_) => "esmm",
-            Self::Mmoe(_) => "mmoe",
-            Self::Omoe(_) => "omoe",
-            Self::SharedBottom(_) => "shared_bottom",
-        }
-    }
-
-    /// Every `type` a config may name.
-    pub const KINDS: [&'static str; 4] = ["esmm", "mmoe", "omoe", "shared_bottom"];
-
-    /// Checks the model config against `schema` and says what the model outputs, without
-    /// building it.
-    pub fn plan(&self, schema: &ValidSchema) -> Result<ModelPlan, ModelError> {
-        match self {
-            Self::Esmm(c) => c.plan(schema),
-            Self::Mmoe(c) => c.plan(schema),
-            Self::Omoe(c) => Self::omoe(c).plan(schema),
-            Self::SharedBottom(c) => c.plan(schema),
-        }
-    }
-
-    /// Reads the `[model]` table of type `kind` (its `type` key already removed), so that an
-    /// error inside it points at its own line.
-    fn from_table(kind: &str, table: toml::de::ValueDeserializer<'_>) -> Result<Self, toml::de::Error> {
-        Ok(match kind {
-            "esmm" => Self::Esmm(EsmmConfig::deserialize(table)?),
-            "mmoe" => Self::Mmoe(MmoeConfig::deserialize(table)?),
-            "omoe" => Self::Omoe(MmoeConfig::deserialize(table)?),
-            "shared_bottom" => Self::SharedBottom(SharedBottomConfig::deserialize(table)?),
-            other => unreachable!("kind `{other}` is checked against KINDS first"),
-        })
-    }
-
-    /// The MMOE config with OMoE's single gate applied, for `type = "omoe"`.
-    pub fn omoe(config: &MmoeConfig) -> MmoeConfig {
-        MmoeConfig {
-            gating: Gating::Shared,
-            ..config.clone()
-        }
-    }
-}
+use crate::{Registry, TrainError};
 
 /// Where the data is.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -288,16 +226,16 @@ impl Default for TrainSettings {
     }
 }
 
-/// A whole run configuration.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RunConfig {
+/// A whole run configuration, its `[model]` one of the model types of registry `R`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(bound(serialize = ""))]
+pub struct RunConfig<R: Registry> {
     /// The feature schema TOML (relative paths are relative to this config file).
     pub schema: PathBuf,
     /// The data files.
     pub data: DataConfig,
-    /// The model.
-    pub model: ModelConfig,
+    /// The model (`type` and its keys).
+    pub model: R::Config,
     /// Training settings.
     #[serde(default)]
     pub train: TrainSettings,
@@ -329,7 +267,7 @@ struct Sections {
     train: TrainSettings,
 }
 
-impl RunConfig {
+impl<R: Registry> RunConfig<R> {
     /// Reads a config; relative paths inside are resolved against the file's folder and
     /// stored absolute.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, TrainError> {
@@ -376,7 +314,7 @@ impl RunConfig {
                 file: file.to_string(),
                 message: format!(
                     "no [model] table: add one with `type` = one of {}",
-                    ModelConfig::KINDS.join(", ")
+                    R::KINDS.join(", ")
                 ),
             });
         };
@@ -389,14 +327,14 @@ impl RunConfig {
         };
         let kind = match model_table.remove("type") {
             Some(kind) => match kind.get_ref().as_str() {
-                Some(k) if ModelConfig::KINDS.contains(&k) => k.to_string(),
+                Some(k) if R::KINDS.contains(&k) => k.to_string(),
                 _ => {
                     return Err(at_span(
                         kind.span(),
                         format!(
                             "unknown model `type` {}: expected one of {}",
                             toml_text(text, kind.span()),
-                            ModelConfig::KINDS.join(", ")
+                            R::KINDS.join(", ")
                         ),
                     ));
                 }
@@ -404,14 +342,11 @@ impl RunConfig {
             None => {
                 return Err(at_span(
                     model_span,
-                    format!(
-                        "[model] has no `type`: expected one of {}",
-                        ModelConfig::KINDS.join(", ")
-                    ),
+                    format!("[model] has no `type`: expected one of {}", R::KINDS.join(", ")),
                 ));
             }
         };
-        let model = ModelConfig::from_table(
+        let model = R::parse(
             &kind,
             toml::de::ValueDeserializer::from(toml::Spanned::new(
                 model_span,
@@ -456,7 +391,7 @@ impl RunConfig {
     /// before any data is read; errors name `file` (the config) or the schema file.
     pub fn check_model(&self, file: &str) -> Result<(ValidSchema, ModelPlan), TrainError> {
         let schema = mtl_features::Schema::from_file(&self.schema)?;
-        let plan = self.model.plan(&schema).map_err(|e| TrainError::Config {
+        let plan = R::plan(&self.model, &schema).map_err(|e| TrainError::Config {
             file: file.to_string(),
             message: e.to_string(),
         })?;
@@ -476,7 +411,7 @@ impl RunConfig {
             return Err(bad(format!(
                 "`train.loss_weights` has {} values; the {} model has {} loss terms ({}), one weight each",
                 weights.len(),
-                self.model.kind(),
+                R::kind(&self.model),
                 plan.loss_names.len(),
                 plan.loss_names.join(", ")
             )));
@@ -573,6 +508,17 @@ impl TrainSettings {
 mod tests {
     use super::*;
 
+    crate::registry! {
+        /// The models these tests read.
+        enum TestModel in Test {
+            "esmm" => Esmm(mtl_esmm::EsmmConfig),
+            "mmoe" => Mmoe(mtl_mmoe::MmoeConfig),
+            "shared_bottom" => SharedBottom(mtl_mmoe::SharedBottomConfig),
+        }
+    }
+
+    type RunConfig = super::RunConfig<Test>;
+
     const GOOD: &str = r#"
 schema = "s.toml"
 [data]
@@ -592,7 +538,7 @@ early_stopping = { metric = "click.auc" }
     #[test]
     fn parses_and_defaults() {
         let c = RunConfig::from_toml_str(GOOD, "c.toml").unwrap();
-        assert_eq!(c.model.kind(), "mmoe");
+        assert_eq!(Test::kind(&c.model), "mmoe");
         assert_eq!(c.train.batch_size, 1024);
         assert_eq!(c.train.epochs, 2);
         assert!(c.train.early_stopping.as_ref().unwrap().higher_is_better());
@@ -669,7 +615,7 @@ early_stopping = { metric = "click.auc" }
         let s = schema();
         let check = |text: &str| {
             let c = RunConfig::from_toml_str(text, "c.toml")?;
-            let plan = c.model.plan(&s)?;
+            let plan = Test::plan(&c.model, &s)?;
             c.check_plan(&plan, "c.toml")
         };
         assert!(check(GOOD).is_ok());

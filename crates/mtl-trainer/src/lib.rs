@@ -22,13 +22,25 @@ pub mod config;
 pub mod curve;
 pub mod fit;
 pub mod metrics;
+pub mod registry;
 pub mod run;
 pub mod sparse;
 
 pub use config::{
-    DataConfig, Direction, EarlyStopping, EmbeddingUpdate, ModelConfig, OptimizerKind, RunConfig,
-    TrainSettings,
+    DataConfig, Direction, EarlyStopping, EmbeddingUpdate, OptimizerKind, RunConfig, TrainSettings,
 };
+pub use registry::{Registry, WithModel};
+
+/// What the [`registry!`] macro refers to, re-exported so that a crate using it needs no
+/// dependencies of its own for it.
+#[doc(hidden)]
+pub mod __private {
+    pub use burn::tensor::Device;
+    pub use mtl_features;
+    pub use mtl_layers;
+    pub use serde;
+    pub use toml;
+}
 pub use fit::{EvalRecord, TrainState};
 pub use metrics::{TaskMetrics, auc};
 pub use run::{ModelDir, TrainOptions, TrainSummary, eval_file, predict_file, train};

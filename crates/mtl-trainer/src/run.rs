@@ -9,46 +9,19 @@ use std::time::Instant;
 
 use burn::tensor::Device;
 use mtl_data::{BadRowPolicy, ReadReport, fit_state, read_encoded, read_tagged};
-use mtl_esmm::Esmm;
 use mtl_features::{
     BackendKind, EncodedData, Encoder, FeatureState, Schema, ValidSchema, atomic_write, atomic_write_with,
 };
 use mtl_layers::MultiTaskModel;
-use mtl_mmoe::{Mmoe, SharedBottom};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{ModelConfig, RunConfig};
+use crate::config::RunConfig;
 use crate::fit::{
     FitOptions, TrainState, checkpoint_dir, fit, optimizer, predict_all, read_checkpoint, save_atomic,
 };
 use crate::metrics::{TaskMetrics, evaluate};
+use crate::registry::{Registry, WithModel};
 use crate::{TrainError, crash_point, io_err, record_err};
-
-/// Something to do with a freshly built model, whatever its type.
-pub trait WithModel {
-    /// What it returns.
-    type Out;
-    /// Does it.
-    fn run<M: MultiTaskModel + 'static>(self, model: M) -> Result<Self::Out, TrainError>;
-}
-
-/// Builds the configured model and hands it to `job` (one match arm per model type: a new
-/// model is one more arm here and one variant in [`ModelConfig`]).
-pub fn with_model<W: WithModel>(
-    config: &ModelConfig,
-    schema: &ValidSchema,
-    encoder: &Encoder,
-    device: &Device,
-    job: W,
-) -> Result<W::Out, TrainError> {
-    let layout = encoder.layout();
-    match config {
-        ModelConfig::Esmm(c) => job.run::<Esmm>(c.init(schema, layout, device)?),
-        ModelConfig::Mmoe(c) => job.run::<Mmoe>(c.init(schema, layout, device)?),
-        ModelConfig::Omoe(c) => job.run::<Mmoe>(ModelConfig::omoe(c).init(schema, layout, device)?),
-        ModelConfig::SharedBottom(c) => job.run::<SharedBottom>(c.init(schema, layout, device)?),
-    }
-}
 
 /// Options of a training job.
 #[derive(Debug, Clone, Default)]
@@ -173,8 +146,8 @@ fn read(
 /// directory is locked while training. A run is marked finished only after its model and
 /// metrics are written, so a kill at any moment leaves a run that `resume` continues (or
 /// completes) or a finished one with its model.
-pub fn train(
-    config: Option<&RunConfig>,
+pub fn train<R: Registry>(
+    config: Option<&RunConfig<R>>,
     out_dir: &Path,
     resume: bool,
     options: &TrainOptions,
@@ -187,7 +160,7 @@ pub fn train(
             });
         }
         let lock = RunLock::acquire(out_dir)?;
-        let mut config = load_dir_config(out_dir)?;
+        let mut config = load_dir_config::<R>(out_dir)?;
         let schema = Schema::from_file(out_dir.join("schema.toml"))?;
         let features = FeatureState::load(out_dir.join("features.json"), &schema)?;
         // a run killed before its first checkpoint starts over: its directory has all it needs
@@ -270,7 +243,7 @@ pub fn train(
         save_dir_config(out_dir, &config)?;
         (config, schema, features, None, lock)
     };
-    let plan = config.model.plan(&schema)?;
+    let plan = R::plan(&config.model, &schema)?;
     config.check_plan(&plan, "config")?;
     let encoder = Encoder::new(&schema, &state).with_label_rules(plan.label_rules);
     let floats = encoder
@@ -314,10 +287,10 @@ pub fn train(
     let device = backend_device(&config.train.backend)?;
     device.seed(config.train.seed);
     let ad = device.clone().autodiff();
-    with_model(
+    R::with_model(
         &config.model,
         &schema,
-        &encoder,
+        encoder.layout(),
         &ad,
         TrainJob {
             config: &config,
@@ -338,7 +311,7 @@ pub fn train(
 /// Writes the run's `config.toml`: the schema as the copy beside it, data paths absolute,
 /// and no `max_steps` (a limit belongs to one invocation), so that `--resume` works from
 /// any directory and `mtl train --config DIR/config.toml` runs the same job again.
-fn save_dir_config(out_dir: &Path, config: &RunConfig) -> Result<(), TrainError> {
+fn save_dir_config<R: Registry>(out_dir: &Path, config: &RunConfig<R>) -> Result<(), TrainError> {
     let mut saved = config.clone();
     saved.schema = PathBuf::from("schema.toml");
     saved.train.max_steps = None;
@@ -350,8 +323,8 @@ fn save_dir_config(out_dir: &Path, config: &RunConfig) -> Result<(), TrainError>
     Ok(())
 }
 
-struct TrainJob<'a> {
-    config: &'a RunConfig,
+struct TrainJob<'a, R: Registry> {
+    config: &'a RunConfig<R>,
     schema: &'a ValidSchema,
     encoder: &'a Encoder,
     train: &'a EncodedData,
@@ -365,7 +338,7 @@ struct TrainJob<'a> {
     reads: Vec<String>,
 }
 
-impl WithModel for TrainJob<'_> {
+impl<R: Registry> WithModel for TrainJob<'_, R> {
     type Out = TrainSummary;
 
     fn run<M: MultiTaskModel + 'static>(self, model: M) -> Result<TrainSummary, TrainError> {
@@ -447,7 +420,7 @@ impl WithModel for TrainJob<'_> {
         // the run is finished once its model and metrics are on disk: marked last
         state.finished = state.trained;
         let summary = TrainSummary {
-            model: self.config.model.kind().to_string(),
+            model: R::kind(&self.config.model).to_string(),
             out_dir: self.out_dir.to_path_buf(),
             backend: settings.backend.clone(),
             train_rows: self.train.rows,
@@ -481,7 +454,7 @@ impl WithModel for TrainJob<'_> {
     }
 }
 
-fn load_dir_config(dir: &Path) -> Result<RunConfig, TrainError> {
+fn load_dir_config<R: Registry>(dir: &Path) -> Result<RunConfig<R>, TrainError> {
     let path = dir.join("config.toml");
     if !dir.is_dir() {
         return Err(TrainError::NotAModelDir {
@@ -509,18 +482,18 @@ fn mark_finished(out_dir: &Path, state: &TrainState) -> Result<(), TrainError> {
 const INFERENCE_TIMING_ROWS: usize = 1_000_000;
 
 /// A trained model directory, loaded for inference.
-pub struct ModelDir {
+pub struct ModelDir<R: Registry> {
     /// The directory.
     pub dir: PathBuf,
     /// Its run config.
-    pub config: RunConfig,
+    pub config: RunConfig<R>,
     /// Its schema.
     pub schema: ValidSchema,
     /// Its encoder (fitted state).
     pub encoder: Encoder,
 }
 
-impl ModelDir {
+impl<R: Registry> ModelDir<R> {
     /// Opens a model directory; errors name what is missing.
     pub fn open(dir: &Path) -> Result<Self, TrainError> {
         if !dir.is_dir() {
@@ -592,10 +565,10 @@ impl ModelDir {
             }
         }
         let device = backend_device(backend)?;
-        with_model(
+        R::with_model(
             &self.config.model,
             &self.schema,
-            &self.encoder,
+            self.encoder.layout(),
             &device,
             Predict {
                 dir: &self.dir,
@@ -616,14 +589,14 @@ impl ModelDir {
 
 /// Evaluates a model directory on a CSV file (its rows must follow the model's label rules,
 /// as training rows do).
-pub fn eval_file(
+pub fn eval_file<R: Registry>(
     dir: &Path,
     data: &Path,
     backend: &str,
     policy: BadRowPolicy,
 ) -> Result<(Vec<TaskMetrics>, ReadReport), TrainError> {
-    let model = ModelDir::open(dir)?;
-    let plan = model.config.model.plan(&model.schema)?;
+    let model = ModelDir::<R>::open(dir)?;
+    let plan = R::plan(&model.config.model, &model.schema)?;
     let encoder = model.encoder.clone().with_label_rules(plan.label_rules);
     let (encoded, report, _) = read_encoded(data, &encoder, policy, true, None)?;
     Ok((model.evaluate(&encoded, backend)?, report))
@@ -636,7 +609,7 @@ pub const INPUT_LINE_COLUMN: &str = "input_line";
 /// column (if asked) and one column per output. When bad rows are skipped, the first column
 /// is the input line of each row (`input_line`), so that no prediction can be matched to the
 /// wrong row. Written atomically, with the `csv` writer (ids holding commas are quoted).
-pub fn predict_file(
+pub fn predict_file<R: Registry>(
     dir: &Path,
     data: &Path,
     out: &Path,
@@ -645,7 +618,7 @@ pub fn predict_file(
     policy: BadRowPolicy,
 ) -> Result<(usize, ReadReport, Vec<String>), TrainError> {
     mtl_features::check_output_path(out)?;
-    let model = ModelDir::open(dir)?;
+    let model = ModelDir::<R>::open(dir)?;
     let started = Instant::now();
     let keep_lines = policy == BadRowPolicy::Skip;
     let (encoded, report, tags) = read_tagged(data, &model.encoder, policy, false, id_column, keep_lines)?;

@@ -7,8 +7,8 @@ use burn::tensor::{Device, Tensor};
 use mtl_features::backend::usable_backends;
 use mtl_features::{BackendKind, EncodedData, Encoder, Schema, StateFitter, ValidSchema};
 use mtl_layers::MultiTaskModel;
-use mtl_trainer::run::{WithModel, with_model};
-use mtl_trainer::{ModelConfig, TrainError, TrainSettings};
+use mtl_models::{ModelConfig, Models, RunConfig};
+use mtl_trainer::{Registry, TrainError, TrainSettings, WithModel};
 
 fn schema() -> ValidSchema {
     Schema::from_toml_str(
@@ -39,34 +39,21 @@ fn data(rows: usize) -> EncodedData {
     }
 }
 
-const MODELS: &str = r#"
-[[m]]
-type = "esmm"
-ctr_tower = { dims = [16, 8] }
-cvr_tower = { dims = [8] }
-pooling = { sum_by_group = ["user", "item"] }
-[[m]]
-type = "mmoe"
-n_experts = 3
-expert = { dims = [16] }
-tower = { dims = [8] }
-tasks = [{ label = "click" }, { label = "purchase" }]
-[[m]]
-type = "omoe"
-n_experts = 3
-expert = { dims = [16] }
-tower = { dims = [8] }
-tasks = [{ label = "click" }, { label = "purchase" }]
-[[m]]
-type = "shared_bottom"
-bottom = { dims = [16] }
-tower = { dims = [8] }
-tasks = [{ label = "click" }, { label = "purchase" }]
-"#;
-
-#[derive(serde::Deserialize)]
-struct Models {
-    m: Vec<ModelConfig>,
+/// Every registered model with its example config (so a new model is covered without
+/// editing this test), and ESMM once more with the paper's group-sum input.
+fn models() -> Vec<ModelConfig> {
+    let parse = |table: String| {
+        let text = format!("schema = \"s.toml\"\n[data]\ntrain = \"t.csv\"\n[model]\n{table}");
+        RunConfig::from_toml_str(&text, "parity").unwrap().model
+    };
+    let mut models: Vec<ModelConfig> = Models::KINDS
+        .iter()
+        .map(|kind| parse(format!("type = \"{kind}\"\n{}", Models::about(kind).unwrap().1)))
+        .collect();
+    models.push(parse(
+        "type = \"esmm\"\nctr_tower = { dims = [16, 8] }\ncvr_tower = { dims = [8] }\npooling = { sum_by_group = [\"user\", \"item\"] }\n".into(),
+    ));
+    models
 }
 
 /// On one backend: outputs before and after one Adam step, and the step's loss terms.
@@ -118,9 +105,10 @@ fn all_models_agree_across_backends() {
     let s = schema();
     let enc = Encoder::new(&s, &StateFitter::new(&s).finish());
     let d = data(48);
-    let models: Models = toml::from_str(MODELS).unwrap();
+    let models = models();
+    assert!(models.len() > Models::KINDS.len());
     let dir = tempfile::tempdir().unwrap();
-    for (k, config) in models.m.iter().enumerate() {
+    for (k, config) in models.iter().enumerate() {
         let weights = dir.path().join(format!("{k}.bpk"));
         let mut results = Vec::new();
         for (kind, device) in &backends {
@@ -132,7 +120,10 @@ fn all_models_agree_across_backends() {
                 device: ad.clone(),
                 weights: &weights,
             };
-            results.push((*kind, with_model(config, &s, &enc, &ad, step).unwrap()));
+            results.push((
+                *kind,
+                Models::with_model(config, &s, enc.layout(), &ad, step).unwrap(),
+            ));
         }
         let (_, (b0, l0, a0)) = &results[0];
         for (kind, (b, l, a)) in &results[1..] {
@@ -142,8 +133,9 @@ fn all_models_agree_across_backends() {
                 ("after one step", a0, a),
             ] {
                 let diff = x.iter().zip(y).map(|(p, q)| (p - q).abs()).fold(0.0f32, f32::max);
-                eprintln!("{}: {kind} vs flex, {what}: max |diff| {diff:e}", config.kind());
-                assert!(diff < 1e-4, "{}: {kind}: {what} differ by {diff}", config.kind());
+                let model = Models::kind(config);
+                eprintln!("{model}: {kind} vs flex, {what}: max |diff| {diff:e}");
+                assert!(diff < 1e-4, "{model}: {kind}: {what} differ by {diff}");
             }
         }
     }

@@ -9,9 +9,10 @@ use mtl_data::BadRowPolicy;
 use mtl_data::synthetic::{CcpFiles, CcpSpec, generate_ccp};
 use mtl_esmm::EsmmConfig;
 use mtl_layers::MlpSpec;
-use mtl_mmoe::{MmoeConfig, SharedBottomConfig, TaskConfig};
+use mtl_mmoe::{MmoeConfig, OmoeConfig, PleConfig, SharedBottomConfig, TaskConfig};
+use mtl_models::{ModelConfig, ModelDir, Models, RunConfig};
 use mtl_trainer::fit::improves;
-use mtl_trainer::{DataConfig, EarlyStopping, ModelConfig, RunConfig, TrainOptions, TrainSettings, auc};
+use mtl_trainer::{DataConfig, EarlyStopping, Registry, TrainOptions, TrainSettings, auc};
 
 fn data(dir: &Path, rows: usize, seed: u64) -> CcpFiles {
     let mut spec = CcpSpec::small(rows, seed);
@@ -75,7 +76,7 @@ fn train_eval_predict_agree() {
     let dir = tempfile::tempdir().unwrap();
     let files = data(&dir.path().join("data"), 6000, 1);
     let out = dir.path().join("model");
-    let summary = mtl_trainer::train(
+    let summary = mtl_trainer::train::<Models>(
         Some(&config(&files, esmm(), settings(1, 256))),
         &out,
         false,
@@ -105,7 +106,8 @@ fn train_eval_predict_agree() {
     );
 
     // eval on the test file
-    let (eval, report) = mtl_trainer::eval_file(&out, &files.test, "flex", BadRowPolicy::Fail).unwrap();
+    let (eval, report) =
+        mtl_trainer::eval_file::<Models>(&out, &files.test, "flex", BadRowPolicy::Fail).unwrap();
     assert_eq!(report.rows, 600);
     assert_eq!(
         eval.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(),
@@ -116,7 +118,7 @@ fn train_eval_predict_agree() {
 
     // predict writes the scores eval used: recompute AUCs from the written file
     let pred_path = dir.path().join("pred.csv");
-    let (rows, _, names) = mtl_trainer::predict_file(
+    let (rows, _, names) = mtl_trainer::predict_file::<Models>(
         &out,
         &files.test,
         &pred_path,
@@ -154,7 +156,7 @@ fn train_eval_predict_agree() {
 }
 
 fn load_weights(dir: &Path) -> Vec<f32> {
-    let model_dir = mtl_trainer::ModelDir::open(dir).unwrap();
+    let model_dir = ModelDir::open(dir).unwrap();
     let ModelConfig::Esmm(cfg) = &model_dir.config.model else {
         panic!("esmm expected")
     };
@@ -226,7 +228,7 @@ fn interrupted_run_resumes_to_the_same_weights() {
     s.weight_decay = 1e-4;
     s.grad_clip_norm = Some(5.0);
     let full = dir.path().join("full");
-    let a = mtl_trainer::train(
+    let a = mtl_trainer::train::<Models>(
         Some(&config(&files, esmm(), s.clone())),
         &full,
         false,
@@ -239,7 +241,7 @@ fn interrupted_run_resumes_to_the_same_weights() {
     let part = dir.path().join("part");
     let mut s1 = s.clone();
     s1.max_steps = Some(7);
-    let b = mtl_trainer::train(
+    let b = mtl_trainer::train::<Models>(
         Some(&config(&files, esmm(), s1)),
         &part,
         false,
@@ -257,7 +259,7 @@ fn interrupted_run_resumes_to_the_same_weights() {
     let broken = dir.path().join("broken");
     copy_dir(&part, &broken);
     std::fs::remove_file(broken.join("checkpoint").join(mtl_trainer::fit::SPARSE_MOMENTS)).unwrap();
-    let err = mtl_trainer::train(None, &broken, true, &TrainOptions::default())
+    let err = mtl_trainer::train::<Models>(None, &broken, true, &TrainOptions::default())
         .err()
         .unwrap()
         .to_string();
@@ -268,7 +270,7 @@ fn interrupted_run_resumes_to_the_same_weights() {
     // a step limit belongs to one invocation: it is not saved with the run
     let saved = std::fs::read_to_string(part.join("config.toml")).unwrap();
     assert!(!saved.contains("max_steps"), "{saved}");
-    let c = mtl_trainer::train(
+    let c = mtl_trainer::train::<Models>(
         None,
         &part,
         true,
@@ -280,7 +282,7 @@ fn interrupted_run_resumes_to_the_same_weights() {
     .unwrap();
     assert_eq!(c.steps, 17);
     assert!(!c.finished);
-    let d = mtl_trainer::train(None, &part, true, &TrainOptions::default()).unwrap();
+    let d = mtl_trainer::train::<Models>(None, &part, true, &TrainOptions::default()).unwrap();
     assert!(d.finished);
     assert_eq!(d.steps, 24);
     let (wa, wd) = (load_weights(&full), load_weights(&part));
@@ -295,7 +297,7 @@ fn interrupted_run_resumes_to_the_same_weights() {
     // same seed → same metrics
     assert_eq!(a.history.last().unwrap().valid, d.history.last().unwrap().valid);
     // resuming a finished run is refused
-    let err = mtl_trainer::train(None, &part, true, &TrainOptions::default())
+    let err = mtl_trainer::train::<Models>(None, &part, true, &TrainOptions::default())
         .err()
         .unwrap()
         .to_string();
@@ -304,7 +306,7 @@ fn interrupted_run_resumes_to_the_same_weights() {
         "{err}"
     );
     // ... unless it asks for more epochs: a finished run trains further
-    let e = mtl_trainer::train(
+    let e = mtl_trainer::train::<Models>(
         None,
         &part,
         true,
@@ -353,7 +355,7 @@ fn early_stopping_keeps_the_best_model() {
         patience: 2,
     });
     let out = dir.path().join("m");
-    let summary = mtl_trainer::train(
+    let summary = mtl_trainer::train::<Models>(
         Some(&config(&files, esmm(), s)),
         &out,
         false,
@@ -368,7 +370,7 @@ fn early_stopping_keeps_the_best_model() {
         assert_eq!(losses.len() - 1 - best_at, 2, "{losses:?}");
     }
     // the saved model is the best one: its validation loss equals the best seen
-    let model = mtl_trainer::ModelDir::open(&out).unwrap();
+    let model = ModelDir::open(&out).unwrap();
     let (valid, _, _) =
         mtl_data::read_encoded(&files.val, &model.encoder, BadRowPolicy::Fail, true, None).unwrap();
     let ModelConfig::Esmm(cfg) = &model.config.model else {
@@ -400,24 +402,34 @@ fn every_model_learns_a_known_signal() {
             MlpSpec::new([16]),
             two_tasks(),
         )),
-        ModelConfig::Omoe(MmoeConfig::new(
+        ModelConfig::Omoe(OmoeConfig(MmoeConfig::new(
             3,
             MlpSpec::new([32]),
             MlpSpec::new([16]),
             two_tasks(),
-        )),
+        ))),
         ModelConfig::SharedBottom(SharedBottomConfig {
             bottom: MlpSpec::new([32]),
             tower: MlpSpec::new([16]),
             tasks: two_tasks(),
             pooling: Default::default(),
         }),
+        ModelConfig::Ple(PleConfig {
+            n_level: 2,
+            n_expert_specific: 1,
+            n_expert_shared: 1,
+            expert: MlpSpec::new([32]),
+            tower: MlpSpec::new([16]),
+            tasks: two_tasks(),
+            gate_batch_norm: true,
+            pooling: Default::default(),
+        }),
     ];
     let mut sparse_esmm_auc = None;
     for model in models {
-        let kind = model.kind();
+        let kind = Models::kind(&model);
         let out = dir.path().join(kind);
-        let s = mtl_trainer::train(
+        let s = mtl_trainer::train::<Models>(
             Some(&config(&files, model, settings(2, 128))),
             &out,
             false,
@@ -454,7 +466,7 @@ fn every_model_learns_a_known_signal() {
     // the default row-sparse embedding updates land in the same AUC band as burn's dense Adam
     let mut dense = settings(2, 128);
     dense.embedding = mtl_trainer::EmbeddingUpdate::Dense;
-    let s = mtl_trainer::train(
+    let s = mtl_trainer::train::<Models>(
         Some(&config(&files, esmm(), dense)),
         &dir.path().join("dense"),
         false,

@@ -1,0 +1,305 @@
+//! PLE — Progressive Layered Extraction (Tang et al., *Progressive Layered Extraction (PLE): A
+//! Novel Multi-Task Learning (MTL) Model for Personalized Recommendations*, RecSys 2020).
+//!
+//! ```text
+//! level l (a CGC layer), tasks t = 1…T, inputs x_t (task paths) and x_s (shared path):
+//!   E_t = specific experts of t on x_t        E_s = shared experts on x_s
+//!   x_t ← Σ_k g_t,k(x_t) · [E_t ; E_s]_k       g_t = softmax gate of task t over its own and the shared experts
+//!   x_s ← Σ_k g_s,k(x_s) · [E_1 ; … ; E_T ; E_s]_k   (every level but the last: the shared gate sees all experts)
+//! level 1: x_t = x_s = the input embedding;   y_t = h_t(x_t after the last level)
+//! ```
+//!
+//! Keys translate torch-rechub's `PLE(n_level, n_expert_specific, n_expert_shared,
+//! expert_params, tower_params_list)` one to one (`tower` for every task, or `tasks[i].tower`);
+//! CGC (Customized Gate Control) is PLE with `n_level = 1`. Gates are `Linear → BatchNorm →
+//! softmax` as torch-rechub builds them, so parameter counts are equal (tested). PLE with one
+//! level, no specific experts and K shared experts is MMOE with K experts (tested).
+
+use burn::module::Module;
+use burn::tensor::{Device, Tensor};
+use mtl_features::{BatchTensors, FieldPooling, InputLayer, InputSpec, TableLayout, ValidSchema};
+use mtl_layers::head::predict;
+use mtl_layers::{
+    Activation, Forward, Mlp, MlpSpec, ModelBuilder, ModelError, ModelPlan, MultiTaskModel, OutputSpec,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{Experts, MAX_EXPERTS, TaskConfig, TaskSpec, outputs, resolve_tasks, task_forward, task_plan};
+
+fn default_true() -> bool {
+    true
+}
+
+/// The most extraction levels a config may ask for.
+pub const MAX_LEVELS: usize = 16;
+
+/// PLE configuration (`type = "ple"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PleConfig {
+    /// Extraction levels (1 = CGC).
+    pub n_level: usize,
+    /// Experts of each task's own, per level.
+    pub n_expert_specific: usize,
+    /// Experts shared by every task, per level.
+    pub n_expert_shared: usize,
+    /// Every expert's hidden layers (`expert_params`).
+    pub expert: MlpSpec,
+    /// Each task's tower hidden layers (a final Linear to one output is added); a task's own
+    /// `tower` overrides it (`tower_params_list`).
+    pub tower: MlpSpec,
+    /// The tasks.
+    pub tasks: Vec<TaskConfig>,
+    /// BatchNorm inside each gate (torch-rechub has it).
+    #[serde(default = "default_true")]
+    pub gate_batch_norm: bool,
+    /// How field embeddings become the experts' input.
+    #[serde(default)]
+    pub pooling: FieldPooling,
+}
+
+impl PleConfig {
+    /// Checks the config against `schema` and says what the model outputs.
+    pub fn plan(&self, schema: &ValidSchema) -> Result<ModelPlan, ModelError> {
+        let invalid = |key: &str, message: String| ModelError::Invalid {
+            key: format!("model.{key}"),
+            message,
+        };
+        if !(1..=MAX_LEVELS).contains(&self.n_level) {
+            return Err(invalid(
+                "n_level",
+                format!("= {}: must be between 1 and {MAX_LEVELS}", self.n_level),
+            ));
+        }
+        for (key, n) in [
+            ("n_expert_specific", self.n_expert_specific),
+            ("n_expert_shared", self.n_expert_shared),
+        ] {
+            if n > MAX_EXPERTS {
+                return Err(invalid(key, format!("= {n}: must be at most {MAX_EXPERTS}")));
+            }
+        }
+        if self.n_expert_specific + self.n_expert_shared == 0 {
+            return Err(invalid(
+                "n_expert_shared",
+                "a level needs at least one expert: n_expert_specific + n_expert_shared ≥ 1".into(),
+            ));
+        }
+        if self.expert.dims.is_empty() {
+            return Err(invalid(
+                "expert.dims",
+                "an expert needs at least one layer".into(),
+            ));
+        }
+        self.expert.check("model.expert")?;
+        self.tower.check("model.tower")?;
+        InputSpec::new(schema, &self.pooling)?;
+        Ok(task_plan(&resolve_tasks(schema, &self.tasks)?))
+    }
+
+    /// Builds the model.
+    pub fn init(
+        &self,
+        schema: &ValidSchema,
+        layout: &TableLayout,
+        device: &Device,
+    ) -> Result<Ple, ModelError> {
+        self.plan(schema)?;
+        let tasks = resolve_tasks(schema, &self.tasks)?;
+        let input = InputLayer::new(
+            InputSpec::new(schema, &self.pooling)?,
+            layout,
+            schema.schema.embed_init_std,
+            device,
+        );
+        let n_tasks = tasks.len();
+        let expert_width = self.expert.output_dim(0, false);
+        let gate = |n: usize, width: usize| {
+            MlpSpec::new([n])
+                .with_activation(Activation::Softmax)
+                .with_batch_norm(self.gate_batch_norm)
+                .init(width, false, device)
+        };
+        let levels = (0..self.n_level)
+            .map(|level| {
+                let width = if level == 0 {
+                    input.output_dim()
+                } else {
+                    expert_width
+                };
+                let own = self.n_expert_specific + self.n_expert_shared;
+                ExtractionLayer {
+                    specific: (0..n_tasks)
+                        .filter(|_| self.n_expert_specific > 0)
+                        .map(|_| Experts::new(self.n_expert_specific, &self.expert, width, device))
+                        .collect(),
+                    shared: (self.n_expert_shared > 0)
+                        .then(|| Experts::new(self.n_expert_shared, &self.expert, width, device)),
+                    gates: (0..n_tasks).map(|_| gate(own, width)).collect(),
+                    shared_gate: (level + 1 < self.n_level)
+                        .then(|| gate(n_tasks * self.n_expert_specific + self.n_expert_shared, width)),
+                }
+            })
+            .collect();
+        Ok(Ple {
+            levels,
+            towers: self
+                .tasks
+                .iter()
+                .map(|t| {
+                    t.tower
+                        .as_ref()
+                        .unwrap_or(&self.tower)
+                        .init(expert_width, true, device)
+                })
+                .collect(),
+            input,
+            tasks,
+        })
+    }
+}
+
+impl ModelBuilder for PleConfig {
+    type Model = Ple;
+    const ABOUT: &'static str = "Progressive Layered Extraction: task-specific and shared experts in n_level CGC layers (n_level = 1 is CGC)";
+    const EXAMPLE: &'static str = "n_level = 2\nn_expert_specific = 2\nn_expert_shared = 1\nexpert = { dims = [16] }\ntower = { dims = [8] }\ntasks = [{ label = \"click\" }, { label = \"purchase\" }]\n";
+
+    fn plan(&self, schema: &ValidSchema) -> Result<ModelPlan, ModelError> {
+        PleConfig::plan(self, schema)
+    }
+
+    fn init(&self, schema: &ValidSchema, layout: &TableLayout, device: &Device) -> Result<Ple, ModelError> {
+        PleConfig::init(self, schema, layout, device)
+    }
+}
+
+/// One extraction level (a CGC layer).
+#[derive(Module, Debug)]
+pub struct ExtractionLayer {
+    /// Per task, its own experts (empty when `n_expert_specific` is 0).
+    pub specific: Vec<Experts>,
+    /// The shared experts, if any.
+    pub shared: Option<Experts>,
+    /// Per task, a softmax gate over its own and the shared experts.
+    pub gates: Vec<Mlp>,
+    /// Every level but the last: a softmax gate over all experts, for the shared path.
+    pub shared_gate: Option<Mlp>,
+}
+
+/// `Σ_k g_k · E_k`: experts `[batch, k, d]` mixed by gate weights `[batch, k]` into `[batch, d]`.
+fn mix(experts: Tensor<3>, gate: Tensor<2>) -> Tensor<2> {
+    let [b, _, d] = experts.dims();
+    (experts * gate.unsqueeze_dim(2)).sum_dim(1).reshape([b, d])
+}
+
+impl ExtractionLayer {
+    /// The level's outputs and its gate weights.
+    ///
+    /// # Shapes
+    /// - `inputs`: one `[batch, in]` per task, then the shared path's `[batch, in]`
+    /// - output: one `[batch, expert_dim]` per task (then the shared path's, except on the
+    ///   last level); gate weights `[batch, experts the gate sees]` per task (then shared)
+    pub fn forward(&self, inputs: &[Tensor<2>]) -> (Vec<Tensor<2>>, Vec<Tensor<2>>) {
+        let n_tasks = self.gates.len();
+        let shared_in = &inputs[n_tasks];
+        let specific: Vec<Tensor<3>> = self
+            .specific
+            .iter()
+            .zip(inputs)
+            .map(|(e, x)| e.forward(x.clone()))
+            .collect();
+        let shared = self.shared.as_ref().map(|e| e.forward(shared_in.clone()));
+        let mut outputs = Vec::with_capacity(n_tasks + 1);
+        let mut gates = Vec::with_capacity(n_tasks + 1);
+        for (t, gate) in self.gates.iter().enumerate() {
+            let experts: Vec<Tensor<3>> = specific
+                .get(t)
+                .cloned()
+                .into_iter()
+                .chain(shared.clone())
+                .collect();
+            let g = gate.forward(inputs[t].clone());
+            outputs.push(mix(Tensor::cat(experts, 1), g.clone()));
+            gates.push(g);
+        }
+        if let Some(gate) = &self.shared_gate {
+            let experts: Vec<Tensor<3>> = specific.into_iter().chain(shared).collect();
+            let g = gate.forward(shared_in.clone());
+            outputs.push(mix(Tensor::cat(experts, 1), g.clone()));
+            gates.push(g);
+        }
+        (outputs, gates)
+    }
+}
+
+/// Progressive Layered Extraction.
+#[derive(Module, Debug)]
+pub struct Ple {
+    /// Shared embeddings and pooling.
+    pub input: InputLayer,
+    /// The extraction levels, first to last.
+    pub levels: Vec<ExtractionLayer>,
+    /// Task towers `h_t`, each ending in one output.
+    pub towers: Vec<Mlp>,
+    /// The tasks.
+    #[module(skip)]
+    pub tasks: Vec<TaskSpec>,
+}
+
+impl Ple {
+    /// Per-task logits (or values) and every level's gate weights.
+    ///
+    /// # Shapes
+    /// - logits: one `[batch]` per task
+    /// - gates: per level, `[batch, experts]` per task (then the shared gate's)
+    pub fn forward_with_gates(&self, batch: &BatchTensors) -> (Vec<Tensor<1>>, Vec<Vec<Tensor<2>>>) {
+        let b = batch.rows;
+        let x = self.input.forward(batch); // [batch, input_dim]
+        let mut paths = vec![x; self.tasks.len() + 1];
+        let mut gates = Vec::with_capacity(self.levels.len());
+        for level in &self.levels {
+            let (out, g) = level.forward(&paths);
+            paths = out;
+            gates.push(g);
+        }
+        let logits = self
+            .towers
+            .iter()
+            .zip(paths)
+            .map(|(tower, x)| tower.forward(x).reshape([b]))
+            .collect();
+        (logits, gates)
+    }
+}
+
+impl MultiTaskModel for Ple {
+    fn outputs(&self) -> Vec<OutputSpec> {
+        outputs(&self.tasks)
+    }
+
+    fn loss_names(&self) -> Vec<String> {
+        self.tasks.iter().map(|t| t.name.clone()).collect()
+    }
+
+    fn predict(&self, batch: &BatchTensors) -> Vec<Tensor<1>> {
+        let (logits, _) = self.forward_with_gates(batch);
+        self.tasks
+            .iter()
+            .zip(logits)
+            .map(|(t, l)| predict(l, t.kind))
+            .collect()
+    }
+
+    fn forward(&self, batch: &BatchTensors) -> Forward {
+        let (logits, _) = self.forward_with_gates(batch);
+        task_forward(&self.tasks, logits, batch)
+    }
+
+    fn input_layer(&self) -> &InputLayer {
+        &self.input
+    }
+
+    fn input_layer_mut(&mut self) -> &mut InputLayer {
+        &mut self.input
+    }
+}

@@ -1,0 +1,165 @@
+//! How the trainer meets models it does not know: a [`Registry`] of model types, written with
+//! the [`registry!`](crate::registry!) macro one line per model in a crate above the model
+//! crates (`mtl-models`), so that the trainer depends on the model contract only.
+//!
+//! Every function that reads a run config or builds a model is generic over the registry
+//! (`train::<Models>(…)`): the training loop stays monomorphic per model type (burn's modules
+//! are not object-safe), and a new model is one file plus one line.
+
+use burn::tensor::Device;
+use mtl_features::{TableLayout, ValidSchema};
+use mtl_layers::{ModelError, ModelPlan, MultiTaskModel};
+use serde::Serialize;
+
+use crate::TrainError;
+
+/// Something to do with a freshly built model, whatever its type.
+pub trait WithModel {
+    /// What it returns.
+    type Out;
+    /// Does it.
+    fn run<M: MultiTaskModel + 'static>(self, model: M) -> Result<Self::Out, TrainError>;
+}
+
+/// A set of model types, each known by its `type` name in a run config.
+pub trait Registry: Clone + std::fmt::Debug + PartialEq + Send + Sync + 'static {
+    /// The `[model]` table of any registered type (serialised with its `type`).
+    type Config: Clone + std::fmt::Debug + PartialEq + Serialize + Send + Sync;
+
+    /// Every `type` name, in registration order.
+    const KINDS: &'static [&'static str];
+
+    /// The `type` name of a config.
+    fn kind(config: &Self::Config) -> &'static str;
+
+    /// One line on the model type and a working example table (for `mtl models`).
+    fn about(kind: &str) -> Option<(&'static str, &'static str)>;
+
+    /// Reads the `[model]` table (its `type` key removed) of type `kind`, one of
+    /// [`Registry::KINDS`]; errors keep the table's own spans.
+    fn parse(kind: &str, table: toml::de::ValueDeserializer<'_>) -> Result<Self::Config, toml::de::Error>;
+
+    /// Checks a config against the schema and says what the model outputs.
+    fn plan(config: &Self::Config, schema: &ValidSchema) -> Result<ModelPlan, ModelError>;
+
+    /// Builds the configured model and hands it to `job`.
+    fn with_model<W: WithModel>(
+        config: &Self::Config,
+        schema: &ValidSchema,
+        layout: &TableLayout,
+        device: &Device,
+        job: W,
+    ) -> Result<W::Out, TrainError>;
+}
+
+/// Serialises a model config as its table with `type = kind` added (the run directory's
+/// `config.toml` form).
+pub fn serialize_tagged<T: Serialize, S: serde::Serializer>(
+    kind: &str,
+    config: &T,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    let mut table = toml::Table::try_from(config).map_err(serde::ser::Error::custom)?;
+    table.insert("type".into(), toml::Value::String(kind.into()));
+    table.serialize(serializer)
+}
+
+/// Declares a model registry: an enum of model configs, one variant per model type, and a
+/// unit type implementing [`Registry`] over it. Each line names the `type`, the variant and
+/// a config type implementing [`ModelBuilder`](mtl_layers::ModelBuilder):
+///
+/// ```ignore
+/// mtl_trainer::registry! {
+///     /// Every model mtl ships.
+///     pub enum ModelConfig in Models {
+///         "esmm" => Esmm(mtl_esmm::EsmmConfig),
+///         "mmoe" => Mmoe(mtl_mmoe::MmoeConfig),
+///     }
+/// }
+/// ```
+#[macro_export]
+macro_rules! registry {
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $config:ident in $registry:ident {
+            $( $kind:literal => $variant:ident($ty:ty) ),+ $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq)]
+        $vis enum $config {
+            $(
+                #[doc = concat!("`type = \"", $kind, "\"`")]
+                $variant($ty),
+            )+
+        }
+
+        impl $crate::__private::serde::Serialize for $config {
+            fn serialize<S: $crate::__private::serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                match self {
+                    $( Self::$variant(c) => $crate::registry::serialize_tagged($kind, c, s), )+
+                }
+            }
+        }
+
+        #[doc = concat!("The registry of [`", stringify!($config), "`]'s model types.")]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+        $vis struct $registry;
+
+        impl $crate::Registry for $registry {
+            type Config = $config;
+            const KINDS: &'static [&'static str] = &[$($kind),+];
+
+            fn kind(config: &$config) -> &'static str {
+                match config {
+                    $( $config::$variant(_) => $kind, )+
+                }
+            }
+
+            fn about(kind: &str) -> Option<(&'static str, &'static str)> {
+                use $crate::__private::mtl_layers::ModelBuilder;
+                match kind {
+                    $( $kind => Some((<$ty as ModelBuilder>::ABOUT, <$ty as ModelBuilder>::EXAMPLE)), )+
+                    _ => None,
+                }
+            }
+
+            fn parse(
+                kind: &str,
+                table: $crate::__private::toml::de::ValueDeserializer<'_>,
+            ) -> Result<$config, $crate::__private::toml::de::Error> {
+                match kind {
+                    $( $kind => Ok($config::$variant(
+                        <$ty as $crate::__private::serde::Deserialize>::deserialize(table)?,
+                    )), )+
+                    other => Err(<$crate::__private::toml::de::Error as $crate::__private::serde::de::Error>::custom(
+                        format!("unknown model type `{other}`"),
+                    )),
+                }
+            }
+
+            fn plan(
+                config: &$config,
+                schema: &$crate::__private::mtl_features::ValidSchema,
+            ) -> Result<$crate::__private::mtl_layers::ModelPlan, $crate::__private::mtl_layers::ModelError> {
+                match config {
+                    $( $config::$variant(c) => $crate::__private::mtl_layers::ModelBuilder::plan(c, schema), )+
+                }
+            }
+
+            fn with_model<W: $crate::WithModel>(
+                config: &$config,
+                schema: &$crate::__private::mtl_features::ValidSchema,
+                layout: &$crate::__private::mtl_features::TableLayout,
+                device: &$crate::__private::Device,
+                job: W,
+            ) -> Result<W::Out, $crate::TrainError> {
+                match config {
+                    $( $config::$variant(c) => job.run(
+                        $crate::__private::mtl_layers::ModelBuilder::init(c, schema, layout, device)?,
+                    ), )+
+                }
+            }
+        }
+    };
+}
