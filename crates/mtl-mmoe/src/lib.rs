@@ -48,12 +48,14 @@
 //! assert_eq!(model.gates.len(), 2);
 //! ```
 
+mod aitm;
 mod experts;
 mod ple;
 
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 
+pub use aitm::{Aitm, AitmConfig, InfoTransfer};
 pub use experts::{ExpertLayer, Experts};
 use mtl_features::{BatchTensors, FieldPooling, InputLayer, InputSpec, LabelKind, TableLayout, ValidSchema};
 use mtl_layers::head::{predict, task_loss};

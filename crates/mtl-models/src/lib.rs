@@ -25,6 +25,7 @@ mtl_trainer::registry! {
         "omoe" => Omoe(mtl_mmoe::OmoeConfig),
         "shared_bottom" => SharedBottom(mtl_mmoe::SharedBottomConfig),
         "ple" => Ple(mtl_mmoe::PleConfig),
+        "aitm" => Aitm(mtl_mmoe::AitmConfig),
     }
 }
 

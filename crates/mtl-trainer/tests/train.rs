@@ -9,7 +9,7 @@ use mtl_data::BadRowPolicy;
 use mtl_data::synthetic::{CcpFiles, CcpSpec, generate_ccp};
 use mtl_esmm::EsmmConfig;
 use mtl_layers::MlpSpec;
-use mtl_mmoe::{MmoeConfig, OmoeConfig, PleConfig, SharedBottomConfig, TaskConfig};
+use mtl_mmoe::{AitmConfig, MmoeConfig, OmoeConfig, PleConfig, SharedBottomConfig, TaskConfig};
 use mtl_models::{ModelConfig, ModelDir, Models, RunConfig};
 use mtl_trainer::fit::improves;
 use mtl_trainer::{DataConfig, EarlyStopping, Registry, TrainOptions, TrainSettings, auc};
@@ -424,6 +424,13 @@ fn every_model_learns_a_known_signal() {
             gate_batch_norm: true,
             pooling: Default::default(),
         }),
+        ModelConfig::Aitm(AitmConfig {
+            bottom: MlpSpec::new([32]),
+            tower: MlpSpec::new([16]),
+            tasks: two_tasks(),
+            calibrator_alpha: 0.6,
+            pooling: Default::default(),
+        }),
     ];
     let mut sparse_esmm_auc = None;
     for model in models {
@@ -461,6 +468,12 @@ fn every_model_learns_a_known_signal() {
             let buy = test_auc("purchase");
             eprintln!("{kind}: purchase AUC {buy:.4}");
             assert!(buy > 0.7, "{kind}: purchase AUC {buy}");
+        }
+        if kind == "aitm" {
+            // the funnel's second step, also scored on the rows where the first happened
+            let given = test_auc("purchase_given_click");
+            eprintln!("aitm: purchase AUC on clicked rows {given:.4}");
+            assert!(given > 0.55, "aitm: purchase | click AUC {given}");
         }
     }
     // the default row-sparse embedding updates land in the same AUC band as burn's dense Adam
