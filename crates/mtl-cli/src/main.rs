@@ -418,6 +418,18 @@ fn print_summary(s: &TrainSummary) {
     );
     print_metrics("validation (last evaluation):", &s.valid);
     print_metrics("test (saved model):", &s.test);
+    if !s.gates.is_empty() {
+        println!("gate utilisation (saved model, validation rows: mean weight per expert):");
+        for g in &s.gates {
+            println!("  {}", g.summary());
+        }
+    }
+    if !s.dead_experts.is_empty() {
+        println!(
+            "warning: {} get under 1 % of every gate's weight (dead experts: fewer would do)",
+            s.dead_experts.join(", ")
+        );
+    }
     println!(
         "time spent building batches: {:.1} % of training",
         100.0 * s.data_wait_fraction

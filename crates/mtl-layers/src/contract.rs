@@ -73,6 +73,17 @@ impl Forward {
     }
 }
 
+/// One gate's (or attention's) weights on a batch, for the gate-utilisation report.
+#[derive(Debug, Clone)]
+pub struct GateWeights {
+    /// The gate, e.g. `click`, `level1.shared`, `purchase<-click`.
+    pub name: String,
+    /// What each column weighs: the experts (or vectors) the gate mixes.
+    pub experts: Vec<String>,
+    /// `[batch, experts]`, each row a distribution.
+    pub weights: Tensor<2>,
+}
+
 /// A model that predicts several tasks from one encoded batch.
 pub trait MultiTaskModel: Module + Clone + std::fmt::Debug {
     /// The outputs, in the order [`MultiTaskModel::predict`] returns them.
@@ -95,6 +106,16 @@ pub trait MultiTaskModel: Module + Clone + std::fmt::Debug {
 
     /// The shared embedding/input layer, mutably (row-sparse training swaps its table).
     fn input_layer_mut(&mut self) -> &mut InputLayer;
+
+    /// The weights of every gate (mixtures of experts) or attention (information transfer)
+    /// on a batch; none for a model without gates.
+    ///
+    /// # Shapes
+    /// - each: `[batch, experts]`
+    fn gates(&self, batch: &BatchTensors) -> Vec<GateWeights> {
+        let _ = batch;
+        Vec::new()
+    }
 }
 
 /// A model's configuration (the `[model]` table of a run config, less its `type`): all a

@@ -10,7 +10,7 @@ pub mod head;
 pub mod mlp;
 pub mod params;
 
-pub use contract::{Forward, ModelBuilder, ModelPlan, MultiTaskModel, OutputSpec};
+pub use contract::{Forward, GateWeights, ModelBuilder, ModelPlan, MultiTaskModel, OutputSpec};
 pub use error::{ModelError, resolve_label};
 pub use mlp::{Activation, Mlp, MlpBlock, MlpSpec};
 pub use params::trainable_params;

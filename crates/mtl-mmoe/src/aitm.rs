@@ -25,7 +25,9 @@ use mtl_features::{
     BatchTensors, FieldPooling, InputLayer, InputSpec, LabelKind, LabelRule, TableLayout, ValidSchema,
 };
 use mtl_layers::head::predict;
-use mtl_layers::{Forward, Mlp, MlpSpec, ModelBuilder, ModelError, ModelPlan, MultiTaskModel, OutputSpec};
+use mtl_layers::{
+    Forward, GateWeights, Mlp, MlpSpec, ModelBuilder, ModelError, ModelPlan, MultiTaskModel, OutputSpec,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::{TaskConfig, TaskSpec, outputs, resolve_tasks, task_forward};
@@ -330,5 +332,18 @@ impl MultiTaskModel for Aitm {
 
     fn input_layer_mut(&mut self) -> &mut InputLayer {
         &mut self.input
+    }
+
+    fn gates(&self, batch: &BatchTensors) -> Vec<GateWeights> {
+        let (_, attention) = self.forward_with_attention(batch);
+        attention
+            .into_iter()
+            .zip(self.tasks.windows(2))
+            .map(|(weights, w)| GateWeights {
+                name: format!("{}<-{}", w[1].name, w[0].name),
+                experts: vec!["own".into(), "transferred".into()],
+                weights,
+            })
+            .collect()
     }
 }

@@ -60,8 +60,8 @@ pub use experts::{ExpertLayer, Experts};
 use mtl_features::{BatchTensors, FieldPooling, InputLayer, InputSpec, LabelKind, TableLayout, ValidSchema};
 use mtl_layers::head::{predict, task_loss};
 use mtl_layers::{
-    Activation, Forward, Mlp, MlpSpec, ModelBuilder, ModelError, ModelPlan, MultiTaskModel, OutputSpec,
-    resolve_label,
+    Activation, Forward, GateWeights, Mlp, MlpSpec, ModelBuilder, ModelError, ModelPlan, MultiTaskModel,
+    OutputSpec, resolve_label,
 };
 pub use ple::{ExtractionLayer, MAX_LEVELS, Ple, PleConfig};
 use serde::{Deserialize, Serialize};
@@ -421,6 +421,26 @@ impl MultiTaskModel for Mmoe {
     fn forward(&self, batch: &BatchTensors) -> Forward {
         let (logits, _) = self.forward_with_gates(batch);
         task_forward(&self.tasks, logits, batch)
+    }
+
+    fn gates(&self, batch: &BatchTensors) -> Vec<GateWeights> {
+        let (_, gates) = self.forward_with_gates(batch);
+        let experts: Vec<String> = (0..self.experts.len()).map(|k| format!("expert{k}")).collect();
+        let shared = self.gates.len() == 1 && self.tasks.len() > 1;
+        gates
+            .into_iter()
+            .zip(&self.tasks)
+            .take(self.gates.len())
+            .map(|(weights, task)| GateWeights {
+                name: if shared {
+                    "shared".into()
+                } else {
+                    task.name.clone()
+                },
+                experts: experts.clone(),
+                weights,
+            })
+            .collect()
     }
 }
 

@@ -20,7 +20,8 @@ use burn::tensor::{Device, Tensor};
 use mtl_features::{BatchTensors, FieldPooling, InputLayer, InputSpec, TableLayout, ValidSchema};
 use mtl_layers::head::predict;
 use mtl_layers::{
-    Activation, Forward, Mlp, MlpSpec, ModelBuilder, ModelError, ModelPlan, MultiTaskModel, OutputSpec,
+    Activation, Forward, GateWeights, Mlp, MlpSpec, ModelBuilder, ModelError, ModelPlan, MultiTaskModel,
+    OutputSpec,
 };
 use serde::{Deserialize, Serialize};
 
@@ -301,5 +302,44 @@ impl MultiTaskModel for Ple {
 
     fn input_layer_mut(&mut self) -> &mut InputLayer {
         &mut self.input
+    }
+
+    fn gates(&self, batch: &BatchTensors) -> Vec<GateWeights> {
+        let (_, levels) = self.forward_with_gates(batch);
+        let mut out = Vec::new();
+        for (l, (level, gates)) in self.levels.iter().zip(levels).enumerate() {
+            let n_spec = level.specific.first().map_or(0, Experts::len);
+            let n_shared = level.shared.as_ref().map_or(0, Experts::len);
+            let specific = |t: &TaskSpec| -> Vec<String> {
+                (0..n_spec)
+                    .map(|k| format!("level{}.{}.expert{k}", l + 1, t.name))
+                    .collect()
+            };
+            let shared: Vec<String> = (0..n_shared)
+                .map(|k| format!("level{}.shared.expert{k}", l + 1))
+                .collect();
+            for (g, weights) in gates.into_iter().enumerate() {
+                let (name, experts) = match self.tasks.get(g) {
+                    Some(t) => (
+                        format!("level{}.{}", l + 1, t.name),
+                        specific(t).into_iter().chain(shared.iter().cloned()).collect(),
+                    ),
+                    None => (
+                        format!("level{}.shared", l + 1),
+                        self.tasks
+                            .iter()
+                            .flat_map(specific)
+                            .chain(shared.iter().cloned())
+                            .collect(),
+                    ),
+                };
+                out.push(GateWeights {
+                    name,
+                    experts,
+                    weights,
+                });
+            }
+        }
+        out
     }
 }

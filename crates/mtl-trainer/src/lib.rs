@@ -21,6 +21,7 @@
 pub mod config;
 pub mod curve;
 pub mod fit;
+pub mod gates;
 pub mod metrics;
 pub mod registry;
 pub mod run;

@@ -98,6 +98,12 @@ pub struct TrainSummary {
     pub peak_rss_mb: Option<f64>,
     /// Fraction of training time spent building batches.
     pub data_wait_fraction: f64,
+    /// Gate utilisation of the final model on the validation set (mixtures and AITM).
+    #[serde(default)]
+    pub gates: Vec<crate::gates::GateReport>,
+    /// Experts under 1 % of every gate's weight on the validation set.
+    #[serde(default)]
+    pub dead_experts: Vec<String>,
 }
 
 /// Peak resident set size of this process in MB (`VmHWM`), where the OS reports it.
@@ -417,6 +423,16 @@ impl<R: Registry> WithModel for TrainJob<'_, R> {
             state.history.iter().map(|e| e.train_rows as f64).sum::<f64>() + state.pending.0 as f64;
         let total_secs: f64 = state.history.iter().map(|e| e.train_secs).sum::<f64>() + state.pending_secs;
         let data_secs: f64 = state.history.iter().map(|e| e.data_secs).sum::<f64>() + state.pending_data_secs;
+        let gates = match self.valid {
+            Some(v) if state.trained => {
+                crate::gates::gate_report(&final_model, v, self.encoder.layout(), &plain)?
+            }
+            _ => Vec::new(),
+        };
+        let dead_experts = crate::gates::dead_experts(&gates);
+        if !dead_experts.is_empty() {
+            tracing::warn!(?dead_experts, "experts under 1 % of every gate's weight");
+        }
         // the run is finished once its model and metrics are on disk: marked last
         state.finished = state.trained;
         let summary = TrainSummary {
@@ -439,6 +455,8 @@ impl<R: Registry> WithModel for TrainJob<'_, R> {
             inference_samples_per_sec: inference,
             peak_rss_mb: peak_rss_mb(),
             data_wait_fraction: data_secs / total_secs.max(1e-9),
+            gates,
+            dead_experts,
         };
         let json = serde_json::to_vec_pretty(&summary).expect("summary serialises");
         atomic_write(&self.out_dir.join("metrics.json"), &json)?;

@@ -456,6 +456,17 @@ fn every_model_learns_a_known_signal() {
             test_auc("click")
         };
         eprintln!("{kind}: {} steps, test click AUC {click:.4}", s.steps);
+        // mixtures and AITM report their gates on the validation rows, in metrics.json too
+        let gated = ["mmoe", "omoe", "ple", "aitm"].contains(&kind);
+        assert_eq!(!s.gates.is_empty(), gated, "{kind}: {:?}", s.gates);
+        for g in &s.gates {
+            let total: f64 = g.mean_weight.iter().sum();
+            assert!((total - 1.0).abs() < 1e-4, "{kind} {}: {total}", g.gate);
+            assert_eq!(g.rows, 2500);
+        }
+        let saved: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("metrics.json")).unwrap()).unwrap();
+        assert_eq!(saved["gates"].as_array().map_or(0, Vec::len), s.gates.len());
         assert!(click > 0.68, "{kind}: click AUC {click}");
         if kind == "esmm" {
             sparse_esmm_auc = Some(click);
