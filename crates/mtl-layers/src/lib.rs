@@ -1,16 +1,21 @@
 //! # mtl-layers
 //!
-//! The building blocks every model reuses: [`Mlp`] (torch-rechub's MLP block), prediction
-//! heads and losses computed from logits ([`head`]), and the [`MultiTaskModel`] contract the
-//! trainer drives.
+//! The building blocks every model reuses: [`Mlp`] (torch-rechub's MLP block), the
+//! [`Experts`] of a mixture evaluated together and its [`softmax_gate`], the tasks of a
+//! per-task model with their towers, heads and losses ([`tasks`], [`head`]), and the
+//! [`MultiTaskModel`] / [`ModelBuilder`] contract the trainer and the registry drive.
 
 pub mod contract;
 pub mod error;
+pub mod experts;
 pub mod head;
 pub mod mlp;
 pub mod params;
+pub mod tasks;
 
 pub use contract::{Forward, GateWeights, ModelBuilder, ModelPlan, MultiTaskModel, OutputSpec};
 pub use error::{ModelError, resolve_label};
+pub use experts::{ExpertLayer, Experts, MAX_EXPERTS, softmax_gate};
 pub use mlp::{Activation, Mlp, MlpBlock, MlpSpec};
 pub use params::trainable_params;
+pub use tasks::{TaskConfig, TaskSpec, task_towers};

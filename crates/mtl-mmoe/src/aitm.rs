@@ -30,7 +30,7 @@ use mtl_layers::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{TaskConfig, TaskSpec, outputs, resolve_tasks, task_forward};
+use mtl_layers::tasks::{TaskConfig, TaskSpec, outputs, resolve_tasks, task_forward, task_towers};
 
 fn default_alpha() -> f64 {
     0.6
@@ -132,11 +132,7 @@ impl AitmConfig {
                 .iter()
                 .map(|_| self.bottom.init(width, false, device))
                 .collect(),
-            towers: self
-                .tasks
-                .iter()
-                .map(|t| t.tower.as_ref().unwrap_or(&self.tower).init(d, true, device))
-                .collect(),
+            towers: task_towers(&self.tasks, &self.tower, d, device),
             // torch-rechub's info layer: its default MLP block (ReLU, BatchNorm) of width d
             info: (0..transfers)
                 .map(|_| MlpSpec::new([d]).init(d, false, device))

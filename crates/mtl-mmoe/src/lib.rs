@@ -1,4 +1,8 @@
-//! # mtl-mmoe — Multi-gate Mixture-of-Experts and its baselines
+//! # mtl-mmoe — Multi-gate Mixture-of-Experts, its baselines, PLE and AITM
+//!
+//! The per-task models, built from the shared blocks of `mtl-layers` (experts evaluated
+//! together, softmax gates, task towers and heads): MMOE, OMoE and Shared-Bottom below, PLE/CGC
+//! in [`PleConfig`] (its own file) and AITM in [`AitmConfig`] (its own file).
 //!
 //! Ma et al., *Modeling Task Relationships in Multi-task Learning with Multi-gate
 //! Mixture-of-Experts*, KDD 2018, with the two baselines of its experiments built from the
@@ -49,126 +53,23 @@
 //! ```
 
 mod aitm;
-mod experts;
 mod ple;
 
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 
 pub use aitm::{Aitm, AitmConfig, InfoTransfer};
-pub use experts::{ExpertLayer, Experts};
-use mtl_features::{BatchTensors, FieldPooling, InputLayer, InputSpec, LabelKind, TableLayout, ValidSchema};
-use mtl_layers::head::{predict, task_loss};
+use mtl_features::{BatchTensors, FieldPooling, InputLayer, InputSpec, TableLayout, ValidSchema};
+pub use mtl_layers::experts::{ExpertLayer, Experts, MAX_EXPERTS};
+use mtl_layers::head::predict;
+pub use mtl_layers::tasks::{TaskConfig, TaskSpec};
+use mtl_layers::tasks::{outputs, resolve_tasks, task_forward, task_plan};
 use mtl_layers::{
-    Activation, Forward, GateWeights, Mlp, MlpSpec, ModelBuilder, ModelError, ModelPlan, MultiTaskModel,
-    OutputSpec, resolve_label,
+    Forward, GateWeights, Mlp, MlpSpec, ModelBuilder, ModelError, ModelPlan, MultiTaskModel, OutputSpec,
 };
+use mtl_layers::{softmax_gate, task_towers};
 pub use ple::{ExtractionLayer, MAX_LEVELS, Ple, PleConfig};
 use serde::{Deserialize, Serialize};
-
-/// One task: an output name and the label it learns.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TaskConfig {
-    /// The label's name in the schema.
-    pub label: String,
-    /// Output name (defaults to the label's name).
-    #[serde(default)]
-    pub name: Option<String>,
-    /// This task's tower, overriding the model's `tower`.
-    #[serde(default)]
-    pub tower: Option<MlpSpec>,
-}
-
-impl TaskConfig {
-    /// A task learning `label`, named after it.
-    pub fn new(label: &str) -> Self {
-        Self {
-            label: label.to_string(),
-            name: None,
-            tower: None,
-        }
-    }
-}
-
-/// Resolved task: output spec and tower spec.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TaskSpec {
-    /// Output name.
-    pub name: String,
-    /// Label column.
-    pub label: usize,
-    /// Binary or regression.
-    pub kind: LabelKind,
-}
-
-fn resolve_tasks(schema: &ValidSchema, tasks: &[TaskConfig]) -> Result<Vec<TaskSpec>, ModelError> {
-    if tasks.is_empty() {
-        return Err(ModelError::Invalid {
-            key: "model.tasks".into(),
-            message: "at least one task is required".into(),
-        });
-    }
-    let mut resolved: Vec<TaskSpec> = Vec::with_capacity(tasks.len());
-    for (i, t) in tasks.iter().enumerate() {
-        let label = resolve_label(schema, &format!("model.tasks[{i}].label"), &t.label)?;
-        let name = t.name.clone().unwrap_or_else(|| t.label.clone());
-        if let Some(tower) = &t.tower {
-            tower.check(&format!("model.tasks[{i}].tower"))?;
-        }
-        if let Some(j) = resolved.iter().position(|r| r.label == label) {
-            return Err(ModelError::Invalid {
-                key: format!("model.tasks[{i}].label"),
-                message: format!(
-                    "= \"{}\" is also the label of model.tasks[{j}]; each task needs its own label",
-                    t.label
-                ),
-            });
-        }
-        if name.is_empty() || resolved.iter().any(|r| r.name == name) {
-            return Err(ModelError::Invalid {
-                key: format!("model.tasks[{i}].name"),
-                message: format!("= \"{name}\": task names must be distinct and not empty"),
-            });
-        }
-        resolved.push(TaskSpec {
-            name,
-            label,
-            kind: schema.schema.labels[label].kind,
-        });
-    }
-    Ok(resolved)
-}
-
-/// The most experts a config may ask for.
-pub const MAX_EXPERTS: usize = 1024;
-
-/// What a per-task model over `tasks` outputs: one prediction and one loss term per task.
-fn task_plan(tasks: &[TaskSpec]) -> ModelPlan {
-    ModelPlan {
-        outputs: outputs(tasks),
-        loss_names: tasks.iter().map(|t| t.name.clone()).collect(),
-        label_rules: Vec::new(),
-    }
-}
-
-fn outputs(tasks: &[TaskSpec]) -> Vec<OutputSpec> {
-    tasks
-        .iter()
-        .map(|t| OutputSpec::simple(&t.name, t.kind, t.label))
-        .collect()
-}
-
-/// Per task: head on the tower's output, loss against the label.
-fn task_forward(tasks: &[TaskSpec], logits: Vec<Tensor<1>>, batch: &BatchTensors) -> Forward {
-    let mut predictions = Vec::with_capacity(tasks.len());
-    let mut losses = Vec::with_capacity(tasks.len());
-    for (task, logit) in tasks.iter().zip(logits) {
-        losses.push(task_loss(logit.clone(), batch.label(task.label), task.kind));
-        predictions.push(predict(logit, task.kind));
-    }
-    Forward { predictions, losses }
-}
 
 fn default_true() -> bool {
     true
@@ -266,9 +167,7 @@ impl MmoeConfig {
         );
         let width = input.output_dim();
         let expert_width = self.expert.output_dim(width, false);
-        let gate = MlpSpec::new([self.n_experts])
-            .with_activation(Activation::Softmax)
-            .with_batch_norm(self.gate_batch_norm);
+        let gate = softmax_gate(self.n_experts, self.gate_batch_norm);
         let n_gates = match self.gating {
             Gating::PerTask => tasks.len(),
             Gating::Shared => 1,
@@ -276,16 +175,7 @@ impl MmoeConfig {
         Ok(Mmoe {
             experts: Experts::new(self.n_experts, &self.expert, width, device),
             gates: (0..n_gates).map(|_| gate.init(width, false, device)).collect(),
-            towers: self
-                .tasks
-                .iter()
-                .map(|t| {
-                    t.tower
-                        .as_ref()
-                        .unwrap_or(&self.tower)
-                        .init(expert_width, true, device)
-                })
-                .collect(),
+            towers: task_towers(&self.tasks, &self.tower, expert_width, device),
             input,
             tasks,
         })
@@ -488,16 +378,7 @@ impl SharedBottomConfig {
         let bottom_width = self.bottom.output_dim(width, false);
         Ok(SharedBottom {
             bottom: self.bottom.init(width, false, device),
-            towers: self
-                .tasks
-                .iter()
-                .map(|t| {
-                    t.tower
-                        .as_ref()
-                        .unwrap_or(&self.tower)
-                        .init(bottom_width, true, device)
-                })
-                .collect(),
+            towers: task_towers(&self.tasks, &self.tower, bottom_width, device),
             input,
             tasks,
         })

@@ -20,12 +20,12 @@ use burn::tensor::{Device, Tensor};
 use mtl_features::{BatchTensors, FieldPooling, InputLayer, InputSpec, TableLayout, ValidSchema};
 use mtl_layers::head::predict;
 use mtl_layers::{
-    Activation, Forward, GateWeights, Mlp, MlpSpec, ModelBuilder, ModelError, ModelPlan, MultiTaskModel,
-    OutputSpec,
+    Forward, GateWeights, Mlp, MlpSpec, ModelBuilder, ModelError, ModelPlan, MultiTaskModel, OutputSpec,
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{Experts, MAX_EXPERTS, TaskConfig, TaskSpec, outputs, resolve_tasks, task_forward, task_plan};
+use mtl_layers::tasks::{TaskConfig, TaskSpec, outputs, resolve_tasks, task_forward, task_plan, task_towers};
+use mtl_layers::{Experts, MAX_EXPERTS, softmax_gate};
 
 fn default_true() -> bool {
     true
@@ -115,12 +115,7 @@ impl PleConfig {
         );
         let n_tasks = tasks.len();
         let expert_width = self.expert.output_dim(0, false);
-        let gate = |n: usize, width: usize| {
-            MlpSpec::new([n])
-                .with_activation(Activation::Softmax)
-                .with_batch_norm(self.gate_batch_norm)
-                .init(width, false, device)
-        };
+        let gate = |n: usize, width: usize| softmax_gate(n, self.gate_batch_norm).init(width, false, device);
         let levels = (0..self.n_level)
             .map(|level| {
                 let width = if level == 0 {
@@ -144,16 +139,7 @@ impl PleConfig {
             .collect();
         Ok(Ple {
             levels,
-            towers: self
-                .tasks
-                .iter()
-                .map(|t| {
-                    t.tower
-                        .as_ref()
-                        .unwrap_or(&self.tower)
-                        .init(expert_width, true, device)
-                })
-                .collect(),
+            towers: task_towers(&self.tasks, &self.tower, expert_width, device),
             input,
             tasks,
         })

@@ -13,11 +13,22 @@
 //! element-wise ops per layer by one larger product, which is what the small configurations
 //! (experts of width 16) spend their time on.
 
+use crate::mlp::batch_norm_over;
+use crate::{Activation, Mlp, MlpBlock, MlpSpec};
 use burn::module::{Module, Param, RunningState};
 use burn::nn::{BatchNorm, BatchNormConfig, Dropout, DropoutConfig, Initializer, Linear};
 use burn::tensor::{Device, Tensor};
-use mtl_layers::mlp::batch_norm_over;
-use mtl_layers::{Activation, Mlp, MlpBlock, MlpSpec};
+
+/// The most experts a config may ask for.
+pub const MAX_EXPERTS: usize = 1024;
+
+/// A mixture's softmax gate over `n` experts, as torch-rechub builds it: `Linear →
+/// BatchNorm (optional) → softmax`; `init(input_dim, false, device)` builds it.
+pub fn softmax_gate(n: usize, batch_norm: bool) -> MlpSpec {
+    MlpSpec::new([n])
+        .with_activation(Activation::Softmax)
+        .with_batch_norm(batch_norm)
+}
 
 /// burn's (and PyTorch's) Linear initialisation: uniform in ±1/√fan_in, weights and bias.
 fn linear_init() -> Initializer {

@@ -1,0 +1,126 @@
+//! Tasks of a per-task model (MMOE, OMoE, Shared-Bottom, PLE, AITM): their config, their
+//! resolution against the schema, their towers, and their heads and losses.
+
+use burn::tensor::{Device, Tensor};
+use mtl_features::{BatchTensors, LabelKind, ValidSchema};
+use serde::{Deserialize, Serialize};
+
+use crate::head::{predict, task_loss};
+use crate::{Forward, Mlp, MlpSpec, ModelError, ModelPlan, OutputSpec, resolve_label};
+
+/// One task: an output name and the label it learns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskConfig {
+    /// The label's name in the schema.
+    pub label: String,
+    /// Output name (defaults to the label's name).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// This task's tower, overriding the model's `tower`.
+    #[serde(default)]
+    pub tower: Option<MlpSpec>,
+}
+
+impl TaskConfig {
+    /// A task learning `label`, named after it.
+    pub fn new(label: &str) -> Self {
+        Self {
+            label: label.to_string(),
+            name: None,
+            tower: None,
+        }
+    }
+}
+
+/// Resolved task: output spec and tower spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskSpec {
+    /// Output name.
+    pub name: String,
+    /// Label column.
+    pub label: usize,
+    /// Binary or regression.
+    pub kind: LabelKind,
+}
+
+/// Resolves the tasks against the schema: labels that exist, each used once, distinct
+/// non-empty names, per-task towers checked.
+pub fn resolve_tasks(schema: &ValidSchema, tasks: &[TaskConfig]) -> Result<Vec<TaskSpec>, ModelError> {
+    if tasks.is_empty() {
+        return Err(ModelError::Invalid {
+            key: "model.tasks".into(),
+            message: "at least one task is required".into(),
+        });
+    }
+    let mut resolved: Vec<TaskSpec> = Vec::with_capacity(tasks.len());
+    for (i, t) in tasks.iter().enumerate() {
+        let label = resolve_label(schema, &format!("model.tasks[{i}].label"), &t.label)?;
+        let name = t.name.clone().unwrap_or_else(|| t.label.clone());
+        if let Some(tower) = &t.tower {
+            tower.check(&format!("model.tasks[{i}].tower"))?;
+        }
+        if let Some(j) = resolved.iter().position(|r| r.label == label) {
+            return Err(ModelError::Invalid {
+                key: format!("model.tasks[{i}].label"),
+                message: format!(
+                    "= \"{}\" is also the label of model.tasks[{j}]; each task needs its own label",
+                    t.label
+                ),
+            });
+        }
+        if name.is_empty() || resolved.iter().any(|r| r.name == name) {
+            return Err(ModelError::Invalid {
+                key: format!("model.tasks[{i}].name"),
+                message: format!("= \"{name}\": task names must be distinct and not empty"),
+            });
+        }
+        resolved.push(TaskSpec {
+            name,
+            label,
+            kind: schema.schema.labels[label].kind,
+        });
+    }
+    Ok(resolved)
+}
+
+/// What a per-task model over `tasks` outputs: one prediction and one loss term per task.
+pub fn task_plan(tasks: &[TaskSpec]) -> ModelPlan {
+    ModelPlan {
+        outputs: outputs(tasks),
+        loss_names: tasks.iter().map(|t| t.name.clone()).collect(),
+        label_rules: Vec::new(),
+    }
+}
+
+/// One output per task, against its label over all rows.
+pub fn outputs(tasks: &[TaskSpec]) -> Vec<OutputSpec> {
+    tasks
+        .iter()
+        .map(|t| OutputSpec::simple(&t.name, t.kind, t.label))
+        .collect()
+}
+
+/// Per task: head on the tower's output, loss against the label.
+///
+/// # Shapes
+/// - `logits`: one `[batch]` per task
+/// - output: one `[batch]` prediction and one `[1]` loss per task
+pub fn task_forward(tasks: &[TaskSpec], logits: Vec<Tensor<1>>, batch: &BatchTensors) -> Forward {
+    let mut predictions = Vec::with_capacity(tasks.len());
+    let mut losses = Vec::with_capacity(tasks.len());
+    for (task, logit) in tasks.iter().zip(logits) {
+        losses.push(task_loss(logit.clone(), batch.label(task.label), task.kind));
+        predictions.push(predict(logit, task.kind));
+    }
+    Forward { predictions, losses }
+}
+
+/// One tower per task over inputs of width `input_dim`: a task's own `tower`, else `default`;
+/// each ends in one output.
+pub fn task_towers(tasks: &[TaskConfig], default: &MlpSpec, input_dim: usize, device: &Device) -> Vec<Mlp> {
+    tasks
+        .iter()
+        .map(|t| t.tower.as_ref().unwrap_or(default).init(input_dim, true, device))
+        .collect()
+}
