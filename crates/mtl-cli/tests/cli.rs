@@ -199,17 +199,41 @@ fn shipped_configs_parse() {
 #[test]
 fn ali_ccp_sample_trains_with_the_shipped_config() {
     let dir = tempfile::tempdir().unwrap();
-    for model in ["esmm", "mmoe"] {
+    let test = repo()
+        .join("data/samples/ali-ccp/ali_ccp_test_sample.csv")
+        .display()
+        .to_string();
+    for model in ["esmm", "mmoe", "ple", "aitm"] {
         let cfg = repo()
             .join(format!("configs/{model}-ali-ccp.toml"))
             .display()
             .to_string();
         let out_dir = dir.path().join(model).display().to_string();
         let out = mtl(&["train", "--config", &cfg, "--out", &out_dir]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{model}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(stdout.contains("ali_ccp_train_sample.csv: 100 rows"), "{stdout}");
         assert!(Path::new(&out_dir).join("model.bpk").exists());
+        // and the trained model evaluates and predicts from its directory
+        let out = mtl(&["eval", "--model", &out_dir, "--data", &test]);
+        assert!(
+            out.status.success(),
+            "{model}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("50 rows"));
+        let scores = dir.path().join(format!("{model}.csv")).display().to_string();
+        let out = mtl(&["predict", "--model", &out_dir, "--data", &test, "--out", &scores]);
+        assert!(
+            out.status.success(),
+            "{model}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(std::fs::read_to_string(&scores).unwrap().lines().count(), 51);
     }
 }
 
