@@ -12,10 +12,10 @@ MTLTrainer.train_one_epoch (Adam, lr, weight decay), --epochs epochs. Keys of a 
   train_sps_excl   rows / (wall time - time spent inside its DataLoader): the model's own speed
   infer_sps_excl   test rows / median of three forward passes over pre-built batches (eval mode)
   peak_rss_mb      peak resident memory of the job's process
-  auc_ctr          CTR AUC on all test rows (MMOE: its click head)
-  auc_cvr_clicked  CVR AUC on clicked test rows (MMOE: its purchase head)
-  auc_ctcvr        CTCVR AUC on all test rows (MMOE: its purchase head, trained on purchase over
-                   every impression as in torch-rechub's Ali-CCP example)
+  auc_ctr          CTR AUC on all test rows (MMOE, PLE, AITM: the click head)
+  auc_cvr_clicked  CVR AUC on clicked test rows (MMOE, PLE, AITM: the purchase head)
+  auc_ctcvr        CTCVR AUC on all test rows (MMOE, PLE, AITM: the purchase head, trained on
+                   purchase over every impression as in torch-rechub's Ali-CCP example)
   es_cvr_spearman  rank correlation of the predicted pCVR with the true p_cvr on all test rows
 """
 import argparse
@@ -34,6 +34,7 @@ CONFIGS = {
         "PLE": {"n_level": 1, "n_expert_specific": 2, "n_expert_shared": 1, "expert_params": {"dims": [16]},
                 "tower_params_list": [{"dims": [8]}] * 2},
         "SharedBottom": {"bottom_params": {"dims": [117]}, "tower_params_list": [{"dims": [8]}] * 2},
+        "AITM": {"n_task": 2, "bottom_params": {"dims": [32, 16]}, "tower_params_list": [{"dims": [8]}] * 2},
     },
     "large": {
         "ESMM": {"ctr_params": {"dims": [256, 128, 64]}, "cvr_params": {"dims": [256, 128, 64]}},
@@ -41,6 +42,7 @@ CONFIGS = {
         "PLE": {"n_level": 1, "n_expert_specific": 2, "n_expert_shared": 1, "expert_params": {"dims": [256, 128]},
                 "tower_params_list": [{"dims": [64]}] * 2},
         "SharedBottom": {"bottom_params": {"dims": [256, 128]}, "tower_params_list": [{"dims": [64]}] * 2},
+        "AITM": {"n_task": 2, "bottom_params": {"dims": [256, 128]}, "tower_params_list": [{"dims": [64]}] * 2},
     },
 }
 
@@ -75,7 +77,7 @@ def worker(a):
     from sklearn.metrics import roc_auc_score
     import torch_rechub
     from torch_rechub.basic.features import SparseFeature
-    from torch_rechub.models.multi_task import ESMM, MMOE, PLE, SharedBottom
+    from torch_rechub.models.multi_task import AITM, ESMM, MMOE, PLE, SharedBottom
     from torch_rechub.trainers import MTLTrainer
     from torch_rechub.utils.data import DataGenerator
 
@@ -89,7 +91,8 @@ def worker(a):
     frames = {part: pd.read_csv(f"{a.data}_{part}.csv") for part in ("train", "val", "test")}
     # labels as torch-rechub's Ali-CCP example builds them: its "cvr" label is purchase over
     # every impression, which is click & purchase
-    labels = ["purchase", "click", "purchase"] if a.model == "ESMM" else ["purchase", "click"]
+    labels = {"ESMM": ["purchase", "click", "purchase"], "AITM": ["click", "purchase"]}.get(
+        a.model, ["purchase", "click"])  # AITM: the funnel in order
 
     def split(df):
         # writable, contiguous copies: torch refuses negative strides and warns on read-only arrays
@@ -102,6 +105,8 @@ def worker(a):
     cfg = CONFIGS[a.config][a.model]
     if a.model == "ESMM":
         model, tasks = ESMM(user_features, item_features, **cfg), ["classification"] * 3
+    elif a.model == "AITM":  # torch-rechub trains it without the calibrator
+        model, tasks = AITM(user_features + item_features, **cfg), ["classification"] * 2
     else:
         tasks = ["classification"] * 2
         cls = {"MMOE": MMOE, "PLE": PLE, "SharedBottom": SharedBottom}[a.model]
@@ -139,6 +144,8 @@ def worker(a):
     clicked = click == 1
     if a.model == "ESMM":  # outputs: cvr, ctr, ctcvr
         p_cvr, p_ctr, p_ctcvr = pred[:, 0], pred[:, 1], pred[:, 2]
+    elif a.model == "AITM":  # outputs: click, purchase (the funnel's second step)
+        p_ctr, p_cvr, p_ctcvr = pred[:, 0], pred[:, 1], pred[:, 1]
     else:  # heads: purchase over all impressions, click
         p_cvr, p_ctr, p_ctcvr = pred[:, 0], pred[:, 1], pred[:, 0]
     result = {
@@ -189,7 +196,7 @@ def driver(a):
 def main():
     ap = argparse.ArgumentParser(description="torch-rechub on the same files as mtl")
     ap.add_argument("--data", required=True, help="prefix: <prefix>_{train,val,test}.csv and <prefix>_meta.json")
-    ap.add_argument("--models", default="ESMM,MMOE")
+    ap.add_argument("--models", default="ESMM,MMOE,PLE,AITM")
     ap.add_argument("--configs", default="example,large")
     ap.add_argument("--results", default="peer-results.jsonl")
     ap.add_argument("--logdir", default="peer-logs")

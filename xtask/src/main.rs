@@ -48,6 +48,9 @@ struct BenchArgs {
     /// seeds, speeds and memory as medians.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     seeds: u64,
+    /// The models to run, each in its example and large configuration.
+    #[arg(long, default_value = "esmm,mmoe,ple,aitm")]
+    models: String,
 }
 
 /// mtl project automation.
@@ -157,7 +160,26 @@ fn ccp_data(mtl: &Path, rows: usize, seed: u64) -> Result<PathBuf> {
 const ESMM: [(&str, &str); 2] = [("example", "[16, 8]"), ("large", "[256, 128, 64]")];
 const MMOE: [(&str, &str, &str); 2] = [("example", "[16]", "[8]"), ("large", "[256, 128]", "[64]")];
 
+/// PLE and AITM: torch-rechub's example settings and the large towers, (experts or bottom,
+/// towers) per size.
+const PLE: [(&str, &str, &str); 2] = [("example", "[16]", "[8]"), ("large", "[256, 128]", "[64]")];
+const AITM: [(&str, &str, &str); 2] = [("example", "[32, 16]", "[8]"), ("large", "[256, 128]", "[64]")];
+
 fn model_toml(model: &str, size: &str) -> String {
+    let pick = |table: &[(&'static str, &'static str, &'static str); 2]| {
+        table.iter().find(|e| e.0 == size).copied().unwrap_or(table[0])
+    };
+    let tasks = "tasks = [{ label = \"click\" }, { label = \"purchase\" }]\n";
+    if model == "ple" {
+        let (_, e, t) = pick(&PLE);
+        return format!(
+            "type = \"ple\"\nn_level = 1\nn_expert_specific = 2\nn_expert_shared = 1\nexpert = {{ dims = {e} }}\ntower = {{ dims = {t} }}\n{tasks}"
+        );
+    }
+    if model == "aitm" {
+        let (_, b, t) = pick(&AITM);
+        return format!("type = \"aitm\"\nbottom = {{ dims = {b} }}\ntower = {{ dims = {t} }}\n{tasks}");
+    }
     if model == "esmm" {
         let dims = ESMM
             .iter()
@@ -282,7 +304,10 @@ fn bench(a: &BenchArgs) -> Result<()> {
         }
     };
     let mut results = Vec::new();
-    for model in ["esmm", "mmoe"] {
+    for model in a.models.split(',').map(str::trim) {
+        if !["esmm", "mmoe", "ple", "aitm"].contains(&model) {
+            bail!("--models: unknown model `{model}` (esmm, mmoe, ple, aitm)");
+        }
         for size in ["example", "large"] {
             let name = format!("{model}-{size}");
             let mut runs = Vec::new();
