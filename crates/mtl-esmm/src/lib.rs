@@ -158,12 +158,7 @@ impl EsmmConfig {
     ) -> Result<Esmm, ModelError> {
         self.plan(schema)?;
         let labels = self.labels(schema)?;
-        let input = InputLayer::new(
-            InputSpec::new(schema, &self.pooling)?,
-            layout,
-            schema.schema.embed_init_std,
-            device,
-        );
+        let input = InputLayer::for_schema(schema, &self.pooling, layout, device)?;
         let width = input.output_dim();
         Ok(Esmm {
             ctr_tower: self.ctr_tower.init(width, true, device),

@@ -115,6 +115,22 @@ pub struct InputLayer {
 }
 
 impl InputLayer {
+    /// The input layer every model starts from: `schema`'s fields pooled by `pooling`, one
+    /// table of `layout.total_rows` rows initialised with the schema's `embed_init_std`.
+    pub fn for_schema(
+        schema: &ValidSchema,
+        pooling: &FieldPooling,
+        layout: &TableLayout,
+        device: &Device,
+    ) -> Result<Self, FeatureError> {
+        Ok(Self::new(
+            InputSpec::new(schema, pooling)?,
+            layout,
+            schema.schema.embed_init_std,
+            device,
+        ))
+    }
+
     /// A table of `layout.total_rows` rows initialised `N(0, init_std²)`.
     pub fn new(spec: InputSpec, layout: &TableLayout, init_std: f64, device: &Device) -> Self {
         let embedding = EmbeddingConfig::new(layout.total_rows.max(1), spec.dim)

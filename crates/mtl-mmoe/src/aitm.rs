@@ -118,12 +118,7 @@ impl AitmConfig {
     ) -> Result<Aitm, ModelError> {
         self.plan(schema)?;
         let tasks = resolve_tasks(schema, &self.tasks)?;
-        let input = InputLayer::new(
-            InputSpec::new(schema, &self.pooling)?,
-            layout,
-            schema.schema.embed_init_std,
-            device,
-        );
+        let input = InputLayer::for_schema(schema, &self.pooling, layout, device)?;
         let width = input.output_dim();
         let d = self.bottom.output_dim(width, false);
         let transfers = tasks.len() - 1;

@@ -159,12 +159,7 @@ impl MmoeConfig {
     ) -> Result<Mmoe, ModelError> {
         self.plan(schema)?;
         let tasks = resolve_tasks(schema, &self.tasks)?;
-        let input = InputLayer::new(
-            InputSpec::new(schema, &self.pooling)?,
-            layout,
-            schema.schema.embed_init_std,
-            device,
-        );
+        let input = InputLayer::for_schema(schema, &self.pooling, layout, device)?;
         let width = input.output_dim();
         let expert_width = self.expert.output_dim(width, false);
         let gate = softmax_gate(self.n_experts, self.gate_batch_norm);
@@ -368,12 +363,7 @@ impl SharedBottomConfig {
     ) -> Result<SharedBottom, ModelError> {
         self.plan(schema)?;
         let tasks = resolve_tasks(schema, &self.tasks)?;
-        let input = InputLayer::new(
-            InputSpec::new(schema, &self.pooling)?,
-            layout,
-            schema.schema.embed_init_std,
-            device,
-        );
+        let input = InputLayer::for_schema(schema, &self.pooling, layout, device)?;
         let width = input.output_dim();
         let bottom_width = self.bottom.output_dim(width, false);
         Ok(SharedBottom {

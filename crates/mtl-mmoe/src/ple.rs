@@ -107,12 +107,7 @@ impl PleConfig {
     ) -> Result<Ple, ModelError> {
         self.plan(schema)?;
         let tasks = resolve_tasks(schema, &self.tasks)?;
-        let input = InputLayer::new(
-            InputSpec::new(schema, &self.pooling)?,
-            layout,
-            schema.schema.embed_init_std,
-            device,
-        );
+        let input = InputLayer::for_schema(schema, &self.pooling, layout, device)?;
         let n_tasks = tasks.len();
         let expert_width = self.expert.output_dim(0, false);
         let gate = |n: usize, width: usize| softmax_gate(n, self.gate_batch_norm).init(width, false, device);
