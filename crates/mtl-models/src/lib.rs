@@ -4,7 +4,7 @@
 //! knows models only through the [`Registry`](mtl_trainer::Registry) this crate declares, so
 //! it sits above the model crates and the trainer; the CLI, xtask, tests and benches take their
 //! models from here. Adding a model is one file (or crate) implementing
-//! [`ModelBuilder`](mtl_layers::ModelBuilder) for its config, and one line below.
+//! `mtl_layers::ModelBuilder` for its config, and one line below.
 //!
 //! ```
 //! use mtl_models::{Models, RunConfig};
