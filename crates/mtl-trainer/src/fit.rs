@@ -1,11 +1,10 @@
 //! The training loop: seeded shuffling, Adam/AdamW steps, evaluation, early stopping,
 //! atomic checkpoints with optimiser state and data position, and exact resume.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use burn::grad_clipping::GradientClippingConfig;
-use burn::module::Module;
 use burn::optim::{AdamConfig, AdamWConfig, GradientsParams, ModuleOptimizer, decay::WeightDecayConfig};
 use burn::tensor::{Device, Tensor};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -16,10 +15,14 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Direction, EmbeddingUpdate, OptimizerKind, TrainSettings};
+use crate::checkpoint::live_checkpoint_dir;
+pub use crate::checkpoint::{SPARSE_MOMENTS, checkpoint_dir, read_checkpoint, save_atomic, write_checkpoint};
+use crate::config::{EmbeddingUpdate, OptimizerKind, TrainSettings};
+pub use crate::early_stopping::improves;
+use crate::early_stopping::monitored;
 use crate::metrics::{TaskMetrics, evaluate};
 use crate::sparse::SparseAdam;
-use crate::{TrainError, crash_point, io_err, record_err};
+use crate::{TrainError, crash_point};
 
 /// One evaluation of the model on the validation set.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -192,97 +195,32 @@ fn weighted(terms: &[f64], weights: &[f32]) -> f64 {
         .sum()
 }
 
-/// The value early stopping watches in an evaluation.
-fn monitored(record: &EvalRecord, metric: &str) -> Option<f64> {
-    if metric == "loss" {
-        return record.valid_loss;
-    }
-    let (output, name) = metric.split_once('.')?;
-    record.valid.iter().find(|m| m.name == output)?.get(name)
+/// What the schedule asks for after a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Due {
+    /// Evaluate on the validation set (every N steps and at the last epoch's end, or at
+    /// every epoch's end).
+    eval: bool,
+    /// Write a checkpoint (every N steps and at every epoch's end, or at every epoch's end).
+    checkpoint: bool,
+    /// This invocation's step limit is reached.
+    limit: bool,
 }
 
-/// Whether `value` improves on `best` in the metric's direction (AUC up; loss, MSE down).
-pub fn improves(es: &crate::config::EarlyStopping, value: f64, best: Option<f64>) -> bool {
-    match (best, es.direction()) {
-        (None, _) => true,
-        (Some(best), Direction::Higher) => value > best,
-        (Some(best), Direction::Lower) => value < best,
+/// The schedule after global step `step` (1-based), `epoch` being the epoch count once the
+/// step's epoch end (if `at_epoch_end`) is counted.
+fn due(settings: &TrainSettings, step: usize, at_epoch_end: bool, epoch: usize) -> Due {
+    Due {
+        eval: match settings.eval_every_steps {
+            Some(n) => step.is_multiple_of(n) || (at_epoch_end && epoch == settings.epochs),
+            None => at_epoch_end,
+        },
+        checkpoint: match settings.checkpoint_every_steps {
+            Some(n) => step.is_multiple_of(n) || at_epoch_end,
+            None => at_epoch_end,
+        },
+        limit: settings.max_steps.is_some_and(|m| step >= m),
     }
-}
-
-/// Checkpoint files inside `out_dir/checkpoint/`.
-pub fn checkpoint_dir(out_dir: &Path) -> PathBuf {
-    out_dir.join("checkpoint")
-}
-
-/// Writes model, optimiser and state into a fresh folder, then swaps it in, so a crash leaves
-/// either the old checkpoint or the new one, never a mix.
-pub fn write_checkpoint<M: Module>(
-    out_dir: &Path,
-    model: &M,
-    optim: &ModuleOptimizer,
-    sparse: Option<&SparseAdam>,
-    state: &TrainState,
-) -> Result<(), TrainError> {
-    let final_dir = checkpoint_dir(out_dir);
-    let tmp = out_dir.join("checkpoint.tmp");
-    let old = out_dir.join("checkpoint.old");
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
-    }
-    std::fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
-    // `valid()` first: it folds BatchNorm's pending running-statistic updates into the saved
-    // values (a training-mode record would hold them one step stale).
-    model
-        .valid()
-        .save_file(tmp.join("model.bpk"))
-        .map_err(record_err(&tmp))?;
-    optim.save(tmp.join("optim.bpk")).map_err(record_err(&tmp))?;
-    if let Some(sparse) = sparse {
-        sparse.save(&tmp.join(SPARSE_MOMENTS))?;
-    }
-    let json = serde_json::to_vec_pretty(state).expect("state serialises");
-    std::fs::write(tmp.join("state.json"), json).map_err(io_err(&tmp))?;
-    crash_point("checkpoint-written");
-    if final_dir.exists() {
-        if old.exists() {
-            std::fs::remove_dir_all(&old).map_err(io_err(&old))?;
-        }
-        std::fs::rename(&final_dir, &old).map_err(io_err(&final_dir))?;
-    }
-    crash_point("checkpoint-between-renames");
-    std::fs::rename(&tmp, &final_dir).map_err(io_err(&tmp))?;
-    if old.exists() {
-        std::fs::remove_dir_all(&old).map_err(io_err(&old))?;
-    }
-    Ok(())
-}
-
-/// File of the row-sparse optimiser's moments inside a checkpoint.
-pub const SPARSE_MOMENTS: &str = "embedding_moments.bin";
-
-/// The checkpoint a resume reads: `checkpoint/`, or `checkpoint.old/` when a crash came
-/// between the two renames of [`write_checkpoint`].
-fn live_checkpoint_dir(out_dir: &Path) -> PathBuf {
-    let dir = checkpoint_dir(out_dir);
-    if !dir.join("state.json").exists() && out_dir.join("checkpoint.old/state.json").exists() {
-        return out_dir.join("checkpoint.old");
-    }
-    dir
-}
-
-/// Reads a checkpoint: the state, and paths of the model and optimiser records.
-pub fn read_checkpoint(out_dir: &Path) -> Result<(TrainState, PathBuf, PathBuf), TrainError> {
-    let dir = live_checkpoint_dir(out_dir);
-    let state_path = dir.join("state.json");
-    let bytes = std::fs::read(&state_path).map_err(|_| TrainError::NoCheckpoint {
-        dir: out_dir.display().to_string(),
-    })?;
-    let state: TrainState = serde_json::from_slice(&bytes).map_err(|e| TrainError::Config {
-        file: state_path.display().to_string(),
-        message: e.to_string(),
-    })?;
-    Ok((state, dir.join("model.bpk"), dir.join("optim.bpk")))
 }
 
 fn progress_bar(show: bool, total: u64, epoch: usize, epochs: usize) -> ProgressBar {
@@ -502,16 +440,12 @@ pub fn fit<M: MultiTaskModel>(
                     state.epoch += 1;
                     state.batch_in_epoch = 0;
                 }
-                let eval_due = match settings.eval_every_steps {
-                    Some(n) => step.is_multiple_of(n) || (at_epoch_end && state.epoch == settings.epochs),
-                    None => at_epoch_end,
-                };
+                let Due {
+                    eval: eval_due,
+                    checkpoint: checkpoint_due,
+                    limit: limit_hit,
+                } = due(settings, step, at_epoch_end, state.epoch);
                 let mut stop = false;
-                let checkpoint_due = match settings.checkpoint_every_steps {
-                    Some(n) => step.is_multiple_of(n) || at_epoch_end,
-                    None => at_epoch_end,
-                };
-                let limit_hit = settings.max_steps.is_some_and(|m| step >= m);
                 if let Some(sp) = &sparse
                     && (eval_due || checkpoint_due || limit_hit || state.epoch >= settings.epochs)
                 {
@@ -562,20 +496,50 @@ pub fn fit<M: MultiTaskModel>(
     Ok(FitOutcome { model, state })
 }
 
-/// Saves a module record atomically (temp name, then rename).
-pub fn save_atomic<M: Module>(model: &M, path: &Path) -> Result<(), TrainError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp.bpk",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("model")
-    ));
-    model.valid().save_file(&tmp).map_err(record_err(&tmp))?;
-    crash_point(&format!(
-        "saving-{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("model")
-    ));
-    std::fs::rename(&tmp, path).map_err(|source| TrainError::Io {
-        path: path.display().to_string(),
-        source,
-    })
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_schedule_evaluates_checkpoints_and_stops_when_asked() {
+        // 2 epochs of 10 steps; evaluate every 5, checkpoint every 4, stop at 7
+        let s = TrainSettings {
+            epochs: 2,
+            eval_every_steps: Some(5),
+            checkpoint_every_steps: Some(4),
+            max_steps: Some(7),
+            ..TrainSettings::default()
+        };
+        let at = |step: usize| {
+            let end = step.is_multiple_of(10);
+            due(&s, step, end, step / 10)
+        };
+        let evals: Vec<usize> = (1..=20).filter(|&k| at(k).eval).collect();
+        assert_eq!(evals, [5, 10, 15, 20]);
+        let checkpoints: Vec<usize> = (1..=20).filter(|&k| at(k).checkpoint).collect();
+        assert_eq!(checkpoints, [4, 8, 10, 12, 16, 20]);
+        assert!(!at(6).limit && at(7).limit && at(8).limit);
+        // without step settings: both at every epoch's end, no limit
+        let plain = TrainSettings {
+            epochs: 2,
+            ..TrainSettings::default()
+        };
+        let ends: Vec<usize> = (1..=20)
+            .filter(|&k| {
+                let d = due(&plain, k, k.is_multiple_of(10), k / 10);
+                assert_eq!(d.eval, d.checkpoint);
+                assert!(!d.limit);
+                d.eval
+            })
+            .collect();
+        assert_eq!(ends, [10, 20]);
+        // evaluating every 3 steps still evaluates at the last epoch's end, not the first's
+        let three = TrainSettings {
+            epochs: 2,
+            eval_every_steps: Some(3),
+            ..TrainSettings::default()
+        };
+        assert!(!due(&three, 10, true, 1).eval);
+        assert!(due(&three, 20, true, 2).eval);
+    }
 }

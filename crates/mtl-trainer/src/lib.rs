@@ -18,8 +18,10 @@
 //! model types would have to live in the model crates (orphan rule), pulling training code
 //! down the stack.
 
+pub mod checkpoint;
 pub mod config;
 pub mod curve;
+pub mod early_stopping;
 pub mod fit;
 pub mod gates;
 pub mod metrics;
