@@ -93,6 +93,25 @@ pub fn task_plan(tasks: &[TaskSpec]) -> ModelPlan {
     }
 }
 
+/// The loss-term names of a per-task model: one per task, named after it.
+pub fn loss_names(tasks: &[TaskSpec]) -> Vec<String> {
+    tasks.iter().map(|t| t.name.clone()).collect()
+}
+
+/// Per task, the head on its tower's output: a probability for a binary task, the value for
+/// a regression task.
+///
+/// # Shapes
+/// - `logits`: one `[batch]` per task
+/// - output: one `[batch]` per task
+pub fn task_predictions(tasks: &[TaskSpec], logits: Vec<Tensor<1>>) -> Vec<Tensor<1>> {
+    tasks
+        .iter()
+        .zip(logits)
+        .map(|(t, l)| predict(l, t.kind))
+        .collect()
+}
+
 /// One output per task, against its label over all rows.
 pub fn outputs(tasks: &[TaskSpec]) -> Vec<OutputSpec> {
     tasks

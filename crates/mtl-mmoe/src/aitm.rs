@@ -24,13 +24,14 @@ use burn::tensor::{Device, Tensor};
 use mtl_features::{
     BatchTensors, FieldPooling, InputLayer, InputSpec, LabelKind, LabelRule, TableLayout, ValidSchema,
 };
-use mtl_layers::head::predict;
 use mtl_layers::{
     Forward, GateWeights, Mlp, MlpSpec, ModelBuilder, ModelError, ModelPlan, MultiTaskModel, OutputSpec,
 };
 use serde::{Deserialize, Serialize};
 
-use mtl_layers::tasks::{TaskConfig, TaskSpec, outputs, resolve_tasks, task_forward, task_towers};
+use mtl_layers::tasks::{
+    TaskConfig, TaskSpec, loss_names, outputs, resolve_tasks, task_forward, task_predictions, task_towers,
+};
 
 fn default_alpha() -> f64 {
     0.6
@@ -91,13 +92,13 @@ impl AitmConfig {
                 message: format!("AITM's steps are binary; `{}` is regression", t.name),
             });
         }
-        let mut loss_names: Vec<String> = tasks.iter().map(|t| t.name.clone()).collect();
+        let mut losses = loss_names(&tasks);
         if self.calibrator_alpha > 0.0 {
-            loss_names.push(CALIBRATOR.into());
+            losses.push(CALIBRATOR.into());
         }
         Ok(ModelPlan {
             outputs: chain_outputs(&tasks),
-            loss_names,
+            loss_names: losses,
             label_rules: tasks
                 .windows(2)
                 .map(|w| LabelRule {
@@ -287,7 +288,7 @@ impl MultiTaskModel for Aitm {
     }
 
     fn loss_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.tasks.iter().map(|t| t.name.clone()).collect();
+        let mut names: Vec<String> = loss_names(&self.tasks);
         if self.alpha > 0.0 {
             names.push(CALIBRATOR.into());
         }
@@ -296,12 +297,7 @@ impl MultiTaskModel for Aitm {
 
     fn predict(&self, batch: &BatchTensors) -> Vec<Tensor<1>> {
         let (logits, _) = self.forward_with_attention(batch);
-        let probs: Vec<Tensor<1>> = self
-            .tasks
-            .iter()
-            .zip(logits)
-            .map(|(t, l)| predict(l, t.kind))
-            .collect();
+        let probs = task_predictions(&self.tasks, logits);
         let conditional: Vec<Tensor<1>> = probs[1..].to_vec();
         probs.into_iter().chain(conditional).collect()
     }

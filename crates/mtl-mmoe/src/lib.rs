@@ -61,9 +61,8 @@ use burn::tensor::{Device, Tensor};
 pub use aitm::{Aitm, AitmConfig, InfoTransfer};
 use mtl_features::{BatchTensors, FieldPooling, InputLayer, InputSpec, TableLayout, ValidSchema};
 pub use mtl_layers::experts::{ExpertLayer, Experts, MAX_EXPERTS};
-use mtl_layers::head::predict;
 pub use mtl_layers::tasks::{TaskConfig, TaskSpec};
-use mtl_layers::tasks::{outputs, resolve_tasks, task_forward, task_plan};
+use mtl_layers::tasks::{loss_names, outputs, resolve_tasks, task_forward, task_plan, task_predictions};
 use mtl_layers::{
     Forward, GateWeights, Mlp, MlpSpec, ModelBuilder, ModelError, ModelPlan, MultiTaskModel, OutputSpec,
 };
@@ -285,15 +284,11 @@ impl MultiTaskModel for Mmoe {
         outputs(&self.tasks)
     }
     fn loss_names(&self) -> Vec<String> {
-        self.tasks.iter().map(|t| t.name.clone()).collect()
+        loss_names(&self.tasks)
     }
     fn predict(&self, batch: &BatchTensors) -> Vec<Tensor<1>> {
         let (logits, _) = self.forward_with_gates(batch);
-        self.tasks
-            .iter()
-            .zip(logits)
-            .map(|(t, l)| predict(l, t.kind))
-            .collect()
+        task_predictions(&self.tasks, logits)
     }
     fn input_layer(&self) -> &InputLayer {
         &self.input
@@ -409,14 +404,10 @@ impl MultiTaskModel for SharedBottom {
         outputs(&self.tasks)
     }
     fn loss_names(&self) -> Vec<String> {
-        self.tasks.iter().map(|t| t.name.clone()).collect()
+        loss_names(&self.tasks)
     }
     fn predict(&self, batch: &BatchTensors) -> Vec<Tensor<1>> {
-        self.tasks
-            .iter()
-            .zip(self.logits(batch))
-            .map(|(t, l)| predict(l, t.kind))
-            .collect()
+        task_predictions(&self.tasks, self.logits(batch))
     }
     fn input_layer(&self) -> &InputLayer {
         &self.input

@@ -18,13 +18,15 @@
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 use mtl_features::{BatchTensors, FieldPooling, InputLayer, InputSpec, TableLayout, ValidSchema};
-use mtl_layers::head::predict;
 use mtl_layers::{
     Forward, GateWeights, Mlp, MlpSpec, ModelBuilder, ModelError, ModelPlan, MultiTaskModel, OutputSpec,
 };
 use serde::{Deserialize, Serialize};
 
-use mtl_layers::tasks::{TaskConfig, TaskSpec, outputs, resolve_tasks, task_forward, task_plan, task_towers};
+use mtl_layers::tasks::{
+    TaskConfig, TaskSpec, loss_names, outputs, resolve_tasks, task_forward, task_plan, task_predictions,
+    task_towers,
+};
 use mtl_layers::{Experts, MAX_EXPERTS, softmax_gate};
 
 fn default_true() -> bool {
@@ -260,16 +262,12 @@ impl MultiTaskModel for Ple {
     }
 
     fn loss_names(&self) -> Vec<String> {
-        self.tasks.iter().map(|t| t.name.clone()).collect()
+        loss_names(&self.tasks)
     }
 
     fn predict(&self, batch: &BatchTensors) -> Vec<Tensor<1>> {
         let (logits, _) = self.forward_with_gates(batch);
-        self.tasks
-            .iter()
-            .zip(logits)
-            .map(|(t, l)| predict(l, t.kind))
-            .collect()
+        task_predictions(&self.tasks, logits)
     }
 
     fn forward(&self, batch: &BatchTensors) -> Forward {
