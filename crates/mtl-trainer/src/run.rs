@@ -158,7 +158,7 @@ pub fn train<R: Registry>(
     resume: bool,
     options: &TrainOptions,
 ) -> Result<TrainSummary, TrainError> {
-    let (config, schema, state, start, _lock) = if resume {
+    let (config, schema, plan, state, start, _lock) = if resume {
         if !out_dir.is_dir() {
             return Err(TrainError::NotAModelDir {
                 dir: out_dir.display().to_string(),
@@ -217,7 +217,9 @@ pub fn train<R: Registry>(
         if config.train.epochs != saved_epochs {
             save_dir_config(out_dir, &config)?;
         }
-        (config, schema, features, start, lock)
+        let plan = R::plan(&config.model, &schema)?;
+        config.check_plan(&plan, "config")?;
+        (config, schema, plan, features, start, lock)
     } else {
         let config = config.ok_or_else(|| TrainError::Config {
             file: "<none>".into(),
@@ -225,7 +227,7 @@ pub fn train<R: Registry>(
         })?;
         let mut config = config.clone();
         config.resolve_paths(Path::new(""));
-        let (schema, _) = config.check_model("config")?;
+        let (schema, plan) = config.check_model("config")?;
         std::fs::create_dir_all(out_dir).map_err(io_err(out_dir))?;
         let lock = RunLock::acquire(out_dir)?;
         if out_dir.join("checkpoint").exists() || out_dir.join("checkpoint.old").exists() {
@@ -247,10 +249,8 @@ pub fn train<R: Registry>(
         atomic_write(&out_dir.join("schema.toml"), &schema_text)?;
         features.save(out_dir.join("features.json"))?;
         save_dir_config(out_dir, &config)?;
-        (config, schema, features, None, lock)
+        (config, schema, plan, features, None, lock)
     };
-    let plan = R::plan(&config.model, &schema)?;
-    config.check_plan(&plan, "config")?;
     let encoder = Encoder::new(&schema, &state).with_label_rules(plan.label_rules);
     let floats = encoder
         .layout()
