@@ -364,11 +364,9 @@ fn models_text() -> String {
     let mut text = String::new();
     for kind in Models::KINDS {
         let (about, example) = Models::about(kind).expect("a registered kind has its text");
-        let config =
-            format!("schema = \"s.toml\"\n[data]\ntrain = \"t.csv\"\n[model]\ntype = \"{kind}\"\n{example}");
-        let keys = RunConfig::from_toml_str(&config, "example")
-            .ok()
-            .and_then(|c| toml::Table::try_from(&c.model).ok())
+        let keys = mtl_trainer::example_model::<Models>(kind)
+            .and_then(Result::ok)
+            .and_then(|model| toml::Table::try_from(&model).ok())
             .map(|table| {
                 table
                     .keys()
@@ -579,12 +577,10 @@ mod tests {
                 text.contains(&format!("type = \"{kind}\"")),
                 "{kind} missing from:\n{text}"
             );
-            let (_, example) = super::Models::about(kind).unwrap();
-            let config = format!(
-                "schema = \"s.toml\"\n[data]\ntrain = \"t.csv\"\n[model]\ntype = \"{kind}\"\n{example}"
-            );
-            let parsed = super::RunConfig::from_toml_str(&config, "example.toml").unwrap();
-            assert_eq!(super::Models::kind(&parsed.model), *kind);
+            let parsed = mtl_trainer::example_model::<super::Models>(kind)
+                .unwrap()
+                .unwrap();
+            assert_eq!(super::Models::kind(&parsed), *kind);
         }
         // keys come from the config types: ESMM's include its defaulted ones
         let esmm = text.lines().find(|l| l.starts_with("esmm:")).unwrap();

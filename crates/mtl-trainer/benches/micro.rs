@@ -14,7 +14,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use mtl_features::backend::usable_backends;
 use mtl_features::{BatchTensors, EncodedData, Encoder, Schema, StateFitter, ValidSchema};
 use mtl_layers::{MlpSpec, MultiTaskModel};
-use mtl_models::{ModelConfig, Models, RunConfig};
+use mtl_models::{ModelConfig, Models};
 use mtl_trainer::sparse::SparseAdam;
 use mtl_trainer::{Registry, TrainError, TrainSettings, WithModel};
 
@@ -139,10 +139,7 @@ fn benches(c: &mut Criterion) {
         "type = \"shared_bottom\"\nbottom = { dims = [16] }\ntower = { dims = [8] }\ntasks = [{ label = \"click\" }, { label = \"purchase\" }]",
     ]
     .iter()
-    .map(|t| {
-        let text = format!("schema = \"s.toml\"\n[data]\ntrain = \"t.csv\"\n[model]\n{t}\n");
-        RunConfig::from_toml_str(&text, "bench").expect("model config").model
-    })
+    .map(|t| mtl_trainer::parse_model::<Models>(t).expect("model config"))
     .collect();
     for (kind, device) in usable_backends().expect("backends") {
         let v = vocab();

@@ -32,7 +32,7 @@ pub mod sparse;
 pub use config::{
     DataConfig, Direction, EarlyStopping, EmbeddingUpdate, OptimizerKind, RunConfig, TrainSettings,
 };
-pub use registry::{Registry, WithModel};
+pub use registry::{Registry, WithModel, example_model, parse_model};
 
 /// What the [`registry!`] macro refers to, re-exported so that a crate using it needs no
 /// dependencies of its own for it.

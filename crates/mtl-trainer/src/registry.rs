@@ -52,6 +52,21 @@ pub trait Registry: Clone + std::fmt::Debug + PartialEq + Send + Sync + 'static 
     ) -> Result<W::Out, TrainError>;
 }
 
+/// Reads a `[model]` table given as TOML text, `type` key included — what tests, benches and
+/// `mtl models` hold — with the run config's own parser, so keys are checked the same way
+/// (line numbers in errors count from the table's first line plus three).
+pub fn parse_model<R: Registry>(table: &str) -> Result<R::Config, TrainError> {
+    let text = format!("schema = \"-\"\n[data]\ntrain = \"-\"\n[model]\n{table}\n");
+    Ok(crate::RunConfig::<R>::from_toml_str(&text, "[model]")?.model)
+}
+
+/// The example config of model type `kind` ([`Registry::about`]), read; `None` for a type
+/// the registry lacks.
+pub fn example_model<R: Registry>(kind: &str) -> Option<Result<R::Config, TrainError>> {
+    let (_, example) = R::about(kind)?;
+    Some(parse_model::<R>(&format!("type = \"{kind}\"\n{example}")))
+}
+
 /// Serialises a model config as its table with `type = kind` added (the run directory's
 /// `config.toml` form).
 pub fn serialize_tagged<T: Serialize, S: serde::Serializer>(

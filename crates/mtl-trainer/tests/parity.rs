@@ -7,8 +7,8 @@ use burn::tensor::{Device, Tensor};
 use mtl_features::backend::usable_backends;
 use mtl_features::{BackendKind, EncodedData, Encoder, Schema, StateFitter, ValidSchema};
 use mtl_layers::MultiTaskModel;
-use mtl_models::{ModelConfig, Models, RunConfig};
-use mtl_trainer::{Registry, TrainError, TrainSettings, WithModel};
+use mtl_models::{ModelConfig, Models};
+use mtl_trainer::{Registry, TrainError, TrainSettings, WithModel, example_model, parse_model};
 
 fn schema() -> ValidSchema {
     Schema::from_toml_str(
@@ -42,17 +42,16 @@ fn data(rows: usize) -> EncodedData {
 /// Every registered model with its example config (so a new model is covered without
 /// editing this test), and ESMM once more with the paper's group-sum input.
 fn models() -> Vec<ModelConfig> {
-    let parse = |table: String| {
-        let text = format!("schema = \"s.toml\"\n[data]\ntrain = \"t.csv\"\n[model]\n{table}");
-        RunConfig::from_toml_str(&text, "parity").unwrap().model
-    };
     let mut models: Vec<ModelConfig> = Models::KINDS
         .iter()
-        .map(|kind| parse(format!("type = \"{kind}\"\n{}", Models::about(kind).unwrap().1)))
+        .map(|kind| example_model::<Models>(kind).unwrap().unwrap())
         .collect();
-    models.push(parse(
-        "type = \"esmm\"\nctr_tower = { dims = [16, 8] }\ncvr_tower = { dims = [8] }\npooling = { sum_by_group = [\"user\", \"item\"] }\n".into(),
-    ));
+    models.push(
+        parse_model::<Models>(
+            "type = \"esmm\"\nctr_tower = { dims = [16, 8] }\ncvr_tower = { dims = [8] }\npooling = { sum_by_group = [\"user\", \"item\"] }",
+        )
+        .unwrap(),
+    );
     models
 }
 
