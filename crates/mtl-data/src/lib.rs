@@ -173,6 +173,31 @@ fn header_hint(column: &str, header: &[&str]) -> String {
     out
 }
 
+/// The position of `column` among the header's `names`; missing (with a hint) or named twice
+/// is an error. `field` says who needs the column.
+fn locate(file: &str, names: &[&str], column: &str, field: String) -> Result<usize, DataError> {
+    let mut at = names
+        .iter()
+        .enumerate()
+        .filter(|(_, h)| **h == column)
+        .map(|(i, _)| i);
+    match (at.next(), at.next()) {
+        (Some(first), None) => Ok(first),
+        (Some(first), Some(second)) => Err(DataError::DuplicateColumn {
+            file: file.to_string(),
+            column: column.to_string(),
+            first: first + 1,
+            second: second + 1,
+        }),
+        (None, _) => Err(DataError::MissingColumn {
+            file: file.to_string(),
+            column: column.to_string(),
+            field,
+            header: header_hint(column, names),
+        }),
+    }
+}
+
 fn column_map(
     file: &str,
     header: &csv::StringRecord,
@@ -180,28 +205,7 @@ fn column_map(
     need_labels: bool,
 ) -> Result<ColumnMap, DataError> {
     let names: Vec<&str> = header.iter().map(str::trim).collect();
-    let find = |column: &str, field: String| {
-        let mut at = names
-            .iter()
-            .enumerate()
-            .filter(|(_, h)| **h == column)
-            .map(|(i, _)| i);
-        match (at.next(), at.next()) {
-            (Some(first), None) => Ok(first),
-            (Some(first), Some(second)) => Err(DataError::DuplicateColumn {
-                file: file.to_string(),
-                column: column.to_string(),
-                first: first + 1,
-                second: second + 1,
-            }),
-            (None, _) => Err(DataError::MissingColumn {
-                file: file.to_string(),
-                column: column.to_string(),
-                field,
-                header: header_hint(column, &names),
-            }),
-        }
-    };
+    let find = |column: &str, field: String| locate(file, &names, column, field);
     let s = &schema.schema;
     let sparse = s
         .sparse
@@ -331,9 +335,11 @@ impl CsvSource {
         &self.file
     }
 
-    /// Position of a named column in the header.
-    pub fn column_index(&self, name: &str) -> Option<usize> {
-        self.columns.names.iter().position(|n| n == name)
+    /// Position of a named column in the header (one that is missing, or named twice, is an
+    /// error naming the file and `field`, the one who asked for it).
+    pub fn column_index(&self, name: &str, field: &str) -> Result<usize, DataError> {
+        let names: Vec<&str> = self.columns.names.iter().map(String::as_str).collect();
+        locate(&self.file, &names, name, field.to_string())
     }
 
     /// The line (as an editor counts it) where a record at `pos` starts.
@@ -667,15 +673,7 @@ pub fn read_tagged(
         other => other?,
     };
     let column = match id_column {
-        Some(name) => Some(source.column_index(name).ok_or_else(|| {
-            let names: Vec<&str> = source.columns.names.iter().map(String::as_str).collect();
-            DataError::MissingColumn {
-                file: source.file().to_string(),
-                column: name.to_string(),
-                field: "--id-column".into(),
-                header: header_hint(name, &names),
-            }
-        })?),
+        Some(name) => Some(source.column_index(name, "--id-column")?),
         None => None,
     };
     let mut tags = RowTags {
