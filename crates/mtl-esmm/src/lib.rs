@@ -303,10 +303,6 @@ impl MultiTaskModel for Esmm {
         &self.input
     }
 
-    fn input_layer_mut(&mut self) -> &mut InputLayer {
-        &mut self.input
-    }
-
     fn forward(&self, batch: &BatchTensors) -> Forward {
         let p = self.forward_predictions(batch);
         let losses = self.losses(&p, batch).to_vec();

@@ -76,7 +76,7 @@ impl EncodedData {
 
     /// Builds the tensors of the rows `indices` for row-sparse training: returns the batch's
     /// distinct table rows (in first-seen order), and the batch's ids are positions in that
-    /// list. The caller gathers those rows into [`BatchTensors::gathered`].
+    /// list (the trainer puts those rows in the table's place for the step).
     pub fn batch_unique(
         &self,
         indices: &[usize],
@@ -162,7 +162,6 @@ impl EncodedData {
             sequence,
             dense,
             labels: Tensor::from_data(TensorData::new(labels, [b, nl.max(1)]), device),
-            gathered: None,
         }
     }
 }
@@ -189,9 +188,6 @@ pub struct BatchTensors {
     pub dense: Option<Tensor<2>>,
     /// `[batch, n_labels]`.
     pub labels: Tensor<2>,
-    /// Row-sparse training: the batch's distinct embedding rows `[unique, dim]`; when set, the
-    /// ids above are positions in it rather than table rows.
-    pub gathered: Option<Tensor<2>>,
 }
 
 impl BatchTensors {

@@ -147,17 +147,6 @@ impl InputLayer {
         self.spec.output_dim()
     }
 
-    /// Looks ids up in the table, or in the batch's gathered rows when it carries them.
-    ///
-    /// # Shapes
-    /// - ids: `[batch, n]`; output: `[batch, n, dim]`
-    fn lookup(&self, batch: &BatchTensors, ids: Tensor<2, Int>) -> Tensor<3> {
-        match &batch.gathered {
-            Some(rows) => burn::tensor::module::embedding(rows.clone(), ids),
-            None => self.embedding.forward(ids),
-        }
-    }
-
     /// Per-field embeddings, sequences pooled.
     ///
     /// # Shapes
@@ -165,11 +154,11 @@ impl InputLayer {
     pub fn fields(&self, batch: &BatchTensors) -> Option<Tensor<3>> {
         let mut parts = Vec::new();
         if let Some(ids) = &batch.sparse_ids {
-            parts.push(self.lookup(batch, ids.clone()));
+            parts.push(self.embedding.forward(ids.clone()));
         }
         if let Some(seq) = &batch.sequence {
             let [b, _] = seq.ids.dims();
-            let emb = self.lookup(batch, seq.ids.clone()) * seq.mask.clone().unsqueeze_dim(2);
+            let emb = self.embedding.forward(seq.ids.clone()) * seq.mask.clone().unsqueeze_dim(2);
             for &(start, len, pooling) in &self.spec.sequences {
                 let summed = emb
                     .clone()

@@ -104,9 +104,6 @@ pub trait MultiTaskModel: Module + Clone + std::fmt::Debug {
     /// The shared embedding/input layer.
     fn input_layer(&self) -> &InputLayer;
 
-    /// The shared embedding/input layer, mutably (row-sparse training swaps its table).
-    fn input_layer_mut(&mut self) -> &mut InputLayer;
-
     /// The weights of every gate (mixtures of experts) or attention (information transfer)
     /// on a batch; none for a model without gates.
     ///

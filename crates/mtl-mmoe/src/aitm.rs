@@ -317,10 +317,6 @@ impl MultiTaskModel for Aitm {
         &self.input
     }
 
-    fn input_layer_mut(&mut self) -> &mut InputLayer {
-        &mut self.input
-    }
-
     fn gates(&self, batch: &BatchTensors) -> Vec<GateWeights> {
         let (_, attention) = self.forward_with_attention(batch);
         attention

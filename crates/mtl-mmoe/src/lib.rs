@@ -294,10 +294,6 @@ impl MultiTaskModel for Mmoe {
         &self.input
     }
 
-    fn input_layer_mut(&mut self) -> &mut InputLayer {
-        &mut self.input
-    }
-
     fn forward(&self, batch: &BatchTensors) -> Forward {
         let (logits, _) = self.forward_with_gates(batch);
         task_forward(&self.tasks, logits, batch)
@@ -411,10 +407,6 @@ impl MultiTaskModel for SharedBottom {
     }
     fn input_layer(&self) -> &InputLayer {
         &self.input
-    }
-
-    fn input_layer_mut(&mut self) -> &mut InputLayer {
-        &mut self.input
     }
 
     fn forward(&self, batch: &BatchTensors) -> Forward {

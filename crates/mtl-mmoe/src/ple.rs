@@ -279,10 +279,6 @@ impl MultiTaskModel for Ple {
         &self.input
     }
 
-    fn input_layer_mut(&mut self) -> &mut InputLayer {
-        &mut self.input
-    }
-
     fn gates(&self, batch: &BatchTensors) -> Vec<GateWeights> {
         let (_, levels) = self.forward_with_gates(batch);
         let mut out = Vec::new();

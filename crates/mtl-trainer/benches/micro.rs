@@ -15,8 +15,8 @@ use mtl_features::backend::usable_backends;
 use mtl_features::{BatchTensors, EncodedData, Encoder, Schema, StateFitter, ValidSchema};
 use mtl_layers::{MlpSpec, MultiTaskModel};
 use mtl_models::{ModelConfig, Models};
-use mtl_trainer::sparse::SparseAdam;
-use mtl_trainer::{Registry, TrainError, TrainSettings, WithModel};
+use mtl_trainer::step::{Batch, Stepper};
+use mtl_trainer::{EmbeddingUpdate, Registry, TrainError, TrainSettings, WithModel};
 
 const BATCH: usize = 1024;
 const FIELDS: usize = 20;
@@ -69,38 +69,38 @@ struct TrainStep<'a> {
 }
 
 /// One row-sparse step as the trainer takes it (its batch built ahead, as the trainer's
-/// helper thread does): gather the distinct rows, forward, backward, row-wise Adam on those
-/// rows, burn's Adam on the dense layers.
+/// loader thread does): the trainer's [`Stepper`] gathers the distinct rows, runs forward and
+/// backward, row-wise Adam on those rows and burn's Adam on the dense layers.
 struct SparseStep<'a> {
     c: &'a mut Criterion,
     name: String,
     batch: BatchTensors,
     unique: Vec<i32>,
+    layout: mtl_features::TableLayout,
     device: burn::tensor::Device,
 }
 
 impl WithModel for SparseStep<'_> {
     type Out = ();
-    fn run<M: MultiTaskModel + 'static>(self, mut model: M) -> Result<(), TrainError> {
-        let settings = TrainSettings::default();
-        let mut optim = mtl_trainer::fit::optimizer(&settings);
-        let mut sparse = SparseAdam::new(&mut model, &settings, &self.device);
+    fn run<M: MultiTaskModel + 'static>(self, model: M) -> Result<(), TrainError> {
+        let settings = TrainSettings {
+            embedding: EmbeddingUpdate::Sparse,
+            ..TrainSettings::default()
+        };
+        let optim = mtl_trainer::fit::optimizer(&settings);
+        let (model, mut stepper) = Stepper::new(model, optim, &settings, &self.layout, &self.device, None)?;
         let mut model = Some(model);
         let (batch, unique) = (self.batch, self.unique);
         self.c.bench_function(&self.name, |b| {
             b.iter(|| {
                 let m = model.take().expect("model");
-                let mut batch = batch.clone();
-                let (leaf, ids) = sparse.gather(unique.clone());
-                batch.gathered = Some(leaf.clone());
-                let f = m.forward(&batch);
-                let loss = f.total_loss(&[]);
-                let _ = loss.clone().into_scalar::<f32>();
-                let mut grads = loss.backward();
-                let grad = leaf.grad_remove(&mut grads).expect("the rows feed the loss");
-                sparse.step(&ids, grad, 1e-3);
-                let grads = GradientsParams::from_grads(grads, &m);
-                model = Some(optim.step(1e-3, m, grads));
+                let batch = Batch {
+                    tensors: batch.clone(),
+                    table_rows: unique.clone(),
+                };
+                let (m, losses) = stepper.step(m, batch, 1).expect("a finite step");
+                black_box(losses.total);
+                model = Some(m);
             })
         });
         Ok(())
@@ -181,6 +181,7 @@ fn benches(c: &mut Criterion) {
                 name: format!("{kind}/{name}_train_step_sparse/example/vocab{v}"),
                 batch,
                 unique,
+                layout: enc.layout().clone(),
                 device: ad.clone(),
             };
             Models::with_model(config, &s, enc.layout(), &ad, step).expect("sparse train step");

@@ -5,10 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use burn::module::Module;
-use burn::optim::ModuleOptimizer;
 
 use crate::fit::TrainState;
-use crate::sparse::SparseAdam;
+use crate::step::Stepper;
 use crate::{TrainError, crash_point, io_err, record_err};
 
 /// Checkpoint files inside `out_dir/checkpoint/`.
@@ -21,8 +20,7 @@ pub fn checkpoint_dir(out_dir: &Path) -> PathBuf {
 pub fn write_checkpoint<M: Module>(
     out_dir: &Path,
     model: &M,
-    optim: &ModuleOptimizer,
-    sparse: Option<&SparseAdam>,
+    stepper: &Stepper,
     state: &TrainState,
 ) -> Result<(), TrainError> {
     let final_dir = checkpoint_dir(out_dir);
@@ -38,10 +36,7 @@ pub fn write_checkpoint<M: Module>(
         .valid()
         .save_file(tmp.join("model.bpk"))
         .map_err(record_err(&tmp))?;
-    optim.save(tmp.join("optim.bpk")).map_err(record_err(&tmp))?;
-    if let Some(sparse) = sparse {
-        sparse.save(&tmp.join(SPARSE_MOMENTS))?;
-    }
+    stepper.save(&tmp)?;
     let json = serde_json::to_vec_pretty(state).expect("state serialises");
     std::fs::write(tmp.join("state.json"), json).map_err(io_err(&tmp))?;
     crash_point("checkpoint-written");

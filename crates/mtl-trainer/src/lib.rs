@@ -13,8 +13,8 @@
 //! `Learner`: (1) metrics must be exact over the whole evaluation set per task, with CVR AUC
 //! on clicked rows only — burn-train's AUROC is a per-batch `Adaptor` metric, one per output
 //! type; (2) resume must restore the data position inside an epoch, not just the epoch;
-//! (3) row-sparse embedding updates (next on the roadmap) need a custom optimiser step for
-//! the embedding table beside burn's optimiser for the dense layers; (4) `TrainStep` for the
+//! (3) row-sparse embedding updates need a custom optimiser step for the embedding table
+//! beside burn's optimiser for the dense layers ([`step::Stepper`]); (4) `TrainStep` for the
 //! model types would have to live in the model crates (orphan rule), pulling training code
 //! down the stack.
 
@@ -22,12 +22,16 @@ pub mod checkpoint;
 pub mod config;
 pub mod curve;
 pub mod early_stopping;
+pub mod evaluation;
 pub mod fit;
 pub mod gates;
+pub mod loader;
 pub mod metrics;
 pub mod registry;
 pub mod run;
+pub mod schedule;
 pub mod sparse;
+pub mod step;
 
 pub use config::{
     DataConfig, Direction, EarlyStopping, EmbeddingUpdate, OptimizerKind, RunConfig, TrainSettings,

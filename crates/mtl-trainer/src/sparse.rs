@@ -12,24 +12,16 @@
 //! memory, in one pass; on Linux the buffer asks for transparent huge pages, so random rows
 //! of a multi-GB table do not each cost a TLB miss. Each step uploads the rows the batch
 //! uses to the training device and reads their gradient back (on the CPU backends both are
-//! plain copies). While training, the model's own embedding parameter is a one-row
-//! placeholder (the table is held once); it is set to the table before evaluation,
-//! checkpoints and the end of training.
+//! plain copies). The table is the trainer's business: [`crate::step::Stepper`] moves it out
+//! of the model and swaps it back in for evaluation, checkpoints and the end of training.
 
 use std::io::{Read, Write};
 use std::path::Path;
 
-use burn::module::Param;
 use burn::tensor::{Device, Tensor, TensorData};
-use mtl_layers::MultiTaskModel;
 
 use crate::config::{OptimizerKind, TrainSettings};
 use crate::{TrainError, io_err};
-
-/// Replaces an embedding parameter by a `[1, dim]` zero placeholder with the same id.
-fn set_placeholder(weight: &mut Param<Tensor<2>>, dim: usize, device: &Device) {
-    *weight = Param::initialized(weight.id, Tensor::zeros([1, dim], device));
-}
 
 /// First bytes of a saved moments file.
 const MOMENTS_MAGIC: &[u8; 7] = b"MTLMOM1";
@@ -128,15 +120,11 @@ impl pulp::WithSimd for RowAdam<'_> {
 }
 
 impl SparseAdam {
-    /// Moves the table out of `model` into host memory, with zero moments; the model keeps a
-    /// one-row placeholder (see [`SparseAdam::release_from`]).
-    pub fn new<M: MultiTaskModel>(model: &mut M, settings: &TrainSettings, device: &Device) -> Self {
-        let weight = &mut model.input_layer_mut().embedding.weight;
-        let table = weight.val().inner();
+    /// Takes `table` (`[rows, dim]`, its memory released once copied) into host memory,
+    /// with zero moments.
+    pub fn new(table: Tensor<2>, settings: &TrainSettings, device: &Device) -> Self {
         let [rows, dim] = table.dims();
         let plain = device.clone().without_autodiff();
-        // the placeholder first, so the table's memory is the data's and is not copied twice
-        set_placeholder(weight, dim, &plain);
         let table = table.into_data();
         let values = table.as_slice::<f32>().expect("embedding tables are f32");
         let mut buf = HostBuf::zeroed(rows * 3 * dim);
@@ -158,6 +146,16 @@ impl SparseAdam {
             clip_norm: settings.grad_clip_norm,
             device: plain,
         }
+    }
+
+    /// Width of a row.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// The plain (non-autodiff) device the table's rows are uploaded to.
+    pub fn device(&self) -> &Device {
+        &self.device
     }
 
     /// The rows `ids` as an autodiff leaf on the training device, and the ids back.
@@ -229,24 +227,6 @@ impl SparseAdam {
     /// The current table `[rows, dim]` (plain device).
     pub fn table(&self) -> Tensor<2> {
         self.part(0)
-    }
-
-    /// Writes the current table into the model's embedding parameter (same parameter id).
-    pub fn sync_into<M: MultiTaskModel>(&self, model: &mut M) {
-        let weight = &mut model.input_layer_mut().embedding.weight;
-        let id = weight.id;
-        let device = weight.val().device();
-        *weight = Param::initialized(id, self.table().to_device(&device.without_autodiff()));
-    }
-
-    /// Replaces the model's embedding parameter with a one-row placeholder (same id), so the
-    /// table is held once while training; [`SparseAdam::sync_into`] puts the table back.
-    pub fn release_from<M: MultiTaskModel>(&self, model: &mut M) {
-        set_placeholder(
-            &mut model.input_layer_mut().embedding.weight,
-            self.dim,
-            &self.device,
-        );
     }
 
     /// Saves the moments next to a checkpoint: a header (`MTLMOM1`, rows, dim as u64 LE),

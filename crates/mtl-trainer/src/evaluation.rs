@@ -1,0 +1,178 @@
+//! Evaluation during training: predictions over a whole set, one [`EvalRecord`] per
+//! evaluation (training loss and throughput since the last one, validation loss and metrics),
+//! and early stopping's bookkeeping with the best model kept as `best.bpk`.
+
+use std::time::Instant;
+
+use burn::tensor::{Device, Tensor};
+use mtl_features::{EncodedData, TableLayout};
+use mtl_layers::{MultiTaskModel, OutputSpec};
+
+use crate::TrainError;
+use crate::checkpoint::save_atomic;
+use crate::config::TrainSettings;
+use crate::early_stopping::{improves, monitored};
+use crate::fit::{EvalRecord, FitOptions, TrainState};
+use crate::metrics::evaluate;
+use crate::step::weighted;
+
+/// Reads a `[n]` tensor back to the host; a backend failure is an error, never an empty list.
+pub fn to_host(t: Tensor<1>) -> Result<Vec<f32>, TrainError> {
+    let n = t.dims()[0];
+    let values = t
+        .try_into_data()
+        .map_err(|e| TrainError::Backend(format!("reading results from the device: {e:?}")))?
+        .try_to_vec::<f32>()
+        .map_err(|e| TrainError::Backend(format!("reading results from the device: {e:?}")))?;
+    if values.len() != n {
+        return Err(TrainError::Backend(format!(
+            "expected {n} values from the device, got {}",
+            values.len()
+        )));
+    }
+    Ok(values)
+}
+
+/// One column of predictions per output, and the mean loss terms when asked for.
+pub type Predictions = (Vec<Vec<f32>>, Option<Vec<f64>>);
+
+/// Predictions of every output for every row of `data`, in batches, with the model in
+/// evaluation mode on the plain device. Also returns the mean loss terms when `with_loss`.
+pub fn predict_all<M: MultiTaskModel>(
+    model: &M,
+    data: &EncodedData,
+    layout: &TableLayout,
+    device: &Device,
+    batch_size: usize,
+    with_loss: bool,
+) -> Result<Predictions, TrainError> {
+    let n_out = model.outputs().len();
+    let mut preds = vec![Vec::with_capacity(data.rows); n_out];
+    let mut loss_sums: Vec<f64> = Vec::new();
+    let mut start = 0;
+    while start < data.rows {
+        let end = (start + batch_size).min(data.rows);
+        let idx: Vec<usize> = (start..end).collect();
+        let batch = data.batch(&idx, layout, device);
+        let outputs = if with_loss {
+            let f = model.forward(&batch);
+            let terms = to_host(Tensor::cat(f.losses, 0))?;
+            loss_sums.resize(terms.len(), 0.0);
+            for (s, t) in loss_sums.iter_mut().zip(terms) {
+                *s += f64::from(t) * (end - start) as f64;
+            }
+            f.predictions
+        } else {
+            model.predict(&batch)
+        };
+        for (p, o) in preds.iter_mut().zip(outputs) {
+            p.extend(to_host(o)?);
+        }
+        start = end;
+    }
+    let losses = with_loss.then(|| loss_sums.iter().map(|s| s / data.rows.max(1) as f64).collect());
+    Ok((preds, losses))
+}
+
+/// What an evaluation during training needs besides the model and the state.
+pub(crate) struct Evaluator<'a> {
+    pub valid: Option<&'a EncodedData>,
+    pub layout: &'a TableLayout,
+    /// The plain (non-autodiff) device.
+    pub device: Device,
+    pub settings: &'a TrainSettings,
+    pub options: &'a FitOptions,
+    pub outputs: Vec<OutputSpec>,
+    pub loss_names: Vec<String>,
+}
+
+impl Evaluator<'_> {
+    /// Evaluates `model`, appends the record to `state.history`, resets the running sums,
+    /// and updates early stopping (saving `best.bpk` on an improvement). `clock` has run
+    /// since the last evaluation; it is restarted. Returns whether training should stop.
+    pub fn run<M: MultiTaskModel>(
+        &self,
+        model: &M,
+        state: &mut TrainState,
+        clock: &mut Instant,
+    ) -> Result<bool, TrainError> {
+        let secs = state.pending_secs + clock.elapsed().as_secs_f64();
+        let (rows, loss_sum, terms) = std::mem::take(&mut state.pending);
+        let train_losses: Vec<(String, f64)> = self
+            .loss_names
+            .iter()
+            .cloned()
+            .zip(terms.iter().map(|t| t / rows.max(1) as f64))
+            .collect();
+        let (valid_loss, valid_metrics) = match self.valid {
+            Some(v) => {
+                let batch = self.settings.batch_size.max(4096);
+                let (preds, losses) = predict_all(&model.valid(), v, self.layout, &self.device, batch, true)?;
+                let loss = losses.map(|l| weighted(&l, &self.settings.loss_weights));
+                (
+                    loss,
+                    evaluate(&self.outputs, &preds, v, &self.options.label_names),
+                )
+            }
+            None => (None, Vec::new()),
+        };
+        let record = EvalRecord {
+            epoch: state.epoch + usize::from(state.batch_in_epoch > 0),
+            step: state.global_step,
+            train_loss: loss_sum / rows.max(1) as f64,
+            train_losses,
+            valid_loss,
+            valid: valid_metrics,
+            train_rows: rows,
+            train_secs: secs,
+            samples_per_sec: rows as f64 / secs.max(1e-9),
+            data_secs: std::mem::take(&mut state.pending_data_secs),
+        };
+        tracing::info!(step = record.step, train_loss = record.train_loss, "evaluation");
+        if self.options.progress {
+            eprintln!(
+                "  step {:>6}  train loss {:.5}  valid loss {}  ({:.0} samples/s)",
+                record.step,
+                record.train_loss,
+                record.valid_loss.map_or("-".into(), |l| format!("{l:.5}")),
+                record.samples_per_sec
+            );
+            for m in &record.valid {
+                eprintln!("    {}", m.summary());
+            }
+        }
+        state.pending = (0, 0.0, vec![0.0; self.loss_names.len()]);
+        state.pending_secs = 0.0;
+        let stop = self.early_stopping(model, &record, state)?;
+        state.history.push(record);
+        *clock = Instant::now();
+        Ok(stop)
+    }
+
+    /// Early stopping's update for `record`: whether to stop.
+    fn early_stopping<M: MultiTaskModel>(
+        &self,
+        model: &M,
+        record: &EvalRecord,
+        state: &mut TrainState,
+    ) -> Result<bool, TrainError> {
+        let Some(es) = &self.settings.early_stopping else {
+            return Ok(false);
+        };
+        let Some(value) = monitored(record, &es.metric) else {
+            // the metric was checked against the outputs before training; it can still be
+            // undefined here (an AUC on a validation set with one class)
+            tracing::warn!(metric = %es.metric, "monitored metric not available at this evaluation");
+            return Ok(false);
+        };
+        if improves(es, value, state.best.map(|b| b.0)) {
+            state.best = Some((value, state.global_step));
+            state.since_best = 0;
+            save_atomic(model, &self.options.out_dir.join("best.bpk"))?;
+            Ok(false)
+        } else {
+            state.since_best += 1;
+            Ok(state.since_best >= es.patience)
+        }
+    }
+}

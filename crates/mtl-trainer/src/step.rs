@@ -1,0 +1,230 @@
+//! One training step: forward, a check that the loss is finite, backward, and the optimisers —
+//! burn's for the dense parameters and, for row-sparse training, [`SparseAdam`] for the
+//! embedding table — behind one type, [`Stepper`].
+//!
+//! The row-sparse table is the trainer's business alone. The model contract knows nothing of
+//! it: the stepper finds the table parameter by its id, keeps the table in host memory, and
+//! swaps values into that parameter with a [`ModuleMapper`] — the batch's gathered rows for a
+//! step (the batch's ids are then positions in them), a one-row placeholder between steps,
+//! the whole table for evaluation, checkpoints and the end of training.
+
+use std::any::Any;
+use std::path::Path;
+
+use burn::module::{Module, ModuleMapper, Param, ParamId};
+use burn::optim::{GradientsParams, ModuleOptimizer};
+use burn::tensor::{Device, Tensor};
+use mtl_features::{BatchTensors, TableLayout};
+use mtl_layers::MultiTaskModel;
+
+use crate::checkpoint::SPARSE_MOMENTS;
+use crate::config::{EmbeddingUpdate, TrainSettings};
+use crate::sparse::SparseAdam;
+use crate::{TrainError, record_err};
+
+/// A batch as the loader hands it over.
+pub struct Batch {
+    /// The batch's tensors; for row-sparse training its ids index [`Batch::table_rows`].
+    pub tensors: BatchTensors,
+    /// Row-sparse training: the batch's distinct table rows, in first-seen order (else empty).
+    pub table_rows: Vec<i32>,
+}
+
+/// The losses of one step, read back to the host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepLosses {
+    /// The weighted sum of the terms.
+    pub total: f64,
+    /// Each loss term, in the model's `loss_names` order.
+    pub terms: Vec<f32>,
+}
+
+/// `Σ wᵢ · termᵢ` (a missing weight is 1).
+pub(crate) fn weighted(terms: &[f64], weights: &[f32]) -> f64 {
+    terms
+        .iter()
+        .enumerate()
+        .map(|(i, t)| t * f64::from(weights.get(i).copied().unwrap_or(1.0)))
+        .sum()
+}
+
+/// Puts `value` into the float parameter `id`, keeping the id.
+struct SetParam {
+    id: ParamId,
+    value: Option<Tensor<2>>,
+}
+
+impl ModuleMapper for SetParam {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        if param.id != self.id {
+            return param;
+        }
+        let Some(value) = self.value.take() else {
+            return param;
+        };
+        // the table parameter is the `[rows, dim]` one, so `D` is 2 here
+        match (Box::new(value) as Box<dyn Any>).downcast::<Tensor<D>>() {
+            Ok(value) => Param::initialized(param.id, *value),
+            Err(_) => param,
+        }
+    }
+}
+
+/// The row-sparse embedding table: its optimiser and the parameter it stands for.
+struct Table {
+    adam: SparseAdam,
+    id: ParamId,
+}
+
+impl Table {
+    fn set<M: Module>(&self, model: M, value: Tensor<2>) -> M {
+        model.map(&mut SetParam {
+            id: self.id,
+            value: Some(value),
+        })
+    }
+
+    fn placeholder(&self) -> Tensor<2> {
+        Tensor::zeros([1, self.adam.dim()], self.adam.device())
+    }
+}
+
+/// Takes optimiser steps: burn's optimiser on the dense parameters and, with
+/// `embedding = "sparse"`, a row-wise Adam on the rows of the embedding table a batch uses.
+pub struct Stepper {
+    dense: ModuleOptimizer,
+    table: Option<Table>,
+    lr: f64,
+    loss_weights: Vec<f32>,
+    loss_names: Vec<String>,
+}
+
+impl Stepper {
+    /// A stepper for `model`. With row-sparse updates it moves the embedding table out of the
+    /// model (which keeps a one-row placeholder) into host memory, with the moments saved at
+    /// `moments` (the file and the step count) when resuming.
+    pub fn new<M: MultiTaskModel>(
+        model: M,
+        dense: ModuleOptimizer,
+        settings: &TrainSettings,
+        layout: &TableLayout,
+        device: &Device,
+        moments: Option<(&Path, usize)>,
+    ) -> Result<(M, Self), TrainError> {
+        let mut stepper = Self {
+            dense,
+            table: None,
+            lr: settings.lr,
+            loss_weights: settings.loss_weights.clone(),
+            loss_names: model.loss_names(),
+        };
+        // a schema without id fields has no table to update
+        if settings.embedding == EmbeddingUpdate::Dense || layout.total_rows == 0 {
+            // burn initialises parameters lazily; a large table's random initialisation
+            // (seconds at tens of millions of rows) happens here, before the training clock
+            let _ = model.input_layer().embedding.weight.val();
+            return Ok((model, stepper));
+        }
+        let weight = &model.input_layer().embedding.weight;
+        let (id, values) = (weight.id, weight.val().inner());
+        let plain = device.clone().without_autodiff();
+        // the placeholder first, so that the table's memory is the copy's alone
+        let placeholder = Tensor::zeros([1, values.dims()[1]], &plain);
+        let model = model.map(&mut SetParam {
+            id,
+            value: Some(placeholder),
+        });
+        let mut adam = SparseAdam::new(values, settings, device);
+        if let Some((path, time)) = moments {
+            if !path.exists() {
+                return Err(TrainError::Record {
+                    path: path.display().to_string(),
+                    message: "missing: the checkpoint has no moments of the row-sparse \
+                              optimiser (written by an older mtl, or incomplete)"
+                        .into(),
+                });
+            }
+            adam.load(path, time)?;
+        }
+        stepper.table = Some(Table { adam, id });
+        Ok((model, stepper))
+    }
+
+    /// Whether the embedding table is updated row-sparse (batches then carry their rows).
+    pub fn row_sparse(&self) -> bool {
+        self.table.is_some()
+    }
+
+    /// Steps of the row-sparse optimiser so far (0 without one).
+    pub fn sparse_time(&self) -> usize {
+        self.table.as_ref().map_or(0, |t| t.adam.time)
+    }
+
+    /// One step on `batch`; `step` (1-based) names it in a non-finite-loss error.
+    pub fn step<M: MultiTaskModel>(
+        &mut self,
+        model: M,
+        batch: Batch,
+        step: usize,
+    ) -> Result<(M, StepLosses), TrainError> {
+        let Batch { tensors, table_rows } = batch;
+        let (model, gathered) = match &self.table {
+            Some(table) => {
+                let (leaf, ids) = table.adam.gather(table_rows);
+                (table.set(model, leaf.clone()), Some((leaf, ids)))
+            }
+            None => (model, None),
+        };
+        let forward = model.forward(&tensors);
+        let loss = forward.total_loss(&self.loss_weights);
+        let terms = crate::fit::to_host(Tensor::cat(forward.losses, 0))?;
+        let total = weighted(
+            &terms.iter().map(|&t| f64::from(t)).collect::<Vec<_>>(),
+            &self.loss_weights,
+        );
+        if !total.is_finite() {
+            return Err(TrainError::NonFinite {
+                step,
+                terms: self.loss_names.iter().cloned().zip(terms).collect(),
+            });
+        }
+        let mut grads = loss.backward();
+        if let (Some(table), Some((leaf, ids))) = (self.table.as_mut(), gathered) {
+            // take the rows' gradient before the module's gradients are collected (a batch
+            // whose rows feed nothing has no gradient to apply)
+            if let Some(grad) = leaf.grad_remove(&mut grads) {
+                table.adam.step(&ids, grad, self.lr);
+            }
+        }
+        let grads = GradientsParams::from_grads(grads, &model);
+        let model = self.dense.step(self.lr, model, grads);
+        let model = self.without_table(model);
+        Ok((model, StepLosses { total, terms }))
+    }
+
+    /// `model` holding the whole current table (for evaluation, checkpoints and the end).
+    pub fn with_table<M: Module>(&self, model: M) -> M {
+        match &self.table {
+            Some(table) => table.set(model, table.adam.table()),
+            None => model,
+        }
+    }
+
+    /// `model` holding a one-row placeholder in place of the table, so that the table is
+    /// held once while training.
+    pub fn without_table<M: Module>(&self, model: M) -> M {
+        match &self.table {
+            Some(table) => table.set(model, table.placeholder()),
+            None => model,
+        }
+    }
+
+    /// Writes the optimisers' state into the checkpoint folder `dir`.
+    pub fn save(&self, dir: &Path) -> Result<(), TrainError> {
+        self.dense.save(dir.join("optim.bpk")).map_err(record_err(dir))?;
+        if let Some(table) = &self.table {
+            table.adam.save(&dir.join(SPARSE_MOMENTS))?;
+        }
+        Ok(())
+    }
+}
