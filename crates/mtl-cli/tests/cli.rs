@@ -459,3 +459,65 @@ fn thread_counts_beyond_the_machine_are_capped_with_a_warning() {
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("--threads 100000 is more than the"), "{stderr}");
 }
+
+#[test]
+fn generated_data_trains_every_example_config() {
+    // the example configs read `../data/synth/` beside `configs/`: the same layout in a
+    // temporary folder, with a small generated set in place of the 1M-row one
+    let dir = tempfile::tempdir().unwrap();
+    let synth = dir.path().join("data/synth");
+    let out = mtl(&[
+        "gen-data",
+        "ccp",
+        "--rows",
+        "4000",
+        "--seed",
+        "3",
+        "--out",
+        &synth.display().to_string(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::create_dir_all(dir.path().join("configs")).unwrap();
+    let test = synth.join("synth_ccp_test.csv").display().to_string();
+    for model in ["esmm", "mmoe", "ple", "aitm"] {
+        let name = format!("{model}-example.toml");
+        let cfg = dir.path().join("configs").join(&name);
+        std::fs::copy(repo().join("configs").join(&name), &cfg).unwrap();
+        let out_dir = dir.path().join(model).display().to_string();
+        let cfg = cfg.display().to_string();
+        let out = mtl(&["train", "--config", &cfg, "--out", &out_dir]);
+        assert!(
+            out.status.success(),
+            "{model}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let metrics: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(Path::new(&out_dir).join("metrics.json")).unwrap())
+                .unwrap();
+        let outputs = metrics["test"].as_array().expect("test metrics");
+        assert!(outputs.len() >= 2, "{model}: {metrics}");
+        let out = mtl(&["eval", "--model", &out_dir, "--data", &test]);
+        assert!(
+            out.status.success(),
+            "{model}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let scores = dir.path().join(format!("{model}.csv")).display().to_string();
+        let out = mtl(&["predict", "--model", &out_dir, "--data", &test, "--out", &scores]);
+        assert!(
+            out.status.success(),
+            "{model}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = std::fs::read_to_string(&scores).unwrap();
+        let header: Vec<&str> = text.lines().next().unwrap().split(',').collect();
+        assert_eq!(header.len(), outputs.len(), "{model}: one column per output");
+        // every score is a probability
+        for line in text.lines().skip(1) {
+            for v in line.split(',') {
+                let p: f64 = v.parse().unwrap();
+                assert!((0.0..=1.0).contains(&p), "{model}: {line}");
+            }
+        }
+    }
+}
