@@ -42,6 +42,8 @@ enum Command {
     Eval(EvalArgs),
     /// Write one prediction column per task output for a CSV file.
     Predict(PredictArgs),
+    /// Serve a trained model over HTTP: POST /v1/predict, GET /health, /v1/model, /metrics.
+    Serve(ServeArgs),
     /// Generate synthetic data, train ESMM and MMOE briefly, print metrics (the default).
     Demo(DemoArgs),
     /// List the model types a config's `[model] type` can name, each with an example table.
@@ -170,6 +172,34 @@ struct PredictArgs {
 }
 
 #[derive(Debug, Args)]
+struct ServeArgs {
+    /// Trained model directory.
+    #[arg(long)]
+    model: PathBuf,
+    /// Address to listen on (port 0 picks a free port; the address is printed).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: String,
+    /// Backend: flex (default), ndarray, wgpu or cuda.
+    #[arg(long, default_value = "flex")]
+    backend: String,
+    /// Largest request body, in bytes (larger: 413).
+    #[arg(long, default_value_t = 16 << 20)]
+    max_body_bytes: usize,
+    /// Most rows in one request (more: 413).
+    #[arg(long, default_value_t = 10_000)]
+    max_rows: usize,
+    /// Requests waiting for the model at once (more: 429).
+    #[arg(long, default_value_t = 1024)]
+    queue: usize,
+    /// Most rows the model scores in one batch of requests.
+    #[arg(long, default_value_t = 4096)]
+    max_batch_rows: usize,
+    /// How long a batch waits for requests still being read, in milliseconds.
+    #[arg(long, default_value_t = 2)]
+    max_wait_ms: u64,
+}
+
+#[derive(Debug, Args)]
 struct DemoArgs {
     /// Rows of synthetic data to generate.
     #[arg(long, default_value_t = 200_000)]
@@ -259,6 +289,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Train(args) => train(args, progress),
         Command::Eval(args) => eval(args),
         Command::Predict(args) => predict(args),
+        Command::Serve(args) => serve(args),
         Command::Demo(args) => demo(args, progress),
         Command::Models => {
             print!("{}", models_text());
@@ -452,6 +483,37 @@ fn eval(args: EvalArgs) -> Result<()> {
         mtl_features::atomic_write(&out, &json)?;
         println!("wrote {}", out.display());
     }
+    Ok(())
+}
+
+fn serve(args: ServeArgs) -> Result<()> {
+    let options = mtl_serve::ServeOptions {
+        model_dir: args.model.clone(),
+        addr: args.addr,
+        backend: args.backend,
+        limits: mtl_serve::Limits {
+            max_body_bytes: args.max_body_bytes,
+            max_rows: args.max_rows,
+            queue: args.queue,
+        },
+        batching: mtl_serve::Batching {
+            max_rows: args.max_batch_rows,
+            max_wait: std::time::Duration::from_millis(args.max_wait_ms),
+        },
+    };
+    mtl_serve::serve::<Models>(options, |s| {
+        use std::io::Write;
+        println!(
+            "listening on http://{} (model {}, outputs {})",
+            s.addr,
+            s.model_id,
+            s.outputs.join(",")
+        );
+        // a supervisor or test reads the address from this line
+        let _ = std::io::stdout().flush();
+    })
+    .with_context(|| format!("serving {}", args.model.display()))?;
+    println!("stopped");
     Ok(())
 }
 

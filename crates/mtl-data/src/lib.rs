@@ -140,6 +140,8 @@ const MAX_EXAMPLES: usize = 5;
 /// Column positions of every schema entry in one file.
 #[derive(Debug, Clone)]
 struct ColumnMap {
+    /// Every feature's column, in [`encode_features`] order (sparse, sequence, dense).
+    features: Vec<usize>,
     sparse: Vec<usize>,
     sequence: Vec<usize>,
     dense: Vec<usize>,
@@ -207,19 +209,19 @@ fn column_map(
     let names: Vec<&str> = header.iter().map(str::trim).collect();
     let find = |column: &str, field: String| locate(file, &names, column, field);
     let s = &schema.schema;
-    let sparse = s
+    let sparse: Vec<usize> = s
         .sparse
         .iter()
         .enumerate()
         .map(|(i, f)| find(f.column(), format!("sparse[{i}] `{}`", f.name)))
         .collect::<Result<_, _>>()?;
-    let sequence = s
+    let sequence: Vec<usize> = s
         .sequence
         .iter()
         .enumerate()
         .map(|(i, f)| find(f.column(), format!("sequence[{i}] `{}`", f.name)))
         .collect::<Result<_, _>>()?;
-    let dense = s
+    let dense: Vec<usize> = s
         .dense
         .iter()
         .enumerate()
@@ -235,6 +237,7 @@ fn column_map(
         Vec::new()
     };
     Ok(ColumnMap {
+        features: sparse.iter().chain(&sequence).chain(&dense).copied().collect(),
         sparse,
         sequence,
         dense,
@@ -472,42 +475,10 @@ impl CsvSource {
     ) -> Result<(), DataError> {
         self.check_width(line)?;
         let row = Row { record: &self.record };
-        let schema = encoder.schema();
-        let n_sparse = schema.n_sparse();
-        for (f, &col) in self.columns.sparse.iter().enumerate() {
-            let id = row
-                .cell(col)
-                .and_then(|t| encoder.encode_id(f, t))
-                .map_err(|e| self.bad(line, col, e))?;
-            out.sparse.push(id);
-        }
-        for (s, &col) in self.columns.sequence.iter().enumerate() {
-            let spec = &schema.schema.sequence[s];
-            let text = row.cell(col).map_err(|e| self.bad(line, col, e))?;
-            let mut len = 0u32;
-            for part in text
-                .split(spec.delimiter.as_str())
-                .filter(|p| !p.trim().is_empty())
-                .take(spec.max_len)
-            {
-                let id = encoder
-                    .encode_id(n_sparse + s, part)
-                    .map_err(|e| self.bad(line, col, e))?;
-                out.sequence.push(id);
-                len += 1;
-            }
-            out.sequence
-                .extend(std::iter::repeat_n(0, spec.max_len - len as usize));
-            out.seq_len.push(len);
-        }
+        let columns = &self.columns.features;
+        encode_features(encoder, |f| row.cell(columns[f]), out)
+            .map_err(|(f, e)| self.bad(line, columns[f], e))?;
         debug_assert_eq!(out.seq_len.len() % n_seq.max(1), 0);
-        for (d, &col) in self.columns.dense.iter().enumerate() {
-            let v = row
-                .cell(col)
-                .and_then(|t| encoder.encode_dense(d, t))
-                .map_err(|e| self.bad(line, col, e))?;
-            out.dense.push(v);
-        }
         for (l, &col) in self.columns.labels.iter().enumerate() {
             let v = row
                 .cell(col)
@@ -596,6 +567,51 @@ impl CsvSource {
         }
         Ok(())
     }
+}
+
+/// Encodes the feature cells of one row into `out` (labels are the caller's): `cell(f)` gives
+/// feature `f`'s text, features counted in schema order — sparse fields, then sequence fields
+/// (delimiter-separated ids, empty parts skipped, cut at `max_len`), then dense fields. The CSV
+/// reader and the server encode through this one function, so a value means the same in both.
+/// On an error, the feature's index and the cause; `out` may then hold part of the row.
+pub fn encode_features<'a>(
+    encoder: &Encoder,
+    cell: impl Fn(usize) -> Result<&'a str, CellError>,
+    out: &mut EncodedData,
+) -> Result<(), (usize, CellError)> {
+    let schema = encoder.schema();
+    let n_sparse = schema.n_sparse();
+    for f in 0..n_sparse {
+        let id = cell(f)
+            .and_then(|t| encoder.encode_id(f, t))
+            .map_err(|e| (f, e))?;
+        out.sparse.push(id);
+    }
+    for (s, spec) in schema.schema.sequence.iter().enumerate() {
+        let f = n_sparse + s;
+        let text = cell(f).map_err(|e| (f, e))?;
+        let mut len = 0u32;
+        for part in text
+            .split(spec.delimiter.as_str())
+            .filter(|p| !p.trim().is_empty())
+            .take(spec.max_len)
+        {
+            out.sequence.push(encoder.encode_id(f, part).map_err(|e| (f, e))?);
+            len += 1;
+        }
+        out.sequence
+            .extend(std::iter::repeat_n(0, spec.max_len - len as usize));
+        out.seq_len.push(len);
+    }
+    let first_dense = n_sparse + schema.n_sequence();
+    for d in 0..schema.n_dense() {
+        let f = first_dense + d;
+        let v = cell(f)
+            .and_then(|t| encoder.encode_dense(d, t))
+            .map_err(|e| (f, e))?;
+        out.dense.push(v);
+    }
+    Ok(())
 }
 
 fn note_skip(report: &mut ReadReport, e: &DataError) {

@@ -114,7 +114,9 @@ pub fn peak_rss_mb() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-fn backend_device(name: &str) -> Result<Device, TrainError> {
+/// The device of backend `name` (`flex`, `ndarray`, `wgpu`, `cuda`), probed; a backend missing
+/// from the build or unusable here is an error naming it.
+pub fn backend_device(name: &str) -> Result<Device, TrainError> {
     let kind: BackendKind = name.parse()?;
     Ok(kind.probe()?)
 }
