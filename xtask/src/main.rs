@@ -4,6 +4,7 @@
 //! and summarises, so it compiles in seconds and never builds burn in the debug profile.
 
 mod peer;
+mod serve_load;
 mod stats;
 
 use std::path::{Path, PathBuf};
@@ -84,6 +85,10 @@ enum Task {
         #[arg(long, default_value_t = 2)]
         threads: usize,
     },
+    /// Load test of `mtl serve` on loopback: latency and rows/s at concurrency 1, 16 and 64
+    /// for ESMM example and MMOE large, a storm of malformed requests among good ones, peak
+    /// RSS and a clean SIGTERM.
+    ServeLoad(serve_load::LoadArgs),
     /// What CI runs: cargo fmt --check, the tests, clippy.
     Validate,
 }
@@ -97,6 +102,7 @@ fn main() -> Result<()> {
         }
         Task::Bench(args) => bench(&args),
         Task::Quality { quick, threads } => quality(quick, threads),
+        Task::ServeLoad(args) => serve_load::serve_load(&args),
         Task::Validate => validate(),
     }
 }

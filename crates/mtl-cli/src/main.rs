@@ -501,19 +501,22 @@ fn serve(args: ServeArgs) -> Result<()> {
             max_wait: std::time::Duration::from_millis(args.max_wait_ms),
         },
     };
+    use std::io::Write;
+    // a supervisor may have closed its end of stdout: a lost line must not end the server
     mtl_serve::serve::<Models>(options, |s| {
-        use std::io::Write;
-        println!(
+        let mut out = std::io::stdout();
+        // a supervisor or test reads the address from this line
+        let _ = writeln!(
+            out,
             "listening on http://{} (model {}, outputs {})",
             s.addr,
             s.model_id,
             s.outputs.join(",")
         );
-        // a supervisor or test reads the address from this line
-        let _ = std::io::stdout().flush();
+        let _ = out.flush();
     })
     .with_context(|| format!("serving {}", args.model.display()))?;
-    println!("stopped");
+    let _ = writeln!(std::io::stdout(), "stopped");
     Ok(())
 }
 

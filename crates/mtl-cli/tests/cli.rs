@@ -521,3 +521,32 @@ fn generated_data_trains_every_example_config() {
         }
     }
 }
+
+#[test]
+fn serve_refuses_bad_options_a_missing_model_and_a_taken_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope").display().to_string();
+    assert_user_error(
+        &mtl(&["serve", "--model", &missing]),
+        &["nope", "the directory itself"],
+    );
+    let model = trained(dir.path());
+    assert_user_error(
+        &mtl(&["serve", "--model", &model, "--max-rows", "0"]),
+        &["--max-rows = 0", "1..=1000000"],
+    );
+    assert_user_error(
+        &mtl(&["serve", "--model", &model, "--max-wait-ms", "5000"]),
+        &["--max-wait-ms = 5000"],
+    );
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    assert_user_error(
+        &mtl(&["serve", "--model", &model, "--addr", &addr]),
+        &["cannot listen on", &addr],
+    );
+    assert_user_error(
+        &mtl(&["serve", "--model", &model, "--addr", "not-an-address"]),
+        &["cannot listen on", "not-an-address"],
+    );
+}

@@ -326,6 +326,12 @@ fn router(app: Arc<App>) -> Router {
                 )
             }),
         )
+        .method_not_allowed_fallback(|| async {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed: POST /v1/predict; GET /health, /v1/model, /metrics",
+            )
+        })
         .fallback(|| async {
             error(
                 StatusCode::NOT_FOUND,
@@ -376,6 +382,31 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
+/// A body over the limit is still read (and dropped) up to this size, so that the client
+/// gets its 413 rather than a connection reset while it sends.
+const DRAIN_CAP: usize = 64 << 20;
+
+/// The body, or `None` when it is over `limit` bytes (read on, and dropped, up to
+/// [`DRAIN_CAP`]).
+async fn read_body(mut body: Body, limit: usize) -> Result<Option<Vec<u8>>, axum::Error> {
+    use http_body_util::BodyExt;
+    let mut bytes = Vec::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        seen += data.len();
+        if seen > DRAIN_CAP {
+            break;
+        }
+        if seen <= limit {
+            bytes.extend_from_slice(&data);
+        }
+    }
+    Ok((seen <= limit).then_some(bytes))
+}
+
 /// Counts a request in flight while it lives.
 struct InFlight<'a>(&'a Metrics);
 
@@ -399,19 +430,14 @@ async fn predict(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) ->
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
+    if declared.is_some_and(|n| n > DRAIN_CAP as u64) {
+        // too large even to read past: answer now (the client may see the connection close)
         return too_large();
     }
-    let bytes = match axum::body::to_bytes(body, limit).await {
-        Ok(b) => b,
-        Err(e) => {
-            let e = e.into_inner();
-            return if e.is::<http_body_util::LengthLimitError>() {
-                too_large()
-            } else {
-                error(StatusCode::BAD_REQUEST, format!("reading the request body: {e}"))
-            };
-        }
+    let bytes = match read_body(body, limit).await {
+        Ok(Some(b)) => b,
+        Ok(None) => return too_large(),
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("reading the request body: {e}")),
     };
     app.parsing.fetch_add(1, Ordering::AcqRel);
     let parsed = tokio::task::block_in_place(|| {
