@@ -42,6 +42,8 @@ enum Command {
     Eval(EvalArgs),
     /// Write one prediction column per task output for a CSV file.
     Predict(PredictArgs),
+    /// Export a trained model to another format (ONNX), with its encoder state beside it.
+    Export(ExportArgs),
     /// Serve a trained model over HTTP: POST /v1/predict, GET /health, /v1/model, /metrics.
     Serve(ServeArgs),
     /// Generate synthetic data, train ESMM and MMOE briefly, print metrics (the default).
@@ -172,6 +174,19 @@ struct PredictArgs {
 }
 
 #[derive(Debug, Args)]
+struct ExportArgs {
+    /// Trained model directory.
+    #[arg(long)]
+    model: PathBuf,
+    /// Format: onnx.
+    #[arg(long, default_value = "onnx")]
+    format: String,
+    /// Output file (its inputs, outputs and encoder state go to the same name + `.json`).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Debug, Args)]
 struct ServeArgs {
     /// Trained model directory.
     #[arg(long)]
@@ -290,6 +305,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Eval(args) => eval(args),
         Command::Predict(args) => predict(args),
         Command::Serve(args) => serve(args),
+        Command::Export(args) => export(args),
         Command::Demo(args) => demo(args, progress),
         Command::Models => {
             print!("{}", models_text());
@@ -484,6 +500,32 @@ fn eval(args: EvalArgs) -> Result<()> {
         println!("wrote {}", out.display());
     }
     Ok(())
+}
+
+fn export(args: ExportArgs) -> Result<()> {
+    if args.format != "onnx" {
+        anyhow::bail!("--format {}: the one export format is `onnx`", args.format);
+    }
+    #[cfg(feature = "onnx")]
+    {
+        let done = mtl_serve::onnx::export_onnx::<Models>(&args.model, &args.out)
+            .with_context(|| format!("exporting {}", args.model.display()))?;
+        println!(
+            "wrote {} ({} bytes): inputs {}, outputs {}; encoder state in {}.json",
+            args.out.display(),
+            done.bytes,
+            done.inputs.join(","),
+            done.outputs.join(","),
+            args.out.display()
+        );
+        Ok(())
+    }
+    #[cfg(not(feature = "onnx"))]
+    {
+        anyhow::bail!(
+            "this mtl was built without ONNX export: build it with `cargo build --release -p mtl-cli --features onnx`"
+        )
+    }
 }
 
 fn serve(args: ServeArgs) -> Result<()> {

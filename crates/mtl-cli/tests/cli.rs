@@ -550,3 +550,48 @@ fn serve_refuses_bad_options_a_missing_model_and_a_taken_address() {
         &["cannot listen on", "not-an-address"],
     );
 }
+
+#[cfg(feature = "onnx")]
+#[test]
+fn export_writes_onnx_with_its_encoder_and_names_what_the_exporter_cannot_express() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = trained(dir.path());
+    let onnx = dir.path().join("esmm.onnx");
+    let out = mtl(&["export", "--model", &model, "--out", &onnx.display().to_string()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // the table (2 fields' rows × 4) and both towers are in the file, as float initialisers
+    let bytes = std::fs::read(&onnx).unwrap();
+    assert!(bytes.len() > 1000, "{} bytes", bytes.len());
+    assert!(bytes.windows(9).any(|w| w == b"burn-onnx"), "producer name");
+    let side: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("esmm.onnx.json")).unwrap()).unwrap();
+    assert_eq!(side["outputs"], serde_json::json!(["ctr", "cvr", "ctcvr"]));
+    assert_eq!(side["inputs"][0]["name"], "sparse_ids");
+    assert_eq!(side["inputs"][0]["shape"], serde_json::json!(["batch", 2]));
+    assert!(side["schema"].as_str().unwrap().contains("[[sparse]]"));
+    assert!(side["features"]["vocabularies"].is_array());
+    // MMOE's experts split one wide layer into `[batch, experts, width]`, a reshape the
+    // exporter cannot prove: a clear error, and no file
+    let sub = dir.path().join("m");
+    std::fs::create_dir_all(&sub).unwrap();
+    let cfg = config(&sub, "");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "type = \"esmm\"\nctr_tower = { dims = [8] }\ncvr_tower = { dims = [8] }",
+        "type = \"mmoe\"\nn_experts = 2\nexpert = { dims = [8] }\ntower = { dims = [4] }\ntasks = [{ label = \"click\" }, { label = \"purchase\" }]",
+    );
+    assert!(text.contains("mmoe"));
+    std::fs::write(&cfg, text).unwrap();
+    let mmoe = sub.join("model").display().to_string();
+    let out = mtl(&["train", "--config", &cfg, "--out", &mmoe]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let target = dir.path().join("mmoe.onnx");
+    assert_user_error(
+        &mtl(&["export", "--model", &mmoe, "--out", &target.display().to_string()]),
+        &["ONNX exporter", "cannot express this model"],
+    );
+    assert!(!target.exists());
+    assert_user_error(
+        &mtl(&["export", "--model", &model, "--format", "tflite", "--out", "x"]),
+        &["--format tflite"],
+    );
+}

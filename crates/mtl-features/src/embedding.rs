@@ -147,6 +147,22 @@ impl InputLayer {
         self.spec.output_dim()
     }
 
+    /// The table rows `ids` index. Training (an autodiff device) goes through burn's embedding
+    /// op and its backward; inference gathers the same rows with `select`, which burn's ONNX
+    /// exporter lowers to `Gather` (it has no lowering for the embedding op).
+    ///
+    /// # Shapes
+    /// - ids: `[batch, n]`; output: `[batch, n, dim]`
+    fn lookup(&self, ids: Tensor<2, Int>) -> Tensor<3> {
+        let weight = self.embedding.weight.val();
+        if weight.device().is_autodiff() {
+            return self.embedding.forward(ids);
+        }
+        let [b, n] = ids.dims();
+        let dim = weight.dims()[1];
+        weight.select(0, ids.reshape([b * n])).reshape([b, n, dim])
+    }
+
     /// Per-field embeddings, sequences pooled.
     ///
     /// # Shapes
@@ -154,11 +170,11 @@ impl InputLayer {
     pub fn fields(&self, batch: &BatchTensors) -> Option<Tensor<3>> {
         let mut parts = Vec::new();
         if let Some(ids) = &batch.sparse_ids {
-            parts.push(self.embedding.forward(ids.clone()));
+            parts.push(self.lookup(ids.clone()));
         }
         if let Some(seq) = &batch.sequence {
             let [b, _] = seq.ids.dims();
-            let emb = self.embedding.forward(seq.ids.clone()) * seq.mask.clone().unsqueeze_dim(2);
+            let emb = self.lookup(seq.ids.clone()) * seq.mask.clone().unsqueeze_dim(2);
             for &(start, len, pooling) in &self.spec.sequences {
                 let summed = emb
                     .clone()

@@ -242,7 +242,8 @@ pub fn batch_norm_over<const D: usize>(norm: &BatchNorm, x: Tensor<D>, batch_dim
         let device = x.device();
         let mean = norm.running_mean.value().to_device(&device).reshape(stats);
         let variance = norm.running_var.value().to_device(&device).reshape(stats);
-        let scale = gamma * (variance + norm.epsilon).sqrt().recip();
+        // a division, not `recip()`: burn's ONNX exporter lowers `Div` and has no `Recip`
+        let scale = gamma / (variance + norm.epsilon).sqrt();
         let shift = beta - mean * scale.clone();
         x * scale + shift
     }

@@ -15,6 +15,8 @@
 //! connections and let the requests in flight finish.
 
 pub mod metrics;
+#[cfg(feature = "onnx")]
+pub mod onnx;
 pub mod request;
 pub mod worker;
 

@@ -1,0 +1,209 @@
+//! ONNX export through burn's own exporter (`burn-onnx`, `export` feature): the model's
+//! prediction pass is captured twice, at two batch sizes, so the batch axis is symbolic; the
+//! weights are embedded. Beside the `.onnx` file goes `<file>.json`: the inputs in order
+//! with their shapes, the outputs in order, and the encoder's schema and fitted state, so
+//! that a caller can encode raw values exactly as `mtl predict` does.
+//!
+//! Inputs, in this order, those the schema has: `sparse_ids` `[batch, n_sparse]` int (table
+//! rows: field offset already added, as in a batch), `sequence_ids` `[batch, Σ max_len]` int,
+//! `sequence_mask` `[batch, Σ max_len]` float, `dense` `[batch, n_dense]` float (already
+//! standardised). Outputs: one `[batch]` float tensor per model output.
+
+use std::path::Path;
+
+use burn::tensor::{Device, Int, Tensor};
+use burn_onnx::export::{AxisSpec, InputSpec, OnnxExporter};
+use mtl_features::{BatchTensors, SequenceTensors, ValidSchema};
+use mtl_layers::MultiTaskModel;
+use mtl_trainer::{ModelDir, Registry, TrainError, WithModel};
+use serde_json::json;
+
+use crate::ServeError;
+
+/// What an export wrote.
+#[derive(Debug, Clone)]
+pub struct Exported {
+    /// The model's outputs, in ONNX output order.
+    pub outputs: Vec<String>,
+    /// The inputs, in ONNX input order.
+    pub inputs: Vec<String>,
+    /// Bytes of the `.onnx` file.
+    pub bytes: usize,
+}
+
+/// The graph inputs of a batch of `b` rows (zeros; ids 0 are valid rows of every table).
+fn inputs(schema: &ValidSchema, b: usize, device: &Device) -> (Vec<Tensor<2, Int>>, Vec<Tensor<2>>) {
+    let mut ints = Vec::new();
+    let mut floats = Vec::new();
+    if schema.n_sparse() > 0 {
+        ints.push(Tensor::zeros([b, schema.n_sparse()], device));
+    }
+    let width: usize = schema.schema.sequence.iter().map(|s| s.max_len).sum();
+    if width > 0 {
+        ints.push(Tensor::zeros([b, width], device));
+        floats.push(Tensor::ones([b, width], device));
+    }
+    if schema.n_dense() > 0 {
+        floats.push(Tensor::zeros([b, schema.n_dense()], device));
+    }
+    if floats.is_empty() {
+        // the stand-in for the batch's labels (see `batch`)
+        floats.push(Tensor::zeros([1, 1], device));
+    }
+    (ints, floats)
+}
+
+/// The batch a model sees for the graph inputs.
+fn batch(schema: &ValidSchema, ints: Vec<Tensor<2, Int>>, floats: Vec<Tensor<2>>) -> BatchTensors {
+    let mut ints = ints.into_iter();
+    let mut floats = floats.into_iter();
+    let sparse_ids = (schema.n_sparse() > 0).then(|| ints.next().expect("sparse ids input"));
+    let sequence = (!schema.schema.sequence.is_empty()).then(|| SequenceTensors {
+        ids: ints.next().expect("sequence ids input"),
+        mask: floats.next().expect("sequence mask input"),
+    });
+    let dense = (schema.n_dense() > 0).then(|| floats.next().expect("dense input"));
+    // predictions never read labels, but a batch holds them: a float input stands in (a
+    // tensor created here would have a batch size the exporter cannot tell from a constant,
+    // and it cannot lower a cast); without dense or sequence fields, an input of its own
+    let labels = dense
+        .clone()
+        .or_else(|| sequence.as_ref().map(|s| s.mask.clone()))
+        .or_else(|| floats.next())
+        .expect("a float input");
+    let rows = sparse_ids
+        .as_ref()
+        .map(|t| t.dims()[0])
+        .or_else(|| sequence.as_ref().map(|s| s.ids.dims()[0]))
+        .unwrap_or(labels.dims()[0]);
+    BatchTensors {
+        rows,
+        sparse_ids,
+        sequence,
+        dense,
+        labels,
+    }
+}
+
+struct Export<'a> {
+    dir: &'a Path,
+    schema: &'a ValidSchema,
+}
+
+impl WithModel for Export<'_> {
+    type Out = (Vec<String>, Vec<u8>);
+
+    fn run<M: MultiTaskModel + 'static>(self, model: M) -> Result<Self::Out, TrainError> {
+        let path = self.dir.join("model.bpk");
+        let model = model
+            .try_load_file(&path)
+            .map_err(|e| TrainError::Record {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            })?
+            .valid();
+        let specs = model.outputs();
+        // an output that re-reports another's prediction (AITM's `purchase_given_click` is
+        // `purchase` on the clicked rows) is the same tensor: ONNX needs distinct outputs
+        let repeats: Vec<bool> = specs
+            .iter()
+            .enumerate()
+            .map(|(i, o)| specs[..i].iter().any(|e| e.target == o.target))
+            .collect();
+        let outputs = specs.into_iter().map(|o| o.name).collect();
+        let device = Device::flex();
+        let (ints, floats) = inputs(self.schema, 2, &device);
+        // every input's first axis is the batch, but the labels' stand-in's (`[1, 1]`)
+        let stand_in = |t: &Tensor<2>| t.dims() == [1, 1];
+        let specs: Vec<InputSpec> = ints
+            .iter()
+            .map(|_| false)
+            .chain(floats.iter().map(stand_in))
+            .map(|fixed| {
+                let batch = if fixed {
+                    AxisSpec::Static
+                } else {
+                    AxisSpec::dynamic("batch")
+                };
+                InputSpec::new([batch, AxisSpec::Static])
+            })
+            .collect();
+        let schema = self.schema;
+        let onnx = OnnxExporter::new()
+            .export_dynamic(
+                &model,
+                (ints, floats),
+                inputs(schema, 3, &device),
+                &specs,
+                |m: &M, (ints, floats): (Vec<Tensor<2, Int>>, Vec<Tensor<2>>)| {
+                    let predictions = m.predict(&batch(schema, ints, floats));
+                    predictions
+                        .into_iter()
+                        .zip(&repeats)
+                        .map(|(p, &repeat)| if repeat { p.mul_scalar(1.0) } else { p })
+                        .collect::<Vec<_>>()
+                },
+            )
+            .map_err(|e| {
+                TrainError::Backend(format!(
+                    "burn's ONNX exporter (burn-onnx 0.22) cannot express this model: {e}"
+                ))
+            })?;
+        Ok((outputs, onnx.into_bytes()))
+    }
+}
+
+/// Exports the model in `dir` to `out` (ONNX) and `out` + `.json` (inputs, outputs, encoder).
+pub fn export_onnx<R: Registry>(dir: &Path, out: &Path) -> Result<Exported, ServeError> {
+    let model = ModelDir::<R>::open(dir)?;
+    mtl_features::check_output_path(out).map_err(TrainError::from)?;
+    let schema = &model.schema;
+    let job = Export { dir, schema };
+    let (outputs, bytes) = R::with_model(
+        &model.config.model,
+        schema,
+        model.encoder.layout(),
+        &Device::flex(),
+        job,
+    )?;
+    let width: usize = schema.schema.sequence.iter().map(|s| s.max_len).sum();
+    let mut inputs = Vec::new();
+    if schema.n_sparse() > 0 {
+        inputs.push(json!({"name": "sparse_ids", "shape": ["batch", schema.n_sparse()], "dtype": "int"}));
+    }
+    if width > 0 {
+        inputs.push(json!({"name": "sequence_ids", "shape": ["batch", width], "dtype": "int"}));
+        inputs.push(json!({"name": "sequence_mask", "shape": ["batch", width], "dtype": "float"}));
+    }
+    if schema.n_dense() > 0 {
+        inputs.push(json!({"name": "dense", "shape": ["batch", schema.n_dense()], "dtype": "float"}));
+    }
+    if width == 0 && schema.n_dense() == 0 {
+        inputs.push(json!({"name": "unused", "shape": [1, 1], "dtype": "float", "note": "not read by the model: any value"}));
+    }
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+    let features: serde_json::Value =
+        serde_json::from_str(&read("features.json")).unwrap_or(serde_json::Value::Null);
+    let sidecar = json!({
+        "model_id": crate::model_id(dir)?,
+        "inputs": inputs,
+        "outputs": outputs,
+        "table_offsets": model.encoder.layout().offset,
+        "schema": read("schema.toml"),
+        "features": features,
+    });
+    let mut json_path = out.as_os_str().to_owned();
+    json_path.push(".json");
+    let json_path = std::path::PathBuf::from(json_path);
+    mtl_features::atomic_write(out, &bytes).map_err(TrainError::from)?;
+    mtl_features::atomic_write(&json_path, &serde_json::to_vec_pretty(&sidecar).expect("JSON"))
+        .map_err(TrainError::from)?;
+    Ok(Exported {
+        outputs,
+        inputs: inputs
+            .iter()
+            .map(|i| i["name"].as_str().unwrap_or("").to_string())
+            .collect(),
+        bytes: bytes.len(),
+    })
+}
