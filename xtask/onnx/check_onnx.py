@@ -93,19 +93,30 @@ def main():
             raise SystemExit(f"input {inp['name']}: not covered by this check")
     session = ort.InferenceSession(model_path, providers=["CPUExecutionProvider"])
     graph_inputs = session.get_inputs()
+    fixed = side.get("batch")
+    if fixed:
+        batch = fixed
     outputs = []
     for start in range(0, len(rows), batch):
         feeds = {}
-        for gi, value in zip(graph_inputs, feeds_all):
-            part = value if value.shape[0] == 1 and value.shape == (1, 1) else value[start:start + batch]
+        n = min(batch, len(rows) - start)
+        for gi, inp, value in zip(graph_inputs, side["inputs"], feeds_all):
+            if inp["name"] == "unused":
+                part = value
+            else:
+                part = value[start:start + batch]
+                if fixed and n < fixed:
+                    # a fixed-batch graph takes exactly `fixed` rows: pad, then drop the extra scores
+                    pad = np.repeat(part[-1:], fixed - n, axis=0)
+                    part = np.concatenate([part, pad])
             if "int64" in gi.type:
                 part = part.astype(np.int64)
             feeds[gi.name] = part
-        outputs.append(session.run(None, feeds))
+        outputs.append([o[:n] for o in session.run(None, feeds)])
     got = [np.concatenate([o[k] for o in outputs]) for k in range(len(side["outputs"]))]
     want = np.loadtxt(scores_path, delimiter=",", skiprows=1, ndmin=2)
     diffs = {name: float(np.max(np.abs(got[k] - want[:, k]))) for k, name in enumerate(side["outputs"])}
-    print(json.dumps({"rows": len(rows), "max_abs_diff": diffs, "onnxruntime": ort.__version__}))
+    print(json.dumps({"rows": len(rows), "batch": fixed or "symbolic", "max_abs_diff": diffs, "onnxruntime": ort.__version__}))
 
 
 if __name__ == "__main__":

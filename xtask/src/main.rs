@@ -3,6 +3,7 @@
 //! Heavy work runs in the release `mtl` binary (built first); xtask itself only orchestrates
 //! and summarises, so it compiles in seconds and never builds burn in the debug profile.
 
+mod onnx_check;
 mod peer;
 mod serve_load;
 mod stats;
@@ -89,6 +90,13 @@ enum Task {
     /// for ESMM example and MMOE large, a storm of malformed requests among good ones, peak
     /// RSS and a clean SIGTERM.
     ServeLoad(serve_load::LoadArgs),
+    /// ONNX export checked against onnxruntime (installed into .venv-onnx by this task): the
+    /// exported graphs' scores vs `mtl predict`'s on the same file, within 1e-5.
+    OnnxCheck {
+        /// Smaller data.
+        #[arg(long)]
+        quick: bool,
+    },
     /// What CI runs: cargo fmt --check, the tests, clippy.
     Validate,
 }
@@ -103,6 +111,7 @@ fn main() -> Result<()> {
         Task::Bench(args) => bench(&args),
         Task::Quality { quick, threads } => quality(quick, threads),
         Task::ServeLoad(args) => serve_load::serve_load(&args),
+        Task::OnnxCheck { quick } => onnx_check::onnx_check(quick),
         Task::Validate => validate(),
     }
 }

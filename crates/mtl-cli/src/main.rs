@@ -184,6 +184,10 @@ struct ExportArgs {
     /// Output file (its inputs, outputs and encoder state go to the same name + `.json`).
     #[arg(long)]
     out: PathBuf,
+    /// A fixed batch size (rows per call). Default: a symbolic batch axis where burn's
+    /// exporter can express one, else a fixed batch of 1024.
+    #[arg(long)]
+    batch: Option<usize>,
 }
 
 #[derive(Debug, Args)]
@@ -508,12 +512,20 @@ fn export(args: ExportArgs) -> Result<()> {
     }
     #[cfg(feature = "onnx")]
     {
-        let done = mtl_serve::onnx::export_onnx::<Models>(&args.model, &args.out)
+        let done = mtl_serve::onnx::export_onnx::<Models>(&args.model, &args.out, args.batch)
             .with_context(|| format!("exporting {}", args.model.display()))?;
+        if let Some(why) = &done.symbolic_failed {
+            eprintln!(
+                "warning: the batch axis cannot be symbolic for this model ({why}); fixed at {} rows",
+                done.batch.unwrap_or(0)
+            );
+        }
         println!(
-            "wrote {} ({} bytes): inputs {}, outputs {}; encoder state in {}.json",
+            "wrote {} ({} bytes, batch {}): inputs {}, outputs {}; encoder state in {}.json",
             args.out.display(),
             done.bytes,
+            done.batch
+                .map_or("symbolic".into(), |n| format!("fixed at {n} rows")),
             done.inputs.join(","),
             done.outputs.join(","),
             args.out.display()

@@ -553,7 +553,7 @@ fn serve_refuses_bad_options_a_missing_model_and_a_taken_address() {
 
 #[cfg(feature = "onnx")]
 #[test]
-fn export_writes_onnx_with_its_encoder_and_names_what_the_exporter_cannot_express() {
+fn export_writes_onnx_with_its_encoder_with_a_symbolic_or_a_fixed_batch() {
     let dir = tempfile::tempdir().unwrap();
     let model = trained(dir.path());
     let onnx = dir.path().join("esmm.onnx");
@@ -570,26 +570,52 @@ fn export_writes_onnx_with_its_encoder_and_names_what_the_exporter_cannot_expres
     assert_eq!(side["inputs"][0]["shape"], serde_json::json!(["batch", 2]));
     assert!(side["schema"].as_str().unwrap().contains("[[sparse]]"));
     assert!(side["features"]["vocabularies"].is_array());
-    // MMOE's experts split one wide layer into `[batch, experts, width]`, a reshape the
-    // exporter cannot prove: a clear error, and no file
-    let sub = dir.path().join("m");
-    std::fs::create_dir_all(&sub).unwrap();
-    let cfg = config(&sub, "");
-    let text = std::fs::read_to_string(&cfg).unwrap().replace(
-        "type = \"esmm\"\nctr_tower = { dims = [8] }\ncvr_tower = { dims = [8] }",
-        "type = \"mmoe\"\nn_experts = 2\nexpert = { dims = [8] }\ntower = { dims = [4] }\ntasks = [{ label = \"click\" }, { label = \"purchase\" }]",
+    // MMOE's experts split one wide layer into `[batch, experts, width]`, a reshape whose
+    // batch axis the exporter cannot prove symbolic: a fixed batch, said so
+    let train_as = |name: &str, model_table: &str| -> String {
+        let sub = dir.path().join(name);
+        std::fs::create_dir_all(&sub).unwrap();
+        let cfg = config(&sub, "");
+        let text = std::fs::read_to_string(&cfg).unwrap().replace(
+            "type = \"esmm\"\nctr_tower = { dims = [8] }\ncvr_tower = { dims = [8] }",
+            model_table,
+        );
+        std::fs::write(&cfg, text).unwrap();
+        let out_dir = sub.join("model").display().to_string();
+        let out = mtl(&["train", "--config", &cfg, "--out", &out_dir]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        out_dir
+    };
+    let tasks = "tasks = [{ label = \"click\" }, { label = \"purchase\" }]";
+    let mmoe = train_as(
+        "m",
+        &format!(
+            "type = \"mmoe\"\nn_experts = 2\nexpert = {{ dims = [8] }}\ntower = {{ dims = [4] }}\n{tasks}"
+        ),
     );
-    assert!(text.contains("mmoe"));
-    std::fs::write(&cfg, text).unwrap();
-    let mmoe = sub.join("model").display().to_string();
-    let out = mtl(&["train", "--config", &cfg, "--out", &mmoe]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let target = dir.path().join("mmoe.onnx");
+    let out = mtl(&["export", "--model", &mmoe, "--out", &target.display().to_string()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("fixed at 1024 rows"));
+    let side: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("mmoe.onnx.json")).unwrap()).unwrap();
+    assert_eq!(side["batch"], 1024);
+    assert_eq!(side["inputs"][0]["shape"], serde_json::json!([1024, 2]));
+    // an output file that is a directory is refused, naming it
     assert_user_error(
-        &mtl(&["export", "--model", &mmoe, "--out", &target.display().to_string()]),
-        &["ONNX exporter", "cannot express this model"],
+        &mtl(&[
+            "export",
+            "--model",
+            &mmoe,
+            "--out",
+            &dir.path().display().to_string(),
+        ]),
+        &["folder"],
     );
-    assert!(!target.exists());
+    assert_user_error(
+        &mtl(&["export", "--model", &model, "--batch", "0", "--out", "x.onnx"]),
+        &["--batch = 0"],
+    );
     assert_user_error(
         &mtl(&["export", "--model", &model, "--format", "tflite", "--out", "x"]),
         &["--format tflite"],

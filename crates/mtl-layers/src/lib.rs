@@ -16,6 +16,6 @@ pub mod tasks;
 pub use contract::{Forward, GateWeights, ModelBuilder, ModelPlan, MultiTaskModel, OutputSpec};
 pub use error::{ModelError, resolve_label};
 pub use experts::{ExpertLayer, Experts, MAX_EXPERTS, softmax_gate};
-pub use mlp::{Activation, Mlp, MlpBlock, MlpSpec};
+pub use mlp::{Activation, Mlp, MlpBlock, MlpSpec, softmax_rows};
 pub use params::trainable_params;
 pub use tasks::{TaskConfig, TaskSpec, task_towers};

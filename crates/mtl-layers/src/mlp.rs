@@ -34,10 +34,25 @@ impl Activation {
             Self::Relu => activation::relu(x),
             Self::Sigmoid => activation::sigmoid(x),
             Self::Tanh => activation::tanh(x),
-            Self::Softmax => activation::softmax(x, 1),
+            Self::Softmax => softmax_rows(x),
             Self::Identity => x,
         }
     }
+}
+
+/// Softmax over the features of each row. Training (an autodiff device) uses burn's fused
+/// op; inference computes the same formula — the row's max subtracted, `exp`, divided by the
+/// row's sum — from ops burn's ONNX exporter lowers (it has no lowering for softmax).
+///
+/// # Shapes
+/// - input, output: `[batch, features]`
+pub fn softmax_rows(x: Tensor<2>) -> Tensor<2> {
+    if x.device().is_autodiff() {
+        return activation::softmax(x, 1);
+    }
+    let (max, _) = x.clone().max_dim_with_indices(1);
+    let e = (x - max).exp();
+    e.clone() / e.sum_dim(1)
 }
 
 /// The widest layer a config may ask for (a guard against typos such as `dims = [2560000]`

@@ -19,7 +19,7 @@
 
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
-use burn::tensor::activation::{relu, softmax};
+use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 use mtl_features::{
     BatchTensors, FieldPooling, InputLayer, InputSpec, LabelKind, LabelRule, TableLayout, ValidSchema,
@@ -208,7 +208,7 @@ impl InfoTransfer {
         let k = self.key.forward(flat.clone()).reshape([b, 2, d]);
         let values = self.value.forward(flat).reshape([b, 2, d]);
         let scores = (q * k).sum_dim(2).reshape([b, 2]).div_scalar((d as f32).sqrt());
-        let w = softmax(scores, 1); // [b, 2]
+        let w = mtl_layers::softmax_rows(scores); // [b, 2]
         let mixed = (values * w.clone().unsqueeze_dim(2)).sum_dim(1).reshape([b, d]);
         (mixed, w)
     }

@@ -29,6 +29,10 @@ pub struct Exported {
     pub inputs: Vec<String>,
     /// Bytes of the `.onnx` file.
     pub bytes: usize,
+    /// The fixed batch size (rows per call), or `None` when the batch axis is symbolic.
+    pub batch: Option<usize>,
+    /// Why the batch axis could not be made symbolic, when it was tried and failed.
+    pub symbolic_failed: Option<String>,
 }
 
 /// The graph inputs of a batch of `b` rows (zeros; ids 0 are valid rows of every table).
@@ -88,10 +92,24 @@ fn batch(schema: &ValidSchema, ints: Vec<Tensor<2, Int>>, floats: Vec<Tensor<2>>
 struct Export<'a> {
     dir: &'a Path,
     schema: &'a ValidSchema,
+    batch: Option<usize>,
 }
 
+/// An exported graph.
+struct Graph {
+    outputs: Vec<String>,
+    bytes: Vec<u8>,
+    /// The fixed batch size, when the batch axis is not symbolic.
+    batch: Option<usize>,
+    /// Why the batch axis could not be made symbolic, if it was tried.
+    symbolic_failed: Option<String>,
+}
+
+/// The fixed batch when the exporter cannot make the batch axis symbolic and none is asked.
+pub const FALLBACK_BATCH: usize = 1024;
+
 impl WithModel for Export<'_> {
-    type Out = (Vec<String>, Vec<u8>);
+    type Out = Graph;
 
     fn run<M: MultiTaskModel + 'static>(self, model: M) -> Result<Self::Out, TrainError> {
         let path = self.dir.join("model.bpk");
@@ -112,71 +130,114 @@ impl WithModel for Export<'_> {
             .collect();
         let outputs = specs.into_iter().map(|o| o.name).collect();
         let device = Device::flex();
-        let (ints, floats) = inputs(self.schema, 2, &device);
-        // every input's first axis is the batch, but the labels' stand-in's (`[1, 1]`)
-        let stand_in = |t: &Tensor<2>| t.dims() == [1, 1];
-        let specs: Vec<InputSpec> = ints
-            .iter()
-            .map(|_| false)
-            .chain(floats.iter().map(stand_in))
-            .map(|fixed| {
-                let batch = if fixed {
-                    AxisSpec::Static
-                } else {
-                    AxisSpec::dynamic("batch")
-                };
-                InputSpec::new([batch, AxisSpec::Static])
-            })
-            .collect();
         let schema = self.schema;
-        let onnx = OnnxExporter::new()
-            .export_dynamic(
+        let forward = |m: &M, (ints, floats): (Vec<Tensor<2, Int>>, Vec<Tensor<2>>)| {
+            let predictions = m.predict(&batch(schema, ints, floats));
+            predictions
+                .into_iter()
+                .zip(&repeats)
+                .map(|(p, &repeat)| if repeat { p.mul_scalar(1.0) } else { p })
+                .collect::<Vec<_>>()
+        };
+        let exporter = OnnxExporter::new();
+        let mut symbolic_failed = None;
+        if self.batch.is_none() {
+            let (ints, floats) = inputs(schema, 2, &device);
+            // every input's first axis is the batch, but the labels' stand-in's (`[1, 1]`)
+            let stand_in = |t: &Tensor<2>| t.dims() == [1, 1];
+            let specs: Vec<InputSpec> = ints
+                .iter()
+                .map(|_| false)
+                .chain(floats.iter().map(stand_in))
+                .map(|fixed| {
+                    let batch = if fixed {
+                        AxisSpec::Static
+                    } else {
+                        AxisSpec::dynamic("batch")
+                    };
+                    InputSpec::new([batch, AxisSpec::Static])
+                })
+                .collect();
+            match exporter.export_dynamic(
                 &model,
                 (ints, floats),
                 inputs(schema, 3, &device),
                 &specs,
-                |m: &M, (ints, floats): (Vec<Tensor<2, Int>>, Vec<Tensor<2>>)| {
-                    let predictions = m.predict(&batch(schema, ints, floats));
-                    predictions
-                        .into_iter()
-                        .zip(&repeats)
-                        .map(|(p, &repeat)| if repeat { p.mul_scalar(1.0) } else { p })
-                        .collect::<Vec<_>>()
-                },
-            )
+                forward,
+            ) {
+                Ok(onnx) => {
+                    return Ok(Graph {
+                        outputs,
+                        bytes: onnx.into_bytes(),
+                        batch: None,
+                        symbolic_failed: None,
+                    });
+                }
+                Err(e) => symbolic_failed = Some(e.to_string()),
+            }
+        }
+        // a fixed batch: every shape is static, which the exporter always resolves
+        let n = self.batch.unwrap_or(FALLBACK_BATCH);
+        let onnx = exporter
+            .export(&model, inputs(schema, n, &device), forward)
             .map_err(|e| {
                 TrainError::Backend(format!(
                     "burn's ONNX exporter (burn-onnx 0.22) cannot express this model: {e}"
                 ))
             })?;
-        Ok((outputs, onnx.into_bytes()))
+        Ok(Graph {
+            outputs,
+            bytes: onnx.into_bytes(),
+            batch: Some(n),
+            symbolic_failed,
+        })
     }
 }
 
 /// Exports the model in `dir` to `out` (ONNX) and `out` + `.json` (inputs, outputs, encoder).
-pub fn export_onnx<R: Registry>(dir: &Path, out: &Path) -> Result<Exported, ServeError> {
+/// The batch axis is symbolic, or fixed at `batch` rows when asked; when the exporter cannot
+/// make it symbolic, it is fixed at [`FALLBACK_BATCH`] (and [`Exported`] says why).
+pub fn export_onnx<R: Registry>(
+    dir: &Path,
+    out: &Path,
+    batch: Option<usize>,
+) -> Result<Exported, ServeError> {
+    if batch.is_some_and(|b| !(1..=1 << 20).contains(&b)) {
+        return Err(ServeError::Option {
+            option: "batch",
+            value: batch.unwrap_or(0).to_string(),
+            message: "must be in 1..=1048576".into(),
+        });
+    }
     let model = ModelDir::<R>::open(dir)?;
     mtl_features::check_output_path(out).map_err(TrainError::from)?;
     let schema = &model.schema;
-    let job = Export { dir, schema };
-    let (outputs, bytes) = R::with_model(
+    let job = Export { dir, schema, batch };
+    let graph = R::with_model(
         &model.config.model,
         schema,
         model.encoder.layout(),
         &Device::flex(),
         job,
     )?;
+    let Graph {
+        outputs,
+        bytes,
+        batch,
+        symbolic_failed,
+    } = graph;
+    let rows = batch.map_or(json!("batch"), |n| json!(n));
     let width: usize = schema.schema.sequence.iter().map(|s| s.max_len).sum();
     let mut inputs = Vec::new();
     if schema.n_sparse() > 0 {
-        inputs.push(json!({"name": "sparse_ids", "shape": ["batch", schema.n_sparse()], "dtype": "int"}));
+        inputs.push(json!({"name": "sparse_ids", "shape": [rows, schema.n_sparse()], "dtype": "int"}));
     }
     if width > 0 {
-        inputs.push(json!({"name": "sequence_ids", "shape": ["batch", width], "dtype": "int"}));
-        inputs.push(json!({"name": "sequence_mask", "shape": ["batch", width], "dtype": "float"}));
+        inputs.push(json!({"name": "sequence_ids", "shape": [rows, width], "dtype": "int"}));
+        inputs.push(json!({"name": "sequence_mask", "shape": [rows, width], "dtype": "float"}));
     }
     if schema.n_dense() > 0 {
-        inputs.push(json!({"name": "dense", "shape": ["batch", schema.n_dense()], "dtype": "float"}));
+        inputs.push(json!({"name": "dense", "shape": [rows, schema.n_dense()], "dtype": "float"}));
     }
     if width == 0 && schema.n_dense() == 0 {
         inputs.push(json!({"name": "unused", "shape": [1, 1], "dtype": "float", "note": "not read by the model: any value"}));
@@ -188,6 +249,8 @@ pub fn export_onnx<R: Registry>(dir: &Path, out: &Path) -> Result<Exported, Serv
         "model_id": crate::model_id(dir)?,
         "inputs": inputs,
         "outputs": outputs,
+        "batch": batch,
+        "why_fixed_batch": symbolic_failed,
         "table_offsets": model.encoder.layout().offset,
         "schema": read("schema.toml"),
         "features": features,
@@ -205,5 +268,7 @@ pub fn export_onnx<R: Registry>(dir: &Path, out: &Path) -> Result<Exported, Serv
             .map(|i| i["name"].as_str().unwrap_or("").to_string())
             .collect(),
         bytes: bytes.len(),
+        batch,
+        symbolic_failed,
     })
 }
