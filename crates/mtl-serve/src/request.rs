@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 use mtl_data::encode_features;
 use mtl_features::{EncodedData, Encoder, ValidSchema};
-use serde_json::Value;
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use thiserror::Error;
 
 /// Why a request cannot be scored.
@@ -90,40 +90,116 @@ impl Features {
     }
 }
 
-/// The text a JSON value stands for, as a CSV cell would hold it.
-fn cell_text<'a>(value: &'a Value, delimiter: Option<&str>) -> Result<Cow<'a, str>, String> {
+/// One JSON value of a request, read in one pass: strings are borrowed from the body where
+/// they have no escapes, and an object is its pairs in order (no map is built).
+#[derive(Debug)]
+enum Cell<'de> {
+    /// A string, or a number as its text.
+    Text(Cow<'de, str>),
+    /// `null`: an empty cell.
+    Null,
+    /// `true` or `false`.
+    Bool(bool),
+    /// A list.
+    List(Vec<Cell<'de>>),
+    /// An object's pairs.
+    Map(Vec<(Cow<'de, str>, Cell<'de>)>),
+}
+
+impl Cell<'_> {
+    /// The value at `key` of an object (the last, if the key repeats).
+    fn get(pairs: &[(Cow<'_, str>, Cell<'_>)], key: &str) -> Option<usize> {
+        pairs.iter().rposition(|(k, _)| k == key)
+    }
+}
+
+struct CellVisitor;
+
+impl<'de> Visitor<'de> for CellVisitor {
+    type Value = Cell<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Cell<'de>, E> {
+        Ok(Cell::Text(Cow::Borrowed(v)))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Cell<'de>, E> {
+        Ok(Cell::Text(Cow::Owned(v.to_string())))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Cell<'de>, E> {
+        Ok(Cell::Text(Cow::Owned(v)))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Cell<'de>, E> {
+        Ok(Cell::Text(Cow::Owned(v.to_string())))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Cell<'de>, E> {
+        Ok(Cell::Text(Cow::Owned(v.to_string())))
+    }
+    // the shortest text that reads back as the same number (`3.0` reads as 3)
+    fn visit_f64<E>(self, v: f64) -> Result<Cell<'de>, E> {
+        Ok(Cell::Text(Cow::Owned(v.to_string())))
+    }
+    fn visit_unit<E>(self) -> Result<Cell<'de>, E> {
+        Ok(Cell::Null)
+    }
+    fn visit_none<E>(self) -> Result<Cell<'de>, E> {
+        Ok(Cell::Null)
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Cell<'de>, E> {
+        Ok(Cell::Bool(v))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Cell<'de>, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        while let Some(item) = seq.next_element_seed(CellVisitor)? {
+            items.push(item);
+        }
+        Ok(Cell::List(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Cell<'de>, A::Error> {
+        let mut pairs = Vec::new();
+        while let Some(key) = map.next_key_seed(CellVisitor)? {
+            let Cell::Text(key) = key else {
+                return Err(de::Error::custom("object keys are strings"));
+            };
+            pairs.push((key, map.next_value_seed(CellVisitor)?));
+        }
+        Ok(Cell::Map(pairs))
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for CellVisitor {
+    type Value = Cell<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Cell<'de>, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+/// The text a value stands for, as a CSV cell would hold it.
+fn cell_text<'a>(value: &'a Cell<'_>, delimiter: Option<&str>) -> Result<Cow<'a, str>, String> {
     match value {
-        Value::String(s) => Ok(Cow::Borrowed(s)),
-        Value::Number(n) => Ok(Cow::Owned(match (n.as_u64(), n.as_i64()) {
-            (Some(u), _) => u.to_string(),
-            (_, Some(i)) => i.to_string(),
-            // the shortest text that reads back as the same number (`3.0` reads as 3)
-            _ => n.as_f64().map_or_else(|| n.to_string(), |f| f.to_string()),
-        })),
-        Value::Null => Ok(Cow::Borrowed("")),
-        Value::Bool(b) => Err(format!("expected a string or a number, got {b}")),
-        Value::Array(items) => {
+        Cell::Text(t) => Ok(Cow::Borrowed(t.as_ref())),
+        Cell::Null => Ok(Cow::Borrowed("")),
+        Cell::Bool(b) => Err(format!("expected a string or a number, got {b}")),
+        Cell::Map(_) => Err("expected a value, got an object".into()),
+        Cell::List(items) => {
             let Some(delimiter) = delimiter else {
                 return Err("expected a single value, got an array".into());
             };
             let mut parts = Vec::with_capacity(items.len());
             for (k, item) in items.iter().enumerate() {
-                let text = match item {
-                    Value::Array(_) | Value::Object(_) | Value::Null | Value::Bool(_) => {
-                        return Err(format!("item {k}: expected an id (a string or a number)"));
-                    }
-                    other => cell_text(other, None)?,
+                let Cell::Text(text) = item else {
+                    return Err(format!("item {k}: expected an id (a string or a number)"));
                 };
                 if text.contains(delimiter) {
                     return Err(format!(
                         "item {k} (`{text}`) contains the field's delimiter `{delimiter}`"
                     ));
                 }
-                parts.push(text);
+                parts.push(text.as_ref());
             }
             Ok(Cow::Owned(parts.join(delimiter)))
         }
-        Value::Object(_) => Err("expected a value, got an object".into()),
     }
 }
 
@@ -135,46 +211,91 @@ pub fn parse(
     max_rows: usize,
 ) -> Result<(Layout, EncodedData), RequestError> {
     let bad = |m: String| RequestError::Bad(m);
-    let value: Value = serde_json::from_slice(body).map_err(|e| {
-        bad(format!(
-            "malformed JSON at line {}, column {}: {e}",
-            e.line(),
-            e.column()
-        ))
-    })?;
-    let Value::Object(top) = value else {
+    let mut reader = serde_json::Deserializer::from_slice(body);
+    let value = CellVisitor
+        .deserialize(&mut reader)
+        .and_then(|v| reader.end().map(|()| v))
+        .map_err(|e| {
+            bad(format!(
+                "malformed JSON at line {}, column {}: {e}",
+                e.line(),
+                e.column()
+            ))
+        })?;
+    let Cell::Map(top) = value else {
         return Err(bad("expected a JSON object with `rows` or `columns`".into()));
     };
-    if let Some(key) = top.keys().find(|k| *k != "rows" && *k != "columns") {
+    if let Some((key, _)) = top.iter().find(|(k, _)| k != "rows" && k != "columns") {
         return Err(bad(format!(
             "unknown key `{key}`: a request has `rows` or `columns`"
         )));
     }
+    let rows = Cell::get(&top, "rows").map(|i| &top[i].1);
+    let columns = Cell::get(&top, "columns").map(|i| &top[i].1);
     let schema = encoder.schema();
     let mut out = mtl_data::empty_encoded(schema);
-    match (top.get("rows"), top.get("columns")) {
+    let n_features = features.names.len();
+    // where a row's features are among its pairs: most clients send every row's keys in one
+    // order, so the first row's order is tried before a search
+    let mut hint: Vec<usize> = Vec::new();
+    let mut find = |pairs: &[(Cow<'_, str>, Cell<'_>)], f: usize| -> Option<usize> {
+        let name = features.names[f].as_str();
+        if let Some(&i) = hint.get(f)
+            && pairs.get(i).is_some_and(|(k, _)| k == name)
+        {
+            return Some(i);
+        }
+        let i = Cell::get(pairs, name)?;
+        if hint.len() == f {
+            hint.push(i);
+        }
+        Some(i)
+    };
+    match (rows, columns) {
         (Some(_), Some(_)) => Err(bad("give `rows` or `columns`, not both".into())),
         (None, None) => Err(bad(
             "expected `rows` (a list of objects) or `columns` (an object of lists)".into(),
         )),
         (Some(rows), None) => {
-            let Value::Array(rows) = rows else {
+            let Cell::List(rows) = rows else {
                 return Err(bad("`rows` must be a list of objects".into()));
             };
             check_count(rows.len(), max_rows)?;
+            let mut cells = Vec::with_capacity(n_features);
             for (r, row) in rows.iter().enumerate() {
-                let Value::Object(row) = row else {
+                let Cell::Map(pairs) = row else {
                     return Err(bad(format!("rows[{r}]: expected an object of feature values")));
                 };
-                if let Some(key) = row.keys().find(|k| !features.index.contains_key(*k)) {
-                    return Err(bad(format!("rows[{r}]: {}", features.unknown(key))));
+                let unknown = || {
+                    let (key, _) = pairs
+                        .iter()
+                        .find(|(k, _)| !features.index.contains_key(k.as_ref()))?;
+                    Some(bad(format!("rows[{r}]: {}", features.unknown(key))))
+                };
+                // every feature once and nothing else has as many pairs as features (checked
+                // in full only when the counts differ, or a feature is missing)
+                if pairs.len() != n_features
+                    && let Some(e) = unknown()
+                {
+                    return Err(e);
                 }
-                let mut cells = Vec::with_capacity(features.names.len());
+                if pairs.len() > n_features {
+                    // no unknown key, more pairs than features: one is given twice
+                    let twice = pairs
+                        .iter()
+                        .enumerate()
+                        .find(|(i, (k, _))| pairs[..*i].iter().any(|(j, _)| j == k))
+                        .map_or("?", |(_, (k, _))| k.as_ref());
+                    return Err(bad(format!("rows[{r}]: feature `{twice}` given twice")));
+                }
+                cells.clear();
                 for (f, name) in features.names.iter().enumerate() {
-                    let value = row
-                        .get(name)
-                        .ok_or_else(|| bad(format!("rows[{r}]: missing feature `{name}`")))?;
-                    let text = cell_text(value, features.delimiters[f].as_deref())
+                    let Some(i) = find(pairs, f) else {
+                        return Err(
+                            unknown().unwrap_or_else(|| bad(format!("rows[{r}]: missing feature `{name}`")))
+                        );
+                    };
+                    let text = cell_text(&pairs[i].1, features.delimiters[f].as_deref())
                         .map_err(|m| bad(format!("rows[{r}].{name}: {m}")))?;
                     cells.push(text);
                 }
@@ -184,17 +305,20 @@ pub fn parse(
             Ok((Layout::Rows, out))
         }
         (None, Some(columns)) => {
-            let Value::Object(columns) = columns else {
+            let Cell::Map(columns) = columns else {
                 return Err(bad("`columns` must be an object of lists, one per feature".into()));
             };
-            if let Some(key) = columns.keys().find(|k| !features.index.contains_key(*k)) {
+            if let Some((key, _)) = columns
+                .iter()
+                .find(|(k, _)| !features.index.contains_key(k.as_ref()))
+            {
                 return Err(bad(format!("columns: {}", features.unknown(key))));
             }
-            let mut lists = Vec::with_capacity(features.names.len());
+            let mut lists = Vec::with_capacity(n_features);
             for name in &features.names {
-                match columns.get(name) {
+                match Cell::get(columns, name).map(|i| &columns[i].1) {
                     None => return Err(bad(format!("columns: missing feature `{name}`"))),
-                    Some(Value::Array(values)) => lists.push(values),
+                    Some(Cell::List(values)) => lists.push(values),
                     Some(_) => return Err(bad(format!("columns.{name}: expected a list of values"))),
                 }
             }
@@ -208,7 +332,7 @@ pub fn parse(
                 )));
             }
             check_count(n, max_rows)?;
-            let mut cells = Vec::with_capacity(features.names.len());
+            let mut cells = Vec::with_capacity(n_features);
             for r in 0..n {
                 cells.clear();
                 for ((name, list), delimiter) in features.names.iter().zip(&lists).zip(&features.delimiters) {
