@@ -115,7 +115,7 @@ def worker(a):
         x_val=x_va, y_val=y_va, x_test=x_te, y_test=y_te, batch_size=a.batch)
     os.makedirs(a.scratch, exist_ok=True)
     trainer = MTLTrainer(model, task_types=tasks, optimizer_params={"lr": a.lr, "weight_decay": a.wd},
-                         n_epoch=a.epochs, earlystop_patience=a.epochs + 1, device="cpu", model_path=a.scratch)
+                         n_epoch=a.epochs, earlystop_patience=a.epochs + 1, device=a.device, model_path=a.scratch)
     wall = waited = 0.0
     for _ in range(a.epochs):
         clock = LoaderClock(train_dl)
@@ -126,12 +126,15 @@ def worker(a):
     rows = len(y_tr) * a.epochs
 
     model.eval()
-    batches = [{c: torch.from_numpy(x_te[c][s:s + a.infer_batch]) for c in users + items}
+    batches = [{c: torch.from_numpy(x_te[c][s:s + a.infer_batch]).to(a.device) for c in users + items}
                for s in range(0, len(y_te), a.infer_batch)]
 
     def predict():
         with torch.no_grad():
-            return torch.cat([model(b) for b in batches]).numpy()
+            out = torch.cat([model(b) for b in batches])
+            if a.device != "cpu":
+                torch.cuda.synchronize()
+            return out.cpu().numpy()
 
     pred = predict()  # warm-up; these predictions are scored
     times = []
@@ -176,7 +179,7 @@ def driver(a):
                 os.remove(result_file)
             cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--model", model, "--config", config,
                    "--result-file", result_file, "--scratch", os.path.join(a.logdir, tag + ".scratch")]
-            for key in ("data", "threads", "batch", "infer_batch", "epochs", "lr", "wd", "embed_dim", "seed"):
+            for key in ("data", "threads", "batch", "infer_batch", "epochs", "lr", "wd", "embed_dim", "seed", "device"):
                 cmd += ["--" + key.replace("_", "-"), str(getattr(a, key))]
             started = time.time()
             with open(os.path.join(a.logdir, tag + ".log"), "w") as log:
@@ -208,6 +211,7 @@ def main():
     ap.add_argument("--wd", type=float, default=1e-4)
     ap.add_argument("--embed-dim", type=int, default=16)
     ap.add_argument("--seed", type=int, default=2022)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (torch-rechub's MTLTrainer device)")
     ap.add_argument("--worker", action="store_true")
     ap.add_argument("--model")
     ap.add_argument("--config")

@@ -3,6 +3,7 @@
 //! Heavy work runs in the release `mtl` binary (built first); xtask itself only orchestrates
 //! and summarises, so it compiles in seconds and never builds burn in the debug profile.
 
+mod gpu;
 mod onnx_check;
 mod peer;
 mod serve_load;
@@ -53,6 +54,24 @@ struct BenchArgs {
     /// The models to run, each in its example and large configuration.
     #[arg(long, default_value = "esmm,mmoe,ple,aitm")]
     models: String,
+    /// mtl's backend: flex, ndarray, wgpu or cuda (build it with `--features`).
+    #[arg(long, default_value = "flex")]
+    backend: String,
+    /// Cargo features of the mtl build (e.g. `wgpu,cuda`).
+    #[arg(long, default_value = "")]
+    features: String,
+    /// Training batch size, for mtl and the peer alike.
+    #[arg(long, default_value_t = 1024)]
+    batch_size: usize,
+    /// Where mtl's row-sparse table lives: host or device.
+    #[arg(long, default_value = "host")]
+    embedding_table: String,
+    /// The peer's device: cpu or cuda.
+    #[arg(long, default_value = "cpu")]
+    peer_device: String,
+    /// A name for this run's folder and results (default: bench or bench-peer).
+    #[arg(long)]
+    tag: Option<String>,
 }
 
 /// mtl project automation.
@@ -74,7 +93,7 @@ enum Task {
     /// Criterion micro-benchmarks and an end-to-end run: train samples/s, inference
     /// samples/s, peak RSS and per-task AUC for ESMM and MMOE (example and large configs);
     /// with `--peer`, torch-rechub on the same files in the same run, and the ratios.
-    Bench(BenchArgs),
+    Bench(Box<BenchArgs>),
     /// Checks that the models are right, not just fast: ESMM's entire-space pCVR against the
     /// truth next to a clicked-rows-only CVR model; MMOE vs OMoE vs Shared-Bottom as task
     /// correlation falls.
@@ -90,6 +109,10 @@ enum Task {
     /// for ESMM example and MMOE large, a storm of malformed requests among good ones, peak
     /// RSS and a clean SIGTERM.
     ServeLoad(serve_load::LoadArgs),
+    /// The prepared GPU run (needs an NVIDIA GPU): parity on wgpu and CUDA, then the ESMM and
+    /// MMOE benches on CUDA, wgpu and the CPU, at GPU batch sizes too, torch-rechub on CUDA
+    /// beside them; one results file.
+    Gpu(gpu::GpuArgs),
     /// ONNX export checked against onnxruntime (installed into .venv-onnx by this task): the
     /// exported graphs' scores vs `mtl predict`'s on the same file, within 1e-5.
     OnnxCheck {
@@ -111,6 +134,7 @@ fn main() -> Result<()> {
         Task::Bench(args) => bench(&args),
         Task::Quality { quick, threads } => quality(quick, threads),
         Task::ServeLoad(args) => serve_load::serve_load(&args),
+        Task::Gpu(args) => gpu::gpu(&args),
         Task::OnnxCheck { quick } => onnx_check::onnx_check(quick),
         Task::Validate => validate(),
     }
@@ -146,8 +170,25 @@ fn cargo() -> Command {
 
 /// Builds the release `mtl` binary (flex only) and returns its path.
 fn build_mtl() -> Result<PathBuf> {
-    eprintln!("== building the release mtl binary");
-    run(cargo().args(["build", "--release", "-p", "mtl-cli"]))?;
+    build_mtl_with("")
+}
+
+/// Builds the release `mtl` binary with the cargo `features` of `mtl-cli` (e.g. `wgpu,cuda`).
+fn build_mtl_with(features: &str) -> Result<PathBuf> {
+    eprintln!(
+        "== building the release mtl binary{}",
+        if features.is_empty() {
+            String::new()
+        } else {
+            format!(" with {features}")
+        }
+    );
+    let mut c = cargo();
+    c.args(["build", "--release", "-p", "mtl-cli"]);
+    if !features.is_empty() {
+        c.args(["--features", features]);
+    }
+    run(&mut c)?;
     Ok(target_dir().join("release").join("mtl"))
 }
 
@@ -293,8 +334,12 @@ fn bench(a: &BenchArgs) -> Result<()> {
     } else {
         None
     };
-    let mtl = build_mtl()?;
-    let dir = work_dir(if a.peer { "bench-peer" } else { "bench" });
+    let mtl = build_mtl_with(&a.features)?;
+    let dir = work_dir(
+        a.tag
+            .as_deref()
+            .unwrap_or(if a.peer { "bench-peer" } else { "bench" }),
+    );
     let (schema, train, test, data_cmd, prefix) = match &peer {
         Some(p) => {
             let prefix = p.gen_data(rows, 2022, &work_dir(&format!("data/peer-{rows}-2022")))?;
@@ -334,7 +379,17 @@ fn bench(a: &BenchArgs) -> Result<()> {
                     &test,
                     &model_toml(model, size),
                     seed,
-                    &format!("epochs = 1\nbatch_size = 1024\nembedding = \"{}\"\n", a.embedding),
+                    &format!(
+                        "epochs = 1\nbatch_size = {}\nembedding = \"{}\"\nbackend = \"{}\"\n{}",
+                        a.batch_size,
+                        a.embedding,
+                        a.backend,
+                        if a.embedding == "sparse" {
+                            format!("embedding_table = \"{}\"\n", a.embedding_table)
+                        } else {
+                            String::new()
+                        }
+                    ),
                 );
                 let (m, secs) = train_job(&mtl, &name, &config, threads, &dir)?;
                 let auc: serde_json::Map<String, Value> = peer_aucs(model)
@@ -356,8 +411,12 @@ fn bench(a: &BenchArgs) -> Result<()> {
                         &prefix,
                         &model.to_uppercase(),
                         size,
-                        threads,
-                        seed,
+                        peer::JobOptions {
+                            threads,
+                            seed,
+                            batch: a.batch_size,
+                            device: &a.peer_device,
+                        },
                         &dir.join("peer-logs"),
                     )?;
                 }
@@ -367,8 +426,16 @@ fn bench(a: &BenchArgs) -> Result<()> {
         }
     }
     let mut md = format!(
-        "Data: {data_cmd} (80 % train, 10 % test), 1 epoch, batch 1024, {threads} threads, embedding updates {}.\n\n| job | train samples/s | inference samples/s | peak RSS | AUC (test) | batch building | wall |\n|---|---|---|---|---|---|---|\n",
-        a.embedding
+        "Data: {data_cmd} (80 % train, 10 % test), 1 epoch, batch {}, {threads} threads, backend {}, embedding updates {} (table on the {}){}.\n\n| job | train samples/s | inference samples/s | peak RSS | AUC (test) | batch building | wall |\n|---|---|---|---|---|---|---|\n",
+        a.batch_size,
+        a.backend,
+        a.embedding,
+        a.embedding_table,
+        if peer.is_some() {
+            format!("; peer on {}", a.peer_device)
+        } else {
+            String::new()
+        }
     );
     for r in &results {
         let auc = r["auc"].as_object().map(|o| {

@@ -98,10 +98,15 @@ impl Peer {
         prefix: &Path,
         model: &str,
         config: &str,
-        threads: usize,
-        seed: u64,
+        job: JobOptions<'_>,
         log: &Path,
     ) -> Result<Value> {
+        let JobOptions {
+            threads,
+            seed,
+            batch,
+            device,
+        } = job;
         std::fs::create_dir_all(log)?;
         let results = log.join(format!("{model}-{config}.jsonl"));
         if results.exists() {
@@ -123,6 +128,10 @@ impl Peer {
                 config,
                 "--seed",
                 &seed.to_string(),
+                "--batch",
+                &batch.to_string(),
+                "--device",
+                device,
             ])
             .arg("--results")
             .arg(&results)
@@ -144,6 +153,19 @@ impl Peer {
         }
         Ok(line)
     }
+}
+
+/// How one peer job runs.
+#[derive(Debug, Clone, Copy)]
+pub struct JobOptions<'a> {
+    /// CPU threads.
+    pub threads: usize,
+    /// Training seed.
+    pub seed: u64,
+    /// Training batch size.
+    pub batch: usize,
+    /// `cpu` or `cuda`.
+    pub device: &'a str,
 }
 
 /// mtl's schema for the peer's files: 10 user and 10 item id fields with the vocabularies in

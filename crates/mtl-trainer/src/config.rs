@@ -70,6 +70,19 @@ pub enum EmbeddingUpdate {
     Dense,
 }
 
+/// Where the row-sparse embedding table and its Adam moments live while training.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TablePlace {
+    /// Host memory, one row's value and moments side by side, updated by a SIMD loop; each
+    /// step uploads the batch's rows and reads their gradient back (the CPU backends' choice).
+    #[default]
+    Host,
+    /// Tensors on the training device: gather, row-wise Adam and the scatter of the touched
+    /// rows all run there (for GPU backends: no per-step transfer of rows or gradients).
+    Device,
+}
+
 /// Early stopping on a validation metric.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -202,6 +215,9 @@ pub struct TrainSettings {
     /// Embedding updates: `sparse` (default) or `dense`.
     #[serde(default)]
     pub embedding: EmbeddingUpdate,
+    /// Where the row-sparse table lives: `host` (default) or `device`.
+    #[serde(default)]
+    pub embedding_table: TablePlace,
 }
 
 fn default_epochs() -> usize {
@@ -461,6 +477,13 @@ impl TrainSettings {
                 "must be between 0 and 1",
             );
         }
+        if self.embedding_table == TablePlace::Device && self.embedding == EmbeddingUpdate::Dense {
+            return range(
+                "embedding_table",
+                "\"device\"".into(),
+                "places the row-sparse table; with `embedding = \"dense\"` there is none (leave it out)",
+            );
+        }
         if let Some(clip) = self.grad_clip_norm
             && !(clip.is_finite() && clip > 0.0)
         {
@@ -586,6 +609,11 @@ early_stopping = { metric = "click.auc" }
             ),
             ("max_steps = 0", "train.max_steps", "= 0"),
             ("backend = \"tpu\"", "train.backend", "tpu"),
+            (
+                "embedding = \"dense\"\nembedding_table = \"device\"",
+                "train.embedding_table",
+                "row-sparse",
+            ),
         ] {
             let text = GOOD.replace("epochs = 2\n", &format!("epochs = 2\n{line}\n"));
             let text = if line.starts_with("epochs") {

@@ -21,6 +21,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod curve;
+pub mod device_table;
 pub mod early_stopping;
 pub mod evaluation;
 pub mod fit;
@@ -34,7 +35,8 @@ pub mod sparse;
 pub mod step;
 
 pub use config::{
-    DataConfig, Direction, EarlyStopping, EmbeddingUpdate, OptimizerKind, RunConfig, TrainSettings,
+    DataConfig, Direction, EarlyStopping, EmbeddingUpdate, OptimizerKind, RunConfig, TablePlace,
+    TrainSettings,
 };
 pub use registry::{Registry, WithModel, example_model, parse_model};
 

@@ -229,69 +229,95 @@ impl SparseAdam {
         self.part(0)
     }
 
-    /// Saves the moments next to a checkpoint: a header (`MTLMOM1`, rows, dim as u64 LE),
-    /// then every first moment and every second moment, f32 LE, streamed from the table's
-    /// memory (no copy of the moments is made).
+    /// Saves the moments next to a checkpoint ([`write_moments`]), streamed from the
+    /// table's memory (no copy of the moments is made).
     pub fn save(&self, path: &Path) -> Result<(), TrainError> {
-        let file = std::fs::File::create(path).map_err(io_err(path))?;
-        let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
-        out.write_all(MOMENTS_MAGIC).map_err(io_err(path))?;
-        out.write_all(&(self.rows as u64).to_le_bytes())
-            .map_err(io_err(path))?;
-        out.write_all(&(self.dim as u64).to_le_bytes())
-            .map_err(io_err(path))?;
-        let d = self.dim;
-        for part in [1, 2] {
-            for row in self.buf.floats().chunks_exact(3 * d) {
-                out.write_all(bytemuck::cast_slice(&row[part * d..(part + 1) * d]))
-                    .map_err(io_err(path))?;
-            }
-        }
-        out.into_inner()
-            .map_err(|e| io_err(path)(e.into_error()))?
-            .sync_all()
-            .map_err(io_err(path))
+        let (d, floats) = (self.dim, self.buf.floats());
+        write_moments(path, self.rows, d, |part, r| {
+            &floats[r * 3 * d + part * d..r * 3 * d + (part + 1) * d]
+        })
     }
 
-    /// Restores moments saved by [`SparseAdam::save`] and the step count.
+    /// Restores moments saved by [`SparseAdam::save`] (or the device table's) and the step
+    /// count.
     pub fn load(&mut self, path: &Path, time: usize) -> Result<(), TrainError> {
-        let bad = |message: String| TrainError::Record {
-            path: path.display().to_string(),
-            message,
-        };
-        let file = std::fs::File::open(path).map_err(io_err(path))?;
-        let mut input = std::io::BufReader::with_capacity(1 << 20, file);
-        let mut header = [0u8; 23];
-        input
-            .read_exact(&mut header)
-            .map_err(|_| bad("not a moments file (too short)".into()))?;
-        if &header[..7] != MOMENTS_MAGIC {
-            return Err(bad("not a moments file (bad magic)".into()));
-        }
-        let rows = u64::from_le_bytes(header[7..15].try_into().expect("8 bytes"));
-        let dim = u64::from_le_bytes(header[15..23].try_into().expect("8 bytes"));
-        if (rows, dim) != (self.rows as u64, self.dim as u64) {
-            return Err(bad(format!(
-                "moments of a {rows} × {dim} table; this table is {} × {}",
-                self.rows, self.dim
-            )));
-        }
-        let d = self.dim;
-        let mut bytes = vec![0u8; d * 4];
-        for part in [1, 2] {
-            for row in self.buf.floats_mut().chunks_exact_mut(3 * d) {
-                input
-                    .read_exact(&mut bytes)
-                    .map_err(|_| bad("the file ends early".into()))?;
-                for (dst, src) in row[part * d..(part + 1) * d]
-                    .iter_mut()
-                    .zip(bytes.chunks_exact(4))
-                {
-                    *dst = f32::from_le_bytes(src.try_into().expect("4 bytes"));
-                }
-            }
-        }
+        let (rows, d) = (self.rows, self.dim);
+        let floats = self.buf.floats_mut();
+        read_moments(path, rows, d, |part, r, values| {
+            floats[r * 3 * d + part * d..r * 3 * d + (part + 1) * d].copy_from_slice(values);
+        })?;
         self.time = time;
         Ok(())
     }
+}
+
+/// Writes a moments file: a header (`MTLMOM1`, rows, dim as u64 LE), then every row of the
+/// first moment and every row of the second, f32 LE; `row(part, r)` is row `r` of moment
+/// `part` (1 first, 2 second).
+pub(crate) fn write_moments<'a>(
+    path: &Path,
+    rows: usize,
+    dim: usize,
+    row: impl Fn(usize, usize) -> &'a [f32],
+) -> Result<(), TrainError> {
+    let file = std::fs::File::create(path).map_err(io_err(path))?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+    out.write_all(MOMENTS_MAGIC).map_err(io_err(path))?;
+    out.write_all(&(rows as u64).to_le_bytes())
+        .map_err(io_err(path))?;
+    out.write_all(&(dim as u64).to_le_bytes()).map_err(io_err(path))?;
+    for part in [1, 2] {
+        for r in 0..rows {
+            out.write_all(bytemuck::cast_slice(row(part, r)))
+                .map_err(io_err(path))?;
+        }
+    }
+    out.into_inner()
+        .map_err(|e| io_err(path)(e.into_error()))?
+        .sync_all()
+        .map_err(io_err(path))
+}
+
+/// Reads a moments file of a `rows × dim` table, handing each row to `put(part, r, values)`;
+/// a file of another shape, or one that ends early, is an error naming it.
+pub(crate) fn read_moments(
+    path: &Path,
+    rows: usize,
+    dim: usize,
+    mut put: impl FnMut(usize, usize, &[f32]),
+) -> Result<(), TrainError> {
+    let bad = |message: String| TrainError::Record {
+        path: path.display().to_string(),
+        message,
+    };
+    let file = std::fs::File::open(path).map_err(io_err(path))?;
+    let mut input = std::io::BufReader::with_capacity(1 << 20, file);
+    let mut header = [0u8; 23];
+    input
+        .read_exact(&mut header)
+        .map_err(|_| bad("not a moments file (too short)".into()))?;
+    if &header[..7] != MOMENTS_MAGIC {
+        return Err(bad("not a moments file (bad magic)".into()));
+    }
+    let file_rows = u64::from_le_bytes(header[7..15].try_into().expect("8 bytes"));
+    let file_dim = u64::from_le_bytes(header[15..23].try_into().expect("8 bytes"));
+    if (file_rows, file_dim) != (rows as u64, dim as u64) {
+        return Err(bad(format!(
+            "moments of a {file_rows} × {file_dim} table; this table is {rows} × {dim}"
+        )));
+    }
+    let mut bytes = vec![0u8; dim * 4];
+    let mut values = vec![0f32; dim];
+    for part in [1, 2] {
+        for r in 0..rows {
+            input
+                .read_exact(&mut bytes)
+                .map_err(|_| bad("the file ends early".into()))?;
+            for (dst, src) in values.iter_mut().zip(bytes.chunks_exact(4)) {
+                *dst = f32::from_le_bytes(src.try_into().expect("4 bytes"));
+            }
+            put(part, r, &values);
+        }
+    }
+    Ok(())
 }

@@ -13,12 +13,13 @@ use std::path::Path;
 
 use burn::module::{Module, ModuleMapper, Param, ParamId};
 use burn::optim::{GradientsParams, ModuleOptimizer};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Int, Tensor};
 use mtl_features::{BatchTensors, TableLayout};
 use mtl_layers::MultiTaskModel;
 
 use crate::checkpoint::SPARSE_MOMENTS;
-use crate::config::{EmbeddingUpdate, TrainSettings};
+use crate::config::{EmbeddingUpdate, TablePlace, TrainSettings};
+use crate::device_table::DeviceAdam;
 use crate::sparse::SparseAdam;
 use crate::{TrainError, record_err};
 
@@ -70,9 +71,86 @@ impl ModuleMapper for SetParam {
     }
 }
 
+/// Where the row-sparse table lives and its row-wise Adam.
+enum Store {
+    Host(SparseAdam),
+    Device(DeviceAdam),
+}
+
+/// The rows a step gathered, as its table place keeps them.
+enum Gathered {
+    Host(Vec<i32>),
+    Device(Tensor<1, Int>),
+}
+
+impl Store {
+    fn dim(&self) -> usize {
+        match self {
+            Self::Host(a) => a.dim(),
+            Self::Device(a) => a.dim(),
+        }
+    }
+
+    fn device(&self) -> &Device {
+        match self {
+            Self::Host(a) => a.device(),
+            Self::Device(a) => a.device(),
+        }
+    }
+
+    fn time(&self) -> usize {
+        match self {
+            Self::Host(a) => a.time,
+            Self::Device(a) => a.time,
+        }
+    }
+
+    fn gather(&self, ids: Vec<i32>) -> (Tensor<2>, Gathered) {
+        match self {
+            Self::Host(a) => {
+                let (leaf, ids) = a.gather(ids);
+                (leaf, Gathered::Host(ids))
+            }
+            Self::Device(a) => {
+                let (leaf, idx) = a.gather(ids);
+                (leaf, Gathered::Device(idx))
+            }
+        }
+    }
+
+    fn step(&mut self, rows: &Gathered, grad: Tensor<2>, lr: f64) {
+        match (self, rows) {
+            (Self::Host(a), Gathered::Host(ids)) => a.step(ids, grad, lr),
+            (Self::Device(a), Gathered::Device(idx)) => a.step(idx, grad, lr),
+            _ => unreachable!("rows are gathered by the store that steps them"),
+        }
+    }
+
+    fn table(&self) -> Tensor<2> {
+        match self {
+            Self::Host(a) => a.table(),
+            Self::Device(a) => a.table(),
+        }
+    }
+
+    fn save(&self, path: &Path) -> Result<(), TrainError> {
+        match self {
+            Self::Host(a) => a.save(path),
+            Self::Device(a) => a.save(path),
+        }
+    }
+
+    fn load(&mut self, path: &Path, time: usize) -> Result<(), TrainError> {
+        match self {
+            Self::Host(a) => a.load(path, time),
+            Self::Device(a) => a.load(path, time),
+        }
+    }
+}
+
 /// The row-sparse embedding table: its optimiser and the parameter it stands for.
 struct Table {
-    adam: SparseAdam,
+    adam: Store,
     id: ParamId,
 }
 
@@ -134,7 +212,10 @@ impl Stepper {
             id,
             value: Some(placeholder),
         });
-        let mut adam = SparseAdam::new(values, settings, device);
+        let mut adam = match settings.embedding_table {
+            TablePlace::Host => Store::Host(SparseAdam::new(values, settings, device)),
+            TablePlace::Device => Store::Device(DeviceAdam::new(values, settings, device)),
+        };
         if let Some((path, time)) = moments {
             if !path.exists() {
                 return Err(TrainError::Record {
@@ -157,7 +238,7 @@ impl Stepper {
 
     /// Steps of the row-sparse optimiser so far (0 without one).
     pub fn sparse_time(&self) -> usize {
-        self.table.as_ref().map_or(0, |t| t.adam.time)
+        self.table.as_ref().map_or(0, |t| t.adam.time())
     }
 
     /// One step on `batch`; `step` (1-based) names it in a non-finite-loss error.

@@ -352,3 +352,135 @@ fn first_row_step_matches_the_adam_formula_with_either_weight_decay() {
         }
     }
 }
+
+#[test]
+fn the_device_table_trains_as_the_host_table_does_on_every_backend() {
+    use mtl_features::backend::usable_backends;
+    use mtl_trainer::TablePlace;
+    let s = schema();
+    let enc = Encoder::new(&s, &StateFitter::new(&s).finish());
+    let d = data();
+    let dir = tempfile::tempdir().unwrap();
+    let init_path = dir.path().join("init.bpk");
+    for (kind, device) in usable_backends().expect("a required backend is unusable") {
+        let device = device.clone().autodiff();
+        if !init_path.exists() {
+            let m = model(&s, &enc, &device);
+            let _ = m.predict(&d.batch(&[0], enc.layout(), &device.clone().without_autodiff()));
+            m.valid().save_file(&init_path).unwrap();
+        }
+        let mut results = Vec::new();
+        for place in [TablePlace::Host, TablePlace::Device] {
+            let settings = TrainSettings {
+                epochs: 2,
+                batch_size: 8,
+                lr: 0.05,
+                weight_decay: 1e-3,
+                grad_clip_norm: Some(0.5),
+                embedding: EmbeddingUpdate::Sparse,
+                embedding_table: place,
+                ..TrainSettings::default()
+            };
+            let m = model(&s, &enc, &device).load_file(&init_path);
+            let (m, steps) = train(
+                m,
+                &settings,
+                &d,
+                &enc,
+                &s,
+                &device,
+                &dir.path().join(format!("{kind:?}-{place:?}")),
+            );
+            assert_eq!(steps, 8);
+            let mut v = values(m.input.embedding.weight.val());
+            v.extend(values(m.cvr_tower.blocks[0].linear.weight.val()));
+            results.push(v);
+        }
+        let diff = results[0]
+            .iter()
+            .zip(&results[1])
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        eprintln!("{kind:?}: device table vs host table, max |diff| {diff:e}");
+        assert!(
+            diff < 1e-5,
+            "{kind:?}: the device table differs from the host table by {diff}"
+        );
+        // the tables moved (a test of two frozen tables would pass too)
+        let before = values(
+            model(&s, &enc, &Device::flex())
+                .load_file(&init_path)
+                .input
+                .embedding
+                .weight
+                .val(),
+        );
+        let moved = before
+            .iter()
+            .zip(&results[1])
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(moved > 0.01, "{kind:?}: training must move the table ({moved})");
+    }
+}
+
+#[test]
+fn moments_saved_by_either_table_place_load_into_the_other() {
+    use mtl_trainer::device_table::DeviceAdam;
+    let (m, device) = initialised(6);
+    let settings = TrainSettings {
+        weight_decay: 1e-2,
+        ..TrainSettings::default()
+    };
+    let mut host = SparseAdam::new(table(&m), &settings, &device);
+    let mut dev = DeviceAdam::new(table(&m), &settings, &device);
+    for step in 0..3 {
+        let touched = vec![0, 3, 5 + step];
+        let (leaf, ids) = host.gather(touched.clone());
+        let g = Tensor::<2>::ones(leaf.dims(), &leaf.inner().device()).mul_scalar(0.25 + step as f32);
+        host.step(&ids, g.clone(), 0.01);
+        let (_, idx) = dev.gather(touched);
+        dev.step(&idx, g, 0.01);
+    }
+    let close = |a: Vec<f32>, b: Vec<f32>, what: &str| {
+        let diff = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max);
+        assert!(diff < 1e-6, "{what}: {diff}");
+    };
+    close(values(host.table()), values(dev.table()), "tables after 3 steps");
+    let dir = tempfile::tempdir().unwrap();
+    let (from_host, from_dev) = (dir.path().join("h.bin"), dir.path().join("d.bin"));
+    host.save(&from_host).unwrap();
+    dev.save(&from_dev).unwrap();
+    let mut host2 = SparseAdam::new(table(&m), &settings, &device);
+    host2.load(&from_dev, 3).unwrap();
+    let mut dev2 = DeviceAdam::new(table(&m), &settings, &device);
+    dev2.load(&from_host, 3).unwrap();
+    let (hm, hv) = host.moments();
+    let (dm, dv) = dev2.moments();
+    close(
+        values(hm.clone()),
+        values(dm),
+        "first moments, host file into the device table",
+    );
+    close(
+        values(hv.clone()),
+        values(dv),
+        "second moments, host file into the device table",
+    );
+    let (m1, m2) = host2.moments();
+    close(
+        values(m1),
+        values(hm),
+        "first moments, device file into the host table",
+    );
+    close(
+        values(m2),
+        values(hv.clone()),
+        "second moments, device file into the host table",
+    );
+    assert!(values(hv).iter().any(|x| *x > 0.0));
+}
