@@ -36,8 +36,8 @@ impl DeviceAdam {
         let plain = device.clone().without_autodiff();
         let table = table.to_device(&plain);
         Self {
-            m: table.zeros_like(),
-            v: table.zeros_like(),
+            m: Tensor::zeros(table.dims(), &plain),
+            v: Tensor::zeros(table.dims(), &plain),
             table,
             time: 0,
             beta_1: 0.9,
@@ -111,12 +111,16 @@ impl DeviceAdam {
             update
         };
         let w = w - step.mul_scalar(lr);
-        let assign = |all: Tensor<2>, rows: Tensor<2>| {
-            all.select_assign(0, idx.clone(), rows, IndexingUpdateOp::Assign)
+        // the tensors are taken out, not cloned, so that a backend can write the rows in place
+        // (a second reference makes it copy the whole table every step)
+        let device = self.device.clone();
+        let assign = |all: &mut Tensor<2>, rows: Tensor<2>| {
+            let whole = std::mem::replace(all, Tensor::zeros([1, 1], &device));
+            *all = whole.select_assign(0, idx.clone(), rows, IndexingUpdateOp::Assign);
         };
-        self.table = assign(self.table.clone(), w);
-        self.m = assign(self.m.clone(), m);
-        self.v = assign(self.v.clone(), v);
+        assign(&mut self.table, w);
+        assign(&mut self.m, m);
+        assign(&mut self.v, v);
     }
 
     /// The current table `[rows, dim]`.

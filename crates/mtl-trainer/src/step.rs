@@ -74,13 +74,13 @@ impl ModuleMapper for SetParam {
 /// Where the row-sparse table lives and its row-wise Adam.
 enum Store {
     Host(SparseAdam),
-    Device(DeviceAdam),
+    Device(Box<DeviceAdam>),
 }
 
 /// The rows a step gathered, as its table place keeps them.
 enum Gathered {
     Host(Vec<i32>),
-    Device(Tensor<1, Int>),
+    Device(Box<Tensor<1, Int>>),
 }
 
 impl Store {
@@ -113,7 +113,7 @@ impl Store {
             }
             Self::Device(a) => {
                 let (leaf, idx) = a.gather(ids);
-                (leaf, Gathered::Device(idx))
+                (leaf, Gathered::Device(Box::new(idx)))
             }
         }
     }
@@ -214,7 +214,7 @@ impl Stepper {
         });
         let mut adam = match settings.embedding_table {
             TablePlace::Host => Store::Host(SparseAdam::new(values, settings, device)),
-            TablePlace::Device => Store::Device(DeviceAdam::new(values, settings, device)),
+            TablePlace::Device => Store::Device(Box::new(DeviceAdam::new(values, settings, device))),
         };
         if let Some((path, time)) = moments {
             if !path.exists() {
