@@ -196,6 +196,32 @@ fn shipped_configs_parse() {
     assert!(n >= 7);
 }
 
+/// Runs `mtl train` on `cfg` into `out_dir`, then `mtl eval` and `mtl predict` on `test` with
+/// it (scores to `scores`), each required to succeed; the stdout of train and eval and the
+/// scores file's text.
+fn train_eval_predict(
+    label: &str,
+    cfg: &str,
+    out_dir: &str,
+    test: &str,
+    scores: &str,
+) -> (String, String, String) {
+    let ok = |args: &[&str]| -> String {
+        let out = mtl(args);
+        assert!(
+            out.status.success(),
+            "{label}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let train = ok(&["train", "--config", cfg, "--out", out_dir]);
+    assert!(Path::new(out_dir).join("model.bpk").exists(), "{label}");
+    let eval = ok(&["eval", "--model", out_dir, "--data", test]);
+    ok(&["predict", "--model", out_dir, "--data", test, "--out", scores]);
+    (train, eval, std::fs::read_to_string(scores).unwrap())
+}
+
 #[test]
 fn ali_ccp_sample_trains_with_the_shipped_config() {
     let dir = tempfile::tempdir().unwrap();
@@ -209,31 +235,12 @@ fn ali_ccp_sample_trains_with_the_shipped_config() {
             .display()
             .to_string();
         let out_dir = dir.path().join(model).display().to_string();
-        let out = mtl(&["train", "--config", &cfg, "--out", &out_dir]);
-        assert!(
-            out.status.success(),
-            "{model}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(stdout.contains("ali_ccp_train_sample.csv: 100 rows"), "{stdout}");
-        assert!(Path::new(&out_dir).join("model.bpk").exists());
-        // and the trained model evaluates and predicts from its directory
-        let out = mtl(&["eval", "--model", &out_dir, "--data", &test]);
-        assert!(
-            out.status.success(),
-            "{model}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(String::from_utf8_lossy(&out.stdout).contains("50 rows"));
         let scores = dir.path().join(format!("{model}.csv")).display().to_string();
-        let out = mtl(&["predict", "--model", &out_dir, "--data", &test, "--out", &scores]);
-        assert!(
-            out.status.success(),
-            "{model}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert_eq!(std::fs::read_to_string(&scores).unwrap().lines().count(), 51);
+        let (train, eval, scores) = train_eval_predict(model, &cfg, &out_dir, &test, &scores);
+        assert!(train.contains("ali_ccp_train_sample.csv: 100 rows"), "{train}");
+        // the trained model evaluates and predicts from its directory
+        assert!(eval.contains("50 rows"), "{eval}");
+        assert_eq!(scores.lines().count(), 51);
     }
 }
 
@@ -484,32 +491,13 @@ fn generated_data_trains_every_example_config() {
         let cfg = dir.path().join("configs").join(&name);
         std::fs::copy(repo().join("configs").join(&name), &cfg).unwrap();
         let out_dir = dir.path().join(model).display().to_string();
-        let cfg = cfg.display().to_string();
-        let out = mtl(&["train", "--config", &cfg, "--out", &out_dir]);
-        assert!(
-            out.status.success(),
-            "{model}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let scores = dir.path().join(format!("{model}.csv")).display().to_string();
+        let (_, _, text) = train_eval_predict(model, &cfg.display().to_string(), &out_dir, &test, &scores);
         let metrics: serde_json::Value =
             serde_json::from_slice(&std::fs::read(Path::new(&out_dir).join("metrics.json")).unwrap())
                 .unwrap();
         let outputs = metrics["test"].as_array().expect("test metrics");
         assert!(outputs.len() >= 2, "{model}: {metrics}");
-        let out = mtl(&["eval", "--model", &out_dir, "--data", &test]);
-        assert!(
-            out.status.success(),
-            "{model}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let scores = dir.path().join(format!("{model}.csv")).display().to_string();
-        let out = mtl(&["predict", "--model", &out_dir, "--data", &test, "--out", &scores]);
-        assert!(
-            out.status.success(),
-            "{model}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = std::fs::read_to_string(&scores).unwrap();
         let header: Vec<&str> = text.lines().next().unwrap().split(',').collect();
         assert_eq!(header.len(), outputs.len(), "{model}: one column per output");
         // every score is a probability

@@ -11,8 +11,8 @@ use std::path::Path;
 use burn::tensor::{Device, IndexingUpdateOp, Int, Tensor, TensorData};
 
 use crate::TrainError;
-use crate::config::{OptimizerKind, TrainSettings};
-use crate::sparse::{read_moments, write_moments};
+use crate::config::TrainSettings;
+use crate::sparse::{RowAdamConfig, read_moments, write_moments};
 
 /// The table, its moments and the row-wise Adam settings, on one device.
 pub struct DeviceAdam {
@@ -21,12 +21,7 @@ pub struct DeviceAdam {
     v: Tensor<2>,
     /// Steps taken (drives the bias correction).
     pub time: usize,
-    beta_1: f32,
-    beta_2: f32,
-    epsilon: f32,
-    weight_decay: f32,
-    decoupled: bool,
-    clip_norm: Option<f32>,
+    config: RowAdamConfig,
     device: Device,
 }
 
@@ -40,12 +35,7 @@ impl DeviceAdam {
             v: Tensor::zeros(table.dims(), &plain),
             table,
             time: 0,
-            beta_1: 0.9,
-            beta_2: 0.999,
-            epsilon: 1e-5,
-            weight_decay: settings.weight_decay as f32,
-            decoupled: settings.optimizer == OptimizerKind::AdamW,
-            clip_norm: settings.grad_clip_norm,
+            config: RowAdamConfig::new(settings),
             device: plain,
         }
     }
@@ -74,13 +64,9 @@ impl DeviceAdam {
     /// One row-wise Adam step on the rows `idx` (distinct) with their gradient `grad`.
     pub fn step(&mut self, idx: &Tensor<1, Int>, grad: Tensor<2>, lr: f64) {
         self.time += 1;
-        let t = self.time as i32;
-        let (b1, b2, lr) = (self.beta_1, self.beta_2, lr as f32);
-        let bc2 = (1.0 - b2.powi(t)).sqrt();
-        let factor = bc2 / (1.0 - b1.powi(t));
-        let eps = self.epsilon * bc2;
-        // as burn's clip_by_norm: coef = min(1, threshold / (‖g‖ + tiny)), kept on the device
-        let grad = match self.clip_norm {
+        let c = self.config.at(self.time);
+        let lr = lr as f32;
+        let grad = match self.config.clip_norm {
             Some(threshold) => {
                 let norm = grad.clone().square().sum().sqrt().add_scalar(f32::MIN_POSITIVE);
                 let coef = norm.recip().mul_scalar(threshold).clamp_max(1.0);
@@ -91,12 +77,7 @@ impl DeviceAdam {
         let w = self.table.clone().select(0, idx.clone());
         let m = self.m.clone().select(0, idx.clone());
         let v = self.v.clone().select(0, idx.clone());
-        // L2 weight decay goes into the gradient, decoupled (AdamW) into the update
-        let (wd_grad, wd_update) = if self.decoupled {
-            (0.0, self.weight_decay)
-        } else {
-            (self.weight_decay, 0.0)
-        };
+        let (b1, b2, wd_grad, wd_update) = (c.b1, c.b2, c.wd_grad, c.wd_update);
         let g = if wd_grad != 0.0 {
             grad + w.clone().mul_scalar(wd_grad)
         } else {
@@ -104,7 +85,7 @@ impl DeviceAdam {
         };
         let m = m.mul_scalar(b1) + g.clone().mul_scalar(1.0 - b1);
         let v = v.mul_scalar(b2) + g.clone().mul(g).mul_scalar(1.0 - b2);
-        let update = m.clone().mul_scalar(factor) / v.clone().sqrt().add_scalar(eps);
+        let update = m.clone().mul_scalar(c.factor) / v.clone().sqrt().add_scalar(c.eps);
         let step = if wd_update != 0.0 {
             update + w.clone().mul_scalar(wd_update)
         } else {

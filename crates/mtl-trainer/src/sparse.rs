@@ -61,6 +61,61 @@ impl HostBuf {
     }
 }
 
+/// The row-wise Adam's settings, shared by the host table and the device table.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RowAdamConfig {
+    beta_1: f32,
+    beta_2: f32,
+    epsilon: f32,
+    weight_decay: f32,
+    decoupled: bool,
+    /// Gradient-norm clipping threshold over a step's rows.
+    pub(crate) clip_norm: Option<f32>,
+}
+
+/// The constants of step `t`: betas, bias-corrected factor and epsilon (burn's Adam's
+/// formulation), and the weight decay split into the gradient's part (L2, Adam) and the
+/// update's (decoupled, AdamW).
+pub(crate) struct StepConstants {
+    pub(crate) b1: f32,
+    pub(crate) b2: f32,
+    pub(crate) factor: f32,
+    pub(crate) eps: f32,
+    pub(crate) wd_grad: f32,
+    pub(crate) wd_update: f32,
+}
+
+impl RowAdamConfig {
+    /// burn's Adam defaults (β 0.9, 0.999; ε 1e-5) with the run's decay and clipping.
+    pub(crate) fn new(settings: &TrainSettings) -> Self {
+        Self {
+            beta_1: 0.9,
+            beta_2: 0.999,
+            epsilon: 1e-5,
+            weight_decay: settings.weight_decay as f32,
+            decoupled: settings.optimizer == OptimizerKind::AdamW,
+            clip_norm: settings.grad_clip_norm,
+        }
+    }
+
+    /// The constants of step `t` (1-based).
+    pub(crate) fn at(&self, t: usize) -> StepConstants {
+        let t = t as i32;
+        let (b1, b2) = (self.beta_1, self.beta_2);
+        let bc2 = (1.0 - b2.powi(t)).sqrt();
+        let wd = self.weight_decay;
+        StepConstants {
+            b1,
+            b2,
+            factor: bc2 / (1.0 - b1.powi(t)),
+            eps: self.epsilon * bc2,
+            // L2 weight decay goes into the gradient, decoupled (AdamW) into the update
+            wd_grad: if self.decoupled { 0.0 } else { wd },
+            wd_update: if self.decoupled { wd } else { 0.0 },
+        }
+    }
+}
+
 /// The embedding table and its row-wise Adam state.
 pub struct SparseAdam {
     /// Per row: value, first moment, second moment (`3 × dim` floats).
@@ -69,12 +124,7 @@ pub struct SparseAdam {
     dim: usize,
     /// Steps taken (drives the bias correction).
     pub time: usize,
-    beta_1: f32,
-    beta_2: f32,
-    epsilon: f32,
-    weight_decay: f32,
-    decoupled: bool,
-    clip_norm: Option<f32>,
+    config: RowAdamConfig,
     /// The plain (non-autodiff) training device, where gathered rows go.
     device: Device,
 }
@@ -138,12 +188,7 @@ impl SparseAdam {
             rows,
             dim,
             time: 0,
-            beta_1: 0.9,
-            beta_2: 0.999,
-            epsilon: 1e-5,
-            weight_decay: settings.weight_decay as f32,
-            decoupled: settings.optimizer == OptimizerKind::AdamW,
-            clip_norm: settings.grad_clip_norm,
+            config: RowAdamConfig::new(settings),
             device: plain,
         }
     }
@@ -181,29 +226,25 @@ impl SparseAdam {
         let d = self.dim;
         debug_assert_eq!(g.len(), ids.len() * d);
         self.time += 1;
-        let t = self.time as i32;
         // as burn's clip_by_norm: coef = min(1, threshold / (‖g‖ + tiny))
-        let coef = self.clip_norm.map_or(1.0, |threshold| {
+        let coef = self.config.clip_norm.map_or(1.0, |threshold| {
             let norm = g.iter().map(|x| x * x).sum::<f32>().sqrt();
             (threshold / (norm + f32::MIN_POSITIVE)).min(1.0)
         });
-        let (b1, b2, lr) = (self.beta_1, self.beta_2, lr as f32);
-        let bc2 = (1.0 - b2.powi(t)).sqrt();
-        let (wd, decoupled) = (self.weight_decay, self.decoupled);
+        let c = self.config.at(self.time);
         let op = RowAdam {
             floats: self.buf.floats_mut(),
             ids,
             g,
             dim: d,
             coef,
-            b1,
-            b2,
-            factor: bc2 / (1.0 - b1.powi(t)),
-            eps: self.epsilon * bc2,
-            lr,
-            // L2 weight decay goes into the gradient, decoupled (AdamW) into the update
-            wd_grad: if decoupled { 0.0 } else { wd },
-            wd_update: if decoupled { wd } else { 0.0 },
+            b1: c.b1,
+            b2: c.b2,
+            factor: c.factor,
+            eps: c.eps,
+            lr: lr as f32,
+            wd_grad: c.wd_grad,
+            wd_update: c.wd_update,
         };
         pulp::Arch::new().dispatch(op);
     }

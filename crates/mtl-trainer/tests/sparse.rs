@@ -81,6 +81,24 @@ fn train(
     (r.model.valid(), r.state.global_step)
 }
 
+/// Trains as [`train`] does and reads the result back: the embedding table followed by the
+/// first layer of both towers, and the number of steps.
+fn trained_weights(
+    m: Esmm,
+    settings: &TrainSettings,
+    d: &EncodedData,
+    enc: &Encoder,
+    s: &ValidSchema,
+    device: &Device,
+    out: &std::path::Path,
+) -> (Vec<f32>, usize) {
+    let (m, steps) = train(m, settings, d, enc, s, device, out);
+    let mut v = values(m.input.embedding.weight.val());
+    v.extend(values(m.ctr_tower.blocks[0].linear.weight.val()));
+    v.extend(values(m.cvr_tower.blocks[0].linear.weight.val()));
+    (v, steps)
+}
+
 #[test]
 fn sparse_adam_equals_dense_adam_when_every_row_is_touched() {
     let s = schema();
@@ -103,7 +121,7 @@ fn sparse_adam_equals_dense_adam_when_every_row_is_touched() {
             embedding: mode,
             ..TrainSettings::default()
         };
-        let (m, steps) = train(
+        let (v, steps) = trained_weights(
             m,
             &settings,
             &d,
@@ -113,8 +131,6 @@ fn sparse_adam_equals_dense_adam_when_every_row_is_touched() {
             &dir.path().join(format!("{mode:?}")),
         );
         assert_eq!(steps, 6);
-        let mut v = values(m.input.embedding.weight.val());
-        v.extend(values(m.ctr_tower.blocks[0].linear.weight.val()));
         tables.push(v);
     }
     let before = values(
@@ -261,7 +277,7 @@ fn sparse_training_agrees_across_backends() {
             embedding: EmbeddingUpdate::Sparse,
             ..TrainSettings::default()
         };
-        let (m, steps) = train(
+        let (v, steps) = trained_weights(
             m,
             &settings,
             &d,
@@ -271,8 +287,6 @@ fn sparse_training_agrees_across_backends() {
             &dir.path().join(format!("{kind:?}")),
         );
         assert_eq!(steps, 8);
-        let mut v = values(m.input.embedding.weight.val());
-        v.extend(values(m.cvr_tower.blocks[0].linear.weight.val()));
         results.push((*kind, v));
     }
     let (_, flex) = &results[0];
@@ -382,7 +396,7 @@ fn the_device_table_trains_as_the_host_table_does_on_every_backend() {
                 ..TrainSettings::default()
             };
             let m = model(&s, &enc, &device).load_file(&init_path);
-            let (m, steps) = train(
+            let (v, steps) = trained_weights(
                 m,
                 &settings,
                 &d,
@@ -392,8 +406,6 @@ fn the_device_table_trains_as_the_host_table_does_on_every_backend() {
                 &dir.path().join(format!("{kind:?}-{place:?}")),
             );
             assert_eq!(steps, 8);
-            let mut v = values(m.input.embedding.weight.val());
-            v.extend(values(m.cvr_tower.blocks[0].linear.weight.val()));
             results.push(v);
         }
         let diff = results[0]
