@@ -81,6 +81,12 @@ fn train(
     (r.model.valid(), r.state.global_step)
 }
 
+/// The largest absolute difference between two lists of weights.
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max)
+}
+
 /// Trains as [`train`] does and reads the result back: the embedding table followed by the
 /// first layer of both towers, and the number of steps.
 fn trained_weights(
@@ -142,17 +148,9 @@ fn sparse_adam_equals_dense_adam_when_every_row_is_touched() {
             .val()
             .inner(),
     );
-    let moved = before
-        .iter()
-        .zip(&tables[0])
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
+    let moved = max_diff(&before, &tables[0]);
     assert!(moved > 0.01, "training must move the table ({moved})");
-    let diff = tables[0]
-        .iter()
-        .zip(&tables[1])
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
+    let diff = max_diff(&tables[0], &tables[1]);
     assert!(diff < 1e-5, "sparse and dense Adam differ by {diff}");
 }
 
@@ -298,18 +296,10 @@ fn sparse_training_agrees_across_backends() {
             .weight
             .val(),
     );
-    let moved = before
-        .iter()
-        .zip(flex)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
+    let moved = max_diff(&before, flex);
     assert!(moved > 0.01, "training must move the table ({moved})");
     for (kind, v) in &results[1..] {
-        let diff = flex
-            .iter()
-            .zip(v)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
+        let diff = max_diff(flex, v);
         eprintln!("sparse training, {kind:?} vs flex: max |diff| {diff:e}");
         assert!(
             diff < 1e-4,
@@ -408,11 +398,7 @@ fn the_device_table_trains_as_the_host_table_does_on_every_backend() {
             assert_eq!(steps, 8);
             results.push(v);
         }
-        let diff = results[0]
-            .iter()
-            .zip(&results[1])
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
+        let diff = max_diff(&results[0], &results[1]);
         eprintln!("{kind:?}: device table vs host table, max |diff| {diff:e}");
         assert!(
             diff < 1e-5,
@@ -427,11 +413,7 @@ fn the_device_table_trains_as_the_host_table_does_on_every_backend() {
                 .weight
                 .val(),
         );
-        let moved = before
-            .iter()
-            .zip(&results[1])
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
+        let moved = max_diff(&before, &results[1]);
         assert!(moved > 0.01, "{kind:?}: training must move the table ({moved})");
     }
 }
@@ -455,11 +437,7 @@ fn moments_saved_by_either_table_place_load_into_the_other() {
         dev.step(&idx, g, 0.01);
     }
     let close = |a: Vec<f32>, b: Vec<f32>, what: &str| {
-        let diff = a
-            .iter()
-            .zip(&b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0f32, f32::max);
+        let diff = max_diff(&a, &b);
         assert!(diff < 1e-6, "{what}: {diff}");
     };
     close(values(host.table()), values(dev.table()), "tables after 3 steps");
