@@ -2,7 +2,7 @@
 //! resolution against the schema, their towers, and their heads and losses.
 
 use burn::tensor::{Device, Tensor};
-use mtl_features::{BatchTensors, LabelKind, ValidSchema};
+use mtl_features::{BatchTensors, FieldPooling, InputLayer, InputSpec, LabelKind, TableLayout, ValidSchema};
 use serde::{Deserialize, Serialize};
 
 use crate::head::{predict, task_loss};
@@ -142,4 +142,34 @@ pub fn task_towers(tasks: &[TaskConfig], default: &MlpSpec, input_dim: usize, de
         .iter()
         .map(|t| t.tower.as_ref().unwrap_or(default).init(input_dim, true, device))
         .collect()
+}
+
+/// The plan of a model whose tasks each have a tower over a shared body: every MLP spec of the
+/// body and the towers checked (each with the key that names it in messages), the pooling
+/// checked against the schema, the tasks resolved.
+pub fn towers_plan(
+    schema: &ValidSchema,
+    pooling: &FieldPooling,
+    tasks: &[TaskConfig],
+    specs: &[(&MlpSpec, &str)],
+) -> Result<ModelPlan, ModelError> {
+    for (spec, key) in specs {
+        spec.check(key)?;
+    }
+    InputSpec::new(schema, pooling)?;
+    Ok(task_plan(&resolve_tasks(schema, tasks)?))
+}
+
+/// The resolved tasks and the input layer of such a model, once its plan has passed.
+pub fn tasks_and_input(
+    schema: &ValidSchema,
+    pooling: &FieldPooling,
+    tasks: &[TaskConfig],
+    layout: &TableLayout,
+    device: &Device,
+) -> Result<(Vec<TaskSpec>, InputLayer), ModelError> {
+    Ok((
+        resolve_tasks(schema, tasks)?,
+        InputLayer::for_schema(schema, pooling, layout, device)?,
+    ))
 }

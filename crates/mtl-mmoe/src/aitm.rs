@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use mtl_layers::tasks::{
     TaskConfig, TaskSpec, loss_names, outputs, resolve_tasks, task_forward, task_predictions, task_towers,
+    tasks_and_input,
 };
 
 fn default_alpha() -> f64 {
@@ -118,8 +119,7 @@ impl AitmConfig {
         device: &Device,
     ) -> Result<Aitm, ModelError> {
         self.plan(schema)?;
-        let tasks = resolve_tasks(schema, &self.tasks)?;
-        let input = InputLayer::for_schema(schema, &self.pooling, layout, device)?;
+        let (tasks, input) = tasks_and_input(schema, &self.pooling, &self.tasks, layout, device)?;
         let width = input.output_dim();
         let d = self.bottom.output_dim(width, false);
         let transfers = tasks.len() - 1;

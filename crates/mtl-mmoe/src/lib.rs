@@ -59,10 +59,10 @@ use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 
 pub use aitm::{Aitm, AitmConfig, InfoTransfer};
-use mtl_features::{BatchTensors, FieldPooling, InputLayer, InputSpec, TableLayout, ValidSchema};
+use mtl_features::{BatchTensors, FieldPooling, InputLayer, TableLayout, ValidSchema};
 pub use mtl_layers::experts::{ExpertLayer, Experts, MAX_EXPERTS};
 pub use mtl_layers::tasks::{TaskConfig, TaskSpec};
-use mtl_layers::tasks::{loss_names, outputs, resolve_tasks, task_forward, task_plan, task_predictions};
+use mtl_layers::tasks::{loss_names, outputs, task_forward, task_predictions, tasks_and_input, towers_plan};
 use mtl_layers::{
     Forward, GateWeights, Mlp, MlpSpec, ModelBuilder, ModelError, ModelPlan, MultiTaskModel, OutputSpec,
 };
@@ -143,10 +143,8 @@ impl MmoeConfig {
                 message: "an expert needs at least one layer".into(),
             });
         }
-        self.expert.check("model.expert")?;
-        self.tower.check("model.tower")?;
-        InputSpec::new(schema, &self.pooling)?;
-        Ok(task_plan(&resolve_tasks(schema, &self.tasks)?))
+        let specs = [(&self.expert, "model.expert"), (&self.tower, "model.tower")];
+        towers_plan(schema, &self.pooling, &self.tasks, &specs)
     }
 
     /// Builds the model.
@@ -157,8 +155,7 @@ impl MmoeConfig {
         device: &Device,
     ) -> Result<Mmoe, ModelError> {
         self.plan(schema)?;
-        let tasks = resolve_tasks(schema, &self.tasks)?;
-        let input = InputLayer::for_schema(schema, &self.pooling, layout, device)?;
+        let (tasks, input) = tasks_and_input(schema, &self.pooling, &self.tasks, layout, device)?;
         let width = input.output_dim();
         let expert_width = self.expert.output_dim(width, false);
         let gate = softmax_gate(self.n_experts, self.gate_batch_norm);
@@ -339,10 +336,8 @@ impl SharedBottomConfig {
     /// Checks the config against `schema` (bottom, towers, tasks, pooling) and says what the
     /// model outputs, without building it.
     pub fn plan(&self, schema: &ValidSchema) -> Result<ModelPlan, ModelError> {
-        self.bottom.check("model.bottom")?;
-        self.tower.check("model.tower")?;
-        InputSpec::new(schema, &self.pooling)?;
-        Ok(task_plan(&resolve_tasks(schema, &self.tasks)?))
+        let specs = [(&self.bottom, "model.bottom"), (&self.tower, "model.tower")];
+        towers_plan(schema, &self.pooling, &self.tasks, &specs)
     }
 
     /// Builds the model.
@@ -353,8 +348,7 @@ impl SharedBottomConfig {
         device: &Device,
     ) -> Result<SharedBottom, ModelError> {
         self.plan(schema)?;
-        let tasks = resolve_tasks(schema, &self.tasks)?;
-        let input = InputLayer::for_schema(schema, &self.pooling, layout, device)?;
+        let (tasks, input) = tasks_and_input(schema, &self.pooling, &self.tasks, layout, device)?;
         let width = input.output_dim();
         let bottom_width = self.bottom.output_dim(width, false);
         Ok(SharedBottom {

@@ -17,15 +17,15 @@
 
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
-use mtl_features::{BatchTensors, FieldPooling, InputLayer, InputSpec, TableLayout, ValidSchema};
+use mtl_features::{BatchTensors, FieldPooling, InputLayer, TableLayout, ValidSchema};
 use mtl_layers::{
     Forward, GateWeights, Mlp, MlpSpec, ModelBuilder, ModelError, ModelPlan, MultiTaskModel, OutputSpec,
 };
 use serde::{Deserialize, Serialize};
 
 use mtl_layers::tasks::{
-    TaskConfig, TaskSpec, loss_names, outputs, resolve_tasks, task_forward, task_plan, task_predictions,
-    task_towers,
+    TaskConfig, TaskSpec, loss_names, outputs, task_forward, task_predictions, task_towers, tasks_and_input,
+    towers_plan,
 };
 use mtl_layers::{Experts, MAX_EXPERTS, softmax_gate};
 
@@ -94,10 +94,8 @@ impl PleConfig {
                 "an expert needs at least one layer".into(),
             ));
         }
-        self.expert.check("model.expert")?;
-        self.tower.check("model.tower")?;
-        InputSpec::new(schema, &self.pooling)?;
-        Ok(task_plan(&resolve_tasks(schema, &self.tasks)?))
+        let specs = [(&self.expert, "model.expert"), (&self.tower, "model.tower")];
+        towers_plan(schema, &self.pooling, &self.tasks, &specs)
     }
 
     /// Builds the model.
@@ -108,8 +106,7 @@ impl PleConfig {
         device: &Device,
     ) -> Result<Ple, ModelError> {
         self.plan(schema)?;
-        let tasks = resolve_tasks(schema, &self.tasks)?;
-        let input = InputLayer::for_schema(schema, &self.pooling, layout, device)?;
+        let (tasks, input) = tasks_and_input(schema, &self.pooling, &self.tasks, layout, device)?;
         let n_tasks = tasks.len();
         let expert_width = self.expert.output_dim(0, false);
         let gate = |n: usize, width: usize| softmax_gate(n, self.gate_batch_norm).init(width, false, device);
