@@ -386,10 +386,10 @@ fn train(args: TrainArgs, progress: bool) -> Result<()> {
             .expect("clap requires --config without --resume");
         let mut config = RunConfig::from_file(path).context("reading the config")?;
         if let Some(d) = args.data {
-            config.data.train = absolute(d)?;
+            config.data.train = absolute(d)?.into();
         }
         if let Some(v) = args.valid {
-            config.data.valid = Some(absolute(v)?);
+            config.data.valid = Some(absolute(v)?.into());
         }
         let t = &mut config.train;
         t.epochs = args.epochs.unwrap_or(t.epochs);
@@ -632,9 +632,9 @@ fn demo(args: DemoArgs, progress: bool) -> Result<()> {
         files.click_rate, files.cvr_rate
     );
     let data = DataConfig {
-        train: files.train.clone(),
-        valid: Some(files.val.clone()),
-        test: Some(files.test.clone()),
+        train: files.train.clone().into(),
+        valid: Some(files.val.clone().into()),
+        test: Some(files.test.clone().into()),
         bad_rows: "fail".into(),
         cache: true,
     };

@@ -609,3 +609,69 @@ fn export_writes_onnx_with_its_encoder_with_a_symbolic_or_a_fixed_batch() {
         &["--format tflite"],
     );
 }
+
+#[test]
+fn data_may_be_many_files_a_list_or_a_glob_pattern() {
+    let dir = tempfile::tempdir().unwrap();
+    // the same 300 rows: one file, and three parts under parts/ (header in each)
+    config(dir.path(), "");
+    let all = csv(300);
+    let mut lines = all.lines();
+    let header = lines.next().unwrap();
+    let rows: Vec<&str> = lines.collect();
+    std::fs::create_dir_all(dir.path().join("parts")).unwrap();
+    for (k, chunk) in rows.chunks(100).enumerate() {
+        write(
+            dir.path(),
+            &format!("parts/part-{k}.csv"),
+            &format!("{header}\n{}\n", chunk.join("\n")),
+        );
+    }
+    let run = |train: &str, valid: &str| {
+        write(
+            dir.path(),
+            "many.toml",
+            &format!(
+                "schema = \"schema.toml\"\n[data]\ntrain = {train}\nvalid = {valid}\n[model]\ntype = \"esmm\"\nctr_tower = {{ dims = [8] }}\ncvr_tower = {{ dims = [8] }}\n[train]\nbatch_size = 64\n"
+            ),
+        )
+    };
+    let cfg = run(
+        "\"parts/part-*.csv\"",
+        "[\"parts/part-0.csv\", \"parts/part-2.csv\"]",
+    );
+    let out_dir = dir.path().join("m").display().to_string();
+    let out = mtl(&["train", "--config", &cfg, "--out", &out_dir]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for part in [
+        "part-0.csv: 100 rows",
+        "part-1.csv: 100 rows",
+        "part-2.csv: 100 rows",
+    ] {
+        assert!(stdout.contains(part), "`{part}` not in {stdout}");
+    }
+    let metrics: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(Path::new(&out_dir).join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(metrics["train_rows"], 300, "{metrics}");
+    // the saved config keeps the pattern (made absolute), so the run resumes and reruns alike
+    let saved = std::fs::read_to_string(Path::new(&out_dir).join("config.toml")).unwrap();
+    assert!(saved.contains("part-*.csv"), "{saved}");
+    // a pattern that matches nothing, a bad pattern, a wrong type, an empty list: errors
+    for (train, needles) in [
+        (
+            "\"parts/none-*.csv\"",
+            &["data.train", "none-*.csv", "matches no file"][..],
+        ),
+        ("\"parts/[.csv\"", &["data.train", "not a valid pattern"][..]),
+        (
+            "5",
+            &["line 3", "train = 5", "a path, a glob pattern, or a list"][..],
+        ),
+        ("[]", &["line 3", "train = []", "empty list"][..]),
+    ] {
+        let cfg = run(train, "\"train.csv\"");
+        let out_dir = dir.path().join("bad").display().to_string();
+        assert_user_error(&mtl(&["train", "--config", &cfg, "--out", &out_dir]), needles);
+    }
+}

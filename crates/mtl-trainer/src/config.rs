@@ -14,20 +14,118 @@ use crate::{Registry, TrainError};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
-    /// Training CSV.
-    pub train: PathBuf,
-    /// Validation CSV (metrics every epoch, early stopping).
+    /// Training CSV file(s).
+    pub train: DataFiles,
+    /// Validation CSV file(s) (metrics every epoch, early stopping).
     #[serde(default)]
-    pub valid: Option<PathBuf>,
-    /// Test CSV (metrics once at the end).
+    pub valid: Option<DataFiles>,
+    /// Test CSV file(s) (metrics once at the end).
     #[serde(default)]
-    pub test: Option<PathBuf>,
+    pub test: Option<DataFiles>,
     /// `fail` (default) or `skip` for rows that cannot be encoded.
     #[serde(default = "default_policy")]
     pub bad_rows: String,
     /// Keep a cache of the encoded rows next to each CSV (`<file>.mtl.arrow`, Arrow IPC).
     #[serde(default = "default_true")]
     pub cache: bool,
+}
+
+/// One or more data files: a path, or a list of paths; any of them may be a glob pattern
+/// (`data/train/*.csv`, `part-[0-9]*.csv`). Files are read in the order given, a pattern's
+/// matches sorted by name, and their rows appended.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum DataFiles {
+    /// One path or pattern.
+    One(PathBuf),
+    /// Several, in order.
+    Many(Vec<PathBuf>),
+}
+
+impl<'de> Deserialize<'de> for DataFiles {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Files;
+        impl<'de> serde::de::Visitor<'de> for Files {
+            type Value = DataFiles;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a path, a glob pattern, or a list of them")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<DataFiles, E> {
+                Ok(DataFiles::One(PathBuf::from(v)))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<DataFiles, A::Error> {
+                let mut paths = Vec::new();
+                while let Some(p) = seq.next_element::<PathBuf>()? {
+                    paths.push(p);
+                }
+                if paths.is_empty() {
+                    return Err(serde::de::Error::custom("an empty list of files"));
+                }
+                Ok(DataFiles::Many(paths))
+            }
+        }
+        d.deserialize_any(Files)
+    }
+}
+
+impl From<PathBuf> for DataFiles {
+    fn from(path: PathBuf) -> Self {
+        Self::One(path)
+    }
+}
+
+impl DataFiles {
+    /// The paths and patterns as written.
+    pub fn entries(&self) -> &[PathBuf] {
+        match self {
+            Self::One(p) => std::slice::from_ref(p),
+            Self::Many(v) => v,
+        }
+    }
+
+    fn resolve(&self, base: &Path) -> Self {
+        match self {
+            Self::One(p) => Self::One(resolve(base, p)),
+            Self::Many(v) => Self::Many(v.iter().map(|p| resolve(base, p)).collect()),
+        }
+    }
+
+    /// The files to read, patterns expanded (sorted by name); a pattern that matches no
+    /// file, or a bad pattern, is an error naming `key` and the pattern.
+    pub fn files(&self, key: &str) -> Result<Vec<PathBuf>, TrainError> {
+        let mut out = Vec::new();
+        for entry in self.entries() {
+            let text = entry.to_string_lossy();
+            if !text.contains(['*', '?', '[']) {
+                out.push(entry.clone());
+                continue;
+            }
+            let bad = |message: String| TrainError::Config {
+                file: key.to_string(),
+                message,
+            };
+            let mut matches: Vec<PathBuf> = glob::glob(&text)
+                .map_err(|e| bad(format!("`{text}` is not a valid pattern: {e}")))?
+                .filter_map(Result::ok)
+                .filter(|p| p.is_file())
+                .collect();
+            if matches.is_empty() {
+                return Err(bad(format!("the pattern `{text}` matches no file")));
+            }
+            matches.sort();
+            out.extend(matches);
+        }
+        Ok(out)
+    }
+
+    /// The entries as a message shows them.
+    pub fn shown(&self) -> String {
+        self.entries()
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 fn default_true() -> bool {
@@ -301,9 +399,9 @@ impl<R: Registry> RunConfig<R> {
     /// Resolves relative paths against `base` and makes every path absolute.
     pub fn resolve_paths(&mut self, base: &Path) {
         self.schema = resolve(base, &self.schema);
-        self.data.train = resolve(base, &self.data.train);
-        self.data.valid = self.data.valid.as_deref().map(|p| resolve(base, p));
-        self.data.test = self.data.test.as_deref().map(|p| resolve(base, p));
+        self.data.train = self.data.train.resolve(base);
+        self.data.valid = self.data.valid.as_ref().map(|f| f.resolve(base));
+        self.data.test = self.data.test.as_ref().map(|f| f.resolve(base));
     }
 
     /// Parses config TOML; `file` names the source in errors. Every error names the line

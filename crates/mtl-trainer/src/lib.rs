@@ -35,7 +35,7 @@ pub mod sparse;
 pub mod step;
 
 pub use config::{
-    DataConfig, Direction, EarlyStopping, EmbeddingUpdate, OptimizerKind, RunConfig, TablePlace,
+    DataConfig, DataFiles, Direction, EarlyStopping, EmbeddingUpdate, OptimizerKind, RunConfig, TablePlace,
     TrainSettings,
 };
 pub use registry::{Registry, WithModel, example_model, parse_model};

@@ -15,7 +15,7 @@ use mtl_features::{
 use mtl_layers::MultiTaskModel;
 use serde::{Deserialize, Serialize};
 
-use crate::config::RunConfig;
+use crate::config::{DataFiles, RunConfig};
 use crate::fit::{
     FitOptions, TrainState, checkpoint_dir, fit, optimizer, predict_all, read_checkpoint, save_atomic,
 };
@@ -240,10 +240,10 @@ pub fn train<R: Registry>(
             });
         }
         if options.progress {
-            eprintln!("fitting features on {}", config.data.train.display());
+            eprintln!("fitting features on {}", config.data.train.shown());
         }
         let features = fit_state(
-            std::slice::from_ref(&config.data.train),
+            &config.data.train.files("data.train")?,
             &schema,
             config.data.policy()?,
         )?;
@@ -273,24 +273,29 @@ pub fn train<R: Registry>(
     }
     let policy = config.data.policy()?;
     let mut reads = Vec::new();
-    let train_data = read(
-        &config.data.train,
-        &encoder,
-        policy,
-        config.data.cache,
-        &mut reads,
-    )?;
+    let mut read_all = |files: &DataFiles, key: &str| -> Result<EncodedData, TrainError> {
+        let mut all: Option<EncodedData> = None;
+        for path in files.files(key)? {
+            let data = read(&path, &encoder, policy, config.data.cache, &mut reads)?;
+            match &mut all {
+                Some(all) => all.append(&data),
+                None => all = Some(data),
+            }
+        }
+        Ok(all.expect("a file list is never empty"))
+    };
+    let train_data = read_all(&config.data.train, "data.train")?;
     let valid = config
         .data
         .valid
-        .as_deref()
-        .map(|p| read(p, &encoder, policy, config.data.cache, &mut reads))
+        .as_ref()
+        .map(|f| read_all(f, "data.valid"))
         .transpose()?;
     let test = config
         .data
         .test
-        .as_deref()
-        .map(|p| read(p, &encoder, policy, config.data.cache, &mut reads))
+        .as_ref()
+        .map(|f| read_all(f, "data.test"))
         .transpose()?;
     let device = backend_device(&config.train.backend)?;
     device.seed(config.train.seed);

@@ -30,9 +30,9 @@ fn config(files: &CcpFiles, model: ModelConfig, settings: TrainSettings) -> RunC
     RunConfig {
         schema: files.schema.clone(),
         data: DataConfig {
-            train: files.train.clone(),
-            valid: Some(files.val.clone()),
-            test: Some(files.test.clone()),
+            train: files.train.clone().into(),
+            valid: Some(files.val.clone().into()),
+            test: Some(files.test.clone().into()),
             bad_rows: "fail".into(),
             cache: true,
         },
