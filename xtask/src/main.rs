@@ -194,7 +194,13 @@ fn build_mtl_with(features: &str) -> Result<PathBuf> {
 
 /// Generates (or reuses) click/conversion data and returns its directory.
 fn ccp_data(mtl: &Path, rows: usize, seed: u64) -> Result<PathBuf> {
-    let dir = work_dir(&format!("data/ccp-{rows}-{seed}"));
+    ccp_data_with(mtl, &format!("ccp-{rows}-{seed}"), rows, seed, &[])
+}
+
+/// Generates (or reuses) click/conversion data under `data/<name>` with extra `mtl gen-data
+/// ccp` flags (e.g. `--small --dense 3`) and returns its directory.
+fn ccp_data_with(mtl: &Path, name: &str, rows: usize, seed: u64, extra: &[&str]) -> Result<PathBuf> {
+    let dir = work_dir(&format!("data/{name}"));
     if !dir.join("synth_ccp_schema.toml").exists() {
         run(Command::new(mtl)
             .args([
@@ -204,8 +210,9 @@ fn ccp_data(mtl: &Path, rows: usize, seed: u64) -> Result<PathBuf> {
                 &rows.to_string(),
                 "--seed",
                 &seed.to_string(),
-                "--out",
             ])
+            .args(extra)
+            .arg("--out")
             .arg(&dir))?;
     } else {
         eprintln!("== reusing {}", dir.display());

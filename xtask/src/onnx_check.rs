@@ -3,13 +3,13 @@
 //! this task creates from `xtask/onnx/requirements.txt`) and compares with `mtl predict`.
 //! Models the exporter cannot express are reported with its reason.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use crate::{build_mtl, ccp_data, model_toml, root, run, run_config, train_job, work_dir};
+use crate::{build_mtl, ccp_data, ccp_data_with, model_toml, root, run, run_config, train_job, work_dir};
 
 /// Largest difference accepted between onnxruntime's and `mtl predict`'s scores.
 const TOLERANCE: f64 = 1e-5;
@@ -33,28 +33,6 @@ fn python() -> Result<PathBuf> {
     Ok(python)
 }
 
-/// Data with dense fields too (small vocabularies, three standardised-on-write dense fields).
-fn dense_data(mtl: &Path, rows: usize) -> Result<PathBuf> {
-    let dir = work_dir(&format!("data/ccp-dense-{rows}"));
-    if !dir.join("synth_ccp_schema.toml").exists() {
-        run(Command::new(mtl)
-            .args([
-                "gen-data",
-                "ccp",
-                "--small",
-                "--dense",
-                "3",
-                "--seed",
-                "7",
-                "--rows",
-                &rows.to_string(),
-                "--out",
-            ])
-            .arg(&dir))?;
-    }
-    Ok(dir)
-}
-
 /// Runs the check and writes `target/xtask/onnx/results.md`.
 pub fn onnx_check(quick: bool) -> Result<()> {
     let mtl = build_mtl()?;
@@ -62,7 +40,14 @@ pub fn onnx_check(quick: bool) -> Result<()> {
     let rows = if quick { 20_000 } else { 100_000 };
     let dir = work_dir("onnx");
     let peer_data = ccp_data(&mtl, rows, 2022)?;
-    let dense = dense_data(&mtl, rows)?;
+    // data with dense fields too (small vocabularies, three dense fields)
+    let dense = ccp_data_with(
+        &mtl,
+        &format!("ccp-dense-{rows}"),
+        rows,
+        7,
+        &["--small", "--dense", "3"],
+    )?;
     let jobs = [
         ("esmm-example", "esmm", "example", &peer_data),
         ("esmm-large", "esmm", "large", &peer_data),
