@@ -675,3 +675,41 @@ fn data_may_be_many_files_a_list_or_a_glob_pattern() {
         assert_user_error(&mtl(&["train", "--config", &cfg, "--out", &out_dir]), needles);
     }
 }
+
+#[test]
+fn ids_past_a_declared_vocabulary_fail_or_go_to_the_oov_row_as_the_schema_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "");
+    // rows 0..300 have u = r % 10; three rows get ids past the vocabulary of 10
+    let mut text = csv(300);
+    text = text
+        .replacen(",3,a,row3", ",12,a,row3", 1)
+        .replacen(",4,b,row4", ",99,b,row4", 1);
+    text = text.replacen(",5,c,row5", ",5.0,c,row5", 1);
+    write(dir.path(), "train.csv", &text);
+    let out_dir = |name: &str| dir.path().join(name).display().to_string();
+    // the default: an error naming file, line and column
+    assert_user_error(
+        &mtl(&["train", "--config", &cfg, "--out", &out_dir("a")]),
+        &["train.csv:5", "u", "id 12 is outside the vocabulary (size 10)"],
+    );
+    // `oov = "bucket"`: one reserved row (the table grows by one), counted and reported
+    let schema = SCHEMA.replace("vocab_size = 10\n", "vocab_size = 10\noov = \"bucket\"\n");
+    write(dir.path(), "schema.toml", &schema);
+    let out = mtl(&["train", "--config", &cfg, "--out", &out_dir("b")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("2 ids outside their vocabulary mapped to its oov row"),
+        "{stdout}"
+    );
+    // `5.0` is the id 5, not an unseen value (integers written as floats)
+    assert!(!stdout.contains("3 ids outside"), "{stdout}");
+    // `oov` belongs to declared vocabularies only
+    let schema = SCHEMA.replace("fit = true\n", "fit = true\noov = \"bucket\"\n");
+    write(dir.path(), "schema.toml", &schema);
+    assert_user_error(
+        &mtl(&["train", "--config", &cfg, "--out", &out_dir("c")]),
+        &["sparse[1].oov", "only allowed with `vocab_size`"],
+    );
+}

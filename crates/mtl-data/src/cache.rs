@@ -33,6 +33,7 @@ const BATCH_ROWS: usize = 65_536;
 const KEY: &str = "mtl.cache_key";
 const ROWS_READ: &str = "mtl.rows_read";
 const SKIPPED: &str = "mtl.rows_skipped";
+const OOV: &str = "mtl.ids_oov";
 
 /// Where the cache of `csv` lives.
 pub fn cache_path(csv: &Path) -> PathBuf {
@@ -124,6 +125,7 @@ fn write_cache(
         (KEY.to_string(), format!("{key:016x}")),
         (ROWS_READ.to_string(), report.rows.to_string()),
         (SKIPPED.to_string(), report.skipped.to_string()),
+        (OOV.to_string(), report.oov.to_string()),
     ]);
     let arrow = Arc::new(arrow_schema(schema, data.n_labels, metadata));
     let (n_seq, width) = (data.seq_max_len.len(), data.seq_width());
@@ -252,6 +254,8 @@ fn read_cache(path: &Path, key: u64, schema: &ValidSchema, file: &str) -> Option
         file: file.to_string(),
         rows: meta.get(ROWS_READ)?.parse().ok()?,
         skipped: meta.get(SKIPPED)?.parse().ok()?,
+        // caches written before the count existed held no bucketed ids to count
+        oov: meta.get(OOV).map_or(Some(0), |v| v.parse().ok())?,
         examples: Vec::new(),
     };
     Some((data, report))

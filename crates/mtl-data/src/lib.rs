@@ -118,6 +118,8 @@ pub struct ReadReport {
     pub rows: u64,
     /// Rows skipped under [`BadRowPolicy::Skip`].
     pub skipped: u64,
+    /// Ids at or past a declared vocabulary mapped to its `oov = "bucket"` row.
+    pub oov: u64,
     /// The first few skip reasons (`file:line: column: message`).
     pub examples: Vec<String>,
 }
@@ -130,6 +132,13 @@ impl fmt::Display for ReadReport {
             if let Some(first) = self.examples.first() {
                 write!(f, " (first: {first})")?;
             }
+        }
+        if self.oov > 0 {
+            write!(
+                f,
+                ", {} ids outside their vocabulary mapped to its oov row",
+                self.oov
+            )?;
         }
         Ok(())
     }
@@ -415,6 +424,7 @@ impl CsvSource {
     ) -> Result<usize, DataError> {
         let schema = encoder.schema();
         let n_seq = schema.n_sequence();
+        let oov_before = encoder.oov_count();
         let mut kept = 0;
         while kept < max_rows {
             let line = match self.next_record() {
@@ -463,6 +473,7 @@ impl CsvSource {
             }
         }
         report.rows += kept as u64;
+        report.oov += encoder.oov_count() - oov_before;
         Ok(kept)
     }
 

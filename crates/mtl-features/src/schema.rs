@@ -33,10 +33,13 @@ fn default_init_std() -> f64 {
 /// How the ids of a sparse or sequence field become table rows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum VocabSpec {
-    /// Ids are already encoded integers in `0..size`; a larger id is an error.
+    /// Ids are already encoded integers in `0..size`; a larger id is an error, or with
+    /// `oov = "bucket"` maps to one reserved row after them (counted and reported).
     Ids {
         /// Number of distinct ids.
         size: usize,
+        /// Whether ids at or past `size` map to a reserved row `size` instead of failing.
+        bucket: bool,
     },
     /// The vocabulary is fitted on training data: values seen at least `min_count` times get
     /// ids `1..=n` in order of first appearance; everything else maps to id 0 (out of vocabulary).
@@ -56,6 +59,16 @@ pub enum VocabSpec {
     },
 }
 
+/// What a declared vocabulary (`vocab_size`) does with an id at or past its size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OovPolicy {
+    /// An error naming file, line and column (the default).
+    Error,
+    /// One reserved row after the vocabulary, shared by every such id; counted and reported.
+    Bucket,
+}
+
 /// A categorical field: one id per row, one embedding row per id.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -68,6 +81,9 @@ pub struct SparseField {
     /// Pre-encoded ids in `0..vocab_size`.
     #[serde(default)]
     pub vocab_size: Option<usize>,
+    /// With `vocab_size`: `error` (default) or `bucket` for ids at or past it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oov: Option<OovPolicy>,
     /// Fit the vocabulary on the training data.
     #[serde(default)]
     pub fit: Option<bool>,
@@ -105,6 +121,9 @@ pub struct SequenceField {
     /// Pre-encoded ids in `0..vocab_size`.
     #[serde(default)]
     pub vocab_size: Option<usize>,
+    /// With `vocab_size`: `error` (default) or `bucket` for ids at or past it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oov: Option<OovPolicy>,
     /// Fit the vocabulary on the training data.
     #[serde(default)]
     pub fit: Option<bool>,
@@ -215,6 +234,7 @@ fn resolve_vocab(
     file: &str,
     key: &str,
     vocab_size: Option<usize>,
+    oov: Option<OovPolicy>,
     fit: Option<bool>,
     min_count: Option<u64>,
     hash_buckets: Option<usize>,
@@ -246,6 +266,12 @@ fn resolve_vocab(
     if min_count.is_some() && !fit {
         return Err(invalid("min_count", "only allowed with `fit = true`".into()));
     }
+    if oov.is_some() && vocab_size.is_none() {
+        return Err(invalid(
+            "oov",
+            "only allowed with `vocab_size` (a fitted vocabulary maps unseen values to id 0, hashing has no outside)".into(),
+        ));
+    }
     Ok(if let Some(size) = vocab_size {
         if size == 0 || size > MAX_ROWS {
             return Err(invalid(
@@ -253,7 +279,10 @@ fn resolve_vocab(
                 format!("= {size}: must be between 1 and {MAX_ROWS} (ids are 32-bit)"),
             ));
         }
-        VocabSpec::Ids { size }
+        VocabSpec::Ids {
+            size,
+            bucket: oov == Some(OovPolicy::Bucket),
+        }
     } else if fit {
         VocabSpec::Fit {
             min_count: min_count.unwrap_or(default_min_count()).max(1),
@@ -416,6 +445,7 @@ impl Schema {
                 file,
                 &format!("sparse[{i}]"),
                 f.vocab_size,
+                f.oov,
                 f.fit,
                 f.min_count,
                 f.hash_buckets,
@@ -427,6 +457,7 @@ impl Schema {
                 file,
                 &format!("sequence[{i}]"),
                 f.vocab_size,
+                f.oov,
                 f.fit,
                 f.min_count,
                 f.hash_buckets,
@@ -561,7 +592,13 @@ kind = "binary"
     #[test]
     fn good_schema_resolves_vocab_and_owners() {
         let s = Schema::from_toml_str(GOOD, "good.toml").unwrap();
-        assert_eq!(s.vocab[0], VocabSpec::Ids { size: 10 });
+        assert_eq!(
+            s.vocab[0],
+            VocabSpec::Ids {
+                size: 10,
+                bucket: false
+            }
+        );
         assert_eq!(s.vocab[1], VocabSpec::Fit { min_count: 2 });
         assert_eq!(s.vocab[2], VocabSpec::Hash { buckets: 7 });
         assert_eq!(s.owner, vec![0, 1, 2, 1, 1]);

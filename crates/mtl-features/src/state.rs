@@ -208,6 +208,8 @@ pub struct Encoder {
     lookup: Vec<Option<HashMap<String, u32>>>,
     layout: TableLayout,
     rules: Vec<LabelRule>,
+    /// Ids mapped to an `oov = "bucket"` row so far (shared by clones).
+    oov: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// A rule every labelled row must follow: binary label `label` is 1 only where binary label
@@ -334,7 +336,7 @@ impl Encoder {
         let mut own_rows = Vec::with_capacity(schema.vocab.len());
         for (i, spec) in schema.vocab.iter().enumerate() {
             own_rows.push(match spec {
-                VocabSpec::Ids { size } => *size,
+                VocabSpec::Ids { size, bucket } => *size + usize::from(*bucket),
                 VocabSpec::Hash { buckets } => *buckets,
                 VocabSpec::Fit { .. } => state.vocabularies[i].as_ref().map_or(0, Vec::len) + 1,
                 VocabSpec::Shared { .. } => 0,
@@ -357,7 +359,14 @@ impl Encoder {
             lookup,
             layout,
             rules: Vec::new(),
+            oov: Default::default(),
         }
+    }
+
+    /// Ids that were at or past a declared vocabulary with `oov = "bucket"`, mapped to its
+    /// reserved row, since this encoder (or the one it was cloned from) was made.
+    pub fn oov_count(&self) -> u64 {
+        self.oov.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The same encoder, also checking `rules` on every labelled row.
@@ -412,10 +421,14 @@ impl Encoder {
     pub fn encode_id(&self, field: usize, text: &str) -> Result<u32, CellError> {
         let owner = self.schema.owner[field];
         match &self.schema.vocab[owner] {
-            VocabSpec::Ids { size } => {
+            VocabSpec::Ids { size, bucket } => {
                 let t = canonical_id(text);
                 let id: u64 = t.parse().map_err(|_| CellError::NotAnId(shown(t)))?;
                 if id >= *size as u64 {
+                    if *bucket {
+                        self.oov.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        return Ok(*size as u32);
+                    }
                     return Err(CellError::IdOutOfRange { id, size: *size });
                 }
                 Ok(id as u32)
@@ -568,6 +581,30 @@ kind = "regression"
         assert_eq!(l.rows, vec![4, 4, 5, 4]);
         assert_eq!(l.offset, vec![0, 4, 8, 4]);
         assert_eq!(l.total_rows, 13);
+    }
+
+    #[test]
+    fn a_bucketed_vocabulary_has_one_more_row_and_counts_what_lands_in_it() {
+        let text = "[[sparse]]\nname = \"a\"\nvocab_size = 4\noov = \"bucket\"\n[[sparse]]\nname = \"b\"\nvocab_size = 3\n[[labels]]\nname = \"click\"\nkind = \"binary\"\n";
+        let s = Schema::from_toml_str(text, "t.toml").unwrap();
+        let enc = Encoder::new(&s, &StateFitter::new(&s).finish());
+        assert_eq!(enc.layout().rows, [5, 3]);
+        assert_eq!(enc.layout().offset, [0, 5]);
+        assert_eq!(enc.encode_id(0, "3").unwrap(), 3);
+        assert_eq!(enc.oov_count(), 0);
+        assert_eq!(enc.encode_id(0, "4").unwrap(), 4);
+        assert_eq!(enc.encode_id(0, "1000").unwrap(), 4);
+        assert_eq!(enc.oov_count(), 2);
+        // the other field keeps the default: an error
+        assert_eq!(
+            enc.encode_id(1, "3"),
+            Err(CellError::IdOutOfRange { id: 3, size: 3 })
+        );
+        // not an id at all is still an error with a bucket
+        assert!(matches!(enc.encode_id(0, "x"), Err(CellError::NotAnId(_))));
+        // a schema without `oov` serialises as before (fitted states keep their fingerprint)
+        let plain = Schema::from_toml_str(&text.replace("oov = \"bucket\"\n", ""), "t.toml").unwrap();
+        assert!(!serde_json::to_string(&plain.schema).unwrap().contains("oov"));
     }
 
     #[test]
