@@ -230,16 +230,25 @@ pub struct IdField<'a> {
     pub index: usize,
 }
 
-fn resolve_vocab(
-    file: &str,
-    key: &str,
+/// The vocabulary keys of an id field (sparse or sequence), as written.
+struct VocabKeys<'a> {
     vocab_size: Option<usize>,
     oov: Option<OovPolicy>,
     fit: Option<bool>,
     min_count: Option<u64>,
     hash_buckets: Option<usize>,
-    shared_with: &Option<String>,
-) -> Result<VocabSpec, FeatureError> {
+    shared_with: &'a Option<String>,
+}
+
+fn resolve_vocab(file: &str, key: &str, keys: VocabKeys<'_>) -> Result<VocabSpec, FeatureError> {
+    let VocabKeys {
+        vocab_size,
+        oov,
+        fit,
+        min_count,
+        hash_buckets,
+        shared_with,
+    } = keys;
     let invalid = |k: &str, message: String| FeatureError::SchemaInvalid {
         file: file.to_string(),
         key: format!("{key}.{k}"),
@@ -444,24 +453,28 @@ impl Schema {
             vocab.push(resolve_vocab(
                 file,
                 &format!("sparse[{i}]"),
-                f.vocab_size,
-                f.oov,
-                f.fit,
-                f.min_count,
-                f.hash_buckets,
-                &f.shared_with,
+                VocabKeys {
+                    vocab_size: f.vocab_size,
+                    oov: f.oov,
+                    fit: f.fit,
+                    min_count: f.min_count,
+                    hash_buckets: f.hash_buckets,
+                    shared_with: &f.shared_with,
+                },
             )?);
         }
         for (i, f) in self.sequence.iter().enumerate() {
             vocab.push(resolve_vocab(
                 file,
                 &format!("sequence[{i}]"),
-                f.vocab_size,
-                f.oov,
-                f.fit,
-                f.min_count,
-                f.hash_buckets,
-                &f.shared_with,
+                VocabKeys {
+                    vocab_size: f.vocab_size,
+                    oov: f.oov,
+                    fit: f.fit,
+                    min_count: f.min_count,
+                    hash_buckets: f.hash_buckets,
+                    shared_with: &f.shared_with,
+                },
             )?);
         }
         let id_names: Vec<&str> = self
