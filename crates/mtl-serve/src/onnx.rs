@@ -35,24 +35,55 @@ pub struct Exported {
     pub symbolic_failed: Option<String>,
 }
 
-/// The graph inputs of a batch of `b` rows (zeros; ids 0 are valid rows of every table).
+/// One graph input: its name, width, and whether it holds ids.
+struct GraphInput {
+    name: &'static str,
+    width: usize,
+    ids: bool,
+}
+
+impl GraphInput {
+    /// The labels' stand-in (see [`batch`]): one `[1, 1]` value the model never reads.
+    fn is_stand_in(&self) -> bool {
+        self.name == "unused"
+    }
+}
+
+/// The graph inputs of `schema`, in graph order (id inputs, then float inputs): the one list
+/// both the captured tensors and the `.json` beside the graph follow.
+fn graph_inputs(schema: &ValidSchema) -> Vec<GraphInput> {
+    let width: usize = schema.schema.sequence.iter().map(|s| s.max_len).sum();
+    let input = |name, width, ids| GraphInput { name, width, ids };
+    let mut out = Vec::new();
+    if schema.n_sparse() > 0 {
+        out.push(input("sparse_ids", schema.n_sparse(), true));
+    }
+    if width > 0 {
+        out.push(input("sequence_ids", width, true));
+        out.push(input("sequence_mask", width, false));
+    }
+    if schema.n_dense() > 0 {
+        out.push(input("dense", schema.n_dense(), false));
+    }
+    if width == 0 && schema.n_dense() == 0 {
+        // a batch holds labels, which predictions never read: a float input stands in
+        out.push(input("unused", 1, false));
+    }
+    out
+}
+
+/// The graph inputs of a batch of `b` rows (zeros, a mask of ones; ids 0 are valid rows of
+/// every table).
 fn inputs(schema: &ValidSchema, b: usize, device: &Device) -> (Vec<Tensor<2, Int>>, Vec<Tensor<2>>) {
     let mut ints = Vec::new();
     let mut floats = Vec::new();
-    if schema.n_sparse() > 0 {
-        ints.push(Tensor::zeros([b, schema.n_sparse()], device));
-    }
-    let width: usize = schema.schema.sequence.iter().map(|s| s.max_len).sum();
-    if width > 0 {
-        ints.push(Tensor::zeros([b, width], device));
-        floats.push(Tensor::ones([b, width], device));
-    }
-    if schema.n_dense() > 0 {
-        floats.push(Tensor::zeros([b, schema.n_dense()], device));
-    }
-    if floats.is_empty() {
-        // the stand-in for the batch's labels (see `batch`)
-        floats.push(Tensor::zeros([1, 1], device));
+    for input in graph_inputs(schema) {
+        let rows = if input.is_stand_in() { 1 } else { b };
+        match (input.ids, input.name) {
+            (true, _) => ints.push(Tensor::zeros([rows, input.width], device)),
+            (false, "sequence_mask") => floats.push(Tensor::ones([rows, input.width], device)),
+            (false, _) => floats.push(Tensor::zeros([rows, input.width], device)),
+        }
     }
     (ints, floats)
 }
@@ -144,11 +175,9 @@ impl WithModel for Export<'_> {
         if self.batch.is_none() {
             let (ints, floats) = inputs(schema, 2, &device);
             // every input's first axis is the batch, but the labels' stand-in's (`[1, 1]`)
-            let stand_in = |t: &Tensor<2>| t.dims() == [1, 1];
-            let specs: Vec<InputSpec> = ints
+            let specs: Vec<InputSpec> = graph_inputs(schema)
                 .iter()
-                .map(|_| false)
-                .chain(floats.iter().map(stand_in))
+                .map(|i| i.is_stand_in())
                 .map(|fixed| {
                     let batch = if fixed {
                         AxisSpec::Static
@@ -227,21 +256,17 @@ pub fn export_onnx<R: Registry>(
         symbolic_failed,
     } = graph;
     let rows = batch.map_or(json!("batch"), |n| json!(n));
-    let width: usize = schema.schema.sequence.iter().map(|s| s.max_len).sum();
-    let mut inputs = Vec::new();
-    if schema.n_sparse() > 0 {
-        inputs.push(json!({"name": "sparse_ids", "shape": [rows, schema.n_sparse()], "dtype": "int"}));
-    }
-    if width > 0 {
-        inputs.push(json!({"name": "sequence_ids", "shape": [rows, width], "dtype": "int"}));
-        inputs.push(json!({"name": "sequence_mask", "shape": [rows, width], "dtype": "float"}));
-    }
-    if schema.n_dense() > 0 {
-        inputs.push(json!({"name": "dense", "shape": [rows, schema.n_dense()], "dtype": "float"}));
-    }
-    if width == 0 && schema.n_dense() == 0 {
-        inputs.push(json!({"name": "unused", "shape": [1, 1], "dtype": "float", "note": "not read by the model: any value"}));
-    }
+    let inputs: Vec<serde_json::Value> = graph_inputs(schema)
+        .iter()
+        .map(|i| {
+            let dtype = if i.ids { "int" } else { "float" };
+            if i.is_stand_in() {
+                json!({"name": i.name, "shape": [1, 1], "dtype": dtype, "note": "not read by the model: any value"})
+            } else {
+                json!({"name": i.name, "shape": [rows, i.width], "dtype": dtype})
+            }
+        })
+        .collect();
     let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap_or_default();
     let features: serde_json::Value =
         serde_json::from_str(&read("features.json")).unwrap_or(serde_json::Value::Null);
