@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use mtl_data::BadRowPolicy;
-use mtl_data::synthetic::{CcpSpec, generate_ccp};
+use mtl_data::synthetic::{CcpSpec, ChainSpec, StepRate, generate_ccp, generate_chain};
 use mtl_esmm::EsmmConfig;
 use mtl_layers::MlpSpec;
 use mtl_mmoe::{MmoeConfig, TaskConfig};
@@ -59,6 +59,33 @@ enum Command {
 enum GenData {
     /// Click/conversion data shaped like Ali-CCP, with the true p_click and p_cvr per row.
     Ccp {
+        /// Rows in total (split 80/10/10 into train/val/test).
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: usize,
+        /// Random seed (same seed, same bytes).
+        #[arg(long, default_value_t = 2022)]
+        seed: u64,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Small vocabularies (10 … 1,000) instead of the peer's (10 … 100,000).
+        #[arg(long)]
+        small: bool,
+        /// Number of dense fields.
+        #[arg(long, default_value_t = 0)]
+        dense: usize,
+    },
+    /// A conversion chain (impression → step 1 → … → step N), with the true probability of
+    /// every step given the previous one on every row.
+    Chain {
+        /// The steps in funnel order, each `name:rate` (rate among rows where the previous
+        /// step happened).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "click:0.1,cart:0.3,purchase:0.3"
+        )]
+        steps: Vec<String>,
         /// Rows in total (split 80/10/10 into train/val/test).
         #[arg(long, default_value_t = 1_000_000)]
         rows: usize,
@@ -345,6 +372,37 @@ fn gen_data(what: GenData) -> Result<()> {
                 files.schema.display()
             );
         }
+        GenData::Chain {
+            steps,
+            rows,
+            seed,
+            out,
+            small,
+            dense,
+        } => {
+            let mut fields = if small {
+                CcpSpec::small(rows, seed)
+            } else {
+                CcpSpec::new(rows, seed)
+            };
+            fields.dense = dense;
+            let steps = steps.iter().map(|s| parse_step(s)).collect::<Result<Vec<_>>>()?;
+            let spec = ChainSpec { fields, steps };
+            let files = generate_chain(&spec, &out, "synth_chain")
+                .with_context(|| format!("writing to {}", out.display()))?;
+            let rates: Vec<String> = spec
+                .steps
+                .iter()
+                .zip(&files.rates)
+                .map(|(s, r)| format!("{} {r:.4}", s.name))
+                .collect();
+            println!(
+                "wrote {rows} rows to {} (rates given the previous step: {}); schema {}",
+                out.display(),
+                rates.join(", "),
+                files.schema.display()
+            );
+        }
         GenData::MmoeSynthetic {
             correlation,
             rows,
@@ -362,6 +420,21 @@ fn gen_data(what: GenData) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// One `--steps` item, `name:rate`.
+fn parse_step(text: &str) -> Result<StepRate> {
+    let (name, rate) = text
+        .split_once(':')
+        .with_context(|| format!("--steps: `{text}` is not `name:rate` (e.g. `cart:0.3`)"))?;
+    let rate: f64 = rate
+        .trim()
+        .parse()
+        .with_context(|| format!("--steps: `{text}`: the rate `{rate}` is not a number"))?;
+    Ok(StepRate {
+        name: name.trim().to_string(),
+        rate,
+    })
 }
 
 /// A path given on the command line, made absolute against the working directory (it is

@@ -106,14 +106,14 @@ fn sigmoid(x: f64) -> f64 {
 struct Field {
     cdf: Vec<f64>,
     perm: Vec<u32>,
-    a: Vec<f32>,
-    c: Vec<f32>,
-    p: Vec<[f32; LATENT]>,
-    p2: Vec<[f32; LATENT]>,
+    /// Per funnel step, the id's additive effect on that step's logit.
+    effects: Vec<Vec<f32>>,
+    /// Per funnel step, the id's latent vector in that step's user×item interaction.
+    latents: Vec<Vec<[f32; LATENT]>>,
 }
 
 impl Field {
-    fn new(vocab: usize, rng: &mut StdRng) -> Self {
+    fn new(vocab: usize, steps: usize, rng: &mut StdRng) -> Self {
         let mut cdf = Vec::with_capacity(vocab);
         let mut acc = 0.0;
         for r in 0..vocab {
@@ -128,23 +128,21 @@ impl Field {
             let j = rng.random_range(0..=i);
             perm.swap(i, j);
         }
-        let mut draw = |sd: f64| -> Vec<f32> { (0..vocab).map(|_| (normal(rng) * sd) as f32).collect() };
-        let a = draw(EFFECT_SD);
-        let c = draw(EFFECT_SD);
-        let mut latent = || -> Vec<[f32; LATENT]> {
-            (0..vocab)
-                .map(|_| std::array::from_fn(|_| (normal(rng) * 0.35) as f32))
-                .collect()
-        };
-        let p = latent();
-        let p2 = latent();
+        let effects = (0..steps)
+            .map(|_| (0..vocab).map(|_| (normal(rng) * EFFECT_SD) as f32).collect())
+            .collect();
+        let latents = (0..steps)
+            .map(|_| {
+                (0..vocab)
+                    .map(|_| std::array::from_fn(|_| (normal(rng) * 0.35) as f32))
+                    .collect()
+            })
+            .collect();
         Self {
             cdf,
             perm,
-            a,
-            c,
-            p,
-            p2,
+            effects,
+            latents,
         }
     }
 
@@ -159,50 +157,50 @@ struct Truth {
     users: Vec<Field>,
     items: Vec<Field>,
     dense_w: Vec<f64>,
+    steps: usize,
 }
 
 struct Row {
     ids: Vec<usize>,
-    click_part: f64,
-    cvr_part: f64,
+    /// Per funnel step, the logit without its intercept.
+    parts: Vec<f64>,
 }
 
 /// Draws one id per field of one side (user or item): pushes the ids, adds their effects to
-/// `click` and `cvr`, and returns the summed latent vectors (P, P').
+/// each step's `parts`, and returns each step's summed latent vector.
 fn draw_side(
     fields: &[Field],
     rng: &mut StdRng,
     ids: &mut Vec<usize>,
-    click: &mut f64,
-    cvr: &mut f64,
-) -> ([f64; LATENT], [f64; LATENT]) {
-    let (mut p, mut p2) = ([0f64; LATENT], [0f64; LATENT]);
+    parts: &mut [f64],
+) -> Vec<[f64; LATENT]> {
+    let mut latent = vec![[0f64; LATENT]; parts.len()];
     for f in fields {
         let id = f.draw(rng);
-        *click += f64::from(f.a[id]);
-        *cvr += f64::from(f.c[id]);
-        for k in 0..LATENT {
-            p[k] += f64::from(f.p[id][k]);
-            p2[k] += f64::from(f.p2[id][k]);
+        for (s, part) in parts.iter_mut().enumerate() {
+            *part += f64::from(f.effects[s][id]);
+        }
+        for (s, sum) in latent.iter_mut().enumerate() {
+            for (k, x) in sum.iter_mut().enumerate() {
+                *x += f64::from(f.latents[s][id][k]);
+            }
         }
         ids.push(id);
     }
-    (p, p2)
+    latent
 }
 
 impl Truth {
     fn row(&self, rng: &mut StdRng) -> Row {
         let mut ids = Vec::with_capacity(self.users.len() + self.items.len());
-        let (mut click, mut cvr) = (0.0, 0.0);
-        let (pu, pu2) = draw_side(&self.users, rng, &mut ids, &mut click, &mut cvr);
-        let (qi, qi2) = draw_side(&self.items, rng, &mut ids, &mut click, &mut cvr);
-        click += (0..LATENT).map(|k| pu[k] * qi[k]).sum::<f64>();
-        cvr += (0..LATENT).map(|k| pu2[k] * qi2[k]).sum::<f64>() + 0.5 * click;
-        Row {
-            ids,
-            click_part: click,
-            cvr_part: cvr,
+        let mut parts = vec![0.0; self.steps];
+        let pu = draw_side(&self.users, rng, &mut ids, &mut parts);
+        let qi = draw_side(&self.items, rng, &mut ids, &mut parts);
+        for s in 0..self.steps {
+            let dot = (0..LATENT).map(|k| pu[s][k] * qi[s][k]).sum::<f64>();
+            parts[s] += if s == 0 { dot } else { dot + 0.5 * parts[s - 1] };
         }
+        Row { ids, parts }
     }
 }
 
@@ -294,43 +292,203 @@ impl CcpSpec {
 /// Writes `<out>/<prefix>_{train,val,test}.csv` and `<out>/<prefix>_schema.toml`.
 pub fn generate_ccp(spec: &CcpSpec, out: &Path, prefix: &str) -> std::io::Result<CcpFiles> {
     spec.check()?;
+    let steps = [("click", spec.click_rate), ("purchase", spec.cvr_rate)];
+    let written = generate_funnel(
+        spec,
+        &steps,
+        &["p_click", "p_cvr"],
+        "click/conversion",
+        out,
+        prefix,
+    )?;
+    let [train, val, test, schema] = written.paths;
+    Ok(CcpFiles {
+        train,
+        val,
+        test,
+        schema,
+        click_rate: written.rates[0],
+        cvr_rate: written.rates[1],
+    })
+}
+
+/// One step of a conversion chain: its label's name and its target rate among the rows where
+/// the previous step happened (among all impressions for the first step).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepRate {
+    /// The step's label name (`click`, `cart`, `purchase`).
+    pub name: String,
+    /// Target rate given the previous step.
+    pub rate: f64,
+}
+
+/// Parameters of the conversion-chain generator: the fields of [`CcpSpec`] (its two rates
+/// unused) and the chain's steps.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChainSpec {
+    /// Rows, seed, vocabularies, dense fields and embedding width.
+    pub fields: CcpSpec,
+    /// The steps in funnel order.
+    pub steps: Vec<StepRate>,
+}
+
+/// The most steps a chain may have.
+pub const MAX_STEPS: usize = 8;
+
+impl ChainSpec {
+    /// Checks rows, dense fields and steps: 2 to [`MAX_STEPS`] steps with distinct names made
+    /// of letters, digits and `_` (they become CSV columns and label names), rates in (0, 1).
+    pub fn check(&self) -> std::io::Result<()> {
+        self.fields.check()?;
+        if !(2..=MAX_STEPS).contains(&self.steps.len()) {
+            return Err(invalid(format!(
+                "--steps: {} given, a chain has 2 to {MAX_STEPS} steps",
+                self.steps.len()
+            )));
+        }
+        for (i, step) in self.steps.iter().enumerate() {
+            let ok = !step.name.is_empty()
+                && step.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !step.name.starts_with("p_");
+            if !ok {
+                return Err(invalid(format!(
+                    "--steps: step {} is named `{}`; a name is letters, digits and `_`, not starting with `p_`",
+                    i + 1,
+                    step.name
+                )));
+            }
+            if self.steps[..i].iter().any(|s| s.name == step.name) {
+                return Err(invalid(format!("--steps: `{}` appears twice", step.name)));
+            }
+            if !(step.rate > 0.0 && step.rate < 1.0) {
+                return Err(invalid(format!(
+                    "--steps: `{}:{}`: a rate must be between 0 and 1 (exclusive)",
+                    step.name, step.rate
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The truth column of each step: `p_<first>`, then `p_<step>_given_<previous>`.
+    pub fn truth_columns(&self) -> Vec<String> {
+        self.steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| match i {
+                0 => format!("p_{}", s.name),
+                _ => format!("p_{}_given_{}", s.name, self.steps[i - 1].name),
+            })
+            .collect()
+    }
+}
+
+/// The files of one chain generation.
+#[derive(Debug, Clone)]
+pub struct ChainFiles {
+    /// Training rows (80 %).
+    pub train: PathBuf,
+    /// Validation rows (10 %).
+    pub val: PathBuf,
+    /// Test rows (10 %).
+    pub test: PathBuf,
+    /// Schema TOML, one binary label per step.
+    pub schema: PathBuf,
+    /// Per step, the observed rate among rows where the previous step happened.
+    pub rates: Vec<f64>,
+}
+
+/// Writes a conversion chain (`impression → step 1 → … → step N`) to
+/// `<out>/<prefix>_{train,val,test}.csv` and `<out>/<prefix>_schema.toml`. Every row carries
+/// its labels (a step happens only after the previous one) and, per step, the true
+/// probability of that step given the previous one ([`ChainSpec::truth_columns`]), defined on
+/// every row. Step k's logit has its own per-id effects and user×item interaction plus half of
+/// step k−1's logit. With steps `click`, `purchase` it draws the same rows as
+/// [`generate_ccp`].
+pub fn generate_chain(spec: &ChainSpec, out: &Path, prefix: &str) -> std::io::Result<ChainFiles> {
+    spec.check()?;
+    let steps: Vec<(&str, f64)> = spec.steps.iter().map(|s| (s.name.as_str(), s.rate)).collect();
+    let truth = spec.truth_columns();
+    let truth: Vec<&str> = truth.iter().map(String::as_str).collect();
+    let written = generate_funnel(&spec.fields, &steps, &truth, "conversion-chain", out, prefix)?;
+    let [train, val, test, schema] = written.paths;
+    Ok(ChainFiles {
+        train,
+        val,
+        test,
+        schema,
+        rates: written.rates,
+    })
+}
+
+/// What [`generate_funnel`] wrote: train, val, test, schema; observed conditional rates.
+struct Funnel {
+    paths: [PathBuf; 4],
+    rates: Vec<f64>,
+}
+
+/// The generator behind [`generate_ccp`] and [`generate_chain`]: `steps` are (label, target
+/// rate given the previous step), `truth` the column names of the true conditionals.
+fn generate_funnel(
+    spec: &CcpSpec,
+    steps: &[(&str, f64)],
+    truth_names: &[&str],
+    what: &str,
+    out: &Path,
+    prefix: &str,
+) -> std::io::Result<Funnel> {
     std::fs::create_dir_all(out)?;
+    let n = steps.len();
     let mut rng = StdRng::seed_from_u64(spec.seed);
-    let users: Vec<Field> = spec.user_vocab.iter().map(|&v| Field::new(v, &mut rng)).collect();
-    let items: Vec<Field> = spec.item_vocab.iter().map(|&v| Field::new(v, &mut rng)).collect();
+    let users: Vec<Field> = spec
+        .user_vocab
+        .iter()
+        .map(|&v| Field::new(v, n, &mut rng))
+        .collect();
+    let items: Vec<Field> = spec
+        .item_vocab
+        .iter()
+        .map(|&v| Field::new(v, n, &mut rng))
+        .collect();
     let dense_w: Vec<f64> = (0..spec.dense).map(|_| normal(&mut rng)).collect();
     let truth = Truth {
         users,
         items,
         dense_w,
+        steps: n,
     };
 
-    // calibrate the intercepts on a pilot sample drawn from its own stream
+    // calibrate the intercepts on a pilot sample drawn from its own stream: step k's rate
+    // among the rows where step k−1 happened weighs each pilot row by the chance it got there
     let mut pilot_rng = StdRng::seed_from_u64(spec.seed ^ 0x9e37_79b9_7f4a_7c15);
     let pilot: Vec<Row> = (0..20_000).map(|_| truth.row(&mut pilot_rng)).collect();
-    let b_click = calibrate(
-        &pilot.iter().map(|r| r.click_part).collect::<Vec<_>>(),
-        spec.click_rate,
-    );
-    // conversion rate among clicks: weight the pilot rows by their click probability
-    let (mut lo, mut hi) = (-30.0, 30.0);
-    for _ in 0..60 {
-        let mid = 0.5 * (lo + hi);
-        let (mut num, mut den) = (0.0, 0.0);
-        for r in &pilot {
-            let pc = sigmoid(b_click + r.click_part);
-            num += pc * sigmoid(mid + r.cvr_part);
-            den += pc;
+    let mut intercepts = vec![calibrate(
+        &pilot.iter().map(|r| r.parts[0]).collect::<Vec<_>>(),
+        steps[0].1,
+    )];
+    for (s, &(_, rate)) in steps.iter().enumerate().skip(1) {
+        let reach: Vec<f64> = pilot
+            .iter()
+            .map(|r| (0..s).fold(1.0, |w, i| w * sigmoid(intercepts[i] + r.parts[i])))
+            .collect();
+        let (mut lo, mut hi) = (-30.0, 30.0);
+        for _ in 0..60 {
+            let mid = 0.5 * (lo + hi);
+            let (mut num, mut den) = (0.0, 0.0);
+            for (r, w) in pilot.iter().zip(&reach) {
+                num += w * sigmoid(mid + r.parts[s]);
+                den += w;
+            }
+            if num / den < rate {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
         }
-        if num / den < spec.cvr_rate {
-            lo = mid;
-        } else {
-            hi = mid;
-        }
+        intercepts.push(0.5 * (lo + hi));
     }
-    let b_cvr = 0.5 * (lo + hi);
 
-    let mut header = String::from("click,purchase");
+    let mut header = steps.iter().map(|s| s.0).collect::<Vec<_>>().join(",");
     for k in 0..spec.user_vocab.len() {
         header += &format!(",u{k}");
     }
@@ -340,35 +498,40 @@ pub fn generate_ccp(spec: &CcpSpec, out: &Path, prefix: &str) -> std::io::Result
     for k in 0..spec.dense {
         header += &format!(",d{k}");
     }
-    header += ",p_click,p_cvr\n";
+    header += &format!(",{}\n", truth_names.join(","));
     let mut files = SplitWriter::create(out, prefix, &header)?;
-    let (mut clicks, mut buys) = (0u64, 0u64);
+    let mut counts = vec![0u64; n];
     let mut line = String::with_capacity(256);
+    let mut probs = vec![0.0; n];
     for r in 0..spec.rows {
         let row = truth.row(&mut rng);
-        let p_click = sigmoid(b_click + row.click_part);
-        let p_cvr = sigmoid(b_cvr + row.cvr_part);
-        let click = rng.random::<f64>() < p_click;
-        let buy = click && rng.random::<f64>() < p_cvr;
-        clicks += u64::from(click);
-        buys += u64::from(buy);
         line.clear();
         use std::fmt::Write as _;
-        let _ = write!(line, "{},{}", u8::from(click), u8::from(buy));
+        let mut happened = true;
+        for s in 0..n {
+            probs[s] = sigmoid(intercepts[s] + row.parts[s]);
+            happened = happened && rng.random::<f64>() < probs[s];
+            counts[s] += u64::from(happened);
+            let sep = if s == 0 { "" } else { "," };
+            let _ = write!(line, "{sep}{}", u8::from(happened));
+        }
         for id in &row.ids {
             let _ = write!(line, ",{id}");
         }
         for w in &truth.dense_w {
-            let _ = write!(line, ",{:.5}", w * row.click_part + 0.5 * normal(&mut rng));
+            let _ = write!(line, ",{:.5}", w * row.parts[0] + 0.5 * normal(&mut rng));
         }
-        let _ = writeln!(line, ",{p_click:.6},{p_cvr:.6}");
+        for p in &probs {
+            let _ = write!(line, ",{p:.6}");
+        }
+        line.push('\n');
         files.write(r, &line)?;
     }
-    let paths = files.finish()?;
+    let [train, val, test] = files.finish()?;
 
     let schema_path = out.join(format!("{prefix}_schema.toml"));
     let mut schema = format!(
-        "# Schema of synthetic click/conversion data (seed {}, {} rows).\nembed_dim = {}\n\n",
+        "# Schema of synthetic {what} data (seed {}, {} rows).\nembed_dim = {}\n\n",
         spec.seed, spec.rows, spec.embed_dim
     );
     for (k, v) in spec.user_vocab.iter().enumerate() {
@@ -380,16 +543,18 @@ pub fn generate_ccp(spec: &CcpSpec, out: &Path, prefix: &str) -> std::io::Result
     for k in 0..spec.dense {
         schema += &format!("[[dense]]\nname = \"d{k}\"\nstandardize = true\n\n");
     }
-    schema += "[[labels]]\nname = \"click\"\nkind = \"binary\"\n\n[[labels]]\nname = \"purchase\"\nkind = \"binary\"\n";
+    let labels: Vec<String> = steps
+        .iter()
+        .map(|(name, _)| format!("[[labels]]\nname = \"{name}\"\nkind = \"binary\"\n"))
+        .collect();
+    schema += &labels.join("\n");
     std::fs::write(&schema_path, schema)?;
-    let [train, val, test] = paths;
-    Ok(CcpFiles {
-        train,
-        val,
-        test,
-        schema: schema_path,
-        click_rate: clicks as f64 / spec.rows.max(1) as f64,
-        cvr_rate: buys as f64 / clicks.max(1) as f64,
+    let rates = (0..n)
+        .map(|s| counts[s] as f64 / if s == 0 { spec.rows as u64 } else { counts[s - 1] }.max(1) as f64)
+        .collect();
+    Ok(Funnel {
+        paths: [train, val, test, schema_path],
+        rates,
     })
 }
 
@@ -418,11 +583,119 @@ mod tests {
             let (c, p) = (cells.next().unwrap(), cells.next().unwrap());
             assert!(!(c == "0" && p == "1"), "{line}");
         }
+        // a two-step chain named like the ccp data is the same rows
+        let chain = ChainSpec {
+            fields: spec.clone(),
+            steps: vec![
+                StepRate {
+                    name: "click".into(),
+                    rate: 0.1,
+                },
+                StepRate {
+                    name: "purchase".into(),
+                    rate: 0.2,
+                },
+            ],
+        };
+        let two = generate_chain(&chain, &dir.path().join("d"), "s").unwrap();
+        let body = |p: &Path| {
+            std::fs::read_to_string(p)
+                .unwrap()
+                .lines()
+                .skip(1)
+                .map(String::from)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(body(&two.train), body(&a.train));
+        assert_eq!(two.rates, vec![a.click_rate, a.cvr_rate]);
         let other = generate_ccp(&CcpSpec::small(20_000, 8), &dir.path().join("c"), "s").unwrap();
         assert_ne!(
             std::fs::read(&a.train).unwrap(),
             std::fs::read(&other.train).unwrap()
         );
+    }
+}
+
+#[cfg(test)]
+mod chain_tests {
+    use super::*;
+
+    fn spec(names: &[(&str, f64)], rows: usize) -> ChainSpec {
+        ChainSpec {
+            fields: CcpSpec::small(rows, 11),
+            steps: names
+                .iter()
+                .map(|&(n, r)| StepRate {
+                    name: n.into(),
+                    rate: r,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn steps_nest_rates_hit_targets_and_truth_matches_the_labels() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = spec(&[("click", 0.2), ("cart", 0.3), ("purchase", 0.4)], 60_000);
+        let files = generate_chain(&s, dir.path(), "c").unwrap();
+        for (rate, target) in files.rates.iter().zip([0.2, 0.3, 0.4]) {
+            assert!((rate - target).abs() < 0.03, "rate {rate} vs {target}");
+        }
+        let text = std::fs::read_to_string(&files.train).unwrap();
+        let mut lines = text.lines();
+        let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+        assert_eq!(&header[..3], ["click", "cart", "purchase"]);
+        assert_eq!(
+            &header[header.len() - 3..],
+            ["p_click", "p_cart_given_click", "p_purchase_given_cart"]
+        );
+        // per step: among rows that reached the previous step, the step's frequency equals
+        // the mean of its true conditional probability (within sampling error)
+        let (mut reached, mut happened, mut truth) = ([0f64; 3], [0f64; 3], [0f64; 3]);
+        for line in lines {
+            let cells: Vec<&str> = line.split(',').collect();
+            let labels: Vec<u8> = cells[..3].iter().map(|c| c.parse().unwrap()).collect();
+            let probs: Vec<f64> = cells[cells.len() - 3..]
+                .iter()
+                .map(|c| c.parse().unwrap())
+                .collect();
+            for k in 0..3 {
+                assert!(probs[k] > 0.0 && probs[k] < 1.0);
+                let prev = k == 0 || labels[k - 1] == 1;
+                assert!(prev || labels[k] == 0, "step {k} without step {}: {line}", k - 1);
+                if prev {
+                    reached[k] += 1.0;
+                    happened[k] += f64::from(labels[k]);
+                    truth[k] += probs[k];
+                }
+            }
+        }
+        for k in 0..3 {
+            let (freq, mean) = (happened[k] / reached[k], truth[k] / reached[k]);
+            let se = (mean * (1.0 - mean) / reached[k]).sqrt();
+            assert!(
+                (freq - mean).abs() < 4.0 * se,
+                "step {k}: frequency {freq}, mean truth {mean}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_steps_are_refused_with_the_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        for (steps, needle) in [
+            (&[("click", 0.1)][..], "2 to 8 steps"),
+            (&[("click", 0.1), ("click", 0.2)][..], "appears twice"),
+            (&[("click", 0.1), ("buy", 1.0)][..], "between 0 and 1"),
+            (&[("click", 0.1), ("p_buy", 0.2)][..], "letters, digits"),
+            (&[("click", 0.1), ("a b", 0.2)][..], "letters, digits"),
+        ] {
+            let err = generate_chain(&spec(steps, 100), dir.path(), "x").unwrap_err();
+            assert!(
+                err.to_string().contains("--steps") && err.to_string().contains(needle),
+                "{err}"
+            );
+        }
     }
 }
 
