@@ -484,9 +484,26 @@ fn generated_data_trains_every_example_config() {
         &synth.display().to_string(),
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let chain = dir.path().join("data/chain");
+    let out = mtl(&[
+        "gen-data",
+        "chain",
+        "--rows",
+        "4000",
+        "--seed",
+        "3",
+        "--small",
+        "--out",
+        &chain.display().to_string(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     std::fs::create_dir_all(dir.path().join("configs")).unwrap();
-    let test = synth.join("synth_ccp_test.csv").display().to_string();
-    for model in ["esmm", "mmoe", "ple", "aitm"] {
+    for model in ["esmm", "mmoe", "ple", "aitm", "esmm-chain"] {
+        let test = match model {
+            "esmm-chain" => chain.join("synth_chain_test.csv"),
+            _ => synth.join("synth_ccp_test.csv"),
+        };
+        let test = test.display().to_string();
         let name = format!("{model}-example.toml");
         let cfg = dir.path().join("configs").join(&name);
         std::fs::copy(repo().join("configs").join(&name), &cfg).unwrap();
@@ -498,6 +515,20 @@ fn generated_data_trains_every_example_config() {
                 .unwrap();
         let outputs = metrics["test"].as_array().expect("test metrics");
         assert!(outputs.len() >= 2, "{model}: {metrics}");
+        if model == "esmm-chain" {
+            let names: Vec<&str> = outputs.iter().filter_map(|o| o["name"].as_str()).collect();
+            assert_eq!(
+                names,
+                [
+                    "click",
+                    "cart_given_click",
+                    "cart",
+                    "purchase_given_cart",
+                    "purchase"
+                ],
+                "{metrics}"
+            );
+        }
         let header: Vec<&str> = text.lines().next().unwrap().split(',').collect();
         assert_eq!(header.len(), outputs.len(), "{model}: one column per output");
         // every score is a probability

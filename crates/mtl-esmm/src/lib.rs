@@ -16,6 +16,8 @@
 //! `log(1 − pCTCVR) = log(σ(−a) + σ(a)·σ(−b))`, so a conversion probability near 0 or 1 never
 //! produces NaN or infinity.
 //!
+//! [`chain`] generalises it to N steps (impression → click → cart → purchase …).
+//!
 //! Input: `concat` of all fields (torch-rechub 0.9.0) or `sum_by_group = ["user", "item"]`
 //! (the original ESMM: user fields summed, item fields summed, the two sums concatenated).
 //!
@@ -51,6 +53,10 @@
 //! assert_eq!(model.input.output_dim(), 32);
 //! ```
 
+pub mod chain;
+
+pub use chain::{EsmmChain, EsmmChainConfig};
+
 use burn::module::Module;
 use burn::tensor::activation::{log_sigmoid, sigmoid};
 use burn::tensor::{Device, Tensor};
@@ -58,8 +64,9 @@ use mtl_features::{
     BatchTensors, FieldPooling, InputLayer, InputSpec, LabelKind, LabelRule, TableLayout, ValidSchema,
 };
 use mtl_layers::head::{bce_from_log_probs, bce_with_logits, log_add_exp};
+use mtl_layers::tasks::embedded_fields;
 use mtl_layers::{
-    Forward, Mlp, MlpSpec, ModelBuilder, ModelError, ModelPlan, MultiTaskModel, OutputSpec, resolve_label,
+    Forward, ModelBuilder, ModelError, ModelPlan, MultiTaskModel, OutputSpec, Tower, TowerSpec, resolve_label,
 };
 use serde::{Deserialize, Serialize};
 
@@ -74,10 +81,10 @@ fn default_conversion() -> String {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EsmmConfig {
-    /// The CTR tower's hidden layers (a final Linear to one logit is added).
-    pub ctr_tower: MlpSpec,
-    /// The CVR tower's hidden layers (may differ from the CTR tower's).
-    pub cvr_tower: MlpSpec,
+    /// The CTR tower (`mlp`, `deepfm` or `dcn`; a final Linear to one logit is added).
+    pub ctr_tower: TowerSpec,
+    /// The CVR tower (may differ from the CTR tower, in kind too).
+    pub cvr_tower: TowerSpec,
     /// How field embeddings become the towers' input.
     #[serde(default)]
     pub pooling: FieldPooling,
@@ -91,10 +98,10 @@ pub struct EsmmConfig {
 
 impl EsmmConfig {
     /// Towers as given, concat input, labels `click` and `purchase`.
-    pub fn new(ctr_tower: MlpSpec, cvr_tower: MlpSpec) -> Self {
+    pub fn new(ctr_tower: impl Into<TowerSpec>, cvr_tower: impl Into<TowerSpec>) -> Self {
         Self {
-            ctr_tower,
-            cvr_tower,
+            ctr_tower: ctr_tower.into(),
+            cvr_tower: cvr_tower.into(),
             pooling: FieldPooling::Concat,
             click_label: default_click(),
             conversion_label: default_conversion(),
@@ -134,8 +141,8 @@ impl EsmmConfig {
     /// Checks the config against `schema` (towers, pooling, labels) and says what the model
     /// outputs and which rule its training rows must follow, without building it.
     pub fn plan(&self, schema: &ValidSchema) -> Result<ModelPlan, ModelError> {
-        self.ctr_tower.check("model.ctr_tower")?;
-        self.cvr_tower.check("model.cvr_tower")?;
+        self.ctr_tower.check("model.ctr_tower", embedded_fields(schema))?;
+        self.cvr_tower.check("model.cvr_tower", embedded_fields(schema))?;
         InputSpec::new(schema, &self.pooling)?;
         let labels = self.labels(schema)?;
         Ok(ModelPlan {
@@ -161,8 +168,8 @@ impl EsmmConfig {
         let input = InputLayer::for_schema(schema, &self.pooling, layout, device)?;
         let width = input.output_dim();
         Ok(Esmm {
-            ctr_tower: self.ctr_tower.init(width, true, device),
-            cvr_tower: self.cvr_tower.init(width, true, device),
+            ctr_tower: self.ctr_tower.init(width, device),
+            cvr_tower: self.cvr_tower.init(width, device),
             input,
             labels,
         })
@@ -199,9 +206,9 @@ pub struct Esmm {
     /// Shared embeddings and pooling.
     pub input: InputLayer,
     /// CTR tower, ending in one logit.
-    pub ctr_tower: Mlp,
+    pub ctr_tower: Tower,
     /// CVR tower, ending in one logit.
-    pub cvr_tower: Mlp,
+    pub cvr_tower: Tower,
     /// Label columns.
     #[module(skip)]
     pub labels: EsmmLabels,
@@ -229,9 +236,9 @@ impl Esmm {
     /// - every output: `[batch]`
     pub fn forward_predictions(&self, batch: &BatchTensors) -> EsmmPredictions {
         let b = batch.rows;
-        let x = self.input.forward(batch); // [batch, input_dim]
-        let ctr_logit = self.ctr_tower.forward(x.clone()).reshape([b]);
-        let cvr_logit = self.cvr_tower.forward(x).reshape([b]);
+        let (x, fields) = self.input.forward_with_fields(batch); // [batch, input_dim]
+        let ctr_logit = self.ctr_tower.forward(x.clone(), fields.as_ref()).reshape([b]);
+        let cvr_logit = self.cvr_tower.forward(x, fields.as_ref()).reshape([b]);
         let pctr = sigmoid(ctr_logit.clone());
         let pcvr = sigmoid(cvr_logit.clone());
         let pctcvr = pctr.clone() * pcvr.clone();

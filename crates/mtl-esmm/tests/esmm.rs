@@ -106,8 +106,8 @@ fn loss_equals_hand_computed_value() {
     let device = Device::flex();
     let (enc, mut m) = model(FieldPooling::Concat, &device);
     // a = 0 → pCTR = 0.5;  b = ln 3 → pCVR = 0.75;  pCTCVR = 0.375
-    constant_tower(&mut m.ctr_tower, 0.0, &device);
-    constant_tower(&mut m.cvr_tower, 3f32.ln(), &device);
+    constant_tower(&mut m.ctr_tower.mlp, 0.0, &device);
+    constant_tower(&mut m.cvr_tower.mlp, 3f32.ln(), &device);
     let d = data(&[(1.0, 1.0), (1.0, 0.0), (0.0, 0.0)]);
     let batch = d.batch(&[0, 1, 2], enc.layout(), &device);
     let f = m.forward(&batch);
@@ -136,7 +136,7 @@ fn grads_finite_and_nonzero(m: &Esmm, loss: Tensor<1>) -> (bool, f64, f64) {
         finite &= g.iter().all(|x| x.is_finite());
         g.iter().map(|x| f64::from(x * x)).sum::<f64>()
     };
-    let cvr = norm(&m.cvr_tower.blocks[0].linear.weight);
+    let cvr = norm(&m.cvr_tower.mlp.blocks[0].linear.weight);
     let emb = norm(&m.input.embedding.weight);
     (finite, cvr, emb)
 }
@@ -147,8 +147,8 @@ fn saturated_probabilities_give_finite_loss_and_gradients() {
     let (enc, mut m) = model(FieldPooling::Concat, &device);
     // pCVR = σ(−200) rounds to 0 in f32, pCTR = σ(200) rounds to 1: probabilities alone would
     // give log 0 = −inf; the log-space loss stays finite.
-    constant_tower(&mut m.ctr_tower, 200.0, &device);
-    constant_tower(&mut m.cvr_tower, -200.0, &device);
+    constant_tower(&mut m.ctr_tower.mlp, 200.0, &device);
+    constant_tower(&mut m.cvr_tower.mlp, -200.0, &device);
     let d = data(&[(1.0, 1.0), (0.0, 0.0), (1.0, 0.0)]);
     let batch = d.batch(&[0, 1, 2], enc.layout(), &device);
     let f = m.forward(&batch);

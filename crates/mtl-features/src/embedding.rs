@@ -204,9 +204,20 @@ impl InputLayer {
     /// # Shapes
     /// - output: `[batch, output_dim]`
     pub fn forward(&self, batch: &BatchTensors) -> Tensor<2> {
+        self.forward_with_fields(batch).0
+    }
+
+    /// The model input and the per-field embeddings it was pooled from (for towers that
+    /// interact fields, e.g. DeepFM), with one lookup.
+    ///
+    /// # Shapes
+    /// - output: `[batch, output_dim]`, and `[batch, n_sparse + n_sequence, dim]` if the
+    ///   schema has id fields
+    pub fn forward_with_fields(&self, batch: &BatchTensors) -> (Tensor<2>, Option<Tensor<3>>) {
         let b = batch.rows;
         let mut parts = Vec::new();
-        if let Some(fields) = self.fields(batch) {
+        let fields = self.fields(batch);
+        if let Some(fields) = fields.clone() {
             let [_, f, d] = fields.dims();
             match &self.spec.groups {
                 None => parts.push(fields.reshape([b, f * d])),
@@ -224,6 +235,6 @@ impl InputLayer {
         if let Some(dense) = &batch.dense {
             parts.push(dense.clone());
         }
-        Tensor::cat(parts, 1)
+        (Tensor::cat(parts, 1), fields)
     }
 }

@@ -6,7 +6,8 @@ use mtl_features::{BatchTensors, FieldPooling, InputLayer, InputSpec, LabelKind,
 use serde::{Deserialize, Serialize};
 
 use crate::head::{predict, task_loss};
-use crate::{Forward, Mlp, MlpSpec, ModelError, ModelPlan, OutputSpec, resolve_label};
+use crate::tower::{Tower, TowerSpec};
+use crate::{Forward, MlpSpec, ModelError, ModelPlan, OutputSpec, resolve_label};
 
 /// One task: an output name and the label it learns.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -19,7 +20,7 @@ pub struct TaskConfig {
     pub name: Option<String>,
     /// This task's tower, overriding the model's `tower`.
     #[serde(default)]
-    pub tower: Option<MlpSpec>,
+    pub tower: Option<TowerSpec>,
 }
 
 impl TaskConfig {
@@ -58,7 +59,7 @@ pub fn resolve_tasks(schema: &ValidSchema, tasks: &[TaskConfig]) -> Result<Vec<T
         let label = resolve_label(schema, &format!("model.tasks[{i}].label"), &t.label)?;
         let name = t.name.clone().unwrap_or_else(|| t.label.clone());
         if let Some(tower) = &t.tower {
-            tower.check(&format!("model.tasks[{i}].tower"))?;
+            tower.check(&format!("model.tasks[{i}].tower"), embedded_fields(schema))?;
         }
         if let Some(j) = resolved.iter().position(|r| r.label == label) {
             return Err(ModelError::Invalid {
@@ -137,25 +138,54 @@ pub fn task_forward(tasks: &[TaskSpec], logits: Vec<Tensor<1>>, batch: &BatchTen
 
 /// One tower per task over inputs of width `input_dim`: a task's own `tower`, else `default`;
 /// each ends in one output.
-pub fn task_towers(tasks: &[TaskConfig], default: &MlpSpec, input_dim: usize, device: &Device) -> Vec<Mlp> {
+pub fn task_towers(
+    tasks: &[TaskConfig],
+    default: &TowerSpec,
+    input_dim: usize,
+    device: &Device,
+) -> Vec<Tower> {
     tasks
         .iter()
-        .map(|t| t.tower.as_ref().unwrap_or(default).init(input_dim, true, device))
+        .map(|t| t.tower.as_ref().unwrap_or(default).init(input_dim, device))
+        .collect()
+}
+
+/// The embedded (sparse and sequence) fields of `schema`: what a `deepfm` tower interacts.
+pub fn embedded_fields(schema: &ValidSchema) -> usize {
+    schema.n_sparse() + schema.n_sequence()
+}
+
+/// Each tower's output over the same input, one `[batch]` per tower.
+///
+/// # Shapes
+/// - `inputs`: one `[batch, width]` per tower; `fields`: `[batch, fields, dim]`
+/// - output: one `[batch]` per tower
+pub fn tower_logits(towers: &[Tower], inputs: Vec<Tensor<2>>, fields: Option<&Tensor<3>>) -> Vec<Tensor<1>> {
+    towers
+        .iter()
+        .zip(inputs)
+        .map(|(tower, x)| {
+            let [b, _] = x.dims();
+            tower.forward(x, fields).reshape([b])
+        })
         .collect()
 }
 
 /// The plan of a model whose tasks each have a tower over a shared body: every MLP spec of the
-/// body and the towers checked (each with the key that names it in messages), the pooling
-/// checked against the schema, the tasks resolved.
+/// body checked (each with the key that names it in messages), the default `tower` (key
+/// `model.tower`) and each task's own, the pooling checked against the schema, the tasks
+/// resolved.
 pub fn towers_plan(
     schema: &ValidSchema,
     pooling: &FieldPooling,
     tasks: &[TaskConfig],
-    specs: &[(&MlpSpec, &str)],
+    body: &[(&MlpSpec, &str)],
+    tower: &TowerSpec,
 ) -> Result<ModelPlan, ModelError> {
-    for (spec, key) in specs {
+    for (spec, key) in body {
         spec.check(key)?;
     }
+    tower.check("model.tower", embedded_fields(schema))?;
     InputSpec::new(schema, pooling)?;
     Ok(task_plan(&resolve_tasks(schema, tasks)?))
 }

@@ -29,10 +29,12 @@ use mtl_layers::{
 };
 use serde::{Deserialize, Serialize};
 
+use mtl_layers::tasks::embedded_fields;
 use mtl_layers::tasks::{
     TaskConfig, TaskSpec, loss_names, outputs, resolve_tasks, task_forward, task_predictions, task_towers,
-    tasks_and_input,
+    tasks_and_input, tower_logits,
 };
+use mtl_layers::{Tower, TowerSpec};
 
 fn default_alpha() -> f64 {
     0.6
@@ -44,9 +46,9 @@ fn default_alpha() -> f64 {
 pub struct AitmConfig {
     /// Each task's bottom MLP over the shared input (`bottom_params`).
     pub bottom: MlpSpec,
-    /// Each task's tower hidden layers (a final Linear to one logit is added); a task's own
-    /// `tower` overrides it (`tower_params_list`).
-    pub tower: MlpSpec,
+    /// Each task's tower (`mlp`, `deepfm` or `dcn`; a final Linear to one logit is added); a
+    /// task's own `tower` overrides it (`tower_params_list`).
+    pub tower: TowerSpec,
     /// The binary tasks in funnel order, e.g. click then purchase.
     pub tasks: Vec<TaskConfig>,
     /// Weight α of the behavioural-expectation calibrator (0 turns it off).
@@ -68,7 +70,7 @@ impl AitmConfig {
             });
         }
         self.bottom.check("model.bottom")?;
-        self.tower.check("model.tower")?;
+        self.tower.check("model.tower", embedded_fields(schema))?;
         if !(self.calibrator_alpha.is_finite() && (0.0..=100.0).contains(&self.calibrator_alpha)) {
             return Err(ModelError::Invalid {
                 key: "model.calibrator_alpha".into(),
@@ -226,7 +228,7 @@ pub struct Aitm {
     /// Per task after the first, the attention that mixes it in.
     pub transfer: Vec<InfoTransfer>,
     /// Task towers, each ending in one logit.
-    pub towers: Vec<Mlp>,
+    pub towers: Vec<Tower>,
     /// The tasks, in funnel order.
     #[module(skip)]
     pub tasks: Vec<TaskSpec>,
@@ -242,8 +244,7 @@ impl Aitm {
     /// - logits: one `[batch]` per task
     /// - attention: one `[batch, 2]` per task after the first
     pub fn forward_with_attention(&self, batch: &BatchTensors) -> (Vec<Tensor<1>>, Vec<Tensor<2>>) {
-        let b = batch.rows;
-        let x = self.input.forward(batch); // [batch, input_dim]
+        let (x, fields) = self.input.forward_with_fields(batch); // [batch, input_dim]
         let mut z: Vec<Tensor<2>> = Vec::with_capacity(self.tasks.len());
         let mut attention = Vec::with_capacity(self.transfer.len());
         for (t, bottom) in self.bottoms.iter().enumerate() {
@@ -257,13 +258,7 @@ impl Aitm {
             z.push(mixed);
             attention.push(w);
         }
-        let logits = self
-            .towers
-            .iter()
-            .zip(z)
-            .map(|(tower, z)| tower.forward(z).reshape([b]))
-            .collect();
-        (logits, attention)
+        (tower_logits(&self.towers, z, fields.as_ref()), attention)
     }
 
     /// `α · mean(max(p_t − p_{t−1}, 0))` summed over the chain: zero when every step's

@@ -62,11 +62,13 @@ pub use aitm::{Aitm, AitmConfig, InfoTransfer};
 use mtl_features::{BatchTensors, FieldPooling, InputLayer, TableLayout, ValidSchema};
 pub use mtl_layers::experts::{ExpertLayer, Experts, MAX_EXPERTS};
 pub use mtl_layers::tasks::{TaskConfig, TaskSpec};
-use mtl_layers::tasks::{loss_names, outputs, task_forward, task_predictions, tasks_and_input, towers_plan};
+use mtl_layers::tasks::{
+    loss_names, outputs, task_forward, task_predictions, tasks_and_input, tower_logits, towers_plan,
+};
 use mtl_layers::{
     Forward, GateWeights, Mlp, MlpSpec, ModelBuilder, ModelError, ModelPlan, MultiTaskModel, OutputSpec,
 };
-use mtl_layers::{softmax_gate, task_towers};
+use mtl_layers::{Tower, TowerSpec, softmax_gate, task_towers};
 pub use ple::{ExtractionLayer, MAX_LEVELS, Ple, PleConfig};
 use serde::{Deserialize, Serialize};
 
@@ -93,8 +95,8 @@ pub struct MmoeConfig {
     pub n_experts: usize,
     /// Each expert's hidden layers (no output layer).
     pub expert: MlpSpec,
-    /// Each task's tower hidden layers (a final Linear to one output is added).
-    pub tower: MlpSpec,
+    /// Each task's tower (`mlp`, `deepfm` or `dcn`; a final Linear to one output is added).
+    pub tower: TowerSpec,
     /// The tasks.
     pub tasks: Vec<TaskConfig>,
     /// BatchNorm inside each gate (torch-rechub has it).
@@ -110,11 +112,16 @@ pub struct MmoeConfig {
 
 impl MmoeConfig {
     /// An MMOE with per-task gates (with BatchNorm) over concatenated fields.
-    pub fn new(n_experts: usize, expert: MlpSpec, tower: MlpSpec, tasks: Vec<TaskConfig>) -> Self {
+    pub fn new(
+        n_experts: usize,
+        expert: MlpSpec,
+        tower: impl Into<TowerSpec>,
+        tasks: Vec<TaskConfig>,
+    ) -> Self {
         Self {
             n_experts,
             expert,
-            tower,
+            tower: tower.into(),
             tasks,
             gate_batch_norm: true,
             gating: Gating::PerTask,
@@ -143,8 +150,13 @@ impl MmoeConfig {
                 message: "an expert needs at least one layer".into(),
             });
         }
-        let specs = [(&self.expert, "model.expert"), (&self.tower, "model.tower")];
-        towers_plan(schema, &self.pooling, &self.tasks, &specs)
+        towers_plan(
+            schema,
+            &self.pooling,
+            &self.tasks,
+            &[(&self.expert, "model.expert")],
+            &self.tower,
+        )
     }
 
     /// Builds the model.
@@ -246,7 +258,7 @@ pub struct Mmoe {
     /// Gates: one per task (MMOE) or one shared (OMoE); each ends in a softmax over experts.
     pub gates: Vec<Mlp>,
     /// Task towers `h_t`, each ending in one output.
-    pub towers: Vec<Mlp>,
+    pub towers: Vec<Tower>,
     /// The tasks.
     #[module(skip)]
     pub tasks: Vec<TaskSpec>,
@@ -260,19 +272,19 @@ impl Mmoe {
     /// - gates: one `[batch, n_experts]` per task (rows are non-negative and sum to 1)
     pub fn forward_with_gates(&self, batch: &BatchTensors) -> (Vec<Tensor<1>>, Vec<Tensor<2>>) {
         let b = batch.rows;
-        let x = self.input.forward(batch); // [batch, input_dim]
+        let (x, fields) = self.input.forward_with_fields(batch); // [batch, input_dim]
         let experts = self.experts.forward(x.clone()); // [batch, n_experts, expert_dim]
         let gate_weights: Vec<Tensor<2>> = self.gates.iter().map(|g| g.forward(x.clone())).collect();
-        let mut logits = Vec::with_capacity(self.tasks.len());
+        let mut mixed = Vec::with_capacity(self.tasks.len());
         let mut gates = Vec::with_capacity(self.tasks.len());
-        for (t, tower) in self.towers.iter().enumerate() {
+        for t in 0..self.towers.len() {
             let g = gate_weights[t.min(gate_weights.len() - 1)].clone(); // [batch, n_experts]
-            let mixed = (experts.clone() * g.clone().unsqueeze_dim(2)).sum_dim(1); // [batch, 1, expert_dim]
-            let [_, _, e] = mixed.dims();
-            logits.push(tower.forward(mixed.reshape([b, e])).reshape([b]));
+            let m = (experts.clone() * g.clone().unsqueeze_dim(2)).sum_dim(1); // [batch, 1, expert_dim]
+            let [_, _, e] = m.dims();
+            mixed.push(m.reshape([b, e]));
             gates.push(g);
         }
-        (logits, gates)
+        (tower_logits(&self.towers, mixed, fields.as_ref()), gates)
     }
 }
 
@@ -323,8 +335,8 @@ impl MultiTaskModel for Mmoe {
 pub struct SharedBottomConfig {
     /// The shared bottom MLP's hidden layers.
     pub bottom: MlpSpec,
-    /// Each task's tower hidden layers (a final Linear to one output is added).
-    pub tower: MlpSpec,
+    /// Each task's tower (`mlp`, `deepfm` or `dcn`; a final Linear to one output is added).
+    pub tower: TowerSpec,
     /// The tasks.
     pub tasks: Vec<TaskConfig>,
     /// How field embeddings become the bottom's input.
@@ -336,8 +348,13 @@ impl SharedBottomConfig {
     /// Checks the config against `schema` (bottom, towers, tasks, pooling) and says what the
     /// model outputs, without building it.
     pub fn plan(&self, schema: &ValidSchema) -> Result<ModelPlan, ModelError> {
-        let specs = [(&self.bottom, "model.bottom"), (&self.tower, "model.tower")];
-        towers_plan(schema, &self.pooling, &self.tasks, &specs)
+        towers_plan(
+            schema,
+            &self.pooling,
+            &self.tasks,
+            &[(&self.bottom, "model.bottom")],
+            &self.tower,
+        )
     }
 
     /// Builds the model.
@@ -368,7 +385,7 @@ pub struct SharedBottom {
     /// The shared MLP `f`.
     pub bottom: Mlp,
     /// Task towers `h_t`.
-    pub towers: Vec<Mlp>,
+    pub towers: Vec<Tower>,
     /// The tasks.
     #[module(skip)]
     pub tasks: Vec<TaskSpec>,
@@ -380,12 +397,9 @@ impl SharedBottom {
     /// # Shapes
     /// - output: one `[batch]` per task
     pub fn logits(&self, batch: &BatchTensors) -> Vec<Tensor<1>> {
-        let b = batch.rows;
-        let shared = self.bottom.forward(self.input.forward(batch)); // [batch, bottom_dim]
-        self.towers
-            .iter()
-            .map(|h| h.forward(shared.clone()).reshape([b]))
-            .collect()
+        let (x, fields) = self.input.forward_with_fields(batch);
+        let shared = self.bottom.forward(x); // [batch, bottom_dim]
+        tower_logits(&self.towers, vec![shared; self.towers.len()], fields.as_ref())
     }
 }
 

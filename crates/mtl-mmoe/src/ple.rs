@@ -23,11 +23,12 @@ use mtl_layers::{
 };
 use serde::{Deserialize, Serialize};
 
+use mtl_layers::tasks::tower_logits;
 use mtl_layers::tasks::{
     TaskConfig, TaskSpec, loss_names, outputs, task_forward, task_predictions, task_towers, tasks_and_input,
     towers_plan,
 };
-use mtl_layers::{Experts, MAX_EXPERTS, softmax_gate};
+use mtl_layers::{Experts, MAX_EXPERTS, Tower, TowerSpec, softmax_gate};
 
 fn default_true() -> bool {
     true
@@ -48,9 +49,9 @@ pub struct PleConfig {
     pub n_expert_shared: usize,
     /// Every expert's hidden layers (`expert_params`).
     pub expert: MlpSpec,
-    /// Each task's tower hidden layers (a final Linear to one output is added); a task's own
-    /// `tower` overrides it (`tower_params_list`).
-    pub tower: MlpSpec,
+    /// Each task's tower (`mlp`, `deepfm` or `dcn`; a final Linear to one output is added); a
+    /// task's own `tower` overrides it (`tower_params_list`).
+    pub tower: TowerSpec,
     /// The tasks.
     pub tasks: Vec<TaskConfig>,
     /// BatchNorm inside each gate (torch-rechub has it).
@@ -94,8 +95,13 @@ impl PleConfig {
                 "an expert needs at least one layer".into(),
             ));
         }
-        let specs = [(&self.expert, "model.expert"), (&self.tower, "model.tower")];
-        towers_plan(schema, &self.pooling, &self.tasks, &specs)
+        towers_plan(
+            schema,
+            &self.pooling,
+            &self.tasks,
+            &[(&self.expert, "model.expert")],
+            &self.tower,
+        )
     }
 
     /// Builds the model.
@@ -221,7 +227,7 @@ pub struct Ple {
     /// The extraction levels, first to last.
     pub levels: Vec<ExtractionLayer>,
     /// Task towers `h_t`, each ending in one output.
-    pub towers: Vec<Mlp>,
+    pub towers: Vec<Tower>,
     /// The tasks.
     #[module(skip)]
     pub tasks: Vec<TaskSpec>,
@@ -234,8 +240,7 @@ impl Ple {
     /// - logits: one `[batch]` per task
     /// - gates: per level, `[batch, experts]` per task (then the shared gate's)
     pub fn forward_with_gates(&self, batch: &BatchTensors) -> (Vec<Tensor<1>>, Vec<Vec<Tensor<2>>>) {
-        let b = batch.rows;
-        let x = self.input.forward(batch); // [batch, input_dim]
+        let (x, fields) = self.input.forward_with_fields(batch); // [batch, input_dim]
         let mut paths = vec![x; self.tasks.len() + 1];
         let mut gates = Vec::with_capacity(self.levels.len());
         for level in &self.levels {
@@ -243,13 +248,8 @@ impl Ple {
             paths = out;
             gates.push(g);
         }
-        let logits = self
-            .towers
-            .iter()
-            .zip(paths)
-            .map(|(tower, x)| tower.forward(x).reshape([b]))
-            .collect();
-        (logits, gates)
+        paths.truncate(self.towers.len());
+        (tower_logits(&self.towers, paths, fields.as_ref()), gates)
     }
 }
 

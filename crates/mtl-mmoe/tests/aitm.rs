@@ -22,7 +22,7 @@ fn schema() -> ValidSchema {
 fn config(labels: &[&str], alpha: f64) -> AitmConfig {
     AitmConfig {
         bottom: MlpSpec::new([8, 4]),
-        tower: MlpSpec::new([3]),
+        tower: MlpSpec::new([3]).into(),
         tasks: labels.iter().map(|l| TaskConfig::new(l)).collect(),
         calibrator_alpha: alpha,
         pooling: Default::default(),

@@ -42,7 +42,7 @@ fn config(n_level: usize, n_expert_specific: usize, n_expert_shared: usize) -> P
         n_expert_specific,
         n_expert_shared,
         expert: MlpSpec::new([8, 4]),
-        tower: MlpSpec::new([3]),
+        tower: MlpSpec::new([3]).into(),
         tasks: vec![TaskConfig::new("click"), TaskConfig::new("purchase")],
         gate_batch_norm: true,
         pooling: Default::default(),

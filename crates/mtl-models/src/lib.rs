@@ -21,6 +21,7 @@ mtl_trainer::registry! {
     /// The `[model]` table of a run config: one variant per model type mtl ships.
     pub enum ModelConfig in Models {
         "esmm" => Esmm(mtl_esmm::EsmmConfig),
+        "esmm_chain" => EsmmChain(mtl_esmm::EsmmChainConfig),
         "mmoe" => Mmoe(mtl_mmoe::MmoeConfig),
         "omoe" => Omoe(mtl_mmoe::OmoeConfig),
         "shared_bottom" => SharedBottom(mtl_mmoe::SharedBottomConfig),

@@ -100,8 +100,8 @@ fn trained_weights(
 ) -> (Vec<f32>, usize) {
     let (m, steps) = train(m, settings, d, enc, s, device, out);
     let mut v = values(m.input.embedding.weight.val());
-    v.extend(values(m.ctr_tower.blocks[0].linear.weight.val()));
-    v.extend(values(m.cvr_tower.blocks[0].linear.weight.val()));
+    v.extend(values(m.ctr_tower.mlp.blocks[0].linear.weight.val()));
+    v.extend(values(m.cvr_tower.mlp.blocks[0].linear.weight.val()));
     (v, steps)
 }
 

@@ -173,7 +173,7 @@ fn load_weights(dir: &Path) -> Vec<f32> {
         .try_to_vec::<f32>()
         .unwrap();
     out.extend(
-        m.ctr_tower.blocks[0]
+        m.ctr_tower.mlp.blocks[0]
             .linear
             .weight
             .val()
@@ -183,6 +183,7 @@ fn load_weights(dir: &Path) -> Vec<f32> {
     );
     out.extend(
         m.cvr_tower
+            .mlp
             .output
             .as_ref()
             .unwrap()
@@ -193,7 +194,7 @@ fn load_weights(dir: &Path) -> Vec<f32> {
             .unwrap(),
     );
     out.extend(
-        m.cvr_tower.blocks[0]
+        m.cvr_tower.mlp.blocks[0]
             .norm
             .as_ref()
             .unwrap()
@@ -410,7 +411,7 @@ fn every_model_learns_a_known_signal() {
         ))),
         ModelConfig::SharedBottom(SharedBottomConfig {
             bottom: MlpSpec::new([32]),
-            tower: MlpSpec::new([16]),
+            tower: MlpSpec::new([16]).into(),
             tasks: two_tasks(),
             pooling: Default::default(),
         }),
@@ -419,14 +420,14 @@ fn every_model_learns_a_known_signal() {
             n_expert_specific: 1,
             n_expert_shared: 1,
             expert: MlpSpec::new([32]),
-            tower: MlpSpec::new([16]),
+            tower: MlpSpec::new([16]).into(),
             tasks: two_tasks(),
             gate_batch_norm: true,
             pooling: Default::default(),
         }),
         ModelConfig::Aitm(AitmConfig {
             bottom: MlpSpec::new([32]),
-            tower: MlpSpec::new([16]),
+            tower: MlpSpec::new([16]).into(),
             tasks: two_tasks(),
             calibrator_alpha: 0.6,
             pooling: Default::default(),
