@@ -18,7 +18,7 @@ pub mod tower;
 pub use contract::{Forward, GateWeights, ModelBuilder, ModelPlan, MultiTaskModel, OutputSpec};
 pub use error::{ModelError, resolve_label};
 pub use experts::{ExpertLayer, Experts, MAX_EXPERTS, softmax_gate};
-pub use mlp::{Activation, Mlp, MlpBlock, MlpSpec, softmax_rows};
+pub use mlp::{Activation, Mlp, MlpBlock, MlpSpec, softmax_rows, with_running_stats_frozen};
 pub use params::trainable_params;
 pub use tasks::{TaskConfig, TaskSpec, task_towers};
 pub use tower::{Tower, TowerKind, TowerSpec};

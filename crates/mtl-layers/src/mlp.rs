@@ -205,6 +205,20 @@ impl Mlp {
     }
 }
 
+thread_local! {
+    static RUNNING_STATS_FROZEN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with every BatchNorm of this crate still normalising by the batch's statistics
+/// (training mode) but leaving its running statistics as they are: for extra forward passes
+/// over a batch already counted (the trainer's per-task gradient norms).
+pub fn with_running_stats_frozen<R>(f: impl FnOnce() -> R) -> R {
+    let before = RUNNING_STATS_FROZEN.replace(true);
+    let out = f();
+    RUNNING_STATS_FROZEN.set(before);
+    out
+}
+
 /// burn's [`BatchNorm`] on `[batch, features]`, computed along dim 0.
 ///
 /// Same parameters, running statistics (momentum, biased batch variance) and results as
@@ -250,8 +264,10 @@ pub fn batch_norm_over<const D: usize>(norm: &BatchNorm, x: Tensor<D>, batch_dim
                     .detach(),
             );
         };
-        running(&norm.running_mean, mean);
-        running(&norm.running_var, variance);
+        if !RUNNING_STATS_FROZEN.get() {
+            running(&norm.running_mean, mean);
+            running(&norm.running_var, variance);
+        }
         centered * scale + beta
     } else {
         let device = x.device();

@@ -8,6 +8,7 @@ use mtl_features::{LabelKind, ValidSchema};
 use mtl_layers::{ModelPlan, OutputSpec};
 use serde::{Deserialize, Serialize};
 
+use crate::weighting::LossWeighting;
 use crate::{Registry, TrainError};
 
 /// Where the data is.
@@ -295,6 +296,11 @@ pub struct TrainSettings {
     /// Fixed weight per loss term (ESMM: `[ctr, ctcvr]`; MMOE: one per task); default 1.
     #[serde(default)]
     pub loss_weights: Vec<f32>,
+    /// How the loss terms are weighted: `{ kind = "fixed" }` (`loss_weights`, the default),
+    /// `{ kind = "uncertainty" }` or `{ kind = "gradnorm", alpha = 1.5 }` (learned; see
+    /// [`crate::weighting`]).
+    #[serde(default)]
+    pub loss_weighting: LossWeighting,
     /// Evaluate on the validation set every N steps (default: at the end of each epoch).
     #[serde(default)]
     pub eval_every_steps: Option<usize>,
@@ -510,6 +516,14 @@ impl<R: Registry> RunConfig<R> {
             message: e.to_string(),
         })?;
         self.check_plan(&plan, file)?;
+        if matches!(self.train.loss_weighting, LossWeighting::Gradnorm { .. })
+            && schema.n_sparse() + schema.n_sequence() == 0
+        {
+            return Err(TrainError::Config {
+                file: file.to_string(),
+                message: "`train.loss_weighting` = gradnorm balances the tasks' gradient norms on the shared embedding table; this schema has no sparse or sequence field".into(),
+            });
+        }
         Ok((schema, plan))
     }
 
@@ -599,6 +613,12 @@ impl TrainSettings {
                     "must be a number at least 0",
                 );
             }
+        }
+        self.loss_weighting.check()?;
+        if self.loss_weighting.learned() && !self.loss_weights.is_empty() {
+            return Err(
+                "`train.loss_weights` are fixed weights; with a learned `train.loss_weighting` leave them out (the weights start at 1 and are learned)".into(),
+            );
         }
         if !self.loss_weights.is_empty() && self.loss_weights.iter().all(|w| *w == 0.0) {
             return Err(
@@ -706,6 +726,26 @@ early_stopping = { metric = "click.auc" }
                 "= 0",
             ),
             ("max_steps = 0", "train.max_steps", "= 0"),
+            (
+                "loss_weighting = { kind = \"gradnorm\", alpha = 20.0 }",
+                "train.loss_weighting.alpha",
+                "= 20",
+            ),
+            (
+                "loss_weighting = { kind = \"uncertainty\", lr = 2.0 }",
+                "train.loss_weighting.lr",
+                "= 2",
+            ),
+            (
+                "loss_weighting = { kind = \"uncertainty\" }\nloss_weights = [1.0, 2.0]",
+                "train.loss_weights",
+                "learned",
+            ),
+            (
+                "loss_weighting = { kind = \"sometimes\" }",
+                "loss_weighting",
+                "sometimes",
+            ),
             ("backend = \"tpu\"", "train.backend", "tpu"),
             (
                 "embedding = \"dense\"\nembedding_table = \"device\"",

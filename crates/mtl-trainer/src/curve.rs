@@ -1,10 +1,13 @@
 //! The training-curve image: one small SVG line chart per series (training and validation
-//! loss, each output's main validation metric) against the step of each evaluation.
+//! loss, each output's main validation metric, the learned loss weights) against the step of
+//! each evaluation.
 
 use crate::fit::EvalRecord;
 
 /// One line of a chart: (legend, colour, points).
-type Line = (&'static str, &'static str, Vec<(f64, f64)>);
+type Line = (String, &'static str, Vec<(f64, f64)>);
+
+const PALETTE: [&str; 6] = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"];
 
 struct Series {
     title: String,
@@ -16,12 +19,12 @@ fn series(history: &[EvalRecord]) -> Vec<Series> {
         title: "loss".into(),
         lines: vec![
             (
-                "train",
+                "train".into(),
                 "#1f77b4",
                 history.iter().map(|r| (r.step as f64, r.train_loss)).collect(),
             ),
             (
-                "valid",
+                "valid".into(),
                 "#d62728",
                 history
                     .iter()
@@ -44,9 +47,33 @@ fn series(history: &[EvalRecord]) -> Vec<Series> {
                 .collect();
             out.push(Series {
                 title: format!("{} {metric} (valid)", task.name),
-                lines: vec![("valid", "#2ca02c", points)],
+                lines: vec![("valid".into(), "#2ca02c", points)],
             });
         }
+    }
+    // learned loss weighting: one line per task term
+    if let Some(last) = history.iter().rev().find(|r| !r.loss_weights.is_empty()) {
+        let lines = last
+            .loss_weights
+            .iter()
+            .enumerate()
+            .map(|(k, (name, _))| {
+                let points = history
+                    .iter()
+                    .filter_map(|r| {
+                        r.loss_weights
+                            .iter()
+                            .find(|(n, _)| n == name)
+                            .map(|(_, w)| (r.step as f64, *w))
+                    })
+                    .collect();
+                (name.clone(), PALETTE[k % PALETTE.len()], points)
+            })
+            .collect();
+        out.push(Series {
+            title: "loss weights".into(),
+            lines,
+        });
     }
     out
 }

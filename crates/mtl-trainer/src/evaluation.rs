@@ -87,7 +87,8 @@ pub(crate) struct Evaluator<'a> {
 }
 
 impl Evaluator<'_> {
-    /// Evaluates `model`, appends the record to `state.history`, resets the running sums,
+    /// Evaluates `model` (with the learned loss weights and GradNorm's gradient norms now, to
+    /// record), appends the record to `state.history`, resets the running sums,
     /// and updates early stopping (saving `best.bpk` on an improvement). `clock` has run
     /// since the last evaluation; it is restarted. Returns whether training should stop.
     pub fn run<M: MultiTaskModel>(
@@ -95,6 +96,7 @@ impl Evaluator<'_> {
         model: &M,
         state: &mut TrainState,
         clock: &mut Instant,
+        (loss_weights, grad_norms): (Vec<(String, f64)>, Vec<(String, f64)>),
     ) -> Result<bool, TrainError> {
         let secs = state.pending_secs + clock.elapsed().as_secs_f64();
         let (rows, loss_sum, terms) = std::mem::take(&mut state.pending);
@@ -127,6 +129,8 @@ impl Evaluator<'_> {
             train_secs: secs,
             samples_per_sec: rows as f64 / secs.max(1e-9),
             data_secs: std::mem::take(&mut state.pending_data_secs),
+            loss_weights,
+            grad_norms,
         };
         tracing::info!(step = record.step, train_loss = record.train_loss, "evaluation");
         if self.options.progress {

@@ -51,6 +51,12 @@ pub struct EvalRecord {
     /// Of `train_secs`, the seconds spent building batches (data the loop waited for).
     #[serde(default)]
     pub data_secs: f64,
+    /// Learned loss weighting: each task term's weight at this evaluation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub loss_weights: Vec<(String, f64)>,
+    /// GradNorm: each task term's weighted gradient norm `w_i ‖∇_W L_i‖` at its last update.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grad_norms: Vec<(String, f64)>,
 }
 
 /// Where training stands: saved in every checkpoint so `--resume` continues exactly.
@@ -86,6 +92,9 @@ pub struct TrainState {
     /// Seconds spent building batches (the loop waiting on data) since the last evaluation.
     #[serde(default)]
     pub pending_data_secs: f64,
+    /// The learned loss weighting's state (weights, moments), if the weights are learned.
+    #[serde(default)]
+    pub weighting: Option<crate::weighting::WeightingState>,
 }
 
 /// Options of one `fit` call that are not model settings.
@@ -197,7 +206,8 @@ pub fn fit<M: MultiTaskModel>(
     let moments = live_checkpoint_dir(&options.out_dir).join(SPARSE_MOMENTS);
     let resume =
         (state.global_step > 0 && state.sparse_time > 0).then_some((moments.as_path(), state.sparse_time));
-    let (model, mut stepper) = Stepper::new(model, optim, settings, layout, device, resume)?;
+    let weighting = state.weighting.clone();
+    let (model, mut stepper) = Stepper::new(model, optim, settings, layout, device, resume, weighting)?;
     // a resumed run may have nothing left: trained already, or at its step limit
     if state.trained || settings.max_steps.is_some_and(|m| state.global_step >= m) {
         return Ok(FitOutcome {
@@ -232,6 +242,7 @@ pub fn fit<M: MultiTaskModel>(
             if stepper.row_sparse() {
                 state.sparse_time = stepper.sparse_time();
             }
+            state.weighting = stepper.weighting_state();
             state.count_step(rows, &losses, batches);
             pb.inc(rows);
             pb.set_message(format!("loss {:.4}", losses.total));
@@ -246,7 +257,7 @@ pub fn fit<M: MultiTaskModel>(
                 // evaluation and checkpoints read the model's whole table
                 model = stepper.with_table(model);
             }
-            if eval_due && pb.suspend(|| eval.run(&model, &mut state, &mut clock))? {
+            if eval_due && pb.suspend(|| eval.run(&model, &mut state, &mut clock, stepper.weight_report()))? {
                 state.stopped_early = true;
             }
             state.trained = state.stopped_early || state.epoch >= settings.epochs;

@@ -33,6 +33,7 @@ pub mod run;
 pub mod schedule;
 pub mod sparse;
 pub mod step;
+pub mod weighting;
 
 pub use config::{
     DataConfig, DataFiles, Direction, EarlyStopping, EmbeddingUpdate, OptimizerKind, RunConfig, TablePlace,
@@ -53,6 +54,7 @@ pub mod __private {
 pub use fit::{EvalRecord, TrainState};
 pub use metrics::{TaskMetrics, auc};
 pub use run::{ModelDir, TrainOptions, TrainSummary, eval_file, predict_file, train};
+pub use weighting::{LossWeighting, Weighting, WeightingState};
 
 use thiserror::Error;
 

@@ -15,12 +15,13 @@ use burn::module::{Module, ModuleMapper, Param, ParamId};
 use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Int, Tensor};
 use mtl_features::{BatchTensors, TableLayout};
-use mtl_layers::MultiTaskModel;
+use mtl_layers::{MultiTaskModel, with_running_stats_frozen};
 
 use crate::checkpoint::SPARSE_MOMENTS;
 use crate::config::{EmbeddingUpdate, TablePlace, TrainSettings};
 use crate::device_table::DeviceAdam;
 use crate::sparse::SparseAdam;
+use crate::weighting::{Weighting, WeightingState};
 use crate::{TrainError, record_err};
 
 /// A batch as the loader hands it over.
@@ -34,7 +35,8 @@ pub struct Batch {
 /// The losses of one step, read back to the host.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepLosses {
-    /// The weighted sum of the terms.
+    /// The sum of the terms weighted by the fixed weights (with learned weights, the plain
+    /// sum, comparable across steps and with the validation loss).
     pub total: f64,
     /// Each loss term, in the model's `loss_names` order.
     pub terms: Vec<f32>,
@@ -173,14 +175,15 @@ pub struct Stepper {
     dense: ModuleOptimizer,
     table: Option<Table>,
     lr: f64,
-    loss_weights: Vec<f32>,
+    weighting: Weighting,
     loss_names: Vec<String>,
 }
 
 impl Stepper {
     /// A stepper for `model`. With row-sparse updates it moves the embedding table out of the
     /// model (which keeps a one-row placeholder) into host memory, with the moments saved at
-    /// `moments` (the file and the step count) when resuming.
+    /// `moments` (the file and the step count) when resuming; `weighting` is the learned loss
+    /// weighting's state when resuming.
     pub fn new<M: MultiTaskModel>(
         model: M,
         dense: ModuleOptimizer,
@@ -188,13 +191,22 @@ impl Stepper {
         layout: &TableLayout,
         device: &Device,
         moments: Option<(&Path, usize)>,
+        weighting: Option<WeightingState>,
     ) -> Result<(M, Self), TrainError> {
+        let loss_names = model.loss_names();
+        let outputs: Vec<String> = model.outputs().into_iter().map(|o| o.name).collect();
         let mut stepper = Self {
             dense,
             table: None,
             lr: settings.lr,
-            loss_weights: settings.loss_weights.clone(),
-            loss_names: model.loss_names(),
+            weighting: Weighting::new(
+                &settings.loss_weighting,
+                &settings.loss_weights,
+                &loss_names,
+                &outputs,
+                weighting,
+            ),
+            loss_names,
         };
         // a schema without id fields has no table to update
         if settings.embedding == EmbeddingUpdate::Dense || layout.total_rows == 0 {
@@ -256,12 +268,16 @@ impl Stepper {
             }
             None => (model, None),
         };
+        let grad_norms = match self.weighting.wants_grad_norms(step) {
+            true => Some(self.task_grad_norms(&model, &tensors)?),
+            false => None,
+        };
         let forward = model.forward(&tensors);
-        let loss = forward.total_loss(&self.loss_weights);
+        let loss = forward.total_loss(&self.weighting.weights());
         let terms = crate::fit::to_host(Tensor::cat(forward.losses, 0))?;
         let total = weighted(
             &terms.iter().map(|&t| f64::from(t)).collect::<Vec<_>>(),
-            &self.loss_weights,
+            self.weighting.reported(),
         );
         if !total.is_finite() {
             return Err(TrainError::NonFinite {
@@ -280,7 +296,46 @@ impl Stepper {
         let grads = GradientsParams::from_grads(grads, &model);
         let model = self.dense.step(self.lr, model, grads);
         let model = self.without_table(model);
+        self.weighting.update(&terms, grad_norms.as_deref());
         Ok((model, StepLosses { total, terms }))
+    }
+
+    /// Each task term's gradient norm on the embedding table the model holds (the batch's
+    /// rows when row-sparse), one forward and backward pass per task; BatchNorm's running
+    /// statistics are left as the step's own pass leaves them.
+    fn task_grad_norms<M: MultiTaskModel>(
+        &self,
+        model: &M,
+        tensors: &BatchTensors,
+    ) -> Result<Vec<f64>, TrainError> {
+        let mut norms = Vec::new();
+        for i in self.weighting.task_terms() {
+            let loss = with_running_stats_frozen(|| model.forward(tensors).losses.swap_remove(i));
+            let grads = loss.backward();
+            let norm = match model.input_layer().embedding.weight.grad(&grads) {
+                Some(g) => crate::fit::to_host(g.square().sum().reshape([1]))?[0],
+                None => 0.0,
+            };
+            norms.push(f64::from(norm).sqrt());
+        }
+        Ok(norms)
+    }
+
+    /// The learned loss weighting's state, to checkpoint (`None` for fixed weights).
+    pub fn weighting_state(&self) -> Option<WeightingState> {
+        self.weighting.learned().then(|| self.weighting.state.clone())
+    }
+
+    /// The learned weights by task term and, for GradNorm, the weighted gradient norms of the
+    /// last update (both empty for fixed weights).
+    pub fn weight_report(&self) -> (Vec<(String, f64)>, Vec<(String, f64)>) {
+        let weights = self.weighting.report(&self.loss_names);
+        let norms = weights
+            .iter()
+            .zip(&self.weighting.state.grad_norms)
+            .map(|((name, _), g)| (name.clone(), *g))
+            .collect();
+        (weights, norms)
     }
 
     /// `model` holding the whole current table (for evaluation, checkpoints and the end).
