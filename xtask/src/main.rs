@@ -3,6 +3,7 @@
 //! Heavy work runs in the release `mtl` binary (built first); xtask itself only orchestrates
 //! and summarises, so it compiles in seconds and never builds burn in the debug profile.
 
+mod chain_quality;
 mod gpu;
 mod onnx_check;
 mod peer;
@@ -104,6 +105,12 @@ enum Task {
         /// CPU threads for mtl.
         #[arg(long, default_value_t = 2)]
         threads: usize,
+        /// Training seeds of the conversion-chain comparison (each trains every variant).
+        #[arg(long, default_value_t = 3)]
+        seeds: u64,
+        /// Only the conversion-chain comparison.
+        #[arg(long)]
+        chain_only: bool,
     },
     /// Load test of `mtl serve` on loopback: latency and rows/s at concurrency 1, 16 and 64
     /// for ESMM example and MMOE large, a storm of malformed requests among good ones, peak
@@ -132,7 +139,12 @@ fn main() -> Result<()> {
             run(Command::new(mtl).arg("gen-data").args(args))
         }
         Task::Bench(args) => bench(&args),
-        Task::Quality { quick, threads } => quality(quick, threads),
+        Task::Quality {
+            quick,
+            threads,
+            seeds,
+            chain_only,
+        } => quality(quick, threads, seeds, chain_only),
         Task::ServeLoad(args) => serve_load::serve_load(&args),
         Task::Gpu(args) => gpu::gpu(&args),
         Task::OnnxCheck { quick } => onnx_check::onnx_check(quick),
@@ -513,14 +525,7 @@ fn median_at(runs: &[Value], path: &[&str]) -> Option<f64> {
 /// The mean and sample standard deviation (0 for one value) of the numbers at `path`.
 fn mean_sd_at(runs: &[Value], path: &[&str]) -> Option<(f64, f64)> {
     let v: Vec<f64> = runs.iter().filter_map(|r| at(r, path).as_f64()).collect();
-    let n = v.len() as f64;
-    let mean = v.iter().sum::<f64>() / n;
-    let sd = if v.len() > 1 {
-        (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
-    } else {
-        0.0
-    };
-    (!v.is_empty()).then_some((mean, sd))
+    stats::mean_sd(&v)
 }
 
 fn at<'a>(v: &'a Value, path: &[&str]) -> &'a Value {
@@ -672,11 +677,25 @@ fn peer_table(results: &[Value]) -> String {
     md
 }
 
-fn quality(quick: bool, threads: usize) -> Result<()> {
+fn quality(quick: bool, threads: usize, seeds: u64, chain_only: bool) -> Result<()> {
     let mtl = build_mtl()?;
     let dir = work_dir("quality");
     std::fs::create_dir_all(&dir)?;
     let mut report = json!({});
+    let (chain, chain_md) = chain_quality::chain_quality(&mtl, &dir, quick, threads, seeds)?;
+    report["chain"] = chain;
+    let chain_md = format!(
+        "\nConversion chain (impression → click → cart → purchase), per step: AUC of the step given the previous one on the test rows where the previous step happened, and Spearman ρ of that conditional with its true probability over all test rows (mean ± s.e.):\n\n{chain_md}"
+    );
+    if chain_only {
+        std::fs::write(
+            dir.join("quality-chain.json"),
+            serde_json::to_vec_pretty(&report)?,
+        )?;
+        std::fs::write(dir.join("quality-chain.md"), &chain_md)?;
+        println!("{chain_md}");
+        return Ok(());
+    }
 
     // (1) ESMM's pCVR over the entire space vs a CVR model trained on clicked rows only
     let rows = if quick { 200_000 } else { 1_000_000 };
@@ -688,7 +707,7 @@ fn quality(quick: bool, threads: usize) -> Result<()> {
         data.join("synth_ccp_test.csv"),
     );
     let clicked = dir.join("clicked_train.csv");
-    stats::filter_clicked(&train, &clicked)?;
+    stats::filter_where(&train, &clicked, "click")?;
     let esmm = run_config(
         &schema,
         &train,
@@ -813,6 +832,7 @@ fn quality(quick: bool, threads: usize) -> Result<()> {
             fmt(get("shared_bottom"), 4)
         );
     }
+    md += &chain_md;
     std::fs::write(dir.join("quality.json"), serde_json::to_vec_pretty(&report)?)?;
     std::fs::write(dir.join("quality.md"), &md)?;
     println!("{md}");

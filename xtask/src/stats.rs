@@ -60,50 +60,112 @@ pub fn soft_auc(scores: &[f64], p: &[f64]) -> Option<f64> {
     (den > 0.0).then(|| num / den)
 }
 
-/// Copies the header and the rows whose first column is `1` (clicked rows).
-pub fn filter_clicked(from: &Path, to: &Path) -> Result<()> {
+/// Mean and sample standard deviation (0 for one value); `None` for no values.
+pub fn mean_sd(v: &[f64]) -> Option<(f64, f64)> {
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let sd = if v.len() > 1 {
+        (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
+    } else {
+        0.0
+    };
+    (!v.is_empty()).then_some((mean, sd))
+}
+
+/// Mean and standard error of the mean (`sd / √n`); `None` for no values.
+pub fn mean_se(v: &[f64]) -> Option<(f64, f64)> {
+    mean_sd(v).map(|(m, sd)| (m, sd / (v.len() as f64).sqrt()))
+}
+
+/// Copies the rows of a CSV whose column `column` is `1` (the header too): the rows where a
+/// funnel step happened, e.g. the clicked rows.
+pub fn filter_where(from: &Path, to: &Path, column: &str) -> Result<()> {
     let text = std::fs::read_to_string(from).with_context(|| format!("reading {}", from.display()))?;
     let mut out = String::with_capacity(text.len() / 8);
     let mut lines = text.lines();
-    out += lines.next().unwrap_or("");
+    let header = lines.next().unwrap_or("");
+    let at = header
+        .split(',')
+        .position(|h| h == column)
+        .with_context(|| format!("{}: no column {column}", from.display()))?;
+    out += header;
     out.push('\n');
-    for line in lines.filter(|l| l.starts_with("1,")) {
+    for line in lines.filter(|l| l.split(',').nth(at) == Some("1")) {
         out += line;
         out.push('\n');
     }
     std::fs::write(to, out).with_context(|| format!("writing {}", to.display()))
 }
 
-/// Two numeric columns of a CSV file.
-pub fn read_two_columns(path: &Path, a: &str, b: &str) -> Result<(Vec<f64>, Vec<f64>)> {
+/// Numeric columns of a CSV file, by name, in the order asked.
+pub fn read_columns(path: &Path, names: &[&str]) -> Result<Vec<Vec<f64>>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().unwrap_or("").split(',').collect();
-    let find = |n: &str| {
-        header
-            .iter()
-            .position(|h| *h == n)
-            .with_context(|| format!("{}: no column {n}", path.display()))
-    };
-    let (ia, ib) = (find(a)?, find(b)?);
-    let (mut xa, mut xb) = (Vec::new(), Vec::new());
+    let at = names
+        .iter()
+        .map(|n| {
+            header
+                .iter()
+                .position(|h| h == n)
+                .with_context(|| format!("{}: no column {n}", path.display()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut columns = vec![Vec::new(); names.len()];
     for (k, line) in lines.enumerate() {
         let cells: Vec<&str> = line.split(',').collect();
-        let parse = |i: usize| -> Result<f64> {
-            cells
+        for (column, &i) in columns.iter_mut().zip(&at) {
+            let value = cells
                 .get(i)
                 .and_then(|c| c.parse().ok())
-                .with_context(|| format!("{}:{}: bad number", path.display(), k + 2))
-        };
-        xa.push(parse(ia)?);
-        xb.push(parse(ib)?);
+                .with_context(|| format!("{}:{}: bad number", path.display(), k + 2))?;
+            column.push(value);
+        }
     }
-    Ok((xa, xb))
+    Ok(columns)
+}
+
+/// Two numeric columns of a CSV file.
+pub fn read_two_columns(path: &Path, a: &str, b: &str) -> Result<(Vec<f64>, Vec<f64>)> {
+    let mut columns = read_columns(path, &[a, b])?.into_iter();
+    Ok((
+        columns.next().unwrap_or_default(),
+        columns.next().unwrap_or_default(),
+    ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mean_sd_and_se_by_hand() {
+        // 2, 4, 6: mean 4, sd √((4 + 0 + 4)/2) = 2, se 2/√3
+        let (m, sd) = mean_sd(&[2.0, 4.0, 6.0]).unwrap();
+        assert_eq!((m, sd), (4.0, 2.0));
+        let (_, se) = mean_se(&[2.0, 4.0, 6.0]).unwrap();
+        assert!((se - 2.0 / 3f64.sqrt()).abs() < 1e-12);
+        assert_eq!(mean_sd(&[]), None);
+        assert_eq!(mean_sd(&[5.0]), Some((5.0, 0.0)));
+    }
+
+    #[test]
+    fn filter_and_read_columns_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let (from, to) = (dir.path().join("a.csv"), dir.path().join("b.csv"));
+        std::fs::write(&from, "click,cart,x\n1,0,0.5\n0,0,1.5\n1,1,2.5\n").unwrap();
+        filter_where(&from, &to, "cart").unwrap();
+        assert_eq!(std::fs::read_to_string(&to).unwrap(), "click,cart,x\n1,1,2.5\n");
+        filter_where(&from, &to, "click").unwrap();
+        let cols = read_columns(&to, &["x", "click"]).unwrap();
+        assert_eq!(cols, vec![vec![0.5, 2.5], vec![1.0, 1.0]]);
+        assert!(
+            filter_where(&from, &to, "buy")
+                .unwrap_err()
+                .to_string()
+                .contains("no column buy")
+        );
+    }
 
     #[test]
     fn spearman_hand_cases() {

@@ -189,7 +189,11 @@ fn shipped_configs_parse() {
             use mtl_trainer::Registry;
             let c = mtl_models::RunConfig::from_file(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
             let kind = mtl_models::Models::kind(&c.model);
-            assert!(name.starts_with(kind), "{name} holds a {kind} model");
+            // `esmm-chain-example.toml` holds an `esmm_chain` model
+            assert!(
+                name.replace('-', "_").starts_with(kind),
+                "{name} holds a {kind} model"
+            );
         }
         n += 1;
     }

@@ -15,6 +15,7 @@ use crate::early_stopping::{improves, monitored};
 use crate::fit::{EvalRecord, FitOptions, TrainState};
 use crate::metrics::evaluate;
 use crate::step::weighted;
+use crate::weighting::WeightReport;
 
 /// Reads a `[n]` tensor back to the host; a backend failure is an error, never an empty list.
 pub fn to_host(t: Tensor<1>) -> Result<Vec<f32>, TrainError> {
@@ -96,7 +97,7 @@ impl Evaluator<'_> {
         model: &M,
         state: &mut TrainState,
         clock: &mut Instant,
-        (loss_weights, grad_norms): (Vec<(String, f64)>, Vec<(String, f64)>),
+        weights: WeightReport,
     ) -> Result<bool, TrainError> {
         let secs = state.pending_secs + clock.elapsed().as_secs_f64();
         let (rows, loss_sum, terms) = std::mem::take(&mut state.pending);
@@ -129,8 +130,8 @@ impl Evaluator<'_> {
             train_secs: secs,
             samples_per_sec: rows as f64 / secs.max(1e-9),
             data_secs: std::mem::take(&mut state.pending_data_secs),
-            loss_weights,
-            grad_norms,
+            loss_weights: weights.weights,
+            grad_norms: weights.grad_norms,
         };
         tracing::info!(step = record.step, train_loss = record.train_loss, "evaluation");
         if self.options.progress {

@@ -21,7 +21,7 @@ use crate::checkpoint::SPARSE_MOMENTS;
 use crate::config::{EmbeddingUpdate, TablePlace, TrainSettings};
 use crate::device_table::DeviceAdam;
 use crate::sparse::SparseAdam;
-use crate::weighting::{Weighting, WeightingState};
+use crate::weighting::{WeightReport, Weighting, WeightingState};
 use crate::{TrainError, record_err};
 
 /// A batch as the loader hands it over.
@@ -328,14 +328,14 @@ impl Stepper {
 
     /// The learned weights by task term and, for GradNorm, the weighted gradient norms of the
     /// last update (both empty for fixed weights).
-    pub fn weight_report(&self) -> (Vec<(String, f64)>, Vec<(String, f64)>) {
+    pub fn weight_report(&self) -> WeightReport {
         let weights = self.weighting.report(&self.loss_names);
-        let norms = weights
+        let grad_norms = weights
             .iter()
             .zip(&self.weighting.state.grad_norms)
             .map(|((name, _), g)| (name.clone(), *g))
             .collect();
-        (weights, norms)
+        WeightReport { weights, grad_norms }
     }
 
     /// `model` holding the whole current table (for evaluation, checkpoints and the end).

@@ -91,6 +91,16 @@ impl LossWeighting {
     }
 }
 
+/// What an evaluation records of a learned weighting: each task term's weight and, for
+/// GradNorm, its weighted gradient norm at the last update (both empty for fixed weights).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WeightReport {
+    /// `(term, weight)`.
+    pub weights: Vec<(String, f64)>,
+    /// `(term, w_i ‖∇_W L_i‖)`.
+    pub grad_norms: Vec<(String, f64)>,
+}
+
 /// Adam's first and second moments for a few host scalars.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct ScalarAdam {
@@ -207,7 +217,7 @@ impl Weighting {
     /// Whether step `step` (1-based) needs each task term's gradient norm on the table.
     pub fn wants_grad_norms(&self, step: usize) -> bool {
         match self.rule {
-            LossWeighting::Gradnorm { every, .. } => (step - 1) % every == 0,
+            LossWeighting::Gradnorm { every, .. } => (step - 1).is_multiple_of(every),
             _ => false,
         }
     }

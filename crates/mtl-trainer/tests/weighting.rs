@@ -12,7 +12,7 @@ use rand::{Rng, SeedableRng};
 
 /// Two sparse fields of 50 ids; `y1 = a_u + b_i + noise`, `y2 = 10 (c_u − d_i) + noise`: two
 /// regression tasks whose losses (and gradients) differ by about two orders of magnitude.
-fn scaled_pair(dir: &Path) -> (PathBuf, [PathBuf; 2]) {
+fn scaled_pair(dir: &Path) -> Files {
     let mut rng = StdRng::seed_from_u64(5);
     let effects: Vec<[f64; 4]> = (0..50)
         .map(|_| std::array::from_fn(|_| rng.random::<f64>() * 2.0 - 1.0))
@@ -36,7 +36,15 @@ fn scaled_pair(dir: &Path) -> (PathBuf, [PathBuf; 2]) {
         "embed_dim = 4\nembed_init_std = 0.1\n[[sparse]]\nname = \"u\"\nvocab_size = 50\n[[sparse]]\nname = \"i\"\nvocab_size = 50\n[[labels]]\nname = \"y1\"\nkind = \"regression\"\n[[labels]]\nname = \"y2\"\nkind = \"regression\"\n",
     )
     .unwrap();
-    (schema, files.try_into().unwrap())
+    let [train, valid]: [PathBuf; 2] = files.try_into().unwrap();
+    Files { schema, train, valid }
+}
+
+/// A schema and its training and validation files.
+struct Files {
+    schema: PathBuf,
+    train: PathBuf,
+    valid: PathBuf,
 }
 
 const MMOE_Y: &str = "type = \"mmoe\"\nn_experts = 2\nexpert = { dims = [8] }\ntower = { dims = [4] }\ntasks = [{ label = \"y1\" }, { label = \"y2\" }]";
@@ -44,18 +52,16 @@ const MMOE_Y: &str = "type = \"mmoe\"\nn_experts = 2\nexpert = { dims = [8] }\nt
 fn run(
     dir: &Path,
     name: &str,
-    schema: &Path,
-    train: &Path,
-    valid: &Path,
+    files: &Files,
     model: &str,
     weighting: LossWeighting,
     epochs: usize,
 ) -> Vec<EvalRecord> {
     let config = RunConfig {
-        schema: schema.to_path_buf(),
+        schema: files.schema.clone(),
         data: DataConfig {
-            train: train.to_path_buf().into(),
-            valid: Some(valid.to_path_buf().into()),
+            train: files.train.clone().into(),
+            valid: Some(files.valid.clone().into()),
             test: None,
             bad_rows: "fail".into(),
             cache: false,
@@ -85,13 +91,11 @@ fn value(pairs: &[(String, f64)], name: &str) -> f64 {
 #[test]
 fn uncertainty_weights_follow_the_inverse_of_each_task_loss() {
     let dir = tempfile::tempdir().unwrap();
-    let (schema, [train, valid]) = scaled_pair(dir.path());
+    let files = scaled_pair(dir.path());
     let history = run(
         dir.path(),
         "u",
-        &schema,
-        &train,
-        &valid,
+        &files,
         MMOE_Y,
         LossWeighting::Uncertainty { lr: 0.02 },
         3,
@@ -126,33 +130,15 @@ fn uncertainty_weights_follow_the_inverse_of_each_task_loss() {
 #[test]
 fn gradnorm_brings_weighted_gradient_norms_within_a_band() {
     let dir = tempfile::tempdir().unwrap();
-    let (schema, [train, valid]) = scaled_pair(dir.path());
+    let files = scaled_pair(dir.path());
     let gradnorm = |lr: f64| LossWeighting::Gradnorm {
         alpha: 0.0,
         lr,
         every: 1,
     };
     // a learning rate too small to move the weights: the norms as fixed weights leave them
-    let fixed = run(
-        dir.path(),
-        "fixed",
-        &schema,
-        &train,
-        &valid,
-        MMOE_Y,
-        gradnorm(1e-9),
-        2,
-    );
-    let balanced = run(
-        dir.path(),
-        "gn",
-        &schema,
-        &train,
-        &valid,
-        MMOE_Y,
-        gradnorm(0.02),
-        2,
-    );
+    let fixed = run(dir.path(), "fixed", &files, MMOE_Y, gradnorm(1e-9), 2);
+    let balanced = run(dir.path(), "gn", &files, MMOE_Y, gradnorm(0.02), 2);
     let ratio = |r: &EvalRecord| value(&r.grad_norms, "y2") / value(&r.grad_norms, "y1");
     let before: Vec<f64> = fixed.iter().map(ratio).collect();
     let after: Vec<f64> = balanced.iter().map(ratio).collect();
@@ -171,7 +157,12 @@ fn gradnorm_brings_weighted_gradient_norms_within_a_band() {
 fn both_rules_train_esmm_mmoe_and_ple() {
     use mtl_data::synthetic::{CcpSpec, generate_ccp};
     let dir = tempfile::tempdir().unwrap();
-    let files = generate_ccp(&CcpSpec::small(4000, 2), &dir.path().join("data"), "d").unwrap();
+    let ccp = generate_ccp(&CcpSpec::small(4000, 2), &dir.path().join("data"), "d").unwrap();
+    let files = Files {
+        schema: ccp.schema,
+        train: ccp.train,
+        valid: ccp.val,
+    };
     let tasks = "tasks = [{ label = \"click\" }, { label = \"purchase\" }]";
     let models = [
         (
@@ -209,9 +200,7 @@ fn both_rules_train_esmm_mmoe_and_ple() {
             let history = run(
                 dir.path(),
                 &format!("{name}-{rule}"),
-                &files.schema,
-                &files.train,
-                &files.val,
+                &files,
                 &model,
                 weighting,
                 1,
@@ -235,28 +224,19 @@ fn both_rules_train_esmm_mmoe_and_ple() {
 #[test]
 fn a_resumed_run_keeps_the_learned_weights() {
     let dir = tempfile::tempdir().unwrap();
-    let (schema, [train, valid]) = scaled_pair(dir.path());
+    let files = scaled_pair(dir.path());
     let weighting = LossWeighting::Gradnorm {
         alpha: 1.0,
         lr: 0.02,
         every: 1,
     };
-    let whole = run(
-        dir.path(),
-        "whole",
-        &schema,
-        &train,
-        &valid,
-        MMOE_Y,
-        weighting.clone(),
-        2,
-    );
+    let whole = run(dir.path(), "whole", &files, MMOE_Y, weighting.clone(), 2);
     // the same run stopped after its first epoch, then resumed for the second
     let config = |epochs| RunConfig {
-        schema: schema.clone(),
+        schema: files.schema.clone(),
         data: DataConfig {
-            train: train.clone().into(),
-            valid: Some(valid.clone().into()),
+            train: files.train.clone().into(),
+            valid: Some(files.valid.clone().into()),
             test: None,
             bad_rows: "fail".into(),
             cache: false,
