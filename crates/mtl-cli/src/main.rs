@@ -539,7 +539,12 @@ fn print_summary(s: &TrainSummary) {
         }
     );
     print_metrics("validation (last evaluation):", &s.valid);
-    print_metrics("test (saved model):", &s.test);
+    if let Some(before) = &s.test_uncalibrated {
+        print_metrics("test (saved model, before calibration):", before);
+        print_metrics("test (saved model, calibrated on the validation set):", &s.test);
+    } else {
+        print_metrics("test (saved model):", &s.test);
+    }
     if !s.gates.is_empty() {
         println!("gate utilisation (saved model, validation rows: mean weight per expert):");
         for g in &s.gates {

@@ -22,7 +22,8 @@ fn mtl(args: &[&str]) -> std::process::Output {
     out
 }
 
-/// A small ESMM trained on generated data with two dense fields, and its test CSV.
+/// A small ESMM trained on generated data with two dense fields (isotonic calibration on), and
+/// its test CSV.
 fn trained(dir: &Path) -> (String, String) {
     let data = dir.join("data");
     let data_s = data.display().to_string();
@@ -32,7 +33,7 @@ fn trained(dir: &Path) -> (String, String) {
     let config = dir.join("run.toml");
     std::fs::write(
         &config,
-        "schema = \"data/synth_ccp_schema.toml\"\n[data]\ntrain = \"data/synth_ccp_train.csv\"\nvalid = \"data/synth_ccp_val.csv\"\n[model]\ntype = \"esmm\"\nctr_tower = { dims = [16, 8] }\ncvr_tower = { dims = [16, 8] }\n[train]\nbatch_size = 256\nepochs = 1\n",
+        "schema = \"data/synth_ccp_schema.toml\"\n[data]\ntrain = \"data/synth_ccp_train.csv\"\nvalid = \"data/synth_ccp_val.csv\"\n[model]\ntype = \"esmm\"\nctr_tower = { dims = [16, 8] }\ncvr_tower = { dims = [16, 8] }\n[train]\nbatch_size = 256\nepochs = 1\ncalibration = \"isotonic\"\n",
     )
     .unwrap();
     let model = dir.join("model").display().to_string();
@@ -43,6 +44,8 @@ fn trained(dir: &Path) -> (String, String) {
         "--out",
         &model,
     ]);
+    // calibrated: the server's scores must equal `mtl predict`'s, calibration applied by both
+    assert!(dir.join("model/calibration.json").exists());
     (model, data.join("synth_ccp_test.csv").display().to_string())
 }
 

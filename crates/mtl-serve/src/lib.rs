@@ -219,6 +219,8 @@ struct App {
     outputs: Vec<String>,
     features: Features,
     encoder: Encoder,
+    /// The model directory's post-hoc calibration, applied to every answer.
+    calibration: Option<mtl_trainer::Calibration>,
     limits: Limits,
     queue: SyncSender<Job>,
     parsing: Arc<AtomicUsize>,
@@ -273,6 +275,7 @@ pub fn serve<R: Registry>(options: ServeOptions, on_ready: impl FnOnce(&Started)
         outputs: plan.outputs.iter().map(|o| o.name.clone()).collect(),
         features: Features::new(&dir.schema),
         encoder: dir.encoder.clone(),
+        calibration: dir.calibration.clone(),
         limits: options.limits,
         queue,
         parsing,
@@ -491,6 +494,10 @@ async fn predict(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) ->
         }
     };
     app.metrics.rows.inc_by(rows as u64);
+    let mut scores = scores;
+    if let Some(c) = &app.calibration {
+        c.apply(&app.outputs, &mut scores);
+    }
     let body = match layout {
         Layout::Rows => json!({
             "model_id": app.model_id,

@@ -279,6 +279,8 @@ pub fn export_onnx<R: Registry>(
         "table_offsets": model.encoder.layout().offset,
         "schema": read("schema.toml"),
         "features": features,
+        // the graph's outputs are uncalibrated: apply these maps to them as `mtl predict` does
+        "calibration": model.calibration,
     });
     let mut json_path = out.as_os_str().to_owned();
     json_path.push(".json");

@@ -8,6 +8,7 @@ use mtl_features::{LabelKind, ValidSchema};
 use mtl_layers::{ModelPlan, OutputSpec};
 use serde::{Deserialize, Serialize};
 
+use crate::calibration::CalibrationMethod;
 use crate::weighting::LossWeighting;
 use crate::{Registry, TrainError};
 
@@ -182,6 +183,87 @@ pub enum TablePlace {
     Device,
 }
 
+/// `[train] early_stopping`: absent (on, with [`EarlyStopping::default`], whenever there is
+/// validation data), `false` (off), `true` (the default settings) or a table.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum EarlyStoppingSetting {
+    /// Not given: resolved when the run starts ([`EarlyStoppingSetting::resolve`]).
+    #[default]
+    Auto,
+    /// `early_stopping = false`.
+    Off,
+    /// On, with these settings.
+    On(EarlyStopping),
+}
+
+/// The TOML forms of [`EarlyStoppingSetting`].
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum EarlyStoppingToml {
+    Flag(bool),
+    Table(EarlyStopping),
+}
+
+impl Serialize for EarlyStoppingSetting {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            // never written: a run's saved config holds the resolved setting
+            Self::Auto | Self::Off => EarlyStoppingToml::Flag(false).serialize(s),
+            Self::On(es) => EarlyStoppingToml::Table(es.clone()).serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for EarlyStoppingSetting {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = toml::Value::deserialize(d)?;
+        match value {
+            toml::Value::Boolean(true) => Ok(Self::On(EarlyStopping::default())),
+            toml::Value::Boolean(false) => Ok(Self::Off),
+            toml::Value::Table(_) => EarlyStopping::deserialize(value)
+                .map(Self::On)
+                .map_err(serde::de::Error::custom),
+            other => Err(serde::de::Error::custom(format!(
+                "expected `false`, `true` or a table like {{ metric = \"loss\", patience = 2 }}, found {}",
+                other.type_str()
+            ))),
+        }
+    }
+}
+
+impl EarlyStoppingSetting {
+    /// The setting a run uses: `Auto` is on (validation loss, patience 2) with validation data
+    /// and off without.
+    pub fn resolve(&self, has_valid: bool) -> Self {
+        match self {
+            Self::Auto if has_valid => Self::On(EarlyStopping::default()),
+            Self::Auto => Self::Off,
+            other => other.clone(),
+        }
+    }
+
+    /// The active settings, if early stopping is on.
+    pub fn active(&self) -> Option<&EarlyStopping> {
+        match self {
+            Self::On(es) => Some(es),
+            _ => None,
+        }
+    }
+
+    /// One line on the choice, printed when a run starts.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::On(es) => format!(
+                "early stopping on `{}` ({} is better), patience {} evaluations; the best evaluation's model is kept (`early_stopping = false` turns it off)",
+                es.metric,
+                if es.higher_is_better() { "higher" } else { "lower" },
+                es.patience
+            ),
+            _ => "early stopping off: the model after the last step is kept".into(),
+        }
+    }
+}
+
 /// Early stopping on a validation metric.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -195,6 +277,20 @@ pub struct EarlyStopping {
 
 fn default_patience() -> usize {
     2
+}
+
+fn is_auto(setting: &EarlyStoppingSetting) -> bool {
+    *setting == EarlyStoppingSetting::Auto
+}
+
+impl Default for EarlyStopping {
+    /// The validation loss, patience 2.
+    fn default() -> Self {
+        Self {
+            metric: "loss".into(),
+            patience: default_patience(),
+        }
+    }
 }
 
 /// Which way a monitored metric improves.
@@ -307,9 +403,14 @@ pub struct TrainSettings {
     /// Write a checkpoint every N steps (default: at the end of each epoch).
     #[serde(default)]
     pub checkpoint_every_steps: Option<usize>,
-    /// Stop on a validation metric that stops improving; the best model is kept.
+    /// Post-hoc calibration of the binary outputs, fitted on the validation set after
+    /// training: `none` (default), `platt` or `isotonic` (see [`crate::calibration`]).
     #[serde(default)]
-    pub early_stopping: Option<EarlyStopping>,
+    pub calibration: CalibrationMethod,
+    /// Stop on a validation metric that stops improving, keeping the best model: on by default
+    /// with validation data (validation loss, patience 2); `false` turns it off.
+    #[serde(default, skip_serializing_if = "is_auto")]
+    pub early_stopping: EarlyStoppingSetting,
     /// Stop after this many steps in total (a checkpoint is written; `--resume` continues).
     #[serde(default)]
     pub max_steps: Option<usize>,
@@ -495,8 +596,13 @@ impl<R: Registry> RunConfig<R> {
             file: file.to_string(),
             message,
         };
-        if self.train.early_stopping.is_some() && self.data.valid.is_none() {
+        if self.train.early_stopping.active().is_some() && self.data.valid.is_none() {
             return Err(bad("`train.early_stopping` needs `data.valid`".into()));
+        }
+        if self.train.calibration != CalibrationMethod::None && self.data.valid.is_none() {
+            return Err(bad(
+                "`train.calibration` is fitted on the validation set: it needs `data.valid`".into(),
+            ));
         }
         self.data.policy().map_err(|_| {
             bad(format!(
@@ -544,7 +650,7 @@ impl<R: Registry> RunConfig<R> {
                 plan.loss_names.join(", ")
             )));
         }
-        if let Some(es) = &self.train.early_stopping {
+        if let Some(es) = self.train.early_stopping.active() {
             es.check(&plan.outputs).map_err(bad)?;
         }
         Ok(())
@@ -682,8 +788,54 @@ early_stopping = { metric = "click.auc" }
         assert_eq!(Test::kind(&c.model), "mmoe");
         assert_eq!(c.train.batch_size, 1024);
         assert_eq!(c.train.epochs, 2);
-        assert!(c.train.early_stopping.as_ref().unwrap().higher_is_better());
+        assert!(c.train.early_stopping.active().unwrap().higher_is_better());
         assert_eq!(TrainSettings::default().lr, 1e-3);
+    }
+
+    #[test]
+    fn early_stopping_is_on_by_default_with_validation_data() {
+        let with = |line: &str| {
+            let text = GOOD.replace("early_stopping = { metric = \"click.auc\" }", line);
+            RunConfig::from_toml_str(&text, "c.toml").map(|c| c.train.early_stopping)
+        };
+        let auto = with("").unwrap();
+        assert_eq!(auto, EarlyStoppingSetting::Auto);
+        let on = auto.resolve(true);
+        assert_eq!(on.active(), Some(&EarlyStopping::default()));
+        assert_eq!(
+            (
+                on.active().unwrap().metric.as_str(),
+                on.active().unwrap().patience
+            ),
+            ("loss", 2)
+        );
+        assert!(on.describe().contains("`early_stopping = false` turns it off"));
+        assert_eq!(auto.resolve(false), EarlyStoppingSetting::Off);
+        assert_eq!(
+            with("early_stopping = false").unwrap().resolve(true),
+            EarlyStoppingSetting::Off
+        );
+        assert_eq!(
+            with("early_stopping = true").unwrap(),
+            EarlyStoppingSetting::On(EarlyStopping::default())
+        );
+        let err = with("early_stopping = 3").unwrap_err().to_string();
+        assert!(
+            err.contains("early_stopping") && err.contains("expected `false`, `true` or a table"),
+            "{err}"
+        );
+        let err = with("early_stopping = { metric = \"loss\", patient = 3 }")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("patient"), "{err}");
+        // the saved form reads back as the same setting
+        for setting in [EarlyStoppingSetting::Off, on.clone()] {
+            let mut settings = TrainSettings::default();
+            settings.early_stopping = setting.clone();
+            let text = toml::to_string(&settings).unwrap();
+            let back: TrainSettings = toml::from_str(&text).unwrap();
+            assert_eq!(back.early_stopping, setting, "{text}");
+        }
     }
 
     #[test]

@@ -153,3 +153,63 @@ pub fn render_svg(history: &[EvalRecord]) -> String {
     }
     svg + "</svg>\n"
 }
+
+/// The reliability diagram of every binary output in `metrics` (one panel each): the mean
+/// prediction against the observed rate per bin, and the diagonal of perfect calibration.
+pub fn render_reliability(metrics: &[crate::metrics::TaskMetrics], title: &str) -> String {
+    let panels: Vec<_> = metrics
+        .iter()
+        .filter_map(|m| m.binary.as_ref().map(|b| (m, b)))
+        .collect();
+    let (w, h, pad) = (260.0, 280.0, 40.0);
+    let side = w - 2.0 * pad;
+    let total_w = w * panels.len().max(1) as f64;
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{total_w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+    );
+    for (p, (m, b)) in panels.iter().enumerate() {
+        let left = p as f64 * w + pad;
+        let top = 40.0;
+        // both axes run to the largest value seen (rare events crowd near 0 otherwise)
+        let max = b
+            .reliability
+            .iter()
+            .flat_map(|r| [r.mean_prediction, r.observed_rate])
+            .fold(1e-6, f64::max);
+        let sx = |x: f64| left + x / max * side;
+        let sy = |y: f64| top + side - y / max * side;
+        svg += &format!(
+            "<text x=\"{left}\" y=\"16\" font-weight=\"bold\">{} {title}</text>\n<text x=\"{left}\" y=\"30\">ECE {:.4}</text>\n",
+            m.name, b.ece
+        );
+        svg += &format!(
+            "<rect x=\"{left}\" y=\"{top}\" width=\"{side}\" height=\"{side}\" fill=\"none\" stroke=\"#999\"/>\n<line x1=\"{}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"#bbb\" stroke-dasharray=\"4\"/>\n",
+            sx(0.0),
+            sy(0.0),
+            sx(max),
+            sy(max)
+        );
+        let coords: Vec<String> = b
+            .reliability
+            .iter()
+            .map(|r| format!("{:.1},{:.1}", sx(r.mean_prediction), sy(r.observed_rate)))
+            .collect();
+        svg += &format!(
+            "<polyline fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"2\" points=\"{}\"/>\n",
+            coords.join(" ")
+        );
+        for c in &coords {
+            let (cx, cy) = c.split_once(',').unwrap_or(("0", "0"));
+            svg += &format!("<circle cx=\"{cx}\" cy=\"{cy}\" r=\"3\" fill=\"#1f77b4\"/>\n");
+        }
+        svg += &format!(
+            "<text x=\"{left}\" y=\"{}\">mean prediction (0 – {max:.3})</text>\n<text x=\"{}\" y=\"{}\" transform=\"rotate(-90 {} {})\">observed rate</text>\n",
+            top + side + 16.0,
+            left - 8.0,
+            top + side,
+            left - 8.0,
+            top + side
+        );
+    }
+    svg + "</svg>\n"
+}

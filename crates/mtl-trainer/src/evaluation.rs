@@ -161,7 +161,7 @@ impl Evaluator<'_> {
         record: &EvalRecord,
         state: &mut TrainState,
     ) -> Result<bool, TrainError> {
-        let Some(es) = &self.settings.early_stopping else {
+        let Some(es) = self.settings.early_stopping.active() else {
             return Ok(false);
         };
         let Some(value) = monitored(record, &es.metric) else {

@@ -18,6 +18,7 @@
 //! model types would have to live in the model crates (orphan rule), pulling training code
 //! down the stack.
 
+pub mod calibration;
 pub mod checkpoint;
 pub mod config;
 pub mod curve;
@@ -36,8 +37,8 @@ pub mod step;
 pub mod weighting;
 
 pub use config::{
-    DataConfig, DataFiles, Direction, EarlyStopping, EmbeddingUpdate, OptimizerKind, RunConfig, TablePlace,
-    TrainSettings,
+    DataConfig, DataFiles, Direction, EarlyStopping, EarlyStoppingSetting, EmbeddingUpdate, OptimizerKind,
+    RunConfig, TablePlace, TrainSettings,
 };
 pub use registry::{Registry, WithModel, example_model, parse_model};
 
@@ -51,6 +52,7 @@ pub mod __private {
     pub use serde;
     pub use toml;
 }
+pub use calibration::{Calibration, CalibrationMethod, Calibrator};
 pub use fit::{EvalRecord, TrainState};
 pub use metrics::{TaskMetrics, auc};
 pub use run::{ModelDir, TrainOptions, TrainSummary, eval_file, predict_file, train};

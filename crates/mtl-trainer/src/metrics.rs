@@ -64,6 +64,82 @@ pub struct BinaryMetrics {
     pub mean_prediction: f64,
     /// Observed positive rate.
     pub observed_rate: f64,
+    /// Expected calibration error over [`RELIABILITY_BINS`] bins of equal row count:
+    /// `Σ_b (n_b / n) |mean prediction_b − observed rate_b|`.
+    #[serde(default)]
+    pub ece: f64,
+    /// The reliability diagram's bins, lowest predictions first.
+    #[serde(default)]
+    pub reliability: Vec<ReliabilityBin>,
+}
+
+/// Bins of the reliability diagram, at most (equal row counts, so a rare event's bins are not
+/// all in the first tenth of the probability range; tied predictions share a bin).
+pub const RELIABILITY_BINS: usize = 10;
+
+/// One bin of a reliability diagram.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReliabilityBin {
+    /// Rows in the bin.
+    pub rows: usize,
+    /// Mean predicted probability.
+    pub mean_prediction: f64,
+    /// Observed positive rate.
+    pub observed_rate: f64,
+}
+
+/// The reliability bins (equal row counts, by prediction) and the expected calibration error.
+pub fn reliability(scores: &[f32], targets: &[f32]) -> (Vec<ReliabilityBin>, f64) {
+    let n = scores.len();
+    if n == 0 {
+        return (Vec::new(), 0.0);
+    }
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
+    let bins = RELIABILITY_BINS.min(n);
+    let mut out = Vec::with_capacity(bins);
+    let mut ece = 0.0;
+    let mut start = 0;
+    for b in 0..bins {
+        // a bin ends at its share of the rows, moved past any run of equal predictions (tied
+        // rows share a bin, so a constant prediction is one bin)
+        let mut end = ((b + 1) * n / bins).max(start);
+        while end < n && end > 0 && scores[order[end]] == scores[order[end - 1]] {
+            end += 1;
+        }
+        if end == start {
+            continue;
+        }
+        let rows = &order[start..end];
+        start = end;
+        let k = rows.len() as f64;
+        let mean_prediction = rows.iter().map(|&r| f64::from(scores[r])).sum::<f64>() / k;
+        let observed_rate = rows.iter().map(|&r| f64::from(targets[r])).sum::<f64>() / k;
+        ece += k / n as f64 * (mean_prediction - observed_rate).abs();
+        out.push(ReliabilityBin {
+            rows: rows.len(),
+            mean_prediction,
+            observed_rate,
+        });
+    }
+    (out, ece)
+}
+
+/// The predictions and targets of one output on the rows its metrics use (`rows_where`).
+pub fn rows_of(spec: &OutputSpec, pred: &[f32], data: &EncodedData) -> (Vec<f32>, Vec<f32>) {
+    let mut scores = Vec::with_capacity(data.rows);
+    let mut targets = Vec::with_capacity(data.rows);
+    for (r, &score) in pred.iter().enumerate().take(data.rows) {
+        let label = |i: usize| data.labels[r * data.n_labels + i];
+        if let Some(w) = spec.rows_where
+            && label(w) < 0.5
+        {
+            continue;
+        }
+        scores.push(score);
+        targets.push(spec.target.iter().map(|&i| label(i)).product::<f32>());
+    }
+    (scores, targets)
 }
 
 /// Metrics of one regression output.
@@ -99,6 +175,7 @@ impl TaskMetrics {
             ("auc", Some(b), _) => b.auc,
             ("logloss" | "log_loss", Some(b), _) => Some(b.log_loss),
             ("mean_prediction", Some(b), _) => Some(b.mean_prediction),
+            ("ece", Some(b), _) => Some(b.ece),
             ("mse", _, Some(r)) => Some(r.mse),
             ("mae", _, Some(r)) => Some(r.mae),
             _ => None,
@@ -118,12 +195,13 @@ impl TaskMetrics {
     pub fn summary(&self) -> String {
         let body = match (&self.binary, &self.regression) {
             (Some(b), _) => format!(
-                "auc {}  logloss {:.5}  mean pred {:.4}  observed {:.4}",
+                "auc {}  logloss {:.5}  mean pred {:.4}  observed {:.4}  ece {:.4}",
                 b.auc
                     .map_or_else(|| b.auc_note.clone().unwrap_or_default(), |a| format!("{a:.4}")),
                 b.log_loss,
                 b.mean_prediction,
-                b.observed_rate
+                b.observed_rate,
+                b.ece
             ),
             (_, Some(r)) => format!("mse {:.5}  mae {:.5}", r.mse, r.mae),
             _ => String::new(),
@@ -146,18 +224,7 @@ pub fn evaluate(
         .iter()
         .zip(predictions)
         .map(|(spec, pred)| {
-            let mut scores = Vec::with_capacity(data.rows);
-            let mut targets = Vec::with_capacity(data.rows);
-            for (r, &score) in pred.iter().enumerate().take(data.rows) {
-                let label = |i: usize| data.labels[r * data.n_labels + i];
-                if let Some(w) = spec.rows_where
-                    && label(w) < 0.5
-                {
-                    continue;
-                }
-                scores.push(score);
-                targets.push(spec.target.iter().map(|&i| label(i)).product::<f32>());
-            }
+            let (scores, targets) = rows_of(spec, pred, data);
             let rows_from = spec.rows_where.map_or_else(
                 || "all rows".to_string(),
                 |w| format!("rows with {} = 1", label_names[w]),
@@ -176,10 +243,13 @@ pub fn evaluate(
                             "n/a (no negatives)".to_string()
                         }
                     });
+                    let (reliability, ece) = reliability(&scores, &targets);
                     (
                         Some(BinaryMetrics {
                             auc,
                             auc_note,
+                            ece,
+                            reliability,
                             log_loss: log_loss(&scores, &targets),
                             mean_prediction: scores.iter().map(|&p| f64::from(p)).sum::<f64>() / n,
                             observed_rate: positives as f64 / n,
@@ -217,6 +287,32 @@ pub fn evaluate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ece_and_reliability_bins_by_hand() {
+        // 20 rows, predictions 0.05 ×10 and 0.6 ×10; observed 1 of 10 and 3 of 10: two
+        // halves of ten equal-count bins, ECE = ½·|0.05 − 0.1| + ½·|0.6 − 0.3| = 0.175
+        let scores: Vec<f32> = [0.05f32; 10].into_iter().chain([0.6f32; 10]).collect();
+        let mut targets = vec![0f32; 20];
+        targets[0] = 1.0;
+        targets[10] = 1.0;
+        targets[11] = 1.0;
+        targets[12] = 1.0;
+        let (bins, ece) = reliability(&scores, &targets);
+        assert_eq!(bins.len(), 2, "tied predictions share a bin");
+        assert!(bins.iter().all(|b| b.rows == 10));
+        assert!((ece - 0.175).abs() < 1e-6, "{ece}");
+        let observed: f64 = bins.iter().map(|b| b.observed_rate * b.rows as f64).sum();
+        assert!((observed - 4.0).abs() < 1e-9);
+        // a perfectly calibrated constant has ECE 0
+        let (_, zero) = reliability(&[0.25; 8], &[1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0]);
+        assert!(zero.abs() < 1e-9, "{zero}");
+        // distinct predictions: ten bins of equal count
+        let scores: Vec<f32> = (0..100).map(|i| i as f32 / 100.0).collect();
+        let targets: Vec<f32> = (0..100).map(|i| f32::from(i % 2 == 0)).collect();
+        let (bins, _) = reliability(&scores, &targets);
+        assert_eq!(bins.iter().map(|b| b.rows).collect::<Vec<_>>(), [10; 10]);
+    }
 
     #[test]
     fn auc_hand_cases() {

@@ -15,6 +15,7 @@ use mtl_features::{
 use mtl_layers::MultiTaskModel;
 use serde::{Deserialize, Serialize};
 
+use crate::calibration::{Calibration, CalibrationMethod};
 use crate::config::{DataFiles, RunConfig};
 use crate::fit::{
     FitOptions, TrainState, checkpoint_dir, fit, optimizer, predict_all, read_checkpoint, save_atomic,
@@ -84,8 +85,12 @@ pub struct TrainSummary {
     pub samples_per_sec: f64,
     /// Validation metrics at the last evaluation.
     pub valid: Vec<TaskMetrics>,
-    /// Test metrics of the saved model, if a test file was given.
+    /// Test metrics of the saved model, if a test file was given (calibrated, with
+    /// `train.calibration`).
     pub test: Vec<TaskMetrics>,
+    /// With `train.calibration`: the test metrics before calibration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_uncalibrated: Option<Vec<TaskMetrics>>,
     /// Every evaluation.
     pub history: Vec<crate::fit::EvalRecord>,
     /// Data read reports (rows, skipped rows).
@@ -189,6 +194,8 @@ pub fn train<R: Registry>(
             config.train.epochs = epochs;
         }
         config.train.max_steps = options.max_steps;
+        // a run saved before early stopping became the default trained without it
+        config.train.early_stopping = config.train.early_stopping.resolve(false);
         config.check(&out_dir.join("config.toml").display().to_string())?;
         if let Some((state, _, _)) = start.as_mut() {
             let extend = options.epochs.is_some() && config.train.epochs > state.epoch;
@@ -229,6 +236,12 @@ pub fn train<R: Registry>(
         })?;
         let mut config = config.clone();
         config.resolve_paths(Path::new(""));
+        // saved resolved, so a resumed run keeps the choice made here
+        config.train.early_stopping = config.train.early_stopping.resolve(config.data.valid.is_some());
+        tracing::info!("{}", config.train.early_stopping.describe());
+        if options.progress {
+            eprintln!("{}", config.train.early_stopping.describe());
+        }
         let (schema, plan) = config.check_model("config")?;
         std::fs::create_dir_all(out_dir).map_err(io_err(out_dir))?;
         let lock = RunLock::acquire(out_dir)?;
@@ -386,7 +399,7 @@ impl<R: Registry> WithModel for TrainJob<'_, R> {
         let mut state = outcome.state;
         crash_point("trained");
         let best = self.out_dir.join("best.bpk");
-        let final_model = if settings.early_stopping.is_some() && best.exists() {
+        let final_model = if settings.early_stopping.active().is_some() && best.exists() {
             outcome
                 .model
                 .valid()
@@ -400,7 +413,19 @@ impl<R: Registry> WithModel for TrainJob<'_, R> {
             crash_point("model-saved");
         }
         let plain = self.device.clone().without_autodiff();
+        let calibration = match self.valid {
+            Some(v) if state.trained && settings.calibration != CalibrationMethod::None => {
+                let (preds, _) = predict_all(&final_model, v, self.encoder.layout(), &plain, 4096, false)?;
+                let fitted = Calibration::fit(settings.calibration, &final_model.outputs(), &preds, v);
+                if let Some(c) = &fitted {
+                    c.save(self.out_dir)?;
+                }
+                fitted
+            }
+            _ => None,
+        };
         let mut inference = None;
+        let mut test_uncalibrated = None;
         let test = match self.test {
             Some(t) if state.trained => {
                 let layout = self.encoder.layout();
@@ -420,7 +445,18 @@ impl<R: Registry> WithModel for TrainJob<'_, R> {
                     secs = times[1];
                 }
                 inference = Some(t.rows as f64 / secs.max(1e-9));
-                evaluate(&final_model.outputs(), &preds, t, &self.schema.label_names())
+                let specs = final_model.outputs();
+                let labels = self.schema.label_names();
+                match &calibration {
+                    Some(c) => {
+                        test_uncalibrated = Some(evaluate(&specs, &preds, t, &labels));
+                        let mut preds = preds;
+                        let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
+                        c.apply(&names, &mut preds);
+                        evaluate(&specs, &preds, t, &labels)
+                    }
+                    None => evaluate(&specs, &preds, t, &labels),
+                }
             }
             _ => Vec::new(),
         };
@@ -457,6 +493,7 @@ impl<R: Registry> WithModel for TrainJob<'_, R> {
             },
             valid: state.history.last().map(|h| h.valid.clone()).unwrap_or_default(),
             test,
+            test_uncalibrated,
             history: state.history.clone(),
             reads: self.reads,
             inference_samples_per_sec: inference,
@@ -471,6 +508,18 @@ impl<R: Registry> WithModel for TrainJob<'_, R> {
             &self.out_dir.join("curve.svg"),
             crate::curve::render_svg(&state.history).as_bytes(),
         )?;
+        // the reliability diagram of the saved model: on the test set, else the validation set
+        let (shown, on) = match (summary.test.is_empty(), summary.valid.is_empty()) {
+            (false, _) => (&summary.test, "(test)"),
+            (true, false) => (&summary.valid, "(validation)"),
+            (true, true) => (&summary.test, ""),
+        };
+        if !shown.is_empty() {
+            atomic_write(
+                &self.out_dir.join("reliability.svg"),
+                crate::curve::render_reliability(shown, on).as_bytes(),
+            )?;
+        }
         if state.finished {
             crash_point("metrics-written");
             mark_finished(self.out_dir, &state)?;
@@ -516,6 +565,8 @@ pub struct ModelDir<R: Registry> {
     pub schema: ValidSchema,
     /// Its encoder (fitted state).
     pub encoder: Encoder,
+    /// Its post-hoc calibration (`calibration.json`), applied to every prediction.
+    pub calibration: Option<Calibration>,
 }
 
 impl<R: Registry> ModelDir<R> {
@@ -539,11 +590,13 @@ impl<R: Registry> ModelDir<R> {
         let schema = Schema::from_file(dir.join("schema.toml"))?;
         let state = FeatureState::load(dir.join("features.json"), &schema)?;
         let encoder = Encoder::new(&schema, &state);
+        let calibration = Calibration::load(dir)?;
         Ok(Self {
             dir: dir.to_path_buf(),
             config,
             schema,
             encoder,
+            calibration,
         })
     }
 
@@ -590,7 +643,7 @@ impl<R: Registry> ModelDir<R> {
             }
         }
         let device = backend_device(backend)?;
-        R::with_model(
+        let (specs, mut preds) = R::with_model(
             &self.config.model,
             &self.schema,
             self.encoder.layout(),
@@ -602,7 +655,12 @@ impl<R: Registry> ModelDir<R> {
                 device: device.clone(),
                 batch_size,
             },
-        )
+        )?;
+        if let Some(c) = &self.calibration {
+            let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
+            c.apply(&names, &mut preds);
+        }
+        Ok((specs, preds))
     }
 
     /// Per-output metrics of the model on `data` (labels required).

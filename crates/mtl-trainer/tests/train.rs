@@ -12,7 +12,9 @@ use mtl_layers::MlpSpec;
 use mtl_mmoe::{AitmConfig, MmoeConfig, OmoeConfig, PleConfig, SharedBottomConfig, TaskConfig};
 use mtl_models::{ModelConfig, ModelDir, Models, RunConfig};
 use mtl_trainer::fit::improves;
-use mtl_trainer::{DataConfig, EarlyStopping, Registry, TrainOptions, TrainSettings, auc};
+use mtl_trainer::{
+    DataConfig, EarlyStopping, EarlyStoppingSetting, Registry, TrainOptions, TrainSettings, auc,
+};
 
 fn data(dir: &Path, rows: usize, seed: u64) -> CcpFiles {
     let mut spec = CcpSpec::small(rows, seed);
@@ -351,10 +353,8 @@ fn early_stopping_keeps_the_best_model() {
     let mut s = settings(6, 100);
     s.lr = 0.05; // large steps: the validation loss turns up after a few evaluations
     s.eval_every_steps = Some(6);
-    s.early_stopping = Some(EarlyStopping {
-        metric: "loss".into(),
-        patience: 2,
-    });
+    // early stopping left at its default: on with a validation set (validation loss, patience 2)
+    assert_eq!(s.early_stopping, EarlyStoppingSetting::Auto);
     let out = dir.path().join("m");
     let summary = mtl_trainer::train::<Models>(
         Some(&config(&files, esmm(), s)),
@@ -372,6 +372,11 @@ fn early_stopping_keeps_the_best_model() {
     }
     // the saved model is the best one: its validation loss equals the best seen
     let model = ModelDir::open(&out).unwrap();
+    // the run saved the choice it made, so a resume keeps it
+    assert_eq!(
+        model.config.train.early_stopping,
+        EarlyStoppingSetting::On(EarlyStopping::default())
+    );
     let (valid, _, _) =
         mtl_data::read_encoded(&files.val, &model.encoder, BadRowPolicy::Fail, true, None).unwrap();
     let ModelConfig::Esmm(cfg) = &model.config.model else {
@@ -510,4 +515,68 @@ fn every_model_learns_a_known_signal() {
         dense_auc > 0.68 && (sparse_auc - dense_auc).abs() < 0.02,
         "sparse {sparse_auc} vs dense {dense_auc}"
     );
+}
+
+#[test]
+fn calibration_is_fitted_on_validation_saved_and_applied_everywhere() {
+    use mtl_trainer::CalibrationMethod;
+    let dir = tempfile::tempdir().unwrap();
+    let files = data(&dir.path().join("data"), 20_000, 6);
+    for method in [CalibrationMethod::Platt, CalibrationMethod::Isotonic] {
+        let mut s = settings(1, 256);
+        s.calibration = method;
+        let out = dir.path().join(format!("{method:?}"));
+        let summary = mtl_trainer::train::<Models>(
+            Some(&config(&files, esmm(), s)),
+            &out,
+            false,
+            &TrainOptions::default(),
+        )
+        .unwrap();
+        assert!(out.join("calibration.json").exists());
+        // the reliability diagram of the test set, one panel per output with its ECE
+        let svg = std::fs::read_to_string(out.join("reliability.svg")).unwrap();
+        assert_eq!(svg.matches("<polyline").count(), summary.test.len());
+        assert!(svg.contains(&format!(
+            "ECE {:.4}",
+            summary.test[0].binary.as_ref().unwrap().ece
+        )));
+        let before = summary
+            .test_uncalibrated
+            .clone()
+            .expect("metrics before calibration");
+        // eval (and predict, through the same model directory) apply the calibration
+        let (eval, _) =
+            mtl_trainer::eval_file::<Models>(&out, &files.test, "flex", BadRowPolicy::Fail).unwrap();
+        assert_eq!(eval, summary.test);
+        // a monotone map keeps each output's AUC (up to ties it may create)
+        for (a, b) in before.iter().zip(&summary.test) {
+            let (a, b) = (a.binary.as_ref().unwrap(), b.binary.as_ref().unwrap());
+            if let (Some(x), Some(y)) = (a.auc, b.auc) {
+                assert!((x - y).abs() < 0.01, "{method:?}: AUC {x} → {y}");
+            }
+        }
+        // on the rows it was fitted on, the calibrated mean prediction is the observed rate
+        // (Platt: the intercept's gradient is zero at the fit) and the ECE falls
+        let (valid_after, _) =
+            mtl_trainer::eval_file::<Models>(&out, &files.val, "flex", BadRowPolicy::Fail).unwrap();
+        std::fs::rename(out.join("calibration.json"), out.join("off.json")).unwrap();
+        let (valid_before, _) =
+            mtl_trainer::eval_file::<Models>(&out, &files.val, "flex", BadRowPolicy::Fail).unwrap();
+        for (a, b) in valid_before.iter().zip(&valid_after) {
+            let name = &a.name;
+            let (a, b) = (a.binary.as_ref().unwrap(), b.binary.as_ref().unwrap());
+            eprintln!(
+                "{method:?} {name}: ECE {:.4} → {:.4}, mean {:.4} → {:.4} (observed {:.4})",
+                a.ece, b.ece, a.mean_prediction, b.mean_prediction, b.observed_rate
+            );
+            assert!(b.ece <= a.ece + 1e-9, "{method:?}: ECE {} → {}", a.ece, b.ece);
+            if method == CalibrationMethod::Platt {
+                assert!(
+                    (b.mean_prediction - b.observed_rate).abs() < 1e-4,
+                    "{method:?}: {b:?}"
+                );
+            }
+        }
+    }
 }

@@ -1,0 +1,263 @@
+//! Post-hoc calibration of binary outputs (`[train] calibration = "platt" | "isotonic"`):
+//! fitted on the validation predictions after training, per binary output on the rows its
+//! metric uses (CVR: clicked rows), saved as `calibration.json` beside the model and applied by
+//! `eval`, `predict` and `serve`.
+//!
+//! ```text
+//! platt     p' = σ(a · logit(p) + b)              a, b by Newton's method on the log loss
+//! isotonic  p' = the non-decreasing fit of y on p (pool adjacent violators), interpolated
+//!           linearly between the fitted blocks' mean predictions, flat beyond them
+//! ```
+
+use std::path::Path;
+
+use mtl_features::{EncodedData, LabelKind};
+use mtl_layers::OutputSpec;
+use serde::{Deserialize, Serialize};
+
+use crate::metrics::rows_of;
+use crate::{TrainError, io_err};
+
+/// File name of a model directory's calibration.
+pub const CALIBRATION_FILE: &str = "calibration.json";
+
+/// Which post-hoc calibration to fit (`[train] calibration`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CalibrationMethod {
+    /// None (the default).
+    #[default]
+    None,
+    /// Platt scaling: a logistic regression on the logit of the prediction.
+    Platt,
+    /// Isotonic regression.
+    Isotonic,
+}
+
+/// One output's fitted map from predicted to calibrated probability.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "method", rename_all = "lowercase")]
+pub enum Calibrator {
+    /// `σ(a · logit(p) + b)`.
+    Platt {
+        /// Slope on the logit.
+        a: f64,
+        /// Intercept.
+        b: f64,
+    },
+    /// Linear interpolation through `(x[i], y[i])`, `x` increasing, `y` non-decreasing.
+    Isotonic {
+        /// Mean prediction of each fitted block.
+        x: Vec<f64>,
+        /// Observed rate of each fitted block.
+        y: Vec<f64>,
+    },
+}
+
+fn logit(p: f64) -> f64 {
+    let p = p.clamp(1e-7, 1.0 - 1e-7);
+    (p / (1.0 - p)).ln()
+}
+
+fn sigmoid(z: f64) -> f64 {
+    1.0 / (1.0 + (-z).exp())
+}
+
+impl Calibrator {
+    /// Platt scaling fitted on predictions `p` and labels `y` (Newton's method, at most 100
+    /// iterations, with a small ridge so that separable data stays finite).
+    pub fn fit_platt(p: &[f32], y: &[f32]) -> Self {
+        let z: Vec<f64> = p.iter().map(|&p| logit(f64::from(p))).collect();
+        let (mut a, mut b) = (1.0, 0.0);
+        for _ in 0..100 {
+            let (mut ga, mut gb, mut haa, mut hab, mut hbb) = (0.0, 0.0, 1e-6, 0.0, 1e-6);
+            for (&z, &y) in z.iter().zip(y) {
+                let q = sigmoid(a * z + b);
+                let r = q - f64::from(y);
+                let w = q * (1.0 - q);
+                ga += r * z;
+                gb += r;
+                haa += w * z * z;
+                hab += w * z;
+                hbb += w;
+            }
+            let det = haa * hbb - hab * hab;
+            if det.abs() < 1e-300 {
+                break;
+            }
+            let da = (hbb * ga - hab * gb) / det;
+            let db = (haa * gb - hab * ga) / det;
+            a -= da;
+            b -= db;
+            if da.abs() < 1e-10 && db.abs() < 1e-10 {
+                break;
+            }
+        }
+        Self::Platt { a, b }
+    }
+
+    /// Isotonic regression of `y` on `p` by pooling adjacent violators.
+    pub fn fit_isotonic(p: &[f32], y: &[f32]) -> Self {
+        let mut order: Vec<usize> = (0..p.len()).collect();
+        order.sort_by(|&i, &j| p[i].total_cmp(&p[j]));
+        // blocks of (sum of p, sum of y, count), merged while a block's rate is below the last
+        let mut blocks: Vec<(f64, f64, f64)> = Vec::new();
+        for i in order {
+            blocks.push((f64::from(p[i]), f64::from(y[i]), 1.0));
+            while blocks.len() > 1 {
+                let (last, before) = (blocks[blocks.len() - 1], blocks[blocks.len() - 2]);
+                if before.1 / before.2 < last.1 / last.2 {
+                    break;
+                }
+                blocks.pop();
+                let n = blocks.len();
+                blocks[n - 1] = (before.0 + last.0, before.1 + last.1, before.2 + last.2);
+            }
+        }
+        Self::Isotonic {
+            x: blocks.iter().map(|b| b.0 / b.2).collect(),
+            y: blocks.iter().map(|b| b.1 / b.2).collect(),
+        }
+    }
+
+    /// The calibrated probability of prediction `p`.
+    pub fn apply(&self, p: f32) -> f32 {
+        match self {
+            Self::Platt { a, b } => sigmoid(a * logit(f64::from(p)) + b) as f32,
+            Self::Isotonic { x, y } => {
+                let p = f64::from(p);
+                if x.is_empty() {
+                    return p as f32;
+                }
+                let k = x.partition_point(|&v| v < p);
+                let v = if k == 0 {
+                    y[0]
+                } else if k == x.len() {
+                    y[x.len() - 1]
+                } else {
+                    let t = (p - x[k - 1]) / (x[k] - x[k - 1]).max(1e-300);
+                    y[k - 1] + t * (y[k] - y[k - 1])
+                };
+                v as f32
+            }
+        }
+    }
+}
+
+/// The calibrators of a model's binary outputs, by output name.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Calibration {
+    /// `(output, calibrator)`, in output order.
+    pub outputs: Vec<(String, Calibrator)>,
+}
+
+impl Calibration {
+    /// Fits `method` for every binary output on its evaluation rows of `data` (`predictions`
+    /// one column per output); `None` for [`CalibrationMethod::None`].
+    pub fn fit(
+        method: CalibrationMethod,
+        specs: &[OutputSpec],
+        predictions: &[Vec<f32>],
+        data: &EncodedData,
+    ) -> Option<Self> {
+        let fit = match method {
+            CalibrationMethod::None => return None,
+            CalibrationMethod::Platt => Calibrator::fit_platt,
+            CalibrationMethod::Isotonic => Calibrator::fit_isotonic,
+        };
+        let outputs = specs
+            .iter()
+            .zip(predictions)
+            .filter(|(spec, _)| spec.kind == LabelKind::Binary)
+            .map(|(spec, pred)| {
+                let (scores, targets) = rows_of(spec, pred, data);
+                (spec.name.clone(), fit(&scores, &targets))
+            })
+            .collect();
+        Some(Self { outputs })
+    }
+
+    /// Replaces the predictions of every calibrated output (`names` are the columns' outputs).
+    pub fn apply(&self, names: &[String], predictions: &mut [Vec<f32>]) {
+        for (name, column) in names.iter().zip(predictions) {
+            if let Some((_, c)) = self.outputs.iter().find(|(n, _)| n == name) {
+                for p in column.iter_mut() {
+                    *p = c.apply(*p);
+                }
+            }
+        }
+    }
+
+    /// Reads `calibration.json` of a model directory, if there is one.
+    pub fn load(dir: &Path) -> Result<Option<Self>, TrainError> {
+        let path = dir.join(CALIBRATION_FILE);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let bytes = std::fs::read(&path).map_err(io_err(&path))?;
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| TrainError::Config {
+                file: path.display().to_string(),
+                message: e.to_string(),
+            })
+    }
+
+    /// Writes `calibration.json` into a model directory (atomically).
+    pub fn save(&self, dir: &Path) -> Result<(), TrainError> {
+        let json = serde_json::to_vec_pretty(self).expect("calibration serialises");
+        mtl_features::atomic_write(&dir.join(CALIBRATION_FILE), &json)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn isotonic_pools_violators_by_hand() {
+        // p sorted: 0.1 (y 1), 0.2 (y 0), 0.3 (y 0), 0.4 (y 1): the first three pool to 1/3
+        let c = Calibrator::fit_isotonic(&[0.3, 0.1, 0.4, 0.2], &[0.0, 1.0, 1.0, 0.0]);
+        let Calibrator::Isotonic { x, y } = &c else {
+            panic!()
+        };
+        assert_eq!(y.len(), 2);
+        assert!((y[0] - 1.0 / 3.0).abs() < 1e-12 && (y[1] - 1.0).abs() < 1e-12);
+        assert!((x[0] - 0.2).abs() < 1e-6 && (x[1] - 0.4).abs() < 1e-6);
+        // flat beyond the ends, linear between block means
+        assert!((c.apply(0.0) - 1.0 / 3.0).abs() < 1e-6);
+        assert!((c.apply(0.9) - 1.0).abs() < 1e-6);
+        assert!((c.apply(0.3) - (1.0 / 3.0 + 0.5 * (2.0 / 3.0)) as f32).abs() < 1e-5);
+    }
+
+    #[test]
+    fn platt_recovers_a_known_distortion() {
+        // true probability q, prediction p = σ(2·logit(q) + 1): Platt must find a = ½, b = −½
+        let n = 20_000;
+        let (mut p, mut y) = (Vec::new(), Vec::new());
+        let mut state = 12345u64;
+        for i in 0..n {
+            let q = 0.02 + 0.96 * (i as f64 + 0.5) / n as f64;
+            p.push(sigmoid(2.0 * logit(q) + 1.0) as f32);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let u = (state >> 11) as f64 / (1u64 << 53) as f64;
+            y.push(f32::from(u < q));
+        }
+        let Calibrator::Platt { a, b } = Calibrator::fit_platt(&p, &y) else {
+            panic!()
+        };
+        assert!((a - 0.5).abs() < 0.03 && (b + 0.5).abs() < 0.05, "a {a} b {b}");
+        // an already calibrated prediction stays (nearly) put
+        let q: Vec<f32> = p
+            .iter()
+            .map(|&p| sigmoid(0.5 * logit(f64::from(p)) - 0.5) as f32)
+            .collect();
+        let Calibrator::Platt { a, b } = Calibrator::fit_platt(&q, &y) else {
+            panic!()
+        };
+        assert!((a - 1.0).abs() < 0.05 && b.abs() < 0.05, "a {a} b {b}");
+    }
+}
