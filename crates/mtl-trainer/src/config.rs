@@ -830,8 +830,10 @@ early_stopping = { metric = "click.auc" }
         assert!(err.contains("patient"), "{err}");
         // the saved form reads back as the same setting
         for setting in [EarlyStoppingSetting::Off, on.clone()] {
-            let mut settings = TrainSettings::default();
-            settings.early_stopping = setting.clone();
+            let settings = TrainSettings {
+                early_stopping: setting.clone(),
+                ..TrainSettings::default()
+            };
             let text = toml::to_string(&settings).unwrap();
             let back: TrainSettings = toml::from_str(&text).unwrap();
             assert_eq!(back.early_stopping, setting, "{text}");
