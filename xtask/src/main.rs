@@ -7,6 +7,7 @@ mod chain_quality;
 mod gpu;
 mod onnx_check;
 mod peer;
+mod quality;
 mod serve_load;
 mod stats;
 
@@ -105,12 +106,14 @@ enum Task {
         /// CPU threads for mtl.
         #[arg(long, default_value_t = 2)]
         threads: usize,
-        /// Training seeds of the conversion-chain comparison (each trains every variant).
+        /// Training seeds: every section trains each of its models once per seed and reports
+        /// means ± standard errors.
         #[arg(long, default_value_t = 3)]
         seeds: u64,
-        /// Only the conversion-chain comparison.
-        #[arg(long)]
-        chain_only: bool,
+        /// Sections to run: `cvr` (ESMM vs clicked-rows CVR, calibration), `mmoe` (the MMoE
+        /// paper's ordering), `chain` (the conversion chain).
+        #[arg(long, value_delimiter = ',', default_value = "cvr,mmoe,chain")]
+        sections: Vec<String>,
     },
     /// Load test of `mtl serve` on loopback: latency and rows/s at concurrency 1, 16 and 64
     /// for ESMM example and MMOE large, a storm of malformed requests among good ones, peak
@@ -143,8 +146,8 @@ fn main() -> Result<()> {
             quick,
             threads,
             seeds,
-            chain_only,
-        } => quality(quick, threads, seeds, chain_only),
+            sections,
+        } => quality::quality(quick, threads, seeds, &sections),
         Task::ServeLoad(args) => serve_load::serve_load(&args),
         Task::Gpu(args) => gpu::gpu(&args),
         Task::OnnxCheck { quick } => onnx_check::onnx_check(quick),
@@ -675,169 +678,6 @@ fn peer_table(results: &[Value]) -> String {
         );
     }
     md
-}
-
-fn quality(quick: bool, threads: usize, seeds: u64, chain_only: bool) -> Result<()> {
-    let mtl = build_mtl()?;
-    let dir = work_dir("quality");
-    std::fs::create_dir_all(&dir)?;
-    let mut report = json!({});
-    let (chain, chain_md) = chain_quality::chain_quality(&mtl, &dir, quick, threads, seeds)?;
-    report["chain"] = chain;
-    let chain_md = format!(
-        "\nConversion chain (impression → click → cart → purchase), per step: AUC of the step given the previous one on the test rows where the previous step happened, and Spearman ρ of that conditional with its true probability over all test rows (mean ± s.e.):\n\n{chain_md}"
-    );
-    if chain_only {
-        std::fs::write(
-            dir.join("quality-chain.json"),
-            serde_json::to_vec_pretty(&report)?,
-        )?;
-        std::fs::write(dir.join("quality-chain.md"), &chain_md)?;
-        println!("{chain_md}");
-        return Ok(());
-    }
-
-    // (1) ESMM's pCVR over the entire space vs a CVR model trained on clicked rows only
-    let rows = if quick { 200_000 } else { 1_000_000 };
-    let data = ccp_data(&mtl, rows, 2022)?;
-    let schema = data.join("synth_ccp_schema.toml");
-    let (train, valid, test) = (
-        data.join("synth_ccp_train.csv"),
-        data.join("synth_ccp_val.csv"),
-        data.join("synth_ccp_test.csv"),
-    );
-    let clicked = dir.join("clicked_train.csv");
-    stats::filter_where(&train, &clicked, "click")?;
-    let esmm = run_config(
-        &schema,
-        &train,
-        Some(&valid),
-        &test,
-        &model_toml("esmm", "example"),
-        2022,
-        "epochs = 2\n",
-    );
-    let naive_model = "type = \"shared_bottom\"\nbottom = { dims = [16, 8] }\ntower = { dims = [] }\ntasks = [{ label = \"purchase\", name = \"cvr\" }]\n";
-    let naive = run_config(
-        &schema,
-        &clicked,
-        Some(&valid),
-        &test,
-        naive_model,
-        2022,
-        "epochs = 2\n",
-    );
-    let mut cvr_rows = Vec::new();
-    for (name, config, column) in [("esmm", esmm, "cvr"), ("naive-cvr", naive, "cvr")] {
-        train_job(&mtl, name, &config, threads, &dir)?;
-        let pred = dir.join(format!("{name}-pred.csv"));
-        run(Command::new(&mtl)
-            .args(["--quiet", "--threads", &threads.to_string(), "predict", "--model"])
-            .arg(dir.join(name))
-            .arg("--data")
-            .arg(&test)
-            .arg("--out")
-            .arg(&pred)
-            .args(["--id-column", "p_cvr"]))?;
-        let (truth, scores) = stats::read_two_columns(&pred, "p_cvr", column)?;
-        let spearman = stats::spearman(&scores, &truth);
-        let soft_auc = stats::soft_auc(&scores, &truth);
-        cvr_rows.push(json!({ "model": name, "rows": truth.len(), "spearman_vs_true_p_cvr": spearman, "auc_vs_true_p_cvr": soft_auc }));
-    }
-    report["cvr_entire_space"] = json!(cvr_rows);
-
-    // (2) MMOE, OMoE, Shared-Bottom as the task correlation falls
-    let rows = if quick { 30_000 } else { 100_000 };
-    let mut moe_rows = Vec::new();
-    for corr in [1.0, 0.9, 0.5] {
-        let data = work_dir(&format!("data/mmoe-{rows}-{corr}"));
-        if !data.join("mmoe_synth_schema.toml").exists() {
-            run(Command::new(&mtl)
-                .args([
-                    "gen-data",
-                    "mmoe-synthetic",
-                    "--rows",
-                    &rows.to_string(),
-                    "--correlation",
-                    &corr.to_string(),
-                    "--out",
-                ])
-                .arg(&data))?;
-        }
-        let tasks = "tasks = [{ label = \"y1\" }, { label = \"y2\" }]\n";
-        let models = [
-            (
-                "mmoe",
-                format!(
-                    "type = \"mmoe\"\nn_experts = 8\nexpert = {{ dims = [16] }}\ntower = {{ dims = [8] }}\n{tasks}"
-                ),
-            ),
-            (
-                "omoe",
-                format!(
-                    "type = \"omoe\"\nn_experts = 8\nexpert = {{ dims = [16] }}\ntower = {{ dims = [8] }}\n{tasks}"
-                ),
-            ),
-            (
-                "shared_bottom",
-                format!(
-                    "type = \"shared_bottom\"\nbottom = {{ dims = [113] }}\ntower = {{ dims = [8] }}\n{tasks}"
-                ),
-            ),
-        ];
-        for (name, model) in models {
-            let config = run_config(
-                &data.join("mmoe_synth_schema.toml"),
-                &data.join("mmoe_synth_train.csv"),
-                Some(&data.join("mmoe_synth_val.csv")),
-                &data.join("mmoe_synth_test.csv"),
-                &model,
-                2022,
-                "epochs = 5\nbatch_size = 256\n",
-            );
-            let (m, _) = train_job(&mtl, &format!("{name}-corr{corr}"), &config, threads, &dir)?;
-            let (a, b) = (test_metric(&m, "y1", "mse"), test_metric(&m, "y2", "mse"));
-            moe_rows.push(
-                json!({ "correlation": corr, "model": name, "test_mse_y1": a, "test_mse_y2": b,
-                "test_mse_mean": a.zip(b).map(|(a, b)| (a + b) / 2.0) }),
-            );
-        }
-    }
-    report["mmoe_synthetic"] = json!(moe_rows);
-
-    let mut md = String::from(
-        "| CVR model | rows | Spearman vs true p_cvr | AUC vs true p_cvr |\n|---|---|---|---|\n",
-    );
-    for r in &cvr_rows {
-        md += &format!(
-            "| {} | {} | {} | {} |\n",
-            r["model"].as_str().unwrap_or(""),
-            r["rows"],
-            fmt(r["spearman_vs_true_p_cvr"].as_f64(), 4),
-            fmt(r["auc_vs_true_p_cvr"].as_f64(), 4)
-        );
-    }
-    md += "\n| correlation | MMOE test MSE | OMoE test MSE | Shared-Bottom test MSE |\n|---|---|---|---|\n";
-    for corr in [1.0, 0.9, 0.5] {
-        let get = |name: &str| {
-            moe_rows
-                .iter()
-                .find(|r| r["model"] == name && r["correlation"].as_f64() == Some(corr))
-                .and_then(|r| r["test_mse_mean"].as_f64())
-        };
-        md += &format!(
-            "| {corr} | {} | {} | {} |\n",
-            fmt(get("mmoe"), 4),
-            fmt(get("omoe"), 4),
-            fmt(get("shared_bottom"), 4)
-        );
-    }
-    md += &chain_md;
-    std::fs::write(dir.join("quality.json"), serde_json::to_vec_pretty(&report)?)?;
-    std::fs::write(dir.join("quality.md"), &md)?;
-    println!("{md}");
-    println!("wrote {}", dir.join("quality.json").display());
-    Ok(())
 }
 
 fn validate() -> Result<()> {

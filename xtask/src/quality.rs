@@ -1,0 +1,289 @@
+//! `cargo xtask quality`: model quality on data with a known truth, over several training
+//! seeds (mean ± standard error), written to `target/xtask/quality/quality.{json,md}`.
+//!
+//! 1. ESMM's entire-space pCVR against a CVR model with the same tower trained on clicked rows
+//!    only, both scored on every test impression against the generator's true `p_cvr`; with
+//!    ESMM's expected calibration error per output before and after Platt scaling.
+//! 2. The MMoE paper's synthetic experiment: MMOE, OMoE and Shared-Bottom as the task
+//!    correlation falls (1.0, 0.9, 0.5), each seed a fresh data set and training seed.
+//! 3. The conversion chain ([`crate::chain_quality`]).
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::Result;
+use serde_json::{Value, json};
+
+use crate::stats::{self, mean_se};
+use crate::{
+    build_mtl, ccp_data, chain_quality, fmt, model_toml, run, run_config, test_metric, train_job, work_dir,
+};
+
+/// `mean ± se` of the numbers at `key` of `rows` that pass `keep`.
+fn cell(rows: &[Value], keep: impl Fn(&Value) -> bool, key: &str, digits: usize) -> String {
+    let xs: Vec<f64> = rows
+        .iter()
+        .filter(|r| keep(r))
+        .filter_map(|r| r[key].as_f64())
+        .collect();
+    mean_se(&xs).map_or("–".into(), |(m, se)| {
+        format!("{} ± {}", fmt(Some(m), digits), fmt(Some(se), digits))
+    })
+}
+
+/// Runs the chosen sections (`cvr`, `mmoe`, `chain`); writes `quality.{json,md}`, or
+/// `quality-<sections>.{json,md}` for a subset.
+pub fn quality(quick: bool, threads: usize, seeds: u64, sections: &[String]) -> Result<()> {
+    for s in sections {
+        if !["cvr", "mmoe", "chain"].contains(&s.as_str()) {
+            anyhow::bail!("--sections: unknown section `{s}` (sections: cvr, mmoe, chain)");
+        }
+    }
+    let mtl = build_mtl()?;
+    let dir = work_dir("quality");
+    std::fs::create_dir_all(&dir)?;
+    let mut report = json!({ "seeds": seeds });
+    let mut md = String::new();
+    let has = |name: &str| sections.iter().any(|s| s == name);
+    if has("cvr") {
+        let (cvr, cvr_md) = entire_space_cvr(&mtl, &dir, quick, threads, seeds)?;
+        report["cvr_entire_space"] = cvr;
+        md += &cvr_md;
+    }
+    if has("mmoe") {
+        let (moe, moe_md) = mmoe_ordering(&mtl, &dir, quick, threads, seeds)?;
+        report["mmoe_synthetic"] = moe;
+        md += &format!("\n{moe_md}");
+    }
+    if has("chain") {
+        let (chain, chain_md) = chain_quality::chain_quality(&mtl, &dir, quick, threads, seeds)?;
+        report["chain"] = chain;
+        md += &format!(
+            "\nConversion chain (impression → click → cart → purchase), per step: AUC of the step given the previous one on the test rows where the previous step happened, and Spearman ρ of that conditional with its true probability over all test rows (mean ± s.e.):\n\n{chain_md}"
+        );
+    }
+    let stem = if sections.len() == 3 {
+        "quality".to_string()
+    } else {
+        format!("quality-{}", sections.join("-"))
+    };
+    std::fs::write(
+        dir.join(format!("{stem}.json")),
+        serde_json::to_vec_pretty(&report)?,
+    )?;
+    std::fs::write(dir.join(format!("{stem}.md")), &md)?;
+    println!("{md}");
+    println!("wrote {}", dir.join(format!("{stem}.json")).display());
+    Ok(())
+}
+
+/// Section 1: ESMM vs the clicked-rows CVR model, and ESMM's calibration.
+fn entire_space_cvr(
+    mtl: &Path,
+    dir: &Path,
+    quick: bool,
+    threads: usize,
+    seeds: u64,
+) -> Result<(Value, String)> {
+    let rows = if quick { 200_000 } else { 1_000_000 };
+    let data = ccp_data(mtl, rows, 2022)?;
+    let schema = data.join("synth_ccp_schema.toml");
+    let (train, valid, test) = (
+        data.join("synth_ccp_train.csv"),
+        data.join("synth_ccp_val.csv"),
+        data.join("synth_ccp_test.csv"),
+    );
+    let (clicked, clicked_valid) = (dir.join("clicked_train.csv"), dir.join("clicked_valid.csv"));
+    stats::filter_where(&train, &clicked, "click")?;
+    stats::filter_where(&valid, &clicked_valid, "click")?;
+    let naive_model = "type = \"shared_bottom\"\nbottom = { dims = [16, 8] }\ntower = { dims = [] }\ntasks = [{ label = \"purchase\", name = \"cvr\" }]\n";
+    let mut runs = Vec::new();
+    for seed in 1..=seeds {
+        let esmm = run_config(
+            &schema,
+            &train,
+            Some(&valid),
+            &test,
+            &model_toml("esmm", "example"),
+            seed,
+            "epochs = 2\ncalibration = \"platt\"\n",
+        );
+        let naive = run_config(
+            &schema,
+            &clicked,
+            Some(&clicked_valid),
+            &test,
+            naive_model,
+            seed,
+            "epochs = 2\n",
+        );
+        for (name, config) in [("esmm", esmm), ("naive-cvr", naive)] {
+            let job = format!("{name}-seed{seed}");
+            let (metrics, _) = train_job(mtl, &job, &config, threads, dir)?;
+            let pred = dir.join(format!("{job}-pred.csv"));
+            run(Command::new(mtl)
+                .args(["--quiet", "--threads", &threads.to_string(), "predict", "--model"])
+                .arg(dir.join(&job))
+                .arg("--data")
+                .arg(&test)
+                .arg("--out")
+                .arg(&pred)
+                .args(["--id-column", "p_cvr"]))?;
+            let (truth, scores) = stats::read_two_columns(&pred, "p_cvr", "cvr")?;
+            let mut row = json!({ "model": name, "seed": seed, "rows": truth.len(),
+                "spearman_vs_true_p_cvr": stats::spearman(&scores, &truth),
+                "auc_vs_true_p_cvr": stats::soft_auc(&scores, &truth),
+                "mean_pcvr_all_rows": scores.iter().sum::<f64>() / scores.len().max(1) as f64,
+                "cvr_auc_clicked": test_metric(&metrics, "cvr", "auc") });
+            if name == "esmm" {
+                for output in ["ctr", "cvr", "ctcvr"] {
+                    let ece = |m: &Value| {
+                        m.as_array()
+                            .and_then(|a| a.iter().find(|t| t["name"] == output))
+                            .and_then(|t| t["binary"]["ece"].as_f64())
+                    };
+                    row[format!("{output}_ece_before")] = json!(ece(&metrics["test_uncalibrated"]));
+                    row[format!("{output}_ece_after")] = json!(ece(&metrics["test"]));
+                }
+            }
+            runs.push(row);
+        }
+    }
+    let truth_mean = {
+        let (truth, _) = stats::read_two_columns(&test, "p_cvr", "p_click")?;
+        truth.iter().sum::<f64>() / truth.len().max(1) as f64
+    };
+    let mut md = format!(
+        "Entire-space CVR ({rows} generated rows, {seeds} training seeds, mean ± s.e.; true mean p_cvr over all test rows {truth_mean:.4}):\n\n| CVR model | Spearman vs true p_cvr, all rows | AUC vs true p_cvr, all rows | CVR AUC, clicked rows | mean pCVR, all rows |\n|---|---|---|---|---|\n"
+    );
+    for name in ["esmm", "naive-cvr"] {
+        let of = |r: &Value| r["model"] == name;
+        md += &format!(
+            "| {name} | {} | {} | {} | {} |\n",
+            cell(&runs, of, "spearman_vs_true_p_cvr", 4),
+            cell(&runs, of, "auc_vs_true_p_cvr", 4),
+            cell(&runs, of, "cvr_auc_clicked", 4),
+            cell(&runs, of, "mean_pcvr_all_rows", 4)
+        );
+    }
+    md += "\nESMM's expected calibration error on the test rows (10 bins of equal count), before and after Platt scaling fitted on the validation rows:\n\n| output | ECE before | ECE after |\n|---|---|---|\n";
+    for output in ["ctr", "cvr", "ctcvr"] {
+        let of = |r: &Value| r["model"] == "esmm";
+        md += &format!(
+            "| {output} | {} | {} |\n",
+            cell(&runs, of, &format!("{output}_ece_before"), 4),
+            cell(&runs, of, &format!("{output}_ece_after"), 4)
+        );
+    }
+    Ok((json!(runs), md))
+}
+
+/// Section 2: MMOE vs OMoE vs Shared-Bottom over task correlations, with error bars.
+fn mmoe_ordering(mtl: &Path, dir: &Path, quick: bool, threads: usize, seeds: u64) -> Result<(Value, String)> {
+    let rows = if quick { 30_000 } else { 100_000 };
+    let correlations = [1.0, 0.9, 0.5];
+    let tasks = "tasks = [{ label = \"y1\" }, { label = \"y2\" }]\n";
+    let models = [
+        (
+            "mmoe",
+            format!(
+                "type = \"mmoe\"\nn_experts = 8\nexpert = {{ dims = [16] }}\ntower = {{ dims = [8] }}\n{tasks}"
+            ),
+        ),
+        (
+            "omoe",
+            format!(
+                "type = \"omoe\"\nn_experts = 8\nexpert = {{ dims = [16] }}\ntower = {{ dims = [8] }}\n{tasks}"
+            ),
+        ),
+        (
+            "shared_bottom",
+            format!(
+                "type = \"shared_bottom\"\nbottom = {{ dims = [113] }}\ntower = {{ dims = [8] }}\n{tasks}"
+            ),
+        ),
+    ];
+    let mut runs = Vec::new();
+    for seed in 1..=seeds {
+        for corr in correlations {
+            // each seed draws a fresh data set, as the paper's repetitions do
+            let data = work_dir(&format!("data/mmoe-{rows}-{corr}-seed{seed}"));
+            if !data.join("mmoe_synth_schema.toml").exists() {
+                run(Command::new(mtl)
+                    .args(["gen-data", "mmoe-synthetic", "--rows", &rows.to_string()])
+                    .args([
+                        "--correlation",
+                        &corr.to_string(),
+                        "--seed",
+                        &(2018 + seed).to_string(),
+                        "--out",
+                    ])
+                    .arg(&data))?;
+            }
+            for (name, model) in &models {
+                let config = run_config(
+                    &data.join("mmoe_synth_schema.toml"),
+                    &data.join("mmoe_synth_train.csv"),
+                    Some(&data.join("mmoe_synth_val.csv")),
+                    &data.join("mmoe_synth_test.csv"),
+                    model,
+                    seed,
+                    "epochs = 5\nbatch_size = 256\n",
+                );
+                let (m, _) = train_job(
+                    mtl,
+                    &format!("{name}-corr{corr}-seed{seed}"),
+                    &config,
+                    threads,
+                    dir,
+                )?;
+                let (a, b) = (test_metric(&m, "y1", "mse"), test_metric(&m, "y2", "mse"));
+                runs.push(json!({ "correlation": corr, "seed": seed, "model": name,
+                    "test_mse_y1": a, "test_mse_y2": b,
+                    "test_mse_mean": a.zip(b).map(|(a, b)| (a + b) / 2.0) }));
+            }
+        }
+    }
+    let mut md = format!(
+        "The MMoE paper's synthetic pair, {rows} rows, mean test MSE of the two tasks over {seeds} seeds (fresh data and training seed each; mean ± s.e.):\n\n| correlation | MMOE | OMoE | Shared-Bottom |\n|---|---|---|---|\n"
+    );
+    for corr in correlations {
+        let of = |name: &'static str| {
+            move |r: &Value| r["model"] == name && r["correlation"].as_f64() == Some(corr)
+        };
+        md += &format!(
+            "| {corr} | {} | {} | {} |\n",
+            cell(&runs, of("mmoe"), "test_mse_mean", 4),
+            cell(&runs, of("omoe"), "test_mse_mean", 4),
+            cell(&runs, of("shared_bottom"), "test_mse_mean", 4)
+        );
+    }
+    // the ordering per correlation, from paired differences (same data and seed)
+    md += "\nPaired differences (same data set and seed), mean ± s.e.; negative means the first model's error is lower:\n\n| correlation | MMOE − OMoE | MMOE − Shared-Bottom | OMoE − Shared-Bottom |\n|---|---|---|---|\n";
+    for corr in correlations {
+        let diff = |a: &str, b: &str| {
+            let xs: Vec<f64> = (1..=seeds)
+                .filter_map(|s| {
+                    let get = |name: &str| {
+                        runs.iter()
+                            .find(|r| {
+                                r["model"] == name
+                                    && r["seed"] == s
+                                    && r["correlation"].as_f64() == Some(corr)
+                            })
+                            .and_then(|r| r["test_mse_mean"].as_f64())
+                    };
+                    Some(get(a)? - get(b)?)
+                })
+                .collect();
+            mean_se(&xs).map_or("–".into(), |(m, se)| format!("{m:+.4} ± {se:.4}"))
+        };
+        md += &format!(
+            "| {corr} | {} | {} | {} |\n",
+            diff("mmoe", "omoe"),
+            diff("mmoe", "shared_bottom"),
+            diff("omoe", "shared_bottom")
+        );
+    }
+    Ok((json!(runs), md))
+}
