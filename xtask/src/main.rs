@@ -4,6 +4,7 @@
 //! and summarises, so it compiles in seconds and never builds burn in the debug profile.
 
 mod chain_quality;
+mod es_cvr;
 mod gpu;
 mod onnx_check;
 mod peer;
@@ -130,6 +131,9 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
+    /// ESMM's entire-space CVR against torch-rechub's over generator and training seeds (CVR
+    /// AUC on clicked rows, Spearman of pCVR with the true p_cvr on all rows).
+    EsCvr(es_cvr::EsCvrArgs),
     /// What CI runs: cargo fmt --check, the tests, clippy.
     Validate,
 }
@@ -151,6 +155,7 @@ fn main() -> Result<()> {
         Task::ServeLoad(args) => serve_load::serve_load(&args),
         Task::Gpu(args) => gpu::gpu(&args),
         Task::OnnxCheck { quick } => onnx_check::onnx_check(quick),
+        Task::EsCvr(args) => es_cvr::es_cvr(&args),
         Task::Validate => validate(),
     }
 }

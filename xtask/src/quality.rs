@@ -130,11 +130,20 @@ fn entire_space_cvr(
                 .arg(&pred)
                 .args(["--id-column", "p_cvr"]))?;
             let (truth, scores) = stats::read_two_columns(&pred, "p_cvr", "cvr")?;
+            // CVR AUC on the clicked test rows, from the predictions (the clicked-rows model's
+            // own test metric is over every row)
+            let labels = stats::read_columns(&test, &["click", "purchase"])?;
+            let (clicked_scores, bought): (Vec<f64>, Vec<f64>) = scores
+                .iter()
+                .zip(labels[0].iter().zip(&labels[1]))
+                .filter(|(_, (c, _))| **c == 1.0)
+                .map(|(s, (_, b))| (*s, *b))
+                .unzip();
             let mut row = json!({ "model": name, "seed": seed, "rows": truth.len(),
                 "spearman_vs_true_p_cvr": stats::spearman(&scores, &truth),
                 "auc_vs_true_p_cvr": stats::soft_auc(&scores, &truth),
                 "mean_pcvr_all_rows": scores.iter().sum::<f64>() / scores.len().max(1) as f64,
-                "cvr_auc_clicked": test_metric(&metrics, "cvr", "auc") });
+                "cvr_auc_clicked": stats::soft_auc(&clicked_scores, &bought) });
             if name == "esmm" {
                 for output in ["ctr", "cvr", "ctcvr"] {
                     let ece = |m: &Value| {

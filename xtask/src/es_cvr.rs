@@ -1,0 +1,156 @@
+//! `cargo xtask es-cvr`: ESMM's entire-space CVR against torch-rechub's on the same files —
+//! the measurement of the model-quality issue. For each generator seed, `xtask/peer/gen_data.py`
+//! writes 1M rows with the true `p_cvr` of every row; for each training seed both sides train
+//! ESMM (example and/or large, 1 epoch, batch 1024, Adam lr 1e-3, weight decay 1e-4, as the
+//! bench) and are scored on the test rows: CVR AUC on clicked rows and the Spearman correlation
+//! of pCVR with the true `p_cvr` over all rows (the peer's `es_cvr_spearman`, computed the same
+//! way here for mtl). Reported per side as mean ± sd over every (generator, training) seed
+//! pair, with the difference of means ± 2 standard errors.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::Result;
+use clap::Args;
+use serde_json::{Value, json};
+
+use crate::stats::{mean_sd, read_two_columns, spearman};
+use crate::{build_mtl, model_toml, peer, root, run, run_config, test_auc, train_job, work_dir};
+
+/// Options of `cargo xtask es-cvr`.
+#[derive(Debug, Args)]
+pub struct EsCvrArgs {
+    /// Training seeds per data set (1, 2, …).
+    #[arg(long, default_value_t = 5)]
+    seeds: u64,
+    /// Generator seeds of the data sets (not the bench's 2022).
+    #[arg(long, value_delimiter = ',', default_value = "11,12,13")]
+    gen_seeds: Vec<u64>,
+    /// ESMM configurations: example, large.
+    #[arg(long, value_delimiter = ',', default_value = "example,large")]
+    configs: Vec<String>,
+    /// Rows per data set.
+    #[arg(long, default_value_t = 1_000_000)]
+    rows: usize,
+    /// CPU threads, for mtl and the peer alike.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Extra `[train]` lines for mtl (e.g. `embedding = "dense"`), to try a change.
+    #[arg(long, default_value = "")]
+    mtl_train: String,
+    /// Skip torch-rechub (mtl only).
+    #[arg(long)]
+    no_peer: bool,
+    /// Python with torch and torch-rechub [default: .venv-peer/bin/python].
+    #[arg(long)]
+    peer_python: Option<PathBuf>,
+    /// A name for this run's folder (default es-cvr).
+    #[arg(long)]
+    tag: Option<String>,
+}
+
+/// Runs the comparison and writes `target/xtask/<tag>/results.{json,md}`.
+pub fn es_cvr(a: &EsCvrArgs) -> Result<()> {
+    for c in &a.configs {
+        if c != "example" && c != "large" {
+            anyhow::bail!("--configs: unknown configuration `{c}` (example, large)");
+        }
+    }
+    let p = peer::Peer::locate(&root(), a.peer_python.clone(), None)?;
+    let mtl = build_mtl()?;
+    let dir = work_dir(a.tag.as_deref().unwrap_or("es-cvr"));
+    std::fs::create_dir_all(&dir)?;
+    let mut runs = Vec::new();
+    for &generator in &a.gen_seeds {
+        let prefix = p.gen_data(
+            a.rows,
+            generator,
+            &work_dir(&format!("data/peer-{}-{generator}", a.rows)),
+        )?;
+        let file = |s: &str| PathBuf::from(format!("{}_{s}", prefix.display()));
+        let (schema, train, test) = (file("schema.toml"), file("train.csv"), file("test.csv"));
+        for config in &a.configs {
+            for seed in 1..=a.seeds {
+                let name = format!("esmm-{config}-g{generator}-s{seed}");
+                let text = run_config(
+                    &schema,
+                    &train,
+                    None,
+                    &test,
+                    &model_toml("esmm", config),
+                    seed,
+                    &format!("epochs = 1\nbatch_size = 1024\n{}\n", a.mtl_train),
+                );
+                let (metrics, _) = train_job(&mtl, &name, &text, a.threads, &dir)?;
+                let pred = dir.join(format!("{name}-pred.csv"));
+                run(Command::new(&mtl)
+                    .args([
+                        "--quiet",
+                        "--threads",
+                        &a.threads.to_string(),
+                        "predict",
+                        "--model",
+                    ])
+                    .arg(dir.join(&name))
+                    .arg("--data")
+                    .arg(&test)
+                    .arg("--out")
+                    .arg(&pred)
+                    .args(["--id-column", "p_cvr"]))?;
+                let (truth, pcvr) = read_two_columns(&pred, "p_cvr", "cvr")?;
+                let mut row = json!({ "config": config, "gen_seed": generator, "seed": seed,
+                    "mtl": { "cvr_auc_clicked": test_auc(&metrics, "cvr"), "es_cvr_spearman": spearman(&pcvr, &truth),
+                             "mean_pcvr": pcvr.iter().sum::<f64>() / pcvr.len().max(1) as f64 } });
+                if !a.no_peer {
+                    let line = p.bench_job(
+                        &prefix,
+                        "ESMM",
+                        config,
+                        peer::JobOptions {
+                            threads: a.threads,
+                            seed,
+                            batch: 1024,
+                            device: "cpu",
+                        },
+                        &dir.join("peer-logs"),
+                    )?;
+                    row["peer"] = json!({ "cvr_auc_clicked": line["auc_cvr_clicked"], "es_cvr_spearman": line["es_cvr_spearman"] });
+                }
+                runs.push(row);
+                std::fs::write(dir.join("results.json"), serde_json::to_vec_pretty(&runs)?)?;
+            }
+        }
+    }
+    let md = table(&runs, a);
+    std::fs::write(dir.join("results.md"), &md)?;
+    println!("{md}");
+    Ok(())
+}
+
+fn table(runs: &[Value], a: &EsCvrArgs) -> String {
+    let mut md = format!(
+        "ESMM on `xtask/peer/gen_data.py --rows {} --seed G` for G in {:?}, training seeds 1–{} on both sides, 1 epoch; mean ± sd over all pairs, and mtl − torch-rechub ± 2 standard errors:\n\n| config | metric | mtl | torch-rechub | difference |\n|---|---|---|---|---|\n",
+        a.rows, a.gen_seeds, a.seeds
+    );
+    for config in &a.configs {
+        for metric in ["cvr_auc_clicked", "es_cvr_spearman"] {
+            let side = |s: &str| -> Vec<f64> {
+                runs.iter()
+                    .filter(|r| r["config"] == config.as_str())
+                    .filter_map(|r| r[s][metric].as_f64())
+                    .collect()
+            };
+            let (m, p) = (side("mtl"), side("peer"));
+            let show = |v: &[f64]| mean_sd(v).map_or("–".into(), |(m, sd)| format!("{m:.4} ± {sd:.4}"));
+            let diff = match (mean_sd(&m), mean_sd(&p)) {
+                (Some((mm, ms)), Some((pm, ps))) => {
+                    let se = (ms * ms / m.len() as f64 + ps * ps / p.len() as f64).sqrt();
+                    format!("{:+.4} ± {:.4}", mm - pm, 2.0 * se)
+                }
+                _ => "–".into(),
+            };
+            md += &format!("| {config} | {metric} | {} | {} | {diff} |\n", show(&m), show(&p));
+        }
+    }
+    md
+}
