@@ -4,7 +4,7 @@
 //! data set in a temporary directory, trains ESMM and MMOE briefly, and prints each task's
 //! metrics and where the artifacts are.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
@@ -53,6 +53,30 @@ enum Command {
     /// Write synthetic data sets with a known ground truth (CSV files and a schema).
     #[command(subcommand)]
     GenData(GenData),
+    /// Feature schemas: `infer` writes a starting schema from data files.
+    #[command(subcommand)]
+    Schema(SchemaCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum SchemaCommand {
+    /// Guess a schema from CSV files (same header): 0/1 columns named like labels → labels,
+    /// integers or text with few distinct values → sparse (fitted vocabulary), many → hashed,
+    /// numbers → dense (standardised), a distinct value per row → left out. Edit, then train.
+    Infer {
+        /// The CSV files (read in order, up to --rows rows in all).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Write the schema here (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Rows to read, at most.
+        #[arg(long, default_value_t = 200_000)]
+        rows: usize,
+        /// The most distinct values of a column given a fitted vocabulary.
+        #[arg(long, default_value_t = 100_000)]
+        max_categories: usize,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -343,6 +367,12 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::GenData(what) => gen_data(what),
+        Command::Schema(SchemaCommand::Infer {
+            files,
+            out,
+            rows,
+            max_categories,
+        }) => schema_infer(&files, out.as_deref(), rows, max_categories),
     }
 }
 
@@ -418,6 +448,45 @@ fn gen_data(what: GenData) -> Result<()> {
                 schema.display()
             );
         }
+    }
+    Ok(())
+}
+
+/// `mtl schema infer`: the starting schema, checked to parse, to a file or stdout.
+fn schema_infer(files: &[PathBuf], out: Option<&Path>, rows: usize, max_categories: usize) -> Result<()> {
+    if rows == 0 {
+        anyhow::bail!("--rows 0: at least one row is needed to guess from");
+    }
+    let paths: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+    let options = mtl_data::infer::InferOptions {
+        sample_rows: rows,
+        max_categories,
+    };
+    let (stats, read) = mtl_data::infer::infer_columns(&paths, options)?;
+    if read == 0 {
+        anyhow::bail!("{}: no data rows to guess from", files[0].display());
+    }
+    let text = mtl_data::infer::schema_toml(&paths, &stats, read);
+    let labels = stats
+        .iter()
+        .filter(|s| s.guess == mtl_data::infer::Guess::Label)
+        .count();
+    if labels > 0 {
+        // what we write must read back as a schema
+        mtl_features::Schema::from_toml_str(&text, "<inferred schema>")
+            .context("the inferred schema does not validate (please report this)")?;
+    }
+    match out {
+        Some(path) => {
+            mtl_features::check_output_path(path)?;
+            mtl_features::atomic_write(path, text.as_bytes())?;
+            eprintln!(
+                "wrote {} ({} columns from {read} rows; {labels} labels found)",
+                path.display(),
+                stats.len()
+            );
+        }
+        None => print!("{text}"),
     }
     Ok(())
 }

@@ -748,3 +748,139 @@ fn ids_past_a_declared_vocabulary_fail_or_go_to_the_oov_row_as_the_schema_says()
         &["sparse[1].oov", "only allowed with `vocab_size`"],
     );
 }
+
+/// A wide public-style table: an id to ignore, 16 integer categoricals, a text categorical,
+/// 8 numeric columns (one with gaps), and two labels (a purchase only after a click).
+fn wide_table(path: &Path, rows: usize, seed: u64) {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let cities = ["paris", "lyon", "nice", "lille", "brest"];
+    let mut text = String::from("request_id");
+    (0..16).for_each(|k| text += &format!(",cat_{k}"));
+    text += ",city";
+    (0..8).for_each(|k| text += &format!(",num_{k}"));
+    text += ",click,purchase\n";
+    for r in 0..rows {
+        let mut line = format!("{}", seed * 1_000_000 + r as u64);
+        let mut logit = -1.5;
+        for k in 0..16 {
+            let id = (next() * (5 + 12 * k) as f64) as u32;
+            logit += if id % 3 == 0 { 0.4 } else { -0.1 };
+            line += &format!(",{id}");
+        }
+        line += &format!(",{}", cities[(next() * 5.0) as usize]);
+        for k in 0..8 {
+            let x = next() * 4.0 - 2.0;
+            logit += 0.2 * x;
+            if k == 7 && r % 10 == 0 {
+                line += ",";
+            } else {
+                line += &format!(",{x:.4}");
+            }
+        }
+        let click = next() < 1.0 / (1.0 + (-logit).exp());
+        let purchase = click && next() < 0.3;
+        line += &format!(",{},{}\n", u8::from(click), u8::from(purchase));
+        text += &line;
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+#[test]
+fn schema_infer_turns_a_wide_table_into_a_trainable_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, valid) = (dir.path().join("train.csv"), dir.path().join("valid.csv"));
+    wide_table(&train, 3000, 1);
+    wide_table(&valid, 600, 2);
+    let schema = dir.path().join("schema.toml");
+    let out = mtl(&[
+        "schema",
+        "infer",
+        &train.display().to_string(),
+        "--out",
+        &schema.display().to_string(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&schema).unwrap();
+    #[derive(serde::Deserialize)]
+    struct Named {
+        name: String,
+        #[serde(default)]
+        fit: Option<bool>,
+        #[serde(default)]
+        standardize: Option<bool>,
+        #[serde(default)]
+        default: Option<f32>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Inferred {
+        sparse: Vec<Named>,
+        dense: Vec<Named>,
+        labels: Vec<Named>,
+    }
+    let inferred: Inferred = toml::from_str(&text).unwrap();
+    let names = |v: &[Named]| v.iter().map(|n| n.name.clone()).collect::<Vec<_>>();
+    let mut sparse: Vec<String> = (0..16).map(|k| format!("cat_{k}")).collect();
+    sparse.push("city".into());
+    assert_eq!(names(&inferred.sparse), sparse);
+    assert!(inferred.sparse.iter().all(|f| f.fit == Some(true)));
+    assert_eq!(
+        names(&inferred.dense),
+        (0..8).map(|k| format!("num_{k}")).collect::<Vec<_>>()
+    );
+    assert!(inferred.dense.iter().all(|f| f.standardize == Some(true)));
+    // the column with gaps gets a default for its empty cells, the others none
+    assert_eq!(inferred.dense[7].default, Some(0.0));
+    assert!(inferred.dense[..7].iter().all(|f| f.default.is_none()));
+    assert_eq!(names(&inferred.labels), ["click", "purchase"]);
+    assert!(text.contains("# not used: \"request_id\""), "{text}");
+    // it trains as written: ESMM and MMOE
+    for (name, model) in [
+        (
+            "esmm",
+            "type = \"esmm\"\nctr_tower = { dims = [16] }\ncvr_tower = { dims = [16] }",
+        ),
+        (
+            "mmoe",
+            "type = \"mmoe\"\nn_experts = 2\nexpert = { dims = [16] }\ntower = { dims = [8] }\ntasks = [{ label = \"click\" }, { label = \"purchase\" }]",
+        ),
+    ] {
+        let cfg = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "schema = \"schema.toml\"\n[data]\ntrain = \"train.csv\"\nvalid = \"valid.csv\"\n[model]\n{model}\n[train]\nbatch_size = 256\nepochs = 2\n"
+            ),
+        )
+        .unwrap();
+        let model_dir = dir.path().join(name).display().to_string();
+        let out = mtl(&[
+            "train",
+            "--config",
+            &cfg.display().to_string(),
+            "--out",
+            &model_dir,
+        ]);
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let metrics: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(Path::new(&model_dir).join("metrics.json")).unwrap())
+                .unwrap();
+        let click_auc = metrics["valid"][0]["binary"]["auc"].as_f64().unwrap();
+        assert!(
+            click_auc > 0.55,
+            "{name}: the table's click signal is learnable: {click_auc}"
+        );
+    }
+    // bad input: a file that does not exist, and no rows
+    let missing = dir.path().join("nope.csv").display().to_string();
+    assert_user_error(&mtl(&["schema", "infer", &missing]), &["nope.csv"]);
+}

@@ -17,6 +17,7 @@ use mtl_features::{CellError, EncodedData, Encoder, FeatureError, FeatureState, 
 use thiserror::Error;
 
 pub mod cache;
+pub mod infer;
 pub mod synthetic;
 
 /// Errors of the data layer; every one names the file, and a row error the line and column.

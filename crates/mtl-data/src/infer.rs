@@ -1,0 +1,403 @@
+//! A starting schema from data (`mtl schema infer FILE…`): reads up to `sample_rows` rows of
+//! the files (same header required) and guesses each column's role, for the user to edit.
+//!
+//! | column | guess |
+//! |---|---|
+//! | only 0 and 1, named like a label (`click`, `label`, `is_*`, `*_label`, …) | binary label |
+//! | a distinct value on (nearly) every row | an id to ignore (commented out) |
+//! | integers or text with at most `max_categories` distinct values | sparse, fitted vocabulary |
+//! | text with more distinct values | sparse, hashed into 2× that many buckets |
+//! | numbers otherwise (floats, or integers with many values) | dense, standardised |
+//!
+//! Empty cells in a dense column get `default = 0.0`; every guess is written with the
+//! statistics behind it as a comment.
+
+use std::collections::HashSet;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use crate::DataError;
+
+/// How much to read and where categories end.
+#[derive(Debug, Clone, Copy)]
+pub struct InferOptions {
+    /// Rows read, at most, over all files.
+    pub sample_rows: usize,
+    /// The most distinct values of a categorical column with a fitted vocabulary.
+    pub max_categories: usize,
+}
+
+impl Default for InferOptions {
+    fn default() -> Self {
+        Self {
+            sample_rows: 200_000,
+            max_categories: 100_000,
+        }
+    }
+}
+
+/// The guessed role of one column.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Guess {
+    /// A binary label.
+    Label,
+    /// A categorical field with a fitted vocabulary.
+    SparseFit,
+    /// A categorical field hashed into `buckets`.
+    SparseHash {
+        /// Hash buckets.
+        buckets: usize,
+    },
+    /// A numeric field, standardised; `default` for empty cells when some were empty.
+    Dense {
+        /// Whether some cells were empty.
+        has_empty: bool,
+    },
+    /// Left out: an id (distinct on nearly every row) or an empty column.
+    Ignore,
+}
+
+/// What was seen in one column.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ColumnStats {
+    /// Header name.
+    pub name: String,
+    /// Non-empty cells.
+    pub filled: usize,
+    /// Empty cells.
+    pub empty: usize,
+    /// Distinct non-empty values (counted up to a cap, then `distinct_capped`).
+    pub distinct: usize,
+    /// Whether `distinct` stopped at the cap.
+    pub distinct_capped: bool,
+    /// Whether every non-empty cell is an integer.
+    pub integers: bool,
+    /// Whether every non-empty cell is a finite number.
+    pub numbers: bool,
+    /// Smallest and largest number seen.
+    pub range: Option<(f64, f64)>,
+    /// Sum of the numbers seen.
+    pub sum: f64,
+    /// The guess.
+    pub guess: Guess,
+}
+
+/// Whether a name reads like a label: `click`, `label`, `target`, `y`, `y1`, `is_*`, `*_label`, ….
+pub fn label_like(name: &str) -> bool {
+    const WORDS: [&str; 14] = [
+        "click",
+        "clicked",
+        "label",
+        "target",
+        "y",
+        "purchase",
+        "buy",
+        "conversion",
+        "convert",
+        "cart",
+        "like",
+        "follow",
+        "finish",
+        "income",
+    ];
+    let n = name.to_ascii_lowercase();
+    let stem = n.trim_end_matches(|c: char| c.is_ascii_digit());
+    WORDS.contains(&n.as_str())
+        || WORDS.contains(&stem)
+        || n.starts_with("is_")
+        || n.starts_with("label_")
+        || n.ends_with("_label")
+        || n.ends_with("_target")
+}
+
+/// Reads the sample and guesses every column.
+pub fn infer_columns(files: &[&Path], options: InferOptions) -> Result<(Vec<ColumnStats>, usize), DataError> {
+    let cap = options.max_categories.max(1) * 2;
+    let mut header: Option<Vec<String>> = None;
+    let mut seen: Vec<HashSet<String>> = Vec::new();
+    let mut stats: Vec<ColumnStats> = Vec::new();
+    let mut rows = 0usize;
+    'files: for path in files {
+        let file = path.display().to_string();
+        let io = |e: &dyn std::fmt::Display| DataError::Io {
+            file: file.clone(),
+            message: e.to_string(),
+        };
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(true)
+            .from_path(path)
+            .map_err(|e| io(&e))?;
+        let names: Vec<String> = reader
+            .headers()
+            .map_err(|e| io(&e))?
+            .iter()
+            .map(str::to_string)
+            .collect();
+        if names.is_empty() || names.iter().all(String::is_empty) {
+            return Err(DataError::NoHeader { file });
+        }
+        match &header {
+            None => {
+                seen = vec![HashSet::new(); names.len()];
+                stats = names
+                    .iter()
+                    .map(|n| ColumnStats {
+                        name: n.clone(),
+                        filled: 0,
+                        empty: 0,
+                        distinct: 0,
+                        distinct_capped: false,
+                        integers: true,
+                        numbers: true,
+                        range: None,
+                        sum: 0.0,
+                        guess: Guess::Ignore,
+                    })
+                    .collect();
+                header = Some(names);
+            }
+            Some(first) if *first != names => {
+                return Err(DataError::BadRow {
+                    file,
+                    line: 1,
+                    column: "<header>".into(),
+                    message: format!(
+                        "the header differs from the first file's ({} columns: {}); infer one layout at a time",
+                        first.len(),
+                        first.join(", ")
+                    ),
+                });
+            }
+            Some(_) => {}
+        }
+        for (k, record) in reader.records().enumerate() {
+            if rows >= options.sample_rows {
+                break 'files;
+            }
+            let record = record.map_err(|e| DataError::BadRow {
+                file: file.clone(),
+                line: k as u64 + 2,
+                column: "<row>".into(),
+                message: e.to_string(),
+            })?;
+            for (c, cell) in record.iter().enumerate().take(stats.len()) {
+                let s = &mut stats[c];
+                let cell = cell.trim();
+                if cell.is_empty() {
+                    s.empty += 1;
+                    continue;
+                }
+                s.filled += 1;
+                match cell.parse::<f64>() {
+                    Ok(v) if v.is_finite() => {
+                        s.integers &= v.fract() == 0.0;
+                        s.range = Some(s.range.map_or((v, v), |(lo, hi)| (lo.min(v), hi.max(v))));
+                        s.sum += v;
+                    }
+                    _ => {
+                        s.numbers = false;
+                        s.integers = false;
+                    }
+                }
+                if !s.distinct_capped {
+                    if seen[c].len() < cap {
+                        seen[c].insert(cell.to_string());
+                    } else if !seen[c].contains(cell) {
+                        s.distinct_capped = true;
+                        seen[c].clear();
+                    }
+                }
+            }
+            rows += 1;
+        }
+    }
+    for (s, set) in stats.iter_mut().zip(&seen) {
+        if !s.distinct_capped {
+            s.distinct = set.len();
+        } else {
+            s.distinct = cap;
+        }
+        s.guess = guess(s, options);
+    }
+    Ok((stats, rows))
+}
+
+fn guess(s: &ColumnStats, options: InferOptions) -> Guess {
+    if s.filled == 0 {
+        return Guess::Ignore;
+    }
+    let binary = s.numbers && s.integers && matches!(s.range, Some((lo, hi)) if lo >= 0.0 && hi <= 1.0);
+    if binary && label_like(&s.name) {
+        return Guess::Label;
+    }
+    // a distinct value on nearly every row: an identifier, not a feature
+    let unique = s.distinct_capped || (s.filled >= 1000 && s.distinct as f64 > 0.9 * s.filled as f64);
+    if unique && (s.integers || !s.numbers) {
+        return Guess::Ignore;
+    }
+    if (s.integers || !s.numbers) && !s.distinct_capped && s.distinct <= options.max_categories {
+        return Guess::SparseFit;
+    }
+    if !s.numbers {
+        return Guess::SparseHash {
+            buckets: (2 * s.distinct).next_power_of_two(),
+        };
+    }
+    Guess::Dense {
+        has_empty: s.empty > 0,
+    }
+}
+
+/// The starting schema, as TOML with a comment per field.
+pub fn schema_toml(files: &[&Path], stats: &[ColumnStats], rows: usize) -> String {
+    let names: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
+    let mut out = format!(
+        "# Inferred by `mtl schema infer` from {rows} rows of {}.\n# A starting point: check every guess, then train.\nembed_dim = 16\n",
+        names.join(", ")
+    );
+    let describe = |s: &ColumnStats| {
+        let mut d = format!(
+            "{} distinct{}",
+            s.distinct,
+            if s.distinct_capped { " or more" } else { "" }
+        );
+        if let Some((lo, hi)) = s.range {
+            let _ = write!(d, ", {lo} … {hi}");
+        }
+        if s.empty > 0 {
+            let _ = write!(d, ", {} empty", s.empty);
+        }
+        d
+    };
+    let quote = |n: &str| format!("{n:?}");
+    for s in stats.iter().filter(|s| s.guess == Guess::SparseFit) {
+        let _ = write!(
+            out,
+            "\n[[sparse]]  # {}\nname = {}\nfit = true\n",
+            describe(s),
+            quote(&s.name)
+        );
+    }
+    for s in stats.iter() {
+        if let Guess::SparseHash { buckets } = s.guess {
+            let _ = write!(
+                out,
+                "\n[[sparse]]  # {}: hashed\nname = {}\nhash_buckets = {buckets}\n",
+                describe(s),
+                quote(&s.name)
+            );
+        }
+    }
+    for s in stats.iter() {
+        if let Guess::Dense { has_empty } = s.guess {
+            let _ = write!(
+                out,
+                "\n[[dense]]  # {}\nname = {}\nstandardize = true\n{}",
+                describe(s),
+                quote(&s.name),
+                if has_empty { "default = 0.0\n" } else { "" }
+            );
+        }
+    }
+    let labels: Vec<&ColumnStats> = stats.iter().filter(|s| s.guess == Guess::Label).collect();
+    if labels.is_empty() {
+        out += "\n# No column looked like a binary label (0/1, named like click, label, is_…): add one:\n# [[labels]]\n# name = \"…\"\n# kind = \"binary\"\n";
+    }
+    for s in labels {
+        let _ = write!(
+            out,
+            "\n[[labels]]  # 0/1, mean {:.4}\nname = {}\nkind = \"binary\"\n",
+            s.sum / s.filled.max(1) as f64,
+            quote(&s.name)
+        );
+    }
+    for s in stats.iter().filter(|s| s.guess == Guess::Ignore) {
+        let why = if s.filled == 0 {
+            "empty".to_string()
+        } else {
+            format!("an identifier? {}", describe(s))
+        };
+        let _ = write!(out, "\n# not used: {} ({why})\n", quote(&s.name));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_names() {
+        for yes in [
+            "click",
+            "Click",
+            "y",
+            "y1",
+            "is_buy",
+            "label",
+            "income_label",
+            "purchase",
+        ] {
+            assert!(label_like(yes), "{yes}");
+        }
+        for no in ["user_id", "age", "clicks_7d", "city"] {
+            assert!(!label_like(no), "{no}");
+        }
+    }
+
+    #[test]
+    fn guesses_by_column_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.csv");
+        let mut text = String::from("rid,flag,is_click,seg,word,score,empty\n");
+        for r in 0..2000 {
+            // rid unique; flag 0/1 not named like a label; seg 7 ints; word 1,500 texts; score floats
+            text += &format!(
+                "{r},{},{},{},w{},{:.3},\n",
+                r % 2,
+                (r % 3 == 0) as u8,
+                r % 7,
+                r % 1500,
+                r as f64 / 7.0
+            );
+        }
+        std::fs::write(&path, &text).unwrap();
+        let options = InferOptions {
+            sample_rows: 10_000,
+            max_categories: 1000,
+        };
+        let (stats, rows) = infer_columns(&[path.as_path()], options).unwrap();
+        assert_eq!(rows, 2000);
+        let guess: Vec<(&str, &Guess)> = stats.iter().map(|s| (s.name.as_str(), &s.guess)).collect();
+        assert_eq!(
+            guess,
+            [
+                ("rid", &Guess::Ignore),
+                ("flag", &Guess::SparseFit),
+                ("is_click", &Guess::Label),
+                ("seg", &Guess::SparseFit),
+                ("word", &Guess::SparseHash { buckets: 4096 }),
+                ("score", &Guess::Dense { has_empty: false }),
+                ("empty", &Guess::Ignore),
+            ]
+        );
+        assert_eq!(stats[3].distinct, 7);
+        // a second file with another header is refused, naming it
+        let other = dir.path().join("u.csv");
+        std::fs::write(&other, "a,b\n1,2\n").unwrap();
+        let err = infer_columns(&[path.as_path(), other.as_path()], options)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("u.csv:1") && err.contains("header differs"), "{err}");
+        // the sample stops at `sample_rows`
+        let (_, rows) = infer_columns(
+            &[path.as_path()],
+            InferOptions {
+                sample_rows: 10,
+                ..options
+            },
+        )
+        .unwrap();
+        assert_eq!(rows, 10);
+    }
+}
