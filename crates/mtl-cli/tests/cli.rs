@@ -770,7 +770,7 @@ fn wide_table(path: &Path, rows: usize, seed: u64) {
         let mut logit = -1.5;
         for k in 0..16 {
             let id = (next() * (5 + 12 * k) as f64) as u32;
-            logit += if id % 3 == 0 { 0.4 } else { -0.1 };
+            logit += if id.is_multiple_of(3) { 0.4 } else { -0.1 };
             line += &format!(",{id}");
         }
         line += &format!(",{}", cities[(next() * 5.0) as usize]);
