@@ -12,7 +12,7 @@ use anyhow::Result;
 use serde_json::{Value, json};
 
 use crate::stats::{mean_se, read_columns, spearman};
-use crate::{fmt, run, run_config, train_job, work_dir};
+use crate::{fmt, predict_csv, run, run_config, train_job, work_dir};
 
 /// The chain's steps and their rates given the previous step.
 const STEPS: [(&str, f64); 3] = [("click", 0.1), ("cart", 0.3), ("purchase", 0.3)];
@@ -70,13 +70,7 @@ fn entire_space(
     threads: usize,
 ) -> Result<Vec<Option<f64>>> {
     let pred = model_dir.with_extension("pred.csv");
-    run(Command::new(mtl)
-        .args(["--quiet", "--threads", &threads.to_string(), "predict", "--model"])
-        .arg(model_dir)
-        .arg("--data")
-        .arg(test)
-        .arg("--out")
-        .arg(&pred))?;
+    predict_csv(mtl, model_dir, test, &pred, threads, None)?;
     let names: Vec<&str> = columns.iter().map(String::as_str).collect();
     let scores = read_columns(&pred, &names)?;
     let truth_names: Vec<String> = (0..STEPS.len()).map(|k| conditional(k).1).collect();

@@ -8,14 +8,13 @@
 //! pair, with the difference of means ± 2 standard errors.
 
 use std::path::PathBuf;
-use std::process::Command;
 
 use anyhow::Result;
 use clap::Args;
 use serde_json::{Value, json};
 
 use crate::stats::{mean_sd, read_two_columns, spearman};
-use crate::{build_mtl, model_toml, peer, root, run, run_config, test_auc, train_job, work_dir};
+use crate::{build_mtl, model_toml, peer, predict_csv, root, run_config, test_auc, train_job, work_dir};
 
 /// Options of `cargo xtask es-cvr`.
 #[derive(Debug, Args)]
@@ -83,20 +82,7 @@ pub fn es_cvr(a: &EsCvrArgs) -> Result<()> {
                 );
                 let (metrics, _) = train_job(&mtl, &name, &text, a.threads, &dir)?;
                 let pred = dir.join(format!("{name}-pred.csv"));
-                run(Command::new(&mtl)
-                    .args([
-                        "--quiet",
-                        "--threads",
-                        &a.threads.to_string(),
-                        "predict",
-                        "--model",
-                    ])
-                    .arg(dir.join(&name))
-                    .arg("--data")
-                    .arg(&test)
-                    .arg("--out")
-                    .arg(&pred)
-                    .args(["--id-column", "p_cvr"]))?;
+                predict_csv(&mtl, &dir.join(&name), &test, &pred, a.threads, Some("p_cvr"))?;
                 let (truth, pcvr) = read_two_columns(&pred, "p_cvr", "cvr")?;
                 let mut row = json!({ "config": config, "gen_seed": generator, "seed": seed,
                     "mtl": { "cvr_auc_clicked": test_auc(&metrics, "cvr"), "es_cvr_spearman": spearman(&pcvr, &truth),

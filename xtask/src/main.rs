@@ -297,6 +297,28 @@ fn run_config(
     )
 }
 
+/// Runs `mtl predict` of `model_dir` on `data` into `out`, carrying `id_column` along.
+fn predict_csv(
+    mtl: &Path,
+    model_dir: &Path,
+    data: &Path,
+    out: &Path,
+    threads: usize,
+    id_column: Option<&str>,
+) -> Result<()> {
+    let mut cmd = Command::new(mtl);
+    cmd.args(["--quiet", "--threads", &threads.to_string(), "predict", "--model"])
+        .arg(model_dir)
+        .arg("--data")
+        .arg(data)
+        .arg("--out")
+        .arg(out);
+    if let Some(column) = id_column {
+        cmd.args(["--id-column", column]);
+    }
+    run(&mut cmd)
+}
+
 /// Trains one job in a child `mtl` process and returns its metrics.json and wall seconds.
 fn train_job(mtl: &Path, name: &str, config: &str, threads: usize, dir: &Path) -> Result<(Value, f64)> {
     std::fs::create_dir_all(dir)?;

@@ -16,7 +16,8 @@ use serde_json::{Value, json};
 
 use crate::stats::{self, mean_se};
 use crate::{
-    build_mtl, ccp_data, chain_quality, fmt, model_toml, run, run_config, test_metric, train_job, work_dir,
+    build_mtl, ccp_data, chain_quality, fmt, model_toml, predict_csv, run, run_config, test_metric,
+    train_job, work_dir,
 };
 
 /// `mean ± se` of the numbers at `key` of `rows` that pass `keep`.
@@ -121,14 +122,7 @@ fn entire_space_cvr(
             let job = format!("{name}-seed{seed}");
             let (metrics, _) = train_job(mtl, &job, &config, threads, dir)?;
             let pred = dir.join(format!("{job}-pred.csv"));
-            run(Command::new(mtl)
-                .args(["--quiet", "--threads", &threads.to_string(), "predict", "--model"])
-                .arg(dir.join(&job))
-                .arg("--data")
-                .arg(&test)
-                .arg("--out")
-                .arg(&pred)
-                .args(["--id-column", "p_cvr"]))?;
+            predict_csv(mtl, &dir.join(&job), &test, &pred, threads, Some("p_cvr"))?;
             let (truth, scores) = stats::read_two_columns(&pred, "p_cvr", "cvr")?;
             // CVR AUC on the clicked test rows, from the predictions (the clicked-rows model's
             // own test metric is over every row)

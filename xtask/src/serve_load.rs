@@ -421,19 +421,7 @@ pub fn serve_load(a: &LoadArgs) -> Result<()> {
         // mtl predict on the same file, as a reference: the whole command, and the model alone
         let out = dir.join(format!("{name}-scores.csv"));
         let started = Instant::now();
-        run(Command::new(&mtl)
-            .args([
-                "--quiet",
-                "--threads",
-                &a.threads.to_string(),
-                "predict",
-                "--model",
-            ])
-            .arg(&model_dir)
-            .arg("--data")
-            .arg(&test)
-            .arg("--out")
-            .arg(&out))?;
+        crate::predict_csv(&mtl, &model_dir, &test, &out, a.threads, None)?;
         let predict_rows_per_sec = features.len() as f64 / started.elapsed().as_secs_f64();
         let model_rows_per_sec = metrics["inference_samples_per_sec"].as_f64();
         let server = Server::start(&mtl, &model_dir, a.threads)?;

@@ -79,26 +79,43 @@ enum SchemaCommand {
     },
 }
 
+/// The options the click/conversion and chain generators share.
+#[derive(Debug, Args)]
+struct SynthArgs {
+    /// Rows in total (split 80/10/10 into train/val/test).
+    #[arg(long, default_value_t = 1_000_000)]
+    rows: usize,
+    /// Random seed (same seed, same bytes).
+    #[arg(long, default_value_t = 2022)]
+    seed: u64,
+    /// Output directory.
+    #[arg(long)]
+    out: PathBuf,
+    /// Small vocabularies (10 … 1,000) instead of the peer's (10 … 100,000).
+    #[arg(long)]
+    small: bool,
+    /// Number of dense fields.
+    #[arg(long, default_value_t = 0)]
+    dense: usize,
+}
+
+impl SynthArgs {
+    /// The generator's field layout.
+    fn spec(&self) -> CcpSpec {
+        let mut spec = if self.small {
+            CcpSpec::small(self.rows, self.seed)
+        } else {
+            CcpSpec::new(self.rows, self.seed)
+        };
+        spec.dense = self.dense;
+        spec
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum GenData {
     /// Click/conversion data shaped like Ali-CCP, with the true p_click and p_cvr per row.
-    Ccp {
-        /// Rows in total (split 80/10/10 into train/val/test).
-        #[arg(long, default_value_t = 1_000_000)]
-        rows: usize,
-        /// Random seed (same seed, same bytes).
-        #[arg(long, default_value_t = 2022)]
-        seed: u64,
-        /// Output directory.
-        #[arg(long)]
-        out: PathBuf,
-        /// Small vocabularies (10 … 1,000) instead of the peer's (10 … 100,000).
-        #[arg(long)]
-        small: bool,
-        /// Number of dense fields.
-        #[arg(long, default_value_t = 0)]
-        dense: usize,
-    },
+    Ccp(SynthArgs),
     /// A conversion chain (impression → step 1 → … → step N), with the true probability of
     /// every step given the previous one on every row.
     Chain {
@@ -110,21 +127,9 @@ enum GenData {
             default_value = "click:0.1,cart:0.3,purchase:0.3"
         )]
         steps: Vec<String>,
-        /// Rows in total (split 80/10/10 into train/val/test).
-        #[arg(long, default_value_t = 1_000_000)]
-        rows: usize,
-        /// Random seed (same seed, same bytes).
-        #[arg(long, default_value_t = 2022)]
-        seed: u64,
-        /// Output directory.
-        #[arg(long)]
-        out: PathBuf,
-        /// Small vocabularies (10 … 1,000) instead of the peer's (10 … 100,000).
-        #[arg(long)]
-        small: bool,
-        /// Number of dense fields.
-        #[arg(long, default_value_t = 0)]
-        dense: usize,
+        /// Rows, seed, output and fields.
+        #[command(flatten)]
+        data: SynthArgs,
     },
     /// The MMoE paper's synthetic regression pair with task correlation P.
     MmoeSynthetic {
@@ -378,47 +383,27 @@ fn run(cli: Cli) -> Result<()> {
 
 fn gen_data(what: GenData) -> Result<()> {
     match what {
-        GenData::Ccp {
-            rows,
-            seed,
-            out,
-            small,
-            dense,
-        } => {
-            let mut spec = if small {
-                CcpSpec::small(rows, seed)
-            } else {
-                CcpSpec::new(rows, seed)
-            };
-            spec.dense = dense;
-            let files = generate_ccp(&spec, &out, "synth_ccp")
+        GenData::Ccp(data) => {
+            let out = &data.out;
+            let files = generate_ccp(&data.spec(), out, "synth_ccp")
                 .with_context(|| format!("writing to {}", out.display()))?;
             println!(
                 "wrote {} rows to {} (click rate {:.4}, conversion rate among clicks {:.4}); schema {}",
-                rows,
+                data.rows,
                 out.display(),
                 files.click_rate,
                 files.cvr_rate,
                 files.schema.display()
             );
         }
-        GenData::Chain {
-            steps,
-            rows,
-            seed,
-            out,
-            small,
-            dense,
-        } => {
-            let mut fields = if small {
-                CcpSpec::small(rows, seed)
-            } else {
-                CcpSpec::new(rows, seed)
-            };
-            fields.dense = dense;
+        GenData::Chain { steps, data } => {
+            let out = &data.out;
             let steps = steps.iter().map(|s| parse_step(s)).collect::<Result<Vec<_>>>()?;
-            let spec = ChainSpec { fields, steps };
-            let files = generate_chain(&spec, &out, "synth_chain")
+            let spec = ChainSpec {
+                fields: data.spec(),
+                steps,
+            };
+            let files = generate_chain(&spec, out, "synth_chain")
                 .with_context(|| format!("writing to {}", out.display()))?;
             let rates: Vec<String> = spec
                 .steps
@@ -427,7 +412,8 @@ fn gen_data(what: GenData) -> Result<()> {
                 .map(|(s, r)| format!("{} {r:.4}", s.name))
                 .collect();
             println!(
-                "wrote {rows} rows to {} (rates given the previous step: {}); schema {}",
+                "wrote {} rows to {} (rates given the previous step: {}); schema {}",
+                data.rows,
                 out.display(),
                 rates.join(", "),
                 files.schema.display()

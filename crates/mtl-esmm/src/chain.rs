@@ -21,11 +21,11 @@
 use burn::module::Module;
 use burn::tensor::activation::{log_sigmoid, sigmoid};
 use burn::tensor::{Device, Tensor};
-use mtl_features::{
-    BatchTensors, FieldPooling, InputLayer, InputSpec, LabelKind, LabelRule, TableLayout, ValidSchema,
-};
+use mtl_features::{BatchTensors, FieldPooling, InputLayer, InputSpec, LabelKind, TableLayout, ValidSchema};
 use mtl_layers::head::{bce_from_log_probs, bce_with_logits, log_add_exp};
-use mtl_layers::tasks::{TaskConfig, TaskSpec, embedded_fields, loss_names, resolve_tasks, task_towers};
+use mtl_layers::tasks::{
+    TaskConfig, TaskSpec, embedded_fields, funnel_rules, funnel_steps, loss_names, task_towers,
+};
 use mtl_layers::{
     Forward, ModelBuilder, ModelError, ModelPlan, MultiTaskModel, OutputSpec, Tower, TowerSpec,
 };
@@ -60,27 +60,7 @@ impl EsmmChainConfig {
 
     /// The steps, checked: 2 to [`MAX_STEPS`], distinct binary labels.
     fn steps(&self, schema: &ValidSchema) -> Result<Vec<TaskSpec>, ModelError> {
-        let steps = resolve_tasks(schema, &self.tasks)?;
-        if !(2..=MAX_STEPS).contains(&steps.len()) {
-            return Err(ModelError::Invalid {
-                key: "model.tasks".into(),
-                message: format!(
-                    "{} steps given; a chain has 2 to {MAX_STEPS} (one step is a CTR model)",
-                    steps.len()
-                ),
-            });
-        }
-        if let Some((i, s)) = steps
-            .iter()
-            .enumerate()
-            .find(|(_, s)| s.kind != LabelKind::Binary)
-        {
-            return Err(ModelError::Invalid {
-                key: format!("model.tasks[{i}].label"),
-                message: format!("a chain's steps are binary; `{}` is regression", s.name),
-            });
-        }
-        Ok(steps)
+        funnel_steps(schema, &self.tasks, "an ESMM chain", MAX_STEPS)
     }
 
     /// Checks the config against `schema` and says what the model outputs, which losses it has
@@ -92,14 +72,7 @@ impl EsmmChainConfig {
         Ok(ModelPlan {
             outputs: chain_outputs(&steps),
             loss_names: loss_names(&steps),
-            label_rules: steps
-                .windows(2)
-                .map(|w| LabelRule {
-                    label: w[1].label,
-                    requires: w[0].label,
-                    needed_by: "ESMM chain (each step only after the one before it)".into(),
-                })
-                .collect(),
+            label_rules: funnel_rules(&steps, "ESMM chain"),
         })
     }
 

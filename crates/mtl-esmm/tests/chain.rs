@@ -2,9 +2,12 @@
 //! of the conditionals, every step's loss matches a formula computed here in f64, saturated
 //! towers stay finite, and the config is checked.
 
-use burn::module::{Module, Param};
-use burn::tensor::{Device, Tensor, TensorData};
-use mtl_esmm::{EsmmChain, EsmmChainConfig, EsmmConfig};
+mod common;
+
+use burn::module::Module;
+use burn::tensor::{Device, Tensor};
+use common::constant_tower;
+use mtl_esmm::{EsmmChainConfig, EsmmConfig};
 use mtl_features::{EncodedData, Encoder, Schema, StateFitter, ValidSchema};
 use mtl_layers::{MlpSpec, ModelError, MultiTaskModel, TowerKind, TowerSpec};
 
@@ -156,17 +159,6 @@ fn three_steps_products_and_losses_follow_the_formula() {
     assert_eq!(outputs[4].target, [0, 1, 2]);
 }
 
-/// Makes a tower's final Linear output the constant `bias` for every row.
-fn constant(model: &mut EsmmChain, step: usize, bias: f32, device: &Device) {
-    let out = model.towers[step].mlp.output.as_mut().unwrap();
-    let [inp, _] = out.weight.shape().dims();
-    out.weight = Param::from_tensor(Tensor::zeros([inp, 1], device));
-    out.bias = Some(Param::from_tensor(Tensor::from_data(
-        TensorData::new(vec![bias], [1]),
-        device,
-    )));
-}
-
 #[test]
 fn saturated_steps_give_finite_losses_and_gradients() {
     let device = Device::flex().autodiff();
@@ -175,9 +167,9 @@ fn saturated_steps_give_finite_losses_and_gradients() {
     let mut m = EsmmChainConfig::new(MlpSpec::new([8]), &["click", "cart", "purchase"])
         .init(&s, enc.layout(), &device)
         .unwrap();
-    constant(&mut m, 0, 200.0, &device);
-    constant(&mut m, 1, 200.0, &device);
-    constant(&mut m, 2, -200.0, &device);
+    constant_tower(&mut m.towers[0].mlp, 200.0, &device);
+    constant_tower(&mut m.towers[1].mlp, 200.0, &device);
+    constant_tower(&mut m.towers[2].mlp, -200.0, &device);
     let rows = three_step_rows();
     let d = data(&rows);
     let batch = d.batch(&(0..rows.len()).collect::<Vec<_>>(), enc.layout(), &device);
@@ -209,7 +201,7 @@ fn config_errors_name_the_key() {
         other => panic!("{other:?}"),
     };
     let one = EsmmChainConfig::new(MlpSpec::new([4]), &["click"]);
-    assert!(err(one).contains("model.tasks: 1 steps given"));
+    assert!(err(one).contains("model.tasks: 1 steps given; an ESMM chain needs 2 to 16 steps"));
     let regression = EsmmChainConfig::new(MlpSpec::new([4]), &["click", "dwell"]);
     assert!(err(regression).starts_with("model.tasks[1].label"));
     let plan = EsmmChainConfig::new(MlpSpec::new([4]), &["click", "cart"])

@@ -1,8 +1,11 @@
 //! ESMM against the paper's equations: the product, the loss by hand, log-space stability,
 //! where the CVR tower's gradient comes from, and torch-rechub's parameter counts.
 
+mod common;
+
 use burn::module::{Module, Param};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Tensor};
+use common::constant_tower;
 use mtl_esmm::{Esmm, EsmmConfig};
 use mtl_features::{EncodedData, Encoder, FieldPooling, Schema, StateFitter, ValidSchema};
 use mtl_layers::{MlpSpec, MultiTaskModel, trainable_params};
@@ -63,17 +66,6 @@ fn model(pooling: FieldPooling, device: &Device) -> (Encoder, Esmm) {
 
 fn v(t: Tensor<1>) -> Vec<f32> {
     t.into_data().try_to_vec::<f32>().unwrap()
-}
-
-/// Makes a tower's final Linear output the constant `bias` for every row.
-fn constant_tower(tower: &mut mtl_layers::Mlp, bias: f32, device: &Device) {
-    let out = tower.output.as_mut().unwrap();
-    let [inp, _] = out.weight.shape().dims();
-    out.weight = Param::from_tensor(Tensor::zeros([inp, 1], device));
-    out.bias = Some(Param::from_tensor(Tensor::from_data(
-        TensorData::new(vec![bias], [1]),
-        device,
-    )));
 }
 
 #[test]

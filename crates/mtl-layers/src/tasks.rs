@@ -2,7 +2,9 @@
 //! resolution against the schema, their towers, and their heads and losses.
 
 use burn::tensor::{Device, Tensor};
-use mtl_features::{BatchTensors, FieldPooling, InputLayer, InputSpec, LabelKind, TableLayout, ValidSchema};
+use mtl_features::{
+    BatchTensors, FieldPooling, InputLayer, InputSpec, LabelKind, LabelRule, TableLayout, ValidSchema,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::head::{predict, task_loss};
@@ -202,4 +204,51 @@ pub fn tasks_and_input(
         resolve_tasks(schema, tasks)?,
         InputLayer::for_schema(schema, pooling, layout, device)?,
     ))
+}
+
+/// The steps of a funnel model (AITM, the ESMM chain), resolved and checked: between 2 and
+/// `max_steps` of them, all binary labels. `model` names the model in messages.
+pub fn funnel_steps(
+    schema: &ValidSchema,
+    tasks: &[TaskConfig],
+    model: &str,
+    max_steps: usize,
+) -> Result<Vec<TaskSpec>, ModelError> {
+    let steps = resolve_tasks(schema, tasks)?;
+    if !(2..=max_steps).contains(&steps.len()) {
+        let allowed = match max_steps {
+            usize::MAX => "at least 2".to_string(),
+            max => format!("2 to {max}"),
+        };
+        return Err(ModelError::Invalid {
+            key: "model.tasks".into(),
+            message: format!(
+                "{} steps given; {model} needs {allowed} steps in funnel order (one step is a single-task model)",
+                steps.len()
+            ),
+        });
+    }
+    if let Some((i, s)) = steps
+        .iter()
+        .enumerate()
+        .find(|(_, s)| s.kind != LabelKind::Binary)
+    {
+        return Err(ModelError::Invalid {
+            key: format!("model.tasks[{i}].label"),
+            message: format!("{model}'s steps are binary; `{}` is regression", s.name),
+        });
+    }
+    Ok(steps)
+}
+
+/// A funnel's label rules: each step only on rows where the one before it happened.
+pub fn funnel_rules(steps: &[TaskSpec], model: &str) -> Vec<LabelRule> {
+    steps
+        .windows(2)
+        .map(|w| LabelRule {
+            label: w[1].label,
+            requires: w[0].label,
+            needed_by: format!("{model} (each step only after the one before it)"),
+        })
+        .collect()
 }

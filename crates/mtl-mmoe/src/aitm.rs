@@ -21,9 +21,7 @@ use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
-use mtl_features::{
-    BatchTensors, FieldPooling, InputLayer, InputSpec, LabelKind, LabelRule, TableLayout, ValidSchema,
-};
+use mtl_features::{BatchTensors, FieldPooling, InputLayer, InputSpec, LabelKind, TableLayout, ValidSchema};
 use mtl_layers::{
     Forward, GateWeights, Mlp, MlpSpec, ModelBuilder, ModelError, ModelPlan, MultiTaskModel, OutputSpec,
 };
@@ -31,8 +29,8 @@ use serde::{Deserialize, Serialize};
 
 use mtl_layers::tasks::embedded_fields;
 use mtl_layers::tasks::{
-    TaskConfig, TaskSpec, loss_names, outputs, resolve_tasks, task_forward, task_predictions, task_towers,
-    tasks_and_input, tower_logits,
+    TaskConfig, TaskSpec, funnel_rules, funnel_steps, loss_names, outputs, task_forward, task_predictions,
+    task_towers, tasks_and_input, tower_logits,
 };
 use mtl_layers::{Tower, TowerSpec};
 
@@ -78,23 +76,8 @@ impl AitmConfig {
             });
         }
         InputSpec::new(schema, &self.pooling)?;
-        let tasks = resolve_tasks(schema, &self.tasks)?;
-        if tasks.len() < 2 {
-            return Err(ModelError::Invalid {
-                key: "model.tasks".into(),
-                message: "AITM needs a chain of at least two tasks".into(),
-            });
-        }
-        if let Some((i, t)) = tasks
-            .iter()
-            .enumerate()
-            .find(|(_, t)| t.kind != LabelKind::Binary)
-        {
-            return Err(ModelError::Invalid {
-                key: format!("model.tasks[{i}].label"),
-                message: format!("AITM's steps are binary; `{}` is regression", t.name),
-            });
-        }
+        // no upper limit beyond the schema's labels (torch-rechub has none)
+        let tasks = funnel_steps(schema, &self.tasks, "AITM", usize::MAX)?;
         let mut losses = loss_names(&tasks);
         if self.calibrator_alpha > 0.0 {
             losses.push(CALIBRATOR.into());
@@ -102,14 +85,7 @@ impl AitmConfig {
         Ok(ModelPlan {
             outputs: chain_outputs(&tasks),
             loss_names: losses,
-            label_rules: tasks
-                .windows(2)
-                .map(|w| LabelRule {
-                    label: w[1].label,
-                    requires: w[0].label,
-                    needed_by: "AITM (each step only after the one before it)".into(),
-                })
-                .collect(),
+            label_rules: funnel_rules(&tasks, "AITM"),
         })
     }
 

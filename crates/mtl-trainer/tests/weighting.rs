@@ -57,7 +57,16 @@ fn run(
     weighting: LossWeighting,
     epochs: usize,
 ) -> Vec<EvalRecord> {
-    let config = RunConfig {
+    let config = run_config(files, model, weighting, epochs);
+    let out = dir.join(name);
+    mtl_trainer::train::<Models>(Some(&config), &out, false, &TrainOptions::default()).unwrap();
+    history(&out)
+}
+
+/// The run config every test here trains with: batch 128, lr 3e-3, seed 1, an evaluation every
+/// 25 steps.
+fn run_config(files: &Files, model: &str, weighting: LossWeighting, epochs: usize) -> RunConfig {
+    RunConfig {
         schema: files.schema.clone(),
         data: DataConfig {
             train: files.train.clone().into(),
@@ -76,9 +85,11 @@ fn run(
             loss_weighting: weighting,
             ..TrainSettings::default()
         },
-    };
-    let out = dir.join(name);
-    mtl_trainer::train::<Models>(Some(&config), &out, false, &TrainOptions::default()).unwrap();
+    }
+}
+
+/// A finished run's evaluation history.
+fn history(out: &Path) -> Vec<EvalRecord> {
     let metrics: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("metrics.json")).unwrap()).unwrap();
     serde_json::from_value(metrics["history"].clone()).unwrap()
@@ -232,36 +243,15 @@ fn a_resumed_run_keeps_the_learned_weights() {
     };
     let whole = run(dir.path(), "whole", &files, MMOE_Y, weighting.clone(), 2);
     // the same run stopped after its first epoch, then resumed for the second
-    let config = |epochs| RunConfig {
-        schema: files.schema.clone(),
-        data: DataConfig {
-            train: files.train.clone().into(),
-            valid: Some(files.valid.clone().into()),
-            test: None,
-            bad_rows: "fail".into(),
-            cache: false,
-        },
-        model: parse_model::<Models>(MMOE_Y).unwrap(),
-        train: TrainSettings {
-            epochs,
-            batch_size: 128,
-            lr: 3e-3,
-            seed: 1,
-            eval_every_steps: Some(25),
-            loss_weighting: weighting.clone(),
-            ..TrainSettings::default()
-        },
-    };
     let out = dir.path().join("split");
-    mtl_trainer::train::<Models>(Some(&config(1)), &out, false, &TrainOptions::default()).unwrap();
+    let first_epoch = run_config(&files, MMOE_Y, weighting, 1);
+    mtl_trainer::train::<Models>(Some(&first_epoch), &out, false, &TrainOptions::default()).unwrap();
     let options = TrainOptions {
         epochs: Some(2),
         ..TrainOptions::default()
     };
     mtl_trainer::train::<Models>(None, &out, true, &options).unwrap();
-    let metrics: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("metrics.json")).unwrap()).unwrap();
-    let resumed: Vec<EvalRecord> = serde_json::from_value(metrics["history"].clone()).unwrap();
+    let resumed = history(&out);
     // the split run also evaluated where its first part ended; compare at the whole run's steps
     let resumed: Vec<&EvalRecord> = resumed
         .iter()
