@@ -16,6 +16,16 @@ use mtl_trainer::{
     DataConfig, EarlyStopping, EarlyStoppingSetting, Registry, TrainOptions, TrainSettings, auc,
 };
 
+/// burn seeds one random generator per device, shared by the whole process: tests training
+/// at the same time would draw from each other's stream, so the runs here take turns (several
+/// compare runs bit for bit).
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Holds the turn for the calling test (a test that failed earlier leaves it usable).
+fn turn() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn data(dir: &Path, rows: usize, seed: u64) -> CcpFiles {
     let mut spec = CcpSpec::small(rows, seed);
     spec.embed_dim = 8;
@@ -75,6 +85,7 @@ fn read_csv(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
 
 #[test]
 fn train_eval_predict_agree() {
+    let _turn = turn();
     let dir = tempfile::tempdir().unwrap();
     let files = data(&dir.path().join("data"), 6000, 1);
     let out = dir.path().join("model");
@@ -225,6 +236,7 @@ fn copy_dir(from: &Path, to: &Path) {
 
 #[test]
 fn interrupted_run_resumes_to_the_same_weights() {
+    let _turn = turn();
     let dir = tempfile::tempdir().unwrap();
     let files = data(&dir.path().join("data"), 3000, 2);
     let mut s = settings(2, 200); // 2400 rows → 12 steps per epoch, 24 in all
@@ -326,6 +338,7 @@ fn interrupted_run_resumes_to_the_same_weights() {
 
 #[test]
 fn early_stopping_direction() {
+    let _turn = turn();
     let auc = EarlyStopping {
         metric: "ctr.auc".into(),
         patience: 1,
@@ -348,6 +361,7 @@ fn early_stopping_direction() {
 
 #[test]
 fn early_stopping_keeps_the_best_model() {
+    let _turn = turn();
     let dir = tempfile::tempdir().unwrap();
     let files = data(&dir.path().join("data"), 3000, 3);
     let mut s = settings(6, 100);
@@ -398,6 +412,7 @@ fn early_stopping_keeps_the_best_model() {
 
 #[test]
 fn every_model_learns_a_known_signal() {
+    let _turn = turn();
     let dir = tempfile::tempdir().unwrap();
     let files = data(&dir.path().join("data"), 25_000, 4);
     let models = [
@@ -519,6 +534,7 @@ fn every_model_learns_a_known_signal() {
 
 #[test]
 fn calibration_is_fitted_on_validation_saved_and_applied_everywhere() {
+    let _turn = turn();
     use mtl_trainer::CalibrationMethod;
     let dir = tempfile::tempdir().unwrap();
     let files = data(&dir.path().join("data"), 20_000, 6);

@@ -40,6 +40,16 @@ fn scaled_pair(dir: &Path) -> Files {
     Files { schema, train, valid }
 }
 
+/// burn seeds one random generator per device, shared by the whole process: tests training
+/// at the same time would draw from each other's stream, so the runs here take turns (the
+/// resume test compares two runs bit for bit).
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Holds the turn for the calling test (a test that failed earlier leaves it usable).
+fn turn() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// A schema and its training and validation files.
 struct Files {
     schema: PathBuf,
@@ -101,6 +111,7 @@ fn value(pairs: &[(String, f64)], name: &str) -> f64 {
 
 #[test]
 fn uncertainty_weights_follow_the_inverse_of_each_task_loss() {
+    let _turn = turn();
     let dir = tempfile::tempdir().unwrap();
     let files = scaled_pair(dir.path());
     let history = run(
@@ -140,6 +151,7 @@ fn uncertainty_weights_follow_the_inverse_of_each_task_loss() {
 
 #[test]
 fn gradnorm_brings_weighted_gradient_norms_within_a_band() {
+    let _turn = turn();
     let dir = tempfile::tempdir().unwrap();
     let files = scaled_pair(dir.path());
     let gradnorm = |lr: f64| LossWeighting::Gradnorm {
@@ -166,6 +178,7 @@ fn gradnorm_brings_weighted_gradient_norms_within_a_band() {
 
 #[test]
 fn both_rules_train_esmm_mmoe_and_ple() {
+    let _turn = turn();
     use mtl_data::synthetic::{CcpSpec, generate_ccp};
     let dir = tempfile::tempdir().unwrap();
     let ccp = generate_ccp(&CcpSpec::small(4000, 2), &dir.path().join("data"), "d").unwrap();
@@ -234,6 +247,7 @@ fn both_rules_train_esmm_mmoe_and_ple() {
 
 #[test]
 fn a_resumed_run_keeps_the_learned_weights() {
+    let _turn = turn();
     let dir = tempfile::tempdir().unwrap();
     let files = scaled_pair(dir.path());
     let weighting = LossWeighting::Gradnorm {
