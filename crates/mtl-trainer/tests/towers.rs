@@ -9,8 +9,11 @@ use burn::tensor::{Device, Tensor, TensorData};
 use mtl_layers::tower::{CrossLayer, fm_interactions};
 use mtl_layers::{MlpSpec, ModelError, TowerKind, TowerSpec, trainable_params};
 use mtl_mmoe::{SharedBottomConfig, TaskConfig};
-use mtl_models::{ModelConfig, Models, RunConfig};
-use mtl_trainer::{DataConfig, TrainOptions, TrainSettings};
+mod common;
+
+use common::run_config;
+use mtl_models::{ModelConfig, Models};
+use mtl_trainer::{TrainOptions, TrainSettings};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -155,24 +158,20 @@ fn test_auc(dir: &Path, schema: &Path, files: &[std::path::PathBuf; 3], tower: T
         tasks: vec![TaskConfig::new("y")],
         pooling: Default::default(),
     });
-    let config = RunConfig {
-        schema: schema.to_path_buf(),
-        data: DataConfig {
-            train: files[0].clone().into(),
-            valid: Some(files[1].clone().into()),
-            test: Some(files[2].clone().into()),
-            bad_rows: "fail".into(),
-            cache: false,
-        },
+    let config = run_config(
+        schema,
+        &files[0],
+        Some(&files[1]),
+        Some(&files[2]),
         model,
-        train: TrainSettings {
+        TrainSettings {
             epochs: 4,
             batch_size: 256,
             lr: 1e-2,
             seed: 3,
             ..TrainSettings::default()
         },
-    };
+    );
     let summary =
         mtl_trainer::train::<Models>(Some(&config), &dir.join(name), false, &TrainOptions::default())
             .unwrap();
@@ -228,22 +227,18 @@ fn every_model_with_towers_takes_deepfm_and_dcn_towers() {
             format!("type = \"aitm\"\nbottom = {{ dims = [8] }}\ntower = {tower}\n{tasks}"),
         ] {
             let model = mtl_trainer::parse_model::<Models>(&table).unwrap_or_else(|e| panic!("{table}: {e}"));
-            let config = RunConfig {
-                schema: files.schema.clone(),
-                data: DataConfig {
-                    train: files.train.clone().into(),
-                    valid: None,
-                    test: Some(files.test.clone().into()),
-                    bad_rows: "fail".into(),
-                    cache: false,
-                },
+            let config = run_config(
+                &files.schema,
+                &files.train,
+                None,
+                Some(&files.test),
                 model,
-                train: TrainSettings {
+                TrainSettings {
                     epochs: 1,
                     batch_size: 256,
                     ..TrainSettings::default()
                 },
-            };
+            );
             let out = dir.path().join("model");
             let _ = std::fs::remove_dir_all(&out);
             let summary = mtl_trainer::train::<Models>(Some(&config), &out, false, &TrainOptions::default())

@@ -5,8 +5,10 @@
 
 use std::path::{Path, PathBuf};
 
+mod common;
+
 use mtl_models::{Models, RunConfig};
-use mtl_trainer::{DataConfig, EvalRecord, LossWeighting, TrainOptions, TrainSettings, parse_model};
+use mtl_trainer::{EvalRecord, LossWeighting, TrainOptions, TrainSettings, parse_model};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -76,17 +78,13 @@ fn run(
 /// The run config every test here trains with: batch 128, lr 3e-3, seed 1, an evaluation every
 /// 25 steps.
 fn run_config(files: &Files, model: &str, weighting: LossWeighting, epochs: usize) -> RunConfig {
-    RunConfig {
-        schema: files.schema.clone(),
-        data: DataConfig {
-            train: files.train.clone().into(),
-            valid: Some(files.valid.clone().into()),
-            test: None,
-            bad_rows: "fail".into(),
-            cache: false,
-        },
-        model: parse_model::<Models>(model).unwrap(),
-        train: TrainSettings {
+    common::run_config(
+        &files.schema,
+        &files.train,
+        Some(&files.valid),
+        None,
+        parse_model::<Models>(model).unwrap(),
+        TrainSettings {
             epochs,
             batch_size: 128,
             lr: 3e-3,
@@ -95,7 +93,7 @@ fn run_config(files: &Files, model: &str, weighting: LossWeighting, epochs: usiz
             loss_weighting: weighting,
             ..TrainSettings::default()
         },
-    }
+    )
 }
 
 /// A finished run's evaluation history.
