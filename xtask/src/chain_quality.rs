@@ -11,8 +11,8 @@ use std::process::Command;
 use anyhow::Result;
 use serde_json::{Value, json};
 
-use crate::stats::{mean_se, read_columns, spearman};
-use crate::{fmt, predict_csv, run, run_config, train_job, work_dir};
+use crate::stats::{mean_se, mean_se_text, read_columns, spearman};
+use crate::{predict_csv, run, run_config, train_job, work_dir};
 
 /// The chain's steps and their rates given the previous step.
 const STEPS: [(&str, f64); 3] = [("click", 0.1), ("cart", 0.3), ("purchase", 0.3)];
@@ -221,9 +221,7 @@ fn table(runs: &[Value], seeds: u64) -> String {
         let of: Vec<&Value> = runs.iter().filter(|r| r["model"] == name).collect();
         let cell = |key: &str, k: usize| {
             let xs: Vec<f64> = of.iter().filter_map(|r| r[key][k].as_f64()).collect();
-            mean_se(&xs).map_or("–".into(), |(m, se)| {
-                format!("{} ± {}", fmt(Some(m), 3), fmt(Some(se), 3))
-            })
+            mean_se_text(&xs, 3)
         };
         let cells: Vec<String> = (0..STEPS.len())
             .map(|k| format!("{} | {}", cell("auc", k), cell("spearman", k)))

@@ -16,8 +16,8 @@ use serde_json::{Value, json};
 
 use crate::stats::{self, mean_se};
 use crate::{
-    build_mtl, ccp_data, chain_quality, fmt, model_toml, predict_csv, run, run_config, test_metric,
-    train_job, work_dir,
+    build_mtl, ccp_data, chain_quality, model_toml, predict_csv, run, run_config, test_metric, train_job,
+    work_dir,
 };
 
 /// `mean ± se` of the numbers at `key` of `rows` that pass `keep`.
@@ -27,9 +27,7 @@ fn cell(rows: &[Value], keep: impl Fn(&Value) -> bool, key: &str, digits: usize)
         .filter(|r| keep(r))
         .filter_map(|r| r[key].as_f64())
         .collect();
-    mean_se(&xs).map_or("–".into(), |(m, se)| {
-        format!("{} ± {}", fmt(Some(m), digits), fmt(Some(se), digits))
-    })
+    stats::mean_se_text(&xs, digits)
 }
 
 /// Runs the chosen sections (`cvr`, `mmoe`, `chain`); writes `quality.{json,md}`, or

@@ -77,6 +77,11 @@ pub fn mean_se(v: &[f64]) -> Option<(f64, f64)> {
     mean_sd(v).map(|(m, sd)| (m, sd / (v.len() as f64).sqrt()))
 }
 
+/// `mean ± se` of `xs` with `digits` decimals, or `–` for none.
+pub fn mean_se_text(xs: &[f64], digits: usize) -> String {
+    mean_se(xs).map_or("–".into(), |(m, se)| format!("{m:.digits$} ± {se:.digits$}"))
+}
+
 /// Copies the rows of a CSV whose column `column` is `1` (the header too): the rows where a
 /// funnel step happened, e.g. the clicked rows.
 pub fn filter_where(from: &Path, to: &Path, column: &str) -> Result<()> {

@@ -215,13 +215,8 @@ impl Tower {
     /// - `fields`: `[batch, fields, dim]`
     /// - output: `[batch, 1]`
     pub fn forward(&self, x: Tensor<2>, fields: Option<&Tensor<3>>) -> Tensor<2> {
-        let x = match self.cross.is_empty() {
-            true => x,
-            false => {
-                let x0 = x.clone();
-                self.cross.iter().fold(x, |x, layer| layer.forward(x0.clone(), x))
-            }
-        };
+        let x0 = x.clone();
+        let x = self.cross.iter().fold(x, |x, layer| layer.forward(x0.clone(), x));
         let out = self.mlp.forward(x);
         match (self.fm, fields) {
             (true, Some(fields)) => out + fm_interactions(fields.clone()),

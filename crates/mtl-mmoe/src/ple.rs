@@ -248,7 +248,6 @@ impl Ple {
             paths = out;
             gates.push(g);
         }
-        paths.truncate(self.towers.len());
         (tower_logits(&self.towers, paths, fields.as_ref()), gates)
     }
 }
