@@ -9,7 +9,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
 use serde_json::{Value, json};
 
@@ -40,6 +40,10 @@ pub struct EsCvrArgs {
     /// Skip torch-rechub (mtl only).
     #[arg(long)]
     no_peer: bool,
+    /// Take torch-rechub's figures from an earlier run's `results.json` (same generator and
+    /// training seeds) instead of training it again; a pair it lacks is an error.
+    #[arg(long, conflicts_with = "no_peer")]
+    peer_results: Option<PathBuf>,
     /// Python with torch and torch-rechub [default: .venv-peer/bin/python].
     #[arg(long)]
     peer_python: Option<PathBuf>,
@@ -59,6 +63,15 @@ pub fn es_cvr(a: &EsCvrArgs) -> Result<()> {
     let mtl = build_mtl()?;
     let dir = work_dir(a.tag.as_deref().unwrap_or("es-cvr"));
     std::fs::create_dir_all(&dir)?;
+    let earlier: Option<Vec<Value>> = match &a.peer_results {
+        Some(path) => Some(
+            serde_json::from_slice(
+                &std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+            )
+            .with_context(|| format!("{}: not an es-cvr results.json", path.display()))?,
+        ),
+        None => None,
+    };
     let mut runs = Vec::new();
     for &generator in &a.gen_seeds {
         let prefix = p.gen_data(
@@ -87,7 +100,19 @@ pub fn es_cvr(a: &EsCvrArgs) -> Result<()> {
                 let mut row = json!({ "config": config, "gen_seed": generator, "seed": seed,
                     "mtl": { "cvr_auc_clicked": test_auc(&metrics, "cvr"), "es_cvr_spearman": spearman(&pcvr, &truth),
                              "mean_pcvr": pcvr.iter().sum::<f64>() / pcvr.len().max(1) as f64 } });
-                if !a.no_peer {
+                if let Some(earlier) = &earlier {
+                    let found = earlier.iter().find(|r| {
+                        r["config"] == config.as_str()
+                            && r["gen_seed"] == generator
+                            && r["seed"] == seed
+                            && r["peer"].is_object()
+                    });
+                    row["peer"] = found.map(|r| r["peer"].clone()).with_context(|| {
+                        format!(
+                            "--peer-results: no torch-rechub figures for {config} at generator seed {generator}, training seed {seed}"
+                        )
+                    })?;
+                } else if !a.no_peer {
                     let line = p.bench_job(
                         &prefix,
                         "ESMM",

@@ -884,3 +884,78 @@ fn schema_infer_turns_a_wide_table_into_a_trainable_schema() {
     let missing = dir.path().join("nope.csv").display().to_string();
     assert_user_error(&mtl(&["schema", "infer", &missing]), &["nope.csv"]);
 }
+
+#[test]
+fn a_schema_of_name_patterns_trains_the_wide_table_and_the_run_keeps_its_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, valid) = (dir.path().join("train.csv"), dir.path().join("valid.csv"));
+    wide_table(&train, 3000, 3);
+    wide_table(&valid, 600, 4);
+    // 26 input columns and two labels in 13 lines; `request_id` is matched by nothing
+    let schema = "[[sparse]]\nnames = [\"cat_*\", \"city\"]\nfit = true\n[[dense]]\nnames = [\"num_*\"]\nstandardize = true\ndefault = 0.0\n[[labels]]\nname = \"click\"\nkind = \"binary\"\n[[labels]]\nname = \"purchase\"\nkind = \"binary\"\n";
+    assert!(schema.lines().count() <= 15);
+    std::fs::write(dir.path().join("schema.toml"), schema).unwrap();
+    let cfg = dir.path().join("mmoe.toml");
+    std::fs::write(
+        &cfg,
+        "schema = \"schema.toml\"\n[data]\ntrain = \"train.csv\"\nvalid = \"valid.csv\"\n[model]\ntype = \"mmoe\"\nn_experts = 2\nexpert = { dims = [16] }\ntower = { dims = [8] }\ntasks = [{ label = \"click\" }, { label = \"purchase\" }]\n[train]\nbatch_size = 256\nepochs = 2\n",
+    )
+    .unwrap();
+    let model = dir.path().join("run").display().to_string();
+    let out = mtl(&["train", "--config", &cfg.display().to_string(), "--out", &model]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // the run's schema lists the fields the patterns stood for, in header order
+    let saved = std::fs::read_to_string(Path::new(&model).join("schema.toml")).unwrap();
+    let parsed: toml::Value = toml::from_str(&saved).unwrap();
+    let names = |kind: &str| -> Vec<String> {
+        parsed[kind]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let mut sparse: Vec<String> = (0..16).map(|k| format!("cat_{k}")).collect();
+    sparse.push("city".into());
+    assert_eq!(names("sparse"), sparse);
+    assert_eq!(
+        names("dense"),
+        (0..8).map(|k| format!("num_{k}")).collect::<Vec<_>>()
+    );
+    assert!(!saved.contains("names ="), "{saved}");
+    let metrics: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(Path::new(&model).join("metrics.json")).unwrap()).unwrap();
+    let click_auc = metrics["valid"][0]["binary"]["auc"].as_f64().unwrap();
+    assert!(click_auc > 0.55, "the click signal is learnable: {click_auc}");
+    // eval and predict read the saved run alone
+    let pred = dir.path().join("p.csv").display().to_string();
+    let out = mtl(&[
+        "predict",
+        "--model",
+        &model,
+        "--data",
+        &valid.display().to_string(),
+        "--out",
+        &pred,
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read_to_string(&pred).unwrap().lines().count(), 601);
+    // a pattern that matches no column names the schema, the key and the header's file
+    std::fs::write(dir.path().join("schema.toml"), schema.replace("cat_*", "kat_*")).unwrap();
+    let out = mtl(&[
+        "train",
+        "--config",
+        &cfg.display().to_string(),
+        "--out",
+        &dir.path().join("bad").display().to_string(),
+    ]);
+    assert_user_error(
+        &out,
+        &[
+            "schema.toml",
+            "sparse[0].names",
+            "`kat_*` matches no column",
+            "train.csv",
+        ],
+    );
+}

@@ -314,6 +314,26 @@ impl Row<'_> {
     }
 }
 
+/// The column names of a data file's header, in order (for expanding schema patterns).
+pub fn read_header(path: impl AsRef<Path>) -> Result<Vec<String>, DataError> {
+    let path = path.as_ref();
+    let file = path.display().to_string();
+    let io = |e: &dyn fmt::Display| DataError::Io {
+        file: file.clone(),
+        message: e.to_string(),
+    };
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(true)
+        .has_headers(true)
+        .from_path(path)
+        .map_err(|e| io(&e))?;
+    let header = reader.headers().map_err(|e| io(&e))?;
+    if header.is_empty() {
+        return Err(DataError::NoHeader { file });
+    }
+    Ok(header.iter().map(str::to_string).collect())
+}
+
 impl CsvSource {
     /// Opens `path` and maps the schema's columns; labels are required when `need_labels`.
     pub fn open(path: impl AsRef<Path>, schema: &ValidSchema, need_labels: bool) -> Result<Self, DataError> {

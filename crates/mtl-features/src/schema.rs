@@ -73,8 +73,14 @@ pub enum OovPolicy {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SparseField {
-    /// Field name (used by `shared_with` and in messages).
+    /// Field name (used by `shared_with` and in messages); or give `names`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub name: String,
+    /// Instead of `name`: column-name patterns (`*` any run of characters, `?` one, `[abc]`
+    /// a set); the entry stands for one field per matching column of the training data's
+    /// header (a column no other entry names), named after the column, in header order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
     /// CSV column; defaults to `name`.
     #[serde(default)]
     pub column: Option<String>,
@@ -105,8 +111,14 @@ pub struct SparseField {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SequenceField {
-    /// Field name.
+    /// Field name; or give `names`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub name: String,
+    /// Instead of `name`: column-name patterns (`*` any run of characters, `?` one, `[abc]`
+    /// a set); the entry stands for one field per matching column of the training data's
+    /// header (a column no other entry names), named after the column, in header order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
     /// CSV column; defaults to `name`.
     #[serde(default)]
     pub column: Option<String>,
@@ -156,8 +168,14 @@ pub enum SequencePooling {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DenseField {
-    /// Field name.
+    /// Field name; or give `names`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub name: String,
+    /// Instead of `name`: column-name patterns (`*` any run of characters, `?` one, `[abc]`
+    /// a set); the entry stands for one field per matching column of the training data's
+    /// header (a column no other entry names), named after the column, in header order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
     /// CSV column; defaults to `name`.
     #[serde(default)]
     pub column: Option<String>,
@@ -347,7 +365,198 @@ pub struct ValidSchema {
     pub owner: Vec<usize>,
 }
 
+/// An entry that may stand for several fields through `names` patterns.
+trait Patterned: Clone {
+    fn name(&self) -> &str;
+    fn patterns(&self) -> &[String];
+    fn column(&self) -> Option<&str>;
+    /// This entry as the one field for `column`.
+    fn for_column(&self, column: &str) -> Self;
+}
+
+macro_rules! patterned {
+    ($($t:ty),*) => {$(
+        impl Patterned for $t {
+            fn name(&self) -> &str {
+                &self.name
+            }
+            fn patterns(&self) -> &[String] {
+                &self.names
+            }
+            fn column(&self) -> Option<&str> {
+                self.column.as_deref()
+            }
+            fn for_column(&self, column: &str) -> Self {
+                Self {
+                    name: column.to_string(),
+                    names: Vec::new(),
+                    column: None,
+                    ..self.clone()
+                }
+            }
+        }
+    )*};
+}
+patterned!(SparseField, SequenceField, DenseField);
+
+/// Expands one list's pattern entries over `header`'s columns that are not `taken`, marking
+/// the ones it uses; `claimed` remembers which entry took a column, for the error when two
+/// patterns match the same one.
+fn expand_list<F: Patterned>(
+    list: &[F],
+    kind: &str,
+    header: &[String],
+    taken: &mut HashSet<String>,
+    claimed: &mut HashMap<String, String>,
+    invalid: &impl Fn(String, String) -> FeatureError,
+) -> Result<Vec<F>, FeatureError> {
+    let mut out = Vec::new();
+    for (i, entry) in list.iter().enumerate() {
+        if entry.patterns().is_empty() {
+            out.push(entry.clone());
+            continue;
+        }
+        let key = format!("{kind}[{i}].names");
+        if !entry.name().is_empty() || entry.column().is_some() {
+            return Err(invalid(
+                key,
+                "give either `name` (and `column`) or `names` patterns, not both".into(),
+            ));
+        }
+        let mut patterns = Vec::new();
+        for text in entry.patterns() {
+            let pattern = glob::Pattern::new(text)
+                .map_err(|e| invalid(key.clone(), format!("`{text}` is not a valid pattern: {e}")))?;
+            patterns.push((text, pattern, false));
+        }
+        for column in header {
+            let mut hit = false;
+            for (_, pattern, used) in patterns.iter_mut() {
+                if pattern.matches(column) {
+                    *used = true;
+                    hit = true;
+                }
+            }
+            if !hit {
+                continue;
+            }
+            if let Some(other) = claimed.get(column) {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "column `{column}` matches both these patterns and {other}'s; make them disjoint"
+                    ),
+                ));
+            }
+            if taken.contains(column) {
+                // named by an explicit entry: that entry has it
+                continue;
+            }
+            claimed.insert(column.clone(), key.trim_end_matches(".names").to_string());
+            out.push(entry.for_column(column));
+        }
+        if let Some((text, _, _)) = patterns.iter().find(|(_, _, used)| !used) {
+            let shown: Vec<&str> = header.iter().take(12).map(String::as_str).collect();
+            return Err(invalid(
+                key,
+                format!(
+                    "the pattern `{text}` matches no column of the header ({}{})",
+                    shown.join(", "),
+                    if header.len() > shown.len() { ", …" } else { "" }
+                ),
+            ));
+        }
+    }
+    for f in &out {
+        taken.insert(f.column().unwrap_or(f.name()).to_string());
+    }
+    Ok(out)
+}
+
 impl Schema {
+    /// The key of the first entry with `names` patterns, if any.
+    pub fn first_pattern(&self) -> Option<String> {
+        let sparse = self
+            .sparse
+            .iter()
+            .position(|f| !f.names.is_empty())
+            .map(|i| format!("sparse[{i}].names"));
+        let sequence = || {
+            self.sequence
+                .iter()
+                .position(|f| !f.names.is_empty())
+                .map(|i| format!("sequence[{i}].names"))
+        };
+        let dense = || {
+            self.dense
+                .iter()
+                .position(|f| !f.names.is_empty())
+                .map(|i| format!("dense[{i}].names"))
+        };
+        sparse.or_else(sequence).or_else(dense)
+    }
+
+    /// Whether some entry gives `names` patterns (to expand with [`Schema::expand`]).
+    pub fn has_patterns(&self) -> bool {
+        self.first_pattern().is_some()
+    }
+
+    /// Replaces every entry with `names` patterns by one field per matching column of
+    /// `header` (in header order), leaving out columns that an entry or label names explicitly.
+    /// A pattern that matches nothing, a column matched by two pattern entries, or an entry
+    /// with both `name` and `names` is an error naming `file` and the key.
+    pub fn expand(mut self, header: &[String], file: &str) -> Result<Schema, FeatureError> {
+        let invalid = |key: String, message: String| FeatureError::SchemaInvalid {
+            file: file.to_string(),
+            key,
+            message,
+        };
+        let mut taken: HashSet<String> = HashSet::new();
+        let explicit = |name: &str, column: Option<&str>, patterns: &[String]| {
+            patterns.is_empty().then(|| column.unwrap_or(name).to_string())
+        };
+        taken.extend(
+            self.sparse
+                .iter()
+                .filter_map(|f| explicit(&f.name, f.column.as_deref(), &f.names)),
+        );
+        taken.extend(
+            self.sequence
+                .iter()
+                .filter_map(|f| explicit(&f.name, f.column.as_deref(), &f.names)),
+        );
+        taken.extend(
+            self.dense
+                .iter()
+                .filter_map(|f| explicit(&f.name, f.column.as_deref(), &f.names)),
+        );
+        taken.extend(
+            self.labels
+                .iter()
+                .map(|l| l.column.clone().unwrap_or_else(|| l.name.clone())),
+        );
+        let mut claimed = HashMap::new();
+        self.sparse = expand_list(&self.sparse, "sparse", header, &mut taken, &mut claimed, &invalid)?;
+        self.sequence = expand_list(
+            &self.sequence,
+            "sequence",
+            header,
+            &mut taken,
+            &mut claimed,
+            &invalid,
+        )?;
+        self.dense = expand_list(&self.dense, "dense", header, &mut taken, &mut claimed, &invalid)?;
+        Ok(self)
+    }
+
+    /// Parses schema TOML without validating it (patterns may still need expanding).
+    pub fn parse(text: &str, file: &str) -> Result<Schema, FeatureError> {
+        toml::from_str(text).map_err(|e| FeatureError::SchemaParse {
+            file: file.to_string(),
+            message: crate::toml_error_line(text, &e),
+        })
+    }
+
     /// Reads and validates a schema file; errors name the file and the key.
     pub fn from_file(path: impl AsRef<Path>) -> Result<ValidSchema, FeatureError> {
         let path = path.as_ref();
@@ -360,11 +569,7 @@ impl Schema {
 
     /// Parses and validates schema TOML; `file` names the source in errors.
     pub fn from_toml_str(text: &str, file: &str) -> Result<ValidSchema, FeatureError> {
-        let schema: Schema = toml::from_str(text).map_err(|e| FeatureError::SchemaParse {
-            file: file.to_string(),
-            message: crate::toml_error_line(text, &e),
-        })?;
-        schema.validate(file)
+        Self::parse(text, file)?.validate(file)
     }
 
     /// Checks names, vocabularies and sharing; returns the resolved schema.
@@ -402,6 +607,14 @@ impl Schema {
         if self.sparse.is_empty() && self.sequence.is_empty() && self.dense.is_empty() {
             return Err(invalid("sparse".into(), "the schema has no input fields".into()));
         }
+        if let Some(key) = self.first_pattern() {
+            return Err(invalid(
+                key,
+                "holds column-name patterns, which are expanded against the training data's header; \
+                 load it together with the data, as `mtl train` does"
+                    .into(),
+            ));
+        }
         let mut names = HashSet::new();
         let all_names = self
             .sparse
@@ -428,7 +641,10 @@ impl Schema {
             );
         for (key, name) in all_names {
             if name.is_empty() {
-                return Err(invalid(key, "must not be empty".into()));
+                return Err(invalid(
+                    key,
+                    "missing or empty: give a `name` (or, for an input field, `names` patterns)".into(),
+                ));
             }
             if !names.insert(name.clone()) {
                 return Err(invalid(key, format!("the name `{name}` is used twice")));
@@ -660,5 +876,170 @@ kind = "binary"
         let text = GOOD.replace("name = \"cat\"", "name = \"user\"");
         let err = Schema::from_toml_str(&text, "s.toml").unwrap_err().to_string();
         assert!(err.contains("sparse[2].name"), "{err}");
+    }
+
+    /// `id, categorical_1..16, numerical_1..63, click, purchase`: a wide public layout.
+    fn wide_header() -> Vec<String> {
+        let mut h = vec!["id".to_string()];
+        h.extend((1..=16).map(|i| format!("categorical_{i}")));
+        h.extend((1..=63).map(|i| format!("numerical_{i}")));
+        h.extend(["click".to_string(), "purchase".to_string()]);
+        h
+    }
+
+    const WIDE: &str = r#"[[sparse]]
+names = ["categorical_*"]
+fit = true
+[[dense]]
+names = ["numerical_*"]
+standardize = true
+[[labels]]
+name = "click"
+kind = "binary"
+[[labels]]
+name = "purchase"
+kind = "binary"
+"#;
+
+    #[test]
+    fn name_patterns_expand_over_the_header_in_order() {
+        assert!(WIDE.lines().count() <= 15, "the wide schema fits in 15 lines");
+        let raw = Schema::parse(WIDE, "w.toml").unwrap();
+        assert!(raw.has_patterns());
+        // unexpanded, validation refuses it and says why
+        let err = raw.clone().validate("w.toml").unwrap_err().to_string();
+        assert!(err.contains("sparse[0].names") && err.contains("header"), "{err}");
+        let s = raw
+            .expand(&wide_header(), "w.toml")
+            .unwrap()
+            .validate("w.toml")
+            .unwrap();
+        assert_eq!(s.n_sparse(), 16);
+        assert_eq!(s.schema.dense.len(), 63);
+        let sparse: Vec<&str> = s.schema.sparse.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(sparse[0], "categorical_1");
+        assert_eq!(sparse[15], "categorical_16");
+        assert!(
+            s.schema
+                .sparse
+                .iter()
+                .all(|f| f.fit == Some(true) && f.names.is_empty())
+        );
+        assert_eq!(s.schema.dense[62].name, "numerical_63");
+        assert!(s.schema.dense.iter().all(|f| f.standardize));
+        // the id column is matched by no pattern and read by no field
+        assert!(!sparse.contains(&"id") && s.schema.dense.iter().all(|f| f.name != "id"));
+        // the expanded schema round-trips through TOML with no patterns left
+        let text = toml::to_string(&s.schema).unwrap();
+        assert!(!text.contains("names"), "{text}");
+        let again = Schema::from_toml_str(&text, "again").unwrap();
+        assert_eq!(again.n_sparse(), 16);
+    }
+
+    #[test]
+    fn explicit_entries_win_and_patterns_share_and_group() {
+        let text = r#"
+[[sparse]]
+name = "item_id"
+vocab_size = 100
+group = "item"
+[[sparse]]
+names = ["hist_item_?"]
+shared_with = "item_id"
+group = "item"
+[[sparse]]
+name = "categorical_1"
+hash_buckets = 10
+[[sparse]]
+names = ["categorical_*"]
+vocab_size = 5
+[[labels]]
+name = "click"
+kind = "binary"
+"#;
+        let header: Vec<String> = [
+            "item_id",
+            "hist_item_1",
+            "hist_item_2",
+            "categorical_1",
+            "categorical_2",
+            "click",
+        ]
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
+        let s = Schema::parse(text, "p.toml")
+            .unwrap()
+            .expand(&header, "p.toml")
+            .unwrap()
+            .validate("p.toml")
+            .unwrap();
+        let names: Vec<&str> = s.schema.sparse.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "item_id",
+                "hist_item_1",
+                "hist_item_2",
+                "categorical_1",
+                "categorical_2"
+            ]
+        );
+        // the history fields use item_id's table, in item_id's group
+        assert_eq!(s.owner[1], 0);
+        assert_eq!(s.owner[2], 0);
+        assert_eq!(s.schema.sparse[2].group.as_deref(), Some("item"));
+        // categorical_1 keeps its explicit entry; the pattern took only categorical_2
+        assert_eq!(s.vocab[3], VocabSpec::Hash { buckets: 10 });
+        assert_eq!(
+            s.vocab[4],
+            VocabSpec::Ids {
+                size: 5,
+                bucket: false
+            }
+        );
+    }
+
+    #[test]
+    fn bad_patterns_are_errors_naming_the_key() {
+        let header = wide_header();
+        let expand = |text: &str| {
+            Schema::parse(text, "b.toml")
+                .unwrap()
+                .expand(&header, "b.toml")
+                .and_then(|s| s.validate("b.toml"))
+                .map(|_| ())
+                .unwrap_err()
+                .to_string()
+        };
+        let labels = "[[labels]]\nname = \"click\"\nkind = \"binary\"\n";
+        let err = expand(&format!("[[sparse]]\nnames = [\"cat_*\"]\nfit = true\n{labels}"));
+        assert!(
+            err.contains("sparse[0].names")
+                && err.contains("`cat_*` matches no column")
+                && err.contains("categorical_1"),
+            "{err}"
+        );
+        let err = expand(&format!(
+            "[[sparse]]\nnames = [\"categorical_1*\"]\nfit = true\n[[dense]]\nnames = [\"categorical_*\"]\n{labels}"
+        ));
+        assert!(
+            err.contains("dense[0].names") && err.contains("categorical_1") && err.contains("both"),
+            "{err}"
+        );
+        let err = expand(&format!(
+            "[[sparse]]\nname = \"x\"\nnames = [\"categorical_*\"]\nfit = true\n{labels}"
+        ));
+        assert!(
+            err.contains("sparse[0].names") && err.contains("not both"),
+            "{err}"
+        );
+        let err = expand(&format!("[[dense]]\nnames = [\"numerical_[\"]\n{labels}"));
+        assert!(
+            err.contains("dense[0].names") && err.contains("not a valid pattern"),
+            "{err}"
+        );
+        let err = expand(&format!("[[dense]]\nstandardize = true\n{labels}"));
+        assert!(err.contains("dense[0].name") && err.contains("names"), "{err}");
     }
 }

@@ -20,7 +20,7 @@ pub fn checkpoint_dir(out_dir: &Path) -> PathBuf {
 pub fn write_checkpoint<M: Module>(
     out_dir: &Path,
     model: &M,
-    stepper: &Stepper,
+    stepper: &mut Stepper,
     state: &TrainState,
 ) -> Result<(), TrainError> {
     let final_dir = checkpoint_dir(out_dir);

@@ -170,6 +170,31 @@ pub enum EmbeddingUpdate {
     Dense,
 }
 
+/// What the row-sparse Adam does with the table rows a step does not touch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UntouchedRows {
+    /// Move them as dense Adam does (torch-rechub's semantics): a row's momentum keeps acting
+    /// after its last use and weight decay acts every step. Applied lazily: when a row is next
+    /// used, the steps it missed are replayed exactly (zero gradient, each step's learning
+    /// rate), and every row is brought up to date before evaluations and checkpoints. The
+    /// table equals `embedding = "dense"`'s, at row-sparse cost. The host table's default.
+    CatchUp,
+    /// Leave them and their moments as they are (TensorFlow's LazyAdam,
+    /// `torch.optim.SparseAdam`); the device table's only mode.
+    Frozen,
+}
+
+impl UntouchedRows {
+    /// The TOML spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::CatchUp => "catch-up",
+            Self::Frozen => "frozen",
+        }
+    }
+}
+
 /// Where the row-sparse embedding table and its Adam moments live while training.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -423,8 +448,20 @@ pub struct TrainSettings {
     /// Where the row-sparse table lives: `host` (default) or `device`.
     #[serde(default)]
     pub embedding_table: TablePlace,
+    /// Adam's ε, for the dense parameters and the row-sparse table alike (burn's 1e-5 by
+    /// default; PyTorch's is 1e-8).
+    #[serde(default = "default_adam_epsilon")]
+    pub adam_epsilon: f64,
+    /// Rows a row-sparse step does not touch: `catch-up` (the host table's default: as dense
+    /// Adam moves them) or `frozen` (the device table's only mode). Resolved and saved when a
+    /// run starts ([`TrainSettings::resolve_untouched_rows`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub untouched_rows: Option<UntouchedRows>,
 }
 
+fn default_adam_epsilon() -> f64 {
+    1e-5
+}
 fn default_epochs() -> usize {
     1
 }
@@ -439,6 +476,25 @@ fn default_seed() -> u64 {
 }
 fn default_backend() -> String {
     "flex".into()
+}
+
+impl TrainSettings {
+    /// `untouched_rows` as given, or else for a new run `catch-up` on the host table and
+    /// `frozen` on the device table; a run saved before the setting existed trained `frozen`
+    /// (`fresh` false).
+    pub fn resolve_untouched_rows(&mut self, fresh: bool) {
+        if self.untouched_rows.is_none() && self.embedding == EmbeddingUpdate::Sparse {
+            self.untouched_rows = Some(match (fresh, self.embedding_table) {
+                (true, TablePlace::Host) => UntouchedRows::CatchUp,
+                _ => UntouchedRows::Frozen,
+            });
+        }
+    }
+
+    /// The resolved `untouched_rows` (`frozen` while unresolved).
+    pub fn untouched(&self) -> UntouchedRows {
+        self.untouched_rows.unwrap_or(UntouchedRows::Frozen)
+    }
 }
 
 impl Default for TrainSettings {
@@ -613,10 +669,38 @@ impl<R: Registry> RunConfig<R> {
         Ok(())
     }
 
+    /// Reads and validates the schema; an entry with `names` patterns is expanded against the
+    /// header of the first training file.
+    pub fn load_schema(&self) -> Result<ValidSchema, TrainError> {
+        let path = &self.schema;
+        let text = std::fs::read_to_string(path).map_err(|source| mtl_features::FeatureError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let file = path.display().to_string();
+        let schema = mtl_features::Schema::parse(&text, &file)?;
+        let schema = match schema.has_patterns() {
+            true => {
+                let first = self.data.train.files("data.train")?.into_iter().next();
+                let first = first.ok_or_else(|| TrainError::Config {
+                    file: "data.train".into(),
+                    message: "no training file to read the header from".into(),
+                })?;
+                let header = mtl_data::read_header(&first)?;
+                schema.expand(
+                    &header,
+                    &format!("{file} (patterns over the header of {})", first.display()),
+                )?
+            }
+            false => schema,
+        };
+        Ok(schema.validate(&file)?)
+    }
+
     /// Reads the schema and checks the model config and every setting that depends on it,
     /// before any data is read; errors name `file` (the config) or the schema file.
     pub fn check_model(&self, file: &str) -> Result<(ValidSchema, ModelPlan), TrainError> {
-        let schema = mtl_features::Schema::from_file(&self.schema)?;
+        let schema = self.load_schema()?;
         let plan = R::plan(&self.model, &schema).map_err(|e| TrainError::Config {
             file: file.to_string(),
             message: e.to_string(),
@@ -688,6 +772,13 @@ impl TrainSettings {
                 "must be a number above 0 and at most 10",
             );
         }
+        if !(self.adam_epsilon.is_finite() && self.adam_epsilon > 0.0 && self.adam_epsilon <= 1.0) {
+            return range(
+                "adam_epsilon",
+                self.adam_epsilon.to_string(),
+                "must be above 0 and at most 1",
+            );
+        }
         if !(self.weight_decay.is_finite() && (0.0..=1.0).contains(&self.weight_decay)) {
             return range(
                 "weight_decay",
@@ -701,6 +792,23 @@ impl TrainSettings {
                 "\"device\"".into(),
                 "places the row-sparse table; with `embedding = \"dense\"` there is none (leave it out)",
             );
+        }
+        match (self.untouched_rows, self.embedding, self.embedding_table) {
+            (Some(_), EmbeddingUpdate::Dense, _) => {
+                return range(
+                    "untouched_rows",
+                    format!("{:?}", self.untouched_rows.map(|u| u.name()).unwrap_or_default()),
+                    "applies to row-sparse updates; with `embedding = \"dense\"` every row is updated every step (leave it out)",
+                );
+            }
+            (Some(UntouchedRows::CatchUp), _, TablePlace::Device) => {
+                return range(
+                    "untouched_rows",
+                    "\"catch-up\"".into(),
+                    "needs the host table; `embedding_table = \"device\"` keeps untouched rows frozen (use `embedding_table = \"host\"` or `untouched_rows = \"frozen\"`)",
+                );
+            }
+            _ => {}
         }
         if let Some(clip) = self.grad_clip_norm
             && !(clip.is_finite() && clip > 0.0)
@@ -880,6 +988,17 @@ early_stopping = { metric = "click.auc" }
                 "= 0",
             ),
             ("max_steps = 0", "train.max_steps", "= 0"),
+            ("adam_epsilon = 0.0", "train.adam_epsilon", "= 0"),
+            (
+                "embedding = \"dense\"\nuntouched_rows = \"frozen\"",
+                "train.untouched_rows",
+                "dense",
+            ),
+            (
+                "embedding_table = \"device\"\nuntouched_rows = \"catch-up\"",
+                "train.untouched_rows",
+                "host table",
+            ),
             (
                 "loss_weighting = { kind = \"gradnorm\", alpha = 20.0 }",
                 "train.loss_weighting.alpha",

@@ -125,10 +125,12 @@ pub fn optimizer(settings: &TrainSettings) -> ModuleOptimizer {
                 (settings.weight_decay > 0.0).then(|| WeightDecayConfig::new(settings.weight_decay as f32)),
             )
             .with_grad_clipping(clip)
+            .with_epsilon(settings.adam_epsilon as f32)
             .init(),
         OptimizerKind::AdamW => AdamWConfig::new()
             .with_weight_decay(settings.weight_decay as f32)
             .with_grad_clipping(clip)
+            .with_epsilon(settings.adam_epsilon as f32)
             .init(),
     }
 }
@@ -265,7 +267,7 @@ pub fn fit<M: MultiTaskModel>(
             if checkpoint || limit || state.trained {
                 state.pending_secs += clock.elapsed().as_secs_f64();
                 clock = Instant::now();
-                write_checkpoint(&options.out_dir, &model, &stepper, &state)?;
+                write_checkpoint(&options.out_dir, &model, &mut stepper, &state)?;
             }
             if state.trained || limit {
                 pb.finish_and_clear();

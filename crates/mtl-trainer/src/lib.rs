@@ -38,7 +38,7 @@ pub mod weighting;
 
 pub use config::{
     DataConfig, DataFiles, Direction, EarlyStopping, EarlyStoppingSetting, EmbeddingUpdate, OptimizerKind,
-    RunConfig, TablePlace, TrainSettings,
+    RunConfig, TablePlace, TrainSettings, UntouchedRows,
 };
 pub use registry::{Registry, WithModel, example_model, parse_model};
 

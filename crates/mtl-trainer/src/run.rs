@@ -196,6 +196,7 @@ pub fn train<R: Registry>(
         config.train.max_steps = options.max_steps;
         // a run saved before early stopping became the default trained without it
         config.train.early_stopping = config.train.early_stopping.resolve(false);
+        config.train.resolve_untouched_rows(false);
         config.check(&out_dir.join("config.toml").display().to_string())?;
         if let Some((state, _, _)) = start.as_mut() {
             let extend = options.epochs.is_some() && config.train.epochs > state.epoch;
@@ -238,6 +239,7 @@ pub fn train<R: Registry>(
         config.resolve_paths(Path::new(""));
         // saved resolved, so a resumed run keeps the choice made here
         config.train.early_stopping = config.train.early_stopping.resolve(config.data.valid.is_some());
+        config.train.resolve_untouched_rows(true);
         tracing::info!("{}", config.train.early_stopping.describe());
         if options.progress {
             eprintln!("{}", config.train.early_stopping.describe());
@@ -260,7 +262,21 @@ pub fn train<R: Registry>(
             &schema,
             config.data.policy()?,
         )?;
-        let schema_text = std::fs::read(&config.schema).map_err(io_err(&config.schema))?;
+        let mut schema_text = std::fs::read(&config.schema).map_err(io_err(&config.schema))?;
+        let written = mtl_features::Schema::parse(&String::from_utf8_lossy(&schema_text), "schema");
+        if written.is_ok_and(|w| w.has_patterns()) {
+            // the run keeps the fields its patterns stood for, so that resume, eval and serving
+            // need no header
+            let expanded = toml::to_string(&schema.schema).map_err(|e| TrainError::Config {
+                file: config.schema.display().to_string(),
+                message: format!("writing the expanded schema: {e}"),
+            })?;
+            schema_text = format!(
+                "# {} with its `names` patterns expanded over the training data's header\n{expanded}",
+                config.schema.display()
+            )
+            .into_bytes();
+        }
         atomic_write(&out_dir.join("schema.toml"), &schema_text)?;
         features.save(out_dir.join("features.json"))?;
         save_dir_config(out_dir, &config)?;

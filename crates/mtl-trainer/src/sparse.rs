@@ -1,11 +1,18 @@
 //! Row-sparse embedding training: each step gathers only the table rows the batch uses,
 //! differentiates through those, and updates only those rows with a row-wise (lazy) Adam.
 //!
-//! Semantics (like TensorFlow's LazyAdam or `torch.optim.SparseAdam`): rows a step does not
-//! touch keep their values and their moments bit for bit; the bias correction uses the global
-//! step count; weight decay (L2 for Adam, decoupled for AdamW) and gradient-norm clipping apply
-//! to the touched rows only. With weight decay 0 and every row touched in every step the
-//! result equals burn's dense Adam. Dense layers keep burn's optimiser.
+//! Rows a step does not touch follow [`UntouchedRows`]:
+//! - `catch-up` (the default): as dense Adam moves them — a row's momentum keeps acting after
+//!   its last use, and weight decay acts every step. Done lazily: each row remembers the step
+//!   it was last brought up to date, and when it is next used the steps it missed are replayed
+//!   with a zero gradient (each with its own learning rate and bias correction), element for
+//!   element the operations dense Adam would have done; [`SparseAdam::catch_up`] brings every
+//!   row up to date before the table is read. The table equals burn's dense Adam's.
+//! - `frozen` (TensorFlow's LazyAdam, `torch.optim.SparseAdam`): untouched rows keep their
+//!   values and moments bit for bit; weight decay acts on touched rows only.
+//!
+//! Either way the bias correction uses the global step count and gradient-norm clipping
+//! applies to the step's rows. Dense layers keep burn's optimiser.
 //!
 //! The table and its moments live in host memory, one row's value, first and second moment
 //! side by side (`3 × dim` floats), so that a step's update of a row touches one place in
@@ -20,7 +27,7 @@ use std::path::Path;
 
 use burn::tensor::{Device, Tensor, TensorData};
 
-use crate::config::{OptimizerKind, TrainSettings};
+use crate::config::{OptimizerKind, TrainSettings, UntouchedRows};
 use crate::{TrainError, io_err};
 
 /// First bytes of a saved moments file.
@@ -86,12 +93,12 @@ pub(crate) struct StepConstants {
 }
 
 impl RowAdamConfig {
-    /// burn's Adam defaults (β 0.9, 0.999; ε 1e-5) with the run's decay and clipping.
+    /// burn's Adam defaults (β 0.9, 0.999) with the run's ε, decay and clipping.
     pub(crate) fn new(settings: &TrainSettings) -> Self {
         Self {
             beta_1: 0.9,
             beta_2: 0.999,
-            epsilon: 1e-5,
+            epsilon: settings.adam_epsilon as f32,
             weight_decay: settings.weight_decay as f32,
             decoupled: settings.optimizer == OptimizerKind::AdamW,
             clip_norm: settings.grad_clip_norm,
@@ -116,6 +123,25 @@ impl RowAdamConfig {
     }
 }
 
+/// What a step did to a row it did not touch, kept for replaying it (`catch-up`).
+#[derive(Debug, Clone, Copy)]
+struct Missed {
+    factor: f32,
+    eps: f32,
+    lr: f32,
+}
+
+/// The `catch-up` bookkeeping: when each row was last brought up to date, and the constants
+/// of the steps since every row last was.
+struct CatchUp {
+    /// Per row: the step it is up to date with.
+    last: Vec<u64>,
+    /// Every row is up to date with step `base`.
+    base: u64,
+    /// The constants of steps `base + 1 ..= time`.
+    steps: Vec<Missed>,
+}
+
 /// The embedding table and its row-wise Adam state.
 pub struct SparseAdam {
     /// Per row: value, first moment, second moment (`3 × dim` floats).
@@ -125,8 +151,87 @@ pub struct SparseAdam {
     /// Steps taken (drives the bias correction).
     pub time: usize,
     config: RowAdamConfig,
+    /// `Some` for [`UntouchedRows::CatchUp`].
+    catch_up: Option<CatchUp>,
     /// The plain (non-autodiff) training device, where gathered rows go.
     device: Device,
+}
+
+/// Brings rows up to date ([`replay`] of the steps each missed), compiled for the widest SIMD
+/// the CPU has, as [`RowAdam`]: `ids` the rows, or every row when `None`.
+struct CatchUpRows<'a> {
+    floats: &'a mut [f32],
+    ids: Option<&'a [i32]>,
+    state: &'a mut CatchUp,
+    time: u64,
+    dim: usize,
+    betas: Betas,
+}
+
+impl pulp::WithSimd for CatchUpRows<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) {
+        let d = self.dim;
+        let state = self.state;
+        let mut one = |row: usize, floats: &mut [f32]| {
+            let last = &mut state.last[row];
+            if *last < self.time {
+                let base = row * 3 * d;
+                let (w, moments) = floats[base..base + 3 * d].split_at_mut(d);
+                let (m, v) = moments.split_at_mut(d);
+                let missed = &state.steps[(*last - state.base) as usize..];
+                replay(w, m, v, missed, self.betas);
+                *last = self.time;
+            }
+        };
+        match self.ids {
+            Some(ids) => ids.iter().for_each(|&id| one(id as usize, self.floats)),
+            None => (0..state_rows(self.floats, d)).for_each(|row| one(row, self.floats)),
+        }
+    }
+}
+
+/// Rows in a buffer of `3 × dim` floats per row.
+fn state_rows(floats: &[f32], dim: usize) -> usize {
+    floats.len() / (3 * dim)
+}
+
+/// The constants of a replay that do not change from step to step.
+#[derive(Debug, Clone, Copy)]
+struct Betas {
+    b1: f32,
+    b2: f32,
+    wd_grad: f32,
+    wd_update: f32,
+}
+
+impl StepConstants {
+    fn betas(&self) -> Betas {
+        Betas {
+            b1: self.b1,
+            b2: self.b2,
+            wd_grad: self.wd_grad,
+            wd_update: self.wd_update,
+        }
+    }
+}
+
+/// Replays the steps `missed` on one row (`w`, `m`, `v`) with a zero gradient: dense Adam's
+/// operations on a row no example used, weight decay included.
+#[inline(always)]
+fn replay(w: &mut [f32], m: &mut [f32], v: &mut [f32], missed: &[Missed], k: Betas) {
+    for s in missed {
+        for ((w, m), v) in w.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()) {
+            // the same operations as a touched row's with g = 0 (0 · coef + w · wd = w · wd)
+            let g = 0.0 + *w * k.wd_grad;
+            *m = *m * k.b1 + g * (1.0 - k.b1);
+            *v = *v * k.b2 + g * g * (1.0 - k.b2);
+            let update = *m * s.factor / (v.sqrt() + s.eps);
+            *w -= (update + *w * k.wd_update) * s.lr;
+        }
+    }
 }
 
 /// The row-wise Adam update of [`SparseAdam::step`] as one loop, compiled for the widest SIMD
@@ -145,6 +250,10 @@ struct RowAdam<'a> {
     lr: f32,
     wd_grad: f32,
     wd_update: f32,
+    /// With `catch-up`: each row's last step and the missed steps' constants (from `base`).
+    catch_up: Option<(&'a mut [u64], u64, &'a [Missed])>,
+    /// This step (1-based).
+    time: u64,
 }
 
 impl pulp::WithSimd for RowAdam<'_> {
@@ -154,10 +263,24 @@ impl pulp::WithSimd for RowAdam<'_> {
     fn with_simd<S: pulp::Simd>(self, _simd: S) {
         let d = self.dim;
         let (b1, b2, factor, eps, lr) = (self.b1, self.b2, self.factor, self.eps, self.lr);
+        let mut catch_up = self.catch_up;
         for (&id, g) in self.ids.iter().zip(self.g.chunks_exact(d)) {
             let base = id as usize * 3 * d;
             let (w, moments) = self.floats[base..base + 3 * d].split_at_mut(d);
             let (m, v) = moments.split_at_mut(d);
+            if let Some((last, from, missed)) = catch_up.as_mut() {
+                // steps last + 1 ..= time − 1, held at indices last − from ..
+                let row_last = &mut last[id as usize];
+                let skipped = &missed[(*row_last - *from) as usize..(self.time - 1 - *from) as usize];
+                let betas = Betas {
+                    b1,
+                    b2,
+                    wd_grad: self.wd_grad,
+                    wd_update: self.wd_update,
+                };
+                replay(w, m, v, skipped, betas);
+                *row_last = self.time;
+            }
             for (((w, m), v), &g) in w.iter_mut().zip(m).zip(v).zip(g) {
                 let g = g * self.coef + *w * self.wd_grad;
                 *m = *m * b1 + g * (1.0 - b1);
@@ -183,14 +306,47 @@ impl SparseAdam {
             slot[..dim].copy_from_slice(row);
         }
         drop(table);
+        let catch_up = (settings.untouched() == UntouchedRows::CatchUp).then(|| CatchUp {
+            last: vec![0; rows],
+            base: 0,
+            steps: Vec::new(),
+        });
         Self {
             buf,
             rows,
             dim,
             time: 0,
             config: RowAdamConfig::new(settings),
+            catch_up,
             device: plain,
         }
+    }
+
+    /// Brings every row up to date with the last step (`catch-up`; nothing to do when frozen):
+    /// replays the steps each row missed. The table then reads as dense Adam's would.
+    pub fn catch_up(&mut self) {
+        self.bring_up_to_date(None);
+        if let Some(state) = self.catch_up.as_mut() {
+            state.base = self.time as u64;
+            state.steps.clear();
+        }
+    }
+
+    /// Replays the missed steps of the rows `ids` (every row when `None`); nothing when frozen.
+    fn bring_up_to_date(&mut self, ids: Option<&[i32]>) {
+        let Some(state) = self.catch_up.as_mut() else {
+            return;
+        };
+        let c = self.config.at(1);
+        let op = CatchUpRows {
+            floats: self.buf.floats_mut(),
+            ids,
+            state,
+            time: self.time as u64,
+            dim: self.dim,
+            betas: c.betas(),
+        };
+        pulp::Arch::new().dispatch(op);
     }
 
     /// Width of a row.
@@ -203,12 +359,15 @@ impl SparseAdam {
         &self.device
     }
 
-    /// The rows `ids` as an autodiff leaf on the training device, and the ids back.
+    /// The rows `ids` as an autodiff leaf on the training device, and the ids back; with
+    /// `catch-up` the rows are first brought up to date (the forward pass sees what dense
+    /// Adam's would).
     ///
     /// # Shapes
     /// - output: `[ids, dim]` leaf
-    pub fn gather(&self, ids: Vec<i32>) -> (Tensor<2>, Vec<i32>) {
+    pub fn gather(&mut self, ids: Vec<i32>) -> (Tensor<2>, Vec<i32>) {
         let d = self.dim;
+        self.bring_up_to_date(Some(&ids));
         let floats = self.buf.floats();
         let mut out = Vec::with_capacity(ids.len() * d);
         for &id in &ids {
@@ -232,8 +391,18 @@ impl SparseAdam {
             (threshold / (norm + f32::MIN_POSITIVE)).min(1.0)
         });
         let c = self.config.at(self.time);
+        let lr = lr as f32;
+        let catch_up = self.catch_up.as_mut().map(|state| {
+            state.steps.push(Missed {
+                factor: c.factor,
+                eps: c.eps,
+                lr,
+            });
+            (state.last.as_mut_slice(), state.base, state.steps.as_slice())
+        });
+        let floats = self.buf.floats_mut();
         let op = RowAdam {
-            floats: self.buf.floats_mut(),
+            floats,
             ids,
             g,
             dim: d,
@@ -242,9 +411,11 @@ impl SparseAdam {
             b2: c.b2,
             factor: c.factor,
             eps: c.eps,
-            lr: lr as f32,
+            lr,
             wd_grad: c.wd_grad,
             wd_update: c.wd_update,
+            catch_up,
+            time: self.time as u64,
         };
         pulp::Arch::new().dispatch(op);
     }
@@ -260,19 +431,22 @@ impl SparseAdam {
         Tensor::from_data(TensorData::new(out, [self.rows, d]), &self.device)
     }
 
-    /// The first and second moments `[rows, dim]` (plain device).
-    pub fn moments(&self) -> (Tensor<2>, Tensor<2>) {
+    /// The first and second moments `[rows, dim]` (plain device), every row up to date.
+    pub fn moments(&mut self) -> (Tensor<2>, Tensor<2>) {
+        self.catch_up();
         (self.part(1), self.part(2))
     }
 
-    /// The current table `[rows, dim]` (plain device).
-    pub fn table(&self) -> Tensor<2> {
+    /// The current table `[rows, dim]` (plain device), every row up to date.
+    pub fn table(&mut self) -> Tensor<2> {
+        self.catch_up();
         self.part(0)
     }
 
-    /// Saves the moments next to a checkpoint ([`write_moments`]), streamed from the
-    /// table's memory (no copy of the moments is made).
-    pub fn save(&self, path: &Path) -> Result<(), TrainError> {
+    /// Saves the moments next to a checkpoint ([`write_moments`]), every row brought up to
+    /// date first and streamed from the table's memory (no copy of the moments is made).
+    pub fn save(&mut self, path: &Path) -> Result<(), TrainError> {
+        self.catch_up();
         let (d, floats) = (self.dim, self.buf.floats());
         write_moments(path, self.rows, d, |part, r| {
             &floats[r * 3 * d + part * d..r * 3 * d + (part + 1) * d]
@@ -288,6 +462,12 @@ impl SparseAdam {
             floats[r * 3 * d + part * d..r * 3 * d + (part + 1) * d].copy_from_slice(values);
         })?;
         self.time = time;
+        // a saved table is up to date with its step
+        if let Some(state) = self.catch_up.as_mut() {
+            state.last.fill(time as u64);
+            state.base = time as u64;
+            state.steps.clear();
+        }
         Ok(())
     }
 }

@@ -75,7 +75,7 @@ impl ModuleMapper for SetParam {
 
 /// Where the row-sparse table lives and its row-wise Adam.
 enum Store {
-    Host(SparseAdam),
+    Host(Box<SparseAdam>),
     Device(Box<DeviceAdam>),
 }
 
@@ -107,7 +107,7 @@ impl Store {
         }
     }
 
-    fn gather(&self, ids: Vec<i32>) -> (Tensor<2>, Gathered) {
+    fn gather(&mut self, ids: Vec<i32>) -> (Tensor<2>, Gathered) {
         match self {
             Self::Host(a) => {
                 let (leaf, ids) = a.gather(ids);
@@ -128,14 +128,14 @@ impl Store {
         }
     }
 
-    fn table(&self) -> Tensor<2> {
+    fn table(&mut self) -> Tensor<2> {
         match self {
             Self::Host(a) => a.table(),
             Self::Device(a) => a.table(),
         }
     }
 
-    fn save(&self, path: &Path) -> Result<(), TrainError> {
+    fn save(&mut self, path: &Path) -> Result<(), TrainError> {
         match self {
             Self::Host(a) => a.save(path),
             Self::Device(a) => a.save(path),
@@ -225,7 +225,7 @@ impl Stepper {
             value: Some(placeholder),
         });
         let mut adam = match settings.embedding_table {
-            TablePlace::Host => Store::Host(SparseAdam::new(values, settings, device)),
+            TablePlace::Host => Store::Host(Box::new(SparseAdam::new(values, settings, device))),
             TablePlace::Device => Store::Device(Box::new(DeviceAdam::new(values, settings, device))),
         };
         if let Some((path, time)) = moments {
@@ -261,7 +261,7 @@ impl Stepper {
         step: usize,
     ) -> Result<(M, StepLosses), TrainError> {
         let Batch { tensors, table_rows } = batch;
-        let (model, gathered) = match &self.table {
+        let (model, gathered) = match &mut self.table {
             Some(table) => {
                 let (leaf, ids) = table.adam.gather(table_rows);
                 (table.set(model, leaf.clone()), Some((leaf, ids)))
@@ -339,9 +339,12 @@ impl Stepper {
     }
 
     /// `model` holding the whole current table (for evaluation, checkpoints and the end).
-    pub fn with_table<M: Module>(&self, model: M) -> M {
-        match &self.table {
-            Some(table) => table.set(model, table.adam.table()),
+    pub fn with_table<M: Module>(&mut self, model: M) -> M {
+        match &mut self.table {
+            Some(table) => {
+                let values = table.adam.table();
+                table.set(model, values)
+            }
             None => model,
         }
     }
@@ -356,9 +359,9 @@ impl Stepper {
     }
 
     /// Writes the optimisers' state into the checkpoint folder `dir`.
-    pub fn save(&self, dir: &Path) -> Result<(), TrainError> {
+    pub fn save(&mut self, dir: &Path) -> Result<(), TrainError> {
         self.dense.save(dir.join("optim.bpk")).map_err(record_err(dir))?;
-        if let Some(table) = &self.table {
+        if let Some(table) = &mut self.table {
             table.adam.save(&dir.join(SPARSE_MOMENTS))?;
         }
         Ok(())

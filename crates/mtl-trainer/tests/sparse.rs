@@ -7,7 +7,7 @@ use mtl_features::{EncodedData, Encoder, Schema, StateFitter, ValidSchema};
 use mtl_layers::{MlpSpec, MultiTaskModel};
 use mtl_trainer::fit::{FitOptions, TrainState, fit, optimizer};
 use mtl_trainer::sparse::SparseAdam;
-use mtl_trainer::{EmbeddingUpdate, OptimizerKind, TrainSettings};
+use mtl_trainer::{EmbeddingUpdate, OptimizerKind, TrainSettings, UntouchedRows};
 
 fn schema() -> ValidSchema {
     Schema::from_toml_str(
@@ -154,6 +154,97 @@ fn sparse_adam_equals_dense_adam_when_every_row_is_touched() {
     assert!(diff < 1e-5, "sparse and dense Adam differ by {diff}");
 }
 
+#[test]
+fn catch_up_equals_dense_adam_when_rows_go_untouched() {
+    // batches of 4 of 30 rows leave most rows out of most steps; weight decay and momentum
+    // move them under dense Adam, and catch-up must move them the same
+    let s = schema();
+    let enc = Encoder::new(&s, &StateFitter::new(&s).finish());
+    let d = data();
+    let dir = tempfile::tempdir().unwrap();
+    let device = Device::flex().autodiff();
+    device.seed(5);
+    let init = model(&s, &enc, &device);
+    let _ = init.predict(&d.batch(&[0], enc.layout(), &device.clone().without_autodiff()));
+    init.valid().save_file(dir.path().join("init.bpk")).unwrap();
+    let mut runs = Vec::new();
+    for (mode, untouched) in [
+        (EmbeddingUpdate::Dense, None),
+        (EmbeddingUpdate::Sparse, Some(UntouchedRows::CatchUp)),
+        (EmbeddingUpdate::Sparse, Some(UntouchedRows::Frozen)),
+    ] {
+        let m = model(&s, &enc, &device).load_file(dir.path().join("init.bpk"));
+        let settings = TrainSettings {
+            epochs: 2,
+            batch_size: 4,
+            lr: 0.05,
+            weight_decay: 0.05,
+            embedding: mode,
+            untouched_rows: untouched,
+            ..TrainSettings::default()
+        };
+        let out = dir.path().join(format!("{mode:?}-{untouched:?}"));
+        let (v, steps) = trained_weights(m, &settings, &d, &enc, &s, &device, &out);
+        assert_eq!(steps, 16);
+        runs.push(v);
+    }
+    let caught_up = max_diff(&runs[0], &runs[1]);
+    assert!(caught_up < 1e-5, "catch-up and dense Adam differ by {caught_up}");
+    // the comparison can fail: frozen rows end elsewhere
+    let frozen = max_diff(&runs[0], &runs[2]);
+    assert!(
+        frozen > 1e-3,
+        "frozen rows should differ from dense Adam ({frozen})"
+    );
+}
+
+#[test]
+fn catch_up_replays_the_missed_steps_by_the_adam_formula() {
+    let (m, device) = initialised(6);
+    let (lr, wd, b1, b2, eps) = (0.01f64, 0.1f64, 0.9f64, 0.999f64, 1e-5f64);
+    let settings = TrainSettings {
+        weight_decay: wd,
+        untouched_rows: Some(UntouchedRows::CatchUp),
+        ..TrainSettings::default()
+    };
+    let mut sp = SparseAdam::new(table(&m), &settings, &device);
+    let start = values(sp.table());
+    // step 1 touches row 1 (gradient 0.5), steps 2 and 3 touch row 2 only, at a falling lr
+    let lrs = [lr, lr / 2.0, lr / 4.0];
+    for (t, &rate) in lrs.iter().enumerate() {
+        let row = if t == 0 { 1 } else { 2 };
+        let (leaf, ids) = sp.gather(vec![row]);
+        let grad = Tensor::<2>::ones(leaf.dims(), &leaf.inner().device()).mul_scalar(0.5);
+        sp.step(&ids, grad, rate);
+    }
+    let after = values(sp.table());
+    // Adam with L2 decay in f64, textbook form: row 1 sees gradient 0.5 + wd·w at step 1, then
+    // wd·w; row 0 sees wd·w at every step
+    let expect = |w0: f64, first_grad: f64| {
+        let (mut w, mut m1, mut m2) = (w0, 0.0, 0.0);
+        for (t, &rate) in lrs.iter().enumerate() {
+            let g = if t == 0 { first_grad } else { 0.0 } + wd * w;
+            m1 = b1 * m1 + (1.0 - b1) * g;
+            m2 = b2 * m2 + (1.0 - b2) * g * g;
+            let n = (t + 1) as i32;
+            let (mh, vh) = (m1 / (1.0 - b1.powi(n)), m2 / (1.0 - b2.powi(n)));
+            w -= rate * mh / (vh.sqrt() + eps);
+        }
+        w
+    };
+    for (row, first_grad) in [(1usize, 0.5), (0, 0.0), (5, 0.0)] {
+        for j in 0..4 {
+            let (w0, got) = (f64::from(start[row * 4 + j]), f64::from(after[row * 4 + j]));
+            let want = expect(w0, first_grad);
+            assert!(
+                (got - want).abs() < 1e-5 * want.abs().max(1e-2),
+                "row {row}[{j}]: {got} vs {want} (from {w0})"
+            );
+            assert!((got - w0).abs() > 1e-4, "row {row}[{j}] must move ({w0} → {got})");
+        }
+    }
+}
+
 /// A freshly initialised model (its lazy parameters materialised by one prediction) on the
 /// flex autodiff device seeded with `seed`.
 fn initialised(seed: u64) -> (Esmm, Device) {
@@ -172,6 +263,7 @@ fn untouched_rows_and_their_moments_stay_bit_identical() {
     let settings = TrainSettings {
         weight_decay: 1e-2,
         grad_clip_norm: Some(1.0),
+        untouched_rows: Some(UntouchedRows::Frozen),
         ..TrainSettings::default()
     };
     let mut sp = SparseAdam::new(table(&m), &settings, &device);

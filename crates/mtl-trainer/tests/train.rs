@@ -285,6 +285,9 @@ fn interrupted_run_resumes_to_the_same_weights() {
     // a step limit belongs to one invocation: it is not saved with the run
     let saved = std::fs::read_to_string(part.join("config.toml")).unwrap();
     assert!(!saved.contains("max_steps"), "{saved}");
+    // the run saved its resolved handling of untouched rows (the host table's catch-up), so
+    // the resume below replays the same way
+    assert!(saved.contains("untouched_rows = \"catch-up\""), "{saved}");
     let c = mtl_trainer::train::<Models>(
         None,
         &part,
@@ -586,7 +589,18 @@ fn calibration_is_fitted_on_validation_saved_and_applied_everywhere() {
                 "{method:?} {name}: ECE {:.4} → {:.4}, mean {:.4} → {:.4} (observed {:.4})",
                 a.ece, b.ece, a.mean_prediction, b.mean_prediction, b.observed_rate
             );
-            assert!(b.ece <= a.ece + 1e-9, "{method:?}: ECE {} → {}", a.ece, b.ece);
+            // Platt cannot raise the binned error on its own rows; isotonic's interpolation
+            // between block centres may move it a little either way where it was small
+            let slack = if method == CalibrationMethod::Platt {
+                1e-9
+            } else {
+                2e-3
+            };
+            assert!(b.ece <= a.ece + slack, "{method:?}: ECE {} → {}", a.ece, b.ece);
+            if name == "ctr" {
+                // the most miscalibrated output (ECE ≈ 0.1 before) at least halves
+                assert!(b.ece < a.ece / 2.0, "{method:?}: ECE {} → {}", a.ece, b.ece);
+            }
             if method == CalibrationMethod::Platt {
                 assert!(
                     (b.mean_prediction - b.observed_rate).abs() < 1e-4,
