@@ -19,9 +19,12 @@ use crate::{build_mtl, model_toml, peer, predict_csv, root, run_config, test_auc
 /// Options of `cargo xtask es-cvr`.
 #[derive(Debug, Args)]
 pub struct EsCvrArgs {
-    /// Training seeds per data set (1, 2, …).
+    /// Training seeds per data set (`--first-seed`, the next, …).
     #[arg(long, default_value_t = 5)]
     seeds: u64,
+    /// The first training seed.
+    #[arg(long, default_value_t = 1)]
+    first_seed: u64,
     /// Generator seeds of the data sets (not the bench's 2022).
     #[arg(long, value_delimiter = ',', default_value = "11,12,13")]
     gen_seeds: Vec<u64>,
@@ -82,7 +85,7 @@ pub fn es_cvr(a: &EsCvrArgs) -> Result<()> {
         let file = |s: &str| PathBuf::from(format!("{}_{s}", prefix.display()));
         let (schema, train, test) = (file("schema.toml"), file("train.csv"), file("test.csv"));
         for config in &a.configs {
-            for seed in 1..=a.seeds {
+            for seed in a.first_seed..a.first_seed + a.seeds {
                 let name = format!("esmm-{config}-g{generator}-s{seed}");
                 let text = run_config(
                     &schema,
@@ -140,8 +143,11 @@ pub fn es_cvr(a: &EsCvrArgs) -> Result<()> {
 
 fn table(runs: &[Value], a: &EsCvrArgs) -> String {
     let mut md = format!(
-        "ESMM on `xtask/peer/gen_data.py --rows {} --seed G` for G in {:?}, training seeds 1–{} on both sides, 1 epoch; mean ± sd over all pairs, and mtl − torch-rechub ± 2 standard errors:\n\n| config | metric | mtl | torch-rechub | difference |\n|---|---|---|---|---|\n",
-        a.rows, a.gen_seeds, a.seeds
+        "ESMM on `xtask/peer/gen_data.py --rows {} --seed G` for G in {:?}, training seeds {}–{} on both sides, 1 epoch; mean ± sd over all pairs, and mtl − torch-rechub ± 2 standard errors:\n\n| config | metric | mtl | torch-rechub | difference |\n|---|---|---|---|---|\n",
+        a.rows,
+        a.gen_seeds,
+        a.first_seed,
+        a.first_seed + a.seeds - 1
     );
     for config in &a.configs {
         for metric in ["cvr_auc_clicked", "es_cvr_spearman"] {

@@ -56,6 +56,31 @@ enum Command {
     /// Feature schemas: `infer` writes a starting schema from data files.
     #[command(subcommand)]
     Schema(SchemaCommand),
+    /// Convert a CSV file to Parquet (columns typed from their cells: integers, floats, text;
+    /// empty cells null), in one file or shards of --rows-per-file rows.
+    Convert(ConvertArgs),
+}
+
+/// `mtl convert`'s options.
+#[derive(Debug, Args)]
+struct ConvertArgs {
+    /// The CSV file.
+    input: PathBuf,
+    /// The Parquet file (with --rows-per-file: its name gets -00000, -00001, …).
+    #[arg(long)]
+    out: PathBuf,
+    /// snappy, zstd or none.
+    #[arg(long, default_value = "zstd")]
+    codec: String,
+    /// Rows per row group.
+    #[arg(long, default_value_t = 131_072)]
+    row_group: usize,
+    /// Rows per file (default: one file).
+    #[arg(long)]
+    rows_per_file: Option<u64>,
+    /// Rows read to decide each column's type.
+    #[arg(long, default_value_t = 100_000)]
+    infer_rows: usize,
 }
 
 #[derive(Debug, Subcommand)]
@@ -372,6 +397,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::GenData(what) => gen_data(what),
+        Command::Convert(a) => convert(&a),
         Command::Schema(SchemaCommand::Infer {
             files,
             out,
@@ -435,6 +461,39 @@ fn gen_data(what: GenData) -> Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+/// `mtl convert`: a CSV file to Parquet.
+fn convert(a: &ConvertArgs) -> Result<()> {
+    use mtl_data::parquet::{Codec, csv_to_parquet};
+    let codec = match a.codec.as_str() {
+        "snappy" => Codec::Snappy,
+        "zstd" => Codec::Zstd,
+        "none" => Codec::None,
+        other => anyhow::bail!("--codec {other}: expected snappy, zstd or none"),
+    };
+    if a.rows_per_file == Some(0) || a.row_group == 0 {
+        anyhow::bail!("--rows-per-file and --row-group must be at least 1");
+    }
+    let start = std::time::Instant::now();
+    let done = csv_to_parquet(
+        &a.input,
+        &a.out,
+        codec,
+        a.row_group,
+        a.rows_per_file,
+        a.infer_rows,
+    )
+    .with_context(|| format!("converting {}", a.input.display()))?;
+    eprintln!(
+        "wrote {} rows to {} file(s) ({}{}) in {:.1} s",
+        done.rows,
+        done.files.len(),
+        done.files[0].display(),
+        if done.files.len() > 1 { ", …" } else { "" },
+        start.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 

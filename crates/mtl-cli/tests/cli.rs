@@ -959,3 +959,117 @@ fn a_schema_of_name_patterns_trains_the_wide_table_and_the_run_keeps_its_fields(
         ],
     );
 }
+
+#[test]
+fn parquet_shards_train_and_predict_as_the_csv_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, valid) = (dir.path().join("train.csv"), dir.path().join("valid.csv"));
+    wide_table(&train, 3000, 5);
+    wide_table(&valid, 600, 6);
+    let shards = dir.path().join("pq");
+    std::fs::create_dir_all(&shards).unwrap();
+    let out = mtl(&[
+        "convert",
+        &train.display().to_string(),
+        "--out",
+        &shards.join("train.parquet").display().to_string(),
+        "--rows-per-file",
+        "1000",
+        "--codec",
+        "snappy",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut written: Vec<String> = std::fs::read_dir(&shards)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    written.sort();
+    assert_eq!(
+        written,
+        [
+            "train-00000.parquet",
+            "train-00001.parquet",
+            "train-00002.parquet"
+        ]
+    );
+    let valid_pq = dir.path().join("valid.parquet");
+    let out = mtl(&[
+        "convert",
+        &valid.display().to_string(),
+        "--out",
+        &valid_pq.display().to_string(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // the patterns read the Parquet header as they read the CSV one
+    let schema = "[[sparse]]\nnames = [\"cat_*\", \"city\"]\nfit = true\n[[dense]]\nnames = [\"num_*\"]\nstandardize = true\ndefault = 0.0\n[[labels]]\nname = \"click\"\nkind = \"binary\"\n[[labels]]\nname = \"purchase\"\nkind = \"binary\"\n";
+    std::fs::write(dir.path().join("schema.toml"), schema).unwrap();
+    let mut losses = Vec::new();
+    for (name, data) in [
+        ("csv", "train = \"train.csv\"\nvalid = \"valid.csv\""),
+        (
+            "parquet",
+            "train = \"pq/train-*.parquet\"\nvalid = \"valid.parquet\"",
+        ),
+    ] {
+        let cfg = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "schema = \"schema.toml\"\n[data]\n{data}\n[model]\ntype = \"esmm\"\nctr_tower = {{ dims = [16] }}\ncvr_tower = {{ dims = [16] }}\n[train]\nbatch_size = 256\nepochs = 1\n"
+            ),
+        )
+        .unwrap();
+        let model = dir.path().join(name).display().to_string();
+        let out = mtl(&["train", "--config", &cfg.display().to_string(), "--out", &model]);
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let metrics: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(Path::new(&model).join("metrics.json")).unwrap()).unwrap();
+        assert_eq!(metrics["train_rows"], 3000, "{name}");
+        assert!(
+            metrics["valid"][0]["binary"]["auc"].as_f64().unwrap() > 0.55,
+            "{name}"
+        );
+        losses.push(metrics["valid"].clone());
+    }
+    // the same rows, encoded the same: the same training, bit for bit (every metric equal)
+    assert_eq!(losses[0], losses[1]);
+    // a model predicts a Parquet file as it predicts the CSV one
+    let model = dir.path().join("csv").display().to_string();
+    let mut predictions = Vec::new();
+    for (name, data) in [("csv", &valid), ("parquet", &valid_pq)] {
+        let pred = dir.path().join(format!("{name}-pred.csv"));
+        let out = mtl(&[
+            "predict",
+            "--model",
+            &model,
+            "--data",
+            &data.display().to_string(),
+            "--out",
+            &pred.display().to_string(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        predictions.push(std::fs::read_to_string(&pred).unwrap());
+    }
+    assert_eq!(predictions[0], predictions[1]);
+    assert_eq!(predictions[0].lines().count(), 601);
+    // a cell that does not fit the type taken from the first rows is named
+    let odd = dir.path().join("odd.csv");
+    std::fs::write(&odd, "a,b\n1,x\n2,y\nthree,z\n").unwrap();
+    let out = mtl(&[
+        "convert",
+        &odd.display().to_string(),
+        "--out",
+        &dir.path().join("odd.parquet").display().to_string(),
+        "--infer-rows",
+        "2",
+    ]);
+    assert_user_error(&out, &["odd.csv", "4", "`a`", "three"]);
+}

@@ -18,6 +18,7 @@ use thiserror::Error;
 
 pub mod cache;
 pub mod infer;
+pub mod parquet;
 pub mod synthetic;
 
 /// Errors of the data layer; every one names the file, and a row error the line and column.
@@ -212,11 +213,11 @@ fn locate(file: &str, names: &[&str], column: &str, field: String) -> Result<usi
 
 fn column_map(
     file: &str,
-    header: &csv::StringRecord,
+    header: &[&str],
     schema: &ValidSchema,
     need_labels: bool,
 ) -> Result<ColumnMap, DataError> {
-    let names: Vec<&str> = header.iter().map(str::trim).collect();
+    let names: Vec<&str> = header.iter().map(|h| h.trim()).collect();
     let find = |column: &str, field: String| locate(file, &names, column, field);
     let s = &schema.schema;
     let sparse: Vec<usize> = s
@@ -280,16 +281,29 @@ fn line_ends(path: &Path) -> std::io::Result<LineEnds> {
     })
 }
 
-/// A CSV file opened against a schema: header checked, rows streamed.
-pub struct CsvSource {
-    file: String,
-    reader: csv::Reader<std::fs::File>,
-    columns: ColumnMap,
-    record: csv::ByteRecord,
-    line_ends: LineEnds,
+/// Where a source's records come from.
+enum Records {
+    /// A CSV reader, and how the file ends its lines (for line numbers).
+    Csv(csv::Reader<std::fs::File>, LineEnds),
+    /// A Parquet file: opened at the first read, once every column to read is known (the
+    /// header positions, each with the delimiter of a list cell).
+    Parquet {
+        path: PathBuf,
+        wanted: Vec<(usize, String)>,
+        rows: Option<parquet::ParquetRows>,
+    },
 }
 
-/// What to keep of each row that [`CsvSource::read_chunk`] keeps, besides its encoding.
+/// A data file (CSV, or Parquet: see [`parquet`]) opened against a schema: header checked, rows
+/// streamed as text records, so that both formats share one encoder, fitter and set of errors.
+pub struct Source {
+    file: String,
+    records: Records,
+    columns: ColumnMap,
+    record: csv::ByteRecord,
+}
+
+/// What to keep of each row that [`Source::read_chunk`] keeps, besides its encoding.
 #[derive(Debug, Default)]
 pub struct RowTags {
     /// The column copied as text (an id column), if any.
@@ -317,6 +331,9 @@ impl Row<'_> {
 /// The column names of a data file's header, in order (for expanding schema patterns).
 pub fn read_header(path: impl AsRef<Path>) -> Result<Vec<String>, DataError> {
     let path = path.as_ref();
+    if parquet::is_parquet(path) {
+        return parquet::header(path);
+    }
     let file = path.display().to_string();
     let io = |e: &dyn fmt::Display| DataError::Io {
         file: file.clone(),
@@ -334,11 +351,38 @@ pub fn read_header(path: impl AsRef<Path>) -> Result<Vec<String>, DataError> {
     Ok(header.iter().map(str::to_string).collect())
 }
 
-impl CsvSource {
+impl Source {
     /// Opens `path` and maps the schema's columns; labels are required when `need_labels`.
     pub fn open(path: impl AsRef<Path>, schema: &ValidSchema, need_labels: bool) -> Result<Self, DataError> {
         let path = path.as_ref();
         let file = path.display().to_string();
+        if parquet::is_parquet(path) {
+            let names = parquet::header(path)?;
+            let shown: Vec<&str> = names.iter().map(String::as_str).collect();
+            let columns = column_map(&file, &shown, schema, need_labels)?;
+            // a sequence field's list cells are joined by its own delimiter
+            let mut wanted: Vec<(usize, String)> = columns
+                .features
+                .iter()
+                .chain(&columns.labels)
+                .map(|&c| (c, "|".to_string()))
+                .collect();
+            for (s, &c) in schema.schema.sequence.iter().zip(&columns.sequence) {
+                if let Some(w) = wanted.iter_mut().find(|(i, _)| *i == c) {
+                    w.1 = s.delimiter.clone();
+                }
+            }
+            return Ok(Self {
+                file,
+                records: Records::Parquet {
+                    path: path.to_path_buf(),
+                    wanted,
+                    rows: None,
+                },
+                columns,
+                record: csv::ByteRecord::new(),
+            });
+        }
         let io = |e: &dyn fmt::Display| DataError::Io {
             file: file.clone(),
             message: e.to_string(),
@@ -353,13 +397,13 @@ impl CsvSource {
         if header.is_empty() {
             return Err(DataError::NoHeader { file });
         }
-        let columns = column_map(&file, &header, schema, need_labels)?;
+        let names: Vec<&str> = header.iter().collect();
+        let columns = column_map(&file, &names, schema, need_labels)?;
         Ok(Self {
             file,
-            reader,
+            records: Records::Csv(reader, line_ends),
             columns,
             record: csv::ByteRecord::new(),
-            line_ends,
         })
     }
 
@@ -370,35 +414,48 @@ impl CsvSource {
 
     /// Position of a named column in the header (one that is missing, or named twice, is an
     /// error naming the file and `field`, the one who asked for it).
-    pub fn column_index(&self, name: &str, field: &str) -> Result<usize, DataError> {
+    pub fn column_index(&mut self, name: &str, field: &str) -> Result<usize, DataError> {
         let names: Vec<&str> = self.columns.names.iter().map(String::as_str).collect();
-        locate(&self.file, &names, name, field.to_string())
-    }
-
-    /// The line (as an editor counts it) where a record at `pos` starts.
-    fn line_of(&self, pos: Option<&csv::Position>) -> u64 {
-        let Some(pos) = pos else { return 0 };
-        match self.line_ends {
-            LineEnds::Lf => pos.line(),
-            LineEnds::CrLf => pos.line() + 1,
-            LineEnds::Cr => pos.record() + 1,
+        let at = locate(&self.file, &names, name, field.to_string())?;
+        if let Records::Parquet { wanted, .. } = &mut self.records
+            && !wanted.iter().any(|(i, _)| *i == at)
+        {
+            wanted.push((at, "|".into()));
         }
+        Ok(at)
     }
 
-    /// Advances to the next record; `Ok(None)` at the end. Row-level faults carry the line.
+    /// Advances to the next record; `Ok(None)` at the end. Row-level faults carry the line
+    /// (CSV, as an editor counts it) or the data row (Parquet, from 1).
     fn next_record(&mut self) -> Result<Option<u64>, DataError> {
-        match self.reader.read_byte_record(&mut self.record) {
-            Ok(false) => Ok(None),
-            Ok(true) => Ok(Some(self.line_of(self.record.position()))),
-            Err(e) => {
-                let line = self.line_of(e.position());
-                Err(DataError::BadRow {
-                    file: self.file.clone(),
-                    line,
-                    column: "<row>".into(),
-                    message: e.to_string(),
-                })
+        let (reader, line_ends) = match &mut self.records {
+            Records::Csv(reader, line_ends) => (reader, *line_ends),
+            Records::Parquet { path, wanted, rows } => {
+                let rows = match rows {
+                    Some(rows) => rows,
+                    None => rows.insert(parquet::ParquetRows::open(path, &self.columns.names, wanted)?),
+                };
+                return rows.next_into(&mut self.record);
             }
+        };
+        // the line where a record at `pos` starts
+        let line_of = |pos: Option<&csv::Position>| {
+            let Some(pos) = pos else { return 0 };
+            match line_ends {
+                LineEnds::Lf => pos.line(),
+                LineEnds::CrLf => pos.line() + 1,
+                LineEnds::Cr => pos.record() + 1,
+            }
+        };
+        match reader.read_byte_record(&mut self.record) {
+            Ok(false) => Ok(None),
+            Ok(true) => Ok(Some(line_of(self.record.position()))),
+            Err(e) => Err(DataError::BadRow {
+                file: self.file.clone(),
+                line: line_of(e.position()),
+                column: "<row>".into(),
+                message: e.to_string(),
+            }),
         }
     }
 
@@ -664,7 +721,7 @@ pub fn fit_state(
 ) -> Result<FeatureState, DataError> {
     let mut fitter = StateFitter::new(schema);
     for path in paths {
-        let mut source = CsvSource::open(path, schema, true)?;
+        let mut source = Source::open(path, schema, true)?;
         if !fitter.needs_rows() {
             continue;
         }
@@ -714,10 +771,8 @@ pub fn read_tagged(
     keep_lines: bool,
 ) -> Result<(EncodedData, ReadReport, RowTags), DataError> {
     let schema = encoder.schema();
-    let mut source = match CsvSource::open(path.as_ref(), schema, true) {
-        Err(DataError::MissingColumn { .. }) if !need_labels => {
-            CsvSource::open(path.as_ref(), schema, false)?
-        }
+    let mut source = match Source::open(path.as_ref(), schema, true) {
+        Err(DataError::MissingColumn { .. }) if !need_labels => Source::open(path.as_ref(), schema, false)?,
         other => other?,
     };
     let column = match id_column {

@@ -320,3 +320,146 @@ fn header_problems_are_named() {
         "{err}"
     );
 }
+
+/// [`GOOD`] as a Parquet file: a boolean label, integer ids, a dictionary-encoded string
+/// column, a list column for the sequence, floats (with `price` null on the row of `nulls`),
+/// the text column `extra`, and a date column no schema reads.
+fn good_parquet(
+    dir: &tempfile::TempDir,
+    name: &str,
+    compression: ::parquet::basic::Compression,
+    null_price_row: Option<usize>,
+) -> PathBuf {
+    use std::sync::Arc;
+
+    use arrow_array::builder::{ListBuilder, StringBuilder};
+    use arrow_array::types::Int32Type;
+    use arrow_array::{
+        ArrayRef, BooleanArray, Date32Array, DictionaryArray, Float64Array, Int64Array, RecordBatch,
+        StringArray,
+    };
+    let mut hist = ListBuilder::new(StringBuilder::new());
+    for items in [vec!["a", "b", "c"], vec![], vec!["b"]] {
+        for item in items {
+            hist.values().append_value(item);
+        }
+        hist.append(true);
+    }
+    let price: Vec<Option<f64>> = [1.0, 3.0, 2.0]
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (Some(i) != null_price_row).then_some(*v))
+        .collect();
+    let columns: Vec<(&str, ArrayRef)> = vec![
+        ("click", Arc::new(BooleanArray::from(vec![true, false, true]))),
+        ("user", Arc::new(Int64Array::from(vec![0, 4, 2]))),
+        (
+            "city",
+            Arc::new(
+                ["paris", "rome", "paris"]
+                    .into_iter()
+                    .collect::<DictionaryArray<Int32Type>>(),
+            ),
+        ),
+        ("hist", Arc::new(hist.finish())),
+        ("price", Arc::new(Float64Array::from(price))),
+        ("extra", Arc::new(StringArray::from(vec!["x", "y", "z"]))),
+        ("when", Arc::new(Date32Array::from(vec![1, 2, 3]))),
+    ];
+    let batch = RecordBatch::try_from_iter(columns).unwrap();
+    let path = dir.path().join(name);
+    let props = ::parquet::file::properties::WriterProperties::builder()
+        .set_compression(compression)
+        .build();
+    let mut writer = ::parquet::arrow::ArrowWriter::try_new(
+        std::fs::File::create(&path).unwrap(),
+        batch.schema(),
+        Some(props),
+    )
+    .unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+    path
+}
+
+#[test]
+fn parquet_rows_encode_as_the_same_csv_rows_do() {
+    use ::parquet::basic::{Compression, ZstdLevel};
+    let (dir, csv_path, schema) = setup(GOOD);
+    let state = fit_state(std::slice::from_ref(&csv_path), &schema, BadRowPolicy::Fail).unwrap();
+    let enc = Encoder::new(&schema, &state);
+    let (want, _, want_ids) = read_encoded(&csv_path, &enc, BadRowPolicy::Fail, true, Some("extra")).unwrap();
+    for (name, compression) in [
+        ("snappy.parquet", Compression::SNAPPY),
+        ("zstd.parquet", Compression::ZSTD(ZstdLevel::default())),
+        // no extension: recognised by its magic bytes
+        ("plain", Compression::UNCOMPRESSED),
+    ] {
+        let path = good_parquet(&dir, name, compression, None);
+        assert!(parquet::is_parquet(&path), "{name}");
+        assert_eq!(
+            read_header(&path).unwrap(),
+            ["click", "user", "city", "hist", "price", "extra", "when"]
+        );
+        // the fitted state (city's vocabulary, price's statistics) is the CSV's
+        let fitted = fit_state(std::slice::from_ref(&path), &schema, BadRowPolicy::Fail).unwrap();
+        assert_eq!(
+            serde_json::to_string(&fitted).unwrap(),
+            serde_json::to_string(&state).unwrap(),
+            "{name}"
+        );
+        let (got, report, ids) = read_encoded(&path, &enc, BadRowPolicy::Fail, true, Some("extra")).unwrap();
+        assert_eq!(report.rows, 3, "{name}");
+        assert_eq!(ids, want_ids, "{name}");
+        assert_eq!(got.sparse, want.sparse, "{name}");
+        assert_eq!(got.sequence, want.sequence, "{name}");
+        assert_eq!(got.seq_len, want.seq_len, "{name}");
+        assert_eq!(got.dense, want.dense, "{name}");
+        assert_eq!(got.labels, want.labels, "{name}");
+    }
+}
+
+#[test]
+fn parquet_errors_name_the_file_the_row_and_the_column() {
+    use ::parquet::basic::Compression;
+    let (dir, csv_path, schema) = setup(GOOD);
+    let state = fit_state(std::slice::from_ref(&csv_path), &schema, BadRowPolicy::Fail).unwrap();
+    let enc = Encoder::new(&schema, &state);
+    // a null where the schema has no default: the second data row, column price
+    let path = good_parquet(&dir, "nulls.parquet", Compression::SNAPPY, Some(1));
+    let err = read_encoded(&path, &enc, BadRowPolicy::Fail, true, None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("nulls.parquet:2: column `price`"), "{err}");
+    // skipping counts the row and keeps the others
+    let (data, report, _) = read_encoded(&path, &enc, BadRowPolicy::Skip, true, None).unwrap();
+    assert_eq!((data.rows, report.skipped), (2, 1));
+    // a column the schema reads but the file lacks, with the file's columns listed
+    let other =
+        Schema::from_toml_str(&SCHEMA.replace("name = \"city\"", "name = \"town\""), "s.toml").unwrap();
+    let err = match Source::open(&path, &other, true) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("the file has no `town`"),
+    };
+    assert!(
+        err.contains("nulls.parquet") && err.contains("`town`") && err.contains("city"),
+        "{err}"
+    );
+    // a column of a type that is not read, when the schema asks for it
+    let dated =
+        Schema::from_toml_str(&SCHEMA.replace("name = \"city\"", "name = \"when\""), "s.toml").unwrap();
+    let err = fit_state(std::slice::from_ref(&path), &dated, BadRowPolicy::Fail)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("nulls.parquet:1: column `when`") && err.contains("Date32"),
+        "{err}"
+    );
+    // a file that is not Parquet although named so
+    let fake = write(&dir, "fake.parquet", "click,user\n1,2\n");
+    let err = match Source::open(&fake, &schema, true) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("not a Parquet file"),
+    };
+    assert!(err.contains("fake.parquet"), "{err}");
+}

@@ -1,0 +1,494 @@
+//! Parquet input: the columns a schema reads are projected, row groups are streamed in record
+//! batches, and each batch's cells are turned into the same text cells a CSV row gives, so
+//! that one encoder, one fitter and one set of errors serve both formats.
+//!
+//! Column types: integers (any width, signed or not), floats, strings (plain, large, view or
+//! dictionary-encoded), booleans (read as 1/0, for labels) and lists of those (a sequence
+//! field's ids, joined by the field's delimiter). Nulls are empty cells (a dense field's
+//! `default`, or the encoder's error naming the row and column). Row numbers in errors count
+//! data rows from 1.
+
+use std::fmt::Write as _;
+use std::fs::File;
+use std::path::Path;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{
+    Float32Type, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type, UInt8Type, UInt16Type, UInt32Type,
+    UInt64Type,
+};
+use arrow_array::{Array, ArrayRef, RecordBatch};
+use arrow_schema::DataType;
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+
+use crate::DataError;
+
+/// Rows per record batch read.
+const BATCH_ROWS: usize = 8192;
+
+/// Whether `path` is a Parquet file: its extension, or else its first four bytes (`PAR1`).
+pub fn is_parquet(path: &Path) -> bool {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some(ext) if ext.eq_ignore_ascii_case("parquet") || ext.eq_ignore_ascii_case("parq") => true,
+        Some(ext) if ext.eq_ignore_ascii_case("csv") || ext.eq_ignore_ascii_case("tsv") => false,
+        _ => {
+            use std::io::Read;
+            let mut magic = [0u8; 4];
+            File::open(path)
+                .and_then(|mut f| f.read_exact(&mut magic))
+                .is_ok_and(|()| &magic == b"PAR1")
+        }
+    }
+}
+
+fn io_error(path: &Path, e: impl std::fmt::Display) -> DataError {
+    DataError::Io {
+        file: path.display().to_string(),
+        message: e.to_string(),
+    }
+}
+
+/// The top-level column names of a Parquet file.
+pub fn header(path: &Path) -> Result<Vec<String>, DataError> {
+    let file = File::open(path).map_err(|e| io_error(path, e))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| io_error(path, e))?;
+    Ok(builder
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect())
+}
+
+/// One column of the current batch as text cells.
+#[derive(Default)]
+struct Cells {
+    bytes: Vec<u8>,
+    /// End of each row's cell in `bytes`.
+    ends: Vec<usize>,
+}
+
+impl Cells {
+    fn cell(&self, row: usize) -> &[u8] {
+        let start = if row == 0 { 0 } else { self.ends[row - 1] };
+        &self.bytes[start..self.ends[row]]
+    }
+}
+
+/// The rows of a Parquet file, batch by batch, as text records of the full header's width
+/// (columns the schema does not read are empty).
+pub struct ParquetRows {
+    reader: ParquetRecordBatchReader,
+    path: String,
+    /// For each projected column (in the batch's order): its position in the header and the
+    /// delimiter that joins a list cell.
+    projected: Vec<(usize, String)>,
+    width: usize,
+    cells: Vec<Cells>,
+    /// Rows in the current batch, and the next one to hand out.
+    batch_rows: usize,
+    next: usize,
+    /// Data rows handed out so far.
+    row: u64,
+}
+
+impl ParquetRows {
+    /// Opens `path`, reading only the header positions `wanted` (each with the delimiter for a
+    /// list column); `names` is the header [`header`] returned.
+    pub fn open(path: &Path, names: &[String], wanted: &[(usize, String)]) -> Result<Self, DataError> {
+        let file = File::open(path).map_err(|e| io_error(path, e))?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| io_error(path, e))?;
+        let mut roots: Vec<usize> = wanted.iter().map(|(i, _)| *i).collect();
+        roots.sort_unstable();
+        roots.dedup();
+        let mask = ProjectionMask::roots(builder.parquet_schema(), roots.iter().copied());
+        let delimiter = |i: usize| {
+            wanted
+                .iter()
+                .find(|(w, _)| *w == i)
+                .map_or_else(|| "|".to_string(), |(_, d)| d.clone())
+        };
+        let reader = builder
+            .with_projection(mask)
+            .with_batch_size(BATCH_ROWS)
+            .build()
+            .map_err(|e| io_error(path, e))?;
+        Ok(Self {
+            reader,
+            path: path.display().to_string(),
+            projected: roots.iter().map(|&i| (i, delimiter(i))).collect(),
+            width: names.len(),
+            cells: Vec::new(),
+            batch_rows: 0,
+            next: 0,
+            row: 0,
+        })
+    }
+
+    /// Fills `record` with the next row's cells; its 1-based row number, or `None` at the end.
+    pub fn next_into(&mut self, record: &mut csv::ByteRecord) -> Result<Option<u64>, DataError> {
+        while self.next == self.batch_rows {
+            match self.reader.next() {
+                None => return Ok(None),
+                Some(Err(e)) => {
+                    return Err(DataError::BadRow {
+                        file: self.path.clone(),
+                        line: self.row + 1,
+                        column: "<row>".into(),
+                        message: format!("reading the Parquet data: {e}"),
+                    });
+                }
+                Some(Ok(batch)) => self.load(&batch)?,
+            }
+        }
+        record.clear();
+        let mut p = 0;
+        for i in 0..self.width {
+            if p < self.projected.len() && self.projected[p].0 == i {
+                record.push_field(self.cells[p].cell(self.next));
+                p += 1;
+            } else {
+                record.push_field(b"");
+            }
+        }
+        self.next += 1;
+        self.row += 1;
+        Ok(Some(self.row))
+    }
+
+    /// Turns a batch's columns into text cells.
+    fn load(&mut self, batch: &RecordBatch) -> Result<(), DataError> {
+        self.cells.resize_with(batch.num_columns(), Cells::default);
+        for (c, column) in batch.columns().iter().enumerate() {
+            let (header_index, delimiter) = &self.projected[c];
+            let cells = &mut self.cells[c];
+            cells.bytes.clear();
+            cells.ends.clear();
+            // a dictionary column's keys are normalised once per batch, its values formatted
+            let dictionary = column
+                .as_any_dictionary_opt()
+                .map(|d| (d.normalized_keys(), d.values()));
+            for r in 0..column.len() {
+                let written = match &dictionary {
+                    Some(_) if column.is_null(r) => Ok(()),
+                    Some((keys, values)) => write_cell(values, keys[r], delimiter, &mut cells.bytes),
+                    None => write_cell(column, r, delimiter, &mut cells.bytes),
+                };
+                written.map_err(|message| DataError::BadRow {
+                    file: self.path.clone(),
+                    line: self.row + 1 + r as u64,
+                    column: batch.schema().field(c).name().clone(),
+                    message: format!("{message} (column {} of the file)", header_index + 1),
+                })?;
+                cells.ends.push(cells.bytes.len());
+            }
+        }
+        self.batch_rows = batch.num_rows();
+        self.next = 0;
+        Ok(())
+    }
+}
+
+/// A `Vec<u8>` as a `fmt::Write` target.
+struct Text<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for Text<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+/// Appends the text of `array[row]` to `out` (nothing for a null).
+fn write_cell(array: &ArrayRef, row: usize, delimiter: &str, out: &mut Vec<u8>) -> Result<(), String> {
+    if array.is_null(row) {
+        return Ok(());
+    }
+    macro_rules! number {
+        ($t:ty) => {{
+            let _ = write!(Text(out), "{}", array.as_primitive::<$t>().value(row));
+        }};
+    }
+    match array.data_type() {
+        DataType::Int8 => number!(Int8Type),
+        DataType::Int16 => number!(Int16Type),
+        DataType::Int32 => number!(Int32Type),
+        DataType::Int64 => number!(Int64Type),
+        DataType::UInt8 => number!(UInt8Type),
+        DataType::UInt16 => number!(UInt16Type),
+        DataType::UInt32 => number!(UInt32Type),
+        DataType::UInt64 => number!(UInt64Type),
+        DataType::Float32 => number!(Float32Type),
+        DataType::Float64 => number!(Float64Type),
+        DataType::Boolean => out.push(if array.as_boolean().value(row) { b'1' } else { b'0' }),
+        DataType::Utf8 => out.extend_from_slice(array.as_string::<i32>().value(row).as_bytes()),
+        DataType::LargeUtf8 => out.extend_from_slice(array.as_string::<i64>().value(row).as_bytes()),
+        DataType::Utf8View => out.extend_from_slice(array.as_string_view().value(row).as_bytes()),
+        DataType::List(_) => write_list(&array.as_list::<i32>().value(row), delimiter, out)?,
+        DataType::LargeList(_) => write_list(&array.as_list::<i64>().value(row), delimiter, out)?,
+        other => {
+            return Err(format!(
+                "Parquet type {other} is not read (integers, floats, strings, booleans and lists of them are)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A list cell: its non-null items joined by `delimiter`.
+fn write_list(items: &ArrayRef, delimiter: &str, out: &mut Vec<u8>) -> Result<(), String> {
+    let mut first = true;
+    for i in 0..items.len() {
+        if items.is_null(i) {
+            continue;
+        }
+        if !first {
+            out.extend_from_slice(delimiter.as_bytes());
+        }
+        first = false;
+        write_cell(items, i, delimiter, out)?;
+    }
+    Ok(())
+}
+
+/// Column types [`csv_to_parquet`] writes, inferred from the rows it sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Int,
+    Float,
+    Text,
+}
+
+/// What [`csv_to_parquet`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Converted {
+    /// The Parquet files written, in order.
+    pub files: Vec<std::path::PathBuf>,
+    /// Data rows written in all.
+    pub rows: u64,
+}
+
+/// Compression codecs for [`csv_to_parquet`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    /// Snappy (Spark's default).
+    Snappy,
+    /// Zstandard at its default level.
+    Zstd,
+    /// None.
+    None,
+}
+
+/// Converts the CSV file `input` to Parquet: each column typed from its cells (64-bit integers
+/// if every non-empty cell is one, else 64-bit floats if every one is a number, else text;
+/// empty cells are nulls), `row_group` rows per row group, and at most `rows_per_file` rows
+/// per file (`out` itself when one file suffices, else `out` with `-00000`, `-00001`, … before
+/// its extension). The types are fixed from the first `infer_rows` rows; a later cell that
+/// does not fit is an error naming the line and column. Files are written under temporary
+/// names and renamed when complete.
+pub fn csv_to_parquet(
+    input: &Path,
+    out: &Path,
+    codec: Codec,
+    row_group: usize,
+    rows_per_file: Option<u64>,
+    infer_rows: usize,
+) -> Result<Converted, DataError> {
+    use std::sync::Arc;
+
+    use arrow_array::builder::{Float64Builder, Int64Builder, StringBuilder};
+    use arrow_schema::{Field, Schema};
+    use parquet::arrow::ArrowWriter;
+    use parquet::basic::{Compression, ZstdLevel};
+    use parquet::file::properties::WriterProperties;
+
+    let io = |e: &dyn std::fmt::Display| io_error(input, e);
+    let open = || {
+        csv::ReaderBuilder::new()
+            .has_headers(true)
+            .from_path(input)
+            .map_err(|e| io(&e))
+    };
+    // the types, from the first rows
+    let mut reader = open()?;
+    let names: Vec<String> = reader
+        .headers()
+        .map_err(|e| io(&e))?
+        .iter()
+        .map(str::to_string)
+        .collect();
+    if names.is_empty() {
+        return Err(DataError::NoHeader {
+            file: input.display().to_string(),
+        });
+    }
+    let mut kinds = vec![Kind::Int; names.len()];
+    let mut record = csv::StringRecord::new();
+    for _ in 0..infer_rows.max(1) {
+        if !reader.read_record(&mut record).map_err(|e| io(&e))? {
+            break;
+        }
+        for (kind, cell) in kinds.iter_mut().zip(record.iter()) {
+            let cell = cell.trim();
+            if cell.is_empty() {
+                continue;
+            }
+            if *kind == Kind::Int && cell.parse::<i64>().is_err() {
+                *kind = Kind::Float;
+            }
+            if *kind == Kind::Float && cell.parse::<f64>().is_err() {
+                *kind = Kind::Text;
+            }
+        }
+    }
+    let schema = Arc::new(Schema::new(
+        names
+            .iter()
+            .zip(&kinds)
+            .map(|(n, k)| {
+                let t = match k {
+                    Kind::Int => DataType::Int64,
+                    Kind::Float => DataType::Float64,
+                    Kind::Text => DataType::Utf8,
+                };
+                Field::new(n, t, true)
+            })
+            .collect::<Vec<_>>(),
+    ));
+    let props = WriterProperties::builder()
+        .set_compression(match codec {
+            Codec::Snappy => Compression::SNAPPY,
+            Codec::Zstd => Compression::ZSTD(ZstdLevel::default()),
+            Codec::None => Compression::UNCOMPRESSED,
+        })
+        .set_max_row_group_row_count(Some(row_group.max(1)))
+        .build();
+    let file_name = |k: usize| -> std::path::PathBuf {
+        if rows_per_file.is_none() {
+            return out.to_path_buf();
+        }
+        let stem = out
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let ext = out
+            .extension()
+            .map(|e| format!(".{}", e.to_string_lossy()))
+            .unwrap_or_default();
+        out.with_file_name(format!("{stem}-{k:05}{ext}"))
+    };
+    let partial = |p: &Path| p.with_extension("parquet.partial");
+    enum Builder {
+        Int(Int64Builder),
+        Float(Float64Builder),
+        Text(StringBuilder),
+    }
+    let fresh = || -> Vec<Builder> {
+        kinds
+            .iter()
+            .map(|k| match k {
+                Kind::Int => Builder::Int(Int64Builder::new()),
+                Kind::Float => Builder::Float(Float64Builder::new()),
+                Kind::Text => Builder::Text(StringBuilder::new()),
+            })
+            .collect()
+    };
+    let mut reader = open()?;
+    let mut converted = Converted {
+        files: Vec::new(),
+        rows: 0,
+    };
+    let mut builders = fresh();
+    let mut in_batch = 0usize;
+    let mut in_file = 0u64;
+    let mut writer: Option<(ArrowWriter<File>, std::path::PathBuf)> = None;
+    let flush =
+        |builders: &mut Vec<Builder>, writer: &mut ArrowWriter<File>, path: &Path| -> Result<(), DataError> {
+            let columns: Vec<ArrayRef> = builders
+                .iter_mut()
+                .map(|b| -> ArrayRef {
+                    match b {
+                        Builder::Int(b) => Arc::new(b.finish()),
+                        Builder::Float(b) => Arc::new(b.finish()),
+                        Builder::Text(b) => Arc::new(b.finish()),
+                    }
+                })
+                .collect();
+            let batch = RecordBatch::try_new(schema.clone(), columns).map_err(|e| io_error(path, e))?;
+            writer.write(&batch).map_err(|e| io_error(path, e))
+        };
+    let finish = |(w, path): (ArrowWriter<File>, std::path::PathBuf), files: &mut Vec<std::path::PathBuf>| {
+        w.close().map_err(|e| io_error(&path, e))?;
+        std::fs::rename(partial(&path), &path).map_err(|e| io_error(&path, e))?;
+        files.push(path);
+        Ok::<(), DataError>(())
+    };
+    let mut record = csv::StringRecord::new();
+    loop {
+        let more = reader.read_record(&mut record).map_err(|e| io(&e))?;
+        if !more {
+            break;
+        }
+        let line = record.position().map_or(0, |p| p.line());
+        if writer.is_none() {
+            let path = file_name(converted.files.len());
+            let file = File::create(partial(&path)).map_err(|e| io_error(&path, e))?;
+            let w = ArrowWriter::try_new(file, schema.clone(), Some(props.clone()))
+                .map_err(|e| io_error(&path, e))?;
+            writer = Some((w, path));
+        }
+        if record.len() != names.len() {
+            return Err(DataError::BadRow {
+                file: input.display().to_string(),
+                line,
+                column: "<row>".into(),
+                message: format!("{} columns, the header has {}", record.len(), names.len()),
+            });
+        }
+        for ((b, cell), name) in builders.iter_mut().zip(record.iter()).zip(&names) {
+            let cell = cell.trim();
+            let bad = |kind: &str| DataError::BadRow {
+                file: input.display().to_string(),
+                line,
+                column: name.clone(),
+                message: format!(
+                    "`{cell}` is not {kind}, the type taken from the first {infer_rows} rows (convert with more --infer-rows)"
+                ),
+            };
+            match b {
+                Builder::Int(b) if cell.is_empty() => b.append_null(),
+                Builder::Int(b) => b.append_value(cell.parse().map_err(|_| bad("an integer"))?),
+                Builder::Float(b) if cell.is_empty() => b.append_null(),
+                Builder::Float(b) => b.append_value(cell.parse().map_err(|_| bad("a number"))?),
+                Builder::Text(b) if cell.is_empty() => b.append_null(),
+                Builder::Text(b) => b.append_value(cell),
+            }
+        }
+        in_batch += 1;
+        in_file += 1;
+        converted.rows += 1;
+        let file_full = rows_per_file.is_some_and(|n| in_file >= n);
+        if in_batch == BATCH_ROWS || file_full {
+            let (w, path) = writer.as_mut().expect("opened above");
+            flush(&mut builders, w, path)?;
+            in_batch = 0;
+        }
+        if file_full {
+            finish(writer.take().expect("opened above"), &mut converted.files)?;
+            in_file = 0;
+        }
+    }
+    if let Some((mut w, path)) = writer.take() {
+        if in_batch > 0 {
+            flush(&mut builders, &mut w, &path)?;
+        }
+        finish((w, path), &mut converted.files)?;
+    }
+    if converted.rows == 0 {
+        return Err(DataError::Empty {
+            file: input.display().to_string(),
+        });
+    }
+    Ok(converted)
+}
