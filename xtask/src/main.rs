@@ -9,6 +9,7 @@ mod gpu;
 mod onnx_check;
 mod peer;
 mod quality;
+mod read_bench;
 mod serve_load;
 mod stats;
 
@@ -134,6 +135,9 @@ enum Task {
     /// ESMM's entire-space CVR against torch-rechub's over generator and training seeds (CVR
     /// AUC on clicked rows, Spearman of pCVR with the true p_cvr on all rows).
     EsCvr(es_cvr::EsCvrArgs),
+    /// The same rows read as CSV, Parquet (zstd, snappy) and from the encoded cache: rows/s
+    /// to encoded rows and peak RSS.
+    ReadBench(read_bench::ReadBenchArgs),
     /// What CI runs: cargo fmt --check, the tests, clippy.
     Validate,
 }
@@ -156,6 +160,7 @@ fn main() -> Result<()> {
         Task::Gpu(args) => gpu::gpu(&args),
         Task::OnnxCheck { quick } => onnx_check::onnx_check(quick),
         Task::EsCvr(args) => es_cvr::es_cvr(&args),
+        Task::ReadBench(args) => read_bench::read_bench(&args),
         Task::Validate => validate(),
     }
 }

@@ -1060,6 +1060,21 @@ fn parquet_shards_train_and_predict_as_the_csv_does() {
     }
     assert_eq!(predictions[0], predictions[1]);
     assert_eq!(predictions[0].lines().count(), 601);
+    // schema inference reads Parquet as it reads CSV: the same fields, whatever the comments
+    let inferred: Vec<String> = [&valid, &valid_pq]
+        .iter()
+        .map(|f| {
+            let out = mtl(&["schema", "infer", &f.display().to_string()]);
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| !l.trim_start().starts_with('#'))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .collect();
+    assert_eq!(inferred[0], inferred[1]);
+    assert!(inferred[0].contains("name = \"cat_15\""), "{}", inferred[0]);
     // a cell that does not fit the type taken from the first rows is named
     let odd = dir.path().join("odd.csv");
     std::fs::write(&odd, "a,b\n1,x\n2,y\nthree,z\n").unwrap();

@@ -110,7 +110,10 @@ pub fn label_like(name: &str) -> bool {
         || n.ends_with("_target")
 }
 
-/// Reads the sample and guesses every column.
+/// Reads the next row of a file into a record: its line or row number, `None` at the end.
+type NextRow = Box<dyn FnMut(&mut csv::ByteRecord) -> Result<Option<u64>, DataError>>;
+
+/// Reads the sample and guesses every column (CSV or Parquet files).
 pub fn infer_columns(files: &[&Path], options: InferOptions) -> Result<(Vec<ColumnStats>, usize), DataError> {
     let cap = options.max_categories.max(1) * 2;
     let mut header: Option<Vec<String>> = None;
@@ -123,16 +126,42 @@ pub fn infer_columns(files: &[&Path], options: InferOptions) -> Result<(Vec<Colu
             file: file.clone(),
             message: e.to_string(),
         };
-        let mut reader = csv::ReaderBuilder::new()
-            .has_headers(true)
-            .from_path(path)
-            .map_err(|e| io(&e))?;
-        let names: Vec<String> = reader
-            .headers()
-            .map_err(|e| io(&e))?
-            .iter()
-            .map(str::to_string)
-            .collect();
+        // CSV or Parquet, row by row as text cells
+        let (names, mut rows_of): (Vec<String>, NextRow) = if crate::parquet::is_parquet(path) {
+            let names = crate::parquet::header(path)?;
+            let all: Vec<(usize, String)> = (0..names.len()).map(|i| (i, "|".to_string())).collect();
+            let mut pq = crate::parquet::ParquetRows::open(path, &names, &all)?;
+            (names, Box::new(move |record| pq.next_into(record)))
+        } else {
+            let mut reader = csv::ReaderBuilder::new()
+                .has_headers(true)
+                .from_path(path)
+                .map_err(|e| io(&e))?;
+            let names = reader
+                .headers()
+                .map_err(|e| io(&e))?
+                .iter()
+                .map(str::to_string)
+                .collect();
+            let file = file.clone();
+            let mut line = 1u64;
+            (
+                names,
+                Box::new(move |record| {
+                    line += 1;
+                    match reader.read_byte_record(record) {
+                        Ok(true) => Ok(Some(line)),
+                        Ok(false) => Ok(None),
+                        Err(e) => Err(DataError::BadRow {
+                            file: file.clone(),
+                            line,
+                            column: "<row>".into(),
+                            message: e.to_string(),
+                        }),
+                    }
+                }),
+            )
+        };
         if names.is_empty() || names.iter().all(String::is_empty) {
             return Err(DataError::NoHeader { file });
         }
@@ -170,18 +199,17 @@ pub fn infer_columns(files: &[&Path], options: InferOptions) -> Result<(Vec<Colu
             }
             Some(_) => {}
         }
-        for (k, record) in reader.records().enumerate() {
+        let mut record = csv::ByteRecord::new();
+        loop {
             if rows >= options.sample_rows {
                 break 'files;
             }
-            let record = record.map_err(|e| DataError::BadRow {
-                file: file.clone(),
-                line: k as u64 + 2,
-                column: "<row>".into(),
-                message: e.to_string(),
-            })?;
+            if rows_of(&mut record)?.is_none() {
+                break;
+            }
             for (c, cell) in record.iter().enumerate().take(stats.len()) {
                 let s = &mut stats[c];
+                let cell = String::from_utf8_lossy(cell);
                 let cell = cell.trim();
                 if cell.is_empty() {
                     s.empty += 1;

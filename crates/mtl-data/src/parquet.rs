@@ -207,7 +207,23 @@ fn write_cell(array: &ArrayRef, row: usize, delimiter: &str, out: &mut Vec<u8>) 
     }
     macro_rules! number {
         ($t:ty) => {{
-            let _ = write!(Text(out), "{}", array.as_primitive::<$t>().value(row));
+            out.extend_from_slice(
+                itoa::Buffer::new()
+                    .format(array.as_primitive::<$t>().value(row))
+                    .as_bytes(),
+            );
+        }};
+    }
+    // shortest round-trip text, as `Display` writes it but faster (a finite float only: the
+    // encoder names NaN and infinities as errors, and so must their text)
+    macro_rules! float {
+        ($t:ty) => {{
+            let v = array.as_primitive::<$t>().value(row);
+            if v.is_finite() {
+                out.extend_from_slice(ryu::Buffer::new().format_finite(v).as_bytes());
+            } else {
+                let _ = write!(Text(out), "{v}");
+            }
         }};
     }
     match array.data_type() {
@@ -219,8 +235,8 @@ fn write_cell(array: &ArrayRef, row: usize, delimiter: &str, out: &mut Vec<u8>) 
         DataType::UInt16 => number!(UInt16Type),
         DataType::UInt32 => number!(UInt32Type),
         DataType::UInt64 => number!(UInt64Type),
-        DataType::Float32 => number!(Float32Type),
-        DataType::Float64 => number!(Float64Type),
+        DataType::Float32 => float!(Float32Type),
+        DataType::Float64 => float!(Float64Type),
         DataType::Boolean => out.push(if array.as_boolean().value(row) { b'1' } else { b'0' }),
         DataType::Utf8 => out.extend_from_slice(array.as_string::<i32>().value(row).as_bytes()),
         DataType::LargeUtf8 => out.extend_from_slice(array.as_string::<i64>().value(row).as_bytes()),

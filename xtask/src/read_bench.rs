@@ -1,0 +1,128 @@
+//! `cargo xtask read-bench`: the same rows as CSV, as Parquet (zstd and snappy) and from the
+//! encoded cache — rows per second from file to encoded rows, and the training process's peak
+//! RSS — on mtl's own click/conversion generator (no download), ESMM example, one epoch.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use crate::{build_mtl, run, run_config, train_job, work_dir};
+
+/// Options of `cargo xtask read-bench`.
+#[derive(Debug, Args)]
+pub struct ReadBenchArgs {
+    /// Rows generated (80 % of them train).
+    #[arg(long, default_value_t = 1_000_000)]
+    rows: usize,
+    /// Runs per format (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// CPU threads for mtl.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+}
+
+/// The `rows/s` figure of a read report line (`… (123 rows/s…`).
+fn rows_per_sec(line: &str) -> Option<f64> {
+    let end = line.find(" rows/s")?;
+    let start = line[..end].rfind('(')? + 1;
+    line[start..end].parse().ok()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Runs the comparison and prints a table (also written to `read-bench/results.md`).
+pub fn read_bench(a: &ReadBenchArgs) -> Result<()> {
+    let mtl = build_mtl()?;
+    let dir = work_dir("read-bench");
+    std::fs::create_dir_all(&dir)?;
+    let data = dir.join("synth");
+    run(Command::new(&mtl)
+        .args([
+            "--quiet",
+            "gen-data",
+            "ccp",
+            "--rows",
+            &a.rows.to_string(),
+            "--seed",
+            "7",
+            "--out",
+        ])
+        .arg(&data))?;
+    let file = |s: &str| data.join(format!("synth_ccp_{s}"));
+    let (schema, train_csv, test_csv) = (file("schema.toml"), file("train.csv"), file("test.csv"));
+    let mut formats: Vec<(String, PathBuf, bool)> = vec![("CSV".into(), train_csv.clone(), false)];
+    for codec in ["zstd", "snappy"] {
+        let out = dir.join(format!("train-{codec}.parquet"));
+        let started = std::time::Instant::now();
+        run(Command::new(&mtl)
+            .args(["--quiet", "convert"])
+            .arg(&train_csv)
+            .arg("--out")
+            .arg(&out)
+            .args(["--codec", codec]))?;
+        eprintln!(
+            "converted to {codec} Parquet in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        formats.push((format!("Parquet ({codec})"), out, false));
+    }
+    formats.push(("encoded cache (of the CSV)".into(), train_csv.clone(), true));
+    let mut md = format!(
+        "{} training rows of `mtl gen-data ccp --rows {} --seed 7`, ESMM example, 1 epoch, {} threads; median of {} runs:\n\n| input | file MB | rows/s to encoded rows | peak RSS of the run (MB) |\n|---|---|---|---|\n",
+        a.rows * 8 / 10,
+        a.rows,
+        a.threads,
+        a.repeats
+    );
+    for (name, path, cached) in &formats {
+        let extra = "epochs = 1\nbatch_size = 1024\n";
+        let mut config = run_config(
+            &schema,
+            path,
+            None,
+            &test_csv,
+            &crate::model_toml("esmm", "example"),
+            1,
+            extra,
+        );
+        config = config.replace("[data]\n", &format!("[data]\ncache = {cached}\n"));
+        if *cached {
+            // a first run writes the cache; the measured ones read it
+            train_job(&mtl, "warm-cache", &config, a.threads, &dir)?;
+        }
+        let (mut speeds, mut rss) = (Vec::new(), Vec::new());
+        for r in 0..a.repeats {
+            let (metrics, _) = train_job(&mtl, &format!("read-{r}"), &config, a.threads, &dir)?;
+            let line = metrics["reads"][0]
+                .as_str()
+                .context("metrics.json has no read report")?;
+            speeds.push(rows_per_sec(line).with_context(|| format!("no rows/s in `{line}`"))?);
+            rss.push(metrics["peak_rss_mb"].as_f64().unwrap_or(f64::NAN));
+        }
+        let mb = std::fs::metadata(path)?.len() as f64 / 1e6;
+        md += &format!(
+            "| {name} | {mb:.0} | {:.0} | {:.0} |\n",
+            median(speeds),
+            median(rss)
+        );
+    }
+    std::fs::write(dir.join("results.md"), &md)?;
+    println!("{md}");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_rate_is_read_off_a_report_line() {
+        let line = "x.csv: 800000 rows in 0.27 s (2909692 rows/s, from the encoded cache)";
+        assert_eq!(super::rows_per_sec(line), Some(2_909_692.0));
+        assert_eq!(super::rows_per_sec("no rate here"), None);
+    }
+}
