@@ -157,46 +157,35 @@ pub struct SparseAdam {
     device: Device,
 }
 
-/// Brings rows up to date ([`replay`] of the steps each missed), compiled for the widest SIMD
-/// the CPU has, as [`RowAdam`]: `ids` the rows, or every row when `None`.
-struct CatchUpRows<'a> {
-    floats: &'a mut [f32],
-    ids: Option<&'a [i32]>,
-    state: &'a mut CatchUp,
+/// Replays the missed steps of some rows, each given as its `3 × dim` floats and its
+/// up-to-date step, compiled for the widest SIMD the CPU has (as [`RowAdam`]).
+struct ReplayRows<'a, 'r> {
+    rows: &'a mut [(&'r mut [f32], &'r mut u64)],
+    /// The constants of steps `base + 1 ..= time`.
+    steps: &'a [Missed],
+    base: u64,
     time: u64,
     dim: usize,
     betas: Betas,
 }
 
-impl pulp::WithSimd for CatchUpRows<'_> {
+impl pulp::WithSimd for ReplayRows<'_, '_> {
     type Output = ();
 
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, _simd: S) {
         let d = self.dim;
-        let state = self.state;
-        let mut one = |row: usize, floats: &mut [f32]| {
-            let last = &mut state.last[row];
-            if *last < self.time {
-                let base = row * 3 * d;
-                let (w, moments) = floats[base..base + 3 * d].split_at_mut(d);
-                let (m, v) = moments.split_at_mut(d);
-                let missed = &state.steps[(*last - state.base) as usize..];
-                replay(w, m, v, missed, self.betas);
-                *last = self.time;
-            }
-        };
-        match self.ids {
-            Some(ids) => ids.iter().for_each(|&id| one(id as usize, self.floats)),
-            None => (0..state_rows(self.floats, d)).for_each(|row| one(row, self.floats)),
+        for (slot, last) in self.rows.iter_mut() {
+            let (w, moments) = slot.split_at_mut(d);
+            let (m, v) = moments.split_at_mut(d);
+            replay(w, m, v, &self.steps[(**last - self.base) as usize..], self.betas);
+            **last = self.time;
         }
     }
 }
 
-/// Rows in a buffer of `3 × dim` floats per row.
-fn state_rows(floats: &[f32], dim: usize) -> usize {
-    floats.len() / (3 * dim)
-}
+/// Rows a replay task takes at a time.
+const REPLAY_CHUNK: usize = 64;
 
 /// The constants of a replay that do not change from step to step.
 #[derive(Debug, Clone, Copy)]
@@ -333,20 +322,58 @@ impl SparseAdam {
     }
 
     /// Replays the missed steps of the rows `ids` (every row when `None`); nothing when frozen.
+    /// Rows are independent, so they are replayed in parallel: the rows behind `ids` (sorted;
+    /// a repeated id is taken once) are split off the buffer as disjoint slices.
     fn bring_up_to_date(&mut self, ids: Option<&[i32]>) {
+        use rayon::prelude::*;
         let Some(state) = self.catch_up.as_mut() else {
             return;
         };
-        let c = self.config.at(1);
-        let op = CatchUpRows {
-            floats: self.buf.floats_mut(),
-            ids,
-            state,
-            time: self.time as u64,
-            dim: self.dim,
-            betas: c.betas(),
-        };
-        pulp::Arch::new().dispatch(op);
+        let (d, time) = (self.dim, self.time as u64);
+        let mut floats: &mut [f32] = self.buf.floats_mut();
+        let mut lasts: &mut [u64] = &mut state.last;
+        let mut rows: Vec<(&mut [f32], &mut u64)> = Vec::new();
+        match ids {
+            Some(ids) => {
+                let mut sorted = ids.to_vec();
+                sorted.sort_unstable();
+                let mut at = 0usize;
+                for id in sorted {
+                    let id = id as usize;
+                    if id < at {
+                        continue;
+                    }
+                    let (_, rest) = std::mem::take(&mut floats).split_at_mut((id - at) * 3 * d);
+                    let (slot, rest) = rest.split_at_mut(3 * d);
+                    floats = rest;
+                    let (_, rest) = std::mem::take(&mut lasts).split_at_mut(id - at);
+                    let (last, rest) = rest.split_at_mut(1);
+                    lasts = rest;
+                    at = id + 1;
+                    if last[0] < time {
+                        rows.push((slot, &mut last[0]));
+                    }
+                }
+            }
+            None => rows.extend(
+                floats
+                    .chunks_exact_mut(3 * d)
+                    .zip(lasts.iter_mut())
+                    .filter(|(_, last)| **last < time),
+            ),
+        }
+        let (steps, base) = (state.steps.as_slice(), state.base);
+        let betas = self.config.at(1).betas();
+        rows.par_chunks_mut(REPLAY_CHUNK).for_each(|chunk| {
+            pulp::Arch::new().dispatch(ReplayRows {
+                rows: chunk,
+                steps,
+                base,
+                time,
+                dim: d,
+                betas,
+            })
+        });
     }
 
     /// Width of a row.
