@@ -829,6 +829,8 @@ fn demo(args: DemoArgs, progress: bool) -> Result<()> {
         test: Some(files.test.clone().into()),
         bad_rows: "fail".into(),
         cache: true,
+        streaming: false,
+        shuffle_buffer: 1_000_000,
     };
     let train = TrainSettings {
         epochs: args.epochs,

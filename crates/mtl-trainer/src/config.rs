@@ -30,6 +30,18 @@ pub struct DataConfig {
     /// Keep a cache of the encoded rows next to each CSV (`<file>.mtl.arrow`, Arrow IPC).
     #[serde(default = "default_true")]
     pub cache: bool,
+    /// Stream the training files each epoch instead of holding their encoded rows: files in an
+    /// order shuffled per epoch, rows shuffled within blocks of `shuffle_buffer` rows (the
+    /// only rows held). For data larger than memory.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub streaming: bool,
+    /// Rows per shuffle block when streaming.
+    #[serde(default = "default_shuffle_buffer")]
+    pub shuffle_buffer: usize,
+}
+
+fn default_shuffle_buffer() -> usize {
+    1_000_000
 }
 
 /// One or more data files: a path, or a list of paths; any of them may be a glob pattern
@@ -529,6 +541,9 @@ fn resolve(base: &Path, p: &Path) -> PathBuf {
     std::path::absolute(&joined).unwrap_or(joined)
 }
 
+/// The largest shuffle block a streaming config may ask for.
+pub const MAX_SHUFFLE_BUFFER: usize = 1 << 30;
+
 /// The largest batch a config may ask for.
 pub const MAX_BATCH: usize = 1 << 22;
 /// The most epochs a config may ask for.
@@ -652,6 +667,12 @@ impl<R: Registry> RunConfig<R> {
             file: file.to_string(),
             message,
         };
+        if !(1..=MAX_SHUFFLE_BUFFER).contains(&self.data.shuffle_buffer) {
+            return Err(bad(format!(
+                "`data.shuffle_buffer` = {}: must be between 1 and {MAX_SHUFFLE_BUFFER} rows",
+                self.data.shuffle_buffer
+            )));
+        }
         if self.train.early_stopping.active().is_some() && self.data.valid.is_none() {
             return Err(bad("`train.early_stopping` needs `data.valid`".into()));
         }

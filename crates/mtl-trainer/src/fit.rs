@@ -21,7 +21,7 @@ pub use crate::early_stopping::improves;
 use crate::evaluation::Evaluator;
 pub use crate::evaluation::{Predictions, predict_all, to_host};
 pub use crate::loader::epoch_order;
-use crate::loader::{LoaderPlan, spawn};
+use crate::loader::{LoaderPlan, TrainRows, spawn};
 use crate::metrics::TaskMetrics;
 use crate::schedule::{Due, due};
 use crate::step::{StepLosses, Stepper};
@@ -178,12 +178,13 @@ fn progress_bar(
     pb
 }
 
-/// Trains `model` (on an autodiff device) from `state`, evaluating on `valid`.
+/// Trains `model` (on an autodiff device) from `state` on `train` (rows in memory, or a
+/// [`crate::loader::StreamSpec`]), evaluating on `valid`.
 #[allow(clippy::too_many_arguments)]
-pub fn fit<M: MultiTaskModel>(
+pub fn fit<'t, M: MultiTaskModel>(
     model: M,
     optim: ModuleOptimizer,
-    train: &EncodedData,
+    train: impl Into<TrainRows<'t>>,
     valid: Option<&EncodedData>,
     layout: &TableLayout,
     settings: &TrainSettings,
@@ -224,7 +225,8 @@ pub fn fit<M: MultiTaskModel>(
         from: (state.epoch, state.batch_in_epoch),
         row_sparse: stepper.row_sparse(),
     };
-    let batches = train.rows.div_ceil(settings.batch_size);
+    let train: TrainRows<'t> = train.into();
+    let batches = train.rows().div_ceil(settings.batch_size);
     let model = std::thread::scope(|scope| -> Result<M, TrainError> {
         let loader = spawn(scope, train, layout, device, plan);
         let mut model = model;
@@ -236,8 +238,9 @@ pub fn fit<M: MultiTaskModel>(
                 // the loader ran out: nothing was left of the run
                 return Ok(stepper.with_table(model));
             };
+            let batch = batch?;
             state.pending_data_secs += data_clock.elapsed().as_secs_f64();
-            let pb = bar.get_or_insert_with(|| progress_bar(options, train.rows, &state, settings));
+            let pb = bar.get_or_insert_with(|| progress_bar(options, train.rows(), &state, settings));
             let rows = batch.tensors.rows as u64;
             let (stepped, losses) = stepper.step(model, batch, state.global_step + 1)?;
             model = stepped;

@@ -1,16 +1,199 @@
 //! Batch loading: the rows of each epoch in a seeded order, assembled into batches on a helper
-//! thread a few batches ahead of the step that needs them.
+//! thread a few batches ahead of the step that needs them — from rows held in memory, or
+//! streamed from the files ([`StreamSpec`]) through a bounded shuffle buffer.
 
+use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, sync_channel};
 use std::thread::Scope;
 
 use burn::tensor::Device;
-use mtl_features::{EncodedData, TableLayout};
+use mtl_data::{BadRowPolicy, ReadReport, Source};
+use mtl_features::{EncodedData, Encoder, TableLayout};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
+use crate::TrainError;
 use crate::step::Batch;
+
+/// The training rows: encoded in memory, or streamed from their files each epoch.
+#[derive(Clone, Copy)]
+pub enum TrainRows<'a> {
+    /// Every row, encoded.
+    Memory(&'a EncodedData),
+    /// Read from the files as training goes.
+    Stream(&'a StreamSpec),
+}
+
+impl<'a> From<&'a EncodedData> for TrainRows<'a> {
+    fn from(data: &'a EncodedData) -> Self {
+        Self::Memory(data)
+    }
+}
+
+impl TrainRows<'_> {
+    /// Rows per epoch.
+    pub fn rows(&self) -> usize {
+        match self {
+            Self::Memory(d) => d.rows,
+            Self::Stream(s) => s.rows,
+        }
+    }
+}
+
+/// Streaming input: each epoch reads `files` (in an order shuffled per epoch) in blocks of
+/// `buffer_rows` rows, shuffles each block and cuts it into batches, so that at most one block
+/// of encoded rows (and the batches ahead) is held at a time.
+pub struct StreamSpec {
+    /// The training files.
+    pub files: Vec<PathBuf>,
+    /// Encodes their rows.
+    pub encoder: Encoder,
+    /// What to do with a bad row (as when reading into memory).
+    pub policy: BadRowPolicy,
+    /// Good rows per epoch (counted by [`count_rows`] before training).
+    pub rows: usize,
+    /// Rows per shuffle block (rounded up to whole batches).
+    pub buffer_rows: usize,
+}
+
+/// Rows read from a file at a time.
+const CHUNK_ROWS: usize = 65_536;
+
+/// The good rows of `files` (bad ones follow `policy`), read in chunks without keeping them.
+pub fn count_rows(files: &[PathBuf], encoder: &Encoder, policy: BadRowPolicy) -> Result<usize, TrainError> {
+    let mut rows = 0;
+    for path in files {
+        let mut source = Source::open(path, encoder.schema(), true)?;
+        let mut report = ReadReport::default();
+        loop {
+            let mut chunk = mtl_data::empty_encoded(encoder.schema());
+            let n = source.read_chunk(encoder, policy, CHUNK_ROWS, &mut chunk, &mut report, None)?;
+            if n == 0 {
+                break;
+            }
+            rows += n;
+        }
+    }
+    Ok(rows)
+}
+
+/// The files' order in `epoch`.
+fn file_order(files: usize, seed: u64, epoch: usize) -> Vec<usize> {
+    epoch_order(files, seed ^ 0x5eed_f11e, epoch)
+}
+
+/// Reads the next up to `want` rows of an epoch's files into `out`, moving to the next file
+/// when one ends; the number read (less than `want` only at the end of the epoch).
+fn read_block(
+    spec: &StreamSpec,
+    order: &[usize],
+    next_file: &mut usize,
+    source: &mut Option<Source>,
+    want: usize,
+    out: &mut EncodedData,
+) -> Result<usize, TrainError> {
+    let mut got = 0;
+    let mut report = ReadReport::default();
+    while got < want {
+        let src = match source {
+            Some(src) => src,
+            None => {
+                let Some(&f) = order.get(*next_file) else {
+                    break;
+                };
+                *next_file += 1;
+                source.insert(Source::open(&spec.files[f], spec.encoder.schema(), true)?)
+            }
+        };
+        let n = src.read_chunk(
+            &spec.encoder,
+            spec.policy,
+            (want - got).min(CHUNK_ROWS),
+            out,
+            &mut report,
+            None,
+        )?;
+        if n == 0 {
+            *source = None;
+        }
+        got += n;
+    }
+    Ok(got)
+}
+
+/// Starts a thread in `scope` that streams the run's remaining batches from `spec`'s files
+/// (see [`StreamSpec`]); a read error is sent in place of a batch and ends the thread. A
+/// resumed run re-reads the rows before its position without batching them.
+fn spawn_stream<'scope, 'env: 'scope>(
+    scope: &'scope Scope<'scope, 'env>,
+    spec: &'env StreamSpec,
+    layout: &'env TableLayout,
+    device: &'env Device,
+    plan: LoaderPlan,
+) -> Receiver<Result<Batch, TrainError>> {
+    let (tx, rx) = sync_channel::<Result<Batch, TrainError>>(AHEAD);
+    scope.spawn(move || {
+        let bs = plan.batch_size;
+        // whole batches per block, so that an epoch has ⌈rows / batch⌉ batches as in memory
+        let block = spec.buffer_rows.max(1).div_ceil(bs) * bs;
+        let per_block = block / bs;
+        let run = || -> Result<(), TrainError> {
+            for epoch in plan.from.0..plan.epochs {
+                let order = file_order(spec.files.len(), plan.seed, epoch);
+                let first = if epoch == plan.from.0 { plan.from.1 } else { 0 };
+                let (mut next_file, mut source) = (0, None);
+                for b in 0.. {
+                    let mut buf = mtl_data::empty_encoded(spec.encoder.schema());
+                    let got = read_block(spec, &order, &mut next_file, &mut source, block, &mut buf)?;
+                    if got == 0 {
+                        break;
+                    }
+                    let done = b * per_block;
+                    if done + got.div_ceil(bs) <= first {
+                        continue; // before the resume position
+                    }
+                    let rows = epoch_order(got, plan.seed.wrapping_add(b as u64 + 1), epoch);
+                    for (k, idx) in rows.chunks(bs).enumerate() {
+                        if done + k < first {
+                            continue;
+                        }
+                        if tx
+                            .send(Ok(make_batch(&buf, idx, layout, device, plan.row_sparse)))
+                            .is_err()
+                        {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+            Ok(())
+        };
+        if let Err(e) = run() {
+            let _ = tx.send(Err(e));
+        }
+    });
+    rx
+}
+
+/// The batch of rows `idx` of `data`.
+fn make_batch(
+    data: &EncodedData,
+    idx: &[usize],
+    layout: &TableLayout,
+    device: &Device,
+    row_sparse: bool,
+) -> Batch {
+    if row_sparse {
+        let (tensors, table_rows) = data.batch_unique(idx, layout, device);
+        Batch { tensors, table_rows }
+    } else {
+        Batch {
+            tensors: data.batch(idx, layout, device),
+            table_rows: Vec::new(),
+        }
+    }
+}
 
 /// Batches built ahead of the step that needs them.
 const AHEAD: usize = 2;
@@ -42,12 +225,26 @@ pub struct LoaderPlan {
 /// when the run's batches are all sent or the receiver is dropped.
 pub fn spawn<'scope, 'env: 'scope>(
     scope: &'scope Scope<'scope, 'env>,
+    rows: TrainRows<'env>,
+    layout: &'env TableLayout,
+    device: &'env Device,
+    plan: LoaderPlan,
+) -> Receiver<Result<Batch, TrainError>> {
+    match rows {
+        TrainRows::Memory(data) => spawn_memory(scope, data, layout, device, plan),
+        TrainRows::Stream(spec) => spawn_stream(scope, spec, layout, device, plan),
+    }
+}
+
+/// [`spawn`] for rows in memory: each epoch's seeded permutation of them.
+fn spawn_memory<'scope, 'env: 'scope>(
+    scope: &'scope Scope<'scope, 'env>,
     data: &'env EncodedData,
     layout: &'env TableLayout,
     device: &'env Device,
     plan: LoaderPlan,
-) -> Receiver<Batch> {
-    let (tx, rx) = sync_channel::<Batch>(AHEAD);
+) -> Receiver<Result<Batch, TrainError>> {
+    let (tx, rx) = sync_channel::<Result<Batch, TrainError>>(AHEAD);
     scope.spawn(move || {
         let bs = plan.batch_size;
         let batches = data.rows.div_ceil(bs);
@@ -56,16 +253,10 @@ pub fn spawn<'scope, 'env: 'scope>(
             let first = if epoch == plan.from.0 { plan.from.1 } else { 0 };
             for bi in first..batches {
                 let idx = &order[bi * bs..((bi + 1) * bs).min(data.rows)];
-                let batch = if plan.row_sparse {
-                    let (tensors, table_rows) = data.batch_unique(idx, layout, device);
-                    Batch { tensors, table_rows }
-                } else {
-                    Batch {
-                        tensors: data.batch(idx, layout, device),
-                        table_rows: Vec::new(),
-                    }
-                };
-                if tx.send(batch).is_err() {
+                if tx
+                    .send(Ok(make_batch(data, idx, layout, device, plan.row_sparse)))
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -102,9 +293,9 @@ mod tests {
                 row_sparse: false,
             };
             std::thread::scope(|s| {
-                spawn(s, &data, &layout, &device, plan)
+                spawn(s, TrainRows::Memory(&data), &layout, &device, plan)
                     .iter()
-                    .map(|b| b.tensors.labels.into_data().try_to_vec::<f32>().unwrap())
+                    .map(|b| b.unwrap().tensors.labels.into_data().try_to_vec::<f32>().unwrap())
                     .collect()
             })
         };
@@ -120,7 +311,7 @@ mod tests {
         std::thread::scope(|s| {
             let rx = spawn(
                 s,
-                &data,
+                TrainRows::Memory(&data),
                 &layout,
                 &device,
                 LoaderPlan {
@@ -133,5 +324,121 @@ mod tests {
             );
             assert!(rx.recv().is_ok());
         });
+    }
+
+    /// Three CSV files of 7, 5 and 9 rows: column `r` the row's global number (an id), `y` it
+    /// again as a regression label, so that a batch's labels name its rows.
+    fn stream_spec(dir: &std::path::Path, buffer_rows: usize) -> StreamSpec {
+        let schema = mtl_features::Schema::from_toml_str(
+            "[[sparse]]\nname = \"r\"\nvocab_size = 21\n[[labels]]\nname = \"y\"\nkind = \"regression\"\n",
+            "s.toml",
+        )
+        .unwrap();
+        let mut files = Vec::new();
+        let mut next = 0;
+        for (k, n) in [7, 5, 9].into_iter().enumerate() {
+            let path = dir.join(format!("part-{k}.csv"));
+            let mut text = String::from("r,y\n");
+            for _ in 0..n {
+                text += &format!("{next},{next}\n");
+                next += 1;
+            }
+            std::fs::write(&path, text).unwrap();
+            files.push(path);
+        }
+        let encoder = Encoder::new(&schema, &mtl_features::StateFitter::new(&schema).finish());
+        let rows = count_rows(&files, &encoder, BadRowPolicy::Fail).unwrap();
+        StreamSpec {
+            files,
+            encoder,
+            policy: BadRowPolicy::Fail,
+            rows,
+            buffer_rows,
+        }
+    }
+
+    fn streamed(spec: &StreamSpec, batch_size: usize, epochs: usize, from: (usize, usize)) -> Vec<Vec<f32>> {
+        let device = Device::flex();
+        let layout = spec.encoder.layout().clone();
+        let plan = LoaderPlan {
+            batch_size,
+            epochs,
+            seed: 3,
+            from,
+            row_sparse: true,
+        };
+        std::thread::scope(|s| {
+            spawn(s, TrainRows::Stream(spec), &layout, &device, plan)
+                .iter()
+                .map(|b| b.unwrap().tensors.labels.into_data().try_to_vec::<f32>().unwrap())
+                .collect()
+        })
+    }
+
+    #[test]
+    fn streaming_sends_every_row_once_per_epoch_from_bounded_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        // blocks of 5 rows round up to 6 (two batches of 3)
+        let spec = stream_spec(dir.path(), 5);
+        assert_eq!(spec.rows, 21);
+        let all = streamed(&spec, 3, 2, (0, 0));
+        // ⌈21 / 3⌉ = 7 batches an epoch, as in memory
+        assert_eq!(all.len(), 14);
+        let files: Vec<Vec<f32>> = vec![
+            (0..7).map(|r| r as f32).collect(),
+            (7..12).map(|r| r as f32).collect(),
+            (12..21).map(|r| r as f32).collect(),
+        ];
+        for (e, epoch) in all.chunks(7).enumerate() {
+            // the epoch reads the files in its own order; block j holds rows 6j..6j+6 of that
+            // sequence (in a shuffled order), and no batch mixes two blocks
+            let read: Vec<f32> = file_order(3, 3, e)
+                .iter()
+                .flat_map(|&f| files[f].clone())
+                .collect();
+            for (j, block) in epoch.chunks(2).enumerate() {
+                let mut got = block.concat();
+                got.sort_by(f32::total_cmp);
+                let mut want = read[j * 6..(j * 6 + 6).min(21)].to_vec();
+                want.sort_by(f32::total_cmp);
+                assert_eq!(got, want, "epoch {e}, block {j}");
+            }
+            let mut rows: Vec<f32> = epoch.concat();
+            rows.sort_by(f32::total_cmp);
+            assert_eq!(rows, (0..21).map(|r| r as f32).collect::<Vec<_>>());
+        }
+        assert_ne!(
+            all[..7].concat(),
+            all[7..].concat(),
+            "each epoch has its own order"
+        );
+        // a resumed stream sends the rest of the run, in the same order
+        assert_eq!(streamed(&spec, 3, 2, (0, 3)), all[3..]);
+        assert_eq!(streamed(&spec, 3, 2, (1, 5)), all[12..]);
+    }
+
+    #[test]
+    fn a_bad_row_met_while_streaming_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spec = stream_spec(dir.path(), 4);
+        std::fs::write(&spec.files[1], "r,y\n7,7\n8,x\n").unwrap();
+        spec.rows = 21;
+        let device = Device::flex();
+        let layout = spec.encoder.layout().clone();
+        let plan = LoaderPlan {
+            batch_size: 2,
+            epochs: 1,
+            seed: 3,
+            from: (0, 0),
+            row_sparse: false,
+        };
+        let err = std::thread::scope(|s| {
+            spawn(s, TrainRows::Stream(&spec), &layout, &device, plan)
+                .iter()
+                .find_map(Result::err)
+                .unwrap()
+                .to_string()
+        });
+        assert!(err.contains("part-1.csv:3") && err.contains("`y`"), "{err}");
     }
 }

@@ -313,7 +313,44 @@ pub fn train<R: Registry>(
         }
         Ok(all.expect("a file list is never empty"))
     };
-    let train_data = read_all(&config.data.train, "data.train")?;
+    // streaming: the rows are counted now and read each epoch; otherwise held encoded
+    let mut stream_note = None;
+    let (train_data, stream) = if config.data.streaming {
+        let files = config.data.train.files("data.train")?;
+        let started = std::time::Instant::now();
+        let rows = crate::loader::count_rows(&files, &encoder, policy)?;
+        let message = format!(
+            "streaming {} training file(s): {rows} rows (counted in {:.1} s), shuffled in blocks of {} rows",
+            files.len(),
+            started.elapsed().as_secs_f64(),
+            config.data.shuffle_buffer
+        );
+        tracing::info!("{message}");
+        if options.progress {
+            eprintln!("{message}");
+        }
+        stream_note = Some(message);
+        if rows == 0 {
+            return Err(TrainError::Data(mtl_data::DataError::Empty {
+                file: config.data.train.shown(),
+            }));
+        }
+        let spec = crate::loader::StreamSpec {
+            files,
+            encoder: encoder.clone(),
+            policy,
+            rows,
+            buffer_rows: config.data.shuffle_buffer,
+        };
+        (None, Some(spec))
+    } else {
+        (Some(read_all(&config.data.train, "data.train")?), None)
+    };
+    let train_rows = match (&train_data, &stream) {
+        (Some(data), _) => crate::loader::TrainRows::Memory(data),
+        (None, Some(spec)) => crate::loader::TrainRows::Stream(spec),
+        (None, None) => unreachable!("one of the two is built above"),
+    };
     let valid = config
         .data
         .valid
@@ -326,6 +363,9 @@ pub fn train<R: Registry>(
         .as_ref()
         .map(|f| read_all(f, "data.test"))
         .transpose()?;
+    if let Some(note) = stream_note {
+        reads.insert(0, note);
+    }
     let device = backend_device(&config.train.backend)?;
     device.seed(config.train.seed);
     let ad = device.clone().autodiff();
@@ -338,7 +378,7 @@ pub fn train<R: Registry>(
             config: &config,
             schema: &schema,
             encoder: &encoder,
-            train: &train_data,
+            train: train_rows,
             valid: valid.as_ref(),
             test: test.as_ref(),
             device: &ad,
@@ -369,7 +409,7 @@ struct TrainJob<'a, R: Registry> {
     config: &'a RunConfig<R>,
     schema: &'a ValidSchema,
     encoder: &'a Encoder,
-    train: &'a EncodedData,
+    train: crate::loader::TrainRows<'a>,
     valid: Option<&'a EncodedData>,
     test: Option<&'a EncodedData>,
     device: &'a Device,
@@ -498,7 +538,7 @@ impl<R: Registry> WithModel for TrainJob<'_, R> {
             model: R::kind(&self.config.model).to_string(),
             out_dir: self.out_dir.to_path_buf(),
             backend: settings.backend.clone(),
-            train_rows: self.train.rows,
+            train_rows: self.train.rows(),
             steps: state.global_step,
             finished: state.finished,
             stopped_early: state.stopped_early,

@@ -47,6 +47,8 @@ fn config(files: &CcpFiles, model: ModelConfig, settings: TrainSettings) -> RunC
             test: Some(files.test.clone().into()),
             bad_rows: "fail".into(),
             cache: true,
+            streaming: false,
+            shuffle_buffer: 1_000_000,
         },
         model,
         train: settings,
@@ -337,6 +339,64 @@ fn interrupted_run_resumes_to_the_same_weights() {
     assert!(e.finished);
     assert_eq!(e.steps, 36);
     assert_eq!(e.history.len(), 3, "one evaluation per epoch, the third new");
+}
+
+#[test]
+fn a_streaming_run_resumes_to_the_same_weights_and_learns_as_in_memory() {
+    let _turn = turn();
+    let dir = tempfile::tempdir().unwrap();
+    let files = data(&dir.path().join("data"), 3000, 4);
+    let s = settings(2, 200); // 2400 rows → 12 steps per epoch
+    let streaming = |s: TrainSettings| {
+        let mut c = config(&files, esmm(), s);
+        c.data.streaming = true;
+        c.data.shuffle_buffer = 500; // blocks of 600 rows: 4 of them, and a fifth of 0
+        c
+    };
+    let full = dir.path().join("full");
+    let a = mtl_trainer::train::<Models>(
+        Some(&streaming(s.clone())),
+        &full,
+        false,
+        &TrainOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(a.steps, 24);
+    assert_eq!(a.train_rows, 2400);
+    let saved = std::fs::read_to_string(full.join("config.toml")).unwrap();
+    assert!(saved.contains("streaming = true"), "{saved}");
+    // stop inside a block of the first epoch, resume to the end
+    let part = dir.path().join("part");
+    let mut s1 = s.clone();
+    s1.max_steps = Some(5);
+    let b =
+        mtl_trainer::train::<Models>(Some(&streaming(s1)), &part, false, &TrainOptions::default()).unwrap();
+    assert_eq!(b.steps, 5);
+    let c = mtl_trainer::train::<Models>(None, &part, true, &TrainOptions::default()).unwrap();
+    assert!(c.finished);
+    assert_eq!(c.steps, 24);
+    let (wa, wc) = (load_weights(&full), load_weights(&part));
+    assert_eq!(
+        wa, wc,
+        "a resumed streaming run ends where the uninterrupted one does"
+    );
+    // the in-memory run sees the rows in another order, and learns as well
+    let memory = dir.path().join("memory");
+    let m = mtl_trainer::train::<Models>(
+        Some(&config(&files, esmm(), s)),
+        &memory,
+        false,
+        &TrainOptions::default(),
+    )
+    .unwrap();
+    let auc = |summary: &mtl_trainer::TrainSummary| summary.test[0].binary.as_ref().unwrap().auc.unwrap();
+    eprintln!("click AUC streaming {} in memory {}", auc(&a), auc(&m));
+    assert!(
+        auc(&a) > 0.6 && (auc(&a) - auc(&m)).abs() < 0.05,
+        "{} vs {}",
+        auc(&a),
+        auc(&m)
+    );
 }
 
 #[test]

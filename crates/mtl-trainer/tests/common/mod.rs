@@ -22,6 +22,8 @@ pub fn run_config(
             test: test.map(|t| t.to_path_buf().into()),
             bad_rows: "fail".into(),
             cache: false,
+            streaming: false,
+            shuffle_buffer: 1_000_000,
         },
         model,
         train: settings,
