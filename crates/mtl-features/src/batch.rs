@@ -71,7 +71,7 @@ impl EncodedData {
 
     /// Builds the tensors of the rows `indices` (in that order) on `device`; ids are table rows.
     pub fn batch(&self, indices: &[usize], layout: &TableLayout, device: &Device) -> BatchTensors {
-        self.build(indices, layout, device, |global| global as i32)
+        self.build(indices, layout, device, |global, _| global as i32)
     }
 
     /// Builds the tensors of the rows `indices` for row-sparse training: returns the batch's
@@ -86,10 +86,12 @@ impl EncodedData {
         let mut unique: Vec<i32> = Vec::new();
         let mut position: std::collections::HashMap<usize, i32> =
             std::collections::HashMap::with_capacity(indices.len() * 4);
-        let batch = self.build(indices, layout, device, |global| {
+        // an id owning several rows keeps them consecutive among the gathered rows
+        let batch = self.build(indices, layout, device, |global, slots| {
             *position.entry(global).or_insert_with(|| {
-                unique.push(global as i32);
-                unique.len() as i32 - 1
+                let first = unique.len() as i32;
+                unique.extend((global..global + slots).map(|g| g as i32));
+                first
             })
         });
         (batch, unique)
@@ -100,18 +102,17 @@ impl EncodedData {
         indices: &[usize],
         layout: &TableLayout,
         device: &Device,
-        mut id: impl FnMut(usize) -> i32,
+        mut id: impl FnMut(usize, usize) -> i32,
     ) -> BatchTensors {
         let b = indices.len();
         let ns = self.n_sparse;
         let mut sparse = Vec::with_capacity(b * ns);
         for &r in indices {
             let row = &self.sparse[r * ns..(r + 1) * ns];
-            sparse.extend(
-                row.iter()
-                    .zip(&layout.offset)
-                    .map(|(&v, &off)| id(v as usize + off)),
-            );
+            sparse.extend(row.iter().zip(&layout.offset).enumerate().map(|(f, (&v, &off))| {
+                let k = layout.slots_of(f);
+                id(v as usize * k + off, k)
+            }));
         }
         let sparse_ids =
             (ns > 0).then(|| Tensor::<2, Int>::from_data(TensorData::new(sparse, [b, ns]), device));
@@ -128,9 +129,9 @@ impl EncodedData {
                 let lens = &self.seq_len[r * n_seq..(r + 1) * n_seq];
                 let mut start = 0;
                 for (s, &max_len) in self.seq_max_len.iter().enumerate() {
-                    let off = layout.offset[ns + s];
+                    let (off, slots) = (layout.offset[ns + s], layout.slots_of(ns + s));
                     for k in 0..max_len {
-                        ids.push(id(row[start + k] as usize + off));
+                        ids.push(id(row[start + k] as usize * slots + off, slots));
                         mask.push(if (k as u32) < lens[s] { 1.0f32 } else { 0.0 });
                     }
                     start += max_len;

@@ -1,9 +1,12 @@
 //! The input layer every model shares: one embedding table for all id fields, sequence
 //! pooling, pooling across fields (`concat` or `sum` per group), dense features appended.
 //!
-//! All id fields live in one `[total_rows, embed_dim]` table (each field owns a block of rows,
+//! All id fields live in one `[total_rows, width]` table (each field owns a block of rows,
 //! shared fields point at their owner's block), so one gather serves a whole batch and a
-//! row-sparse optimiser has one table to update.
+//! row-sparse optimiser has one table to update. Fields may have their own `embed_dim`: the
+//! table is as wide as the greatest common divisor of the widths, and a field `d` wide owns
+//! `d / width` consecutive rows per id, read together as one `d`-wide vector — no padding, and
+//! the row-sparse update sees ordinary rows.
 
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, Initializer};
@@ -30,8 +33,10 @@ pub enum FieldPooling {
 /// Resolved, non-trainable description of the input layer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct InputSpec {
-    /// Embedding width.
+    /// The table's row width.
     pub dim: usize,
+    /// Per id field (sparse, then sequence): its embedding width, a multiple of `dim`.
+    pub dims: Vec<usize>,
     /// Sparse fields.
     pub n_sparse: usize,
     /// Per sequence field: (start column, max_len, pooling).
@@ -75,13 +80,25 @@ impl InputSpec {
                             message: format!("no sparse or sequence field has group = \"{name}\""),
                         });
                     }
+                    let width = schema.dims[members[0]];
+                    if let Some(&m) = members.iter().find(|&&m| schema.dims[m] != width) {
+                        return Err(FeatureError::SchemaInvalid {
+                            file: "<model config>".into(),
+                            key: "pooling.sum_by_group".into(),
+                            message: format!(
+                                "group \"{name}\" sums fields of different embed_dim (`{}` {width}, `{}` {}); give its fields one width",
+                                fields[members[0]].name, fields[m].name, schema.dims[m]
+                            ),
+                        });
+                    }
                     groups.push(members);
                 }
                 Some(groups)
             }
         };
         Ok(Self {
-            dim: schema.schema.embed_dim,
+            dim: schema.table_width(),
+            dims: schema.dims.clone(),
             n_sparse: schema.n_sparse(),
             sequences,
             n_dense: schema.n_dense(),
@@ -96,11 +113,26 @@ impl InputSpec {
 
     /// Width of the layer's output.
     pub fn output_dim(&self) -> usize {
-        let pooled = match &self.groups {
-            None => self.n_fields(),
-            Some(g) => g.len(),
+        let pooled: usize = match &self.groups {
+            None => self.widths().sum(),
+            Some(g) => g.iter().map(|members| self.width(members[0])).sum(),
         };
-        pooled * self.dim + self.n_dense
+        pooled + self.n_dense
+    }
+
+    /// Id field `f`'s embedding width.
+    fn width(&self, f: usize) -> usize {
+        self.dims.get(f).copied().unwrap_or(self.dim)
+    }
+
+    /// Every id field's embedding width.
+    fn widths(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.n_fields()).map(|f| self.width(f))
+    }
+
+    /// Whether every id field is one table row wide (the single-gather path).
+    pub fn uniform(&self) -> bool {
+        self.widths().all(|w| w == self.dim)
     }
 }
 
@@ -214,6 +246,9 @@ impl InputLayer {
     /// - output: `[batch, output_dim]`, and `[batch, n_sparse + n_sequence, dim]` if the
     ///   schema has id fields
     pub fn forward_with_fields(&self, batch: &BatchTensors) -> (Tensor<2>, Option<Tensor<3>>) {
+        if !self.spec.uniform() {
+            return (self.forward_mixed(batch), None);
+        }
         let b = batch.rows;
         let mut parts = Vec::new();
         let fields = self.fields(batch);
@@ -236,5 +271,80 @@ impl InputLayer {
             parts.push(dense.clone());
         }
         (Tensor::cat(parts, 1), fields)
+    }
+
+    /// The forward pass when fields have different widths: each field's vector read from its
+    /// consecutive rows, pooled per row (sequences), then concatenated or summed by group.
+    ///
+    /// # Shapes
+    /// - output: `[batch, output_dim]`
+    fn forward_mixed(&self, batch: &BatchTensors) -> Tensor<2> {
+        let vectors = self.field_vectors(batch);
+        let mut parts = match &self.spec.groups {
+            None => vectors,
+            Some(groups) => groups
+                .iter()
+                .map(|members| {
+                    members
+                        .iter()
+                        .map(|&m| vectors[m].clone())
+                        .reduce(|a, v| a + v)
+                        .expect("a group has members")
+                })
+                .collect(),
+        };
+        if let Some(dense) = &batch.dense {
+            parts.push(dense.clone());
+        }
+        Tensor::cat(parts, 1)
+    }
+
+    /// `base` `[m, 1]` table rows widened to the `slots` consecutive rows each id owns.
+    ///
+    /// # Shapes
+    /// - `base`: `[m, 1]`; output: `[m, slots]`
+    fn widen(base: Tensor<2, Int>, slots: usize) -> Tensor<2, Int> {
+        if slots == 1 {
+            return base;
+        }
+        let steps = Tensor::<1, Int>::arange(0..slots as i64, &base.device()).reshape([1, slots]);
+        base + steps
+    }
+
+    /// One vector per id field (sparse, then sequence pooled over its present ids).
+    ///
+    /// # Shapes
+    /// - output: one `[batch, width_f]` per id field
+    pub fn field_vectors(&self, batch: &BatchTensors) -> Vec<Tensor<2>> {
+        let g = self.spec.dim;
+        let mut out = Vec::new();
+        if let Some(ids) = &batch.sparse_ids {
+            let [b, n] = ids.dims();
+            for f in 0..n {
+                let k = self.spec.width(f) / g;
+                let rows = Self::widen(ids.clone().slice([0..b, f..f + 1]), k);
+                out.push(self.lookup(rows).reshape([b, k * g]));
+            }
+        }
+        if let Some(seq) = &batch.sequence {
+            let [b, _] = seq.ids.dims();
+            for (s, &(start, len, pooling)) in self.spec.sequences.iter().enumerate() {
+                let k = self.spec.width(self.spec.n_sparse + s) / g;
+                let base = seq
+                    .ids
+                    .clone()
+                    .slice([0..b, start..start + len])
+                    .reshape([b * len, 1]);
+                let rows = Self::widen(base, k).reshape([b, len * k]);
+                let mask = seq.mask.clone().slice([0..b, start..start + len]);
+                let emb = self.lookup(rows).reshape([b, len, k * g]) * mask.clone().unsqueeze_dim(2);
+                let summed = emb.sum_dim(1).reshape([b, k * g]);
+                out.push(match pooling {
+                    SequencePooling::Sum => summed,
+                    SequencePooling::Mean => summed / mask.sum_dim(1).clamp_min(1.0),
+                });
+            }
+        }
+        out
     }
 }

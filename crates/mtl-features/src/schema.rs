@@ -105,6 +105,10 @@ pub struct SparseField {
     /// Group tag (e.g. `user`, `item`) for group-sum pooling.
     #[serde(default)]
     pub group: Option<String>,
+    /// This field's embedding width (default: the schema's `embed_dim`; a field sharing
+    /// another's table has the owner's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embed_dim: Option<usize>,
 }
 
 /// A multi-hot field: delimiter-separated ids in one column, pooled to one vector.
@@ -151,6 +155,10 @@ pub struct SequenceField {
     /// Group tag for group-sum pooling.
     #[serde(default)]
     pub group: Option<String>,
+    /// This field's embedding width (default: the schema's `embed_dim`; a field sharing
+    /// another's table has the owner's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embed_dim: Option<usize>,
 }
 
 /// Pooling over the ids of one sequence field.
@@ -363,6 +371,8 @@ pub struct ValidSchema {
     pub vocab: Vec<VocabSpec>,
     /// For each id field, the id field whose table it uses (itself unless shared).
     pub owner: Vec<usize>,
+    /// For each id field, its embedding width.
+    pub dims: Vec<usize>,
 }
 
 /// An entry that may stand for several fields through `names` patterns.
@@ -726,15 +736,73 @@ impl Schema {
                 _ => owner.push(i),
             }
         }
+        // widths: a field's own, else the schema's; a sharing field has its owner's
+        let given: Vec<Option<usize>> = self
+            .sparse
+            .iter()
+            .map(|f| f.embed_dim)
+            .chain(self.sequence.iter().map(|f| f.embed_dim))
+            .collect();
+        let mut dims = Vec::with_capacity(given.len());
+        for (i, g) in given.iter().enumerate() {
+            let key = if i < self.sparse.len() {
+                format!("sparse[{i}].embed_dim")
+            } else {
+                format!("sequence[{}].embed_dim", i - self.sparse.len())
+            };
+            if let Some(d) = g
+                && (*d == 0 || *d > MAX_EMBED_DIM)
+            {
+                return Err(invalid(
+                    key,
+                    format!("= {d}: must be between 1 and {MAX_EMBED_DIM}"),
+                ));
+            }
+            let own = given[owner[i]].unwrap_or(self.embed_dim);
+            if owner[i] != i
+                && let Some(d) = g
+                && *d != own
+            {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "= {d}: the field shares `{}`'s table, whose rows are {own} wide (leave it out)",
+                        id_names[owner[i]]
+                    ),
+                ));
+            }
+            dims.push(own);
+        }
         Ok(ValidSchema {
             schema: self,
             vocab,
             owner,
+            dims,
         })
     }
 }
 
 impl ValidSchema {
+    /// The embedding table's row width: the greatest common divisor of the id fields'
+    /// widths (the schema's `embed_dim` when there are none). A field `d` wide owns `d / width`
+    /// consecutive rows per id.
+    pub fn table_width(&self) -> usize {
+        fn gcd(a: usize, b: usize) -> usize {
+            if b == 0 { a } else { gcd(b, a % b) }
+        }
+        self.dims
+            .iter()
+            .copied()
+            .reduce(gcd)
+            .unwrap_or(self.schema.embed_dim)
+    }
+
+    /// Table rows per id of each id field (`embed_dim / table_width`).
+    pub fn slots(&self) -> Vec<usize> {
+        let w = self.table_width();
+        self.dims.iter().map(|d| d / w).collect()
+    }
+
     /// Number of sparse (single-id) fields.
     pub fn n_sparse(&self) -> usize {
         self.schema.sparse.len()

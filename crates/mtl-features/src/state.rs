@@ -198,6 +198,17 @@ pub struct TableLayout {
     pub offset: Vec<usize>,
     /// Rows of the whole table (shared blocks counted once).
     pub total_rows: usize,
+    /// Per id field: table rows per id (its `embed_dim` over the table's width; id `v` owns
+    /// rows `offset + v·slots …`). Empty means one each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub slots: Vec<usize>,
+}
+
+impl TableLayout {
+    /// Table rows per id of id field `field`.
+    pub fn slots_of(&self, field: usize) -> usize {
+        self.slots.get(field).copied().unwrap_or(1)
+    }
 }
 
 /// Turns raw cell text into ids and numbers as the fitted state says.
@@ -342,16 +353,22 @@ impl Encoder {
                 VocabSpec::Shared { .. } => 0,
             });
         }
+        let slots = schema.slots();
         let mut own_offset = vec![0; own_rows.len()];
         let mut total = 0;
         for (i, rows) in own_rows.iter().enumerate() {
             own_offset[i] = total;
-            total += rows;
+            total += rows * slots[i];
         }
         let layout = TableLayout {
             rows: schema.owner.iter().map(|&o| own_rows[o]).collect(),
             offset: schema.owner.iter().map(|&o| own_offset[o]).collect(),
             total_rows: total,
+            slots: if slots.iter().all(|&k| k == 1) {
+                Vec::new()
+            } else {
+                slots
+            },
         };
         Self {
             schema: schema.clone(),

@@ -152,9 +152,16 @@ pub fn task_towers(
         .collect()
 }
 
-/// The embedded (sparse and sequence) fields of `schema`: what a `deepfm` tower interacts.
+/// The embedded (sparse and sequence) fields of `schema` that a `deepfm` tower can interact:
+/// all of them when they share one `embed_dim`, none otherwise (the FM term pairs vectors of
+/// one width).
 pub fn embedded_fields(schema: &ValidSchema) -> usize {
-    schema.n_sparse() + schema.n_sequence()
+    let one_width = schema.dims.windows(2).all(|w| w[0] == w[1]);
+    if one_width {
+        schema.n_sparse() + schema.n_sequence()
+    } else {
+        0
+    }
 }
 
 /// Each tower's output over the same input, one `[batch]` per tower.

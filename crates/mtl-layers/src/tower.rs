@@ -133,7 +133,7 @@ impl TowerSpec {
             (TowerKind::Deepfm, None) if fields < 2 => Err(ModelError::Invalid {
                 key: format!("{key}.kind"),
                 message: format!(
-                    "= \"deepfm\" needs at least two embedded (sparse or sequence) fields to interact; the schema has {fields}"
+                    "= \"deepfm\" needs at least two embedded (sparse or sequence) fields of one embed_dim to interact; the schema has {fields} such fields"
                 ),
             }),
             _ => Ok(()),

@@ -5,7 +5,7 @@
 //! that a caller can encode raw values exactly as `mtl predict` does.
 //!
 //! Inputs, in this order, those the schema has: `sparse_ids` `[batch, n_sparse]` int (table
-//! rows: field offset already added, as in a batch), `sequence_ids` `[batch, Σ max_len]` int,
+//! rows: `offset + id · slots`, as in a batch; see the sidecar's `table_offsets`, `table_slots`), `sequence_ids` `[batch, Σ max_len]` int,
 //! `sequence_mask` `[batch, Σ max_len]` float, `dense` `[batch, n_dense]` float (already
 //! standardised). Outputs: one `[batch]` float tensor per model output.
 
@@ -277,6 +277,11 @@ pub fn export_onnx<R: Registry>(
         "batch": batch,
         "why_fixed_batch": symbolic_failed,
         "table_offsets": model.encoder.layout().offset,
+        // rows per id of each id field (a field wider than the table owns consecutive rows):
+        // id `v` of field `f` reads rows `table_offsets[f] + v · table_slots[f] …`
+        "table_slots": (0..model.encoder.layout().offset.len())
+            .map(|f| model.encoder.layout().slots_of(f))
+            .collect::<Vec<_>>(),
         "schema": read("schema.toml"),
         "features": features,
         // the graph's outputs are uncalibrated: apply these maps to them as `mtl predict` does

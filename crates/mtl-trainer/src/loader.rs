@@ -282,6 +282,7 @@ mod tests {
             rows: Vec::new(),
             offset: Vec::new(),
             total_rows: 0,
+            slots: Vec::new(),
         };
         let device = Device::flex();
         let rows = |from: (usize, usize)| -> Vec<Vec<f32>> {

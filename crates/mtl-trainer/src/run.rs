@@ -283,18 +283,15 @@ pub fn train<R: Registry>(
         (config, schema, plan, features, None, lock)
     };
     let encoder = Encoder::new(&schema, &state).with_label_rules(plan.label_rules);
-    let floats = encoder
-        .layout()
-        .total_rows
-        .saturating_mul(schema.schema.embed_dim);
+    let floats = encoder.layout().total_rows.saturating_mul(schema.table_width());
     if floats > mtl_features::schema::MAX_TABLE_FLOATS {
         return Err(TrainError::Config {
             file: out_dir.join("schema.toml").display().to_string(),
             message: format!(
-                "the embedding table would hold {} rows × embed_dim {} = {floats} floats ({:.1} GiB), \
+                "the embedding table would hold {} rows × width {} = {floats} floats ({:.1} GiB), \
                  more than {} (16 GiB): lower vocab_size / hash_buckets or embed_dim",
                 encoder.layout().total_rows,
-                schema.schema.embed_dim,
+                schema.table_width(),
                 floats as f64 * 4.0 / f64::from(1u32 << 30),
                 mtl_features::schema::MAX_TABLE_FLOATS
             ),

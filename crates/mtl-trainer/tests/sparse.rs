@@ -9,12 +9,10 @@ use mtl_trainer::fit::{FitOptions, TrainState, fit, optimizer};
 use mtl_trainer::sparse::SparseAdam;
 use mtl_trainer::{EmbeddingUpdate, OptimizerKind, TrainSettings, UntouchedRows};
 
+const SCHEMA_TEXT: &str = "embed_dim = 4\nembed_init_std = 0.3\n[[sparse]]\nname = \"a\"\nvocab_size = 6\n[[sparse]]\nname = \"b\"\nvocab_size = 5\n[[sparse]]\nname = \"b2\"\nshared_with = \"b\"\n[[labels]]\nname = \"click\"\nkind = \"binary\"\n[[labels]]\nname = \"purchase\"\nkind = \"binary\"\n";
+
 fn schema() -> ValidSchema {
-    Schema::from_toml_str(
-        "embed_dim = 4\nembed_init_std = 0.3\n[[sparse]]\nname = \"a\"\nvocab_size = 6\n[[sparse]]\nname = \"b\"\nvocab_size = 5\n[[sparse]]\nname = \"b2\"\nshared_with = \"b\"\n[[labels]]\nname = \"click\"\nkind = \"binary\"\n[[labels]]\nname = \"purchase\"\nkind = \"binary\"\n",
-        "s.toml",
-    )
-    .unwrap()
+    Schema::from_toml_str(SCHEMA_TEXT, "s.toml").unwrap()
 }
 
 /// 30 rows in which every id of every field occurs.
@@ -196,6 +194,53 @@ fn catch_up_equals_dense_adam_when_rows_go_untouched() {
         frozen > 1e-3,
         "frozen rows should differ from dense Adam ({frozen})"
     );
+}
+
+#[test]
+fn fields_of_different_widths_train_row_sparse_as_dense_adam_does() {
+    // `a` 8 wide (two 4-wide rows per id), `b` and its sharer 4: one 4-wide table
+    let s = Schema::from_toml_str(
+        &SCHEMA_TEXT.replace(
+            "name = \"a\"\nvocab_size = 6",
+            "name = \"a\"\nvocab_size = 6\nembed_dim = 8",
+        ),
+        "mixed.toml",
+    )
+    .unwrap();
+    assert_eq!((s.dims.clone(), s.table_width()), (vec![8, 4, 4], 4));
+    let enc = Encoder::new(&s, &StateFitter::new(&s).finish());
+    assert_eq!(enc.layout().total_rows, 6 * 2 + 5);
+    let d = data();
+    let dir = tempfile::tempdir().unwrap();
+    let device = Device::flex().autodiff();
+    device.seed(8);
+    let init = model(&s, &enc, &device);
+    let _ = init.predict(&d.batch(&[0], enc.layout(), &device.clone().without_autodiff()));
+    init.valid().save_file(dir.path().join("init.bpk")).unwrap();
+    let mut runs = Vec::new();
+    for (mode, untouched) in [
+        (EmbeddingUpdate::Dense, None),
+        (EmbeddingUpdate::Sparse, Some(UntouchedRows::CatchUp)),
+    ] {
+        let m = model(&s, &enc, &device).load_file(dir.path().join("init.bpk"));
+        let settings = TrainSettings {
+            epochs: 2,
+            batch_size: 4,
+            lr: 0.05,
+            weight_decay: 0.05,
+            embedding: mode,
+            untouched_rows: untouched,
+            ..TrainSettings::default()
+        };
+        let out = dir.path().join(format!("{mode:?}"));
+        let (v, steps) = trained_weights(m, &settings, &d, &enc, &s, &device, &out);
+        assert_eq!(steps, 16);
+        runs.push(v);
+    }
+    // the towers' first layers read 8 + 4 + 4 inputs
+    assert_eq!(runs[0].len(), 17 * 4 + 2 * 16 * 8);
+    let diff = max_diff(&runs[0], &runs[1]);
+    assert!(diff < 1e-5, "row-sparse and dense Adam differ by {diff}");
 }
 
 #[test]
