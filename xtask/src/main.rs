@@ -12,6 +12,7 @@ mod quality;
 mod read_bench;
 mod serve_load;
 mod stats;
+mod stream_bench;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -138,6 +139,12 @@ enum Task {
     /// The same rows read as CSV, Parquet (zstd, snappy) and from the encoded cache: rows/s
     /// to encoded rows and peak RSS.
     ReadBench(read_bench::ReadBenchArgs),
+    /// Training past memory: 50M generated rows as Parquet shards, streamed; speed, peak RSS
+    /// and AUC against in-memory training on a subset.
+    StreamBench(stream_bench::StreamBenchArgs),
+    /// Per-field embedding widths: the same rows with uniform and mixed widths (speed, table
+    /// size, AUC).
+    WidthsBench(read_bench::WidthsBenchArgs),
     /// What CI runs: cargo fmt --check, the tests, clippy.
     Validate,
 }
@@ -161,6 +168,8 @@ fn main() -> Result<()> {
         Task::OnnxCheck { quick } => onnx_check::onnx_check(quick),
         Task::EsCvr(args) => es_cvr::es_cvr(&args),
         Task::ReadBench(args) => read_bench::read_bench(&args),
+        Task::StreamBench(args) => stream_bench::stream_bench(&args),
+        Task::WidthsBench(args) => read_bench::widths_bench(&args),
         Task::Validate => validate(),
     }
 }

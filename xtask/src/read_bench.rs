@@ -126,3 +126,106 @@ mod tests {
         assert_eq!(super::rows_per_sec("no rate here"), None);
     }
 }
+
+/// Options of `cargo xtask widths-bench`.
+#[derive(Debug, Args)]
+pub struct WidthsBenchArgs {
+    /// Rows generated (80 % of them train).
+    #[arg(long, default_value_t = 1_000_000)]
+    rows: usize,
+    /// CPU threads for mtl.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+}
+
+/// ESMM example on the same rows with every field 16 wide, with the fields of 20,000 ids or
+/// more 8 wide (a table 8 wide, the others owning two rows per id), and with every field 8
+/// wide: training speed, table size and test AUCs.
+pub fn widths_bench(a: &WidthsBenchArgs) -> Result<()> {
+    let mtl = build_mtl()?;
+    let dir = work_dir("widths-bench");
+    std::fs::create_dir_all(&dir)?;
+    let data = dir.join("synth");
+    run(Command::new(&mtl)
+        .args([
+            "--quiet",
+            "gen-data",
+            "ccp",
+            "--rows",
+            &a.rows.to_string(),
+            "--seed",
+            "7",
+            "--out",
+        ])
+        .arg(&data))?;
+    let file = |s: &str| data.join(format!("synth_ccp_{s}"));
+    let text = std::fs::read_to_string(file("schema.toml"))?;
+    let vocab: Vec<u64> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("vocab_size = ")?.parse().ok())
+        .collect();
+    anyhow::ensure!(!vocab.is_empty(), "the generated schema has no sparse fields");
+    // every `vocab_size = N` line of a large field gets `embed_dim = 8` after it
+    let narrow_large = text
+        .lines()
+        .map(|l| {
+            match l
+                .strip_prefix("vocab_size = ")
+                .and_then(|n| n.parse::<u64>().ok())
+            {
+                Some(n) if n >= 20_000 => format!("{l}\nembed_dim = 8"),
+                _ => l.to_string(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let variants = [
+        (
+            "every field 16",
+            text.clone(),
+            vocab.iter().map(|v| v * 16).sum::<u64>(),
+        ),
+        (
+            "fields of ≥ 20,000 ids 8, the rest 16",
+            narrow_large,
+            vocab
+                .iter()
+                .map(|&v| if v >= 20_000 { v * 8 } else { v * 16 })
+                .sum(),
+        ),
+        (
+            "every field 8",
+            text.replace("embed_dim = 16", "embed_dim = 8"),
+            vocab.iter().map(|v| v * 8).sum(),
+        ),
+    ];
+    let mut md = format!(
+        "{} training rows of `mtl gen-data ccp --rows {} --seed 7`, ESMM example, 1 epoch, {} threads, row-sparse updates:\n\n| widths | table floats | samples/s | test CTR AUC | test CTCVR AUC |\n|---|---|---|---|---|\n",
+        a.rows * 8 / 10,
+        a.rows,
+        a.threads
+    );
+    for (k, (name, schema_text, floats)) in variants.iter().enumerate() {
+        let schema = dir.join(format!("schema-{k}.toml"));
+        std::fs::write(&schema, schema_text)?;
+        let config = run_config(
+            &schema,
+            &file("train.csv"),
+            None,
+            &file("test.csv"),
+            &crate::model_toml("esmm", "example"),
+            1,
+            "epochs = 1\nbatch_size = 1024\n",
+        );
+        let (m, _) = train_job(&mtl, &format!("widths-{k}"), &config, a.threads, &dir)?;
+        md += &format!(
+            "| {name} | {floats} | {:.0} | {:.4} | {:.4} |\n",
+            m["samples_per_sec"].as_f64().unwrap_or(f64::NAN),
+            crate::test_auc(&m, "ctr").unwrap_or(f64::NAN),
+            crate::test_auc(&m, "ctcvr").unwrap_or(f64::NAN),
+        );
+    }
+    std::fs::write(dir.join("results.md"), &md)?;
+    println!("{md}");
+    Ok(())
+}

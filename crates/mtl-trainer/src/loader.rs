@@ -122,9 +122,10 @@ fn read_block(
     Ok(got)
 }
 
-/// Starts a thread in `scope` that streams the run's remaining batches from `spec`'s files
-/// (see [`StreamSpec`]); a read error is sent in place of a batch and ends the thread. A
-/// resumed run re-reads the rows before its position without batching them.
+/// Starts threads in `scope` that stream the run's remaining batches from `spec`'s files (see
+/// [`StreamSpec`]): one reads blocks, one cuts them into batches. A read error is sent in place
+/// of a batch and ends both. A resumed run re-reads the rows before its position without
+/// batching them.
 fn spawn_stream<'scope, 'env: 'scope>(
     scope: &'scope Scope<'scope, 'env>,
     spec: &'env StreamSpec,
@@ -133,44 +134,60 @@ fn spawn_stream<'scope, 'env: 'scope>(
     plan: LoaderPlan,
 ) -> Receiver<Result<Batch, TrainError>> {
     let (tx, rx) = sync_channel::<Result<Batch, TrainError>>(AHEAD);
+    let bs = plan.batch_size;
+    // whole batches per block, so that an epoch has ⌈rows / batch⌉ batches as in memory
+    let block = spec.buffer_rows.max(1).div_ceil(bs) * bs;
+    let per_block = block / bs;
+    // one thread reads (and encodes) the next block while another cuts the current one into
+    // batches: two blocks at most are held, and the step rarely waits for the files
+    let (blocks_tx, blocks_rx) = sync_channel::<Result<(usize, usize, EncodedData), TrainError>>(1);
     scope.spawn(move || {
-        let bs = plan.batch_size;
-        // whole batches per block, so that an epoch has ⌈rows / batch⌉ batches as in memory
-        let block = spec.buffer_rows.max(1).div_ceil(bs) * bs;
-        let per_block = block / bs;
-        let run = || -> Result<(), TrainError> {
+        let read = || -> Result<(), TrainError> {
             for epoch in plan.from.0..plan.epochs {
                 let order = file_order(spec.files.len(), plan.seed, epoch);
-                let first = if epoch == plan.from.0 { plan.from.1 } else { 0 };
                 let (mut next_file, mut source) = (0, None);
                 for b in 0.. {
                     let mut buf = mtl_data::empty_encoded(spec.encoder.schema());
-                    let got = read_block(spec, &order, &mut next_file, &mut source, block, &mut buf)?;
-                    if got == 0 {
+                    if read_block(spec, &order, &mut next_file, &mut source, block, &mut buf)? == 0 {
                         break;
                     }
-                    let done = b * per_block;
-                    if done + got.div_ceil(bs) <= first {
-                        continue; // before the resume position
-                    }
-                    let rows = epoch_order(got, plan.seed.wrapping_add(b as u64 + 1), epoch);
-                    for (k, idx) in rows.chunks(bs).enumerate() {
-                        if done + k < first {
-                            continue;
-                        }
-                        if tx
-                            .send(Ok(make_batch(&buf, idx, layout, device, plan.row_sparse)))
-                            .is_err()
-                        {
-                            return Ok(());
-                        }
+                    if blocks_tx.send(Ok((epoch, b, buf))).is_err() {
+                        return Ok(());
                     }
                 }
             }
             Ok(())
         };
-        if let Err(e) = run() {
-            let _ = tx.send(Err(e));
+        if let Err(e) = read() {
+            let _ = blocks_tx.send(Err(e));
+        }
+    });
+    scope.spawn(move || {
+        for item in blocks_rx {
+            let (epoch, b, buf) = match item {
+                Ok(block) => block,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
+            let first = if epoch == plan.from.0 { plan.from.1 } else { 0 };
+            let done = b * per_block;
+            if done + buf.rows.div_ceil(bs) <= first {
+                continue; // before the resume position
+            }
+            let rows = epoch_order(buf.rows, plan.seed.wrapping_add(b as u64 + 1), epoch);
+            for (k, idx) in rows.chunks(bs).enumerate() {
+                if done + k < first {
+                    continue;
+                }
+                if tx
+                    .send(Ok(make_batch(&buf, idx, layout, device, plan.row_sparse)))
+                    .is_err()
+                {
+                    return;
+                }
+            }
         }
     });
     rx
