@@ -1037,6 +1037,27 @@ fn parquet_shards_train_and_predict_as_the_csv_does() {
     }
     // the same rows, encoded the same: the same training, bit for bit (every metric equal)
     assert_eq!(losses[0], losses[1]);
+    // streamed from the shards (rows counted from their footers): every row, once an epoch
+    let cfg = dir.path().join("stream.toml");
+    std::fs::write(
+        &cfg,
+        "schema = \"schema.toml\"\n[data]\ntrain = \"pq/train-*.parquet\"\nvalid = \"valid.parquet\"\nstreaming = true\nshuffle_buffer = 700\n[model]\ntype = \"esmm\"\nctr_tower = { dims = [16] }\ncvr_tower = { dims = [16] }\n[train]\nbatch_size = 256\nepochs = 2\n",
+    )
+    .unwrap();
+    let model = dir.path().join("stream").display().to_string();
+    let out = mtl(&["train", "--config", &cfg.display().to_string(), "--out", &model]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let metrics: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(Path::new(&model).join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(metrics["train_rows"], 3000);
+    // 2 epochs of ⌈3000 / 256⌉ batches
+    assert_eq!(metrics["steps"], 24);
+    assert!(
+        metrics["reads"][0]
+            .as_str()
+            .unwrap()
+            .contains("streaming 3 training file(s): 3000 rows")
+    );
     // a model predicts a Parquet file as it predicts the CSV one
     let model = dir.path().join("csv").display().to_string();
     let mut predictions = Vec::new();

@@ -61,6 +61,13 @@ pub fn header(path: &Path) -> Result<Vec<String>, DataError> {
         .collect())
 }
 
+/// The rows a Parquet file holds, from its footer (no data is read).
+pub fn row_count(path: &Path) -> Result<u64, DataError> {
+    let file = File::open(path).map_err(|e| io_error(path, e))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| io_error(path, e))?;
+    Ok(builder.metadata().file_metadata().num_rows().max(0) as u64)
+}
+
 /// One column of the current batch as text cells.
 #[derive(Default)]
 struct Cells {
