@@ -2,7 +2,7 @@
 //! encoded cache — rows per second from file to encoded rows, and the training process's peak
 //! RSS — on mtl's own click/conversion generator (no download), ESMM example, one epoch.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result};
@@ -24,6 +24,32 @@ pub struct ReadBenchArgs {
     threads: usize,
 }
 
+/// `mtl gen-data ccp --rows ROWS --seed SEED --out OUT` (CSV files `OUT/synth_ccp_*`).
+pub(crate) fn gen_ccp(mtl: &Path, rows: usize, seed: u64, out: &Path) -> Result<()> {
+    run(Command::new(mtl)
+        .args([
+            "--quiet",
+            "gen-data",
+            "ccp",
+            "--rows",
+            &rows.to_string(),
+            "--seed",
+            &seed.to_string(),
+            "--out",
+        ])
+        .arg(out))
+}
+
+/// `mtl convert CSV --out PARQUET` with `extra` options.
+pub(crate) fn convert(mtl: &Path, csv: &Path, parquet: &Path, extra: &[&str]) -> Result<()> {
+    run(Command::new(mtl)
+        .args(["--quiet", "convert"])
+        .arg(csv)
+        .arg("--out")
+        .arg(parquet)
+        .args(extra))
+}
+
 /// The `rows/s` figure of a read report line (`… (123 rows/s…`).
 fn rows_per_sec(line: &str) -> Option<f64> {
     let end = line.find(" rows/s")?;
@@ -42,30 +68,14 @@ pub fn read_bench(a: &ReadBenchArgs) -> Result<()> {
     let dir = work_dir("read-bench");
     std::fs::create_dir_all(&dir)?;
     let data = dir.join("synth");
-    run(Command::new(&mtl)
-        .args([
-            "--quiet",
-            "gen-data",
-            "ccp",
-            "--rows",
-            &a.rows.to_string(),
-            "--seed",
-            "7",
-            "--out",
-        ])
-        .arg(&data))?;
+    gen_ccp(&mtl, a.rows, 7, &data)?;
     let file = |s: &str| data.join(format!("synth_ccp_{s}"));
     let (schema, train_csv, test_csv) = (file("schema.toml"), file("train.csv"), file("test.csv"));
     let mut formats: Vec<(String, PathBuf, bool)> = vec![("CSV".into(), train_csv.clone(), false)];
     for codec in ["zstd", "snappy"] {
         let out = dir.join(format!("train-{codec}.parquet"));
         let started = std::time::Instant::now();
-        run(Command::new(&mtl)
-            .args(["--quiet", "convert"])
-            .arg(&train_csv)
-            .arg("--out")
-            .arg(&out)
-            .args(["--codec", codec]))?;
+        convert(&mtl, &train_csv, &out, &["--codec", codec])?;
         eprintln!(
             "converted to {codec} Parquet in {:.1} s",
             started.elapsed().as_secs_f64()
@@ -146,18 +156,7 @@ pub fn widths_bench(a: &WidthsBenchArgs) -> Result<()> {
     let dir = work_dir("widths-bench");
     std::fs::create_dir_all(&dir)?;
     let data = dir.join("synth");
-    run(Command::new(&mtl)
-        .args([
-            "--quiet",
-            "gen-data",
-            "ccp",
-            "--rows",
-            &a.rows.to_string(),
-            "--seed",
-            "7",
-            "--out",
-        ])
-        .arg(&data))?;
+    gen_ccp(&mtl, a.rows, 7, &data)?;
     let file = |s: &str| data.join(format!("synth_ccp_{s}"));
     let text = std::fs::read_to_string(file("schema.toml"))?;
     let vocab: Vec<u64> = text

@@ -6,14 +6,14 @@
 
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::Path;
-use std::process::Command;
 
 use anyhow::{Context, Result};
 use clap::Args;
 use serde_json::Value;
 
+use crate::read_bench::{convert, gen_ccp};
 use crate::stats::mean_sd;
-use crate::{build_mtl, model_toml, run, test_auc, train_job, work_dir};
+use crate::{build_mtl, model_toml, test_auc, train_job, work_dir};
 
 /// Options of `cargo xtask stream-bench`.
 #[derive(Debug, Args)]
@@ -64,36 +64,21 @@ pub fn stream_bench(a: &StreamBenchArgs) -> Result<()> {
     );
     let sub_pq = dir.join("subset.parquet");
     if !(a.reuse && sub_pq.exists() && shards.join("train-00000.parquet").exists()) {
-        run(Command::new(&mtl)
-            .args([
-                "--quiet",
-                "gen-data",
-                "ccp",
-                "--rows",
-                &a.rows.to_string(),
-                "--seed",
-                "9",
-                "--out",
-            ])
-            .arg(&generated))?;
+        gen_ccp(&mtl, a.rows, 9, &generated)?;
         if shards.exists() {
             std::fs::remove_dir_all(&shards)?;
         }
         std::fs::create_dir_all(&shards)?;
-        run(Command::new(&mtl)
-            .args(["--quiet", "convert"])
-            .arg(file("train.csv"))
-            .arg("--out")
-            .arg(shards.join("train.parquet"))
-            .args(["--codec", "zstd", "--rows-per-file", &a.shard_rows.to_string()]))?;
+        convert(
+            &mtl,
+            &file("train.csv"),
+            &shards.join("train.parquet"),
+            &["--codec", "zstd", "--rows-per-file", &a.shard_rows.to_string()],
+        )?;
         head(&file("train.csv"), &sub, a.subset)?;
         head(&file("val.csv"), &valid, a.subset)?;
         head(&file("test.csv"), &test, a.subset)?;
-        run(Command::new(&mtl)
-            .args(["--quiet", "convert"])
-            .arg(&sub)
-            .arg("--out")
-            .arg(&sub_pq))?;
+        convert(&mtl, &sub, &sub_pq, &[])?;
         // the training rows now exist only as Parquet shards
         for s in ["train.csv", "val.csv", "test.csv"] {
             std::fs::remove_file(file(s))?;

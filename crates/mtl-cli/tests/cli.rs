@@ -749,6 +749,40 @@ fn ids_past_a_declared_vocabulary_fail_or_go_to_the_oov_row_as_the_schema_says()
     );
 }
 
+/// Writes `DIR/NAME.toml` (schema `schema.toml`, then the `[data]`, `[model]` and `[train]`
+/// lines given), trains it into `DIR/NAME` and returns that folder and its `metrics.json`.
+fn train_in(dir: &Path, name: &str, data: &str, model: &str, train: &str) -> (String, serde_json::Value) {
+    let cfg = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &cfg,
+        format!("schema = \"schema.toml\"\n[data]\n{data}\n[model]\n{model}\n[train]\n{train}\n"),
+    )
+    .unwrap();
+    let model_dir = dir.join(name).display().to_string();
+    let out = mtl(&[
+        "train",
+        "--config",
+        &cfg.display().to_string(),
+        "--out",
+        &model_dir,
+    ]);
+    assert!(
+        out.status.success(),
+        "{name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let metrics =
+        serde_json::from_slice(&std::fs::read(Path::new(&model_dir).join("metrics.json")).unwrap()).unwrap();
+    (model_dir, metrics)
+}
+
+/// A 13-line schema of name patterns for [`wide_table`]'s 26 input columns and two labels
+/// (`request_id` is matched by nothing).
+const WIDE_PATTERNS: &str = "[[sparse]]\nnames = [\"cat_*\", \"city\"]\nfit = true\n[[dense]]\nnames = [\"num_*\"]\nstandardize = true\ndefault = 0.0\n[[labels]]\nname = \"click\"\nkind = \"binary\"\n[[labels]]\nname = \"purchase\"\nkind = \"binary\"\n";
+
+const ESMM_16: &str = "type = \"esmm\"\nctr_tower = { dims = [16] }\ncvr_tower = { dims = [16] }";
+const MMOE_16: &str = "type = \"mmoe\"\nn_experts = 2\nexpert = { dims = [16] }\ntower = { dims = [8] }\ntasks = [{ label = \"click\" }, { label = \"purchase\" }]";
+
 /// A wide public-style table: an id to ignore, 16 integer categoricals, a text categorical,
 /// 8 numeric columns (one with gaps), and two labels (a purchase only after a click).
 fn wide_table(path: &Path, rows: usize, seed: u64) {
@@ -840,40 +874,14 @@ fn schema_infer_turns_a_wide_table_into_a_trainable_schema() {
     assert_eq!(names(&inferred.labels), ["click", "purchase"]);
     assert!(text.contains("# not used: \"request_id\""), "{text}");
     // it trains as written: ESMM and MMOE
-    for (name, model) in [
-        (
-            "esmm",
-            "type = \"esmm\"\nctr_tower = { dims = [16] }\ncvr_tower = { dims = [16] }",
-        ),
-        (
-            "mmoe",
-            "type = \"mmoe\"\nn_experts = 2\nexpert = { dims = [16] }\ntower = { dims = [8] }\ntasks = [{ label = \"click\" }, { label = \"purchase\" }]",
-        ),
-    ] {
-        let cfg = dir.path().join(format!("{name}.toml"));
-        std::fs::write(
-            &cfg,
-            format!(
-                "schema = \"schema.toml\"\n[data]\ntrain = \"train.csv\"\nvalid = \"valid.csv\"\n[model]\n{model}\n[train]\nbatch_size = 256\nepochs = 2\n"
-            ),
-        )
-        .unwrap();
-        let model_dir = dir.path().join(name).display().to_string();
-        let out = mtl(&[
-            "train",
-            "--config",
-            &cfg.display().to_string(),
-            "--out",
-            &model_dir,
-        ]);
-        assert!(
-            out.status.success(),
-            "{name}: {}",
-            String::from_utf8_lossy(&out.stderr)
+    for (name, model) in [("esmm", ESMM_16), ("mmoe", MMOE_16)] {
+        let (_, metrics) = train_in(
+            dir.path(),
+            name,
+            "train = \"train.csv\"\nvalid = \"valid.csv\"",
+            model,
+            "batch_size = 256\nepochs = 2",
         );
-        let metrics: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(Path::new(&model_dir).join("metrics.json")).unwrap())
-                .unwrap();
         let click_auc = metrics["valid"][0]["binary"]["auc"].as_f64().unwrap();
         assert!(
             click_auc > 0.55,
@@ -891,19 +899,17 @@ fn a_schema_of_name_patterns_trains_the_wide_table_and_the_run_keeps_its_fields(
     let (train, valid) = (dir.path().join("train.csv"), dir.path().join("valid.csv"));
     wide_table(&train, 3000, 3);
     wide_table(&valid, 600, 4);
-    // 26 input columns and two labels in 13 lines; `request_id` is matched by nothing
-    let schema = "[[sparse]]\nnames = [\"cat_*\", \"city\"]\nfit = true\n[[dense]]\nnames = [\"num_*\"]\nstandardize = true\ndefault = 0.0\n[[labels]]\nname = \"click\"\nkind = \"binary\"\n[[labels]]\nname = \"purchase\"\nkind = \"binary\"\n";
+    let schema = WIDE_PATTERNS;
     assert!(schema.lines().count() <= 15);
     std::fs::write(dir.path().join("schema.toml"), schema).unwrap();
-    let cfg = dir.path().join("mmoe.toml");
-    std::fs::write(
-        &cfg,
-        "schema = \"schema.toml\"\n[data]\ntrain = \"train.csv\"\nvalid = \"valid.csv\"\n[model]\ntype = \"mmoe\"\nn_experts = 2\nexpert = { dims = [16] }\ntower = { dims = [8] }\ntasks = [{ label = \"click\" }, { label = \"purchase\" }]\n[train]\nbatch_size = 256\nepochs = 2\n",
-    )
-    .unwrap();
-    let model = dir.path().join("run").display().to_string();
-    let out = mtl(&["train", "--config", &cfg.display().to_string(), "--out", &model]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let cfg = dir.path().join("run.toml");
+    let (model, metrics) = train_in(
+        dir.path(),
+        "run",
+        "train = \"train.csv\"\nvalid = \"valid.csv\"",
+        MMOE_16,
+        "batch_size = 256\nepochs = 2",
+    );
     // the run's schema lists the fields the patterns stood for, in header order
     let saved = std::fs::read_to_string(Path::new(&model).join("schema.toml")).unwrap();
     let parsed: toml::Value = toml::from_str(&saved).unwrap();
@@ -923,8 +929,6 @@ fn a_schema_of_name_patterns_trains_the_wide_table_and_the_run_keeps_its_fields(
         (0..8).map(|k| format!("num_{k}")).collect::<Vec<_>>()
     );
     assert!(!saved.contains("names ="), "{saved}");
-    let metrics: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(Path::new(&model).join("metrics.json")).unwrap()).unwrap();
     let click_auc = metrics["valid"][0]["binary"]["auc"].as_f64().unwrap();
     assert!(click_auc > 0.55, "the click signal is learnable: {click_auc}");
     // eval and predict read the saved run alone
@@ -1001,8 +1005,7 @@ fn parquet_shards_train_and_predict_as_the_csv_does() {
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // the patterns read the Parquet header as they read the CSV one
-    let schema = "[[sparse]]\nnames = [\"cat_*\", \"city\"]\nfit = true\n[[dense]]\nnames = [\"num_*\"]\nstandardize = true\ndefault = 0.0\n[[labels]]\nname = \"click\"\nkind = \"binary\"\n[[labels]]\nname = \"purchase\"\nkind = \"binary\"\n";
-    std::fs::write(dir.path().join("schema.toml"), schema).unwrap();
+    std::fs::write(dir.path().join("schema.toml"), WIDE_PATTERNS).unwrap();
     let mut losses = Vec::new();
     for (name, data) in [
         ("csv", "train = \"train.csv\"\nvalid = \"valid.csv\""),
@@ -1011,23 +1014,7 @@ fn parquet_shards_train_and_predict_as_the_csv_does() {
             "train = \"pq/train-*.parquet\"\nvalid = \"valid.parquet\"",
         ),
     ] {
-        let cfg = dir.path().join(format!("{name}.toml"));
-        std::fs::write(
-            &cfg,
-            format!(
-                "schema = \"schema.toml\"\n[data]\n{data}\n[model]\ntype = \"esmm\"\nctr_tower = {{ dims = [16] }}\ncvr_tower = {{ dims = [16] }}\n[train]\nbatch_size = 256\nepochs = 1\n"
-            ),
-        )
-        .unwrap();
-        let model = dir.path().join(name).display().to_string();
-        let out = mtl(&["train", "--config", &cfg.display().to_string(), "--out", &model]);
-        assert!(
-            out.status.success(),
-            "{name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let metrics: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(Path::new(&model).join("metrics.json")).unwrap()).unwrap();
+        let (_, metrics) = train_in(dir.path(), name, data, ESMM_16, "batch_size = 256\nepochs = 1");
         assert_eq!(metrics["train_rows"], 3000, "{name}");
         assert!(
             metrics["valid"][0]["binary"]["auc"].as_f64().unwrap() > 0.55,
@@ -1038,17 +1025,13 @@ fn parquet_shards_train_and_predict_as_the_csv_does() {
     // the same rows, encoded the same: the same training, bit for bit (every metric equal)
     assert_eq!(losses[0], losses[1]);
     // streamed from the shards (rows counted from their footers): every row, once an epoch
-    let cfg = dir.path().join("stream.toml");
-    std::fs::write(
-        &cfg,
-        "schema = \"schema.toml\"\n[data]\ntrain = \"pq/train-*.parquet\"\nvalid = \"valid.parquet\"\nstreaming = true\nshuffle_buffer = 700\n[model]\ntype = \"esmm\"\nctr_tower = { dims = [16] }\ncvr_tower = { dims = [16] }\n[train]\nbatch_size = 256\nepochs = 2\n",
-    )
-    .unwrap();
-    let model = dir.path().join("stream").display().to_string();
-    let out = mtl(&["train", "--config", &cfg.display().to_string(), "--out", &model]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let metrics: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(Path::new(&model).join("metrics.json")).unwrap()).unwrap();
+    let (_, metrics) = train_in(
+        dir.path(),
+        "stream",
+        "train = \"pq/train-*.parquet\"\nvalid = \"valid.parquet\"\nstreaming = true\nshuffle_buffer = 700",
+        ESMM_16,
+        "batch_size = 256\nepochs = 2",
+    );
     assert_eq!(metrics["train_rows"], 3000);
     // 2 epochs of ⌈3000 / 256⌉ batches
     assert_eq!(metrics["steps"], 24);

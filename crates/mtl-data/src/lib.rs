@@ -328,12 +328,9 @@ impl Row<'_> {
     }
 }
 
-/// The column names of a data file's header, in order (for expanding schema patterns).
-pub fn read_header(path: impl AsRef<Path>) -> Result<Vec<String>, DataError> {
-    let path = path.as_ref();
-    if parquet::is_parquet(path) {
-        return parquet::header(path);
-    }
+/// A CSV reader over `path` (rows may differ in width: the encoder names such a row) and its
+/// header; an empty header is an error naming the file.
+fn open_csv(path: &Path) -> Result<(csv::Reader<std::fs::File>, csv::StringRecord), DataError> {
     let file = path.display().to_string();
     let io = |e: &dyn fmt::Display| DataError::Io {
         file: file.clone(),
@@ -344,10 +341,20 @@ pub fn read_header(path: impl AsRef<Path>) -> Result<Vec<String>, DataError> {
         .has_headers(true)
         .from_path(path)
         .map_err(|e| io(&e))?;
-    let header = reader.headers().map_err(|e| io(&e))?;
+    let header = reader.headers().map_err(|e| io(&e))?.clone();
     if header.is_empty() {
         return Err(DataError::NoHeader { file });
     }
+    Ok((reader, header))
+}
+
+/// The column names of a data file's header, in order (for expanding schema patterns).
+pub fn read_header(path: impl AsRef<Path>) -> Result<Vec<String>, DataError> {
+    let path = path.as_ref();
+    if parquet::is_parquet(path) {
+        return parquet::header(path);
+    }
+    let (_, header) = open_csv(path)?;
     Ok(header.iter().map(str::to_string).collect())
 }
 
@@ -383,20 +390,11 @@ impl Source {
                 record: csv::ByteRecord::new(),
             });
         }
-        let io = |e: &dyn fmt::Display| DataError::Io {
+        let (reader, header) = open_csv(path)?;
+        let line_ends = line_ends(path).map_err(|e| DataError::Io {
             file: file.clone(),
             message: e.to_string(),
-        };
-        let mut reader = csv::ReaderBuilder::new()
-            .flexible(true)
-            .has_headers(true)
-            .from_path(path)
-            .map_err(|e| io(&e))?;
-        let line_ends = line_ends(path).map_err(|e| io(&e))?;
-        let header = reader.headers().map_err(|e| io(&e))?.clone();
-        if header.is_empty() {
-            return Err(DataError::NoHeader { file });
-        }
+        })?;
         let names: Vec<&str> = header.iter().collect();
         let columns = column_map(&file, &names, schema, need_labels)?;
         Ok(Self {
