@@ -24,22 +24,6 @@ pub struct ReadBenchArgs {
     threads: usize,
 }
 
-/// `mtl gen-data ccp --rows ROWS --seed SEED --out OUT` (CSV files `OUT/synth_ccp_*`).
-pub(crate) fn gen_ccp(mtl: &Path, rows: usize, seed: u64, out: &Path) -> Result<()> {
-    run(Command::new(mtl)
-        .args([
-            "--quiet",
-            "gen-data",
-            "ccp",
-            "--rows",
-            &rows.to_string(),
-            "--seed",
-            &seed.to_string(),
-            "--out",
-        ])
-        .arg(out))
-}
-
 /// `mtl convert CSV --out PARQUET` with `extra` options.
 pub(crate) fn convert(mtl: &Path, csv: &Path, parquet: &Path, extra: &[&str]) -> Result<()> {
     run(Command::new(mtl)
@@ -67,8 +51,7 @@ pub fn read_bench(a: &ReadBenchArgs) -> Result<()> {
     let mtl = build_mtl()?;
     let dir = work_dir("read-bench");
     std::fs::create_dir_all(&dir)?;
-    let data = dir.join("synth");
-    gen_ccp(&mtl, a.rows, 7, &data)?;
+    let data = crate::ccp_data_with(&mtl, &format!("ccp-{}-7", a.rows), a.rows, 7, &[])?;
     let file = |s: &str| data.join(format!("synth_ccp_{s}"));
     let (schema, train_csv, test_csv) = (file("schema.toml"), file("train.csv"), file("test.csv"));
     let mut formats: Vec<(String, PathBuf, bool)> = vec![("CSV".into(), train_csv.clone(), false)];
@@ -155,8 +138,7 @@ pub fn widths_bench(a: &WidthsBenchArgs) -> Result<()> {
     let mtl = build_mtl()?;
     let dir = work_dir("widths-bench");
     std::fs::create_dir_all(&dir)?;
-    let data = dir.join("synth");
-    gen_ccp(&mtl, a.rows, 7, &data)?;
+    let data = crate::ccp_data_with(&mtl, &format!("ccp-{}-7", a.rows), a.rows, 7, &[])?;
     let file = |s: &str| data.join(format!("synth_ccp_{s}"));
     let text = std::fs::read_to_string(file("schema.toml"))?;
     let vocab: Vec<u64> = text

@@ -7,13 +7,15 @@
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::Path;
 
+use std::process::Command;
+
 use anyhow::{Context, Result};
 use clap::Args;
 use serde_json::Value;
 
-use crate::read_bench::{convert, gen_ccp};
+use crate::read_bench::convert;
 use crate::stats::mean_sd;
-use crate::{build_mtl, model_toml, test_auc, train_job, work_dir};
+use crate::{build_mtl, model_toml, run, test_auc, train_job, work_dir};
 
 /// Options of `cargo xtask stream-bench`.
 #[derive(Debug, Args)]
@@ -36,6 +38,22 @@ pub struct StreamBenchArgs {
     /// Keep the shards and subsets an earlier run of this command left (skip generating).
     #[arg(long)]
     reuse: bool,
+}
+
+/// `mtl gen-data ccp --rows ROWS --seed SEED --out OUT` (CSV files `OUT/synth_ccp_*`).
+fn gen_ccp(mtl: &Path, rows: usize, seed: u64, out: &Path) -> Result<()> {
+    run(Command::new(mtl)
+        .args([
+            "--quiet",
+            "gen-data",
+            "ccp",
+            "--rows",
+            &rows.to_string(),
+            "--seed",
+            &seed.to_string(),
+            "--out",
+        ])
+        .arg(out))
 }
 
 /// The header and first `rows` rows of `from`, written to `to`.

@@ -783,6 +783,15 @@ const WIDE_PATTERNS: &str = "[[sparse]]\nnames = [\"cat_*\", \"city\"]\nfit = tr
 const ESMM_16: &str = "type = \"esmm\"\nctr_tower = { dims = [16] }\ncvr_tower = { dims = [16] }";
 const MMOE_16: &str = "type = \"mmoe\"\nn_experts = 2\nexpert = { dims = [16] }\ntower = { dims = [8] }\ntasks = [{ label = \"click\" }, { label = \"purchase\" }]";
 
+/// `DIR/train.csv` (3000 rows) and `DIR/valid.csv` (600) of [`wide_table`] at generator seeds
+/// `seed` and `seed + 1`.
+fn wide_pair(dir: &Path, seed: u64) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (train, valid) = (dir.join("train.csv"), dir.join("valid.csv"));
+    wide_table(&train, 3000, seed);
+    wide_table(&valid, 600, seed + 1);
+    (train, valid)
+}
+
 /// A wide public-style table: an id to ignore, 16 integer categoricals, a text categorical,
 /// 8 numeric columns (one with gaps), and two labels (a purchase only after a click).
 fn wide_table(path: &Path, rows: usize, seed: u64) {
@@ -828,9 +837,7 @@ fn wide_table(path: &Path, rows: usize, seed: u64) {
 #[test]
 fn schema_infer_turns_a_wide_table_into_a_trainable_schema() {
     let dir = tempfile::tempdir().unwrap();
-    let (train, valid) = (dir.path().join("train.csv"), dir.path().join("valid.csv"));
-    wide_table(&train, 3000, 1);
-    wide_table(&valid, 600, 2);
+    let (train, _) = wide_pair(dir.path(), 1);
     let schema = dir.path().join("schema.toml");
     let out = mtl(&[
         "schema",
@@ -896,9 +903,7 @@ fn schema_infer_turns_a_wide_table_into_a_trainable_schema() {
 #[test]
 fn a_schema_of_name_patterns_trains_the_wide_table_and_the_run_keeps_its_fields() {
     let dir = tempfile::tempdir().unwrap();
-    let (train, valid) = (dir.path().join("train.csv"), dir.path().join("valid.csv"));
-    wide_table(&train, 3000, 3);
-    wide_table(&valid, 600, 4);
+    let (_, valid) = wide_pair(dir.path(), 3);
     let schema = WIDE_PATTERNS;
     assert!(schema.lines().count() <= 15);
     std::fs::write(dir.path().join("schema.toml"), schema).unwrap();
@@ -967,9 +972,7 @@ fn a_schema_of_name_patterns_trains_the_wide_table_and_the_run_keeps_its_fields(
 #[test]
 fn parquet_shards_train_and_predict_as_the_csv_does() {
     let dir = tempfile::tempdir().unwrap();
-    let (train, valid) = (dir.path().join("train.csv"), dir.path().join("valid.csv"));
-    wide_table(&train, 3000, 5);
-    wide_table(&valid, 600, 6);
+    let (train, valid) = wide_pair(dir.path(), 5);
     let shards = dir.path().join("pq");
     std::fs::create_dir_all(&shards).unwrap();
     let out = mtl(&[
