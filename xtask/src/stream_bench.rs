@@ -7,15 +7,13 @@
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::Path;
 
-use std::process::Command;
-
 use anyhow::{Context, Result};
 use clap::Args;
 use serde_json::Value;
 
 use crate::read_bench::convert;
 use crate::stats::mean_sd;
-use crate::{build_mtl, model_toml, run, test_auc, train_job, work_dir};
+use crate::{build_mtl, ccp_data_with, model_toml, test_auc, train_job, work_dir};
 
 /// Options of `cargo xtask stream-bench`.
 #[derive(Debug, Args)]
@@ -40,22 +38,6 @@ pub struct StreamBenchArgs {
     reuse: bool,
 }
 
-/// `mtl gen-data ccp --rows ROWS --seed SEED --out OUT` (CSV files `OUT/synth_ccp_*`).
-fn gen_ccp(mtl: &Path, rows: usize, seed: u64, out: &Path) -> Result<()> {
-    run(Command::new(mtl)
-        .args([
-            "--quiet",
-            "gen-data",
-            "ccp",
-            "--rows",
-            &rows.to_string(),
-            "--seed",
-            &seed.to_string(),
-            "--out",
-        ])
-        .arg(out))
-}
-
 /// The header and first `rows` rows of `from`, written to `to`.
 fn head(from: &Path, to: &Path, rows: usize) -> Result<()> {
     let input = BufReader::new(std::fs::File::open(from).with_context(|| format!("{}", from.display()))?);
@@ -72,8 +54,7 @@ pub fn stream_bench(a: &StreamBenchArgs) -> Result<()> {
     let mtl = build_mtl()?;
     let dir = work_dir("stream-bench");
     std::fs::create_dir_all(&dir)?;
-    let generated = dir.join("gen");
-    let file = |s: &str| generated.join(format!("synth_ccp_{s}"));
+    let schema = dir.join("schema.toml");
     let shards = dir.join("pq");
     let (sub, valid, test) = (
         dir.join("subset.csv"),
@@ -82,7 +63,9 @@ pub fn stream_bench(a: &StreamBenchArgs) -> Result<()> {
     );
     let sub_pq = dir.join("subset.parquet");
     if !(a.reuse && sub_pq.exists() && shards.join("train-00000.parquet").exists()) {
-        gen_ccp(&mtl, a.rows, 9, &generated)?;
+        let generated = ccp_data_with(&mtl, &format!("ccp-{}-9", a.rows), a.rows, 9, &[])?;
+        let file = |s: &str| generated.join(format!("synth_ccp_{s}"));
+        std::fs::copy(file("schema.toml"), &schema)?;
         if shards.exists() {
             std::fs::remove_dir_all(&shards)?;
         }
@@ -97,16 +80,15 @@ pub fn stream_bench(a: &StreamBenchArgs) -> Result<()> {
         head(&file("val.csv"), &valid, a.subset)?;
         head(&file("test.csv"), &test, a.subset)?;
         convert(&mtl, &sub, &sub_pq, &[])?;
-        // the training rows now exist only as Parquet shards
-        for s in ["train.csv", "val.csv", "test.csv"] {
-            std::fs::remove_file(file(s))?;
-        }
+        // the training rows now exist only as Parquet shards (the generated folder goes whole,
+        // so that a later run generates it again rather than finding a schema alone)
+        std::fs::remove_dir_all(&generated)?;
     }
     let q = |p: &Path| format!("{:?}", p.display().to_string());
     let job = |name: &str, train: String, streaming: bool, seed: u64| -> Result<(Value, f64)> {
         let config = format!(
             "schema = {}\n[data]\ntrain = {train}\nvalid = {}\ntest = {}\ncache = false\nstreaming = {streaming}\n[model]\n{}\n[train]\nlr = 1e-3\nweight_decay = 1e-4\nseed = {seed}\nepochs = 1\nbatch_size = 1024\n",
-            q(&file("schema.toml")),
+            q(&schema),
             q(&valid),
             q(&test),
             model_toml("esmm", "example")
