@@ -239,8 +239,9 @@ struct RowAdam<'a> {
     lr: f32,
     wd_grad: f32,
     wd_update: f32,
-    /// With `catch-up`: each row's last step and the missed steps' constants (from `base`).
-    catch_up: Option<(&'a mut [u64], u64, &'a [Missed])>,
+    /// With `catch-up`: each row's up-to-date step (the step's rows were brought up to date
+    /// by [`SparseAdam::gather`]; they are up to date with this step after it).
+    catch_up: Option<&'a mut [u64]>,
     /// This step (1-based).
     time: u64,
 }
@@ -257,18 +258,9 @@ impl pulp::WithSimd for RowAdam<'_> {
             let base = id as usize * 3 * d;
             let (w, moments) = self.floats[base..base + 3 * d].split_at_mut(d);
             let (m, v) = moments.split_at_mut(d);
-            if let Some((last, from, missed)) = catch_up.as_mut() {
-                // steps last + 1 ..= time − 1, held at indices last − from ..
-                let row_last = &mut last[id as usize];
-                let skipped = &missed[(*row_last - *from) as usize..(self.time - 1 - *from) as usize];
-                let betas = Betas {
-                    b1,
-                    b2,
-                    wd_grad: self.wd_grad,
-                    wd_update: self.wd_update,
-                };
-                replay(w, m, v, skipped, betas);
-                *row_last = self.time;
+            if let Some(last) = catch_up.as_mut() {
+                debug_assert_eq!(last[id as usize] + 1, self.time, "row {id} was not gathered");
+                last[id as usize] = self.time;
             }
             for (((w, m), v), &g) in w.iter_mut().zip(m).zip(v).zip(g) {
                 let g = g * self.coef + *w * self.wd_grad;
@@ -405,7 +397,8 @@ impl SparseAdam {
         (rows.autodiff().require_grad(), ids)
     }
 
-    /// One row-wise Adam step on the rows `ids` with their gradient `grad` (`[ids, dim]`).
+    /// One row-wise Adam step on the rows `ids` (as [`SparseAdam::gather`] returned them, which
+    /// brought them up to date) with their gradient `grad` (`[ids, dim]`).
     pub fn step(&mut self, ids: &[i32], grad: Tensor<2>, lr: f64) {
         let g = grad.into_data();
         let g = g.as_slice::<f32>().expect("gradients are f32");
@@ -425,7 +418,7 @@ impl SparseAdam {
                 eps: c.eps,
                 lr,
             });
-            (state.last.as_mut_slice(), state.base, state.steps.as_slice())
+            state.last.as_mut_slice()
         });
         let floats = self.buf.floats_mut();
         let op = RowAdam {
