@@ -691,8 +691,10 @@ impl<R: Registry> RunConfig<R> {
     }
 
     /// Reads and validates the schema; an entry with `names` patterns is expanded against the
-    /// header of the first training file.
-    pub fn load_schema(&self) -> Result<ValidSchema, TrainError> {
+    /// header of the first training file. Also returns the text a run keeps as its
+    /// `schema.toml`: the file as written, or with patterns the expanded fields, so that resume,
+    /// eval and serving need no header.
+    pub fn load_schema(&self) -> Result<(ValidSchema, String), TrainError> {
         let path = &self.schema;
         let text = std::fs::read_to_string(path).map_err(|source| mtl_features::FeatureError::Io {
             path: path.display().to_string(),
@@ -700,7 +702,8 @@ impl<R: Registry> RunConfig<R> {
         })?;
         let file = path.display().to_string();
         let schema = mtl_features::Schema::parse(&text, &file)?;
-        let schema = match schema.has_patterns() {
+        let expanded = schema.has_patterns();
+        let schema = match expanded {
             true => {
                 let first = self.data.train.files("data.train")?.into_iter().next();
                 let first = first.ok_or_else(|| TrainError::Config {
@@ -715,13 +718,27 @@ impl<R: Registry> RunConfig<R> {
             }
             false => schema,
         };
-        Ok(schema.validate(&file)?)
+        let schema = schema.validate(&file)?;
+        let saved = match expanded {
+            true => {
+                let fields = toml::to_string(&schema.schema).map_err(|e| TrainError::Config {
+                    file: file.clone(),
+                    message: format!("writing the expanded schema: {e}"),
+                })?;
+                format!(
+                    "# {file} with its `names` patterns expanded over the training data's header\n{fields}"
+                )
+            }
+            false => text,
+        };
+        Ok((schema, saved))
     }
 
     /// Reads the schema and checks the model config and every setting that depends on it,
-    /// before any data is read; errors name `file` (the config) or the schema file.
-    pub fn check_model(&self, file: &str) -> Result<(ValidSchema, ModelPlan), TrainError> {
-        let schema = self.load_schema()?;
+    /// before any data is read; errors name `file` (the config) or the schema file. Returns
+    /// the schema, the plan and the schema text a run keeps ([`RunConfig::load_schema`]).
+    pub fn check_model(&self, file: &str) -> Result<(ValidSchema, ModelPlan, String), TrainError> {
+        let (schema, saved) = self.load_schema()?;
         let plan = R::plan(&self.model, &schema).map_err(|e| TrainError::Config {
             file: file.to_string(),
             message: e.to_string(),
@@ -735,7 +752,7 @@ impl<R: Registry> RunConfig<R> {
                 message: "`train.loss_weighting` = gradnorm balances the tasks' gradient norms on the shared embedding table; this schema has no sparse or sequence field".into(),
             });
         }
-        Ok((schema, plan))
+        Ok((schema, plan, saved))
     }
 
     /// Checks the settings that depend on the model against its plan (the number of loss

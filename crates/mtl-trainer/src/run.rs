@@ -244,7 +244,7 @@ pub fn train<R: Registry>(
         if options.progress {
             eprintln!("{}", config.train.early_stopping.describe());
         }
-        let (schema, plan) = config.check_model("config")?;
+        let (schema, plan, schema_text) = config.check_model("config")?;
         std::fs::create_dir_all(out_dir).map_err(io_err(out_dir))?;
         let lock = RunLock::acquire(out_dir)?;
         if out_dir.join("checkpoint").exists() || out_dir.join("checkpoint.old").exists() {
@@ -262,22 +262,7 @@ pub fn train<R: Registry>(
             &schema,
             config.data.policy()?,
         )?;
-        let mut schema_text = std::fs::read(&config.schema).map_err(io_err(&config.schema))?;
-        let written = mtl_features::Schema::parse(&String::from_utf8_lossy(&schema_text), "schema");
-        if written.is_ok_and(|w| w.has_patterns()) {
-            // the run keeps the fields its patterns stood for, so that resume, eval and serving
-            // need no header
-            let expanded = toml::to_string(&schema.schema).map_err(|e| TrainError::Config {
-                file: config.schema.display().to_string(),
-                message: format!("writing the expanded schema: {e}"),
-            })?;
-            schema_text = format!(
-                "# {} with its `names` patterns expanded over the training data's header\n{expanded}",
-                config.schema.display()
-            )
-            .into_bytes();
-        }
-        atomic_write(&out_dir.join("schema.toml"), &schema_text)?;
+        atomic_write(&out_dir.join("schema.toml"), schema_text.as_bytes())?;
         features.save(out_dir.join("features.json"))?;
         save_dir_config(out_dir, &config)?;
         (config, schema, plan, features, None, lock)
