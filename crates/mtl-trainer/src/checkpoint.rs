@@ -37,6 +37,12 @@ pub fn write_checkpoint<M: Module>(
         .save_file(tmp.join("model.bpk"))
         .map_err(record_err(&tmp))?;
     stepper.save(&tmp)?;
+    if let Some(average) = stepper.averaged(model.clone()) {
+        average
+            .valid()
+            .save_file(tmp.join(AVERAGE_MODEL))
+            .map_err(record_err(&tmp))?;
+    }
     let json = serde_json::to_vec_pretty(state).expect("state serialises");
     std::fs::write(tmp.join("state.json"), json).map_err(io_err(&tmp))?;
     crash_point("checkpoint-written");
@@ -53,6 +59,10 @@ pub fn write_checkpoint<M: Module>(
     }
     Ok(())
 }
+
+/// File of the weight average (`ema_decay`) inside a checkpoint: the model with its averaged
+/// parameters and table.
+pub const AVERAGE_MODEL: &str = "average.bpk";
 
 /// File of the row-sparse optimiser's moments inside a checkpoint.
 pub const SPARSE_MOMENTS: &str = "embedding_moments.bin";

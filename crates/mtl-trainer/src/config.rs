@@ -469,7 +469,16 @@ pub struct TrainSettings {
     /// run starts ([`TrainSettings::resolve_untouched_rows`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub untouched_rows: Option<UntouchedRows>,
+    /// Decay of the weight average the run evaluates and saves (an exponential moving average
+    /// of every parameter and table row, updated after each step; 0 turns it off, the model
+    /// is then the last step's). Resolved and saved when a run starts
+    /// ([`TrainSettings::resolve_ema_decay`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ema_decay: Option<f64>,
 }
+
+/// The weight average's decay of a new run that can keep one.
+pub const DEFAULT_EMA_DECAY: f64 = 0.99;
 
 fn default_adam_epsilon() -> f64 {
     1e-5
@@ -501,6 +510,23 @@ impl TrainSettings {
                 _ => UntouchedRows::Frozen,
             });
         }
+    }
+
+    /// `ema_decay` as given, or else for a new run [`DEFAULT_EMA_DECAY`] where the table can
+    /// keep an average (dense updates, or the host table with `catch-up`; call after
+    /// [`TrainSettings::resolve_untouched_rows`]) and 0 (off) elsewhere; a run saved before the
+    /// setting existed had none (`fresh` false).
+    pub fn resolve_ema_decay(&mut self, fresh: bool) {
+        if self.ema_decay.is_none() {
+            let able = self.embedding == EmbeddingUpdate::Dense
+                || (self.embedding_table == TablePlace::Host && self.untouched() == UntouchedRows::CatchUp);
+            self.ema_decay = Some(if fresh && able { DEFAULT_EMA_DECAY } else { 0.0 });
+        }
+    }
+
+    /// The weight average's decay, when there is one.
+    pub fn average_decay(&self) -> Option<f32> {
+        self.ema_decay.filter(|&d| d > 0.0).map(|d| d as f32)
     }
 
     /// The resolved `untouched_rows` (`frozen` while unresolved).
@@ -847,6 +873,24 @@ impl TrainSettings {
                 );
             }
             _ => {}
+        }
+        if let Some(decay) = self.ema_decay {
+            if !(decay.is_finite() && (0.0..1.0).contains(&decay)) {
+                return range(
+                    "ema_decay",
+                    decay.to_string(),
+                    "must be at least 0 and below 1 (0 turns the weight average off)",
+                );
+            }
+            let table_keeps_none = self.embedding == EmbeddingUpdate::Sparse
+                && (self.embedding_table == TablePlace::Device || self.untouched_rows == Some(UntouchedRows::Frozen));
+            if decay > 0.0 && table_keeps_none {
+                return range(
+                    "ema_decay",
+                    decay.to_string(),
+                    "needs the host table with `untouched_rows = \"catch-up\"` (or `embedding = \"dense\"`): a frozen or device table keeps no per-row steps to average over (set `ema_decay = 0`)",
+                );
+            }
         }
         if let Some(clip) = self.grad_clip_norm
             && !(clip.is_finite() && clip > 0.0)

@@ -15,7 +15,9 @@ use mtl_layers::MultiTaskModel;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::live_checkpoint_dir;
-pub use crate::checkpoint::{SPARSE_MOMENTS, checkpoint_dir, read_checkpoint, save_atomic, write_checkpoint};
+pub use crate::checkpoint::{
+    AVERAGE_MODEL, SPARSE_MOMENTS, checkpoint_dir, read_checkpoint, save_atomic, write_checkpoint,
+};
 use crate::config::{OptimizerKind, TrainSettings};
 pub use crate::early_stopping::improves;
 use crate::evaluation::Evaluator;
@@ -25,7 +27,7 @@ use crate::loader::{LoaderPlan, TrainRows, spawn};
 use crate::metrics::TaskMetrics;
 use crate::schedule::{Due, due};
 use crate::step::{StepLosses, Stepper};
-use crate::{TrainError, crash_point};
+use crate::{TrainError, crash_point, record_err};
 
 /// One evaluation of the model on the validation set.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -178,6 +180,13 @@ fn progress_bar(
     pb
 }
 
+/// The model a fit hands back: the whole table in, and the weight average's values when the
+/// run keeps one.
+fn finished<M: MultiTaskModel>(stepper: &mut Stepper, model: M) -> M {
+    let model = stepper.with_table(model);
+    stepper.averaged(model.clone()).unwrap_or(model)
+}
+
 /// Trains `model` (on an autodiff device) from `state` on `train` (rows in memory, or a
 /// [`crate::loader::StreamSpec`]), evaluating on `valid`.
 #[allow(clippy::too_many_arguments)]
@@ -210,11 +219,27 @@ pub fn fit<'t, M: MultiTaskModel>(
     let resume =
         (state.global_step > 0 && state.sparse_time > 0).then_some((moments.as_path(), state.sparse_time));
     let weighting = state.weighting.clone();
-    let (model, mut stepper) = Stepper::new(model, optim, settings, layout, device, resume, weighting)?;
+    // so does its weight average: starting it afresh would be silently wrong
+    let averaged = match state.global_step > 0 && settings.average_decay().is_some() {
+        true => {
+            let path = live_checkpoint_dir(&options.out_dir).join(AVERAGE_MODEL);
+            if !path.exists() {
+                return Err(TrainError::Record {
+                    path: path.display().to_string(),
+                    message: "missing: the checkpoint has no weight average (`ema_decay`)".into(),
+                });
+            }
+            Some(model.clone().try_load_file(&path).map_err(record_err(&path))?)
+        }
+        false => None,
+    };
+    let (model, mut stepper) =
+        Stepper::new(model, optim, settings, layout, device, resume, weighting, averaged.as_ref())?;
+    drop(averaged);
     // a resumed run may have nothing left: trained already, or at its step limit
     if state.trained || settings.max_steps.is_some_and(|m| state.global_step >= m) {
         return Ok(FitOutcome {
-            model: stepper.with_table(model),
+            model: finished(&mut stepper, model),
             state,
         });
     }
@@ -236,7 +261,7 @@ pub fn fit<'t, M: MultiTaskModel>(
             let data_clock = Instant::now();
             let Ok(batch) = loader.recv() else {
                 // the loader ran out: nothing was left of the run
-                return Ok(stepper.with_table(model));
+                return Ok(finished(&mut stepper, model));
             };
             let batch = batch?;
             state.pending_data_secs += data_clock.elapsed().as_secs_f64();
@@ -262,8 +287,14 @@ pub fn fit<'t, M: MultiTaskModel>(
                 // evaluation and checkpoints read the model's whole table
                 model = stepper.with_table(model);
             }
-            if eval_due && pb.suspend(|| eval.run(&model, &mut state, &mut clock, stepper.weight_report()))? {
-                state.stopped_early = true;
+            if eval_due {
+                // the weight average, when kept, is the model evaluated (and kept as the best)
+                let evaluated = stepper.averaged(model.clone());
+                let evaluated = evaluated.as_ref().unwrap_or(&model);
+                let report = stepper.weight_report();
+                if pb.suspend(|| eval.run(evaluated, &mut state, &mut clock, report))? {
+                    state.stopped_early = true;
+                }
             }
             state.trained = state.stopped_early || state.epoch >= settings.epochs;
             crash_point("step");
@@ -274,7 +305,7 @@ pub fn fit<'t, M: MultiTaskModel>(
             }
             if state.trained || limit {
                 pb.finish_and_clear();
-                return Ok(model);
+                return Ok(stepper.averaged(model.clone()).unwrap_or(model));
             }
             model = stepper.without_table(model);
             if at_epoch_end {

@@ -18,6 +18,7 @@
 //! model types would have to live in the model crates (orphan rule), pulling training code
 //! down the stack.
 
+mod average;
 pub mod calibration;
 pub mod checkpoint;
 pub mod config;

@@ -197,6 +197,7 @@ pub fn train<R: Registry>(
         // a run saved before early stopping became the default trained without it
         config.train.early_stopping = config.train.early_stopping.resolve(false);
         config.train.resolve_untouched_rows(false);
+        config.train.resolve_ema_decay(false);
         config.check(&out_dir.join("config.toml").display().to_string())?;
         if let Some((state, _, _)) = start.as_mut() {
             let extend = options.epochs.is_some() && config.train.epochs > state.epoch;
@@ -240,6 +241,7 @@ pub fn train<R: Registry>(
         // saved resolved, so a resumed run keeps the choice made here
         config.train.early_stopping = config.train.early_stopping.resolve(config.data.valid.is_some());
         config.train.resolve_untouched_rows(true);
+        config.train.resolve_ema_decay(true);
         tracing::info!("{}", config.train.early_stopping.describe());
         if options.progress {
             eprintln!("{}", config.train.early_stopping.describe());

@@ -129,6 +129,16 @@ struct Missed {
     factor: f32,
     eps: f32,
     lr: f32,
+    /// The weight average's decay at the step ([`average_keep`]).
+    keep: f32,
+}
+
+/// The weight average's decay at step `t` (1-based): `min(decay, (1 + t) / (10 + t))`, so
+/// that the first steps' values, far from trained, leave the average quickly (TensorFlow's
+/// `ExponentialMovingAverage` with `num_updates`).
+pub(crate) fn average_keep(decay: f32, t: usize) -> f32 {
+    let t = t as f64;
+    (decay as f64).min((1.0 + t) / (10.0 + t)) as f32
 }
 
 /// The `catch-up` bookkeeping: when each row was last brought up to date, and the constants
@@ -153,6 +163,9 @@ pub struct SparseAdam {
     config: RowAdamConfig,
     /// `Some` for [`UntouchedRows::CatchUp`].
     catch_up: Option<CatchUp>,
+    /// The weight average of every row (`[rows, dim]`) and its decay, with `ema_decay`;
+    /// kept up to date lazily with the rows (it needs `catch-up`'s bookkeeping).
+    average: Option<(Vec<f32>, f32)>,
     /// The plain (non-autodiff) training device, where gathered rows go.
     device: Device,
 }
@@ -160,7 +173,7 @@ pub struct SparseAdam {
 /// Replays the missed steps of some rows, each given as its `3 × dim` floats and its
 /// up-to-date step, compiled for the widest SIMD the CPU has (as [`RowAdam`]).
 struct ReplayRows<'a, 'r> {
-    rows: &'a mut [(&'r mut [f32], &'r mut u64)],
+    rows: &'a mut [ReplayRow<'r>],
     /// The constants of steps `base + 1 ..= time`.
     steps: &'a [Missed],
     base: u64,
@@ -175,14 +188,19 @@ impl pulp::WithSimd for ReplayRows<'_, '_> {
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, _simd: S) {
         let d = self.dim;
-        for (slot, last) in self.rows.iter_mut() {
+        for (slot, average, last) in self.rows.iter_mut() {
             let (w, moments) = slot.split_at_mut(d);
             let (m, v) = moments.split_at_mut(d);
-            replay(w, m, v, &self.steps[(**last - self.base) as usize..], self.betas);
+            let missed = &self.steps[(**last - self.base) as usize..];
+            replay(w, m, v, average.as_deref_mut(), missed, self.betas);
             **last = self.time;
         }
     }
 }
+
+/// One row to replay: its `3 × dim` floats, its weight average (if kept) and its
+/// up-to-date step.
+type ReplayRow<'r> = (&'r mut [f32], Option<&'r mut [f32]>, &'r mut u64);
 
 /// Rows a replay task takes at a time.
 const REPLAY_CHUNK: usize = 64;
@@ -208,9 +226,10 @@ impl StepConstants {
 }
 
 /// Replays the steps `missed` on one row (`w`, `m`, `v`) with a zero gradient: dense Adam's
-/// operations on a row no example used, weight decay included.
+/// operations on a row no example used, weight decay included; and the weight average's
+/// update after each step, when kept.
 #[inline(always)]
-fn replay(w: &mut [f32], m: &mut [f32], v: &mut [f32], missed: &[Missed], k: Betas) {
+fn replay(w: &mut [f32], m: &mut [f32], v: &mut [f32], mut average: Option<&mut [f32]>, missed: &[Missed], k: Betas) {
     for s in missed {
         for ((w, m), v) in w.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()) {
             // the same operations as a touched row's with g = 0 (0 · coef + w · wd = w · wd)
@@ -220,6 +239,17 @@ fn replay(w: &mut [f32], m: &mut [f32], v: &mut [f32], missed: &[Missed], k: Bet
             let update = *m * s.factor / (v.sqrt() + s.eps);
             *w -= (update + *w * k.wd_update) * s.lr;
         }
+        if let Some(a) = average.as_deref_mut() {
+            average_row(a, w, s.keep);
+        }
+    }
+}
+
+/// One step of a row's weight average: `a ← keep · a + (1 − keep) · w`.
+#[inline(always)]
+fn average_row(a: &mut [f32], w: &[f32], keep: f32) {
+    for (a, &w) in a.iter_mut().zip(w) {
+        *a = *a * keep + w * (1.0 - keep);
     }
 }
 
@@ -242,6 +272,8 @@ struct RowAdam<'a> {
     /// With `catch-up`: each row's up-to-date step (the step's rows were brought up to date
     /// by [`SparseAdam::gather`]; they are up to date with this step after it).
     catch_up: Option<&'a mut [u64]>,
+    /// With a weight average: every row's average (`[rows, dim]`) and this step's decay.
+    average: Option<(&'a mut [f32], f32)>,
     /// This step (1-based).
     time: u64,
 }
@@ -254,6 +286,7 @@ impl pulp::WithSimd for RowAdam<'_> {
         let d = self.dim;
         let (b1, b2, factor, eps, lr) = (self.b1, self.b2, self.factor, self.eps, self.lr);
         let mut catch_up = self.catch_up;
+        let mut average = self.average;
         for (&id, g) in self.ids.iter().zip(self.g.chunks_exact(d)) {
             let base = id as usize * 3 * d;
             let (w, moments) = self.floats[base..base + 3 * d].split_at_mut(d);
@@ -268,6 +301,10 @@ impl pulp::WithSimd for RowAdam<'_> {
                 *v = *v * b2 + g * g * (1.0 - b2);
                 let update = *m * factor / (v.sqrt() + eps);
                 *w -= (update + *w * self.wd_update) * lr;
+            }
+            if let Some((a, keep)) = average.as_mut() {
+                let row = id as usize * d;
+                average_row(&mut a[row..row + d], w, *keep);
             }
         }
     }
@@ -286,12 +323,17 @@ impl SparseAdam {
         for (slot, row) in floats.chunks_exact_mut(3 * dim).zip(values.chunks_exact(dim)) {
             slot[..dim].copy_from_slice(row);
         }
-        drop(table);
         let catch_up = (settings.untouched() == UntouchedRows::CatchUp).then(|| CatchUp {
             last: vec![0; rows],
             base: 0,
             steps: Vec::new(),
         });
+        // the average starts at the initial values; it needs catch-up's per-row steps
+        let average = settings
+            .average_decay()
+            .filter(|_| catch_up.is_some())
+            .map(|decay| (values.to_vec(), decay));
+        drop(table);
         Self {
             buf,
             rows,
@@ -299,6 +341,7 @@ impl SparseAdam {
             time: 0,
             config: RowAdamConfig::new(settings),
             catch_up,
+            average,
             device: plain,
         }
     }
@@ -324,7 +367,8 @@ impl SparseAdam {
         let (d, time) = (self.dim, self.time as u64);
         let mut floats: &mut [f32] = self.buf.floats_mut();
         let mut lasts: &mut [u64] = &mut state.last;
-        let mut rows: Vec<(&mut [f32], &mut u64)> = Vec::new();
+        let mut averages: Option<&mut [f32]> = self.average.as_mut().map(|(a, _)| a.as_mut_slice());
+        let mut rows: Vec<ReplayRow<'_>> = Vec::new();
         match ids {
             Some(ids) => {
                 let mut sorted = ids.to_vec();
@@ -341,18 +385,27 @@ impl SparseAdam {
                     let (_, rest) = std::mem::take(&mut lasts).split_at_mut(id - at);
                     let (last, rest) = rest.split_at_mut(1);
                     lasts = rest;
+                    let average = averages.as_mut().map(|a| {
+                        let (_, rest) = std::mem::take(a).split_at_mut((id - at) * d);
+                        let (row, rest) = rest.split_at_mut(d);
+                        *a = rest;
+                        row
+                    });
                     at = id + 1;
                     if last[0] < time {
-                        rows.push((slot, &mut last[0]));
+                        rows.push((slot, average, &mut last[0]));
                     }
                 }
             }
-            None => rows.extend(
-                floats
-                    .chunks_exact_mut(3 * d)
-                    .zip(lasts.iter_mut())
-                    .filter(|(_, last)| **last < time),
-            ),
+            None => {
+                let mut averages = averages.map(|a| a.chunks_exact_mut(d));
+                for (slot, last) in floats.chunks_exact_mut(3 * d).zip(lasts.iter_mut()) {
+                    let average = averages.as_mut().and_then(|a| a.next());
+                    if *last < time {
+                        rows.push((slot, average, last));
+                    }
+                }
+            }
         }
         let (steps, base) = (state.steps.as_slice(), state.base);
         let betas = self.config.at(1).betas();
@@ -412,14 +465,17 @@ impl SparseAdam {
         });
         let c = self.config.at(self.time);
         let lr = lr as f32;
+        let keep = self.average.as_ref().map_or(0.0, |(_, decay)| average_keep(*decay, self.time));
         let catch_up = self.catch_up.as_mut().map(|state| {
             state.steps.push(Missed {
                 factor: c.factor,
                 eps: c.eps,
                 lr,
+                keep,
             });
             state.last.as_mut_slice()
         });
+        let average = self.average.as_mut().map(|(a, _)| (a.as_mut_slice(), keep));
         let floats = self.buf.floats_mut();
         let op = RowAdam {
             floats,
@@ -435,6 +491,7 @@ impl SparseAdam {
             wd_grad: c.wd_grad,
             wd_update: c.wd_update,
             catch_up,
+            average,
             time: self.time as u64,
         };
         pulp::Arch::new().dispatch(op);
@@ -461,6 +518,35 @@ impl SparseAdam {
     pub fn table(&mut self) -> Tensor<2> {
         self.catch_up();
         self.part(0)
+    }
+
+    /// The weight average of the table `[rows, dim]` (plain device), every row up to date;
+    /// `None` without one.
+    pub fn average(&mut self) -> Option<Tensor<2>> {
+        self.catch_up();
+        let (a, _) = self.average.as_ref()?;
+        Some(Tensor::from_data(TensorData::new(a.clone(), [self.rows, self.dim]), &self.device))
+    }
+
+    /// Restores the table's weight average (`[rows, dim]`, as [`SparseAdam::average`] gave
+    /// it) when resuming; nothing without one.
+    pub fn set_average(&mut self, values: Tensor<2>) -> Result<(), TrainError> {
+        let Some((a, _)) = self.average.as_mut() else {
+            return Ok(());
+        };
+        let data = values.into_data();
+        let values = data
+            .as_slice::<f32>()
+            .map_err(|e| TrainError::Backend(format!("reading the table's average: {e:?}")))?;
+        if values.len() != a.len() {
+            return Err(TrainError::Backend(format!(
+                "the saved table average has {} values; the table has {}",
+                values.len(),
+                a.len()
+            )));
+        }
+        a.copy_from_slice(values);
+        Ok(())
     }
 
     /// Saves the moments next to a checkpoint ([`write_moments`]), every row brought up to

@@ -17,6 +17,7 @@ use burn::tensor::{Device, Int, Tensor};
 use mtl_features::{BatchTensors, TableLayout};
 use mtl_layers::{MultiTaskModel, with_running_stats_frozen};
 
+use crate::average::Average;
 use crate::checkpoint::SPARSE_MOMENTS;
 use crate::config::{EmbeddingUpdate, TablePlace, TrainSettings};
 use crate::device_table::DeviceAdam;
@@ -148,6 +149,14 @@ impl Store {
             Self::Device(a) => a.load(path, time),
         }
     }
+
+    /// The table's weight average (the host table keeps one with `ema_decay`).
+    fn average(&mut self) -> Option<Tensor<2>> {
+        match self {
+            Self::Host(a) => a.average(),
+            Self::Device(_) => None,
+        }
+    }
 }
 
 /// The row-sparse embedding table: its optimiser and the parameter it stands for.
@@ -177,13 +186,17 @@ pub struct Stepper {
     lr: f64,
     weighting: Weighting,
     loss_names: Vec<String>,
+    /// The weight average of the dense parameters, with `ema_decay`.
+    average: Option<Average>,
 }
 
 impl Stepper {
     /// A stepper for `model`. With row-sparse updates it moves the embedding table out of the
     /// model (which keeps a one-row placeholder) into host memory, with the moments saved at
     /// `moments` (the file and the step count) when resuming; `weighting` is the learned loss
-    /// weighting's state when resuming.
+    /// weighting's state when resuming. With `ema_decay` the weight average starts at
+    /// `averaged` (a checkpoint's saved average, when resuming) or else at `model`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new<M: MultiTaskModel>(
         model: M,
         dense: ModuleOptimizer,
@@ -192,6 +205,7 @@ impl Stepper {
         device: &Device,
         moments: Option<(&Path, usize)>,
         weighting: Option<WeightingState>,
+        averaged: Option<&M>,
     ) -> Result<(M, Self), TrainError> {
         let loss_names = model.loss_names();
         let outputs: Vec<String> = model.outputs().into_iter().map(|o| o.name).collect();
@@ -207,16 +221,23 @@ impl Stepper {
                 weighting,
             ),
             loss_names,
+            average: None,
         };
         // a schema without id fields has no table to update
         if settings.embedding == EmbeddingUpdate::Dense || layout.total_rows == 0 {
             // burn initialises parameters lazily; a large table's random initialisation
             // (seconds at tens of millions of rows) happens here, before the training clock
             let _ = model.input_layer().embedding.weight.val();
+            stepper.average = settings
+                .average_decay()
+                .map(|decay| Average::new(decay, &model, averaged.unwrap_or(&model), None));
             return Ok((model, stepper));
         }
         let weight = &model.input_layer().embedding.weight;
         let (id, values) = (weight.id, weight.val().inner());
+        stepper.average = settings
+            .average_decay()
+            .map(|decay| Average::new(decay, &model, averaged.unwrap_or(&model), Some(id)));
         let plain = device.clone().without_autodiff();
         // the placeholder first, so that the table's memory is the copy's alone
         let placeholder = Tensor::zeros([1, values.dims()[1]], &plain);
@@ -238,6 +259,9 @@ impl Stepper {
                 });
             }
             adam.load(path, time)?;
+        }
+        if let (Some(saved), Store::Host(host)) = (averaged, &mut adam) {
+            host.set_average(saved.input_layer().embedding.weight.val().inner())?;
         }
         stepper.table = Some(Table { adam, id });
         Ok((model, stepper))
@@ -296,6 +320,9 @@ impl Stepper {
         let grads = GradientsParams::from_grads(grads, &model);
         let model = self.dense.step(self.lr, model, grads);
         let model = self.without_table(model);
+        if let Some(average) = &mut self.average {
+            average.update(&model, step);
+        }
         self.weighting.update(&terms, grad_norms.as_deref());
         Ok((model, StepLosses { total, terms }))
     }
@@ -347,6 +374,20 @@ impl Stepper {
             }
             None => model,
         }
+    }
+
+    /// `model` with the weight average in place of its parameters and table, when the run
+    /// keeps one (for evaluation, checkpoints' `average.bpk` and the saved model).
+    pub fn averaged<M: Module>(&mut self, model: M) -> Option<M> {
+        let average = self.average.as_ref()?;
+        let model = average.apply(model);
+        Some(match &mut self.table {
+            Some(table) => match table.adam.average() {
+                Some(values) => table.set(model, values),
+                None => model,
+            },
+            None => model,
+        })
     }
 
     /// `model` holding a one-row placeholder in place of the table, so that the table is

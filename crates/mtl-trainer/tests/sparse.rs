@@ -160,6 +160,17 @@ fn batch_4_runs(
     seed: u64,
     modes: &[(EmbeddingUpdate, Option<UntouchedRows>)],
 ) -> Vec<Vec<f32>> {
+    let modes: Vec<_> = modes.iter().map(|&(e, u)| (e, u, None)).collect();
+    batch_4_runs_averaged(s, seed, &modes)
+}
+
+/// [`batch_4_runs`] with a weight average (`ema_decay`) per mode; each run's weights are those
+/// the fit hands back (the average's, when kept).
+fn batch_4_runs_averaged(
+    s: &ValidSchema,
+    seed: u64,
+    modes: &[(EmbeddingUpdate, Option<UntouchedRows>, Option<f64>)],
+) -> Vec<Vec<f32>> {
     let enc = Encoder::new(s, &StateFitter::new(s).finish());
     let d = data();
     let dir = tempfile::tempdir().unwrap();
@@ -169,7 +180,7 @@ fn batch_4_runs(
     let _ = init.predict(&d.batch(&[0], enc.layout(), &device.clone().without_autodiff()));
     init.valid().save_file(dir.path().join("init.bpk")).unwrap();
     let mut runs = Vec::new();
-    for &(mode, untouched) in modes {
+    for &(mode, untouched, ema_decay) in modes {
         let m = model(s, &enc, &device).load_file(dir.path().join("init.bpk"));
         let settings = TrainSettings {
             epochs: 2,
@@ -178,9 +189,10 @@ fn batch_4_runs(
             weight_decay: 0.05,
             embedding: mode,
             untouched_rows: untouched,
+            ema_decay,
             ..TrainSettings::default()
         };
-        let out = dir.path().join(format!("{mode:?}-{untouched:?}"));
+        let out = dir.path().join(format!("{mode:?}-{untouched:?}-{ema_decay:?}"));
         let (v, steps) = trained_weights(m, &settings, &d, &enc, s, &device, &out);
         assert_eq!(steps, 16);
         runs.push(v);
@@ -209,6 +221,30 @@ fn catch_up_equals_dense_adam_when_rows_go_untouched() {
         frozen > 1e-3,
         "frozen rows should differ from dense Adam ({frozen})"
     );
+}
+
+#[test]
+fn the_row_sparse_weight_average_equals_dense_adams() {
+    // dense updates average the whole table as a tensor every step; the row-sparse table
+    // keeps each row's average lazily, through catch-up's replay: they must agree
+    let (sparse, dense) = (EmbeddingUpdate::Sparse, EmbeddingUpdate::Dense);
+    let catch_up = Some(UntouchedRows::CatchUp);
+    let runs = batch_4_runs_averaged(
+        &schema(),
+        9,
+        &[
+            (dense, None, Some(0.8)),
+            (sparse, catch_up, Some(0.8)),
+            (sparse, catch_up, None),
+        ],
+    );
+    let diff = max_diff(&runs[0], &runs[1]);
+    assert!(diff < 1e-5, "row-sparse and dense weight averages differ by {diff}");
+    // and the average is not the last step's model (table and towers)
+    let table_rows = 6 + 5;
+    let (table, towers) = (table_rows * 4, runs[0].len());
+    assert!(max_diff(&runs[1][..table], &runs[2][..table]) > 1e-3);
+    assert!(max_diff(&runs[1][table..towers], &runs[2][table..towers]) > 1e-3);
 }
 
 #[test]
@@ -243,9 +279,11 @@ fn fields_of_different_widths_train_row_sparse_as_dense_adam_does() {
 fn catch_up_replays_the_missed_steps_by_the_adam_formula() {
     let (m, device) = initialised(6);
     let (lr, wd, b1, b2, eps) = (0.01f64, 0.1f64, 0.9f64, 0.999f64, 1e-5f64);
+    let decay = 0.5f64;
     let settings = TrainSettings {
         weight_decay: wd,
         untouched_rows: Some(UntouchedRows::CatchUp),
+        ema_decay: Some(decay),
         ..TrainSettings::default()
     };
     let mut sp = SparseAdam::new(table(&m), &settings, &device);
@@ -259,10 +297,12 @@ fn catch_up_replays_the_missed_steps_by_the_adam_formula() {
         sp.step(&ids, grad, rate);
     }
     let after = values(sp.table());
+    let average = values(sp.average().expect("ema_decay keeps an average"));
     // Adam with L2 decay in f64, textbook form: row 1 sees gradient 0.5 + wd·w at step 1, then
-    // wd·w; row 0 sees wd·w at every step
+    // wd·w; row 0 sees wd·w at every step. The weight average starts at w0 and after step t
+    // moves as a ← k·a + (1 − k)·w with k = min(decay, (1 + t)/(10 + t)).
     let expect = |w0: f64, first_grad: f64| {
-        let (mut w, mut m1, mut m2) = (w0, 0.0, 0.0);
+        let (mut w, mut m1, mut m2, mut a) = (w0, 0.0, 0.0, w0);
         for (t, &rate) in lrs.iter().enumerate() {
             let g = if t == 0 { first_grad } else { 0.0 } + wd * w;
             m1 = b1 * m1 + (1.0 - b1) * g;
@@ -270,18 +310,27 @@ fn catch_up_replays_the_missed_steps_by_the_adam_formula() {
             let n = (t + 1) as i32;
             let (mh, vh) = (m1 / (1.0 - b1.powi(n)), m2 / (1.0 - b2.powi(n)));
             w -= rate * mh / (vh.sqrt() + eps);
+            let k = decay.min((2.0 + t as f64) / (11.0 + t as f64));
+            a = k * a + (1.0 - k) * w;
         }
-        w
+        (w, a)
     };
     for (row, first_grad) in [(1usize, 0.5), (0, 0.0), (5, 0.0)] {
         for j in 0..4 {
             let (w0, got) = (f64::from(start[row * 4 + j]), f64::from(after[row * 4 + j]));
-            let want = expect(w0, first_grad);
+            let (want, want_average) = expect(w0, first_grad);
             assert!(
                 (got - want).abs() < 1e-5 * want.abs().max(1e-2),
                 "row {row}[{j}]: {got} vs {want} (from {w0})"
             );
             assert!((got - w0).abs() > 1e-4, "row {row}[{j}] must move ({w0} → {got})");
+            let got_average = f64::from(average[row * 4 + j]);
+            assert!(
+                (got_average - want_average).abs() < 1e-5 * want_average.abs().max(1e-2),
+                "row {row}[{j}] average: {got_average} vs {want_average}"
+            );
+            // the average lags the value: it is neither the start nor the end
+            assert!((got_average - want).abs() > 1e-5 && (got_average - w0).abs() > 1e-5);
         }
     }
 }
