@@ -88,8 +88,16 @@ impl WithModel for SparseStep<'_> {
             ..TrainSettings::default()
         };
         let optim = mtl_trainer::fit::optimizer(&settings);
-        let (model, mut stepper) =
-            Stepper::new(model, optim, &settings, &self.layout, &self.device, None, None, None)?;
+        let (model, mut stepper) = Stepper::new(
+            model,
+            optim,
+            &settings,
+            &self.layout,
+            &self.device,
+            None,
+            None,
+            None,
+        )?;
         let mut model = Some(model);
         let (batch, unique) = (self.batch, self.unique);
         self.c.bench_function(&self.name, |b| {

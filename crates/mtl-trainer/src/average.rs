@@ -1,16 +1,22 @@
 //! The weight average (`[train] ema_decay`): an exponential moving average of the dense
 //! parameters, updated after every step, that evaluations, checkpoints' `average.bpk` and the
-//! saved model use in place of the last step's values. Only trained parameters are averaged:
-//! the row-sparse table keeps its own average row by row
-//! ([`crate::sparse::SparseAdam::average`]), and buffers such as BatchNorm's running
-//! statistics are the live model's.
+//! saved model use in place of the last step's values. BatchNorm's running statistics are
+//! averaged with the weights (so that they describe the averaged network's activations, as far
+//! as an average can: measured, taking the live model's statistics instead lost 0.07 of ESMM's
+//! entire-space Spearman); the row-sparse table keeps its own average row by row
+//! ([`crate::sparse::SparseAdam::average`]).
+//!
+//! The model is read and the averaged model built through `valid()`, which folds BatchNorm's
+//! pending running-statistic update in and gives the averaged model running statistics of its
+//! own: a clone would share them with the live model, and writing the average into them would
+//! change the model being trained.
 //!
 //! After step `t` every parameter's average moves as `a ← k·a + (1 − k)·w`, with
 //! `k = min(decay, (1 + t)/(10 + t))` ([`crate::sparse::average_keep`]) so that the first
 //! steps, far from trained, leave it quickly; it starts at the initial values.
 
 use std::any::Any;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::tensor::Tensor;
@@ -25,23 +31,18 @@ pub(crate) struct Average {
     skip: Option<ParamId>,
     /// Each parameter's average: a plain `Tensor<D>` of the parameter's shape.
     values: HashMap<ParamId, Box<dyn Any + Send>>,
-    /// The parameters averaged: those the live model trains.
-    trained: HashSet<ParamId>,
 }
 
 impl Average {
-    /// An average of the parameters `live` trains (those that require a gradient) but
-    /// `skip`, starting at `start`'s values (the initial ones, or a checkpoint's saved average).
-    pub(crate) fn new<M: Module>(decay: f32, live: &M, start: &M, skip: Option<ParamId>) -> Self {
-        let mut trained = Trained(HashSet::new());
-        live.visit(&mut trained);
+    /// An average of every float parameter and buffer but `skip`, starting at `start`'s
+    /// values (the initial ones, or a checkpoint's saved average).
+    pub(crate) fn new<M: Module>(decay: f32, start: &M, skip: Option<ParamId>) -> Self {
         let mut average = Self {
             decay,
             skip,
             values: HashMap::new(),
-            trained: trained.0,
         };
-        start.visit(&mut Update {
+        start.valid().visit(&mut Update {
             average: &mut average,
             keep: 0.0,
         });
@@ -51,28 +52,18 @@ impl Average {
     /// Folds in `model`'s values after step `t` (1-based).
     pub(crate) fn update<M: Module>(&mut self, model: &M, t: usize) {
         let keep = average_keep(self.decay, t);
-        model.visit(&mut Update { average: self, keep });
+        model.valid().visit(&mut Update { average: self, keep });
     }
 
-    /// `model` with its averaged parameters in place of its own (the left-out one kept).
-    pub(crate) fn apply<M: Module>(&self, model: M) -> M {
-        model.map(&mut Apply { average: self })
-    }
-}
-
-/// The ids of the parameters that require a gradient.
-struct Trained(HashSet<ParamId>);
-
-impl ModuleVisitor for Trained {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        if param.is_require_grad() {
-            self.0.insert(param.id);
-        }
+    /// `model` (in evaluation mode, sharing nothing with `model`'s running statistics) with
+    /// the averaged parameters in place of its own (the left-out one kept).
+    pub(crate) fn apply<M: Module>(&self, model: &M) -> M {
+        model.valid().map(&mut Apply { average: self })
     }
 }
 
-/// Folds a model's parameters into the average with weight `1 − keep` (a trained parameter
-/// not yet averaged starts at its value).
+/// Folds a model's parameters into the average with weight `1 − keep` (a parameter not yet
+/// averaged starts at its value).
 struct Update<'a> {
     average: &'a mut Average,
     keep: f32,
@@ -80,7 +71,7 @@ struct Update<'a> {
 
 impl ModuleVisitor for Update<'_> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        if Some(param.id) == self.average.skip || !self.average.trained.contains(&param.id) {
+        if Some(param.id) == self.average.skip {
             return;
         }
         let w = param.val().inner();
@@ -129,13 +120,30 @@ mod tests {
     }
 
     #[test]
-    fn buffers_are_not_averaged() {
+    fn running_statistics_are_averaged_without_touching_the_live_models() {
         let device = Device::flex().autodiff();
         let norm = burn::nn::BatchNormConfig::new(2).init(&device);
-        let average = Average::new(0.5, &norm, &norm, None);
-        // gamma and beta are trained; the running mean and variance are buffers
-        assert_eq!(average.values.len(), 2);
-        assert!(average.values.contains_key(&norm.gamma.id) && average.values.contains_key(&norm.beta.id));
+        // gamma, beta, running mean and running variance
+        let mut average = Average::new(0.5, &norm, None);
+        assert_eq!(average.values.len(), 4);
+        // a training-mode pass moves the running mean (momentum 0.1) from 0 towards the batch
+        // mean 2: to 0.2, pending until read through `valid()`
+        let x = Tensor::<2>::from_data(TensorData::new(vec![1.0f32, 1.0, 3.0, 3.0], [2, 2]), &device);
+        let _ = norm.forward(x);
+        average.update(&norm, 1);
+        let keep = (0.5f64).min(2.0 / 11.0);
+        let want = 0.2 * (1.0 - keep);
+        let mean = |n: &burn::nn::BatchNorm| -> Vec<f32> {
+            n.running_mean.value().into_data().try_to_vec::<f32>().unwrap()
+        };
+        let averaged = average.apply(&norm);
+        for got in mean(&averaged) {
+            assert!((f64::from(got) - want).abs() < 1e-6, "{got} vs {want}");
+        }
+        // the live model's running mean is its own, not the average
+        for got in mean(&norm.valid()) {
+            assert!((got - 0.2).abs() < 1e-6, "{got}");
+        }
     }
 
     #[test]
@@ -143,7 +151,7 @@ mod tests {
         let device = Device::flex().autodiff();
         let start = LinearConfig::new(2, 1).init(&device);
         let skip = start.bias.as_ref().map(|b| b.id);
-        let mut average = Average::new(0.5, &start, &start, skip);
+        let mut average = Average::new(0.5, &start, skip);
         let w0 = weights(&start);
         // three "steps" setting the weight to 1, 2, 3
         let mut expected = w0.iter().map(|&w| f64::from(w)).collect::<Vec<_>>();
@@ -157,12 +165,20 @@ mod tests {
                 *e = *e * keep + f64::from(value) * (1.0 - keep);
             }
         }
-        let averaged = average.apply(live.clone());
+        let averaged = average.apply(&live);
         for (got, want) in weights(&averaged).iter().zip(&expected) {
             assert!((f64::from(*got) - want).abs() < 1e-6, "{got} vs {want}");
         }
         // the skipped bias is the live model's, not an average
-        let bias = |l: &Linear| -> Vec<f32> { l.bias.as_ref().unwrap().val().into_data().try_to_vec::<f32>().unwrap() };
+        let bias = |l: &Linear| -> Vec<f32> {
+            l.bias
+                .as_ref()
+                .unwrap()
+                .val()
+                .into_data()
+                .try_to_vec::<f32>()
+                .unwrap()
+        };
         assert_eq!(bias(&averaged), bias(&live));
         assert_eq!(bias(&live), vec![3.0]);
     }

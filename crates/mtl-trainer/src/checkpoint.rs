@@ -37,7 +37,7 @@ pub fn write_checkpoint<M: Module>(
         .save_file(tmp.join("model.bpk"))
         .map_err(record_err(&tmp))?;
     stepper.save(&tmp)?;
-    if let Some(average) = stepper.averaged(model.clone()) {
+    if let Some(average) = stepper.averaged(model) {
         average
             .valid()
             .save_file(tmp.join(AVERAGE_MODEL))

@@ -883,7 +883,8 @@ impl TrainSettings {
                 );
             }
             let table_keeps_none = self.embedding == EmbeddingUpdate::Sparse
-                && (self.embedding_table == TablePlace::Device || self.untouched_rows == Some(UntouchedRows::Frozen));
+                && (self.embedding_table == TablePlace::Device
+                    || self.untouched_rows == Some(UntouchedRows::Frozen));
             if decay > 0.0 && table_keeps_none {
                 return range(
                     "ema_decay",
@@ -1054,6 +1055,27 @@ early_stopping = { metric = "click.auc" }
     }
 
     #[test]
+    fn the_weight_average_is_on_for_new_runs_whose_table_can_keep_one() {
+        let resolved = |extra: &str, fresh: bool| {
+            let mut t: TrainSettings = toml::from_str(extra).unwrap();
+            t.resolve_untouched_rows(fresh);
+            t.resolve_ema_decay(fresh);
+            t.average_decay()
+        };
+        let on = Some(DEFAULT_EMA_DECAY as f32);
+        assert_eq!(resolved("", true), on);
+        assert_eq!(resolved("embedding = \"dense\"", true), on);
+        // a frozen or device table keeps no per-row steps to average over
+        assert_eq!(resolved("untouched_rows = \"frozen\"", true), None);
+        assert_eq!(resolved("embedding_table = \"device\"", true), None);
+        // a run saved before the setting existed resumes without one
+        assert_eq!(resolved("", false), None);
+        // given values stay: 0 is off
+        assert_eq!(resolved("ema_decay = 0.0", true), None);
+        assert_eq!(resolved("ema_decay = 0.5", false), Some(0.5));
+    }
+
+    #[test]
     fn impossible_values_are_named_with_key_value_and_range() {
         for (line, key, value) in [
             ("batch_size = 0", "train.batch_size", "= 0"),
@@ -1071,6 +1093,18 @@ early_stopping = { metric = "click.auc" }
             ),
             ("max_steps = 0", "train.max_steps", "= 0"),
             ("adam_epsilon = 0.0", "train.adam_epsilon", "= 0"),
+            ("ema_decay = 1.0", "train.ema_decay", "= 1"),
+            ("ema_decay = -0.5", "train.ema_decay", "= -0.5"),
+            (
+                "untouched_rows = \"frozen\"\nema_decay = 0.99",
+                "train.ema_decay",
+                "catch-up",
+            ),
+            (
+                "embedding_table = \"device\"\nema_decay = 0.9",
+                "train.ema_decay",
+                "device table",
+            ),
             (
                 "embedding = \"dense\"\nuntouched_rows = \"frozen\"",
                 "train.untouched_rows",

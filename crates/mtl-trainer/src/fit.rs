@@ -184,7 +184,7 @@ fn progress_bar(
 /// run keeps one.
 fn finished<M: MultiTaskModel>(stepper: &mut Stepper, model: M) -> M {
     let model = stepper.with_table(model);
-    stepper.averaged(model.clone()).unwrap_or(model)
+    stepper.averaged(&model).unwrap_or(model)
 }
 
 /// Trains `model` (on an autodiff device) from `state` on `train` (rows in memory, or a
@@ -229,12 +229,22 @@ pub fn fit<'t, M: MultiTaskModel>(
                     message: "missing: the checkpoint has no weight average (`ema_decay`)".into(),
                 });
             }
-            Some(model.clone().try_load_file(&path).map_err(record_err(&path))?)
+            // into `valid()`, whose running statistics are its own: loading into a clone would
+            // write the average into the live model's
+            Some(model.valid().try_load_file(&path).map_err(record_err(&path))?)
         }
         false => None,
     };
-    let (model, mut stepper) =
-        Stepper::new(model, optim, settings, layout, device, resume, weighting, averaged.as_ref())?;
+    let (model, mut stepper) = Stepper::new(
+        model,
+        optim,
+        settings,
+        layout,
+        device,
+        resume,
+        weighting,
+        averaged.as_ref(),
+    )?;
     drop(averaged);
     // a resumed run may have nothing left: trained already, or at its step limit
     if state.trained || settings.max_steps.is_some_and(|m| state.global_step >= m) {
@@ -289,7 +299,7 @@ pub fn fit<'t, M: MultiTaskModel>(
             }
             if eval_due {
                 // the weight average, when kept, is the model evaluated (and kept as the best)
-                let evaluated = stepper.averaged(model.clone());
+                let evaluated = stepper.averaged(&model);
                 let evaluated = evaluated.as_ref().unwrap_or(&model);
                 let report = stepper.weight_report();
                 if pb.suspend(|| eval.run(evaluated, &mut state, &mut clock, report))? {
@@ -305,7 +315,7 @@ pub fn fit<'t, M: MultiTaskModel>(
             }
             if state.trained || limit {
                 pb.finish_and_clear();
-                return Ok(stepper.averaged(model.clone()).unwrap_or(model));
+                return Ok(stepper.averaged(&model).unwrap_or(model));
             }
             model = stepper.without_table(model);
             if at_epoch_end {

@@ -229,7 +229,14 @@ impl StepConstants {
 /// operations on a row no example used, weight decay included; and the weight average's
 /// update after each step, when kept.
 #[inline(always)]
-fn replay(w: &mut [f32], m: &mut [f32], v: &mut [f32], mut average: Option<&mut [f32]>, missed: &[Missed], k: Betas) {
+fn replay(
+    w: &mut [f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    mut average: Option<&mut [f32]>,
+    missed: &[Missed],
+    k: Betas,
+) {
     for s in missed {
         for ((w, m), v) in w.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()) {
             // the same operations as a touched row's with g = 0 (0 · coef + w · wd = w · wd)
@@ -465,7 +472,10 @@ impl SparseAdam {
         });
         let c = self.config.at(self.time);
         let lr = lr as f32;
-        let keep = self.average.as_ref().map_or(0.0, |(_, decay)| average_keep(*decay, self.time));
+        let keep = self
+            .average
+            .as_ref()
+            .map_or(0.0, |(_, decay)| average_keep(*decay, self.time));
         let catch_up = self.catch_up.as_mut().map(|state| {
             state.steps.push(Missed {
                 factor: c.factor,
@@ -525,7 +535,10 @@ impl SparseAdam {
     pub fn average(&mut self) -> Option<Tensor<2>> {
         self.catch_up();
         let (a, _) = self.average.as_ref()?;
-        Some(Tensor::from_data(TensorData::new(a.clone(), [self.rows, self.dim]), &self.device))
+        Some(Tensor::from_data(
+            TensorData::new(a.clone(), [self.rows, self.dim]),
+            &self.device,
+        ))
     }
 
     /// Restores the table's weight average (`[rows, dim]`, as [`SparseAdam::average`] gave

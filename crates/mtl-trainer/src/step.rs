@@ -230,14 +230,14 @@ impl Stepper {
             let _ = model.input_layer().embedding.weight.val();
             stepper.average = settings
                 .average_decay()
-                .map(|decay| Average::new(decay, &model, averaged.unwrap_or(&model), None));
+                .map(|decay| Average::new(decay, averaged.unwrap_or(&model), None));
             return Ok((model, stepper));
         }
         let weight = &model.input_layer().embedding.weight;
         let (id, values) = (weight.id, weight.val().inner());
         stepper.average = settings
             .average_decay()
-            .map(|decay| Average::new(decay, &model, averaged.unwrap_or(&model), Some(id)));
+            .map(|decay| Average::new(decay, averaged.unwrap_or(&model), Some(id)));
         let plain = device.clone().without_autodiff();
         // the placeholder first, so that the table's memory is the copy's alone
         let placeholder = Tensor::zeros([1, values.dims()[1]], &plain);
@@ -378,7 +378,7 @@ impl Stepper {
 
     /// `model` with the weight average in place of its parameters and table, when the run
     /// keeps one (for evaluation, checkpoints' `average.bpk` and the saved model).
-    pub fn averaged<M: Module>(&mut self, model: M) -> Option<M> {
+    pub fn averaged<M: Module>(&mut self, model: &M) -> Option<M> {
         let average = self.average.as_ref()?;
         let model = average.apply(model);
         Some(match &mut self.table {

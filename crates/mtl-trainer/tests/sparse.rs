@@ -239,7 +239,10 @@ fn the_row_sparse_weight_average_equals_dense_adams() {
         ],
     );
     let diff = max_diff(&runs[0], &runs[1]);
-    assert!(diff < 1e-5, "row-sparse and dense weight averages differ by {diff}");
+    assert!(
+        diff < 1e-5,
+        "row-sparse and dense weight averages differ by {diff}"
+    );
     // and the average is not the last step's model (table and towers)
     let table_rows = 6 + 5;
     let (table, towers) = (table_rows * 4, runs[0].len());
