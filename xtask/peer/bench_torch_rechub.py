@@ -163,6 +163,7 @@ def worker(a):
         "auc_cvr_clicked": round(roc_auc_score(purchase[clicked], p_cvr[clicked]), 5),
         "auc_ctcvr": round(roc_auc_score(click * purchase, p_ctcvr), 5),
         "es_cvr_spearman": round(float(spearmanr(p_cvr, test["p_cvr"].values)[0]), 5),
+        "mean_pcvr": round(float(np.mean(p_cvr)), 5),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
     }
     with open(a.result_file, "w") as f:

@@ -128,7 +128,7 @@ pub fn es_cvr(a: &EsCvrArgs) -> Result<()> {
                         },
                         &dir.join("peer-logs"),
                     )?;
-                    row["peer"] = json!({ "cvr_auc_clicked": line["auc_cvr_clicked"], "es_cvr_spearman": line["es_cvr_spearman"] });
+                    row["peer"] = json!({ "cvr_auc_clicked": line["auc_cvr_clicked"], "es_cvr_spearman": line["es_cvr_spearman"], "mean_pcvr": line["mean_pcvr"] });
                 }
                 runs.push(row);
                 std::fs::write(dir.join("results.json"), serde_json::to_vec_pretty(&runs)?)?;
