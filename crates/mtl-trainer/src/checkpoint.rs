@@ -15,11 +15,13 @@ pub fn checkpoint_dir(out_dir: &Path) -> PathBuf {
     out_dir.join("checkpoint")
 }
 
-/// Writes model, optimiser and state into a fresh folder, then swaps it in, so a crash leaves
-/// either the old checkpoint or the new one, never a mix.
+/// Writes model, weight average (if the run keeps one), optimiser and state into a fresh
+/// folder, then swaps it in, so a crash leaves either the old checkpoint or the new one, never
+/// a mix.
 pub fn write_checkpoint<M: Module>(
     out_dir: &Path,
     model: &M,
+    average: Option<&M>,
     stepper: &mut Stepper,
     state: &TrainState,
 ) -> Result<(), TrainError> {
@@ -37,7 +39,7 @@ pub fn write_checkpoint<M: Module>(
         .save_file(tmp.join("model.bpk"))
         .map_err(record_err(&tmp))?;
     stepper.save(&tmp)?;
-    if let Some(average) = stepper.averaged(model) {
+    if let Some(average) = average {
         average
             .valid()
             .save_file(tmp.join(AVERAGE_MODEL))

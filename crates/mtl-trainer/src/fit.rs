@@ -293,14 +293,16 @@ pub fn fit<'t, M: MultiTaskModel>(
                 limit,
             } = due(settings, state.global_step, at_epoch_end, state.epoch);
             let last = limit || state.epoch >= settings.epochs;
+            let mut averaged = None;
             if eval_due || checkpoint || last {
-                // evaluation and checkpoints read the model's whole table
+                // evaluation and checkpoints read the model's whole table, and its weight
+                // average when the run keeps one (built once for all three)
                 model = stepper.with_table(model);
+                averaged = stepper.averaged(&model);
             }
             if eval_due {
                 // the weight average, when kept, is the model evaluated (and kept as the best)
-                let evaluated = stepper.averaged(&model);
-                let evaluated = evaluated.as_ref().unwrap_or(&model);
+                let evaluated = averaged.as_ref().unwrap_or(&model);
                 let report = stepper.weight_report();
                 if pb.suspend(|| eval.run(evaluated, &mut state, &mut clock, report))? {
                     state.stopped_early = true;
@@ -311,11 +313,11 @@ pub fn fit<'t, M: MultiTaskModel>(
             if checkpoint || limit || state.trained {
                 state.pending_secs += clock.elapsed().as_secs_f64();
                 clock = Instant::now();
-                write_checkpoint(&options.out_dir, &model, &mut stepper, &state)?;
+                write_checkpoint(&options.out_dir, &model, averaged.as_ref(), &mut stepper, &state)?;
             }
             if state.trained || limit {
                 pb.finish_and_clear();
-                return Ok(stepper.averaged(&model).unwrap_or(model));
+                return Ok(averaged.unwrap_or(model));
             }
             model = stepper.without_table(model);
             if at_epoch_end {
