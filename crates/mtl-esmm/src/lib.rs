@@ -271,6 +271,17 @@ impl Esmm {
 const LOSS_NAMES: [&str; 2] = ["ctr", "ctcvr"];
 
 impl EsmmLabels {
+    /// The base rates the towers start at, from the labels' means over the training rows:
+    /// P(click), and P(conversion | click) = mean(conversion) / mean(click) (a conversion is
+    /// post-click, a rule the data is checked against). None when a mean is missing or not a
+    /// rate, or no row is clicked.
+    pub fn priors(self, label_means: &[f64]) -> Option<(f64, f64)> {
+        let click = *label_means.get(self.click)?;
+        let conversion = *label_means.get(self.conversion)?;
+        let rate = |p: f64| p.is_finite() && (0.0..=1.0).contains(&p);
+        (rate(click) && rate(conversion) && click > 0.0).then(|| (click, (conversion / click).min(1.0)))
+    }
+
     /// ESMM's outputs: CTR and CTCVR over all rows, CVR on clicked rows.
     fn outputs(self) -> Vec<OutputSpec> {
         let EsmmLabels { click, conversion } = self;
@@ -318,4 +329,26 @@ impl MultiTaskModel for Esmm {
             losses,
         }
     }
+
+    /// pCTR starts at the click rate and pCVR at the conversions per click, on every row.
+    fn with_label_priors(self, label_means: &[f64]) -> Self {
+        let Some((ctr, cvr)) = self.labels.priors(label_means) else {
+            return self;
+        };
+        Self {
+            ctr_tower: self.ctr_tower.with_output_prior(logit(ctr), false),
+            cvr_tower: self.cvr_tower.with_output_prior(logit(cvr), true),
+            ..self
+        }
+    }
+}
+
+/// The nearest a prior may come to 0 or 1 (a label that never or always fires still starts
+/// at a finite logit, ±9.2).
+const PRIOR_CLAMP: f64 = 1e-4;
+
+/// `ln(p / (1 − p))`, `p` clamped to `[PRIOR_CLAMP, 1 − PRIOR_CLAMP]`.
+fn logit(p: f64) -> f64 {
+    let p = p.clamp(PRIOR_CLAMP, 1.0 - PRIOR_CLAMP);
+    (p / (1.0 - p)).ln()
 }

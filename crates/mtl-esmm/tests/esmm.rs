@@ -230,3 +230,100 @@ fn config_errors_name_the_key() {
             .to_string();
     assert!(toml_err.contains("towers"), "{toml_err}");
 }
+
+#[test]
+fn label_priors_start_pctr_at_the_click_rate_and_pcvr_at_conversions_per_click() {
+    let device = Device::flex().autodiff();
+    device.seed(5);
+    let (enc, m) = model(FieldPooling::Concat, &device);
+    let ids = |m: &Esmm| {
+        let (c, v) = (
+            m.ctr_tower.mlp.output.as_ref().unwrap(),
+            m.cvr_tower.mlp.output.as_ref().unwrap(),
+        );
+        [c.weight.id, v.weight.id]
+    };
+    let before = ids(&m);
+    // click mean 0.2, purchase mean 0.05: P(conversion | click) = 0.05 / 0.2 = 0.25
+    let m = m.with_label_priors(&[0.2, 0.05]);
+    assert_eq!(ids(&m), before, "the parameters keep their ids");
+    let bias = |t: &mtl_layers::Tower| v(t.mlp.output.as_ref().unwrap().bias.as_ref().unwrap().val())[0];
+    assert!((f64::from(bias(&m.ctr_tower)) - 0.25f64.ln()).abs() < 1e-6); // logit 0.2 = ln(0.2/0.8)
+    assert!((f64::from(bias(&m.cvr_tower)) - (1.0f64 / 3.0).ln()).abs() < 1e-6); // logit 0.25
+    let d = data(&[
+        (1.0, 1.0),
+        (1.0, 0.0),
+        (0.0, 0.0),
+        (0.0, 0.0),
+        (1.0, 0.0),
+        (0.0, 0.0),
+        (0.0, 0.0),
+        (0.0, 0.0),
+    ]);
+    let batch = d.batch(&(0..8).collect::<Vec<_>>(), enc.layout(), &device);
+    let p = m.forward_predictions(&batch);
+    // the CVR tower's output weights are zero: pCVR is the prior on every row...
+    for (r, x) in v(p.pcvr).iter().enumerate() {
+        assert!((f64::from(*x) - 0.25).abs() < 1e-6, "row {r}: {x}");
+    }
+    // ...while the CTR tower keeps its random output weights (pCTR varies by row)
+    let pctr = v(p.pctr);
+    assert!(pctr.iter().any(|x| (x - pctr[0]).abs() > 1e-4), "{pctr:?}");
+    // and the zeroed weights still learn from the CTCVR loss
+    let f = m.forward(&batch);
+    let grads = f.losses[1].clone().backward();
+    let g = m
+        .cvr_tower
+        .mlp
+        .output
+        .as_ref()
+        .unwrap()
+        .weight
+        .val()
+        .grad(&grads)
+        .unwrap();
+    let g = g.into_data().try_to_vec::<f32>().unwrap();
+    assert!(
+        g.iter().all(|x| x.is_finite()) && g.iter().any(|x| x.abs() > 1e-9),
+        "{g:?}"
+    );
+}
+
+#[test]
+fn label_priors_need_clicks_and_rates() {
+    let s = schema();
+    let labels = EsmmConfig::new(MlpSpec::new([4]), MlpSpec::new([4]))
+        .init(
+            &s,
+            Encoder::new(&s, &StateFitter::new(&s).finish()).layout(),
+            &Device::flex(),
+        )
+        .unwrap()
+        .labels;
+    let (ctr, cvr) = labels.priors(&[0.04, 0.002]).unwrap();
+    assert!((ctr - 0.04).abs() < 1e-12 && (cvr - 0.05).abs() < 1e-12);
+    assert_eq!(
+        labels.priors(&[0.0, 0.0]),
+        None,
+        "no clicked row: no conversion rate"
+    );
+    assert_eq!(labels.priors(&[f64::NAN, 0.0]), None);
+    assert_eq!(labels.priors(&[0.5, 2.0]), None, "a mean above 1 is not a rate");
+    assert_eq!(labels.priors(&[0.5]), None, "a missing column");
+    // a model without clicks keeps its random start
+    let device = Device::flex();
+    device.seed(9);
+    let (_, m) = model(FieldPooling::Concat, &device);
+    let w = |m: &Esmm| {
+        v(m.cvr_tower
+            .mlp
+            .output
+            .as_ref()
+            .unwrap()
+            .weight
+            .val()
+            .flatten(0, 1))
+    };
+    let before = w(&m);
+    assert_eq!(w(&m.with_label_priors(&[0.0, 0.0])), before);
+}

@@ -113,6 +113,14 @@ pub trait MultiTaskModel: Module + Clone + std::fmt::Debug {
         let _ = batch;
         Vec::new()
     }
+
+    /// The model started at its labels' base rates, before the first step: `label_means[i]`
+    /// is label column `i`'s mean over the training rows. A model whose outputs have a
+    /// natural prior sets their biases to it (ESMM); the default keeps the random start.
+    fn with_label_priors(self, label_means: &[f64]) -> Self {
+        let _ = label_means;
+        self
+    }
 }
 
 /// A model's configuration (the `[model]` table of a run config, less its `type`): all a

@@ -207,6 +207,25 @@ pub fn fm_interactions(fields: Tensor<3>) -> Tensor<2> {
 }
 
 impl Tower {
+    /// The same tower starting at a prior: its output bias set to `bias` (a logit for a
+    /// sigmoid head) and, when `zero_weights`, its output weights set to zero, so that it
+    /// starts at `bias` on every row (plus a `deepfm` tower's FM term) instead of at a random
+    /// function of its input. Parameter ids are kept.
+    pub fn with_output_prior(mut self, bias: f64, zero_weights: bool) -> Self {
+        self.mlp.output = self.mlp.output.map(|mut linear| {
+            linear.bias = linear
+                .bias
+                .map(|b| b.map(|t| t.zeros_like().add_scalar(bias).detach().set_require_grad(true)));
+            if zero_weights {
+                linear.weight = linear
+                    .weight
+                    .map(|t| t.zeros_like().detach().set_require_grad(true));
+            }
+            linear
+        });
+        self
+    }
+
     /// The tower's output. `fields` (the input layer's field embeddings) is read only by a
     /// `deepfm` tower, which the config check guarantees has them.
     ///

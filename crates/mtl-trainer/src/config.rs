@@ -475,6 +475,13 @@ pub struct TrainSettings {
     /// ([`TrainSettings::resolve_ema_decay`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ema_decay: Option<f64>,
+    /// Start the model's outputs at the training labels' base rates before the first step
+    /// ([`MultiTaskModel::with_label_priors`](mtl_layers::MultiTaskModel::with_label_priors):
+    /// for ESMM the CTR tower's output bias at logit(click rate) and the CVR tower's at
+    /// logit(conversions per click), its output weights at zero). `false` keeps the random
+    /// start (torch-rechub's).
+    #[serde(default = "default_true")]
+    pub label_priors: bool,
 }
 
 /// The weight average's decay of a new run that can keep one.
@@ -1073,6 +1080,17 @@ early_stopping = { metric = "click.auc" }
         // given values stay: 0 is off
         assert_eq!(resolved("ema_decay = 0.0", true), None);
         assert_eq!(resolved("ema_decay = 0.5", false), Some(0.5));
+    }
+
+    #[test]
+    fn label_priors_are_on_unless_turned_off() {
+        assert!(TrainSettings::default().label_priors);
+        let off: TrainSettings = toml::from_str("label_priors = false").unwrap();
+        assert!(!off.label_priors);
+        let err = RunConfig::from_toml_str(&GOOD.replace("[train]", "[train]\nlabel_priors = 1"), "c.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("c.toml") && err.contains("label_priors"), "{err}");
     }
 
     #[test]

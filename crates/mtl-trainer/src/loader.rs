@@ -84,6 +84,77 @@ pub fn count_rows(files: &[PathBuf], encoder: &Encoder, policy: BadRowPolicy) ->
     Ok(rows)
 }
 
+/// Rows a streaming run reads (from the start of its files) to estimate the labels' base
+/// rates for [`TrainSettings::label_priors`](crate::TrainSettings::label_priors).
+pub const PRIOR_ROWS: usize = 1 << 20;
+
+/// Each label column's mean over the finite values of the training rows: all of them in
+/// memory, or the first [`PRIOR_ROWS`] rows of the files when streaming. NaN where a column
+/// has no finite value.
+pub fn label_means(rows: TrainRows<'_>) -> Result<Vec<f64>, TrainError> {
+    label_means_upto(rows, PRIOR_ROWS)
+}
+
+/// [`label_means`], streaming reading the first `max_rows` rows.
+fn label_means_upto(rows: TrainRows<'_>, max_rows: usize) -> Result<Vec<f64>, TrainError> {
+    let mut sums = LabelSums::default();
+    match rows {
+        TrainRows::Memory(data) => sums.add(data),
+        TrainRows::Stream(spec) => {
+            let mut report = ReadReport::default();
+            'files: for path in &spec.files {
+                let mut source = Source::open(path, spec.encoder.schema(), true)?;
+                loop {
+                    let mut chunk = mtl_data::empty_encoded(spec.encoder.schema());
+                    let want = CHUNK_ROWS.min(max_rows - sums.rows);
+                    let n =
+                        source.read_chunk(&spec.encoder, spec.policy, want, &mut chunk, &mut report, None)?;
+                    if n == 0 {
+                        break;
+                    }
+                    sums.add(&chunk);
+                    if sums.rows >= max_rows {
+                        break 'files;
+                    }
+                }
+            }
+        }
+    }
+    Ok(sums.means())
+}
+
+/// Per label column: the sum and count of its finite values.
+#[derive(Default)]
+struct LabelSums {
+    rows: usize,
+    sums: Vec<(f64, u64)>,
+}
+
+impl LabelSums {
+    fn add(&mut self, data: &EncodedData) {
+        let n = data.n_labels;
+        self.sums.resize(n, (0.0, 0));
+        if n > 0 {
+            for row in data.labels.chunks_exact(n) {
+                for (acc, &v) in self.sums.iter_mut().zip(row) {
+                    if v.is_finite() {
+                        acc.0 += f64::from(v);
+                        acc.1 += 1;
+                    }
+                }
+            }
+        }
+        self.rows += data.rows;
+    }
+
+    fn means(&self) -> Vec<f64> {
+        self.sums
+            .iter()
+            .map(|&(sum, count)| if count > 0 { sum / count as f64 } else { f64::NAN })
+            .collect()
+    }
+}
+
 /// The files' order in `epoch`.
 fn file_order(files: usize, seed: u64, epoch: usize) -> Vec<usize> {
     epoch_order(files, seed ^ 0x5eed_f11e, epoch)
@@ -439,6 +510,32 @@ mod tests {
         // a resumed stream sends the rest of the run, in the same order
         assert_eq!(streamed(&spec, 3, 2, (0, 3)), all[3..]);
         assert_eq!(streamed(&spec, 3, 2, (1, 5)), all[12..]);
+    }
+
+    #[test]
+    fn label_means_skip_missing_values_and_streaming_reads_a_prefix() {
+        let data = EncodedData {
+            rows: 4,
+            n_labels: 2,
+            labels: vec![1.0, 0.5, 0.0, f32::NAN, 1.0, 1.5, 0.0, f32::NAN],
+            ..Default::default()
+        };
+        let means = label_means(TrainRows::Memory(&data)).unwrap();
+        assert_eq!(means[0], 0.5);
+        assert_eq!(means[1], 1.0, "the mean of 0.5 and 1.5; NaN rows left out");
+        let empty = EncodedData {
+            rows: 1,
+            n_labels: 1,
+            labels: vec![f32::NAN],
+            ..Default::default()
+        };
+        assert!(label_means(TrainRows::Memory(&empty)).unwrap()[0].is_nan());
+        // streaming: files of 7, 5 and 9 rows labelled 0..21
+        let dir = tempfile::tempdir().unwrap();
+        let spec = stream_spec(dir.path(), 4);
+        assert_eq!(label_means(TrainRows::Stream(&spec)).unwrap(), [10.0]);
+        // the first 10 rows (across the first two files): 0..10
+        assert_eq!(label_means_upto(TrainRows::Stream(&spec), 10).unwrap(), [4.5]);
     }
 
     #[test]

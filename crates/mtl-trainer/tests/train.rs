@@ -604,6 +604,9 @@ fn calibration_is_fitted_on_validation_saved_and_applied_everywhere() {
     for method in [CalibrationMethod::Platt, CalibrationMethod::Isotonic] {
         let mut s = settings(1, 256);
         s.calibration = method;
+        // from a random start (not the labels' base rates) one epoch leaves pCTR well off the
+        // click rate (ECE ≈ 0.1): the miscalibration the map must remove
+        s.label_priors = false;
         let out = dir.path().join(format!("{method:?}"));
         let summary = mtl_trainer::train::<Models>(
             Some(&config(&files, esmm(), s)),
@@ -669,4 +672,63 @@ fn calibration_is_fitted_on_validation_saved_and_applied_everywhere() {
             }
         }
     }
+}
+
+#[test]
+fn a_new_esmm_run_starts_at_the_training_labels_base_rates() {
+    let _turn = turn();
+    let dir = tempfile::tempdir().unwrap();
+    let files = data(&dir.path().join("data"), 1200, 4);
+    // the click rate of the training file
+    let (header, rows) = read_csv(&files.train);
+    let col = header.iter().position(|h| h == "click").unwrap();
+    let clicks = rows.iter().filter(|r| r[col] == "1").count() as f64;
+    let ctr = clicks / rows.len() as f64;
+    // one epoch of one step (the saved model is the weight average of the start and that
+    // step: each of its values lies between the two)
+    let first_step = |priors: bool| {
+        let mut s = settings(1, rows.len());
+        s.label_priors = priors;
+        let out = dir.path().join(format!("priors-{priors}"));
+        let summary = mtl_trainer::train::<Models>(
+            Some(&config(&files, esmm(), s)),
+            &out,
+            false,
+            &TrainOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(summary.steps, 1);
+        let model_dir = ModelDir::open(&out).unwrap();
+        let ModelConfig::Esmm(cfg) = &model_dir.config.model else {
+            panic!("esmm expected")
+        };
+        let m = cfg
+            .init(&model_dir.schema, model_dir.encoder.layout(), &Device::flex())
+            .unwrap()
+            .load_file(out.join("model.bpk"));
+        let values = |t: burn::tensor::Tensor<1>| t.into_data().try_to_vec::<f32>().unwrap();
+        let ctr_out = m.ctr_tower.mlp.output.as_ref().unwrap();
+        let cvr_out = m.cvr_tower.mlp.output.as_ref().unwrap();
+        (
+            values(ctr_out.bias.as_ref().unwrap().val())[0],
+            values(cvr_out.weight.val().flatten(0, 1)),
+        )
+    };
+    let lr = settings(1, 1).lr as f32;
+    // Adam's first step moves each parameter by at most lr: the CTR bias is still within lr
+    // of logit(click rate), the CVR tower's output weights within lr of zero
+    let (ctr_bias, cvr_weights) = first_step(true);
+    let logit = (ctr / (1.0 - ctr)).ln() as f32;
+    assert!(
+        (ctr_bias - logit).abs() <= lr * 1.01,
+        "{ctr_bias} vs logit({ctr}) = {logit}"
+    );
+    assert!(
+        cvr_weights.iter().all(|w| w.abs() <= lr * 1.01),
+        "{cvr_weights:?}"
+    );
+    // label_priors = false keeps the random start
+    let (ctr_bias, cvr_weights) = first_step(false);
+    assert!((ctr_bias - logit).abs() > 1.0, "{ctr_bias}");
+    assert!(cvr_weights.iter().any(|w| w.abs() > 10.0 * lr), "{cvr_weights:?}");
 }
