@@ -359,10 +359,14 @@ pub fn train<R: Registry>(
             .zip(&means)
             .map(|(name, m)| format!("{name} {m:.4}"))
             .collect();
-        tracing::info!(
-            "label means of the training rows (the outputs' starting priors): {}",
+        let message = format!(
+            "outputs start at the training labels' means (label_priors): {}",
             shown.join(", ")
         );
+        tracing::info!("{message}");
+        if options.progress {
+            eprintln!("{message}");
+        }
         Some(means)
     } else {
         None
