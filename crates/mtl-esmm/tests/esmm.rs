@@ -64,6 +64,18 @@ fn model(pooling: FieldPooling, device: &Device) -> (Encoder, Esmm) {
     (enc, m)
 }
 
+/// Six rows: two converted clicks, two clicks without a conversion, two impressions.
+fn clicks_and_conversions() -> EncodedData {
+    data(&[
+        (1.0, 1.0),
+        (1.0, 0.0),
+        (0.0, 0.0),
+        (1.0, 1.0),
+        (0.0, 0.0),
+        (1.0, 0.0),
+    ])
+}
+
 fn v(t: Tensor<1>) -> Vec<f32> {
     t.into_data().try_to_vec::<f32>().unwrap()
 }
@@ -157,14 +169,7 @@ fn cvr_tower_learns_from_the_ctcvr_loss_alone() {
     let device = Device::flex().autodiff();
     device.seed(11);
     let (enc, m) = model(FieldPooling::Concat, &device);
-    let d = data(&[
-        (1.0, 1.0),
-        (1.0, 0.0),
-        (0.0, 0.0),
-        (1.0, 1.0),
-        (0.0, 0.0),
-        (1.0, 0.0),
-    ]);
+    let d = clicks_and_conversions();
     let batch = d.batch(&(0..6).collect::<Vec<_>>(), enc.layout(), &device);
     let f = m.forward(&batch);
     let (finite, cvr_from_ctcvr, _) = grads_finite_and_nonzero(&m, f.losses[1].clone());
@@ -250,17 +255,8 @@ fn label_priors_start_pctr_at_the_click_rate_and_pcvr_at_conversions_per_click()
     let bias = |t: &mtl_layers::Tower| v(t.mlp.output.as_ref().unwrap().bias.as_ref().unwrap().val())[0];
     assert!((f64::from(bias(&m.ctr_tower)) - 0.25f64.ln()).abs() < 1e-6); // logit 0.2 = ln(0.2/0.8)
     assert!((f64::from(bias(&m.cvr_tower)) - (1.0f64 / 3.0).ln()).abs() < 1e-6); // logit 0.25
-    let d = data(&[
-        (1.0, 1.0),
-        (1.0, 0.0),
-        (0.0, 0.0),
-        (0.0, 0.0),
-        (1.0, 0.0),
-        (0.0, 0.0),
-        (0.0, 0.0),
-        (0.0, 0.0),
-    ]);
-    let batch = d.batch(&(0..8).collect::<Vec<_>>(), enc.layout(), &device);
+    let d = clicks_and_conversions();
+    let batch = d.batch(&(0..6).collect::<Vec<_>>(), enc.layout(), &device);
     let p = m.forward_predictions(&batch);
     // the CVR tower's output weights are zero: pCVR is the prior on every row...
     for (r, x) in v(p.pcvr).iter().enumerate() {
@@ -272,17 +268,8 @@ fn label_priors_start_pctr_at_the_click_rate_and_pcvr_at_conversions_per_click()
     // and the zeroed weights still learn from the CTCVR loss
     let f = m.forward(&batch);
     let grads = f.losses[1].clone().backward();
-    let g = m
-        .cvr_tower
-        .mlp
-        .output
-        .as_ref()
-        .unwrap()
-        .weight
-        .val()
-        .grad(&grads)
-        .unwrap();
-    let g = g.into_data().try_to_vec::<f32>().unwrap();
+    let out = m.cvr_tower.mlp.output.as_ref().unwrap();
+    let g = v(out.weight.val().grad(&grads).unwrap().flatten(0, 1));
     assert!(
         g.iter().all(|x| x.is_finite()) && g.iter().any(|x| x.abs() > 1e-9),
         "{g:?}"
@@ -315,14 +302,8 @@ fn label_priors_need_clicks_and_rates() {
     device.seed(9);
     let (_, m) = model(FieldPooling::Concat, &device);
     let w = |m: &Esmm| {
-        v(m.cvr_tower
-            .mlp
-            .output
-            .as_ref()
-            .unwrap()
-            .weight
-            .val()
-            .flatten(0, 1))
+        let out = m.cvr_tower.mlp.output.as_ref();
+        out.map(|o| v(o.weight.val().flatten(0, 1)))
     };
     let before = w(&m);
     assert_eq!(w(&m.with_label_priors(&[0.0, 0.0])), before);

@@ -73,6 +73,22 @@ fn settings(epochs: usize, batch: usize) -> TrainSettings {
     }
 }
 
+/// Trains a new run of `model` on `files` into `out`.
+fn train_new(
+    files: &CcpFiles,
+    model: ModelConfig,
+    s: TrainSettings,
+    out: &Path,
+) -> mtl_trainer::TrainSummary {
+    mtl_trainer::train::<Models>(
+        Some(&config(files, model, s)),
+        out,
+        false,
+        &TrainOptions::default(),
+    )
+    .unwrap()
+}
+
 fn read_csv(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
     let text = std::fs::read_to_string(path).unwrap();
     let mut lines = text.lines();
@@ -91,13 +107,7 @@ fn train_eval_predict_agree() {
     let dir = tempfile::tempdir().unwrap();
     let files = data(&dir.path().join("data"), 6000, 1);
     let out = dir.path().join("model");
-    let summary = mtl_trainer::train::<Models>(
-        Some(&config(&files, esmm(), settings(1, 256))),
-        &out,
-        false,
-        &TrainOptions::default(),
-    )
-    .unwrap();
+    let summary = train_new(&files, esmm(), settings(1, 256), &out);
     assert!(summary.finished);
     assert_eq!(summary.steps, 4800usize.div_ceil(256));
     for f in [
@@ -245,26 +255,14 @@ fn interrupted_run_resumes_to_the_same_weights() {
     s.weight_decay = 1e-4;
     s.grad_clip_norm = Some(5.0);
     let full = dir.path().join("full");
-    let a = mtl_trainer::train::<Models>(
-        Some(&config(&files, esmm(), s.clone())),
-        &full,
-        false,
-        &TrainOptions::default(),
-    )
-    .unwrap();
+    let a = train_new(&files, esmm(), s.clone(), &full);
     assert_eq!(a.steps, 24);
 
     // stop inside the first epoch, resume, stop inside the second, resume to the end
     let part = dir.path().join("part");
     let mut s1 = s.clone();
     s1.max_steps = Some(7);
-    let b = mtl_trainer::train::<Models>(
-        Some(&config(&files, esmm(), s1)),
-        &part,
-        false,
-        &TrainOptions::default(),
-    )
-    .unwrap();
+    let b = train_new(&files, esmm(), s1, &part);
     assert!(!b.finished);
     assert_eq!(b.steps, 7);
     assert!(
@@ -382,13 +380,7 @@ fn a_streaming_run_resumes_to_the_same_weights_and_learns_as_in_memory() {
     );
     // the in-memory run sees the rows in another order, and learns as well
     let memory = dir.path().join("memory");
-    let m = mtl_trainer::train::<Models>(
-        Some(&config(&files, esmm(), s)),
-        &memory,
-        false,
-        &TrainOptions::default(),
-    )
-    .unwrap();
+    let m = train_new(&files, esmm(), s, &memory);
     let auc = |summary: &mtl_trainer::TrainSummary| summary.test[0].binary.as_ref().unwrap().auc.unwrap();
     eprintln!("click AUC streaming {} in memory {}", auc(&a), auc(&m));
     assert!(
@@ -433,13 +425,7 @@ fn early_stopping_keeps_the_best_model() {
     // early stopping left at its default: on with a validation set (validation loss, patience 2)
     assert_eq!(s.early_stopping, EarlyStoppingSetting::Auto);
     let out = dir.path().join("m");
-    let summary = mtl_trainer::train::<Models>(
-        Some(&config(&files, esmm(), s)),
-        &out,
-        false,
-        &TrainOptions::default(),
-    )
-    .unwrap();
+    let summary = train_new(&files, esmm(), s, &out);
     let losses: Vec<f64> = summary.history.iter().map(|h| h.valid_loss.unwrap()).collect();
     let best = losses.iter().copied().fold(f64::INFINITY, f64::min);
     if summary.stopped_early {
@@ -520,13 +506,7 @@ fn every_model_learns_a_known_signal() {
     for model in models {
         let kind = Models::kind(&model);
         let out = dir.path().join(kind);
-        let s = mtl_trainer::train::<Models>(
-            Some(&config(&files, model, settings(2, 128))),
-            &out,
-            false,
-            &TrainOptions::default(),
-        )
-        .unwrap();
+        let s = train_new(&files, model, settings(2, 128), &out);
         let test_auc = |name: &str| {
             s.test
                 .iter()
@@ -574,13 +554,7 @@ fn every_model_learns_a_known_signal() {
     // the default row-sparse embedding updates land in the same AUC band as burn's dense Adam
     let mut dense = settings(2, 128);
     dense.embedding = mtl_trainer::EmbeddingUpdate::Dense;
-    let s = mtl_trainer::train::<Models>(
-        Some(&config(&files, esmm(), dense)),
-        &dir.path().join("dense"),
-        false,
-        &TrainOptions::default(),
-    )
-    .unwrap();
+    let s = train_new(&files, esmm(), dense, &dir.path().join("dense"));
     let dense_auc = s
         .test
         .iter()
@@ -608,13 +582,7 @@ fn calibration_is_fitted_on_validation_saved_and_applied_everywhere() {
         // click rate (ECE ≈ 0.1): the miscalibration the map must remove
         s.label_priors = false;
         let out = dir.path().join(format!("{method:?}"));
-        let summary = mtl_trainer::train::<Models>(
-            Some(&config(&files, esmm(), s)),
-            &out,
-            false,
-            &TrainOptions::default(),
-        )
-        .unwrap();
+        let summary = train_new(&files, esmm(), s, &out);
         assert!(out.join("calibration.json").exists());
         // the reliability diagram of the test set, one panel per output with its ECE
         let svg = std::fs::read_to_string(out.join("reliability.svg")).unwrap();
@@ -690,13 +658,7 @@ fn a_new_esmm_run_starts_at_the_training_labels_base_rates() {
         let mut s = settings(1, rows.len());
         s.label_priors = priors;
         let out = dir.path().join(format!("priors-{priors}"));
-        let summary = mtl_trainer::train::<Models>(
-            Some(&config(&files, esmm(), s)),
-            &out,
-            false,
-            &TrainOptions::default(),
-        )
-        .unwrap();
+        let summary = train_new(&files, esmm(), s, &out);
         assert_eq!(summary.steps, 1);
         let model_dir = ModelDir::open(&out).unwrap();
         let ModelConfig::Esmm(cfg) = &model_dir.config.model else {
