@@ -116,13 +116,31 @@ def worker(a):
     os.makedirs(a.scratch, exist_ok=True)
     trainer = MTLTrainer(model, task_types=tasks, optimizer_params={"lr": a.lr, "weight_decay": a.wd},
                          n_epoch=a.epochs, earlystop_patience=a.epochs + 1, device=a.device, model_path=a.scratch)
+    val_batches = [{c: torch.from_numpy(x_va[c][s:s + a.infer_batch]).to(a.device) for c in users + items}
+                   for s in range(0, len(y_va), a.infer_batch)]
+
+    def validation_aucs():
+        # after an epoch, outside the timed part: AUCs on the validation rows as mtl reports them
+        model.eval()
+        with torch.no_grad():
+            pv = torch.cat([model(b) for b in val_batches]).cpu().numpy()
+        model.train()
+        vc, vp = frames["val"]["click"].values, frames["val"]["purchase"].values
+        i_cvr, i_ctr, i_ctcvr = {"ESMM": (0, 1, 2), "AITM": (1, 0, 1)}.get(a.model, (0, 1, 0))
+        return {"auc_ctr": round(roc_auc_score(vc, pv[:, i_ctr]), 5),
+                "auc_cvr_clicked": round(roc_auc_score(vp[vc == 1], pv[vc == 1, i_cvr]), 5),
+                "auc_ctcvr": round(roc_auc_score(vc * vp, pv[:, i_ctcvr]), 5)}
+
     wall = waited = 0.0
+    val_by_epoch = []
     for _ in range(a.epochs):
         clock = LoaderClock(train_dl)
         started = time.perf_counter()
         trainer.train_one_epoch(clock)
         wall += time.perf_counter() - started
         waited += clock.seconds
+        if a.epochs > 1:
+            val_by_epoch.append(validation_aucs())
     rows = len(y_tr) * a.epochs
 
     model.eval()
@@ -164,6 +182,7 @@ def worker(a):
         "auc_ctcvr": round(roc_auc_score(click * purchase, p_ctcvr), 5),
         "es_cvr_spearman": round(float(spearmanr(p_cvr, test["p_cvr"].values)[0]), 5),
         "mean_pcvr": round(float(np.mean(p_cvr)), 5),
+        "val_by_epoch": val_by_epoch,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
     }
     with open(a.result_file, "w") as f:

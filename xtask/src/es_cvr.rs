@@ -5,7 +5,9 @@
 //! bench) and are scored on the test rows: CVR AUC on clicked rows and the Spearman correlation
 //! of pCVR with the true `p_cvr` over all rows (the peer's `es_cvr_spearman`, computed the same
 //! way here for mtl). Reported per side as mean ± sd over every (generator, training) seed
-//! pair, with the difference of means ± 2 standard errors.
+//! pair, with the difference of means ± 2 standard errors. With `--epochs N` (N > 1) both sides
+//! train N epochs and report their validation AUCs after each, to compare how fast each
+//! degrades when trained longer.
 
 use std::path::PathBuf;
 
@@ -34,6 +36,11 @@ pub struct EsCvrArgs {
     /// Rows per data set.
     #[arg(long, default_value_t = 1_000_000)]
     rows: usize,
+    /// Training epochs on both sides. More than one also reports the validation AUCs after
+    /// every epoch (mtl with its validation file and `early_stopping = false`, so that both
+    /// sides train every epoch), to compare how each degrades when trained longer.
+    #[arg(long, default_value_t = 1)]
+    epochs: usize,
     /// CPU threads, for mtl and the peer alike.
     #[arg(long, default_value_t = 2)]
     threads: usize,
@@ -83,18 +90,29 @@ pub fn es_cvr(a: &EsCvrArgs) -> Result<()> {
             &work_dir(&format!("data/peer-{}-{generator}", a.rows)),
         )?;
         let file = |s: &str| PathBuf::from(format!("{}_{s}", prefix.display()));
-        let (schema, train, test) = (file("schema.toml"), file("train.csv"), file("test.csv"));
+        let (schema, train, valid, test) = (
+            file("schema.toml"),
+            file("train.csv"),
+            file("val.csv"),
+            file("test.csv"),
+        );
+        let by_epoch = a.epochs > 1;
         for config in &a.configs {
             for seed in a.first_seed..a.first_seed + a.seeds {
                 let name = format!("esmm-{config}-g{generator}-s{seed}");
                 let text = run_config(
                     &schema,
                     &train,
-                    None,
+                    by_epoch.then_some(valid.as_path()),
                     &test,
                     &model_toml("esmm", config),
                     seed,
-                    &format!("epochs = 1\nbatch_size = 1024\n{}\n", a.mtl_train),
+                    &format!(
+                        "epochs = {}\nbatch_size = 1024\n{}{}\n",
+                        a.epochs,
+                        if by_epoch { "early_stopping = false\n" } else { "" },
+                        a.mtl_train
+                    ),
                 );
                 let (metrics, _) = train_job(&mtl, &name, &text, a.threads, &dir)?;
                 let pred = dir.join(format!("{name}-pred.csv"));
@@ -103,6 +121,9 @@ pub fn es_cvr(a: &EsCvrArgs) -> Result<()> {
                 let mut row = json!({ "config": config, "gen_seed": generator, "seed": seed,
                     "mtl": { "cvr_auc_clicked": test_auc(&metrics, "cvr"), "es_cvr_spearman": spearman(&pcvr, &truth),
                              "mean_pcvr": pcvr.iter().sum::<f64>() / pcvr.len().max(1) as f64 } });
+                if by_epoch {
+                    row["mtl"]["val_by_epoch"] = validation_by_epoch(&metrics);
+                }
                 if let Some(earlier) = &earlier {
                     let found = earlier.iter().find(|r| {
                         r["config"] == config.as_str()
@@ -125,20 +146,68 @@ pub fn es_cvr(a: &EsCvrArgs) -> Result<()> {
                             seed,
                             batch: 1024,
                             device: "cpu",
+                            epochs: a.epochs,
                         },
                         &dir.join("peer-logs"),
                     )?;
-                    row["peer"] = json!({ "cvr_auc_clicked": line["auc_cvr_clicked"], "es_cvr_spearman": line["es_cvr_spearman"], "mean_pcvr": line["mean_pcvr"] });
+                    row["peer"] = json!({ "cvr_auc_clicked": line["auc_cvr_clicked"], "es_cvr_spearman": line["es_cvr_spearman"], "mean_pcvr": line["mean_pcvr"], "val_by_epoch": line["val_by_epoch"] });
                 }
                 runs.push(row);
                 std::fs::write(dir.join("results.json"), serde_json::to_vec_pretty(&runs)?)?;
             }
         }
     }
-    let md = table(&runs, a);
+    let mut md = table(&runs, a);
+    if a.epochs > 1 {
+        md += &epoch_table(&runs, a);
+    }
     std::fs::write(dir.join("results.md"), &md)?;
     println!("{md}");
     Ok(())
+}
+
+/// mtl's validation AUCs after each epoch, from `metrics.json`'s history, in the peer's keys.
+fn validation_by_epoch(metrics: &Value) -> Value {
+    let auc = |eval: &Value, output: &str| {
+        eval["valid"]
+            .as_array()
+            .and_then(|v| v.iter().find(|m| m["name"] == output))
+            .and_then(|m| m["binary"]["auc"].as_f64())
+    };
+    let epochs: Vec<Value> = metrics["history"]
+        .as_array()
+        .map(|h| h.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|e| json!({ "auc_ctr": auc(e, "ctr"), "auc_cvr_clicked": auc(e, "cvr"), "auc_ctcvr": auc(e, "ctcvr") }))
+        .collect();
+    Value::Array(epochs)
+}
+
+/// Validation AUCs by epoch, mean ± sd over the pairs, both sides.
+fn epoch_table(runs: &[Value], a: &EsCvrArgs) -> String {
+    let mut md = format!(
+        "\nValidation AUC after each epoch ({} epochs, mtl with `early_stopping = false`), mean ± sd over all pairs:\n\n| config | epoch | CTR mtl | CTR torch-rechub | CVR (clicked) mtl | CVR (clicked) torch-rechub | CTCVR mtl | CTCVR torch-rechub |\n|---|---|---|---|---|---|---|---|\n",
+        a.epochs
+    );
+    for config in &a.configs {
+        for e in 0..a.epochs {
+            let cell = |side: &str, key: &str| {
+                let v: Vec<f64> = runs
+                    .iter()
+                    .filter(|r| r["config"] == config.as_str())
+                    .filter_map(|r| r[side]["val_by_epoch"][e][key].as_f64())
+                    .collect();
+                mean_sd(&v).map_or("–".into(), |(m, sd)| format!("{m:.4} ± {sd:.4}"))
+            };
+            md += &format!("| {config} | {} |", e + 1);
+            for key in ["auc_ctr", "auc_cvr_clicked", "auc_ctcvr"] {
+                md += &format!(" {} | {} |", cell("mtl", key), cell("peer", key));
+            }
+            md += "\n";
+        }
+    }
+    md
 }
 
 fn table(runs: &[Value], a: &EsCvrArgs) -> String {

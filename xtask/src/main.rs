@@ -479,6 +479,7 @@ fn bench(a: &BenchArgs) -> Result<()> {
                             seed,
                             batch: a.batch_size,
                             device: &a.peer_device,
+                            epochs: 1,
                         },
                         &dir.join("peer-logs"),
                     )?;

@@ -106,6 +106,7 @@ impl Peer {
             seed,
             batch,
             device,
+            epochs,
         } = job;
         std::fs::create_dir_all(log)?;
         let results = log.join(format!("{model}-{config}.jsonl"));
@@ -132,6 +133,8 @@ impl Peer {
                 &batch.to_string(),
                 "--device",
                 device,
+                "--epochs",
+                &epochs.to_string(),
             ])
             .arg("--results")
             .arg(&results)
@@ -166,6 +169,8 @@ pub struct JobOptions<'a> {
     pub batch: usize,
     /// `cpu` or `cuda`.
     pub device: &'a str,
+    /// Training epochs (more than one: validation AUCs after each, as `val_by_epoch`).
+    pub epochs: usize,
 }
 
 /// mtl's schema for the peer's files: 10 user and 10 item id fields with the vocabularies in

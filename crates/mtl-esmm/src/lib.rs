@@ -330,6 +330,8 @@ impl MultiTaskModel for Esmm {
         }
     }
 
+    const USES_LABEL_PRIORS: bool = true;
+
     /// pCTR starts at the click rate and pCVR at the conversions per click, on every row.
     fn with_label_priors(self, label_means: &[f64]) -> Self {
         let Some((ctr, cvr)) = self.labels.priors(label_means) else {

@@ -114,6 +114,10 @@ pub trait MultiTaskModel: Module + Clone + std::fmt::Debug {
         Vec::new()
     }
 
+    /// Whether [`MultiTaskModel::with_label_priors`] uses the labels' means (the trainer reads
+    /// them only for such a model).
+    const USES_LABEL_PRIORS: bool = false;
+
     /// The model started at its labels' base rates, before the first step: `label_means[i]`
     /// is label column `i`'s mean over the training rows. A model whose outputs have a
     /// natural prior sets their biases to it (ESMM); the default keeps the random start.

@@ -350,27 +350,6 @@ pub fn train<R: Registry>(
     if let Some(note) = stream_note {
         reads.insert(0, note);
     }
-    // a new run's outputs start at the labels' base rates (a resumed one loads its model)
-    let label_means = if start.is_none() && config.train.label_priors {
-        let means = crate::loader::label_means(train_rows)?;
-        let shown: Vec<String> = schema
-            .label_names()
-            .iter()
-            .zip(&means)
-            .map(|(name, m)| format!("{name} {m:.4}"))
-            .collect();
-        let message = format!(
-            "outputs start at the training labels' means (label_priors): {}",
-            shown.join(", ")
-        );
-        tracing::info!("{message}");
-        if options.progress {
-            eprintln!("{message}");
-        }
-        Some(means)
-    } else {
-        None
-    };
     let device = backend_device(&config.train.backend)?;
     device.seed(config.train.seed);
     let ad = device.clone().autodiff();
@@ -391,7 +370,6 @@ pub fn train<R: Registry>(
             start,
             options,
             reads,
-            label_means,
         },
     )
 }
@@ -424,8 +402,6 @@ struct TrainJob<'a, R: Registry> {
     start: Option<(TrainState, PathBuf, PathBuf)>,
     options: &'a TrainOptions,
     reads: Vec<String>,
-    /// The training labels' means, when the model starts at them.
-    label_means: Option<Vec<f64>>,
 }
 
 impl<R: Registry> WithModel for TrainJob<'_, R> {
@@ -442,10 +418,27 @@ impl<R: Registry> WithModel for TrainJob<'_, R> {
                 optim = optim.load(&optim_path).map_err(record_err(&optim_path))?;
                 (model, state)
             }
-            None => match &self.label_means {
-                Some(means) => (model.with_label_priors(means), TrainState::default()),
-                None => (model, TrainState::default()),
-            },
+            // a new run of a model that starts at its labels' base rates reads them first
+            None if settings.label_priors && M::USES_LABEL_PRIORS => {
+                let means = crate::loader::label_means(self.train)?;
+                let shown: Vec<String> = self
+                    .schema
+                    .label_names()
+                    .iter()
+                    .zip(&means)
+                    .map(|(name, m)| format!("{name} {m:.4}"))
+                    .collect();
+                let message = format!(
+                    "outputs start at the training labels' means (label_priors): {}",
+                    shown.join(", ")
+                );
+                tracing::info!("{message}");
+                if self.options.progress {
+                    eprintln!("{message}");
+                }
+                (model.with_label_priors(&means), TrainState::default())
+            }
+            None => (model, TrainState::default()),
         };
         let options = FitOptions {
             out_dir: self.out_dir.to_path_buf(),
