@@ -351,6 +351,5 @@ const PRIOR_CLAMP: f64 = 1e-4;
 
 /// `ln(p / (1 − p))`, `p` clamped to `[PRIOR_CLAMP, 1 − PRIOR_CLAMP]`.
 fn logit(p: f64) -> f64 {
-    let p = p.clamp(PRIOR_CLAMP, 1.0 - PRIOR_CLAMP);
-    (p / (1.0 - p)).ln()
+    mtl_layers::head::logit_clamped(p, PRIOR_CLAMP)
 }

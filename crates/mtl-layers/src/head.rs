@@ -62,3 +62,23 @@ pub fn log_add_exp(a: Tensor<1>, b: Tensor<1>) -> Tensor<1> {
     let m = a.clone().max_pair(b.clone()).detach();
     m.clone() + ((a - m.clone()).exp() + (b - m).exp()).log()
 }
+
+/// `ln(p / (1 − p))` with `p` clamped to `[eps, 1 − eps]`, so that 0 and 1 give finite logits.
+pub fn logit_clamped(p: f64, eps: f64) -> f64 {
+    let p = p.clamp(eps, 1.0 - eps);
+    (p / (1.0 - p)).ln()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::logit_clamped;
+
+    #[test]
+    fn logit_inverts_the_sigmoid_and_clamps_the_ends() {
+        assert!((logit_clamped(0.25, 1e-4) - (1.0f64 / 3.0).ln()).abs() < 1e-12);
+        assert!((logit_clamped(0.5, 1e-4)).abs() < 1e-12);
+        let floor = (1e-4f64 / (1.0 - 1e-4)).ln();
+        assert!((logit_clamped(0.0, 1e-4) - floor).abs() < 1e-12);
+        assert!((logit_clamped(1.0, 1e-4) + floor).abs() < 1e-12);
+    }
+}

@@ -55,8 +55,7 @@ pub enum Calibrator {
 }
 
 fn logit(p: f64) -> f64 {
-    let p = p.clamp(1e-7, 1.0 - 1e-7);
-    (p / (1.0 - p)).ln()
+    mtl_layers::head::logit_clamped(p, 1e-7)
 }
 
 fn sigmoid(z: f64) -> f64 {
