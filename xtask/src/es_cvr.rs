@@ -16,7 +16,9 @@ use clap::Args;
 use serde_json::{Value, json};
 
 use crate::stats::{mean_sd, read_two_columns, spearman};
-use crate::{build_mtl, model_toml, peer, predict_csv, root, run_config, test_auc, train_job, work_dir};
+use crate::{
+    build_mtl, model_toml, output_auc, peer, predict_csv, root, run_config, test_auc, train_job, work_dir,
+};
 
 /// Options of `cargo xtask es-cvr`.
 #[derive(Debug, Args)]
@@ -168,12 +170,7 @@ pub fn es_cvr(a: &EsCvrArgs) -> Result<()> {
 
 /// mtl's validation AUCs after each epoch, from `metrics.json`'s history, in the peer's keys.
 fn validation_by_epoch(metrics: &Value) -> Value {
-    let auc = |eval: &Value, output: &str| {
-        eval["valid"]
-            .as_array()
-            .and_then(|v| v.iter().find(|m| m["name"] == output))
-            .and_then(|m| m["binary"]["auc"].as_f64())
-    };
+    let auc = |eval: &Value, output: &str| output_auc(&eval["valid"], output);
     let epochs: Vec<Value> = metrics["history"]
         .as_array()
         .map(|h| h.as_slice())
@@ -182,6 +179,11 @@ fn validation_by_epoch(metrics: &Value) -> Value {
         .map(|e| json!({ "auc_ctr": auc(e, "ctr"), "auc_cvr_clicked": auc(e, "cvr"), "auc_ctcvr": auc(e, "ctcvr") }))
         .collect();
     Value::Array(epochs)
+}
+
+/// `mean ± sd` to 4 places, or `–` with no values.
+fn mean_sd_cell(v: &[f64]) -> String {
+    mean_sd(v).map_or("–".into(), |(m, sd)| format!("{m:.4} ± {sd:.4}"))
 }
 
 /// Validation AUCs by epoch, mean ± sd over the pairs, both sides.
@@ -198,7 +200,7 @@ fn epoch_table(runs: &[Value], a: &EsCvrArgs) -> String {
                     .filter(|r| r["config"] == config.as_str())
                     .filter_map(|r| r[side]["val_by_epoch"][e][key].as_f64())
                     .collect();
-                mean_sd(&v).map_or("–".into(), |(m, sd)| format!("{m:.4} ± {sd:.4}"))
+                mean_sd_cell(&v)
             };
             md += &format!("| {config} | {} |", e + 1);
             for key in ["auc_ctr", "auc_cvr_clicked", "auc_ctcvr"] {
@@ -227,7 +229,6 @@ fn table(runs: &[Value], a: &EsCvrArgs) -> String {
                     .collect()
             };
             let (m, p) = (side("mtl"), side("peer"));
-            let show = |v: &[f64]| mean_sd(v).map_or("–".into(), |(m, sd)| format!("{m:.4} ± {sd:.4}"));
             let diff = match (mean_sd(&m), mean_sd(&p)) {
                 (Some((mm, ms)), Some((pm, ps))) => {
                     let se = (ms * ms / m.len() as f64 + ps * ps / p.len() as f64).sqrt();
@@ -235,7 +236,11 @@ fn table(runs: &[Value], a: &EsCvrArgs) -> String {
                 }
                 _ => "–".into(),
             };
-            md += &format!("| {config} | {metric} | {} | {} | {diff} |\n", show(&m), show(&p));
+            md += &format!(
+                "| {config} | {metric} | {} | {} | {diff} |\n",
+                mean_sd_cell(&m),
+                mean_sd_cell(&p)
+            );
         }
     }
     md

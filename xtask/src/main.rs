@@ -355,7 +355,13 @@ fn train_job(mtl: &Path, name: &str, config: &str, threads: usize, dir: &Path) -
 }
 
 fn test_auc(metrics: &Value, output: &str) -> Option<f64> {
-    metrics["test"].as_array()?.iter().find(|m| m["name"] == output)?["binary"]["auc"].as_f64()
+    output_auc(&metrics["test"], output)
+}
+
+/// The AUC of `output` in a list of per-output metrics (`metrics.json`'s `test`, or an
+/// evaluation's `valid`).
+fn output_auc(list: &Value, output: &str) -> Option<f64> {
+    list.as_array()?.iter().find(|m| m["name"] == output)?["binary"]["auc"].as_f64()
 }
 
 fn test_metric(metrics: &Value, output: &str, name: &str) -> Option<f64> {

@@ -71,15 +71,31 @@ pub fn count_rows(files: &[PathBuf], encoder: &Encoder, policy: BadRowPolicy) ->
             rows += mtl_data::parquet::row_count(path)? as usize;
             continue;
         }
-        let mut report = ReadReport::default();
-        loop {
-            let mut chunk = mtl_data::empty_encoded(encoder.schema());
-            let n = source.read_chunk(encoder, policy, CHUNK_ROWS, &mut chunk, &mut report, None)?;
-            if n == 0 {
-                break;
-            }
-            rows += n;
+        rows += read_chunks(&mut source, encoder, policy, usize::MAX, |_| {})?;
+    }
+    Ok(rows)
+}
+
+/// Reads `source` in chunks of at most [`CHUNK_ROWS`] good rows until it ends or `max_rows`
+/// rows were read, handing each chunk to `each`; the rows read.
+fn read_chunks(
+    source: &mut Source,
+    encoder: &Encoder,
+    policy: BadRowPolicy,
+    max_rows: usize,
+    mut each: impl FnMut(&EncodedData),
+) -> Result<usize, TrainError> {
+    let mut report = ReadReport::default();
+    let mut rows = 0;
+    while rows < max_rows {
+        let mut chunk = mtl_data::empty_encoded(encoder.schema());
+        let want = CHUNK_ROWS.min(max_rows - rows);
+        let n = source.read_chunk(encoder, policy, want, &mut chunk, &mut report, None)?;
+        if n == 0 {
+            break;
         }
+        each(&chunk);
+        rows += n;
     }
     Ok(rows)
 }
@@ -101,22 +117,15 @@ fn label_means_upto(rows: TrainRows<'_>, max_rows: usize) -> Result<Vec<f64>, Tr
     match rows {
         TrainRows::Memory(data) => sums.add(data),
         TrainRows::Stream(spec) => {
-            let mut report = ReadReport::default();
-            'files: for path in &spec.files {
-                let mut source = Source::open(path, spec.encoder.schema(), true)?;
-                loop {
-                    let mut chunk = mtl_data::empty_encoded(spec.encoder.schema());
-                    let want = CHUNK_ROWS.min(max_rows - sums.rows);
-                    let n =
-                        source.read_chunk(&spec.encoder, spec.policy, want, &mut chunk, &mut report, None)?;
-                    if n == 0 {
-                        break;
-                    }
-                    sums.add(&chunk);
-                    if sums.rows >= max_rows {
-                        break 'files;
-                    }
+            for path in &spec.files {
+                if sums.rows >= max_rows {
+                    break;
                 }
+                let mut source = Source::open(path, spec.encoder.schema(), true)?;
+                let left = max_rows - sums.rows;
+                read_chunks(&mut source, &spec.encoder, spec.policy, left, |chunk| {
+                    sums.add(chunk)
+                })?;
             }
         }
     }
