@@ -38,8 +38,8 @@ pub mod step;
 pub mod weighting;
 
 pub use config::{
-    DataConfig, DataFiles, Direction, EarlyStopping, EarlyStoppingSetting, EmbeddingUpdate, OptimizerKind,
-    RunConfig, TablePlace, TrainSettings, UntouchedRows,
+    DEFAULT_EMBEDDING_WEIGHT_DECAY, DataConfig, DataFiles, Direction, EarlyStopping, EarlyStoppingSetting,
+    EmbeddingUpdate, OptimizerKind, RunConfig, TablePlace, TrainSettings, UntouchedRows,
 };
 pub use registry::{Registry, WithModel, example_model, parse_model};
 

@@ -198,6 +198,7 @@ pub fn train<R: Registry>(
         config.train.early_stopping = config.train.early_stopping.resolve(false);
         config.train.resolve_untouched_rows(false);
         config.train.resolve_ema_decay(false);
+        config.train.resolve_embedding_weight_decay(false);
         config.check(&out_dir.join("config.toml").display().to_string())?;
         if let Some((state, _, _)) = start.as_mut() {
             let extend = options.epochs.is_some() && config.train.epochs > state.epoch;
@@ -242,9 +243,16 @@ pub fn train<R: Registry>(
         config.train.early_stopping = config.train.early_stopping.resolve(config.data.valid.is_some());
         config.train.resolve_untouched_rows(true);
         config.train.resolve_ema_decay(true);
+        config.train.resolve_embedding_weight_decay(true);
         tracing::info!("{}", config.train.early_stopping.describe());
         if options.progress {
             eprintln!("{}", config.train.early_stopping.describe());
+        }
+        if let Some(line) = config.train.describe_embedding_decay() {
+            tracing::info!("{line}");
+            if options.progress {
+                eprintln!("{line}");
+            }
         }
         let (schema, plan, schema_text) = config.check_model("config")?;
         std::fs::create_dir_all(out_dir).map_err(io_err(out_dir))?;

@@ -93,13 +93,14 @@ pub(crate) struct StepConstants {
 }
 
 impl RowAdamConfig {
-    /// burn's Adam defaults (β 0.9, 0.999) with the run's ε, decay and clipping.
+    /// burn's Adam defaults (β 0.9, 0.999) with the run's ε, the table's weight decay
+    /// ([`TrainSettings::embedding_decay`]) and clipping.
     pub(crate) fn new(settings: &TrainSettings) -> Self {
         Self {
             beta_1: 0.9,
             beta_2: 0.999,
             epsilon: settings.adam_epsilon as f32,
-            weight_decay: settings.weight_decay as f32,
+            weight_decay: settings.embedding_decay() as f32,
             decoupled: settings.optimizer == OptimizerKind::AdamW,
             clip_norm: settings.grad_clip_norm,
         }

@@ -494,17 +494,27 @@ fn sparse_training_agrees_across_backends() {
 }
 
 #[test]
-fn first_row_step_matches_the_adam_formula_with_either_weight_decay() {
+fn first_row_step_matches_the_adam_formula_with_either_weight_decay_and_the_tables_own() {
     // after one step the bias-corrected moments are g and g², so Adam moves a row by
     // lr · g / (|g| + ε) per element: g = grad + wd · w for L2 decay (Adam), and AdamW adds
     // lr · wd · w to the move instead
     // a large decay, so that wd · w (w ~ 1e-4) is far above ε, and zero gradients, where only
     // the decay moves a weight: each kind of decay must show in the result
-    let (lr, wd, eps) = (0.01f32, 10.0f32, 1e-5f32);
-    for kind in [OptimizerKind::Adam, OptimizerKind::AdamW] {
+    // the table's decay is `embedding_weight_decay` when given, else `weight_decay`
+    let (lr, eps) = (0.01f32, 1e-5f32);
+    let cases = [
+        (10.0, None, 10.0f32),
+        (0.0, Some(10.0), 10.0),
+        (10.0, Some(0.0), 0.0),
+    ];
+    for (kind, (dense_wd, table_wd, wd)) in [OptimizerKind::Adam, OptimizerKind::AdamW]
+        .into_iter()
+        .flat_map(|k| cases.map(|c| (k, c)))
+    {
         let (m, device) = initialised(5);
         let settings = TrainSettings {
-            weight_decay: wd as f64,
+            weight_decay: dense_wd,
+            embedding_weight_decay: table_wd,
             optimizer: kind,
             ..TrainSettings::default()
         };
@@ -535,7 +545,7 @@ fn first_row_step_matches_the_adam_formula_with_either_weight_decay() {
                 let got = after[row as usize * d + j];
                 assert!(
                     (got - expected).abs() < 1e-6,
-                    "{kind:?} row {row} [{j}]: {got} vs {expected}"
+                    "{kind:?} (weight_decay {dense_wd}, embedding_weight_decay {table_wd:?}) row {row} [{j}]: {got} vs {expected}"
                 );
             }
         }

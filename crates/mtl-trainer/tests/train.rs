@@ -288,6 +288,8 @@ fn interrupted_run_resumes_to_the_same_weights() {
     // the run saved its resolved handling of untouched rows (the host table's catch-up), so
     // the resume below replays the same way
     assert!(saved.contains("untouched_rows = \"catch-up\""), "{saved}");
+    // and its embedding table's weight decay: the default floor above `weight_decay` = 1e-4
+    assert!(saved.contains("embedding_weight_decay = 0.001"), "{saved}");
     let c = mtl_trainer::train::<Models>(
         None,
         &part,
