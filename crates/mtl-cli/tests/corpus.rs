@@ -23,7 +23,11 @@ struct Case {
 const LIMIT: Duration = Duration::from_secs(120);
 
 fn corpus() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus")
+    // cargo sets the variable when it runs the test; the compiled-in path is a fallback only
+    // (a binary reused through a shared target directory carries the clone it was built in)
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+        .join("tests/corpus")
 }
 
 fn copy_into(from: &Path, to: &Path) {

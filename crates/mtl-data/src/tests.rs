@@ -193,7 +193,14 @@ fn labels_are_optional_for_prediction() {
 
 #[test]
 fn ali_ccp_sample_loads_with_shipped_config() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    // at run time: a test binary reused through a shared target directory was compiled in
+    // another clone, whose path `env!` would name
+    let root = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(
+            || std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")),
+            std::path::PathBuf::from,
+        )
+        .join("../..");
     let data = root.join("data/samples/ali-ccp/ali_ccp_train_sample.csv");
     let schema = Schema::from_file(root.join("configs/ali-ccp-schema.toml")).unwrap();
     let state = fit_state(std::slice::from_ref(&data), &schema, BadRowPolicy::Fail).unwrap();
