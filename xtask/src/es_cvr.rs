@@ -49,6 +49,9 @@ pub struct EsCvrArgs {
     /// Extra `[train]` lines for mtl (e.g. `embedding = "dense"`), to try a change.
     #[arg(long, default_value = "")]
     mtl_train: String,
+    /// mtl's `weight_decay` (the peer's stays 1e-4), to try a stronger decay everywhere.
+    #[arg(long, default_value_t = 1e-4)]
+    mtl_weight_decay: f64,
     /// Skip torch-rechub (mtl only).
     #[arg(long)]
     no_peer: bool,
@@ -102,19 +105,22 @@ pub fn es_cvr(a: &EsCvrArgs) -> Result<()> {
         for config in &a.configs {
             for seed in a.first_seed..a.first_seed + a.seeds {
                 let name = format!("esmm-{config}-g{generator}-s{seed}");
-                let text = run_config(
-                    &schema,
-                    &train,
-                    by_epoch.then_some(valid.as_path()),
-                    &test,
-                    &model_toml("esmm", config),
-                    seed,
-                    &format!(
-                        "epochs = {}\nbatch_size = 1024\n{}{}\n",
-                        a.epochs,
-                        if by_epoch { "early_stopping = false\n" } else { "" },
-                        a.mtl_train
+                let text = with_weight_decay(
+                    run_config(
+                        &schema,
+                        &train,
+                        by_epoch.then_some(valid.as_path()),
+                        &test,
+                        &model_toml("esmm", config),
+                        seed,
+                        &format!(
+                            "epochs = {}\nbatch_size = 1024\n{}{}\n",
+                            a.epochs,
+                            if by_epoch { "early_stopping = false\n" } else { "" },
+                            a.mtl_train
+                        ),
                     ),
+                    a.mtl_weight_decay,
                 );
                 let (metrics, _) = train_job(&mtl, &name, &text, a.threads, &dir)?;
                 let pred = dir.join(format!("{name}-pred.csv"));
@@ -166,6 +172,17 @@ pub fn es_cvr(a: &EsCvrArgs) -> Result<()> {
     std::fs::write(dir.join("results.md"), &md)?;
     println!("{md}");
     Ok(())
+}
+
+/// `config` (a [`run_config`] text, which sets the bench's `weight_decay = 1e-4`) with
+/// `weight_decay` instead.
+fn with_weight_decay(config: String, weight_decay: f64) -> String {
+    let bench = "\nweight_decay = 1e-4\n";
+    debug_assert!(
+        config.contains(bench),
+        "run_config no longer sets weight_decay = 1e-4"
+    );
+    config.replacen(bench, &format!("\nweight_decay = {weight_decay:e}\n"), 1)
 }
 
 /// mtl's validation AUCs after each epoch, from `metrics.json`'s history, in the peer's keys.
