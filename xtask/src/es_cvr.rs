@@ -231,11 +231,13 @@ fn epoch_table(runs: &[Value], a: &EsCvrArgs) -> String {
 
 fn table(runs: &[Value], a: &EsCvrArgs) -> String {
     let mut md = format!(
-        "ESMM on `xtask/peer/gen_data.py --rows {} --seed G` for G in {:?}, training seeds {}–{} on both sides, 1 epoch; mean ± sd over all pairs, and mtl − torch-rechub ± 2 standard errors:\n\n| config | metric | mtl | torch-rechub | difference |\n|---|---|---|---|---|\n",
+        "ESMM on `xtask/peer/gen_data.py --rows {} --seed G` for G in {:?}, training seeds {}–{} on both sides, {} epoch{}; test rows; mean ± sd over all pairs, and mtl − torch-rechub ± 2 standard errors:\n\n| config | metric | mtl | torch-rechub | difference |\n|---|---|---|---|---|\n",
         a.rows,
         a.gen_seeds,
         a.first_seed,
-        a.first_seed + a.seeds - 1
+        a.first_seed + a.seeds - 1,
+        a.epochs,
+        if a.epochs == 1 { "" } else { "s" }
     );
     for config in &a.configs {
         for metric in ["cvr_auc_clicked", "es_cvr_spearman"] {
