@@ -460,6 +460,37 @@ fn runs_resume_and_rerun_from_any_working_directory() {
 }
 
 #[test]
+fn a_new_run_prints_the_embedding_tables_own_weight_decay_when_it_differs() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = |extra: &str, name: &str| {
+        let cfg = config(dir.path(), extra);
+        let model = dir.path().join(name);
+        // not --quiet: the run's settings are printed on stderr
+        let out = Command::new(env!("CARGO_BIN_EXE_mtl"))
+            .args(["train", "--config", &cfg, "--out"])
+            .arg(&model)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        (
+            stderr,
+            std::fs::read_to_string(model.join("config.toml")).unwrap(),
+        )
+    };
+    let (stderr, saved) = train("weight_decay = 1e-4\n", "default");
+    assert!(
+        stderr.contains("weight decay: 0.001 on the embedding table, 0.0001 on the dense layers"),
+        "{stderr}"
+    );
+    assert!(saved.contains("embedding_weight_decay = 0.001"), "{saved}");
+    // the table at the dense layers' decay: nothing to point out
+    let (stderr, saved) = train("weight_decay = 1e-4\nembedding_weight_decay = 1e-4\n", "same");
+    assert!(!stderr.contains("on the embedding table"), "{stderr}");
+    assert!(saved.contains("embedding_weight_decay = 0.0001"), "{saved}");
+}
+
+#[test]
 fn thread_counts_beyond_the_machine_are_capped_with_a_warning() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), "");

@@ -248,13 +248,18 @@ pub fn train<R: Registry>(
         if options.progress {
             eprintln!("{}", config.train.early_stopping.describe());
         }
-        if let Some(line) = config.train.describe_embedding_decay() {
+        let (schema, plan, schema_text) = config.check_model("config")?;
+        // a schema without id fields has no table to decay
+        if let Some(line) = config
+            .train
+            .describe_embedding_decay()
+            .filter(|_| !schema.dims.is_empty())
+        {
             tracing::info!("{line}");
             if options.progress {
                 eprintln!("{line}");
             }
         }
-        let (schema, plan, schema_text) = config.check_model("config")?;
         std::fs::create_dir_all(out_dir).map_err(io_err(out_dir))?;
         let lock = RunLock::acquire(out_dir)?;
         if out_dir.join("checkpoint").exists() || out_dir.join("checkpoint.old").exists() {
