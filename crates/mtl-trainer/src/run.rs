@@ -36,6 +36,17 @@ pub struct TrainOptions {
     pub max_steps: Option<usize>,
 }
 
+impl TrainOptions {
+    /// Logs `line` and, with progress on, prints it on stderr: a run's choices and what it
+    /// read, for the log and the person watching alike.
+    fn announce(&self, line: &str) {
+        tracing::info!("{line}");
+        if self.progress {
+            eprintln!("{line}");
+        }
+    }
+}
+
 /// Holds `DIR/.lock` while a process trains in `DIR`, so that a second `mtl train` on the
 /// same directory stops with an error instead of mixing two runs' files. The OS releases
 /// the lock when the process ends, however it ends.
@@ -244,10 +255,7 @@ pub fn train<R: Registry>(
         config.train.resolve_untouched_rows(true);
         config.train.resolve_ema_decay(true);
         config.train.resolve_embedding_weight_decay(true);
-        tracing::info!("{}", config.train.early_stopping.describe());
-        if options.progress {
-            eprintln!("{}", config.train.early_stopping.describe());
-        }
+        options.announce(&config.train.early_stopping.describe());
         let (schema, plan, schema_text) = config.check_model("config")?;
         // a schema without id fields has no table to decay
         if let Some(line) = config
@@ -255,10 +263,7 @@ pub fn train<R: Registry>(
             .describe_embedding_decay()
             .filter(|_| !schema.dims.is_empty())
         {
-            tracing::info!("{line}");
-            if options.progress {
-                eprintln!("{line}");
-            }
+            options.announce(&line);
         }
         std::fs::create_dir_all(out_dir).map_err(io_err(out_dir))?;
         let lock = RunLock::acquire(out_dir)?;
@@ -322,10 +327,7 @@ pub fn train<R: Registry>(
             started.elapsed().as_secs_f64(),
             config.data.shuffle_buffer
         );
-        tracing::info!("{message}");
-        if options.progress {
-            eprintln!("{message}");
-        }
+        options.announce(&message);
         stream_note = Some(message);
         if rows == 0 {
             return Err(TrainError::Data(mtl_data::DataError::Empty {
@@ -445,10 +447,7 @@ impl<R: Registry> WithModel for TrainJob<'_, R> {
                     "outputs start at the training labels' means (label_priors): {}",
                     shown.join(", ")
                 );
-                tracing::info!("{message}");
-                if self.options.progress {
-                    eprintln!("{message}");
-                }
+                self.options.announce(&message);
                 (model.with_label_priors(&means), TrainState::default())
             }
             None => (model, TrainState::default()),
