@@ -8,10 +8,13 @@ use burn::tensor::Device;
 use mtl_data::synthetic::{CcpSpec, generate_ccp};
 use mtl_data::{BadRowPolicy, fit_state, read_encoded};
 use mtl_esmm::EsmmConfig;
+use mtl_eval::metrics;
+use mtl_eval::predict_all;
 use mtl_features::{Encoder, Schema};
 use mtl_layers::{MlpSpec, MultiTaskModel};
-use mtl_trainer::fit::{epoch_order, optimizer, predict_all};
-use mtl_trainer::{TrainSettings, metrics};
+use mtl_trainer::TrainSettings;
+use mtl_trainer::fit::loader::epoch_order;
+use mtl_trainer::fit::optimizer;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // 1. data and schema (any CSV with a schema TOML works the same way)

@@ -14,8 +14,12 @@ use mtl_data::synthetic::{CcpSpec, ChainSpec, StepRate, generate_ccp, generate_c
 use mtl_esmm::EsmmConfig;
 use mtl_layers::MlpSpec;
 use mtl_mmoe::{MmoeConfig, TaskConfig};
-use mtl_models::{ModelConfig, Models, RunConfig};
-use mtl_trainer::{DataConfig, Registry, TaskMetrics, TrainOptions, TrainSettings, TrainSummary};
+use mtl_models::{ModelConfig, Models};
+
+/// A run config whose model is any registered type.
+type RunConfig = mtl_trainer::RunConfig<Models>;
+use mtl_eval::TaskMetrics;
+use mtl_trainer::{DataConfig, Registry, TrainOptions, TrainSettings, TrainSummary};
 
 /// Multi-task recommendation models (ESMM, MMOE, OMoE, Shared-Bottom) on burn.
 #[derive(Debug, Parser)]
@@ -784,7 +788,7 @@ fn predict(args: PredictArgs) -> Result<()> {
         if report.skipped > 0 || args.bad_rows == BadRowPolicy::Skip {
             format!(
                 " (first column `{}`: the input line of each row)",
-                mtl_trainer::run::INPUT_LINE_COLUMN
+                mtl_trainer::jobs::INPUT_LINE_COLUMN
             )
         } else {
             String::new()

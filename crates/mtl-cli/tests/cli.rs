@@ -193,7 +193,8 @@ fn shipped_configs_parse() {
             mtl_features::Schema::from_file(&path).unwrap();
         } else {
             use mtl_trainer::Registry;
-            let c = mtl_models::RunConfig::from_file(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let c = mtl_trainer::RunConfig::<mtl_models::Models>::from_file(&path)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
             let kind = mtl_models::Models::kind(&c.model);
             // `esmm-chain-example.toml` holds an `esmm_chain` model
             assert!(
@@ -382,7 +383,7 @@ fn a_locked_run_directory_is_refused() {
     let cfg = config(dir.path(), "");
     let out_dir = dir.path().join("busy");
     std::fs::create_dir_all(&out_dir).unwrap();
-    let lock = mtl_trainer::run::RunLock::acquire(&out_dir).unwrap();
+    let lock = mtl_trainer::jobs::RunLock::acquire(&out_dir).unwrap();
     let out = mtl(&["train", "--config", &cfg, "--out", &out_dir.display().to_string()]);
     assert_user_error(&out, &["is in use", "another mtl process"]);
     assert!(

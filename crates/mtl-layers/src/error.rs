@@ -24,6 +24,14 @@ pub enum ModelError {
         /// What is wrong.
         message: String,
     },
+    /// A `[model]` table that does not parse (or a config file without one).
+    #[error("{file}: {message}")]
+    Config {
+        /// The file, or what stands for it.
+        file: String,
+        /// What is wrong, naming the line and the key.
+        message: String,
+    },
     /// The input layer could not be built.
     #[error(transparent)]
     Feature(#[from] FeatureError),

@@ -35,10 +35,10 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use burn::tensor::Device;
+use mtl_eval::{EvalError, ModelDir, backend_device};
 use mtl_features::{Encoder, TableLayout};
 use mtl_layers::{MultiTaskModel, OutputSpec};
-use mtl_trainer::run::backend_device;
-use mtl_trainer::{ModelDir, Registry, TrainError, WithModel};
+use mtl_layers::{Registry, WithModel};
 use serde_json::{Value, json};
 use thiserror::Error;
 use tokio::sync::oneshot;
@@ -53,7 +53,7 @@ use crate::worker::{Job, Scores};
 pub enum ServeError {
     /// The model directory cannot be read or its model built.
     #[error(transparent)]
-    Model(#[from] TrainError),
+    Model(#[from] EvalError),
     /// A serving option out of its range.
     #[error("--{option} = {value}: {message}")]
     Option {
@@ -155,11 +155,11 @@ pub struct Started {
 const REPLY_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// A model directory's id: xxh3 of its config, schema, feature state and weights.
-pub fn model_id(dir: &Path) -> Result<String, TrainError> {
+pub fn model_id(dir: &Path) -> Result<String, EvalError> {
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();
     for name in ["config.toml", "schema.toml", "features.json", "model.bpk"] {
         let path = dir.join(name);
-        let bytes = std::fs::read(&path).map_err(|source| TrainError::Io {
+        let bytes = std::fs::read(&path).map_err(|source| EvalError::Io {
             path: path.display().to_string(),
             source,
         })?;
@@ -179,13 +179,14 @@ struct Worker {
     batching: Batching,
     parsing: Arc<AtomicUsize>,
     metrics: Metrics,
-    ready: std::sync::mpsc::Sender<Result<(), TrainError>>,
+    ready: std::sync::mpsc::Sender<Result<(), EvalError>>,
 }
 
 impl WithModel for Worker {
     type Out = ();
+    type Error = EvalError;
 
-    fn run<M: MultiTaskModel + 'static>(self, model: M) -> Result<(), TrainError> {
+    fn run<M: MultiTaskModel + 'static>(self, model: M) -> Result<(), EvalError> {
         let path = self.dir.join("model.bpk");
         match model.try_load_file(&path) {
             Ok(model) => {
@@ -202,7 +203,7 @@ impl WithModel for Worker {
                 );
             }
             Err(e) => {
-                let _ = self.ready.send(Err(TrainError::Record {
+                let _ = self.ready.send(Err(EvalError::Record {
                     path: path.display().to_string(),
                     message: e.to_string(),
                 }));
@@ -220,7 +221,7 @@ struct App {
     features: Features,
     encoder: Encoder,
     /// The model directory's post-hoc calibration, applied to every answer.
-    calibration: Option<mtl_trainer::Calibration>,
+    calibration: Option<mtl_eval::Calibration>,
     limits: Limits,
     queue: SyncSender<Job>,
     parsing: Arc<AtomicUsize>,
@@ -231,7 +232,7 @@ struct App {
 pub fn serve<R: Registry>(options: ServeOptions, on_ready: impl FnOnce(&Started)) -> Result<(), ServeError> {
     options.check()?;
     let dir = ModelDir::<R>::open(&options.model_dir)?;
-    let plan = R::plan(&dir.config.model, &dir.schema).map_err(TrainError::from)?;
+    let plan = R::plan(&dir.model, &dir.schema).map_err(EvalError::from)?;
     let model_id = model_id(&options.model_dir)?;
     let device = backend_device(&options.backend)?;
     let metrics = Metrics::new();
@@ -239,7 +240,7 @@ pub fn serve<R: Registry>(options: ServeOptions, on_ready: impl FnOnce(&Started)
     let (queue, jobs) = sync_channel::<Job>(options.limits.queue);
     let (ready_tx, ready) = std::sync::mpsc::channel();
     let worker = {
-        let (config, schema) = (dir.config.model.clone(), dir.schema.clone());
+        let (config, schema) = (dir.model.clone(), dir.schema.clone());
         let job = Worker {
             dir: options.model_dir.clone(),
             layout: dir.encoder.layout().clone(),
@@ -536,7 +537,7 @@ fn model_info<R: Registry>(
     let text = |name: &str| std::fs::read_to_string(dir.dir.join(name)).unwrap_or_default();
     json!({
         "model_id": model_id,
-        "type": R::kind(&dir.config.model),
+        "type": R::kind(&dir.model),
         "dir": dir.dir.display().to_string(),
         "backend": options.backend,
         "outputs": outputs.iter().map(|o| json!({"name": o.name, "kind": format!("{:?}", o.kind).to_lowercase()})).collect::<Vec<_>>(),

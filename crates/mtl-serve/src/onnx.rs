@@ -13,9 +13,10 @@ use std::path::Path;
 
 use burn::tensor::{Device, Int, Tensor};
 use burn_onnx::export::{AxisSpec, InputSpec, OnnxExporter};
+use mtl_eval::{EvalError, ModelDir};
 use mtl_features::{BatchTensors, SequenceTensors, ValidSchema};
 use mtl_layers::MultiTaskModel;
-use mtl_trainer::{ModelDir, Registry, TrainError, WithModel};
+use mtl_layers::{Registry, WithModel};
 use serde_json::json;
 
 use crate::ServeError;
@@ -141,12 +142,13 @@ pub const FALLBACK_BATCH: usize = 1024;
 
 impl WithModel for Export<'_> {
     type Out = Graph;
+    type Error = EvalError;
 
-    fn run<M: MultiTaskModel + 'static>(self, model: M) -> Result<Self::Out, TrainError> {
+    fn run<M: MultiTaskModel + 'static>(self, model: M) -> Result<Self::Out, EvalError> {
         let path = self.dir.join("model.bpk");
         let model = model
             .try_load_file(&path)
-            .map_err(|e| TrainError::Record {
+            .map_err(|e| EvalError::Record {
                 path: path.display().to_string(),
                 message: e.to_string(),
             })?
@@ -210,7 +212,7 @@ impl WithModel for Export<'_> {
         let onnx = exporter
             .export(&model, inputs(schema, n, &device), forward)
             .map_err(|e| {
-                TrainError::Backend(format!(
+                EvalError::Backend(format!(
                     "burn's ONNX exporter (burn-onnx 0.22) cannot express this model: {e}"
                 ))
             })?;
@@ -239,16 +241,10 @@ pub fn export_onnx<R: Registry>(
         });
     }
     let model = ModelDir::<R>::open(dir)?;
-    mtl_features::check_output_path(out).map_err(TrainError::from)?;
+    mtl_features::check_output_path(out).map_err(EvalError::from)?;
     let schema = &model.schema;
     let job = Export { dir, schema, batch };
-    let graph = R::with_model(
-        &model.config.model,
-        schema,
-        model.encoder.layout(),
-        &Device::flex(),
-        job,
-    )?;
+    let graph = R::with_model(&model.model, schema, model.encoder.layout(), &Device::flex(), job)?;
     let Graph {
         outputs,
         bytes,
@@ -290,9 +286,9 @@ pub fn export_onnx<R: Registry>(
     let mut json_path = out.as_os_str().to_owned();
     json_path.push(".json");
     let json_path = std::path::PathBuf::from(json_path);
-    mtl_features::atomic_write(out, &bytes).map_err(TrainError::from)?;
+    mtl_features::atomic_write(out, &bytes).map_err(EvalError::from)?;
     mtl_features::atomic_write(&json_path, &serde_json::to_vec_pretty(&sidecar).expect("JSON"))
-        .map_err(TrainError::from)?;
+        .map_err(EvalError::from)?;
     Ok(Exported {
         outputs,
         inputs: inputs

@@ -9,9 +9,9 @@ use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use burn::tensor::Device;
+use mtl_eval::predict_all;
 use mtl_features::{EncodedData, TableLayout};
 use mtl_layers::MultiTaskModel;
-use mtl_trainer::fit::predict_all;
 use tokio::sync::oneshot;
 
 use crate::metrics::Metrics;

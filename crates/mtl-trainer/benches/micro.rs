@@ -15,7 +15,8 @@ use mtl_features::backend::usable_backends;
 use mtl_features::{BatchTensors, EncodedData, Encoder, Schema, StateFitter, ValidSchema};
 use mtl_layers::{MlpSpec, MultiTaskModel};
 use mtl_models::{ModelConfig, Models};
-use mtl_trainer::step::{Batch, Stepper};
+use mtl_trainer::fit::loader::Batch;
+use mtl_trainer::fit::step::Stepper;
 use mtl_trainer::{EmbeddingUpdate, Registry, TrainError, TrainSettings, WithModel};
 
 const BATCH: usize = 1024;
@@ -82,6 +83,7 @@ struct SparseStep<'a> {
 
 impl WithModel for SparseStep<'_> {
     type Out = ();
+    type Error = TrainError;
     fn run<M: MultiTaskModel + 'static>(self, model: M) -> Result<(), TrainError> {
         let settings = TrainSettings {
             embedding: EmbeddingUpdate::Sparse,
@@ -118,6 +120,7 @@ impl WithModel for SparseStep<'_> {
 
 impl WithModel for TrainStep<'_> {
     type Out = ();
+    type Error = TrainError;
     fn run<M: MultiTaskModel + 'static>(self, model: M) -> Result<(), TrainError> {
         let mut optim = mtl_trainer::fit::optimizer(&TrainSettings::default());
         let mut model = Some(model);
@@ -232,6 +235,7 @@ impl Built {
 
 impl WithModel for Return {
     type Out = Built;
+    type Error = TrainError;
     fn run<M: MultiTaskModel + 'static>(self, model: M) -> Result<Built, TrainError> {
         Ok(Built {
             input: model.input_layer().clone(),

@@ -3,10 +3,10 @@
 
 use burn::module::Param;
 use burn::tensor::{Device, Tensor};
+use mtl_eval::gates::{GateReport, dead_experts, gate_report};
 use mtl_features::{EncodedData, Encoder, Schema, StateFitter};
 use mtl_layers::MlpSpec;
 use mtl_mmoe::{MmoeConfig, TaskConfig};
-use mtl_trainer::gates::{GateReport, dead_experts, gate_report};
 
 fn data(rows: usize) -> EncodedData {
     EncodedData {

@@ -73,6 +73,7 @@ fn flat(ts: Vec<Tensor<1>>) -> Vec<f32> {
 
 impl WithModel for Step<'_> {
     type Out = (Vec<f32>, Vec<f32>, Vec<f32>);
+    type Error = TrainError;
     fn run<M: MultiTaskModel + 'static>(self, model: M) -> Result<Self::Out, TrainError> {
         let idx: Vec<usize> = (0..self.data.rows).collect();
         let layout = self.encoder.layout();

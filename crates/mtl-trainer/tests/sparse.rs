@@ -5,8 +5,8 @@ use burn::tensor::{Device, Tensor};
 use mtl_esmm::{Esmm, EsmmConfig};
 use mtl_features::{EncodedData, Encoder, Schema, StateFitter, ValidSchema};
 use mtl_layers::{MlpSpec, MultiTaskModel};
+use mtl_optim::SparseAdam;
 use mtl_trainer::fit::{FitOptions, TrainState, fit, optimizer};
-use mtl_trainer::sparse::SparseAdam;
 use mtl_trainer::{EmbeddingUpdate, OptimizerKind, TrainSettings, UntouchedRows};
 
 const SCHEMA_TEXT: &str = "embed_dim = 4\nembed_init_std = 0.3\n[[sparse]]\nname = \"a\"\nvocab_size = 6\n[[sparse]]\nname = \"b\"\nvocab_size = 5\n[[sparse]]\nname = \"b2\"\nshared_with = \"b\"\n[[labels]]\nname = \"click\"\nkind = \"binary\"\n[[labels]]\nname = \"purchase\"\nkind = \"binary\"\n";
@@ -289,7 +289,7 @@ fn catch_up_replays_the_missed_steps_by_the_adam_formula() {
         ema_decay: Some(decay),
         ..TrainSettings::default()
     };
-    let mut sp = SparseAdam::new(table(&m), &settings, &device);
+    let mut sp = SparseAdam::new(table(&m), settings.sparse_adam(), &device);
     let start = values(sp.table());
     // step 1 touches row 1 (gradient 0.5), steps 2 and 3 touch row 2 only, at a falling lr
     let lrs = [lr, lr / 2.0, lr / 4.0];
@@ -359,7 +359,7 @@ fn untouched_rows_and_their_moments_stay_bit_identical() {
         untouched_rows: Some(UntouchedRows::Frozen),
         ..TrainSettings::default()
     };
-    let mut sp = SparseAdam::new(table(&m), &settings, &device);
+    let mut sp = SparseAdam::new(table(&m), settings.sparse_adam(), &device);
     let before = values(sp.table());
     for step in 0..3 {
         let touched = vec![1, 4, 7 + step];
@@ -398,7 +398,7 @@ fn saved_moments_round_trip_and_a_mismatched_file_is_an_error() {
     let device = Device::flex().autodiff();
     let m = model(&s, &enc, &device);
     let settings = TrainSettings::default();
-    let mut sp = SparseAdam::new(table(&m), &settings, &device);
+    let mut sp = SparseAdam::new(table(&m), settings.sparse_adam(), &device);
     let (leaf, ids) = sp.gather(vec![0, 2, 5]);
     let grad = Tensor::<2>::ones(leaf.dims(), &leaf.inner().device()).mul_scalar(0.3);
     sp.step(&ids, grad, 0.01);
@@ -408,7 +408,7 @@ fn saved_moments_round_trip_and_a_mismatched_file_is_an_error() {
     let (m1, m2) = sp.moments();
     let (m1, m2) = (values(m1), values(m2));
     // a fresh optimiser on the same table has zero moments until it loads the file
-    let mut fresh = SparseAdam::new(table(&model(&s, &enc, &device)), &settings, &device);
+    let mut fresh = SparseAdam::new(table(&model(&s, &enc, &device)), settings.sparse_adam(), &device);
     assert!(values(fresh.moments().0).iter().all(|x| *x == 0.0));
     fresh.load(&path, 1).unwrap();
     let (l1, l2) = fresh.moments();
@@ -422,7 +422,11 @@ fn saved_moments_round_trip_and_a_mismatched_file_is_an_error() {
     )
     .unwrap();
     let other_enc = Encoder::new(&other, &StateFitter::new(&other).finish());
-    let mut small = SparseAdam::new(table(&model(&other, &other_enc, &device)), &settings, &device);
+    let mut small = SparseAdam::new(
+        table(&model(&other, &other_enc, &device)),
+        settings.sparse_adam(),
+        &device,
+    );
     let err = small.load(&path, 1).unwrap_err().to_string();
     assert!(err.contains("moments.bin") && err.contains("table"), "{err}");
     // a truncated file is an error too
@@ -518,7 +522,7 @@ fn first_row_step_matches_the_adam_formula_with_either_weight_decay_and_the_tabl
             optimizer: kind,
             ..TrainSettings::default()
         };
-        let mut sp = SparseAdam::new(table(&m), &settings, &device);
+        let mut sp = SparseAdam::new(table(&m), settings.sparse_adam(), &device);
         let before = values(sp.table());
         let (leaf, ids) = sp.gather(vec![2, 5]);
         let rows = leaf.inner();
@@ -615,14 +619,14 @@ fn the_device_table_trains_as_the_host_table_does_on_every_backend() {
 
 #[test]
 fn moments_saved_by_either_table_place_load_into_the_other() {
-    use mtl_trainer::device_table::DeviceAdam;
+    use mtl_optim::DeviceAdam;
     let (m, device) = initialised(6);
     let settings = TrainSettings {
         weight_decay: 1e-2,
         ..TrainSettings::default()
     };
-    let mut host = SparseAdam::new(table(&m), &settings, &device);
-    let mut dev = DeviceAdam::new(table(&m), &settings, &device);
+    let mut host = SparseAdam::new(table(&m), settings.sparse_adam(), &device);
+    let mut dev = DeviceAdam::new(table(&m), settings.row_adam(), &device);
     for step in 0..3 {
         let touched = vec![0, 3, 5 + step];
         let (leaf, ids) = host.gather(touched.clone());
@@ -640,9 +644,9 @@ fn moments_saved_by_either_table_place_load_into_the_other() {
     let (from_host, from_dev) = (dir.path().join("h.bin"), dir.path().join("d.bin"));
     host.save(&from_host).unwrap();
     dev.save(&from_dev).unwrap();
-    let mut host2 = SparseAdam::new(table(&m), &settings, &device);
+    let mut host2 = SparseAdam::new(table(&m), settings.sparse_adam(), &device);
     host2.load(&from_dev, 3).unwrap();
-    let mut dev2 = DeviceAdam::new(table(&m), &settings, &device);
+    let mut dev2 = DeviceAdam::new(table(&m), settings.row_adam(), &device);
     dev2.load(&from_host, 3).unwrap();
     let (hm, hv) = host.moments();
     let (dm, dv) = dev2.moments();

@@ -8,13 +8,17 @@ use burn::tensor::Device;
 use mtl_data::BadRowPolicy;
 use mtl_data::synthetic::{CcpFiles, CcpSpec, generate_ccp};
 use mtl_esmm::EsmmConfig;
+use mtl_eval::auc;
 use mtl_layers::MlpSpec;
 use mtl_mmoe::{AitmConfig, MmoeConfig, OmoeConfig, PleConfig, SharedBottomConfig, TaskConfig};
-use mtl_models::{ModelConfig, ModelDir, Models, RunConfig};
-use mtl_trainer::fit::improves;
-use mtl_trainer::{
-    DataConfig, EarlyStopping, EarlyStoppingSetting, Registry, TrainOptions, TrainSettings, auc,
-};
+use mtl_models::{ModelConfig, Models};
+
+/// A run config whose model is any registered type.
+type RunConfig = mtl_trainer::RunConfig<Models>;
+
+type ModelDir = mtl_eval::ModelDir<Models>;
+use mtl_trainer::fit::early_stopping::improves;
+use mtl_trainer::{DataConfig, EarlyStopping, EarlyStoppingSetting, Registry, TrainOptions, TrainSettings};
 
 /// burn seeds one random generator per device, shared by the whole process: tests training
 /// at the same time would draw from each other's stream, so the runs here take turns (several
@@ -182,7 +186,7 @@ fn train_eval_predict_agree() {
 
 fn load_weights(dir: &Path) -> Vec<f32> {
     let model_dir = ModelDir::open(dir).unwrap();
-    let ModelConfig::Esmm(cfg) = &model_dir.config.model else {
+    let ModelConfig::Esmm(cfg) = &model_dir.model else {
         panic!("esmm expected")
     };
     let m = cfg
@@ -273,7 +277,12 @@ fn interrupted_run_resumes_to_the_same_weights() {
     // zero moments
     let broken = dir.path().join("broken");
     copy_dir(&part, &broken);
-    std::fs::remove_file(broken.join("checkpoint").join(mtl_trainer::fit::SPARSE_MOMENTS)).unwrap();
+    std::fs::remove_file(
+        broken
+            .join("checkpoint")
+            .join(mtl_trainer::fit::checkpoint::SPARSE_MOMENTS),
+    )
+    .unwrap();
     let err = mtl_trainer::train::<Models>(None, &broken, true, &TrainOptions::default())
         .err()
         .unwrap()
@@ -438,13 +447,14 @@ fn early_stopping_keeps_the_best_model() {
     // the saved model is the best one: its validation loss equals the best seen
     let model = ModelDir::open(&out).unwrap();
     // the run saved the choice it made, so a resume keeps it
+    let saved = RunConfig::from_file(out.join("config.toml")).unwrap();
     assert_eq!(
-        model.config.train.early_stopping,
+        saved.train.early_stopping,
         EarlyStoppingSetting::On(EarlyStopping::default())
     );
     let (valid, _, _) =
         mtl_data::read_encoded(&files.val, &model.encoder, BadRowPolicy::Fail, true, None).unwrap();
-    let ModelConfig::Esmm(cfg) = &model.config.model else {
+    let ModelConfig::Esmm(cfg) = &model.model else {
         panic!()
     };
     let m = cfg
@@ -452,8 +462,7 @@ fn early_stopping_keeps_the_best_model() {
         .unwrap()
         .load_file(out.join("model.bpk"));
     let (_, terms) =
-        mtl_trainer::fit::predict_all(&m, &valid, model.encoder.layout(), &Device::flex(), 4096, true)
-            .unwrap();
+        mtl_eval::predict_all(&m, &valid, model.encoder.layout(), &Device::flex(), 4096, true).unwrap();
     let loss: f64 = terms.unwrap().iter().sum();
     assert!(
         (loss - best).abs() < 1e-6,
@@ -574,7 +583,7 @@ fn every_model_learns_a_known_signal() {
 #[test]
 fn calibration_is_fitted_on_validation_saved_and_applied_everywhere() {
     let _turn = turn();
-    use mtl_trainer::CalibrationMethod;
+    use mtl_eval::CalibrationMethod;
     let dir = tempfile::tempdir().unwrap();
     let files = data(&dir.path().join("data"), 20_000, 6);
     for method in [CalibrationMethod::Platt, CalibrationMethod::Isotonic] {
@@ -663,7 +672,7 @@ fn a_new_esmm_run_starts_at_the_training_labels_base_rates() {
         let summary = train_new(&files, esmm(), s, &out);
         assert_eq!(summary.steps, 1);
         let model_dir = ModelDir::open(&out).unwrap();
-        let ModelConfig::Esmm(cfg) = &model_dir.config.model else {
+        let ModelConfig::Esmm(cfg) = &model_dir.model else {
             panic!("esmm expected")
         };
         let m = cfg

@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 
 mod common;
 
-use mtl_models::{Models, RunConfig};
+use mtl_models::Models;
+
+/// A run config whose model is any registered type.
+type RunConfig = mtl_trainer::RunConfig<Models>;
 use mtl_trainer::{EvalRecord, LossWeighting, TrainOptions, TrainSettings, parse_model};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

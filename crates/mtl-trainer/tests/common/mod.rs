@@ -2,7 +2,10 @@
 
 use std::path::Path;
 
-use mtl_models::{ModelConfig, RunConfig};
+use mtl_models::{ModelConfig, Models};
+
+/// A run config whose model is any registered type.
+type RunConfig = mtl_trainer::RunConfig<Models>;
 use mtl_trainer::{DataConfig, TrainSettings};
 
 /// A run config over these files (bad rows fail, no encoded cache).

@@ -8,13 +8,20 @@ use std::thread::Scope;
 
 use burn::tensor::Device;
 use mtl_data::{BadRowPolicy, ReadReport, Source};
-use mtl_features::{EncodedData, Encoder, TableLayout};
+use mtl_features::{BatchTensors, EncodedData, Encoder, TableLayout};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
 use crate::TrainError;
-use crate::step::Batch;
+
+/// A batch as the loader hands it over.
+pub struct Batch {
+    /// The batch's tensors; for row-sparse training its ids index [`Batch::table_rows`].
+    pub tensors: BatchTensors,
+    /// Row-sparse training: the batch's distinct table rows, in first-seen order (else empty).
+    pub table_rows: Vec<i32>,
+}
 
 /// The training rows: encoded in memory, or streamed from their files each epoch.
 #[derive(Clone, Copy)]

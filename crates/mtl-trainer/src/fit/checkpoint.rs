@@ -6,24 +6,24 @@ use std::path::{Path, PathBuf};
 
 use burn::module::Module;
 
-use crate::fit::TrainState;
-use crate::step::Stepper;
-use crate::{TrainError, crash_point, io_err, record_err};
+use crate::error::{io_err, record_err};
+use crate::fit::state::TrainState;
+use crate::{TrainError, crash_point};
 
 /// Checkpoint files inside `out_dir/checkpoint/`.
 pub fn checkpoint_dir(out_dir: &Path) -> PathBuf {
     out_dir.join("checkpoint")
 }
 
-/// Writes model, weight average (if the run keeps one), optimiser and state into a fresh
-/// folder, then swaps it in, so a crash leaves either the old checkpoint or the new one, never
-/// a mix.
+/// Writes model, weight average (if the run keeps one), optimiser state (`save_optimizer`
+/// writes it into the folder it is given) and state into a fresh folder, then swaps it in,
+/// so a crash leaves either the old checkpoint or the new one, never a mix.
 pub fn write_checkpoint<M: Module>(
     out_dir: &Path,
     model: &M,
     average: Option<&M>,
-    stepper: &mut Stepper,
     state: &TrainState,
+    save_optimizer: impl FnOnce(&Path) -> Result<(), TrainError>,
 ) -> Result<(), TrainError> {
     let final_dir = checkpoint_dir(out_dir);
     let tmp = out_dir.join("checkpoint.tmp");
@@ -38,7 +38,7 @@ pub fn write_checkpoint<M: Module>(
         .valid()
         .save_file(tmp.join("model.bpk"))
         .map_err(record_err(&tmp))?;
-    stepper.save(&tmp)?;
+    save_optimizer(&tmp)?;
     if let Some(average) = average {
         average
             .valid()

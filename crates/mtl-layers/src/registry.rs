@@ -1,6 +1,7 @@
-//! How the trainer meets models it does not know: a [`Registry`] of model types, written with
-//! the [`registry!`](crate::registry!) macro one line per model in a crate above the model
-//! crates (`mtl-models`), so that the trainer depends on the model contract only.
+//! How the trainer, the scorer and the server meet models they do not know: a [`Registry`]
+//! of model types, written with the [`registry!`](crate::registry!) macro one line per model
+//! in a crate above the model crates (`mtl-models`), so that everything that drives models
+//! depends on the model contract only.
 //!
 //! Every function that reads a run config or builds a model is generic over the registry
 //! (`train::<Models>(…)`): the training loop stays monomorphic per model type (burn's modules
@@ -8,17 +9,18 @@
 
 use burn::tensor::Device;
 use mtl_features::{TableLayout, ValidSchema};
-use mtl_layers::{ModelError, ModelPlan, MultiTaskModel};
 use serde::Serialize;
 
-use crate::TrainError;
+use crate::{ModelError, ModelPlan, MultiTaskModel};
 
 /// Something to do with a freshly built model, whatever its type.
 pub trait WithModel {
     /// What it returns.
     type Out;
+    /// Its error; building the model can fail with a [`ModelError`] too.
+    type Error: From<ModelError>;
     /// Does it.
-    fn run<M: MultiTaskModel + 'static>(self, model: M) -> Result<Self::Out, TrainError>;
+    fn run<M: MultiTaskModel + 'static>(self, model: M) -> Result<Self::Out, Self::Error>;
 }
 
 /// A set of model types, each known by its `type` name in a run config.
@@ -49,20 +51,89 @@ pub trait Registry: Clone + std::fmt::Debug + PartialEq + Send + Sync + 'static 
         layout: &TableLayout,
         device: &Device,
         job: W,
-    ) -> Result<W::Out, TrainError>;
+    ) -> Result<W::Out, W::Error>;
+}
+
+/// Reads the `[model]` table `model` (as parsed from `text`, the whole file, which `file`
+/// names in errors) with its `type`: every error names the line and the key, and the
+/// table's own errors keep their lines (it is read on its own once its `type` is known).
+pub fn read_model_table<R: Registry>(
+    text: &str,
+    file: &str,
+    model: Option<toml::Spanned<toml::de::DeValue<'_>>>,
+) -> Result<R::Config, ModelError> {
+    let config = |message: String| ModelError::Config {
+        file: file.to_string(),
+        message,
+    };
+    let at_span = |span: std::ops::Range<usize>, message: String| {
+        config(mtl_features::toml_span_line(text, span, &message))
+    };
+    let Some(model) = model else {
+        return Err(config(format!(
+            "no [model] table: add one with `type` = one of {}",
+            R::KINDS.join(", ")
+        )));
+    };
+    let model_span = model.span();
+    let toml::de::DeValue::Table(mut model_table) = model.into_inner() else {
+        return Err(at_span(
+            model_span,
+            "`model` must be a table such as [model]".into(),
+        ));
+    };
+    let kind = match model_table.remove("type") {
+        Some(kind) => match kind.get_ref().as_str() {
+            Some(k) if R::KINDS.contains(&k) => k.to_string(),
+            _ => {
+                return Err(at_span(
+                    kind.span(),
+                    format!(
+                        "unknown model `type` {}: expected one of {}",
+                        text.get(kind.span()).unwrap_or("?"),
+                        R::KINDS.join(", ")
+                    ),
+                ));
+            }
+        },
+        None => {
+            return Err(at_span(
+                model_span,
+                format!("[model] has no `type`: expected one of {}", R::KINDS.join(", ")),
+            ));
+        }
+    };
+    R::parse(
+        &kind,
+        toml::de::ValueDeserializer::from(toml::Spanned::new(
+            model_span,
+            toml::de::DeValue::Table(model_table),
+        )),
+    )
+    .map_err(|e| config(mtl_features::toml_error_line(text, &e)))
+}
+
+/// Reads the `[model]` table of a whole config file's text (the other tables are not read).
+pub fn model_of_document<R: Registry>(text: &str, file: &str) -> Result<R::Config, ModelError> {
+    let doc = toml::de::DeTable::parse(text).map_err(|e| ModelError::Config {
+        file: file.to_string(),
+        message: mtl_features::toml_error_line(text, &e),
+    })?;
+    let mut table = doc.into_inner();
+    read_model_table::<R>(text, file, table.remove("model"))
 }
 
 /// Reads a `[model]` table given as TOML text, `type` key included — what tests, benches and
 /// `mtl models` hold — with the run config's own parser, so keys are checked the same way
 /// (line numbers in errors count from the table's first line plus three).
-pub fn parse_model<R: Registry>(table: &str) -> Result<R::Config, TrainError> {
+pub fn parse_model<R: Registry>(table: &str) -> Result<R::Config, ModelError> {
     let text = format!("schema = \"-\"\n[data]\ntrain = \"-\"\n[model]\n{table}\n");
-    Ok(crate::RunConfig::<R>::from_toml_str(&text, "[model]")?.model)
+    model_of_document::<R>(&text, "[model]")
 }
 
 /// The example config of model type `kind` ([`Registry::about`]), read; `None` for a type
 /// the registry lacks.
-pub fn example_model<R: Registry>(kind: &str) -> Option<Result<R::Config, TrainError>> {
+pub fn example_model<R: Registry>(kind: &str) -> Option<Result<R::Config, ModelError>> {
     let (_, example) = R::about(kind)?;
     Some(parse_model::<R>(&format!("type = \"{kind}\"\n{example}")))
 }
@@ -84,7 +155,7 @@ pub fn serialize_tagged<T: Serialize, S: serde::Serializer>(
 /// a config type implementing [`ModelBuilder`](mtl_layers::ModelBuilder):
 ///
 /// ```ignore
-/// mtl_trainer::registry! {
+/// mtl_layers::registry! {
 ///     /// Every model mtl ships.
 ///     pub enum ModelConfig in Models {
 ///         "esmm" => Esmm(mtl_esmm::EsmmConfig),
@@ -121,7 +192,7 @@ macro_rules! registry {
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
         $vis struct $registry;
 
-        impl $crate::Registry for $registry {
+        impl $crate::registry::Registry for $registry {
             type Config = $config;
             const KINDS: &'static [&'static str] = &[$($kind),+];
 
@@ -132,7 +203,7 @@ macro_rules! registry {
             }
 
             fn about(kind: &str) -> Option<(&'static str, &'static str)> {
-                use $crate::__private::mtl_layers::ModelBuilder;
+                use $crate::ModelBuilder;
                 match kind {
                     $( $kind => Some((<$ty as ModelBuilder>::ABOUT, <$ty as ModelBuilder>::EXAMPLE)), )+
                     _ => None,
@@ -156,22 +227,22 @@ macro_rules! registry {
             fn plan(
                 config: &$config,
                 schema: &$crate::__private::mtl_features::ValidSchema,
-            ) -> Result<$crate::__private::mtl_layers::ModelPlan, $crate::__private::mtl_layers::ModelError> {
+            ) -> Result<$crate::ModelPlan, $crate::ModelError> {
                 match config {
-                    $( $config::$variant(c) => $crate::__private::mtl_layers::ModelBuilder::plan(c, schema), )+
+                    $( $config::$variant(c) => $crate::ModelBuilder::plan(c, schema), )+
                 }
             }
 
-            fn with_model<W: $crate::WithModel>(
+            fn with_model<W: $crate::registry::WithModel>(
                 config: &$config,
                 schema: &$crate::__private::mtl_features::ValidSchema,
                 layout: &$crate::__private::mtl_features::TableLayout,
                 device: &$crate::__private::Device,
                 job: W,
-            ) -> Result<W::Out, $crate::TrainError> {
+            ) -> Result<W::Out, W::Error> {
                 match config {
                     $( $config::$variant(c) => job.run(
-                        $crate::__private::mtl_layers::ModelBuilder::init(c, schema, layout, device)?,
+                        $crate::ModelBuilder::init(c, schema, layout, device)?,
                     ), )+
                 }
             }

@@ -3,7 +3,7 @@
 //! the first step).
 
 use crate::config::{Direction, EarlyStopping};
-use crate::fit::EvalRecord;
+use crate::fit::state::EvalRecord;
 
 /// The value early stopping watches in an evaluation.
 pub(crate) fn monitored(record: &EvalRecord, metric: &str) -> Option<f64> {

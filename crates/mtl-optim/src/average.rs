@@ -1,10 +1,10 @@
-//! The weight average (`[train] ema_decay`): an exponential moving average of the dense
+//! The weight average (the trainer's `[train] ema_decay`): an exponential moving average of the dense
 //! parameters, updated after every step, that evaluations, checkpoints' `average.bpk` and the
 //! saved model use in place of the last step's values. BatchNorm's running statistics are
 //! averaged with the weights (so that they describe the averaged network's activations, as far
 //! as an average can: measured, taking the live model's statistics instead lost 0.07 of ESMM's
 //! entire-space Spearman); the row-sparse table keeps its own average row by row
-//! ([`crate::sparse::SparseAdam::average`]).
+//! ([`crate::SparseAdam::average`]).
 //!
 //! The model is read and the averaged model built through `valid()`, which folds BatchNorm's
 //! pending running-statistic update in and gives the averaged model running statistics of its
@@ -12,7 +12,7 @@
 //! change the model being trained.
 //!
 //! After step `t` every parameter's average moves as `a ← k·a + (1 − k)·w`, with
-//! `k = min(decay, (1 + t)/(10 + t))` ([`crate::sparse::average_keep`]) so that the first
+//! `k = min(decay, (1 + t)/(10 + t))` ([`crate::average_keep`]) so that the first
 //! steps, far from trained, leave it quickly; it starts at the initial values.
 
 use std::any::Any;
@@ -21,11 +21,11 @@ use std::collections::HashMap;
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::tensor::Tensor;
 
-use crate::sparse::average_keep;
+use crate::row_adam::average_keep;
 
 /// The average of every float parameter but one (the row-sparse table, averaged by its own
 /// optimiser), on the plain device.
-pub(crate) struct Average {
+pub struct Average {
     decay: f32,
     /// The row-sparse table's parameter, left out.
     skip: Option<ParamId>,
@@ -36,7 +36,7 @@ pub(crate) struct Average {
 impl Average {
     /// An average of every float parameter and buffer but `skip`, starting at `start`'s
     /// values (the initial ones, or a checkpoint's saved average).
-    pub(crate) fn new<M: Module>(decay: f32, start: &M, skip: Option<ParamId>) -> Self {
+    pub fn new<M: Module>(decay: f32, start: &M, skip: Option<ParamId>) -> Self {
         let mut average = Self {
             decay,
             skip,
@@ -50,14 +50,14 @@ impl Average {
     }
 
     /// Folds in `model`'s values after step `t` (1-based).
-    pub(crate) fn update<M: Module>(&mut self, model: &M, t: usize) {
+    pub fn update<M: Module>(&mut self, model: &M, t: usize) {
         let keep = average_keep(self.decay, t);
         model.valid().visit(&mut Update { average: self, keep });
     }
 
     /// `model` (in evaluation mode, sharing nothing with `model`'s running statistics) with
     /// the averaged parameters in place of its own (the left-out one kept).
-    pub(crate) fn apply<M: Module>(&self, model: &M) -> M {
+    pub fn apply<M: Module>(&self, model: &M) -> M {
         model.valid().map(&mut Apply { average: self })
     }
 }
@@ -158,7 +158,7 @@ mod tests {
         let mut live = start.clone();
         for t in 1..=3usize {
             let value = t as f32;
-            live = live.map(&mut crate::average::tests::SetAll(value));
+            live = live.map(&mut SetAll(value));
             average.update(&live, t);
             let keep = (0.5f64).min((1.0 + t as f64) / (10.0 + t as f64));
             for e in expected.iter_mut() {

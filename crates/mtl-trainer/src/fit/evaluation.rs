@@ -1,79 +1,22 @@
-//! Evaluation during training: predictions over a whole set, one [`EvalRecord`] per
+//! Evaluation during training: one [`EvalRecord`] per
 //! evaluation (training loss and throughput since the last one, validation loss and metrics),
 //! and early stopping's bookkeeping with the best model kept as `best.bpk`.
 
 use std::time::Instant;
 
-use burn::tensor::{Device, Tensor};
+use burn::tensor::Device;
+use mtl_eval::metrics::evaluate;
+use mtl_eval::predict_all;
 use mtl_features::{EncodedData, TableLayout};
 use mtl_layers::{MultiTaskModel, OutputSpec};
 
 use crate::TrainError;
-use crate::checkpoint::save_atomic;
 use crate::config::TrainSettings;
-use crate::early_stopping::{improves, monitored};
-use crate::fit::{EvalRecord, FitOptions, TrainState};
-use crate::metrics::evaluate;
-use crate::step::weighted;
-use crate::weighting::WeightReport;
-
-/// Reads a `[n]` tensor back to the host; a backend failure is an error, never an empty list.
-pub fn to_host(t: Tensor<1>) -> Result<Vec<f32>, TrainError> {
-    let n = t.dims()[0];
-    let values = t
-        .try_into_data()
-        .map_err(|e| TrainError::Backend(format!("reading results from the device: {e:?}")))?
-        .try_to_vec::<f32>()
-        .map_err(|e| TrainError::Backend(format!("reading results from the device: {e:?}")))?;
-    if values.len() != n {
-        return Err(TrainError::Backend(format!(
-            "expected {n} values from the device, got {}",
-            values.len()
-        )));
-    }
-    Ok(values)
-}
-
-/// One column of predictions per output, and the mean loss terms when asked for.
-pub type Predictions = (Vec<Vec<f32>>, Option<Vec<f64>>);
-
-/// Predictions of every output for every row of `data`, in batches, with the model in
-/// evaluation mode on the plain device. Also returns the mean loss terms when `with_loss`.
-pub fn predict_all<M: MultiTaskModel>(
-    model: &M,
-    data: &EncodedData,
-    layout: &TableLayout,
-    device: &Device,
-    batch_size: usize,
-    with_loss: bool,
-) -> Result<Predictions, TrainError> {
-    let n_out = model.outputs().len();
-    let mut preds = vec![Vec::with_capacity(data.rows); n_out];
-    let mut loss_sums: Vec<f64> = Vec::new();
-    let mut start = 0;
-    while start < data.rows {
-        let end = (start + batch_size).min(data.rows);
-        let idx: Vec<usize> = (start..end).collect();
-        let batch = data.batch(&idx, layout, device);
-        let outputs = if with_loss {
-            let f = model.forward(&batch);
-            let terms = to_host(Tensor::cat(f.losses, 0))?;
-            loss_sums.resize(terms.len(), 0.0);
-            for (s, t) in loss_sums.iter_mut().zip(terms) {
-                *s += f64::from(t) * (end - start) as f64;
-            }
-            f.predictions
-        } else {
-            model.predict(&batch)
-        };
-        for (p, o) in preds.iter_mut().zip(outputs) {
-            p.extend(to_host(o)?);
-        }
-        start = end;
-    }
-    let losses = with_loss.then(|| loss_sums.iter().map(|s| s / data.rows.max(1) as f64).collect());
-    Ok((preds, losses))
-}
+use crate::fit::checkpoint::save_atomic;
+use crate::fit::early_stopping::{improves, monitored};
+use crate::fit::state::{EvalRecord, FitOptions, TrainState};
+use crate::fit::step::weighted;
+use crate::fit::weighting::WeightReport;
 
 /// What an evaluation during training needs besides the model and the state.
 pub(crate) struct Evaluator<'a> {

@@ -16,32 +16,15 @@ use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Int, Tensor};
 use mtl_features::{BatchTensors, TableLayout};
 use mtl_layers::{MultiTaskModel, with_running_stats_frozen};
+use mtl_optim::{Average, DeviceAdam, SparseAdam};
 
-use crate::average::Average;
-use crate::checkpoint::SPARSE_MOMENTS;
+use crate::TrainError;
 use crate::config::{EmbeddingUpdate, TablePlace, TrainSettings};
-use crate::device_table::DeviceAdam;
-use crate::sparse::SparseAdam;
-use crate::weighting::{WeightReport, Weighting, WeightingState};
-use crate::{TrainError, record_err};
-
-/// A batch as the loader hands it over.
-pub struct Batch {
-    /// The batch's tensors; for row-sparse training its ids index [`Batch::table_rows`].
-    pub tensors: BatchTensors,
-    /// Row-sparse training: the batch's distinct table rows, in first-seen order (else empty).
-    pub table_rows: Vec<i32>,
-}
-
-/// The losses of one step, read back to the host.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StepLosses {
-    /// The sum of the terms weighted by the fixed weights (with learned weights, the plain
-    /// sum, comparable across steps and with the validation loss).
-    pub total: f64,
-    /// Each loss term, in the model's `loss_names` order.
-    pub terms: Vec<f32>,
-}
+use crate::error::record_err;
+use crate::fit::checkpoint::SPARSE_MOMENTS;
+use crate::fit::loader::Batch;
+use crate::fit::state::StepLosses;
+use crate::fit::weighting::{WeightReport, Weighting, WeightingState};
 
 /// `Σ wᵢ · termᵢ` (a missing weight is 1).
 pub(crate) fn weighted(terms: &[f64], weights: &[f32]) -> f64 {
@@ -141,6 +124,7 @@ impl Store {
             Self::Host(a) => a.save(path),
             Self::Device(a) => a.save(path),
         }
+        .map_err(TrainError::from)
     }
 
     fn load(&mut self, path: &Path, time: usize) -> Result<(), TrainError> {
@@ -148,6 +132,7 @@ impl Store {
             Self::Host(a) => a.load(path, time),
             Self::Device(a) => a.load(path, time),
         }
+        .map_err(TrainError::from)
     }
 
     /// The table's weight average (the host table keeps one with `ema_decay`).
@@ -246,8 +231,12 @@ impl Stepper {
             value: Some(placeholder),
         });
         let mut adam = match settings.embedding_table {
-            TablePlace::Host => Store::Host(Box::new(SparseAdam::new(values, settings, device))),
-            TablePlace::Device => Store::Device(Box::new(DeviceAdam::new(values, settings, device))),
+            TablePlace::Host => {
+                Store::Host(Box::new(SparseAdam::new(values, settings.sparse_adam(), device)))
+            }
+            TablePlace::Device => {
+                Store::Device(Box::new(DeviceAdam::new(values, settings.row_adam(), device)))
+            }
         };
         if let Some((path, time)) = moments {
             if !path.exists() {
@@ -298,7 +287,7 @@ impl Stepper {
         };
         let forward = model.forward(&tensors);
         let loss = forward.total_loss(&self.weighting.weights());
-        let terms = crate::fit::to_host(Tensor::cat(forward.losses, 0))?;
+        let terms = mtl_eval::to_host(Tensor::cat(forward.losses, 0))?;
         let total = weighted(
             &terms.iter().map(|&t| f64::from(t)).collect::<Vec<_>>(),
             self.weighting.reported(),
@@ -340,7 +329,7 @@ impl Stepper {
             let loss = with_running_stats_frozen(|| model.forward(tensors).losses.swap_remove(i));
             let grads = loss.backward();
             let norm = match model.input_layer().embedding.weight.grad(&grads) {
-                Some(g) => crate::fit::to_host(g.square().sum().reshape([1]))?[0],
+                Some(g) => mtl_eval::to_host(g.square().sum().reshape([1]))?[0],
                 None => 0.0,
             };
             norms.push(f64::from(norm).sqrt());

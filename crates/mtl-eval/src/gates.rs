@@ -12,8 +12,8 @@ use mtl_features::{EncodedData, TableLayout};
 use mtl_layers::MultiTaskModel;
 use serde::{Deserialize, Serialize};
 
-use crate::TrainError;
-use crate::fit::to_host;
+use crate::EvalError;
+use crate::predict::to_host;
 
 /// Below this mean weight in every gate that sees it, an expert is reported dead.
 pub const DEAD_EXPERT_WEIGHT: f64 = 0.01;
@@ -39,7 +39,7 @@ pub fn gate_report<M: MultiTaskModel>(
     data: &EncodedData,
     layout: &TableLayout,
     device: &Device,
-) -> Result<Vec<GateReport>, TrainError> {
+) -> Result<Vec<GateReport>, EvalError> {
     let mut reports: Vec<GateReport> = Vec::new();
     let mut start = 0;
     while start < data.rows {

@@ -1,9 +1,10 @@
-//! The training loop, put together from its parts: batches from [`crate::loader`], steps
-//! from [`crate::step`], the [`crate::schedule`], evaluation and early stopping from
-//! [`crate::evaluation`], checkpoints from [`crate::checkpoint`]; and the state a checkpoint
-//! saves so that `--resume` continues exactly.
+//! The training loop, put together from its parts: batches from [`loader`], steps from
+//! [`step`] (with [`weighting`]), the [`schedule`], evaluation and early stopping from
+//! [`evaluation`] and [`early_stopping`], checkpoints from [`checkpoint`]. The state they
+//! share — what a checkpoint saves so that `--resume` continues exactly — is [`state`]'s;
+//! each part imports only parts before it in this order (no circle): `weighting` ← `state` ←
+//! `schedule`, `early_stopping`, `checkpoint`, `loader` ← `step` ← `evaluation` ← this module.
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use burn::grad_clipping::GradientClippingConfig;
@@ -12,103 +13,26 @@ use burn::tensor::Device;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use mtl_features::{EncodedData, TableLayout};
 use mtl_layers::MultiTaskModel;
-use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::live_checkpoint_dir;
-pub use crate::checkpoint::{
-    AVERAGE_MODEL, SPARSE_MOMENTS, checkpoint_dir, read_checkpoint, save_atomic, write_checkpoint,
-};
 use crate::config::{OptimizerKind, TrainSettings};
-pub use crate::early_stopping::improves;
-use crate::evaluation::Evaluator;
-pub use crate::evaluation::{Predictions, predict_all, to_host};
-pub use crate::loader::epoch_order;
-use crate::loader::{LoaderPlan, TrainRows, spawn};
-use crate::metrics::TaskMetrics;
-use crate::schedule::{Due, due};
-use crate::step::{StepLosses, Stepper};
-use crate::{TrainError, crash_point, record_err};
+use crate::error::record_err;
+use crate::{TrainError, crash_point};
 
-/// One evaluation of the model on the validation set.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EvalRecord {
-    /// Epoch (1-based) the evaluation happened in or after.
-    pub epoch: usize,
-    /// Optimiser steps so far.
-    pub step: usize,
-    /// Mean training loss (weighted sum of terms) since the previous evaluation.
-    pub train_loss: f64,
-    /// Mean of each training loss term since the previous evaluation.
-    pub train_losses: Vec<(String, f64)>,
-    /// Validation loss (weighted sum of terms), if there is validation data.
-    pub valid_loss: Option<f64>,
-    /// Per-output validation metrics.
-    pub valid: Vec<TaskMetrics>,
-    /// Rows trained on since the previous evaluation.
-    pub train_rows: u64,
-    /// Seconds spent training since the previous evaluation (evaluation and checkpoints excluded).
-    pub train_secs: f64,
-    /// Training throughput since the previous evaluation.
-    pub samples_per_sec: f64,
-    /// Of `train_secs`, the seconds spent building batches (data the loop waited for).
-    #[serde(default)]
-    pub data_secs: f64,
-    /// Learned loss weighting: each task term's weight at this evaluation.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub loss_weights: Vec<(String, f64)>,
-    /// GradNorm: each task term's weighted gradient norm `w_i ‖∇_W L_i‖` at its last update.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub grad_norms: Vec<(String, f64)>,
-}
+pub mod checkpoint;
+pub mod early_stopping;
+pub mod evaluation;
+pub mod loader;
+pub mod schedule;
+pub mod state;
+pub mod step;
+pub mod weighting;
 
-/// Where training stands: saved in every checkpoint so `--resume` continues exactly.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct TrainState {
-    /// Current epoch (0-based).
-    pub epoch: usize,
-    /// Next batch within the current epoch.
-    pub batch_in_epoch: usize,
-    /// Optimiser steps taken.
-    pub global_step: usize,
-    /// Every evaluation so far.
-    pub history: Vec<EvalRecord>,
-    /// Best monitored value and the step it was reached at.
-    pub best: Option<(f64, usize)>,
-    /// Evaluations since the best one.
-    pub since_best: usize,
-    /// Whether the run is complete: trained, and its model and metrics written.
-    pub finished: bool,
-    /// Whether the training loop ran to its end (all epochs, or early stopping); the run is
-    /// `finished` once the final model and metrics are written after it.
-    #[serde(default)]
-    pub trained: bool,
-    /// Whether early stopping ended the run.
-    pub stopped_early: bool,
-    /// Running sums since the last evaluation: (rows, weighted loss · rows, per-term loss · rows).
-    pub pending: (u64, f64, Vec<f64>),
-    /// Seconds spent training since the last evaluation.
-    pub pending_secs: f64,
-    /// Steps of the row-sparse embedding optimiser.
-    #[serde(default)]
-    pub sparse_time: usize,
-    /// Seconds spent building batches (the loop waiting on data) since the last evaluation.
-    #[serde(default)]
-    pub pending_data_secs: f64,
-    /// The learned loss weighting's state (weights, moments), if the weights are learned.
-    #[serde(default)]
-    pub weighting: Option<crate::weighting::WeightingState>,
-}
-
-/// Options of one `fit` call that are not model settings.
-#[derive(Debug, Clone)]
-pub struct FitOptions {
-    /// Folder for `checkpoint/` and `best.bpk`.
-    pub out_dir: PathBuf,
-    /// Show progress bars on stderr.
-    pub progress: bool,
-    /// Label names (for metric descriptions).
-    pub label_names: Vec<String>,
-}
+use checkpoint::{AVERAGE_MODEL, SPARSE_MOMENTS, live_checkpoint_dir, write_checkpoint};
+use evaluation::Evaluator;
+use loader::{LoaderPlan, TrainRows, spawn};
+use schedule::{Due, due};
+pub use state::{EvalRecord, FitOptions, TrainState};
+use step::Stepper;
 
 /// The result of a fit.
 pub struct FitOutcome<M> {
@@ -134,23 +58,6 @@ pub fn optimizer(settings: &TrainSettings) -> ModuleOptimizer {
             .with_grad_clipping(clip)
             .with_epsilon(settings.adam_epsilon as f32)
             .init(),
-    }
-}
-
-impl TrainState {
-    /// Counts a step over `rows` rows with `losses`, in an epoch of `batches` batches.
-    fn count_step(&mut self, rows: u64, losses: &StepLosses, batches: usize) {
-        self.global_step += 1;
-        self.batch_in_epoch += 1;
-        if self.batch_in_epoch == batches {
-            self.epoch += 1;
-            self.batch_in_epoch = 0;
-        }
-        self.pending.0 += rows;
-        self.pending.1 += losses.total * rows as f64;
-        for (s, t) in self.pending.2.iter_mut().zip(&losses.terms) {
-            *s += f64::from(*t) * rows as f64;
-        }
     }
 }
 
@@ -188,7 +95,7 @@ fn finished<M: MultiTaskModel>(stepper: &mut Stepper, model: M) -> M {
 }
 
 /// Trains `model` (on an autodiff device) from `state` on `train` (rows in memory, or a
-/// [`crate::loader::StreamSpec`]), evaluating on `valid`.
+/// [`loader::StreamSpec`]), evaluating on `valid`.
 #[allow(clippy::too_many_arguments)]
 pub fn fit<'t, M: MultiTaskModel>(
     model: M,
@@ -313,7 +220,9 @@ pub fn fit<'t, M: MultiTaskModel>(
             if checkpoint || limit || state.trained {
                 state.pending_secs += clock.elapsed().as_secs_f64();
                 clock = Instant::now();
-                write_checkpoint(&options.out_dir, &model, averaged.as_ref(), &mut stepper, &state)?;
+                write_checkpoint(&options.out_dir, &model, averaged.as_ref(), &state, |dir| {
+                    stepper.save(dir)
+                })?;
             }
             if state.trained || limit {
                 pb.finish_and_clear();

@@ -156,7 +156,7 @@ pub fn render_svg(history: &[EvalRecord]) -> String {
 
 /// The reliability diagram of every binary output in `metrics` (one panel each): the mean
 /// prediction against the observed rate per bin, and the diagonal of perfect calibration.
-pub fn render_reliability(metrics: &[crate::metrics::TaskMetrics], title: &str) -> String {
+pub fn render_reliability(metrics: &[mtl_eval::TaskMetrics], title: &str) -> String {
     let panels: Vec<_> = metrics
         .iter()
         .filter_map(|m| m.binary.as_ref().map(|b| (m, b)))

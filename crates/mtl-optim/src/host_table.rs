@@ -1,7 +1,7 @@
 //! Row-sparse embedding training: each step gathers only the table rows the batch uses,
 //! differentiates through those, and updates only those rows with a row-wise (lazy) Adam.
 //!
-//! Rows a step does not touch follow [`UntouchedRows`]:
+//! Rows a step does not touch ([`SparseAdamConfig::catch_up`]):
 //! - `catch-up` (the default): as dense Adam moves them — a row's momentum keeps acting after
 //!   its last use, and weight decay acts every step. Done lazily: each row remembers the step
 //!   it was last brought up to date, and when it is next used the steps it missed are replayed
@@ -19,19 +19,28 @@
 //! memory, in one pass; on Linux the buffer asks for transparent huge pages, so random rows
 //! of a multi-GB table do not each cost a TLB miss. Each step uploads the rows the batch
 //! uses to the training device and reads their gradient back (on the CPU backends both are
-//! plain copies). The table is the trainer's business: [`crate::step::Stepper`] moves it out
-//! of the model and swaps it back in for evaluation, checkpoints and the end of training.
+//! plain copies). Moving the table out of a model and back in is the trainer's business.
 
-use std::io::{Read, Write};
 use std::path::Path;
 
 use burn::tensor::{Device, Tensor, TensorData};
 
-use crate::config::{OptimizerKind, TrainSettings, UntouchedRows};
-use crate::{TrainError, io_err};
+use crate::OptimError;
+use crate::moments::{read_moments, write_moments};
+use crate::row_adam::{RowAdamConfig, StepConstants, average_keep};
 
-/// First bytes of a saved moments file.
-const MOMENTS_MAGIC: &[u8; 7] = b"MTLMOM1";
+/// How the host table is set up: the row-wise Adam, what happens to untouched rows, and the
+/// weight average.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SparseAdamConfig {
+    /// The row-wise Adam's constants.
+    pub adam: RowAdamConfig,
+    /// Untouched rows catch up exactly (dense Adam's result) instead of staying frozen.
+    pub catch_up: bool,
+    /// Keep a weight average of every row with this decay (needs `catch_up`; ignored
+    /// without it).
+    pub average_decay: Option<f32>,
+}
 
 /// Host memory for `len` floats, zeroed: an anonymous mapping advised to use huge pages
 /// where the platform has them, else a vector.
@@ -68,62 +77,6 @@ impl HostBuf {
     }
 }
 
-/// The row-wise Adam's settings, shared by the host table and the device table.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct RowAdamConfig {
-    beta_1: f32,
-    beta_2: f32,
-    epsilon: f32,
-    weight_decay: f32,
-    decoupled: bool,
-    /// Gradient-norm clipping threshold over a step's rows.
-    pub(crate) clip_norm: Option<f32>,
-}
-
-/// The constants of step `t`: betas, bias-corrected factor and epsilon (burn's Adam's
-/// formulation), and the weight decay split into the gradient's part (L2, Adam) and the
-/// update's (decoupled, AdamW).
-pub(crate) struct StepConstants {
-    pub(crate) b1: f32,
-    pub(crate) b2: f32,
-    pub(crate) factor: f32,
-    pub(crate) eps: f32,
-    pub(crate) wd_grad: f32,
-    pub(crate) wd_update: f32,
-}
-
-impl RowAdamConfig {
-    /// burn's Adam defaults (β 0.9, 0.999) with the run's ε, the table's weight decay
-    /// ([`TrainSettings::embedding_decay`]) and clipping.
-    pub(crate) fn new(settings: &TrainSettings) -> Self {
-        Self {
-            beta_1: 0.9,
-            beta_2: 0.999,
-            epsilon: settings.adam_epsilon as f32,
-            weight_decay: settings.embedding_decay() as f32,
-            decoupled: settings.optimizer == OptimizerKind::AdamW,
-            clip_norm: settings.grad_clip_norm,
-        }
-    }
-
-    /// The constants of step `t` (1-based).
-    pub(crate) fn at(&self, t: usize) -> StepConstants {
-        let t = t as i32;
-        let (b1, b2) = (self.beta_1, self.beta_2);
-        let bc2 = (1.0 - b2.powi(t)).sqrt();
-        let wd = self.weight_decay;
-        StepConstants {
-            b1,
-            b2,
-            factor: bc2 / (1.0 - b1.powi(t)),
-            eps: self.epsilon * bc2,
-            // L2 weight decay goes into the gradient, decoupled (AdamW) into the update
-            wd_grad: if self.decoupled { 0.0 } else { wd },
-            wd_update: if self.decoupled { wd } else { 0.0 },
-        }
-    }
-}
-
 /// What a step did to a row it did not touch, kept for replaying it (`catch-up`).
 #[derive(Debug, Clone, Copy)]
 struct Missed {
@@ -132,14 +85,6 @@ struct Missed {
     lr: f32,
     /// The weight average's decay at the step ([`average_keep`]).
     keep: f32,
-}
-
-/// The weight average's decay at step `t` (1-based): `min(decay, (1 + t) / (10 + t))`, so
-/// that the first steps' values, far from trained, leave the average quickly (TensorFlow's
-/// `ExponentialMovingAverage` with `num_updates`).
-pub(crate) fn average_keep(decay: f32, t: usize) -> f32 {
-    let t = t as f64;
-    (decay as f64).min((1.0 + t) / (10.0 + t)) as f32
 }
 
 /// The `catch-up` bookkeeping: when each row was last brought up to date, and the constants
@@ -162,7 +107,7 @@ pub struct SparseAdam {
     /// Steps taken (drives the bias correction).
     pub time: usize,
     config: RowAdamConfig,
-    /// `Some` for [`UntouchedRows::CatchUp`].
+    /// `Some` with [`SparseAdamConfig::catch_up`].
     catch_up: Option<CatchUp>,
     /// The weight average of every row (`[rows, dim]`) and its decay, with `ema_decay`;
     /// kept up to date lazily with the rows (it needs `catch-up`'s bookkeeping).
@@ -321,7 +266,7 @@ impl pulp::WithSimd for RowAdam<'_> {
 impl SparseAdam {
     /// Takes `table` (`[rows, dim]`, its memory released once copied) into host memory,
     /// with zero moments.
-    pub fn new(table: Tensor<2>, settings: &TrainSettings, device: &Device) -> Self {
+    pub fn new(table: Tensor<2>, config: SparseAdamConfig, device: &Device) -> Self {
         let [rows, dim] = table.dims();
         let plain = device.clone().without_autodiff();
         let table = table.into_data();
@@ -331,14 +276,14 @@ impl SparseAdam {
         for (slot, row) in floats.chunks_exact_mut(3 * dim).zip(values.chunks_exact(dim)) {
             slot[..dim].copy_from_slice(row);
         }
-        let catch_up = (settings.untouched() == UntouchedRows::CatchUp).then(|| CatchUp {
+        let catch_up = config.catch_up.then(|| CatchUp {
             last: vec![0; rows],
             base: 0,
             steps: Vec::new(),
         });
         // the average starts at the initial values; it needs catch-up's per-row steps
-        let average = settings
-            .average_decay()
+        let average = config
+            .average_decay
             .filter(|_| catch_up.is_some())
             .map(|decay| (values.to_vec(), decay));
         drop(table);
@@ -347,7 +292,7 @@ impl SparseAdam {
             rows,
             dim,
             time: 0,
-            config: RowAdamConfig::new(settings),
+            config: config.adam,
             catch_up,
             average,
             device: plain,
@@ -544,16 +489,16 @@ impl SparseAdam {
 
     /// Restores the table's weight average (`[rows, dim]`, as [`SparseAdam::average`] gave
     /// it) when resuming; nothing without one.
-    pub fn set_average(&mut self, values: Tensor<2>) -> Result<(), TrainError> {
+    pub fn set_average(&mut self, values: Tensor<2>) -> Result<(), OptimError> {
         let Some((a, _)) = self.average.as_mut() else {
             return Ok(());
         };
         let data = values.into_data();
         let values = data
             .as_slice::<f32>()
-            .map_err(|e| TrainError::Backend(format!("reading the table's average: {e:?}")))?;
+            .map_err(|e| OptimError::Backend(format!("reading the table's average: {e:?}")))?;
         if values.len() != a.len() {
-            return Err(TrainError::Backend(format!(
+            return Err(OptimError::Backend(format!(
                 "the saved table average has {} values; the table has {}",
                 values.len(),
                 a.len()
@@ -565,7 +510,7 @@ impl SparseAdam {
 
     /// Saves the moments next to a checkpoint ([`write_moments`]), every row brought up to
     /// date first and streamed from the table's memory (no copy of the moments is made).
-    pub fn save(&mut self, path: &Path) -> Result<(), TrainError> {
+    pub fn save(&mut self, path: &Path) -> Result<(), OptimError> {
         self.catch_up();
         let (d, floats) = (self.dim, self.buf.floats());
         write_moments(path, self.rows, d, |part, r| {
@@ -575,7 +520,7 @@ impl SparseAdam {
 
     /// Restores moments saved by [`SparseAdam::save`] (or the device table's) and the step
     /// count.
-    pub fn load(&mut self, path: &Path, time: usize) -> Result<(), TrainError> {
+    pub fn load(&mut self, path: &Path, time: usize) -> Result<(), OptimError> {
         let (rows, d) = (self.rows, self.dim);
         let floats = self.buf.floats_mut();
         read_moments(path, rows, d, |part, r, values| {
@@ -590,75 +535,4 @@ impl SparseAdam {
         }
         Ok(())
     }
-}
-
-/// Writes a moments file: a header (`MTLMOM1`, rows, dim as u64 LE), then every row of the
-/// first moment and every row of the second, f32 LE; `row(part, r)` is row `r` of moment
-/// `part` (1 first, 2 second).
-pub(crate) fn write_moments<'a>(
-    path: &Path,
-    rows: usize,
-    dim: usize,
-    row: impl Fn(usize, usize) -> &'a [f32],
-) -> Result<(), TrainError> {
-    let file = std::fs::File::create(path).map_err(io_err(path))?;
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
-    out.write_all(MOMENTS_MAGIC).map_err(io_err(path))?;
-    out.write_all(&(rows as u64).to_le_bytes())
-        .map_err(io_err(path))?;
-    out.write_all(&(dim as u64).to_le_bytes()).map_err(io_err(path))?;
-    for part in [1, 2] {
-        for r in 0..rows {
-            out.write_all(bytemuck::cast_slice(row(part, r)))
-                .map_err(io_err(path))?;
-        }
-    }
-    out.into_inner()
-        .map_err(|e| io_err(path)(e.into_error()))?
-        .sync_all()
-        .map_err(io_err(path))
-}
-
-/// Reads a moments file of a `rows × dim` table, handing each row to `put(part, r, values)`;
-/// a file of another shape, or one that ends early, is an error naming it.
-pub(crate) fn read_moments(
-    path: &Path,
-    rows: usize,
-    dim: usize,
-    mut put: impl FnMut(usize, usize, &[f32]),
-) -> Result<(), TrainError> {
-    let bad = |message: String| TrainError::Record {
-        path: path.display().to_string(),
-        message,
-    };
-    let file = std::fs::File::open(path).map_err(io_err(path))?;
-    let mut input = std::io::BufReader::with_capacity(1 << 20, file);
-    let mut header = [0u8; 23];
-    input
-        .read_exact(&mut header)
-        .map_err(|_| bad("not a moments file (too short)".into()))?;
-    if &header[..7] != MOMENTS_MAGIC {
-        return Err(bad("not a moments file (bad magic)".into()));
-    }
-    let file_rows = u64::from_le_bytes(header[7..15].try_into().expect("8 bytes"));
-    let file_dim = u64::from_le_bytes(header[15..23].try_into().expect("8 bytes"));
-    if (file_rows, file_dim) != (rows as u64, dim as u64) {
-        return Err(bad(format!(
-            "moments of a {file_rows} × {file_dim} table; this table is {rows} × {dim}"
-        )));
-    }
-    let mut bytes = vec![0u8; dim * 4];
-    let mut values = vec![0f32; dim];
-    for part in [1, 2] {
-        for r in 0..rows {
-            input
-                .read_exact(&mut bytes)
-                .map_err(|_| bad("the file ends early".into()))?;
-            for (dst, src) in values.iter_mut().zip(bytes.chunks_exact(4)) {
-                *dst = f32::from_le_bytes(src.try_into().expect("4 bytes"));
-            }
-            put(part, r, &values);
-        }
-    }
-    Ok(())
 }

@@ -4,15 +4,15 @@
 //! tensor ops, and writes the touched rows back with `select_assign` — no rows or gradients
 //! cross to the host. Untouched rows and their moments are left as they are.
 //!
-//! [`SparseAdam`]: crate::sparse::SparseAdam
+//! [`SparseAdam`]: crate::SparseAdam
 
 use std::path::Path;
 
 use burn::tensor::{Device, IndexingUpdateOp, Int, Tensor, TensorData};
 
-use crate::TrainError;
-use crate::config::TrainSettings;
-use crate::sparse::{RowAdamConfig, read_moments, write_moments};
+use crate::OptimError;
+use crate::moments::{read_moments, write_moments};
+use crate::row_adam::RowAdamConfig;
 
 /// The table, its moments and the row-wise Adam settings, on one device.
 pub struct DeviceAdam {
@@ -27,7 +27,7 @@ pub struct DeviceAdam {
 
 impl DeviceAdam {
     /// Takes `table` (`[rows, dim]`) onto the plain training device, with zero moments.
-    pub fn new(table: Tensor<2>, settings: &TrainSettings, device: &Device) -> Self {
+    pub fn new(table: Tensor<2>, config: RowAdamConfig, device: &Device) -> Self {
         let plain = device.clone().without_autodiff();
         let table = table.to_device(&plain);
         Self {
@@ -35,7 +35,7 @@ impl DeviceAdam {
             v: Tensor::zeros(table.dims(), &plain),
             table,
             time: 0,
-            config: RowAdamConfig::new(settings),
+            config,
             device: plain,
         }
     }
@@ -114,15 +114,15 @@ impl DeviceAdam {
         (self.m.clone(), self.v.clone())
     }
 
-    /// Saves the moments in [`SparseAdam`](crate::sparse::SparseAdam)'s format (either table
+    /// Saves the moments in [`SparseAdam`](crate::SparseAdam)'s format (either table
     /// place resumes from either).
-    pub fn save(&self, path: &Path) -> Result<(), TrainError> {
+    pub fn save(&self, path: &Path) -> Result<(), OptimError> {
         let [rows, dim] = self.table.dims();
-        let host = |t: &Tensor<2>| -> Result<Vec<f32>, TrainError> {
+        let host = |t: &Tensor<2>| -> Result<Vec<f32>, OptimError> {
             t.clone()
                 .into_data()
                 .try_to_vec::<f32>()
-                .map_err(|e| TrainError::Backend(format!("reading the embedding moments: {e:?}")))
+                .map_err(|e| OptimError::Backend(format!("reading the embedding moments: {e:?}")))
         };
         let (m, v) = (host(&self.m)?, host(&self.v)?);
         write_moments(path, rows, dim, |part, r| {
@@ -132,7 +132,7 @@ impl DeviceAdam {
     }
 
     /// Restores moments saved by either table place, and the step count.
-    pub fn load(&mut self, path: &Path, time: usize) -> Result<(), TrainError> {
+    pub fn load(&mut self, path: &Path, time: usize) -> Result<(), OptimError> {
         let [rows, dim] = self.table.dims();
         let (mut m, mut v) = (vec![0f32; rows * dim], vec![0f32; rows * dim]);
         read_moments(path, rows, dim, |part, r, values| {

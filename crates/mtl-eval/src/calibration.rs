@@ -15,8 +15,9 @@ use mtl_features::{EncodedData, LabelKind};
 use mtl_layers::OutputSpec;
 use serde::{Deserialize, Serialize};
 
+use crate::EvalError;
+use crate::error::io_err;
 use crate::metrics::rows_of;
-use crate::{TrainError, io_err};
 
 /// File name of a model directory's calibration.
 pub const CALIBRATION_FILE: &str = "calibration.json";
@@ -188,7 +189,7 @@ impl Calibration {
     }
 
     /// Reads `calibration.json` of a model directory, if there is one.
-    pub fn load(dir: &Path) -> Result<Option<Self>, TrainError> {
+    pub fn load(dir: &Path) -> Result<Option<Self>, EvalError> {
         let path = dir.join(CALIBRATION_FILE);
         if !path.exists() {
             return Ok(None);
@@ -196,14 +197,14 @@ impl Calibration {
         let bytes = std::fs::read(&path).map_err(io_err(&path))?;
         serde_json::from_slice(&bytes)
             .map(Some)
-            .map_err(|e| TrainError::Config {
+            .map_err(|e| EvalError::Config {
                 file: path.display().to_string(),
                 message: e.to_string(),
             })
     }
 
     /// Writes `calibration.json` into a model directory (atomically).
-    pub fn save(&self, dir: &Path) -> Result<(), TrainError> {
+    pub fn save(&self, dir: &Path) -> Result<(), EvalError> {
         let json = serde_json::to_vec_pretty(self).expect("calibration serialises");
         mtl_features::atomic_write(&dir.join(CALIBRATION_FILE), &json)?;
         Ok(())

@@ -1,0 +1,170 @@
+//! `[data]`: where the training, validation and test rows are, and how they are read.
+
+use std::path::{Path, PathBuf};
+
+use mtl_data::BadRowPolicy;
+use serde::{Deserialize, Serialize};
+
+use crate::TrainError;
+
+/// Where the data is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// Training CSV file(s).
+    pub train: DataFiles,
+    /// Validation CSV file(s) (metrics every epoch, early stopping).
+    #[serde(default)]
+    pub valid: Option<DataFiles>,
+    /// Test CSV file(s) (metrics once at the end).
+    #[serde(default)]
+    pub test: Option<DataFiles>,
+    /// `fail` (default) or `skip` for rows that cannot be encoded.
+    #[serde(default = "default_policy")]
+    pub bad_rows: String,
+    /// Keep a cache of the encoded rows next to each CSV (`<file>.mtl.arrow`, Arrow IPC).
+    #[serde(default = "default_true")]
+    pub cache: bool,
+    /// Stream the training files each epoch instead of holding their encoded rows: files in an
+    /// order shuffled per epoch, rows shuffled within blocks of `shuffle_buffer` rows (the
+    /// only rows held). For data larger than memory.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub streaming: bool,
+    /// Rows per shuffle block when streaming.
+    #[serde(default = "default_shuffle_buffer")]
+    pub shuffle_buffer: usize,
+}
+
+fn default_shuffle_buffer() -> usize {
+    1_000_000
+}
+
+/// One or more data files: a path, or a list of paths; any of them may be a glob pattern
+/// (`data/train/*.csv`, `part-[0-9]*.csv`). Files are read in the order given, a pattern's
+/// matches sorted by name, and their rows appended.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum DataFiles {
+    /// One path or pattern.
+    One(PathBuf),
+    /// Several, in order.
+    Many(Vec<PathBuf>),
+}
+
+impl<'de> Deserialize<'de> for DataFiles {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Files;
+        impl<'de> serde::de::Visitor<'de> for Files {
+            type Value = DataFiles;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a path, a glob pattern, or a list of them")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<DataFiles, E> {
+                Ok(DataFiles::One(PathBuf::from(v)))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<DataFiles, A::Error> {
+                let mut paths = Vec::new();
+                while let Some(p) = seq.next_element::<PathBuf>()? {
+                    paths.push(p);
+                }
+                if paths.is_empty() {
+                    return Err(serde::de::Error::custom("an empty list of files"));
+                }
+                Ok(DataFiles::Many(paths))
+            }
+        }
+        d.deserialize_any(Files)
+    }
+}
+
+impl From<PathBuf> for DataFiles {
+    fn from(path: PathBuf) -> Self {
+        Self::One(path)
+    }
+}
+
+impl DataFiles {
+    /// The paths and patterns as written.
+    pub fn entries(&self) -> &[PathBuf] {
+        match self {
+            Self::One(p) => std::slice::from_ref(p),
+            Self::Many(v) => v,
+        }
+    }
+
+    pub(crate) fn resolve(&self, base: &Path) -> Self {
+        match self {
+            Self::One(p) => Self::One(resolve(base, p)),
+            Self::Many(v) => Self::Many(v.iter().map(|p| resolve(base, p)).collect()),
+        }
+    }
+
+    /// The files to read, patterns expanded (sorted by name); a pattern that matches no
+    /// file, or a bad pattern, is an error naming `key` and the pattern.
+    pub fn files(&self, key: &str) -> Result<Vec<PathBuf>, TrainError> {
+        let mut out = Vec::new();
+        for entry in self.entries() {
+            let text = entry.to_string_lossy();
+            if !text.contains(['*', '?', '[']) {
+                out.push(entry.clone());
+                continue;
+            }
+            let bad = |message: String| TrainError::Config {
+                file: key.to_string(),
+                message,
+            };
+            let mut matches: Vec<PathBuf> = glob::glob(&text)
+                .map_err(|e| bad(format!("`{text}` is not a valid pattern: {e}")))?
+                .filter_map(Result::ok)
+                .filter(|p| p.is_file())
+                .collect();
+            if matches.is_empty() {
+                return Err(bad(format!("the pattern `{text}` matches no file")));
+            }
+            matches.sort();
+            out.extend(matches);
+        }
+        Ok(out)
+    }
+
+    /// The entries as a message shows them.
+    pub fn shown(&self) -> String {
+        self.entries()
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+pub(crate) fn default_true() -> bool {
+    true
+}
+
+fn default_policy() -> String {
+    "fail".into()
+}
+
+impl DataConfig {
+    /// The bad-row policy.
+    pub fn policy(&self) -> Result<BadRowPolicy, TrainError> {
+        self.bad_rows.parse().map_err(|message| TrainError::Config {
+            file: "config".into(),
+            message: format!("`data.bad_rows`: {message}"),
+        })
+    }
+}
+
+/// The largest shuffle block a streaming config may ask for.
+pub const MAX_SHUFFLE_BUFFER: usize = 1 << 30;
+
+/// `p` relative to `base` when it is relative, made absolute (against the working directory)
+/// so that a saved run can be resumed from anywhere.
+pub(crate) fn resolve(base: &Path, p: &Path) -> PathBuf {
+    let joined = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    };
+    std::path::absolute(&joined).unwrap_or(joined)
+}

@@ -1,0 +1,119 @@
+//! The state the loop's parts share: where training stands ([`TrainState`], saved in every
+//! checkpoint), one evaluation's record ([`EvalRecord`]), a step's losses ([`StepLosses`]) and
+//! the options of one fit ([`FitOptions`]). Of the parts it imports only
+//! [`weighting`](crate::fit::weighting)'s saved state.
+
+use std::path::PathBuf;
+
+use mtl_eval::TaskMetrics;
+use serde::{Deserialize, Serialize};
+
+use crate::fit::weighting::WeightingState;
+
+/// One evaluation of the model on the validation set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalRecord {
+    /// Epoch (1-based) the evaluation happened in or after.
+    pub epoch: usize,
+    /// Optimiser steps so far.
+    pub step: usize,
+    /// Mean training loss (weighted sum of terms) since the previous evaluation.
+    pub train_loss: f64,
+    /// Mean of each training loss term since the previous evaluation.
+    pub train_losses: Vec<(String, f64)>,
+    /// Validation loss (weighted sum of terms), if there is validation data.
+    pub valid_loss: Option<f64>,
+    /// Per-output validation metrics.
+    pub valid: Vec<TaskMetrics>,
+    /// Rows trained on since the previous evaluation.
+    pub train_rows: u64,
+    /// Seconds spent training since the previous evaluation (evaluation and checkpoints excluded).
+    pub train_secs: f64,
+    /// Training throughput since the previous evaluation.
+    pub samples_per_sec: f64,
+    /// Of `train_secs`, the seconds spent building batches (data the loop waited for).
+    #[serde(default)]
+    pub data_secs: f64,
+    /// Learned loss weighting: each task term's weight at this evaluation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub loss_weights: Vec<(String, f64)>,
+    /// GradNorm: each task term's weighted gradient norm `w_i ‖∇_W L_i‖` at its last update.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grad_norms: Vec<(String, f64)>,
+}
+
+/// Where training stands: saved in every checkpoint so `--resume` continues exactly.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Current epoch (0-based).
+    pub epoch: usize,
+    /// Next batch within the current epoch.
+    pub batch_in_epoch: usize,
+    /// Optimiser steps taken.
+    pub global_step: usize,
+    /// Every evaluation so far.
+    pub history: Vec<EvalRecord>,
+    /// Best monitored value and the step it was reached at.
+    pub best: Option<(f64, usize)>,
+    /// Evaluations since the best one.
+    pub since_best: usize,
+    /// Whether the run is complete: trained, and its model and metrics written.
+    pub finished: bool,
+    /// Whether the training loop ran to its end (all epochs, or early stopping); the run is
+    /// `finished` once the final model and metrics are written after it.
+    #[serde(default)]
+    pub trained: bool,
+    /// Whether early stopping ended the run.
+    pub stopped_early: bool,
+    /// Running sums since the last evaluation: (rows, weighted loss · rows, per-term loss · rows).
+    pub pending: (u64, f64, Vec<f64>),
+    /// Seconds spent training since the last evaluation.
+    pub pending_secs: f64,
+    /// Steps of the row-sparse embedding optimiser.
+    #[serde(default)]
+    pub sparse_time: usize,
+    /// Seconds spent building batches (the loop waiting on data) since the last evaluation.
+    #[serde(default)]
+    pub pending_data_secs: f64,
+    /// The learned loss weighting's state (weights, moments), if the weights are learned.
+    #[serde(default)]
+    pub weighting: Option<WeightingState>,
+}
+
+/// Options of one `fit` call that are not model settings.
+#[derive(Debug, Clone)]
+pub struct FitOptions {
+    /// Folder for `checkpoint/` and `best.bpk`.
+    pub out_dir: PathBuf,
+    /// Show progress bars on stderr.
+    pub progress: bool,
+    /// Label names (for metric descriptions).
+    pub label_names: Vec<String>,
+}
+
+/// The losses of one step, read back to the host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepLosses {
+    /// The sum of the terms weighted by the fixed weights (with learned weights, the plain
+    /// sum, comparable across steps and with the validation loss).
+    pub total: f64,
+    /// Each loss term, in the model's `loss_names` order.
+    pub terms: Vec<f32>,
+}
+
+impl TrainState {
+    /// Counts a step over `rows` rows with `losses`, in an epoch of `batches` batches.
+    pub(crate) fn count_step(&mut self, rows: u64, losses: &StepLosses, batches: usize) {
+        self.global_step += 1;
+        self.batch_in_epoch += 1;
+        if self.batch_in_epoch == batches {
+            self.epoch += 1;
+            self.batch_in_epoch = 0;
+        }
+        self.pending.0 += rows;
+        self.pending.1 += losses.total * rows as f64;
+        for (s, t) in self.pending.2.iter_mut().zip(&losses.terms) {
+            *s += f64::from(*t) * rows as f64;
+        }
+    }
+}

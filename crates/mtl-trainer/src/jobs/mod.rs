@@ -1,0 +1,104 @@
+//! Whole jobs on model directories: train (fresh or resumed), evaluate, predict.
+//!
+//! A model directory holds `config.toml` (the run config, absolute paths), `schema.toml`,
+//! `features.json` (fitted state), `model.bpk` (the best model under early stopping, else the
+//! last), `metrics.json`, `curve.svg` and `checkpoint/` (last weights, optimiser, position).
+//! Reading one for inference is [`mtl_eval::ModelDir`]'s; writing and locking one is
+//! [`model_dir`]'s.
+
+use std::path::PathBuf;
+
+use mtl_eval::TaskMetrics;
+use mtl_eval::gates::GateReport;
+use serde::{Deserialize, Serialize};
+
+use crate::fit::EvalRecord;
+
+pub mod curve;
+pub mod eval;
+pub mod model_dir;
+pub mod predict;
+pub mod train;
+
+pub use eval::eval_file;
+pub use model_dir::RunLock;
+pub use predict::{INPUT_LINE_COLUMN, predict_file};
+pub use train::train;
+
+/// Options of a training job.
+#[derive(Debug, Clone, Default)]
+pub struct TrainOptions {
+    /// Show progress bars and per-evaluation lines on stderr.
+    pub progress: bool,
+    /// On resume: train to this many epochs in all (more than a finished run had extends it).
+    pub epochs: Option<usize>,
+    /// On resume: stop after this many steps in total, leaving a checkpoint. A limit applies
+    /// to one invocation only and is never saved with the run.
+    pub max_steps: Option<usize>,
+}
+
+impl TrainOptions {
+    /// Logs `line` and, with progress on, prints it on stderr: a run's choices and what it
+    /// read, for the log and the person watching alike.
+    pub(crate) fn announce(&self, line: &str) {
+        tracing::info!("{line}");
+        if self.progress {
+            eprintln!("{line}");
+        }
+    }
+}
+
+/// What a training job produced.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainSummary {
+    /// Model type.
+    pub model: String,
+    /// The model directory.
+    pub out_dir: PathBuf,
+    /// Backend trained on.
+    pub backend: String,
+    /// Rows in the training file.
+    pub train_rows: usize,
+    /// Steps taken in total.
+    pub steps: usize,
+    /// Whether all epochs ran (or early stopping ended the run).
+    pub finished: bool,
+    /// Whether early stopping ended the run.
+    pub stopped_early: bool,
+    /// Mean training throughput over all evaluations (samples/s).
+    pub samples_per_sec: f64,
+    /// Validation metrics at the last evaluation.
+    pub valid: Vec<TaskMetrics>,
+    /// Test metrics of the saved model, if a test file was given (calibrated, with
+    /// `train.calibration`).
+    pub test: Vec<TaskMetrics>,
+    /// With `train.calibration`: the test metrics before calibration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_uncalibrated: Option<Vec<TaskMetrics>>,
+    /// Every evaluation.
+    pub history: Vec<EvalRecord>,
+    /// Data read reports (rows, skipped rows).
+    pub reads: Vec<String>,
+    /// Inference throughput of the final model on the encoded test rows (samples/s: batches of
+    /// 4096 built from memory, forward, predictions copied out; median of three passes after
+    /// a warm-up for test sets up to a million rows).
+    pub inference_samples_per_sec: Option<f64>,
+    /// Peak resident memory of this process so far (MB; Linux only).
+    pub peak_rss_mb: Option<f64>,
+    /// Fraction of training time spent building batches.
+    pub data_wait_fraction: f64,
+    /// Gate utilisation of the final model on the validation set (mixtures and AITM).
+    #[serde(default)]
+    pub gates: Vec<GateReport>,
+    /// Experts under 1 % of every gate's weight on the validation set.
+    #[serde(default)]
+    pub dead_experts: Vec<String>,
+}
+
+/// Peak resident set size of this process in MB (`VmHWM`), where the OS reports it.
+pub fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}

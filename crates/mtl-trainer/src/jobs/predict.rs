@@ -1,0 +1,62 @@
+//! Writing predictions for a data file.
+
+use std::path::Path;
+use std::time::Instant;
+
+use mtl_data::{BadRowPolicy, ReadReport, read_tagged};
+use mtl_features::atomic_write_with;
+
+use crate::jobs::model_dir::open_for_inference;
+use crate::{Registry, TrainError};
+
+/// The column of input line numbers that `predict` writes when bad rows are skipped.
+pub const INPUT_LINE_COLUMN: &str = "input_line";
+
+/// Writes predictions for a CSV file: a header, then one row per kept input row with the id
+/// column (if asked) and one column per output. When bad rows are skipped, the first column
+/// is the input line of each row (`input_line`), so that no prediction can be matched to the
+/// wrong row. Written atomically, with the `csv` writer (ids holding commas are quoted).
+pub fn predict_file<R: Registry>(
+    dir: &Path,
+    data: &Path,
+    out: &Path,
+    id_column: Option<&str>,
+    backend: &str,
+    policy: BadRowPolicy,
+) -> Result<(usize, ReadReport, Vec<String>), TrainError> {
+    mtl_features::check_output_path(out)?;
+    let model = open_for_inference::<R>(dir)?;
+    let started = Instant::now();
+    let keep_lines = policy == BadRowPolicy::Skip;
+    let (encoded, report, tags) = read_tagged(data, &model.encoder, policy, false, id_column, keep_lines)?;
+    let (names, preds) = model.predict(&encoded, backend, 4096)?;
+    let mut header: Vec<String> = Vec::with_capacity(names.len() + 2);
+    if keep_lines {
+        header.push(INPUT_LINE_COLUMN.to_string());
+    }
+    header.extend(id_column.map(str::to_string));
+    header.extend(names.iter().cloned());
+    atomic_write_with(out, |w| {
+        let mut csv = csv::Writer::from_writer(w);
+        csv.write_record(&header)?;
+        let mut row: Vec<String> = Vec::with_capacity(header.len());
+        for r in 0..encoded.rows {
+            row.clear();
+            if keep_lines {
+                row.push(tags.lines[r].to_string());
+            }
+            if id_column.is_some() {
+                row.push(tags.ids[r].clone());
+            }
+            row.extend(preds.iter().map(|p| p[r].to_string()));
+            csv.write_record(&row)?;
+        }
+        csv.flush()
+    })?;
+    tracing::info!(
+        rows = encoded.rows,
+        secs = started.elapsed().as_secs_f64(),
+        "predicted"
+    );
+    Ok((encoded.rows, report, names))
+}

@@ -1,0 +1,654 @@
+//! The training job: a new run from a config, or a resumed one from its directory; its data
+//! read, its model built and fitted, and its model, calibration, metrics and pictures written.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::tensor::Device;
+use mtl_data::{BadRowPolicy, fit_state, read_encoded};
+use mtl_eval::gates::{dead_experts, gate_report};
+use mtl_eval::metrics::evaluate;
+use mtl_eval::{Calibration, CalibrationMethod, TaskMetrics, backend_device, predict_all};
+use mtl_features::{EncodedData, Encoder, FeatureState, Schema, ValidSchema, atomic_write};
+use mtl_layers::{ModelPlan, MultiTaskModel, WithModel};
+
+use crate::config::{DataFiles, RunConfig};
+use crate::error::{io_err, record_err};
+use crate::fit::checkpoint::{read_checkpoint, save_atomic};
+use crate::fit::loader::{StreamSpec, TrainRows, count_rows, label_means};
+use crate::fit::{FitOptions, TrainState, fit, optimizer};
+use crate::jobs::model_dir::{RunLock, load_dir_config, mark_finished, save_dir_config};
+use crate::jobs::{TrainOptions, TrainSummary, curve, peak_rss_mb};
+use crate::{Registry, TrainError, crash_point};
+
+/// A checkpoint to resume: its state, and its model and optimiser files.
+type Checkpoint = (TrainState, PathBuf, PathBuf);
+
+/// What a run starts from once its config is settled.
+struct Setup<R: Registry> {
+    config: RunConfig<R>,
+    schema: ValidSchema,
+    plan: ModelPlan,
+    features: FeatureState,
+    start: Option<Checkpoint>,
+    /// Held for the whole job.
+    lock: RunLock,
+}
+
+/// Trains from a config into `out_dir` (created), or continues the run in `out_dir` when
+/// `resume` is set (the config is then read from the directory; `options.epochs` beyond a
+/// finished run's epochs trains it further).
+///
+/// Every setting is checked against the schema and the model before any data is read. The
+/// directory is locked while training. A run is marked finished only after its model and
+/// metrics are written, so a kill at any moment leaves a run that `resume` continues (or
+/// completes) or a finished one with its model.
+pub fn train<R: Registry>(
+    config: Option<&RunConfig<R>>,
+    out_dir: &Path,
+    resume: bool,
+    options: &TrainOptions,
+) -> Result<TrainSummary, TrainError> {
+    let setup = if resume {
+        resumed_run::<R>(out_dir, options)?
+    } else {
+        new_run(config, out_dir, options)?
+    };
+    let Setup {
+        config,
+        schema,
+        plan,
+        features,
+        start,
+        lock,
+    } = setup;
+    let encoder = Encoder::new(&schema, &features).with_label_rules(plan.label_rules);
+    check_table_size(&encoder, &schema, out_dir)?;
+    let inputs = Inputs::read(&config, &encoder, options)?;
+    let device = backend_device(&config.train.backend)?;
+    device.seed(config.train.seed);
+    let ad = device.clone().autodiff();
+    let summary = R::with_model(
+        &config.model,
+        &schema,
+        encoder.layout(),
+        &ad,
+        TrainJob {
+            config: &config,
+            schema: &schema,
+            encoder: &encoder,
+            train: inputs.train_rows(),
+            valid: inputs.valid.as_ref(),
+            test: inputs.test.as_ref(),
+            device: &ad,
+            out_dir,
+            start,
+            options,
+            reads: inputs.reads.clone(),
+        },
+    );
+    drop(lock);
+    summary
+}
+
+/// Settles a resumed run: its directory's config with this invocation's epochs and step
+/// limit, its schema, features and checkpoint (none when it was killed before its first).
+fn resumed_run<R: Registry>(out_dir: &Path, options: &TrainOptions) -> Result<Setup<R>, TrainError> {
+    if !out_dir.is_dir() {
+        return Err(TrainError::NotAModelDir {
+            dir: out_dir.display().to_string(),
+            missing: "the directory itself".into(),
+        });
+    }
+    let lock = RunLock::acquire(out_dir)?;
+    let mut config = load_dir_config::<R>(out_dir)?;
+    let schema = Schema::from_file(out_dir.join("schema.toml"))?;
+    let features = FeatureState::load(out_dir.join("features.json"), &schema)?;
+    // a run killed before its first checkpoint starts over: its directory has all it needs
+    let mut start = match read_checkpoint(out_dir) {
+        Ok(checkpoint) => Some(checkpoint),
+        Err(TrainError::NoCheckpoint { .. }) => None,
+        Err(e) => return Err(e),
+    };
+    let saved_epochs = config.train.epochs;
+    let done = start.as_ref().map_or(0, |(state, _, _)| state.epoch);
+    if let Some(epochs) = options.epochs {
+        if epochs < done {
+            return Err(TrainError::Config {
+                file: out_dir.display().to_string(),
+                message: format!("--epochs {epochs}: the run has already trained {done} epochs"),
+            });
+        }
+        config.train.epochs = epochs;
+    }
+    config.train.max_steps = options.max_steps;
+    // a run saved before early stopping became the default trained without it
+    config.train.early_stopping = config.train.early_stopping.resolve(false);
+    config.train.resolve_untouched_rows(false);
+    config.train.resolve_ema_decay(false);
+    config.train.resolve_embedding_weight_decay(false);
+    config.check(&out_dir.join("config.toml").display().to_string())?;
+    if let Some((state, _, _)) = start.as_mut() {
+        continue_state(
+            state,
+            options.epochs.is_some() && config.train.epochs > state.epoch,
+            out_dir,
+        )?;
+    }
+    if config.train.epochs != saved_epochs {
+        save_dir_config(out_dir, &config)?;
+    }
+    let plan = R::plan(&config.model, &schema)?;
+    config.check_plan(&plan, "config")?;
+    Ok(Setup {
+        config,
+        schema,
+        plan,
+        features,
+        start,
+        lock,
+    })
+}
+
+/// A finished run's state is refused unless `extend` (more epochs asked for), which reopens
+/// it: early stopping starts counting afresh.
+fn continue_state(state: &mut TrainState, extend: bool, out_dir: &Path) -> Result<(), TrainError> {
+    if state.finished && !extend {
+        return Err(TrainError::Config {
+            file: out_dir.display().to_string(),
+            message: format!(
+                "this run already finished after {} epochs{}; `--resume {} --epochs N` with N > {} trains it further",
+                state.epoch,
+                if state.stopped_early {
+                    " (stopped early)"
+                } else {
+                    ""
+                },
+                out_dir.display(),
+                state.epoch
+            ),
+        });
+    }
+    if extend {
+        state.finished = false;
+        state.trained = false;
+        state.stopped_early = false;
+        state.since_best = 0;
+    }
+    Ok(())
+}
+
+/// Settles a new run: the config resolved and checked against schema and model, the
+/// directory created and locked (refused when it holds a run), the features fitted, and the
+/// schema, features and config saved.
+fn new_run<R: Registry>(
+    config: Option<&RunConfig<R>>,
+    out_dir: &Path,
+    options: &TrainOptions,
+) -> Result<Setup<R>, TrainError> {
+    let config = config.ok_or_else(|| TrainError::Config {
+        file: "<none>".into(),
+        message: "a config is required unless resuming".into(),
+    })?;
+    let mut config = config.clone();
+    config.resolve_paths(Path::new(""));
+    // saved resolved, so a resumed run keeps the choice made here
+    config.train.early_stopping = config.train.early_stopping.resolve(config.data.valid.is_some());
+    config.train.resolve_untouched_rows(true);
+    config.train.resolve_ema_decay(true);
+    config.train.resolve_embedding_weight_decay(true);
+    options.announce(&config.train.early_stopping.describe());
+    let (schema, plan, schema_text) = config.check_model("config")?;
+    // a schema without id fields has no table to decay
+    if let Some(line) = config
+        .train
+        .describe_embedding_decay()
+        .filter(|_| !schema.dims.is_empty())
+    {
+        options.announce(&line);
+    }
+    std::fs::create_dir_all(out_dir).map_err(io_err(out_dir))?;
+    let lock = RunLock::acquire(out_dir)?;
+    if out_dir.join("checkpoint").exists() || out_dir.join("checkpoint.old").exists() {
+        return Err(TrainError::Config {
+            file: out_dir.display().to_string(),
+            message: "already holds a training run; use --resume to continue it or choose another --out"
+                .into(),
+        });
+    }
+    if options.progress {
+        eprintln!("fitting features on {}", config.data.train.shown());
+    }
+    let features = fit_state(
+        &config.data.train.files("data.train")?,
+        &schema,
+        config.data.policy()?,
+    )?;
+    atomic_write(&out_dir.join("schema.toml"), schema_text.as_bytes())?;
+    features.save(out_dir.join("features.json"))?;
+    save_dir_config(out_dir, &config)?;
+    Ok(Setup {
+        config,
+        schema,
+        plan,
+        features,
+        start: None,
+        lock,
+    })
+}
+
+/// Refuses an embedding table over [`mtl_features::schema::MAX_TABLE_FLOATS`] floats.
+fn check_table_size(encoder: &Encoder, schema: &ValidSchema, out_dir: &Path) -> Result<(), TrainError> {
+    let floats = encoder.layout().total_rows.saturating_mul(schema.table_width());
+    if floats > mtl_features::schema::MAX_TABLE_FLOATS {
+        return Err(TrainError::Config {
+            file: out_dir.join("schema.toml").display().to_string(),
+            message: format!(
+                "the embedding table would hold {} rows × width {} = {floats} floats ({:.1} GiB), \
+                 more than {} (16 GiB): lower vocab_size / hash_buckets or embed_dim",
+                encoder.layout().total_rows,
+                schema.table_width(),
+                floats as f64 * 4.0 / f64::from(1u32 << 30),
+                mtl_features::schema::MAX_TABLE_FLOATS
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// A run's data: the training rows held encoded or streamed, validation and test rows, and
+/// what was read (one line each, for `metrics.json`).
+struct Inputs {
+    train: Option<EncodedData>,
+    stream: Option<StreamSpec>,
+    valid: Option<EncodedData>,
+    test: Option<EncodedData>,
+    reads: Vec<String>,
+}
+
+impl Inputs {
+    /// Reads a run's data; with streaming, the training rows are counted now and read each
+    /// epoch.
+    fn read<R: Registry>(
+        config: &RunConfig<R>,
+        encoder: &Encoder,
+        options: &TrainOptions,
+    ) -> Result<Self, TrainError> {
+        let policy = config.data.policy()?;
+        let mut reads = Vec::new();
+        let mut read_all = |files: &DataFiles, key: &str| -> Result<EncodedData, TrainError> {
+            let mut all: Option<EncodedData> = None;
+            for path in files.files(key)? {
+                let data = read(&path, encoder, policy, config.data.cache, &mut reads)?;
+                match &mut all {
+                    Some(all) => all.append(&data),
+                    None => all = Some(data),
+                }
+            }
+            Ok(all.expect("a file list is never empty"))
+        };
+        let mut stream_note = None;
+        let (train, stream) = if config.data.streaming {
+            let (spec, note) = stream_spec(config, encoder, policy, options)?;
+            stream_note = Some(note);
+            (None, Some(spec))
+        } else {
+            (Some(read_all(&config.data.train, "data.train")?), None)
+        };
+        let valid = config
+            .data
+            .valid
+            .as_ref()
+            .map(|f| read_all(f, "data.valid"))
+            .transpose()?;
+        let test = config
+            .data
+            .test
+            .as_ref()
+            .map(|f| read_all(f, "data.test"))
+            .transpose()?;
+        if let Some(note) = stream_note {
+            reads.insert(0, note);
+        }
+        Ok(Self {
+            train,
+            stream,
+            valid,
+            test,
+            reads,
+        })
+    }
+
+    /// The training rows as the loop takes them.
+    fn train_rows(&self) -> TrainRows<'_> {
+        match (&self.train, &self.stream) {
+            (Some(data), _) => TrainRows::Memory(data),
+            (None, Some(spec)) => TrainRows::Stream(spec),
+            (None, None) => unreachable!("one of the two is built by Inputs::read"),
+        }
+    }
+}
+
+/// The streamed training files, their rows counted (an empty set is an error), and the line
+/// that says so.
+fn stream_spec<R: Registry>(
+    config: &RunConfig<R>,
+    encoder: &Encoder,
+    policy: BadRowPolicy,
+    options: &TrainOptions,
+) -> Result<(StreamSpec, String), TrainError> {
+    let files = config.data.train.files("data.train")?;
+    let started = Instant::now();
+    let rows = count_rows(&files, encoder, policy)?;
+    let message = format!(
+        "streaming {} training file(s): {rows} rows (counted in {:.1} s), shuffled in blocks of {} rows",
+        files.len(),
+        started.elapsed().as_secs_f64(),
+        config.data.shuffle_buffer
+    );
+    options.announce(&message);
+    if rows == 0 {
+        return Err(TrainError::Data(mtl_data::DataError::Empty {
+            file: config.data.train.shown(),
+        }));
+    }
+    let spec = StreamSpec {
+        files,
+        encoder: encoder.clone(),
+        policy,
+        rows,
+        buffer_rows: config.data.shuffle_buffer,
+    };
+    Ok((spec, message))
+}
+
+/// Reads one data file encoded (from its cache when `cache`), adding its read report to
+/// `reads`.
+fn read(
+    path: &Path,
+    encoder: &Encoder,
+    policy: BadRowPolicy,
+    cache: bool,
+    reads: &mut Vec<String>,
+) -> Result<EncodedData, TrainError> {
+    let started = Instant::now();
+    let (data, report, cached) = if cache {
+        mtl_data::cache::read_encoded_cached(path, encoder, policy, true)?
+    } else {
+        let (d, r, _) = read_encoded(path, encoder, policy, true, None)?;
+        (d, r, false)
+    };
+    let secs = started.elapsed().as_secs_f64();
+    let line = format!(
+        "{report} in {secs:.2} s ({:.0} rows/s{})",
+        data.rows as f64 / secs.max(1e-9),
+        if cached { ", from the encoded cache" } else { "" }
+    );
+    tracing::info!(%line, "read");
+    reads.push(line);
+    Ok(data)
+}
+
+/// Test sets up to this many rows are predicted three more times to time inference.
+const INFERENCE_TIMING_ROWS: usize = 1_000_000;
+
+/// Everything the model-typed part of a training job needs.
+struct TrainJob<'a, R: Registry> {
+    config: &'a RunConfig<R>,
+    schema: &'a ValidSchema,
+    encoder: &'a Encoder,
+    train: TrainRows<'a>,
+    valid: Option<&'a EncodedData>,
+    test: Option<&'a EncodedData>,
+    device: &'a Device,
+    out_dir: &'a Path,
+    /// On resume: the checkpoint's state and its model and optimiser files.
+    start: Option<Checkpoint>,
+    options: &'a TrainOptions,
+    reads: Vec<String>,
+}
+
+impl<R: Registry> WithModel for TrainJob<'_, R> {
+    type Out = TrainSummary;
+    type Error = TrainError;
+
+    fn run<M: MultiTaskModel + 'static>(self, model: M) -> Result<TrainSummary, TrainError> {
+        let settings = &self.config.train;
+        let (model, optim, state) = self.starting_point(model)?;
+        let options = FitOptions {
+            out_dir: self.out_dir.to_path_buf(),
+            progress: self.options.progress,
+            label_names: self.schema.label_names(),
+        };
+        let outcome = fit(
+            model,
+            optim,
+            self.train,
+            self.valid,
+            self.encoder.layout(),
+            settings,
+            self.device,
+            &options,
+            state,
+        )?;
+        let mut state = outcome.state;
+        crash_point("trained");
+        let best = self.out_dir.join("best.bpk");
+        let final_model = if settings.early_stopping.active().is_some() && best.exists() {
+            outcome
+                .model
+                .valid()
+                .try_load_file(&best)
+                .map_err(record_err(&best))?
+        } else {
+            outcome.model.valid()
+        };
+        if state.trained {
+            save_atomic(&final_model, &self.out_dir.join("model.bpk"))?;
+            crash_point("model-saved");
+        }
+        let plain = self.device.clone().without_autodiff();
+        let trained = state.trained;
+        let calibration = self
+            .valid
+            .filter(|_| trained)
+            .map(|v| self.calibrate(&final_model, v, &plain));
+        let calibration = calibration.transpose()?.flatten();
+        let test = self
+            .test
+            .filter(|_| trained)
+            .map(|t| self.test(&final_model, t, &plain, calibration.as_ref()));
+        let test = test.transpose()?;
+        let gates = match self.valid {
+            Some(v) if trained => gate_report(&final_model, v, self.encoder.layout(), &plain)?,
+            _ => Vec::new(),
+        };
+        // the run is finished once its model and metrics are on disk: marked last
+        state.finished = state.trained;
+        let summary = self.summary(&state, test, gates);
+        self.write_reports(&summary, &state)?;
+        if state.finished {
+            crash_point("metrics-written");
+            mark_finished(self.out_dir, &state)?;
+        }
+        Ok(summary)
+    }
+}
+
+/// The test set's metrics (calibrated, and before calibration when there is one) and the
+/// inference throughput measured on it.
+struct TestResult {
+    metrics: Vec<TaskMetrics>,
+    uncalibrated: Option<Vec<TaskMetrics>>,
+    samples_per_sec: f64,
+}
+
+impl<R: Registry> TrainJob<'_, R> {
+    /// The model, optimiser and state the fit starts from: a checkpoint's on resume; else the
+    /// fresh model, started at its labels' base rates when it uses them.
+    fn starting_point<M: MultiTaskModel>(
+        &self,
+        model: M,
+    ) -> Result<(M, burn::optim::ModuleOptimizer, TrainState), TrainError> {
+        let settings = &self.config.train;
+        let optim = optimizer(settings);
+        match &self.start {
+            Some((state, model_path, optim_path)) => {
+                let model = model.try_load_file(model_path).map_err(record_err(model_path))?;
+                let optim = optim.load(optim_path).map_err(record_err(optim_path))?;
+                Ok((model, optim, state.clone()))
+            }
+            // a new run of a model that starts at its labels' base rates reads them first
+            None if settings.label_priors && M::USES_LABEL_PRIORS => {
+                let means = label_means(self.train)?;
+                let shown: Vec<String> = self
+                    .schema
+                    .label_names()
+                    .iter()
+                    .zip(&means)
+                    .map(|(name, m)| format!("{name} {m:.4}"))
+                    .collect();
+                let message = format!(
+                    "outputs start at the training labels' means (label_priors): {}",
+                    shown.join(", ")
+                );
+                self.options.announce(&message);
+                Ok((model.with_label_priors(&means), optim, TrainState::default()))
+            }
+            None => Ok((model, optim, TrainState::default())),
+        }
+    }
+
+    /// Fits and saves the configured calibration on the validation set (`None` when the run
+    /// has none or the fit gives none).
+    fn calibrate<M: MultiTaskModel>(
+        &self,
+        model: &M,
+        valid: &EncodedData,
+        plain: &Device,
+    ) -> Result<Option<Calibration>, TrainError> {
+        let method = self.config.train.calibration;
+        if method == CalibrationMethod::None {
+            return Ok(None);
+        }
+        let (preds, _) = predict_all(model, valid, self.encoder.layout(), plain, 4096, false)?;
+        let fitted = Calibration::fit(method, &model.outputs(), &preds, valid);
+        if let Some(c) = &fitted {
+            c.save(self.out_dir)?;
+        }
+        Ok(fitted)
+    }
+
+    /// Scores the saved model on the test set, timing inference as torch-rechub's bench does:
+    /// the median of three passes after a warm-up (the evaluated pass), unless the test set is
+    /// large enough to time in one.
+    fn test<M: MultiTaskModel>(
+        &self,
+        model: &M,
+        test: &EncodedData,
+        plain: &Device,
+        calibration: Option<&Calibration>,
+    ) -> Result<TestResult, TrainError> {
+        let layout = self.encoder.layout();
+        let started = Instant::now();
+        let (preds, _) = predict_all(model, test, layout, plain, 4096, false)?;
+        let mut secs = started.elapsed().as_secs_f64();
+        if test.rows <= INFERENCE_TIMING_ROWS {
+            let mut times = Vec::with_capacity(3);
+            for _ in 0..3 {
+                let started = Instant::now();
+                predict_all(model, test, layout, plain, 4096, false)?;
+                times.push(started.elapsed().as_secs_f64());
+            }
+            times.sort_by(f64::total_cmp);
+            secs = times[1];
+        }
+        let specs = model.outputs();
+        let labels = self.schema.label_names();
+        let (metrics, uncalibrated) = match calibration {
+            Some(c) => {
+                let before = evaluate(&specs, &preds, test, &labels);
+                let mut preds = preds;
+                let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
+                c.apply(&names, &mut preds);
+                (evaluate(&specs, &preds, test, &labels), Some(before))
+            }
+            None => (evaluate(&specs, &preds, test, &labels), None),
+        };
+        Ok(TestResult {
+            metrics,
+            uncalibrated,
+            samples_per_sec: test.rows as f64 / secs.max(1e-9),
+        })
+    }
+
+    /// The job's summary: throughput over every evaluation plus the steps since the last one
+    /// (an interrupted run has no evaluation at all), the last validation and the test
+    /// metrics, the gate report and the dead experts in it.
+    fn summary(
+        &self,
+        state: &TrainState,
+        test: Option<TestResult>,
+        gates: Vec<mtl_eval::gates::GateReport>,
+    ) -> TrainSummary {
+        let total_rows: f64 =
+            state.history.iter().map(|e| e.train_rows as f64).sum::<f64>() + state.pending.0 as f64;
+        let total_secs: f64 = state.history.iter().map(|e| e.train_secs).sum::<f64>() + state.pending_secs;
+        let data_secs: f64 = state.history.iter().map(|e| e.data_secs).sum::<f64>() + state.pending_data_secs;
+        let dead_experts = dead_experts(&gates);
+        if !dead_experts.is_empty() {
+            tracing::warn!(?dead_experts, "experts under 1 % of every gate's weight");
+        }
+        let (test, test_uncalibrated, inference) = match test {
+            Some(t) => (t.metrics, t.uncalibrated, Some(t.samples_per_sec)),
+            None => (Vec::new(), None, None),
+        };
+        TrainSummary {
+            model: R::kind(&self.config.model).to_string(),
+            out_dir: self.out_dir.to_path_buf(),
+            backend: self.config.train.backend.clone(),
+            train_rows: self.train.rows(),
+            steps: state.global_step,
+            finished: state.finished,
+            stopped_early: state.stopped_early,
+            samples_per_sec: if total_secs > 0.0 {
+                total_rows / total_secs
+            } else {
+                0.0
+            },
+            valid: state.history.last().map(|h| h.valid.clone()).unwrap_or_default(),
+            test,
+            test_uncalibrated,
+            history: state.history.clone(),
+            reads: self.reads.clone(),
+            inference_samples_per_sec: inference,
+            peak_rss_mb: peak_rss_mb(),
+            data_wait_fraction: data_secs / total_secs.max(1e-9),
+            gates,
+            dead_experts,
+        }
+    }
+
+    /// Writes `metrics.json`, `curve.svg` and the saved model's reliability diagram (on the
+    /// test set, else the validation set).
+    fn write_reports(&self, summary: &TrainSummary, state: &TrainState) -> Result<(), TrainError> {
+        let json = serde_json::to_vec_pretty(summary).expect("summary serialises");
+        atomic_write(&self.out_dir.join("metrics.json"), &json)?;
+        atomic_write(
+            &self.out_dir.join("curve.svg"),
+            curve::render_svg(&state.history).as_bytes(),
+        )?;
+        let (shown, on) = match (summary.test.is_empty(), summary.valid.is_empty()) {
+            (false, _) => (&summary.test, "(test)"),
+            (true, false) => (&summary.valid, "(validation)"),
+            (true, true) => (&summary.test, ""),
+        };
+        if !shown.is_empty() {
+            atomic_write(
+                &self.out_dir.join("reliability.svg"),
+                curve::render_reliability(shown, on).as_bytes(),
+            )?;
+        }
+        Ok(())
+    }
+}
