@@ -14,6 +14,8 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
 use crate::TrainError;
+use crate::config::TrainSettings;
+use crate::fit::state::TrainState;
 
 /// A batch as the loader hands it over.
 pub struct Batch {
@@ -329,6 +331,19 @@ pub struct LoaderPlan {
     pub from: (usize, usize),
     /// Build batches for row-sparse training (ids local to each batch's distinct rows).
     pub row_sparse: bool,
+}
+
+impl LoaderPlan {
+    /// The batches left of a run with `settings` that stands at `state`.
+    pub fn from_state(settings: &TrainSettings, state: &TrainState, row_sparse: bool) -> Self {
+        Self {
+            batch_size: settings.batch_size,
+            epochs: settings.epochs,
+            seed: settings.seed,
+            from: (state.epoch, state.batch_in_epoch),
+            row_sparse,
+        }
+    }
 }
 
 /// Starts a thread in `scope` that sends every remaining batch of the run in order; it ends

@@ -31,6 +31,7 @@ use checkpoint::{AVERAGE_MODEL, SPARSE_MOMENTS, live_checkpoint_dir, write_check
 use evaluation::Evaluator;
 use loader::{LoaderPlan, TrainRows, spawn};
 use schedule::{Due, due};
+use state::StepLosses;
 pub use state::{EvalRecord, FitOptions, TrainState};
 use step::Stepper;
 
@@ -94,6 +95,68 @@ fn finished<M: MultiTaskModel>(stepper: &mut Stepper, model: M) -> M {
     stepper.averaged(&model).unwrap_or(model)
 }
 
+/// One optimiser step on `batch`, counted in `state` (an epoch has `batches` batches) with the
+/// optimisers' own counters.
+fn take_step<M: MultiTaskModel>(
+    stepper: &mut Stepper,
+    model: M,
+    batch: loader::Batch,
+    state: &mut TrainState,
+    batches: usize,
+) -> Result<(M, StepLosses), TrainError> {
+    let rows = batch.tensors.rows as u64;
+    let (model, losses) = stepper.step(model, batch, state.global_step + 1)?;
+    if stepper.row_sparse() {
+        state.sparse_time = stepper.sparse_time();
+    }
+    state.weighting = stepper.weighting_state();
+    state.count_step(rows, &losses, batches);
+    Ok((model, losses))
+}
+
+/// Sets up the stepper of a fit from `state`: a resumed row-sparse run takes its table's
+/// moments from the checkpoint (a run that was dense until now has none: `sparse_time` 0), and
+/// a resumed run that keeps a weight average takes the average; zero moments or a fresh
+/// average in their place would be silently wrong, so a missing average is an error.
+fn stepper_for<M: MultiTaskModel>(
+    model: M,
+    optim: ModuleOptimizer,
+    layout: &TableLayout,
+    settings: &TrainSettings,
+    device: &Device,
+    options: &FitOptions,
+    state: &TrainState,
+) -> Result<(M, Stepper), TrainError> {
+    let moments = live_checkpoint_dir(&options.out_dir).join(SPARSE_MOMENTS);
+    let resume =
+        (state.global_step > 0 && state.sparse_time > 0).then_some((moments.as_path(), state.sparse_time));
+    let averaged = match state.global_step > 0 && settings.average_decay().is_some() {
+        true => {
+            let path = live_checkpoint_dir(&options.out_dir).join(AVERAGE_MODEL);
+            if !path.exists() {
+                return Err(TrainError::Record {
+                    path: path.display().to_string(),
+                    message: "missing: the checkpoint has no weight average (`ema_decay`)".into(),
+                });
+            }
+            // into `valid()`, whose running statistics are its own: loading into a clone would
+            // write the average into the live model's
+            Some(model.valid().try_load_file(&path).map_err(record_err(&path))?)
+        }
+        false => None,
+    };
+    Stepper::new(
+        model,
+        optim,
+        settings,
+        layout,
+        device,
+        resume,
+        state.weighting.clone(),
+        averaged.as_ref(),
+    )
+}
+
 /// Trains `model` (on an autodiff device) from `state` on `train` (rows in memory, or a
 /// [`loader::StreamSpec`]), evaluating on `valid`.
 #[allow(clippy::too_many_arguments)]
@@ -120,39 +183,7 @@ pub fn fit<'t, M: MultiTaskModel>(
     if state.pending.2.is_empty() {
         state.pending.2 = vec![0.0; eval.loss_names.len()];
     }
-    // a resumed row-sparse run needs its moments (a run that was dense until now has none:
-    // `sparse_time` 0); zero moments in their place would be silently wrong
-    let moments = live_checkpoint_dir(&options.out_dir).join(SPARSE_MOMENTS);
-    let resume =
-        (state.global_step > 0 && state.sparse_time > 0).then_some((moments.as_path(), state.sparse_time));
-    let weighting = state.weighting.clone();
-    // so does its weight average: starting it afresh would be silently wrong
-    let averaged = match state.global_step > 0 && settings.average_decay().is_some() {
-        true => {
-            let path = live_checkpoint_dir(&options.out_dir).join(AVERAGE_MODEL);
-            if !path.exists() {
-                return Err(TrainError::Record {
-                    path: path.display().to_string(),
-                    message: "missing: the checkpoint has no weight average (`ema_decay`)".into(),
-                });
-            }
-            // into `valid()`, whose running statistics are its own: loading into a clone would
-            // write the average into the live model's
-            Some(model.valid().try_load_file(&path).map_err(record_err(&path))?)
-        }
-        false => None,
-    };
-    let (model, mut stepper) = Stepper::new(
-        model,
-        optim,
-        settings,
-        layout,
-        device,
-        resume,
-        weighting,
-        averaged.as_ref(),
-    )?;
-    drop(averaged);
+    let (model, mut stepper) = stepper_for(model, optim, layout, settings, device, options, &state)?;
     // a resumed run may have nothing left: trained already, or at its step limit
     if state.trained || settings.max_steps.is_some_and(|m| state.global_step >= m) {
         return Ok(FitOutcome {
@@ -160,13 +191,7 @@ pub fn fit<'t, M: MultiTaskModel>(
             state,
         });
     }
-    let plan = LoaderPlan {
-        batch_size: settings.batch_size,
-        epochs: settings.epochs,
-        seed: settings.seed,
-        from: (state.epoch, state.batch_in_epoch),
-        row_sparse: stepper.row_sparse(),
-    };
+    let plan = LoaderPlan::from_state(settings, &state, stepper.row_sparse());
     let train: TrainRows<'t> = train.into();
     let batches = train.rows().div_ceil(settings.batch_size);
     let model = std::thread::scope(|scope| -> Result<M, TrainError> {
@@ -184,13 +209,8 @@ pub fn fit<'t, M: MultiTaskModel>(
             state.pending_data_secs += data_clock.elapsed().as_secs_f64();
             let pb = bar.get_or_insert_with(|| progress_bar(options, train.rows(), &state, settings));
             let rows = batch.tensors.rows as u64;
-            let (stepped, losses) = stepper.step(model, batch, state.global_step + 1)?;
+            let (stepped, losses) = take_step(&mut stepper, model, batch, &mut state, batches)?;
             model = stepped;
-            if stepper.row_sparse() {
-                state.sparse_time = stepper.sparse_time();
-            }
-            state.weighting = stepper.weighting_state();
-            state.count_step(rows, &losses, batches);
             pb.inc(rows);
             pb.set_message(format!("loss {:.4}", losses.total));
             let at_epoch_end = state.batch_in_epoch == 0;
