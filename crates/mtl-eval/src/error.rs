@@ -50,9 +50,17 @@ pub enum EvalError {
 }
 
 /// An I/O error on `path`, for `map_err`.
-pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> EvalError + '_ {
+pub fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> EvalError + '_ {
     move |source| EvalError::Io {
         path: path.display().to_string(),
         source,
+    }
+}
+
+/// A weights (burnpack) file that could not be loaded, for `map_err`.
+pub fn record_err(path: &std::path::Path) -> impl FnOnce(burn::store::RecordError) -> EvalError + '_ {
+    move |e| EvalError::Record {
+        path: path.display().to_string(),
+        message: e.to_string(),
     }
 }

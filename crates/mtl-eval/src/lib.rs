@@ -15,7 +15,7 @@ pub mod model_dir;
 pub mod predict;
 
 pub use calibration::{Calibration, CalibrationMethod, Calibrator};
-pub use error::EvalError;
+pub use error::{EvalError, io_err, record_err};
 pub use metrics::{TaskMetrics, auc};
 pub use model_dir::{ModelDir, backend_device};
 pub use predict::{Predictions, predict_all, to_host};

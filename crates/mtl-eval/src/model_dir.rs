@@ -10,6 +10,7 @@ use mtl_layers::{MultiTaskModel, OutputSpec, Registry, WithModel};
 
 use crate::EvalError;
 use crate::calibration::Calibration;
+use crate::error::{io_err, record_err};
 use crate::metrics::{TaskMetrics, evaluate};
 use crate::predict::predict_all;
 
@@ -40,6 +41,16 @@ pub struct ModelDir<R: Registry> {
 impl<R: Registry> ModelDir<R> {
     /// Opens a model directory; errors name what is missing.
     pub fn open(dir: &Path) -> Result<Self, EvalError> {
+        Self::check_files(dir)?;
+        let path = dir.join("config.toml");
+        let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
+        let model = mtl_layers::registry::model_of_document::<R>(&text, &path.display().to_string())?;
+        Self::load(dir, model)
+    }
+
+    /// Checks that `dir` is a directory holding every file of [`MODEL_DIR_FILES`]; the error
+    /// names the first one missing.
+    pub fn check_files(dir: &Path) -> Result<(), EvalError> {
         let missing = |missing: &str| EvalError::NotAModelDir {
             dir: dir.display().to_string(),
             missing: missing.to_string(),
@@ -47,12 +58,15 @@ impl<R: Registry> ModelDir<R> {
         if !dir.is_dir() {
             return Err(missing("the directory itself"));
         }
-        if let Some(file) = MODEL_DIR_FILES.iter().find(|f| !dir.join(f).exists()) {
-            return Err(missing(file));
+        match MODEL_DIR_FILES.iter().find(|f| !dir.join(f).exists()) {
+            Some(file) => Err(missing(file)),
+            None => Ok(()),
         }
-        let path = dir.join("config.toml");
-        let text = std::fs::read_to_string(&path).map_err(crate::error::io_err(&path))?;
-        let model = mtl_layers::registry::model_of_document::<R>(&text, &path.display().to_string())?;
+    }
+
+    /// Loads a model directory whose files are checked ([`ModelDir::check_files`]) and whose
+    /// `[model]` table the caller has read: its schema, fitted features and calibration.
+    pub fn load(dir: &Path, model: R::Config) -> Result<Self, EvalError> {
         let schema = Schema::from_file(dir.join("schema.toml"))?;
         let state = FeatureState::load(dir.join("features.json"), &schema)?;
         let encoder = Encoder::new(&schema, &state);
@@ -123,10 +137,7 @@ impl WithModel for Predict<'_> {
 
     fn run<M: MultiTaskModel + 'static>(self, model: M) -> Result<Self::Out, EvalError> {
         let path = self.dir.join("model.bpk");
-        let model = model.try_load_file(&path).map_err(|e| EvalError::Record {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })?;
+        let model = model.try_load_file(&path).map_err(record_err(&path))?;
         let specs = model.outputs();
         let (preds, _) = predict_all(
             &model,

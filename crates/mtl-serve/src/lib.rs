@@ -35,7 +35,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use burn::tensor::Device;
-use mtl_eval::{EvalError, ModelDir, backend_device};
+use mtl_eval::{EvalError, ModelDir, backend_device, io_err, record_err};
 use mtl_features::{Encoder, TableLayout};
 use mtl_layers::{MultiTaskModel, OutputSpec};
 use mtl_layers::{Registry, WithModel};
@@ -159,10 +159,7 @@ pub fn model_id(dir: &Path) -> Result<String, EvalError> {
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();
     for name in ["config.toml", "schema.toml", "features.json", "model.bpk"] {
         let path = dir.join(name);
-        let bytes = std::fs::read(&path).map_err(|source| EvalError::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let bytes = std::fs::read(&path).map_err(io_err(&path))?;
         hasher.update(name.as_bytes());
         hasher.update(&(bytes.len() as u64).to_le_bytes());
         hasher.update(&bytes);
@@ -203,10 +200,7 @@ impl WithModel for Worker {
                 );
             }
             Err(e) => {
-                let _ = self.ready.send(Err(EvalError::Record {
-                    path: path.display().to_string(),
-                    message: e.to_string(),
-                }));
+                let _ = self.ready.send(Err(record_err(&path)(e)));
             }
         }
         Ok(())

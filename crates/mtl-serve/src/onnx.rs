@@ -13,7 +13,7 @@ use std::path::Path;
 
 use burn::tensor::{Device, Int, Tensor};
 use burn_onnx::export::{AxisSpec, InputSpec, OnnxExporter};
-use mtl_eval::{EvalError, ModelDir};
+use mtl_eval::{EvalError, ModelDir, record_err};
 use mtl_features::{BatchTensors, SequenceTensors, ValidSchema};
 use mtl_layers::MultiTaskModel;
 use mtl_layers::{Registry, WithModel};
@@ -146,13 +146,7 @@ impl WithModel for Export<'_> {
 
     fn run<M: MultiTaskModel + 'static>(self, model: M) -> Result<Self::Out, EvalError> {
         let path = self.dir.join("model.bpk");
-        let model = model
-            .try_load_file(&path)
-            .map_err(|e| EvalError::Record {
-                path: path.display().to_string(),
-                message: e.to_string(),
-            })?
-            .valid();
+        let model = model.try_load_file(&path).map_err(record_err(&path))?.valid();
         let specs = model.outputs();
         // an output that re-reports another's prediction (AITM's `purchase_given_click` is
         // `purchase` on the clicked rows) is the same tensor: ONNX needs distinct outputs

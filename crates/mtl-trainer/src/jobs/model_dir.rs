@@ -4,7 +4,6 @@
 use std::path::{Path, PathBuf};
 
 use mtl_eval::ModelDir;
-use mtl_eval::model_dir::MODEL_DIR_FILES;
 use mtl_features::atomic_write;
 
 use crate::config::RunConfig;
@@ -56,15 +55,10 @@ pub(crate) fn save_dir_config<R: Registry>(out_dir: &Path, config: &RunConfig<R>
     Ok(())
 }
 
-/// The run config saved in a model directory; errors name what is missing.
+/// The run config saved in a model directory (which its callers have found to be one); a
+/// missing `config.toml` is named.
 pub(crate) fn load_dir_config<R: Registry>(dir: &Path) -> Result<RunConfig<R>, TrainError> {
     let path = dir.join("config.toml");
-    if !dir.is_dir() {
-        return Err(TrainError::NotAModelDir {
-            dir: dir.display().to_string(),
-            missing: "the directory itself".into(),
-        });
-    }
     if !path.is_file() {
         return Err(TrainError::NotAModelDir {
             dir: dir.display().to_string(),
@@ -81,12 +75,10 @@ pub(crate) fn mark_finished(out_dir: &Path, state: &TrainState) -> Result<(), Tr
     Ok(())
 }
 
-/// Opens a model directory for inference with its whole run config checked first, as a
-/// resume reads it (a bad `[train]` is reported, not skipped); a missing file is reported
-/// by [`ModelDir::open`].
+/// Opens a model directory for inference with its whole run config read and checked, as a
+/// resume reads it (a bad `[train]` is reported, not skipped), and its `[model]` taken from it.
 pub(crate) fn open_for_inference<R: Registry>(dir: &Path) -> Result<ModelDir<R>, TrainError> {
-    if dir.is_dir() && MODEL_DIR_FILES.iter().all(|f| dir.join(f).exists()) {
-        load_dir_config::<R>(dir)?;
-    }
-    Ok(ModelDir::open(dir)?)
+    ModelDir::<R>::check_files(dir)?;
+    let config = load_dir_config::<R>(dir)?;
+    Ok(ModelDir::load(dir, config.model)?)
 }
