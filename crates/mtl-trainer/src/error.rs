@@ -62,9 +62,6 @@ pub enum TrainError {
         /// Each loss term's value.
         terms: Vec<(String, f32)>,
     },
-    /// The compute backend failed (a device error while reading results).
-    #[error("backend error: {0}")]
-    Backend(String),
     /// A data error.
     #[error(transparent)]
     Data(#[from] mtl_data::DataError),
