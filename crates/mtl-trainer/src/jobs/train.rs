@@ -64,7 +64,8 @@ pub fn train<R: Registry>(
     } = setup;
     let encoder = Encoder::new(&schema, &features).with_label_rules(plan.label_rules);
     check_table_size(&encoder, &schema, out_dir)?;
-    let inputs = Inputs::read(&config, &encoder, options)?;
+    let mut inputs = Inputs::read(&config, &encoder, options)?;
+    let reads = std::mem::take(&mut inputs.reads);
     let device = backend_device(&config.train.backend)?;
     device.seed(config.train.seed);
     let ad = device.clone().autodiff();
@@ -84,7 +85,7 @@ pub fn train<R: Registry>(
             out_dir,
             start,
             options,
-            reads: inputs.reads.clone(),
+            reads,
         },
     );
     drop(lock);
@@ -412,7 +413,7 @@ impl<R: Registry> WithModel for TrainJob<'_, R> {
     type Out = TrainSummary;
     type Error = TrainError;
 
-    fn run<M: MultiTaskModel + 'static>(self, model: M) -> Result<TrainSummary, TrainError> {
+    fn run<M: MultiTaskModel + 'static>(mut self, model: M) -> Result<TrainSummary, TrainError> {
         let settings = &self.config.train;
         let (model, optim, state) = self.starting_point(model)?;
         let options = FitOptions {
@@ -448,24 +449,22 @@ impl<R: Registry> WithModel for TrainJob<'_, R> {
             crash_point("model-saved");
         }
         let plain = self.device.clone().without_autodiff();
-        let trained = state.trained;
-        let calibration = self
-            .valid
-            .filter(|_| trained)
-            .map(|v| self.calibrate(&final_model, v, &plain));
-        let calibration = calibration.transpose()?.flatten();
-        let test = self
-            .test
-            .filter(|_| trained)
-            .map(|t| self.test(&final_model, t, &plain, calibration.as_ref()));
-        let test = test.transpose()?;
+        let calibration = match self.valid {
+            Some(v) if state.trained => self.calibrate(&final_model, v, &plain)?,
+            _ => None,
+        };
+        let test = match self.test {
+            Some(t) if state.trained => Some(self.test(&final_model, t, &plain, calibration.as_ref())?),
+            _ => None,
+        };
         let gates = match self.valid {
-            Some(v) if trained => gate_report(&final_model, v, self.encoder.layout(), &plain)?,
+            Some(v) if state.trained => gate_report(&final_model, v, self.encoder.layout(), &plain)?,
             _ => Vec::new(),
         };
         // the run is finished once its model and metrics are on disk: marked last
         state.finished = state.trained;
-        let summary = self.summary(&state, test, gates);
+        let reads = std::mem::take(&mut self.reads);
+        let summary = self.summary(&state, test, gates, reads);
         self.write_reports(&summary, &state)?;
         if state.finished {
             crash_point("metrics-written");
@@ -584,12 +583,13 @@ impl<R: Registry> TrainJob<'_, R> {
 
     /// The job's summary: throughput over every evaluation plus the steps since the last one
     /// (an interrupted run has no evaluation at all), the last validation and the test
-    /// metrics, the gate report and the dead experts in it.
+    /// metrics, the gate report and the dead experts in it, and what was read.
     fn summary(
         &self,
         state: &TrainState,
         test: Option<TestResult>,
         gates: Vec<mtl_eval::gates::GateReport>,
+        reads: Vec<String>,
     ) -> TrainSummary {
         let total_rows: f64 =
             state.history.iter().map(|e| e.train_rows as f64).sum::<f64>() + state.pending.0 as f64;
@@ -620,7 +620,7 @@ impl<R: Registry> TrainJob<'_, R> {
             test,
             test_uncalibrated,
             history: state.history.clone(),
-            reads: self.reads.clone(),
+            reads,
             inference_samples_per_sec: inference,
             peak_rss_mb: peak_rss_mb(),
             data_wait_fraction: data_secs / total_secs.max(1e-9),
