@@ -45,7 +45,7 @@ pub use config::{
 };
 pub use crash::{PAUSE_AT, crash_point};
 pub use error::TrainError;
+pub use fit::state::{EvalRecord, TrainState};
 pub use fit::weighting::{Weighting, WeightingState};
-pub use fit::{EvalRecord, TrainState};
 pub use jobs::{TrainOptions, TrainSummary, eval_file, predict_file, train};
 pub use mtl_layers::registry::{Registry, WithModel, example_model, parse_model};

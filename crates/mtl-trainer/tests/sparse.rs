@@ -6,7 +6,8 @@ use mtl_esmm::{Esmm, EsmmConfig};
 use mtl_features::{EncodedData, Encoder, Schema, StateFitter, ValidSchema};
 use mtl_layers::{MlpSpec, MultiTaskModel};
 use mtl_optim::SparseAdam;
-use mtl_trainer::fit::{FitOptions, TrainState, fit, optimizer};
+use mtl_trainer::fit::state::{FitOptions, TrainState};
+use mtl_trainer::fit::{fit, optimizer};
 use mtl_trainer::{EmbeddingUpdate, OptimizerKind, TrainSettings, UntouchedRows};
 
 const SCHEMA_TEXT: &str = "embed_dim = 4\nembed_init_std = 0.3\n[[sparse]]\nname = \"a\"\nvocab_size = 6\n[[sparse]]\nname = \"b\"\nvocab_size = 5\n[[sparse]]\nname = \"b2\"\nshared_with = \"b\"\n[[labels]]\nname = \"click\"\nkind = \"binary\"\n[[labels]]\nname = \"purchase\"\nkind = \"binary\"\n";

@@ -1,6 +1,7 @@
 //! The run configuration: a TOML file with `schema`, `[data]`, `[model]` and `[train]`,
-//! every table deserialised with unknown keys rejected. One file per table: [`data`],
-//! [`train`] (with [`early_stopping`] and [`loss_weighting`]); the whole run here.
+//! every table deserialised with unknown keys rejected. One file per table: `data.rs`,
+//! `train.rs` (with `early_stopping.rs` and `loss_weighting.rs`); the whole run here, and
+//! every item re-exported here (its one path outside this folder).
 
 use std::path::{Path, PathBuf};
 
@@ -12,10 +13,10 @@ use mtl_eval::CalibrationMethod;
 
 use crate::{Registry, TrainError};
 
-pub mod data;
-pub mod early_stopping;
-pub mod loss_weighting;
-pub mod train;
+mod data;
+mod early_stopping;
+mod loss_weighting;
+mod train;
 
 use data::resolve;
 pub use data::{DataConfig, DataFiles, MAX_SHUFFLE_BUFFER};

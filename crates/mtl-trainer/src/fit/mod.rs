@@ -31,8 +31,7 @@ use checkpoint::{AVERAGE_MODEL, SPARSE_MOMENTS, live_checkpoint_dir, write_check
 use evaluation::Evaluator;
 use loader::{LoaderPlan, TrainRows, spawn};
 use schedule::{Due, due};
-use state::StepLosses;
-pub use state::{EvalRecord, FitOptions, TrainState};
+use state::{FitOptions, StepLosses, TrainState};
 use step::Stepper;
 
 /// The result of a fit.

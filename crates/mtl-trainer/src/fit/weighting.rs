@@ -20,7 +20,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::loss_weighting::LossWeighting;
+use crate::config::LossWeighting;
 
 /// What an evaluation records of a learned weighting: each task term's weight and, for
 /// GradNorm, its weighted gradient norm at the last update (both empty for fixed weights).

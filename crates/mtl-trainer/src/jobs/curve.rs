@@ -2,7 +2,7 @@
 //! loss, each output's main validation metric, the learned loss weights) against the step of
 //! each evaluation.
 
-use crate::fit::EvalRecord;
+use crate::fit::state::EvalRecord;
 
 /// One line of a chart: (legend, colour, points).
 type Line = (String, &'static str, Vec<(f64, f64)>);

@@ -4,7 +4,7 @@
 //! `features.json` (fitted state), `model.bpk` (the best model under early stopping, else the
 //! last), `metrics.json`, `curve.svg` and `checkpoint/` (last weights, optimiser, position).
 //! Reading one for inference is [`mtl_eval::ModelDir`]'s; writing and locking one is
-//! [`model_dir`]'s.
+//! `model_dir.rs`'s. One file per job; every public item re-exported here (its one path).
 
 use std::path::PathBuf;
 
@@ -12,13 +12,13 @@ use mtl_eval::TaskMetrics;
 use mtl_eval::gates::GateReport;
 use serde::{Deserialize, Serialize};
 
-use crate::fit::EvalRecord;
+use crate::fit::state::EvalRecord;
 
-pub mod curve;
-pub mod eval;
-pub mod model_dir;
-pub mod predict;
-pub mod train;
+mod curve;
+mod eval;
+mod model_dir;
+mod predict;
+mod train;
 
 pub use eval::eval_file;
 pub use model_dir::RunLock;

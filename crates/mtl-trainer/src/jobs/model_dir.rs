@@ -8,8 +8,8 @@ use mtl_features::atomic_write;
 
 use crate::config::RunConfig;
 use crate::error::io_err;
-use crate::fit::TrainState;
 use crate::fit::checkpoint::checkpoint_dir;
+use crate::fit::state::TrainState;
 use crate::{Registry, TrainError};
 
 /// Holds `DIR/.lock` while a process trains in `DIR`, so that a second `mtl train` on the
