@@ -289,54 +289,68 @@ impl Default for TrainSettings {
 
 impl TrainSettings {
     /// Checks every value against its allowed range; the message names key, value and range.
+    /// The first value wrong, in this order, is reported: the optimiser's numbers, the
+    /// embedding table's update, gradients and loss weights, the schedule and backend.
     pub fn check(&self) -> Result<(), String> {
-        let range =
-            |key: &str, value: String, allowed: &str| Err(format!("`train.{key}` = {value}: {allowed}"));
+        self.check_optimiser()?;
+        self.check_table()?;
+        self.check_losses()?;
+        self.check_schedule()
+    }
+
+    /// Batch, epochs, learning rate, ε and weight decay.
+    fn check_optimiser(&self) -> Result<(), String> {
         if !(1..=MAX_BATCH).contains(&self.batch_size) {
-            return range(
+            return out_of_range(
                 "batch_size",
                 self.batch_size.to_string(),
                 &format!("must be between 1 and {MAX_BATCH}"),
             );
         }
         if !(1..=MAX_EPOCHS).contains(&self.epochs) {
-            return range(
+            return out_of_range(
                 "epochs",
                 self.epochs.to_string(),
                 &format!("must be between 1 and {MAX_EPOCHS}"),
             );
         }
         if !(self.lr.is_finite() && self.lr > 0.0 && self.lr <= 10.0) {
-            return range(
+            return out_of_range(
                 "lr",
                 self.lr.to_string(),
                 "must be a number above 0 and at most 10",
             );
         }
         if !(self.adam_epsilon.is_finite() && self.adam_epsilon > 0.0 && self.adam_epsilon <= 1.0) {
-            return range(
+            return out_of_range(
                 "adam_epsilon",
                 self.adam_epsilon.to_string(),
                 "must be above 0 and at most 1",
             );
         }
         if !(self.weight_decay.is_finite() && (0.0..=1.0).contains(&self.weight_decay)) {
-            return range(
+            return out_of_range(
                 "weight_decay",
                 self.weight_decay.to_string(),
                 "must be between 0 and 1",
             );
         }
+        Ok(())
+    }
+
+    /// The row-sparse table's decay, place, untouched rows and weight average, each only
+    /// where the table's update has them.
+    fn check_table(&self) -> Result<(), String> {
         if let Some(decay) = self.embedding_weight_decay {
             if !(decay.is_finite() && (0.0..=1.0).contains(&decay)) {
-                return range(
+                return out_of_range(
                     "embedding_weight_decay",
                     decay.to_string(),
                     "must be between 0 and 1",
                 );
             }
             if self.embedding == EmbeddingUpdate::Dense && decay != self.weight_decay {
-                return range(
+                return out_of_range(
                     "embedding_weight_decay",
                     decay.to_string(),
                     &format!(
@@ -347,7 +361,7 @@ impl TrainSettings {
             }
         }
         if self.embedding_table == TablePlace::Device && self.embedding == EmbeddingUpdate::Dense {
-            return range(
+            return out_of_range(
                 "embedding_table",
                 "\"device\"".into(),
                 "places the row-sparse table; with `embedding = \"dense\"` there is none (leave it out)",
@@ -355,14 +369,14 @@ impl TrainSettings {
         }
         match (self.untouched_rows, self.embedding, self.embedding_table) {
             (Some(_), EmbeddingUpdate::Dense, _) => {
-                return range(
+                return out_of_range(
                     "untouched_rows",
                     format!("{:?}", self.untouched_rows.map(|u| u.name()).unwrap_or_default()),
                     "applies to row-sparse updates; with `embedding = \"dense\"` every row is updated every step (leave it out)",
                 );
             }
             (Some(UntouchedRows::CatchUp), _, TablePlace::Device) => {
-                return range(
+                return out_of_range(
                     "untouched_rows",
                     "\"catch-up\"".into(),
                     "needs the host table; `embedding_table = \"device\"` keeps untouched rows frozen (use `embedding_table = \"host\"` or `untouched_rows = \"frozen\"`)",
@@ -372,7 +386,7 @@ impl TrainSettings {
         }
         if let Some(decay) = self.ema_decay {
             if !(decay.is_finite() && (0.0..1.0).contains(&decay)) {
-                return range(
+                return out_of_range(
                     "ema_decay",
                     decay.to_string(),
                     "must be at least 0 and below 1 (0 turns the weight average off)",
@@ -382,17 +396,22 @@ impl TrainSettings {
                 && (self.embedding_table == TablePlace::Device
                     || self.untouched_rows == Some(UntouchedRows::Frozen));
             if decay > 0.0 && table_keeps_none {
-                return range(
+                return out_of_range(
                     "ema_decay",
                     decay.to_string(),
                     "needs the host table with `untouched_rows = \"catch-up\"` (or `embedding = \"dense\"`): a frozen or device table keeps no per-row steps to average over (set `ema_decay = 0`)",
                 );
             }
         }
+        Ok(())
+    }
+
+    /// Gradient clipping and the loss weights (fixed or learned, not both; not all zero).
+    fn check_losses(&self) -> Result<(), String> {
         if let Some(clip) = self.grad_clip_norm
             && !(clip.is_finite() && clip > 0.0)
         {
-            return range(
+            return out_of_range(
                 "grad_clip_norm",
                 clip.to_string(),
                 "must be a number above 0 (leave it out for no clipping)",
@@ -400,7 +419,7 @@ impl TrainSettings {
         }
         for (i, w) in self.loss_weights.iter().enumerate() {
             if !(w.is_finite() && *w >= 0.0) {
-                return range(
+                return out_of_range(
                     &format!("loss_weights[{i}]"),
                     w.to_string(),
                     "must be a number at least 0",
@@ -418,13 +437,18 @@ impl TrainSettings {
                 "`train.loss_weights`: at least one weight must be above 0 (all 0 trains nothing)".into(),
             );
         }
+        Ok(())
+    }
+
+    /// Step counts (never 0) and the backend's name.
+    fn check_schedule(&self) -> Result<(), String> {
         for (key, value) in [
             ("eval_every_steps", self.eval_every_steps),
             ("checkpoint_every_steps", self.checkpoint_every_steps),
             ("max_steps", self.max_steps),
         ] {
             if value == Some(0) {
-                return range(
+                return out_of_range(
                     key,
                     "0".into(),
                     "must be at least 1 (leave it out for the default)",
@@ -436,4 +460,9 @@ impl TrainSettings {
         }
         Ok(())
     }
+}
+
+/// A value out of its allowed range, as `check` reports it: `train.KEY = VALUE: ALLOWED`.
+fn out_of_range(key: &str, value: String, allowed: &str) -> Result<(), String> {
+    Err(format!("`train.{key}` = {value}: {allowed}"))
 }
