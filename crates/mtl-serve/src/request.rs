@@ -232,8 +232,30 @@ pub fn parse(
     }
     let rows = Cell::get(&top, "rows").map(|i| &top[i].1);
     let columns = Cell::get(&top, "columns").map(|i| &top[i].1);
-    let schema = encoder.schema();
-    let mut out = mtl_data::empty_encoded(schema);
+    let out = mtl_data::empty_encoded(encoder.schema());
+    match (rows, columns) {
+        (Some(_), Some(_)) => Err(bad("give `rows` or `columns`, not both".into())),
+        (None, None) => Err(bad(
+            "expected `rows` (a list of objects) or `columns` (an object of lists)".into(),
+        )),
+        (Some(rows), None) => Ok((Layout::Rows, parse_rows(rows, features, encoder, max_rows, out)?)),
+        (None, Some(columns)) => Ok((
+            Layout::Columns,
+            parse_columns(columns, features, encoder, max_rows, out)?,
+        )),
+    }
+}
+
+/// Encodes `rows`, a list of objects of feature values, onto `out`: every feature once per
+/// row and nothing else.
+fn parse_rows(
+    rows: &Cell<'_>,
+    features: &Features,
+    encoder: &Encoder,
+    max_rows: usize,
+    mut out: EncodedData,
+) -> Result<EncodedData, RequestError> {
+    let bad = |m: String| RequestError::Bad(m);
     let n_features = features.names.len();
     // where a row's features are among its pairs: most clients send every row's keys in one
     // order, so the first row's order is tried before a search
@@ -251,101 +273,101 @@ pub fn parse(
         }
         Some(i)
     };
-    match (rows, columns) {
-        (Some(_), Some(_)) => Err(bad("give `rows` or `columns`, not both".into())),
-        (None, None) => Err(bad(
-            "expected `rows` (a list of objects) or `columns` (an object of lists)".into(),
-        )),
-        (Some(rows), None) => {
-            let Cell::List(rows) = rows else {
-                return Err(bad("`rows` must be a list of objects".into()));
-            };
-            check_count(rows.len(), max_rows)?;
-            let mut cells = Vec::with_capacity(n_features);
-            for (r, row) in rows.iter().enumerate() {
-                let Cell::Map(pairs) = row else {
-                    return Err(bad(format!("rows[{r}]: expected an object of feature values")));
-                };
-                let unknown = || {
-                    let (key, _) = pairs
-                        .iter()
-                        .find(|(k, _)| !features.index.contains_key(k.as_ref()))?;
-                    Some(bad(format!("rows[{r}]: {}", features.unknown(key))))
-                };
-                // every feature once and nothing else has as many pairs as features (checked
-                // in full only when the counts differ, or a feature is missing)
-                if pairs.len() != n_features
-                    && let Some(e) = unknown()
-                {
-                    return Err(e);
-                }
-                if pairs.len() > n_features {
-                    // no unknown key, more pairs than features: one is given twice
-                    let twice = pairs
-                        .iter()
-                        .enumerate()
-                        .find(|(i, (k, _))| pairs[..*i].iter().any(|(j, _)| j == k))
-                        .map_or("?", |(_, (k, _))| k.as_ref());
-                    return Err(bad(format!("rows[{r}]: feature `{twice}` given twice")));
-                }
-                cells.clear();
-                for (f, name) in features.names.iter().enumerate() {
-                    let Some(i) = find(pairs, f) else {
-                        return Err(
-                            unknown().unwrap_or_else(|| bad(format!("rows[{r}]: missing feature `{name}`")))
-                        );
-                    };
-                    let text = cell_text(&pairs[i].1, features.delimiters[f].as_deref())
-                        .map_err(|m| bad(format!("rows[{r}].{name}: {m}")))?;
-                    cells.push(text);
-                }
-                encode_row(encoder, &cells, &mut out)
-                    .map_err(|(f, m)| bad(format!("rows[{r}].{}: {m}", features.names[f])))?;
-            }
-            Ok((Layout::Rows, out))
-        }
-        (None, Some(columns)) => {
-            let Cell::Map(columns) = columns else {
-                return Err(bad("`columns` must be an object of lists, one per feature".into()));
-            };
-            if let Some((key, _)) = columns
+    let Cell::List(rows) = rows else {
+        return Err(bad("`rows` must be a list of objects".into()));
+    };
+    check_count(rows.len(), max_rows)?;
+    let mut cells = Vec::with_capacity(n_features);
+    for (r, row) in rows.iter().enumerate() {
+        let Cell::Map(pairs) = row else {
+            return Err(bad(format!("rows[{r}]: expected an object of feature values")));
+        };
+        let unknown = || {
+            let (key, _) = pairs
                 .iter()
-                .find(|(k, _)| !features.index.contains_key(k.as_ref()))
-            {
-                return Err(bad(format!("columns: {}", features.unknown(key))));
-            }
-            let mut lists = Vec::with_capacity(n_features);
-            for name in &features.names {
-                match Cell::get(columns, name).map(|i| &columns[i].1) {
-                    None => return Err(bad(format!("columns: missing feature `{name}`"))),
-                    Some(Cell::List(values)) => lists.push(values),
-                    Some(_) => return Err(bad(format!("columns.{name}: expected a list of values"))),
-                }
-            }
-            let n = lists.first().map_or(0, |l| l.len());
-            if let Some((f, l)) = lists.iter().enumerate().find(|(_, l)| l.len() != n) {
-                return Err(bad(format!(
-                    "columns.{} has {} values, columns.{} has {n}",
-                    features.names[f],
-                    l.len(),
-                    features.names[0]
-                )));
-            }
-            check_count(n, max_rows)?;
-            let mut cells = Vec::with_capacity(n_features);
-            for r in 0..n {
-                cells.clear();
-                for ((name, list), delimiter) in features.names.iter().zip(&lists).zip(&features.delimiters) {
-                    let text = cell_text(&list[r], delimiter.as_deref())
-                        .map_err(|m| bad(format!("columns.{name}[{r}]: {m}")))?;
-                    cells.push(text);
-                }
-                encode_row(encoder, &cells, &mut out)
-                    .map_err(|(f, m)| bad(format!("columns.{}[{r}]: {m}", features.names[f])))?;
-            }
-            Ok((Layout::Columns, out))
+                .find(|(k, _)| !features.index.contains_key(k.as_ref()))?;
+            Some(bad(format!("rows[{r}]: {}", features.unknown(key))))
+        };
+        // every feature once and nothing else has as many pairs as features (checked
+        // in full only when the counts differ, or a feature is missing)
+        if pairs.len() != n_features
+            && let Some(e) = unknown()
+        {
+            return Err(e);
+        }
+        if pairs.len() > n_features {
+            // no unknown key, more pairs than features: one is given twice
+            let twice = pairs
+                .iter()
+                .enumerate()
+                .find(|(i, (k, _))| pairs[..*i].iter().any(|(j, _)| j == k))
+                .map_or("?", |(_, (k, _))| k.as_ref());
+            return Err(bad(format!("rows[{r}]: feature `{twice}` given twice")));
+        }
+        cells.clear();
+        for (f, name) in features.names.iter().enumerate() {
+            let Some(i) = find(pairs, f) else {
+                return Err(unknown().unwrap_or_else(|| bad(format!("rows[{r}]: missing feature `{name}`"))));
+            };
+            let text = cell_text(&pairs[i].1, features.delimiters[f].as_deref())
+                .map_err(|m| bad(format!("rows[{r}].{name}: {m}")))?;
+            cells.push(text);
+        }
+        encode_row(encoder, &cells, &mut out)
+            .map_err(|(f, m)| bad(format!("rows[{r}].{}: {m}", features.names[f])))?;
+    }
+    Ok(out)
+}
+
+/// Encodes `columns`, an object of equally long lists, one per feature, onto `out`.
+fn parse_columns(
+    columns: &Cell<'_>,
+    features: &Features,
+    encoder: &Encoder,
+    max_rows: usize,
+    mut out: EncodedData,
+) -> Result<EncodedData, RequestError> {
+    let bad = |m: String| RequestError::Bad(m);
+    let n_features = features.names.len();
+    let Cell::Map(columns) = columns else {
+        return Err(bad("`columns` must be an object of lists, one per feature".into()));
+    };
+    if let Some((key, _)) = columns
+        .iter()
+        .find(|(k, _)| !features.index.contains_key(k.as_ref()))
+    {
+        return Err(bad(format!("columns: {}", features.unknown(key))));
+    }
+    let mut lists = Vec::with_capacity(n_features);
+    for name in &features.names {
+        match Cell::get(columns, name).map(|i| &columns[i].1) {
+            None => return Err(bad(format!("columns: missing feature `{name}`"))),
+            Some(Cell::List(values)) => lists.push(values),
+            Some(_) => return Err(bad(format!("columns.{name}: expected a list of values"))),
         }
     }
+    let n = lists.first().map_or(0, |l| l.len());
+    if let Some((f, l)) = lists.iter().enumerate().find(|(_, l)| l.len() != n) {
+        return Err(bad(format!(
+            "columns.{} has {} values, columns.{} has {n}",
+            features.names[f],
+            l.len(),
+            features.names[0]
+        )));
+    }
+    check_count(n, max_rows)?;
+    let mut cells = Vec::with_capacity(n_features);
+    for r in 0..n {
+        cells.clear();
+        for ((name, list), delimiter) in features.names.iter().zip(&lists).zip(&features.delimiters) {
+            let text = cell_text(&list[r], delimiter.as_deref())
+                .map_err(|m| bad(format!("columns.{name}[{r}]: {m}")))?;
+            cells.push(text);
+        }
+        encode_row(encoder, &cells, &mut out)
+            .map_err(|(f, m)| bad(format!("columns.{}[{r}]: {m}", features.names[f])))?;
+    }
+    Ok(out)
 }
 
 fn check_count(rows: usize, max_rows: usize) -> Result<(), RequestError> {
