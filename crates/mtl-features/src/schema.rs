@@ -275,11 +275,7 @@ fn resolve_vocab(file: &str, key: &str, keys: VocabKeys<'_>) -> Result<VocabSpec
         hash_buckets,
         shared_with,
     } = keys;
-    let invalid = |k: &str, message: String| FeatureError::SchemaInvalid {
-        file: file.to_string(),
-        key: format!("{key}.{k}"),
-        message,
-    };
+    let invalid = |k: &str, message: String| schema_invalid(file, format!("{key}.{k}"), message);
     let fit = fit.unwrap_or(false);
     let given = [
         vocab_size.is_some(),
@@ -516,11 +512,7 @@ impl Schema {
     /// A pattern that matches nothing, a column matched by two pattern entries, or an entry
     /// with both `name` and `names` is an error naming `file` and the key.
     pub fn expand(mut self, header: &[String], file: &str) -> Result<Schema, FeatureError> {
-        let invalid = |key: String, message: String| FeatureError::SchemaInvalid {
-            file: file.to_string(),
-            key,
-            message,
-        };
+        let invalid = |key: String, message: String| schema_invalid(file, key, message);
         let mut taken: HashSet<String> = HashSet::new();
         let explicit = |name: &str, column: Option<&str>, patterns: &[String]| {
             patterns.is_empty().then(|| column.unwrap_or(name).to_string())
@@ -584,19 +576,38 @@ impl Schema {
 
     /// Checks names, vocabularies and sharing; returns the resolved schema.
     pub fn validate(self, file: &str) -> Result<ValidSchema, FeatureError> {
-        let invalid = |key: String, message: String| FeatureError::SchemaInvalid {
-            file: file.to_string(),
-            key,
-            message,
-        };
+        self.check_values(file)?;
+        self.check_fields(file)?;
+        let vocab = self.vocabularies(file)?;
+        let id_names: Vec<&str> = self
+            .sparse
+            .iter()
+            .map(|f| f.name.as_str())
+            .chain(self.sequence.iter().map(|f| f.name.as_str()))
+            .collect();
+        let owner = self.table_owners(file, &vocab, &id_names)?;
+        let dims = self.table_widths(file, &owner, &id_names)?;
+        Ok(ValidSchema {
+            schema: self,
+            vocab,
+            owner,
+            dims,
+        })
+    }
+
+    /// The schema-wide values: embedding width and init, dense defaults, at least one label
+    /// and one input field, no unexpanded patterns.
+    fn check_values(&self, file: &str) -> Result<(), FeatureError> {
         if self.embed_dim == 0 || self.embed_dim > MAX_EMBED_DIM {
-            return Err(invalid(
+            return Err(schema_invalid(
+                file,
                 "embed_dim".into(),
                 format!("= {}: must be between 1 and {MAX_EMBED_DIM}", self.embed_dim),
             ));
         }
         if !(self.embed_init_std.is_finite() && (0.0..=10.0).contains(&self.embed_init_std)) {
-            return Err(invalid(
+            return Err(schema_invalid(
+                file,
                 "embed_init_std".into(),
                 format!("= {}: must be between 0 and 10", self.embed_init_std),
             ));
@@ -605,26 +616,41 @@ impl Schema {
             if let Some(v) = d.default
                 && !v.is_finite()
             {
-                return Err(invalid(
+                return Err(schema_invalid(
+                    file,
                     format!("dense[{i}].default"),
                     format!("= {v}: must be a finite number"),
                 ));
             }
         }
         if self.labels.is_empty() {
-            return Err(invalid("labels".into(), "at least one label is required".into()));
+            return Err(schema_invalid(
+                file,
+                "labels".into(),
+                "at least one label is required".into(),
+            ));
         }
         if self.sparse.is_empty() && self.sequence.is_empty() && self.dense.is_empty() {
-            return Err(invalid("sparse".into(), "the schema has no input fields".into()));
+            return Err(schema_invalid(
+                file,
+                "sparse".into(),
+                "the schema has no input fields".into(),
+            ));
         }
         if let Some(key) = self.first_pattern() {
-            return Err(invalid(
+            return Err(schema_invalid(
+                file,
                 key,
                 "holds column-name patterns, which are expanded against the training data's header; \
                  load it together with the data, as `mtl train` does"
                     .into(),
             ));
         }
+        Ok(())
+    }
+
+    /// Every field and label named, each name once; sequences' lengths and delimiters.
+    fn check_fields(&self, file: &str) -> Result<(), FeatureError> {
         let mut names = HashSet::new();
         let all_names = self
             .sparse
@@ -651,29 +677,41 @@ impl Schema {
             );
         for (key, name) in all_names {
             if name.is_empty() {
-                return Err(invalid(
+                return Err(schema_invalid(
+                    file,
                     key,
                     "missing or empty: give a `name` (or, for an input field, `names` patterns)".into(),
                 ));
             }
             if !names.insert(name.clone()) {
-                return Err(invalid(key, format!("the name `{name}` is used twice")));
+                return Err(schema_invalid(
+                    file,
+                    key,
+                    format!("the name `{name}` is used twice"),
+                ));
             }
         }
         for (i, s) in self.sequence.iter().enumerate() {
             if s.max_len == 0 || s.max_len > MAX_SEQUENCE {
-                return Err(invalid(
+                return Err(schema_invalid(
+                    file,
                     format!("sequence[{i}].max_len"),
                     format!("= {}: must be between 1 and {MAX_SEQUENCE}", s.max_len),
                 ));
             }
             if s.delimiter.is_empty() {
-                return Err(invalid(
+                return Err(schema_invalid(
+                    file,
                     format!("sequence[{i}].delimiter"),
                     "must not be empty".into(),
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// Each id field's vocabulary (sparse fields, then sequences).
+    fn vocabularies(&self, file: &str) -> Result<Vec<VocabSpec>, FeatureError> {
         let mut vocab = Vec::new();
         for (i, f) in self.sparse.iter().enumerate() {
             vocab.push(resolve_vocab(
@@ -703,12 +741,17 @@ impl Schema {
                 },
             )?);
         }
-        let id_names: Vec<&str> = self
-            .sparse
-            .iter()
-            .map(|f| f.name.as_str())
-            .chain(self.sequence.iter().map(|f| f.name.as_str()))
-            .collect();
+        Ok(vocab)
+    }
+
+    /// Each id field's table owner: itself, or the field it shares with (which must own a
+    /// table of its own).
+    fn table_owners(
+        &self,
+        file: &str,
+        vocab: &[VocabSpec],
+        id_names: &[&str],
+    ) -> Result<Vec<usize>, FeatureError> {
         let index: HashMap<&str, usize> = id_names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
         let mut owner = Vec::with_capacity(vocab.len());
         for (i, v) in vocab.iter().enumerate() {
@@ -720,13 +763,15 @@ impl Schema {
             match v {
                 VocabSpec::Shared { with } => {
                     let Some(&j) = index.get(with.as_str()) else {
-                        return Err(invalid(
+                        return Err(schema_invalid(
+                            file,
                             key,
                             format!("no sparse or sequence field is named `{with}`"),
                         ));
                     };
                     if matches!(vocab[j], VocabSpec::Shared { .. }) {
-                        return Err(invalid(
+                        return Err(schema_invalid(
+                            file,
                             key,
                             format!("`{with}` itself shares another table; name the owner"),
                         ));
@@ -736,6 +781,17 @@ impl Schema {
                 _ => owner.push(i),
             }
         }
+        Ok(owner)
+    }
+
+    /// Each id field's embedding width: a field's own, else the schema's; a sharing field has
+    /// its owner's (and may only repeat it).
+    fn table_widths(
+        &self,
+        file: &str,
+        owner: &[usize],
+        id_names: &[&str],
+    ) -> Result<Vec<usize>, FeatureError> {
         // widths: a field's own, else the schema's; a sharing field has its owner's
         let given: Vec<Option<usize>> = self
             .sparse
@@ -753,7 +809,8 @@ impl Schema {
             if let Some(d) = g
                 && (*d == 0 || *d > MAX_EMBED_DIM)
             {
-                return Err(invalid(
+                return Err(schema_invalid(
+                    file,
                     key,
                     format!("= {d}: must be between 1 and {MAX_EMBED_DIM}"),
                 ));
@@ -763,7 +820,8 @@ impl Schema {
                 && let Some(d) = g
                 && *d != own
             {
-                return Err(invalid(
+                return Err(schema_invalid(
+                    file,
                     key,
                     format!(
                         "= {d}: the field shares `{}`'s table, whose rows are {own} wide (leave it out)",
@@ -773,12 +831,7 @@ impl Schema {
             }
             dims.push(own);
         }
-        Ok(ValidSchema {
-            schema: self,
-            vocab,
-            owner,
-            dims,
-        })
+        Ok(dims)
     }
 }
 
@@ -848,6 +901,15 @@ impl ValidSchema {
     /// The label names in order.
     pub fn label_names(&self) -> Vec<String> {
         self.schema.labels.iter().map(|l| l.name.clone()).collect()
+    }
+}
+
+/// A schema key whose value cannot work, naming the file.
+fn schema_invalid(file: &str, key: String, message: String) -> FeatureError {
+    FeatureError::SchemaInvalid {
+        file: file.to_string(),
+        key,
+        message,
     }
 }
 
