@@ -318,10 +318,6 @@ pub fn csv_to_parquet(
     rows_per_file: Option<u64>,
     infer_rows: usize,
 ) -> Result<Converted, DataError> {
-    use std::sync::Arc;
-
-    use arrow_array::builder::{Float64Builder, Int64Builder, StringBuilder};
-    use arrow_schema::{Field, Schema};
     use parquet::arrow::ArrowWriter;
     use parquet::basic::{Compression, ZstdLevel};
     use parquet::file::properties::WriterProperties;
@@ -346,10 +342,119 @@ pub fn csv_to_parquet(
             file: input.display().to_string(),
         });
     }
-    let mut kinds = vec![Kind::Int; names.len()];
+    let kinds = infer_kinds(&mut reader, names.len(), infer_rows).map_err(|e| io(&e))?;
+    let schema = arrow_schema(&names, &kinds);
+    let props = WriterProperties::builder()
+        .set_compression(match codec {
+            Codec::Snappy => Compression::SNAPPY,
+            Codec::Zstd => Compression::ZSTD(ZstdLevel::default()),
+            Codec::None => Compression::UNCOMPRESSED,
+        })
+        .set_max_row_group_row_count(Some(row_group.max(1)))
+        .build();
+    let partial = |p: &Path| p.with_extension("parquet.partial");
+    let mut reader = open()?;
+    let mut converted = Converted {
+        files: Vec::new(),
+        rows: 0,
+    };
+    let mut builders: Vec<Builder> = kinds.iter().map(|&k| Builder::new(k)).collect();
+    let mut in_batch = 0usize;
+    let mut in_file = 0u64;
+    let mut writer: Option<(ArrowWriter<File>, std::path::PathBuf)> = None;
+    let finish = |(w, path): (ArrowWriter<File>, std::path::PathBuf), files: &mut Vec<std::path::PathBuf>| {
+        w.close().map_err(|e| io_error(&path, e))?;
+        std::fs::rename(partial(&path), &path).map_err(|e| io_error(&path, e))?;
+        files.push(path);
+        Ok::<(), DataError>(())
+    };
+    let mut record = csv::StringRecord::new();
+    loop {
+        let more = reader.read_record(&mut record).map_err(|e| io(&e))?;
+        if !more {
+            break;
+        }
+        if writer.is_none() {
+            let path = shard_path(out, rows_per_file, converted.files.len());
+            let file = File::create(partial(&path)).map_err(|e| io_error(&path, e))?;
+            let w = ArrowWriter::try_new(file, schema.clone(), Some(props.clone()))
+                .map_err(|e| io_error(&path, e))?;
+            writer = Some((w, path));
+        }
+        append_record(&mut builders, &record, &names, input, infer_rows)?;
+        in_batch += 1;
+        in_file += 1;
+        converted.rows += 1;
+        let file_full = rows_per_file.is_some_and(|n| in_file >= n);
+        if in_batch == BATCH_ROWS || file_full {
+            let (w, path) = writer.as_mut().expect("opened above");
+            write_batch(&mut builders, &schema, w, path)?;
+            in_batch = 0;
+        }
+        if file_full {
+            finish(writer.take().expect("opened above"), &mut converted.files)?;
+            in_file = 0;
+        }
+    }
+    if let Some((mut w, path)) = writer.take() {
+        if in_batch > 0 {
+            write_batch(&mut builders, &schema, &mut w, &path)?;
+        }
+        finish((w, path), &mut converted.files)?;
+    }
+    if converted.rows == 0 {
+        return Err(DataError::Empty {
+            file: input.display().to_string(),
+        });
+    }
+    Ok(converted)
+}
+
+/// Appends one CSV record to the column builders; a record of another width than the
+/// header, or a cell not of its column's inferred type, is an error naming the line (and
+/// the column).
+fn append_record(
+    builders: &mut [Builder],
+    record: &csv::StringRecord,
+    names: &[String],
+    input: &Path,
+    infer_rows: usize,
+) -> Result<(), DataError> {
+    let line = record.position().map_or(0, |p| p.line());
+    if record.len() != names.len() {
+        return Err(DataError::BadRow {
+            file: input.display().to_string(),
+            line,
+            column: "<row>".into(),
+            message: format!("{} columns, the header has {}", record.len(), names.len()),
+        });
+    }
+    for ((b, cell), name) in builders.iter_mut().zip(record.iter()).zip(names) {
+        let cell = cell.trim();
+        b.append(cell).map_err(|kind| DataError::BadRow {
+            file: input.display().to_string(),
+            line,
+            column: name.clone(),
+            message: format!(
+                "`{cell}` is not {kind}, the type taken from the first {infer_rows} rows (convert with more --infer-rows)"
+            ),
+        })?;
+    }
+    Ok(())
+}
+
+/// Each column's type from the first `infer_rows` rows of `reader` (at least one): an
+/// integer column until a cell is not one, then a number column, then text; empty cells
+/// say nothing.
+fn infer_kinds(
+    reader: &mut csv::Reader<File>,
+    columns: usize,
+    infer_rows: usize,
+) -> Result<Vec<Kind>, csv::Error> {
+    let mut kinds = vec![Kind::Int; columns];
     let mut record = csv::StringRecord::new();
     for _ in 0..infer_rows.max(1) {
-        if !reader.read_record(&mut record).map_err(|e| io(&e))? {
+        if !reader.read_record(&mut record)? {
             break;
         }
         for (kind, cell) in kinds.iter_mut().zip(record.iter()) {
@@ -365,153 +470,90 @@ pub fn csv_to_parquet(
             }
         }
     }
-    let schema = Arc::new(Schema::new(
-        names
-            .iter()
-            .zip(&kinds)
-            .map(|(n, k)| {
-                let t = match k {
-                    Kind::Int => DataType::Int64,
-                    Kind::Float => DataType::Float64,
-                    Kind::Text => DataType::Utf8,
-                };
-                Field::new(n, t, true)
-            })
-            .collect::<Vec<_>>(),
-    ));
-    let props = WriterProperties::builder()
-        .set_compression(match codec {
-            Codec::Snappy => Compression::SNAPPY,
-            Codec::Zstd => Compression::ZSTD(ZstdLevel::default()),
-            Codec::None => Compression::UNCOMPRESSED,
-        })
-        .set_max_row_group_row_count(Some(row_group.max(1)))
-        .build();
-    let file_name = |k: usize| -> std::path::PathBuf {
-        if rows_per_file.is_none() {
-            return out.to_path_buf();
-        }
-        let stem = out
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let ext = out
-            .extension()
-            .map(|e| format!(".{}", e.to_string_lossy()))
-            .unwrap_or_default();
-        out.with_file_name(format!("{stem}-{k:05}{ext}"))
-    };
-    let partial = |p: &Path| p.with_extension("parquet.partial");
-    enum Builder {
-        Int(Int64Builder),
-        Float(Float64Builder),
-        Text(StringBuilder),
-    }
-    let fresh = || -> Vec<Builder> {
-        kinds
-            .iter()
-            .map(|k| match k {
-                Kind::Int => Builder::Int(Int64Builder::new()),
-                Kind::Float => Builder::Float(Float64Builder::new()),
-                Kind::Text => Builder::Text(StringBuilder::new()),
-            })
-            .collect()
-    };
-    let mut reader = open()?;
-    let mut converted = Converted {
-        files: Vec::new(),
-        rows: 0,
-    };
-    let mut builders = fresh();
-    let mut in_batch = 0usize;
-    let mut in_file = 0u64;
-    let mut writer: Option<(ArrowWriter<File>, std::path::PathBuf)> = None;
-    let flush =
-        |builders: &mut Vec<Builder>, writer: &mut ArrowWriter<File>, path: &Path| -> Result<(), DataError> {
-            let columns: Vec<ArrayRef> = builders
-                .iter_mut()
-                .map(|b| -> ArrayRef {
-                    match b {
-                        Builder::Int(b) => Arc::new(b.finish()),
-                        Builder::Float(b) => Arc::new(b.finish()),
-                        Builder::Text(b) => Arc::new(b.finish()),
-                    }
-                })
-                .collect();
-            let batch = RecordBatch::try_new(schema.clone(), columns).map_err(|e| io_error(path, e))?;
-            writer.write(&batch).map_err(|e| io_error(path, e))
-        };
-    let finish = |(w, path): (ArrowWriter<File>, std::path::PathBuf), files: &mut Vec<std::path::PathBuf>| {
-        w.close().map_err(|e| io_error(&path, e))?;
-        std::fs::rename(partial(&path), &path).map_err(|e| io_error(&path, e))?;
-        files.push(path);
-        Ok::<(), DataError>(())
-    };
-    let mut record = csv::StringRecord::new();
-    loop {
-        let more = reader.read_record(&mut record).map_err(|e| io(&e))?;
-        if !more {
-            break;
-        }
-        let line = record.position().map_or(0, |p| p.line());
-        if writer.is_none() {
-            let path = file_name(converted.files.len());
-            let file = File::create(partial(&path)).map_err(|e| io_error(&path, e))?;
-            let w = ArrowWriter::try_new(file, schema.clone(), Some(props.clone()))
-                .map_err(|e| io_error(&path, e))?;
-            writer = Some((w, path));
-        }
-        if record.len() != names.len() {
-            return Err(DataError::BadRow {
-                file: input.display().to_string(),
-                line,
-                column: "<row>".into(),
-                message: format!("{} columns, the header has {}", record.len(), names.len()),
-            });
-        }
-        for ((b, cell), name) in builders.iter_mut().zip(record.iter()).zip(&names) {
-            let cell = cell.trim();
-            let bad = |kind: &str| DataError::BadRow {
-                file: input.display().to_string(),
-                line,
-                column: name.clone(),
-                message: format!(
-                    "`{cell}` is not {kind}, the type taken from the first {infer_rows} rows (convert with more --infer-rows)"
-                ),
+    Ok(kinds)
+}
+
+/// The Arrow schema of the converted file: every column nullable, of its inferred type.
+fn arrow_schema(names: &[String], kinds: &[Kind]) -> arrow_schema::SchemaRef {
+    let fields: Vec<arrow_schema::Field> = names
+        .iter()
+        .zip(kinds)
+        .map(|(n, k)| {
+            let t = match k {
+                Kind::Int => DataType::Int64,
+                Kind::Float => DataType::Float64,
+                Kind::Text => DataType::Utf8,
             };
-            match b {
-                Builder::Int(b) if cell.is_empty() => b.append_null(),
-                Builder::Int(b) => b.append_value(cell.parse().map_err(|_| bad("an integer"))?),
-                Builder::Float(b) if cell.is_empty() => b.append_null(),
-                Builder::Float(b) => b.append_value(cell.parse().map_err(|_| bad("a number"))?),
-                Builder::Text(b) if cell.is_empty() => b.append_null(),
-                Builder::Text(b) => b.append_value(cell),
-            }
-        }
-        in_batch += 1;
-        in_file += 1;
-        converted.rows += 1;
-        let file_full = rows_per_file.is_some_and(|n| in_file >= n);
-        if in_batch == BATCH_ROWS || file_full {
-            let (w, path) = writer.as_mut().expect("opened above");
-            flush(&mut builders, w, path)?;
-            in_batch = 0;
-        }
-        if file_full {
-            finish(writer.take().expect("opened above"), &mut converted.files)?;
-            in_file = 0;
+            arrow_schema::Field::new(n, t, true)
+        })
+        .collect();
+    std::sync::Arc::new(arrow_schema::Schema::new(fields))
+}
+
+/// The path of shard `k`: `out` itself without `rows_per_file`, else `STEM-0000k.EXT` beside it.
+fn shard_path(out: &Path, rows_per_file: Option<u64>, k: usize) -> std::path::PathBuf {
+    if rows_per_file.is_none() {
+        return out.to_path_buf();
+    }
+    let stem = out
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let ext = out
+        .extension()
+        .map(|e| format!(".{}", e.to_string_lossy()))
+        .unwrap_or_default();
+    out.with_file_name(format!("{stem}-{k:05}{ext}"))
+}
+
+/// One column being converted: its values so far, of its inferred type.
+enum Builder {
+    Int(arrow_array::builder::Int64Builder),
+    Float(arrow_array::builder::Float64Builder),
+    Text(arrow_array::builder::StringBuilder),
+}
+
+impl Builder {
+    fn new(kind: Kind) -> Self {
+        match kind {
+            Kind::Int => Self::Int(arrow_array::builder::Int64Builder::new()),
+            Kind::Float => Self::Float(arrow_array::builder::Float64Builder::new()),
+            Kind::Text => Self::Text(arrow_array::builder::StringBuilder::new()),
         }
     }
-    if let Some((mut w, path)) = writer.take() {
-        if in_batch > 0 {
-            flush(&mut builders, &mut w, &path)?;
+
+    /// Appends a (trimmed) cell, empty as null; a cell not of the column's type is an error
+    /// naming the type ("an integer", "a number").
+    fn append(&mut self, cell: &str) -> Result<(), &'static str> {
+        match self {
+            Self::Int(b) if cell.is_empty() => b.append_null(),
+            Self::Int(b) => b.append_value(cell.parse().map_err(|_| "an integer")?),
+            Self::Float(b) if cell.is_empty() => b.append_null(),
+            Self::Float(b) => b.append_value(cell.parse().map_err(|_| "a number")?),
+            Self::Text(b) if cell.is_empty() => b.append_null(),
+            Self::Text(b) => b.append_value(cell),
         }
-        finish((w, path), &mut converted.files)?;
+        Ok(())
     }
-    if converted.rows == 0 {
-        return Err(DataError::Empty {
-            file: input.display().to_string(),
-        });
+
+    /// The column's values so far, leaving it empty.
+    fn finish(&mut self) -> ArrayRef {
+        match self {
+            Self::Int(b) => std::sync::Arc::new(b.finish()),
+            Self::Float(b) => std::sync::Arc::new(b.finish()),
+            Self::Text(b) => std::sync::Arc::new(b.finish()),
+        }
     }
-    Ok(converted)
+}
+
+/// Writes the builders' rows as one record batch to the shard at `path`, emptying them.
+fn write_batch(
+    builders: &mut [Builder],
+    schema: &arrow_schema::SchemaRef,
+    writer: &mut parquet::arrow::ArrowWriter<File>,
+    path: &Path,
+) -> Result<(), DataError> {
+    let columns: Vec<ArrayRef> = builders.iter_mut().map(Builder::finish).collect();
+    let batch = RecordBatch::try_new(schema.clone(), columns).map_err(|e| io_error(path, e))?;
+    writer.write(&batch).map_err(|e| io_error(path, e))
 }
