@@ -122,67 +122,14 @@ pub fn infer_columns(files: &[&Path], options: InferOptions) -> Result<(Vec<Colu
     let mut rows = 0usize;
     'files: for path in files {
         let file = path.display().to_string();
-        let io = |e: &dyn std::fmt::Display| DataError::Io {
-            file: file.clone(),
-            message: e.to_string(),
-        };
-        // CSV or Parquet, row by row as text cells
-        let (names, mut rows_of): (Vec<String>, NextRow) = if crate::parquet::is_parquet(path) {
-            let names = crate::parquet::header(path)?;
-            let all: Vec<(usize, String)> = (0..names.len()).map(|i| (i, "|".to_string())).collect();
-            let mut pq = crate::parquet::ParquetRows::open(path, &names, &all)?;
-            (names, Box::new(move |record| pq.next_into(record)))
-        } else {
-            let mut reader = csv::ReaderBuilder::new()
-                .has_headers(true)
-                .from_path(path)
-                .map_err(|e| io(&e))?;
-            let names = reader
-                .headers()
-                .map_err(|e| io(&e))?
-                .iter()
-                .map(str::to_string)
-                .collect();
-            let file = file.clone();
-            let mut line = 1u64;
-            (
-                names,
-                Box::new(move |record| {
-                    line += 1;
-                    match reader.read_byte_record(record) {
-                        Ok(true) => Ok(Some(line)),
-                        Ok(false) => Ok(None),
-                        Err(e) => Err(DataError::BadRow {
-                            file: file.clone(),
-                            line,
-                            column: "<row>".into(),
-                            message: e.to_string(),
-                        }),
-                    }
-                }),
-            )
-        };
+        let (names, mut rows_of) = open_rows(path)?;
         if names.is_empty() || names.iter().all(String::is_empty) {
             return Err(DataError::NoHeader { file });
         }
         match &header {
             None => {
                 seen = vec![HashSet::new(); names.len()];
-                stats = names
-                    .iter()
-                    .map(|n| ColumnStats {
-                        name: n.clone(),
-                        filled: 0,
-                        empty: 0,
-                        distinct: 0,
-                        distinct_capped: false,
-                        integers: true,
-                        numbers: true,
-                        range: None,
-                        sum: 0.0,
-                        guess: Guess::Ignore,
-                    })
-                    .collect();
+                stats = names.iter().map(|n| ColumnStats::empty(n)).collect();
                 header = Some(names);
             }
             Some(first) if *first != names => {
@@ -208,33 +155,7 @@ pub fn infer_columns(files: &[&Path], options: InferOptions) -> Result<(Vec<Colu
                 break;
             }
             for (c, cell) in record.iter().enumerate().take(stats.len()) {
-                let s = &mut stats[c];
-                let cell = String::from_utf8_lossy(cell);
-                let cell = cell.trim();
-                if cell.is_empty() {
-                    s.empty += 1;
-                    continue;
-                }
-                s.filled += 1;
-                match cell.parse::<f64>() {
-                    Ok(v) if v.is_finite() => {
-                        s.integers &= v.fract() == 0.0;
-                        s.range = Some(s.range.map_or((v, v), |(lo, hi)| (lo.min(v), hi.max(v))));
-                        s.sum += v;
-                    }
-                    _ => {
-                        s.numbers = false;
-                        s.integers = false;
-                    }
-                }
-                if !s.distinct_capped {
-                    if seen[c].len() < cap {
-                        seen[c].insert(cell.to_string());
-                    } else if !seen[c].contains(cell) {
-                        s.distinct_capped = true;
-                        seen[c].clear();
-                    }
-                }
+                stats[c].add(String::from_utf8_lossy(cell).trim(), &mut seen[c], cap);
             }
             rows += 1;
         }
@@ -248,6 +169,93 @@ pub fn infer_columns(files: &[&Path], options: InferOptions) -> Result<(Vec<Colu
         s.guess = guess(s, options);
     }
     Ok((stats, rows))
+}
+
+/// A file's header and its rows as text cells, one at a time: CSV or Parquet.
+fn open_rows(path: &Path) -> Result<(Vec<String>, NextRow), DataError> {
+    let file = path.display().to_string();
+    let io = |e: &dyn std::fmt::Display| DataError::Io {
+        file: file.clone(),
+        message: e.to_string(),
+    };
+    if crate::parquet::is_parquet(path) {
+        let names = crate::parquet::header(path)?;
+        let all: Vec<(usize, String)> = (0..names.len()).map(|i| (i, "|".to_string())).collect();
+        let mut pq = crate::parquet::ParquetRows::open(path, &names, &all)?;
+        return Ok((names, Box::new(move |record| pq.next_into(record))));
+    }
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .from_path(path)
+        .map_err(|e| io(&e))?;
+    let names = reader
+        .headers()
+        .map_err(|e| io(&e))?
+        .iter()
+        .map(str::to_string)
+        .collect();
+    let mut line = 1u64;
+    let next: NextRow = Box::new(move |record| {
+        line += 1;
+        match reader.read_byte_record(record) {
+            Ok(true) => Ok(Some(line)),
+            Ok(false) => Ok(None),
+            Err(e) => Err(DataError::BadRow {
+                file: file.clone(),
+                line,
+                column: "<row>".into(),
+                message: e.to_string(),
+            }),
+        }
+    });
+    Ok((names, next))
+}
+
+impl ColumnStats {
+    /// A column named `name` with nothing seen yet.
+    fn empty(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            filled: 0,
+            empty: 0,
+            distinct: 0,
+            distinct_capped: false,
+            integers: true,
+            numbers: true,
+            range: None,
+            sum: 0.0,
+            guess: Guess::Ignore,
+        }
+    }
+
+    /// Counts one (trimmed) cell: empty or filled, numeric range and sum, and its distinct
+    /// values in `seen` up to `cap` of them.
+    fn add(&mut self, cell: &str, seen: &mut HashSet<String>, cap: usize) {
+        if cell.is_empty() {
+            self.empty += 1;
+            return;
+        }
+        self.filled += 1;
+        match cell.parse::<f64>() {
+            Ok(v) if v.is_finite() => {
+                self.integers &= v.fract() == 0.0;
+                self.range = Some(self.range.map_or((v, v), |(lo, hi)| (lo.min(v), hi.max(v))));
+                self.sum += v;
+            }
+            _ => {
+                self.numbers = false;
+                self.integers = false;
+            }
+        }
+        if !self.distinct_capped {
+            if seen.len() < cap {
+                seen.insert(cell.to_string());
+            } else if !seen.contains(cell) {
+                self.distinct_capped = true;
+                seen.clear();
+            }
+        }
+    }
 }
 
 fn guess(s: &ColumnStats, options: InferOptions) -> Guess {
