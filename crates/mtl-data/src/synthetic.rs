@@ -457,48 +457,8 @@ fn generate_funnel(
         dense_w,
         steps: n,
     };
-
-    // calibrate the intercepts on a pilot sample drawn from its own stream: step k's rate
-    // among the rows where step k−1 happened weighs each pilot row by the chance it got there
-    let mut pilot_rng = StdRng::seed_from_u64(spec.seed ^ 0x9e37_79b9_7f4a_7c15);
-    let pilot: Vec<Row> = (0..20_000).map(|_| truth.row(&mut pilot_rng)).collect();
-    let mut intercepts = vec![calibrate(
-        &pilot.iter().map(|r| r.parts[0]).collect::<Vec<_>>(),
-        steps[0].1,
-    )];
-    for (s, &(_, rate)) in steps.iter().enumerate().skip(1) {
-        let reach: Vec<f64> = pilot
-            .iter()
-            .map(|r| (0..s).fold(1.0, |w, i| w * sigmoid(intercepts[i] + r.parts[i])))
-            .collect();
-        let (mut lo, mut hi) = (-30.0, 30.0);
-        for _ in 0..60 {
-            let mid = 0.5 * (lo + hi);
-            let (mut num, mut den) = (0.0, 0.0);
-            for (r, w) in pilot.iter().zip(&reach) {
-                num += w * sigmoid(mid + r.parts[s]);
-                den += w;
-            }
-            if num / den < rate {
-                lo = mid;
-            } else {
-                hi = mid;
-            }
-        }
-        intercepts.push(0.5 * (lo + hi));
-    }
-
-    let mut header = steps.iter().map(|s| s.0).collect::<Vec<_>>().join(",");
-    for k in 0..spec.user_vocab.len() {
-        header += &format!(",u{k}");
-    }
-    for k in 0..spec.item_vocab.len() {
-        header += &format!(",i{k}");
-    }
-    for k in 0..spec.dense {
-        header += &format!(",d{k}");
-    }
-    header += &format!(",{}\n", truth_names.join(","));
+    let intercepts = funnel_intercepts(&truth, steps, spec.seed);
+    let header = funnel_header(spec, steps, truth_names);
     let mut files = SplitWriter::create(out, prefix, &header)?;
     let mut counts = vec![0u64; n];
     let mut line = String::with_capacity(256);
@@ -530,6 +490,70 @@ fn generate_funnel(
     let [train, val, test] = files.finish()?;
 
     let schema_path = out.join(format!("{prefix}_schema.toml"));
+    std::fs::write(&schema_path, funnel_schema(spec, steps, what))?;
+    let rates = (0..n)
+        .map(|s| counts[s] as f64 / if s == 0 { spec.rows as u64 } else { counts[s - 1] }.max(1) as f64)
+        .collect();
+    Ok(Funnel {
+        paths: [train, val, test, schema_path],
+        rates,
+    })
+}
+
+/// Each step's logit intercept, so that step k happens at its rate among the rows where step
+/// k−1 did: calibrated on a pilot sample drawn from its own stream (seeded from `seed`), each
+/// pilot row weighed by the chance it got to step k.
+fn funnel_intercepts(truth: &Truth, steps: &[(&str, f64)], seed: u64) -> Vec<f64> {
+    let mut pilot_rng = StdRng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15);
+    let pilot: Vec<Row> = (0..20_000).map(|_| truth.row(&mut pilot_rng)).collect();
+    let mut intercepts = vec![calibrate(
+        &pilot.iter().map(|r| r.parts[0]).collect::<Vec<_>>(),
+        steps[0].1,
+    )];
+    for (s, &(_, rate)) in steps.iter().enumerate().skip(1) {
+        let reach: Vec<f64> = pilot
+            .iter()
+            .map(|r| (0..s).fold(1.0, |w, i| w * sigmoid(intercepts[i] + r.parts[i])))
+            .collect();
+        let (mut lo, mut hi) = (-30.0, 30.0);
+        for _ in 0..60 {
+            let mid = 0.5 * (lo + hi);
+            let (mut num, mut den) = (0.0, 0.0);
+            for (r, w) in pilot.iter().zip(&reach) {
+                num += w * sigmoid(mid + r.parts[s]);
+                den += w;
+            }
+            if num / den < rate {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        intercepts.push(0.5 * (lo + hi));
+    }
+
+    intercepts
+}
+
+/// The CSV header of a funnel's files: the steps' labels, the user, item and dense fields,
+/// and the true probabilities.
+fn funnel_header(spec: &CcpSpec, steps: &[(&str, f64)], truth_names: &[&str]) -> String {
+    let mut header = steps.iter().map(|s| s.0).collect::<Vec<_>>().join(",");
+    for k in 0..spec.user_vocab.len() {
+        header += &format!(",u{k}");
+    }
+    for k in 0..spec.item_vocab.len() {
+        header += &format!(",i{k}");
+    }
+    for k in 0..spec.dense {
+        header += &format!(",d{k}");
+    }
+    header += &format!(",{}\n", truth_names.join(","));
+    header
+}
+
+/// The schema TOML of a funnel's files.
+fn funnel_schema(spec: &CcpSpec, steps: &[(&str, f64)], what: &str) -> String {
     let mut schema = format!(
         "# Schema of synthetic {what} data (seed {}, {} rows).\nembed_dim = {}\n\n",
         spec.seed, spec.rows, spec.embed_dim
@@ -548,14 +572,7 @@ fn generate_funnel(
         .map(|(name, _)| format!("[[labels]]\nname = \"{name}\"\nkind = \"binary\"\n"))
         .collect();
     schema += &labels.join("\n");
-    std::fs::write(&schema_path, schema)?;
-    let rates = (0..n)
-        .map(|s| counts[s] as f64 / if s == 0 { spec.rows as u64 } else { counts[s - 1] }.max(1) as f64)
-        .collect();
-    Ok(Funnel {
-        paths: [train, val, test, schema_path],
-        rates,
-    })
+    schema
 }
 
 #[cfg(test)]
