@@ -111,7 +111,7 @@ pub fn es_cvr(a: &EsCvrArgs) -> Result<()> {
                         &train,
                         by_epoch.then_some(valid.as_path()),
                         &test,
-                        &model_toml("esmm", config),
+                        &model_toml("esmm", config)?,
                         seed,
                         &format!(
                             "epochs = {}\nbatch_size = 1024\n{}{}\n",

@@ -258,42 +258,21 @@ fn ccp_data_with(mtl: &Path, name: &str, rows: usize, seed: u64, extra: &[&str])
     Ok(dir)
 }
 
-const ESMM: [(&str, &str); 2] = [("example", "[16, 8]"), ("large", "[256, 128, 64]")];
-const MMOE: [(&str, &str, &str); 2] = [("example", "[16]", "[8]"), ("large", "[256, 128]", "[64]")];
-
-/// PLE and AITM: torch-rechub's example settings and the large towers, (experts or bottom,
-/// towers) per size.
-const PLE: [(&str, &str, &str); 2] = [("example", "[16]", "[8]"), ("large", "[256, 128]", "[64]")];
-const AITM: [(&str, &str, &str); 2] = [("example", "[32, 16]", "[8]"), ("large", "[256, 128]", "[64]")];
-
-fn model_toml(model: &str, size: &str) -> String {
-    let pick = |table: &[(&'static str, &'static str, &'static str); 2]| {
-        table.iter().find(|e| e.0 == size).copied().unwrap_or(table[0])
-    };
-    let tasks = "tasks = [{ label = \"click\" }, { label = \"purchase\" }]\n";
-    if model == "ple" {
-        let (_, e, t) = pick(&PLE);
-        return format!(
-            "type = \"ple\"\nn_level = 1\nn_expert_specific = 2\nn_expert_shared = 1\nexpert = {{ dims = {e} }}\ntower = {{ dims = {t} }}\n{tasks}"
-        );
-    }
-    if model == "aitm" {
-        let (_, b, t) = pick(&AITM);
-        return format!("type = \"aitm\"\nbottom = {{ dims = {b} }}\ntower = {{ dims = {t} }}\n{tasks}");
-    }
-    if model == "esmm" {
-        let dims = ESMM
-            .iter()
-            .find(|e| e.0 == size)
-            .map(|e| e.1)
-            .unwrap_or("[16, 8]");
-        format!("type = \"esmm\"\nctr_tower = {{ dims = {dims} }}\ncvr_tower = {{ dims = {dims} }}\n")
-    } else {
-        let (_, e, t) = MMOE.iter().find(|e| e.0 == size).copied().unwrap_or(MMOE[0]);
-        format!(
-            "type = \"mmoe\"\nn_experts = 8\nexpert = {{ dims = {e} }}\ntower = {{ dims = {t} }}\ntasks = [{{ label = \"click\" }}, {{ label = \"purchase\" }}]\n"
-        )
-    }
+/// The `[model]` table (with its `type`) of `configs/{model}-{size}.toml`, size `example` or
+/// `large`: the example configs are the one home of every model table the benches train.
+fn model_toml(model: &str, size: &str) -> Result<String> {
+    let path = root().join("configs").join(format!("{model}-{size}.toml"));
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let config: toml::Table = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let table = config
+        .get("model")
+        .and_then(toml::Value::as_table)
+        .with_context(|| format!("{}: no [model] table", path.display()))?;
+    // one `key = value` line per key, nested tables inline, to go under `[model]`
+    Ok(table
+        .iter()
+        .map(|(key, value)| format!("{key} = {value}\n"))
+        .collect())
 }
 
 fn run_config(
@@ -450,7 +429,7 @@ fn bench(a: &BenchArgs) -> Result<()> {
                     &train,
                     None,
                     &test,
-                    &model_toml(model, size),
+                    &model_toml(model, size)?,
                     seed,
                     &format!(
                         "epochs = 1\nbatch_size = {}\nembedding = \"{}\"\nbackend = \"{}\"\n{}",
@@ -759,6 +738,33 @@ mod tests {
                       "infer_sps_excl": train, "peak_rss_mb": 1000.0,
                       "auc_ctr": peer_ctr, "auc_cvr_clicked": 0.6, "auc_ctcvr": 0.7 },
         })
+    }
+
+    #[test]
+    fn bench_model_tables_are_the_example_configs() {
+        // every size the benches train, for every model that has it: the table spliced under
+        // `[model]` of a bench's run config reads back as the config file's own table
+        let mut checked = 0;
+        for model in ["esmm", "mmoe", "ple", "aitm"] {
+            for size in ["example", "large"] {
+                let path = root().join("configs").join(format!("{model}-{size}.toml"));
+                let file: toml::Table = toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+                let text = run_config(
+                    Path::new("s"),
+                    Path::new("t"),
+                    None,
+                    Path::new("u"),
+                    &model_toml(model, size).unwrap(),
+                    1,
+                    "",
+                );
+                let bench: toml::Table = toml::from_str(&text).unwrap_or_else(|e| panic!("{text}\n{e}"));
+                assert_eq!(bench["model"], file["model"], "{}", path.display());
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 8);
+        assert!(model_toml("esmm", "huge").is_err());
     }
 
     #[test]

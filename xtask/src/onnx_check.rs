@@ -66,7 +66,7 @@ pub fn onnx_check(quick: bool) -> Result<()> {
         let model = if kind == "shared_bottom" {
             "type = \"shared_bottom\"\nbottom = { dims = [16] }\ntower = { dims = [8] }\ntasks = [{ label = \"click\" }, { label = \"purchase\" }]\n".to_string()
         } else {
-            model_toml(kind, size)
+            model_toml(kind, size)?
         };
         let test = data.join("synth_ccp_test.csv");
         let config = run_config(

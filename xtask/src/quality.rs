@@ -103,7 +103,7 @@ fn entire_space_cvr(
             &train,
             Some(&valid),
             &test,
-            &model_toml("esmm", "example"),
+            &model_toml("esmm", "example")?,
             seed,
             "epochs = 2\ncalibration = \"platt\"\n",
         );

@@ -80,7 +80,7 @@ pub fn read_bench(a: &ReadBenchArgs) -> Result<()> {
             path,
             None,
             &test_csv,
-            &crate::model_toml("esmm", "example"),
+            &crate::model_toml("esmm", "example")?,
             1,
             extra,
         );
@@ -194,7 +194,7 @@ pub fn widths_bench(a: &WidthsBenchArgs) -> Result<()> {
             &file("train.csv"),
             None,
             &file("test.csv"),
-            &crate::model_toml("esmm", "example"),
+            &crate::model_toml("esmm", "example")?,
             1,
             "epochs = 1\nbatch_size = 1024\n",
         );

@@ -412,7 +412,7 @@ pub fn serve_load(a: &LoadArgs) -> Result<()> {
             &data.join("synth_ccp_train.csv"),
             None,
             &test,
-            &model_toml(model, size),
+            &model_toml(model, size)?,
             2022,
             "epochs = 1\nbatch_size = 1024\n",
         );

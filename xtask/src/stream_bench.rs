@@ -91,7 +91,7 @@ pub fn stream_bench(a: &StreamBenchArgs) -> Result<()> {
             q(&schema),
             q(&valid),
             q(&test),
-            model_toml("esmm", "example")
+            model_toml("esmm", "example")?
         );
         train_job(&mtl, name, &config, a.threads, &dir)
     };

@@ -11,10 +11,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use mtl_data::BadRowPolicy;
 use mtl_data::synthetic::{CcpSpec, ChainSpec, StepRate, generate_ccp, generate_chain};
-use mtl_esmm::EsmmConfig;
-use mtl_layers::MlpSpec;
-use mtl_mmoe::{MmoeConfig, TaskConfig};
-use mtl_models::{ModelConfig, Models};
+use mtl_models::Models;
 
 /// A run config whose model is any registered type.
 type RunConfig = mtl_trainer::RunConfig<Models>;
@@ -600,8 +597,8 @@ fn train(args: TrainArgs, progress: bool) -> Result<()> {
 }
 
 /// `mtl models`: every registered type, what it is, its keys (read back from its example
-/// with every default filled in, so the list cannot drift from the config type) and a working
-/// `[model]` table.
+/// with every default filled in, so the list cannot drift from the config type) and the
+/// `[model]` table of its example config under `configs/`.
 fn models_text() -> String {
     let mut text = String::new();
     for kind in Models::KINDS {
@@ -618,8 +615,8 @@ fn models_text() -> String {
                     .join(", ")
             })
             .unwrap_or_default();
-        text += &format!("{kind}: {about}\n  keys: {keys}\n\n    [model]\n    type = \"{kind}\"\n");
-        for line in example.lines() {
+        text += &format!("{kind}: {about}\n  keys: {keys}\n\n    [model]\n");
+        for line in mtl_layers::model_section(example).trim_end().lines() {
             text += &format!("    {line}\n");
         }
         text += "\n";
@@ -844,14 +841,9 @@ fn demo(args: DemoArgs, progress: bool) -> Result<()> {
         backend: args.backend.clone(),
         ..TrainSettings::default()
     };
-    let esmm = ModelConfig::Esmm(EsmmConfig::new(MlpSpec::new([64, 32]), MlpSpec::new([64, 32])));
-    let mmoe = ModelConfig::Mmoe(MmoeConfig::new(
-        4,
-        MlpSpec::new([64]),
-        MlpSpec::new([32]),
-        vec![TaskConfig::new("click"), TaskConfig::new("purchase")],
-    ));
-    for model in [esmm, mmoe] {
+    // the example configs' model tables (configs/esmm-example.toml, configs/mmoe-example.toml)
+    for kind in ["esmm", "mmoe"] {
+        let model = mtl_trainer::example_model::<Models>(kind).expect("a registered kind")?;
         let out = dir.join(Models::kind(&model));
         let config = RunConfig {
             schema: files.schema.clone(),

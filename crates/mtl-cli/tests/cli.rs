@@ -540,7 +540,19 @@ fn generated_data_trains_every_example_config() {
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     std::fs::create_dir_all(dir.path().join("configs")).unwrap();
-    for model in ["esmm", "mmoe", "ple", "aitm", "esmm-chain"] {
+    // every example config shipped, one per registered model type
+    let mut examples: Vec<String> = std::fs::read_dir(repo().join("configs"))
+        .unwrap()
+        .filter_map(|e| e.unwrap().file_name().into_string().ok())
+        .filter_map(|name| name.strip_suffix("-example.toml").map(str::to_string))
+        .collect();
+    examples.sort();
+    assert_eq!(
+        examples.len(),
+        <mtl_models::Models as mtl_trainer::Registry>::KINDS.len(),
+        "{examples:?}"
+    );
+    for model in examples.iter().map(String::as_str) {
         let test = match model {
             "esmm-chain" => chain.join("synth_chain_test.csv"),
             _ => synth.join("synth_ccp_test.csv"),

@@ -97,8 +97,6 @@ impl EsmmChainConfig {
 impl ModelBuilder for EsmmChainConfig {
     type Model = EsmmChain;
     const ABOUT: &'static str = "ESMM over an N-step conversion chain: P(step k) = Π p(step i | step i−1), every step trained over all impressions";
-    const EXAMPLE: &'static str =
-        "tower = { dims = [16, 8] }\ntasks = [{ label = \"click\" }, { label = \"purchase\" }]\n";
 
     fn plan(&self, schema: &ValidSchema) -> Result<ModelPlan, ModelError> {
         EsmmChainConfig::plan(self, schema)

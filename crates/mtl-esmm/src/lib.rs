@@ -180,7 +180,6 @@ impl ModelBuilder for EsmmConfig {
     type Model = Esmm;
     const ABOUT: &'static str =
         "Entire Space Multi-task Model: pCTCVR = pCTR × pCVR, trained on every impression";
-    const EXAMPLE: &'static str = "ctr_tower = { dims = [16, 8] }\ncvr_tower = { dims = [16, 8] }\nclick_label = \"click\"\nconversion_label = \"purchase\"\n";
 
     fn plan(&self, schema: &ValidSchema) -> Result<ModelPlan, ModelError> {
         EsmmConfig::plan(self, schema)

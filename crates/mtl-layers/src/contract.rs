@@ -137,10 +137,6 @@ pub trait ModelBuilder: Clone + std::fmt::Debug + PartialEq + Serialize + Deseri
     /// One line on what the model is, for `mtl models`.
     const ABOUT: &'static str;
 
-    /// A working `[model]` table (without `type`) for a schema with binary labels `click`
-    /// and `purchase`: shown by `mtl models`, and used by tests that run every model.
-    const EXAMPLE: &'static str;
-
     /// Checks the config against `schema` and says what the model outputs, without building
     /// it (so that a wrong key fails before any data is read).
     fn plan(&self, schema: &ValidSchema) -> Result<ModelPlan, ModelError>;

@@ -22,7 +22,7 @@ pub use error::{ModelError, resolve_label};
 pub use experts::{ExpertLayer, Experts, MAX_EXPERTS, softmax_gate};
 pub use mlp::{Activation, Mlp, MlpBlock, MlpSpec, softmax_rows, with_running_stats_frozen};
 pub use params::trainable_params;
-pub use registry::{Registry, WithModel, example_model, parse_model};
+pub use registry::{Registry, WithModel, example_model, model_section, parse_model};
 pub use tasks::{TaskConfig, TaskSpec, task_towers};
 pub use tower::{Tower, TowerKind, TowerSpec};
 

@@ -34,7 +34,8 @@ pub trait Registry: Clone + std::fmt::Debug + PartialEq + Send + Sync + 'static 
     /// The `type` name of a config.
     fn kind(config: &Self::Config) -> &'static str;
 
-    /// One line on the model type and a working example table (for `mtl models`).
+    /// One line on the model type and its example run config (a file under `configs/`,
+    /// embedded: the one home of every example `[model]` table), for `mtl models`.
     fn about(kind: &str) -> Option<(&'static str, &'static str)>;
 
     /// Reads the `[model]` table (its `type` key removed) of type `kind`, one of
@@ -131,11 +132,25 @@ pub fn parse_model<R: Registry>(table: &str) -> Result<R::Config, ModelError> {
     model_of_document::<R>(&text, "[model]")
 }
 
-/// The example config of model type `kind` ([`Registry::about`]), read; `None` for a type
-/// the registry lacks.
+/// The `[model]` table of model type `kind`'s example config ([`Registry::about`]), read;
+/// `None` for a type the registry lacks.
 pub fn example_model<R: Registry>(kind: &str) -> Option<Result<R::Config, ModelError>> {
     let (_, example) = R::about(kind)?;
-    Some(parse_model::<R>(&format!("type = \"{kind}\"\n{example}")))
+    Some(model_of_document::<R>(
+        example,
+        &format!("the {kind} example config"),
+    ))
+}
+
+/// The lines of a config text's `[model]` table, header excluded: from the line after
+/// `[model]` to the next table's header (or the end).
+pub fn model_section(config: &str) -> &str {
+    let Some(start) = config.find("\n[model]\n").map(|i| i + "\n[model]\n".len()) else {
+        return "";
+    };
+    let rest = &config[start..];
+    let end = rest.find("\n[").map_or(rest.len(), |i| i + 1);
+    &rest[..end]
 }
 
 /// Serialises a model config as its table with `type = kind` added (the run directory's
@@ -151,15 +166,16 @@ pub fn serialize_tagged<T: Serialize, S: serde::Serializer>(
 }
 
 /// Declares a model registry: an enum of model configs, one variant per model type, and a
-/// unit type implementing [`Registry`] over it. Each line names the `type`, the variant and
-/// a config type implementing [`ModelBuilder`](mtl_layers::ModelBuilder):
+/// unit type implementing [`Registry`] over it. Each line names the `type`, the variant, a
+/// config type implementing [`ModelBuilder`](crate::ModelBuilder) and the text of its
+/// example run config:
 ///
 /// ```ignore
 /// mtl_layers::registry! {
 ///     /// Every model mtl ships.
 ///     pub enum ModelConfig in Models {
-///         "esmm" => Esmm(mtl_esmm::EsmmConfig),
-///         "mmoe" => Mmoe(mtl_mmoe::MmoeConfig),
+///         "esmm" => Esmm(mtl_esmm::EsmmConfig) from include_str!("../../../configs/esmm-example.toml"),
+///         "mmoe" => Mmoe(mtl_mmoe::MmoeConfig) from include_str!("../../../configs/mmoe-example.toml"),
 ///     }
 /// }
 /// ```
@@ -168,7 +184,7 @@ macro_rules! registry {
     (
         $(#[$meta:meta])*
         $vis:vis enum $config:ident in $registry:ident {
-            $( $kind:literal => $variant:ident($ty:ty) ),+ $(,)?
+            $( $kind:literal => $variant:ident($ty:ty) from $example:expr ),+ $(,)?
         }
     ) => {
         $(#[$meta])*
@@ -205,7 +221,7 @@ macro_rules! registry {
             fn about(kind: &str) -> Option<(&'static str, &'static str)> {
                 use $crate::ModelBuilder;
                 match kind {
-                    $( $kind => Some((<$ty as ModelBuilder>::ABOUT, <$ty as ModelBuilder>::EXAMPLE)), )+
+                    $( $kind => Some((<$ty as ModelBuilder>::ABOUT, $example)), )+
                     _ => None,
                 }
             }

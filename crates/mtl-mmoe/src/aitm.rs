@@ -140,7 +140,6 @@ fn chain_outputs(tasks: &[TaskSpec]) -> Vec<OutputSpec> {
 impl ModelBuilder for AitmConfig {
     type Model = Aitm;
     const ABOUT: &'static str = "Adaptive Information Transfer Multi-task: a funnel of binary steps, each tower attending to the previous step's";
-    const EXAMPLE: &'static str = "bottom = { dims = [32, 16] }\ntower = { dims = [8] }\ntasks = [{ label = \"click\" }, { label = \"purchase\" }]\ncalibrator_alpha = 0.6\n";
 
     fn plan(&self, schema: &ValidSchema) -> Result<ModelPlan, ModelError> {
         AitmConfig::plan(self, schema)

@@ -189,7 +189,6 @@ impl ModelBuilder for MmoeConfig {
     type Model = Mmoe;
     const ABOUT: &'static str =
         "Multi-gate Mixture-of-Experts: shared experts, one softmax gate and one tower per task";
-    const EXAMPLE: &'static str = MMOE_EXAMPLE;
 
     fn plan(&self, schema: &ValidSchema) -> Result<ModelPlan, ModelError> {
         MmoeConfig::plan(self, schema)
@@ -201,8 +200,6 @@ impl ModelBuilder for MmoeConfig {
 }
 
 /// MMOE's (and OMoE's) example table.
-const MMOE_EXAMPLE: &str = "n_experts = 4\nexpert = { dims = [16] }\ntower = { dims = [8] }\ntasks = [{ label = \"click\" }, { label = \"purchase\" }]\n";
-
 /// One-gate Mixture-of-Experts: an MMOE config whose tasks share one gate (`type = "omoe"`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -218,7 +215,6 @@ impl OmoeConfig {
 impl ModelBuilder for OmoeConfig {
     type Model = Mmoe;
     const ABOUT: &'static str = "One-gate Mixture-of-Experts: MMOE with one gate shared by every task";
-    const EXAMPLE: &'static str = MMOE_EXAMPLE;
 
     fn plan(&self, schema: &ValidSchema) -> Result<ModelPlan, ModelError> {
         self.mmoe().plan(schema)
@@ -232,7 +228,6 @@ impl ModelBuilder for OmoeConfig {
 impl ModelBuilder for SharedBottomConfig {
     type Model = SharedBottom;
     const ABOUT: &'static str = "Shared-Bottom: one shared MLP under one tower per task";
-    const EXAMPLE: &'static str = "bottom = { dims = [16] }\ntower = { dims = [8] }\ntasks = [{ label = \"click\" }, { label = \"purchase\" }]\n";
 
     fn plan(&self, schema: &ValidSchema) -> Result<ModelPlan, ModelError> {
         SharedBottomConfig::plan(self, schema)

@@ -149,7 +149,6 @@ impl PleConfig {
 impl ModelBuilder for PleConfig {
     type Model = Ple;
     const ABOUT: &'static str = "Progressive Layered Extraction: task-specific and shared experts in n_level CGC layers (n_level = 1 is CGC)";
-    const EXAMPLE: &'static str = "n_level = 2\nn_expert_specific = 2\nn_expert_shared = 1\nexpert = { dims = [16] }\ntower = { dims = [8] }\ntasks = [{ label = \"click\" }, { label = \"purchase\" }]\n";
 
     fn plan(&self, schema: &ValidSchema) -> Result<ModelPlan, ModelError> {
         PleConfig::plan(self, schema)

@@ -12,7 +12,7 @@ use mtl_trainer::{Registry, TrainError, TrainSettings, WithModel, example_model,
 
 fn schema() -> ValidSchema {
     Schema::from_toml_str(
-        "embed_dim = 4\nembed_init_std = 0.3\n[[sparse]]\nname = \"u\"\nvocab_size = 40\ngroup = \"user\"\n[[sparse]]\nname = \"i\"\nvocab_size = 25\ngroup = \"item\"\n[[sequence]]\nname = \"h\"\nmax_len = 3\nshared_with = \"i\"\ngroup = \"item\"\n[[dense]]\nname = \"x\"\n[[labels]]\nname = \"click\"\nkind = \"binary\"\n[[labels]]\nname = \"purchase\"\nkind = \"binary\"\n",
+        "embed_dim = 4\nembed_init_std = 0.3\n[[sparse]]\nname = \"u\"\nvocab_size = 40\ngroup = \"user\"\n[[sparse]]\nname = \"i\"\nvocab_size = 25\ngroup = \"item\"\n[[sequence]]\nname = \"h\"\nmax_len = 3\nshared_with = \"i\"\ngroup = \"item\"\n[[dense]]\nname = \"x\"\n[[labels]]\nname = \"click\"\nkind = \"binary\"\n[[labels]]\nname = \"purchase\"\nkind = \"binary\"\n[[labels]]\nname = \"cart\"\nkind = \"binary\"\n",
         "p.toml",
     )
     .unwrap()
@@ -24,7 +24,7 @@ fn data(rows: usize) -> EncodedData {
         n_sparse: 2,
         seq_max_len: vec![3],
         n_dense: 1,
-        n_labels: 2,
+        n_labels: 3,
         sparse: (0..rows)
             .flat_map(|r| [(r * 7 % 40) as u32, (r * 3 % 25) as u32])
             .collect(),
@@ -34,7 +34,14 @@ fn data(rows: usize) -> EncodedData {
         seq_len: (0..rows).map(|r| (r % 3) as u32).collect(),
         dense: (0..rows).map(|r| (r as f32 * 0.3).cos()).collect(),
         labels: (0..rows)
-            .flat_map(|r| [f32::from(r % 3 == 0), f32::from(r % 6 == 0)])
+            // click ⊇ cart ⊇ purchase, as the chain example's steps nest
+            .flat_map(|r| {
+                [
+                    f32::from(r % 3 == 0),
+                    f32::from(r % 6 == 0),
+                    f32::from(r % 6 == 0 || r % 9 == 0),
+                ]
+            })
             .collect(),
     }
 }

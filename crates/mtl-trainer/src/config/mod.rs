@@ -235,9 +235,9 @@ mod tests {
     mtl_layers::registry! {
         /// The models these tests read.
         enum TestModel in Test {
-            "esmm" => Esmm(mtl_esmm::EsmmConfig),
-            "mmoe" => Mmoe(mtl_mmoe::MmoeConfig),
-            "shared_bottom" => SharedBottom(mtl_mmoe::SharedBottomConfig),
+            "esmm" => Esmm(mtl_esmm::EsmmConfig) from include_str!("../../../../configs/esmm-example.toml"),
+            "mmoe" => Mmoe(mtl_mmoe::MmoeConfig) from include_str!("../../../../configs/mmoe-example.toml"),
+            "shared_bottom" => SharedBottom(mtl_mmoe::SharedBottomConfig) from include_str!("../../../../configs/shared-bottom-example.toml"),
         }
     }
 
