@@ -8,7 +8,8 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use crate::{BenchArgs, bench, cargo, work_dir};
+use crate::bench::{BenchArgs, bench};
+use crate::{cargo, work_dir};
 
 /// Options of `cargo xtask gpu`.
 #[derive(Debug, clap::Args)]
