@@ -303,6 +303,20 @@ pub enum Codec {
     None,
 }
 
+impl std::str::FromStr for Codec {
+    type Err = String;
+
+    /// `snappy`, `zstd` or `none`.
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "snappy" => Ok(Self::Snappy),
+            "zstd" => Ok(Self::Zstd),
+            "none" => Ok(Self::None),
+            _ => Err("expected snappy, zstd or none".into()),
+        }
+    }
+}
+
 /// Converts the CSV file `input` to Parquet: each column typed from its cells (64-bit integers
 /// if every non-empty cell is one, else 64-bit floats if every one is a number, else text;
 /// empty cells are nulls), `row_group` rows per row group, and at most `rows_per_file` rows

@@ -322,6 +322,25 @@ pub struct StepRate {
     pub rate: f64,
 }
 
+impl std::str::FromStr for StepRate {
+    type Err = String;
+
+    /// `name:rate`, e.g. `cart:0.3`.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (name, rate) = text
+            .split_once(':')
+            .ok_or_else(|| format!("`{text}` is not `name:rate` (e.g. `cart:0.3`)"))?;
+        let rate: f64 = rate
+            .trim()
+            .parse()
+            .map_err(|e| format!("`{text}`: the rate `{rate}` is not a number: {e}"))?;
+        Ok(Self {
+            name: name.trim().to_string(),
+            rate,
+        })
+    }
+}
+
 /// Parameters of the conversion-chain generator: the fields of [`CcpSpec`] (its two rates
 /// unused) and the chain's steps.
 #[derive(Debug, Clone, PartialEq)]
@@ -578,6 +597,25 @@ fn funnel_schema(spec: &CcpSpec, steps: &[(&str, f64)], what: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn steps_parse_as_name_colon_rate() {
+        assert_eq!(
+            " cart :0.3".parse::<StepRate>().unwrap(),
+            StepRate {
+                name: "cart".into(),
+                rate: 0.3
+            }
+        );
+        assert_eq!(
+            "cart".parse::<StepRate>().unwrap_err(),
+            "`cart` is not `name:rate` (e.g. `cart:0.3`)"
+        );
+        assert_eq!(
+            "cart:x".parse::<StepRate>().unwrap_err(),
+            "`cart:x`: the rate `x` is not a number: invalid float literal"
+        );
+    }
 
     #[test]
     fn same_seed_same_bytes_and_rates_near_target() {

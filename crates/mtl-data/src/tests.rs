@@ -470,3 +470,15 @@ fn parquet_errors_name_the_file_the_row_and_the_column() {
     };
     assert!(err.contains("fake.parquet"), "{err}");
 }
+
+#[test]
+fn codecs_parse_by_name() {
+    use crate::parquet::Codec;
+    assert_eq!("snappy".parse::<Codec>(), Ok(Codec::Snappy));
+    assert_eq!("zstd".parse::<Codec>(), Ok(Codec::Zstd));
+    assert_eq!("none".parse::<Codec>(), Ok(Codec::None));
+    assert_eq!(
+        "lz4".parse::<Codec>(),
+        Err("expected snappy, zstd or none".to_string())
+    );
+}
