@@ -15,8 +15,7 @@ use mtl_models::Models;
 
 /// A run config whose model is any registered type.
 type RunConfig = mtl_trainer::RunConfig<Models>;
-use mtl_eval::TaskMetrics;
-use mtl_trainer::{DataConfig, Registry, TrainOptions, TrainSettings, TrainSummary};
+use mtl_trainer::{DataConfig, Overrides, Registry, TrainOptions, TrainSettings};
 
 /// Multi-task recommendation models (ESMM, MMOE, OMoE, Shared-Bottom) on burn.
 #[derive(Debug, Parser)]
@@ -425,7 +424,10 @@ fn gen_data(what: GenData) -> Result<()> {
         }
         GenData::Chain { steps, data } => {
             let out = &data.out;
-            let steps = steps.iter().map(|s| parse_step(s)).collect::<Result<Vec<_>>>()?;
+            let steps = steps
+                .iter()
+                .map(|s| s.parse::<StepRate>().map_err(|e| anyhow::anyhow!("--steps: {e}")))
+                .collect::<Result<Vec<_>>>()?;
             let spec = ChainSpec {
                 fields: data.spec(),
                 steps,
@@ -468,12 +470,10 @@ fn gen_data(what: GenData) -> Result<()> {
 /// `mtl convert`: a CSV file to Parquet.
 fn convert(a: &ConvertArgs) -> Result<()> {
     use mtl_data::parquet::{Codec, csv_to_parquet};
-    let codec = match a.codec.as_str() {
-        "snappy" => Codec::Snappy,
-        "zstd" => Codec::Zstd,
-        "none" => Codec::None,
-        other => anyhow::bail!("--codec {other}: expected snappy, zstd or none"),
-    };
+    let codec: Codec = a
+        .codec
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--codec {}: {e}", a.codec))?;
     if a.rows_per_file == Some(0) || a.row_group == 0 {
         anyhow::bail!("--rows-per-file and --row-group must be at least 1");
     }
@@ -537,21 +537,6 @@ fn schema_infer(files: &[PathBuf], out: Option<&Path>, rows: usize, max_categori
     Ok(())
 }
 
-/// One `--steps` item, `name:rate`.
-fn parse_step(text: &str) -> Result<StepRate> {
-    let (name, rate) = text
-        .split_once(':')
-        .with_context(|| format!("--steps: `{text}` is not `name:rate` (e.g. `cart:0.3`)"))?;
-    let rate: f64 = rate
-        .trim()
-        .parse()
-        .with_context(|| format!("--steps: `{text}`: the rate `{rate}` is not a number"))?;
-    Ok(StepRate {
-        name: name.trim().to_string(),
-        rate,
-    })
-}
-
 /// A path given on the command line, made absolute against the working directory (it is
 /// saved with the run, which may be resumed from elsewhere).
 fn absolute(path: PathBuf) -> Result<PathBuf> {
@@ -573,26 +558,21 @@ fn train(args: TrainArgs, progress: bool) -> Result<()> {
             .as_ref()
             .expect("clap requires --config without --resume");
         let mut config = RunConfig::from_file(path).context("reading the config")?;
-        if let Some(d) = args.data {
-            config.data.train = absolute(d)?.into();
-        }
-        if let Some(v) = args.valid {
-            config.data.valid = Some(absolute(v)?.into());
-        }
-        let t = &mut config.train;
-        t.epochs = args.epochs.unwrap_or(t.epochs);
-        t.batch_size = args.batch_size.unwrap_or(t.batch_size);
-        t.lr = args.lr.unwrap_or(t.lr);
-        t.seed = args.seed.unwrap_or(t.seed);
-        t.max_steps = args.max_steps.or(t.max_steps);
-        if let Some(b) = args.backend {
-            t.backend = b;
-        }
+        config.apply(Overrides {
+            train: args.data.map(absolute).transpose()?,
+            valid: args.valid.map(absolute).transpose()?,
+            epochs: args.epochs,
+            batch_size: args.batch_size,
+            lr: args.lr,
+            seed: args.seed,
+            max_steps: args.max_steps,
+            backend: args.backend,
+        });
         config.check(&path.display().to_string())?;
         config.check_model(&path.display().to_string())?;
         mtl_trainer::train(Some(&config), &args.out, false, &options).context("training")?
     };
-    print_summary(&summary);
+    print!("{summary}");
     Ok(())
 }
 
@@ -624,73 +604,12 @@ fn models_text() -> String {
     text
 }
 
-fn print_metrics(title: &str, metrics: &[TaskMetrics]) {
-    if metrics.is_empty() {
-        return;
-    }
-    println!("{title}");
-    for m in metrics {
-        println!("  {}", m.summary());
-    }
-}
-
-fn print_summary(s: &TrainSummary) {
-    for r in &s.reads {
-        println!("read {r}");
-    }
-    println!(
-        "{}: {} steps on {} ({} training rows, {:.0} samples/s){}",
-        s.model,
-        s.steps,
-        s.backend,
-        s.train_rows,
-        s.samples_per_sec,
-        if s.stopped_early {
-            ", stopped early"
-        } else if !s.finished {
-            ", interrupted: continue with --resume"
-        } else {
-            ""
-        }
-    );
-    print_metrics("validation (last evaluation):", &s.valid);
-    if let Some(before) = &s.test_uncalibrated {
-        print_metrics("test (saved model, before calibration):", before);
-        print_metrics("test (saved model, calibrated on the validation set):", &s.test);
-    } else {
-        print_metrics("test (saved model):", &s.test);
-    }
-    if !s.gates.is_empty() {
-        println!("gate utilisation (saved model, validation rows: mean weight per expert):");
-        for g in &s.gates {
-            println!("  {}", g.summary());
-        }
-    }
-    if !s.dead_experts.is_empty() {
-        println!(
-            "warning: {} get under 1 % of every gate's weight (dead experts: fewer would do)",
-            s.dead_experts.join(", ")
-        );
-    }
-    println!(
-        "time spent building batches: {:.1} % of training",
-        100.0 * s.data_wait_fraction
-    );
-    if let Some(i) = s.inference_samples_per_sec {
-        println!("inference on the test file: {i:.0} samples/s");
-    }
-    if let Some(rss) = s.peak_rss_mb {
-        println!("peak RSS: {rss:.0} MB");
-    }
-    println!("artifacts: {}", s.out_dir.display());
-}
-
 fn eval(args: EvalArgs) -> Result<()> {
     let (metrics, report) =
         mtl_trainer::eval_file::<Models>(&args.model, &args.data, &args.backend, args.bad_rows)
             .with_context(|| format!("evaluating {}", args.model.display()))?;
     println!("read {report}");
-    print_metrics("metrics:", &metrics);
+    print!("{}", mtl_eval::metrics::metrics_block("metrics:", &metrics));
     if let Some(out) = args.out {
         let json = serde_json::to_vec_pretty(&metrics)?;
         mtl_features::atomic_write(&out, &json)?;
@@ -858,7 +777,7 @@ fn demo(args: DemoArgs, progress: bool) -> Result<()> {
         };
         let summary = mtl_trainer::train(Some(&config), &out, false, &options)
             .with_context(|| format!("training {}", Models::kind(&config.model)))?;
-        print_summary(&summary);
+        print!("{summary}");
     }
     println!(
         "\nnext: mtl eval --model {} --data {}",

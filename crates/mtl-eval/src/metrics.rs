@@ -284,6 +284,19 @@ pub fn evaluate(
         .collect()
 }
 
+/// `title` on a line, then each output's one-line summary indented by two spaces; nothing for
+/// no metrics. What `mtl eval` and a training summary print.
+pub fn metrics_block(title: &str, metrics: &[TaskMetrics]) -> String {
+    if metrics.is_empty() {
+        return String::new();
+    }
+    let mut text = format!("{title}\n");
+    for m in metrics {
+        text += &format!("  {}\n", m.summary());
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -43,6 +43,28 @@ pub struct RunConfig<R: Registry> {
     pub train: TrainSettings,
 }
 
+/// Values given on the command line (`mtl train --data … --lr …`) to put over a config
+/// file's ([`RunConfig::apply`]); `None` keeps the file's value. Paths are used as given.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Overrides {
+    /// `data.train`: one training file.
+    pub train: Option<PathBuf>,
+    /// `data.valid`: one validation file.
+    pub valid: Option<PathBuf>,
+    /// `train.epochs`.
+    pub epochs: Option<usize>,
+    /// `train.batch_size`.
+    pub batch_size: Option<usize>,
+    /// `train.lr`.
+    pub lr: Option<f64>,
+    /// `train.seed`.
+    pub seed: Option<u64>,
+    /// `train.max_steps`.
+    pub max_steps: Option<usize>,
+    /// `train.backend`.
+    pub backend: Option<String>,
+}
+
 /// `[data]`, `[train]` and `schema`: everything but `[model]`, read first.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -66,6 +88,26 @@ impl<R: Registry> RunConfig<R> {
         let base = path.parent().unwrap_or(Path::new("."));
         config.resolve_paths(base);
         Ok(config)
+    }
+
+    /// Puts the values given on the command line over the file's (`None` keeps the file's);
+    /// check the config again afterwards.
+    pub fn apply(&mut self, o: Overrides) {
+        if let Some(train) = o.train {
+            self.data.train = train.into();
+        }
+        if let Some(valid) = o.valid {
+            self.data.valid = Some(valid.into());
+        }
+        let t = &mut self.train;
+        t.epochs = o.epochs.unwrap_or(t.epochs);
+        t.batch_size = o.batch_size.unwrap_or(t.batch_size);
+        t.lr = o.lr.unwrap_or(t.lr);
+        t.seed = o.seed.unwrap_or(t.seed);
+        t.max_steps = o.max_steps.or(t.max_steps);
+        if let Some(backend) = o.backend {
+            t.backend = backend;
+        }
     }
 
     /// Resolves relative paths against `base` and makes every path absolute.
@@ -258,6 +300,30 @@ tasks = [{ label = "click" }, { label = "purchase" }]
 epochs = 2
 early_stopping = { metric = "click.auc" }
 "#;
+
+    #[test]
+    fn overrides_replace_what_they_name_and_keep_the_rest() {
+        let mut c = RunConfig::from_toml_str(GOOD, "c.toml").unwrap();
+        let file = c.clone();
+        c.apply(Overrides::default());
+        assert_eq!(c, file);
+        c.apply(Overrides {
+            valid: Some("/d/v2.csv".into()),
+            lr: Some(0.01),
+            max_steps: Some(7),
+            backend: Some("ndarray".into()),
+            ..Overrides::default()
+        });
+        assert_eq!(c.data.valid, Some(PathBuf::from("/d/v2.csv").into()));
+        assert_eq!((c.train.lr, c.train.max_steps), (0.01, Some(7)));
+        assert_eq!(c.train.backend, "ndarray");
+        // what was not named is the file's
+        assert_eq!(c.data.train, file.data.train);
+        assert_eq!(
+            (c.train.epochs, c.train.batch_size, c.train.seed),
+            (2, 1024, file.train.seed)
+        );
+    }
 
     #[test]
     fn parses_and_defaults() {

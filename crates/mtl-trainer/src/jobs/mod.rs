@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 use mtl_eval::TaskMetrics;
 use mtl_eval::gates::GateReport;
+use mtl_eval::metrics::metrics_block;
 use serde::{Deserialize, Serialize};
 
 use crate::fit::state::EvalRecord;
@@ -101,4 +102,66 @@ pub fn peak_rss_mb() -> Option<f64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
+}
+
+impl std::fmt::Display for TrainSummary {
+    /// What `mtl train` prints when a job ends: what was read, the run in one line, the
+    /// validation and test metrics, the gate report, batch-building share, inference speed,
+    /// peak memory and where the artifacts are.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for r in &self.reads {
+            writeln!(f, "read {r}")?;
+        }
+        let ending = if self.stopped_early {
+            ", stopped early"
+        } else if !self.finished {
+            ", interrupted: continue with --resume"
+        } else {
+            ""
+        };
+        writeln!(
+            f,
+            "{}: {} steps on {} ({} training rows, {:.0} samples/s){ending}",
+            self.model, self.steps, self.backend, self.train_rows, self.samples_per_sec
+        )?;
+        f.write_str(&metrics_block("validation (last evaluation):", &self.valid))?;
+        match &self.test_uncalibrated {
+            Some(before) => {
+                f.write_str(&metrics_block("test (saved model, before calibration):", before))?;
+                f.write_str(&metrics_block(
+                    "test (saved model, calibrated on the validation set):",
+                    &self.test,
+                ))?;
+            }
+            None => f.write_str(&metrics_block("test (saved model):", &self.test))?,
+        }
+        if !self.gates.is_empty() {
+            writeln!(
+                f,
+                "gate utilisation (saved model, validation rows: mean weight per expert):"
+            )?;
+            for g in &self.gates {
+                writeln!(f, "  {}", g.summary())?;
+            }
+        }
+        if !self.dead_experts.is_empty() {
+            writeln!(
+                f,
+                "warning: {} get under 1 % of every gate's weight (dead experts: fewer would do)",
+                self.dead_experts.join(", ")
+            )?;
+        }
+        writeln!(
+            f,
+            "time spent building batches: {:.1} % of training",
+            100.0 * self.data_wait_fraction
+        )?;
+        if let Some(i) = self.inference_samples_per_sec {
+            writeln!(f, "inference on the test file: {i:.0} samples/s")?;
+        }
+        if let Some(rss) = self.peak_rss_mb {
+            writeln!(f, "peak RSS: {rss:.0} MB")?;
+        }
+        writeln!(f, "artifacts: {}", self.out_dir.display())
+    }
 }
