@@ -11,7 +11,7 @@ use mtl_esmm::EsmmConfig;
 use mtl_eval::metrics;
 use mtl_eval::predict_all;
 use mtl_features::{Encoder, Schema};
-use mtl_layers::{MlpSpec, MultiTaskModel};
+use mtl_layers::{MlpSpec, ModelBuilder, MultiTaskModel};
 use mtl_trainer::TrainSettings;
 use mtl_trainer::fit::loader::epoch_order;
 use mtl_trainer::fit::optimizer;

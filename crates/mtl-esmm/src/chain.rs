@@ -62,10 +62,15 @@ impl EsmmChainConfig {
     fn steps(&self, schema: &ValidSchema) -> Result<Vec<TaskSpec>, ModelError> {
         funnel_steps(schema, &self.tasks, "an ESMM chain", MAX_STEPS)
     }
+}
+
+impl ModelBuilder for EsmmChainConfig {
+    type Model = EsmmChain;
+    const ABOUT: &'static str = "ESMM over an N-step conversion chain: P(step k) = Π p(step i | step i−1), every step trained over all impressions";
 
     /// Checks the config against `schema` and says what the model outputs, which losses it has
     /// and that each step may only happen after the previous one.
-    pub fn plan(&self, schema: &ValidSchema) -> Result<ModelPlan, ModelError> {
+    fn plan(&self, schema: &ValidSchema) -> Result<ModelPlan, ModelError> {
         self.tower.check("model.tower", embedded_fields(schema))?;
         InputSpec::new(schema, &self.pooling)?;
         let steps = self.steps(schema)?;
@@ -77,38 +82,21 @@ impl EsmmChainConfig {
     }
 
     /// Builds the model.
-    pub fn init(
-        &self,
-        schema: &ValidSchema,
-        layout: &TableLayout,
-        device: &Device,
-    ) -> Result<EsmmChain, ModelError> {
-        self.plan(schema)?;
-        let steps = self.steps(schema)?;
-        let input = InputLayer::for_schema(schema, &self.pooling, layout, device)?;
-        Ok(EsmmChain {
-            towers: task_towers(&self.tasks, &self.tower, input.output_dim(), device),
-            input,
-            steps,
-        })
-    }
-}
-
-impl ModelBuilder for EsmmChainConfig {
-    type Model = EsmmChain;
-    const ABOUT: &'static str = "ESMM over an N-step conversion chain: P(step k) = Π p(step i | step i−1), every step trained over all impressions";
-
-    fn plan(&self, schema: &ValidSchema) -> Result<ModelPlan, ModelError> {
-        EsmmChainConfig::plan(self, schema)
-    }
-
     fn init(
         &self,
         schema: &ValidSchema,
         layout: &TableLayout,
         device: &Device,
     ) -> Result<EsmmChain, ModelError> {
-        EsmmChainConfig::init(self, schema, layout, device)
+        let plan = self.plan(schema)?;
+        let steps = self.steps(schema)?;
+        let input = InputLayer::for_schema(schema, &self.pooling, layout, device)?;
+        Ok(EsmmChain {
+            towers: task_towers(&self.tasks, &self.tower, input.output_dim(), device),
+            input,
+            steps,
+            plan,
+        })
     }
 }
 
@@ -147,6 +135,9 @@ pub struct EsmmChain {
     /// The steps in funnel order.
     #[module(skip)]
     pub steps: Vec<TaskSpec>,
+    /// What the config promised: outputs, loss terms, label rules.
+    #[module(skip)]
+    pub plan: ModelPlan,
 }
 
 /// The chain's logits and probabilities.
@@ -219,12 +210,8 @@ impl EsmmChain {
 }
 
 impl MultiTaskModel for EsmmChain {
-    fn outputs(&self) -> Vec<OutputSpec> {
-        chain_outputs(&self.steps)
-    }
-
-    fn loss_names(&self) -> Vec<String> {
-        loss_names(&self.steps)
+    fn plan(&self) -> &ModelPlan {
+        &self.plan
     }
 
     fn predict(&self, batch: &BatchTensors) -> Vec<Tensor<1>> {

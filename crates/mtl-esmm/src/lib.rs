@@ -31,7 +31,7 @@
 //! use burn::tensor::Device;
 //! use mtl_esmm::EsmmConfig;
 //! use mtl_features::{Encoder, Schema, StateFitter};
-//! use mtl_layers::MlpSpec;
+//! use mtl_layers::{MlpSpec, ModelBuilder};
 //!
 //! let schema = Schema::from_toml_str(r#"
 //!     [[sparse]]
@@ -137,10 +137,16 @@ impl EsmmConfig {
         }
         Ok(EsmmLabels { click, conversion })
     }
+}
+
+impl ModelBuilder for EsmmConfig {
+    type Model = Esmm;
+    const ABOUT: &'static str =
+        "Entire Space Multi-task Model: pCTCVR = pCTR × pCVR, trained on every impression";
 
     /// Checks the config against `schema` (towers, pooling, labels) and says what the model
     /// outputs and which rule its training rows must follow, without building it.
-    pub fn plan(&self, schema: &ValidSchema) -> Result<ModelPlan, ModelError> {
+    fn plan(&self, schema: &ValidSchema) -> Result<ModelPlan, ModelError> {
         self.ctr_tower.check("model.ctr_tower", embedded_fields(schema))?;
         self.cvr_tower.check("model.cvr_tower", embedded_fields(schema))?;
         InputSpec::new(schema, &self.pooling)?;
@@ -157,13 +163,8 @@ impl EsmmConfig {
     }
 
     /// Builds the model for `schema` with the embedding `layout`.
-    pub fn init(
-        &self,
-        schema: &ValidSchema,
-        layout: &TableLayout,
-        device: &Device,
-    ) -> Result<Esmm, ModelError> {
-        self.plan(schema)?;
+    fn init(&self, schema: &ValidSchema, layout: &TableLayout, device: &Device) -> Result<Esmm, ModelError> {
+        let plan = self.plan(schema)?;
         let labels = self.labels(schema)?;
         let input = InputLayer::for_schema(schema, &self.pooling, layout, device)?;
         let width = input.output_dim();
@@ -172,21 +173,8 @@ impl EsmmConfig {
             cvr_tower: self.cvr_tower.init(width, device),
             input,
             labels,
+            plan,
         })
-    }
-}
-
-impl ModelBuilder for EsmmConfig {
-    type Model = Esmm;
-    const ABOUT: &'static str =
-        "Entire Space Multi-task Model: pCTCVR = pCTR × pCVR, trained on every impression";
-
-    fn plan(&self, schema: &ValidSchema) -> Result<ModelPlan, ModelError> {
-        EsmmConfig::plan(self, schema)
-    }
-
-    fn init(&self, schema: &ValidSchema, layout: &TableLayout, device: &Device) -> Result<Esmm, ModelError> {
-        EsmmConfig::init(self, schema, layout, device)
     }
 }
 
@@ -211,6 +199,9 @@ pub struct Esmm {
     /// Label columns.
     #[module(skip)]
     pub labels: EsmmLabels,
+    /// What the config promised: outputs, loss terms, label rules.
+    #[module(skip)]
+    pub plan: ModelPlan,
 }
 
 /// ESMM's three predictions.
@@ -303,12 +294,8 @@ impl EsmmLabels {
 }
 
 impl MultiTaskModel for Esmm {
-    fn outputs(&self) -> Vec<OutputSpec> {
-        self.labels.outputs()
-    }
-
-    fn loss_names(&self) -> Vec<String> {
-        LOSS_NAMES.iter().map(|n| n.to_string()).collect()
+    fn plan(&self) -> &ModelPlan {
+        &self.plan
     }
 
     fn predict(&self, batch: &BatchTensors) -> Vec<Tensor<1>> {

@@ -9,6 +9,7 @@ use burn::tensor::{Device, Tensor};
 use common::constant_tower;
 use mtl_esmm::{EsmmChainConfig, EsmmConfig};
 use mtl_features::{EncodedData, Encoder, Schema, StateFitter, ValidSchema};
+use mtl_layers::ModelBuilder;
 use mtl_layers::{MlpSpec, ModelError, MultiTaskModel, TowerKind, TowerSpec};
 
 fn schema(labels: &[(&str, &str)]) -> ValidSchema {

@@ -8,6 +8,7 @@ use burn::tensor::{Device, Tensor};
 use common::constant_tower;
 use mtl_esmm::{Esmm, EsmmConfig};
 use mtl_features::{EncodedData, Encoder, FieldPooling, Schema, StateFitter, ValidSchema};
+use mtl_layers::ModelBuilder;
 use mtl_layers::{MlpSpec, MultiTaskModel, trainable_params};
 
 fn schema() -> ValidSchema {

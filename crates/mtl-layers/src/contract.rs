@@ -86,11 +86,19 @@ pub struct GateWeights {
 
 /// A model that predicts several tasks from one encoded batch.
 pub trait MultiTaskModel: Module + Clone + std::fmt::Debug {
+    /// The plan its config made when the model was built ([`ModelBuilder::plan`]): the model
+    /// keeps it, and the outputs and loss terms are read from it.
+    fn plan(&self) -> &ModelPlan;
+
     /// The outputs, in the order [`MultiTaskModel::predict`] returns them.
-    fn outputs(&self) -> Vec<OutputSpec>;
+    fn outputs(&self) -> Vec<OutputSpec> {
+        self.plan().outputs.clone()
+    }
 
     /// Names of the loss terms, in the order [`Forward::losses`] holds them.
-    fn loss_names(&self) -> Vec<String>;
+    fn loss_names(&self) -> Vec<String> {
+        self.plan().loss_names.clone()
+    }
 
     /// Predictions (probability or value) per output.
     ///

@@ -91,7 +91,7 @@ pub fn resolve_tasks(schema: &ValidSchema, tasks: &[TaskConfig]) -> Result<Vec<T
 pub fn task_plan(tasks: &[TaskSpec]) -> ModelPlan {
     ModelPlan {
         outputs: outputs(tasks),
-        loss_names: tasks.iter().map(|t| t.name.clone()).collect(),
+        loss_names: loss_names(tasks),
         label_rules: Vec::new(),
     }
 }

@@ -57,10 +57,31 @@ pub struct AitmConfig {
     pub pooling: FieldPooling,
 }
 
-impl AitmConfig {
+/// The calibrator's loss-term name.
+const CALIBRATOR: &str = "calibrator";
+
+/// Every task over all rows, then each later task on the rows where the step before it
+/// happened.
+fn chain_outputs(tasks: &[TaskSpec]) -> Vec<OutputSpec> {
+    let mut specs = outputs(tasks);
+    for w in tasks.windows(2) {
+        specs.push(OutputSpec {
+            name: format!("{}_given_{}", w[1].name, w[0].name),
+            kind: LabelKind::Binary,
+            target: vec![w[1].label],
+            rows_where: Some(w[0].label),
+        });
+    }
+    specs
+}
+
+impl ModelBuilder for AitmConfig {
+    type Model = Aitm;
+    const ABOUT: &'static str = "Adaptive Information Transfer Multi-task: a funnel of binary steps, each tower attending to the previous step's";
+
     /// Checks the config against `schema` and says what the model outputs: every task over
     /// all rows, and each later one also on the rows where the step before it happened.
-    pub fn plan(&self, schema: &ValidSchema) -> Result<ModelPlan, ModelError> {
+    fn plan(&self, schema: &ValidSchema) -> Result<ModelPlan, ModelError> {
         if self.bottom.dims.is_empty() {
             return Err(ModelError::Invalid {
                 key: "model.bottom.dims".into(),
@@ -90,13 +111,8 @@ impl AitmConfig {
     }
 
     /// Builds the model.
-    pub fn init(
-        &self,
-        schema: &ValidSchema,
-        layout: &TableLayout,
-        device: &Device,
-    ) -> Result<Aitm, ModelError> {
-        self.plan(schema)?;
+    fn init(&self, schema: &ValidSchema, layout: &TableLayout, device: &Device) -> Result<Aitm, ModelError> {
+        let plan = self.plan(schema)?;
         let (tasks, input) = tasks_and_input(schema, &self.pooling, &self.tasks, layout, device)?;
         let width = input.output_dim();
         let d = self.bottom.output_dim(width, false);
@@ -115,38 +131,8 @@ impl AitmConfig {
             input,
             tasks,
             alpha: self.calibrator_alpha,
+            plan,
         })
-    }
-}
-
-/// The calibrator's loss-term name.
-const CALIBRATOR: &str = "calibrator";
-
-/// Every task over all rows, then each later task on the rows where the step before it
-/// happened.
-fn chain_outputs(tasks: &[TaskSpec]) -> Vec<OutputSpec> {
-    let mut specs = outputs(tasks);
-    for w in tasks.windows(2) {
-        specs.push(OutputSpec {
-            name: format!("{}_given_{}", w[1].name, w[0].name),
-            kind: LabelKind::Binary,
-            target: vec![w[1].label],
-            rows_where: Some(w[0].label),
-        });
-    }
-    specs
-}
-
-impl ModelBuilder for AitmConfig {
-    type Model = Aitm;
-    const ABOUT: &'static str = "Adaptive Information Transfer Multi-task: a funnel of binary steps, each tower attending to the previous step's";
-
-    fn plan(&self, schema: &ValidSchema) -> Result<ModelPlan, ModelError> {
-        AitmConfig::plan(self, schema)
-    }
-
-    fn init(&self, schema: &ValidSchema, layout: &TableLayout, device: &Device) -> Result<Aitm, ModelError> {
-        AitmConfig::init(self, schema, layout, device)
     }
 }
 
@@ -210,6 +196,9 @@ pub struct Aitm {
     /// The calibrator's weight α.
     #[module(skip)]
     pub alpha: f64,
+    /// What the config promised: outputs, loss terms, label rules.
+    #[module(skip)]
+    pub plan: ModelPlan,
 }
 
 impl Aitm {
@@ -253,16 +242,8 @@ impl Aitm {
 }
 
 impl MultiTaskModel for Aitm {
-    fn outputs(&self) -> Vec<OutputSpec> {
-        chain_outputs(&self.tasks)
-    }
-
-    fn loss_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = loss_names(&self.tasks);
-        if self.alpha > 0.0 {
-            names.push(CALIBRATOR.into());
-        }
-        names
+    fn plan(&self) -> &ModelPlan {
+        &self.plan
     }
 
     fn predict(&self, batch: &BatchTensors) -> Vec<Tensor<1>> {

@@ -30,7 +30,7 @@
 //! ```
 //! use burn::tensor::Device;
 //! use mtl_features::{Encoder, Schema, StateFitter};
-//! use mtl_layers::MlpSpec;
+//! use mtl_layers::{MlpSpec, ModelBuilder};
 //! use mtl_mmoe::{MmoeConfig, TaskConfig};
 //!
 //! let schema = Schema::from_toml_str(r#"
@@ -62,12 +62,8 @@ pub use aitm::{Aitm, AitmConfig, InfoTransfer};
 use mtl_features::{BatchTensors, FieldPooling, InputLayer, TableLayout, ValidSchema};
 pub use mtl_layers::experts::{ExpertLayer, Experts, MAX_EXPERTS};
 pub use mtl_layers::tasks::{TaskConfig, TaskSpec};
-use mtl_layers::tasks::{
-    loss_names, outputs, task_forward, task_predictions, tasks_and_input, tower_logits, towers_plan,
-};
-use mtl_layers::{
-    Forward, GateWeights, Mlp, MlpSpec, ModelBuilder, ModelError, ModelPlan, MultiTaskModel, OutputSpec,
-};
+use mtl_layers::tasks::{task_forward, task_predictions, tasks_and_input, tower_logits, towers_plan};
+use mtl_layers::{Forward, GateWeights, Mlp, MlpSpec, ModelBuilder, ModelError, ModelPlan, MultiTaskModel};
 use mtl_layers::{Tower, TowerSpec, softmax_gate, task_towers};
 pub use ple::{ExtractionLayer, MAX_LEVELS, Ple, PleConfig};
 use serde::{Deserialize, Serialize};
@@ -134,10 +130,16 @@ impl MmoeConfig {
         self.gating = Gating::Shared;
         self
     }
+}
+
+impl ModelBuilder for MmoeConfig {
+    type Model = Mmoe;
+    const ABOUT: &'static str =
+        "Multi-gate Mixture-of-Experts: shared experts, one softmax gate and one tower per task";
 
     /// Checks the config against `schema` (experts, towers, tasks, pooling) and says what the
     /// model outputs, without building it.
-    pub fn plan(&self, schema: &ValidSchema) -> Result<ModelPlan, ModelError> {
+    fn plan(&self, schema: &ValidSchema) -> Result<ModelPlan, ModelError> {
         if self.n_experts == 0 || self.n_experts > MAX_EXPERTS {
             return Err(ModelError::Invalid {
                 key: "model.n_experts".into(),
@@ -160,13 +162,8 @@ impl MmoeConfig {
     }
 
     /// Builds the model.
-    pub fn init(
-        &self,
-        schema: &ValidSchema,
-        layout: &TableLayout,
-        device: &Device,
-    ) -> Result<Mmoe, ModelError> {
-        self.plan(schema)?;
+    fn init(&self, schema: &ValidSchema, layout: &TableLayout, device: &Device) -> Result<Mmoe, ModelError> {
+        let plan = self.plan(schema)?;
         let (tasks, input) = tasks_and_input(schema, &self.pooling, &self.tasks, layout, device)?;
         let width = input.output_dim();
         let expert_width = self.expert.output_dim(width, false);
@@ -181,25 +178,11 @@ impl MmoeConfig {
             towers: task_towers(&self.tasks, &self.tower, expert_width, device),
             input,
             tasks,
+            plan,
         })
     }
 }
 
-impl ModelBuilder for MmoeConfig {
-    type Model = Mmoe;
-    const ABOUT: &'static str =
-        "Multi-gate Mixture-of-Experts: shared experts, one softmax gate and one tower per task";
-
-    fn plan(&self, schema: &ValidSchema) -> Result<ModelPlan, ModelError> {
-        MmoeConfig::plan(self, schema)
-    }
-
-    fn init(&self, schema: &ValidSchema, layout: &TableLayout, device: &Device) -> Result<Mmoe, ModelError> {
-        MmoeConfig::init(self, schema, layout, device)
-    }
-}
-
-/// MMOE's (and OMoE's) example table.
 /// One-gate Mixture-of-Experts: an MMOE config whose tasks share one gate (`type = "omoe"`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -229,17 +212,36 @@ impl ModelBuilder for SharedBottomConfig {
     type Model = SharedBottom;
     const ABOUT: &'static str = "Shared-Bottom: one shared MLP under one tower per task";
 
+    /// Checks the config against `schema` (bottom, towers, tasks, pooling) and says what the
+    /// model outputs, without building it.
     fn plan(&self, schema: &ValidSchema) -> Result<ModelPlan, ModelError> {
-        SharedBottomConfig::plan(self, schema)
+        towers_plan(
+            schema,
+            &self.pooling,
+            &self.tasks,
+            &[(&self.bottom, "model.bottom")],
+            &self.tower,
+        )
     }
 
+    /// Builds the model.
     fn init(
         &self,
         schema: &ValidSchema,
         layout: &TableLayout,
         device: &Device,
     ) -> Result<SharedBottom, ModelError> {
-        SharedBottomConfig::init(self, schema, layout, device)
+        let plan = self.plan(schema)?;
+        let (tasks, input) = tasks_and_input(schema, &self.pooling, &self.tasks, layout, device)?;
+        let width = input.output_dim();
+        let bottom_width = self.bottom.output_dim(width, false);
+        Ok(SharedBottom {
+            bottom: self.bottom.init(width, false, device),
+            towers: task_towers(&self.tasks, &self.tower, bottom_width, device),
+            input,
+            tasks,
+            plan,
+        })
     }
 }
 
@@ -257,6 +259,9 @@ pub struct Mmoe {
     /// The tasks.
     #[module(skip)]
     pub tasks: Vec<TaskSpec>,
+    /// What the config promised: outputs, loss terms, label rules.
+    #[module(skip)]
+    pub plan: ModelPlan,
 }
 
 impl Mmoe {
@@ -284,12 +289,10 @@ impl Mmoe {
 }
 
 impl MultiTaskModel for Mmoe {
-    fn outputs(&self) -> Vec<OutputSpec> {
-        outputs(&self.tasks)
+    fn plan(&self) -> &ModelPlan {
+        &self.plan
     }
-    fn loss_names(&self) -> Vec<String> {
-        loss_names(&self.tasks)
-    }
+
     fn predict(&self, batch: &BatchTensors) -> Vec<Tensor<1>> {
         let (logits, _) = self.forward_with_gates(batch);
         task_predictions(&self.tasks, logits)
@@ -339,39 +342,6 @@ pub struct SharedBottomConfig {
     pub pooling: FieldPooling,
 }
 
-impl SharedBottomConfig {
-    /// Checks the config against `schema` (bottom, towers, tasks, pooling) and says what the
-    /// model outputs, without building it.
-    pub fn plan(&self, schema: &ValidSchema) -> Result<ModelPlan, ModelError> {
-        towers_plan(
-            schema,
-            &self.pooling,
-            &self.tasks,
-            &[(&self.bottom, "model.bottom")],
-            &self.tower,
-        )
-    }
-
-    /// Builds the model.
-    pub fn init(
-        &self,
-        schema: &ValidSchema,
-        layout: &TableLayout,
-        device: &Device,
-    ) -> Result<SharedBottom, ModelError> {
-        self.plan(schema)?;
-        let (tasks, input) = tasks_and_input(schema, &self.pooling, &self.tasks, layout, device)?;
-        let width = input.output_dim();
-        let bottom_width = self.bottom.output_dim(width, false);
-        Ok(SharedBottom {
-            bottom: self.bottom.init(width, false, device),
-            towers: task_towers(&self.tasks, &self.tower, bottom_width, device),
-            input,
-            tasks,
-        })
-    }
-}
-
 /// One shared MLP under per-task towers.
 #[derive(Module, Debug)]
 pub struct SharedBottom {
@@ -384,6 +354,9 @@ pub struct SharedBottom {
     /// The tasks.
     #[module(skip)]
     pub tasks: Vec<TaskSpec>,
+    /// What the config promised: outputs, loss terms, label rules.
+    #[module(skip)]
+    pub plan: ModelPlan,
 }
 
 impl SharedBottom {
@@ -399,12 +372,10 @@ impl SharedBottom {
 }
 
 impl MultiTaskModel for SharedBottom {
-    fn outputs(&self) -> Vec<OutputSpec> {
-        outputs(&self.tasks)
+    fn plan(&self) -> &ModelPlan {
+        &self.plan
     }
-    fn loss_names(&self) -> Vec<String> {
-        loss_names(&self.tasks)
-    }
+
     fn predict(&self, batch: &BatchTensors) -> Vec<Tensor<1>> {
         task_predictions(&self.tasks, self.logits(batch))
     }

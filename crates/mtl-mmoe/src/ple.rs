@@ -18,15 +18,12 @@
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 use mtl_features::{BatchTensors, FieldPooling, InputLayer, TableLayout, ValidSchema};
-use mtl_layers::{
-    Forward, GateWeights, Mlp, MlpSpec, ModelBuilder, ModelError, ModelPlan, MultiTaskModel, OutputSpec,
-};
+use mtl_layers::{Forward, GateWeights, Mlp, MlpSpec, ModelBuilder, ModelError, ModelPlan, MultiTaskModel};
 use serde::{Deserialize, Serialize};
 
 use mtl_layers::tasks::tower_logits;
 use mtl_layers::tasks::{
-    TaskConfig, TaskSpec, loss_names, outputs, task_forward, task_predictions, task_towers, tasks_and_input,
-    towers_plan,
+    TaskConfig, TaskSpec, task_forward, task_predictions, task_towers, tasks_and_input, towers_plan,
 };
 use mtl_layers::{Experts, MAX_EXPERTS, Tower, TowerSpec, softmax_gate};
 
@@ -62,9 +59,12 @@ pub struct PleConfig {
     pub pooling: FieldPooling,
 }
 
-impl PleConfig {
+impl ModelBuilder for PleConfig {
+    type Model = Ple;
+    const ABOUT: &'static str = "Progressive Layered Extraction: task-specific and shared experts in n_level CGC layers (n_level = 1 is CGC)";
+
     /// Checks the config against `schema` and says what the model outputs.
-    pub fn plan(&self, schema: &ValidSchema) -> Result<ModelPlan, ModelError> {
+    fn plan(&self, schema: &ValidSchema) -> Result<ModelPlan, ModelError> {
         let invalid = |key: &str, message: String| ModelError::Invalid {
             key: format!("model.{key}"),
             message,
@@ -105,13 +105,8 @@ impl PleConfig {
     }
 
     /// Builds the model.
-    pub fn init(
-        &self,
-        schema: &ValidSchema,
-        layout: &TableLayout,
-        device: &Device,
-    ) -> Result<Ple, ModelError> {
-        self.plan(schema)?;
+    fn init(&self, schema: &ValidSchema, layout: &TableLayout, device: &Device) -> Result<Ple, ModelError> {
+        let plan = self.plan(schema)?;
         let (tasks, input) = tasks_and_input(schema, &self.pooling, &self.tasks, layout, device)?;
         let n_tasks = tasks.len();
         let expert_width = self.expert.output_dim(0, false);
@@ -142,20 +137,8 @@ impl PleConfig {
             towers: task_towers(&self.tasks, &self.tower, expert_width, device),
             input,
             tasks,
+            plan,
         })
-    }
-}
-
-impl ModelBuilder for PleConfig {
-    type Model = Ple;
-    const ABOUT: &'static str = "Progressive Layered Extraction: task-specific and shared experts in n_level CGC layers (n_level = 1 is CGC)";
-
-    fn plan(&self, schema: &ValidSchema) -> Result<ModelPlan, ModelError> {
-        PleConfig::plan(self, schema)
-    }
-
-    fn init(&self, schema: &ValidSchema, layout: &TableLayout, device: &Device) -> Result<Ple, ModelError> {
-        PleConfig::init(self, schema, layout, device)
     }
 }
 
@@ -230,6 +213,9 @@ pub struct Ple {
     /// The tasks.
     #[module(skip)]
     pub tasks: Vec<TaskSpec>,
+    /// What the config promised: outputs, loss terms, label rules.
+    #[module(skip)]
+    pub plan: ModelPlan,
 }
 
 impl Ple {
@@ -252,12 +238,8 @@ impl Ple {
 }
 
 impl MultiTaskModel for Ple {
-    fn outputs(&self) -> Vec<OutputSpec> {
-        outputs(&self.tasks)
-    }
-
-    fn loss_names(&self) -> Vec<String> {
-        loss_names(&self.tasks)
+    fn plan(&self) -> &ModelPlan {
+        &self.plan
     }
 
     fn predict(&self, batch: &BatchTensors) -> Vec<Tensor<1>> {

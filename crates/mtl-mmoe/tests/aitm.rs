@@ -4,6 +4,7 @@
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 use mtl_features::{EncodedData, Encoder, Schema, StateFitter, ValidSchema};
+use mtl_layers::ModelBuilder;
 use mtl_layers::{MlpSpec, MultiTaskModel, trainable_params};
 use mtl_mmoe::{Aitm, AitmConfig, TaskConfig};
 

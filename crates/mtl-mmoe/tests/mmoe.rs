@@ -4,6 +4,7 @@
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 use mtl_features::{EncodedData, Encoder, Schema, StateFitter, ValidSchema};
+use mtl_layers::ModelBuilder;
 use mtl_layers::{MlpSpec, MultiTaskModel, trainable_params};
 use mtl_mmoe::{MmoeConfig, SharedBottom, TaskConfig};
 
@@ -116,6 +117,7 @@ fn one_expert_mmoe_is_shared_bottom_with_that_expert() {
             bottom: mmoe.experts.expert(0),
             towers: mmoe.towers.clone(),
             tasks: mmoe.tasks.clone(),
+            plan: mmoe.plan.clone(),
         };
         let batch = data(12).batch(&(0..12).collect::<Vec<_>>(), enc.layout(), &device);
         let a = mmoe.forward(&batch);

@@ -4,6 +4,7 @@
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 use mtl_features::{EncodedData, Encoder, Schema, StateFitter, ValidSchema};
+use mtl_layers::ModelBuilder;
 use mtl_layers::{MlpSpec, MultiTaskModel, trainable_params};
 use mtl_mmoe::{ExtractionLayer, MmoeConfig, Ple, PleConfig, TaskConfig};
 
@@ -153,6 +154,7 @@ fn cgc_without_specific_experts_is_mmoe_with_the_same_weights() {
         }],
         towers: mmoe.towers.clone(),
         tasks: ple.tasks,
+        plan: ple.plan,
     };
     let d = data(24);
     let batch = d.batch(&(0..24).collect::<Vec<_>>(), enc.layout(), &device);

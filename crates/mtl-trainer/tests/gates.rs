@@ -6,6 +6,7 @@ use burn::tensor::{Device, Tensor};
 use mtl_eval::gates::{GateReport, dead_experts, gate_report};
 use mtl_features::{EncodedData, Encoder, Schema, StateFitter};
 use mtl_layers::MlpSpec;
+use mtl_layers::ModelBuilder;
 use mtl_mmoe::{MmoeConfig, TaskConfig};
 
 fn data(rows: usize) -> EncodedData {

@@ -4,7 +4,7 @@ use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 use mtl_esmm::{Esmm, EsmmConfig};
 use mtl_features::{EncodedData, Encoder, Schema, StateFitter, ValidSchema};
-use mtl_layers::{MlpSpec, MultiTaskModel};
+use mtl_layers::{MlpSpec, ModelBuilder, MultiTaskModel};
 use mtl_optim::SparseAdam;
 use mtl_trainer::fit::state::{FitOptions, TrainState};
 use mtl_trainer::fit::{fit, optimizer};

@@ -1,6 +1,7 @@
 //! End-to-end training jobs on generated data: train → eval → predict, exact resume,
 //! early-stopping direction, and learning on a known signal for every model.
 
+use mtl_layers::ModelBuilder;
 use std::path::Path;
 
 use burn::module::Module;
