@@ -5,13 +5,13 @@
 use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::tensor::Device;
-use mtl_data::synthetic::{CcpSpec, generate_ccp};
 use mtl_data::{BadRowPolicy, fit_state, read_encoded};
 use mtl_esmm::EsmmConfig;
 use mtl_eval::metrics;
 use mtl_eval::predict_all;
 use mtl_features::{Encoder, Schema};
 use mtl_layers::{MlpSpec, ModelBuilder, MultiTaskModel};
+use mtl_synth::{CcpSpec, generate_ccp};
 use mtl_trainer::TrainSettings;
 use mtl_trainer::fit::loader::epoch_order;
 use mtl_trainer::fit::optimizer;

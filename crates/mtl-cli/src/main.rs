@@ -10,8 +10,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use mtl_data::BadRowPolicy;
-use mtl_data::synthetic::{CcpSpec, ChainSpec, StepRate, generate_ccp, generate_chain};
 use mtl_models::Models;
+use mtl_synth::{CcpSpec, ChainSpec, StepRate, SynthError, generate_ccp, generate_chain};
 
 /// A run config whose model is any registered type.
 type RunConfig = mtl_trainer::RunConfig<Models>;
@@ -407,11 +407,31 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// A generator's error as the command line names it: a setting becomes its flag
+/// (`--rows 5: …`, `--steps: …`).
+fn flagged(e: SynthError) -> anyhow::Error {
+    match e {
+        SynthError::Invalid {
+            setting,
+            value,
+            message,
+        } => {
+            let flag = setting.replace('_', "-");
+            match value {
+                Some(v) => anyhow::anyhow!("--{flag} {v}: {message}"),
+                None => anyhow::anyhow!("--{flag}: {message}"),
+            }
+        }
+        other => other.into(),
+    }
+}
+
 fn gen_data(what: GenData) -> Result<()> {
     match what {
         GenData::Ccp(data) => {
             let out = &data.out;
             let files = generate_ccp(&data.spec(), out, "synth_ccp")
+                .map_err(flagged)
                 .with_context(|| format!("writing to {}", out.display()))?;
             println!(
                 "wrote {} rows to {} (click rate {:.4}, conversion rate among clicks {:.4}); schema {}",
@@ -433,6 +453,7 @@ fn gen_data(what: GenData) -> Result<()> {
                 steps,
             };
             let files = generate_chain(&spec, out, "synth_chain")
+                .map_err(flagged)
                 .with_context(|| format!("writing to {}", out.display()))?;
             let rates: Vec<String> = spec
                 .steps
@@ -454,8 +475,9 @@ fn gen_data(what: GenData) -> Result<()> {
             seed,
             out,
         } => {
-            let spec = mtl_data::synthetic::MmoeSynthSpec::new(rows, seed, correlation);
-            let [_, _, _, schema] = mtl_data::synthetic::generate_mmoe_synthetic(&spec, &out, "mmoe_synth")
+            let spec = mtl_synth::MmoeSynthSpec::new(rows, seed, correlation);
+            let [_, _, _, schema] = mtl_synth::generate_mmoe_synthetic(&spec, &out, "mmoe_synth")
+                .map_err(flagged)
                 .with_context(|| format!("writing to {}", out.display()))?;
             println!(
                 "wrote {rows} rows (correlation {correlation}) to {}; schema {}",
@@ -714,11 +736,11 @@ fn predict(args: PredictArgs) -> Result<()> {
 }
 
 fn demo(args: DemoArgs, progress: bool) -> Result<()> {
-    if !(1000..=mtl_data::synthetic::MAX_ROWS).contains(&args.rows) {
+    if !(1000..=mtl_synth::MAX_ROWS).contains(&args.rows) {
         bail!(
             "--rows {}: must be between 1000 and {}",
             args.rows,
-            mtl_data::synthetic::MAX_ROWS
+            mtl_synth::MAX_ROWS
         );
     }
     if !(1..=mtl_trainer::config::MAX_EPOCHS).contains(&args.epochs) {
@@ -738,6 +760,7 @@ fn demo(args: DemoArgs, progress: bool) -> Result<()> {
         dir.display()
     );
     let files = generate_ccp(&CcpSpec::small(args.rows, 2022), &dir.join("data"), "synth")
+        .map_err(flagged)
         .with_context(|| format!("writing data to {}", dir.display()))?;
     println!(
         "click rate {:.3}, conversion rate among clicks {:.3}",

@@ -19,7 +19,6 @@ use thiserror::Error;
 pub mod cache;
 pub mod infer;
 pub mod parquet;
-pub mod synthetic;
 
 /// Errors of the data layer; every one names the file, and a row error the line and column.
 #[derive(Debug, Error)]

@@ -18,7 +18,7 @@ pub const MAX_SEQUENCE: usize = 65_536;
 pub const MAX_TABLE_FLOATS: usize = 1 << 32;
 
 fn default_embed_dim() -> usize {
-    16
+    DEFAULT_EMBED_DIM
 }
 fn default_delimiter() -> String {
     "|".to_string()
@@ -229,16 +229,81 @@ pub struct Schema {
     #[serde(default = "default_init_std")]
     pub embed_init_std: f64,
     /// Categorical fields.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sparse: Vec<SparseField>,
     /// Multi-hot fields.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sequence: Vec<SequenceField>,
     /// Numeric fields.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dense: Vec<DenseField>,
     /// Targets, one per task.
     pub labels: Vec<LabelField>,
+}
+
+impl Schema {
+    /// A schema with no fields yet, embedding width `embed_dim` and the default init.
+    pub fn new(embed_dim: usize) -> Self {
+        Self {
+            embed_dim,
+            embed_init_std: default_init_std(),
+            sparse: Vec::new(),
+            sequence: Vec::new(),
+            dense: Vec::new(),
+            labels: Vec::new(),
+        }
+    }
+
+    /// The schema as TOML text (what a schema file holds).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a schema serialises")
+    }
+}
+
+/// The default embedding width of a schema that names none.
+pub const DEFAULT_EMBED_DIM: usize = 16;
+
+impl SparseField {
+    /// A sparse field with a fixed vocabulary of `vocab_size` ids (no group, no other keys).
+    pub fn new(name: &str, vocab_size: usize) -> Self {
+        Self {
+            name: name.to_string(),
+            names: Vec::new(),
+            column: None,
+            vocab_size: Some(vocab_size),
+            oov: None,
+            fit: None,
+            min_count: None,
+            hash_buckets: None,
+            shared_with: None,
+            group: None,
+            embed_dim: None,
+        }
+    }
+}
+
+impl DenseField {
+    /// A dense field read as it is (not standardised, no default).
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            names: Vec::new(),
+            column: None,
+            standardize: false,
+            default: None,
+        }
+    }
+}
+
+impl LabelField {
+    /// A label of `kind` read from the column of its name.
+    pub fn new(name: &str, kind: LabelKind) -> Self {
+        Self {
+            name: name.to_string(),
+            column: None,
+            kind,
+        }
+    }
 }
 
 /// A sparse or sequence field seen uniformly (sparse fields first, then sequences).

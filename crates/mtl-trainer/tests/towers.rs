@@ -209,7 +209,7 @@ fn fm_and_cross_towers_fit_a_pairwise_interaction_a_shallow_mlp_cannot() {
 
 #[test]
 fn every_model_with_towers_takes_deepfm_and_dcn_towers() {
-    use mtl_data::synthetic::{CcpSpec, generate_ccp};
+    use mtl_synth::{CcpSpec, generate_ccp};
     let dir = tempfile::tempdir().unwrap();
     let files = generate_ccp(&CcpSpec::small(3000, 4), &dir.path().join("data"), "d").unwrap();
     let tasks = "tasks = [{ label = \"click\" }, { label = \"purchase\" }]";

@@ -7,12 +7,12 @@ use std::path::Path;
 use burn::module::Module;
 use burn::tensor::Device;
 use mtl_data::BadRowPolicy;
-use mtl_data::synthetic::{CcpFiles, CcpSpec, generate_ccp};
 use mtl_esmm::EsmmConfig;
 use mtl_eval::auc;
 use mtl_layers::MlpSpec;
 use mtl_mmoe::{AitmConfig, MmoeConfig, OmoeConfig, PleConfig, SharedBottomConfig, TaskConfig};
 use mtl_models::{ModelConfig, Models};
+use mtl_synth::{CcpFiles, CcpSpec, generate_ccp};
 
 /// A run config whose model is any registered type.
 type RunConfig = mtl_trainer::RunConfig<Models>;
@@ -36,10 +36,10 @@ fn data(dir: &Path, rows: usize, seed: u64) -> CcpFiles {
     spec.embed_dim = 8;
     let files = generate_ccp(&spec, dir, "d").unwrap();
     // larger initial embeddings than torch-rechub's 1e-4 so that a few hundred steps suffice
-    let text = std::fs::read_to_string(&files.schema)
-        .unwrap()
-        .replace("embed_dim = 8", "embed_dim = 8\nembed_init_std = 0.05");
-    std::fs::write(&files.schema, text).unwrap();
+    let text = std::fs::read_to_string(&files.schema).unwrap();
+    let mut schema = mtl_features::Schema::parse(&text, "generated").unwrap();
+    schema.embed_init_std = 0.05;
+    std::fs::write(&files.schema, schema.to_toml()).unwrap();
     files
 }
 

@@ -180,7 +180,7 @@ fn gradnorm_brings_weighted_gradient_norms_within_a_band() {
 #[test]
 fn both_rules_train_esmm_mmoe_and_ple() {
     let _turn = turn();
-    use mtl_data::synthetic::{CcpSpec, generate_ccp};
+    use mtl_synth::{CcpSpec, generate_ccp};
     let dir = tempfile::tempdir().unwrap();
     let ccp = generate_ccp(&CcpSpec::small(4000, 2), &dir.path().join("data"), "d").unwrap();
     let files = Files {

@@ -1,4 +1,14 @@
-//! Synthetic click/conversion data with a known ground truth, shaped like Ali-CCP.
+//! # mtl-synth
+//!
+//! Synthetic multi-task data with a known ground truth, for `mtl gen-data`, xtask's quality
+//! checks and the tests: click/conversion data shaped like Ali-CCP ([`generate_ccp`]), a
+//! conversion chain of N steps ([`generate_chain`]), and the MMoE paper's regression pair
+//! ([`generate_mmoe_synthetic`]). Each writes train/validation/test CSV files and a schema
+//! built with `mtl-features`' schema types. Settings are checked first; a bad one is a
+//! [`SynthError::Invalid`] naming the setting.
+//!
+//! ## Click/conversion data
+//! Shaped like Ali-CCP.
 //!
 //! User and item sparse fields draw ids with Zipf-like frequencies (a random permutation of
 //! the vocabulary decides which ids are popular). Labels come from a hidden model with
@@ -20,8 +30,46 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+use mtl_features::{DenseField, LabelField, LabelKind, Schema, SparseField};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use thiserror::Error;
+
+/// A generator's error: a setting out of its range, or a file that could not be written.
+#[derive(Debug, Error)]
+pub enum SynthError {
+    /// A setting that cannot work, named as the spec names it (`rows`, `dense`, `steps`,
+    /// `correlation`), with the value given where there is one.
+    #[error("{}: {message}", setting_and_value(setting, value.as_deref()))]
+    Invalid {
+        /// The setting.
+        setting: &'static str,
+        /// The value given.
+        value: Option<String>,
+        /// What is wrong and what is allowed.
+        message: String,
+    },
+    /// Writing the files failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// `setting = value`, or the setting alone.
+fn setting_and_value(setting: &str, value: Option<&str>) -> String {
+    match value {
+        Some(v) => format!("{setting} = {v}"),
+        None => setting.to_string(),
+    }
+}
+
+/// A setting out of its range.
+fn invalid(setting: &'static str, value: Option<String>, message: String) -> SynthError {
+    SynthError::Invalid {
+        setting,
+        value,
+        message,
+    }
+}
 
 /// Parameters of the generator.
 #[derive(Debug, Clone, PartialEq)]
@@ -260,37 +308,35 @@ pub const MAX_ROWS: usize = 1_000_000_000;
 /// The most dense fields the click/conversion generator writes.
 pub const MAX_DENSE: usize = 1024;
 
-/// An invalid generator setting, as the I/O error the generators return.
-fn invalid(message: String) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::InvalidInput, message)
-}
-
 /// Checks a row count: at least 10 (one row per split), at most [`MAX_ROWS`].
-fn check_rows(rows: usize) -> std::io::Result<()> {
+fn check_rows(rows: usize) -> Result<(), SynthError> {
     if !(10..=MAX_ROWS).contains(&rows) {
-        return Err(invalid(format!(
-            "--rows {rows}: must be between 10 (the 80/10/10 split needs a row in each file) and {MAX_ROWS}"
-        )));
+        return Err(invalid(
+            "rows",
+            Some(rows.to_string()),
+            format!("must be between 10 (the 80/10/10 split needs a row in each file) and {MAX_ROWS}"),
+        ));
     }
     Ok(())
 }
 
 impl CcpSpec {
-    /// Checks the settings a command line can get wrong, naming the flag and the range.
-    pub fn check(&self) -> std::io::Result<()> {
+    /// Checks the settings that can be wrong, naming the setting and the range.
+    pub fn check(&self) -> Result<(), SynthError> {
         check_rows(self.rows)?;
         if self.dense > MAX_DENSE {
-            return Err(invalid(format!(
-                "--dense {}: must be at most {MAX_DENSE}",
-                self.dense
-            )));
+            return Err(invalid(
+                "dense",
+                Some(self.dense.to_string()),
+                format!("must be at most {MAX_DENSE}"),
+            ));
         }
         Ok(())
     }
 }
 
 /// Writes `<out>/<prefix>_{train,val,test}.csv` and `<out>/<prefix>_schema.toml`.
-pub fn generate_ccp(spec: &CcpSpec, out: &Path, prefix: &str) -> std::io::Result<CcpFiles> {
+pub fn generate_ccp(spec: &CcpSpec, out: &Path, prefix: &str) -> Result<CcpFiles, SynthError> {
     spec.check()?;
     let steps = [("click", spec.click_rate), ("purchase", spec.cvr_rate)];
     let written = generate_funnel(
@@ -357,33 +403,42 @@ pub const MAX_STEPS: usize = 8;
 impl ChainSpec {
     /// Checks rows, dense fields and steps: 2 to [`MAX_STEPS`] steps with distinct names made
     /// of letters, digits and `_` (they become CSV columns and label names), rates in (0, 1).
-    pub fn check(&self) -> std::io::Result<()> {
+    pub fn check(&self) -> Result<(), SynthError> {
         self.fields.check()?;
         if !(2..=MAX_STEPS).contains(&self.steps.len()) {
-            return Err(invalid(format!(
-                "--steps: {} given, a chain has 2 to {MAX_STEPS} steps",
-                self.steps.len()
-            )));
+            return Err(invalid(
+                "steps",
+                None,
+                format!("{} given, a chain has 2 to {MAX_STEPS} steps", self.steps.len()),
+            ));
         }
         for (i, step) in self.steps.iter().enumerate() {
             let ok = !step.name.is_empty()
                 && step.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
                 && !step.name.starts_with("p_");
             if !ok {
-                return Err(invalid(format!(
-                    "--steps: step {} is named `{}`; a name is letters, digits and `_`, not starting with `p_`",
-                    i + 1,
-                    step.name
-                )));
+                return Err(invalid(
+                    "steps",
+                    None,
+                    format!(
+                        "step {} is named `{}`; a name is letters, digits and `_`, not starting with `p_`",
+                        i + 1,
+                        step.name
+                    ),
+                ));
             }
             if self.steps[..i].iter().any(|s| s.name == step.name) {
-                return Err(invalid(format!("--steps: `{}` appears twice", step.name)));
+                return Err(invalid("steps", None, format!("`{}` appears twice", step.name)));
             }
             if !(step.rate > 0.0 && step.rate < 1.0) {
-                return Err(invalid(format!(
-                    "--steps: `{}:{}`: a rate must be between 0 and 1 (exclusive)",
-                    step.name, step.rate
-                )));
+                return Err(invalid(
+                    "steps",
+                    None,
+                    format!(
+                        "`{}:{}`: a rate must be between 0 and 1 (exclusive)",
+                        step.name, step.rate
+                    ),
+                ));
             }
         }
         Ok(())
@@ -424,7 +479,7 @@ pub struct ChainFiles {
 /// every row. Step k's logit has its own per-id effects and user×item interaction plus half of
 /// step k−1's logit. With steps `click`, `purchase` it draws the same rows as
 /// [`generate_ccp`].
-pub fn generate_chain(spec: &ChainSpec, out: &Path, prefix: &str) -> std::io::Result<ChainFiles> {
+pub fn generate_chain(spec: &ChainSpec, out: &Path, prefix: &str) -> Result<ChainFiles, SynthError> {
     spec.check()?;
     let steps: Vec<(&str, f64)> = spec.steps.iter().map(|s| (s.name.as_str(), s.rate)).collect();
     let truth = spec.truth_columns();
@@ -455,7 +510,7 @@ fn generate_funnel(
     what: &str,
     out: &Path,
     prefix: &str,
-) -> std::io::Result<Funnel> {
+) -> Result<Funnel, SynthError> {
     std::fs::create_dir_all(out)?;
     let n = steps.len();
     let mut rng = StdRng::seed_from_u64(spec.seed);
@@ -573,30 +628,92 @@ fn funnel_header(spec: &CcpSpec, steps: &[(&str, f64)], truth_names: &[&str]) ->
 
 /// The schema TOML of a funnel's files.
 fn funnel_schema(spec: &CcpSpec, steps: &[(&str, f64)], what: &str) -> String {
-    let mut schema = format!(
-        "# Schema of synthetic {what} data (seed {}, {} rows).\nembed_dim = {}\n\n",
-        spec.seed, spec.rows, spec.embed_dim
-    );
-    for (k, v) in spec.user_vocab.iter().enumerate() {
-        schema += &format!("[[sparse]]\nname = \"u{k}\"\nvocab_size = {v}\ngroup = \"user\"\n\n");
+    let mut schema = Schema::new(spec.embed_dim);
+    let group = |mut field: SparseField, group: &str| {
+        field.group = Some(group.to_string());
+        field
+    };
+    for (k, &v) in spec.user_vocab.iter().enumerate() {
+        schema
+            .sparse
+            .push(group(SparseField::new(&format!("u{k}"), v), "user"));
     }
-    for (k, v) in spec.item_vocab.iter().enumerate() {
-        schema += &format!("[[sparse]]\nname = \"i{k}\"\nvocab_size = {v}\ngroup = \"item\"\n\n");
+    for (k, &v) in spec.item_vocab.iter().enumerate() {
+        schema
+            .sparse
+            .push(group(SparseField::new(&format!("i{k}"), v), "item"));
     }
     for k in 0..spec.dense {
-        schema += &format!("[[dense]]\nname = \"d{k}\"\nstandardize = true\n\n");
+        let mut field = DenseField::new(&format!("d{k}"));
+        field.standardize = true;
+        schema.dense.push(field);
     }
-    let labels: Vec<String> = steps
-        .iter()
-        .map(|(name, _)| format!("[[labels]]\nname = \"{name}\"\nkind = \"binary\"\n"))
-        .collect();
-    schema += &labels.join("\n");
-    schema
+    for (name, _) in steps {
+        schema.labels.push(LabelField::new(name, LabelKind::Binary));
+    }
+    format!(
+        "# Schema of synthetic {what} data (seed {}, {} rows).\n{}",
+        spec.seed,
+        spec.rows,
+        schema.to_toml()
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_schema_written_is_the_spec_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spec = CcpSpec::small(200, 4);
+        spec.dense = 2;
+        let files = generate_ccp(&spec, dir.path(), "s").unwrap();
+        let text = std::fs::read_to_string(&files.schema).unwrap();
+        assert!(
+            text.starts_with("# Schema of synthetic click/conversion data (seed 4, 200 rows).\n"),
+            "{text}"
+        );
+        let schema = Schema::from_file(&files.schema).unwrap().schema;
+        assert_eq!(schema.embed_dim, spec.embed_dim);
+        let sparse: Vec<(String, Option<usize>, Option<String>)> = schema
+            .sparse
+            .iter()
+            .map(|f| (f.name.clone(), f.vocab_size, f.group.clone()))
+            .collect();
+        let mut want = Vec::new();
+        for (k, &v) in spec.user_vocab.iter().enumerate() {
+            want.push((format!("u{k}"), Some(v), Some("user".to_string())));
+        }
+        for (k, &v) in spec.item_vocab.iter().enumerate() {
+            want.push((format!("i{k}"), Some(v), Some("item".to_string())));
+        }
+        assert_eq!(sparse, want);
+        let dense: Vec<(&str, bool)> = schema
+            .dense
+            .iter()
+            .map(|f| (f.name.as_str(), f.standardize))
+            .collect();
+        assert_eq!(dense, [("d0", true), ("d1", true)]);
+        let labels: Vec<(&str, LabelKind)> =
+            schema.labels.iter().map(|l| (l.name.as_str(), l.kind)).collect();
+        assert_eq!(
+            labels,
+            [("click", LabelKind::Binary), ("purchase", LabelKind::Binary)]
+        );
+        // the columns the CSV files hold are the schema's, truth columns aside
+        let header = std::fs::read_to_string(&files.train).unwrap();
+        let header = header.lines().next().unwrap();
+        assert_eq!(
+            header,
+            ["click", "purchase"]
+                .into_iter()
+                .chain(sparse.iter().map(|(n, _, _)| n.as_str()))
+                .chain(["d0", "d1", "p_click", "p_cvr"])
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+    }
 
     #[test]
     fn steps_parse_as_name_colon_rate() {
@@ -736,7 +853,7 @@ mod chain_tests {
     }
 
     #[test]
-    fn bad_steps_are_refused_with_the_flag() {
+    fn bad_steps_are_refused_naming_the_setting() {
         let dir = tempfile::tempdir().unwrap();
         for (steps, needle) in [
             (&[("click", 0.1)][..], "2 to 8 steps"),
@@ -747,9 +864,10 @@ mod chain_tests {
         ] {
             let err = generate_chain(&spec(steps, 100), dir.path(), "x").unwrap_err();
             assert!(
-                err.to_string().contains("--steps") && err.to_string().contains(needle),
+                matches!(&err, SynthError::Invalid { setting: "steps", message, .. } if message.contains(needle)),
                 "{err}"
             );
+            assert!(err.to_string().starts_with("steps: "), "{err}");
         }
     }
 }
@@ -795,13 +913,14 @@ pub fn generate_mmoe_synthetic(
     spec: &MmoeSynthSpec,
     out: &Path,
     prefix: &str,
-) -> std::io::Result<[PathBuf; 4]> {
+) -> Result<[PathBuf; 4], SynthError> {
     check_rows(spec.rows)?;
     if !(spec.correlation.is_finite() && (-1.0..=1.0).contains(&spec.correlation)) {
-        return Err(invalid(format!(
-            "--correlation {}: must be between -1 and 1",
-            spec.correlation
-        )));
+        return Err(invalid(
+            "correlation",
+            Some(spec.correlation.to_string()),
+            "must be between -1 and 1".into(),
+        ));
     }
     std::fs::create_dir_all(out)?;
     let mut rng = StdRng::seed_from_u64(spec.seed);
@@ -855,14 +974,19 @@ pub fn generate_mmoe_synthetic(
     }
     let paths = files.finish()?;
     let schema_path = out.join(format!("{prefix}_schema.toml"));
-    let mut schema = format!(
-        "# MMoE synthetic regression pair: correlation {p}, d = {d}, c = {}, m = {}, seed {}.\n\n",
-        spec.scale, spec.sines, spec.seed
+    let mut schema = Schema::new(mtl_features::schema::DEFAULT_EMBED_DIM);
+    schema.dense = (0..d).map(|k| DenseField::new(&format!("x{k}"))).collect();
+    schema.labels = ["y1", "y2"]
+        .iter()
+        .map(|name| LabelField::new(name, LabelKind::Regression))
+        .collect();
+    let schema = format!(
+        "# MMoE synthetic regression pair: correlation {p}, d = {d}, c = {}, m = {}, seed {}.\n{}",
+        spec.scale,
+        spec.sines,
+        spec.seed,
+        schema.to_toml()
     );
-    for k in 0..d {
-        schema += &format!("[[dense]]\nname = \"x{k}\"\n\n");
-    }
-    schema += "[[labels]]\nname = \"y1\"\nkind = \"regression\"\n\n[[labels]]\nname = \"y2\"\nkind = \"regression\"\n";
     std::fs::write(&schema_path, schema)?;
     let [a, b, c] = paths;
     Ok([a, b, c, schema_path])
