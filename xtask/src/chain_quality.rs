@@ -5,7 +5,7 @@
 //! the entire-space rank correlation with the true conditional probability, over several
 //! training seeds; training speed; the learned weights' trajectories.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::Result;
@@ -88,23 +88,7 @@ pub fn chain_quality(
     seeds: u64,
 ) -> Result<(Value, String)> {
     let rows = if quick { 200_000 } else { 1_000_000 };
-    let data = work_dir(&format!("data/chain-{rows}"));
-    if !data.join("synth_chain_schema.toml").exists() {
-        let steps: Vec<String> = STEPS.iter().map(|(n, r)| format!("{n}:{r}")).collect();
-        run(Command::new(mtl)
-            .args([
-                "gen-data",
-                "chain",
-                "--rows",
-                &rows.to_string(),
-                "--seed",
-                "2022",
-                "--steps",
-            ])
-            .arg(steps.join(","))
-            .arg("--out")
-            .arg(&data))?;
-    }
+    let data = chain_data(mtl, rows)?;
     let schema = data.join("synth_chain_schema.toml");
     let (train, valid, test) = (
         data.join("synth_chain_train.csv"),
@@ -184,6 +168,29 @@ pub fn chain_quality(
         json!({ "rows": rows, "steps": STEPS.iter().map(|s| s.0).collect::<Vec<_>>(), "runs": runs }),
         md,
     ))
+}
+
+/// The chain's data set of `rows` rows (seed 2022, the steps of [`STEPS`]), generated once and
+/// reused.
+fn chain_data(mtl: &Path, rows: usize) -> Result<PathBuf> {
+    let data = work_dir(&format!("data/chain-{rows}"));
+    if !data.join("synth_chain_schema.toml").exists() {
+        let steps: Vec<String> = STEPS.iter().map(|(n, r)| format!("{n}:{r}")).collect();
+        run(Command::new(mtl)
+            .args([
+                "gen-data",
+                "chain",
+                "--rows",
+                &rows.to_string(),
+                "--seed",
+                "2022",
+                "--steps",
+            ])
+            .arg(steps.join(","))
+            .arg("--out")
+            .arg(&data))?;
+    }
+    Ok(data)
 }
 
 /// AUC of step `k`'s conditional column in `pred` on the test rows where step k−1 happened

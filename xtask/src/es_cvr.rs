@@ -9,7 +9,7 @@
 //! train N epochs and report their validation AUCs after each, to compare how fast each
 //! degrades when trained longer.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -78,15 +78,7 @@ pub fn es_cvr(a: &EsCvrArgs) -> Result<()> {
     let mtl = build_mtl()?;
     let dir = work_dir(a.tag.as_deref().unwrap_or("es-cvr"));
     std::fs::create_dir_all(&dir)?;
-    let earlier: Option<Vec<Value>> = match &a.peer_results {
-        Some(path) => Some(
-            serde_json::from_slice(
-                &std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
-            )
-            .with_context(|| format!("{}: not an es-cvr results.json", path.display()))?,
-        ),
-        None => None,
-    };
+    let earlier = a.peer_results.as_deref().map(read_results).transpose()?;
     let mut runs = Vec::new();
     for &generator in &a.gen_seeds {
         let prefix = p.gen_data(
@@ -133,17 +125,7 @@ pub fn es_cvr(a: &EsCvrArgs) -> Result<()> {
                     row["mtl"]["val_by_epoch"] = validation_by_epoch(&metrics);
                 }
                 if let Some(earlier) = &earlier {
-                    let found = earlier.iter().find(|r| {
-                        r["config"] == config.as_str()
-                            && r["gen_seed"] == generator
-                            && r["seed"] == seed
-                            && r["peer"].is_object()
-                    });
-                    row["peer"] = found.map(|r| r["peer"].clone()).with_context(|| {
-                        format!(
-                            "--peer-results: no torch-rechub figures for {config} at generator seed {generator}, training seed {seed}"
-                        )
-                    })?;
+                    row["peer"] = earlier_peer(earlier, config, generator, seed)?;
                 } else if !a.no_peer {
                     let line = p.bench_job(
                         &prefix,
@@ -172,6 +154,24 @@ pub fn es_cvr(a: &EsCvrArgs) -> Result<()> {
     std::fs::write(dir.join("results.md"), &md)?;
     println!("{md}");
     Ok(())
+}
+
+/// The runs of an earlier `es-cvr` (its `results.json`, for `--peer-results`).
+fn read_results(path: &Path) -> Result<Vec<Value>> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_slice(&bytes).with_context(|| format!("{}: not an es-cvr results.json", path.display()))
+}
+
+/// torch-rechub's figures for one configuration and pair of seeds, from an earlier run.
+fn earlier_peer(earlier: &[Value], config: &str, generator: u64, seed: u64) -> Result<Value> {
+    let found = earlier.iter().find(|r| {
+        r["config"] == config && r["gen_seed"] == generator && r["seed"] == seed && r["peer"].is_object()
+    });
+    found.map(|r| r["peer"].clone()).with_context(|| {
+        format!(
+            "--peer-results: no torch-rechub figures for {config} at generator seed {generator}, training seed {seed}"
+        )
+    })
 }
 
 /// `config` (a [`run_config`] text, which sets the bench's `weight_decay = 1e-4`) with

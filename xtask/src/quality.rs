@@ -154,6 +154,13 @@ fn entire_space_cvr(
         let (truth, _) = stats::read_two_columns(&test, "p_cvr", "p_click")?;
         truth.iter().sum::<f64>() / truth.len().max(1) as f64
     };
+    let md = entire_space_report(&runs, rows, seeds, truth_mean);
+    Ok((json!(runs), md))
+}
+
+/// The entire-space section's tables: each CVR model against the true p_cvr, and ESMM's
+/// calibration error before and after Platt scaling.
+fn entire_space_report(runs: &[Value], rows: usize, seeds: u64, truth_mean: f64) -> String {
     let mut md = format!(
         "Entire-space CVR ({rows} generated rows, {seeds} training seeds, mean ± s.e.; true mean p_cvr over all test rows {truth_mean:.4}):\n\n| CVR model | Spearman vs true p_cvr, all rows | AUC vs true p_cvr, all rows | CVR AUC, clicked rows | mean pCVR, all rows |\n|---|---|---|---|---|\n"
     );
@@ -161,10 +168,10 @@ fn entire_space_cvr(
         let of = |r: &Value| r["model"] == name;
         md += &format!(
             "| {name} | {} | {} | {} | {} |\n",
-            cell(&runs, of, "spearman_vs_true_p_cvr", 4),
-            cell(&runs, of, "auc_vs_true_p_cvr", 4),
-            cell(&runs, of, "cvr_auc_clicked", 4),
-            cell(&runs, of, "mean_pcvr_all_rows", 4)
+            cell(runs, of, "spearman_vs_true_p_cvr", 4),
+            cell(runs, of, "auc_vs_true_p_cvr", 4),
+            cell(runs, of, "cvr_auc_clicked", 4),
+            cell(runs, of, "mean_pcvr_all_rows", 4)
         );
     }
     md += "\nESMM's expected calibration error on the test rows (10 bins of equal count), before and after Platt scaling fitted on the validation rows:\n\n| output | ECE before | ECE after |\n|---|---|---|\n";
@@ -172,11 +179,11 @@ fn entire_space_cvr(
         let of = |r: &Value| r["model"] == "esmm";
         md += &format!(
             "| {output} | {} | {} |\n",
-            cell(&runs, of, &format!("{output}_ece_before"), 4),
-            cell(&runs, of, &format!("{output}_ece_after"), 4)
+            cell(runs, of, &format!("{output}_ece_before"), 4),
+            cell(runs, of, &format!("{output}_ece_after"), 4)
         );
     }
-    Ok((json!(runs), md))
+    md
 }
 
 /// Section 2: MMOE vs OMoE vs Shared-Bottom over task correlations, with error bars.
@@ -245,23 +252,30 @@ fn mmoe_ordering(mtl: &Path, dir: &Path, quick: bool, threads: usize, seeds: u64
             }
         }
     }
+    let md = mmoe_ordering_report(&runs, rows, seeds, &correlations);
+    Ok((json!(runs), md))
+}
+
+/// The MMoE section's tables: mean test MSE per model and correlation, and the paired
+/// differences between the models.
+fn mmoe_ordering_report(runs: &[Value], rows: usize, seeds: u64, correlations: &[f64]) -> String {
     let mut md = format!(
         "The MMoE paper's synthetic pair, {rows} rows, mean test MSE of the two tasks over {seeds} seeds (fresh data and training seed each; mean ± s.e.):\n\n| correlation | MMOE | OMoE | Shared-Bottom |\n|---|---|---|---|\n"
     );
-    for corr in correlations {
+    for &corr in correlations {
         let of = |name: &'static str| {
             move |r: &Value| r["model"] == name && r["correlation"].as_f64() == Some(corr)
         };
         md += &format!(
             "| {corr} | {} | {} | {} |\n",
-            cell(&runs, of("mmoe"), "test_mse_mean", 4),
-            cell(&runs, of("omoe"), "test_mse_mean", 4),
-            cell(&runs, of("shared_bottom"), "test_mse_mean", 4)
+            cell(runs, of("mmoe"), "test_mse_mean", 4),
+            cell(runs, of("omoe"), "test_mse_mean", 4),
+            cell(runs, of("shared_bottom"), "test_mse_mean", 4)
         );
     }
     // the ordering per correlation, from paired differences (same data and seed)
     md += "\nPaired differences (same data set and seed), mean ± s.e.; negative means the first model's error is lower:\n\n| correlation | MMOE − OMoE | MMOE − Shared-Bottom | OMoE − Shared-Bottom |\n|---|---|---|---|\n";
-    for corr in correlations {
+    for &corr in correlations {
         let diff = |a: &str, b: &str| {
             let xs: Vec<f64> = (1..=seeds)
                 .filter_map(|s| {
@@ -286,5 +300,5 @@ fn mmoe_ordering(mtl: &Path, dir: &Path, quick: bool, threads: usize, seeds: u64
             diff("omoe", "shared_bottom")
         );
     }
-    Ok((json!(runs), md))
+    md
 }

@@ -241,21 +241,8 @@ fn bad_requests(row: &Value) -> Vec<Bad> {
         body,
         status,
     };
-    vec![
-        b("empty body", Vec::new(), 400),
-        b("truncated JSON", b"{\"rows\": [".to_vec(), 400),
-        b("not JSON", b"rows=1".to_vec(), 400),
-        b("invalid UTF-8", vec![b'{', 0xff, 0xfe, b'}'], 400),
-        b("JSON null", b"null".to_vec(), 400),
-        b("top-level array", b"[]".to_vec(), 400),
-        b("unknown top key", b"{\"data\": []}".to_vec(), 400),
-        b("rows not a list", b"{\"rows\": 5}".to_vec(), 400),
-        b("no rows", b"{\"rows\": []}".to_vec(), 400),
-        b(
-            "rows and columns",
-            b"{\"rows\": [], \"columns\": {}}".to_vec(),
-            400,
-        ),
+    let mut cases = malformed_bodies();
+    cases.extend([
         b("row not an object", b"{\"rows\": [1]}".to_vec(), 400),
         b(
             "missing feature",
@@ -314,6 +301,31 @@ fn bad_requests(row: &Value) -> Vec<Bad> {
             body: b"{}".to_vec(),
             status: 404,
         },
+    ]);
+    cases
+}
+
+/// Bodies that are no request at all, whatever the model: empty, not JSON, not an object, no
+/// rows.
+fn malformed_bodies() -> Vec<Bad> {
+    let b = |name, body: Vec<u8>| Bad {
+        name,
+        method: "POST",
+        path: "/v1/predict",
+        body,
+        status: 400,
+    };
+    vec![
+        b("empty body", Vec::new()),
+        b("truncated JSON", b"{\"rows\": [".to_vec()),
+        b("not JSON", b"rows=1".to_vec()),
+        b("invalid UTF-8", vec![b'{', 0xff, 0xfe, b'}']),
+        b("JSON null", b"null".to_vec()),
+        b("top-level array", b"[]".to_vec()),
+        b("unknown top key", b"{\"data\": []}".to_vec()),
+        b("rows not a list", b"{\"rows\": 5}".to_vec()),
+        b("no rows", b"{\"rows\": []}".to_vec()),
+        b("rows and columns", b"{\"rows\": [], \"columns\": {}}".to_vec()),
     ]
 }
 
