@@ -129,7 +129,7 @@ const REGRESSION_METRICS: [(&str, Direction); 2] = [("mse", Direction::Lower), (
 
 impl EarlyStopping {
     /// The direction of the watched metric, once it is known to be one early stopping can use
-    /// ([`RunConfig::check_plan`] rejects every other name before training starts).
+    /// ([`RunConfig::check_plan`](crate::RunConfig::check_plan) rejects every other name before training starts).
     pub fn direction(&self) -> Direction {
         let name = self.metric.rsplit('.').next().unwrap_or("");
         BINARY_METRICS

@@ -68,7 +68,7 @@ impl LossWeighting {
         Ok(())
     }
 
-    /// Whether the weights are learned (then the per-term weights come from [`Weighting`]).
+    /// Whether the weights are learned (then the per-term weights come from [`Weighting`](crate::Weighting)).
     pub fn learned(&self) -> bool {
         !matches!(self, Self::Fixed)
     }

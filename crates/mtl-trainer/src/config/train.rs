@@ -99,7 +99,7 @@ pub struct TrainSettings {
     pub loss_weights: Vec<f32>,
     /// How the loss terms are weighted: `{ kind = "fixed" }` (`loss_weights`, the default),
     /// `{ kind = "uncertainty" }` or `{ kind = "gradnorm", alpha = 1.5 }` (learned; see
-    /// [`crate::weighting`]).
+    /// [`crate::fit::weighting`]).
     #[serde(default)]
     pub loss_weighting: LossWeighting,
     /// Evaluate on the validation set every N steps (default: at the end of each epoch).
@@ -109,7 +109,7 @@ pub struct TrainSettings {
     #[serde(default)]
     pub checkpoint_every_steps: Option<usize>,
     /// Post-hoc calibration of the binary outputs, fitted on the validation set after
-    /// training: `none` (default), `platt` or `isotonic` (see [`crate::calibration`]).
+    /// training: `none` (default), `platt` or `isotonic` (see [`mtl_eval::calibration`]).
     #[serde(default)]
     pub calibration: CalibrationMethod,
     /// Stop on a validation metric that stops improving, keeping the best model: on by default
