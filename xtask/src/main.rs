@@ -11,6 +11,7 @@ mod onnx_check;
 mod peer;
 mod quality;
 mod read_bench;
+mod scale;
 mod serve_load;
 mod stats;
 mod stream_bench;
@@ -89,7 +90,11 @@ enum Task {
     /// Per-field embedding widths: the same rows with uniform and mixed widths (speed, table
     /// size, AUC).
     WidthsBench(read_bench::WidthsBenchArgs),
-    /// What CI runs: cargo fmt --check, the tests, clippy.
+    /// Data-parallel training over MPI measured: ESMM and MMOE large as 1 process × 1 and × 2
+    /// threads and as N ranks × 1 thread (samples/s, AUCs over seeds, RSS per rank, time and
+    /// bytes in collectives), and the speed-up expected at 8 and 64 ranks. Needs `mpirun`.
+    Scale(scale::ScaleArgs),
+    /// What CI runs: cargo fmt --check, the tests (the MPI tests too), clippy.
     Validate,
 }
 
@@ -114,6 +119,7 @@ fn main() -> Result<()> {
         Task::ReadBench(args) => read_bench::read_bench(&args),
         Task::StreamBench(args) => stream_bench::stream_bench(&args),
         Task::WidthsBench(args) => read_bench::widths_bench(&args),
+        Task::Scale(args) => scale::scale(&args),
         Task::Validate => validate(),
     }
 }
@@ -306,8 +312,29 @@ fn validate() -> Result<()> {
         "--features",
         "mtl-features/ndarray,mtl-features/wgpu",
     ]))?;
+    run(cargo()
+        .args([
+            "test",
+            "--workspace",
+            "--features",
+            "mtl-features/ndarray,mtl-features/wgpu,mtl-cli/mpi",
+            "--test",
+            "mpi",
+        ])
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1"))?;
     run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
-    println!("validate: fmt, tests and clippy passed");
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--features",
+        "mtl-cli/mpi",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    println!("validate: fmt, tests (MPI's too) and clippy passed");
     Ok(())
 }
 

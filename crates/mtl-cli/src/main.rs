@@ -15,7 +15,7 @@ use mtl_synth::{CcpSpec, ChainSpec, StepRate, SynthError, generate_ccp, generate
 
 /// A run config whose model is any registered type.
 type RunConfig = mtl_trainer::RunConfig<Models>;
-use mtl_trainer::{DataConfig, Overrides, Registry, TrainOptions, TrainSettings};
+use mtl_trainer::{DataConfig, Group, Overrides, Registry, TrainOptions, TrainSettings};
 
 /// Multi-task recommendation models (ESMM, MMOE, OMoE, Shared-Bottom) on burn.
 #[derive(Debug, Parser)]
@@ -26,7 +26,8 @@ struct Cli {
     /// Log details (-v info, -vv debug) to stderr.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
-    /// CPU threads for the flex/ndarray backends (default: all cores, or RAYON_NUM_THREADS).
+    /// CPU threads for the flex/ndarray backends (default: all cores, or RAYON_NUM_THREADS;
+    /// under an MPI launcher, the cores shared out among the host's ranks).
     #[arg(long, global = true)]
     threads: Option<usize>,
     /// Hide progress bars.
@@ -372,8 +373,22 @@ fn thread_count(asked: usize) -> Result<usize> {
     Ok(asked)
 }
 
+/// Under an MPI launcher that says how many ranks share this host (OpenMPI's
+/// `OMPI_COMM_WORLD_LOCAL_SIZE`, MPICH's `MPI_LOCALNRANKS`) and no thread count was asked for:
+/// the host's cores shared out among them, so N ranks do not each start a pool of every core.
+fn threads_per_local_rank() -> Option<usize> {
+    if std::env::var_os("RAYON_NUM_THREADS").is_some() {
+        return None;
+    }
+    let local: usize = ["OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok()?.parse().ok())?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (local > 1).then(|| (cores / local).max(1))
+}
+
 fn run(cli: Cli) -> Result<()> {
-    if let Some(n) = cli.threads {
+    if let Some(n) = cli.threads.or_else(threads_per_local_rank) {
         rayon::ThreadPoolBuilder::new()
             .num_threads(thread_count(n)?)
             .build_global()
@@ -565,11 +580,48 @@ fn absolute(path: PathBuf) -> Result<PathBuf> {
     std::path::absolute(&path).with_context(|| format!("resolving {}", path.display()))
 }
 
+/// The ranks of this job: MPI's when started by an MPI launcher (`mpirun`, `srun`) in a build
+/// with the `mpi` feature, else this process alone.
+fn ranks() -> Group {
+    #[cfg(feature = "mpi")]
+    {
+        const LAUNCHED: [&str; 4] = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "PMI_RANK"];
+        if LAUNCHED.iter().any(|v| std::env::var_os(v).is_some())
+            && let Some(mpi) = mtl_trainer::fit::collective::mpi::MpiGroup::init()
+        {
+            return Group::new(mpi);
+        }
+    }
+    Group::default()
+}
+
 fn train(args: TrainArgs, progress: bool) -> Result<()> {
+    let group = ranks();
+    let result = train_on(args, progress, &group);
+    match result {
+        // a failing rank of a job ends every rank: the others may wait on it in a collective
+        Err(e) if group.is_distributed() => {
+            let leader_failed = matches!(
+                e.downcast_ref::<mtl_trainer::TrainError>(),
+                Some(mtl_trainer::TrainError::LeaderFailed { .. })
+            );
+            eprintln!("error: rank {}: {}", group.rank(), error_line(&e));
+            if leader_failed {
+                // rank 0 failed before training, saying why; no rank waits on another
+                std::process::exit(1);
+            }
+            group.abort(1)
+        }
+        other => other,
+    }
+}
+
+fn train_on(args: TrainArgs, progress: bool, group: &Group) -> Result<()> {
     let options = TrainOptions {
-        progress,
+        progress: progress && group.is_leader(),
         epochs: args.resume.as_ref().and(args.epochs),
         max_steps: args.resume.as_ref().and(args.max_steps),
+        group: group.clone(),
     };
     let summary = if let Some(dir) = &args.resume {
         mtl_trainer::train::<Models>(None, dir, true, &options)
@@ -594,7 +646,9 @@ fn train(args: TrainArgs, progress: bool) -> Result<()> {
         config.check_model(&path.display().to_string())?;
         mtl_trainer::train(Some(&config), &args.out, false, &options).context("training")?
     };
-    print!("{summary}");
+    if group.is_leader() {
+        print!("{summary}");
+    }
     Ok(())
 }
 

@@ -62,6 +62,15 @@ pub enum TrainError {
         /// Each loss term's value.
         terms: Vec<(String, f32)>,
     },
+    /// Rank 0 of a distributed job could not set up the run (its own error says why); the
+    /// other ranks stop with this, none of them left waiting.
+    #[error("rank {rank}: rank 0 could not set up the run in {dir} (its error says why)")]
+    LeaderFailed {
+        /// The rank that stopped.
+        rank: usize,
+        /// The run's directory.
+        dir: String,
+    },
     /// A data error.
     #[error(transparent)]
     Data(#[from] mtl_data::DataError),

@@ -26,7 +26,8 @@
 //! - [`config`]: the run config, a file per table (run, data, train, early stopping, loss
 //!   weighting), every value checked before the first step;
 //! - [`fit`]: the loop — its shared state in [`fit::state`], then loader, schedule, steps,
-//!   loss weighting, evaluation, early stopping and checkpoints;
+//!   loss weighting, evaluation, early stopping and checkpoints; over several ranks (MPI, the
+//!   `mpi` feature) through [`fit::collective`], each rank on its share of every batch;
 //! - [`jobs`]: train (fresh or resumed), evaluate, predict; the model directory and its lock.
 //!
 //! The optimisers burn lacks are `mtl-optim`'s; metrics, calibration, gate reports and
@@ -46,6 +47,7 @@ pub use config::{
 };
 pub use crash::{PAUSE_AT, crash_point};
 pub use error::TrainError;
+pub use fit::collective::Group;
 pub use fit::state::{EvalRecord, TrainState};
 pub use fit::weighting::{Weighting, WeightingState};
 pub use jobs::{TrainOptions, TrainSummary, eval_file, predict_file, train};

@@ -64,6 +64,7 @@ fn train(
         out_dir: out.to_path_buf(),
         progress: false,
         label_names: s.label_names(),
+        group: Default::default(),
     };
     let r = fit(
         m,

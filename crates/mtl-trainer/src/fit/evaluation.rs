@@ -73,6 +73,9 @@ impl Evaluator<'_> {
             train_secs: secs,
             samples_per_sec: rows as f64 / secs.max(1e-9),
             data_secs: std::mem::take(&mut state.pending_data_secs),
+            comm_secs: state.pending_comm.0,
+            reduced_bytes: state.pending_comm.1,
+            gathered_bytes: std::mem::take(&mut state.pending_comm).2,
             loss_weights: weights.weights,
             grad_norms: weights.grad_norms,
         };
@@ -116,7 +119,10 @@ impl Evaluator<'_> {
         if improves(es, value, state.best.map(|b| b.0)) {
             state.best = Some((value, state.global_step));
             state.since_best = 0;
-            save_atomic(model, &self.options.out_dir.join("best.bpk"))?;
+            // every rank evaluates the same model on the same rows; the leader keeps it
+            if self.options.group.is_leader() {
+                save_atomic(model, &self.options.out_dir.join("best.bpk"))?;
+            }
             Ok(false)
         } else {
             state.since_best += 1;

@@ -15,6 +15,7 @@ use rand::seq::SliceRandom;
 
 use crate::TrainError;
 use crate::config::TrainSettings;
+use crate::fit::collective::share;
 use crate::fit::state::TrainState;
 
 /// A batch as the loader hands it over.
@@ -276,10 +277,7 @@ fn spawn_stream<'scope, 'env: 'scope>(
                 if done + k < first {
                     continue;
                 }
-                if tx
-                    .send(Ok(make_batch(&buf, idx, layout, device, plan.row_sparse)))
-                    .is_err()
-                {
+                if tx.send(Ok(make_batch(&buf, idx, layout, device, &plan))).is_err() {
                     return;
                 }
             }
@@ -288,15 +286,16 @@ fn spawn_stream<'scope, 'env: 'scope>(
     rx
 }
 
-/// The batch of rows `idx` of `data`.
+/// This rank's part of the global batch of rows `idx` of `data` (all of it in one process).
 fn make_batch(
     data: &EncodedData,
     idx: &[usize],
     layout: &TableLayout,
     device: &Device,
-    row_sparse: bool,
+    plan: &LoaderPlan,
 ) -> Batch {
-    if row_sparse {
+    let idx = &idx[share(idx.len(), plan.share.0, plan.share.1)];
+    if plan.row_sparse {
         let (tensors, table_rows) = data.batch_unique(idx, layout, device);
         Batch { tensors, table_rows }
     } else {
@@ -331,17 +330,28 @@ pub struct LoaderPlan {
     pub from: (usize, usize),
     /// Build batches for row-sparse training (ids local to each batch's distinct rows).
     pub row_sparse: bool,
+    /// (rank, ranks): each batch is this rank's contiguous part of the global batch
+    /// ([`share`]); `(0, 1)` in one process.
+    pub share: (usize, usize),
 }
 
 impl LoaderPlan {
-    /// The batches left of a run with `settings` that stands at `state`.
-    pub fn from_state(settings: &TrainSettings, state: &TrainState, row_sparse: bool) -> Self {
+    /// The batches left of a run with `settings` that stands at `state`, for rank `share.0`
+    /// of `share.1`: the global batches are the same on every rank, and for any number of
+    /// ranks, so a run resumed on another number of ranks reads the same rows in each step.
+    pub fn from_state(
+        settings: &TrainSettings,
+        state: &TrainState,
+        row_sparse: bool,
+        share: (usize, usize),
+    ) -> Self {
         Self {
             batch_size: settings.batch_size,
             epochs: settings.epochs,
             seed: settings.seed,
             from: (state.epoch, state.batch_in_epoch),
             row_sparse,
+            share,
         }
     }
 }
@@ -378,10 +388,7 @@ fn spawn_memory<'scope, 'env: 'scope>(
             let first = if epoch == plan.from.0 { plan.from.1 } else { 0 };
             for bi in first..batches {
                 let idx = &order[bi * bs..((bi + 1) * bs).min(data.rows)];
-                if tx
-                    .send(Ok(make_batch(data, idx, layout, device, plan.row_sparse)))
-                    .is_err()
-                {
+                if tx.send(Ok(make_batch(data, idx, layout, device, &plan))).is_err() {
                     return;
                 }
             }
@@ -417,6 +424,7 @@ mod tests {
                 seed: 7,
                 from,
                 row_sparse: false,
+                share: (0, 1),
             };
             std::thread::scope(|s| {
                 spawn(s, TrainRows::Memory(&data), &layout, &device, plan)
@@ -446,6 +454,7 @@ mod tests {
                     seed: 0,
                     from: (0, 0),
                     row_sparse: false,
+                    share: (0, 1),
                 },
             );
             assert!(rx.recv().is_ok());
@@ -484,6 +493,16 @@ mod tests {
     }
 
     fn streamed(spec: &StreamSpec, batch_size: usize, epochs: usize, from: (usize, usize)) -> Vec<Vec<f32>> {
+        streamed_share(spec, batch_size, epochs, from, (0, 1))
+    }
+
+    fn streamed_share(
+        spec: &StreamSpec,
+        batch_size: usize,
+        epochs: usize,
+        from: (usize, usize),
+        share: (usize, usize),
+    ) -> Vec<Vec<f32>> {
         let device = Device::flex();
         let layout = spec.encoder.layout().clone();
         let plan = LoaderPlan {
@@ -492,6 +511,7 @@ mod tests {
             seed: 3,
             from,
             row_sparse: true,
+            share,
         };
         std::thread::scope(|s| {
             spawn(s, TrainRows::Stream(spec), &layout, &device, plan)
@@ -543,6 +563,105 @@ mod tests {
         assert_eq!(streamed(&spec, 3, 2, (1, 5)), all[12..]);
     }
 
+    /// Each rank's batches, in memory (rows 0..10 labelled by their number) and streamed from
+    /// the 21-row files, for `ranks` ranks and batches of `bs` rows over 2 epochs.
+    fn rank_batches(
+        spec: &StreamSpec,
+        bs: usize,
+        ranks: usize,
+        rank: usize,
+    ) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
+        let data = EncodedData {
+            rows: 10,
+            n_labels: 1,
+            labels: (0..10).map(|r| r as f32).collect(),
+            ..Default::default()
+        };
+        let layout = spec.encoder.layout().clone();
+        let device = Device::flex();
+        let plan = LoaderPlan {
+            batch_size: bs,
+            epochs: 2,
+            seed: 7,
+            from: (0, 0),
+            row_sparse: false,
+            share: (rank, ranks),
+        };
+        let memory = std::thread::scope(|s| {
+            spawn(s, TrainRows::Memory(&data), &layout, &device, plan)
+                .iter()
+                .map(|b| b.unwrap().tensors.labels.into_data().try_to_vec::<f32>().unwrap())
+                .collect()
+        });
+        (memory, streamed_share(spec, bs, 2, (0, 0), (rank, ranks)))
+    }
+
+    /// `spec` with its files as Parquet shards of row groups of 2 rows.
+    fn as_parquet(spec: StreamSpec, dir: &std::path::Path) -> StreamSpec {
+        let files = spec
+            .files
+            .iter()
+            .enumerate()
+            .map(|(k, csv)| {
+                let out = dir.join(format!("part-{k}.parquet"));
+                mtl_data::parquet::csv_to_parquet(csv, &out, mtl_data::parquet::Codec::Snappy, 2, None, 100)
+                    .unwrap();
+                out
+            })
+            .collect();
+        StreamSpec { files, ..spec }
+    }
+
+    #[test]
+    fn ranks_split_each_global_batch_and_see_every_row_once_an_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        for parquet in [false, true] {
+            let spec = stream_spec(dir.path(), 5);
+            let spec = if parquet {
+                as_parquet(spec, dir.path())
+            } else {
+                spec
+            };
+            ranks_share_batches(&spec);
+        }
+    }
+
+    /// The ranks' batches of `spec` (and of 10 rows in memory), 3 ranks, batches of 4.
+    fn ranks_share_batches(spec: &StreamSpec) {
+        // 3 ranks, batches of 4: neither 10 nor 21 rows divide, and the last batches (2 and 1
+        // rows) leave a rank with nothing
+        let (whole_memory, whole_stream) = rank_batches(spec, 4, 1, 0);
+        let parts: Vec<_> = (0..3).map(|r| rank_batches(spec, 4, 3, r)).collect();
+        for (whole, part) in [
+            (&whole_memory, parts.iter().map(|p| &p.0).collect::<Vec<_>>()),
+            (&whole_stream, parts.iter().map(|p| &p.1).collect::<Vec<_>>()),
+        ] {
+            for (b, global) in whole.iter().enumerate() {
+                // the ranks' parts, in rank order, are the one-process batch
+                let joined: Vec<f32> = part.iter().flat_map(|p| p[b].clone()).collect();
+                assert_eq!(&joined, global, "batch {b}");
+            }
+            assert!(
+                part.iter().all(|p| p.len() == whole.len()),
+                "every rank takes every step"
+            );
+        }
+        // every row once an epoch across the ranks: 3 + 3 batches in memory, 6 + 6 streamed
+        for (whole, rows) in [(&whole_memory, 10), (&whole_stream, 21)] {
+            let per_epoch = whole.len() / 2;
+            for epoch in whole.chunks(per_epoch) {
+                let mut seen: Vec<f32> = epoch.concat();
+                seen.sort_by(f32::total_cmp);
+                assert_eq!(seen, (0..rows).map(|r| r as f32).collect::<Vec<_>>());
+            }
+        }
+        assert!(
+            parts[0].0[2].is_empty() && parts[1].0[2].len() == 1,
+            "{:?}",
+            parts[0].0
+        );
+    }
+
     #[test]
     fn label_means_skip_missing_values_and_streaming_reads_a_prefix() {
         let data = EncodedData {
@@ -583,6 +702,7 @@ mod tests {
             seed: 3,
             from: (0, 0),
             row_sparse: false,
+            share: (0, 1),
         };
         let err = std::thread::scope(|s| {
             spawn(s, TrainRows::Stream(&spec), &layout, &device, plan)

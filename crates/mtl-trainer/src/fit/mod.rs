@@ -2,8 +2,10 @@
 //! [`step`] (with [`weighting`]), the [`schedule`], evaluation and early stopping from
 //! [`evaluation`] and [`early_stopping`], checkpoints from [`checkpoint`]. The state they
 //! share — what a checkpoint saves so that `--resume` continues exactly — is [`state`]'s;
-//! each part imports only parts before it in this order (no circle): `weighting` ← `state` ←
-//! `schedule`, `early_stopping`, `checkpoint`, `loader` ← `step` ← `evaluation` ← this module.
+//! each part imports only parts before it in this order (no circle): `collective`, `weighting` ←
+//! `state` ← `schedule`, `early_stopping`, `checkpoint`, `loader` ← `step` ← `evaluation` ← this
+//! module. Over several ranks ([`collective`]) every rank runs this loop on its share of each
+//! global batch; the step sums their gradients, so the ranks train one model.
 
 use std::time::Instant;
 
@@ -19,6 +21,7 @@ use crate::error::record_err;
 use crate::{TrainError, crash_point};
 
 pub mod checkpoint;
+pub mod collective;
 pub mod early_stopping;
 pub mod evaluation;
 pub mod loader;
@@ -28,6 +31,7 @@ pub mod step;
 pub mod weighting;
 
 use checkpoint::{AVERAGE_MODEL, SPARSE_MOMENTS, live_checkpoint_dir, write_checkpoint};
+use collective::Group;
 use evaluation::Evaluator;
 use loader::{LoaderPlan, TrainRows, spawn};
 use schedule::{Due, due};
@@ -95,21 +99,25 @@ fn finished<M: MultiTaskModel>(stepper: &mut Stepper, model: M) -> M {
 }
 
 /// One optimiser step on `batch`, counted in `state` (an epoch has `batches` batches) with the
-/// optimisers' own counters.
+/// optimisers' own counters and the time and bytes of `group`'s collectives.
 fn take_step<M: MultiTaskModel>(
     stepper: &mut Stepper,
+    group: &Group,
     model: M,
     batch: loader::Batch,
     state: &mut TrainState,
     batches: usize,
 ) -> Result<(M, StepLosses), TrainError> {
-    let rows = batch.tensors.rows as u64;
     let (model, losses) = stepper.step(model, batch, state.global_step + 1)?;
     if stepper.row_sparse() {
         state.sparse_time = stepper.sparse_time();
     }
     state.weighting = stepper.weighting_state();
-    state.count_step(rows, &losses, batches);
+    state.count_step(losses.rows, &losses, batches);
+    let traffic = group.take_traffic();
+    state.pending_comm.0 += traffic.secs;
+    state.pending_comm.1 += traffic.reduced as f64;
+    state.pending_comm.2 += traffic.gathered as f64;
     Ok((model, losses))
 }
 
@@ -144,7 +152,7 @@ fn stepper_for<M: MultiTaskModel>(
         }
         false => None,
     };
-    Stepper::new(
+    let (model, stepper) = Stepper::new(
         model,
         optim,
         settings,
@@ -153,7 +161,8 @@ fn stepper_for<M: MultiTaskModel>(
         resume,
         state.weighting.clone(),
         averaged.as_ref(),
-    )
+    )?;
+    Ok((model, stepper.with_group(options.group.clone())))
 }
 
 /// Trains `model` (on an autodiff device) from `state` on `train` (rows in memory, or a
@@ -190,7 +199,8 @@ pub fn fit<'t, M: MultiTaskModel>(
             state,
         });
     }
-    let plan = LoaderPlan::from_state(settings, &state, stepper.row_sparse());
+    let share = (options.group.rank(), options.group.size());
+    let plan = LoaderPlan::from_state(settings, &state, stepper.row_sparse(), share);
     let train: TrainRows<'t> = train.into();
     let batches = train.rows().div_ceil(settings.batch_size);
     let model = std::thread::scope(|scope| -> Result<M, TrainError> {
@@ -207,10 +217,10 @@ pub fn fit<'t, M: MultiTaskModel>(
             let batch = batch?;
             state.pending_data_secs += data_clock.elapsed().as_secs_f64();
             let pb = bar.get_or_insert_with(|| progress_bar(options, train.rows(), &state, settings));
-            let rows = batch.tensors.rows as u64;
-            let (stepped, losses) = take_step(&mut stepper, model, batch, &mut state, batches)?;
+            let (stepped, losses) =
+                take_step(&mut stepper, &options.group, model, batch, &mut state, batches)?;
             model = stepped;
-            pb.inc(rows);
+            pb.inc(losses.rows);
             pb.set_message(format!("loss {:.4}", losses.total));
             let at_epoch_end = state.batch_in_epoch == 0;
             let Due {
@@ -239,9 +249,11 @@ pub fn fit<'t, M: MultiTaskModel>(
             if checkpoint || limit || state.trained {
                 state.pending_secs += clock.elapsed().as_secs_f64();
                 clock = Instant::now();
-                write_checkpoint(&options.out_dir, &model, averaged.as_ref(), &state, |dir| {
-                    stepper.save(dir)
-                })?;
+                // the leader writes the checkpoint; the position in it is every rank's
+                let (out, avg) = (&options.out_dir, averaged.as_ref());
+                if options.group.is_leader() {
+                    write_checkpoint(out, &model, avg, &state, |dir| stepper.save(dir))?;
+                }
             }
             if state.trained || limit {
                 pb.finish_and_clear();

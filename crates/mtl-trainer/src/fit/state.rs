@@ -1,13 +1,15 @@
 //! The state the loop's parts share: where training stands ([`TrainState`], saved in every
 //! checkpoint), one evaluation's record ([`EvalRecord`]), a step's losses ([`StepLosses`]) and
 //! the options of one fit ([`FitOptions`]). Of the parts it imports only
-//! [`weighting`](crate::fit::weighting)'s saved state.
+//! [`weighting`](crate::fit::weighting)'s saved state and [`collective`](crate::fit::collective)'s
+//! group.
 
 use std::path::PathBuf;
 
 use mtl_eval::TaskMetrics;
 use serde::{Deserialize, Serialize};
 
+use crate::fit::collective::Group;
 use crate::fit::weighting::WeightingState;
 
 /// One evaluation of the model on the validation set.
@@ -34,6 +36,18 @@ pub struct EvalRecord {
     /// Of `train_secs`, the seconds spent building batches (data the loop waited for).
     #[serde(default)]
     pub data_secs: f64,
+    /// Over several ranks: of `train_secs`, the seconds this rank spent in collectives (the
+    /// transfer, and waiting for the slowest rank).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub comm_secs: f64,
+    /// Over several ranks: the bytes this rank summed with the others (the dense gradients'
+    /// fused buffer, the losses) since the previous evaluation.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub reduced_bytes: f64,
+    /// Over several ranks: the bytes this rank contributed to gathers (the row-sparse table's
+    /// row ids and gradients) since the previous evaluation.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub gathered_bytes: f64,
     /// Learned loss weighting: each task term's weight at this evaluation.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub loss_weights: Vec<(String, f64)>,
@@ -78,6 +92,18 @@ pub struct TrainState {
     /// The learned loss weighting's state (weights, moments), if the weights are learned.
     #[serde(default)]
     pub weighting: Option<WeightingState>,
+    /// Over several ranks: collectives' seconds, reduced and gathered bytes since the last
+    /// evaluation.
+    #[serde(default, skip_serializing_if = "is_zero_traffic")]
+    pub pending_comm: (f64, f64, f64),
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
+}
+
+fn is_zero_traffic(t: &(f64, f64, f64)) -> bool {
+    *t == (0.0, 0.0, 0.0)
 }
 
 /// Options of one `fit` call that are not model settings.
@@ -89,6 +115,8 @@ pub struct FitOptions {
     pub progress: bool,
     /// Label names (for metric descriptions).
     pub label_names: Vec<String>,
+    /// The ranks training the model: every rank runs the loop, the leader writes the files.
+    pub group: Group,
 }
 
 /// The losses of one step, read back to the host.
@@ -99,6 +127,8 @@ pub struct StepLosses {
     pub total: f64,
     /// Each loss term, in the model's `loss_names` order.
     pub terms: Vec<f32>,
+    /// The step's rows (over every rank: the global batch).
+    pub rows: u64,
 }
 
 impl TrainState {

@@ -13,7 +13,7 @@ use std::path::Path;
 
 use burn::module::{Module, ModuleMapper, Param, ParamId};
 use burn::optim::{GradientsParams, ModuleOptimizer};
-use burn::tensor::{Device, Int, Tensor};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 use mtl_features::{BatchTensors, TableLayout};
 use mtl_layers::{MultiTaskModel, with_running_stats_frozen};
 use mtl_optim::{Average, DeviceAdam, SparseAdam};
@@ -22,9 +22,18 @@ use crate::TrainError;
 use crate::config::{EmbeddingUpdate, TablePlace, TrainSettings};
 use crate::error::record_err;
 use crate::fit::checkpoint::SPARSE_MOMENTS;
+use crate::fit::collective::{Group, merge_rows, sum_gradients};
 use crate::fit::loader::Batch;
 use crate::fit::state::StepLosses;
 use crate::fit::weighting::{WeightReport, Weighting, WeightingState};
+
+/// A step's sums over the ranks (see [`Stepper::global`]).
+struct Global {
+    terms: Vec<f32>,
+    grad_norms: Option<Vec<f64>>,
+    weight: f32,
+    rows: u64,
+}
 
 /// `Σ wᵢ · termᵢ` (a missing weight is 1).
 pub(crate) fn weighted(terms: &[f64], weights: &[f32]) -> f64 {
@@ -173,6 +182,8 @@ pub struct Stepper {
     loss_names: Vec<String>,
     /// The weight average of the dense parameters, with `ema_decay`.
     average: Option<Average>,
+    /// The ranks training this model (one process by default).
+    group: Group,
 }
 
 impl Stepper {
@@ -207,6 +218,7 @@ impl Stepper {
             ),
             loss_names,
             average: None,
+            group: Group::default(),
         };
         // a schema without id fields has no table to update
         if settings.embedding == EmbeddingUpdate::Dense || layout.total_rows == 0 {
@@ -256,6 +268,12 @@ impl Stepper {
         Ok((model, stepper))
     }
 
+    /// The stepper of one rank of `group` (every rank's stepper takes the same steps).
+    pub fn with_group(mut self, group: Group) -> Self {
+        self.group = group;
+        self
+    }
+
     /// Whether the embedding table is updated row-sparse (batches then carry their rows).
     pub fn row_sparse(&self) -> bool {
         self.table.is_some()
@@ -266,7 +284,10 @@ impl Stepper {
         self.table.as_ref().map_or(0, |t| t.adam.time())
     }
 
-    /// One step on `batch`; `step` (1-based) names it in a non-finite-loss error.
+    /// One step on `batch`; `step` (1-based) names it in a non-finite-loss error. Over
+    /// several ranks the batch is this rank's share of the global batch: the losses, the
+    /// gradients and the table's row gradients are summed over the ranks (each weighted by
+    /// its share of the rows), so every rank takes the global batch's step.
     pub fn step<M: MultiTaskModel>(
         &mut self,
         model: M,
@@ -274,6 +295,11 @@ impl Stepper {
         step: usize,
     ) -> Result<(M, StepLosses), TrainError> {
         let Batch { tensors, table_rows } = batch;
+        let local_rows = tensors.rows;
+        let local_ids = match self.group.is_distributed() {
+            true => table_rows.clone(),
+            false => Vec::new(),
+        };
         let (model, gathered) = match &mut self.table {
             Some(table) => {
                 let (leaf, ids) = table.adam.gather(table_rows);
@@ -281,13 +307,26 @@ impl Stepper {
             }
             None => (model, None),
         };
+        // a rank whose share of a short last batch is empty adds nothing but takes the step
         let grad_norms = match self.weighting.wants_grad_norms(step) {
-            true => Some(self.task_grad_norms(&model, &tensors)?),
+            true if local_rows > 0 => Some(self.task_grad_norms(&model, &tensors)?),
+            true => Some(vec![0.0; self.weighting.task_terms().len()]),
             false => None,
         };
-        let forward = model.forward(&tensors);
-        let loss = forward.total_loss(&self.weighting.weights());
-        let terms = mtl_eval::to_host(Tensor::cat(forward.losses, 0))?;
+        let (terms, loss) = match local_rows {
+            0 => (vec![0.0; self.loss_names.len()], None),
+            _ => {
+                let forward = model.forward(&tensors);
+                let loss = forward.total_loss(&self.weighting.weights());
+                (mtl_eval::to_host(Tensor::cat(forward.losses, 0))?, Some(loss))
+            }
+        };
+        let Global {
+            terms,
+            grad_norms,
+            weight,
+            rows,
+        } = self.global(terms, grad_norms, local_rows);
         let total = weighted(
             &terms.iter().map(|&t| f64::from(t)).collect::<Vec<_>>(),
             self.weighting.reported(),
@@ -298,22 +337,98 @@ impl Stepper {
                 terms: self.loss_names.iter().cloned().zip(terms).collect(),
             });
         }
-        let mut grads = loss.backward();
-        if let (Some(table), Some((leaf, ids))) = (self.table.as_mut(), gathered) {
-            // take the rows' gradient before the module's gradients are collected (a batch
-            // whose rows feed nothing has no gradient to apply)
-            if let Some(grad) = leaf.grad_remove(&mut grads) {
-                table.adam.step(&ids, grad, self.lr);
+        let (row_grad, grads) = match loss {
+            Some(loss) => {
+                let mut grads = loss.backward();
+                // take the rows' gradient before the module's gradients are collected (a batch
+                // whose rows feed nothing has no gradient to apply)
+                let row_grad = gathered
+                    .as_ref()
+                    .and_then(|(leaf, _)| leaf.grad_remove(&mut grads));
+                (row_grad, GradientsParams::from_grads(grads, &model))
             }
+            None => (None, GradientsParams::new()),
+        };
+        if let Some((_, rows)) = gathered {
+            self.step_table(rows, local_ids, row_grad, weight)?;
         }
-        let grads = GradientsParams::from_grads(grads, &model);
+        let table = self.table.as_ref().map(|t| t.id);
+        let (model, grads) = sum_gradients(&self.group, model, grads, weight, table)?;
         let model = self.dense.step(self.lr, model, grads);
         let model = self.without_table(model);
         if let Some(average) = &mut self.average {
             average.update(&model, step);
         }
         self.weighting.update(&terms, grad_norms.as_deref());
-        Ok((model, StepLosses { total, terms }))
+        Ok((model, StepLosses { total, terms, rows }))
+    }
+
+    /// The step's loss terms, task gradient norms and rows over every rank (each rank's
+    /// weighted by its rows), and this rank's weight in the sums (its share of the rows).
+    /// One process's are its own, untouched.
+    fn global(&self, terms: Vec<f32>, grad_norms: Option<Vec<f64>>, rows: usize) -> Global {
+        if !self.group.is_distributed() {
+            return Global {
+                terms,
+                grad_norms,
+                weight: 1.0,
+                rows: rows as u64,
+            };
+        }
+        let n = rows as f64;
+        let norms = grad_norms.as_deref().unwrap_or(&[]);
+        let mut buf: Vec<f64> = terms.iter().map(|&t| f64::from(t) * n).collect();
+        buf.extend(norms.iter().map(|g| g * n));
+        buf.push(n);
+        self.group.sum_f64(&mut buf);
+        let all = buf.pop().unwrap_or(0.0).max(1.0);
+        let (terms_sum, norms_sum) = buf.split_at(terms.len());
+        Global {
+            terms: terms_sum.iter().map(|t| (t / all) as f32).collect(),
+            grad_norms: grad_norms.map(|_| norms_sum.iter().map(|g| g / all).collect()),
+            weight: (n / all) as f32,
+            rows: all as u64,
+        }
+    }
+
+    /// The row-wise Adam step on the table rows the step gathered (`rows`), with their
+    /// gradient `grad` (none when they fed no loss). Over several ranks every rank applies
+    /// the same step: the rows and gradients (weighted by `weight`) of all ranks, merged,
+    /// each row brought up to date first as one process's gather does.
+    fn step_table(
+        &mut self,
+        rows: Gathered,
+        local_ids: Vec<i32>,
+        grad: Option<Tensor<2>>,
+        weight: f32,
+    ) -> Result<(), TrainError> {
+        let Some(table) = self.table.as_mut() else {
+            return Ok(());
+        };
+        if !self.group.is_distributed() {
+            if let Some(grad) = grad {
+                table.adam.step(&rows, grad, self.lr);
+            }
+            return Ok(());
+        }
+        let (ids, local) = match grad {
+            Some(grad) => {
+                let mut g = mtl_eval::to_host(grad.flatten(0, 1))?;
+                g.iter_mut().for_each(|x| *x *= weight);
+                (local_ids, g)
+            }
+            None => (Vec::new(), Vec::new()),
+        };
+        let dim = table.adam.dim();
+        let (ids, merged) = merge_rows(&self.group.gather_i32(&ids), &self.group.gather_f32(&local), dim);
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let n = ids.len();
+        let (_, rows) = table.adam.gather(ids);
+        let grad = Tensor::from_data(TensorData::new(merged, [n, dim]), table.adam.device());
+        table.adam.step(&rows, grad, self.lr);
+        Ok(())
     }
 
     /// Each task term's gradient norm on the embedding table the model holds (the batch's

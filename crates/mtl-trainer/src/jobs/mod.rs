@@ -13,6 +13,7 @@ use mtl_eval::gates::GateReport;
 use mtl_eval::metrics::metrics_block;
 use serde::{Deserialize, Serialize};
 
+use crate::fit::collective::Group;
 use crate::fit::state::EvalRecord;
 
 mod curve;
@@ -36,6 +37,9 @@ pub struct TrainOptions {
     /// On resume: stop after this many steps in total, leaving a checkpoint. A limit applies
     /// to one invocation only and is never saved with the run.
     pub max_steps: Option<usize>,
+    /// The ranks training the model (one process by default): each trains on its share of
+    /// every batch, rank 0 writes the directory.
+    pub group: Group,
 }
 
 impl TrainOptions {
@@ -94,6 +98,12 @@ pub struct TrainSummary {
     /// Experts under 1 % of every gate's weight on the validation set.
     #[serde(default)]
     pub dead_experts: Vec<String>,
+    /// Over several ranks: each rank's peak resident memory at the end of training (MB).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peak_rss_mb_per_rank: Vec<f64>,
+    /// Over several ranks: the fraction of rank 0's training time spent in collectives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comm_fraction: Option<f64>,
 }
 
 /// Peak resident set size of this process in MB (`VmHWM`), where the OS reports it.
@@ -161,6 +171,20 @@ impl std::fmt::Display for TrainSummary {
         }
         if let Some(rss) = self.peak_rss_mb {
             writeln!(f, "peak RSS: {rss:.0} MB")?;
+        }
+        if let Some(comm) = self.comm_fraction {
+            let ranks: Vec<String> = self
+                .peak_rss_mb_per_rank
+                .iter()
+                .map(|r| format!("{r:.0}"))
+                .collect();
+            writeln!(
+                f,
+                "{} ranks: {:.1} % of rank 0's training time in collectives; peak RSS by rank: {} MB",
+                ranks.len(),
+                100.0 * comm,
+                ranks.join(", ")
+            )?;
         }
         writeln!(f, "artifacts: {}", self.out_dir.display())
     }

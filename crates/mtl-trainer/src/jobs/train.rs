@@ -32,8 +32,8 @@ struct Setup<R: Registry> {
     plan: ModelPlan,
     features: FeatureState,
     start: Option<Checkpoint>,
-    /// Held for the whole job.
-    lock: RunLock,
+    /// Held for the whole job (by the leader: other ranks write nothing).
+    lock: Option<RunLock>,
 }
 
 /// Trains from a config into `out_dir` (created), or continues the run in `out_dir` when
@@ -50,10 +50,25 @@ pub fn train<R: Registry>(
     resume: bool,
     options: &TrainOptions,
 ) -> Result<TrainSummary, TrainError> {
-    let setup = if resume {
-        resumed_run::<R>(out_dir, options)?
+    let group = &options.group;
+    let setup = if group.is_leader() {
+        let setup = match resume {
+            true => resumed_run::<R>(out_dir, options, true),
+            false => new_run(config, out_dir, options),
+        };
+        // the other ranks wait for the leader's directory, and learn whether it was made
+        group.leader_ok(setup.is_ok());
+        setup?
+    } else if group.leader_ok(false) {
+        match resume {
+            true => resumed_run::<R>(out_dir, options, false)?,
+            false => follow_new_run(config, out_dir, options)?,
+        }
     } else {
-        new_run(config, out_dir, options)?
+        return Err(TrainError::LeaderFailed {
+            rank: group.rank(),
+            dir: out_dir.display().to_string(),
+        });
     };
     let Setup {
         config,
@@ -87,6 +102,7 @@ pub fn train<R: Registry>(
             start,
             options,
             reads,
+            rss_by_rank: Vec::new(),
         },
     );
     drop(lock);
@@ -95,14 +111,20 @@ pub fn train<R: Registry>(
 
 /// Settles a resumed run: its directory's config with this invocation's epochs and step
 /// limit, its schema, features and checkpoint (none when it was killed before its first).
-fn resumed_run<R: Registry>(out_dir: &Path, options: &TrainOptions) -> Result<Setup<R>, TrainError> {
+/// The leader (`lead`) locks the directory and saves a changed config; the other ranks of a
+/// job read what it holds.
+fn resumed_run<R: Registry>(
+    out_dir: &Path,
+    options: &TrainOptions,
+    lead: bool,
+) -> Result<Setup<R>, TrainError> {
     if !out_dir.is_dir() {
         return Err(TrainError::NotAModelDir {
             dir: out_dir.display().to_string(),
             missing: "the directory itself".into(),
         });
     }
-    let lock = RunLock::acquire(out_dir)?;
+    let lock = lead.then(|| RunLock::acquire(out_dir)).transpose()?;
     let mut config = load_dir_config::<R>(out_dir)?;
     let schema = Schema::from_file(out_dir.join("schema.toml"))?;
     let features = FeatureState::load(out_dir.join("features.json"), &schema)?;
@@ -137,7 +159,7 @@ fn resumed_run<R: Registry>(out_dir: &Path, options: &TrainOptions) -> Result<Se
             out_dir,
         )?;
     }
-    if config.train.epochs != saved_epochs {
+    if config.train.epochs != saved_epochs && lead {
         save_dir_config(out_dir, &config)?;
     }
     let plan = R::plan(&config.model, &schema)?;
@@ -180,14 +202,12 @@ fn continue_state(state: &mut TrainState, extend: bool, out_dir: &Path) -> Resul
     Ok(())
 }
 
-/// Settles a new run: the config resolved and checked against schema and model, the
-/// directory created and locked (refused when it holds a run), the features fitted, and the
-/// schema, features and config saved.
-fn new_run<R: Registry>(
+/// A new run's config resolved (the choices saved with it) and checked against its schema
+/// and model: the config, schema, model plan and the schema's text.
+fn settle_new<R: Registry>(
     config: Option<&RunConfig<R>>,
-    out_dir: &Path,
     options: &TrainOptions,
-) -> Result<Setup<R>, TrainError> {
+) -> Result<(RunConfig<R>, ValidSchema, ModelPlan, String), TrainError> {
     let config = config.ok_or_else(|| TrainError::Config {
         file: "<none>".into(),
         message: "a config is required unless resuming".into(),
@@ -209,8 +229,39 @@ fn new_run<R: Registry>(
     {
         options.announce(&line);
     }
+    Ok((config, schema, plan, schema_text))
+}
+
+/// A new run on a rank other than the leader, once the leader has made its directory: the
+/// same config, and the features the leader fitted (read, so every rank encodes alike).
+fn follow_new_run<R: Registry>(
+    config: Option<&RunConfig<R>>,
+    out_dir: &Path,
+    options: &TrainOptions,
+) -> Result<Setup<R>, TrainError> {
+    let (config, schema, plan, _) = settle_new(config, options)?;
+    let features = FeatureState::load(out_dir.join("features.json"), &schema)?;
+    Ok(Setup {
+        config,
+        schema,
+        plan,
+        features,
+        start: None,
+        lock: None,
+    })
+}
+
+/// Settles a new run: the config resolved and checked against schema and model, the
+/// directory created and locked (refused when it holds a run), the features fitted, and the
+/// schema, features and config saved.
+fn new_run<R: Registry>(
+    config: Option<&RunConfig<R>>,
+    out_dir: &Path,
+    options: &TrainOptions,
+) -> Result<Setup<R>, TrainError> {
+    let (config, schema, plan, schema_text) = settle_new(config, options)?;
     std::fs::create_dir_all(out_dir).map_err(io_err(out_dir))?;
-    let lock = RunLock::acquire(out_dir)?;
+    let lock = Some(RunLock::acquire(out_dir)?);
     if out_dir.join("checkpoint").exists() || out_dir.join("checkpoint.old").exists() {
         return Err(TrainError::Config {
             file: out_dir.display().to_string(),
@@ -408,6 +459,8 @@ struct TrainJob<'a, R: Registry> {
     start: Option<Checkpoint>,
     options: &'a TrainOptions,
     reads: Vec<String>,
+    /// Over several ranks: each rank's peak RSS at the end of training (MB).
+    rss_by_rank: Vec<f64>,
 }
 
 impl<R: Registry> WithModel for TrainJob<'_, R> {
@@ -421,6 +474,7 @@ impl<R: Registry> WithModel for TrainJob<'_, R> {
             out_dir: self.out_dir.to_path_buf(),
             progress: self.options.progress,
             label_names: self.schema.label_names(),
+            group: self.options.group.clone(),
         };
         let outcome = fit(
             model,
@@ -434,6 +488,16 @@ impl<R: Registry> WithModel for TrainJob<'_, R> {
             state,
         )?;
         let mut state = outcome.state;
+        let group = &self.options.group;
+        let rss = match group.is_distributed() {
+            true => group.gather_f32(&[peak_rss_mb().unwrap_or(0.0) as f32]).concat(),
+            false => Vec::new(),
+        };
+        self.rss_by_rank = rss.into_iter().map(f64::from).collect();
+        if !group.is_leader() {
+            // the leader writes the model, calibration and reports
+            return Ok(self.summary(&state, None, Vec::new(), Vec::new()));
+        }
         crash_point("trained");
         let best = self.out_dir.join("best.bpk");
         let final_model = if settings.early_stopping.active().is_some() && best.exists() {
@@ -625,6 +689,11 @@ impl<R: Registry> TrainJob<'_, R> {
             inference_samples_per_sec: inference,
             peak_rss_mb: peak_rss_mb(),
             data_wait_fraction: data_secs / total_secs.max(1e-9),
+            peak_rss_mb_per_rank: self.rss_by_rank.clone(),
+            comm_fraction: self.options.group.is_distributed().then(|| {
+                let comm: f64 = state.history.iter().map(|e| e.comm_secs).sum::<f64>() + state.pending_comm.0;
+                comm / total_secs.max(1e-9)
+            }),
             gates,
             dead_experts,
         }

@@ -1,0 +1,284 @@
+//! Data-parallel training over MPI (`--features mtl-cli/mpi`; needs `mpirun`, e.g. Debian's
+//! `openmpi-bin`): `mpirun -np 2 mtl train` is the same computation as one process.
+//!
+//! - Equivalence: 2 ranks × a local batch of 256 give the weights of 1 process × 512 after 20
+//!   steps (same seed, same rows in each step) within 1e-5 — ESMM on the dense path, MMOE on
+//!   the row-sparse host table with catch-up and the weight average — and the last batch of
+//!   each epoch (192 rows) is split too.
+//! - Validation metrics recorded by the 2-rank run equal `mtl eval` of its model in one process.
+//! - A rank killed mid-epoch ends the job fast, naming the rank; `--resume` on 2 ranks then
+//!   predicts byte-identically to an uninterrupted 2-rank run, and a run resumed on 1 rank
+//!   trains the same model (the rows of each step are the same, split otherwise).
+#![cfg(feature = "mpi")]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use burn::module::{ModuleVisitor, Param};
+use burn::tensor::{Device, Tensor};
+use mtl_eval::ModelDir;
+use mtl_layers::{MultiTaskModel, Registry, WithModel};
+use mtl_models::Models;
+
+fn mtl() -> &'static str {
+    env!("CARGO_BIN_EXE_mtl")
+}
+
+/// `mtl ARGS` in `dir`, one process.
+fn one(dir: &Path, args: &[&str]) -> Output {
+    Command::new(mtl())
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("runs mtl")
+}
+
+/// `mpirun -np N mtl --threads 1 ARGS` in `dir` (root allowed, as in CI's containers).
+fn ranks(n: usize) -> Command {
+    let mut cmd = Command::new("mpirun");
+    cmd.args(["--oversubscribe", "-np", &n.to_string(), mtl(), "--threads", "1"])
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
+    cmd
+}
+
+fn on_ranks(n: usize, dir: &Path, args: &[&str]) -> Output {
+    ranks(n)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("runs mpirun (install openmpi-bin)")
+}
+
+fn ok(out: Output) -> Output {
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Every float tensor of the model saved at `file` of the run in `dir`, in module order.
+fn weights(dir: &Path, file: &str) -> Vec<Vec<f32>> {
+    struct Floats(Vec<Vec<f32>>);
+    impl ModuleVisitor for Floats {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.0.push(param.val().into_data().try_to_vec::<f32>().unwrap());
+        }
+    }
+    struct Load(PathBuf);
+    impl WithModel for Load {
+        type Out = Vec<Vec<f32>>;
+        type Error = anyhow::Error;
+        fn run<M: MultiTaskModel + 'static>(self, model: M) -> anyhow::Result<Self::Out> {
+            let model = model
+                .try_load_file(&self.0)
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            let mut floats = Floats(Vec::new());
+            model.visit(&mut floats);
+            Ok(floats.0)
+        }
+    }
+    let run = ModelDir::<Models>::open(dir).unwrap();
+    let device = Device::flex();
+    let layout = run.encoder.layout();
+    Models::with_model(&run.model, &run.schema, layout, &device, Load(dir.join(file))).unwrap()
+}
+
+/// The largest difference between two runs' weights (the same tensors, in the same order).
+fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .flat_map(|(x, y)| {
+            assert_eq!(x.len(), y.len());
+            x.iter().zip(y).map(|(p, q)| (p - q).abs())
+        })
+        .fold(0.0, f32::max)
+}
+
+/// 6000 rows: 4800 to train on, 10 batches of 512 an epoch (the last of 192 rows).
+fn data(d: &Path) {
+    ok(one(
+        d,
+        &[
+            "gen-data", "ccp", "--rows", "6000", "--small", "--dense", "2", "--out", "data", "--quiet",
+        ],
+    ));
+}
+
+const ESMM: &str = r#"[model]
+type = "esmm"
+ctr_tower = { dims = [16, 8], batch_norm = false }
+cvr_tower = { dims = [16, 8], batch_norm = false }
+[train]
+embedding = "dense"
+"#;
+
+const MMOE: &str = r#"[model]
+type = "mmoe"
+n_experts = 4
+expert = { dims = [16], batch_norm = false }
+tower = { dims = [8], batch_norm = false }
+gate_batch_norm = false
+tasks = [{ label = "click" }, { label = "purchase" }]
+[train]
+embedding = "sparse"
+untouched_rows = "catch-up"
+"#;
+
+/// A run config: `model` (with its `[train]` head) for 2 epochs of batch 512 (20 steps).
+fn config(d: &Path, name: &str, model: &str) {
+    let text = format!(
+        "schema = \"data/synth_ccp_schema.toml\"\n[data]\ntrain = \"data/synth_ccp_train.csv\"\n\
+         valid = \"data/synth_ccp_val.csv\"\n{model}epochs = 2\nbatch_size = 512\nlr = 3e-3\n\
+         seed = 11\nema_decay = 0.9\ncheckpoint_every_steps = 4\nearly_stopping = false\n"
+    );
+    std::fs::write(d.join(name), text).unwrap();
+}
+
+#[test]
+fn two_ranks_train_the_model_one_process_trains() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    data(d);
+    for (name, model) in [("esmm", ESMM), ("mmoe", MMOE)] {
+        let toml = format!("{name}.toml");
+        config(d, &toml, model);
+        let (solo, pair) = (format!("{name}-1"), format!("{name}-2"));
+        ok(one(d, &["train", "--config", &toml, "--out", &solo, "--quiet"]));
+        let out = ok(on_ranks(
+            2,
+            d,
+            &["train", "--config", &toml, "--out", &pair, "--quiet"],
+        ));
+        // one summary: rank 0's
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(stdout.matches("steps on flex").count(), 1, "{stdout}");
+        assert!(stdout.contains(&format!("{name}: 20 steps")), "{stdout}");
+        for file in ["checkpoint/model.bpk", "model.bpk"] {
+            let (a, b) = (weights(&d.join(&solo), file), weights(&d.join(&pair), file));
+            let diff = max_diff(&a, &b);
+            eprintln!("{name} {file}: 1 process vs 2 ranks, largest weight difference {diff:e}");
+            assert!(diff <= 1e-5, "{name} {file}: weights differ by {diff}");
+            // the comparison can fail: another seed's weights are far off
+            assert!(a.iter().flatten().any(|w| *w != 0.0));
+        }
+        // the validation metrics the 2-rank run recorded are its model's, as one process
+        // evaluates them
+        let metrics: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(d.join(&pair).join("metrics.json")).unwrap())
+                .unwrap();
+        ok(one(
+            d,
+            &[
+                "eval",
+                "--model",
+                &pair,
+                "--data",
+                "data/synth_ccp_val.csv",
+                "--out",
+                "eval.json",
+            ],
+        ));
+        let evaluated: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(d.join("eval.json")).unwrap()).unwrap();
+        let recorded = metrics["valid"].as_array().expect("recorded metrics");
+        let evaluated = evaluated.as_array().expect("evaluated metrics");
+        assert!(
+            !recorded.is_empty() && recorded.len() == evaluated.len(),
+            "{metrics}"
+        );
+        for (r, e) in recorded.iter().zip(evaluated) {
+            assert_eq!(r["name"], e["name"]);
+            assert!(r["binary"]["auc"].is_f64(), "{r}");
+            assert_eq!(r["binary"], e["binary"], "{name}: recorded {r}, evaluated {e}");
+        }
+    }
+}
+
+/// Starts `mpirun -np 2 mtl train` with rank 1 paused at its 5th step, kills rank 1 (SIGKILL)
+/// and returns how long the job took to end and what it printed.
+fn kill_rank_one(d: &Path, toml: &str, out: &str) -> (Duration, String, bool) {
+    let mut child = ranks(2)
+        .args(["train", "--config", toml, "--out", out, "--quiet"])
+        .current_dir(d)
+        .env(mtl_trainer::PAUSE_AT, "step:5@1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("runs mpirun");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = String::new();
+    let pid = loop {
+        let line = lines.next().expect("rank 1 pauses").unwrap();
+        seen += &line;
+        if let Some(rest) = line.strip_prefix("mtl: paused at step (pid ") {
+            break rest.trim_end_matches(')').to_string();
+        }
+    };
+    let killed = Instant::now();
+    assert!(
+        Command::new("kill")
+            .args(["-9", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    for line in lines {
+        seen += &line.unwrap();
+        seen.push('\n');
+    }
+    let status = child.wait().unwrap();
+    (killed.elapsed(), seen, status.success())
+}
+
+#[test]
+fn a_killed_rank_ends_the_job_and_the_run_resumes_on_any_number_of_ranks() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    data(d);
+    config(d, "run.toml", MMOE);
+    ok(on_ranks(
+        2,
+        d,
+        &["train", "--config", "run.toml", "--out", "whole", "--quiet"],
+    ));
+    let (took, said, success) = kill_rank_one(d, "run.toml", "killed");
+    assert!(!success, "the job fails");
+    eprintln!("the job ended {took:?} after rank 1 was killed");
+    assert!(took < Duration::from_secs(60), "ended {took:?} after the kill");
+    assert!(said.contains("rank 1"), "names the rank: {said}");
+    // the last checkpoint (step 4) resumes on 2 ranks to the same predictions, byte for byte
+    ok(on_ranks(2, d, &["train", "--resume", "killed", "--quiet"]));
+    let predict = |run: &str| {
+        let out = format!("{run}.csv");
+        ok(one(
+            d,
+            &[
+                "predict",
+                "--model",
+                run,
+                "--data",
+                "data/synth_ccp_test.csv",
+                "--out",
+                &out,
+            ],
+        ));
+        std::fs::read(d.join(out)).unwrap()
+    };
+    assert_eq!(predict("killed"), predict("whole"));
+    // and on one rank: the same model, the step's rows summed in another order
+    let (_, _, _) = kill_rank_one(d, "run.toml", "moved");
+    ok(one(d, &["train", "--resume", "moved", "--quiet"]));
+    let diff = max_diff(
+        &weights(&d.join("moved"), "model.bpk"),
+        &weights(&d.join("whole"), "model.bpk"),
+    );
+    eprintln!("resumed on 1 rank vs 2 ranks throughout: largest weight difference {diff:e}");
+    assert!(diff <= 1e-5, "resumed on 1 rank: weights differ by {diff}");
+}
