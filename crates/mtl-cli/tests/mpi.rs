@@ -5,7 +5,8 @@
 //!   steps (same seed, same rows in each step) within 1e-5 — ESMM on the dense path, MMOE on
 //!   the row-sparse host table with catch-up and the weight average — and the last batch of
 //!   each epoch (192 rows) is split too.
-//! - Validation metrics recorded by the 2-rank run equal `mtl eval` of its model in one process.
+//! - Validation metrics recorded by the 2-rank run (each rank predicting one of the two
+//!   evaluation batches) equal `mtl eval` of its model in one process.
 //! - A rank killed mid-epoch ends the job fast, naming the rank; `--resume` on 2 ranks then
 //!   predicts byte-identically to an uninterrupted 2-rank run, and a run resumed on 1 rank
 //!   trains the same model (the rows of each step are the same, split otherwise).
@@ -101,14 +102,18 @@ fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
         .fold(0.0, f32::max)
 }
 
-/// 6000 rows: 4800 to train on, 10 batches of 512 an epoch (the last of 192 rows).
+/// 6000 rows: 4800 to train on, 10 batches of 512 an epoch (the last of 192 rows); and the
+/// 6000 validation rows of 60,000 made alike (`big/`): two evaluation batches of 4096, one a
+/// rank.
 fn data(d: &Path) {
-    ok(one(
-        d,
-        &[
-            "gen-data", "ccp", "--rows", "6000", "--small", "--dense", "2", "--out", "data", "--quiet",
-        ],
-    ));
+    for (rows, out) in [("6000", "data"), ("60000", "big")] {
+        ok(one(
+            d,
+            &[
+                "gen-data", "ccp", "--rows", rows, "--small", "--dense", "2", "--out", out, "--quiet",
+            ],
+        ));
+    }
 }
 
 const ESMM: &str = r#"[model]
@@ -135,7 +140,7 @@ untouched_rows = "catch-up"
 fn config(d: &Path, name: &str, model: &str) {
     let text = format!(
         "schema = \"data/synth_ccp_schema.toml\"\n[data]\ntrain = \"data/synth_ccp_train.csv\"\n\
-         valid = \"data/synth_ccp_val.csv\"\n{model}epochs = 2\nbatch_size = 512\nlr = 3e-3\n\
+         valid = \"big/synth_ccp_val.csv\"\n{model}epochs = 2\nbatch_size = 512\nlr = 3e-3\n\
          seed = 11\nema_decay = 0.9\ncheckpoint_every_steps = 4\nearly_stopping = false\n"
     );
     std::fs::write(d.join(name), text).unwrap();
@@ -180,7 +185,7 @@ fn two_ranks_train_the_model_one_process_trains() {
                 "--model",
                 &pair,
                 "--data",
-                "data/synth_ccp_val.csv",
+                "big/synth_ccp_val.csv",
                 "--out",
                 "eval.json",
             ],

@@ -36,12 +36,28 @@ pub fn predict_all<M: MultiTaskModel>(
     batch_size: usize,
     with_loss: bool,
 ) -> Result<Predictions, EvalError> {
+    predict_rows(model, data, 0..data.rows, layout, device, batch_size, with_loss)
+}
+
+/// [`predict_all`] for the rows `rows` of `data` (one rank's share of a set): their
+/// predictions, and their mean loss terms when `with_loss` (zeros for no rows).
+pub fn predict_rows<M: MultiTaskModel>(
+    model: &M,
+    data: &EncodedData,
+    rows: std::ops::Range<usize>,
+    layout: &TableLayout,
+    device: &Device,
+    batch_size: usize,
+    with_loss: bool,
+) -> Result<Predictions, EvalError> {
     let n_out = model.outputs().len();
-    let mut preds = vec![Vec::with_capacity(data.rows); n_out];
+    let last = rows.end.min(data.rows);
+    let n = last.saturating_sub(rows.start);
+    let mut preds = vec![Vec::with_capacity(n); n_out];
     let mut loss_sums: Vec<f64> = Vec::new();
-    let mut start = 0;
-    while start < data.rows {
-        let end = (start + batch_size).min(data.rows);
+    let mut start = rows.start;
+    while start < last {
+        let end = (start + batch_size).min(last);
         let idx: Vec<usize> = (start..end).collect();
         let batch = data.batch(&idx, layout, device);
         let outputs = if with_loss {
@@ -60,6 +76,6 @@ pub fn predict_all<M: MultiTaskModel>(
         }
         start = end;
     }
-    let losses = with_loss.then(|| loss_sums.iter().map(|s| s / data.rows.max(1) as f64).collect());
+    let losses = with_loss.then(|| loss_sums.iter().map(|s| s / n.max(1) as f64).collect());
     Ok((preds, losses))
 }

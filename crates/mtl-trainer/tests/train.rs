@@ -462,8 +462,26 @@ fn early_stopping_keeps_the_best_model() {
         .init(&model.schema, model.encoder.layout(), &Device::flex())
         .unwrap()
         .load_file(out.join("model.bpk"));
-    let (_, terms) =
+    let (preds, terms) =
         mtl_eval::predict_all(&m, &valid, model.encoder.layout(), &Device::flex(), 4096, true).unwrap();
+    // two ranks' shares of the set, in whole batches as a distributed evaluation takes them:
+    // the predictions of one pass in the same batches, bit for bit (a batch's size can move
+    // the last bits), and the whole set's mean loss from the shares' means by their rows
+    let layout = model.encoder.layout();
+    let (split, _) = mtl_eval::predict_all(&m, &valid, layout, &Device::flex(), 100, false).unwrap();
+    let half = valid.rows.div_ceil(100) / 2 * 100;
+    let share = |rows| mtl_eval::predict_rows(&m, &valid, rows, layout, &Device::flex(), 100, true).unwrap();
+    let ((a, la), (b, lb)) = (share(0..half), share(half..valid.rows));
+    for (o, whole) in split.iter().enumerate() {
+        assert_eq!([a[o].clone(), b[o].clone()].concat(), *whole, "output {o}");
+        assert_eq!(whole.len(), preds[o].len());
+    }
+    let n = valid.rows as f64;
+    for (t, whole) in terms.as_ref().unwrap().iter().enumerate() {
+        let (la, lb) = (la.as_ref().unwrap()[t], lb.as_ref().unwrap()[t]);
+        let joined = (la * half as f64 + lb * (n - half as f64)) / n;
+        assert!((joined - whole).abs() < 1e-6, "term {t}: {joined} vs {whole}");
+    }
     let loss: f64 = terms.unwrap().iter().sum();
     assert!(
         (loss - best).abs() < 1e-6,

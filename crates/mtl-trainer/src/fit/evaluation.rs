@@ -1,12 +1,14 @@
 //! Evaluation during training: one [`EvalRecord`] per
 //! evaluation (training loss and throughput since the last one, validation loss and metrics),
-//! and early stopping's bookkeeping with the best model kept as `best.bpk`.
+//! and early stopping's bookkeeping with the best model kept as `best.bpk`. Over several ranks
+//! each predicts its share of the validation batches and the metrics are computed, alike on
+//! every rank, over all of them.
 
 use std::time::Instant;
 
 use burn::tensor::Device;
 use mtl_eval::metrics::evaluate;
-use mtl_eval::predict_all;
+use mtl_eval::{Predictions, predict_rows};
 use mtl_features::{EncodedData, TableLayout};
 use mtl_layers::{MultiTaskModel, OutputSpec};
 
@@ -52,8 +54,7 @@ impl Evaluator<'_> {
             .collect();
         let (valid_loss, valid_metrics) = match self.valid {
             Some(v) => {
-                let batch = self.settings.batch_size.max(4096);
-                let (preds, losses) = predict_all(&model.valid(), v, self.layout, &self.device, batch, true)?;
+                let (preds, losses) = self.predict(model, v)?;
                 let loss = losses.map(|l| weighted(&l, &self.settings.loss_weights));
                 (
                     loss,
@@ -98,6 +99,31 @@ impl Evaluator<'_> {
         state.history.push(record);
         *clock = Instant::now();
         Ok(stop)
+    }
+
+    /// Every output's predictions for every row of `valid`, and the mean loss terms. Over
+    /// several ranks each predicts its share of the batches — the batches one process
+    /// predicts, so the predictions are bit for bit its own — and the shares are gathered in
+    /// rank order (every rank then holds all of them), the loss terms summed by rows.
+    fn predict<M: MultiTaskModel>(&self, model: &M, valid: &EncodedData) -> Result<Predictions, TrainError> {
+        let batch = self.settings.batch_size.max(4096);
+        let group = &self.options.group;
+        let batches = group.share(valid.rows.div_ceil(batch));
+        let rows = (batches.start * batch).min(valid.rows)..(batches.end * batch).min(valid.rows);
+        let (n, model) = (rows.len(), model.valid());
+        let (preds, losses) = predict_rows(&model, valid, rows, self.layout, &self.device, batch, true)?;
+        if !group.is_distributed() {
+            return Ok((preds, losses));
+        }
+        let mut sums: Vec<f64> = losses.unwrap_or_default();
+        sums.resize(self.loss_names.len(), 0.0);
+        sums.iter_mut().for_each(|l| *l *= n as f64);
+        group.sum_f64(&mut sums);
+        let losses = sums.iter().map(|l| l / valid.rows.max(1) as f64).collect();
+        let preds = preds.iter().map(|p| group.gather_f32(p).concat()).collect();
+        // the traffic counted is training's: an evaluation's is left out, as its time is
+        let _ = group.take_traffic();
+        Ok((preds, Some(losses)))
     }
 
     /// Early stopping's update for `record`: whether to stop.
