@@ -325,6 +325,67 @@ fn outputs_never_replace_links_devices_or_fifos_and_get_normal_permissions() {
     assert_eq!(model_mode & 0o777, 0o666 & !umask);
 }
 
+/// Every command with `--out`, given as its output any of its inputs (the data by another
+/// spelling, a hard link to it) or any file of a model directory: refused, naming the output,
+/// and every file is byte for byte what it was.
+#[cfg(unix)]
+#[test]
+fn no_command_writes_over_its_input_or_a_model_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = trained(d);
+    let data = d.join("train.csv").display().to_string();
+    let spelled = format!("{}/./train.csv", d.display());
+    let linked = d.join("same.csv");
+    std::fs::hard_link(&data, &linked).unwrap();
+    let linked = linked.display().to_string();
+    let mut model_files: Vec<String> = std::fs::read_dir(&model)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .map(|p| p.display().to_string())
+        .collect();
+    model_files.sort();
+    assert!(model_files.len() >= 5, "{model_files:?}");
+    let mut kept: Vec<String> = vec![data.clone(), d.join("schema.toml").display().to_string()];
+    kept.extend(model_files.iter().cloned());
+    let before: Vec<Vec<u8>> = kept.iter().map(|p| std::fs::read(p).unwrap()).collect();
+    let mut outs = vec![data.clone(), spelled, linked];
+    outs.extend(model_files.iter().cloned());
+    // a name a run writes, before the run has written it
+    assert!(!Path::new(&model).join("calibration.json").exists());
+    outs.push(format!("{model}/calibration.json"));
+    let mut tried = 0;
+    for out in &outs {
+        let commands: [Vec<&str>; 5] = [
+            vec!["predict", "--model", &model, "--data", &data, "--out", out],
+            vec!["eval", "--model", &model, "--data", &data, "--out", out],
+            vec!["convert", &data, "--out", out],
+            vec!["schema", "infer", &data, "--out", out],
+            vec!["export", "--model", &model, "--out", out],
+        ];
+        for args in commands {
+            // export reads no data file: only the model's files are its inputs
+            if args[0] == "export" && !out.starts_with(&model) {
+                continue;
+            }
+            let result = mtl(&args);
+            assert_user_error(&result, &["refusing to write there"]);
+            tried += 1;
+        }
+    }
+    assert_eq!(tried, outs.len() * 4 + model_files.len() + 1);
+    let after: Vec<Vec<u8>> = kept.iter().map(|p| std::fs::read(p).unwrap()).collect();
+    assert!(before == after, "a file changed");
+    assert!(!Path::new(&format!("{model}/calibration.json")).exists());
+    // a new run into a folder holding the user's schema (or a run's files) is refused
+    let cfg = d.join("run.toml").display().to_string();
+    let folder = d.display().to_string();
+    let result = mtl(&["train", "--config", &cfg, "--out", &folder]);
+    assert_user_error(&result, &["already holds schema.toml", "choose another --out"]);
+    assert_eq!(std::fs::read(d.join("schema.toml")).unwrap(), before[1]);
+}
+
 #[test]
 fn predict_with_skipped_rows_writes_each_rows_input_line() {
     let dir = tempfile::tempdir().unwrap();

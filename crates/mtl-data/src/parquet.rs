@@ -336,6 +336,7 @@ pub fn csv_to_parquet(
     use parquet::basic::{Compression, ZstdLevel};
     use parquet::file::properties::WriterProperties;
 
+    mtl_features::check_output_not_input(out, &[input])?;
     let io = |e: &dyn std::fmt::Display| io_error(input, e);
     let open = || {
         csv::ReaderBuilder::new()
@@ -390,6 +391,7 @@ pub fn csv_to_parquet(
         }
         if writer.is_none() {
             let path = shard_path(out, rows_per_file, converted.files.len());
+            mtl_features::check_output_not_input(&path, &[input])?;
             let file = File::create(partial(&path)).map_err(|e| io_error(&path, e))?;
             let w = ArrowWriter::try_new(file, schema.clone(), Some(props.clone()))
                 .map_err(|e| io_error(&path, e))?;

@@ -95,7 +95,7 @@ pub fn plain_message(message: &str) -> String {
     out
 }
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Writes `bytes` to `path` atomically: a temp file in the same folder, synced, then renamed,
 /// so a crash never leaves a half-written file at `path`. See [`atomic_write_with`] for what
@@ -135,6 +135,80 @@ pub fn check_output_path(path: &Path) -> Result<(), FeatureError> {
     })
 }
 
+/// The files a trained model directory always holds (what marks a folder as one).
+const MODEL_DIR_MARKS: [&str; 3] = ["config.toml", "schema.toml", "features.json"];
+
+/// The files a model directory may hold besides its marks: an output never takes one of these
+/// names there, even before the run writes it.
+const MODEL_DIR_FILES: [&str; 6] = [
+    "model.bpk",
+    "metrics.json",
+    "calibration.json",
+    "curve.svg",
+    "best.bpk",
+    ".lock",
+];
+
+/// Refuses an output `out` that would replace something the user has: one of `inputs` (the
+/// same file after resolving links, hard links included) or a file of a model directory (a
+/// folder holding `config.toml`, `schema.toml` and `features.json`): any file it holds, or a
+/// name its runs write. A new file of another name there (scores beside the model) is fine.
+/// The error names the output and what it is.
+pub fn check_output_not_input(out: &Path, inputs: &[&Path]) -> Result<(), FeatureError> {
+    let refuse = |what: String| FeatureError::Output {
+        path: out.display().to_string(),
+        message: format!("refusing to write there: it is {what}; choose another output"),
+    };
+    for input in inputs {
+        if same_file(out, input) {
+            return Err(refuse(format!("the input {}", input.display())));
+        }
+    }
+    let out = resolved(out);
+    let (Some(dir), Some(name)) = (out.parent(), out.file_name()) else {
+        return Ok(());
+    };
+    let model_dir = MODEL_DIR_MARKS.iter().all(|f| dir.join(f).is_file());
+    let taken = out.exists() || MODEL_DIR_MARKS.iter().chain(&MODEL_DIR_FILES).any(|f| name == *f);
+    if model_dir && taken {
+        return Err(refuse(format!("a file of the model directory {}", dir.display())));
+    }
+    Ok(())
+}
+
+/// `path` made absolute with its links resolved: the file's own path when it exists, else its
+/// resolved folder joined with its name.
+fn resolved(path: &Path) -> PathBuf {
+    if let Ok(p) = path.canonicalize() {
+        return p;
+    }
+    let name = path.file_name().map(PathBuf::from).unwrap_or_default();
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    match parent.canonicalize() {
+        Ok(dir) => dir.join(name),
+        Err(_) => std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()),
+    }
+}
+
+/// Whether `a` and `b` are one file: the same resolved path, or (both existing) the same
+/// device and inode.
+fn same_file(a: &Path, b: &Path) -> bool {
+    if resolved(a) == resolved(b) {
+        return true;
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if let (Ok(x), Ok(y)) = (std::fs::metadata(a), std::fs::metadata(b)) {
+            return x.dev() == y.dev() && x.ino() == y.ino();
+        }
+    }
+    false
+}
+
 /// Like [`atomic_write`], with the contents streamed by `write` into a buffered temp file, so
 /// a large file never has to be held in memory whole.
 ///
@@ -169,4 +243,52 @@ pub fn atomic_write_with(
     tmp.as_file().sync_all().map_err(io)?;
     tmp.persist(path).map_err(|e| io(e.error))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod output_tests {
+    use super::*;
+
+    #[test]
+    fn an_output_that_is_an_input_or_a_model_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let input = d.join("data.csv");
+        std::fs::write(&input, "a\n1\n").unwrap();
+        let refused = |out: &Path| {
+            check_output_not_input(out, &[&input])
+                .expect_err(&format!("{} accepted", out.display()))
+                .to_string()
+        };
+        // the same file by another spelling, a symbolic link and a hard link
+        assert!(refused(&d.join(".").join("data.csv")).contains("the input"));
+        std::os::unix::fs::symlink(&input, d.join("link.csv")).unwrap();
+        assert!(refused(&d.join("link.csv")).contains("the input"));
+        std::fs::hard_link(&input, d.join("hard.csv")).unwrap();
+        assert!(refused(&d.join("hard.csv")).contains("the input"));
+        // any file of a model directory, existing or new
+        let model = d.join("model");
+        std::fs::create_dir(&model).unwrap();
+        for f in MODEL_DIR_MARKS {
+            std::fs::write(model.join(f), "x").unwrap();
+        }
+        let message = refused(&model.join("config.toml"));
+        assert!(message.contains("a file of the model directory"), "{message}");
+        assert!(
+            refused(&model.join("metrics.json")).contains("model directory"),
+            "a name it writes"
+        );
+        std::fs::write(model.join("notes.txt"), "mine").unwrap();
+        assert!(
+            refused(&model.join("notes.txt")).contains("model directory"),
+            "a file it holds"
+        );
+        // a new file of another name, a new file elsewhere and a folder that is not a model
+        // directory are fine
+        assert!(check_output_not_input(&model.join("scores.csv"), &[&input]).is_ok());
+        assert!(check_output_not_input(&d.join("scores.csv"), &[&input]).is_ok());
+        std::fs::remove_file(model.join("features.json")).unwrap();
+        assert!(check_output_not_input(&model.join("scores.csv"), &[&input]).is_ok());
+        assert!(check_output_not_input(&d.join("no/such/dir/x.csv"), &[&input]).is_ok());
+    }
 }

@@ -235,7 +235,14 @@ pub fn export_onnx<R: Registry>(
         });
     }
     let model = ModelDir::<R>::open(dir)?;
-    mtl_features::check_output_path(out).map_err(EvalError::from)?;
+    let mut json_path = out.as_os_str().to_owned();
+    json_path.push(".json");
+    let json_path = std::path::PathBuf::from(json_path);
+    // both outputs checked before either is written; neither may be a file of a model directory
+    for path in [out, json_path.as_path()] {
+        mtl_features::check_output_path(path).map_err(EvalError::from)?;
+        mtl_features::check_output_not_input(path, &[]).map_err(EvalError::from)?;
+    }
     let schema = &model.schema;
     let job = Export { dir, schema, batch };
     let graph = R::with_model(&model.model, schema, model.encoder.layout(), &Device::flex(), job)?;
@@ -277,12 +284,14 @@ pub fn export_onnx<R: Registry>(
         // the graph's outputs are uncalibrated: apply these maps to them as `mtl predict` does
         "calibration": model.calibration,
     });
-    let mut json_path = out.as_os_str().to_owned();
-    json_path.push(".json");
-    let json_path = std::path::PathBuf::from(json_path);
     mtl_features::atomic_write(out, &bytes).map_err(EvalError::from)?;
-    mtl_features::atomic_write(&json_path, &serde_json::to_vec_pretty(&sidecar).expect("JSON"))
-        .map_err(EvalError::from)?;
+    if let Err(e) =
+        mtl_features::atomic_write(&json_path, &serde_json::to_vec_pretty(&sidecar).expect("JSON"))
+    {
+        // a graph without its sidecar is not left behind
+        let _ = std::fs::remove_file(out);
+        return Err(EvalError::from(e).into());
+    }
     Ok(Exported {
         outputs,
         inputs: inputs

@@ -25,6 +25,7 @@ pub fn predict_file<R: Registry>(
     policy: BadRowPolicy,
 ) -> Result<(usize, ReadReport, Vec<String>), TrainError> {
     mtl_features::check_output_path(out)?;
+    mtl_features::check_output_not_input(out, &[data])?;
     let model = open_for_inference::<R>(dir)?;
     let started = Instant::now();
     let keep_lines = policy == BadRowPolicy::Skip;

@@ -202,6 +202,15 @@ fn continue_state(state: &mut TrainState, extend: bool, out_dir: &Path) -> Resul
     Ok(())
 }
 
+/// The files a new run writes into its directory before its first checkpoint.
+const RUN_FILES: [&str; 5] = [
+    "schema.toml",
+    "features.json",
+    "config.toml",
+    "model.bpk",
+    "metrics.json",
+];
+
 /// A new run's config resolved (the choices saved with it) and checked against its schema
 /// and model: the config, schema, model plan and the schema's text.
 fn settle_new<R: Registry>(
@@ -267,6 +276,17 @@ fn new_run<R: Registry>(
             file: out_dir.display().to_string(),
             message: "already holds a training run; use --resume to continue it or choose another --out"
                 .into(),
+        });
+    }
+    // a run writes these: a folder already holding one (a run killed before its first
+    // checkpoint, or the user's own schema or config) is never overwritten
+    if let Some(file) = RUN_FILES.iter().find(|f| out_dir.join(f).exists()) {
+        return Err(TrainError::Config {
+            file: out_dir.display().to_string(),
+            message: format!(
+                "already holds {file}: a new run writes its own there; choose another --out \
+                 (or `--resume` a run killed before its first checkpoint)"
+            ),
         });
     }
     if options.progress {
