@@ -35,10 +35,21 @@ const ROWS_READ: &str = "mtl.rows_read";
 const SKIPPED: &str = "mtl.rows_skipped";
 const OOV: &str = "mtl.ids_oov";
 
+/// The suffix of an encoded cache beside its data file.
+pub const CACHE_SUFFIX: &str = ".mtl.arrow";
+
+/// Whether `path` is a file mtl writes beside the data rather than data: an encoded cache
+/// (`*.mtl.arrow`), an output still being written (`.mtl-*` temp files, `*.partial` shards).
+/// A data pattern never matches one.
+pub fn is_own_file(path: &Path) -> bool {
+    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    name.ends_with(CACHE_SUFFIX) || name.starts_with(".mtl-") || name.ends_with(".partial")
+}
+
 /// Where the cache of `csv` lives.
 pub fn cache_path(csv: &Path) -> PathBuf {
     let mut name = csv.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-    name.push(".mtl.arrow");
+    name.push(CACHE_SUFFIX);
     csv.with_file_name(name)
 }
 

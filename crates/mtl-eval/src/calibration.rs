@@ -149,11 +149,42 @@ impl Calibrator {
 pub struct Calibration {
     /// `(output, calibrator)`, in output order.
     pub outputs: Vec<(String, Calibrator)>,
+    /// `(output, why)`: outputs whose map was not fitted or was refused, left uncalibrated.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<(String, String)>,
+}
+
+/// Why a map fitted on `targets` is refused for its output, if it is: fewer than two rows, or
+/// one class only (every map would then send all scores to one value), or a Platt slope that
+/// is not positive (it would reverse or erase the ranking). Isotonic maps are non-decreasing
+/// by construction.
+pub fn refusal(targets: &[f32], fitted: &Calibrator) -> Option<String> {
+    let positives = targets.iter().filter(|&&y| y > 0.5).count();
+    if targets.len() < 2 {
+        return Some(format!(
+            "{} validation row(s): too few to fit a map",
+            targets.len()
+        ));
+    }
+    if positives == 0 || positives == targets.len() {
+        let class = if positives == 0 { 0 } else { 1 };
+        return Some(format!(
+            "all {} validation rows have label {class}: a map fitted on one class sends every score to one value",
+            targets.len()
+        ));
+    }
+    match fitted {
+        Calibrator::Platt { a, .. } if a.is_nan() || *a <= 0.0 => Some(format!(
+            "Platt's slope came out {a:.4}, not positive: the map would reverse or erase the ranking"
+        )),
+        _ => None,
+    }
 }
 
 impl Calibration {
     /// Fits `method` for every binary output on its evaluation rows of `data` (`predictions`
-    /// one column per output); `None` for [`CalibrationMethod::None`].
+    /// one column per output); `None` for [`CalibrationMethod::None`]. An output whose map is
+    /// refused ([`refusal`]) stays uncalibrated and is listed in [`Calibration::refused`].
     pub fn fit(
         method: CalibrationMethod,
         specs: &[OutputSpec],
@@ -165,16 +196,19 @@ impl Calibration {
             CalibrationMethod::Platt => Calibrator::fit_platt,
             CalibrationMethod::Isotonic => Calibrator::fit_isotonic,
         };
-        let outputs = specs
-            .iter()
-            .zip(predictions)
-            .filter(|(spec, _)| spec.kind == LabelKind::Binary)
-            .map(|(spec, pred)| {
-                let (scores, targets) = rows_of(spec, pred, data);
-                (spec.name.clone(), fit(&scores, &targets))
-            })
-            .collect();
-        Some(Self { outputs })
+        let mut calibration = Self::default();
+        for (spec, pred) in specs.iter().zip(predictions) {
+            if spec.kind != LabelKind::Binary {
+                continue;
+            }
+            let (scores, targets) = rows_of(spec, pred, data);
+            let fitted = fit(&scores, &targets);
+            match refusal(&targets, &fitted) {
+                Some(why) => calibration.refused.push((spec.name.clone(), why)),
+                None => calibration.outputs.push((spec.name.clone(), fitted)),
+            }
+        }
+        Some(calibration)
     }
 
     /// Replaces the predictions of every calibrated output (`names` are the columns' outputs).
@@ -229,6 +263,62 @@ mod tests {
         assert!((c.apply(0.0) - 1.0 / 3.0).abs() < 1e-6);
         assert!((c.apply(0.9) - 1.0).abs() < 1e-6);
         assert!((c.apply(0.3) - (1.0 / 3.0 + 0.5 * (2.0 / 3.0)) as f32).abs() < 1e-5);
+    }
+
+    #[test]
+    fn maps_that_would_reverse_or_flatten_the_ranking_are_refused() {
+        // scores that rank backwards: Platt's slope comes out negative
+        let p: Vec<f32> = (0..200).map(|i| 0.05 + 0.9 * i as f32 / 200.0).collect();
+        let y: Vec<f32> = (0..200).map(|i| f32::from(i < 100)).collect();
+        let platt = Calibrator::fit_platt(&p, &y);
+        let Calibrator::Platt { a, .. } = platt else {
+            panic!()
+        };
+        assert!(a < 0.0, "slope {a}");
+        assert!(refusal(&y, &platt).unwrap().contains("not positive"));
+        // isotonic on the same scores is non-decreasing (flat here), never reversing
+        let iso = Calibrator::fit_isotonic(&p, &y);
+        assert!(refusal(&y, &iso).is_none());
+        let mapped: Vec<f32> = p.iter().map(|&s| iso.apply(s)).collect();
+        assert!(mapped.windows(2).all(|w| w[0] <= w[1]), "{mapped:?}");
+        // one class, or one row: refused for either method
+        let ones = vec![1.0f32; 50];
+        for c in [
+            Calibrator::fit_platt(&p[..50], &ones),
+            Calibrator::fit_isotonic(&p[..50], &ones),
+        ] {
+            assert!(refusal(&ones, &c).unwrap().contains("label 1"));
+        }
+        assert!(
+            refusal(&[0.0], &Calibrator::fit_isotonic(&[0.3], &[0.0]))
+                .unwrap()
+                .contains("too few")
+        );
+        // a well-ranked output is kept
+        let good: Vec<f32> = (0..200).map(|i| f32::from(i >= 100)).collect();
+        assert!(refusal(&good, &Calibrator::fit_platt(&p, &good)).is_none());
+    }
+
+    #[test]
+    fn isotonic_maps_are_non_decreasing_on_any_data() {
+        let mut state = 7u64;
+        let mut next = || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 11) as f64 / (1u64 << 53) as f64
+        };
+        for _ in 0..50 {
+            let n = 1 + (next() * 300.0) as usize;
+            let p: Vec<f32> = (0..n).map(|_| next() as f32).collect();
+            let y: Vec<f32> = (0..n).map(|_| f32::from(next() < 0.3)).collect();
+            let c = Calibrator::fit_isotonic(&p, &y);
+            let mut grid: Vec<f32> = (0..=100).map(|i| i as f32 / 100.0).collect();
+            grid.extend(&p);
+            grid.sort_by(f32::total_cmp);
+            let mapped: Vec<f32> = grid.iter().map(|&s| c.apply(s)).collect();
+            assert!(mapped.windows(2).all(|w| w[0] <= w[1] + 1e-7));
+        }
     }
 
     #[test]

@@ -113,13 +113,17 @@ impl DataFiles {
                 file: key.to_string(),
                 message,
             };
+            // mtl's own files beside the data (encoded caches, outputs being written) are never
+            // data, so `data/*` keeps working after a run cached its files there
             let mut matches: Vec<PathBuf> = glob::glob(&text)
                 .map_err(|e| bad(format!("`{text}` is not a valid pattern: {e}")))?
                 .filter_map(Result::ok)
-                .filter(|p| p.is_file())
+                .filter(|p| p.is_file() && !mtl_data::cache::is_own_file(p))
                 .collect();
             if matches.is_empty() {
-                return Err(bad(format!("the pattern `{text}` matches no file")));
+                return Err(bad(format!(
+                    "the pattern `{text}` matches no file (mtl's encoded caches and temporary files are not data)"
+                )));
             }
             matches.sort();
             out.extend(matches);
@@ -167,4 +171,37 @@ pub(crate) fn resolve(base: &Path, p: &Path) -> PathBuf {
         base.join(p)
     };
     std::path::absolute(&joined).unwrap_or(joined)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pattern_never_matches_caches_or_files_being_written() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [
+            "a.csv",
+            "a.csv.mtl.arrow",
+            ".mtl-x1y2",
+            "b.parquet.partial",
+            "c.parquet",
+        ] {
+            std::fs::write(dir.path().join(name), "x").unwrap();
+        }
+        let all = DataFiles::One(dir.path().join("*"));
+        let names: Vec<String> = all
+            .files("data.train")
+            .unwrap()
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["a.csv", "c.parquet"]);
+        let caches = DataFiles::One(dir.path().join("*.arrow"));
+        let err = caches.files("data.train").unwrap_err().to_string();
+        assert!(
+            err.contains("data.train") && err.contains("matches no file"),
+            "{err}"
+        );
+    }
 }

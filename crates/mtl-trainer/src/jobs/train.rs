@@ -618,6 +618,11 @@ impl<R: Registry> TrainJob<'_, R> {
         let (preds, _) = predict_all(model, valid, self.encoder.layout(), plain, 4096, false)?;
         let fitted = Calibration::fit(method, &model.outputs(), &preds, valid);
         if let Some(c) = &fitted {
+            for (output, why) in &c.refused {
+                tracing::warn!(%output, %why, "calibration refused");
+                self.options
+                    .announce(&format!("warning: {output} is left uncalibrated: {why}"));
+            }
             c.save(self.out_dir)?;
         }
         Ok(fitted)
