@@ -367,7 +367,17 @@ pub fn csv_to_parquet(
         })
         .set_max_row_group_row_count(Some(row_group.max(1)))
         .build();
-    let partial = |p: &Path| p.with_extension("parquet.partial");
+    // the shards are written into a temporary folder beside the output and moved into place
+    // only when all are complete: a failure leaves nothing new (the folder goes with it)
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let staging = tempfile::Builder::new()
+        .prefix(".mtl-convert-")
+        .tempdir_in(parent)
+        .map_err(|e| io_error(out, e))?;
+    let staged = |p: &Path| staging.path().join(p.file_name().unwrap_or_default());
     let mut reader = open()?;
     let mut converted = Converted {
         files: Vec::new(),
@@ -379,7 +389,6 @@ pub fn csv_to_parquet(
     let mut writer: Option<(ArrowWriter<File>, std::path::PathBuf)> = None;
     let finish = |(w, path): (ArrowWriter<File>, std::path::PathBuf), files: &mut Vec<std::path::PathBuf>| {
         w.close().map_err(|e| io_error(&path, e))?;
-        std::fs::rename(partial(&path), &path).map_err(|e| io_error(&path, e))?;
         files.push(path);
         Ok::<(), DataError>(())
     };
@@ -391,8 +400,9 @@ pub fn csv_to_parquet(
         }
         if writer.is_none() {
             let path = shard_path(out, rows_per_file, converted.files.len());
+            mtl_features::check_output_path(&path)?;
             mtl_features::check_output_not_input(&path, &[input])?;
-            let file = File::create(partial(&path)).map_err(|e| io_error(&path, e))?;
+            let file = File::create(staged(&path)).map_err(|e| io_error(&path, e))?;
             let w = ArrowWriter::try_new(file, schema.clone(), Some(props.clone()))
                 .map_err(|e| io_error(&path, e))?;
             writer = Some((w, path));
@@ -423,7 +433,55 @@ pub fn csv_to_parquet(
             file: input.display().to_string(),
         });
     }
+    swap_in(out, &converted.files, staged)?;
     Ok(converted)
+}
+
+/// Moves a conversion's complete shards (`files`, staged at `staged(file)`) into place, after
+/// removing what an earlier conversion to `out` left that this one does not write (its single
+/// file, or shards past this one's count), so that a pattern over the shards reads this
+/// conversion's rows only.
+fn swap_in(
+    out: &Path,
+    files: &[std::path::PathBuf],
+    staged: impl Fn(&Path) -> std::path::PathBuf,
+) -> Result<(), DataError> {
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let stem = out
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let ext = out
+        .extension()
+        .map(|e| format!(".{}", e.to_string_lossy()))
+        .unwrap_or_default();
+    let earlier = |name: &str| {
+        let Some(k) = name
+            .strip_prefix(&format!("{stem}-"))
+            .and_then(|r| r.strip_suffix(&ext))
+        else {
+            return Some(name) == out.file_name().and_then(|n| n.to_str());
+        };
+        k.len() == 5 && k.bytes().all(|b| b.is_ascii_digit())
+    };
+    let entries = std::fs::read_dir(parent).map_err(|e| io_error(parent, e))?;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let written = files
+            .iter()
+            .any(|f| f.file_name() == Some(entry.file_name().as_os_str()));
+        if earlier(&name) && !written && entry.file_type().is_ok_and(|t| t.is_file()) {
+            std::fs::remove_file(&path).map_err(|e| io_error(&path, e))?;
+        }
+    }
+    for file in files {
+        std::fs::rename(staged(file), file).map_err(|e| io_error(file, e))?;
+    }
+    Ok(())
 }
 
 /// Appends one CSV record to the column builders; a record of another width than the
@@ -572,4 +630,60 @@ fn write_batch(
     let columns: Vec<ArrayRef> = builders.iter_mut().map(Builder::finish).collect();
     let batch = RecordBatch::try_new(schema.clone(), columns).map_err(|e| io_error(path, e))?;
     writer.write(&batch).map_err(|e| io_error(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listing(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_conversion_replaces_an_earlier_one_whole_and_a_failed_one_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let csv = |name: &str, rows: usize| {
+            let path = d.join(name);
+            let text: String = (0..rows).map(|r| format!("{r},{}.5\n", r % 7)).collect();
+            std::fs::write(&path, format!("id,x\n{text}")).unwrap();
+            path
+        };
+        let out = d.join("pq").join("t.parquet");
+        std::fs::create_dir(d.join("pq")).unwrap();
+        let rows =
+            |files: &[std::path::PathBuf]| -> u64 { files.iter().map(|f| row_count(f).unwrap()).sum() };
+        let done = csv_to_parquet(&csv("ten.csv", 10), &out, Codec::Snappy, 2, Some(3), 100).unwrap();
+        assert_eq!(rows(&done.files), 10);
+        let four = [
+            "t-00000.parquet",
+            "t-00001.parquet",
+            "t-00002.parquet",
+            "t-00003.parquet",
+        ];
+        assert_eq!(listing(&d.join("pq")), four);
+        // fewer rows into the same name: the shards past the new count are gone
+        let done = csv_to_parquet(&csv("five.csv", 5), &out, Codec::Snappy, 2, Some(3), 100).unwrap();
+        assert_eq!(listing(&d.join("pq")), four[..2]);
+        assert_eq!(rows(&done.files), 5);
+        // one file: the earlier shards are gone
+        csv_to_parquet(&csv("five.csv", 5), &out, Codec::Snappy, 2, None, 100).unwrap();
+        assert_eq!(listing(&d.join("pq")), ["t.parquet"]);
+        let before = std::fs::read(&out).unwrap();
+        // a cell that breaks the inferred type on row 5 of 8: an error, and the folder as it was
+        let bad = d.join("bad.csv");
+        std::fs::write(&bad, "id,x\n1,1\n2,2\n3,3\n4,4\nfive,5\n6,6\n7,7\n8,8\n").unwrap();
+        let err = csv_to_parquet(&bad, &out, Codec::Snappy, 2, Some(3), 2)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bad.csv") && err.contains("`five`"), "{err}");
+        assert_eq!(listing(&d.join("pq")), ["t.parquet"]);
+        assert_eq!(std::fs::read(&out).unwrap(), before);
+    }
 }
