@@ -456,6 +456,55 @@ fn a_locked_run_directory_is_refused() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// A run interrupted, its training file then shrunk, grown, or edited in place at the same
+/// size: each `--resume` is refused naming the file and what changed; with the file restored
+/// the run resumes and finishes.
+#[test]
+fn a_resume_on_changed_training_data_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "epochs = 2\n");
+    let run = dir.path().join("run").display().to_string();
+    let out = mtl(&["train", "--config", &cfg, "--out", &run, "--max-steps", "3"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let train = dir.path().join("train.csv");
+    let original = std::fs::read_to_string(&train).unwrap();
+    let shown = train.display().to_string();
+    let mut lines: Vec<&str> = original.lines().collect();
+    let edited = {
+        // the same size: two rows' click labels swapped
+        let (a, b) = (lines[1].to_string(), lines[2].to_string());
+        lines[1] = &b;
+        lines[2] = &a;
+        lines.join("\n") + "\n"
+    };
+    assert_eq!(edited.len(), original.len());
+    assert_ne!(edited, original);
+    let shrunk: String = original.lines().take(200).map(|l| format!("{l}\n")).collect();
+    let grown = original.clone()
+        + &original
+            .lines()
+            .skip(1)
+            .take(50)
+            .map(|l| format!("{l}\n"))
+            .collect::<String>();
+    for (text, says) in [
+        (&shrunk, "bytes then"),
+        (&grown, "bytes then"),
+        (&edited, "the same size, other contents"),
+    ] {
+        std::fs::write(&train, text).unwrap();
+        let out = mtl(&["train", "--resume", &run]);
+        assert_user_error(
+            &out,
+            &[&shown, "changed since the run's checkpoint", says, "restore"],
+        );
+    }
+    std::fs::write(&train, &original).unwrap();
+    let out = mtl(&["train", "--resume", &run]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("esmm: 10 steps"));
+}
+
 #[test]
 fn runs_resume_and_rerun_from_any_working_directory() {
     let dir = tempfile::tempdir().unwrap();

@@ -55,8 +55,8 @@ pub fn cache_path(csv: &Path) -> PathBuf {
 
 /// The whole file's contents hashed (XXH3-64, streamed in 1 MiB reads: ~10 GB/s, a small
 /// part of loading the cache): an edit anywhere, whatever it does to size and modification
-/// time, gives another key.
-fn content_hash(csv: &Path) -> std::io::Result<u64> {
+/// time, gives another key (and another identity to a run's checkpoint).
+pub fn content_hash(csv: &Path) -> std::io::Result<u64> {
     let mut file = std::fs::File::open(csv)?;
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();
     let mut buf = vec![0u8; 1 << 20];

@@ -48,7 +48,7 @@ pub use config::{
 pub use crash::{PAUSE_AT, crash_point};
 pub use error::TrainError;
 pub use fit::collective::Group;
-pub use fit::state::{EvalRecord, TrainState};
+pub use fit::state::{DataFile, EvalRecord, TrainState};
 pub use fit::weighting::{Weighting, WeightingState};
 pub use jobs::{TrainOptions, TrainSummary, eval_file, predict_file, train};
 pub use mtl_layers::registry::{Registry, WithModel, example_model, parse_model};

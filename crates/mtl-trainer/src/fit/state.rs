@@ -92,6 +92,10 @@ pub struct TrainState {
     /// The learned loss weighting's state (weights, moments), if the weights are learned.
     #[serde(default)]
     pub weighting: Option<WeightingState>,
+    /// The training files as the run first read them, so that a resume on changed data is
+    /// refused (the data position would point at other rows).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub data: Vec<DataFile>,
     /// Over several ranks: collectives' seconds, reduced and gathered bytes since the last
     /// evaluation.
     #[serde(default, skip_serializing_if = "is_zero_traffic")]
@@ -104,6 +108,17 @@ fn is_zero(x: &f64) -> bool {
 
 fn is_zero_traffic(t: &(f64, f64, f64)) -> bool {
     *t == (0.0, 0.0, 0.0)
+}
+
+/// A training file as a run read it: its path, size and content hash (XXH3-64, hex).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataFile {
+    /// The file.
+    pub path: String,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// Its contents' hash.
+    pub hash: String,
 }
 
 /// Options of one `fit` call that are not model settings.

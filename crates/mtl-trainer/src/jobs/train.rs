@@ -16,7 +16,7 @@ use crate::config::{DataFiles, RunConfig};
 use crate::error::{io_err, record_err};
 use crate::fit::checkpoint::{read_checkpoint, save_atomic};
 use crate::fit::loader::{StreamSpec, TrainRows, count_rows, label_means};
-use crate::fit::state::{FitOptions, TrainState};
+use crate::fit::state::{DataFile, FitOptions, TrainState};
 use crate::fit::{fit, optimizer};
 use crate::jobs::model_dir::{RunLock, load_dir_config, mark_finished, save_dir_config};
 use crate::jobs::{TrainOptions, TrainSummary, curve, peak_rss_mb};
@@ -78,6 +78,10 @@ pub fn train<R: Registry>(
         start,
         lock,
     } = setup;
+    let data = data_files(&config.data.train.files("data.train")?)?;
+    if let Some((state, _, _)) = &start {
+        same_data(&state.data, &data)?;
+    }
     let encoder = Encoder::new(&schema, &features).with_label_rules(plan.label_rules);
     check_table_size(&encoder, &schema, out_dir)?;
     let mut inputs = Inputs::read(&config, &encoder, options)?;
@@ -103,6 +107,7 @@ pub fn train<R: Registry>(
             options,
             reads,
             rss_by_rank: Vec::new(),
+            data,
         },
     );
     drop(lock);
@@ -310,6 +315,58 @@ fn new_run<R: Registry>(
     })
 }
 
+/// The training files' identities: path, size, content hash.
+fn data_files(files: &[PathBuf]) -> Result<Vec<DataFile>, TrainError> {
+    files
+        .iter()
+        .map(|path| {
+            let bytes = std::fs::metadata(path).map_err(io_err(path))?.len();
+            let hash = mtl_data::cache::content_hash(path).map_err(io_err(path))?;
+            Ok(DataFile {
+                path: path.display().to_string(),
+                bytes,
+                hash: format!("{hash:016x}"),
+            })
+        })
+        .collect()
+}
+
+/// Refuses to resume on training files other than the checkpoint's (`saved`; a checkpoint of
+/// an older mtl has none, and is not checked): the data position counts rows of those files.
+fn same_data(saved: &[DataFile], now: &[DataFile]) -> Result<(), TrainError> {
+    if saved.is_empty() || saved == now {
+        return Ok(());
+    }
+    let changed = |file: &str, detail: String| TrainError::Config {
+        file: file.to_string(),
+        message: format!(
+            "changed since the run's checkpoint ({detail}); its position in the epoch counts \
+             rows of the data it read: restore that data to resume, or train a new run"
+        ),
+    };
+    for (was, is) in saved.iter().zip(now) {
+        if was.path != is.path {
+            return Err(changed(
+                "data.train",
+                format!("the run read {}, now {}", was.path, is.path),
+            ));
+        }
+        if was.bytes != is.bytes {
+            return Err(changed(
+                &is.path,
+                format!("{} bytes then, {} now", was.bytes, is.bytes),
+            ));
+        }
+        if was.hash != is.hash {
+            return Err(changed(&is.path, "the same size, other contents".into()));
+        }
+    }
+    Err(changed(
+        "data.train",
+        format!("{} training file(s) then, {} now", saved.len(), now.len()),
+    ))
+}
+
 /// Refuses an embedding table over [`mtl_features::schema::MAX_TABLE_FLOATS`] floats.
 fn check_table_size(encoder: &Encoder, schema: &ValidSchema, out_dir: &Path) -> Result<(), TrainError> {
     let floats = encoder.layout().total_rows.saturating_mul(schema.table_width());
@@ -481,6 +538,8 @@ struct TrainJob<'a, R: Registry> {
     reads: Vec<String>,
     /// Over several ranks: each rank's peak RSS at the end of training (MB).
     rss_by_rank: Vec<f64>,
+    /// The training files as they are now (kept in every checkpoint).
+    data: Vec<DataFile>,
 }
 
 impl<R: Registry> WithModel for TrainJob<'_, R> {
@@ -489,7 +548,8 @@ impl<R: Registry> WithModel for TrainJob<'_, R> {
 
     fn run<M: MultiTaskModel + 'static>(mut self, model: M) -> Result<TrainSummary, TrainError> {
         let settings = &self.config.train;
-        let (model, optim, state) = self.starting_point(model)?;
+        let (model, optim, mut state) = self.starting_point(model)?;
+        state.data = self.data.clone();
         let options = FitOptions {
             out_dir: self.out_dir.to_path_buf(),
             progress: self.options.progress,
