@@ -22,7 +22,7 @@ use arrow_array::{Array, ArrayRef, ListArray, PrimitiveArray, RecordBatch, UInt3
 use arrow_buffer::OffsetBuffer;
 use arrow_schema::{DataType, Field, FieldRef, Schema as ArrowSchema};
 use mtl_features::state::{fnv1a, schema_fingerprint};
-use mtl_features::{EncodedData, Encoder, ValidSchema, atomic_write_with};
+use mtl_features::{EncodedData, Encoder, LabelKind, ValidSchema, atomic_write_with};
 
 use crate::{BadRowPolicy, DataError, ReadReport, read_encoded};
 
@@ -287,7 +287,15 @@ pub fn read_encoded_cached(
         && let Some((data, report)) = read_cache(&cache, key, encoder.schema(), &file)
         && follows_rules(&data, encoder)
     {
-        return Ok((data, report, true));
+        // a cache is input too: values its encoder cannot write (an edited file keeping its
+        // key) are never trained on; the cache is rebuilt from the source instead
+        if values_fit(&data, encoder) {
+            return Ok((data, report, true));
+        }
+        tracing::warn!(
+            cache = %cache.display(),
+            "the encoded cache holds values its schema cannot produce (edited?); rebuilt from {file}"
+        );
     }
     let (data, report, _) = read_encoded(csv, encoder, policy, need_labels, None)?;
     if let Some(key) = key {
@@ -295,6 +303,51 @@ pub fn read_encoded_cached(
         let _ = write_cache(&cache, key, &data, &report, encoder.schema());
     }
     Ok((data, report, false))
+}
+
+/// Whether `data` (read from a cache) holds only what `encoder` writes: every block of the
+/// right length, every id inside its field's vocabulary, every sequence length within its
+/// field's `max_len`, every dense value finite, every binary label 0 or 1 and every
+/// regression label finite (either may be missing: NaN).
+fn values_fit(data: &EncodedData, encoder: &Encoder) -> bool {
+    let (rows, layout, ns) = (data.rows, encoder.layout(), data.n_sparse);
+    let (n_seq, width) = (data.seq_max_len.len(), data.seq_width());
+    let lengths = data.sparse.len() == rows * ns
+        && data.sequence.len() == rows * width
+        && data.seq_len.len() == rows * n_seq
+        && data.dense.len() == rows * data.n_dense
+        && data.labels.len() == rows * data.n_labels
+        && layout.rows.len() >= ns + n_seq;
+    if !lengths {
+        return false;
+    }
+    let sparse = (0..ns).all(|f| {
+        data.sparse
+            .iter()
+            .skip(f)
+            .step_by(ns)
+            .all(|&v| (v as usize) < layout.rows[f])
+    });
+    let sequence = (0..rows).all(|r| {
+        let (mut start, lens) = (r * width, &data.seq_len[r * n_seq..(r + 1) * n_seq]);
+        data.seq_max_len.iter().enumerate().all(|(s, &max_len)| {
+            let ids = &data.sequence[start..start + max_len];
+            start += max_len;
+            lens[s] as usize <= max_len && ids.iter().all(|&v| (v as usize) < layout.rows[ns + s])
+        })
+    });
+    let kinds: Vec<LabelKind> = encoder.schema().schema.labels.iter().map(|l| l.kind).collect();
+    let labels = data.n_labels == 0
+        || data.labels.chunks_exact(data.n_labels).all(|row| {
+            row.iter().zip(&kinds).all(|(&y, kind)| {
+                y.is_nan()
+                    || match kind {
+                        LabelKind::Binary => y == 0.0 || y == 1.0,
+                        LabelKind::Regression => y.is_finite(),
+                    }
+            })
+        });
+    sparse && sequence && labels && data.dense.iter().all(|x| x.is_finite())
 }
 
 /// Whether every row of `data` follows the encoder's label rules (a cache written for a model
@@ -315,6 +368,49 @@ mod tests {
     use mtl_features::{Schema, StateFitter};
 
     const SCHEMA: &str = "[[sparse]]\nname = \"u\"\nvocab_size = 10\n[[sequence]]\nname = \"h\"\nmax_len = 2\nhash_buckets = 7\n[[dense]]\nname = \"x\"\n[[labels]]\nname = \"y\"\nkind = \"binary\"\n";
+
+    #[test]
+    fn an_edited_cache_is_rebuilt_never_trained_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let csv = dir.path().join("d.csv");
+        std::fs::write(&csv, "y,u,h,x\n1,3,a|b,0.25\n0,9,,-1.5\n").unwrap();
+        let schema = Schema::from_toml_str(SCHEMA, "s").unwrap();
+        let enc = Encoder::new(&schema, &StateFitter::new(&schema).finish());
+        let (fresh, report, _) = read_encoded_cached(&csv, &enc, BadRowPolicy::Fail, true).unwrap();
+        // the cache edited, keeping its key: an id past its vocabulary, a sequence length
+        // past max_len, a label of 2, a NaN feature — each rebuilt from the CSV
+        let key = source_key(&csv, &enc, BadRowPolicy::Fail, true).unwrap();
+        let tampered = [
+            EncodedData {
+                sparse: vec![3, 10],
+                ..fresh.clone()
+            },
+            EncodedData {
+                seq_len: vec![3, 0],
+                ..fresh.clone()
+            },
+            EncodedData {
+                labels: vec![2.0, 0.0],
+                ..fresh.clone()
+            },
+            EncodedData {
+                dense: vec![f32::NAN, 0.0],
+                ..fresh.clone()
+            },
+        ];
+        for bad in tampered {
+            write_cache(&cache_path(&csv), key, &bad, &report, enc.schema()).unwrap();
+            let (read, _, cached) = read_encoded_cached(&csv, &enc, BadRowPolicy::Fail, true).unwrap();
+            assert!(!cached, "{bad:?} was used");
+            assert_eq!(read, fresh);
+            // and the cache now holds the source's values again
+            assert!(
+                read_encoded_cached(&csv, &enc, BadRowPolicy::Fail, true)
+                    .unwrap()
+                    .2
+            );
+        }
+    }
 
     #[test]
     fn round_trips_exactly_and_rebuilds_on_change() {
