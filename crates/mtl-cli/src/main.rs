@@ -230,6 +230,10 @@ struct EvalArgs {
     /// Bad rows: fail (default) or skip.
     #[arg(long, default_value = "fail")]
     bad_rows: BadRowPolicy,
+    /// Use the model of a run that has not finished (killed before its calibration or
+    /// metrics were written, or being trained further); refused otherwise.
+    #[arg(long)]
+    allow_unfinished: bool,
 }
 
 #[derive(Debug, Args)]
@@ -253,6 +257,10 @@ struct PredictArgs {
     /// input line of each predicted row.
     #[arg(long, default_value = "fail")]
     bad_rows: BadRowPolicy,
+    /// Use the model of a run that has not finished (killed before its calibration or
+    /// metrics were written, or being trained further); refused otherwise.
+    #[arg(long)]
+    allow_unfinished: bool,
 }
 
 #[derive(Debug, Args)]
@@ -270,6 +278,10 @@ struct ExportArgs {
     /// exporter can express one, else a fixed batch of 1024.
     #[arg(long)]
     batch: Option<usize>,
+    /// Use the model of a run that has not finished (killed before its calibration or
+    /// metrics were written, or being trained further); refused otherwise.
+    #[arg(long)]
+    allow_unfinished: bool,
 }
 
 #[derive(Debug, Args)]
@@ -298,6 +310,10 @@ struct ServeArgs {
     /// How long a batch waits for requests still being read, in milliseconds.
     #[arg(long, default_value_t = 2)]
     max_wait_ms: u64,
+    /// Use the model of a run that has not finished (killed before its calibration or
+    /// metrics were written, or being trained further); refused otherwise.
+    #[arg(long)]
+    allow_unfinished: bool,
 }
 
 #[derive(Debug, Args)]
@@ -686,9 +702,14 @@ fn eval(args: EvalArgs) -> Result<()> {
         mtl_features::check_output_path(out)?;
         mtl_features::check_output_not_input(out, &[&args.data])?;
     }
-    let (metrics, report) =
-        mtl_trainer::eval_file::<Models>(&args.model, &args.data, &args.backend, args.bad_rows)
-            .with_context(|| format!("evaluating {}", args.model.display()))?;
+    let (metrics, report) = mtl_trainer::eval_file::<Models>(
+        &args.model,
+        &args.data,
+        &args.backend,
+        args.bad_rows,
+        args.allow_unfinished,
+    )
+    .with_context(|| format!("evaluating {}", args.model.display()))?;
     println!("read {report}");
     print!("{}", mtl_eval::metrics::metrics_block("metrics:", &metrics));
     if let Some(out) = args.out {
@@ -705,8 +726,9 @@ fn export(args: ExportArgs) -> Result<()> {
     }
     #[cfg(feature = "onnx")]
     {
-        let done = mtl_serve::onnx::export_onnx::<Models>(&args.model, &args.out, args.batch)
-            .with_context(|| format!("exporting {}", args.model.display()))?;
+        let done =
+            mtl_serve::onnx::export_onnx::<Models>(&args.model, &args.out, args.batch, args.allow_unfinished)
+                .with_context(|| format!("exporting {}", args.model.display()))?;
         if let Some(why) = &done.symbolic_failed {
             eprintln!(
                 "warning: the batch axis cannot be symbolic for this model ({why}); fixed at {} rows",
@@ -747,6 +769,7 @@ fn serve(args: ServeArgs) -> Result<()> {
             max_rows: args.max_batch_rows,
             max_wait: std::time::Duration::from_millis(args.max_wait_ms),
         },
+        allow_unfinished: args.allow_unfinished,
     };
     use std::io::Write;
     // a supervisor may have closed its end of stdout: a lost line must not end the server
@@ -775,6 +798,7 @@ fn predict(args: PredictArgs) -> Result<()> {
         args.id_column.as_deref(),
         &args.backend,
         args.bad_rows,
+        args.allow_unfinished,
     )
     .with_context(|| format!("predicting with {}", args.model.display()))?;
     println!("read {report}");

@@ -456,6 +456,59 @@ fn a_locked_run_directory_is_refused() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// A model directory that is not what it says is refused: its calibration missing though the
+/// config asks for one, a calibration naming an output the model lacks, a run not marked
+/// finished (unless `--allow-unfinished`); and serve's model id changes with the calibration.
+#[test]
+fn an_incomplete_model_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "calibration = \"platt\"\n");
+    let model = dir.path().join("m");
+    let m = model.display().to_string();
+    let out = mtl(&["train", "--config", &cfg, "--out", &m]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let data = dir.path().join("train.csv").display().to_string();
+    let scores = dir.path().join("s.csv").display().to_string();
+    let predict = |extra: &[&str]| {
+        let mut args = vec!["predict", "--model", &m, "--data", &data, "--out", &scores];
+        args.extend(extra);
+        mtl(&args)
+    };
+    assert!(predict(&[]).status.success());
+    let calibration = model.join("calibration.json");
+    let saved = std::fs::read_to_string(&calibration).unwrap();
+    let id = mtl_serve::model_id(&model).unwrap();
+    std::fs::remove_file(&calibration).unwrap();
+    let onnx = dir.path().join("m.onnx").display().to_string();
+    for out in [
+        predict(&[]),
+        mtl(&["eval", "--model", &m, "--data", &data]),
+        mtl(&["export", "--model", &m, "--out", &onnx]),
+    ] {
+        assert_user_error(&out, &["calibration.json", "missing", "calibration = \"platt\""]);
+    }
+    std::fs::write(&calibration, saved.replace("\"ctr\"", "\"nope\"")).unwrap();
+    assert_user_error(&predict(&[]), &["calibration.json", "`nope`", "does not have"]);
+    // another map, another model id
+    let edited = saved.replacen("\"b\": ", "\"b\": 1", 1);
+    assert_ne!(edited, saved);
+    std::fs::write(&calibration, &edited).unwrap();
+    assert_ne!(mtl_serve::model_id(&model).unwrap(), id);
+    std::fs::write(&calibration, &saved).unwrap();
+    assert_eq!(mtl_serve::model_id(&model).unwrap(), id);
+    // a run whose checkpoint says it has not finished
+    let state = model.join("checkpoint/state.json");
+    let text = std::fs::read_to_string(&state).unwrap();
+    assert!(text.contains("\"finished\": true"), "{text}");
+    std::fs::write(&state, text.replace("\"finished\": true", "\"finished\": false")).unwrap();
+    assert_user_error(
+        &predict(&[]),
+        &["has not finished", "--resume", "--allow-unfinished"],
+    );
+    let out = predict(&["--allow-unfinished"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
 /// A run interrupted, its training file then shrunk, grown, or edited in place at the same
 /// size: each `--resume` is refused naming the file and what changed; with the file restored
 /// the run resumes and finishes.

@@ -39,13 +39,69 @@ pub struct ModelDir<R: Registry> {
 }
 
 impl<R: Registry> ModelDir<R> {
-    /// Opens a model directory; errors name what is missing.
+    /// Opens a model directory of a finished run ([`ModelDir::check_complete`]); errors name
+    /// what is missing.
     pub fn open(dir: &Path) -> Result<Self, EvalError> {
+        Self::open_allowing(dir, false)
+    }
+
+    /// [`ModelDir::open`], taking the model of an unfinished run too when `allow_unfinished`.
+    pub fn open_allowing(dir: &Path, allow_unfinished: bool) -> Result<Self, EvalError> {
         Self::check_files(dir)?;
+        Self::check_complete(dir, allow_unfinished)?;
         let path = dir.join("config.toml");
         let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
         let model = mtl_layers::registry::model_of_document::<R>(&text, &path.display().to_string())?;
         Self::load(dir, model)
+    }
+
+    /// Checks that the directory is what it says: a run marked finished in its checkpoint
+    /// (`finished: false` — killed before its calibration or metrics, or being trained
+    /// further — is refused unless `allow_unfinished`), and, for a finished run, the
+    /// `calibration.json` its config asks for (`[train] calibration`).
+    pub fn check_complete(dir: &Path, allow_unfinished: bool) -> Result<(), EvalError> {
+        let bad = |file: PathBuf, message: String| EvalError::Config {
+            file: file.display().to_string(),
+            message,
+        };
+        let state = dir.join("checkpoint").join("state.json");
+        let finished = match std::fs::read(&state) {
+            Ok(bytes) => serde_json::from_slice::<serde_json::Value>(&bytes)
+                .map_err(|e| bad(state.clone(), e.to_string()))?
+                .get("finished")
+                .is_none_or(|f| f.as_bool() != Some(false)),
+            // a directory without its checkpoint (a copied or shipped model) is taken as it is
+            Err(_) => true,
+        };
+        if !finished && !allow_unfinished {
+            return Err(bad(
+                dir.to_path_buf(),
+                format!(
+                    "the run has not finished: its model, calibration and metrics may be missing \
+                     or stale; finish it with `mtl train --resume {}`, or pass --allow-unfinished \
+                     to use the model it holds",
+                    dir.display()
+                ),
+            ));
+        }
+        let config = dir.join("config.toml");
+        let text = std::fs::read_to_string(&config).map_err(io_err(&config))?;
+        let table: toml::Table = toml::from_str(&text).map_err(|e| bad(config.clone(), e.to_string()))?;
+        let method = table
+            .get("train")
+            .and_then(|t| t.get("calibration"))
+            .and_then(toml::Value::as_str)
+            .unwrap_or("none");
+        let calibration = dir.join(crate::calibration::CALIBRATION_FILE);
+        if finished && method != "none" && !calibration.exists() {
+            return Err(bad(
+                calibration,
+                format!(
+                    "missing: the run's config.toml says calibration = \"{method}\" (restore the file, or train the run again)"
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Checks that `dir` is a directory holding every file of [`MODEL_DIR_FILES`]; the error
@@ -110,6 +166,19 @@ impl<R: Registry> ModelDir<R> {
             R::with_model(&self.model, &self.schema, self.encoder.layout(), &device, job)?;
         if let Some(c) = &self.calibration {
             let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
+            if let Some((unknown, _)) = c.outputs.iter().find(|(n, _)| !names.contains(n)) {
+                return Err(EvalError::Config {
+                    file: self
+                        .dir
+                        .join(crate::calibration::CALIBRATION_FILE)
+                        .display()
+                        .to_string(),
+                    message: format!(
+                        "calibrates an output `{unknown}` the model does not have (its outputs: {})",
+                        names.join(", ")
+                    ),
+                });
+            }
             c.apply(&names, &mut preds);
         }
         Ok((specs, preds))

@@ -111,6 +111,8 @@ pub struct ServeOptions {
     pub limits: Limits,
     /// How requests are batched together.
     pub batching: Batching,
+    /// Serve the model of a run that has not finished (refused otherwise).
+    pub allow_unfinished: bool,
 }
 
 impl ServeOptions {
@@ -157,8 +159,18 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(120);
 /// A model directory's id: xxh3 of its config, schema, feature state and weights.
 pub fn model_id(dir: &Path) -> Result<String, EvalError> {
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-    for name in ["config.toml", "schema.toml", "features.json", "model.bpk"] {
+    for name in [
+        "config.toml",
+        "schema.toml",
+        "features.json",
+        "model.bpk",
+        "calibration.json",
+    ] {
         let path = dir.join(name);
+        // the calibration is part of what the model answers: another map, another id
+        if name == "calibration.json" && !path.exists() {
+            continue;
+        }
         let bytes = std::fs::read(&path).map_err(io_err(&path))?;
         hasher.update(name.as_bytes());
         hasher.update(&(bytes.len() as u64).to_le_bytes());
@@ -225,7 +237,7 @@ struct App {
 /// Serves the model directory until SIGTERM or Ctrl-C; `on_ready` is called once it listens.
 pub fn serve<R: Registry>(options: ServeOptions, on_ready: impl FnOnce(&Started)) -> Result<(), ServeError> {
     options.check()?;
-    let dir = ModelDir::<R>::open(&options.model_dir)?;
+    let dir = ModelDir::<R>::open_allowing(&options.model_dir, options.allow_unfinished)?;
     let plan = R::plan(&dir.model, &dir.schema).map_err(EvalError::from)?;
     let model_id = model_id(&options.model_dir)?;
     let device = backend_device(&options.backend)?;

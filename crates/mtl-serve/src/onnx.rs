@@ -226,6 +226,7 @@ pub fn export_onnx<R: Registry>(
     dir: &Path,
     out: &Path,
     batch: Option<usize>,
+    allow_unfinished: bool,
 ) -> Result<Exported, ServeError> {
     if batch.is_some_and(|b| !(1..=1 << 20).contains(&b)) {
         return Err(ServeError::Option {
@@ -234,7 +235,7 @@ pub fn export_onnx<R: Registry>(
             message: "must be in 1..=1048576".into(),
         });
     }
-    let model = ModelDir::<R>::open(dir)?;
+    let model = ModelDir::<R>::open_allowing(dir, allow_unfinished)?;
     let mut json_path = out.as_os_str().to_owned();
     json_path.push(".json");
     let json_path = std::path::PathBuf::from(json_path);

@@ -137,7 +137,7 @@ fn train_eval_predict_agree() {
 
     // eval on the test file
     let (eval, report) =
-        mtl_trainer::eval_file::<Models>(&out, &files.test, "flex", BadRowPolicy::Fail).unwrap();
+        mtl_trainer::eval_file::<Models>(&out, &files.test, "flex", BadRowPolicy::Fail, false).unwrap();
     assert_eq!(report.rows, 600);
     assert_eq!(
         eval.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(),
@@ -155,6 +155,7 @@ fn train_eval_predict_agree() {
         Some("p_click"),
         "flex",
         BadRowPolicy::Fail,
+        false,
     )
     .unwrap();
     assert_eq!(rows, 600);
@@ -627,7 +628,7 @@ fn calibration_is_fitted_on_validation_saved_and_applied_everywhere() {
             .expect("metrics before calibration");
         // eval (and predict, through the same model directory) apply the calibration
         let (eval, _) =
-            mtl_trainer::eval_file::<Models>(&out, &files.test, "flex", BadRowPolicy::Fail).unwrap();
+            mtl_trainer::eval_file::<Models>(&out, &files.test, "flex", BadRowPolicy::Fail, false).unwrap();
         assert_eq!(eval, summary.test);
         // a monotone map keeps each output's AUC (up to ties it may create)
         for (a, b) in before.iter().zip(&summary.test) {
@@ -639,10 +640,13 @@ fn calibration_is_fitted_on_validation_saved_and_applied_everywhere() {
         // on the rows it was fitted on, the calibrated mean prediction is the observed rate
         // (Platt: the intercept's gradient is zero at the fit) and the ECE falls
         let (valid_after, _) =
-            mtl_trainer::eval_file::<Models>(&out, &files.val, "flex", BadRowPolicy::Fail).unwrap();
+            mtl_trainer::eval_file::<Models>(&out, &files.val, "flex", BadRowPolicy::Fail, false).unwrap();
+        // the map set aside (a calibration of no output: a missing file the config asks for
+        // is refused)
         std::fs::rename(out.join("calibration.json"), out.join("off.json")).unwrap();
+        std::fs::write(out.join("calibration.json"), r#"{"outputs": []}"#).unwrap();
         let (valid_before, _) =
-            mtl_trainer::eval_file::<Models>(&out, &files.val, "flex", BadRowPolicy::Fail).unwrap();
+            mtl_trainer::eval_file::<Models>(&out, &files.val, "flex", BadRowPolicy::Fail, false).unwrap();
         for (a, b) in valid_before.iter().zip(&valid_after) {
             let name = &a.name;
             let (a, b) = (a.binary.as_ref().unwrap(), b.binary.as_ref().unwrap());

@@ -15,7 +15,8 @@ pub const INPUT_LINE_COLUMN: &str = "input_line";
 /// Writes predictions for a CSV file: a header, then one row per kept input row with the id
 /// column (if asked) and one column per output. When bad rows are skipped, the first column
 /// is the input line of each row (`input_line`), so that no prediction can be matched to the
-/// wrong row. Written atomically, with the `csv` writer (ids holding commas are quoted).
+/// wrong row. Written atomically, with the `csv` writer (ids holding commas are quoted). The
+/// model of an unfinished run is used only when `allow_unfinished`.
 pub fn predict_file<R: Registry>(
     dir: &Path,
     data: &Path,
@@ -23,10 +24,11 @@ pub fn predict_file<R: Registry>(
     id_column: Option<&str>,
     backend: &str,
     policy: BadRowPolicy,
+    allow_unfinished: bool,
 ) -> Result<(usize, ReadReport, Vec<String>), TrainError> {
     mtl_features::check_output_path(out)?;
     mtl_features::check_output_not_input(out, &[data])?;
-    let model = open_for_inference::<R>(dir)?;
+    let model = open_for_inference::<R>(dir, allow_unfinished)?;
     let started = Instant::now();
     let keep_lines = policy == BadRowPolicy::Skip;
     let (encoded, report, tags) = read_tagged(data, &model.encoder, policy, false, id_column, keep_lines)?;
