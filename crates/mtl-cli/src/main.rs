@@ -209,7 +209,7 @@ struct TrainArgs {
     #[arg(long, conflicts_with = "resume")]
     backend: Option<String>,
     /// Model directory to create.
-    #[arg(long, default_value = "out/model")]
+    #[arg(long, default_value = "out/model", conflicts_with = "resume")]
     out: PathBuf,
 }
 
@@ -555,6 +555,11 @@ fn convert(a: &ConvertArgs) -> Result<()> {
 fn schema_infer(files: &[PathBuf], out: Option<&Path>, rows: usize, max_categories: usize) -> Result<()> {
     if rows == 0 {
         anyhow::bail!("--rows 0: at least one row is needed to guess from");
+    }
+    if max_categories == 0 {
+        anyhow::bail!(
+            "--max-categories 0: give at least 1 (a fitted vocabulary of no values sends every value to one id)"
+        );
     }
     let paths: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
     let options = mtl_data::infer::InferOptions {

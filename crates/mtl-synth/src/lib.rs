@@ -430,6 +430,25 @@ impl ChainSpec {
             if self.steps[..i].iter().any(|s| s.name == step.name) {
                 return Err(invalid("steps", None, format!("`{}` appears twice", step.name)));
             }
+            let f = &self.fields;
+            let columns = [
+                ("u", f.user_vocab.len()),
+                ("i", f.item_vocab.len()),
+                ("d", f.dense),
+            ];
+            if columns
+                .iter()
+                .any(|(p, n)| (0..*n).any(|k| step.name == format!("{p}{k}")))
+            {
+                return Err(invalid(
+                    "steps",
+                    None,
+                    format!(
+                        "`{}` is also a feature column the generator writes (u0…, i0…, d0…): name the step otherwise",
+                        step.name
+                    ),
+                ));
+            }
             if !(step.rate > 0.0 && step.rate < 1.0) {
                 return Err(invalid(
                     "steps",
@@ -861,6 +880,8 @@ mod chain_tests {
             (&[("click", 0.1), ("buy", 1.0)][..], "between 0 and 1"),
             (&[("click", 0.1), ("p_buy", 0.2)][..], "letters, digits"),
             (&[("click", 0.1), ("a b", 0.2)][..], "letters, digits"),
+            (&[("click", 0.1), ("u0", 0.2)][..], "also a feature column"),
+            (&[("d0", 0.1), ("buy", 0.2)][..], "also a feature column"),
         ] {
             let err = generate_chain(&spec(steps, 100), dir.path(), "x").unwrap_err();
             assert!(

@@ -85,6 +85,9 @@ pub fn train<R: Registry>(
     let encoder = Encoder::new(&schema, &features).with_label_rules(plan.label_rules);
     check_table_size(&encoder, &schema, out_dir)?;
     let mut inputs = Inputs::read(&config, &encoder, options)?;
+    if let Some(rows) = &inputs.train {
+        warn_one_class(&schema, rows)?;
+    }
     let reads = std::mem::take(&mut inputs.reads);
     let device = backend_device(&config.train.backend)?;
     device.seed(config.train.seed);
@@ -365,6 +368,29 @@ fn same_data(saved: &[DataFile], now: &[DataFile]) -> Result<(), TrainError> {
         "data.train",
         format!("{} training file(s) then, {} now", saved.len(), now.len()),
     ))
+}
+
+/// Warns of a binary label with one class only in the training rows (held in memory): its
+/// outputs can only learn to predict that class.
+fn warn_one_class(schema: &ValidSchema, rows: &EncodedData) -> Result<(), TrainError> {
+    let means = label_means(TrainRows::Memory(rows))?;
+    for (label, mean) in schema.schema.labels.iter().zip(means) {
+        if label.kind != mtl_features::LabelKind::Binary {
+            continue;
+        }
+        let class = match mean {
+            0.0 => "no positive (1)",
+            1.0 => "no negative (0)",
+            m if m.is_nan() => "no value",
+            _ => continue,
+        };
+        tracing::warn!(
+            "label `{}` has {class} in the {} training rows: its outputs can only learn one class",
+            label.name,
+            rows.rows
+        );
+    }
+    Ok(())
 }
 
 /// Refuses an embedding table over [`mtl_features::schema::MAX_TABLE_FLOATS`] floats.
