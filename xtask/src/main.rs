@@ -268,6 +268,18 @@ fn predict_csv(
 
 /// Trains one job in a child `mtl` process and returns its metrics.json and wall seconds.
 fn train_job(mtl: &Path, name: &str, config: &str, threads: usize, dir: &Path) -> Result<(Value, f64)> {
+    train_job_as(Command::new(mtl), name, config, threads, dir)
+}
+
+/// [`train_job`] run by `mtl`, the command that starts the binary (`mtl` itself, or `mpirun …
+/// mtl`).
+fn train_job_as(
+    mut mtl: Command,
+    name: &str,
+    config: &str,
+    threads: usize,
+    dir: &Path,
+) -> Result<(Value, f64)> {
     std::fs::create_dir_all(dir)?;
     let cfg = dir.join(format!("{name}.toml"));
     std::fs::write(&cfg, config)?;
@@ -277,7 +289,7 @@ fn train_job(mtl: &Path, name: &str, config: &str, threads: usize, dir: &Path) -
     }
     eprintln!("== {name}");
     let started = Instant::now();
-    run(Command::new(mtl)
+    run(mtl
         .args(["--quiet", "--threads", &threads.to_string(), "train", "--config"])
         .arg(&cfg)
         .arg("--out")

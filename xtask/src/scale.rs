@@ -6,13 +6,12 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
 use crate::stats::mean_sd;
-use crate::{build_mtl_with, ccp_data, model_toml, output_auc, run, run_config, work_dir};
+use crate::{build_mtl_with, ccp_data, model_toml, output_auc, run_config, train_job_as, work_dir};
 
 /// Options of `cargo xtask scale`.
 #[derive(Debug, clap::Args)]
@@ -41,17 +40,9 @@ struct Side {
     threads: usize,
 }
 
-/// `mtl train` of `config` as `side`, in `dir`: the job's metrics.json.
+/// `mtl train` of `config` as `side`, in `dir`: the job's metrics.json (with `wall_secs`).
 fn train(mtl: &Path, side: &Side, name: &str, config: &str, dir: &Path) -> Result<Value> {
-    std::fs::create_dir_all(dir)?;
-    let cfg = dir.join(format!("{name}.toml"));
-    std::fs::write(&cfg, config)?;
-    let out = dir.join(name);
-    if out.exists() {
-        std::fs::remove_dir_all(&out)?;
-    }
-    eprintln!("== {name}");
-    let mut cmd = match side.ranks {
+    let cmd = match side.ranks {
         1 => Command::new(mtl),
         n => {
             let mut c = Command::new("mpirun");
@@ -62,20 +53,8 @@ fn train(mtl: &Path, side: &Side, name: &str, config: &str, dir: &Path) -> Resul
             c
         }
     };
-    let started = Instant::now();
-    run(cmd
-        .args([
-            "--quiet",
-            "--threads",
-            &side.threads.to_string(),
-            "train",
-            "--config",
-        ])
-        .arg(&cfg)
-        .arg("--out")
-        .arg(&out))?;
-    let mut m: Value = serde_json::from_slice(&std::fs::read(out.join("metrics.json"))?)?;
-    m["wall_secs"] = json!(started.elapsed().as_secs_f64());
+    let (mut m, secs) = train_job_as(cmd, name, config, side.threads, dir)?;
+    m["wall_secs"] = json!(secs);
     Ok(m)
 }
 

@@ -558,6 +558,43 @@ fn a_resume_on_changed_training_data_is_refused() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("esmm: 10 steps"));
 }
 
+/// A finished run asked for more epochs whose extension fails before its first checkpoint
+/// (here: its training data changed) keeps its config as it was: still one epoch, finished.
+#[test]
+fn a_failed_extension_leaves_the_finished_run_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "epochs = 1\n");
+    let run = dir.path().join("run");
+    let r = run.display().to_string();
+    let out = mtl(&["train", "--config", &cfg, "--out", &r]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let before = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    let train = dir.path().join("train.csv");
+    let original = std::fs::read_to_string(&train).unwrap();
+    std::fs::write(
+        &train,
+        original.lines().take(100).collect::<Vec<_>>().join("\n") + "\n",
+    )
+    .unwrap();
+    let out = mtl(&["train", "--resume", &r, "--epochs", "3"]);
+    assert_user_error(&out, &["changed since the run's checkpoint"]);
+    assert_eq!(
+        std::fs::read_to_string(run.join("config.toml")).unwrap(),
+        before,
+        "config.toml rewritten"
+    );
+    std::fs::write(&train, &original).unwrap();
+    let out = mtl(&["train", "--resume", &r]);
+    assert_user_error(&out, &["already finished after 1 epochs"]);
+    let out = mtl(&["train", "--resume", &r, "--epochs", "2"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_ne!(
+        std::fs::read_to_string(run.join("config.toml")).unwrap(),
+        before,
+        "the extension saved"
+    );
+}
+
 #[test]
 fn runs_resume_and_rerun_from_any_working_directory() {
     let dir = tempfile::tempdir().unwrap();

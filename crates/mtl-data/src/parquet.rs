@@ -450,14 +450,7 @@ fn swap_in(
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let stem = out
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let ext = out
-        .extension()
-        .map(|e| format!(".{}", e.to_string_lossy()))
-        .unwrap_or_default();
+    let (stem, ext) = stem_and_extension(out);
     let earlier = |name: &str| {
         let Some(k) = name
             .strip_prefix(&format!("{stem}-"))
@@ -564,11 +557,8 @@ fn arrow_schema(names: &[String], kinds: &[Kind]) -> arrow_schema::SchemaRef {
     std::sync::Arc::new(arrow_schema::Schema::new(fields))
 }
 
-/// The path of shard `k`: `out` itself without `rows_per_file`, else `STEM-0000k.EXT` beside it.
-fn shard_path(out: &Path, rows_per_file: Option<u64>, k: usize) -> std::path::PathBuf {
-    if rows_per_file.is_none() {
-        return out.to_path_buf();
-    }
+/// `out`'s file stem and its extension with the dot (`""` without one).
+fn stem_and_extension(out: &Path) -> (String, String) {
     let stem = out
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
@@ -577,6 +567,15 @@ fn shard_path(out: &Path, rows_per_file: Option<u64>, k: usize) -> std::path::Pa
         .extension()
         .map(|e| format!(".{}", e.to_string_lossy()))
         .unwrap_or_default();
+    (stem, ext)
+}
+
+/// The path of shard `k`: `out` itself without `rows_per_file`, else `STEM-0000k.EXT` beside it.
+fn shard_path(out: &Path, rows_per_file: Option<u64>, k: usize) -> std::path::PathBuf {
+    if rows_per_file.is_none() {
+        return out.to_path_buf();
+    }
+    let (stem, ext) = stem_and_extension(out);
     out.with_file_name(format!("{stem}-{k:05}{ext}"))
 }
 

@@ -34,6 +34,9 @@ struct Setup<R: Registry> {
     start: Option<Checkpoint>,
     /// Held for the whole job (by the leader: other ranks write nothing).
     lock: Option<RunLock>,
+    /// A finished run trained further: its `config.toml` as it was before this invocation
+    /// saved the new epochs, put back if the job fails before its first checkpoint.
+    restore_config: Option<Vec<u8>>,
 }
 
 /// Trains from a config into `out_dir` (created), or continues the run in `out_dir` when
@@ -70,6 +73,26 @@ pub fn train<R: Registry>(
             dir: out_dir.display().to_string(),
         });
     };
+    let mut setup = setup;
+    let restore = setup.restore_config.take();
+    let result = train_from(setup, out_dir, options);
+    // a failed extension that never reached a checkpoint leaves the run as it was: finished,
+    // with the config that says so
+    if let (Err(_), Some(old)) = (&result, restore)
+        && read_checkpoint(out_dir).is_ok_and(|(state, _, _)| state.finished)
+    {
+        let _ = atomic_write(&out_dir.join("config.toml"), &old);
+    }
+    result
+}
+
+/// The job once its run is settled: the data read and checked against the checkpoint's, the
+/// model built and fitted, its artifacts written.
+fn train_from<R: Registry>(
+    setup: Setup<R>,
+    out_dir: &Path,
+    options: &TrainOptions,
+) -> Result<TrainSummary, TrainError> {
     let Setup {
         config,
         schema,
@@ -77,6 +100,7 @@ pub fn train<R: Registry>(
         features,
         start,
         lock,
+        ..
     } = setup;
     let data = data_files(&config.data.train.files("data.train")?)?;
     if let Some((state, _, _)) = &start {
@@ -167,7 +191,10 @@ fn resumed_run<R: Registry>(
             out_dir,
         )?;
     }
+    let mut restore_config = None;
     if config.train.epochs != saved_epochs && lead {
+        let path = out_dir.join("config.toml");
+        restore_config = Some(std::fs::read(&path).map_err(io_err(&path))?);
         save_dir_config(out_dir, &config)?;
     }
     let plan = R::plan(&config.model, &schema)?;
@@ -179,6 +206,7 @@ fn resumed_run<R: Registry>(
         features,
         start,
         lock,
+        restore_config,
     })
 }
 
@@ -265,6 +293,7 @@ fn follow_new_run<R: Registry>(
         features,
         start: None,
         lock: None,
+        restore_config: None,
     })
 }
 
@@ -315,6 +344,7 @@ fn new_run<R: Registry>(
         features,
         start: None,
         lock,
+        restore_config: None,
     })
 }
 
