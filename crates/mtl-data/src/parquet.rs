@@ -513,6 +513,23 @@ fn append_record(
 /// Each column's type from the first `infer_rows` rows of `reader` (at least one): an
 /// integer column until a cell is not one, then a number column, then text; empty cells
 /// say nothing.
+/// The 64-bit integer `cell` is, when it reads back as the same text: `007`, `+7` and integers
+/// beyond 64 bits are not (as integers they would merge with `7` or lose digits; they stay
+/// text, as the CSV path reads them).
+fn exact_int(cell: &str) -> Option<i64> {
+    cell.parse::<i64>().ok().filter(|v| v.to_string() == cell)
+}
+
+/// The number `cell` is, unless it is written as an integer that is not [`exact_int`] (leading
+/// zeros, a sign, beyond 64 bits): such a column is an id column, kept as text.
+fn number(cell: &str) -> Option<f64> {
+    let digits = cell.strip_prefix(['-', '+']).unwrap_or(cell);
+    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) && exact_int(cell).is_none() {
+        return None;
+    }
+    cell.parse().ok()
+}
+
 fn infer_kinds(
     reader: &mut csv::Reader<File>,
     columns: usize,
@@ -529,10 +546,10 @@ fn infer_kinds(
             if cell.is_empty() {
                 continue;
             }
-            if *kind == Kind::Int && cell.parse::<i64>().is_err() {
+            if *kind == Kind::Int && exact_int(cell).is_none() {
                 *kind = Kind::Float;
             }
-            if *kind == Kind::Float && cell.parse::<f64>().is_err() {
+            if *kind == Kind::Float && number(cell).is_none() {
                 *kind = Kind::Text;
             }
         }
@@ -600,9 +617,9 @@ impl Builder {
     fn append(&mut self, cell: &str) -> Result<(), &'static str> {
         match self {
             Self::Int(b) if cell.is_empty() => b.append_null(),
-            Self::Int(b) => b.append_value(cell.parse().map_err(|_| "an integer")?),
+            Self::Int(b) => b.append_value(exact_int(cell).ok_or("an integer written as Int64 writes it")?),
             Self::Float(b) if cell.is_empty() => b.append_null(),
-            Self::Float(b) => b.append_value(cell.parse().map_err(|_| "a number")?),
+            Self::Float(b) => b.append_value(number(cell).ok_or("a number")?),
             Self::Text(b) if cell.is_empty() => b.append_null(),
             Self::Text(b) => b.append_value(cell),
         }
@@ -642,6 +659,42 @@ mod tests {
             .collect();
         names.sort();
         names
+    }
+
+    #[test]
+    fn integers_convert_only_when_they_read_back_exactly() {
+        assert_eq!(exact_int("7"), Some(7));
+        assert_eq!(exact_int("-12"), Some(-12));
+        for lossy in ["007", "+7", "-0", "12345678901234567890", "7.0"] {
+            assert_eq!(exact_int(lossy), None, "{lossy}");
+        }
+        // ids with leading zeros or beyond 64 bits are not numbers either: their column is text
+        assert_eq!(number("007"), None);
+        assert_eq!(number("12345678901234567890"), None);
+        assert_eq!(number("1.50"), Some(1.5));
+        assert_eq!(number("-2e3"), Some(-2000.0));
+        // end to end: `007` and `7` stay two values, a 20-digit id keeps its digits
+        let dir = tempfile::tempdir().unwrap();
+        let csv = dir.path().join("ids.csv");
+        std::fs::write(
+            &csv,
+            "a,b,c\n7,12345678901234567890,1\n007,12345678901234567891,2\n",
+        )
+        .unwrap();
+        let out = dir.path().join("ids.parquet");
+        csv_to_parquet(&csv, &out, Codec::None, 10, None, 100).unwrap();
+        let file = File::open(&out).unwrap();
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .build()
+            .unwrap();
+        let batch = reader.into_iter().next().unwrap().unwrap();
+        use arrow_array::cast::AsArray;
+        let a = batch.column(0).as_string::<i32>();
+        assert_eq!((a.value(0), a.value(1)), ("7", "007"));
+        let b = batch.column(1).as_string::<i32>();
+        assert_eq!(b.value(1), "12345678901234567891");
+        assert_eq!(batch.column(2).data_type(), &arrow_schema::DataType::Int64);
     }
 
     #[test]
