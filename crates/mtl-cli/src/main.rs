@@ -310,6 +310,9 @@ struct ServeArgs {
     /// How long a batch waits for requests still being read, in milliseconds.
     #[arg(long, default_value_t = 2)]
     max_wait_ms: u64,
+    /// How long a request's body may take to arrive, in milliseconds (slower: 408).
+    #[arg(long, default_value_t = 30_000)]
+    body_timeout_ms: u64,
     /// Use the model of a run that has not finished (killed before its calibration or
     /// metrics were written, or being trained further); refused otherwise.
     #[arg(long)]
@@ -769,6 +772,7 @@ fn serve(args: ServeArgs) -> Result<()> {
             max_body_bytes: args.max_body_bytes,
             max_rows: args.max_rows,
             queue: args.queue,
+            body_timeout: std::time::Duration::from_millis(args.body_timeout_ms),
         },
         batching: mtl_serve::Batching {
             max_rows: args.max_batch_rows,

@@ -299,6 +299,35 @@ fn served_scores_equal_predict_and_bad_requests_leave_the_server_serving() {
     drop(server);
 }
 
+/// A client that sends its headers and part of its body, then stops: answered 408 once
+/// `--body-timeout-ms` has passed, and the server goes on serving.
+#[test]
+fn a_body_that_stops_arriving_is_answered_408() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, test) = trained(dir.path());
+    let (rows, want) = rows_and_scores(dir.path(), &model, &test);
+    let server = Server::start(&model, &["--body-timeout-ms", "500"]);
+    let host = server.url.trim_start_matches("http://").to_string();
+    let mut stream = std::net::TcpStream::connect(&host).unwrap();
+    let head = format!(
+        "POST /v1/predict HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: 100\r\nConnection: close\r\n\r\n{{\"rows\""
+    );
+    let started = std::time::Instant::now();
+    stream.write_all(head.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let took = started.elapsed();
+    assert!(response.starts_with("HTTP/1.1 408"), "{response}");
+    assert!(response.contains("--body-timeout-ms"), "{response}");
+    assert!(
+        took >= std::time::Duration::from_millis(450) && took < std::time::Duration::from_secs(10),
+        "{took:?}"
+    );
+    let (status, answer) = post(&agent(), &server.url, &json!({ "rows": rows[..2] }).to_string());
+    assert_eq!(status, 200, "{answer}");
+    assert_close(&answer["scores"], &want[..2], "after a timed-out request");
+}
+
 #[cfg(unix)]
 #[test]
 fn a_full_queue_answers_429_and_sigterm_lets_a_request_in_flight_finish() {

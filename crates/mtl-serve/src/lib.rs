@@ -86,6 +86,9 @@ pub struct Limits {
     pub max_rows: usize,
     /// Requests queued for the model at once; more are refused with 429.
     pub queue: usize,
+    /// How long a request's body may take to arrive once its headers have; slower (a client
+    /// that stops sending) is answered 408.
+    pub body_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -94,6 +97,7 @@ impl Default for Limits {
             max_body_bytes: 16 << 20,
             max_rows: 10_000,
             queue: 1024,
+            body_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -132,6 +136,12 @@ impl ServeOptions {
         range("max-body-bytes", self.limits.max_body_bytes, 1 << 10, 1 << 30)?;
         range("max-rows", self.limits.max_rows, 1, 1_000_000)?;
         range("queue", self.limits.queue, 1, 1_000_000)?;
+        range(
+            "body-timeout-ms",
+            self.limits.body_timeout.as_millis().min(usize::MAX as u128) as usize,
+            1,
+            3_600_000,
+        )?;
         range("max-batch-rows", self.batching.max_rows, 1, 1_000_000)?;
         range(
             "max-wait-ms",
@@ -446,10 +456,20 @@ async fn predict(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) ->
         // too large even to read past: answer now (the client may see the connection close)
         return too_large();
     }
-    let bytes = match read_body(body, limit).await {
-        Ok(Some(b)) => b,
-        Ok(None) => return too_large(),
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("reading the request body: {e}")),
+    let wait = app.limits.body_timeout;
+    let bytes = match tokio::time::timeout(wait, read_body(body, limit)).await {
+        Ok(Ok(Some(b))) => b,
+        Ok(Ok(None)) => return too_large(),
+        Ok(Err(e)) => return error(StatusCode::BAD_REQUEST, format!("reading the request body: {e}")),
+        Err(_) => {
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within {} ms (--body-timeout-ms)",
+                    wait.as_millis()
+                ),
+            );
+        }
     };
     app.parsing.fetch_add(1, Ordering::AcqRel);
     let parsed = tokio::task::block_in_place(|| {
