@@ -573,6 +573,19 @@ fn schema_infer(files: &[PathBuf], out: Option<&Path>, rows: usize, max_categori
     if read == 0 {
         anyhow::bail!("{}: no data rows to guess from", files[0].display());
     }
+    use mtl_data::infer::Guess;
+    if stats
+        .iter()
+        .all(|s| matches!(s.guess, Guess::Label | Guess::Ignore))
+    {
+        let kept: Vec<&str> = stats.iter().map(|s| s.name.as_str()).collect();
+        anyhow::bail!(
+            "{}: no column to train on — every column ({}) looks like a label or is left out \
+             (an id distinct on nearly every row, or empty)",
+            files[0].display(),
+            kept.join(", ")
+        );
+    }
     let text = mtl_data::infer::schema_toml(&paths, &stats, read);
     let labels = stats
         .iter()

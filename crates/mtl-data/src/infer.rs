@@ -113,6 +113,32 @@ pub fn label_like(name: &str) -> bool {
 /// Reads the next row of a file into a record: its line or row number, `None` at the end.
 type NextRow = Box<dyn FnMut(&mut csv::ByteRecord) -> Result<Option<u64>, DataError>>;
 
+/// Refuses a header a schema cannot name: a column without a name, or a name given twice.
+fn check_header(names: &[String], file: &str) -> Result<(), DataError> {
+    let bad = |message: String| DataError::BadRow {
+        file: file.to_string(),
+        line: 1,
+        column: "<header>".into(),
+        message,
+    };
+    for (i, name) in names.iter().enumerate() {
+        if name.trim().is_empty() {
+            return Err(bad(format!(
+                "column {} has no name: every column needs one to be a field",
+                i + 1
+            )));
+        }
+        if let Some(j) = names[..i].iter().position(|n| n == name) {
+            return Err(bad(format!(
+                "`{name}` names columns {} and {}: give each column its own name",
+                j + 1,
+                i + 1
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Reads the sample and guesses every column (CSV or Parquet files).
 pub fn infer_columns(files: &[&Path], options: InferOptions) -> Result<(Vec<ColumnStats>, usize), DataError> {
     let cap = options.max_categories.max(1) * 2;
@@ -126,6 +152,7 @@ pub fn infer_columns(files: &[&Path], options: InferOptions) -> Result<(Vec<Colu
         if names.is_empty() || names.iter().all(String::is_empty) {
             return Err(DataError::NoHeader { file });
         }
+        check_header(&names, &file)?;
         match &header {
             None => {
                 seen = vec![HashSet::new(); names.len()];
