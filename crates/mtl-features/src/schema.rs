@@ -498,13 +498,17 @@ fn expand_list<F: Patterned>(
         for text in entry.patterns() {
             let pattern = glob::Pattern::new(text)
                 .map_err(|e| invalid(key.clone(), format!("`{text}` is not a valid pattern: {e}")))?;
-            patterns.push((text, pattern, false));
+            patterns.push((text, pattern, false, Vec::new()));
         }
         for column in header {
             let mut hit = false;
-            for (_, pattern, used) in patterns.iter_mut() {
+            for (_, pattern, used, elsewhere) in patterns.iter_mut() {
                 if pattern.matches(column) {
-                    *used = true;
+                    // a column a label or an explicit entry has does not count as a match
+                    match taken.contains(column) {
+                        true => elsewhere.push(column.clone()),
+                        false => *used = true,
+                    }
                     hit = true;
                 }
             }
@@ -526,7 +530,16 @@ fn expand_list<F: Patterned>(
             claimed.insert(column.clone(), key.trim_end_matches(".names").to_string());
             out.push(entry.for_column(column));
         }
-        if let Some((text, _, _)) = patterns.iter().find(|(_, _, used)| !used) {
+        if let Some((text, _, _, elsewhere)) = patterns.iter().find(|(_, _, used, _)| !used) {
+            if !elsewhere.is_empty() {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "the pattern `{text}` matches only columns other entries have ({}: labels or fields named on their own): it adds no field",
+                        elsewhere.join(", ")
+                    ),
+                ));
+            }
             let shown: Vec<&str> = header.iter().take(12).map(String::as_str).collect();
             return Err(invalid(
                 key,
@@ -1220,6 +1233,15 @@ kind = "binary"
         ));
         assert!(
             err.contains("dense[0].names") && err.contains("categorical_1") && err.contains("both"),
+            "{err}"
+        );
+        // a pattern whose only matches are a label: an error, not a pattern that adds nothing
+        let err = expand(&format!(
+            "[[sparse]]\nnames = [\"categorical_*\"]\nfit = true\n[[dense]]\nnames = [\"cli*\"]\n{labels}"
+        ));
+        assert!(
+            err.contains("dense[0].names")
+                && err.contains("`cli*` matches only columns other entries have (click"),
             "{err}"
         );
         let err = expand(&format!(
