@@ -598,8 +598,7 @@ fn schema_infer(files: &[PathBuf], out: Option<&Path>, rows: usize, max_categori
     }
     match out {
         Some(path) => {
-            mtl_features::check_output_path(path)?;
-            mtl_features::check_output_not_input(path, &paths)?;
+            mtl_features::check_output(path, &paths)?;
             mtl_features::atomic_write(path, text.as_bytes())?;
             eprintln!(
                 "wrote {} ({} columns from {read} rows; {labels} labels found)",
@@ -720,8 +719,7 @@ fn models_text() -> String {
 
 fn eval(args: EvalArgs) -> Result<()> {
     if let Some(out) = &args.out {
-        mtl_features::check_output_path(out)?;
-        mtl_features::check_output_not_input(out, &[&args.data])?;
+        mtl_features::check_output(out, &[&args.data])?;
     }
     let (metrics, report) = mtl_trainer::eval_file::<Models>(
         &args.model,

@@ -322,8 +322,8 @@ impl std::str::FromStr for Codec {
 /// empty cells are nulls), `row_group` rows per row group, and at most `rows_per_file` rows
 /// per file (`out` itself when one file suffices, else `out` with `-00000`, `-00001`, … before
 /// its extension). The types are fixed from the first `infer_rows` rows; a later cell that
-/// does not fit is an error naming the line and column. Files are written under temporary
-/// names and renamed when complete.
+/// does not fit is an error naming the line and column. The files are written into a
+/// temporary folder beside `out` and moved into place when all are complete ([`swap_in`]).
 pub fn csv_to_parquet(
     input: &Path,
     out: &Path,
@@ -333,52 +333,19 @@ pub fn csv_to_parquet(
     infer_rows: usize,
 ) -> Result<Converted, DataError> {
     use parquet::arrow::ArrowWriter;
-    use parquet::basic::{Compression, ZstdLevel};
-    use parquet::file::properties::WriterProperties;
 
     mtl_features::check_output_not_input(out, &[input])?;
     let io = |e: &dyn std::fmt::Display| io_error(input, e);
-    let open = || {
-        csv::ReaderBuilder::new()
-            .has_headers(true)
-            .from_path(input)
-            .map_err(|e| io(&e))
-    };
-    // the types, from the first rows
-    let mut reader = open()?;
-    let names: Vec<String> = reader
-        .headers()
-        .map_err(|e| io(&e))?
-        .iter()
-        .map(str::to_string)
-        .collect();
-    if names.is_empty() {
-        return Err(DataError::NoHeader {
-            file: input.display().to_string(),
-        });
-    }
-    let kinds = infer_kinds(&mut reader, names.len(), infer_rows).map_err(|e| io(&e))?;
+    let (names, kinds) = header_and_kinds(input, infer_rows)?;
     let schema = arrow_schema(&names, &kinds);
-    let props = WriterProperties::builder()
-        .set_compression(match codec {
-            Codec::Snappy => Compression::SNAPPY,
-            Codec::Zstd => Compression::ZSTD(ZstdLevel::default()),
-            Codec::None => Compression::UNCOMPRESSED,
-        })
-        .set_max_row_group_row_count(Some(row_group.max(1)))
-        .build();
-    // the shards are written into a temporary folder beside the output and moved into place
-    // only when all are complete: a failure leaves nothing new (the folder goes with it)
-    let parent = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let props = writer_properties(codec, row_group);
+    // a failure leaves nothing new: the staging folder goes with it
     let staging = tempfile::Builder::new()
         .prefix(".mtl-convert-")
-        .tempdir_in(parent)
+        .tempdir_in(folder_of(out))
         .map_err(|e| io_error(out, e))?;
     let staged = |p: &Path| staging.path().join(p.file_name().unwrap_or_default());
-    let mut reader = open()?;
+    let mut reader = csv_reader(input)?;
     let mut converted = Converted {
         files: Vec::new(),
         rows: 0,
@@ -400,8 +367,7 @@ pub fn csv_to_parquet(
         }
         if writer.is_none() {
             let path = shard_path(out, rows_per_file, converted.files.len());
-            mtl_features::check_output_path(&path)?;
-            mtl_features::check_output_not_input(&path, &[input])?;
+            mtl_features::check_output(&path, &[input])?;
             let file = File::create(staged(&path)).map_err(|e| io_error(&path, e))?;
             let w = ArrowWriter::try_new(file, schema.clone(), Some(props.clone()))
                 .map_err(|e| io_error(&path, e))?;
@@ -437,6 +403,52 @@ pub fn csv_to_parquet(
     Ok(converted)
 }
 
+/// A CSV reader of `input`, its header row taken as the header.
+fn csv_reader(input: &Path) -> Result<csv::Reader<File>, DataError> {
+    csv::ReaderBuilder::new()
+        .has_headers(true)
+        .from_path(input)
+        .map_err(|e| io_error(input, e))
+}
+
+/// `input`'s header and each column's type from its first `infer_rows` rows.
+fn header_and_kinds(input: &Path, infer_rows: usize) -> Result<(Vec<String>, Vec<Kind>), DataError> {
+    let mut reader = csv_reader(input)?;
+    let names: Vec<String> = reader
+        .headers()
+        .map_err(|e| io_error(input, e))?
+        .iter()
+        .map(str::to_string)
+        .collect();
+    if names.is_empty() {
+        return Err(DataError::NoHeader {
+            file: input.display().to_string(),
+        });
+    }
+    let kinds = infer_kinds(&mut reader, names.len(), infer_rows).map_err(|e| io_error(input, e))?;
+    Ok((names, kinds))
+}
+
+/// The writer settings of a conversion: `codec`, and row groups of `row_group` rows.
+fn writer_properties(codec: Codec, row_group: usize) -> parquet::file::properties::WriterProperties {
+    use parquet::basic::{Compression, ZstdLevel};
+    parquet::file::properties::WriterProperties::builder()
+        .set_compression(match codec {
+            Codec::Snappy => Compression::SNAPPY,
+            Codec::Zstd => Compression::ZSTD(ZstdLevel::default()),
+            Codec::None => Compression::UNCOMPRESSED,
+        })
+        .set_max_row_group_row_count(Some(row_group.max(1)))
+        .build()
+}
+
+/// The folder `path` is in (`.` for a bare file name).
+fn folder_of(path: &Path) -> &Path {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
 /// Moves a conversion's complete shards (`files`, staged at `staged(file)`) into place, after
 /// removing what an earlier conversion to `out` left that this one does not write (its single
 /// file, or shards past this one's count), so that a pattern over the shards reads this
@@ -446,10 +458,7 @@ fn swap_in(
     files: &[std::path::PathBuf],
     staged: impl Fn(&Path) -> std::path::PathBuf,
 ) -> Result<(), DataError> {
-    let parent = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let parent = folder_of(out);
     let (stem, ext) = stem_and_extension(out);
     let earlier = |name: &str| {
         let Some(k) = name

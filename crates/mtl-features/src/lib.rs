@@ -149,6 +149,13 @@ const MODEL_DIR_FILES: [&str; 6] = [
     ".lock",
 ];
 
+/// Every check of an output before it is written: [`check_output_path`] (not a link, a
+/// folder or a device), then [`check_output_not_input`].
+pub fn check_output(out: &Path, inputs: &[&Path]) -> Result<(), FeatureError> {
+    check_output_path(out)?;
+    check_output_not_input(out, inputs)
+}
+
 /// Refuses an output `out` that would replace something the user has: one of `inputs` (the
 /// same file after resolving links, hard links included) or a file of a model directory (a
 /// folder holding `config.toml`, `schema.toml` and `features.json`): any file it holds, or a

@@ -241,8 +241,7 @@ pub fn export_onnx<R: Registry>(
     let json_path = std::path::PathBuf::from(json_path);
     // both outputs checked before either is written; neither may be a file of a model directory
     for path in [out, json_path.as_path()] {
-        mtl_features::check_output_path(path).map_err(EvalError::from)?;
-        mtl_features::check_output_not_input(path, &[]).map_err(EvalError::from)?;
+        mtl_features::check_output(path, &[]).map_err(EvalError::from)?;
     }
     let schema = &model.schema;
     let job = Export { dir, schema, batch };

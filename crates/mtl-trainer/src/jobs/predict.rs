@@ -26,8 +26,7 @@ pub fn predict_file<R: Registry>(
     policy: BadRowPolicy,
     allow_unfinished: bool,
 ) -> Result<(usize, ReadReport, Vec<String>), TrainError> {
-    mtl_features::check_output_path(out)?;
-    mtl_features::check_output_not_input(out, &[data])?;
+    mtl_features::check_output(out, &[data])?;
     let model = open_for_inference::<R>(dir, allow_unfinished)?;
     let started = Instant::now();
     let keep_lines = policy == BadRowPolicy::Skip;
