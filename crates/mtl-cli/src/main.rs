@@ -406,6 +406,25 @@ fn threads_per_local_rank() -> Option<usize> {
     (local > 1).then(|| (cores / local).max(1))
 }
 
+/// On SIGINT, SIGTERM or SIGHUP: removes the outputs being written (temp files, staging
+/// folders, see `mtl_features::pending`), says so, and exits as the signal would have
+/// (128 + its number). A thread waits for the signal, so the removal is ordinary code.
+fn remove_pending_on_signal() {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
+        eprintln!("warning: cannot watch for Ctrl-C: an interrupted command may leave a temp file");
+        return;
+    };
+    std::thread::spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            for path in mtl_features::pending::remove_all() {
+                eprintln!("mtl: interrupted: removed the unfinished {}", path.display());
+            }
+            signal_hook::low_level::exit(128 + signal);
+        }
+    });
+}
+
 fn run(cli: Cli) -> Result<()> {
     if let Some(n) = cli.threads.or_else(threads_per_local_rank) {
         rayon::ThreadPoolBuilder::new()
@@ -414,6 +433,11 @@ fn run(cli: Cli) -> Result<()> {
             .context("setting the thread count")?;
     }
     let progress = !cli.quiet;
+    // `serve` stops gracefully on a signal by itself; every other command removes what it
+    // had half written
+    if !matches!(cli.command, Some(Command::Serve(_))) {
+        remove_pending_on_signal();
+    }
     match cli.command.unwrap_or(Command::Demo(DemoArgs {
         rows: 200_000,
         epochs: 2,

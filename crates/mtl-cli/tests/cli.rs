@@ -895,6 +895,53 @@ fn export_writes_onnx_with_its_encoder_with_a_symbolic_or_a_fixed_batch() {
     );
 }
 
+/// A mean-pooled sequence field (empty sequences included) exports like a summed one (its
+/// count is `relu(n − 1) + 1`, which the exporter expresses; `clamp_min` it cannot).
+#[cfg(feature = "onnx")]
+#[test]
+fn a_mean_pooled_sequence_field_exports() {
+    let dir = tempfile::tempdir().unwrap();
+    let seq = dir.path().join("seq");
+    std::fs::create_dir_all(&seq).unwrap();
+    let mut rows = String::from("click,purchase,u,hist\n");
+    for r in 0..200 {
+        let hist: Vec<String> = (0..r % 4).map(|k| ((r + k) % 7).to_string()).collect();
+        rows += &format!("{},{},{},{}\n", r % 3 / 2, r % 9 / 8, r % 5, hist.join("|"));
+    }
+    write(&seq, "train.csv", &rows);
+    write(
+        &seq,
+        "schema.toml",
+        "embed_dim = 4\n[[sparse]]\nname = \"u\"\nfit = true\n[[sequence]]\nname = \"hist\"\nmax_len = 3\npooling = \"mean\"\nfit = true\n[[labels]]\nname = \"click\"\nkind = \"binary\"\n[[labels]]\nname = \"purchase\"\nkind = \"binary\"\n",
+    );
+    let cfg = write(
+        &seq,
+        "run.toml",
+        "schema = \"schema.toml\"\n[data]\ntrain = \"train.csv\"\n[model]\ntype = \"esmm\"\nctr_tower = { dims = [8] }\ncvr_tower = { dims = [8] }\n[train]\nbatch_size = 64\n",
+    );
+    let seq_model = seq.join("model").display().to_string();
+    let out = mtl(&["train", "--config", &cfg, "--out", &seq_model]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let target = seq.join("seq.onnx");
+    let out = mtl(&[
+        "export",
+        "--model",
+        &seq_model,
+        "--out",
+        &target.display().to_string(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let side: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(seq.join("seq.onnx.json")).unwrap()).unwrap();
+    let inputs: Vec<&str> = side["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(inputs, ["sparse_ids", "sequence_ids", "sequence_mask"]);
+}
+
 #[test]
 fn data_may_be_many_files_a_list_or_a_glob_pattern() {
     let dir = tempfile::tempdir().unwrap();

@@ -28,8 +28,22 @@ fn ok(out: std::process::Output) -> std::process::Output {
 
 /// Starts a training run that pauses at `point`, waits until it is there, and kills it.
 fn train_and_kill_at(dir: &Path, out: &str, point: &str) {
+    let (mut child, _) = paused_at(dir, &["train", "--config", "run.toml", "--out", out], point);
+    child.kill().unwrap(); // SIGKILL
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "{point}: killed");
+}
+
+/// Starts `mtl ARGS` in `dir` and waits until it pauses at `point`: the process, and the
+/// lines it writes to stderr from then on.
+fn paused_at(
+    dir: &Path,
+    args: &[&str],
+    point: &str,
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_mtl"))
-        .args(["train", "--config", "run.toml", "--out", out, "--quiet"])
+        .args(args)
+        .arg("--quiet")
         .current_dir(dir)
         .env(mtl_trainer::PAUSE_AT, point)
         .stdout(Stdio::null())
@@ -67,9 +81,7 @@ fn train_and_kill_at(dir: &Path, out: &str, point: &str) {
             }
         }
     }
-    child.kill().unwrap(); // SIGKILL
-    let status = child.wait().unwrap();
-    assert!(!status.success(), "{point}: killed");
+    (child, rx)
 }
 
 #[test]
@@ -168,5 +180,268 @@ early_stopping = { metric = "ctr.auc", patience = 10 }
             "{point}: {}",
             String::from_utf8_lossy(&again.stderr)
         );
+    }
+}
+
+#[test]
+fn an_interrupted_command_removes_what_it_had_half_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(mtl(
+        d,
+        &["gen-data", "ccp", "--rows", "2000", "--small", "--out", "data"],
+    ));
+    std::fs::write(
+        d.join("run.toml"),
+        "schema = \"data/synth_ccp_schema.toml\"\n[data]\ntrain = \"data/synth_ccp_train.csv\"\n\
+         [model]\ntype = \"esmm\"\nctr_tower = { dims = [8] }\ncvr_tower = { dims = [8] }\n\
+         [train]\nbatch_size = 256\ncheckpoint_every_steps = 2\n",
+    )
+    .unwrap();
+    // `kill -SIGNAL pid`, then the exit code, what was said after the pause, and the hidden
+    // names left in `folder`
+    let interrupt = |(mut child, said): (std::process::Child, std::sync::mpsc::Receiver<String>),
+                     signal: &str,
+                     folder: &Path| {
+        let pid = child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args([signal, &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let status = child.wait().unwrap();
+        let said: Vec<String> = said.iter().collect();
+        let mut hidden: Vec<String> = std::fs::read_dir(folder)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.') || n.ends_with(".tmp"))
+            .collect();
+        hidden.sort();
+        (status.code(), said, hidden)
+    };
+    // training, interrupted while its first checkpoint is half written: the folder goes,
+    // and the run still resumes
+    let train = paused_at(
+        d,
+        &["train", "--config", "run.toml", "--out", "run"],
+        "checkpoint-written",
+    );
+    let (code, said, hidden) = interrupt(train, "-TERM", &d.join("run"));
+    assert_eq!(code, Some(128 + 15), "{said:?}");
+    assert!(
+        said.iter()
+            .any(|l| l.contains("removed the unfinished") && l.contains("checkpoint.tmp")),
+        "{said:?}"
+    );
+    assert!(hidden.iter().all(|n| n == ".lock"), "{hidden:?}");
+    assert!(!d.join("run/checkpoint.tmp").exists());
+    ok(mtl(d, &["train", "--resume", "run"]));
+    std::fs::create_dir(d.join("scores")).unwrap();
+    // predict, interrupted while it writes: no temp file of the output's size, no output
+    let predict = paused_at(
+        d,
+        &[
+            "predict",
+            "--model",
+            "run",
+            "--data",
+            "data/synth_ccp_test.csv",
+            "--out",
+            "scores/p.csv",
+        ],
+        "predict-writing",
+    );
+    let (code, said, hidden) = interrupt(predict, "-INT", &d.join("scores"));
+    assert_eq!(code, Some(128 + 2), "{said:?}");
+    assert!(
+        said.iter().any(|l| l.contains("removed the unfinished")),
+        "{said:?}"
+    );
+    assert!(hidden.is_empty(), "{hidden:?}");
+    assert!(!d.join("scores/p.csv").exists());
+}
+
+#[test]
+fn a_table_beyond_the_memory_limit_is_refused_with_the_numbers_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut rows = String::from("click,purchase,big\n");
+    for i in 0..300u64 {
+        rows += &format!("{},{},{}\n", i % 2, u64::from(i % 10 == 1), i * 7919);
+    }
+    std::fs::write(d.join("t.csv"), rows).unwrap();
+    // 2^23 rows × 64 = 2 GiB of table, about 10 GiB while training
+    let schema = |buckets: u64| {
+        format!(
+            "embed_dim = 64\n[[sparse]]\nname = \"big\"\nhash_buckets = {buckets}\n[[labels]]\nname = \"click\"\nkind = \"binary\"\n[[labels]]\nname = \"purchase\"\nkind = \"binary\"\n"
+        )
+    };
+    std::fs::write(d.join("s.toml"), schema(1 << 23)).unwrap();
+    std::fs::write(
+        d.join("run.toml"),
+        "schema = \"s.toml\"\n[data]\ntrain = \"t.csv\"\n[model]\ntype = \"esmm\"\nctr_tower = { dims = [8] }\ncvr_tower = { dims = [8] }\n",
+    )
+    .unwrap();
+    // under a 3 GB address-space limit (`ulimit -v`, in KiB)
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -v 3000000 && exec \"$0\" --quiet train --config run.toml --out run")
+        .arg(env!("CARGO_BIN_EXE_mtl"))
+        .current_dir(d)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "an error, not an abort: {stderr}");
+    for needle in [
+        "8388608 rows × width 64, 2.0 GiB",
+        "Adam's two moments 4.0",
+        "ulimit -v",
+        "lower vocab_size / hash_buckets or embed_dim",
+    ] {
+        assert!(stderr.contains(needle), "`{needle}` not in {stderr}");
+    }
+    // the failed new run took its folder with it: the mended command runs as given
+    assert!(!d.join("run").exists(), "the failed run's folder is left");
+    std::fs::write(d.join("s.toml"), schema(1 << 12)).unwrap();
+    ok(mtl(d, &["train", "--config", "run.toml", "--out", "run"]));
+}
+
+/// A small tmpfs at `path` (root only), unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(path: &Path, size: &str) -> Option<Self> {
+        std::fs::create_dir_all(path).unwrap();
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        mounted.then(|| Self(path.to_path_buf()))
+    }
+
+    /// Fills the file system but for about `leave` bytes, with `.filler`.
+    fn fill(&self, leave: u64) {
+        use std::io::Write;
+        let path = self.0.join(".filler");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let block = vec![0u8; 4096];
+        while f.write_all(&block).is_ok() {}
+        let len = std::fs::metadata(&path).unwrap().len();
+        f.set_len(len.saturating_sub(leave)).unwrap();
+    }
+
+    fn empty(&self) {
+        let _ = std::fs::remove_file(self.0.join(".filler"));
+    }
+
+    /// Every name under the mount (but the filler), sorted.
+    fn listing(&self) -> Vec<String> {
+        let mut names: Vec<String> = walk(&self.0)
+            .into_iter()
+            .filter(|n| !n.ends_with(".filler"))
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+fn walk(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        out.push(p.display().to_string());
+        if p.is_dir() {
+            out.extend(walk(&p));
+        }
+    }
+    out
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_fails_with_its_reason_and_leaves_what_was_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let Some(disk) = Tmpfs::mount(&d.join("disk"), "4m") else {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root): the disk-full cases did not run");
+        return;
+    };
+    ok(mtl(
+        d,
+        &["gen-data", "ccp", "--rows", "3000", "--small", "--out", "data"],
+    ));
+    std::fs::write(
+        d.join("run.toml"),
+        "schema = \"data/synth_ccp_schema.toml\"\n[data]\ntrain = \"data/synth_ccp_train.csv\"\n\
+         [model]\ntype = \"esmm\"\nctr_tower = { dims = [8] }\ncvr_tower = { dims = [8] }\n\
+         [train]\nbatch_size = 256\n",
+    )
+    .unwrap();
+    let full = |out: &std::process::Output, what: &str| {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{what}: {stderr}");
+        assert!(stderr.contains("No space left on device"), "{what}: {stderr}");
+    };
+    // a finished run on the small disk, then `--resume --epochs 3` with the disk full: the
+    // run stays finished after 1 epoch, its config saying so
+    ok(mtl(d, &["train", "--config", "run.toml", "--out", "disk/run"]));
+    let config = std::fs::read(d.join("disk/run/config.toml")).unwrap();
+    let before = disk.listing();
+    disk.fill(8 << 10);
+    full(
+        &mtl(d, &["train", "--resume", "disk/run", "--epochs", "3"]),
+        "resume",
+    );
+    assert_eq!(std::fs::read(d.join("disk/run/config.toml")).unwrap(), config);
+    assert_eq!(disk.listing(), before, "resume");
+    disk.empty();
+    let again = mtl(d, &["train", "--resume", "disk/run"]);
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already finished"));
+    // predict, convert (several shards) and a new run, each on a nearly full disk: an error
+    // with the reason, and nothing new left behind
+    disk.fill(4 << 10);
+    let before = disk.listing();
+    let test = "data/synth_ccp_test.csv";
+    let train = "data/synth_ccp_train.csv";
+    let mut cases = vec![
+        (
+            "predict",
+            vec![
+                "predict",
+                "--model",
+                "disk/run",
+                "--data",
+                test,
+                "--out",
+                "disk/p.csv",
+            ],
+        ),
+        (
+            "convert",
+            vec!["convert", train, "--out", "disk/pq", "--rows-per-file", "500"],
+        ),
+        (
+            "new run",
+            vec!["train", "--config", "run.toml", "--out", "disk/run2"],
+        ),
+    ];
+    if cfg!(feature = "onnx") {
+        cases.push((
+            "export",
+            vec!["export", "--model", "disk/run", "--out", "disk/m.onnx"],
+        ));
+    }
+    for (what, args) in cases {
+        full(&mtl(d, &args), what);
+        assert_eq!(disk.listing(), before, "{what} left something");
     }
 }

@@ -8,8 +8,9 @@
 //! | integers or text with at most `max_categories` distinct values | sparse, fitted vocabulary |
 //! | text with more distinct values | sparse, hashed into 2× that many buckets |
 //! | numbers otherwise (floats, or integers with many values) | dense, standardised |
+//! | a Parquet list column | a sequence field (fitted or hashed as above, `max_len` the longest list) |
 //!
-//! Empty cells in a dense column get `default = 0.0`; every guess is written with the
+//! Empty or `NaN` cells in a dense column get `default = 0.0`; every guess is written with the
 //! statistics behind it as a comment.
 
 use std::collections::HashSet;
@@ -17,6 +18,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use crate::DataError;
+use crate::parquet::ColumnType;
 
 /// How much to read and where categories end.
 #[derive(Debug, Clone, Copy)]
@@ -53,6 +55,14 @@ pub enum Guess {
         /// Whether some cells were empty.
         has_empty: bool,
     },
+    /// A sequence field (a Parquet list column): its items fitted (`buckets: None`) or hashed,
+    /// at most `max_len` of them per row.
+    Sequence {
+        /// Hash buckets, when there are too many distinct items to fit.
+        buckets: Option<usize>,
+        /// The longest list seen.
+        max_len: usize,
+    },
     /// Left out: an id (distinct on nearly every row) or an empty column.
     Ignore,
 }
@@ -64,7 +74,7 @@ pub struct ColumnStats {
     pub name: String,
     /// Non-empty cells.
     pub filled: usize,
-    /// Empty cells.
+    /// Empty cells (and `NaN` cells: missing numbers).
     pub empty: usize,
     /// Distinct non-empty values (counted up to a cap, then `distinct_capped`).
     pub distinct: usize,
@@ -78,6 +88,13 @@ pub struct ColumnStats {
     pub range: Option<(f64, f64)>,
     /// Sum of the numbers seen.
     pub sum: f64,
+    /// Whether the column holds lists (Parquet): the statistics above count its items, and
+    /// `filled`/`empty` its rows with and without items.
+    pub list: bool,
+    /// The most items in one row of a list column.
+    pub max_items: usize,
+    /// A Parquet column of a type that is not read (named): left out.
+    pub unread: Option<String>,
     /// The guess.
     pub guess: Guess,
 }
@@ -148,7 +165,7 @@ pub fn infer_columns(files: &[&Path], options: InferOptions) -> Result<(Vec<Colu
     let mut rows = 0usize;
     'files: for path in files {
         let file = path.display().to_string();
-        let (names, mut rows_of) = open_rows(path)?;
+        let (names, types, mut rows_of) = open_rows(path)?;
         if names.is_empty() || names.iter().all(String::is_empty) {
             return Err(DataError::NoHeader { file });
         }
@@ -157,6 +174,12 @@ pub fn infer_columns(files: &[&Path], options: InferOptions) -> Result<(Vec<Colu
             None => {
                 seen = vec![HashSet::new(); names.len()];
                 stats = names.iter().map(|n| ColumnStats::empty(n)).collect();
+                for (s, t) in stats.iter_mut().zip(&types) {
+                    s.list = matches!(t, ColumnType::List(_));
+                    if let ColumnType::Unread(t) = t {
+                        s.unread = Some(t.clone());
+                    }
+                }
                 header = Some(names);
             }
             Some(first) if *first != names => {
@@ -182,7 +205,12 @@ pub fn infer_columns(files: &[&Path], options: InferOptions) -> Result<(Vec<Colu
                 break;
             }
             for (c, cell) in record.iter().enumerate().take(stats.len()) {
-                stats[c].add(String::from_utf8_lossy(cell).trim(), &mut seen[c], cap);
+                let cell = String::from_utf8_lossy(cell);
+                if stats[c].list {
+                    stats[c].add_list(&cell, &mut seen[c], cap);
+                } else {
+                    stats[c].add(cell.trim(), &mut seen[c], cap);
+                }
             }
             rows += 1;
         }
@@ -198,8 +226,12 @@ pub fn infer_columns(files: &[&Path], options: InferOptions) -> Result<(Vec<Colu
     Ok((stats, rows))
 }
 
-/// A file's header and its rows as text cells, one at a time: CSV or Parquet.
-fn open_rows(path: &Path) -> Result<(Vec<String>, NextRow), DataError> {
+/// The delimiter that joins a Parquet list cell's items while inferring.
+const ITEMS: char = '|';
+
+/// A file's header, what its columns hold (Parquet: lists, and types not read, whose cells
+/// are left empty), and its rows as text cells, one at a time: CSV or Parquet.
+fn open_rows(path: &Path) -> Result<(Vec<String>, Vec<ColumnType>, NextRow), DataError> {
     let file = path.display().to_string();
     let io = |e: &dyn std::fmt::Display| DataError::Io {
         file: file.clone(),
@@ -207,9 +239,13 @@ fn open_rows(path: &Path) -> Result<(Vec<String>, NextRow), DataError> {
     };
     if crate::parquet::is_parquet(path) {
         let names = crate::parquet::header(path)?;
-        let all: Vec<(usize, String)> = (0..names.len()).map(|i| (i, "|".to_string())).collect();
-        let mut pq = crate::parquet::ParquetRows::open(path, &names, &all)?;
-        return Ok((names, Box::new(move |record| pq.next_into(record))));
+        let types = crate::parquet::column_types(path)?;
+        let read: Vec<(usize, String)> = (types.iter().enumerate())
+            .filter(|(_, t)| !matches!(t, ColumnType::Unread(_)))
+            .map(|(i, _)| (i, ITEMS.to_string()))
+            .collect();
+        let mut pq = crate::parquet::ParquetRows::open(path, &names, &read)?;
+        return Ok((names, types, Box::new(move |record| pq.next_into(record))));
     }
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(true)
@@ -220,7 +256,8 @@ fn open_rows(path: &Path) -> Result<(Vec<String>, NextRow), DataError> {
         .map_err(|e| io(&e))?
         .iter()
         .map(str::to_string)
-        .collect();
+        .collect::<Vec<_>>();
+    let types = vec![ColumnType::Value; names.len()];
     let mut line = 1u64;
     let next: NextRow = Box::new(move |record| {
         line += 1;
@@ -235,7 +272,7 @@ fn open_rows(path: &Path) -> Result<(Vec<String>, NextRow), DataError> {
             }),
         }
     });
-    Ok((names, next))
+    Ok((names, types, next))
 }
 
 impl ColumnStats {
@@ -251,6 +288,9 @@ impl ColumnStats {
             numbers: true,
             range: None,
             sum: 0.0,
+            list: false,
+            max_items: 0,
+            unread: None,
             guess: Guess::Ignore,
         }
     }
@@ -258,11 +298,36 @@ impl ColumnStats {
     /// Counts one (trimmed) cell: empty or filled, numeric range and sum, and its distinct
     /// values in `seen` up to `cap` of them.
     fn add(&mut self, cell: &str, seen: &mut HashSet<String>, cap: usize) {
-        if cell.is_empty() {
+        // NaN is a missing number (as pandas and Parquet write one), not a category
+        if mtl_features::state::is_missing(cell) {
             self.empty += 1;
             return;
         }
         self.filled += 1;
+        self.add_value(cell, seen, cap);
+    }
+
+    /// Counts one row of a list column: empty, or its items (joined by [`ITEMS`]) counted as
+    /// values.
+    fn add_list(&mut self, cell: &str, seen: &mut HashSet<String>, cap: usize) {
+        let items: Vec<&str> = cell
+            .split(ITEMS)
+            .map(str::trim)
+            .filter(|i| !i.is_empty())
+            .collect();
+        if items.is_empty() {
+            self.empty += 1;
+            return;
+        }
+        self.filled += 1;
+        self.max_items = self.max_items.max(items.len());
+        for item in items {
+            self.add_value(item, seen, cap);
+        }
+    }
+
+    /// Counts one value: numeric range and sum, and its distinct values in `seen` up to `cap`.
+    fn add_value(&mut self, cell: &str, seen: &mut HashSet<String>, cap: usize) {
         match cell.parse::<f64>() {
             Ok(v) if v.is_finite() => {
                 self.integers &= v.fract() == 0.0;
@@ -288,6 +353,13 @@ impl ColumnStats {
 fn guess(s: &ColumnStats, options: InferOptions) -> Guess {
     if s.filled == 0 {
         return Guess::Ignore;
+    }
+    if s.list {
+        let fits = !s.distinct_capped && s.distinct <= options.max_categories;
+        return Guess::Sequence {
+            buckets: (!fits).then(|| (2 * s.distinct).next_power_of_two()),
+            max_len: s.max_items,
+        };
     }
     let binary = s.numbers && s.integers && matches!(s.range, Some((lo, hi)) if lo >= 0.0 && hi <= 1.0);
     if binary && label_like(&s.name) {
@@ -362,6 +434,20 @@ pub fn schema_toml(files: &[&Path], stats: &[ColumnStats], rows: usize) -> Strin
             );
         }
     }
+    for s in stats.iter() {
+        if let Guess::Sequence { buckets, max_len } = s.guess {
+            let vocabulary = match buckets {
+                None => "fit = true\n".to_string(),
+                Some(b) => format!("hash_buckets = {b}\n"),
+            };
+            let _ = write!(
+                out,
+                "\n[[sequence]]  # lists of up to {max_len} items, {}\nname = {}\nmax_len = {max_len}\n{vocabulary}",
+                describe(s),
+                quote(&s.name)
+            );
+        }
+    }
     let labels: Vec<&ColumnStats> = stats.iter().filter(|s| s.guess == Guess::Label).collect();
     if labels.is_empty() {
         out += "\n# No column looked like a binary label (0/1, named like click, label, is_…): add one:\n# [[labels]]\n# name = \"…\"\n# kind = \"binary\"\n";
@@ -375,7 +461,9 @@ pub fn schema_toml(files: &[&Path], stats: &[ColumnStats], rows: usize) -> Strin
         );
     }
     for s in stats.iter().filter(|s| s.guess == Guess::Ignore) {
-        let why = if s.filled == 0 {
+        let why = if let Some(t) = &s.unread {
+            format!("Parquet type {t}, which mtl does not read")
+        } else if s.filled == 0 {
             "empty".to_string()
         } else {
             format!("an identifier? {}", describe(s))
@@ -412,11 +500,17 @@ mod tests {
     fn guesses_by_column_content() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.csv");
-        let mut text = String::from("rid,flag,is_click,seg,word,score,empty\n");
+        let mut text = String::from("rid,flag,is_click,seg,word,score,empty,gappy\n");
         for r in 0..2000 {
-            // rid unique; flag 0/1 not named like a label; seg 7 ints; word 1,500 texts; score floats
+            // rid unique; flag 0/1 not named like a label; seg 7 ints; word 1,500 texts; score
+            // floats; gappy floats with NaN (missing) in one row of 500
+            let gappy = if r % 500 == 7 {
+                "NaN".to_string()
+            } else {
+                format!("{:.2}", r as f64 / 3.0)
+            };
             text += &format!(
-                "{r},{},{},{},w{},{:.3},\n",
+                "{r},{},{},{},w{},{:.3},,{gappy}\n",
                 r % 2,
                 (r % 3 == 0) as u8,
                 r % 7,
@@ -442,9 +536,11 @@ mod tests {
                 ("word", &Guess::SparseHash { buckets: 4096 }),
                 ("score", &Guess::Dense { has_empty: false }),
                 ("empty", &Guess::Ignore),
+                ("gappy", &Guess::Dense { has_empty: true }),
             ]
         );
         assert_eq!(stats[3].distinct, 7);
+        assert_eq!((stats[7].empty, stats[7].filled), (4, 1996));
         // a second file with another header is refused, naming it
         let other = dir.path().join("u.csv");
         std::fs::write(&other, "a,b\n1,2\n").unwrap();

@@ -76,6 +76,21 @@ pub enum DataError {
         /// What is wrong.
         message: String,
     },
+    /// A Parquet list column read by a field that takes one value per row.
+    #[error(
+        "{file}: column `{column}` holds lists ({kind}), but {field} reads one value per row: \
+         only a [[sequence]] field reads a list column (its items are the sequence's ids)"
+    )]
+    ListColumn {
+        /// The file.
+        file: String,
+        /// The column.
+        column: String,
+        /// Its Parquet (Arrow) type.
+        kind: String,
+        /// The schema entry reading it (`sparse[0] \`u\``, `labels[1] \`buy\``, …).
+        field: String,
+    },
     /// The file has no data rows (or every row was skipped).
     #[error("{file}: no usable data rows")]
     Empty {
@@ -257,6 +272,38 @@ fn column_map(
     })
 }
 
+/// Refuses a Parquet list column read by a sparse, dense or label field (which would read
+/// its items joined as one cell): only a sequence field reads lists.
+fn refuse_scalar_lists(path: &Path, columns: &ColumnMap, schema: &ValidSchema) -> Result<(), DataError> {
+    let types = parquet::column_types(path)?;
+    let s = &schema.schema;
+    let named = |kind: &str, i: usize, name: &str| format!("{kind}[{i}] `{name}`");
+    let readers = (s.sparse.iter().map(|f| &f.name).zip(&columns.sparse))
+        .enumerate()
+        .map(|(i, (n, &c))| (named("sparse", i, n), c))
+        .chain(
+            (s.dense.iter().map(|f| &f.name).zip(&columns.dense))
+                .enumerate()
+                .map(|(i, (n, &c))| (named("dense", i, n), c)),
+        )
+        .chain(
+            (s.labels.iter().map(|f| &f.name).zip(&columns.labels))
+                .enumerate()
+                .map(|(i, (n, &c))| (named("labels", i, n), c)),
+        );
+    for (field, c) in readers {
+        if let parquet::ColumnType::List(kind) = &types[c] {
+            return Err(DataError::ListColumn {
+                file: path.display().to_string(),
+                column: columns.names[c].clone(),
+                kind: kind.clone(),
+                field,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// How a file ends its lines, read from its first line: the csv reader counts `\n`s, and
 /// records a row's line before it skips the `\n` of the previous row's `\r\n`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -366,6 +413,7 @@ impl Source {
             let names = parquet::header(path)?;
             let shown: Vec<&str> = names.iter().map(String::as_str).collect();
             let columns = column_map(&file, &shown, schema, need_labels)?;
+            refuse_scalar_lists(path, &columns, schema)?;
             // a sequence field's list cells are joined by its own delimiter
             let mut wanted: Vec<(usize, String)> = columns
                 .features

@@ -61,6 +61,51 @@ pub fn header(path: &Path) -> Result<Vec<String>, DataError> {
         .collect())
 }
 
+/// What a Parquet column holds, as the reader sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ColumnType {
+    /// One value per row of a type that is read.
+    Value,
+    /// A list per row (its type, as `list<Int64>`), of items of a type that is read.
+    List(String),
+    /// A type that is not read (dates, structs, …), named.
+    Unread(String),
+}
+
+/// Whether cells of type `t` are read (see the module's list).
+fn readable(t: &DataType) -> bool {
+    match t {
+        DataType::Dictionary(_, value) => readable(value),
+        t => {
+            t.is_integer()
+                || t.is_floating()
+                || t.is_null()
+                || matches!(
+                    t,
+                    DataType::Boolean | DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+                )
+        }
+    }
+}
+
+/// What each top-level column of a Parquet file holds, from its footer.
+pub fn column_types(path: &Path) -> Result<Vec<ColumnType>, DataError> {
+    let file = File::open(path).map_err(|e| io_error(path, e))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| io_error(path, e))?;
+    Ok(builder
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| match f.data_type() {
+            DataType::List(item) | DataType::LargeList(item) if readable(item.data_type()) => {
+                ColumnType::List(format!("list<{}>", item.data_type()))
+            }
+            t if readable(t) => ColumnType::Value,
+            t => ColumnType::Unread(t.to_string()),
+        })
+        .collect())
+}
+
 /// The rows a Parquet file holds, from its footer (no data is read).
 pub fn row_count(path: &Path) -> Result<u64, DataError> {
     let file = File::open(path).map_err(|e| io_error(path, e))?;
@@ -344,6 +389,7 @@ pub fn csv_to_parquet(
         .prefix(".mtl-convert-")
         .tempdir_in(folder_of(out))
         .map_err(|e| io_error(out, e))?;
+    let _pending = mtl_features::pending::register(staging.path());
     let staged = |p: &Path| staging.path().join(p.file_name().unwrap_or_default());
     let mut reader = csv_reader(input)?;
     let mut converted = Converted {

@@ -81,6 +81,12 @@ fn errors_name_file_line_and_column() {
             "click,user,city,hist,price\n1,0,a,,NaN\n",
             2,
             "price",
+            "missing value (an empty cell, or NaN in a dense field) and no default",
+        ),
+        (
+            "click,user,city,hist,price\n1,0,a,,-inf\n",
+            2,
+            "price",
             "not finite",
         ),
         ("click,user,city,hist,price\n2,0,a,,1\n", 2, "click", "not 0 or 1"),
@@ -462,6 +468,25 @@ fn parquet_errors_name_the_file_the_row_and_the_column() {
         err.contains("nulls.parquet:1: column `when`") && err.contains("Date32"),
         "{err}"
     );
+    // a list column read by a field that takes one value per row: refused, naming the field
+    for (name, field) in [
+        ("city", "sparse[1] `city`"),
+        ("price", "dense[0] `price`"),
+        ("click", "labels[0] `click`"),
+    ] {
+        let from = format!("name = \"{name}\"");
+        let text = SCHEMA.replacen(&from, &format!("{from}\ncolumn = \"hist\""), 1);
+        let listed = Schema::from_toml_str(&text, "s.toml").unwrap();
+        let err = match Source::open(&path, &listed, true) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("{field} reads a list column"),
+        };
+        assert!(
+            err.contains("nulls.parquet") && err.contains("column `hist` holds lists (list<Utf8>)"),
+            "{err}"
+        );
+        assert!(err.contains(field) && err.contains("[[sequence]]"), "{err}");
+    }
     // a file that is not Parquet although named so
     let fake = write(&dir, "fake.parquet", "click,user\n1,2\n");
     let err = match Source::open(&fake, &schema, true) {
@@ -481,4 +506,42 @@ fn codecs_parse_by_name() {
         "lz4".parse::<Codec>(),
         Err("expected snappy, zstd or none".to_string())
     );
+}
+
+#[test]
+fn schema_infer_reads_a_parquet_list_column_as_a_sequence() {
+    use crate::infer::{Guess, InferOptions, infer_columns, schema_toml};
+    let dir = tempfile::tempdir().unwrap();
+    let path = good_parquet(&dir, "t.parquet", ::parquet::basic::Compression::SNAPPY, Some(1));
+    let (stats, rows) = infer_columns(&[path.as_path()], InferOptions::default()).unwrap();
+    assert_eq!(rows, 3);
+    let hist = stats.iter().find(|s| s.name == "hist").unwrap();
+    // rows a|b|c, (empty), b: 3 distinct items, at most 3 per row, one empty row
+    assert_eq!(
+        hist.guess,
+        Guess::Sequence {
+            buckets: None,
+            max_len: 3
+        }
+    );
+    assert_eq!((hist.distinct, hist.filled, hist.empty), (3, 2, 1));
+    // the other columns are counted as from CSV: the price null is an empty cell
+    let price = stats.iter().find(|s| s.name == "price").unwrap();
+    assert_eq!((price.filled, price.empty, price.list), (2, 1, false));
+    let text = schema_toml(&[path.as_path()], &stats, rows);
+    assert!(
+        text.contains("[[sequence]]  # lists of up to 3 items, 3 distinct, 1 empty\nname = \"hist\"\nmax_len = 3\nfit = true\n"),
+        "{text}"
+    );
+    // a column of a type that is not read is left out, saying why
+    assert!(
+        text.contains("# not used: \"when\" (Parquet type Date32, which mtl does not read)"),
+        "{text}"
+    );
+    // what it writes is a schema the encoder takes, reading the file's list column
+    let schema = Schema::from_toml_str(&text, "inferred.toml").unwrap();
+    let state = fit_state(std::slice::from_ref(&path), &schema, BadRowPolicy::Fail).unwrap();
+    let enc = Encoder::new(&schema, &state);
+    let (data, _, _) = read_encoded(&path, &enc, BadRowPolicy::Fail, true, None).unwrap();
+    assert_eq!(data.rows, 3);
 }

@@ -215,14 +215,8 @@ impl InputLayer {
                 let pooled = match pooling {
                     SequencePooling::Sum => summed,
                     SequencePooling::Mean => {
-                        let count = seq
-                            .mask
-                            .clone()
-                            .slice([0..b, start..start + len])
-                            .sum_dim(1)
-                            .clamp_min(1.0)
-                            .unsqueeze_dim::<3>(2);
-                        summed / count
+                        let mask = seq.mask.clone().slice([0..b, start..start + len]);
+                        summed / present_at_least_one(mask).unsqueeze_dim::<3>(2)
                     }
                 };
                 parts.push(pooled);
@@ -341,10 +335,20 @@ impl InputLayer {
                 let summed = emb.sum_dim(1).reshape([b, k * g]);
                 out.push(match pooling {
                     SequencePooling::Sum => summed,
-                    SequencePooling::Mean => summed / mask.sum_dim(1).clamp_min(1.0),
+                    SequencePooling::Mean => summed / present_at_least_one(mask),
                 });
             }
         }
         out
     }
+}
+
+/// The ids present in each row of a sequence `mask` (0/1), at least 1, so that mean pooling
+/// of an empty sequence gives zeros: `max(count, 1)` written as `relu(count − 1) + 1`, which
+/// is exact for whole counts and, unlike `clamp_min`, burn's ONNX exporter can express.
+///
+/// # Shapes
+/// - `mask`: `[batch, len]`; output: `[batch, 1]`
+fn present_at_least_one(mask: Tensor<2>) -> Tensor<2> {
+    burn::tensor::activation::relu(mask.sum_dim(1) - 1.0) + 1.0
 }

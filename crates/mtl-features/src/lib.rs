@@ -20,6 +20,7 @@ pub mod backend;
 pub mod batch;
 pub mod embedding;
 pub mod error;
+pub mod pending;
 pub mod schema;
 pub mod state;
 
@@ -241,6 +242,7 @@ pub fn atomic_write_with(
     #[cfg(unix)]
     builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
     let tmp = builder.tempfile_in(dir).map_err(io)?;
+    let _pending = pending::register(tmp.path());
     let mut out = std::io::BufWriter::with_capacity(1 << 20, tmp);
     write(&mut out).map_err(io)?;
     let tmp = out.into_inner().map_err(|e| io(e.into_error()))?;

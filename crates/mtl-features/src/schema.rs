@@ -190,7 +190,8 @@ pub struct DenseField {
     /// Standardize with mean and standard deviation fitted on the training data.
     #[serde(default)]
     pub standardize: bool,
-    /// Value used for an empty cell; without it an empty cell is an error.
+    /// Value used for a missing cell (empty or `NaN`); without it a missing cell is an
+    /// error.
     #[serde(default)]
     pub default: Option<f32>,
 }

@@ -283,7 +283,7 @@ pub enum CellError {
     NotFinite(String),
     /// A finite number too large for a 32-bit float (after standardisation, if any).
     OutOfRange(String),
-    /// Empty cell where no default exists.
+    /// A missing value (an empty or NaN cell) where no default exists.
     Missing,
     /// A binary label other than 0 or 1.
     NotBinary(String),
@@ -302,7 +302,10 @@ impl std::fmt::Display for CellError {
                 f,
                 "`{v}` is outside the range of a 32-bit float (about ±3.4e38) once encoded"
             ),
-            Self::Missing => write!(f, "empty cell and no default"),
+            Self::Missing => write!(
+                f,
+                "missing value (an empty cell, or NaN in a dense field) and no default"
+            ),
             Self::NotBinary(v) => write!(f, "binary label `{v}` is not 0 or 1"),
         }
     }
@@ -461,10 +464,11 @@ impl Encoder {
         }
     }
 
-    /// Encodes one dense cell: default for empty, standardised when the schema says so.
+    /// Encodes one dense cell: default for a missing value (an empty cell or `NaN`),
+    /// standardised when the schema says so.
     pub fn encode_dense(&self, field: usize, text: &str) -> Result<f32, CellError> {
         let spec = &self.schema.schema.dense[field];
-        let raw = if text.trim().is_empty() {
+        let raw = if is_missing(text) {
             match spec.default {
                 Some(d) => return Ok(d),
                 None => return Err(CellError::Missing),
@@ -495,9 +499,18 @@ impl Encoder {
     }
 }
 
-/// Parses a dense cell for fitting (no default, no standardisation).
+/// Whether a dense cell holds no value: empty (spaces only) or `NaN` in any spelling Rust
+/// reads (`NaN`, `nan`, …, as pandas and Parquet write a missing float). Infinities are
+/// values, refused by the encoder as not finite.
+pub fn is_missing(text: &str) -> bool {
+    let t = text.trim();
+    t.is_empty() || t.parse::<f64>().is_ok_and(f64::is_nan)
+}
+
+/// Parses a dense cell for fitting (no default, no standardisation): `None` for a missing
+/// value ([`is_missing`]).
 pub fn parse_dense_for_fit(text: &str) -> Result<Option<f64>, CellError> {
-    if text.trim().is_empty() {
+    if is_missing(text) {
         Ok(None)
     } else {
         let v = parse_finite(text)?;
@@ -624,6 +637,11 @@ kind = "regression"
         assert!(!serde_json::to_string(&plain.schema).unwrap().contains("oov"));
     }
 
+    /// A label is never missing: NaN is refused as not finite.
+    fn encode_nan_label(enc: &Encoder) -> Result<f32, CellError> {
+        enc.encode_label(0, "NaN")
+    }
+
     #[test]
     fn dense_and_labels() {
         let s = schema();
@@ -632,8 +650,18 @@ kind = "regression"
         assert!(z.abs() < 1e-6);
         assert_eq!(enc.encode_dense(1, ""), Ok(-1.0));
         assert_eq!(enc.encode_dense(0, ""), Err(CellError::Missing));
-        assert!(matches!(enc.encode_dense(0, "NaN"), Err(CellError::NotFinite(_))));
+        // NaN is a missing value: the default where there is one, else the missing error
+        for nan in ["NaN", "nan", " NAN "] {
+            assert_eq!(enc.encode_dense(1, nan), Ok(-1.0), "{nan}");
+            assert_eq!(enc.encode_dense(0, nan), Err(CellError::Missing), "{nan}");
+        }
+        assert_eq!(parse_dense_for_fit("nan"), Ok(None));
         assert!(matches!(enc.encode_dense(0, "inf"), Err(CellError::NotFinite(_))));
+        assert!(matches!(
+            enc.encode_dense(1, "-inf"),
+            Err(CellError::NotFinite(_))
+        ));
+        assert!(matches!(encode_nan_label(&enc), Err(CellError::NotFinite(_))));
         assert_eq!(enc.encode_label(0, "1"), Ok(1.0));
         assert!(matches!(enc.encode_label(0, "2"), Err(CellError::NotBinary(_))));
         assert_eq!(enc.encode_label(1, "2.5"), Ok(2.5));

@@ -22,6 +22,17 @@ pub enum OptimError {
         /// What is wrong.
         message: String,
     },
+    /// A large buffer could not be allocated.
+    #[error(
+        "not enough memory for {what} ({gib:.1} GiB): lower vocab_size / hash_buckets or \
+         embed_dim, or give the process more memory"
+    )]
+    Memory {
+        /// The buffer.
+        what: String,
+        /// Its size in GiB.
+        gib: f64,
+    },
     /// The compute backend failed while reading values back.
     #[error("backend error: {0}")]
     Backend(String),

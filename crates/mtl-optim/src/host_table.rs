@@ -50,15 +50,17 @@ enum HostBuf {
 }
 
 impl HostBuf {
-    fn zeroed(len: usize) -> Self {
-        match memmap2::MmapOptions::new().len(len * 4).map_anon() {
+    /// `len` zeroed floats, or `None` when the memory cannot be had (no abort).
+    fn zeroed(len: usize) -> Option<Self> {
+        let bytes = len.checked_mul(4)?;
+        match memmap2::MmapOptions::new().len(bytes).map_anon() {
             Ok(map) if len > 0 => {
                 // advice only: without huge pages the table works the same, a little slower
                 #[cfg(target_os = "linux")]
                 let _ = map.advise(memmap2::Advice::HugePage);
-                Self::Map(map)
+                Some(Self::Map(map))
             }
-            _ => Self::Vec(vec![0.0; len]),
+            _ => zeroed_vec(len).map(Self::Vec),
         }
     }
 
@@ -74,6 +76,22 @@ impl HostBuf {
             Self::Map(map) => bytemuck::cast_slice_mut(&mut map[..]),
             Self::Vec(v) => v,
         }
+    }
+}
+
+/// `len` zeroed floats in a vector, or `None` when the allocation fails.
+fn zeroed_vec(len: usize) -> Option<Vec<f32>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len).ok()?;
+    v.resize(len, 0.0);
+    Some(v)
+}
+
+/// The error of an allocation of `floats` floats for `what` that failed.
+fn no_memory(what: &str, floats: usize) -> OptimError {
+    OptimError::Memory {
+        what: what.to_string(),
+        gib: floats as f64 * 4.0 / f64::from(1u32 << 30),
     }
 }
 
@@ -265,13 +283,22 @@ impl pulp::WithSimd for RowAdam<'_> {
 
 impl SparseAdam {
     /// Takes `table` (`[rows, dim]`, its memory released once copied) into host memory,
-    /// with zero moments.
+    /// with zero moments; aborts when the memory cannot be had, as a `Vec` does (see
+    /// [`SparseAdam::try_new`]).
     pub fn new(table: Tensor<2>, config: SparseAdamConfig, device: &Device) -> Self {
+        Self::try_new(table, config, device).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`SparseAdam::new`] that returns an error naming the buffer and its size when the
+    /// table, its moments or its average cannot be allocated.
+    pub fn try_new(table: Tensor<2>, config: SparseAdamConfig, device: &Device) -> Result<Self, OptimError> {
         let [rows, dim] = table.dims();
         let plain = device.clone().without_autodiff();
         let table = table.into_data();
         let values = table.as_slice::<f32>().expect("embedding tables are f32");
-        let mut buf = HostBuf::zeroed(rows * 3 * dim);
+        let len = rows.saturating_mul(3 * dim);
+        let mut buf = HostBuf::zeroed(len)
+            .ok_or_else(|| no_memory("the host embedding table and its Adam moments", len))?;
         let floats = buf.floats_mut();
         for (slot, row) in floats.chunks_exact_mut(3 * dim).zip(values.chunks_exact(dim)) {
             slot[..dim].copy_from_slice(row);
@@ -282,12 +309,18 @@ impl SparseAdam {
             steps: Vec::new(),
         });
         // the average starts at the initial values; it needs catch-up's per-row steps
-        let average = config
-            .average_decay
-            .filter(|_| catch_up.is_some())
-            .map(|decay| (values.to_vec(), decay));
+        let average = match config.average_decay.filter(|_| catch_up.is_some()) {
+            Some(decay) => {
+                let mut copy = Vec::new();
+                copy.try_reserve_exact(values.len())
+                    .map_err(|_| no_memory("the embedding table's weight average", values.len()))?;
+                copy.extend_from_slice(values);
+                Some((copy, decay))
+            }
+            None => None,
+        };
         drop(table);
-        Self {
+        Ok(Self {
             buf,
             rows,
             dim,
@@ -296,7 +329,7 @@ impl SparseAdam {
             catch_up,
             average,
             device: plain,
-        }
+        })
     }
 
     /// Brings every row up to date with the last step (`catch-up`; nothing to do when frozen):
@@ -534,5 +567,23 @@ impl SparseAdam {
             state.steps.clear();
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_buffer_beyond_memory_is_refused_not_aborted() {
+        // 2^60 floats (4 EiB): neither a mapping nor a vector can hold it
+        assert!(HostBuf::zeroed(1 << 60).is_none());
+        assert!(zeroed_vec(1 << 60).is_none());
+        assert!(HostBuf::zeroed(usize::MAX).is_none(), "the byte count overflows");
+        let small = HostBuf::zeroed(1000).unwrap();
+        assert_eq!(small.floats().len(), 1000);
+        assert!(small.floats().iter().all(|&x| x == 0.0));
+        let message = no_memory("the table", 1 << 29).to_string();
+        assert!(message.contains("the table (2.0 GiB)"), "{message}");
     }
 }

@@ -505,7 +505,7 @@ mod tests {
             ),
             (
                 r#"{"rows": [{"user": 1, "hist": [], "price": "NaN"}]}"#,
-                &["rows[0].price", "not finite"],
+                &["rows[0].price", "missing value", "no default"],
             ),
             (
                 r#"{"rows": [{"user": 1, "hist": [], "price": null}]}"#,

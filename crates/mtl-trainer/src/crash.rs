@@ -48,9 +48,12 @@ pub fn crash_point(name: &str) {
     let _guard = LOCK.lock();
     if PASSES.fetch_add(1, Ordering::SeqCst) + 1 == *n {
         use std::io::Write;
-        let mut err = std::io::stderr().lock();
-        let _ = writeln!(err, "mtl: paused at {name} (pid {})", std::process::id());
-        let _ = err.flush();
+        {
+            // the lock is released before the pause: a signal handler may still write
+            let mut err = std::io::stderr().lock();
+            let _ = writeln!(err, "mtl: paused at {name} (pid {})", std::process::id());
+            let _ = err.flush();
+        }
         loop {
             std::thread::sleep(std::time::Duration::from_secs(3600));
         }

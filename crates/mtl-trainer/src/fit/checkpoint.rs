@@ -32,21 +32,28 @@ pub fn write_checkpoint<M: Module>(
         std::fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
     }
     std::fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
-    // `valid()` first: it folds BatchNorm's pending running-statistic updates into the saved
-    // values (a training-mode record would hold them one step stale).
-    model
-        .valid()
-        .save_file(tmp.join("model.bpk"))
-        .map_err(record_err(&tmp))?;
-    save_optimizer(&tmp)?;
-    if let Some(average) = average {
-        average
+    let _pending = mtl_features::pending::register(&tmp);
+    let written = || -> Result<(), TrainError> {
+        // `valid()` first: it folds BatchNorm's pending running-statistic updates into the
+        // saved values (a training-mode record would hold them one step stale).
+        model
             .valid()
-            .save_file(tmp.join(AVERAGE_MODEL))
+            .save_file(tmp.join("model.bpk"))
             .map_err(record_err(&tmp))?;
-    }
-    let json = serde_json::to_vec_pretty(state).expect("state serialises");
-    std::fs::write(tmp.join("state.json"), json).map_err(io_err(&tmp))?;
+        save_optimizer(&tmp)?;
+        if let Some(average) = average {
+            average
+                .valid()
+                .save_file(tmp.join(AVERAGE_MODEL))
+                .map_err(record_err(&tmp))?;
+        }
+        let json = serde_json::to_vec_pretty(state).expect("state serialises");
+        std::fs::write(tmp.join("state.json"), json).map_err(io_err(&tmp))
+    };
+    // a checkpoint that could not be written whole (a full disk) leaves nothing of itself
+    written().inspect_err(|_| {
+        let _ = std::fs::remove_dir_all(&tmp);
+    })?;
     crash_point("checkpoint-written");
     if final_dir.exists() {
         if old.exists() {
@@ -100,7 +107,12 @@ pub fn save_atomic<M: Module>(model: &M, path: &Path) -> Result<(), TrainError> 
         ".{}.tmp.bpk",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("model")
     ));
-    model.valid().save_file(&tmp).map_err(record_err(&tmp))?;
+    let _pending = mtl_features::pending::register(&tmp);
+    model.valid().save_file(&tmp).map_err(|e| {
+        // a record that could not be written whole (a full disk) is not left behind
+        let _ = std::fs::remove_file(&tmp);
+        record_err(&tmp)(e)
+    })?;
     crash_point(&format!(
         "saving-{}",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("model")

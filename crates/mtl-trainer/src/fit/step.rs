@@ -243,9 +243,11 @@ impl Stepper {
             value: Some(placeholder),
         });
         let mut adam = match settings.embedding_table {
-            TablePlace::Host => {
-                Store::Host(Box::new(SparseAdam::new(values, settings.sparse_adam(), device)))
-            }
+            TablePlace::Host => Store::Host(Box::new(SparseAdam::try_new(
+                values,
+                settings.sparse_adam(),
+                device,
+            )?)),
             TablePlace::Device => {
                 Store::Device(Box::new(DeviceAdam::new(values, settings.row_adam(), device)))
             }

@@ -18,6 +18,7 @@ use crate::fit::state::EvalRecord;
 
 mod curve;
 mod eval;
+mod memory;
 mod model_dir;
 mod predict;
 mod train;

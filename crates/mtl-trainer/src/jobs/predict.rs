@@ -41,6 +41,7 @@ pub fn predict_file<R: Registry>(
     atomic_write_with(out, |w| {
         let mut csv = csv::Writer::from_writer(w);
         csv.write_record(&header)?;
+        crate::crash::crash_point("predict-writing");
         let mut row: Vec<String> = Vec::with_capacity(header.len());
         for r in 0..encoded.rows {
             row.clear();

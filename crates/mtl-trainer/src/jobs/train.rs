@@ -12,14 +12,14 @@ use mtl_eval::{Calibration, CalibrationMethod, TaskMetrics, backend_device, pred
 use mtl_features::{EncodedData, Encoder, FeatureState, Schema, ValidSchema, atomic_write};
 use mtl_layers::{ModelPlan, MultiTaskModel, WithModel};
 
-use crate::config::{DataFiles, RunConfig};
+use crate::config::{DataFiles, RunConfig, TrainSettings};
 use crate::error::{io_err, record_err};
 use crate::fit::checkpoint::{read_checkpoint, save_atomic};
 use crate::fit::loader::{StreamSpec, TrainRows, count_rows, label_means};
 use crate::fit::state::{DataFile, FitOptions, TrainState};
 use crate::fit::{fit, optimizer};
 use crate::jobs::model_dir::{RunLock, load_dir_config, mark_finished, save_dir_config};
-use crate::jobs::{TrainOptions, TrainSummary, curve, peak_rss_mb};
+use crate::jobs::{TrainOptions, TrainSummary, curve, memory, peak_rss_mb};
 use crate::{Registry, TrainError, crash_point};
 
 /// A checkpoint to resume: its state, and its model and optimiser files.
@@ -37,6 +37,9 @@ struct Setup<R: Registry> {
     /// A finished run trained further: its `config.toml` as it was before this invocation
     /// saved the new epochs, put back if the job fails before its first checkpoint.
     restore_config: Option<Vec<u8>>,
+    /// A new run set up by this process: whether it created the directory (what it wrote
+    /// is removed if the job fails before its first checkpoint).
+    new_dir: Option<bool>,
 }
 
 /// Trains from a config into `out_dir` (created), or continues the run in `out_dir` when
@@ -75,7 +78,11 @@ pub fn train<R: Registry>(
     };
     let mut setup = setup;
     let restore = setup.restore_config.take();
+    let new_dir = setup.new_dir;
     let result = train_from(setup, out_dir, options);
+    if let (Err(_), Some(created)) = (&result, new_dir) {
+        discard_failed_new_run(out_dir, created);
+    }
     // a failed extension that never reached a checkpoint leaves the run as it was: finished,
     // with the config that says so
     if let (Err(_), Some(old)) = (&result, restore)
@@ -107,7 +114,7 @@ fn train_from<R: Registry>(
         same_data(&state.data, &data)?;
     }
     let encoder = Encoder::new(&schema, &features).with_label_rules(plan.label_rules);
-    check_table_size(&encoder, &schema, out_dir)?;
+    check_table_size(&encoder, &schema, &config.train, out_dir)?;
     let mut inputs = Inputs::read(&config, &encoder, options)?;
     if let Some(rows) = &inputs.train {
         warn_one_class(&schema, rows)?;
@@ -207,6 +214,7 @@ fn resumed_run<R: Registry>(
         start,
         lock,
         restore_config,
+        new_dir: None,
     })
 }
 
@@ -294,6 +302,7 @@ fn follow_new_run<R: Registry>(
         start: None,
         lock: None,
         restore_config: None,
+        new_dir: None,
     })
 }
 
@@ -306,6 +315,7 @@ fn new_run<R: Registry>(
     options: &TrainOptions,
 ) -> Result<Setup<R>, TrainError> {
     let (config, schema, plan, schema_text) = settle_new(config, options)?;
+    let created = !out_dir.exists();
     std::fs::create_dir_all(out_dir).map_err(io_err(out_dir))?;
     let lock = Some(RunLock::acquire(out_dir)?);
     if out_dir.join("checkpoint").exists() || out_dir.join("checkpoint.old").exists() {
@@ -329,14 +339,15 @@ fn new_run<R: Registry>(
     if options.progress {
         eprintln!("fitting features on {}", config.data.train.shown());
     }
-    let features = fit_state(
-        &config.data.train.files("data.train")?,
-        &schema,
-        config.data.policy()?,
-    )?;
-    atomic_write(&out_dir.join("schema.toml"), schema_text.as_bytes())?;
-    features.save(out_dir.join("features.json"))?;
-    save_dir_config(out_dir, &config)?;
+    let fitted = || -> Result<FeatureState, TrainError> {
+        let files = config.data.train.files("data.train")?;
+        let features = fit_state(&files, &schema, config.data.policy()?)?;
+        atomic_write(&out_dir.join("schema.toml"), schema_text.as_bytes())?;
+        features.save(out_dir.join("features.json"))?;
+        save_dir_config(out_dir, &config)?;
+        Ok(features)
+    };
+    let features = fitted().inspect_err(|_| discard_failed_new_run(out_dir, created))?;
     Ok(Setup {
         config,
         schema,
@@ -345,7 +356,32 @@ fn new_run<R: Registry>(
         start: None,
         lock,
         restore_config: None,
+        new_dir: Some(created),
     })
+}
+
+/// Removes what a new run wrote when it failed before its first checkpoint (a run with one
+/// is kept, to resume): its files, a half-written checkpoint, and the directory when the run
+/// created it and nothing else is there. So the same command, mended, runs again.
+fn discard_failed_new_run(out_dir: &Path, created: bool) {
+    let checkpointed = ["checkpoint", "checkpoint.old"]
+        .iter()
+        .any(|c| out_dir.join(c).exists());
+    if checkpointed {
+        return;
+    }
+    for file in RUN_FILES
+        .iter()
+        .chain(&["curve.svg", "calibration.json", "best.bpk"])
+    {
+        let _ = std::fs::remove_file(out_dir.join(file));
+    }
+    let _ = std::fs::remove_dir_all(out_dir.join("checkpoint.tmp"));
+    if created {
+        let _ = std::fs::remove_file(out_dir.join(".lock"));
+        // only when empty: anything else there is not this run's
+        let _ = std::fs::remove_dir(out_dir);
+    }
 }
 
 /// The training files' identities: path, size, content hash.
@@ -423,12 +459,21 @@ fn warn_one_class(schema: &ValidSchema, rows: &EncodedData) -> Result<(), TrainE
     Ok(())
 }
 
-/// Refuses an embedding table over [`mtl_features::schema::MAX_TABLE_FLOATS`] floats.
-fn check_table_size(encoder: &Encoder, schema: &ValidSchema, out_dir: &Path) -> Result<(), TrainError> {
-    let floats = encoder.layout().total_rows.saturating_mul(schema.table_width());
+/// Refuses an embedding table over [`mtl_features::schema::MAX_TABLE_FLOATS`] floats, or one
+/// whose training footprint (with Adam's moments, the average, …) exceeds the memory this
+/// process may still use.
+fn check_table_size(
+    encoder: &Encoder,
+    schema: &ValidSchema,
+    settings: &TrainSettings,
+    out_dir: &Path,
+) -> Result<(), TrainError> {
+    let (rows, width) = (encoder.layout().total_rows, schema.table_width());
+    let floats = rows.saturating_mul(width);
+    let file = out_dir.join("schema.toml").display().to_string();
     if floats > mtl_features::schema::MAX_TABLE_FLOATS {
         return Err(TrainError::Config {
-            file: out_dir.join("schema.toml").display().to_string(),
+            file,
             message: format!(
                 "the embedding table would hold {} rows × width {} = {floats} floats ({:.1} GiB), \
                  more than {} (16 GiB): lower vocab_size / hash_buckets or embed_dim",
@@ -439,7 +484,8 @@ fn check_table_size(encoder: &Encoder, schema: &ValidSchema, out_dir: &Path) -> 
             ),
         });
     }
-    Ok(())
+    let room = memory::room(memory::local_ranks());
+    memory::check_footprint(rows, width, settings, room, &file)
 }
 
 /// A run's data: the training rows held encoded or streamed, validation and test rows, and
