@@ -445,3 +445,50 @@ fn a_full_disk_fails_with_its_reason_and_leaves_what_was_there() {
         assert_eq!(disk.listing(), before, "{what} left something");
     }
 }
+
+#[test]
+fn rows_beyond_the_memory_limit_are_an_error_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // 600,000 short rows (6 MB) whose sequence pads to 1,000 ids: 2.4 GB once encoded
+    let mut rows = String::from("click,purchase,u,hist\n");
+    for i in 0..600_000u32 {
+        rows += &format!(
+            "{},{},{},{}|{}\n",
+            i % 2,
+            u32::from(i % 10 == 1),
+            i % 7,
+            i % 5,
+            i % 3
+        );
+    }
+    std::fs::write(d.join("t.csv"), rows).unwrap();
+    std::fs::write(
+        d.join("s.toml"),
+        "embed_dim = 4\n[[sparse]]\nname = \"u\"\nfit = true\n[[sequence]]\nname = \"hist\"\nmax_len = 1000\nfit = true\n[[labels]]\nname = \"click\"\nkind = \"binary\"\n[[labels]]\nname = \"purchase\"\nkind = \"binary\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("run.toml"),
+        "schema = \"s.toml\"\n[data]\ntrain = \"t.csv\"\n[model]\ntype = \"esmm\"\nctr_tower = { dims = [8] }\ncvr_tower = { dims = [8] }\n",
+    )
+    .unwrap();
+    // under a 2.5 GB address-space limit (`ulimit -v`, in KiB)
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -v 2500000 && exec \"$0\" --quiet train --config run.toml --out run")
+        .arg(env!("CARGO_BIN_EXE_mtl"))
+        .current_dir(d)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "an error, not an abort: {stderr}");
+    for needle in [
+        "t.csv: not enough memory for the encoded rows",
+        "could not be allocated",
+        "streaming = true",
+    ] {
+        assert!(stderr.contains(needle), "`{needle}` not in {stderr}");
+    }
+    assert!(!d.join("run").exists(), "the failed run's folder is left");
+}

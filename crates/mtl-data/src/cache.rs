@@ -238,6 +238,10 @@ fn read_cache(path: &Path, key: u64, schema: &ValidSchema, file: &str) -> Option
         if batch.columns().iter().any(|c| c.null_count() > 0) {
             return None;
         }
+        // a cache too large for memory is read from its source instead, which says so
+        if data.spare_rows() < n {
+            data.try_reserve_rows(n.max(data.rows)).ok()?;
+        }
         let start = data.rows;
         data.rows += n;
         read_block::<UInt32Type>(&mut columns, &mut data.sparse, n_sparse, start, data.rows)?;

@@ -91,6 +91,22 @@ pub enum DataError {
         /// The schema entry reading it (`sparse[0] \`u\``, `labels[1] \`buy\``, …).
         field: String,
     },
+    /// The encoded rows read into memory outgrew it.
+    #[error(
+        "{file}: not enough memory for the encoded rows: {rows} rows ({gib:.1} GiB) held when \
+         the next {more} could not be allocated; stream the training data (`streaming = true` \
+         under [data]) or give the process more memory"
+    )]
+    Memory {
+        /// The file being read.
+        file: String,
+        /// Rows held when the allocation failed.
+        rows: usize,
+        /// Their size in GiB.
+        gib: f64,
+        /// The rows that did not fit.
+        more: usize,
+    },
     /// The file has no data rows (or every row was skipped).
     #[error("{file}: no usable data rows")]
     Empty {
@@ -270,6 +286,16 @@ fn column_map(
         names: names.iter().map(|n| n.to_string()).collect(),
         width: header.len(),
     })
+}
+
+/// The error of `data` (read from `file`) failing to grow by `more` rows.
+pub fn memory_error(file: &str, data: &EncodedData, more: usize) -> DataError {
+    DataError::Memory {
+        file: file.to_string(),
+        rows: data.rows,
+        gib: data.bytes() as f64 / f64::from(1u32 << 30),
+        more,
+    }
 }
 
 /// Refuses a Parquet list column read by a sparse, dense or label field (which would read
@@ -561,6 +587,11 @@ impl Source {
                     }
                 },
             };
+            if out.spare_rows() == 0 {
+                let more = out.rows.max(1024);
+                out.try_reserve_rows(more)
+                    .map_err(|_| memory_error(&self.file, out, more))?;
+            }
             let start = (
                 out.sparse.len(),
                 out.sequence.len(),

@@ -545,3 +545,43 @@ fn schema_infer_reads_a_parquet_list_column_as_a_sequence() {
     let (data, _, _) = read_encoded(&path, &enc, BadRowPolicy::Fail, true, None).unwrap();
     assert_eq!(data.rows, 3);
 }
+
+#[test]
+fn rows_read_into_memory_grow_fallibly() {
+    let (_d, path, schema) = setup(GOOD);
+    let state = fit_state(std::slice::from_ref(&path), &schema, BadRowPolicy::Fail).unwrap();
+    let enc = Encoder::new(&schema, &state);
+    let (data, _, _) = read_encoded(&path, &enc, BadRowPolicy::Fail, true, None).unwrap();
+    // the reader reserved 1024 rows ahead: rows fit without reallocating, then none do
+    let first = data.clone();
+    let mut grown = data;
+    let spare = grown.spare_rows();
+    assert_eq!(spare, 1024 - grown.rows);
+    let capacity = grown.sparse.capacity();
+    for _ in 0..spare {
+        let one = &first;
+        grown.sparse.extend_from_slice(&one.sparse[..one.n_sparse]);
+        grown.sequence.extend_from_slice(&one.sequence[..one.seq_width()]);
+        grown
+            .seq_len
+            .extend_from_slice(&one.seq_len[..one.seq_max_len.len()]);
+        grown.dense.extend_from_slice(&one.dense[..one.n_dense]);
+        grown.labels.extend_from_slice(&one.labels[..one.n_labels]);
+        grown.rows += 1;
+    }
+    assert_eq!(grown.sparse.capacity(), capacity);
+    assert_eq!(grown.spare_rows(), 0);
+    // rows beyond any memory: an error to report, not an abort
+    let data = first;
+    let mut huge = data.clone();
+    assert!(huge.try_reserve_rows(usize::MAX / 2).is_err());
+    assert!(huge.try_append(&data).is_ok());
+    assert_eq!(huge.rows, 2 * data.rows);
+    let message = memory_error("t.csv", &huge, 1 << 40).to_string();
+    assert!(
+        message.contains("t.csv: not enough memory for the encoded rows")
+            && message.contains(&format!("{} rows", huge.rows))
+            && message.contains("streaming = true"),
+        "{message}"
+    );
+}

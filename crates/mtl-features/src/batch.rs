@@ -48,6 +48,51 @@ impl EncodedData {
         self.seq_max_len.iter().sum()
     }
 
+    /// Rows that fit in the buffers' capacity without a reallocation.
+    pub fn spare_rows(&self) -> usize {
+        let spare =
+            |len: usize, cap: usize, width: usize| (cap - len).checked_div(width).unwrap_or(usize::MAX);
+        let n_seq = self.seq_max_len.len();
+        [
+            spare(self.sparse.len(), self.sparse.capacity(), self.n_sparse),
+            spare(self.sequence.len(), self.sequence.capacity(), self.seq_width()),
+            spare(self.seq_len.len(), self.seq_len.capacity(), n_seq),
+            spare(self.dense.len(), self.dense.capacity(), self.n_dense),
+            spare(self.labels.len(), self.labels.capacity(), self.n_labels),
+        ]
+        .into_iter()
+        .min()
+        .unwrap_or(usize::MAX)
+    }
+
+    /// Makes room for `rows` more rows, or fails (nothing aborts) when the memory cannot be
+    /// had: the large buffers of data read into memory grow through this.
+    pub fn try_reserve_rows(&mut self, rows: usize) -> Result<(), std::collections::TryReserveError> {
+        let n_seq = self.seq_max_len.len();
+        let seq_width = self.seq_width();
+        self.sparse.try_reserve(rows.saturating_mul(self.n_sparse))?;
+        self.sequence.try_reserve(rows.saturating_mul(seq_width))?;
+        self.seq_len.try_reserve(rows.saturating_mul(n_seq))?;
+        self.dense.try_reserve(rows.saturating_mul(self.n_dense))?;
+        self.labels.try_reserve(rows.saturating_mul(self.n_labels))
+    }
+
+    /// Bytes of the encoded rows held.
+    pub fn bytes(&self) -> usize {
+        4 * (self.sparse.len()
+            + self.sequence.len()
+            + self.seq_len.len()
+            + self.dense.len()
+            + self.labels.len())
+    }
+
+    /// [`EncodedData::append`] that fails instead of aborting when the memory cannot be had.
+    pub fn try_append(&mut self, other: &EncodedData) -> Result<(), std::collections::TryReserveError> {
+        self.try_reserve_rows(other.rows)?;
+        self.append(other);
+        Ok(())
+    }
+
     /// Appends all rows of `other` (same widths).
     pub fn append(&mut self, other: &EncodedData) {
         assert_eq!(self.n_sparse, other.n_sparse, "sparse width differs");

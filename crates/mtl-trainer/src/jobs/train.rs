@@ -513,7 +513,9 @@ impl Inputs {
             for path in files.files(key)? {
                 let data = read(&path, encoder, policy, config.data.cache, &mut reads)?;
                 match &mut all {
-                    Some(all) => all.append(&data),
+                    Some(all) => all
+                        .try_append(&data)
+                        .map_err(|_| mtl_data::memory_error(&path.display().to_string(), all, data.rows))?,
                     None => all = Some(data),
                 }
             }
