@@ -298,33 +298,57 @@ pub fn memory_error(file: &str, data: &EncodedData, more: usize) -> DataError {
     }
 }
 
-/// Refuses a Parquet list column read by a sparse, dense or label field (which would read
-/// its items joined as one cell): only a sequence field reads lists.
-fn refuse_scalar_lists(path: &Path, columns: &ColumnMap, schema: &ValidSchema) -> Result<(), DataError> {
+/// Refuses a Parquet column a field cannot read: a list column read by a sparse, dense or
+/// label field (which would read its items joined as one cell; only a sequence field reads
+/// lists), or a column of a type that is not read (nested lists, dates, structs, …).
+fn check_column_types(path: &Path, columns: &ColumnMap, schema: &ValidSchema) -> Result<(), DataError> {
     let types = parquet::column_types(path)?;
     let s = &schema.schema;
-    let named = |kind: &str, i: usize, name: &str| format!("{kind}[{i}] `{name}`");
-    let readers = (s.sparse.iter().map(|f| &f.name).zip(&columns.sparse))
-        .enumerate()
-        .map(|(i, (n, &c))| (named("sparse", i, n), c))
-        .chain(
-            (s.dense.iter().map(|f| &f.name).zip(&columns.dense))
-                .enumerate()
-                .map(|(i, (n, &c))| (named("dense", i, n), c)),
-        )
-        .chain(
-            (s.labels.iter().map(|f| &f.name).zip(&columns.labels))
-                .enumerate()
-                .map(|(i, (n, &c))| (named("labels", i, n), c)),
-        );
-    for (field, c) in readers {
-        if let parquet::ColumnType::List(kind) = &types[c] {
-            return Err(DataError::ListColumn {
-                file: path.display().to_string(),
-                column: columns.names[c].clone(),
-                kind: kind.clone(),
-                field,
-            });
+    let mut readers: Vec<(&str, String, usize)> = Vec::new();
+    let mut add = |kind: &'static str, names: Vec<&String>, cols: &[usize]| {
+        for (i, (n, &c)) in names.into_iter().zip(cols).enumerate() {
+            readers.push((kind, format!("{kind}[{i}] `{n}`"), c));
+        }
+    };
+    add(
+        "sparse",
+        s.sparse.iter().map(|f| &f.name).collect(),
+        &columns.sparse,
+    );
+    add(
+        "sequence",
+        s.sequence.iter().map(|f| &f.name).collect(),
+        &columns.sequence,
+    );
+    add("dense", s.dense.iter().map(|f| &f.name).collect(), &columns.dense);
+    add(
+        "labels",
+        s.labels.iter().map(|f| &f.name).collect(),
+        &columns.labels,
+    );
+    for (kind, field, c) in readers {
+        let column = || columns.names[c].clone();
+        match &types[c] {
+            parquet::ColumnType::List(list) if kind != "sequence" => {
+                return Err(DataError::ListColumn {
+                    file: path.display().to_string(),
+                    column: column(),
+                    kind: list.clone(),
+                    field,
+                });
+            }
+            parquet::ColumnType::Unread(t) => {
+                return Err(DataError::BadRow {
+                    file: path.display().to_string(),
+                    line: 1,
+                    column: column(),
+                    message: format!(
+                        "Parquet type {t} is not read (integers, floats, strings, booleans and \
+                         lists of them are), and {field} reads this column"
+                    ),
+                });
+            }
+            _ => {}
         }
     }
     Ok(())
@@ -439,7 +463,7 @@ impl Source {
             let names = parquet::header(path)?;
             let shown: Vec<&str> = names.iter().map(String::as_str).collect();
             let columns = column_map(&file, &shown, schema, need_labels)?;
-            refuse_scalar_lists(path, &columns, schema)?;
+            check_column_types(path, &columns, schema)?;
             // a sequence field's list cells are joined by its own delimiter
             let mut wanted: Vec<(usize, String)> = columns
                 .features

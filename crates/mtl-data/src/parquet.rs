@@ -96,14 +96,19 @@ pub fn column_types(path: &Path) -> Result<Vec<ColumnType>, DataError> {
         .schema()
         .fields()
         .iter()
-        .map(|f| match f.data_type() {
-            DataType::List(item) | DataType::LargeList(item) if readable(item.data_type()) => {
-                ColumnType::List(format!("list<{}>", item.data_type()))
-            }
-            t if readable(t) => ColumnType::Value,
-            t => ColumnType::Unread(t.to_string()),
-        })
+        .map(|f| column_type(f.data_type()))
         .collect())
+}
+
+/// What a column of Arrow type `t` holds, as the reader sees it.
+fn column_type(t: &DataType) -> ColumnType {
+    match t {
+        DataType::List(item) | DataType::LargeList(item) if readable(item.data_type()) => {
+            ColumnType::List(format!("list<{}>", item.data_type()))
+        }
+        t if readable(t) => ColumnType::Value,
+        t => ColumnType::Unread(t.to_string()),
+    }
 }
 
 /// The rows a Parquet file holds, from its footer (no data is read).
@@ -706,6 +711,36 @@ fn write_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn column_types_say_what_a_field_may_read() {
+        use std::sync::Arc;
+
+        use arrow_schema::Field;
+        let list = |t: DataType| DataType::List(Arc::new(Field::new("item", t, true)));
+        assert_eq!(column_type(&DataType::Int64), ColumnType::Value);
+        assert_eq!(
+            column_type(&DataType::Dictionary(
+                Box::new(DataType::Int32),
+                Box::new(DataType::Utf8)
+            )),
+            ColumnType::Value
+        );
+        assert_eq!(
+            column_type(&list(DataType::Int64)),
+            ColumnType::List("list<Int64>".into())
+        );
+        assert_eq!(
+            column_type(&list(DataType::Utf8)),
+            ColumnType::List("list<Utf8>".into())
+        );
+        // nested lists and other types are not read (no silent flattening)
+        assert!(matches!(
+            column_type(&list(list(DataType::Int64))),
+            ColumnType::Unread(_)
+        ));
+        assert!(matches!(column_type(&DataType::Date32), ColumnType::Unread(t) if t == "Date32"));
+    }
 
     fn listing(dir: &Path) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(dir)
