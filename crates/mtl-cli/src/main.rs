@@ -901,6 +901,7 @@ fn demo(args: DemoArgs, progress: bool) -> Result<()> {
         cache: true,
         streaming: false,
         shuffle_buffer: 1_000_000,
+        shards: None,
     };
     let train = TrainSettings {
         epochs: args.epochs,

@@ -136,11 +136,12 @@ embedding = "sparse"
 untouched_rows = "catch-up"
 "#;
 
-/// A run config: `model` (with its `[train]` head) for 2 epochs of batch 512 (20 steps).
-fn config(d: &Path, name: &str, model: &str) {
+/// A run config: `model` (with its `[train]` head) for 2 epochs of batch 512 (20 steps),
+/// with `data` added to its `[data]` table.
+fn config(d: &Path, name: &str, model: &str, data: &str) {
     let text = format!(
         "schema = \"data/synth_ccp_schema.toml\"\n[data]\ntrain = \"data/synth_ccp_train.csv\"\n\
-         valid = \"big/synth_ccp_val.csv\"\n{model}epochs = 2\nbatch_size = 512\nlr = 3e-3\n\
+         valid = \"big/synth_ccp_val.csv\"\n{data}{model}epochs = 2\nbatch_size = 512\nlr = 3e-3\n\
          seed = 11\nema_decay = 0.9\ncheckpoint_every_steps = 4\nearly_stopping = false\n"
     );
     std::fs::write(d.join(name), text).unwrap();
@@ -151,9 +152,19 @@ fn two_ranks_train_the_model_one_process_trains() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     data(d);
-    for (name, model) in [("esmm", ESMM), ("mmoe", MMOE)] {
+    // ESMM in one shard: each of the 2 ranks reads every row and takes half of each batch;
+    // MMOE in 2 shards, in memory and streamed: each rank reads its own 2,400 rows only
+    for (name, model, split) in [
+        ("esmm", ESMM, "shards = 1\n"),
+        ("mmoe", MMOE, "shards = 2\n"),
+        (
+            "mmoe-streamed",
+            MMOE,
+            "shards = 2\nstreaming = true\nshuffle_buffer = 1000\n",
+        ),
+    ] {
         let toml = format!("{name}.toml");
-        config(d, &toml, model);
+        config(d, &toml, model, split);
         let (solo, pair) = (format!("{name}-1"), format!("{name}-2"));
         ok(one(d, &["train", "--config", &toml, "--out", &solo, "--quiet"]));
         let out = ok(on_ranks(
@@ -164,7 +175,8 @@ fn two_ranks_train_the_model_one_process_trains() {
         // one summary: rank 0's
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert_eq!(stdout.matches("steps on flex").count(), 1, "{stdout}");
-        assert!(stdout.contains(&format!("{name}: 20 steps")), "{stdout}");
+        let kind = name.split('-').next().unwrap_or(name);
+        assert!(stdout.contains(&format!("{kind}: 20 steps")), "{stdout}");
         for file in ["checkpoint/model.bpk", "model.bpk"] {
             let (a, b) = (weights(&d.join(&solo), file), weights(&d.join(&pair), file));
             let diff = max_diff(&a, &b);
@@ -178,6 +190,14 @@ fn two_ranks_train_the_model_one_process_trains() {
         let metrics: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(d.join(&pair).join("metrics.json")).unwrap())
                 .unwrap();
+        if name == "mmoe" {
+            // rank 0 (which writes the metrics) read the first half of the rows only
+            let reads = metrics.to_string();
+            assert!(
+                reads.contains("rows 0..2400 of 4800 (this rank's shards)"),
+                "{reads}"
+            );
+        }
         ok(one(
             d,
             &[
@@ -247,7 +267,7 @@ fn a_killed_rank_ends_the_job_and_the_run_resumes_on_any_number_of_ranks() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     data(d);
-    config(d, "run.toml", MMOE);
+    config(d, "run.toml", MMOE, "");
     ok(on_ranks(
         2,
         d,

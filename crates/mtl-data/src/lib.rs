@@ -387,6 +387,8 @@ enum Records {
         path: PathBuf,
         wanted: Vec<(usize, String)>,
         rows: Option<parquet::ParquetRows>,
+        /// Rows to pass over when the reader opens (see [`Source::skip_rows`]).
+        skip: u64,
     },
 }
 
@@ -482,6 +484,7 @@ impl Source {
                     path: path.to_path_buf(),
                     wanted,
                     rows: None,
+                    skip: 0,
                 },
                 columns,
                 record: csv::ByteRecord::new(),
@@ -500,6 +503,49 @@ impl Source {
             columns,
             record: csv::ByteRecord::new(),
         })
+    }
+
+    /// Passes over the next `n` good rows without keeping them (rows another rank reads); the
+    /// rows passed (fewer at the end of the file). Under the `fail` policy a row is a record:
+    /// CSV records are parsed, not encoded, and a Parquet file not yet read skips whole row
+    /// groups unread. Under `skip` each row is encoded, to tell a good row from a bad one.
+    pub fn skip_rows(
+        &mut self,
+        n: usize,
+        encoder: &Encoder,
+        policy: BadRowPolicy,
+    ) -> Result<usize, DataError> {
+        if policy == BadRowPolicy::Skip {
+            let mut passed = 0;
+            let mut report = ReadReport::default();
+            while passed < n {
+                let mut scratch = empty_encoded(encoder.schema());
+                let want = (n - passed).min(1 << 16);
+                let got = self.read_chunk(encoder, policy, want, &mut scratch, &mut report, None)?;
+                if got == 0 {
+                    break;
+                }
+                passed += got;
+            }
+            return Ok(passed);
+        }
+        if let Records::Parquet {
+            path,
+            rows: None,
+            skip,
+            ..
+        } = &mut self.records
+        {
+            let left = parquet::row_count(path)?.saturating_sub(*skip);
+            let passed = (n as u64).min(left);
+            *skip += passed;
+            return Ok(passed as usize);
+        }
+        let mut passed = 0;
+        while passed < n && self.next_record()?.is_some() {
+            passed += 1;
+        }
+        Ok(passed)
     }
 
     /// The file name used in messages.
@@ -525,10 +571,20 @@ impl Source {
     fn next_record(&mut self) -> Result<Option<u64>, DataError> {
         let (reader, line_ends) = match &mut self.records {
             Records::Csv(reader, line_ends) => (reader, *line_ends),
-            Records::Parquet { path, wanted, rows } => {
+            Records::Parquet {
+                path,
+                wanted,
+                rows,
+                skip,
+            } => {
                 let rows = match rows {
                     Some(rows) => rows,
-                    None => rows.insert(parquet::ParquetRows::open(path, &self.columns.names, wanted)?),
+                    None => rows.insert(parquet::ParquetRows::open_at(
+                        path,
+                        &self.columns.names,
+                        wanted,
+                        *skip,
+                    )?),
                 };
                 return rows.next_into(&mut self.record);
             }

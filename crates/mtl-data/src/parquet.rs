@@ -154,8 +154,34 @@ impl ParquetRows {
     /// Opens `path`, reading only the header positions `wanted` (each with the delimiter for a
     /// list column); `names` is the header [`header`] returned.
     pub fn open(path: &Path, names: &[String], wanted: &[(usize, String)]) -> Result<Self, DataError> {
+        Self::open_at(path, names, wanted, 0)
+    }
+
+    /// [`ParquetRows::open`] from data row `skip` (0-based): the row groups before it are not
+    /// read, and rows are still numbered from the file's start.
+    pub fn open_at(
+        path: &Path,
+        names: &[String],
+        wanted: &[(usize, String)],
+        skip: u64,
+    ) -> Result<Self, DataError> {
         let file = File::open(path).map_err(|e| io_error(path, e))?;
-        let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| io_error(path, e))?;
+        let mut builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| io_error(path, e))?;
+        if skip > 0 {
+            let mut before = 0u64;
+            let mut groups = Vec::new();
+            for (g, meta) in builder.metadata().row_groups().iter().enumerate() {
+                let rows = meta.num_rows().max(0) as u64;
+                if before + rows <= skip && groups.is_empty() {
+                    before += rows;
+                } else {
+                    groups.push(g);
+                }
+            }
+            builder = builder
+                .with_row_groups(groups)
+                .with_offset((skip - before) as usize);
+        }
         let mut roots: Vec<usize> = wanted.iter().map(|(i, _)| *i).collect();
         roots.sort_unstable();
         roots.dedup();
@@ -179,7 +205,7 @@ impl ParquetRows {
             cells: Vec::new(),
             batch_rows: 0,
             next: 0,
-            row: 0,
+            row: skip,
         })
     }
 

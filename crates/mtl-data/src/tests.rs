@@ -585,3 +585,65 @@ fn rows_read_into_memory_grow_fallibly() {
         "{message}"
     );
 }
+
+#[test]
+fn skipped_rows_are_passed_over_and_the_rest_read_as_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = Schema::from_toml_str(
+        "[[sparse]]\nname = \"r\"\nvocab_size = 12\n[[labels]]\nname = \"y\"\nkind = \"regression\"\n",
+        "s.toml",
+    )
+    .unwrap();
+    let enc = Encoder::new(&schema, &StateFitter::new(&schema).finish());
+    let mut text = String::from("r,y\n");
+    for r in 0..10 {
+        text += &format!("{r},{r}\n");
+    }
+    let csv = write(&dir, "t.csv", &text);
+    let pq = dir.path().join("t.parquet");
+    parquet::csv_to_parquet(&csv, &pq, parquet::Codec::Snappy, 3, None, 100).unwrap();
+    // row 5 of another file is bad: under `skip` it is not a row, so the skipped count passes it
+    let bad = write(&dir, "bad.csv", &text.replace("5,5\n", "5,x\n"));
+    let rest = |path: &Path, k: usize, policy: BadRowPolicy| -> (usize, Vec<f32>) {
+        let mut source = Source::open(path, &schema, true).unwrap();
+        let passed = source.skip_rows(k, &enc, policy).unwrap();
+        let mut out = empty_encoded(&schema);
+        let mut report = ReadReport::default();
+        source
+            .read_chunk(&enc, policy, usize::MAX, &mut out, &mut report, None)
+            .unwrap();
+        (passed, out.labels)
+    };
+    for k in 0..=11 {
+        let want: Vec<f32> = (k.min(10)..10).map(|r| r as f32).collect();
+        for path in [&csv, &pq] {
+            assert_eq!(
+                rest(path, k, BadRowPolicy::Fail),
+                (k.min(10), want.clone()),
+                "{path:?} {k}"
+            );
+        }
+        let good: Vec<f32> = (0..10).filter(|&r| r != 5).map(|r| r as f32).collect();
+        let skipped = rest(&bad, k, BadRowPolicy::Skip);
+        assert_eq!(skipped, (k.min(9), good[k.min(9)..].to_vec()), "skip policy, {k}");
+    }
+    // rows after a Parquet skip keep their numbers in errors: row 8 of the file
+    let bad_pq = dir.path().join("bad.parquet");
+    let csv8 = write(&dir, "t8.csv", &text.replace("7,7\n", "700,7\n"));
+    parquet::csv_to_parquet(&csv8, &bad_pq, parquet::Codec::Snappy, 3, None, 100).unwrap();
+    let mut source = Source::open(&bad_pq, &schema, true).unwrap();
+    assert_eq!(source.skip_rows(4, &enc, BadRowPolicy::Fail).unwrap(), 4);
+    let mut out = empty_encoded(&schema);
+    let err = source
+        .read_chunk(
+            &enc,
+            BadRowPolicy::Fail,
+            usize::MAX,
+            &mut out,
+            &mut ReadReport::default(),
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("bad.parquet:8: column `r`"), "{err}");
+}

@@ -93,6 +93,26 @@ impl EncodedData {
         Ok(())
     }
 
+    /// Appends the rows `indices` of `other` (same widths), in that order.
+    pub fn append_rows(&mut self, other: &EncodedData, indices: &[usize]) {
+        let (s, w, q, d, l) = (
+            other.n_sparse,
+            other.seq_width(),
+            other.seq_max_len.len(),
+            other.n_dense,
+            other.n_labels,
+        );
+        for &r in indices {
+            self.sparse.extend_from_slice(&other.sparse[r * s..(r + 1) * s]);
+            self.sequence
+                .extend_from_slice(&other.sequence[r * w..(r + 1) * w]);
+            self.seq_len.extend_from_slice(&other.seq_len[r * q..(r + 1) * q]);
+            self.dense.extend_from_slice(&other.dense[r * d..(r + 1) * d]);
+            self.labels.extend_from_slice(&other.labels[r * l..(r + 1) * l]);
+        }
+        self.rows += indices.len();
+    }
+
     /// Appends all rows of `other` (same widths).
     pub fn append(&mut self, other: &EncodedData) {
         assert_eq!(self.n_sparse, other.n_sparse, "sparse width differs");

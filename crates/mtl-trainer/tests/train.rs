@@ -54,6 +54,7 @@ fn config(files: &CcpFiles, model: ModelConfig, settings: TrainSettings) -> RunC
             cache: true,
             streaming: false,
             shuffle_buffer: 1_000_000,
+            shards: None,
         },
         model,
         train: settings,

@@ -33,6 +33,12 @@ pub struct DataConfig {
     /// Rows per shuffle block when streaming.
     #[serde(default = "default_shuffle_buffer")]
     pub shuffle_buffer: usize,
+    /// Shards the training rows are split into, in order (each shuffled on its own; every
+    /// batch takes its part of each): the ranks of an MPI job that divide them each read only
+    /// their own shards' rows. Unset: the ranks a new run starts on (1 in one process: all
+    /// rows in one shuffled order). Saved with the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards: Option<usize>,
 }
 
 fn default_shuffle_buffer() -> usize {

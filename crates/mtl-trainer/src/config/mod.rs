@@ -164,6 +164,15 @@ impl<R: Registry> RunConfig<R> {
                 self.data.shuffle_buffer
             )));
         }
+        if let Some(shards) = self.data.shards
+            && !(1..=self.train.batch_size).contains(&shards)
+        {
+            return Err(bad(format!(
+                "`data.shards` = {shards}: must be between 1 and `train.batch_size` ({}), so \
+                 that every batch takes a row of every shard",
+                self.train.batch_size
+            )));
+        }
         if self.train.early_stopping.active().is_some() && self.data.valid.is_none() {
             return Err(bad("`train.early_stopping` needs `data.valid`".into()));
         }

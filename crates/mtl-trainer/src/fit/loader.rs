@@ -15,7 +15,8 @@ use rand::seq::SliceRandom;
 
 use crate::TrainError;
 use crate::config::TrainSettings;
-use crate::fit::collective::share;
+use crate::fit::collective::{Group, share};
+use crate::fit::shards::Shards;
 use crate::fit::state::TrainState;
 
 /// A batch as the loader hands it over.
@@ -29,8 +30,11 @@ pub struct Batch {
 /// The training rows: encoded in memory, or streamed from their files each epoch.
 #[derive(Clone, Copy)]
 pub enum TrainRows<'a> {
-    /// Every row, encoded.
+    /// Every row, encoded (one shard).
     Memory(&'a EncodedData),
+    /// The rows of `Shards` this rank reads, encoded: the shards it holds alone (see
+    /// [`Shards::held`]), else every row.
+    Sharded(&'a EncodedData, Shards),
     /// Read from the files as training goes.
     Stream(&'a StreamSpec),
 }
@@ -42,11 +46,23 @@ impl<'a> From<&'a EncodedData> for TrainRows<'a> {
 }
 
 impl TrainRows<'_> {
-    /// Rows per epoch.
+    /// Rows per epoch (over every rank).
     pub fn rows(&self) -> usize {
+        self.shards().rows
+    }
+
+    /// How the rows are split into shards.
+    pub fn shards(&self) -> Shards {
         match self {
-            Self::Memory(d) => d.rows,
-            Self::Stream(s) => s.rows,
+            Self::Memory(d) => Shards {
+                rows: d.rows,
+                count: 1,
+            },
+            Self::Sharded(_, shards) => *shards,
+            Self::Stream(s) => Shards {
+                rows: s.rows,
+                count: s.shards,
+            },
         }
     }
 }
@@ -63,8 +79,13 @@ pub struct StreamSpec {
     pub policy: BadRowPolicy,
     /// Good rows per epoch (counted by [`count_rows`] before training).
     pub rows: usize,
-    /// Rows per shuffle block (rounded up to whole batches).
+    /// Rows per shuffle block (rounded up to whole batches), over every shard.
     pub buffer_rows: usize,
+    /// Shards ([`Shards`]); with more than one, each file's good rows (`file_rows`) place
+    /// the shards' row ranges in the files.
+    pub shards: usize,
+    /// Good rows of each file (needed with more than one shard).
+    pub file_rows: Vec<usize>,
 }
 
 /// Rows read from a file at a time.
@@ -74,16 +95,27 @@ const CHUNK_ROWS: usize = 65_536;
 /// A Parquet file under the `fail` policy is counted from its footer: a bad row in it stops
 /// training anyway when it is reached (its columns are still checked against the schema).
 pub fn count_rows(files: &[PathBuf], encoder: &Encoder, policy: BadRowPolicy) -> Result<usize, TrainError> {
-    let mut rows = 0;
-    for path in files {
-        let mut source = Source::open(path, encoder.schema(), true)?;
-        if policy == BadRowPolicy::Fail && mtl_data::parquet::is_parquet(path) {
-            rows += mtl_data::parquet::row_count(path)? as usize;
-            continue;
-        }
-        rows += read_chunks(&mut source, encoder, policy, usize::MAX, |_| {})?;
-    }
-    Ok(rows)
+    Ok(count_file_rows(files, encoder, policy, true)?.iter().sum())
+}
+
+/// Each file's good rows, as [`count_rows`] counts them when `check`; else under the `fail`
+/// policy CSV records are only parsed (a bad row is met when its rows are read).
+pub fn count_file_rows(
+    files: &[PathBuf],
+    encoder: &Encoder,
+    policy: BadRowPolicy,
+    check: bool,
+) -> Result<Vec<usize>, TrainError> {
+    files
+        .iter()
+        .map(|path| {
+            let mut source = Source::open(path, encoder.schema(), true)?;
+            if !check || (policy == BadRowPolicy::Fail && mtl_data::parquet::is_parquet(path)) {
+                return Ok(source.skip_rows(usize::MAX, encoder, policy)?);
+            }
+            read_chunks(&mut source, encoder, policy, usize::MAX, |_| {})
+        })
+        .collect()
 }
 
 /// Reads `source` in chunks of at most [`CHUNK_ROWS`] good rows until it ends or `max_rows`
@@ -117,15 +149,27 @@ pub const PRIOR_ROWS: usize = 1 << 20;
 /// Each label column's mean over the finite values of the training rows: all of them in
 /// memory, or the first [`PRIOR_ROWS`] rows of the files when streaming. NaN where a column
 /// has no finite value.
-pub fn label_means(rows: TrainRows<'_>) -> Result<Vec<f64>, TrainError> {
-    label_means_upto(rows, PRIOR_ROWS)
+/// Rows held by shard are summed over the ranks of `group`.
+pub fn label_means(rows: TrainRows<'_>, group: &Group) -> Result<Vec<f64>, TrainError> {
+    label_means_upto(rows, PRIOR_ROWS, group)
 }
 
 /// [`label_means`], streaming reading the first `max_rows` rows.
-fn label_means_upto(rows: TrainRows<'_>, max_rows: usize) -> Result<Vec<f64>, TrainError> {
+fn label_means_upto(rows: TrainRows<'_>, max_rows: usize, group: &Group) -> Result<Vec<f64>, TrainError> {
     let mut sums = LabelSums::default();
     match rows {
         TrainRows::Memory(data) => sums.add(data),
+        TrainRows::Sharded(data, shards) => {
+            sums.add(data);
+            if shards.held(group.rank(), group.size()).is_some() && group.is_distributed() {
+                // each rank holds its own rows: the sums and counts of all of them
+                let mut flat: Vec<f64> = sums.sums.iter().flat_map(|&(s, n)| [s, n as f64]).collect();
+                group.sum_f64(&mut flat);
+                for (acc, pair) in sums.sums.iter_mut().zip(flat.chunks_exact(2)) {
+                    *acc = (pair[0], pair[1] as u64);
+                }
+            }
+        }
         TrainRows::Stream(spec) => {
             for path in &spec.files {
                 if sums.rows >= max_rows {
@@ -294,7 +338,10 @@ fn make_batch(
     device: &Device,
     plan: &LoaderPlan,
 ) -> Batch {
-    let idx = &idx[share(idx.len(), plan.share.0, plan.share.1)];
+    let idx = match plan.alone() {
+        true => idx,
+        false => &idx[share(idx.len(), plan.share.0, plan.share.1)],
+    };
     if plan.row_sparse {
         let (tensors, table_rows) = data.batch_unique(idx, layout, device);
         Batch { tensors, table_rows }
@@ -333,6 +380,8 @@ pub struct LoaderPlan {
     /// (rank, ranks): each batch is this rank's contiguous part of the global batch
     /// ([`share`]); `(0, 1)` in one process.
     pub share: (usize, usize),
+    /// How the rows are split ([`Shards`]; one shard: one permutation of every row).
+    pub shards: Shards,
 }
 
 impl LoaderPlan {
@@ -344,6 +393,7 @@ impl LoaderPlan {
         state: &TrainState,
         row_sparse: bool,
         share: (usize, usize),
+        shards: Shards,
     ) -> Self {
         Self {
             batch_size: settings.batch_size,
@@ -352,8 +402,33 @@ impl LoaderPlan {
             from: (state.epoch, state.batch_in_epoch),
             row_sparse,
             share,
+            shards,
         }
     }
+
+    /// Whether this rank builds its part of each batch from the shards it holds alone (more
+    /// than one shard, and the ranks divide them).
+    fn alone(&self) -> bool {
+        self.shards.count > 1 && self.shards.held(self.share.0, self.share.1).is_some()
+    }
+
+    /// The shards this rank reads: those it holds alone, else all.
+    fn held(&self) -> std::ops::Range<usize> {
+        match self.alone() {
+            true => self.shards.held(self.share.0, self.share.1).unwrap_or(0..0),
+            false => 0..self.shards.count,
+        }
+    }
+
+    /// The first batch of `epoch` to send (later than 0 in the epoch a resume starts in).
+    fn first_in(&self, epoch: usize) -> usize {
+        if epoch == self.from.0 { self.from.1 } else { 0 }
+    }
+}
+
+/// Shard `k`'s shuffling seed: the run's own for shard 0, so one shard orders rows as before.
+fn shard_seed(seed: u64, k: usize) -> u64 {
+    seed ^ (k as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
 /// Starts a thread in `scope` that sends every remaining batch of the run in order; it ends
@@ -367,8 +442,197 @@ pub fn spawn<'scope, 'env: 'scope>(
 ) -> Receiver<Result<Batch, TrainError>> {
     match rows {
         TrainRows::Memory(data) => spawn_memory(scope, data, layout, device, plan),
-        TrainRows::Stream(spec) => spawn_stream(scope, spec, layout, device, plan),
+        TrainRows::Sharded(data, shards) if shards.count <= 1 => {
+            spawn_memory(scope, data, layout, device, plan)
+        }
+        TrainRows::Sharded(data, _) => spawn_memory_sharded(scope, data, layout, device, plan),
+        TrainRows::Stream(spec) if spec.shards <= 1 => spawn_stream(scope, spec, layout, device, plan),
+        TrainRows::Stream(spec) => spawn_stream_sharded(scope, spec, layout, device, plan),
     }
+}
+
+/// [`spawn`] for shards in memory: `data` holds the rows of [`LoaderPlan::held`]; each epoch
+/// every shard has its own permutation, and batch `b` joins each shard's part `b`.
+fn spawn_memory_sharded<'scope, 'env: 'scope>(
+    scope: &'scope Scope<'scope, 'env>,
+    data: &'env EncodedData,
+    layout: &'env TableLayout,
+    device: &'env Device,
+    plan: LoaderPlan,
+) -> Receiver<Result<Batch, TrainError>> {
+    let (tx, rx) = sync_channel::<Result<Batch, TrainError>>(AHEAD);
+    scope.spawn(move || {
+        let (shards, bs, held) = (plan.shards, plan.batch_size, plan.held());
+        let offset = shards.rows_of_shards(&held).start;
+        assert_eq!(
+            data.rows,
+            shards.rows_of_shards(&held).len(),
+            "the held shards' rows"
+        );
+        for epoch in plan.from.0..plan.epochs {
+            let orders: Vec<(usize, usize, Vec<usize>)> = held
+                .clone()
+                .map(|k| {
+                    let rows = shards.rows_of(k);
+                    let order = epoch_order(rows.len(), shard_seed(plan.seed, k), epoch);
+                    (rows.start - offset, shards.part(bs, k), order)
+                })
+                .collect();
+            for b in plan.first_in(epoch)..shards.batches(bs) {
+                let idx: Vec<usize> = orders
+                    .iter()
+                    .flat_map(|(start, part, order)| {
+                        let take = &order[(b * part).min(order.len())..((b + 1) * part).min(order.len())];
+                        take.iter().map(move |&r| start + r)
+                    })
+                    .collect();
+                if tx
+                    .send(Ok(make_batch(data, &idx, layout, device, &plan)))
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// One shard's rows streamed from the files: its range of the rows, read in blocks of whole
+/// parts, each block shuffled (seeded by run, shard, block and epoch).
+struct ShardStream<'a> {
+    spec: &'a StreamSpec,
+    k: usize,
+    /// Rows of the shard left to read, rows per batch part and per block.
+    left: usize,
+    part: usize,
+    block: usize,
+    next_file: usize,
+    source: Option<Source>,
+    buf: EncodedData,
+    order: Vec<usize>,
+    at: usize,
+    blocks: usize,
+}
+
+impl<'a> ShardStream<'a> {
+    /// Shard `k` of `spec`, positioned at its first row: the rows before it are passed over
+    /// (whole files unread; see [`Source::skip_rows`]).
+    fn open(spec: &'a StreamSpec, k: usize, batch: usize) -> Result<Self, TrainError> {
+        let shards = Shards {
+            rows: spec.rows,
+            count: spec.shards,
+        };
+        let rows = shards.rows_of(k);
+        let part = shards.part(batch, k).max(1);
+        let per_shard = spec.buffer_rows.max(1).div_ceil(spec.shards);
+        let mut stream = Self {
+            spec,
+            k,
+            left: rows.len(),
+            part,
+            block: per_shard.div_ceil(part) * part,
+            next_file: 0,
+            source: None,
+            buf: mtl_data::empty_encoded(spec.encoder.schema()),
+            order: Vec::new(),
+            at: 0,
+            blocks: 0,
+        };
+        let mut before = 0;
+        for (f, &n) in spec.file_rows.iter().enumerate() {
+            if rows.is_empty() {
+                break;
+            }
+            if before + n > rows.start {
+                let mut source = Source::open(&spec.files[f], spec.encoder.schema(), true)?;
+                source.skip_rows(rows.start - before, &spec.encoder, spec.policy)?;
+                stream.source = Some(source);
+                stream.next_file = f + 1;
+                break;
+            }
+            before += n;
+        }
+        Ok(stream)
+    }
+
+    /// Appends the shard's next part of a batch to `out` (nothing once the shard is spent).
+    fn take_part(&mut self, out: &mut EncodedData, seed: u64, epoch: usize) -> Result<(), TrainError> {
+        if self.at == self.order.len() && self.left > 0 {
+            let identity: Vec<usize> = (0..self.spec.files.len()).collect();
+            let mut buf = mtl_data::empty_encoded(self.spec.encoder.schema());
+            let want = self.block.min(self.left);
+            let got = read_block(
+                self.spec,
+                &identity,
+                &mut self.next_file,
+                &mut self.source,
+                want,
+                &mut buf,
+            )?;
+            self.left = if got < want { 0 } else { self.left - got };
+            let block_seed = shard_seed(seed, self.k).wrapping_add(self.blocks as u64 + 1);
+            self.order = epoch_order(buf.rows, block_seed, epoch);
+            self.buf = buf;
+            self.at = 0;
+            self.blocks += 1;
+        }
+        let end = (self.at + self.part).min(self.order.len());
+        out.append_rows(&self.buf, &self.order[self.at..end]);
+        self.at = end;
+        Ok(())
+    }
+}
+
+/// [`spawn`] for shards streamed from the files: each held shard reads its own rows (see
+/// [`ShardStream`]); one thread joins the shards' parts into this rank's batches, another
+/// builds their tensors.
+fn spawn_stream_sharded<'scope, 'env: 'scope>(
+    scope: &'scope Scope<'scope, 'env>,
+    spec: &'env StreamSpec,
+    layout: &'env TableLayout,
+    device: &'env Device,
+    plan: LoaderPlan,
+) -> Receiver<Result<Batch, TrainError>> {
+    let (tx, rx) = sync_channel::<Result<Batch, TrainError>>(AHEAD);
+    let (rows_tx, rows_rx) = sync_channel::<Result<EncodedData, TrainError>>(AHEAD);
+    scope.spawn(move || {
+        let read = || -> Result<(), TrainError> {
+            let bs = plan.batch_size;
+            for epoch in plan.from.0..plan.epochs {
+                let mut streams: Vec<ShardStream<'_>> = plan
+                    .held()
+                    .map(|k| ShardStream::open(spec, k, bs))
+                    .collect::<Result<_, _>>()?;
+                for b in 0..plan.shards.batches(bs) {
+                    let mut rows = mtl_data::empty_encoded(spec.encoder.schema());
+                    for stream in &mut streams {
+                        stream.take_part(&mut rows, plan.seed, epoch)?;
+                    }
+                    // a resumed run reads the rows before its position without batching them
+                    if b >= plan.first_in(epoch) && rows_tx.send(Ok(rows)).is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+            Ok(())
+        };
+        if let Err(e) = read() {
+            let _ = rows_tx.send(Err(e));
+        }
+    });
+    scope.spawn(move || {
+        for rows in rows_rx {
+            let batch = rows.map(|rows| {
+                let idx: Vec<usize> = (0..rows.rows).collect();
+                make_batch(&rows, &idx, layout, device, &plan)
+            });
+            if tx.send(batch).is_err() {
+                return;
+            }
+        }
+    });
+    rx
 }
 
 /// [`spawn`] for rows in memory: each epoch's seeded permutation of them.
@@ -425,6 +689,7 @@ mod tests {
                 from,
                 row_sparse: false,
                 share: (0, 1),
+                shards: Shards { rows: 10, count: 1 },
             };
             std::thread::scope(|s| {
                 spawn(s, TrainRows::Memory(&data), &layout, &device, plan)
@@ -455,6 +720,7 @@ mod tests {
                     from: (0, 0),
                     row_sparse: false,
                     share: (0, 1),
+                    shards: Shards { rows: 10, count: 1 },
                 },
             );
             assert!(rx.recv().is_ok());
@@ -483,12 +749,15 @@ mod tests {
         }
         let encoder = Encoder::new(&schema, &mtl_features::StateFitter::new(&schema).finish());
         let rows = count_rows(&files, &encoder, BadRowPolicy::Fail).unwrap();
+        let file_rows = count_file_rows(&files, &encoder, BadRowPolicy::Fail, true).unwrap();
         StreamSpec {
             files,
             encoder,
             policy: BadRowPolicy::Fail,
             rows,
             buffer_rows,
+            shards: 1,
+            file_rows,
         }
     }
 
@@ -512,6 +781,10 @@ mod tests {
             from,
             row_sparse: true,
             share,
+            shards: Shards {
+                rows: spec.rows,
+                count: spec.shards,
+            },
         };
         std::thread::scope(|s| {
             spawn(s, TrainRows::Stream(spec), &layout, &device, plan)
@@ -586,6 +859,7 @@ mod tests {
             from: (0, 0),
             row_sparse: false,
             share: (rank, ranks),
+            shards: Shards { rows: 10, count: 1 },
         };
         let memory = std::thread::scope(|s| {
             spawn(s, TrainRows::Memory(&data), &layout, &device, plan)
@@ -662,6 +936,115 @@ mod tests {
         );
     }
 
+    /// A loader run: its batches' labels for (rank, ranks) and a resume position.
+    type Run<'a> = Box<dyn Fn((usize, usize), (usize, usize)) -> Vec<Vec<f32>> + 'a>;
+
+    /// Labels of every batch `rows` sends under `plan`.
+    fn labels_of(rows: TrainRows<'_>, layout: &TableLayout, plan: LoaderPlan) -> Vec<Vec<f32>> {
+        let device = Device::flex();
+        std::thread::scope(|s| {
+            spawn(s, rows, layout, &device, plan)
+                .iter()
+                .map(|b| b.unwrap().tensors.labels.into_data().try_to_vec::<f32>().unwrap())
+                .collect()
+        })
+    }
+
+    /// 3 shards of 10 rows in memory and of the 21-row files streamed, on 1, 2 and 3 ranks:
+    /// the ranks' parts joined are one process's batch, each rank of 3 holds one shard's rows
+    /// only, every row comes once an epoch, and shard k gives batch b its rows of shard k.
+    #[test]
+    fn shards_make_the_batches_whatever_the_ranks_and_ranks_that_divide_them_read_their_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let csv = stream_spec(dir.path(), 4);
+        let parquet = as_parquet(stream_spec(dir.path(), 4), dir.path());
+        let layout = csv.encoder.layout().clone();
+        let plan = |rows: usize, share: (usize, usize), from: (usize, usize)| LoaderPlan {
+            batch_size: 4,
+            epochs: 2,
+            seed: 5,
+            from,
+            row_sparse: false,
+            share,
+            shards: Shards { rows, count: 3 },
+        };
+        // in memory: the rank's rows only (its shards' range), labelled by their number
+        let held = |range: std::ops::Range<usize>| EncodedData {
+            rows: range.len(),
+            n_labels: 1,
+            labels: range.map(|r| r as f32).collect(),
+            ..Default::default()
+        };
+        let shards = Shards { rows: 10, count: 3 };
+        let memory = |share: (usize, usize), from| {
+            let range = match shards.held(share.0, share.1) {
+                Some(h) => shards.rows_of_shards(&h),
+                None => 0..10,
+            };
+            let data = held(range);
+            labels_of(TrainRows::Sharded(&data, shards), &layout, plan(10, share, from))
+        };
+        let streamed = |spec: &StreamSpec, share: (usize, usize), from| {
+            let spec = StreamSpec {
+                files: spec.files.clone(),
+                encoder: spec.encoder.clone(),
+                file_rows: spec.file_rows.clone(),
+                shards: 3,
+                ..*spec
+            };
+            labels_of(TrainRows::Stream(&spec), &layout, plan(21, share, from))
+        };
+        let runs: [(usize, Run<'_>); 3] = [
+            (10, Box::new(memory)),
+            (21, Box::new(|share, from| streamed(&csv, share, from))),
+            (21, Box::new(|share, from| streamed(&parquet, share, from))),
+        ];
+        for (rows, run) in &runs {
+            let split = Shards {
+                rows: *rows,
+                count: 3,
+            };
+            let whole = run((0, 1), (0, 0));
+            assert_eq!(whole.len(), 2 * split.batches(4), "{rows} rows");
+            for ranks in [2, 3] {
+                let parts: Vec<_> = (0..ranks).map(|r| run((r, ranks), (0, 0))).collect();
+                for (b, global) in whole.iter().enumerate() {
+                    let joined: Vec<f32> = parts.iter().flat_map(|p| p[b].clone()).collect();
+                    assert_eq!(&joined, global, "{rows} rows, {ranks} ranks, batch {b}");
+                }
+                if ranks == 3 {
+                    // rank k holds shard k alone: every label it sees is one of its rows
+                    for (k, part) in parts.iter().enumerate() {
+                        let own = split.rows_of(k);
+                        assert!(
+                            part.concat().iter().all(|&r| own.contains(&(r as usize))),
+                            "rank {k}"
+                        );
+                    }
+                }
+            }
+            for epoch in whole.chunks(split.batches(4)) {
+                let mut seen = epoch.concat();
+                seen.sort_by(f32::total_cmp);
+                assert_eq!(seen, (0..*rows).map(|r| r as f32).collect::<Vec<_>>(), "{rows}");
+                // batch b holds shard k's part b: 1, 1 and 2 rows of a batch of 4
+                for batch in epoch.iter().filter(|b| b.len() == 4) {
+                    let shard_of = |r: f32| (0..3).find(|&k| split.rows_of(k).contains(&(r as usize)));
+                    let owners: Vec<_> = batch.iter().map(|&r| shard_of(r).unwrap()).collect();
+                    assert_eq!(owners, [0, 1, 2, 2], "{batch:?}");
+                }
+            }
+            assert_ne!(
+                whole[..whole.len() / 2],
+                whole[whole.len() / 2..],
+                "each epoch its own order"
+            );
+            // a resumed run continues in the same order
+            let per_epoch = split.batches(4);
+            assert_eq!(run((0, 1), (1, 1)), whole[per_epoch + 1..], "{rows} rows resumed");
+        }
+    }
+
     #[test]
     fn label_means_skip_missing_values_and_streaming_reads_a_prefix() {
         let data = EncodedData {
@@ -670,7 +1053,7 @@ mod tests {
             labels: vec![1.0, 0.5, 0.0, f32::NAN, 1.0, 1.5, 0.0, f32::NAN],
             ..Default::default()
         };
-        let means = label_means(TrainRows::Memory(&data)).unwrap();
+        let means = label_means(TrainRows::Memory(&data), &Group::default()).unwrap();
         assert_eq!(means[0], 0.5);
         assert_eq!(means[1], 1.0, "the mean of 0.5 and 1.5; NaN rows left out");
         let empty = EncodedData {
@@ -679,13 +1062,19 @@ mod tests {
             labels: vec![f32::NAN],
             ..Default::default()
         };
-        assert!(label_means(TrainRows::Memory(&empty)).unwrap()[0].is_nan());
+        assert!(label_means(TrainRows::Memory(&empty), &Group::default()).unwrap()[0].is_nan());
         // streaming: files of 7, 5 and 9 rows labelled 0..21
         let dir = tempfile::tempdir().unwrap();
         let spec = stream_spec(dir.path(), 4);
-        assert_eq!(label_means(TrainRows::Stream(&spec)).unwrap(), [10.0]);
+        assert_eq!(
+            label_means(TrainRows::Stream(&spec), &Group::default()).unwrap(),
+            [10.0]
+        );
         // the first 10 rows (across the first two files): 0..10
-        assert_eq!(label_means_upto(TrainRows::Stream(&spec), 10).unwrap(), [4.5]);
+        assert_eq!(
+            label_means_upto(TrainRows::Stream(&spec), 10, &Group::default()).unwrap(),
+            [4.5]
+        );
     }
 
     #[test]
@@ -703,6 +1092,7 @@ mod tests {
             from: (0, 0),
             row_sparse: false,
             share: (0, 1),
+            shards: Shards { rows: 21, count: 1 },
         };
         let err = std::thread::scope(|s| {
             spawn(s, TrainRows::Stream(&spec), &layout, &device, plan)

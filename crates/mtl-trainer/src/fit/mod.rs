@@ -26,6 +26,7 @@ pub mod early_stopping;
 pub mod evaluation;
 pub mod loader;
 pub mod schedule;
+pub mod shards;
 pub mod state;
 pub mod step;
 pub mod weighting;
@@ -200,9 +201,9 @@ pub fn fit<'t, M: MultiTaskModel>(
         });
     }
     let share = (options.group.rank(), options.group.size());
-    let plan = LoaderPlan::from_state(settings, &state, stepper.row_sparse(), share);
     let train: TrainRows<'t> = train.into();
-    let batches = train.rows().div_ceil(settings.batch_size);
+    let plan = LoaderPlan::from_state(settings, &state, stepper.row_sparse(), share, train.shards());
+    let batches = train.shards().batches(settings.batch_size);
     let model = std::thread::scope(|scope| -> Result<M, TrainError> {
         let loader = spawn(scope, train, layout, device, plan);
         let mut model = model;

@@ -15,7 +15,9 @@ use mtl_layers::{ModelPlan, MultiTaskModel, WithModel};
 use crate::config::{DataFiles, RunConfig, TrainSettings};
 use crate::error::{io_err, record_err};
 use crate::fit::checkpoint::{read_checkpoint, save_atomic};
-use crate::fit::loader::{StreamSpec, TrainRows, count_rows, label_means};
+use crate::fit::collective::Group;
+use crate::fit::loader::{StreamSpec, TrainRows, count_file_rows, label_means};
+use crate::fit::shards::Shards;
 use crate::fit::state::{DataFile, FitOptions, TrainState};
 use crate::fit::{fit, optimizer};
 use crate::jobs::model_dir::{RunLock, load_dir_config, mark_finished, save_dir_config};
@@ -116,8 +118,8 @@ fn train_from<R: Registry>(
     let encoder = Encoder::new(&schema, &features).with_label_rules(plan.label_rules);
     check_table_size(&encoder, &schema, &config.train, out_dir)?;
     let mut inputs = Inputs::read(&config, &encoder, options)?;
-    if let Some(rows) = &inputs.train {
-        warn_one_class(&schema, rows)?;
+    if inputs.train.is_some() {
+        warn_one_class(&schema, inputs.train_rows(), &options.group)?;
     }
     let reads = std::mem::take(&mut inputs.reads);
     let device = backend_device(&config.train.backend)?;
@@ -272,6 +274,28 @@ fn settle_new<R: Registry>(
     config.train.resolve_untouched_rows(true);
     config.train.resolve_ema_decay(true);
     config.train.resolve_embedding_weight_decay(true);
+    let shards = *config.data.shards.get_or_insert(options.group.size());
+    if shards > config.train.batch_size {
+        return Err(TrainError::Config {
+            file: "config".into(),
+            message: format!(
+                "`data.shards` = {shards} (the ranks, when unset) is more than `train.batch_size` \
+                 = {}: every batch takes a row of every shard",
+                config.train.batch_size
+            ),
+        });
+    }
+    if shards > 1 {
+        options.announce(&format!(
+            "the training rows are split into {shards} shards (`data.shards`): each of the {} \
+             rank(s) reads {}",
+            options.group.size(),
+            match shards.is_multiple_of(options.group.size()) {
+                true => "only its own",
+                false => "all of them (the ranks do not divide the shards)",
+            }
+        ));
+    }
     options.announce(&config.train.early_stopping.describe());
     let (schema, plan, schema_text) = config.check_model("config")?;
     // a schema without id fields has no table to decay
@@ -438,8 +462,8 @@ fn same_data(saved: &[DataFile], now: &[DataFile]) -> Result<(), TrainError> {
 
 /// Warns of a binary label with one class only in the training rows (held in memory): its
 /// outputs can only learn to predict that class.
-fn warn_one_class(schema: &ValidSchema, rows: &EncodedData) -> Result<(), TrainError> {
-    let means = label_means(TrainRows::Memory(rows))?;
+fn warn_one_class(schema: &ValidSchema, rows: TrainRows<'_>, group: &Group) -> Result<(), TrainError> {
+    let means = label_means(rows, group)?;
     for (label, mean) in schema.schema.labels.iter().zip(means) {
         if label.kind != mtl_features::LabelKind::Binary {
             continue;
@@ -453,7 +477,7 @@ fn warn_one_class(schema: &ValidSchema, rows: &EncodedData) -> Result<(), TrainE
         tracing::warn!(
             "label `{}` has {class} in the {} training rows: its outputs can only learn one class",
             label.name,
-            rows.rows
+            rows.rows()
         );
     }
     Ok(())
@@ -492,6 +516,8 @@ fn check_table_size(
 /// what was read (one line each, for `metrics.json`).
 struct Inputs {
     train: Option<EncodedData>,
+    /// How the training rows in memory are split, when in shards (`train` holds this rank's).
+    shards: Option<Shards>,
     stream: Option<StreamSpec>,
     valid: Option<EncodedData>,
     test: Option<EncodedData>,
@@ -522,10 +548,26 @@ impl Inputs {
             Ok(all.expect("a file list is never empty"))
         };
         let mut stream_note = None;
+        let mut shards = None;
+        let mut held_reads = Vec::new();
         let (train, stream) = if config.data.streaming {
             let (spec, note) = stream_spec(config, encoder, policy, options)?;
             stream_note = Some(note);
             (None, Some(spec))
+        } else if config.data.shards.unwrap_or(1) > 1 {
+            let files = config.data.train.files("data.train")?;
+            let count = config.data.shards.unwrap_or(1);
+            let (data, split) = read_held(
+                &files,
+                encoder,
+                policy,
+                config.data.cache,
+                count,
+                options,
+                &mut held_reads,
+            )?;
+            shards = Some(split);
+            (Some(data), None)
         } else {
             (Some(read_all(&config.data.train, "data.train")?), None)
         };
@@ -541,11 +583,13 @@ impl Inputs {
             .as_ref()
             .map(|f| read_all(f, "data.test"))
             .transpose()?;
+        reads.splice(0..0, held_reads);
         if let Some(note) = stream_note {
             reads.insert(0, note);
         }
         Ok(Self {
             train,
+            shards,
             stream,
             valid,
             test,
@@ -556,6 +600,9 @@ impl Inputs {
     /// The training rows as the loop takes them.
     fn train_rows(&self) -> TrainRows<'_> {
         match (&self.train, &self.stream) {
+            (Some(data), _) if self.shards.is_some() => {
+                TrainRows::Sharded(data, self.shards.expect("checked"))
+            }
             (Some(data), _) => TrainRows::Memory(data),
             (None, Some(spec)) => TrainRows::Stream(spec),
             (None, None) => unreachable!("one of the two is built by Inputs::read"),
@@ -573,7 +620,8 @@ fn stream_spec<R: Registry>(
 ) -> Result<(StreamSpec, String), TrainError> {
     let files = config.data.train.files("data.train")?;
     let started = Instant::now();
-    let rows = count_rows(&files, encoder, policy)?;
+    let file_rows = count_file_rows(&files, encoder, policy, true)?;
+    let rows = file_rows.iter().sum();
     let message = format!(
         "streaming {} training file(s): {rows} rows (counted in {:.1} s), shuffled in blocks of {} rows",
         files.len(),
@@ -592,8 +640,59 @@ fn stream_spec<R: Registry>(
         policy,
         rows,
         buffer_rows: config.data.shuffle_buffer,
+        shards: config.data.shards.unwrap_or(1),
+        file_rows,
     };
     Ok((spec, message))
+}
+
+/// The training rows this rank reads when they are in `count` shards ([`Shards`]): those
+/// of the shards it holds alone (a contiguous range of the files' rows: whole files through
+/// their caches, the ends of the range read alone, the rows before passed over), else all.
+fn read_held(
+    files: &[PathBuf],
+    encoder: &Encoder,
+    policy: BadRowPolicy,
+    cache: bool,
+    count: usize,
+    options: &TrainOptions,
+    reads: &mut Vec<String>,
+) -> Result<(EncodedData, Shards), TrainError> {
+    let file_rows = count_file_rows(files, encoder, policy, false)?;
+    let shards = Shards {
+        rows: file_rows.iter().sum(),
+        count,
+    };
+    let (rank, ranks) = (options.group.rank(), options.group.size());
+    let held = shards.held(rank, ranks).unwrap_or(0..count);
+    let range = shards.rows_of_shards(&held);
+    let mut data = mtl_data::empty_encoded(encoder.schema());
+    let mut before = 0;
+    for (path, &n) in files.iter().zip(&file_rows) {
+        let (lo, hi) = (range.start.max(before), range.end.min(before + n));
+        if lo < hi && (lo, hi) == (before, before + n) {
+            let whole = read(path, encoder, policy, cache, reads)?;
+            data.try_append(&whole)
+                .map_err(|_| mtl_data::memory_error(&path.display().to_string(), &data, whole.rows))?;
+        } else if lo < hi {
+            let mut source = mtl_data::Source::open(path, encoder.schema(), true)?;
+            source.skip_rows(lo - before, encoder, policy)?;
+            let mut report = mtl_data::ReadReport::default();
+            source.read_chunk(encoder, policy, hi - lo, &mut data, &mut report, None)?;
+            reads.push(format!(
+                "{}: rows {}..{} of {n} (this rank's shards)",
+                path.display(),
+                lo - before,
+                hi - before
+            ));
+        }
+        before += n;
+    }
+    options.announce(&format!(
+        "rank {rank} of {ranks}: training rows {}..{} of {} (shards {}..{} of {count})",
+        range.start, range.end, shards.rows, held.start, held.end
+    ));
+    Ok((data, shards))
 }
 
 /// Reads one data file encoded (from its cache when `cache`), adding its read report to
@@ -748,7 +847,7 @@ impl<R: Registry> TrainJob<'_, R> {
             }
             // a new run of a model that starts at its labels' base rates reads them first
             None if settings.label_priors && M::USES_LABEL_PRIORS => {
-                let means = label_means(self.train)?;
+                let means = label_means(self.train, &self.options.group)?;
                 let shown: Vec<String> = self
                     .schema
                     .label_names()

@@ -27,6 +27,7 @@ pub fn run_config(
             cache: false,
             streaming: false,
             shuffle_buffer: 1_000_000,
+            shards: None,
         },
         model,
         train: settings,
