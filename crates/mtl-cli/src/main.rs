@@ -211,6 +211,10 @@ struct TrainArgs {
     /// Model directory to create.
     #[arg(long, default_value = "out/model", conflicts_with = "resume")]
     out: PathBuf,
+    /// When stderr is not a terminal (a log file, CI, nohup): seconds between progress lines,
+    /// which stand in for the bar (default 30).
+    #[arg(long, value_name = "SECS")]
+    log_every: Option<f64>,
 }
 
 #[derive(Debug, Args)]
@@ -678,8 +682,15 @@ fn train(args: TrainArgs, progress: bool) -> Result<()> {
 }
 
 fn train_on(args: TrainArgs, progress: bool, group: &Group) -> Result<()> {
+    let log_every = match args.log_every {
+        Some(secs) if !(secs.is_finite() && secs >= 0.0) => {
+            bail!("--log-every {secs}: give the seconds between progress lines, 0 or more")
+        }
+        secs => secs.map(std::time::Duration::from_secs_f64),
+    };
     let options = TrainOptions {
         progress: progress && group.is_leader(),
+        log_every,
         epochs: args.resume.as_ref().and(args.epochs),
         max_steps: args.resume.as_ref().and(args.max_steps),
         group: group.clone(),

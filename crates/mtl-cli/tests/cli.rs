@@ -173,6 +173,55 @@ fn train_eval_predict_round_trip() {
     assert_user_error(&out, &["--resume"]);
 }
 
+#[test]
+fn a_run_without_a_terminal_prints_progress_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "epochs = 2\n");
+    // progress on (no --quiet), stderr a pipe: lines stand in for the bar
+    let train = |out: &str, every: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_mtl"))
+            .args(["train", "--config", &cfg, "--out"])
+            .arg(dir.path().join(out))
+            .args(every)
+            .output()
+            .unwrap()
+    };
+    let out = train("a", &["--log-every", "0"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("epoch ")).collect();
+    // 300 rows, batch 64: 5 steps an epoch, a line after each
+    assert_eq!(lines.len(), 10, "{stderr}");
+    assert!(
+        lines[0].starts_with("epoch 1/2: 64/300 rows (21 %), "),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[9].starts_with("epoch 2/2: 300/300 rows (100 %), "),
+        "{}",
+        lines[9]
+    );
+    for line in &lines {
+        // whole numbers: rows/s and eta without a fraction, then the loss
+        let rate = line.split(", ").nth(1).unwrap();
+        let (number, unit) = rate.split_once(' ').unwrap();
+        assert!(number.parse::<u64>().is_ok() && unit == "rows/s", "{line}");
+        assert!(line.contains(", eta ") && line.contains("s, loss "), "{line}");
+    }
+    // every 30 s by default: a short run prints none
+    let out = train("b", &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && !stderr.lines().any(|l| l.starts_with("epoch ")),
+        "{stderr}"
+    );
+    assert_user_error(
+        &train("c", &["--log-every=-1"]),
+        &["--log-every -1", "0 or more"],
+    );
+}
+
 fn repo() -> std::path::PathBuf {
     // at run time: a binary reused through a shared target directory was built elsewhere
     std::env::var_os("CARGO_MANIFEST_DIR")

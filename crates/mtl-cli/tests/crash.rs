@@ -263,6 +263,29 @@ fn an_interrupted_command_removes_what_it_had_half_written() {
     assert!(!d.join("scores/p.csv").exists());
 }
 
+/// Runs `mtl train --config run.toml --out run` in `d` under an address-space limit of `kib`
+/// KiB (`ulimit -v`), requires it to fail with an error (exit 1, not an abort) and leave no
+/// `run` folder, and returns what it said.
+fn failed_train_under_limit(d: &Path, kib: u64) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -v {kib} && exec \"$0\" --quiet train --config run.toml --out run"
+        ))
+        .arg(env!("CARGO_BIN_EXE_mtl"))
+        .current_dir(d)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "an error, not an abort: {stderr}");
+    assert!(!d.join("run").exists(), "the failed run's folder is left");
+    stderr
+}
+
+/// A run config over `t.csv` and the schema `s.toml` (ESMM, small towers).
+const SMALL_RUN: &str = "schema = \"s.toml\"\n[data]\ntrain = \"t.csv\"\n[model]\ntype = \"esmm\"\n\
+                         ctr_tower = { dims = [8] }\ncvr_tower = { dims = [8] }\n";
+
 #[test]
 fn a_table_beyond_the_memory_limit_is_refused_with_the_numbers_and_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -279,21 +302,9 @@ fn a_table_beyond_the_memory_limit_is_refused_with_the_numbers_and_leaves_nothin
         )
     };
     std::fs::write(d.join("s.toml"), schema(1 << 23)).unwrap();
-    std::fs::write(
-        d.join("run.toml"),
-        "schema = \"s.toml\"\n[data]\ntrain = \"t.csv\"\n[model]\ntype = \"esmm\"\nctr_tower = { dims = [8] }\ncvr_tower = { dims = [8] }\n",
-    )
-    .unwrap();
-    // under a 3 GB address-space limit (`ulimit -v`, in KiB)
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg("ulimit -v 3000000 && exec \"$0\" --quiet train --config run.toml --out run")
-        .arg(env!("CARGO_BIN_EXE_mtl"))
-        .current_dir(d)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "an error, not an abort: {stderr}");
+    std::fs::write(d.join("run.toml"), SMALL_RUN).unwrap();
+    // under a 3 GB address-space limit
+    let stderr = failed_train_under_limit(d, 3_000_000);
     for needle in [
         "8388608 rows × width 64, 2.0 GiB",
         "Adam's two moments 4.0",
@@ -303,7 +314,6 @@ fn a_table_beyond_the_memory_limit_is_refused_with_the_numbers_and_leaves_nothin
         assert!(stderr.contains(needle), "`{needle}` not in {stderr}");
     }
     // the failed new run took its folder with it: the mended command runs as given
-    assert!(!d.join("run").exists(), "the failed run's folder is left");
     std::fs::write(d.join("s.toml"), schema(1 << 12)).unwrap();
     ok(mtl(d, &["train", "--config", "run.toml", "--out", "run"]));
 }
@@ -468,21 +478,9 @@ fn rows_beyond_the_memory_limit_are_an_error_naming_the_file() {
         "embed_dim = 4\n[[sparse]]\nname = \"u\"\nfit = true\n[[sequence]]\nname = \"hist\"\nmax_len = 1000\nfit = true\n[[labels]]\nname = \"click\"\nkind = \"binary\"\n[[labels]]\nname = \"purchase\"\nkind = \"binary\"\n",
     )
     .unwrap();
-    std::fs::write(
-        d.join("run.toml"),
-        "schema = \"s.toml\"\n[data]\ntrain = \"t.csv\"\n[model]\ntype = \"esmm\"\nctr_tower = { dims = [8] }\ncvr_tower = { dims = [8] }\n",
-    )
-    .unwrap();
-    // under a 2.5 GB address-space limit (`ulimit -v`, in KiB)
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg("ulimit -v 2500000 && exec \"$0\" --quiet train --config run.toml --out run")
-        .arg(env!("CARGO_BIN_EXE_mtl"))
-        .current_dir(d)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "an error, not an abort: {stderr}");
+    std::fs::write(d.join("run.toml"), SMALL_RUN).unwrap();
+    // under a 2.5 GB address-space limit
+    let stderr = failed_train_under_limit(d, 2_500_000);
     for needle in [
         "t.csv: not enough memory for the encoded rows",
         "could not be allocated",
@@ -490,5 +488,4 @@ fn rows_beyond_the_memory_limit_are_an_error_naming_the_file() {
     ] {
         assert!(stderr.contains(needle), "`{needle}` not in {stderr}");
     }
-    assert!(!d.join("run").exists(), "the failed run's folder is left");
 }

@@ -4,7 +4,8 @@
 //! | column | guess |
 //! |---|---|
 //! | only 0 and 1, named like a label (`click`, `label`, `is_*`, `*_label`, …) | binary label |
-//! | a distinct value on (nearly) every row | an id to ignore (commented out) |
+//! | a distinct value on (nearly) every row, or a name like a per-request id (`id`, `request_id`, `search_id`, `session_id`, …; [`id_like`]) | an id to ignore (commented out) |
+//! | integers with more than [`MANY_INTEGERS`] distinct values, or beside columns of the same name stem holding fractions (`f3` by `f1 = 0.25`), not named like an id | dense, standardised, saying why |
 //! | integers or text with at most `max_categories` distinct values | sparse, fitted vocabulary |
 //! | text with more distinct values | sparse, hashed into 2× that many buckets |
 //! | numbers otherwise (floats, or integers with many values) | dense, standardised |
@@ -95,6 +96,9 @@ pub struct ColumnStats {
     pub max_items: usize,
     /// A Parquet column of a type that is not read (named): left out.
     pub unread: Option<String>,
+    /// Why the guess is not the plain rule's (a name like an identifier's, many integer
+    /// values, columns of the same stem holding fractions), for the schema's comment.
+    pub note: Option<String>,
     /// The guess.
     pub guess: Guess,
 }
@@ -221,9 +225,59 @@ pub fn infer_columns(files: &[&Path], options: InferOptions) -> Result<(Vec<Colu
         } else {
             s.distinct = cap;
         }
-        s.guess = guess(s, options);
+    }
+    let fractional = fractional_stems(&stats);
+    for s in &mut stats {
+        (s.guess, s.note) = guess(s, options, &fractional);
     }
     Ok((stats, rows))
+}
+
+/// Integer columns with more distinct values than this are amounts or counts (dense), not
+/// categories, unless named like an id.
+pub const MANY_INTEGERS: usize = 1000;
+
+/// Name stems (the name less trailing digits and `_`) of the numeric columns holding
+/// fractions: an integer column of such a stem (`f3` beside `f1 = 0.25`) is a number too.
+fn fractional_stems(stats: &[ColumnStats]) -> HashSet<String> {
+    stats
+        .iter()
+        .filter(|s| s.numbers && !s.integers && !s.list && s.filled > 0)
+        .map(|s| stem(&s.name))
+        .collect()
+}
+
+/// `name` less its trailing digits and underscores (`f_12` → `f`), lower-cased.
+fn stem(name: &str) -> String {
+    name.trim_end_matches(|c: char| c.is_ascii_digit() || c == '_')
+        .to_ascii_lowercase()
+}
+
+/// Whether `name` reads like a per-row or per-request identifier (`id`, `request_id`,
+/// `search_id`, `session_id`, …), whose values do not recur between training and serving —
+/// unlike `user_id` or `item_id`, which are features.
+pub fn id_like(name: &str) -> bool {
+    const WHOLE: [&str; 6] = ["id", "uuid", "guid", "rid", "row_id", "index"];
+    const PER_EVENT: [&str; 12] = [
+        "request",
+        "req",
+        "search",
+        "session",
+        "impression",
+        "imp",
+        "log",
+        "trace",
+        "event",
+        "query",
+        "record",
+        "sample",
+    ];
+    let n = name.to_ascii_lowercase();
+    WHOLE.contains(&n.as_str())
+        || ["_id", "id", "_uuid"]
+            .iter()
+            .filter_map(|suffix| n.strip_suffix(suffix))
+            .any(|stem| PER_EVENT.contains(&stem.trim_end_matches('_')))
 }
 
 /// The delimiter that joins a Parquet list cell's items while inferring.
@@ -291,6 +345,7 @@ impl ColumnStats {
             list: false,
             max_items: 0,
             unread: None,
+            note: None,
             guess: Guess::Ignore,
         }
     }
@@ -350,7 +405,46 @@ impl ColumnStats {
     }
 }
 
-fn guess(s: &ColumnStats, options: InferOptions) -> Guess {
+/// The guess for column `s`, and why when it is not the plain rule's; `fractional` holds the
+/// stems of the columns with fractions.
+fn guess(s: &ColumnStats, options: InferOptions, fractional: &HashSet<String>) -> (Guess, Option<String>) {
+    let plain = plain_guess(s, options);
+    let categorical = matches!(plain, Guess::SparseFit | Guess::SparseHash { .. });
+    if s.filled > 0 && !s.list && id_like(&s.name) && (categorical || plain == Guess::Ignore) {
+        let why = "named like a per-row or per-request identifier, whose values do not recur: rename it or add it by hand if it is a feature";
+        return (Guess::Ignore, Some(why.into()));
+    }
+    if plain == Guess::SparseFit && s.numbers && s.integers && !id_named(&s.name) {
+        let dense = Guess::Dense {
+            has_empty: s.empty > 0,
+        };
+        if s.distinct > MANY_INTEGERS {
+            let why = format!(
+                "integers with {} distinct values: read as a number (a count or an amount); make it sparse if they are categories",
+                s.distinct
+            );
+            return (dense, Some(why));
+        }
+        if fractional.contains(&stem(&s.name)) {
+            let why = format!(
+                "integers, but other `{}…` columns hold fractions: read as a number like them",
+                stem(&s.name)
+            );
+            return (dense, Some(why));
+        }
+    }
+    (plain, None)
+}
+
+/// Whether `name` ends like an id's (`id`, `user_id`, `itemId`, `ITEM_ID`): ids are
+/// categories however many there are.
+fn id_named(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    n == "id" || n.ends_with("_id") || name.ends_with("Id") || name.ends_with("ID")
+}
+
+/// The plain rule's guess (see the module's table).
+fn plain_guess(s: &ColumnStats, options: InferOptions) -> Guess {
     if s.filled == 0 {
         return Guess::Ignore;
     }
@@ -401,6 +495,9 @@ pub fn schema_toml(files: &[&Path], stats: &[ColumnStats], rows: usize) -> Strin
         }
         if s.empty > 0 {
             let _ = write!(d, ", {} empty", s.empty);
+        }
+        if let Some(note) = &s.note {
+            let _ = write!(d, "; {note}");
         }
         d
     };
@@ -465,6 +562,8 @@ pub fn schema_toml(files: &[&Path], stats: &[ColumnStats], rows: usize) -> Strin
             format!("Parquet type {t}, which mtl does not read")
         } else if s.filled == 0 {
             "empty".to_string()
+        } else if s.note.is_some() {
+            describe(s)
         } else {
             format!("an identifier? {}", describe(s))
         };
@@ -493,6 +592,62 @@ mod tests {
         }
         for no in ["user_id", "age", "clicks_7d", "city"] {
             assert!(!label_like(no), "{no}");
+        }
+    }
+
+    #[test]
+    fn identifiers_and_integer_amounts_are_told_from_categories() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.csv");
+        let mut text = String::from("search_id,user_id,amount,f1,f2,cat,click\n");
+        for r in 0..3000 {
+            // a search of 5 impressions; 1,500 users; 1,501 amounts; f1 fractions, f2 its
+            // integer sibling; 20 categories
+            text += &format!(
+                "{},{},{},{:.2},{},{},{}\n",
+                r / 5,
+                r % 1500,
+                r * 7 % 1501,
+                r as f64 / 8.0,
+                r % 10,
+                r % 20,
+                r % 2
+            );
+        }
+        std::fs::write(&path, &text).unwrap();
+        let (stats, _) = infer_columns(&[path.as_path()], InferOptions::default()).unwrap();
+        let dense = Guess::Dense { has_empty: false };
+        let guess: Vec<(&str, &Guess)> = stats.iter().map(|s| (s.name.as_str(), &s.guess)).collect();
+        assert_eq!(
+            guess,
+            [
+                ("search_id", &Guess::Ignore),
+                ("user_id", &Guess::SparseFit),
+                ("amount", &dense),
+                ("f1", &dense),
+                ("f2", &dense),
+                ("cat", &Guess::SparseFit),
+                ("click", &Guess::Label),
+            ]
+        );
+        let text = schema_toml(&[path.as_path()], &stats, 3000);
+        for note in [
+            "# not used: \"search_id\" (600 distinct, 0 … 599; named like a per-row or per-request identifier",
+            "integers with 1501 distinct values: read as a number (a count or an amount)",
+            "other `f…` columns hold fractions",
+        ] {
+            assert!(text.contains(note), "`{note}` not in {text}");
+        }
+        for (name, yes) in [
+            ("id", true),
+            ("request_id", true),
+            ("searchId", true),
+            ("session_uuid", true),
+            ("user_id", false),
+            ("item_id", false),
+            ("paid", false),
+        ] {
+            assert_eq!(id_like(name), yes, "{name}");
         }
     }
 

@@ -49,10 +49,15 @@ fn io_error(path: &Path, e: impl std::fmt::Display) -> DataError {
     }
 }
 
+/// A reader builder over `path`: its footer read (schema, row groups), no data yet.
+fn footer(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<File>, DataError> {
+    let file = File::open(path).map_err(|e| io_error(path, e))?;
+    ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| io_error(path, e))
+}
+
 /// The top-level column names of a Parquet file.
 pub fn header(path: &Path) -> Result<Vec<String>, DataError> {
-    let file = File::open(path).map_err(|e| io_error(path, e))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| io_error(path, e))?;
+    let builder = footer(path)?;
     Ok(builder
         .schema()
         .fields()
@@ -90,8 +95,7 @@ fn readable(t: &DataType) -> bool {
 
 /// What each top-level column of a Parquet file holds, from its footer.
 pub fn column_types(path: &Path) -> Result<Vec<ColumnType>, DataError> {
-    let file = File::open(path).map_err(|e| io_error(path, e))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| io_error(path, e))?;
+    let builder = footer(path)?;
     Ok(builder
         .schema()
         .fields()
@@ -113,8 +117,7 @@ fn column_type(t: &DataType) -> ColumnType {
 
 /// The rows a Parquet file holds, from its footer (no data is read).
 pub fn row_count(path: &Path) -> Result<u64, DataError> {
-    let file = File::open(path).map_err(|e| io_error(path, e))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| io_error(path, e))?;
+    let builder = footer(path)?;
     Ok(builder.metadata().file_metadata().num_rows().max(0) as u64)
 }
 
@@ -165,8 +168,7 @@ impl ParquetRows {
         wanted: &[(usize, String)],
         skip: u64,
     ) -> Result<Self, DataError> {
-        let file = File::open(path).map_err(|e| io_error(path, e))?;
-        let mut builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| io_error(path, e))?;
+        let mut builder = footer(path)?;
         if skip > 0 {
             let mut before = 0u64;
             let mut groups = Vec::new();

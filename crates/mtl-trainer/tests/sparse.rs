@@ -63,6 +63,7 @@ fn train(
     let options = FitOptions {
         out_dir: out.to_path_buf(),
         progress: false,
+        log_every: None,
         label_names: s.label_names(),
         group: Default::default(),
     };

@@ -691,12 +691,7 @@ mod tests {
                 share: (0, 1),
                 shards: Shards { rows: 10, count: 1 },
             };
-            std::thread::scope(|s| {
-                spawn(s, TrainRows::Memory(&data), &layout, &device, plan)
-                    .iter()
-                    .map(|b| b.unwrap().tensors.labels.into_data().try_to_vec::<f32>().unwrap())
-                    .collect()
-            })
+            labels_of(TrainRows::Memory(&data), &layout, plan)
         };
         let all = rows((0, 0));
         assert_eq!(all.len(), 6);
@@ -772,7 +767,6 @@ mod tests {
         from: (usize, usize),
         share: (usize, usize),
     ) -> Vec<Vec<f32>> {
-        let device = Device::flex();
         let layout = spec.encoder.layout().clone();
         let plan = LoaderPlan {
             batch_size,
@@ -786,12 +780,7 @@ mod tests {
                 count: spec.shards,
             },
         };
-        std::thread::scope(|s| {
-            spawn(s, TrainRows::Stream(spec), &layout, &device, plan)
-                .iter()
-                .map(|b| b.unwrap().tensors.labels.into_data().try_to_vec::<f32>().unwrap())
-                .collect()
-        })
+        labels_of(TrainRows::Stream(spec), &layout, plan)
     }
 
     #[test]
@@ -851,7 +840,6 @@ mod tests {
             ..Default::default()
         };
         let layout = spec.encoder.layout().clone();
-        let device = Device::flex();
         let plan = LoaderPlan {
             batch_size: bs,
             epochs: 2,
@@ -861,12 +849,7 @@ mod tests {
             share: (rank, ranks),
             shards: Shards { rows: 10, count: 1 },
         };
-        let memory = std::thread::scope(|s| {
-            spawn(s, TrainRows::Memory(&data), &layout, &device, plan)
-                .iter()
-                .map(|b| b.unwrap().tensors.labels.into_data().try_to_vec::<f32>().unwrap())
-                .collect()
-        });
+        let memory = labels_of(TrainRows::Memory(&data), &layout, plan);
         (memory, streamed_share(spec, bs, 2, (0, 0), (rank, ranks)))
     }
 

@@ -128,6 +128,9 @@ pub struct FitOptions {
     pub out_dir: PathBuf,
     /// Show progress bars on stderr.
     pub progress: bool,
+    /// With progress on and stderr not a terminal (a log file, CI): a progress line this
+    /// often instead of the bar (every 30 s when `None`).
+    pub log_every: Option<std::time::Duration>,
     /// Label names (for metric descriptions).
     pub label_names: Vec<String>,
     /// The ranks training the model: every rank runs the loop, the leader writes the files.

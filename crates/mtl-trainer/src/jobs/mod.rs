@@ -33,6 +33,9 @@ pub use train::train;
 pub struct TrainOptions {
     /// Show progress bars and per-evaluation lines on stderr.
     pub progress: bool,
+    /// With progress on and stderr not a terminal (a log file, CI): a progress line this
+    /// often instead of the bar (every 30 s when `None`).
+    pub log_every: Option<std::time::Duration>,
     /// On resume: train to this many epochs in all (more than a finished run had extends it).
     pub epochs: Option<usize>,
     /// On resume: stop after this many steps in total, leaving a checkpoint. A limit applies

@@ -756,6 +756,7 @@ impl<R: Registry> WithModel for TrainJob<'_, R> {
         let options = FitOptions {
             out_dir: self.out_dir.to_path_buf(),
             progress: self.options.progress,
+            log_every: self.options.log_every,
             label_names: self.schema.label_names(),
             group: self.options.group.clone(),
         };
