@@ -216,10 +216,7 @@ fn a_run_without_a_terminal_prints_progress_lines() {
         out.status.success() && !stderr.lines().any(|l| l.starts_with("epoch ")),
         "{stderr}"
     );
-    assert_user_error(
-        &train("c", &["--log-every=-1"]),
-        &["--log-every -1", "0 or more"],
-    );
+    assert_user_error(&train("c", &["--log-every=-1"]), &["--log-every -1", "0 or more"]);
 }
 
 fn repo() -> std::path::PathBuf {
