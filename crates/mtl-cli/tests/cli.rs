@@ -219,6 +219,103 @@ fn a_run_without_a_terminal_prints_progress_lines() {
     assert_user_error(&train("c", &["--log-every=-1"]), &["--log-every -1", "0 or more"]);
 }
 
+/// Census-like rows: age, education, hours, marital status and income as text, the income
+/// band tied to education and hours, marriage to age (no public data: generated here).
+fn census_like(rows: usize) -> String {
+    let mut out = String::from("age,education,hours,marital-status,income\n");
+    let (mut state, educations) = (7u64, ["HS-grad", "Bachelors", "Masters", "Doctorate"]);
+    for _ in 0..rows {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let (age, e, hours) = (
+            18 + (state >> 33) % 60,
+            (state >> 20) % 4,
+            20 + (state >> 40) % 40,
+        );
+        let married = (age > 30) ^ ((state >> 10) % 5 == 0);
+        let rich = e * 15 + hours > 60 + (state >> 50) % 30;
+        let marital = if married {
+            "Married-civ-spouse"
+        } else {
+            "Never-married"
+        };
+        let income = if rich { ">50K" } else { "<=50K" };
+        out += &format!("{age},{},{hours},{marital},{income}\n", educations[e as usize]);
+    }
+    out
+}
+
+#[test]
+fn esmm_trains_on_census_with_a_derived_conversion_label() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(d, "census.csv", &census_like(600));
+    // ESMM's conversion must be nested in its click: derived as `married and rich`
+    write(
+        d,
+        "schema.toml",
+        "embed_dim = 4\n[[sparse]]\nname = \"education\"\nfit = true\n\
+         [[dense]]\nname = \"age\"\nstandardize = true\n[[dense]]\nname = \"hours\"\nstandardize = true\n\
+         [[labels]]\nname = \"married\"\nkind = \"binary\"\nexpr = '`marital-status` == \"Married-civ-spouse\"'\n\
+         [[labels]]\nname = \"married_rich\"\nkind = \"binary\"\n\
+         expr = '`marital-status` == \"Married-civ-spouse\" and income == \">50K\"'\n",
+    );
+    let cfg = write(
+        d,
+        "run.toml",
+        "schema = \"schema.toml\"\n[data]\ntrain = \"census.csv\"\nvalid = \"census.csv\"\n[model]\n\
+         type = \"esmm\"\nclick_label = \"married\"\nconversion_label = \"married_rich\"\n\
+         ctr_tower = { dims = [8] }\ncvr_tower = { dims = [8] }\n[train]\nbatch_size = 64\nepochs = 3\n",
+    );
+    let model = d.join("m").display().to_string();
+    let out = mtl(&["train", "--config", &cfg, "--out", &model]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // the saved schema keeps the expressions; the model learned the married task
+    let saved = std::fs::read_to_string(d.join("m/schema.toml")).unwrap();
+    assert!(
+        saved.contains("income == \\\">50K\\\"") || saved.contains("income == \">50K\""),
+        "{saved}"
+    );
+    // the observed rates of the evaluation are the derived labels' rates, counted here
+    let metrics: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("m/metrics.json")).unwrap()).unwrap();
+    let rows = census_like(600);
+    let count = |f: &dyn Fn(&str) -> bool| rows.lines().skip(1).filter(|l| f(l)).count() as f64 / 600.0;
+    let married = count(&|l| l.contains("Married-civ-spouse"));
+    let both = count(&|l| l.contains("Married-civ-spouse") && l.ends_with(">50K"));
+    let valid = metrics["valid"].as_array().unwrap();
+    let observed = |name: &str| {
+        let m = valid.iter().rev().find(|m| m["name"] == name).unwrap();
+        m["binary"]["observed_rate"].as_f64().unwrap()
+    };
+    assert!(
+        (observed("ctr") - married).abs() < 1e-9,
+        "{} vs {married}",
+        observed("ctr")
+    );
+    assert!(
+        (observed("ctcvr") - both).abs() < 1e-9,
+        "{} vs {both}",
+        observed("ctcvr")
+    );
+    assert!(
+        both > 0.05 && married - both > 0.05,
+        "both classes of each: {married}, {both}"
+    );
+    // predicting needs neither the marital status nor the income
+    write(
+        d,
+        "new.csv",
+        "age,education,hours\n40,Masters,50\n22,HS-grad,30\n",
+    );
+    let scores = d.join("s.csv").display().to_string();
+    let new = d.join("new.csv").display().to_string();
+    let out = mtl(&["predict", "--model", &model, "--data", &new, "--out", &scores]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read_to_string(&scores).unwrap().lines().count(), 3);
+}
+
 fn repo() -> std::path::PathBuf {
     // at run time: a binary reused through a shared target directory was built elsewhere
     std::env::var_os("CARGO_MANIFEST_DIR")

@@ -11,6 +11,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use mtl_features::expr::Expr;
 use mtl_features::schema::ValidSchema;
 use mtl_features::state::parse_dense_for_fit;
 use mtl_features::{CellError, EncodedData, Encoder, FeatureError, FeatureState, StateFitter};
@@ -186,7 +187,12 @@ struct ColumnMap {
     sparse: Vec<usize>,
     sequence: Vec<usize>,
     dense: Vec<usize>,
+    /// Per label: its column (a derived label's first input: the column its errors name).
     labels: Vec<usize>,
+    /// Per label: for a derived label, its expression and the columns it reads.
+    label_exprs: Vec<Option<Derived>>,
+    /// Every column the labels read (derived labels' inputs included).
+    label_inputs: Vec<usize>,
     names: Vec<String>,
     width: usize,
 }
@@ -241,6 +247,9 @@ fn locate(file: &str, names: &[&str], column: &str, field: String) -> Result<usi
     }
 }
 
+/// A derived label: its expression, and each column it reads with the column's position.
+type Derived = (Expr, Vec<(String, usize)>);
+
 fn column_map(
     file: &str,
     header: &[&str],
@@ -268,21 +277,37 @@ fn column_map(
         .enumerate()
         .map(|(i, f)| find(f.column(), format!("dense[{i}] `{}`", f.name)))
         .collect::<Result<_, _>>()?;
-    let labels = if need_labels {
-        s.labels
-            .iter()
-            .enumerate()
-            .map(|(i, f)| find(f.column(), format!("labels[{i}] `{}`", f.name)))
-            .collect::<Result<_, _>>()?
-    } else {
-        Vec::new()
-    };
+    let (mut labels, mut label_exprs, mut label_inputs) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, f) in s.labels.iter().enumerate().filter(|_| need_labels) {
+        let field = format!("labels[{i}] `{}`", f.name);
+        let Some(src) = &f.expr else {
+            let c = find(f.column(), field)?;
+            labels.push(c);
+            label_exprs.push(None);
+            label_inputs.push(c);
+            continue;
+        };
+        let expr = Expr::parse(src).map_err(|message| DataError::BadRow {
+            file: file.to_string(),
+            line: 1,
+            column: field.clone(),
+            message,
+        })?;
+        let inputs: Vec<(String, usize)> = (expr.columns().into_iter())
+            .map(|c| Ok((c.to_string(), find(c, format!("{field} (expr = {src:?})"))?)))
+            .collect::<Result<_, DataError>>()?;
+        labels.push(inputs.first().map_or(usize::MAX, |(_, c)| *c));
+        label_inputs.extend(inputs.iter().map(|(_, c)| *c));
+        label_exprs.push(Some((expr, inputs)));
+    }
     Ok(ColumnMap {
         features: sparse.iter().chain(&sequence).chain(&dense).copied().collect(),
         sparse,
         sequence,
         dense,
         labels,
+        label_exprs,
+        label_inputs,
         names: names.iter().map(|n| n.to_string()).collect(),
         width: header.len(),
     })
@@ -326,9 +351,16 @@ fn check_column_types(path: &Path, columns: &ColumnMap, schema: &ValidSchema) ->
         s.labels.iter().map(|f| &f.name).collect(),
         &columns.labels,
     );
+    // a derived label reads each of its inputs
+    for (i, derived) in columns.label_exprs.iter().enumerate() {
+        for (_, c) in derived.iter().flat_map(|(_, inputs)| inputs) {
+            readers.push(("labels", format!("labels[{i}] `{}`", s.labels[i].name), *c));
+        }
+    }
     for (kind, field, c) in readers {
         let column = || columns.names[c].clone();
-        match &types[c] {
+        let Some(t) = types.get(c) else { continue };
+        match t {
             parquet::ColumnType::List(list) if kind != "sequence" => {
                 return Err(DataError::ListColumn {
                     file: path.display().to_string(),
@@ -470,7 +502,7 @@ impl Source {
             let mut wanted: Vec<(usize, String)> = columns
                 .features
                 .iter()
-                .chain(&columns.labels)
+                .chain(&columns.label_inputs)
                 .map(|&c| (c, "|".to_string()))
                 .collect();
             for (s, &c) in schema.schema.sequence.iter().zip(&columns.sequence) {
@@ -725,10 +757,25 @@ impl Source {
             .map_err(|(f, e)| self.bad(line, columns[f], e))?;
         debug_assert_eq!(out.seq_len.len() % n_seq.max(1), 0);
         for (l, &col) in self.columns.labels.iter().enumerate() {
-            let v = row
-                .cell(col)
-                .and_then(|t| encoder.encode_label(l, t))
-                .map_err(|e| self.bad(line, col, e))?;
+            let v = match &self.columns.label_exprs[l] {
+                Some((expr, inputs)) => {
+                    let cell = |name: &str| {
+                        let c = inputs.iter().find(|(n, _)| n == name)?.1;
+                        row.cell(c).ok()
+                    };
+                    let derived = |e: &dyn fmt::Display| {
+                        let label = &encoder.schema().schema.labels[l];
+                        let src = label.expr.as_deref().unwrap_or_default();
+                        self.bad(line, col, format!("label `{}` = {src:?}: {e}", label.name))
+                    };
+                    let x = expr.eval(&cell).map_err(|e| derived(&e))?;
+                    encoder.encode_label(l, &x.to_string()).map_err(|e| derived(&e))?
+                }
+                None => row
+                    .cell(col)
+                    .and_then(|t| encoder.encode_label(l, t))
+                    .map_err(|e| self.bad(line, col, e))?,
+            };
             out.labels.push(v);
         }
         if self.columns.labels.is_empty() {

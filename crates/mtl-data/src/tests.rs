@@ -647,3 +647,75 @@ fn skipped_rows_are_passed_over_and_the_rest_read_as_before() {
         .to_string();
     assert!(err.contains("bad.parquet:8: column `r`"), "{err}");
 }
+
+#[test]
+fn derived_labels_are_computed_from_their_columns() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "u,marital-status,income,views,rate\n\
+                1,Married-civ-spouse,>50K,4,0.25\n\
+                2,Never-married,>50K,2,0.5\n\
+                0,Married-civ-spouse,<=50K,8,0.125\n";
+    let path = write(&dir, "census.csv", text);
+    let schema_text = |married: &str| {
+        format!(
+            "[[sparse]]\nname = \"u\"\nvocab_size = 3\n\
+             [[labels]]\nname = \"married\"\nkind = \"binary\"\nexpr = '{married}'\n\
+             [[labels]]\nname = \"rich_married\"\nkind = \"binary\"\nexpr = '{married} and income == \">50K\"'\n\
+             [[labels]]\nname = \"reach\"\nkind = \"regression\"\nexpr = 'views * rate'\n"
+        )
+    };
+    let schema = Schema::from_toml_str(
+        &schema_text("`marital-status` == \"Married-civ-spouse\""),
+        "s.toml",
+    )
+    .unwrap();
+    let enc = Encoder::new(&schema, &StateFitter::new(&schema).finish());
+    let (data, _, _) = read_encoded(&path, &enc, BadRowPolicy::Fail, true, None).unwrap();
+    // by hand: married 1, 0, 1; and rich 1, 0, 0; views × rate 1, 1, 1
+    assert_eq!(data.labels, [1.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 1.0]);
+    // predicting needs no label input: the derived labels' columns may be absent
+    let bare = write(&dir, "bare.csv", "u\n1\n2\n");
+    let (data, _, _) = read_encoded(&bare, &enc, BadRowPolicy::Fail, false, None).unwrap();
+    assert_eq!(data.rows, 2);
+    // a missing input column names the label and its expression; an empty cell, the row
+    let err = read_encoded(&bare, &enc, BadRowPolicy::Fail, true, None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("marital-status") && err.contains("labels[0] `married`"),
+        "{err}"
+    );
+    let gap = write(
+        &dir,
+        "gap.csv",
+        &text.replace("2,Never-married,>50K,2,0.5", "2,Never-married,>50K,,0.5"),
+    );
+    let err = read_encoded(&gap, &enc, BadRowPolicy::Fail, true, None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("gap.csv:3")
+            && err.contains("label `reach` = \"views * rate\": column `views` is empty"),
+        "{err}"
+    );
+    // a binary label whose expression is not 0/1 is refused on the row; a bad expression, in the schema
+    let bad = Schema::from_toml_str(&schema_text("views"), "s.toml").unwrap();
+    let enc = Encoder::new(&bad, &StateFitter::new(&bad).finish());
+    let err = read_encoded(&path, &enc, BadRowPolicy::Fail, true, None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("census.csv:2") && err.contains("not 0 or 1"),
+        "{err}"
+    );
+    let err = Schema::from_toml_str(&schema_text("income =="), "s.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("labels[0].expr") && err.contains("ends too soon"),
+        "{err}"
+    );
+    let both = "[[sparse]]\nname = \"u\"\nvocab_size = 3\n[[labels]]\nname = \"y\"\nkind = \"binary\"\ncolumn = \"u\"\nexpr = \"u == 1\"\n";
+    let err = Schema::from_toml_str(both, "s.toml").unwrap_err().to_string();
+    assert!(err.contains("both `column` and `expr`"), "{err}");
+}

@@ -20,6 +20,7 @@ pub mod backend;
 pub mod batch;
 pub mod embedding;
 pub mod error;
+pub mod expr;
 pub mod pending;
 pub mod schema;
 pub mod state;

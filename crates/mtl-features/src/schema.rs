@@ -215,6 +215,10 @@ pub struct LabelField {
     /// CSV column; defaults to `name`.
     #[serde(default)]
     pub column: Option<String>,
+    /// Instead of a column: an expression over other columns of the row (a derived label,
+    /// see [`crate::expr`]), e.g. `"click and purchase"` or `"income == \">50K\""`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expr: Option<String>,
     /// `binary` or `regression`.
     pub kind: LabelKind,
 }
@@ -302,6 +306,7 @@ impl LabelField {
         Self {
             name: name.to_string(),
             column: None,
+            expr: None,
             kind,
         }
     }
@@ -708,6 +713,23 @@ impl Schema {
                 "labels".into(),
                 "at least one label is required".into(),
             ));
+        }
+        for (i, label) in self.labels.iter().enumerate() {
+            let Some(src) = &label.expr else { continue };
+            if label.column.is_some() {
+                return Err(schema_invalid(
+                    file,
+                    format!("labels[{i}]"),
+                    "gives both `column` and `expr`: a label reads one column or derives from several".into(),
+                ));
+            }
+            if let Err(e) = crate::expr::Expr::parse(src) {
+                return Err(schema_invalid(
+                    file,
+                    format!("labels[{i}].expr"),
+                    format!("= {src:?}: {e}"),
+                ));
+            }
         }
         if self.sparse.is_empty() && self.sequence.is_empty() && self.dense.is_empty() {
             return Err(schema_invalid(
