@@ -286,6 +286,27 @@ const ITEMS: char = '|';
 /// A file's header, what its columns hold (Parquet: lists, and types not read, whose cells
 /// are left empty), and its rows as text cells, one at a time: CSV or Parquet.
 fn open_rows(path: &Path) -> Result<(Vec<String>, Vec<ColumnType>, NextRow), DataError> {
+    let (names, mut types, mut next) = open_own_rows(path)?;
+    // the hive-style partition columns of the path, as training reads them
+    let (names, extra) = crate::with_partitions(path, names);
+    types.resize(names.len(), ColumnType::Value);
+    if extra.is_empty() {
+        return Ok((names, types, next));
+    }
+    let next: NextRow = Box::new(move |record| {
+        let row = next(record)?;
+        if row.is_some() {
+            for value in &extra {
+                record.push_field(value.as_bytes());
+            }
+        }
+        Ok(row)
+    });
+    Ok((names, types, next))
+}
+
+/// [`open_rows`] of the file's own columns.
+fn open_own_rows(path: &Path) -> Result<(Vec<String>, Vec<ColumnType>, NextRow), DataError> {
     let file = path.display().to_string();
     let io = |e: &dyn std::fmt::Display| DataError::Io {
         file: file.clone(),

@@ -375,7 +375,7 @@ fn check_column_types(path: &Path, columns: &ColumnMap, schema: &ValidSchema) ->
                     line: 1,
                     column: column(),
                     message: format!(
-                        "Parquet type {t} is not read (integers, floats, strings, booleans and \
+                        "Parquet type {t} is not read (integers, floats, decimals, strings, booleans and \
                          lists of them are), and {field} reads this column"
                     ),
                 });
@@ -431,6 +431,38 @@ pub struct Source {
     records: Records,
     columns: ColumnMap,
     record: csv::ByteRecord,
+    /// The values of the file's partition columns ([`partitions`]) the file itself lacks,
+    /// appended to every record after its own cells.
+    extra: Vec<String>,
+}
+
+/// The hive-style partition columns of a data file's path (`…/date=2024-01-01/country=FR/
+/// part-0.parquet` gives `date` and `country`), outermost first: folders named `key=value`,
+/// whose value every row of the file has in column `key`.
+pub fn partitions(path: &Path) -> Vec<(String, String)> {
+    let Some(dir) = path.parent() else {
+        return Vec::new();
+    };
+    dir.components()
+        .filter_map(|c| {
+            let part = c.as_os_str().to_str()?;
+            let (key, value) = part.split_once('=')?;
+            (!key.is_empty()).then(|| (key.to_string(), value.to_string()))
+        })
+        .collect()
+}
+
+/// `names` (a file's own header) and the partition columns of `path` it lacks: the header
+/// the schema sees, and the values to append to each record.
+pub(crate) fn with_partitions(path: &Path, mut names: Vec<String>) -> (Vec<String>, Vec<String>) {
+    let mut extra = Vec::new();
+    for (key, value) in partitions(path) {
+        if !names.contains(&key) {
+            names.push(key);
+            extra.push(value);
+        }
+    }
+    (names, extra)
 }
 
 /// What to keep of each row that [`Source::read_chunk`] keeps, besides its encoding.
@@ -479,13 +511,17 @@ fn open_csv(path: &Path) -> Result<(csv::Reader<std::fs::File>, csv::StringRecor
 }
 
 /// The column names of a data file's header, in order (for expanding schema patterns).
+/// The header's columns come first, then the path's partition columns ([`partitions`]) it
+/// lacks.
 pub fn read_header(path: impl AsRef<Path>) -> Result<Vec<String>, DataError> {
     let path = path.as_ref();
-    if parquet::is_parquet(path) {
-        return parquet::header(path);
-    }
-    let (_, header) = open_csv(path)?;
-    Ok(header.iter().map(str::to_string).collect())
+    let names = if parquet::is_parquet(path) {
+        parquet::header(path)?
+    } else {
+        let (_, header) = open_csv(path)?;
+        header.iter().map(str::to_string).collect()
+    };
+    Ok(with_partitions(path, names).0)
 }
 
 impl Source {
@@ -494,15 +530,18 @@ impl Source {
         let path = path.as_ref();
         let file = path.display().to_string();
         if parquet::is_parquet(path) {
-            let names = parquet::header(path)?;
+            let own = parquet::header(path)?.len();
+            let (names, extra) = with_partitions(path, parquet::header(path)?);
             let shown: Vec<&str> = names.iter().map(String::as_str).collect();
             let columns = column_map(&file, &shown, schema, need_labels)?;
             check_column_types(path, &columns, schema)?;
-            // a sequence field's list cells are joined by its own delimiter
+            // a sequence field's list cells are joined by its own delimiter; partition
+            // columns are not in the file
             let mut wanted: Vec<(usize, String)> = columns
                 .features
                 .iter()
                 .chain(&columns.label_inputs)
+                .filter(|&&c| c < own)
                 .map(|&c| (c, "|".to_string()))
                 .collect();
             for (s, &c) in schema.schema.sequence.iter().zip(&columns.sequence) {
@@ -520,6 +559,7 @@ impl Source {
                 },
                 columns,
                 record: csv::ByteRecord::new(),
+                extra,
             });
         }
         let (reader, header) = open_csv(path)?;
@@ -527,13 +567,15 @@ impl Source {
             file: file.clone(),
             message: e.to_string(),
         })?;
-        let names: Vec<&str> = header.iter().collect();
+        let (names, extra) = with_partitions(path, header.iter().map(str::to_string).collect());
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
         let columns = column_map(&file, &names, schema, need_labels)?;
         Ok(Self {
             file,
             records: Records::Csv(reader, line_ends),
             columns,
             record: csv::ByteRecord::new(),
+            extra,
         })
     }
 
@@ -590,7 +632,9 @@ impl Source {
     pub fn column_index(&mut self, name: &str, field: &str) -> Result<usize, DataError> {
         let names: Vec<&str> = self.columns.names.iter().map(String::as_str).collect();
         let at = locate(&self.file, &names, name, field.to_string())?;
+        let own = self.columns.names.len() - self.extra.len();
         if let Records::Parquet { wanted, .. } = &mut self.records
+            && at < own
             && !wanted.iter().any(|(i, _)| *i == at)
         {
             wanted.push((at, "|".into()));
@@ -598,9 +642,21 @@ impl Source {
         Ok(at)
     }
 
-    /// Advances to the next record; `Ok(None)` at the end. Row-level faults carry the line
-    /// (CSV, as an editor counts it) or the data row (Parquet, from 1).
+    /// Advances to the next record, its partition values appended; `Ok(None)` at the end.
+    /// Row-level faults carry the line (CSV, as an editor counts it) or the data row
+    /// (Parquet, from 1).
     fn next_record(&mut self) -> Result<Option<u64>, DataError> {
+        let next = self.next_own_record()?;
+        if next.is_some() {
+            for value in &self.extra {
+                self.record.push_field(value.as_bytes());
+            }
+        }
+        Ok(next)
+    }
+
+    /// [`Source::next_record`] without the partition values.
+    fn next_own_record(&mut self) -> Result<Option<u64>, DataError> {
         let (reader, line_ends) = match &mut self.records {
             Records::Csv(reader, line_ends) => (reader, *line_ends),
             Records::Parquet {
@@ -613,7 +669,7 @@ impl Source {
                     Some(rows) => rows,
                     None => rows.insert(parquet::ParquetRows::open_at(
                         path,
-                        &self.columns.names,
+                        &self.columns.names[..self.columns.names.len() - self.extra.len()],
                         wanted,
                         *skip,
                     )?),

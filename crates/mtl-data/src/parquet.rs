@@ -2,7 +2,8 @@
 //! batches, and each batch's cells are turned into the same text cells a CSV row gives, so
 //! that one encoder, one fitter and one set of errors serve both formats.
 //!
-//! Column types: integers (any width, signed or not), floats, strings (plain, large, view or
+//! Column types: integers (any width, signed or not), floats, decimals (as their exact text),
+//! strings (plain, large, view or
 //! dictionary-encoded), booleans (read as 1/0, for labels) and lists of those (a sequence
 //! field's ids, joined by the field's delimiter). Nulls are empty cells (a dense field's
 //! `default`, or the encoder's error naming the row and column). Row numbers in errors count
@@ -14,8 +15,8 @@ use std::path::Path;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{
-    Float32Type, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type, UInt8Type, UInt16Type, UInt32Type,
-    UInt64Type,
+    Decimal32Type, Decimal64Type, Decimal128Type, Decimal256Type, DecimalType, Float32Type, Float64Type,
+    Int8Type, Int16Type, Int32Type, Int64Type, UInt8Type, UInt16Type, UInt32Type, UInt64Type,
 };
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::DataType;
@@ -84,6 +85,7 @@ fn readable(t: &DataType) -> bool {
         t => {
             t.is_integer()
                 || t.is_floating()
+                || t.is_decimal()
                 || t.is_null()
                 || matches!(
                     t,
@@ -311,6 +313,14 @@ fn write_cell(array: &ArrayRef, row: usize, delimiter: &str, out: &mut Vec<u8>) 
             }
         }};
     }
+    // a decimal as its exact text (`12.50` for 1250 at scale 2), which the encoder reads as a
+    // number or an id like any CSV cell
+    macro_rules! decimal {
+        ($t:ty, $scale:expr) => {{
+            let v = array.as_primitive::<$t>().value(row);
+            out.extend_from_slice(<$t as DecimalType>::format_decimal(v, 0, $scale).as_bytes());
+        }};
+    }
     match array.data_type() {
         DataType::Int8 => number!(Int8Type),
         DataType::Int16 => number!(Int16Type),
@@ -322,6 +332,10 @@ fn write_cell(array: &ArrayRef, row: usize, delimiter: &str, out: &mut Vec<u8>) 
         DataType::UInt64 => number!(UInt64Type),
         DataType::Float32 => float!(Float32Type),
         DataType::Float64 => float!(Float64Type),
+        DataType::Decimal32(_, scale) => decimal!(Decimal32Type, *scale),
+        DataType::Decimal64(_, scale) => decimal!(Decimal64Type, *scale),
+        DataType::Decimal128(_, scale) => decimal!(Decimal128Type, *scale),
+        DataType::Decimal256(_, scale) => decimal!(Decimal256Type, *scale),
         DataType::Boolean => out.push(if array.as_boolean().value(row) { b'1' } else { b'0' }),
         DataType::Utf8 => out.extend_from_slice(array.as_string::<i32>().value(row).as_bytes()),
         DataType::LargeUtf8 => out.extend_from_slice(array.as_string::<i64>().value(row).as_bytes()),
@@ -330,7 +344,7 @@ fn write_cell(array: &ArrayRef, row: usize, delimiter: &str, out: &mut Vec<u8>) 
         DataType::LargeList(_) => write_list(&array.as_list::<i64>().value(row), delimiter, out)?,
         other => {
             return Err(format!(
-                "Parquet type {other} is not read (integers, floats, strings, booleans and lists of them are)"
+                "Parquet type {other} is not read (integers, floats, decimals, strings, booleans and lists of them are)"
             ));
         }
     }
@@ -747,6 +761,7 @@ mod tests {
         use arrow_schema::Field;
         let list = |t: DataType| DataType::List(Arc::new(Field::new("item", t, true)));
         assert_eq!(column_type(&DataType::Int64), ColumnType::Value);
+        assert_eq!(column_type(&DataType::Decimal128(10, 2)), ColumnType::Value);
         assert_eq!(
             column_type(&DataType::Dictionary(
                 Box::new(DataType::Int32),

@@ -719,3 +719,94 @@ fn derived_labels_are_computed_from_their_columns() {
     let err = Schema::from_toml_str(both, "s.toml").unwrap_err().to_string();
     assert!(err.contains("both `column` and `expr`"), "{err}");
 }
+
+#[test]
+fn parquet_decimals_read_as_their_exact_numbers() {
+    use std::sync::Arc;
+
+    use arrow_array::{ArrayRef, Decimal128Array, Int64Array, RecordBatch};
+    let dir = tempfile::tempdir().unwrap();
+    // 12.50, 3.00, -0.05 and an id column stored as DECIMAL(10, 0)
+    let price = Decimal128Array::from(vec![1250, 300, -5])
+        .with_precision_and_scale(10, 2)
+        .unwrap();
+    let ids = Decimal128Array::from(vec![2, 0, 1])
+        .with_precision_and_scale(10, 0)
+        .unwrap();
+    let columns: Vec<(&str, ArrayRef)> = vec![
+        ("click", Arc::new(Int64Array::from(vec![1, 0, 1]))),
+        ("user", Arc::new(ids)),
+        ("price", Arc::new(price)),
+    ];
+    let batch = RecordBatch::try_from_iter(columns).unwrap();
+    let path = dir.path().join("d.parquet");
+    let mut writer =
+        ::parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&path).unwrap(), batch.schema(), None)
+            .unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+    let schema = Schema::from_toml_str(
+        "[[sparse]]\nname = \"user\"\nvocab_size = 3\n[[dense]]\nname = \"price\"\n[[labels]]\nname = \"click\"\nkind = \"binary\"\n",
+        "s.toml",
+    )
+    .unwrap();
+    let enc = Encoder::new(&schema, &StateFitter::new(&schema).finish());
+    let (data, _, _) = read_encoded(&path, &enc, BadRowPolicy::Fail, true, None).unwrap();
+    assert_eq!(data.dense, [12.5, 3.0, -0.05]);
+    assert_eq!(data.sparse, [2, 0, 1]);
+}
+
+#[test]
+fn hive_partition_folders_give_their_columns() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = Schema::from_toml_str(
+        "[[sparse]]\nname = \"user\"\nvocab_size = 5\n[[sparse]]\nname = \"date\"\nfit = true\n\
+         [[sparse]]\nname = \"country\"\nfit = true\n[[labels]]\nname = \"click\"\nkind = \"binary\"\n",
+        "s.toml",
+    )
+    .unwrap();
+    // DuckDB's PARTITION_BY layout: the files lack `date` and `country`
+    let mut files = Vec::new();
+    for (date, country, rows) in [("2024-01-01", "FR", "1,0\n2,1\n"), ("2024-01-02", "DE", "3,1\n")] {
+        let folder = dir.path().join(format!("events/date={date}/country={country}"));
+        std::fs::create_dir_all(&folder).unwrap();
+        let csv = folder.join("part-0.csv");
+        std::fs::write(&csv, format!("user,click\n{rows}")).unwrap();
+        let pq = folder.join("part-1.parquet");
+        parquet::csv_to_parquet(&csv, &pq, parquet::Codec::Snappy, 10, None, 100).unwrap();
+        files.extend([csv, pq]);
+    }
+    assert_eq!(
+        read_header(&files[1]).unwrap(),
+        ["user", "click", "date", "country"]
+    );
+    assert_eq!(
+        partitions(&files[0]),
+        [
+            ("date".into(), "2024-01-01".into()),
+            ("country".into(), "FR".into())
+        ]
+    );
+    let state = fit_state(&files, &schema, BadRowPolicy::Fail).unwrap();
+    let enc = Encoder::new(&schema, &state);
+    // each file's rows carry their folder's values: date and country ids 1 (first fitted) or 2
+    for (k, path) in files.iter().enumerate() {
+        let (data, _, _) = read_encoded(path, &enc, BadRowPolicy::Fail, true, None).unwrap();
+        let id = if k < 2 { 1 } else { 2 };
+        let rows: Vec<&[u32]> = data.sparse.chunks(3).collect();
+        assert!(
+            rows.iter().all(|r| r[1] == id && r[2] == id),
+            "{path:?}: {:?}",
+            data.sparse
+        );
+    }
+    // schema inference sees them too
+    let (stats, _) =
+        crate::infer::infer_columns(&[files[0].as_path(), files[2].as_path()], Default::default()).unwrap();
+    let country = stats.iter().find(|s| s.name == "country").unwrap();
+    assert_eq!((country.distinct, country.filled), (2, 3));
+    // a file that has the column keeps its own values
+    let own = dir.path().join("events/date=2024-01-01/country=FR/own.csv");
+    std::fs::write(&own, "user,click,country\n1,0,IT\n").unwrap();
+    assert_eq!(read_header(&own).unwrap(), ["user", "click", "country", "date"]);
+}
