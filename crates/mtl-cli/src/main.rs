@@ -60,6 +60,23 @@ enum Command {
     /// Convert a CSV file to Parquet (columns typed from their cells: integers, floats, text;
     /// empty cells null), in one file or shards of --rows-per-file rows.
     Convert(ConvertArgs),
+    /// Run configs: `show` prints one as training reads it (bases merged, --set applied,
+    /// every default filled in).
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print the config as `mtl train` would read it, every default filled in.
+    Show {
+        /// Run config TOML.
+        #[arg(long)]
+        config: PathBuf,
+        /// Set any key: `--set train.lr=0.01` (repeatable; a TOML value, else a string).
+        #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+        set: Vec<String>,
+    },
 }
 
 /// `mtl convert`'s options.
@@ -215,6 +232,10 @@ struct TrainArgs {
     /// which stand in for the bar (default 30).
     #[arg(long, value_name = "SECS")]
     log_every: Option<f64>,
+    /// Set any key of the config: `--set train.lr=0.01 --set data.shuffle_buffer=100000`
+    /// (repeatable; a TOML value, else a string), checked like the file.
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE", conflicts_with = "resume")]
+    set: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -460,6 +481,16 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::GenData(what) => gen_data(what),
         Command::Convert(a) => convert(&a),
+        Command::Config(ConfigCommand::Show { config: path, set }) => {
+            let mut config = RunConfig::from_file_with(&path, &set).context("reading the config")?;
+            config.check_model(&path.display().to_string())?;
+            config.resolve_for_new_run(1);
+            print!(
+                "{}",
+                toml::to_string_pretty(&config).context("writing the config")?
+            );
+            Ok(())
+        }
         Command::Schema(SchemaCommand::Infer {
             files,
             out,
@@ -703,7 +734,7 @@ fn train_on(args: TrainArgs, progress: bool, group: &Group) -> Result<()> {
             .config
             .as_ref()
             .expect("clap requires --config without --resume");
-        let mut config = RunConfig::from_file(path).context("reading the config")?;
+        let mut config = RunConfig::from_file_with(path, &args.set).context("reading the config")?;
         config.apply(Overrides {
             train: args.data.map(absolute).transpose()?,
             valid: args.valid.map(absolute).transpose()?,

@@ -316,6 +316,82 @@ fn esmm_trains_on_census_with_a_derived_conversion_label() {
     assert_eq!(std::fs::read_to_string(&scores).unwrap().lines().count(), 3);
 }
 
+#[test]
+fn configs_compose_from_a_base_and_set_any_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    config(d, "");
+    // one shared [data]/[train] block in another folder, its paths relative to it
+    std::fs::create_dir(d.join("shared")).unwrap();
+    std::fs::rename(d.join("schema.toml"), d.join("shared/schema.toml")).unwrap();
+    std::fs::rename(d.join("train.csv"), d.join("shared/train.csv")).unwrap();
+    write(
+        &d.join("shared"),
+        "base.toml",
+        "schema = \"schema.toml\"\n[data]\ntrain = \"train.csv\"\n[train]\nbatch_size = 64\nepochs = 1\nlr = 0.1\n",
+    );
+    let cfg = write(
+        d,
+        "esmm.toml",
+        "base = \"shared/base.toml\"\n[model]\ntype = \"esmm\"\nctr_tower = { dims = [8] }\ncvr_tower = { dims = [8] }\n[train]\nepochs = 2\n",
+    );
+    let model = d.join("m").display().to_string();
+    let out = mtl(&[
+        "train",
+        "--config",
+        &cfg,
+        "--out",
+        &model,
+        "--set",
+        "train.lr=0.005",
+        "--set",
+        "data.bad_rows=skip",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // the run's saved config: the file over its base, the sets over both, paths absolute
+    let saved: toml::Table = std::fs::read_to_string(d.join("m/config.toml"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(saved["train"]["lr"].as_float(), Some(0.005));
+    assert_eq!(
+        saved["train"]["epochs"].as_integer(),
+        Some(2),
+        "the file over its base"
+    );
+    assert_eq!(
+        saved["train"]["batch_size"].as_integer(),
+        Some(64),
+        "from the base"
+    );
+    assert_eq!(saved["data"]["bad_rows"].as_str(), Some("skip"));
+    let train = d.join("shared/train.csv").display().to_string();
+    assert_eq!(saved["data"]["train"].as_str(), Some(train.as_str()));
+    // `config show`: the config as training reads it, defaults filled in
+    let shown = mtl(&["config", "show", "--config", &cfg, "--set", "train.seed=9"]);
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.status.success() && text.contains("seed = 9") && text.contains("ema_decay"),
+        "{text}"
+    );
+    // a set value is checked like the file's: its type, its key, its range
+    for (set, needles) in [
+        ("train.lr=abc", &["`lr = \"abc\"`", "expected a number"][..]),
+        ("train.nosuch=1", &["unknown field `nosuch`"][..]),
+        ("train.batch_size=0", &["batch_size"][..]),
+        ("lr", &["--set lr", "SECTION.KEY=VALUE"][..]),
+    ] {
+        assert_user_error(
+            &mtl(&["train", "--config", &cfg, "--out", &model, "--set", set]),
+            needles,
+        );
+    }
+    assert_user_error(
+        &mtl(&["train", "--resume", &model, "--set", "train.lr=1"]),
+        &["--set", "--resume"],
+    );
+}
+
 fn repo() -> std::path::PathBuf {
     // at run time: a binary reused through a shared target directory was built elsewhere
     std::env::var_os("CARGO_MANIFEST_DIR")

@@ -13,6 +13,7 @@ use mtl_eval::CalibrationMethod;
 
 use crate::{Registry, TrainError};
 
+mod compose;
 mod data;
 mod early_stopping;
 mod loss_weighting;
@@ -79,15 +80,39 @@ impl<R: Registry> RunConfig<R> {
     /// Reads a config; relative paths inside are resolved against the file's folder and
     /// stored absolute.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, TrainError> {
+        Self::from_file_with(path, &[])
+    }
+
+    /// [`RunConfig::from_file`] composed: the file's `base` configs under it and `sets`
+    /// (`section.key=value`, as `--set` gives them) over it (see the `compose` module). A
+    /// composed config's errors name the key; their line is the composed text's.
+    pub fn from_file_with(path: impl AsRef<Path>, sets: &[String]) -> Result<Self, TrainError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| TrainError::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
-        let mut config = Self::from_toml_str(&text, &path.display().to_string())?;
+        let (text, file) = match compose::composed_text(path, sets)? {
+            Some(text) => (text, format!("{} (with its base and --set)", path.display())),
+            None => {
+                let text = std::fs::read_to_string(path).map_err(|source| TrainError::Io {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                (text, path.display().to_string())
+            }
+        };
+        let mut config = Self::from_toml_str(&text, &file)?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.resolve_paths(base);
         Ok(config)
+    }
+
+    /// Settles the choices a new run on `ranks` ranks makes when the config leaves them open
+    /// (early stopping with a validation set, untouched rows, the weight average, the
+    /// table's decay, the shards), as the run saves them.
+    pub fn resolve_for_new_run(&mut self, ranks: usize) {
+        self.train.early_stopping = self.train.early_stopping.resolve(self.data.valid.is_some());
+        self.train.resolve_untouched_rows(true);
+        self.train.resolve_ema_decay(true);
+        self.train.resolve_embedding_weight_decay(true);
+        self.data.shards.get_or_insert(ranks);
     }
 
     /// Puts the values given on the command line over the file's (`None` keeps the file's);

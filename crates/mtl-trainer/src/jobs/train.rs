@@ -270,11 +270,8 @@ fn settle_new<R: Registry>(
     let mut config = config.clone();
     config.resolve_paths(Path::new(""));
     // saved resolved, so a resumed run keeps the choice made here
-    config.train.early_stopping = config.train.early_stopping.resolve(config.data.valid.is_some());
-    config.train.resolve_untouched_rows(true);
-    config.train.resolve_ema_decay(true);
-    config.train.resolve_embedding_weight_decay(true);
-    let shards = *config.data.shards.get_or_insert(options.group.size());
+    config.resolve_for_new_run(options.group.size());
+    let shards = config.data.shards.unwrap_or(1);
     if shards > config.train.batch_size {
         return Err(TrainError::Config {
             file: "config".into(),
