@@ -941,6 +941,7 @@ fn demo(args: DemoArgs, progress: bool) -> Result<()> {
         test: Some(files.test.clone().into()),
         bad_rows: "fail".into(),
         cache: true,
+        cache_dir: None,
         streaming: false,
         shuffle_buffer: 1_000_000,
         shards: None,

@@ -489,3 +489,76 @@ fn rows_beyond_the_memory_limit_are_an_error_naming_the_file() {
         assert!(stderr.contains(needle), "`{needle}` not in {stderr}");
     }
 }
+
+#[test]
+fn encoded_caches_go_to_a_cache_folder_when_the_data_folder_cannot_take_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(mtl(
+        d,
+        &["gen-data", "ccp", "--rows", "2000", "--small", "--out", "data"],
+    ));
+    let run = |cache_dir: &str| {
+        format!(
+            "schema = \"data/synth_ccp_schema.toml\"\n[data]\ntrain = \"data/synth_ccp_train.csv\"\n{cache_dir}\
+             [model]\ntype = \"esmm\"\nctr_tower = {{ dims = [8] }}\ncvr_tower = {{ dims = [8] }}\n[train]\nbatch_size = 256\n"
+        )
+    };
+    let cached =
+        |out: &std::process::Output| String::from_utf8_lossy(&out.stdout).contains("from the encoded cache");
+    let listing = |p: &Path| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(p)
+            .map(|r| {
+                r.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    };
+    // `[data] cache_dir`: the caches there (named by a hash of the file's path), none beside
+    std::fs::write(d.join("run.toml"), run("cache_dir = \"caches\"\n")).unwrap();
+    assert!(!cached(&ok(mtl(
+        d,
+        &["train", "--config", "run.toml", "--out", "a"]
+    ))));
+    assert!(cached(&ok(mtl(
+        d,
+        &["train", "--config", "run.toml", "--out", "b"]
+    ))));
+    let caches = listing(&d.join("caches"));
+    assert!(
+        caches.len() == 1 && caches[0].ends_with("-synth_ccp_train.csv.mtl.arrow"),
+        "{caches:?}"
+    );
+    assert!(!listing(&d.join("data")).iter().any(|n| n.ends_with(".mtl.arrow")));
+    // a data folder that cannot be written (a read-only mount): the user's cache folder
+    let Some(disk) = Tmpfs::mount(&d.join("ro"), "8m") else {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root): the read-only case did not run");
+        return;
+    };
+    for f in ["synth_ccp_schema.toml", "synth_ccp_train.csv"] {
+        std::fs::copy(d.join("data").join(f), d.join("ro").join(f)).unwrap();
+    }
+    let remounted = Command::new("mount")
+        .args(["-o", "remount,ro"])
+        .arg(&disk.0)
+        .status()
+        .unwrap();
+    assert!(remounted.success());
+    std::fs::write(d.join("ro.toml"), run("").replace("data/", "ro/")).unwrap();
+    let train = |out: &str| {
+        Command::new(env!("CARGO_BIN_EXE_mtl"))
+            .args(["train", "--config", "ro.toml", "--out", out, "--quiet"])
+            .current_dir(d)
+            .env("MTL_CACHE_DIR", d.join("user-cache"))
+            .output()
+            .unwrap()
+    };
+    assert!(!cached(&ok(train("c"))));
+    assert!(
+        cached(&ok(train("e"))),
+        "the second run reads the cache it could not write beside"
+    );
+    assert_eq!(listing(&d.join("user-cache")).len(), 1);
+}

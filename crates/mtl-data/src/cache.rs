@@ -46,11 +46,40 @@ pub fn is_own_file(path: &Path) -> bool {
     name.ends_with(CACHE_SUFFIX) || name.starts_with(".mtl-") || name.ends_with(".partial")
 }
 
-/// Where the cache of `csv` lives.
+/// Where the cache of `csv` lives beside it.
 pub fn cache_path(csv: &Path) -> PathBuf {
     let mut name = csv.file_name().map(|n| n.to_os_string()).unwrap_or_default();
     name.push(CACHE_SUFFIX);
     csv.with_file_name(name)
+}
+
+/// The user's cache folder for encoded caches: `$MTL_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/mtl/encoded`, else `~/.cache/mtl/encoded` (`None` without a home).
+pub fn user_cache_dir() -> Option<PathBuf> {
+    let var = |v: &str| std::env::var_os(v).filter(|s| !s.is_empty()).map(PathBuf::from);
+    var("MTL_CACHE_DIR")
+        .or_else(|| var("XDG_CACHE_HOME").map(|d| d.join("mtl/encoded")))
+        .or_else(|| var("HOME").map(|d| d.join(".cache/mtl/encoded")))
+}
+
+/// The cache of `csv` in folder `dir`: its name prefixed with a hash of its absolute path,
+/// so that files of one name in different folders never share a cache.
+pub fn cache_path_in(dir: &Path, csv: &Path) -> PathBuf {
+    let absolute = std::path::absolute(csv).unwrap_or_else(|_| csv.to_path_buf());
+    let hash = xxhash_rust::xxh3::xxh3_64(absolute.to_string_lossy().as_bytes());
+    let name = csv.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    dir.join(format!("{hash:016x}-{name}{CACHE_SUFFIX}"))
+}
+
+/// Where the cache of `csv` may be, in the order tried: in `cache_dir` when one is given;
+/// else beside the file, then (a data folder that cannot be written) the user's cache folder.
+pub fn cache_paths(csv: &Path, cache_dir: Option<&Path>) -> Vec<PathBuf> {
+    match cache_dir {
+        Some(dir) => vec![cache_path_in(dir, csv)],
+        None => std::iter::once(cache_path(csv))
+            .chain(user_cache_dir().map(|dir| cache_path_in(&dir, csv)))
+            .collect(),
+    }
 }
 
 /// The whole file's contents hashed (XXH3-64, streamed in 1 MiB reads: ~10 GB/s, a small
@@ -283,12 +312,17 @@ pub fn read_encoded_cached(
     encoder: &Encoder,
     policy: BadRowPolicy,
     need_labels: bool,
+    cache_dir: Option<&Path>,
 ) -> Result<(EncodedData, ReadReport, bool), DataError> {
     let file = csv.display().to_string();
     let key = source_key(csv, encoder, policy, need_labels);
-    let cache = cache_path(csv);
-    if let Some(key) = key
-        && let Some((data, report)) = read_cache(&cache, key, encoder.schema(), &file)
+    let caches = cache_paths(csv, cache_dir);
+    let found = key.and_then(|key| {
+        caches
+            .iter()
+            .find_map(|cache| Some((cache, read_cache(cache, key, encoder.schema(), &file)?)))
+    });
+    if let Some((cache, (data, report))) = found
         && follows_rules(&data, encoder)
     {
         // a cache is input too: values its encoder cannot write (an edited file keeping its
@@ -303,8 +337,14 @@ pub fn read_encoded_cached(
     }
     let (data, report, _) = read_encoded(csv, encoder, policy, need_labels, None)?;
     if let Some(key) = key {
-        // a read-only data folder just means no cache
-        let _ = write_cache(&cache, key, &data, &report, encoder.schema());
+        // the first place that takes it: a read-only data folder sends it to the user's
+        // cache folder, and no place at all just means no cache
+        for cache in &caches {
+            let _ = cache.parent().map(std::fs::create_dir_all);
+            if write_cache(cache, key, &data, &report, encoder.schema()).is_ok() {
+                break;
+            }
+        }
     }
     Ok((data, report, false))
 }
@@ -380,7 +420,7 @@ mod tests {
         std::fs::write(&csv, "y,u,h,x\n1,3,a|b,0.25\n0,9,,-1.5\n").unwrap();
         let schema = Schema::from_toml_str(SCHEMA, "s").unwrap();
         let enc = Encoder::new(&schema, &StateFitter::new(&schema).finish());
-        let (fresh, report, _) = read_encoded_cached(&csv, &enc, BadRowPolicy::Fail, true).unwrap();
+        let (fresh, report, _) = read_encoded_cached(&csv, &enc, BadRowPolicy::Fail, true, None).unwrap();
         // the cache edited, keeping its key: an id past its vocabulary, a sequence length
         // past max_len, a label of 2, a NaN feature — each rebuilt from the CSV
         let key = source_key(&csv, &enc, BadRowPolicy::Fail, true).unwrap();
@@ -404,12 +444,12 @@ mod tests {
         ];
         for bad in tampered {
             write_cache(&cache_path(&csv), key, &bad, &report, enc.schema()).unwrap();
-            let (read, _, cached) = read_encoded_cached(&csv, &enc, BadRowPolicy::Fail, true).unwrap();
+            let (read, _, cached) = read_encoded_cached(&csv, &enc, BadRowPolicy::Fail, true, None).unwrap();
             assert!(!cached, "{bad:?} was used");
             assert_eq!(read, fresh);
             // and the cache now holds the source's values again
             assert!(
-                read_encoded_cached(&csv, &enc, BadRowPolicy::Fail, true)
+                read_encoded_cached(&csv, &enc, BadRowPolicy::Fail, true, None)
                     .unwrap()
                     .2
             );
@@ -423,7 +463,7 @@ mod tests {
         std::fs::write(&csv, "y,u,h,x\n1,3,a|b,0.25\n0,9,,-1.5\n").unwrap();
         let schema = Schema::from_toml_str(SCHEMA, "s").unwrap();
         let enc = Encoder::new(&schema, &StateFitter::new(&schema).finish());
-        let (fresh, _, cached) = read_encoded_cached(&csv, &enc, BadRowPolicy::Fail, true).unwrap();
+        let (fresh, _, cached) = read_encoded_cached(&csv, &enc, BadRowPolicy::Fail, true, None).unwrap();
         assert!(!cached);
         assert!(cache_path(&csv).exists());
 
@@ -446,7 +486,8 @@ mod tests {
         assert_eq!(b.column(2).as_primitive::<Float32Type>().values(), &[0.25, -1.5]);
         assert_eq!(b.column(3).as_primitive::<Float32Type>().values(), &[1.0, 0.0]);
 
-        let (again, report, cached) = read_encoded_cached(&csv, &enc, BadRowPolicy::Fail, true).unwrap();
+        let (again, report, cached) =
+            read_encoded_cached(&csv, &enc, BadRowPolicy::Fail, true, None).unwrap();
         assert!(cached, "second read comes from the cache");
         assert_eq!(again, fresh);
         assert_eq!(report.rows, 2);
@@ -454,7 +495,7 @@ mod tests {
         // the CSV changes (same size, so only content and time tell): rebuilt
         std::thread::sleep(std::time::Duration::from_millis(20));
         std::fs::write(&csv, "y,u,h,x\n1,4,a|b,0.25\n0,9,,-1.5\n").unwrap();
-        let (changed, _, cached) = read_encoded_cached(&csv, &enc, BadRowPolicy::Fail, true).unwrap();
+        let (changed, _, cached) = read_encoded_cached(&csv, &enc, BadRowPolicy::Fail, true, None).unwrap();
         assert!(!cached);
         assert_eq!(changed.sparse, vec![4, 9]);
 
@@ -465,7 +506,7 @@ mod tests {
             big += &format!("{},{},a,0.5\n", r % 2, r % 10);
         }
         std::fs::write(&csv, &big).unwrap();
-        let (before, _, _) = read_encoded_cached(&csv, &enc, BadRowPolicy::Fail, true).unwrap();
+        let (before, _, _) = read_encoded_cached(&csv, &enc, BadRowPolicy::Fail, true, None).unwrap();
         let mtime = std::fs::metadata(&csv).unwrap().modified().unwrap();
         let at = big.len() / 2;
         let at = at + big[at..].find('\n').unwrap() + 3; // the `u` digit of a row mid-file
@@ -479,11 +520,11 @@ mod tests {
             .unwrap()
             .set_modified(mtime)
             .unwrap();
-        let (after, _, cached) = read_encoded_cached(&csv, &enc, BadRowPolicy::Fail, true).unwrap();
+        let (after, _, cached) = read_encoded_cached(&csv, &enc, BadRowPolicy::Fail, true, None).unwrap();
         assert!(!cached, "a same-size, same-time edit is seen");
         assert_ne!(after.sparse, before.sparse);
         std::fs::write(&csv, "y,u,h,x\n1,4,a|b,0.25\n0,9,,-1.5\n").unwrap();
-        read_encoded_cached(&csv, &enc, BadRowPolicy::Fail, true).unwrap();
+        read_encoded_cached(&csv, &enc, BadRowPolicy::Fail, true, None).unwrap();
 
         // label rules: a cache written without them serves a run with them when its rows follow
         // them; rows that break them are read from the CSV again, which names the line
@@ -501,22 +542,22 @@ mod tests {
         let ruled = plain.clone().with_label_rules(vec![rule]);
         std::fs::write(&csv, "y,z,u,h,x\n1,1,4,a|b,0.25\n0,0,9,,-1.5\n").unwrap();
         assert!(
-            !read_encoded_cached(&csv, &plain, BadRowPolicy::Fail, true)
+            !read_encoded_cached(&csv, &plain, BadRowPolicy::Fail, true, None)
                 .unwrap()
                 .2
         );
         assert!(
-            read_encoded_cached(&csv, &ruled, BadRowPolicy::Fail, true)
+            read_encoded_cached(&csv, &ruled, BadRowPolicy::Fail, true, None)
                 .unwrap()
                 .2
         );
         std::fs::write(&csv, "y,z,u,h,x\n1,1,4,a|b,0.25\n0,1,9,,-1.5\n").unwrap();
         assert!(
-            !read_encoded_cached(&csv, &plain, BadRowPolicy::Fail, true)
+            !read_encoded_cached(&csv, &plain, BadRowPolicy::Fail, true, None)
                 .unwrap()
                 .2
         );
-        let err = read_encoded_cached(&csv, &ruled, BadRowPolicy::Fail, true)
+        let err = read_encoded_cached(&csv, &ruled, BadRowPolicy::Fail, true, None)
             .unwrap_err()
             .to_string();
         assert!(err.contains("d.csv:3: column `z`"), "{err}");
@@ -526,14 +567,14 @@ mod tests {
         let other =
             Schema::from_toml_str(&SCHEMA.replace("hash_buckets = 7", "hash_buckets = 5"), "s").unwrap();
         let enc2 = Encoder::new(&other, &StateFitter::new(&other).finish());
-        let (_, _, cached) = read_encoded_cached(&csv, &enc2, BadRowPolicy::Fail, true).unwrap();
+        let (_, _, cached) = read_encoded_cached(&csv, &enc2, BadRowPolicy::Fail, true, None).unwrap();
         assert!(!cached);
-        let (_, _, cached) = read_encoded_cached(&csv, &enc2, BadRowPolicy::Fail, true).unwrap();
+        let (_, _, cached) = read_encoded_cached(&csv, &enc2, BadRowPolicy::Fail, true, None).unwrap();
         assert!(cached);
 
         // a corrupt cache is ignored and replaced
         std::fs::write(cache_path(&csv), b"MTLCACHE garbage").unwrap();
-        let (data, _, cached) = read_encoded_cached(&csv, &enc2, BadRowPolicy::Fail, true).unwrap();
+        let (data, _, cached) = read_encoded_cached(&csv, &enc2, BadRowPolicy::Fail, true, None).unwrap();
         assert!(!cached);
         assert_eq!(data.rows, 2);
     }
@@ -551,10 +592,11 @@ mod tests {
         std::fs::write(&csv, text).unwrap();
         let schema = Schema::from_toml_str(SCHEMA, "s").unwrap();
         let enc = Encoder::new(&schema, &StateFitter::new(&schema).finish());
-        let (fresh, _, cached) = read_encoded_cached(&csv, &enc, BadRowPolicy::Fail, true).unwrap();
+        let (fresh, _, cached) = read_encoded_cached(&csv, &enc, BadRowPolicy::Fail, true, None).unwrap();
         assert!(!cached);
         assert_eq!(fresh.rows, rows);
-        let (again, report, cached) = read_encoded_cached(&csv, &enc, BadRowPolicy::Fail, true).unwrap();
+        let (again, report, cached) =
+            read_encoded_cached(&csv, &enc, BadRowPolicy::Fail, true, None).unwrap();
         assert!(cached);
         assert_eq!(report.rows, rows as u64);
         assert_eq!(again, fresh);

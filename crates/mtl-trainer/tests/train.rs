@@ -52,6 +52,7 @@ fn config(files: &CcpFiles, model: ModelConfig, settings: TrainSettings) -> RunC
             test: Some(files.test.clone().into()),
             bad_rows: "fail".into(),
             cache: true,
+            cache_dir: None,
             streaming: false,
             shuffle_buffer: 1_000_000,
             shards: None,

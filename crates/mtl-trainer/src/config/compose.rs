@@ -81,7 +81,7 @@ fn merge(base: &mut Table, over: Table) {
 }
 
 /// Makes the config's relative paths (`schema`, `data.train`, `data.valid`, `data.test`,
-/// each a path or a list of them) absolute against `dir`.
+/// each a path or a list of them, and `data.cache_dir`) absolute against `dir`.
 fn absolutize(table: &mut Table, dir: &Path) {
     let fix = |v: &mut Value| match v {
         Value::String(p) if Path::new(p.as_str()).is_relative() => {
@@ -93,7 +93,7 @@ fn absolutize(table: &mut Table, dir: &Path) {
         fix(schema);
     }
     if let Some(Value::Table(data)) = table.get_mut("data") {
-        for key in ["train", "valid", "test"] {
+        for key in ["train", "valid", "test", "cache_dir"] {
             match data.get_mut(key) {
                 Some(Value::Array(items)) => items.iter_mut().for_each(fix),
                 Some(v) => fix(v),

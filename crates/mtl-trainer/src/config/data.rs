@@ -22,9 +22,13 @@ pub struct DataConfig {
     /// `fail` (default) or `skip` for rows that cannot be encoded.
     #[serde(default = "default_policy")]
     pub bad_rows: String,
-    /// Keep a cache of the encoded rows next to each CSV (`<file>.mtl.arrow`, Arrow IPC).
+    /// Keep a cache of the encoded rows of each data file (`<file>.mtl.arrow`, Arrow IPC):
+    /// beside the file, or in the user's cache folder when the data folder cannot be written.
     #[serde(default = "default_true")]
     pub cache: bool,
+    /// Keep the caches in this folder instead (relative to the config's folder).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_dir: Option<PathBuf>,
     /// Stream the training files each epoch instead of holding their encoded rows: files in an
     /// order shuffled per epoch, rows shuffled within blocks of `shuffle_buffer` rows (the
     /// only rows held). For data larger than memory.

@@ -141,6 +141,7 @@ impl<R: Registry> RunConfig<R> {
         self.data.train = self.data.train.resolve(base);
         self.data.valid = self.data.valid.as_ref().map(|f| f.resolve(base));
         self.data.test = self.data.test.as_ref().map(|f| f.resolve(base));
+        self.data.cache_dir = self.data.cache_dir.as_ref().map(|d| resolve(base, d));
     }
 
     /// Parses config TOML; `file` names the source in errors. Every error names the line

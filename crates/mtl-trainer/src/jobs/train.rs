@@ -12,7 +12,7 @@ use mtl_eval::{Calibration, CalibrationMethod, TaskMetrics, backend_device, pred
 use mtl_features::{EncodedData, Encoder, FeatureState, Schema, ValidSchema, atomic_write};
 use mtl_layers::{ModelPlan, MultiTaskModel, WithModel};
 
-use crate::config::{DataFiles, RunConfig, TrainSettings};
+use crate::config::{DataConfig, DataFiles, RunConfig, TrainSettings};
 use crate::error::{io_err, record_err};
 use crate::fit::checkpoint::{read_checkpoint, save_atomic};
 use crate::fit::collective::Group;
@@ -534,7 +534,7 @@ impl Inputs {
         let mut read_all = |files: &DataFiles, key: &str| -> Result<EncodedData, TrainError> {
             let mut all: Option<EncodedData> = None;
             for path in files.files(key)? {
-                let data = read(&path, encoder, policy, config.data.cache, &mut reads)?;
+                let data = read(&path, encoder, policy, &config.data, &mut reads)?;
                 match &mut all {
                     Some(all) => all
                         .try_append(&data)
@@ -558,7 +558,7 @@ impl Inputs {
                 &files,
                 encoder,
                 policy,
-                config.data.cache,
+                &config.data,
                 count,
                 options,
                 &mut held_reads,
@@ -650,7 +650,7 @@ fn read_held(
     files: &[PathBuf],
     encoder: &Encoder,
     policy: BadRowPolicy,
-    cache: bool,
+    place: &DataConfig,
     count: usize,
     options: &TrainOptions,
     reads: &mut Vec<String>,
@@ -668,7 +668,7 @@ fn read_held(
     for (path, &n) in files.iter().zip(&file_rows) {
         let (lo, hi) = (range.start.max(before), range.end.min(before + n));
         if lo < hi && (lo, hi) == (before, before + n) {
-            let whole = read(path, encoder, policy, cache, reads)?;
+            let whole = read(path, encoder, policy, place, reads)?;
             data.try_append(&whole)
                 .map_err(|_| mtl_data::memory_error(&path.display().to_string(), &data, whole.rows))?;
         } else if lo < hi {
@@ -692,18 +692,18 @@ fn read_held(
     Ok((data, shards))
 }
 
-/// Reads one data file encoded (from its cache when `cache`), adding its read report to
-/// `reads`.
+/// Reads one data file encoded (through its cache when `place.cache`, where `place` says),
+/// adding its read report to `reads`.
 fn read(
     path: &Path,
     encoder: &Encoder,
     policy: BadRowPolicy,
-    cache: bool,
+    place: &DataConfig,
     reads: &mut Vec<String>,
 ) -> Result<EncodedData, TrainError> {
     let started = Instant::now();
-    let (data, report, cached) = if cache {
-        mtl_data::cache::read_encoded_cached(path, encoder, policy, true)?
+    let (data, report, cached) = if place.cache {
+        mtl_data::cache::read_encoded_cached(path, encoder, policy, true, place.cache_dir.as_deref())?
     } else {
         let (d, r, _) = read_encoded(path, encoder, policy, true, None)?;
         (d, r, false)

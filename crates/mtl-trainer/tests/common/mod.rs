@@ -25,6 +25,7 @@ pub fn run_config(
             test: test.map(|t| t.to_path_buf().into()),
             bad_rows: "fail".into(),
             cache: false,
+            cache_dir: None,
             streaming: false,
             shuffle_buffer: 1_000_000,
             shards: None,
