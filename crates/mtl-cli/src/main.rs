@@ -259,6 +259,10 @@ struct EvalArgs {
     /// metrics were written, or being trained further); refused otherwise.
     #[arg(long)]
     allow_unfinished: bool,
+    /// Also report GAUC: each binary output's AUC within the rows of each value of this
+    /// column (a user id), averaged weighted by rows over the groups with both classes.
+    #[arg(long, value_name = "COLUMN")]
+    group_by: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -787,12 +791,13 @@ fn eval(args: EvalArgs) -> Result<()> {
     if let Some(out) = &args.out {
         mtl_features::check_output(out, &[&args.data])?;
     }
-    let (metrics, report) = mtl_trainer::eval_file::<Models>(
+    let (metrics, report) = mtl_trainer::eval_file_grouped::<Models>(
         &args.model,
         &args.data,
         &args.backend,
         args.bad_rows,
         args.allow_unfinished,
+        args.group_by.as_deref(),
     )
     .with_context(|| format!("evaluating {}", args.model.display()))?;
     println!("read {report}");

@@ -148,6 +148,33 @@ fn train_eval_predict_round_trip() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&metrics).unwrap()).unwrap();
     assert_eq!(json.as_array().unwrap().len(), 3);
+    // GAUC by user: 10 users, each with clicks and non-clicks among its 30 rows
+    let grouped = dir.path().join("g.json").display().to_string();
+    let out = mtl(&[
+        "eval",
+        "--model",
+        &model,
+        "--data",
+        &data,
+        "--out",
+        &grouped,
+        "--group-by",
+        "u",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("gauc "), "printed");
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&grouped).unwrap()).unwrap();
+    let ctr = &json[0]["binary"]["gauc"];
+    assert_eq!(
+        (ctr["groups"].as_u64(), ctr["rows"].as_u64()),
+        (Some(10), Some(300)),
+        "{ctr}"
+    );
+    assert!((0.0..=1.0).contains(&ctr["value"].as_f64().unwrap()), "{ctr}");
+    assert_user_error(
+        &mtl(&["eval", "--model", &model, "--data", &data, "--group-by", "nosuch"]),
+        &["nosuch", "--group-by"],
+    );
     let pred = dir.path().join("p.csv").display().to_string();
     let out = mtl(&[
         "predict",

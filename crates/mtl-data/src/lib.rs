@@ -1029,13 +1029,27 @@ pub fn read_tagged(
     id_column: Option<&str>,
     keep_lines: bool,
 ) -> Result<(EncodedData, ReadReport, RowTags), DataError> {
+    let column = id_column.map(|name| (name, "--id-column"));
+    read_tagged_by(path, encoder, policy, need_labels, column, keep_lines)
+}
+
+/// Like [`read_tagged`], the kept column given with the option that asks for it (named in
+/// the error when the file lacks the column), e.g. `("user_id", "--group-by")`.
+pub fn read_tagged_by(
+    path: impl AsRef<Path>,
+    encoder: &Encoder,
+    policy: BadRowPolicy,
+    need_labels: bool,
+    tag_column: Option<(&str, &str)>,
+    keep_lines: bool,
+) -> Result<(EncodedData, ReadReport, RowTags), DataError> {
     let schema = encoder.schema();
     let mut source = match Source::open(path.as_ref(), schema, true) {
         Err(DataError::MissingColumn { .. }) if !need_labels => Source::open(path.as_ref(), schema, false)?,
         other => other?,
     };
-    let column = match id_column {
-        Some(name) => Some(source.column_index(name, "--id-column")?),
+    let column = match tag_column {
+        Some((name, asker)) => Some(source.column_index(name, asker)?),
         None => None,
     };
     let mut tags = RowTags {

@@ -71,6 +71,52 @@ pub struct BinaryMetrics {
     /// The reliability diagram's bins, lowest predictions first.
     #[serde(default)]
     pub reliability: Vec<ReliabilityBin>,
+    /// Group AUC, when the rows' groups were given ([`gauc`]).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub gauc: Option<Gauc>,
+}
+
+/// Group AUC (GAUC): the AUC within each group of rows (a user, a request), averaged with each
+/// group weighted by its rows, over the groups that hold both classes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Gauc {
+    /// The row-weighted mean of the groups' AUCs.
+    pub value: f64,
+    /// Groups counted (with both classes).
+    pub groups: usize,
+    /// Rows of those groups.
+    pub rows: usize,
+    /// Groups left out: one class only.
+    pub skipped_groups: usize,
+}
+
+/// GAUC of `scores` against 0/1 `labels`, rows grouped by `groups` (any ids, one per row);
+/// `None` when no group holds both classes.
+pub fn gauc(scores: &[f32], labels: &[f32], groups: &[u32]) -> Option<Gauc> {
+    assert!(scores.len() == labels.len() && labels.len() == groups.len());
+    let mut members: std::collections::BTreeMap<u32, Vec<usize>> = std::collections::BTreeMap::new();
+    for (r, &g) in groups.iter().enumerate() {
+        members.entry(g).or_default().push(r);
+    }
+    let (mut weighted, mut rows, mut counted, mut skipped) = (0.0, 0, 0, 0);
+    for rows_of_group in members.values() {
+        let s: Vec<f32> = rows_of_group.iter().map(|&r| scores[r]).collect();
+        let y: Vec<f32> = rows_of_group.iter().map(|&r| labels[r]).collect();
+        match auc(&s, &y) {
+            Some(a) => {
+                weighted += a * s.len() as f64;
+                rows += s.len();
+                counted += 1;
+            }
+            None => skipped += 1,
+        }
+    }
+    (counted > 0).then(|| Gauc {
+        value: weighted / rows as f64,
+        groups: counted,
+        rows,
+        skipped_groups: skipped,
+    })
 }
 
 /// Bins of the reliability diagram, at most (equal row counts, so a rare event's bins are not
@@ -194,15 +240,19 @@ impl TaskMetrics {
     /// One line for the terminal.
     pub fn summary(&self) -> String {
         let body = match (&self.binary, &self.regression) {
-            (Some(b), _) => format!(
-                "auc {}  logloss {:.5}  mean pred {:.4}  observed {:.4}  ece {:.4}",
-                b.auc
-                    .map_or_else(|| b.auc_note.clone().unwrap_or_default(), |a| format!("{a:.4}")),
-                b.log_loss,
-                b.mean_prediction,
-                b.observed_rate,
-                b.ece
-            ),
+            (Some(b), _) => {
+                format!(
+                    "auc {}  logloss {:.5}  mean pred {:.4}  observed {:.4}  ece {:.4}",
+                    b.auc
+                        .map_or_else(|| b.auc_note.clone().unwrap_or_default(), |a| format!("{a:.4}")),
+                    b.log_loss,
+                    b.mean_prediction,
+                    b.observed_rate,
+                    b.ece
+                ) + &b.gauc.as_ref().map_or_else(String::new, |g| {
+                    format!("  gauc {:.4} ({} groups)", g.value, g.groups)
+                })
+            }
             (_, Some(r)) => format!("mse {:.5}  mae {:.5}", r.mse, r.mae),
             _ => String::new(),
         };
@@ -220,11 +270,33 @@ pub fn evaluate(
     data: &EncodedData,
     label_names: &[String],
 ) -> Vec<TaskMetrics> {
+    evaluate_grouped(outputs, predictions, data, label_names, None)
+}
+
+/// [`evaluate`], with each binary output's [`gauc`] over `groups` (one id per row of `data`)
+/// when given; an output evaluated on some rows (CVR on clicked rows) groups those rows.
+pub fn evaluate_grouped(
+    outputs: &[OutputSpec],
+    predictions: &[Vec<f32>],
+    data: &EncodedData,
+    label_names: &[String],
+    groups: Option<&[u32]>,
+) -> Vec<TaskMetrics> {
     outputs
         .iter()
         .zip(predictions)
         .map(|(spec, pred)| {
             let (scores, targets) = rows_of(spec, pred, data);
+            let grouped = groups.and_then(|g| {
+                let ids: Vec<u32> = (0..data.rows)
+                    .filter(|&r| {
+                        spec.rows_where
+                            .is_none_or(|w| data.labels[r * data.n_labels + w] >= 0.5)
+                    })
+                    .map(|r| g[r])
+                    .collect();
+                gauc(&scores, &targets, &ids)
+            });
             let rows_from = spec.rows_where.map_or_else(
                 || "all rows".to_string(),
                 |w| format!("rows with {} = 1", label_names[w]),
@@ -253,6 +325,7 @@ pub fn evaluate(
                             log_loss: log_loss(&scores, &targets),
                             mean_prediction: scores.iter().map(|&p| f64::from(p)).sum::<f64>() / n,
                             observed_rate: positives as f64 / n,
+                            gauc: grouped,
                         }),
                         None,
                     )
@@ -300,6 +373,28 @@ pub fn metrics_block(title: &str, metrics: &[TaskMetrics]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gauc_by_hand() {
+        // group 7: positive 0.9 above both negatives (0.1, 0.8): AUC 1; group 3: positive 0.3
+        // below its negative 0.6: AUC 0; group 5: positives only, left out; group 9: a tie
+        // between its positive and negative, AUC ½
+        let scores = [0.9, 0.3, 0.1, 0.5, 0.6, 0.8, 0.7, 0.4, 0.4];
+        let labels = [1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 1.0, 0.0];
+        let groups = [7, 3, 7, 5, 3, 7, 5, 9, 9];
+        let g = gauc(&scores, &labels, &groups).unwrap();
+        // (3 × 1 + 2 × 0 + 2 × ½) / 7
+        assert!((g.value - 4.0 / 7.0).abs() < 1e-12, "{g:?}");
+        assert_eq!((g.groups, g.rows, g.skipped_groups), (3, 7, 1));
+        assert_eq!(
+            gauc(&[0.2, 0.3], &[1.0, 1.0], &[1, 2]),
+            None,
+            "no group with both classes"
+        );
+        // one group is the plain AUC
+        let one = gauc(&scores, &labels, &[0; 9]).unwrap();
+        assert_eq!(Some(one.value), auc(&scores, &labels));
+    }
 
     #[test]
     fn ece_and_reliability_bins_by_hand() {

@@ -11,7 +11,7 @@ use mtl_layers::{MultiTaskModel, OutputSpec, Registry, WithModel};
 use crate::EvalError;
 use crate::calibration::Calibration;
 use crate::error::{io_err, record_err};
-use crate::metrics::{TaskMetrics, evaluate};
+use crate::metrics::TaskMetrics;
 use crate::predict::predict_all;
 
 /// The files every trained model directory holds.
@@ -186,8 +186,24 @@ impl<R: Registry> ModelDir<R> {
 
     /// Per-output metrics of the model on `data` (labels required).
     pub fn evaluate(&self, data: &EncodedData, backend: &str) -> Result<Vec<TaskMetrics>, EvalError> {
+        self.evaluate_grouped(data, backend, None)
+    }
+
+    /// [`ModelDir::evaluate`] with each binary output's GAUC over `groups` (one id per row).
+    pub fn evaluate_grouped(
+        &self,
+        data: &EncodedData,
+        backend: &str,
+        groups: Option<&[u32]>,
+    ) -> Result<Vec<TaskMetrics>, EvalError> {
         let (specs, preds) = self.predict_outputs(data, backend, 4096)?;
-        Ok(evaluate(&specs, &preds, data, &self.schema.label_names()))
+        Ok(crate::metrics::evaluate_grouped(
+            &specs,
+            &preds,
+            data,
+            &self.schema.label_names(),
+            groups,
+        ))
     }
 }
 

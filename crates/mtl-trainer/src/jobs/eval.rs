@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use mtl_data::{BadRowPolicy, ReadReport, read_encoded};
+use mtl_data::{BadRowPolicy, ReadReport, read_tagged_by};
 use mtl_eval::TaskMetrics;
 
 use crate::jobs::model_dir::open_for_inference;
@@ -17,9 +17,37 @@ pub fn eval_file<R: Registry>(
     policy: BadRowPolicy,
     allow_unfinished: bool,
 ) -> Result<(Vec<TaskMetrics>, ReadReport), TrainError> {
+    eval_file_grouped::<R>(dir, data, backend, policy, allow_unfinished, None)
+}
+
+/// [`eval_file`], with each binary output's GAUC over the rows grouped by the column
+/// `group_by` (a user, a request) when given.
+pub fn eval_file_grouped<R: Registry>(
+    dir: &Path,
+    data: &Path,
+    backend: &str,
+    policy: BadRowPolicy,
+    allow_unfinished: bool,
+    group_by: Option<&str>,
+) -> Result<(Vec<TaskMetrics>, ReadReport), TrainError> {
     let model = open_for_inference::<R>(dir, allow_unfinished)?;
     let plan = R::plan(&model.model, &model.schema)?;
     let encoder = model.encoder.clone().with_label_rules(plan.label_rules);
-    let (encoded, report, _) = read_encoded(data, &encoder, policy, true, None)?;
-    Ok((model.evaluate(&encoded, backend)?, report))
+    let by = group_by.map(|c| (c, "--group-by"));
+    let (encoded, report, tags) = read_tagged_by(data, &encoder, policy, true, by, false)?;
+    // each distinct text of the group column a number
+    let groups: Option<Vec<u32>> = group_by.map(|_| {
+        let mut ids = std::collections::HashMap::new();
+        tags.ids
+            .iter()
+            .map(|g| {
+                let next = ids.len() as u32;
+                *ids.entry(g.as_str()).or_insert(next)
+            })
+            .collect()
+    });
+    Ok((
+        model.evaluate_grouped(&encoded, backend, groups.as_deref())?,
+        report,
+    ))
 }

@@ -23,7 +23,7 @@ mod model_dir;
 mod predict;
 mod train;
 
-pub use eval::eval_file;
+pub use eval::{eval_file, eval_file_grouped};
 pub use model_dir::RunLock;
 pub use predict::{INPUT_LINE_COLUMN, predict_file};
 pub use train::train;
