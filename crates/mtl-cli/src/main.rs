@@ -968,6 +968,7 @@ fn demo(args: DemoArgs, progress: bool) -> Result<()> {
             data: data.clone(),
             model,
             train: train.clone(),
+            metrics: Default::default(),
         };
         println!();
         let options = TrainOptions {

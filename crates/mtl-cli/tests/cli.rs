@@ -419,6 +419,41 @@ fn configs_compose_from_a_base_and_set_any_key() {
     );
 }
 
+#[test]
+fn training_evaluations_report_gauc_by_a_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "eval_every_steps = 2\n[metrics]\ngroup_by = \"u\"\n");
+    let model = dir.path().join("m").display().to_string();
+    let out = mtl(&["train", "--config", &cfg, "--out", &model]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let metrics: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("m/metrics.json")).unwrap()).unwrap();
+    let history = metrics["history"].as_array().expect("evaluations");
+    assert!(history.len() >= 2, "{metrics}");
+    for record in history {
+        // 10 users, each with both classes among its 30 validation rows
+        let ctr = record["valid"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == "ctr")
+            .unwrap();
+        let gauc = &ctr["binary"]["gauc"];
+        assert_eq!(
+            (gauc["groups"].as_u64(), gauc["rows"].as_u64()),
+            (Some(10), Some(300)),
+            "{gauc}"
+        );
+    }
+    // the column must exist in the validation file
+    let cfg = config(dir.path(), "[metrics]\ngroup_by = \"nosuch\"\n");
+    let other = dir.path().join("n").display().to_string();
+    assert_user_error(
+        &mtl(&["train", "--config", &cfg, "--out", &other]),
+        &["nosuch", "metrics.group_by"],
+    );
+}
+
 fn repo() -> std::path::PathBuf {
     // at run time: a binary reused through a shared target directory was built elsewhere
     std::env::var_os("CARGO_MANIFEST_DIR")

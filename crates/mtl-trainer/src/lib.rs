@@ -42,8 +42,8 @@ pub mod jobs;
 
 pub use config::{
     DEFAULT_EMBEDDING_WEIGHT_DECAY, DataConfig, DataFiles, Direction, EarlyStopping, EarlyStoppingSetting,
-    EmbeddingUpdate, LossWeighting, OptimizerKind, Overrides, RunConfig, TablePlace, TrainSettings,
-    UntouchedRows,
+    EmbeddingUpdate, LossWeighting, MetricsConfig, OptimizerKind, Overrides, RunConfig, TablePlace,
+    TrainSettings, UntouchedRows,
 };
 pub use crash::{PAUSE_AT, crash_point};
 pub use error::TrainError;

@@ -65,6 +65,7 @@ fn train(
         progress: false,
         log_every: None,
         label_names: s.label_names(),
+        valid_groups: None,
         group: Default::default(),
     };
     let r = fit(

@@ -59,6 +59,7 @@ fn config(files: &CcpFiles, model: ModelConfig, settings: TrainSettings) -> RunC
         },
         model,
         train: settings,
+        metrics: Default::default(),
     }
 }
 

@@ -42,6 +42,26 @@ pub struct RunConfig<R: Registry> {
     /// Training settings.
     #[serde(default)]
     pub train: TrainSettings,
+    /// Extra metrics of the validation evaluations.
+    #[serde(default, skip_serializing_if = "MetricsConfig::is_default")]
+    pub metrics: MetricsConfig,
+}
+
+/// Extra metrics (`[metrics]`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// GAUC over the validation rows grouped by this column (a user id): each binary
+    /// output's AUC within each group, averaged weighted by rows over the groups with both
+    /// classes, in every evaluation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_by: Option<String>,
+}
+
+impl MetricsConfig {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// Values given on the command line (`mtl train --data … --lr …`) to put over a config
@@ -74,6 +94,8 @@ struct Sections {
     data: DataConfig,
     #[serde(default)]
     train: TrainSettings,
+    #[serde(default)]
+    metrics: MetricsConfig,
 }
 
 impl<R: Registry> RunConfig<R> {
@@ -168,6 +190,7 @@ impl<R: Registry> RunConfig<R> {
             data: sections.data,
             model,
             train: sections.train,
+            metrics: sections.metrics,
         };
         config.check(file)?;
         Ok(config)

@@ -7,7 +7,7 @@
 use std::time::Instant;
 
 use burn::tensor::Device;
-use mtl_eval::metrics::evaluate;
+use mtl_eval::metrics::evaluate_grouped;
 use mtl_eval::{Predictions, predict_rows};
 use mtl_features::{EncodedData, TableLayout};
 use mtl_layers::{MultiTaskModel, OutputSpec};
@@ -58,7 +58,13 @@ impl Evaluator<'_> {
                 let loss = losses.map(|l| weighted(&l, &self.settings.loss_weights));
                 (
                     loss,
-                    evaluate(&self.outputs, &preds, v, &self.options.label_names),
+                    evaluate_grouped(
+                        &self.outputs,
+                        &preds,
+                        v,
+                        &self.options.label_names,
+                        self.options.valid_groups.as_deref(),
+                    ),
                 )
             }
             None => (None, Vec::new()),

@@ -133,6 +133,8 @@ pub struct FitOptions {
     pub log_every: Option<std::time::Duration>,
     /// Label names (for metric descriptions).
     pub label_names: Vec<String>,
+    /// Each validation row's group (`[metrics] group_by`), for GAUC in every evaluation.
+    pub valid_groups: Option<Vec<u32>>,
     /// The ranks training the model: every rank runs the loop, the leader writes the files.
     pub group: Group,
 }

@@ -122,6 +122,7 @@ fn train_from<R: Registry>(
         warn_one_class(&schema, inputs.train_rows(), &options.group)?;
     }
     let reads = std::mem::take(&mut inputs.reads);
+    let valid_groups = inputs.valid_groups.take();
     let device = backend_device(&config.train.backend)?;
     device.seed(config.train.seed);
     let ad = device.clone().autodiff();
@@ -144,6 +145,7 @@ fn train_from<R: Registry>(
             reads,
             rss_by_rank: Vec::new(),
             data,
+            valid_groups,
         },
     );
     drop(lock);
@@ -513,6 +515,8 @@ fn check_table_size(
 /// what was read (one line each, for `metrics.json`).
 struct Inputs {
     train: Option<EncodedData>,
+    /// Each validation row's group, with `[metrics] group_by`.
+    valid_groups: Option<Vec<u32>>,
     /// How the training rows in memory are split, when in shards (`train` holds this rank's).
     shards: Option<Shards>,
     stream: Option<StreamSpec>,
@@ -584,8 +588,15 @@ impl Inputs {
         if let Some(note) = stream_note {
             reads.insert(0, note);
         }
+        let valid_groups = match (&config.metrics.group_by, &config.data.valid) {
+            (Some(column), Some(files)) => {
+                Some(group_ids(&files.files("data.valid")?, column, encoder, policy)?)
+            }
+            _ => None,
+        };
         Ok(Self {
             train,
+            valid_groups,
             shards,
             stream,
             valid,
@@ -641,6 +652,27 @@ fn stream_spec<R: Registry>(
         file_rows,
     };
     Ok((spec, message))
+}
+
+/// Each row's group in the validation `files` (the text of `column`, numbered in order of
+/// first appearance), read as the validation rows are (the same rows kept).
+fn group_ids(
+    files: &[PathBuf],
+    column: &str,
+    encoder: &Encoder,
+    policy: BadRowPolicy,
+) -> Result<Vec<u32>, TrainError> {
+    let mut ids = std::collections::HashMap::new();
+    let mut groups = Vec::new();
+    for path in files {
+        let by = Some((column, "metrics.group_by"));
+        let (_, _, tags) = mtl_data::read_tagged_by(path, encoder, policy, true, by, false)?;
+        for g in tags.ids {
+            let next = ids.len() as u32;
+            groups.push(*ids.entry(g).or_insert(next));
+        }
+    }
+    Ok(groups)
 }
 
 /// The training rows this rank reads when they are in `count` shards ([`Shards`]): those
@@ -740,6 +772,8 @@ struct TrainJob<'a, R: Registry> {
     rss_by_rank: Vec<f64>,
     /// The training files as they are now (kept in every checkpoint).
     data: Vec<DataFile>,
+    /// Each validation row's group, with `[metrics] group_by`.
+    valid_groups: Option<Vec<u32>>,
 }
 
 impl<R: Registry> WithModel for TrainJob<'_, R> {
@@ -755,6 +789,7 @@ impl<R: Registry> WithModel for TrainJob<'_, R> {
             progress: self.options.progress,
             log_every: self.options.log_every,
             label_names: self.schema.label_names(),
+            valid_groups: self.valid_groups.clone(),
             group: self.options.group.clone(),
         };
         let outcome = fit(

@@ -32,5 +32,6 @@ pub fn run_config(
         },
         model,
         train: settings,
+        metrics: Default::default(),
     }
 }
