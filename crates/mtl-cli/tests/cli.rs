@@ -422,7 +422,10 @@ fn configs_compose_from_a_base_and_set_any_key() {
 #[test]
 fn training_evaluations_report_gauc_by_a_column() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), "eval_every_steps = 2\n[metrics]\ngroup_by = \"u\"\n");
+    let cfg = config(
+        dir.path(),
+        "eval_every_steps = 2\nearly_stopping = { metric = \"ctr.gauc\", patience = 50 }\n[metrics]\ngroup_by = \"u\"\n",
+    );
     let model = dir.path().join("m").display().to_string();
     let out = mtl(&["train", "--config", &cfg, "--out", &model]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -445,6 +448,33 @@ fn training_evaluations_report_gauc_by_a_column() {
             "{gauc}"
         );
     }
+    // early stopping watched it: the best value its state keeps is the best GAUC
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("m/checkpoint/state.json")).unwrap()).unwrap();
+    let best = state["best"][0].as_f64();
+    let values: Vec<f64> = history
+        .iter()
+        .map(|r| {
+            let ctr = r["valid"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|m| m["name"] == "ctr")
+                .unwrap();
+            ctr["binary"]["gauc"]["value"].as_f64().unwrap()
+        })
+        .collect();
+    assert_eq!(best, values.iter().copied().reduce(f64::max), "{metrics}");
+    assert_user_error(
+        &mtl(&[
+            "train",
+            "--config",
+            &config(dir.path(), "early_stopping = { metric = \"ctr.gauc\" }\n"),
+            "--out",
+            &dir.path().join("x").display().to_string(),
+        ]),
+        &["ctr.gauc", "[metrics] group_by"],
+    );
     // the column must exist in the validation file
     let cfg = config(dir.path(), "[metrics]\ngroup_by = \"nosuch\"\n");
     let other = dir.path().join("n").display().to_string();

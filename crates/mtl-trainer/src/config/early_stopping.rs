@@ -124,7 +124,11 @@ pub enum Direction {
 }
 
 /// The metrics early stopping can watch, per kind of output, with their direction.
-const BINARY_METRICS: [(&str, Direction); 2] = [("auc", Direction::Higher), ("logloss", Direction::Lower)];
+const BINARY_METRICS: [(&str, Direction); 3] = [
+    ("auc", Direction::Higher),
+    ("logloss", Direction::Lower),
+    ("gauc", Direction::Higher),
+];
 const REGRESSION_METRICS: [(&str, Direction); 2] = [("mse", Direction::Lower), ("mae", Direction::Lower)];
 
 impl EarlyStopping {
@@ -157,7 +161,7 @@ impl EarlyStopping {
         let bad = |why: String| {
             Err(format!(
                 "`train.early_stopping.metric` = \"{}\": {why}; use `loss` or `<output>.<metric>` \
-                 (outputs: {}; binary metrics: auc, logloss; regression metrics: mse, mae)",
+                 (outputs: {}; binary metrics: auc, logloss, gauc with `[metrics] group_by`; regression metrics: mse, mae)",
                 self.metric,
                 names.join(", ")
             ))

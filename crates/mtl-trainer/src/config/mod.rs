@@ -323,6 +323,12 @@ impl<R: Registry> RunConfig<R> {
         }
         if let Some(es) = self.train.early_stopping.active() {
             es.check(&plan.outputs).map_err(bad)?;
+            if es.metric.ends_with(".gauc") && self.metrics.group_by.is_none() {
+                return Err(bad(format!(
+                    "`train.early_stopping.metric` = \"{}\" needs `[metrics] group_by` (the column whose groups GAUC averages over)",
+                    es.metric
+                )));
+            }
         }
         Ok(())
     }
