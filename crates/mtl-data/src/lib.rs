@@ -530,8 +530,9 @@ impl Source {
         let path = path.as_ref();
         let file = path.display().to_string();
         if parquet::is_parquet(path) {
-            let own = parquet::header(path)?.len();
-            let (names, extra) = with_partitions(path, parquet::header(path)?);
+            let names = parquet::header(path)?;
+            let own = names.len();
+            let (names, extra) = with_partitions(path, names);
             let shown: Vec<&str> = names.iter().map(String::as_str).collect();
             let columns = column_map(&file, &shown, schema, need_labels)?;
             check_column_types(path, &columns, schema)?;
