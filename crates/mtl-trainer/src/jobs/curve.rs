@@ -78,80 +78,158 @@ fn series(history: &[EvalRecord]) -> Vec<Series> {
     out
 }
 
-/// Renders the history as an SVG document.
-pub fn render_svg(history: &[EvalRecord]) -> String {
+/// Tick values for an axis over `lo..=hi`: about four round numbers (1, 2 or 5 × 10ᵏ apart)
+/// covering the range, and the decimals that show them.
+fn nice_ticks(lo: f64, hi: f64) -> (Vec<f64>, usize) {
+    let span = (hi - lo).max(f64::EPSILON * hi.abs().max(1.0));
+    let raw = span / 4.0;
+    let magnitude = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 5.0, 10.0]
+        .iter()
+        .map(|m| m * magnitude)
+        .find(|s| *s >= raw)
+        .unwrap_or(10.0 * magnitude);
+    let first = (lo / step).floor() * step;
+    // up to the first tick at or past `hi`
+    let mut ticks = vec![first];
+    while ticks[ticks.len() - 1] < hi - step * 1e-9 && ticks.len() < 12 {
+        ticks.push(first + ticks.len() as f64 * step);
+    }
+    let decimals = (-step.log10().floor()).max(0.0) as usize;
+    (ticks, decimals)
+}
+
+/// The steps where an epoch ended between two evaluations (the earlier one's step) and the
+/// epoch that ended there.
+fn epoch_ends(history: &[EvalRecord]) -> Vec<(f64, usize)> {
+    history
+        .windows(2)
+        .filter(|w| w[1].epoch > w[0].epoch)
+        .map(|w| (w[0].step as f64, w[0].epoch))
+        .collect()
+}
+
+/// Renders the history as an SVG document: a panel per series with round-number ticks on
+/// both axes, dotted lines where epochs end, the kept evaluation (`kept`, a step: early
+/// stopping's best) marked, and a series evaluated once written as its values.
+pub fn render_svg(history: &[EvalRecord], kept: Option<usize>) -> String {
     let panels = series(history);
-    let (w, h, pad) = (520.0, 180.0, 40.0);
+    let (w, h, pad) = (520.0, 180.0, 48.0);
     let total_h = h * panels.len() as f64;
     let mut svg = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{total_h}\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
     );
     for (p, panel) in panels.iter().enumerate() {
         let top = p as f64 * h;
-        let pts: Vec<(f64, f64)> = panel.lines.iter().flat_map(|l| l.2.iter().copied()).collect();
         svg += &format!(
             "<text x=\"{pad}\" y=\"{}\" font-weight=\"bold\">{}</text>\n",
-            top + 16.0,
+            top + 14.0,
             panel.title
         );
-        svg += &format!(
-            "<rect x=\"{pad}\" y=\"{}\" width=\"{}\" height=\"{}\" fill=\"none\" stroke=\"#999\"/>\n",
-            top + 24.0,
-            w - 2.0 * pad,
-            h - 48.0
-        );
-        if pts.is_empty() {
+        // the legend above the plot, never over its lines
+        let mut lx = w - pad;
+        for (name, color, _) in panel.lines.iter().rev().filter(|l| !l.2.is_empty()) {
             svg += &format!(
-                "<text x=\"{}\" y=\"{}\">no data</text>\n",
-                w / 2.0 - 20.0,
-                top + h / 2.0
+                "<text x=\"{lx}\" y=\"{}\" fill=\"{color}\" text-anchor=\"end\">{name}</text>\n",
+                top + 14.0
             );
-            continue;
+            lx -= 8.0 + 7.0 * name.chars().count() as f64;
         }
+        let pts: Vec<(f64, f64)> = panel.lines.iter().flat_map(|l| l.2.iter().copied()).collect();
         let (x0, x1) = pts
             .iter()
             .fold((f64::MAX, f64::MIN), |a, p| (a.0.min(p.0), a.1.max(p.0)));
-        let (mut y0, mut y1) = pts
-            .iter()
-            .fold((f64::MAX, f64::MIN), |a, p| (a.0.min(p.1), a.1.max(p.1)));
-        if (y1 - y0).abs() < 1e-12 {
-            y0 -= 0.5;
-            y1 += 0.5;
-        }
-        let sx = |x: f64| pad + if x1 > x0 { (x - x0) / (x1 - x0) } else { 0.5 } * (w - 2.0 * pad);
-        let sy = |y: f64| top + 24.0 + (1.0 - (y - y0) / (y1 - y0)) * (h - 48.0);
-        svg += &format!("<text x=\"2\" y=\"{}\">{y1:.4}</text>\n", top + 32.0);
-        svg += &format!("<text x=\"2\" y=\"{}\">{y0:.4}</text>\n", top + h - 26.0);
-        svg += &format!("<text x=\"{pad}\" y=\"{}\">step {x0}</text>\n", top + h - 10.0);
-        svg += &format!(
-            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">step {x1}</text>\n",
-            w - pad,
-            top + h - 10.0
-        );
-        for (i, (name, color, line)) in panel.lines.iter().enumerate() {
-            if line.is_empty() {
-                continue;
-            }
-            let coords: Vec<String> = line
+        if pts.is_empty() || x1 <= x0 {
+            // no line to draw: the values themselves
+            let said: Vec<String> = panel
+                .lines
                 .iter()
-                .map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y)))
+                .filter_map(|(name, _, l)| l.first().map(|(x, y)| format!("{name} {y:.4} at step {x}")))
                 .collect();
-            svg += &format!(
-                "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>\n",
-                coords.join(" ")
-            );
-            for c in &coords {
-                let (cx, cy) = c.split_once(',').unwrap_or(("0", "0"));
-                svg += &format!("<circle cx=\"{cx}\" cy=\"{cy}\" r=\"2.5\" fill=\"{color}\"/>\n");
-            }
-            svg += &format!(
-                "<text x=\"{}\" y=\"{}\" fill=\"{color}\" text-anchor=\"end\">{name}</text>\n",
-                w - pad - 4.0,
-                top + 38.0 + 13.0 * i as f64
-            );
+            let text = if said.is_empty() {
+                "no data".to_string()
+            } else {
+                said.join(", ")
+            };
+            svg += &format!("<text x=\"{pad}\" y=\"{}\">{text}</text>\n", top + h / 2.0);
+            continue;
         }
+        svg += &plot(panel, (x0, x1), &pts, (top, w, h, pad), history, kept);
     }
     svg + "</svg>\n"
+}
+
+/// One panel's axes, grid, epoch ends, kept marker and lines (`frame`: top, width, height,
+/// padding).
+fn plot(
+    panel: &Series,
+    (x0, x1): (f64, f64),
+    pts: &[(f64, f64)],
+    (top, w, h, pad): (f64, f64, f64, f64),
+    history: &[EvalRecord],
+    kept: Option<usize>,
+) -> String {
+    let (lo, hi) = pts
+        .iter()
+        .fold((f64::MAX, f64::MIN), |a, p| (a.0.min(p.1), a.1.max(p.1)));
+    let (y_ticks, y_dec) = nice_ticks(lo, hi);
+    let (y0, y1) = (y_ticks[0], *y_ticks.last().expect("ticks"));
+    let (x_ticks, _) = nice_ticks(x0, x1);
+    let (plot_top, plot_h, plot_w) = (top + 24.0, h - 52.0, w - 2.0 * pad);
+    let sx = |x: f64| pad + (x - x0) / (x1 - x0) * plot_w;
+    let sy = |y: f64| plot_top + (1.0 - (y - y0) / (y1 - y0).max(f64::EPSILON)) * plot_h;
+    let mut svg = format!(
+        "<rect x=\"{pad}\" y=\"{plot_top}\" width=\"{plot_w}\" height=\"{plot_h}\" fill=\"none\" stroke=\"#999\"/>\n"
+    );
+    for &t in &y_ticks {
+        svg += &format!(
+            "<line x1=\"{pad}\" x2=\"{}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#eee\"/><text class=\"ytick\" x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{t:.y_dec$}</text>\n",
+            w - pad,
+            pad - 4.0,
+            sy(t) + 4.0,
+            y = sy(t)
+        );
+    }
+    for &t in x_ticks.iter().filter(|t| (x0..=x1).contains(*t)) {
+        svg += &format!(
+            "<text class=\"xtick\" x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{t}</text>\n",
+            sx(t),
+            plot_top + plot_h + 13.0
+        );
+    }
+    svg += &format!(
+        "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">step</text>\n",
+        w - pad,
+        plot_top + plot_h + 26.0
+    );
+    for (step, epoch) in epoch_ends(history) {
+        svg += &format!(
+            "<line x1=\"{x:.1}\" x2=\"{x:.1}\" y1=\"{plot_top}\" y2=\"{}\" stroke=\"#bbb\" stroke-dasharray=\"2 3\"/><text x=\"{x:.1}\" y=\"{}\" fill=\"#888\" text-anchor=\"end\">epoch {epoch}</text>\n",
+            plot_top + plot_h,
+            plot_top + 10.0,
+            x = sx(step) - 2.0
+        );
+    }
+    if let Some(step) = kept.map(|s| s as f64).filter(|s| (x0..=x1).contains(s)) {
+        svg += &format!(
+            "<line class=\"kept\" x1=\"{x:.1}\" x2=\"{x:.1}\" y1=\"{plot_top}\" y2=\"{}\" stroke=\"#444\" stroke-dasharray=\"5 3\"/><text x=\"{:.1}\" y=\"{}\" fill=\"#444\">kept</text>\n",
+            plot_top + plot_h,
+            sx(step) + 3.0,
+            plot_top + plot_h - 4.0,
+            x = sx(step)
+        );
+    }
+    for (_, color, line) in panel.lines.iter().filter(|l| !l.2.is_empty()) {
+        let coords: Vec<String> = line
+            .iter()
+            .map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y)))
+            .collect();
+        svg += &format!(
+            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>\n",
+            coords.join(" ")
+        );
+    }
+    svg
 }
 
 /// The reliability diagram of every binary output in `metrics` (one panel each): the mean
@@ -212,4 +290,83 @@ pub fn render_reliability(metrics: &[mtl_eval::TaskMetrics], title: &str) -> Str
         );
     }
     svg + "</svg>\n"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An evaluation at `step` of `epoch` with training and validation loss `loss`.
+    fn record(step: usize, epoch: usize, loss: f64) -> EvalRecord {
+        serde_json::from_value(serde_json::json!({
+            "epoch": epoch, "step": step, "train_loss": loss, "train_losses": [],
+            "valid_loss": loss + 0.01, "valid": [], "train_rows": 64, "train_secs": 0.1,
+            "samples_per_sec": 640.0, "data_secs": 0.0, "comm_secs": 0.0, "reduced_bytes": 0.0,
+            "gathered_bytes": 0.0, "loss_weights": [], "grad_norms": []
+        }))
+        .unwrap()
+    }
+
+    /// The numbers of the `class` tick labels in `svg`.
+    fn ticks(svg: &str, class: &str) -> Vec<f64> {
+        svg.split(&format!("class=\"{class}\""))
+            .skip(1)
+            .map(|rest| {
+                let text = &rest[rest.find('>').unwrap() + 1..];
+                text[..text.find('<').unwrap()].parse().unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn ticks_are_round_numbers_that_cover_the_values() {
+        let (t, decimals) = nice_ticks(0.8123, 0.8467);
+        assert_eq!(decimals, 2);
+        assert!(
+            t.first().unwrap() <= &0.8123 && t.last().unwrap() >= &0.8467,
+            "{t:?}"
+        );
+        for w in t.windows(2) {
+            assert!(((w[1] - w[0]) - 0.01).abs() < 1e-9, "{t:?}");
+        }
+        let (t, decimals) = nice_ticks(0.0, 1000.0);
+        assert_eq!((decimals, t.first().copied()), (0, Some(0.0)));
+        assert_eq!(t, [0.0, 500.0, 1000.0]);
+    }
+
+    #[test]
+    fn curves_have_ticks_in_range_epoch_ends_and_the_kept_evaluation() {
+        let history = [
+            record(2, 1, 0.64),
+            record(4, 1, 0.61),
+            record(6, 2, 0.58),
+            record(8, 2, 0.60),
+        ];
+        let svg = render_svg(&history, Some(6));
+        let y = ticks(&svg, "ytick");
+        // the loss panel: values 0.58 … 0.62 inside the ticks, which rise evenly
+        assert!(
+            y.first().unwrap() <= &0.58 && y.iter().any(|t| *t >= 0.62),
+            "{y:?}"
+        );
+        assert!(y.windows(2).all(|w| w[1] > w[0]), "{y:?}");
+        let x = ticks(&svg, "xtick");
+        assert!(
+            !x.is_empty() && x.iter().all(|s| (2.0..=8.0).contains(s)),
+            "{x:?}"
+        );
+        assert!(svg.contains("class=\"kept\"") && svg.contains(">kept<"));
+        assert!(
+            svg.contains(">epoch 1<"),
+            "the first epoch ends between steps 4 and 6"
+        );
+        assert!(svg.matches("<polyline").count() >= 2);
+        // one evaluation: its values, no line on a degenerate axis
+        let once = render_svg(&history[..1], None);
+        assert!(!once.contains("<polyline"), "{once}");
+        assert!(
+            once.contains("train 0.6400 at step 2, valid 0.6500 at step 2"),
+            "{once}"
+        );
+    }
 }

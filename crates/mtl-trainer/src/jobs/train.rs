@@ -1027,7 +1027,7 @@ impl<R: Registry> TrainJob<'_, R> {
         atomic_write(&self.out_dir.join("metrics.json"), &json)?;
         atomic_write(
             &self.out_dir.join("curve.svg"),
-            curve::render_svg(&state.history).as_bytes(),
+            curve::render_svg(&state.history, state.best.map(|(_, step)| step)).as_bytes(),
         )?;
         let (shown, on) = match (summary.test.is_empty(), summary.valid.is_empty()) {
             (false, _) => (&summary.test, "(test)"),
