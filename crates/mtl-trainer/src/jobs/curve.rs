@@ -232,32 +232,49 @@ fn plot(
     svg
 }
 
-/// The reliability diagram of every binary output in `metrics` (one panel each): the mean
-/// prediction against the observed rate per bin, and the diagonal of perfect calibration.
+/// The Wilson score interval (95 %) of `positives` out of `rows`: where the true rate of a
+/// bin lies, given its count.
+fn wilson(positives: f64, rows: f64) -> (f64, f64) {
+    if rows <= 0.0 {
+        return (0.0, 1.0);
+    }
+    let (z, p) = (1.96f64, positives / rows);
+    let denominator = 1.0 + z * z / rows;
+    let center = (p + z * z / (2.0 * rows)) / denominator;
+    let half = z * (p * (1.0 - p) / rows + z * z / (4.0 * rows * rows)).sqrt() / denominator;
+    ((center - half).max(0.0), (center + half).min(1.0))
+}
+
+/// The reliability diagram of every binary output in `metrics` (one panel each): each bin's
+/// mean prediction against its observed rate, with its 95 % Wilson interval and its rows,
+/// round-number ticks, and the diagonal of perfect calibration (no line joins the bins).
 pub fn render_reliability(metrics: &[mtl_eval::TaskMetrics], title: &str) -> String {
     let panels: Vec<_> = metrics
         .iter()
         .filter_map(|m| m.binary.as_ref().map(|b| (m, b)))
         .collect();
-    let (w, h, pad) = (260.0, 280.0, 40.0);
-    let side = w - 2.0 * pad;
+    let (w, h, pad) = (280.0, 300.0, 52.0);
+    let side = w - pad - 20.0;
     let total_w = w * panels.len().max(1) as f64;
     let mut svg = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{total_w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
     );
     for (p, (m, b)) in panels.iter().enumerate() {
-        let left = p as f64 * w + pad;
-        let top = 40.0;
-        // both axes run to the largest value seen (rare events crowd near 0 otherwise)
-        let max = b
-            .reliability
-            .iter()
-            .flat_map(|r| [r.mean_prediction, r.observed_rate])
+        let (left, top) = (p as f64 * w + pad, 44.0);
+        // both axes run to the largest value seen, intervals included (rare events crowd near
+        // 0 otherwise), at a round number
+        let intervals: Vec<(f64, f64)> = (b.reliability.iter())
+            .map(|r| wilson(r.observed_rate * r.rows as f64, r.rows as f64))
+            .collect();
+        let seen = (b.reliability.iter().map(|r| r.mean_prediction))
+            .chain(intervals.iter().map(|i| i.1))
             .fold(1e-6, f64::max);
+        let (ticks, decimals) = nice_ticks(0.0, seen);
+        let max = *ticks.last().expect("ticks");
         let sx = |x: f64| left + x / max * side;
         let sy = |y: f64| top + side - y / max * side;
         svg += &format!(
-            "<text x=\"{left}\" y=\"16\" font-weight=\"bold\">{} {title}</text>\n<text x=\"{left}\" y=\"30\">ECE {:.4}</text>\n",
+            "<text x=\"{left}\" y=\"16\" font-weight=\"bold\">{} {title}</text>\n<text x=\"{left}\" y=\"30\">ECE {:.4} · bars: 95 % intervals · numbers: rows</text>\n",
             m.name, b.ece
         );
         svg += &format!(
@@ -267,25 +284,32 @@ pub fn render_reliability(metrics: &[mtl_eval::TaskMetrics], title: &str) -> Str
             sx(max),
             sy(max)
         );
-        let coords: Vec<String> = b
-            .reliability
-            .iter()
-            .map(|r| format!("{:.1},{:.1}", sx(r.mean_prediction), sy(r.observed_rate)))
-            .collect();
-        svg += &format!(
-            "<polyline fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"2\" points=\"{}\"/>\n",
-            coords.join(" ")
-        );
-        for c in &coords {
-            let (cx, cy) = c.split_once(',').unwrap_or(("0", "0"));
-            svg += &format!("<circle cx=\"{cx}\" cy=\"{cy}\" r=\"3\" fill=\"#1f77b4\"/>\n");
+        for &t in &ticks {
+            svg += &format!(
+                "<text class=\"xtick\" x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{t:.decimals$}</text><text class=\"ytick\" x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{t:.decimals$}</text>\n",
+                sx(t),
+                top + side + 13.0,
+                left - 4.0,
+                sy(t) + 4.0
+            );
+        }
+        for (r, (lo, hi)) in b.reliability.iter().zip(&intervals) {
+            let (x, y) = (sx(r.mean_prediction), sy(r.observed_rate));
+            svg += &format!(
+                "<line class=\"bin\" x1=\"{x:.1}\" x2=\"{x:.1}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"#9ecae1\" stroke-width=\"3\"/><circle cx=\"{x:.1}\" cy=\"{y:.1}\" r=\"3\" fill=\"#1f77b4\"/><text x=\"{:.1}\" y=\"{:.1}\" font-size=\"9\" fill=\"#555\">{}</text>\n",
+                sy(*lo),
+                sy(*hi),
+                x + 4.0,
+                y - 4.0,
+                r.rows
+            );
         }
         svg += &format!(
-            "<text x=\"{left}\" y=\"{}\">mean prediction (0 – {max:.3})</text>\n<text x=\"{}\" y=\"{}\" transform=\"rotate(-90 {} {})\">observed rate</text>\n",
-            top + side + 16.0,
-            left - 8.0,
+            "<text x=\"{left}\" y=\"{}\">mean prediction</text>\n<text x=\"{}\" y=\"{}\" transform=\"rotate(-90 {} {})\">observed rate</text>\n",
+            top + side + 28.0,
+            left - 36.0,
             top + side,
-            left - 8.0,
+            left - 36.0,
             top + side
         );
     }
@@ -316,6 +340,36 @@ mod tests {
                 text[..text.find('<').unwrap()].parse().unwrap()
             })
             .collect()
+    }
+
+    #[test]
+    fn reliability_bins_carry_their_wilson_intervals_and_counts() {
+        // 3 of 10: the textbook Wilson interval 0.1078 … 0.6032
+        let (lo, hi) = wilson(3.0, 10.0);
+        assert!(
+            (lo - 0.1078).abs() < 1e-4 && (hi - 0.6032).abs() < 1e-4,
+            "{lo} {hi}"
+        );
+        assert_eq!(wilson(0.0, 0.0), (0.0, 1.0));
+        let metrics: Vec<mtl_eval::TaskMetrics> = serde_json::from_value(serde_json::json!([{
+            "name": "ctr", "rows": 30, "rows_from": "all rows",
+            "binary": {"auc": 0.7, "log_loss": 0.5, "mean_prediction": 0.2, "observed_rate": 0.2, "ece": 0.05,
+                "reliability": [
+                    {"rows": 10, "mean_prediction": 0.1, "observed_rate": 0.0},
+                    {"rows": 10, "mean_prediction": 0.2, "observed_rate": 0.3},
+                    {"rows": 10, "mean_prediction": 0.3, "observed_rate": 0.3}]}
+        }]))
+        .unwrap();
+        let svg = render_reliability(&metrics, "(test)");
+        assert!(!svg.contains("<polyline"), "no line through noisy bins");
+        assert_eq!(svg.matches("class=\"bin\"").count(), 3);
+        assert!(svg.contains(">10</text>"), "bin counts");
+        // the axes reach the highest interval (0.6032) at a round number, ticks rising
+        let y = ticks(&svg, "ytick");
+        assert!(
+            y.windows(2).all(|w| w[1] > w[0]) && y.last().unwrap() >= &0.6032,
+            "{y:?}"
+        );
     }
 
     #[test]
