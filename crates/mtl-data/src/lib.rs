@@ -346,15 +346,12 @@ fn check_column_types(path: &Path, columns: &ColumnMap, schema: &ValidSchema) ->
         &columns.sequence,
     );
     add("dense", s.dense.iter().map(|f| &f.name).collect(), &columns.dense);
-    add(
-        "labels",
-        s.labels.iter().map(|f| &f.name).collect(),
-        &columns.labels,
-    );
-    // a derived label reads each of its inputs
-    for (i, derived) in columns.label_exprs.iter().enumerate() {
-        for (_, c) in derived.iter().flat_map(|(_, inputs)| inputs) {
-            readers.push(("labels", format!("labels[{i}] `{}`", s.labels[i].name), *c));
+    // a label reads its column, a derived label each of its inputs
+    for (i, (&column, derived)) in columns.labels.iter().zip(&columns.label_exprs).enumerate() {
+        let field = format!("labels[{i}] `{}`", s.labels[i].name);
+        match derived {
+            Some((_, inputs)) => readers.extend(inputs.iter().map(|(_, c)| ("labels", field.clone(), *c))),
+            None => readers.push(("labels", field, column)),
         }
     }
     for (kind, field, c) in readers {

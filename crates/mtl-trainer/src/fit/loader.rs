@@ -3,7 +3,7 @@
 //! streamed from the files ([`StreamSpec`]) through a bounded shuffle buffer.
 
 use std::path::PathBuf;
-use std::sync::mpsc::{Receiver, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::Scope;
 
 use burn::tensor::Device;
@@ -280,27 +280,21 @@ fn spawn_stream<'scope, 'env: 'scope>(
     let per_block = block / bs;
     // one thread reads (and encodes) the next block while another cuts the current one into
     // batches: two blocks at most are held, and the step rarely waits for the files
-    let (blocks_tx, blocks_rx) = sync_channel::<Result<(usize, usize, EncodedData), TrainError>>(1);
-    scope.spawn(move || {
-        let read = || -> Result<(), TrainError> {
-            for epoch in plan.from.0..plan.epochs {
-                let order = file_order(spec.files.len(), plan.seed, epoch);
-                let (mut next_file, mut source) = (0, None);
-                for b in 0.. {
-                    let mut buf = mtl_data::empty_encoded(spec.encoder.schema());
-                    if read_block(spec, &order, &mut next_file, &mut source, block, &mut buf)? == 0 {
-                        break;
-                    }
-                    if blocks_tx.send(Ok((epoch, b, buf))).is_err() {
-                        return Ok(());
-                    }
+    let blocks_rx = producer(scope, 1, move |blocks_tx| {
+        for epoch in plan.from.0..plan.epochs {
+            let order = file_order(spec.files.len(), plan.seed, epoch);
+            let (mut next_file, mut source) = (0, None);
+            for b in 0.. {
+                let mut buf = mtl_data::empty_encoded(spec.encoder.schema());
+                if read_block(spec, &order, &mut next_file, &mut source, block, &mut buf)? == 0 {
+                    break;
+                }
+                if blocks_tx.send(Ok((epoch, b, buf))).is_err() {
+                    return Ok(());
                 }
             }
-            Ok(())
-        };
-        if let Err(e) = read() {
-            let _ = blocks_tx.send(Err(e));
         }
+        Ok(())
     });
     scope.spawn(move || {
         for item in blocks_rx {
@@ -311,7 +305,7 @@ fn spawn_stream<'scope, 'env: 'scope>(
                     return;
                 }
             };
-            let first = if epoch == plan.from.0 { plan.from.1 } else { 0 };
+            let first = plan.first_in(epoch);
             let done = b * per_block;
             if done + buf.rows.div_ceil(bs) <= first {
                 continue; // before the resume position
@@ -325,6 +319,23 @@ fn spawn_stream<'scope, 'env: 'scope>(
                     return;
                 }
             }
+        }
+    });
+    rx
+}
+
+/// Starts a thread in `scope` that runs `produce` with the sending end of a channel of
+/// `capacity` items and returns the receiving end; an error `produce` returns is sent down the
+/// channel as its last item. `produce` stops with `Ok` when it is done or the receiver is gone.
+fn producer<'scope, T: Send + 'scope>(
+    scope: &'scope Scope<'scope, '_>,
+    capacity: usize,
+    produce: impl FnOnce(&SyncSender<Result<T, TrainError>>) -> Result<(), TrainError> + Send + 'scope,
+) -> Receiver<Result<T, TrainError>> {
+    let (tx, rx) = sync_channel(capacity);
+    scope.spawn(move || {
+        if let Err(e) = produce(&tx) {
+            let _ = tx.send(Err(e));
         }
     });
     rx
@@ -595,31 +606,25 @@ fn spawn_stream_sharded<'scope, 'env: 'scope>(
     plan: LoaderPlan,
 ) -> Receiver<Result<Batch, TrainError>> {
     let (tx, rx) = sync_channel::<Result<Batch, TrainError>>(AHEAD);
-    let (rows_tx, rows_rx) = sync_channel::<Result<EncodedData, TrainError>>(AHEAD);
-    scope.spawn(move || {
-        let read = || -> Result<(), TrainError> {
-            let bs = plan.batch_size;
-            for epoch in plan.from.0..plan.epochs {
-                let mut streams: Vec<ShardStream<'_>> = plan
-                    .held()
-                    .map(|k| ShardStream::open(spec, k, bs))
-                    .collect::<Result<_, _>>()?;
-                for b in 0..plan.shards.batches(bs) {
-                    let mut rows = mtl_data::empty_encoded(spec.encoder.schema());
-                    for stream in &mut streams {
-                        stream.take_part(&mut rows, plan.seed, epoch)?;
-                    }
-                    // a resumed run reads the rows before its position without batching them
-                    if b >= plan.first_in(epoch) && rows_tx.send(Ok(rows)).is_err() {
-                        return Ok(());
-                    }
+    let rows_rx = producer(scope, AHEAD, move |rows_tx| {
+        let bs = plan.batch_size;
+        for epoch in plan.from.0..plan.epochs {
+            let mut streams: Vec<ShardStream<'_>> = plan
+                .held()
+                .map(|k| ShardStream::open(spec, k, bs))
+                .collect::<Result<_, _>>()?;
+            for b in 0..plan.shards.batches(bs) {
+                let mut rows = mtl_data::empty_encoded(spec.encoder.schema());
+                for stream in &mut streams {
+                    stream.take_part(&mut rows, plan.seed, epoch)?;
+                }
+                // a resumed run reads the rows before its position without batching them
+                if b >= plan.first_in(epoch) && rows_tx.send(Ok(rows)).is_err() {
+                    return Ok(());
                 }
             }
-            Ok(())
-        };
-        if let Err(e) = read() {
-            let _ = rows_tx.send(Err(e));
         }
+        Ok(())
     });
     scope.spawn(move || {
         for rows in rows_rx {
@@ -649,7 +654,7 @@ fn spawn_memory<'scope, 'env: 'scope>(
         let batches = data.rows.div_ceil(bs);
         for epoch in plan.from.0..plan.epochs {
             let order = epoch_order(data.rows, plan.seed, epoch);
-            let first = if epoch == plan.from.0 { plan.from.1 } else { 0 };
+            let first = plan.first_in(epoch);
             for bi in first..batches {
                 let idx = &order[bi * bs..((bi + 1) * bs).min(data.rows)];
                 if tx.send(Ok(make_batch(data, idx, layout, device, &plan))).is_err() {
