@@ -632,33 +632,8 @@ fn schema_infer(files: &[PathBuf], out: Option<&Path>, rows: usize, max_categori
         sample_rows: rows,
         max_categories,
     };
-    let (stats, read) = mtl_data::infer::infer_columns(&paths, options)?;
-    if read == 0 {
-        anyhow::bail!("{}: no data rows to guess from", files[0].display());
-    }
-    use mtl_data::infer::Guess;
-    if stats
-        .iter()
-        .all(|s| matches!(s.guess, Guess::Label | Guess::Ignore))
-    {
-        let kept: Vec<&str> = stats.iter().map(|s| s.name.as_str()).collect();
-        anyhow::bail!(
-            "{}: no column to train on — every column ({}) looks like a label or is left out \
-             (an id distinct on nearly every row, or empty)",
-            files[0].display(),
-            kept.join(", ")
-        );
-    }
-    let text = mtl_data::infer::schema_toml(&paths, &stats, read);
-    let labels = stats
-        .iter()
-        .filter(|s| s.guess == mtl_data::infer::Guess::Label)
-        .count();
-    if labels > 0 {
-        // what we write must read back as a schema
-        mtl_features::Schema::from_toml_str(&text, "<inferred schema>")
-            .context("the inferred schema does not validate (please report this)")?;
-    }
+    let inferred = mtl_data::infer::infer_schema(&paths, options)?;
+    let (text, labels, read) = (&inferred.text, inferred.labels, inferred.rows);
     match out {
         Some(path) => {
             mtl_features::check_output(path, &paths)?;
@@ -666,7 +641,7 @@ fn schema_infer(files: &[PathBuf], out: Option<&Path>, rows: usize, max_categori
             eprintln!(
                 "wrote {} ({} columns from {read} rows; {labels} labels found)",
                 path.display(),
-                stats.len()
+                inferred.columns
             );
         }
         None => print!("{text}"),
@@ -729,6 +704,8 @@ fn train_on(args: TrainArgs, progress: bool, group: &Group) -> Result<()> {
         epochs: args.resume.as_ref().and(args.epochs),
         max_steps: args.resume.as_ref().and(args.max_steps),
         group: group.clone(),
+        // Ctrl-C ends the process (removing what it had half written); the last checkpoint stays
+        stop: None,
     };
     let summary = if let Some(dir) = &args.resume {
         mtl_trainer::train::<Models>(None, dir, true, &options)

@@ -736,3 +736,56 @@ mod tests {
         assert_eq!(rows, 10);
     }
 }
+
+/// A schema guessed by [`infer_schema`].
+#[derive(Debug, Clone)]
+pub struct InferredSchema {
+    /// The schema's TOML text, with a comment on every guess.
+    pub text: String,
+    /// Columns seen.
+    pub columns: usize,
+    /// Rows read.
+    pub rows: usize,
+    /// Columns taken for labels.
+    pub labels: usize,
+}
+
+/// `mtl schema infer`: a starting schema for `files`, guessed from their first rows; one
+/// with labels is checked to read back as a schema. No rows, or no column to train on
+/// (every column a label or left out), is an error naming the first file.
+pub fn infer_schema(files: &[&Path], options: InferOptions) -> Result<InferredSchema, DataError> {
+    let (stats, rows) = infer_columns(files, options)?;
+    let file = files.first().map(|p| p.display().to_string()).unwrap_or_default();
+    if rows == 0 {
+        return Err(DataError::Infer {
+            file,
+            message: "no data rows to guess from".into(),
+        });
+    }
+    if stats
+        .iter()
+        .all(|s| matches!(s.guess, Guess::Label | Guess::Ignore))
+    {
+        let kept: Vec<&str> = stats.iter().map(|s| s.name.as_str()).collect();
+        return Err(DataError::Infer {
+            file,
+            message: format!(
+                "no column to train on — every column ({}) looks like a label or is left out \
+                 (an id distinct on nearly every row, or empty)",
+                kept.join(", ")
+            ),
+        });
+    }
+    let text = schema_toml(files, &stats, rows);
+    let labels = stats.iter().filter(|s| s.guess == Guess::Label).count();
+    if labels > 0 {
+        // what is written must read back as a schema
+        mtl_features::Schema::from_toml_str(&text, "<inferred schema>")?;
+    }
+    Ok(InferredSchema {
+        text,
+        columns: stats.len(),
+        rows,
+        labels,
+    })
+}

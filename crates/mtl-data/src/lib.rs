@@ -108,6 +108,14 @@ pub enum DataError {
         /// The rows that did not fit.
         more: usize,
     },
+    /// A schema could not be guessed from the file (no rows, or nothing to train on).
+    #[error("{file}: {message}")]
+    Infer {
+        /// The file.
+        file: String,
+        /// Why.
+        message: String,
+    },
     /// The file has no data rows (or every row was skipped).
     #[error("{file}: no usable data rows")]
     Empty {
@@ -326,8 +334,12 @@ pub fn memory_error(file: &str, data: &EncodedData, more: usize) -> DataError {
 /// Refuses a Parquet column a field cannot read: a list column read by a sparse, dense or
 /// label field (which would read its items joined as one cell; only a sequence field reads
 /// lists), or a column of a type that is not read (nested lists, dates, structs, …).
-fn check_column_types(path: &Path, columns: &ColumnMap, schema: &ValidSchema) -> Result<(), DataError> {
-    let types = parquet::column_types(path)?;
+fn check_column_types(
+    file: &str,
+    types: &[parquet::ColumnType],
+    columns: &ColumnMap,
+    schema: &ValidSchema,
+) -> Result<(), DataError> {
     let s = &schema.schema;
     let mut readers: Vec<(&str, String, usize)> = Vec::new();
     let mut add = |kind: &'static str, names: Vec<&String>, cols: &[usize]| {
@@ -360,7 +372,7 @@ fn check_column_types(path: &Path, columns: &ColumnMap, schema: &ValidSchema) ->
         match t {
             parquet::ColumnType::List(list) if kind != "sequence" => {
                 return Err(DataError::ListColumn {
-                    file: path.display().to_string(),
+                    file: file.to_string(),
                     column: column(),
                     kind: list.clone(),
                     field,
@@ -368,7 +380,7 @@ fn check_column_types(path: &Path, columns: &ColumnMap, schema: &ValidSchema) ->
             }
             parquet::ColumnType::Unread(t) => {
                 return Err(DataError::BadRow {
-                    file: path.display().to_string(),
+                    file: file.to_string(),
                     line: 1,
                     column: column(),
                     message: format!(
@@ -419,6 +431,39 @@ enum Records {
         /// Rows to pass over when the reader opens (see [`Source::skip_rows`]).
         skip: u64,
     },
+    /// Arrow record batches held in memory: read at the first read, as a Parquet file is.
+    Arrow {
+        batches: Option<Vec<arrow_array::RecordBatch>>,
+        wanted: Vec<(usize, String)>,
+        rows: Option<parquet::ParquetRows>,
+    },
+}
+
+/// Data to read: a file (CSV or Parquet), or a table of Arrow record batches held in memory
+/// (a pandas or PyArrow table handed over from Python) read as a Parquet file's are.
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// A CSV or Parquet file.
+    File(PathBuf),
+    /// Record batches of one Arrow schema; `name` stands for the file in messages.
+    Arrow {
+        /// What messages call the table (`<DataFrame>`).
+        name: String,
+        /// The batches' schema (a table of no batches still has its columns).
+        schema: arrow_schema::SchemaRef,
+        /// The rows, in order.
+        batches: Vec<arrow_array::RecordBatch>,
+    },
+}
+
+impl Input {
+    /// What messages call the input: the file's path, or the table's name.
+    pub fn name(&self) -> String {
+        match self {
+            Input::File(path) => path.display().to_string(),
+            Input::Arrow { name, .. } => name.clone(),
+        }
+    }
 }
 
 /// A data file (CSV, or Parquet: see [`parquet`]) opened against a schema: header checked, rows
@@ -521,7 +566,54 @@ pub fn read_header(path: impl AsRef<Path>) -> Result<Vec<String>, DataError> {
     Ok(with_partitions(path, names).0)
 }
 
+/// The header positions below `own` (the file's own columns, not its partition columns)
+/// that the schema reads, each with the delimiter that joins its list cells (a sequence
+/// field's own, else `|`).
+fn wanted_columns(columns: &ColumnMap, schema: &ValidSchema, own: usize) -> Vec<(usize, String)> {
+    let mut wanted: Vec<(usize, String)> = columns
+        .features
+        .iter()
+        .chain(&columns.label_inputs)
+        .filter(|&&c| c < own)
+        .map(|&c| (c, "|".to_string()))
+        .collect();
+    for (s, &c) in schema.schema.sequence.iter().zip(&columns.sequence) {
+        if let Some(w) = wanted.iter_mut().find(|(i, _)| *i == c) {
+            w.1 = s.delimiter.clone();
+        }
+    }
+    wanted
+}
+
 impl Source {
+    /// Opens `input` (a file, or Arrow batches in memory) and maps the schema's columns;
+    /// labels are required when `need_labels`.
+    pub fn open_input(input: &Input, schema: &ValidSchema, need_labels: bool) -> Result<Self, DataError> {
+        let (name, arrow, batches) = match input {
+            Input::File(path) => return Self::open(path, schema, need_labels),
+            Input::Arrow {
+                name,
+                schema,
+                batches,
+            } => (name, schema, batches),
+        };
+        let names: Vec<&str> = arrow.fields().iter().map(|f| f.name().as_str()).collect();
+        let columns = column_map(name, &names, schema, need_labels)?;
+        check_column_types(name, &parquet::arrow_column_types(arrow), &columns, schema)?;
+        let wanted = wanted_columns(&columns, schema, names.len());
+        Ok(Self {
+            file: name.clone(),
+            records: Records::Arrow {
+                batches: Some(batches.clone()),
+                wanted,
+                rows: None,
+            },
+            columns,
+            record: csv::ByteRecord::new(),
+            extra: Vec::new(),
+        })
+    }
+
     /// Opens `path` and maps the schema's columns; labels are required when `need_labels`.
     pub fn open(path: impl AsRef<Path>, schema: &ValidSchema, need_labels: bool) -> Result<Self, DataError> {
         let path = path.as_ref();
@@ -532,21 +624,8 @@ impl Source {
             let (names, extra) = with_partitions(path, names);
             let shown: Vec<&str> = names.iter().map(String::as_str).collect();
             let columns = column_map(&file, &shown, schema, need_labels)?;
-            check_column_types(path, &columns, schema)?;
-            // a sequence field's list cells are joined by its own delimiter; partition
-            // columns are not in the file
-            let mut wanted: Vec<(usize, String)> = columns
-                .features
-                .iter()
-                .chain(&columns.label_inputs)
-                .filter(|&&c| c < own)
-                .map(|&c| (c, "|".to_string()))
-                .collect();
-            for (s, &c) in schema.schema.sequence.iter().zip(&columns.sequence) {
-                if let Some(w) = wanted.iter_mut().find(|(i, _)| *i == c) {
-                    w.1 = s.delimiter.clone();
-                }
-            }
+            check_column_types(&file, &parquet::column_types(path)?, &columns, schema)?;
+            let wanted = wanted_columns(&columns, schema, own);
             return Ok(Self {
                 file,
                 records: Records::Parquet {
@@ -631,7 +710,7 @@ impl Source {
         let names: Vec<&str> = self.columns.names.iter().map(String::as_str).collect();
         let at = locate(&self.file, &names, name, field.to_string())?;
         let own = self.columns.names.len() - self.extra.len();
-        if let Records::Parquet { wanted, .. } = &mut self.records
+        if let Records::Parquet { wanted, .. } | Records::Arrow { wanted, .. } = &mut self.records
             && at < own
             && !wanted.iter().any(|(i, _)| *i == at)
         {
@@ -671,6 +750,22 @@ impl Source {
                         wanted,
                         *skip,
                     )?),
+                };
+                return rows.next_into(&mut self.record);
+            }
+            Records::Arrow {
+                batches,
+                wanted,
+                rows,
+            } => {
+                let rows = match rows {
+                    Some(rows) => rows,
+                    None => rows.insert(parquet::ParquetRows::from_batches(
+                        &self.file,
+                        batches.take().unwrap_or_default(),
+                        &self.columns.names,
+                        wanted,
+                    )),
                 };
                 return rows.next_into(&mut self.record);
             }
@@ -1041,9 +1136,22 @@ pub fn read_tagged_by(
     tag_column: Option<(&str, &str)>,
     keep_lines: bool,
 ) -> Result<(EncodedData, ReadReport, RowTags), DataError> {
+    let input = Input::File(path.as_ref().to_path_buf());
+    read_input(&input, encoder, policy, need_labels, tag_column, keep_lines)
+}
+
+/// [`read_tagged_by`] for any [`Input`]: a file, or Arrow batches in memory.
+pub fn read_input(
+    input: &Input,
+    encoder: &Encoder,
+    policy: BadRowPolicy,
+    need_labels: bool,
+    tag_column: Option<(&str, &str)>,
+    keep_lines: bool,
+) -> Result<(EncodedData, ReadReport, RowTags), DataError> {
     let schema = encoder.schema();
-    let mut source = match Source::open(path.as_ref(), schema, true) {
-        Err(DataError::MissingColumn { .. }) if !need_labels => Source::open(path.as_ref(), schema, false)?,
+    let mut source = match Source::open_input(input, schema, true) {
+        Err(DataError::MissingColumn { .. }) if !need_labels => Source::open_input(input, schema, false)?,
         other => other?,
     };
     let column = match tag_column {

@@ -106,6 +106,15 @@ pub fn column_types(path: &Path) -> Result<Vec<ColumnType>, DataError> {
         .collect())
 }
 
+/// What each top-level column of an Arrow schema holds (a table handed over in memory).
+pub fn arrow_column_types(schema: &arrow_schema::Schema) -> Vec<ColumnType> {
+    schema
+        .fields()
+        .iter()
+        .map(|f| column_type(f.data_type()))
+        .collect()
+}
+
 /// What a column of Arrow type `t` holds, as the reader sees it.
 fn column_type(t: &DataType) -> ColumnType {
     match t {
@@ -138,10 +147,16 @@ impl Cells {
     }
 }
 
-/// The rows of a Parquet file, batch by batch, as text records of the full header's width
-/// (columns the schema does not read are empty).
+/// Record batches in the order they are read.
+type Batches = Box<dyn Iterator<Item = Result<RecordBatch, arrow_schema::ArrowError>> + Send>;
+
+/// The rows of a Parquet file, or of Arrow record batches held in memory (a table handed
+/// over from Python), batch by batch, as text records of the full header's width (columns
+/// the schema does not read are empty).
 pub struct ParquetRows {
-    reader: ParquetRecordBatchReader,
+    reader: Batches,
+    /// For batches in memory, the columns to take of each (the file's reader projects itself).
+    project: Option<Vec<usize>>,
     path: String,
     /// For each projected column (in the batch's order): its position in the header and the
     /// delimiter that joins a list cell.
@@ -186,9 +201,7 @@ impl ParquetRows {
                 .with_row_groups(groups)
                 .with_offset((skip - before) as usize);
         }
-        let mut roots: Vec<usize> = wanted.iter().map(|(i, _)| *i).collect();
-        roots.sort_unstable();
-        roots.dedup();
+        let roots = projection(wanted);
         let mask = ProjectionMask::roots(builder.parquet_schema(), roots.iter().copied());
         let delimiter = |i: usize| {
             wanted
@@ -196,13 +209,14 @@ impl ParquetRows {
                 .find(|(w, _)| *w == i)
                 .map_or_else(|| "|".to_string(), |(_, d)| d.clone())
         };
-        let reader = builder
+        let reader: ParquetRecordBatchReader = builder
             .with_projection(mask)
             .with_batch_size(BATCH_ROWS)
             .build()
             .map_err(|e| io_error(path, e))?;
         Ok(Self {
-            reader,
+            reader: Box::new(reader),
+            project: None,
             path: path.display().to_string(),
             projected: roots.iter().map(|&i| (i, delimiter(i))).collect(),
             width: names.len(),
@@ -211,6 +225,35 @@ impl ParquetRows {
             next: 0,
             row: skip,
         })
+    }
+
+    /// Rows of record `batches` held in memory, all of one Arrow schema whose top-level
+    /// columns are `names`; `name` stands for the file in messages. Only the header positions
+    /// `wanted` are read (each with the delimiter for a list column), as [`ParquetRows::open`].
+    pub fn from_batches(
+        name: &str,
+        batches: Vec<RecordBatch>,
+        names: &[String],
+        wanted: &[(usize, String)],
+    ) -> Self {
+        let roots = projection(wanted);
+        let delimiter = |i: usize| {
+            wanted
+                .iter()
+                .find(|(w, _)| *w == i)
+                .map_or_else(|| "|".to_string(), |(_, d)| d.clone())
+        };
+        Self {
+            reader: Box::new(batches.into_iter().map(Ok)),
+            project: Some(roots.clone()),
+            path: name.to_string(),
+            projected: roots.iter().map(|&i| (i, delimiter(i))).collect(),
+            width: names.len(),
+            cells: Vec::new(),
+            batch_rows: 0,
+            next: 0,
+            row: 0,
+        }
     }
 
     /// Fills `record` with the next row's cells; its 1-based row number, or `None` at the end.
@@ -226,7 +269,18 @@ impl ParquetRows {
                         message: format!("reading the Parquet data: {e}"),
                     });
                 }
-                Some(Ok(batch)) => self.load(&batch)?,
+                Some(Ok(batch)) => {
+                    let batch = match &self.project {
+                        Some(columns) => batch.project(columns).map_err(|e| DataError::BadRow {
+                            file: self.path.clone(),
+                            line: self.row + 1,
+                            column: "<row>".into(),
+                            message: format!("reading the Arrow data: {e}"),
+                        })?,
+                        None => batch,
+                    };
+                    self.load(&batch)?
+                }
             }
         }
         record.clear();
@@ -275,6 +329,14 @@ impl ParquetRows {
         self.next = 0;
         Ok(())
     }
+}
+
+/// The header positions of `wanted`, in order, each once.
+fn projection(wanted: &[(usize, String)]) -> Vec<usize> {
+    let mut roots: Vec<usize> = wanted.iter().map(|(i, _)| *i).collect();
+    roots.sort_unstable();
+    roots.dedup();
+    roots
 }
 
 /// A `Vec<u8>` as a `fmt::Write` target.

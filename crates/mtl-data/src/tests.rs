@@ -810,3 +810,76 @@ fn hive_partition_folders_give_their_columns() {
     std::fs::write(&own, "user,click,country\n1,0,IT\n").unwrap();
     assert_eq!(read_header(&own).unwrap(), ["user", "click", "country", "date"]);
 }
+
+#[test]
+fn arrow_batches_in_memory_read_as_the_same_parquet_rows_do() {
+    let (dir, csv_path, schema) = setup(GOOD);
+    let state = fit_state(std::slice::from_ref(&csv_path), &schema, BadRowPolicy::Fail).unwrap();
+    let enc = Encoder::new(&schema, &state);
+    let (want, _, want_tags) =
+        read_tagged(&csv_path, &enc, BadRowPolicy::Fail, true, Some("extra"), false).unwrap();
+    // the Parquet file's table, handed over as two batches (rows 0 and 1–2)
+    let path = good_parquet(&dir, "t.parquet", ::parquet::basic::Compression::SNAPPY, None);
+    let reader = ::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        std::fs::File::open(&path).unwrap(),
+    )
+    .unwrap()
+    .build()
+    .unwrap();
+    let arrow = arrow_array::RecordBatchReader::schema(&reader);
+    let table: Vec<arrow_array::RecordBatch> = reader.map(Result::unwrap).collect();
+    let batches = vec![table[0].slice(0, 1), table[0].slice(1, 2)];
+    let input = Input::Arrow {
+        name: "<DataFrame>".into(),
+        schema: arrow.clone(),
+        batches,
+    };
+    let tag = Some(("extra", "id_column"));
+    let (got, report, tags) = read_input(&input, &enc, BadRowPolicy::Fail, true, tag, false).unwrap();
+    assert_eq!((report.rows, report.file.as_str()), (3, "<DataFrame>"));
+    assert_eq!(tags.ids, want_tags.ids);
+    assert_eq!(got.sparse, want.sparse);
+    assert_eq!(got.sequence, want.sequence);
+    assert_eq!(got.seq_len, want.seq_len);
+    assert_eq!(got.dense, want.dense);
+    assert_eq!(got.labels, want.labels);
+    // without the label column: predictions need none, evaluation names it
+    let no_click = Input::Arrow {
+        name: "<DataFrame>".into(),
+        schema: std::sync::Arc::new(arrow.project(&[1, 2, 3, 4]).unwrap()),
+        batches: vec![table[0].project(&[1, 2, 3, 4]).unwrap()],
+    };
+    let (unlabelled, _, _) = read_input(&no_click, &enc, BadRowPolicy::Fail, false, None, false).unwrap();
+    assert_eq!(unlabelled.sparse, want.sparse);
+    let err = read_input(&no_click, &enc, BadRowPolicy::Fail, true, None, false)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("<DataFrame>") && err.contains("click"), "{err}");
+    // a column of a type that is not read is named with the field that reads it
+    let columns = [0, 1, 2, 3, 6];
+    let fields: Vec<arrow_schema::Field> = columns
+        .iter()
+        .map(|&i| arrow.field(i).clone())
+        .map(|f| {
+            if f.name() == "when" {
+                f.with_name("price")
+            } else {
+                f
+            }
+        })
+        .collect();
+    let dated = std::sync::Arc::new(arrow_schema::Schema::new(fields));
+    let cells = columns.iter().map(|&i| table[0].column(i).clone()).collect();
+    let bad = Input::Arrow {
+        name: "<DataFrame>".into(),
+        schema: dated.clone(),
+        batches: vec![arrow_array::RecordBatch::try_new(dated, cells).unwrap()],
+    };
+    let err = read_input(&bad, &enc, BadRowPolicy::Fail, true, None, false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("<DataFrame>") && err.contains("price") && err.contains("Date32"),
+        "{err}"
+    );
+}

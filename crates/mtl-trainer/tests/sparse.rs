@@ -67,6 +67,7 @@ fn train(
         label_names: s.label_names(),
         valid_groups: None,
         group: Default::default(),
+        stop: None,
     };
     let r = fit(
         m,

@@ -26,6 +26,36 @@ pub(crate) fn composed_text(path: &Path, sets: &[String]) -> Result<Option<Strin
     Ok(Some(toml::to_string(&table).expect("a table serialises")))
 }
 
+/// A config given as a table (a Python dict, say) rather than a file, as TOML text: its
+/// relative paths made absolute against `dir`, its `base` (a path, against `dir`) merged under
+/// it and `sets` over it; `origin` names it in errors.
+pub(crate) fn table_text(
+    mut table: Table,
+    origin: &str,
+    dir: &Path,
+    sets: &[String],
+) -> Result<String, TrainError> {
+    absolutize(&mut table, dir);
+    let mut table = match table.remove("base") {
+        None => table,
+        Some(Value::String(base)) => {
+            let mut merged = load(&dir.join(base), &mut Vec::new())?;
+            merge(&mut merged, table);
+            merged
+        }
+        Some(other) => {
+            return Err(TrainError::Config {
+                file: origin.to_string(),
+                message: format!("`base` = {other}: expected the path of another run config"),
+            });
+        }
+    };
+    for assignment in sets {
+        set(&mut table, assignment)?;
+    }
+    Ok(toml::to_string(&table).expect("a table serialises"))
+}
+
 fn read(path: &Path) -> Result<String, TrainError> {
     std::fs::read_to_string(path).map_err(|source| TrainError::Io {
         path: path.display().to_string(),

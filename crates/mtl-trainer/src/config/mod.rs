@@ -126,6 +126,21 @@ impl<R: Registry> RunConfig<R> {
         Ok(config)
     }
 
+    /// A config given as a TOML table (a Python dict, say) instead of a file: relative paths
+    /// and its `base` are taken against `dir`, `sets` go over it as in
+    /// [`RunConfig::from_file_with`]; `origin` names it in errors.
+    pub fn from_table_with(
+        table: toml::Table,
+        origin: &str,
+        dir: &Path,
+        sets: &[String],
+    ) -> Result<Self, TrainError> {
+        let text = compose::table_text(table, origin, dir, sets)?;
+        let mut config = Self::from_toml_str(&text, origin)?;
+        config.resolve_paths(dir);
+        Ok(config)
+    }
+
     /// Settles the choices a new run on `ranks` ranks makes when the config leaves them open
     /// (early stopping with a validation set, untouched rows, the weight average, the
     /// table's decay, the shards), as the run saves them.

@@ -269,6 +269,9 @@ pub fn fit<'t, M: MultiTaskModel>(
                 checkpoint,
                 limit,
             } = due(settings, state.global_step, at_epoch_end, state.epoch);
+            let stopped =
+                (options.stop.as_ref()).is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed));
+            let limit = limit || stopped;
             let last = limit || state.epoch >= settings.epochs;
             let mut averaged = None;
             if eval_due || checkpoint || last {

@@ -137,6 +137,9 @@ pub struct FitOptions {
     pub valid_groups: Option<Vec<u32>>,
     /// The ranks training the model: every rank runs the loop, the leader writes the files.
     pub group: Group,
+    /// Set from outside (Ctrl-C in Python): the run stops after the step under way, leaving a
+    /// checkpoint to resume, as at a step limit. One process only: ranks would stop apart.
+    pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// The losses of one step, read back to the host.

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use mtl_data::{BadRowPolicy, ReadReport, read_tagged_by};
+use mtl_data::{BadRowPolicy, Input, ReadReport, read_input};
 use mtl_eval::TaskMetrics;
 
 use crate::jobs::model_dir::open_for_inference;
@@ -30,11 +30,24 @@ pub fn eval_file_grouped<R: Registry>(
     allow_unfinished: bool,
     group_by: Option<&str>,
 ) -> Result<(Vec<TaskMetrics>, ReadReport), TrainError> {
+    let input = Input::File(data.to_path_buf());
+    eval_input::<R>(dir, &input, backend, policy, allow_unfinished, group_by)
+}
+
+/// [`eval_file_grouped`] for any [`Input`]: a file, or Arrow batches held in memory.
+pub fn eval_input<R: Registry>(
+    dir: &Path,
+    data: &Input,
+    backend: &str,
+    policy: BadRowPolicy,
+    allow_unfinished: bool,
+    group_by: Option<&str>,
+) -> Result<(Vec<TaskMetrics>, ReadReport), TrainError> {
     let model = open_for_inference::<R>(dir, allow_unfinished)?;
     let plan = R::plan(&model.model, &model.schema)?;
     let encoder = model.encoder.clone().with_label_rules(plan.label_rules);
     let by = group_by.map(|c| (c, "--group-by"));
-    let (encoded, report, tags) = read_tagged_by(data, &encoder, policy, true, by, false)?;
+    let (encoded, report, tags) = read_input(data, &encoder, policy, true, by, false)?;
     // each distinct text of the group column a number
     let groups: Option<Vec<u32>> = group_by.map(|_| {
         let mut ids = std::collections::HashMap::new();

@@ -23,9 +23,9 @@ mod model_dir;
 mod predict;
 mod train;
 
-pub use eval::{eval_file, eval_file_grouped};
-pub use model_dir::RunLock;
-pub use predict::{INPUT_LINE_COLUMN, predict_file};
+pub use eval::{eval_file, eval_file_grouped, eval_input};
+pub use model_dir::{RunLock, open_for_inference};
+pub use predict::{INPUT_LINE_COLUMN, Predictions, predict_file, predict_input};
 pub use train::train;
 
 /// Options of a training job.
@@ -44,6 +44,9 @@ pub struct TrainOptions {
     /// The ranks training the model (one process by default): each trains on its share of
     /// every batch, rank 0 writes the directory.
     pub group: Group,
+    /// Set from outside (Ctrl-C in Python): the run stops after the step under way with a
+    /// checkpoint, unfinished, to be continued with `--resume` (one process only).
+    pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl TrainOptions {

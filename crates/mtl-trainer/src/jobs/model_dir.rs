@@ -78,7 +78,7 @@ pub(crate) fn mark_finished(out_dir: &Path, state: &TrainState) -> Result<(), Tr
 /// Opens a model directory for inference with its whole run config read and checked, as a
 /// resume reads it (a bad `[train]` is reported, not skipped), and its `[model]` taken from it;
 /// an unfinished run is refused unless `allow_unfinished` ([`ModelDir::check_complete`]).
-pub(crate) fn open_for_inference<R: Registry>(
+pub fn open_for_inference<R: Registry>(
     dir: &Path,
     allow_unfinished: bool,
 ) -> Result<ModelDir<R>, TrainError> {

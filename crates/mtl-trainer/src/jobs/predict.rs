@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use mtl_data::{BadRowPolicy, ReadReport, read_tagged};
+use mtl_data::{BadRowPolicy, Input, ReadReport, RowTags, read_input, read_tagged};
 use mtl_features::atomic_write_with;
 
 use crate::jobs::model_dir::open_for_inference;
@@ -62,4 +62,39 @@ pub fn predict_file<R: Registry>(
         "predicted"
     );
     Ok((encoded.rows, report, names))
+}
+
+/// Predictions held in memory ([`predict_input`]).
+#[derive(Debug)]
+pub struct Predictions {
+    /// The outputs, in the model's order.
+    pub names: Vec<String>,
+    /// One column per output, one value per kept row (calibrated, as `mtl predict` writes).
+    pub columns: Vec<Vec<f32>>,
+    /// What was read (rows, rows skipped and why).
+    pub report: ReadReport,
+    /// Each kept row's input line (its row from 1, for a table) when bad rows are skipped.
+    pub lines: Option<Vec<u64>>,
+}
+
+/// [`predict_file`]'s predictions for any [`Input`] (a file, or Arrow batches held in
+/// memory), kept in memory instead of written.
+pub fn predict_input<R: Registry>(
+    dir: &Path,
+    data: &Input,
+    backend: &str,
+    policy: BadRowPolicy,
+    allow_unfinished: bool,
+) -> Result<Predictions, TrainError> {
+    let model = open_for_inference::<R>(dir, allow_unfinished)?;
+    let keep_lines = policy == BadRowPolicy::Skip;
+    let (encoded, report, tags): (_, _, RowTags) =
+        read_input(data, &model.encoder, policy, false, None, keep_lines)?;
+    let (names, columns) = model.predict(&encoded, backend, 4096)?;
+    Ok(Predictions {
+        names,
+        columns,
+        report,
+        lines: keep_lines.then_some(tags.lines),
+    })
 }

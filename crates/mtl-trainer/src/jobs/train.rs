@@ -791,6 +791,7 @@ impl<R: Registry> WithModel for TrainJob<'_, R> {
             label_names: self.schema.label_names(),
             valid_groups: self.valid_groups.clone(),
             group: self.options.group.clone(),
+            stop: self.options.stop.clone(),
         };
         let outcome = fit(
             model,
