@@ -1147,11 +1147,17 @@ fn export_writes_onnx_with_its_encoder_with_a_symbolic_or_a_fixed_batch() {
     let bytes = std::fs::read(&onnx).unwrap();
     assert!(bytes.len() > 1000, "{} bytes", bytes.len());
     assert!(bytes.windows(9).any(|w| w == b"burn-onnx"), "producer name");
+    // the graph's own inputs and outputs carry the sidecar's names; ids are int64, cast inside
+    for name in [&b"sparse_ids"[..], b"ctcvr", b"sparse_ids_cast"] {
+        let shown = String::from_utf8_lossy(name);
+        assert!(bytes.windows(name.len()).any(|w| w == name), "{shown} in the graph");
+    }
     let side: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("esmm.onnx.json")).unwrap()).unwrap();
     assert_eq!(side["outputs"], serde_json::json!(["ctr", "cvr", "ctcvr"]));
     assert_eq!(side["inputs"][0]["name"], "sparse_ids");
     assert_eq!(side["inputs"][0]["shape"], serde_json::json!(["batch", 2]));
+    assert_eq!(side["inputs"][0]["dtype"], "int64");
     assert!(side["schema"].as_str().unwrap().contains("[[sparse]]"));
     assert!(side["features"]["vocabularies"].is_array());
     // MMOE's experts split one wide layer into `[batch, experts, width]`, a reshape whose

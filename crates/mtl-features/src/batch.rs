@@ -162,13 +162,21 @@ impl EncodedData {
         (batch, unique)
     }
 
-    fn build(
+    /// Every row as the host arrays of an exported graph's inputs (table rows as
+    /// [`EncodedData::batch`] computes them): what an ONNX runtime is fed.
+    pub fn graph_arrays(&self, layout: &TableLayout) -> HostBatch {
+        let all: Vec<usize> = (0..self.rows).collect();
+        self.host(&all, layout, |global, _| global as i32)
+    }
+
+    /// The rows `indices` as host arrays, each id field's value `v` given to `id` as its
+    /// table row `v · slots + offset` with its slot count.
+    fn host(
         &self,
         indices: &[usize],
         layout: &TableLayout,
-        device: &Device,
         mut id: impl FnMut(usize, usize) -> i32,
-    ) -> BatchTensors {
+    ) -> HostBatch {
         let b = indices.len();
         let ns = self.n_sparse;
         let mut sparse = Vec::with_capacity(b * ns);
@@ -179,57 +187,85 @@ impl EncodedData {
                 id(v as usize * k + off, k)
             }));
         }
-        let sparse_ids =
-            (ns > 0).then(|| Tensor::<2, Int>::from_data(TensorData::new(sparse, [b, ns]), device));
-
-        let sequence = if self.seq_max_len.is_empty() {
-            None
-        } else {
-            let width = self.seq_width();
-            let n_seq = self.seq_max_len.len();
-            let mut ids = Vec::with_capacity(b * width);
-            let mut mask = Vec::with_capacity(b * width);
-            for &r in indices {
-                let row = &self.sequence[r * width..(r + 1) * width];
-                let lens = &self.seq_len[r * n_seq..(r + 1) * n_seq];
-                let mut start = 0;
-                for (s, &max_len) in self.seq_max_len.iter().enumerate() {
-                    let (off, slots) = (layout.offset[ns + s], layout.slots_of(ns + s));
-                    for k in 0..max_len {
-                        ids.push(id(row[start + k] as usize * slots + off, slots));
-                        mask.push(if (k as u32) < lens[s] { 1.0f32 } else { 0.0 });
-                    }
-                    start += max_len;
+        let width = self.seq_width();
+        let n_seq = self.seq_max_len.len();
+        let mut sequence_ids = Vec::with_capacity(b * width);
+        let mut sequence_mask = Vec::with_capacity(b * width);
+        for &r in indices.iter().filter(|_| n_seq > 0) {
+            let row = &self.sequence[r * width..(r + 1) * width];
+            let lens = &self.seq_len[r * n_seq..(r + 1) * n_seq];
+            let mut start = 0;
+            for (s, &max_len) in self.seq_max_len.iter().enumerate() {
+                let (off, slots) = (layout.offset[ns + s], layout.slots_of(ns + s));
+                for k in 0..max_len {
+                    sequence_ids.push(id(row[start + k] as usize * slots + off, slots));
+                    sequence_mask.push(if (k as u32) < lens[s] { 1.0f32 } else { 0.0 });
                 }
+                start += max_len;
             }
-            Some(SequenceTensors {
-                ids: Tensor::from_data(TensorData::new(ids, [b, width]), device),
-                mask: Tensor::from_data(TensorData::new(mask, [b, width]), device),
-            })
-        };
-
-        let dense = (self.n_dense > 0).then(|| {
-            let nd = self.n_dense;
-            let mut v = Vec::with_capacity(b * nd);
-            for &r in indices {
-                v.extend_from_slice(&self.dense[r * nd..(r + 1) * nd]);
-            }
-            Tensor::from_data(TensorData::new(v, [b, nd]), device)
-        });
-
-        let nl = self.n_labels;
+        }
+        let (nd, nl) = (self.n_dense, self.n_labels);
+        let mut dense = Vec::with_capacity(b * nd);
         let mut labels = Vec::with_capacity(b * nl);
         for &r in indices {
+            dense.extend_from_slice(&self.dense[r * nd..(r + 1) * nd]);
             labels.extend_from_slice(&self.labels[r * nl..(r + 1) * nl]);
         }
+        HostBatch {
+            rows: b,
+            sparse_ids: sparse,
+            sequence_ids,
+            sequence_mask,
+            dense,
+            labels,
+        }
+    }
+
+    fn build(
+        &self,
+        indices: &[usize],
+        layout: &TableLayout,
+        device: &Device,
+        id: impl FnMut(usize, usize) -> i32,
+    ) -> BatchTensors {
+        let h = self.host(indices, layout, id);
+        let b = h.rows;
+        let ns = self.n_sparse;
+        let sparse_ids =
+            (ns > 0).then(|| Tensor::<2, Int>::from_data(TensorData::new(h.sparse_ids, [b, ns]), device));
+        let width = self.seq_width();
+        let sequence = (!self.seq_max_len.is_empty()).then(|| SequenceTensors {
+            ids: Tensor::from_data(TensorData::new(h.sequence_ids, [b, width]), device),
+            mask: Tensor::from_data(TensorData::new(h.sequence_mask, [b, width]), device),
+        });
+        let dense = (self.n_dense > 0)
+            .then(|| Tensor::from_data(TensorData::new(h.dense, [b, self.n_dense]), device));
+        let nl = self.n_labels;
         BatchTensors {
             rows: b,
             sparse_ids,
             sequence,
             dense,
-            labels: Tensor::from_data(TensorData::new(labels, [b, nl.max(1)]), device),
+            labels: Tensor::from_data(TensorData::new(h.labels, [b, nl.max(1)]), device),
         }
     }
+}
+
+/// Rows as host arrays, row-major: the tensors of a [`BatchTensors`] before they are made.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostBatch {
+    /// Rows.
+    pub rows: usize,
+    /// `rows × n_sparse` table rows (offset applied).
+    pub sparse_ids: Vec<i32>,
+    /// `rows × Σ max_len` table rows (offset applied; padding is row 0 of the field's block).
+    pub sequence_ids: Vec<i32>,
+    /// `rows × Σ max_len`: 1 where a sequence holds an item, 0 on padding.
+    pub sequence_mask: Vec<f32>,
+    /// `rows × n_dense` values (standardised where the schema says).
+    pub dense: Vec<f32>,
+    /// `rows × n_labels` values.
+    pub labels: Vec<f32>,
 }
 
 /// Padded sequence ids with their mask.

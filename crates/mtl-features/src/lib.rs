@@ -26,7 +26,7 @@ pub mod schema;
 pub mod state;
 
 pub use backend::BackendKind;
-pub use batch::{BatchTensors, EncodedData, SequenceTensors};
+pub use batch::{BatchTensors, EncodedData, HostBatch, SequenceTensors};
 pub use embedding::{FieldPooling, InputLayer, InputSpec};
 pub use error::FeatureError;
 pub use schema::{

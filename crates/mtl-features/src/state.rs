@@ -172,8 +172,13 @@ impl FeatureState {
             path: file.clone(),
             source,
         })?;
-        let state: FeatureState = serde_json::from_slice(&bytes).map_err(|e| FeatureError::State {
-            file: file.clone(),
+        Self::from_json(&bytes, &file, schema)
+    }
+
+    /// A state from its JSON (`file` names it in errors), checked to belong to `schema`.
+    pub fn from_json(json: &[u8], file: &str, schema: &ValidSchema) -> Result<Self, FeatureError> {
+        let state: FeatureState = serde_json::from_slice(json).map_err(|e| FeatureError::State {
+            file: file.to_string(),
             message: e.to_string(),
         })?;
         if state.schema_fingerprint != schema_fingerprint(schema)
@@ -181,7 +186,7 @@ impl FeatureState {
             || state.dense.len() != schema.n_dense()
         {
             return Err(FeatureError::State {
-                file,
+                file: file.to_string(),
                 message: "was fitted for a different schema".into(),
             });
         }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use arrow_array::{ArrayRef, Float32Array, RecordBatch, UInt64Array};
+use arrow_array::{Array, ArrayRef, Float32Array, RecordBatch, UInt64Array};
 use arrow_pyarrow::{FromPyArrow, ToPyArrow};
 use mtl_data::{BadRowPolicy, Input};
 use mtl_layers::Registry;
@@ -328,6 +328,63 @@ fn export_onnx(
     Ok((exported.inputs, exported.outputs, exported.batch))
 }
 
+/// Encodes `data` (a path, or Arrow data named `name`) into the inputs of a graph `mtl export`
+/// wrote, from its sidecar `<graph>.json` alone (schema, fitted state, table layout): each
+/// input's name, values (row-major: int64 table rows, or float32) and width, in graph order.
+#[pyfunction]
+#[pyo3(signature = (sidecar, data, name="<data>", *, skip_bad_rows=false))]
+fn encode(
+    py: Python<'_>,
+    sidecar: PathBuf,
+    data: &Bound<'_, PyAny>,
+    name: &str,
+    skip_bad_rows: bool,
+) -> PyResult<Vec<(String, Py<PyAny>, usize)>> {
+    let input = input(data, name)?;
+    let file = sidecar.display().to_string();
+    let bad = |message: String| MtlError::new_err(format!("{file}: {message}"));
+    let text = std::fs::read_to_string(&sidecar).map_err(|e| bad(e.to_string()))?;
+    let side: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let schema_text = side["schema"]
+        .as_str()
+        .ok_or_else(|| bad("no `schema`: not a sidecar `mtl export` wrote".into()))?;
+    let schema = mtl_features::Schema::from_toml_str(schema_text, &format!("{file} (its schema)"))
+        .map_err(|e| mtl_err(None, e))?;
+    let state =
+        mtl_features::FeatureState::from_json(side["features"].to_string().as_bytes(), &file, &schema)
+            .map_err(|e| mtl_err(None, e))?;
+    let encoder = mtl_features::Encoder::new(&schema, &state);
+    let host = py
+        .detach(|| {
+            let (encoded, _, _) =
+                mtl_data::read_input(&input, &encoder, policy(skip_bad_rows), false, None, false)?;
+            Ok::<_, mtl_data::DataError>(encoded.graph_arrays(encoder.layout()))
+        })
+        .map_err(|e| mtl_err(Some("encoding"), e))?;
+    let ids = |v: &[i32]| -> ArrayRef {
+        Arc::new(arrow_array::Int64Array::from_iter_values(
+            v.iter().map(|&i| i64::from(i)),
+        ))
+    };
+    let floats = |v: &[f32]| -> ArrayRef { Arc::new(Float32Array::from(v.to_vec())) };
+    let mut out = Vec::new();
+    for spec in side["inputs"].as_array().into_iter().flatten() {
+        let name = spec["name"].as_str().unwrap_or_default();
+        let width = spec["shape"][1].as_u64().unwrap_or(1) as usize;
+        let values = match name {
+            "sparse_ids" => ids(&host.sparse_ids),
+            "sequence_ids" => ids(&host.sequence_ids),
+            "sequence_mask" => floats(&host.sequence_mask),
+            "dense" => floats(&host.dense),
+            "unused" => floats(&[0.0]),
+            other => return Err(bad(format!("input `{other}` is not one mtl writes"))),
+        };
+        let array = values.to_data().to_pyarrow(py)?.unbind();
+        out.push((name.to_string(), array, width));
+    }
+    Ok(out)
+}
+
 /// The registered model types: `(type, what it is, its example [model] table)` each.
 #[pyfunction]
 fn models() -> Vec<(String, String, String)> {
@@ -381,6 +438,7 @@ fn _mtl(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(evaluate, m)?)?;
     m.add_function(wrap_pyfunction!(infer_schema, m)?)?;
     m.add_function(wrap_pyfunction!(export_onnx, m)?)?;
+    m.add_function(wrap_pyfunction!(encode, m)?)?;
     m.add_function(wrap_pyfunction!(models, m)?)?;
     m.add_function(wrap_pyfunction!(gen_data, m)?)?;
     Ok(())

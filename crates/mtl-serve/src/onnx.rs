@@ -4,10 +4,12 @@
 //! with their shapes, the outputs in order, and the encoder's schema and fitted state, so
 //! that a caller can encode raw values exactly as `mtl predict` does.
 //!
-//! Inputs, in this order, those the schema has: `sparse_ids` `[batch, n_sparse]` int (table
-//! rows: `offset + id · slots`, as in a batch; see the sidecar's `table_offsets`, `table_slots`), `sequence_ids` `[batch, Σ max_len]` int,
-//! `sequence_mask` `[batch, Σ max_len]` float, `dense` `[batch, n_dense]` float (already
-//! standardised). Outputs: one `[batch]` float tensor per model output.
+//! Inputs, named and in this order, those the schema has: `sparse_ids` `[batch, n_sparse]`
+//! int64 (table rows: `offset + id · slots`, as in a batch; see the sidecar's `table_offsets`,
+//! `table_slots`), `sequence_ids` `[batch, Σ max_len]` int64, `sequence_mask`
+//! `[batch, Σ max_len]` float, `dense` `[batch, n_dense]` float (already standardised).
+//! Outputs, named after the model's: one `[batch]` float tensor each. (burn's exporter names
+//! them `tensor_N` and takes int32 ids: the graph is renamed after export, the ids cast inside.)
 
 use std::path::Path;
 
@@ -219,6 +221,69 @@ impl WithModel for Export<'_> {
     }
 }
 
+/// ONNX's element type codes (`TensorProto.DataType`).
+const ONNX_INT64: i32 = 7;
+
+/// Names the graph's inputs `inputs` and its outputs `outputs` (burn's exporter calls them
+/// `tensor_N`) and takes ids as int64, ONNX Runtime's convention: an id input of another
+/// integer type gets a `Cast` to that type in front of the nodes that read it.
+fn name_graph(bytes: &[u8], inputs: &[GraphInput], outputs: &[String]) -> Result<Vec<u8>, String> {
+    use onnx_ir::{AttributeProto, AttributeType, Message, ModelProto, NodeProto};
+    let mut model = ModelProto::parse_from_bytes(bytes).map_err(|e| e.to_string())?;
+    let graph = model.graph.mut_or_insert_default();
+    if graph.input.len() != inputs.len() || graph.output.len() != outputs.len() {
+        return Err(format!(
+            "the graph has {} inputs and {} outputs, the model {} and {}",
+            graph.input.len(),
+            graph.output.len(),
+            inputs.len(),
+            outputs.len()
+        ));
+    }
+    let mut renames: Vec<(String, String)> = Vec::new();
+    let mut casts = Vec::new();
+    for (value, input) in graph.input.iter_mut().zip(inputs) {
+        let internal = value.name.clone();
+        let tensor = value.type_.mut_or_insert_default().mut_tensor_type();
+        let own = tensor.elem_type;
+        if input.ids && own != ONNX_INT64 {
+            tensor.elem_type = ONNX_INT64;
+            let mut to = AttributeProto::new();
+            to.name = "to".into();
+            to.type_ = AttributeType::INT.into();
+            to.i = i64::from(own);
+            let mut cast = NodeProto::new();
+            cast.name = format!("{}_cast", input.name);
+            cast.op_type = "Cast".into();
+            cast.input.push(input.name.to_string());
+            cast.output.push(internal);
+            cast.attribute.push(to);
+            casts.push(cast);
+        } else {
+            renames.push((internal, input.name.to_string()));
+        }
+        value.name = input.name.to_string();
+    }
+    for (value, name) in graph.output.iter_mut().zip(outputs) {
+        renames.push((std::mem::replace(&mut value.name, name.clone()), name.clone()));
+    }
+    let rename = |n: &mut String| {
+        if let Some((_, new)) = renames.iter().find(|(old, _)| old == n) {
+            *n = new.clone();
+        }
+    };
+    for node in &mut graph.node {
+        node.input
+            .iter_mut()
+            .chain(node.output.iter_mut())
+            .for_each(rename);
+    }
+    graph.value_info.iter_mut().for_each(|v| rename(&mut v.name));
+    // the casts first: nodes are listed in the order they run
+    graph.node.splice(0..0, casts);
+    model.write_to_bytes().map_err(|e| e.to_string())
+}
+
 /// Exports the model in `dir` to `out` (ONNX) and `out` + `.json` (inputs, outputs, encoder).
 /// The batch axis is symbolic, or fixed at `batch` rows when asked; when the exporter cannot
 /// make it symbolic, it is fixed at [`FALLBACK_BATCH`] (and [`Exported`] says why).
@@ -252,11 +317,13 @@ pub fn export_onnx<R: Registry>(
         batch,
         symbolic_failed,
     } = graph;
+    let bytes = name_graph(&bytes, &graph_inputs(schema), &outputs)
+        .map_err(|e| EvalError::Backend(format!("naming the exported graph's inputs and outputs: {e}")))?;
     let rows = batch.map_or(json!("batch"), |n| json!(n));
     let inputs: Vec<serde_json::Value> = graph_inputs(schema)
         .iter()
         .map(|i| {
-            let dtype = if i.ids { "int" } else { "float" };
+            let dtype = if i.ids { "int64" } else { "float32" };
             if i.is_stand_in() {
                 json!({"name": i.name, "shape": [1, 1], "dtype": dtype, "note": "not read by the model: any value"})
             } else {

@@ -24,7 +24,7 @@ from . import _mtl
 from ._mtl import MtlError, __version__
 from . import schema
 
-__all__ = ["MtlError", "Model", "Run", "train", "load", "models", "gen_data", "schema", "__version__"]
+__all__ = ["MtlError", "Model", "Run", "Encoder", "train", "load", "models", "gen_data", "schema", "__version__"]
 
 # the keyword arguments `train` takes, as `mtl train`'s options
 _OVERRIDES = ("data", "valid", "epochs", "batch_size", "lr", "seed", "max_steps", "backend")
@@ -174,6 +174,43 @@ class Model:
         axis is symbolic)."""
         inputs, outputs, fixed = _mtl.export_onnx(self.dir, os.fspath(out), batch, self.allow_unfinished)
         return {"inputs": list(inputs), "outputs": list(outputs), "batch": fixed}
+
+
+class Encoder:
+    """Raw rows into the inputs of a graph ``mtl export`` wrote, from its sidecar
+    (``model.onnx.json``) alone, exactly as ``mtl predict`` encodes them::
+
+        enc = mtl.Encoder.from_sidecar("m.onnx.json")
+        session = onnxruntime.InferenceSession("m.onnx")
+        scores = session.run(None, enc.encode(df))      # one array per output, enc.outputs
+    """
+
+    def __init__(self, sidecar: str | os.PathLike):
+        self.sidecar = os.fspath(sidecar)
+        with open(self.sidecar, encoding="utf-8") as f:
+            meta = json.load(f)
+        #: the graph's inputs, in order
+        self.inputs: list[str] = [i["name"] for i in meta["inputs"]]
+        #: the graph's outputs, in order
+        self.outputs: list[str] = list(meta["outputs"])
+        #: the graph's fixed batch (rows per call), or None when any batch goes
+        self.batch: int | None = meta.get("batch")
+        #: post-hoc calibration the graph's outputs still need (as ``mtl predict`` applies it), or None
+        self.calibration = meta.get("calibration")
+
+    @classmethod
+    def from_sidecar(cls, path: str | os.PathLike) -> "Encoder":
+        """The encoder of the graph whose sidecar is ``path``."""
+        return cls(path)
+
+    def encode(self, data: Any, *, skip_bad_rows: bool = False) -> dict[str, Any]:
+        """The graph's inputs for ``data`` (a path, a DataFrame or an Arrow table), by name:
+        ``[rows, width]`` numpy arrays, ids int64, values float32."""
+        source, name = _data(data)
+        arrays = {}
+        for input_name, values, width in _mtl.encode(self.sidecar, source, name, skip_bad_rows=skip_bad_rows):
+            arrays[input_name] = values.to_numpy(zero_copy_only=False).reshape(-1, width)
+        return arrays
 
 
 def train(

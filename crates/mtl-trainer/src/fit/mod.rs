@@ -264,14 +264,8 @@ pub fn fit<'t, M: MultiTaskModel>(
             model = stepped;
             show_step(pb, &mut lines, &losses);
             let at_epoch_end = state.batch_in_epoch == 0;
-            let Due {
-                eval: eval_due,
-                checkpoint,
-                limit,
-            } = due(settings, state.global_step, at_epoch_end, state.epoch);
-            let stopped =
-                (options.stop.as_ref()).is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed));
-            let limit = limit || stopped;
+            let now: Due = due(settings, state.global_step, at_epoch_end, state.epoch);
+            let (eval_due, checkpoint, limit) = (now.eval, now.checkpoint, now.limit || options.stop_asked());
             let last = limit || state.epoch >= settings.epochs;
             let mut averaged = None;
             if eval_due || checkpoint || last {

@@ -142,6 +142,13 @@ pub struct FitOptions {
     pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
+impl FitOptions {
+    /// Whether a stop was asked from outside ([`FitOptions::stop`]).
+    pub(crate) fn stop_asked(&self) -> bool {
+        (self.stop.as_ref()).is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
 /// The losses of one step, read back to the host.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepLosses {
