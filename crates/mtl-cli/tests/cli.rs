@@ -1150,7 +1150,10 @@ fn export_writes_onnx_with_its_encoder_with_a_symbolic_or_a_fixed_batch() {
     // the graph's own inputs and outputs carry the sidecar's names; ids are int64, cast inside
     for name in [&b"sparse_ids"[..], b"ctcvr", b"sparse_ids_cast"] {
         let shown = String::from_utf8_lossy(name);
-        assert!(bytes.windows(name.len()).any(|w| w == name), "{shown} in the graph");
+        assert!(
+            bytes.windows(name.len()).any(|w| w == name),
+            "{shown} in the graph"
+        );
     }
     let side: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("esmm.onnx.json")).unwrap()).unwrap();

@@ -238,6 +238,11 @@ def train(
     if resume is not None:
         if config is not None or out is not None:
             raise TypeError("train(resume=DIR) continues the run in DIR: give no config and no out")
+        fixed = sorted(k for k in overrides if k not in ("epochs", "max_steps"))
+        if fixed or set:
+            raise TypeError(
+                f"train(resume=DIR) keeps the run's config: it takes epochs and max_steps only, not {fixed or list(set)}"
+            )
         text = _mtl.train(os.fspath(resume), None, None, sets=list(set), resume=True, progress=progress, **overrides)
         return Run(os.path.abspath(resume), json.loads(text))
     if config is None or out is None:
