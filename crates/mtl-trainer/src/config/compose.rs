@@ -239,4 +239,35 @@ mod tests {
             assert!(err.contains(needle) && err.contains(assignment), "{err}");
         }
     }
+
+    #[test]
+    fn a_table_composes_as_a_file_does_against_its_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("base.toml"), "[train]\nlr = 0.1\nepochs = 3\n").unwrap();
+        let table: Table =
+            "base = \"base.toml\"\nschema = \"s.toml\"\n[data]\ntrain = \"t.csv\"\n[train]\nepochs = 5\n"
+                .parse()
+                .unwrap();
+        let text = table_text(table, "<config dict>", d, &["train.seed=9".to_string()]).unwrap();
+        let t: Table = text.parse().unwrap();
+        assert_eq!(
+            t["schema"].as_str().unwrap(),
+            d.join("s.toml").display().to_string()
+        );
+        assert_eq!(
+            t["data"]["train"].as_str().unwrap(),
+            d.join("t.csv").display().to_string()
+        );
+        // the base under the table, the sets over both
+        assert_eq!(t["train"]["lr"].as_float(), Some(0.1));
+        assert_eq!(t["train"]["epochs"].as_integer(), Some(5));
+        assert_eq!(t["train"]["seed"].as_integer(), Some(9));
+        let bad: Table = "base = 3\n".parse().unwrap();
+        let err = table_text(bad, "<config dict>", d, &[]).unwrap_err().to_string();
+        assert!(
+            err.contains("<config dict>") && err.contains("`base` = 3"),
+            "{err}"
+        );
+    }
 }
