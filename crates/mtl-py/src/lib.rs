@@ -367,8 +367,10 @@ fn encode(
         ))
     };
     let floats = |v: &[f32]| -> ArrayRef { Arc::new(Float32Array::from(v.to_vec())) };
+    let specs = side["inputs"].as_array().filter(|s| !s.is_empty());
+    let specs = specs.ok_or_else(|| bad("no `inputs`: not a sidecar `mtl export` wrote".into()))?;
     let mut out = Vec::new();
-    for spec in side["inputs"].as_array().into_iter().flatten() {
+    for spec in specs {
         let name = spec["name"].as_str().unwrap_or_default();
         let width = spec["shape"][1].as_u64().unwrap_or(1) as usize;
         let values = match name {

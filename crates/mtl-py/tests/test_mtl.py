@@ -290,6 +290,10 @@ def test_onnx_with_the_encoder_scores_as_mtl_predict(trained, ids_only, data, wh
     assert ("dense" in kinds) == (which != "esmm-ids")
     frame = pd.read_csv(test_file)
     inputs = encoder.encode(frame)
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps({**json.loads(Path(str(graph) + ".json").read_text()), "inputs": []}))
+    with pytest.raises(mtl.MtlError, match="broken.json: no `inputs`"):
+        mtl.Encoder.from_sidecar(broken).encode(frame)
     assert inputs["sparse_ids"].dtype == np.int64 and inputs["sparse_ids"].shape == (len(frame), 7)
     out = tmp_path / "p.csv"
     done = cli("predict", "--model", model.dir, "--data", test_file, "--out", str(out))
