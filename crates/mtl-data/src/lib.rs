@@ -422,21 +422,44 @@ fn line_ends(path: &Path) -> std::io::Result<LineEnds> {
 enum Records {
     /// A CSV reader, and how the file ends its lines (for line numbers).
     Csv(csv::Reader<std::fs::File>, LineEnds),
-    /// A Parquet file: opened at the first read, once every column to read is known (the
-    /// header positions, each with the delimiter of a list cell).
-    Parquet {
-        path: PathBuf,
-        wanted: Vec<(usize, String)>,
-        rows: Option<parquet::ParquetRows>,
-        /// Rows to pass over when the reader opens (see [`Source::skip_rows`]).
-        skip: u64,
-    },
-    /// Arrow record batches held in memory: read at the first read, as a Parquet file is.
-    Arrow {
-        batches: Option<Vec<arrow_array::RecordBatch>>,
+    /// Columns — a Parquet file, or Arrow batches held in memory: opened at the first read,
+    /// once every column to read is known (the header positions, each with the delimiter of
+    /// a list cell).
+    Columns {
+        from: Columnar,
         wanted: Vec<(usize, String)>,
         rows: Option<parquet::ParquetRows>,
     },
+}
+
+/// Where a columnar source's record batches come from.
+enum Columnar {
+    /// A Parquet file, and the rows to pass over when its reader opens (see
+    /// [`Source::skip_rows`]).
+    File { path: PathBuf, skip: u64 },
+    /// Batches held in memory (taken when read).
+    Memory(Option<Vec<arrow_array::RecordBatch>>),
+}
+
+impl Columnar {
+    /// The rows, text records of the header `names`' width, reading the columns `wanted`;
+    /// `file` names batches in memory in messages.
+    fn open(
+        &mut self,
+        file: &str,
+        names: &[String],
+        wanted: &[(usize, String)],
+    ) -> Result<parquet::ParquetRows, DataError> {
+        match self {
+            Columnar::File { path, skip } => parquet::ParquetRows::open_at(path, names, wanted, *skip),
+            Columnar::Memory(batches) => Ok(parquet::ParquetRows::from_batches(
+                file,
+                batches.take().unwrap_or_default(),
+                names,
+                wanted,
+            )),
+        }
+    }
 }
 
 /// Data to read: a file (CSV or Parquet), or a table of Arrow record batches held in memory
@@ -454,16 +477,6 @@ pub enum Input {
         /// The rows, in order.
         batches: Vec<arrow_array::RecordBatch>,
     },
-}
-
-impl Input {
-    /// What messages call the input: the file's path, or the table's name.
-    pub fn name(&self) -> String {
-        match self {
-            Input::File(path) => path.display().to_string(),
-            Input::Arrow { name, .. } => name.clone(),
-        }
-    }
 }
 
 /// A data file (CSV, or Parquet: see [`parquet`]) opened against a schema: header checked, rows
@@ -603,8 +616,8 @@ impl Source {
         let wanted = wanted_columns(&columns, schema, names.len());
         Ok(Self {
             file: name.clone(),
-            records: Records::Arrow {
-                batches: Some(batches.clone()),
+            records: Records::Columns {
+                from: Columnar::Memory(Some(batches.clone())),
                 wanted,
                 rows: None,
             },
@@ -628,11 +641,13 @@ impl Source {
             let wanted = wanted_columns(&columns, schema, own);
             return Ok(Self {
                 file,
-                records: Records::Parquet {
-                    path: path.to_path_buf(),
+                records: Records::Columns {
+                    from: Columnar::File {
+                        path: path.to_path_buf(),
+                        skip: 0,
+                    },
                     wanted,
                     rows: None,
-                    skip: 0,
                 },
                 columns,
                 record: csv::ByteRecord::new(),
@@ -680,10 +695,9 @@ impl Source {
             }
             return Ok(passed);
         }
-        if let Records::Parquet {
-            path,
+        if let Records::Columns {
+            from: Columnar::File { path, skip },
             rows: None,
-            skip,
             ..
         } = &mut self.records
         {
@@ -710,7 +724,7 @@ impl Source {
         let names: Vec<&str> = self.columns.names.iter().map(String::as_str).collect();
         let at = locate(&self.file, &names, name, field.to_string())?;
         let own = self.columns.names.len() - self.extra.len();
-        if let Records::Parquet { wanted, .. } | Records::Arrow { wanted, .. } = &mut self.records
+        if let Records::Columns { wanted, .. } = &mut self.records
             && at < own
             && !wanted.iter().any(|(i, _)| *i == at)
         {
@@ -736,36 +750,11 @@ impl Source {
     fn next_own_record(&mut self) -> Result<Option<u64>, DataError> {
         let (reader, line_ends) = match &mut self.records {
             Records::Csv(reader, line_ends) => (reader, *line_ends),
-            Records::Parquet {
-                path,
-                wanted,
-                rows,
-                skip,
-            } => {
+            Records::Columns { from, wanted, rows } => {
+                let own = &self.columns.names[..self.columns.names.len() - self.extra.len()];
                 let rows = match rows {
                     Some(rows) => rows,
-                    None => rows.insert(parquet::ParquetRows::open_at(
-                        path,
-                        &self.columns.names[..self.columns.names.len() - self.extra.len()],
-                        wanted,
-                        *skip,
-                    )?),
-                };
-                return rows.next_into(&mut self.record);
-            }
-            Records::Arrow {
-                batches,
-                wanted,
-                rows,
-            } => {
-                let rows = match rows {
-                    Some(rows) => rows,
-                    None => rows.insert(parquet::ParquetRows::from_batches(
-                        &self.file,
-                        batches.take().unwrap_or_default(),
-                        &self.columns.names,
-                        wanted,
-                    )),
+                    None => rows.insert(from.open(&self.file, own, wanted)?),
                 };
                 return rows.next_into(&mut self.record);
             }

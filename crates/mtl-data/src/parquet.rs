@@ -201,14 +201,9 @@ impl ParquetRows {
                 .with_row_groups(groups)
                 .with_offset((skip - before) as usize);
         }
-        let roots = projection(wanted);
-        let mask = ProjectionMask::roots(builder.parquet_schema(), roots.iter().copied());
-        let delimiter = |i: usize| {
-            wanted
-                .iter()
-                .find(|(w, _)| *w == i)
-                .map_or_else(|| "|".to_string(), |(_, d)| d.clone())
-        };
+        let projected = projection(wanted);
+        let roots = projected.iter().map(|(i, _)| *i);
+        let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
         let reader: ParquetRecordBatchReader = builder
             .with_projection(mask)
             .with_batch_size(BATCH_ROWS)
@@ -218,7 +213,7 @@ impl ParquetRows {
             reader: Box::new(reader),
             project: None,
             path: path.display().to_string(),
-            projected: roots.iter().map(|&i| (i, delimiter(i))).collect(),
+            projected,
             width: names.len(),
             cells: Vec::new(),
             batch_rows: 0,
@@ -236,18 +231,12 @@ impl ParquetRows {
         names: &[String],
         wanted: &[(usize, String)],
     ) -> Self {
-        let roots = projection(wanted);
-        let delimiter = |i: usize| {
-            wanted
-                .iter()
-                .find(|(w, _)| *w == i)
-                .map_or_else(|| "|".to_string(), |(_, d)| d.clone())
-        };
+        let projected = projection(wanted);
         Self {
             reader: Box::new(batches.into_iter().map(Ok)),
-            project: Some(roots.clone()),
+            project: Some(projected.iter().map(|(i, _)| *i).collect()),
             path: name.to_string(),
-            projected: roots.iter().map(|&i| (i, delimiter(i))).collect(),
+            projected,
             width: names.len(),
             cells: Vec::new(),
             batch_rows: 0,
@@ -331,12 +320,13 @@ impl ParquetRows {
     }
 }
 
-/// The header positions of `wanted`, in order, each once.
-fn projection(wanted: &[(usize, String)]) -> Vec<usize> {
-    let mut roots: Vec<usize> = wanted.iter().map(|(i, _)| *i).collect();
-    roots.sort_unstable();
-    roots.dedup();
-    roots
+/// The header positions of `wanted`, in order, each once with its delimiter (the first
+/// given for it): the columns a batch holds, in the batch's order.
+fn projection(wanted: &[(usize, String)]) -> Vec<(usize, String)> {
+    let mut projected = wanted.to_vec();
+    projected.sort_by_key(|(i, _)| *i);
+    projected.dedup_by_key(|(i, _)| *i);
+    projected
 }
 
 /// A `Vec<u8>` as a `fmt::Write` target.
