@@ -716,7 +716,7 @@ fn train_on(args: TrainArgs, progress: bool, group: &Group) -> Result<()> {
             .as_ref()
             .expect("clap requires --config without --resume");
         let mut config = RunConfig::from_file_with(path, &args.set).context("reading the config")?;
-        config.apply(Overrides {
+        let overrides = Overrides {
             train: args.data.map(absolute).transpose()?,
             valid: args.valid.map(absolute).transpose()?,
             epochs: args.epochs,
@@ -725,9 +725,8 @@ fn train_on(args: TrainArgs, progress: bool, group: &Group) -> Result<()> {
             seed: args.seed,
             max_steps: args.max_steps,
             backend: args.backend,
-        });
-        config.check(&path.display().to_string())?;
-        config.check_model(&path.display().to_string())?;
+        };
+        config.apply_checked(overrides, &path.display().to_string())?;
         mtl_trainer::train(Some(&config), &args.out, false, &options).context("training")?
     };
     if group.is_leader() {

@@ -197,9 +197,9 @@ fn read_config(
         }
         _ => return Err(MtlError::new_err("give a config: a path or a dict")),
     };
-    config.apply(overrides);
-    config.check(&origin).map_err(|e| mtl_err(None, e))?;
-    config.check_model(&origin).map_err(|e| mtl_err(None, e))?;
+    config
+        .apply_checked(overrides, &origin)
+        .map_err(|e| mtl_err(None, e))?;
     Ok(config)
 }
 
@@ -239,6 +239,7 @@ fn predict(
             mtl_trainer::predict_input::<Models>(
                 &model_dir,
                 &input,
+                None,
                 backend,
                 policy(skip_bad_rows),
                 allow_unfinished,

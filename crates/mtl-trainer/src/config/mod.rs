@@ -172,6 +172,16 @@ impl<R: Registry> RunConfig<R> {
         }
     }
 
+    /// [`RunConfig::apply`], then the whole config checked again, against its schema and
+    /// model too ([`RunConfig::check`], [`RunConfig::check_model`]; `file` names it), as a new
+    /// run needs before any data is read.
+    pub fn apply_checked(&mut self, o: Overrides, file: &str) -> Result<(), TrainError> {
+        self.apply(o);
+        self.check(file)?;
+        self.check_model(file)?;
+        Ok(())
+    }
+
     /// Resolves relative paths against `base` and makes every path absolute.
     pub fn resolve_paths(&mut self, base: &Path) {
         self.schema = resolve(base, &self.schema);

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use mtl_data::{BadRowPolicy, Input, ReadReport, RowTags, read_input, read_tagged};
+use mtl_data::{BadRowPolicy, Input, ReadReport, read_input};
 use mtl_features::atomic_write_with;
 
 use crate::jobs::model_dir::open_for_inference;
@@ -27,46 +27,38 @@ pub fn predict_file<R: Registry>(
     allow_unfinished: bool,
 ) -> Result<(usize, ReadReport, Vec<String>), TrainError> {
     mtl_features::check_output(out, &[data])?;
-    let model = open_for_inference::<R>(dir, allow_unfinished)?;
     let started = Instant::now();
-    let keep_lines = policy == BadRowPolicy::Skip;
-    let (encoded, report, tags) = read_tagged(data, &model.encoder, policy, false, id_column, keep_lines)?;
-    let (names, preds) = model.predict(&encoded, backend, 4096)?;
-    let mut header: Vec<String> = Vec::with_capacity(names.len() + 2);
-    if keep_lines {
+    let input = Input::File(data.to_path_buf());
+    let p = predict_input::<R>(dir, &input, id_column, backend, policy, allow_unfinished)?;
+    let mut header: Vec<String> = Vec::with_capacity(p.names.len() + 2);
+    if p.lines.is_some() {
         header.push(INPUT_LINE_COLUMN.to_string());
     }
     header.extend(id_column.map(str::to_string));
-    header.extend(names.iter().cloned());
+    header.extend(p.names.iter().cloned());
     atomic_write_with(out, |w| {
         let mut csv = csv::Writer::from_writer(w);
         csv.write_record(&header)?;
         crate::crash::crash_point("predict-writing");
         let mut row: Vec<String> = Vec::with_capacity(header.len());
-        for r in 0..encoded.rows {
+        for r in 0..p.rows {
             row.clear();
-            if keep_lines {
-                row.push(tags.lines[r].to_string());
-            }
-            if id_column.is_some() {
-                row.push(tags.ids[r].clone());
-            }
-            row.extend(preds.iter().map(|p| p[r].to_string()));
+            row.extend(p.lines.as_ref().map(|lines| lines[r].to_string()));
+            row.extend(p.ids.as_ref().map(|ids| ids[r].clone()));
+            row.extend(p.columns.iter().map(|c| c[r].to_string()));
             csv.write_record(&row)?;
         }
         csv.flush()
     })?;
-    tracing::info!(
-        rows = encoded.rows,
-        secs = started.elapsed().as_secs_f64(),
-        "predicted"
-    );
-    Ok((encoded.rows, report, names))
+    tracing::info!(rows = p.rows, secs = started.elapsed().as_secs_f64(), "predicted");
+    Ok((p.rows, p.report, p.names))
 }
 
 /// Predictions held in memory ([`predict_input`]).
 #[derive(Debug)]
 pub struct Predictions {
+    /// Rows predicted (the rows kept).
+    pub rows: usize,
     /// The outputs, in the model's order.
     pub names: Vec<String>,
     /// One column per output, one value per kept row (calibrated, as `mtl predict` writes).
@@ -75,26 +67,31 @@ pub struct Predictions {
     pub report: ReadReport,
     /// Each kept row's input line (its row from 1, for a table) when bad rows are skipped.
     pub lines: Option<Vec<u64>>,
+    /// Each kept row's text in the id column, when one was asked for.
+    pub ids: Option<Vec<String>>,
 }
 
-/// [`predict_file`]'s predictions for any [`Input`] (a file, or Arrow batches held in
-/// memory), kept in memory instead of written.
+/// Predictions for any [`Input`] (a file, or Arrow batches held in memory), kept in memory:
+/// what [`predict_file`] writes. `id_column`, when given, is kept as text per row.
 pub fn predict_input<R: Registry>(
     dir: &Path,
     data: &Input,
+    id_column: Option<&str>,
     backend: &str,
     policy: BadRowPolicy,
     allow_unfinished: bool,
 ) -> Result<Predictions, TrainError> {
     let model = open_for_inference::<R>(dir, allow_unfinished)?;
     let keep_lines = policy == BadRowPolicy::Skip;
-    let (encoded, report, tags): (_, _, RowTags) =
-        read_input(data, &model.encoder, policy, false, None, keep_lines)?;
+    let tag = id_column.map(|c| (c, "--id-column"));
+    let (encoded, report, tags) = read_input(data, &model.encoder, policy, false, tag, keep_lines)?;
     let (names, columns) = model.predict(&encoded, backend, 4096)?;
     Ok(Predictions {
+        rows: encoded.rows,
         names,
         columns,
         report,
         lines: keep_lines.then_some(tags.lines),
+        ids: id_column.map(|_| tags.ids),
     })
 }
