@@ -303,8 +303,9 @@ struct ExportArgs {
     /// Output file (its inputs, outputs and encoder state go to the same name + `.json`).
     #[arg(long)]
     out: PathBuf,
-    /// A fixed batch size (rows per call). Default: a symbolic batch axis where burn's
-    /// exporter can express one, else a fixed batch of 1024.
+    /// A fixed batch size (rows per call). Default: a symbolic batch axis (what differs
+    /// between the model captured at two batch sizes), else — with a warning saying why — a
+    /// fixed batch of 1024.
     #[arg(long)]
     batch: Option<usize>,
     /// Use the model of a run that has not finished (killed before its calibration or

@@ -1163,8 +1163,8 @@ fn export_writes_onnx_with_its_encoder_with_a_symbolic_or_a_fixed_batch() {
     assert_eq!(side["inputs"][0]["dtype"], "int64");
     assert!(side["schema"].as_str().unwrap().contains("[[sparse]]"));
     assert!(side["features"]["vocabularies"].is_array());
-    // MMOE's experts split one wide layer into `[batch, experts, width]`, a reshape whose
-    // batch axis the exporter cannot prove symbolic: a fixed batch, said so
+    // MMOE (its experts a reshape to `[batch, experts, width]`, which burn's exporter alone
+    // cannot make symbolic): symbolic too; a fixed batch when asked
     let train_as = |name: &str, model_table: &str| -> String {
         let sub = dir.path().join(name);
         std::fs::create_dir_all(&sub).unwrap();
@@ -1186,14 +1186,29 @@ fn export_writes_onnx_with_its_encoder_with_a_symbolic_or_a_fixed_batch() {
             "type = \"mmoe\"\nn_experts = 2\nexpert = {{ dims = [8] }}\ntower = {{ dims = [4] }}\n{tasks}"
         ),
     );
-    let target = dir.path().join("mmoe.onnx");
-    let out = mtl(&["export", "--model", &mmoe, "--out", &target.display().to_string()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("fixed at 1024 rows"));
-    let side: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join("mmoe.onnx.json")).unwrap()).unwrap();
-    assert_eq!(side["batch"], 1024);
-    assert_eq!(side["inputs"][0]["shape"], serde_json::json!([1024, 2]));
+    let target = dir.path().join("mmoe.onnx").display().to_string();
+    for (batch, shape) in [
+        (None, serde_json::json!(["batch", 2])),
+        (Some("64"), serde_json::json!([64, 2])),
+    ] {
+        let mut args = vec!["export", "--model", &mmoe, "--out", &target];
+        args.extend(batch.iter().flat_map(|b| ["--batch", *b]));
+        let out = mtl(&args);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let said = if batch.is_some() {
+            "batch fixed at 64 rows"
+        } else {
+            "batch symbolic"
+        };
+        assert!(String::from_utf8_lossy(&out.stdout).contains(said));
+        let side: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("mmoe.onnx.json")).unwrap()).unwrap();
+        assert_eq!(
+            side["batch"],
+            serde_json::json!(batch.map(|b| b.parse::<u64>().unwrap()))
+        );
+        assert_eq!(side["inputs"][0]["shape"], shape);
+    }
     // an output file that is a directory is refused, naming it
     assert_user_error(
         &mtl(&[
@@ -1216,7 +1231,8 @@ fn export_writes_onnx_with_its_encoder_with_a_symbolic_or_a_fixed_batch() {
 }
 
 /// A mean-pooled sequence field (empty sequences included) exports like a summed one (its
-/// count is `relu(n − 1) + 1`, which the exporter expresses; `clamp_min` it cannot).
+/// count is `relu(n − 1) + 1`, which the exporter expresses; `clamp_min` it cannot), fed as
+/// its own ids and mask inputs.
 #[cfg(feature = "onnx")]
 #[test]
 fn a_mean_pooled_sequence_field_exports() {
@@ -1259,7 +1275,10 @@ fn a_mean_pooled_sequence_field_exports() {
         .iter()
         .map(|i| i["name"].as_str().unwrap())
         .collect();
-    assert_eq!(inputs, ["sparse_ids", "sequence_ids", "sequence_mask"]);
+    assert_eq!(inputs, ["sparse_ids", "hist.ids", "hist.mask"]);
+    assert_eq!(side["batch"], serde_json::Value::Null);
+    assert_eq!(side["inputs"][1]["of"], "sequence_ids");
+    assert_eq!(side["inputs"][1]["columns"], serde_json::json!([0, 3]));
 }
 
 #[test]

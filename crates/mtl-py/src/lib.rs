@@ -362,25 +362,56 @@ fn encode(
             Ok::<_, mtl_data::DataError>(encoded.graph_arrays(encoder.layout()))
         })
         .map_err(|e| mtl_err(Some("encoding"), e))?;
-    let ids = |v: &[i32]| -> ArrayRef {
-        Arc::new(arrow_array::Int64Array::from_iter_values(
-            v.iter().map(|&i| i64::from(i)),
-        ))
+    // the columns `columns` of a `rows × width` block, row by row
+    let take = |v: &[i32], f: &[f32], width: usize, columns: std::ops::Range<usize>, ids: bool| -> ArrayRef {
+        let rows = (0..host.rows).flat_map(|r| (r * width + columns.start)..(r * width + columns.end));
+        if ids {
+            Arc::new(arrow_array::Int64Array::from_iter_values(
+                rows.map(|k| i64::from(v[k])),
+            ))
+        } else {
+            Arc::new(Float32Array::from_iter_values(rows.map(|k| f[k])))
+        }
     };
-    let floats = |v: &[f32]| -> ArrayRef { Arc::new(Float32Array::from(v.to_vec())) };
+    let widths = [
+        ("sparse_ids", host.sparse_ids.len()),
+        ("sequence_ids", host.sequence_ids.len()),
+        ("sequence_mask", host.sequence_mask.len()),
+        ("dense", host.dense.len()),
+    ];
     let specs = side["inputs"].as_array().filter(|s| !s.is_empty());
     let specs = specs.ok_or_else(|| bad("no `inputs`: not a sidecar `mtl export` wrote".into()))?;
     let mut out = Vec::new();
     for spec in specs {
         let name = spec["name"].as_str().unwrap_or_default();
-        let width = spec["shape"][1].as_u64().unwrap_or(1) as usize;
-        let values = match name {
-            "sparse_ids" => ids(&host.sparse_ids),
-            "sequence_ids" => ids(&host.sequence_ids),
-            "sequence_mask" => floats(&host.sequence_mask),
-            "dense" => floats(&host.dense),
-            "unused" => floats(&[0.0]),
-            other => return Err(bad(format!("input `{other}` is not one mtl writes"))),
+        let of = spec["of"].as_str().unwrap_or(name);
+        let column = |k: usize| spec["columns"][k].as_u64().map(|c| c as usize);
+        let block = widths
+            .iter()
+            .find(|(n, _)| *n == of)
+            .map(|(_, len)| len / host.rows.max(1));
+        let (values, width) = match (of, block, column(0), column(1)) {
+            ("unused", ..) => (Arc::new(Float32Array::from(vec![0.0])) as ArrayRef, 1),
+            (_, Some(width), Some(start), Some(end)) if start < end && (end <= width || host.rows == 0) => {
+                let ids = of.ends_with("ids");
+                let f = if of == "dense" {
+                    &host.dense
+                } else {
+                    &host.sequence_mask
+                };
+                let v = if of == "sparse_ids" {
+                    &host.sparse_ids
+                } else {
+                    &host.sequence_ids
+                };
+                (take(v, f, width, start..end, ids), end - start)
+            }
+            _ => {
+                let columns = &spec["columns"];
+                return Err(bad(format!(
+                    "input `{name}` is not one mtl writes (of `{of}`, columns {columns})"
+                )));
+            }
         };
         let array = values.to_data().to_pyarrow(py)?.unbind();
         out.push((name.to_string(), array, width));

@@ -1,8 +1,7 @@
 """The Python package against the `mtl` command on the same files: predictions, metrics and
 error messages must be the command's own.
 
-The command is `$MTL_BIN`, else `$CARGO_TARGET_DIR/debug/mtl` (or `target/debug/mtl`): the
-binary the README's test command builds.
+The command is `common.mtl_bin()`: the binary the README's test command builds.
 """
 
 from __future__ import annotations
@@ -23,22 +22,7 @@ import pyarrow as pa
 import pytest
 
 import mtl
-
-ROOT = Path(__file__).resolve().parents[3]
-
-
-def mtl_bin() -> str:
-    candidates = [os.environ.get("MTL_BIN")]
-    target = os.environ.get("CARGO_TARGET_DIR", str(ROOT / "target"))
-    candidates.append(os.path.join(target, "debug", "mtl"))
-    for c in candidates:
-        if c and os.path.isfile(c):
-            return c
-    raise RuntimeError(f"no mtl binary (tried {candidates}): build it with `cargo build -p mtl-cli` or set MTL_BIN")
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([mtl_bin(), *args], capture_output=True, text=True)
+from common import cli
 
 
 @pytest.fixture(scope="module")
@@ -239,71 +223,3 @@ def test_schema_infer_models_and_frames(data):
     assert text == mtl.schema.infer(frame) and mtl.schema.infer(data["test"]).count("[[sparse]]") == text.count("[[sparse]]")
     kinds = mtl.models()
     assert {"esmm", "mmoe", "ple", "aitm"} <= set(kinds) and "Mixture-of-Experts" in kinds["mmoe"]
-
-
-def score_onnx(path: Path, inputs: dict, rows: int, batch: int) -> list:
-    """onnxruntime's scores of every row, `batch` rows a call (a fixed-batch graph's last call
-    padded with its last row, the extra scores dropped)."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    fixed = json.loads(Path(str(path) + ".json").read_text())["batch"]
-    step = fixed or batch
-    parts = []
-    for start in range(0, rows, step):
-        n = min(step, rows - start)
-        feeds = {}
-        for name, values in inputs.items():
-            part = values if name == "unused" else values[start : start + n]
-            if fixed and n < fixed and name != "unused":
-                part = np.concatenate([part, np.repeat(part[-1:], fixed - n, axis=0)])
-            feeds[name] = part
-        parts.append([o[:n] for o in session.run(None, feeds)])
-    return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
-
-
-@pytest.fixture(scope="module")
-def ids_only(tmp_path_factory) -> tuple[mtl.Run, dict[str, str]]:
-    """ESMM on id fields only (the graph whose batch axis burn's exporter makes symbolic), and
-    its files."""
-    files = mtl.gen_data(tmp_path_factory.mktemp("ids"), rows=3000, seed=8)
-    run = mtl.train(config(files, "esmm"), out=tmp_path_factory.mktemp("r") / "esmm", progress=False)
-    return run, files
-
-
-@pytest.mark.parametrize("which", ["esmm", "mmoe", "esmm-ids"])
-def test_onnx_with_the_encoder_scores_as_mtl_predict(trained, ids_only, data, which, tmp_path):
-    import onnxruntime as ort
-
-    run, files = ids_only if which == "esmm-ids" else (trained[which], data)
-    model = mtl.load(run.dir)
-    test_file = files["test"]
-    graph = tmp_path / "m.onnx"
-    exported = model.export_onnx(graph)
-    encoder = mtl.Encoder.from_sidecar(str(graph) + ".json")
-    # named inputs and outputs; ids as int64
-    session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
-    assert [i.name for i in session.get_inputs()] == encoder.inputs == exported["inputs"]
-    assert [o.name for o in session.get_outputs()] == encoder.outputs == model.outputs
-    kinds = {i.name: i.type for i in session.get_inputs()}
-    assert kinds["sparse_ids"] == "tensor(int64)"
-    assert ("dense" in kinds) == (which != "esmm-ids")
-    frame = pd.read_csv(test_file)
-    inputs = encoder.encode(frame)
-    broken = tmp_path / "broken.json"
-    broken.write_text(json.dumps({**json.loads(Path(str(graph) + ".json").read_text()), "inputs": []}))
-    with pytest.raises(mtl.MtlError, match="broken.json: no `inputs`"):
-        mtl.Encoder.from_sidecar(broken).encode(frame)
-    assert inputs["sparse_ids"].dtype == np.int64 and inputs["sparse_ids"].shape == (len(frame), 7)
-    out = tmp_path / "p.csv"
-    done = cli("predict", "--model", model.dir, "--data", test_file, "--out", str(out))
-    assert done.returncode == 0, done.stderr
-    want = pd.read_csv(out)
-    batches = [1, 7, 1000] if exported["batch"] is None else [exported["batch"]]
-    if which == "esmm-ids":
-        assert exported["batch"] is None
-    for batch in batches:
-        got = score_onnx(graph, inputs, len(frame), batch)
-        for k, name in enumerate(model.outputs):
-            diff = np.max(np.abs(got[k].astype(np.float64) - want[name].to_numpy(np.float64)))
-            assert diff <= 1e-6, (which, batch, name, diff)

@@ -1,20 +1,21 @@
 //! ONNX export through burn's own exporter (`burn-onnx`, `export` feature): the model's
-//! prediction pass is captured twice, at two batch sizes, so the batch axis is symbolic; the
-//! weights are embedded. Beside the `.onnx` file goes `<file>.json`: the inputs in order
+//! prediction pass is captured at two fixed batch sizes and what differs between the two
+//! graphs is made the symbolic batch axis ([`batch_axis`]); the weights are embedded. Beside the `.onnx` file goes `<file>.json`: the inputs in order
 //! with their shapes, the outputs in order, and the encoder's schema and fitted state, so
 //! that a caller can encode raw values exactly as `mtl predict` does.
 //!
 //! Inputs, named and in this order, those the schema has: `sparse_ids` `[batch, n_sparse]`
 //! int64 (table rows: `offset + id · slots`, as in a batch; see the sidecar's `table_offsets`,
-//! `table_slots`), `sequence_ids` `[batch, Σ max_len]` int64, `sequence_mask`
-//! `[batch, Σ max_len]` float, `dense` `[batch, n_dense]` float (already standardised).
+//! `table_slots`), per sequence field `<field>.ids` `[batch, max_len]` int64, then per
+//! sequence field `<field>.mask` `[batch, max_len]` float (1 where an id is present), and
+//! `dense` `[batch, n_dense]` float (already standardised).
 //! Outputs, named after the model's: one `[batch]` float tensor each. (burn's exporter names
 //! them `tensor_N` and takes int32 ids: the graph is renamed after export, the ids cast inside.)
 
 use std::path::Path;
 
 use burn::tensor::{Device, Int, Tensor};
-use burn_onnx::export::{AxisSpec, InputSpec, OnnxExporter};
+use burn_onnx::export::OnnxExporter;
 use mtl_eval::{EvalError, ModelDir, record_err};
 use mtl_features::{BatchTensors, SequenceTensors, ValidSchema};
 use mtl_layers::MultiTaskModel;
@@ -22,6 +23,8 @@ use mtl_layers::{Registry, WithModel};
 use serde_json::json;
 
 use crate::ServeError;
+
+mod batch_axis;
 
 /// What an export wrote.
 #[derive(Debug, Clone)]
@@ -71,6 +74,51 @@ fn graph_inputs(schema: &ValidSchema) -> Vec<GraphInput> {
     if width == 0 && schema.n_dense() == 0 {
         // a batch holds labels, which predictions never read: a float input stands in
         out.push(input("unused", 1, false));
+    }
+    out
+}
+
+/// One input of the exported graph as a caller feeds it: a whole captured input, or one
+/// sequence field's columns of `sequence_ids` / `sequence_mask` (`<field>.ids`,
+/// `<field>.mask`), joined inside the graph.
+struct Feed {
+    name: String,
+    /// The captured input it is (part of).
+    of: &'static str,
+    /// Its columns within that input.
+    columns: std::ops::Range<usize>,
+    ids: bool,
+}
+
+/// The exported graph's inputs, in order: the captured inputs, each sequence input split
+/// into one per field.
+fn feeds(schema: &ValidSchema) -> Vec<Feed> {
+    let mut out = Vec::new();
+    for input in graph_inputs(schema) {
+        let part = match input.name {
+            "sequence_ids" => "ids",
+            "sequence_mask" => "mask",
+            _ => {
+                let (of, ids) = (input.name, input.ids);
+                out.push(Feed {
+                    name: of.to_string(),
+                    of,
+                    columns: 0..input.width,
+                    ids,
+                });
+                continue;
+            }
+        };
+        let mut start = 0;
+        for field in &schema.schema.sequence {
+            out.push(Feed {
+                name: format!("{}.{part}", field.name),
+                of: input.name,
+                columns: start..start + field.max_len,
+                ids: input.ids,
+            });
+            start += field.max_len;
+        }
     }
     out
 }
@@ -142,6 +190,9 @@ struct Graph {
 /// The fixed batch when the exporter cannot make the batch axis symbolic and none is asked.
 pub const FALLBACK_BATCH: usize = 1024;
 
+/// The two batch sizes the model is captured at to find its batch axis.
+const CAPTURES: (usize, usize) = (5, 7);
+
 impl WithModel for Export<'_> {
     type Out = Graph;
     type Error = EvalError;
@@ -169,52 +220,38 @@ impl WithModel for Export<'_> {
                 .collect::<Vec<_>>()
         };
         let exporter = OnnxExporter::new();
+        let capture = |rows: usize| {
+            exporter
+                .export(&model, inputs(schema, rows, &device), forward)
+                .map(|onnx| onnx.into_bytes())
+                .map_err(|e| {
+                    EvalError::Backend(format!(
+                        "burn's ONNX exporter (burn-onnx 0.22) cannot express this model: {e}"
+                    ))
+                })
+        };
         let mut symbolic_failed = None;
         if self.batch.is_none() {
-            let (ints, floats) = inputs(schema, 2, &device);
-            // every input's first axis is the batch, but the labels' stand-in's (`[1, 1]`)
-            let specs: Vec<InputSpec> = graph_inputs(schema)
-                .iter()
-                .map(|i| i.is_stand_in())
-                .map(|fixed| {
-                    let batch = if fixed {
-                        AxisSpec::Static
-                    } else {
-                        AxisSpec::dynamic("batch")
-                    };
-                    InputSpec::new([batch, AxisSpec::Static])
-                })
-                .collect();
-            match exporter.export_dynamic(
-                &model,
-                (ints, floats),
-                inputs(schema, 3, &device),
-                &specs,
-                forward,
-            ) {
-                Ok(onnx) => {
+            // the same model captured at two batch sizes: what differs is the batch
+            let (a, b) = CAPTURES;
+            match batch_axis::unify(&capture(a)?, a, &capture(b)?, b) {
+                Ok(bytes) => {
                     return Ok(Graph {
                         outputs,
-                        bytes: onnx.into_bytes(),
+                        bytes,
                         batch: None,
                         symbolic_failed: None,
                     });
                 }
-                Err(e) => symbolic_failed = Some(e.to_string()),
+                Err(e) => symbolic_failed = Some(e),
             }
         }
         // a fixed batch: every shape is static, which the exporter always resolves
         let n = self.batch.unwrap_or(FALLBACK_BATCH);
-        let onnx = exporter
-            .export(&model, inputs(schema, n, &device), forward)
-            .map_err(|e| {
-                EvalError::Backend(format!(
-                    "burn's ONNX exporter (burn-onnx 0.22) cannot express this model: {e}"
-                ))
-            })?;
+        let bytes = capture(n)?;
         Ok(Graph {
             outputs,
-            bytes: onnx.into_bytes(),
+            bytes,
             batch: Some(n),
             symbolic_failed,
         })
@@ -224,11 +261,39 @@ impl WithModel for Export<'_> {
 /// ONNX's element type codes (`TensorProto.DataType`).
 const ONNX_INT64: i32 = 7;
 
-/// Names the graph's inputs `inputs` and its outputs `outputs` (burn's exporter calls them
-/// `tensor_N`) and takes ids as int64, ONNX Runtime's convention: an id input of another
-/// integer type gets a `Cast` to that type in front of the nodes that read it.
-fn name_graph(bytes: &[u8], inputs: &[GraphInput], outputs: &[String]) -> Result<Vec<u8>, String> {
-    use onnx_ir::{AttributeProto, AttributeType, Message, ModelProto, NodeProto};
+/// An ONNX node `op` from `inputs` to `output`, with integer attribute `attribute`.
+fn node(
+    op: &str,
+    name: String,
+    inputs: Vec<String>,
+    output: String,
+    attribute: (&str, i64),
+) -> onnx_ir::NodeProto {
+    use onnx_ir::{AttributeProto, AttributeType, NodeProto};
+    let mut value = AttributeProto::new();
+    value.name = attribute.0.into();
+    value.type_ = AttributeType::INT.into();
+    value.i = attribute.1;
+    let mut node = NodeProto::new();
+    node.name = name;
+    node.op_type = op.into();
+    node.input = inputs;
+    node.output.push(output);
+    node.attribute.push(value);
+    node
+}
+
+/// Gives the graph the inputs `feeds` (burn's exporter takes `inputs`, named `tensor_N`) and
+/// names its outputs `outputs`: ids are int64, ONNX Runtime's convention (an id input of
+/// another integer type gets a `Cast` to that type in front of the nodes that read it), and a
+/// captured input fed in parts (one per sequence field) is their `Concat`.
+fn name_graph(
+    bytes: &[u8],
+    inputs: &[GraphInput],
+    feeds: &[Feed],
+    outputs: &[String],
+) -> Result<Vec<u8>, String> {
+    use onnx_ir::{Message, ModelProto};
     let mut model = ModelProto::parse_from_bytes(bytes).map_err(|e| e.to_string())?;
     let graph = model.graph.mut_or_insert_default();
     if graph.input.len() != inputs.len() || graph.output.len() != outputs.len() {
@@ -241,29 +306,47 @@ fn name_graph(bytes: &[u8], inputs: &[GraphInput], outputs: &[String]) -> Result
         ));
     }
     let mut renames: Vec<(String, String)> = Vec::new();
-    let mut casts = Vec::new();
-    for (value, input) in graph.input.iter_mut().zip(inputs) {
+    let mut nodes = Vec::new();
+    let mut values = Vec::new();
+    for (value, input) in graph.input.iter().zip(inputs) {
         let internal = value.name.clone();
-        let tensor = value.type_.mut_or_insert_default().mut_tensor_type();
-        let own = tensor.elem_type;
-        if input.ids && own != ONNX_INT64 {
-            tensor.elem_type = ONNX_INT64;
-            let mut to = AttributeProto::new();
-            to.name = "to".into();
-            to.type_ = AttributeType::INT.into();
-            to.i = i64::from(own);
-            let mut cast = NodeProto::new();
-            cast.name = format!("{}_cast", input.name);
-            cast.op_type = "Cast".into();
-            cast.input.push(input.name.to_string());
-            cast.output.push(internal);
-            cast.attribute.push(to);
-            casts.push(cast);
-        } else {
-            renames.push((internal, input.name.to_string()));
+        let own = value.type_.tensor_type().elem_type;
+        let cast = input.ids && own != ONNX_INT64;
+        let parts: Vec<&Feed> = feeds.iter().filter(|f| f.of == input.name).collect();
+        for part in &parts {
+            let mut fed = value.clone();
+            fed.name.clone_from(&part.name);
+            let tensor = fed.type_.mut_or_insert_default().mut_tensor_type();
+            if cast {
+                tensor.elem_type = ONNX_INT64;
+            }
+            if let Some(width) = tensor.shape.mut_or_insert_default().dim.get_mut(1) {
+                width.set_dim_value(part.columns.len() as i64);
+            }
+            values.push(fed);
         }
-        value.name = input.name.to_string();
+        let names: Vec<String> = parts.iter().map(|p| p.name.clone()).collect();
+        let source = match names.as_slice() {
+            [whole] if whole == input.name => whole.clone(),
+            _ => {
+                let joined = if cast {
+                    format!("{}_joined", input.name)
+                } else {
+                    internal.clone()
+                };
+                let name = format!("{}_concat", input.name);
+                nodes.push(node("Concat", name, names, joined.clone(), ("axis", 1)));
+                joined
+            }
+        };
+        if cast {
+            let name = format!("{}_cast", input.name);
+            nodes.push(node("Cast", name, vec![source], internal, ("to", i64::from(own))));
+        } else if source != internal {
+            renames.push((internal, source));
+        }
     }
+    graph.input = values;
     for (value, name) in graph.output.iter_mut().zip(outputs) {
         renames.push((std::mem::replace(&mut value.name, name.clone()), name.clone()));
     }
@@ -279,8 +362,8 @@ fn name_graph(bytes: &[u8], inputs: &[GraphInput], outputs: &[String]) -> Result
             .for_each(rename);
     }
     graph.value_info.iter_mut().for_each(|v| rename(&mut v.name));
-    // the casts first: nodes are listed in the order they run
-    graph.node.splice(0..0, casts);
+    // the joins and casts first: nodes are listed in the order they run
+    graph.node.splice(0..0, nodes);
     model.write_to_bytes().map_err(|e| e.to_string())
 }
 
@@ -317,17 +400,21 @@ pub fn export_onnx<R: Registry>(
         batch,
         symbolic_failed,
     } = graph;
-    let bytes = name_graph(&bytes, &graph_inputs(schema), &outputs)
+    let feeds = feeds(schema);
+    let bytes = name_graph(&bytes, &graph_inputs(schema), &feeds, &outputs)
         .map_err(|e| EvalError::Backend(format!("naming the exported graph's inputs and outputs: {e}")))?;
     let rows = batch.map_or(json!("batch"), |n| json!(n));
-    let inputs: Vec<serde_json::Value> = graph_inputs(schema)
+    // each input with the columns of the encoder's block it takes (`of`: `sparse_ids`,
+    // `sequence_ids`, `sequence_mask`, `dense`)
+    let inputs: Vec<serde_json::Value> = feeds
         .iter()
-        .map(|i| {
-            let dtype = if i.ids { "int64" } else { "float32" };
-            if i.is_stand_in() {
-                json!({"name": i.name, "shape": [1, 1], "dtype": dtype, "note": "not read by the model: any value"})
+        .map(|f| {
+            let dtype = if f.ids { "int64" } else { "float32" };
+            let columns = [f.columns.start, f.columns.end];
+            if f.of == "unused" {
+                json!({"name": f.name, "shape": [1, 1], "dtype": dtype, "of": f.of, "columns": columns, "note": "not read by the model: any value"})
             } else {
-                json!({"name": i.name, "shape": [rows, i.width], "dtype": dtype})
+                json!({"name": f.name, "shape": [rows, f.columns.len()], "dtype": dtype, "of": f.of, "columns": columns})
             }
         })
         .collect();
