@@ -6,15 +6,12 @@ The command is `common.mtl_bin()`: the binary the README's test command builds.
 
 from __future__ import annotations
 
-import csv
 import json
-import os
 import signal
 import subprocess
 import sys
 import textwrap
 import threading
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
