@@ -236,6 +236,10 @@ struct TrainArgs {
     /// (repeatable; a TOML value, else a string), checked like the file.
     #[arg(long = "set", value_name = "SECTION.KEY=VALUE", conflicts_with = "resume")]
     set: Vec<String>,
+    /// Write every evaluation's scalars (losses, metrics, loss weights, learning rate) as
+    /// TensorBoard event files in DIR (`[train] tensorboard = true`: in `<out>/tensorboard`).
+    #[arg(long, value_name = "DIR")]
+    tensorboard: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -707,6 +711,7 @@ fn train_on(args: TrainArgs, progress: bool, group: &Group) -> Result<()> {
         group: group.clone(),
         // Ctrl-C ends the process (removing what it had half written); the last checkpoint stays
         stop: None,
+        tensorboard: args.tensorboard.clone(),
     };
     let summary = if let Some(dir) = &args.resume {
         mtl_trainer::train::<Models>(None, dir, true, &options)

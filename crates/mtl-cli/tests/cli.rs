@@ -1731,3 +1731,44 @@ fn parquet_shards_train_and_predict_as_the_csv_does() {
     ]);
     assert_user_error(&out, &["odd.csv", "4", "`a`", "three"]);
 }
+
+/// `--tensorboard DIR` and `[train] tensorboard = true`: one event file per run, holding the
+/// file version and each evaluation's scalars (the format itself is checked by the trainer's
+/// unit tests and, with TensorBoard's own reader, by the Python tests).
+#[test]
+fn tensorboard_events_go_to_the_folder_asked_or_the_model_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let events_in = |folder: &Path| -> Vec<Vec<u8>> {
+        let files: Vec<_> = std::fs::read_dir(folder)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.iter().map(|f| std::fs::read(f).unwrap()).collect()
+    };
+    let holds = |bytes: &[u8], what: &str| bytes.windows(what.len()).any(|w| w == what.as_bytes());
+    let cfg = config(d, "eval_every_steps = 2\n");
+    let (model, tb) = (d.join("m"), d.join("tb"));
+    let out = mtl(&[
+        "train",
+        "--config",
+        &cfg,
+        "--out",
+        &model.display().to_string(),
+        "--tensorboard",
+        &tb.display().to_string(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let files = events_in(&tb);
+    assert_eq!(files.len(), 1);
+    for tag in ["brain.Event:2", "ctr/auc", "ctcvr/log_loss", "valid_loss", "lr"] {
+        assert!(holds(&files[0], tag), "{tag}");
+    }
+    assert!(!model.join("tensorboard").exists());
+    let cfg = config(d, "tensorboard = true\n");
+    let in_dir = d.join("m2");
+    let out = mtl(&["train", "--config", &cfg, "--out", &in_dir.display().to_string()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let files = events_in(&in_dir.join("tensorboard"));
+    assert!(files.len() == 1 && holds(&files[0], "cvr/auc"));
+}

@@ -89,7 +89,7 @@ fn input(data: &Bound<'_, PyAny>, name: &str) -> PyResult<Input> {
 #[pyo3(signature = (
     out, config_path=None, config_json=None, *, sets=Vec::new(), resume=false, progress=true,
     data=None, valid=None, epochs=None, batch_size=None, lr=None, seed=None, max_steps=None,
-    backend=None
+    backend=None, tensorboard=None
 ))]
 #[allow(clippy::too_many_arguments)]
 fn train(
@@ -108,6 +108,7 @@ fn train(
     seed: Option<u64>,
     max_steps: Option<usize>,
     backend: Option<String>,
+    tensorboard: Option<PathBuf>,
 ) -> PyResult<String> {
     let stop = Arc::new(AtomicBool::new(false));
     let stopper = stop.clone();
@@ -132,12 +133,14 @@ fn train(
         Some(read_config(config_path, config_json, &sets, overrides)?)
     };
     let out = std::path::absolute(out)?;
+    let tensorboard = tensorboard.map(std::path::absolute).transpose()?;
     let job = std::thread::spawn(move || {
         let options = TrainOptions {
             progress,
             epochs: epochs_more,
             max_steps: steps_more,
             stop: Some(stopper),
+            tensorboard,
             ..TrainOptions::default()
         };
         let result = mtl_trainer::train::<Models>(config.as_ref(), &out, resume, &options);

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -220,3 +221,51 @@ def test_schema_infer_models_and_frames(data):
     assert text == mtl.schema.infer(frame) and mtl.schema.infer(data["test"]).count("[[sparse]]") == text.count("[[sparse]]")
     kinds = mtl.models()
     assert {"esmm", "mmoe", "ple", "aitm"} <= set(kinds) and "Mixture-of-Experts" in kinds["mmoe"]
+
+
+def test_tensorboard_events_hold_every_evaluation_as_run_history_does(data, tmp_path):
+    """`tensorboard=DIR`: tensorboard's own reader finds one scalar per `Run.history` column
+    (and `lr`) at every evaluation's step, with its value; `[train] tensorboard = true` writes
+    them under the model directory; a run that fails before its first step leaves none."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = config(data, "esmm")
+    cfg["train"].update({"eval_every_steps": 4, "loss_weighting": {"kind": "uncertainty"}, "lr": 0.002})
+    run = mtl.train(cfg, out=tmp_path / "run", tensorboard=tmp_path / "tb", progress=False)
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    history = run.history
+    steps = history["step"].tolist()
+    assert len(steps) >= 4 and steps == sorted(steps)
+    columns = [c for c in history.columns if c not in ("epoch", "step") and history[c].notna().all()]
+    assert {"train_loss", "valid_loss", "ctr/auc", "cvr/ece", "ctcvr/log_loss", "loss_weight/ctr"} <= set(columns)
+    assert set(events.Tags()["scalars"]) == set(columns) | {"lr"}
+    for column in columns:
+        got = events.Scalars(column)
+        assert [e.step for e in got] == steps, column
+        want = history[column].to_numpy(np.float64)
+        assert np.allclose([e.value for e in got], want, rtol=1e-6, atol=1e-7), column
+    assert {e.value for e in events.Scalars("lr")} == {np.float32(0.002)}
+    # in the model directory, from the config
+    cfg["train"]["tensorboard"] = True
+    mtl.train(cfg, out=tmp_path / "in-dir", progress=False)
+    inside = EventAccumulator(str(tmp_path / "in-dir" / "tensorboard"))
+    inside.Reload()
+    assert [e.step for e in inside.Scalars("ctr/auc")] == steps
+    # a run that fails after its events were opened, before its first checkpoint (a bad label
+    # on the training file's last line): no event file left, nor the folders it made
+    bad = tmp_path / "bad.csv"
+    lines = Path(data["train"]).read_text().splitlines()
+    header = lines[0].split(",")
+    cells = lines[-1].split(",")
+    cells[header.index("click")] = "7"
+    bad.write_text("\n".join(lines[:-1] + [",".join(cells)]) + "\n")
+    cfg["data"]["train"] = str(bad)
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    for folder in [tmp_path / "tb-failed", kept]:
+        with pytest.raises(mtl.MtlError, match=f"bad.csv:{len(lines)}"):
+            mtl.train(cfg, out=tmp_path / "failed", tensorboard=folder, progress=False)
+        assert not (tmp_path / "failed").exists()
+    assert not (tmp_path / "tb-failed").exists()
+    assert kept.is_dir() and list(kept.iterdir()) == []

@@ -68,6 +68,7 @@ fn train(
         valid_groups: None,
         group: Default::default(),
         stop: None,
+        tensorboard: None,
     };
     let r = fit(
         m,

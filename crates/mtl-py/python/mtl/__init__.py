@@ -27,7 +27,7 @@ from . import schema
 __all__ = ["MtlError", "Model", "Run", "Encoder", "train", "load", "models", "gen_data", "schema", "__version__"]
 
 # the keyword arguments `train` takes, as `mtl train`'s options
-_OVERRIDES = ("data", "valid", "epochs", "batch_size", "lr", "seed", "max_steps", "backend")
+_OVERRIDES = ("data", "valid", "epochs", "batch_size", "lr", "seed", "max_steps", "backend", "tensorboard")
 
 
 def _pandas():
@@ -98,8 +98,9 @@ class Run:
 
     @property
     def history(self):
-        """Every evaluation, one row each: epoch, step, losses and each output's validation
-        metrics (``<output>/<metric>``). A pandas DataFrame (a list of dicts without pandas):
+        """Every evaluation, one row each: epoch, step, losses, each output's validation
+        metrics (``<output>/<metric>``) and learned loss weights (``loss_weight/<term>``,
+        ``grad_norm/<term>``): the tags of the TensorBoard events too. A pandas DataFrame (a list of dicts without pandas):
         ``mlflow.log_metrics(row)`` per row is all a tracker needs."""
         rows = []
         for record in self.summary["history"]:
@@ -112,6 +113,9 @@ class Run:
             }
             for name, value in record["train_losses"]:
                 row[f"train_loss/{name}"] = value
+            for key in ("loss_weight", "grad_norm"):
+                for name, value in record.get(key + "s", []):
+                    row[f"{key}/{name}"] = value
             for output, values in _metrics(record["valid"]).items():
                 for metric, value in values.items():
                     row[f"{output}/{metric}"] = value
@@ -227,7 +231,9 @@ def train(
     ``config`` is a run config file or a dict of the same tables (relative paths against the
     working directory); ``set`` takes ``mtl train --set`` assignments (``"train.lr=0.01"``);
     the keyword arguments are ``mtl train``'s options: data, valid, epochs, batch_size, lr,
-    seed, max_steps, backend. ``resume=DIR`` continues the run in DIR (``epochs`` then trains a
+    seed, max_steps, backend, tensorboard (a folder for TensorBoard event files: each
+    evaluation's scalars, tagged as the :attr:`Run.history` columns, and ``lr``). ``resume=DIR`` continues
+    the run in DIR (``epochs`` then trains a
     finished run further). Progress goes to stderr. Ctrl-C stops after the step under way and
     keeps a checkpoint (``train(resume=DIR)`` continues), then raises ``KeyboardInterrupt``."""
     unknown = sorted(set_ for set_ in overrides if set_ not in _OVERRIDES)
@@ -238,10 +244,10 @@ def train(
     if resume is not None:
         if config is not None or out is not None:
             raise TypeError("train(resume=DIR) continues the run in DIR: give no config and no out")
-        fixed = sorted(k for k in overrides if k not in ("epochs", "max_steps"))
+        fixed = sorted(k for k in overrides if k not in ("epochs", "max_steps", "tensorboard"))
         if fixed or set:
             raise TypeError(
-                f"train(resume=DIR) keeps the run's config: it takes epochs and max_steps only, not {fixed or list(set)}"
+                f"train(resume=DIR) keeps the run's config: it takes epochs, max_steps and tensorboard only, not {fixed or list(set)}"
             )
         text = _mtl.train(os.fspath(resume), None, None, sets=list(set), resume=True, progress=progress, **overrides)
         return Run(os.path.abspath(resume), json.loads(text))

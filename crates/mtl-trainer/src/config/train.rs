@@ -158,6 +158,11 @@ pub struct TrainSettings {
     /// start (torch-rechub's).
     #[serde(default = "default_true")]
     pub label_priors: bool,
+    /// Write every evaluation's scalars (losses, each output's validation metrics, loss
+    /// weights, learning rate, throughput) as TensorBoard event files under
+    /// `<model dir>/tensorboard` (`mtl train --tensorboard DIR` writes them to DIR instead).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tensorboard: bool,
 }
 
 /// The weight average's decay of a new run that can keep one.

@@ -14,8 +14,10 @@ use mtl_layers::{MultiTaskModel, OutputSpec};
 
 use crate::TrainError;
 use crate::config::TrainSettings;
+use crate::error::io_err;
 use crate::fit::checkpoint::save_atomic;
 use crate::fit::early_stopping::{improves, monitored};
+use crate::fit::events::evaluation_scalars;
 use crate::fit::state::{EvalRecord, FitOptions, TrainState};
 use crate::fit::step::weighted;
 use crate::fit::weighting::WeightReport;
@@ -102,6 +104,12 @@ impl Evaluator<'_> {
         state.pending = (0, 0.0, vec![0.0; self.loss_names.len()]);
         state.pending_secs = 0.0;
         let stop = self.early_stopping(model, &record, state)?;
+        if let Some(events) = &self.options.tensorboard {
+            let mut file = events.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let scalars = evaluation_scalars(&record, self.settings.lr);
+            file.scalars(record.step as u64, &scalars)
+                .map_err(|e| io_err(file.path())(e))?;
+        }
         state.history.push(record);
         *clock = Instant::now();
         Ok(stop)

@@ -24,6 +24,7 @@ pub mod checkpoint;
 pub mod collective;
 pub mod early_stopping;
 pub mod evaluation;
+pub mod events;
 pub mod loader;
 pub mod schedule;
 pub mod shards;

@@ -140,6 +140,9 @@ pub struct FitOptions {
     /// Set from outside (Ctrl-C in Python): the run stops after the step under way, leaving a
     /// checkpoint to resume, as at a step limit. One process only: ranks would stop apart.
     pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// The TensorBoard event file the leader appends each evaluation's scalars to
+    /// ([`crate::fit::events`]), if any.
+    pub tensorboard: Option<crate::fit::events::SharedEventFile>,
 }
 
 impl FitOptions {

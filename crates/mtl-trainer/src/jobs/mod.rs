@@ -47,6 +47,8 @@ pub struct TrainOptions {
     /// Set from outside (Ctrl-C in Python): the run stops after the step under way with a
     /// checkpoint, unfinished, to be continued with `--resume` (one process only).
     pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// TensorBoard event files go to this folder (whatever `[train] tensorboard` says).
+    pub tensorboard: Option<std::path::PathBuf>,
 }
 
 impl TrainOptions {

@@ -16,6 +16,7 @@ use crate::config::{DataConfig, DataFiles, RunConfig, TrainSettings};
 use crate::error::{io_err, record_err};
 use crate::fit::checkpoint::{read_checkpoint, save_atomic};
 use crate::fit::collective::Group;
+use crate::fit::events::{EventFile, SharedEventFile};
 use crate::fit::loader::{StreamSpec, TrainRows, count_file_rows, label_means};
 use crate::fit::shards::Shards;
 use crate::fit::state::{DataFile, FitOptions, TrainState};
@@ -81,7 +82,19 @@ pub fn train<R: Registry>(
     let mut setup = setup;
     let restore = setup.restore_config.take();
     let new_dir = setup.new_dir;
-    let result = train_from(setup, out_dir, options);
+    let result = open_events(&setup.config.train, out_dir, options).and_then(|events| {
+        let result = train_from(setup, out_dir, options, events.clone());
+        // a new run that fails before its first checkpoint leaves no events behind
+        if let (Err(_), Some(_), Some(events)) = (&result, new_dir, events)
+            && !checkpointed(out_dir)
+        {
+            events
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .discard();
+        }
+        result
+    });
     if let (Err(_), Some(created)) = (&result, new_dir) {
         discard_failed_new_run(out_dir, created);
     }
@@ -95,12 +108,39 @@ pub fn train<R: Registry>(
     result
 }
 
+/// The leader's TensorBoard event file, opened before the first step: in `--tensorboard DIR`
+/// (`options.tensorboard`), else with `[train] tensorboard` in `<out_dir>/tensorboard`.
+fn open_events(
+    settings: &TrainSettings,
+    out_dir: &Path,
+    options: &TrainOptions,
+) -> Result<Option<SharedEventFile>, TrainError> {
+    let dir =
+        (options.tensorboard.clone()).or_else(|| settings.tensorboard.then(|| out_dir.join("tensorboard")));
+    match dir {
+        Some(dir) if options.group.is_leader() => {
+            let file = EventFile::create(&dir).map_err(io_err(&dir))?;
+            options.announce(&format!("TensorBoard events: {}", file.path().display()));
+            Ok(Some(std::sync::Arc::new(std::sync::Mutex::new(file))))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Whether the run in `out_dir` has a checkpoint (the one being replaced counts).
+fn checkpointed(out_dir: &Path) -> bool {
+    ["checkpoint", "checkpoint.old"]
+        .iter()
+        .any(|c| out_dir.join(c).exists())
+}
+
 /// The job once its run is settled: the data read and checked against the checkpoint's, the
 /// model built and fitted, its artifacts written.
 fn train_from<R: Registry>(
     setup: Setup<R>,
     out_dir: &Path,
     options: &TrainOptions,
+    events: Option<SharedEventFile>,
 ) -> Result<TrainSummary, TrainError> {
     let Setup {
         config,
@@ -146,6 +186,7 @@ fn train_from<R: Registry>(
             rss_by_rank: Vec::new(),
             data,
             valid_groups,
+            events,
         },
     );
     drop(lock);
@@ -387,10 +428,7 @@ fn new_run<R: Registry>(
 /// is kept, to resume): its files, a half-written checkpoint, and the directory when the run
 /// created it and nothing else is there. So the same command, mended, runs again.
 fn discard_failed_new_run(out_dir: &Path, created: bool) {
-    let checkpointed = ["checkpoint", "checkpoint.old"]
-        .iter()
-        .any(|c| out_dir.join(c).exists());
-    if checkpointed {
+    if checkpointed(out_dir) {
         return;
     }
     for file in RUN_FILES
@@ -774,6 +812,8 @@ struct TrainJob<'a, R: Registry> {
     data: Vec<DataFile>,
     /// Each validation row's group, with `[metrics] group_by`.
     valid_groups: Option<Vec<u32>>,
+    /// The leader's TensorBoard event file, if asked for.
+    events: Option<SharedEventFile>,
 }
 
 impl<R: Registry> WithModel for TrainJob<'_, R> {
@@ -792,6 +832,7 @@ impl<R: Registry> WithModel for TrainJob<'_, R> {
             valid_groups: self.valid_groups.clone(),
             group: self.options.group.clone(),
             stop: self.options.stop.clone(),
+            tensorboard: self.events.clone(),
         };
         let outcome = fit(
             model,
