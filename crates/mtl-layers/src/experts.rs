@@ -5,6 +5,9 @@
 //! layer l:   H_k = act(BN(H_k W_lk + b_lk))  W_l: [n, d, d']  — one batched matmul over the experts
 //! ```
 //!
+//! (Captured for ONNX, the later layers run each expert's product on its own, batch first:
+//! [`with_experts_batch_first`].)
+//!
 //! This is the same function as `n` separate torch-rechub MLPs (`Linear → BatchNorm →
 //! activation → Dropout` per layer) with the same parameter count: every output column of the
 //! fused first Linear has its own weights, and BatchNorm normalises each feature on its own, so
@@ -21,6 +24,21 @@ use burn::tensor::{Device, Tensor};
 
 /// The most experts a config may ask for.
 pub const MAX_EXPERTS: usize = 1024;
+
+thread_local! {
+    static BATCH_FIRST: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with the experts' later layers computed batch first, one product per expert
+/// ([`ExpertLayer::forward_batch_first`]): the same function in the form burn's ONNX exporter
+/// can lower (it has no axis swap). Elsewhere the batched product stays: on MMOE large
+/// inference it is ~10 % faster (`mtl predict`, 1M rows, 13.5–14.1 s against 15.1–15.6 s).
+pub fn with_experts_batch_first<R>(f: impl FnOnce() -> R) -> R {
+    let before = BATCH_FIRST.replace(true);
+    let out = f();
+    BATCH_FIRST.set(before);
+    out
+}
 
 /// A mixture's softmax gate over `n` experts, as torch-rechub builds it: `Linear →
 /// BatchNorm (optional) → softmax`; `init(input_dim, false, device)` builds it.
@@ -68,6 +86,34 @@ impl ExpertLayer {
             .activation
             .forward(y.reshape([n * b, out]))
             .reshape([n, b, out]);
+        self.dropout.forward(y)
+    }
+
+    /// The same layer with each expert's product on its own and the batch first: no axis
+    /// swap, which burn's ONNX exporter cannot lower (see [`with_experts_batch_first`]).
+    ///
+    /// # Shapes
+    /// - input: `[batch, n, in]`
+    /// - output: `[batch, n, out]`
+    pub fn forward_batch_first(&self, h: Tensor<3>) -> Tensor<3> {
+        let [b, n, d_in] = h.dims();
+        let d_out = self.weight.dims()[2];
+        let parts = (0..n)
+            .map(|k| {
+                let x = h.clone().slice([0..b, k..k + 1, 0..d_in]).reshape([b, d_in]);
+                let w = self.weight.val().slice([k..k + 1, 0..d_in, 0..d_out]);
+                let bias = self.bias.val().slice([k..k + 1, 0..1, 0..d_out]);
+                (x.matmul(w.reshape([d_in, d_out])) + bias.reshape([1, d_out])).reshape([b, 1, d_out])
+            })
+            .collect();
+        let mut y = Tensor::cat(parts, 1);
+        if let Some(norm) = &self.norm {
+            y = batch_norm_over(norm, y, 0);
+        }
+        let y = self
+            .activation
+            .forward(y.reshape([b * n, d_out]))
+            .reshape([b, n, d_out]);
         self.dropout.forward(y)
     }
 }
@@ -140,6 +186,13 @@ impl Experts {
         let h = h.reshape([b, self.n, d1]);
         if self.layers.is_empty() {
             return h;
+        }
+        if BATCH_FIRST.get() {
+            // captured for ONNX: batch first throughout (what burn's exporter can express)
+            return self
+                .layers
+                .iter()
+                .fold(h, |h, layer| layer.forward_batch_first(h));
         }
         let h = self
             .layers

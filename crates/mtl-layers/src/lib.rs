@@ -19,7 +19,7 @@ pub mod tower;
 
 pub use contract::{Forward, GateWeights, ModelBuilder, ModelPlan, MultiTaskModel, OutputSpec};
 pub use error::{ModelError, resolve_label};
-pub use experts::{ExpertLayer, Experts, MAX_EXPERTS, softmax_gate};
+pub use experts::{ExpertLayer, Experts, MAX_EXPERTS, softmax_gate, with_experts_batch_first};
 pub use mlp::{Activation, Mlp, MlpBlock, MlpSpec, softmax_rows, with_running_stats_frozen};
 pub use params::trainable_params;
 pub use registry::{Registry, WithModel, example_model, model_section, parse_model};

@@ -195,6 +195,8 @@ fn bad_task_config_is_named() {
     assert!(err.contains("model.n_experts"), "{err}");
 }
 
+/// The fused experts, each expert's MLP on its own, and the batch-first form ONNX export
+/// captures all give the same outputs.
 #[test]
 fn fused_experts_equal_separate_expert_mlps_in_training_and_eval() {
     use burn::tensor::Distribution;
@@ -232,5 +234,11 @@ fn fused_experts_equal_separate_expert_mlps_in_training_and_eval() {
     for (k, mlp) in separate.iter().enumerate() {
         let one = fused.clone().slice([0..4, k..k + 1, 0..2]).reshape([4, 2]);
         close(one, mlp.forward(x.clone()), &format!("eval, expert {k}"));
+    }
+    // the form ONNX export captures (batch first, a product per expert): the same values
+    let batch_first = mtl_layers::with_experts_batch_first(|| experts.forward(x.clone()));
+    let (a, b) = (v(fused.reshape([4, n * 2])), v(batch_first.reshape([4, n * 2])));
+    for (i, (p, q)) in a.iter().zip(&b).enumerate() {
+        assert!((p - q).abs() <= 1e-6, "batch first [{i}]: {p} vs {q}");
     }
 }

@@ -1,6 +1,7 @@
-"""ONNX export against `mtl predict`: every model type on id, sequence and dense fields,
-encoded by `mtl.Encoder` from the sidecar alone and scored by onnxruntime at several batch
-sizes (the batch axis is symbolic), within 1e-6 of the command's own scores."""
+"""ONNX export against `mtl predict`: every model type (experts, bottoms and towers of two
+layers) on id, sequence and dense fields, encoded by `mtl.Encoder` from the sidecar alone and
+scored by onnxruntime at several batch sizes (the batch axis is symbolic), within 1e-6 of the
+command's own scores."""
 
 from __future__ import annotations
 
@@ -16,20 +17,20 @@ from common import cli
 
 TASKS = [{"label": "click"}, {"label": "purchase"}]
 KINDS = {
-    "esmm": {"ctr_tower": {"dims": [8]}, "cvr_tower": {"dims": [8]}},
-    "esmm_chain": {"tower": {"dims": [8]}, "tasks": [{"label": "click"}, {"label": "cart"}, {"label": "purchase"}]},
-    "mmoe": {"n_experts": 3, "expert": {"dims": [8]}, "tower": {"dims": [4]}, "tasks": TASKS},
-    "omoe": {"n_experts": 3, "expert": {"dims": [8]}, "tower": {"dims": [4]}, "tasks": TASKS},
-    "shared_bottom": {"bottom": {"dims": [8]}, "tower": {"dims": [4]}, "tasks": TASKS},
+    "esmm": {"ctr_tower": {"dims": [8, 4]}, "cvr_tower": {"dims": [8, 4]}},
+    "esmm_chain": {"tower": {"dims": [8, 4]}, "tasks": [{"label": "click"}, {"label": "cart"}, {"label": "purchase"}]},
+    "mmoe": {"n_experts": 3, "expert": {"dims": [8, 6]}, "tower": {"dims": [4]}, "tasks": TASKS},
+    "omoe": {"n_experts": 3, "expert": {"dims": [8, 6]}, "tower": {"dims": [4]}, "tasks": TASKS},
+    "shared_bottom": {"bottom": {"dims": [8, 6]}, "tower": {"dims": [4]}, "tasks": TASKS},
     "ple": {
         "n_level": 2,
         "n_expert_specific": 2,
         "n_expert_shared": 1,
-        "expert": {"dims": [8]},
+        "expert": {"dims": [8, 6]},
         "tower": {"dims": [4]},
         "tasks": TASKS,
     },
-    "aitm": {"bottom": {"dims": [8]}, "tower": {"dims": [4]}, "tasks": TASKS},
+    "aitm": {"bottom": {"dims": [8, 6]}, "tower": {"dims": [4]}, "tasks": TASKS},
 }
 
 SCHEMA = """

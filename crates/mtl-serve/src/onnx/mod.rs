@@ -221,14 +221,16 @@ impl WithModel for Export<'_> {
         };
         let exporter = OnnxExporter::new();
         let capture = |rows: usize| {
-            exporter
-                .export(&model, inputs(schema, rows, &device), forward)
-                .map(|onnx| onnx.into_bytes())
-                .map_err(|e| {
-                    EvalError::Backend(format!(
-                        "burn's ONNX exporter (burn-onnx 0.22) cannot express this model: {e}"
-                    ))
-                })
+            // the experts' later layers batch first: burn's exporter cannot lower an axis swap
+            mtl_layers::with_experts_batch_first(|| {
+                exporter.export(&model, inputs(schema, rows, &device), forward)
+            })
+            .map(|onnx| onnx.into_bytes())
+            .map_err(|e| {
+                EvalError::Backend(format!(
+                    "burn's ONNX exporter (burn-onnx 0.22) cannot express this model: {e}"
+                ))
+            })
         };
         let mut symbolic_failed = None;
         if self.batch.is_none() {
