@@ -54,7 +54,9 @@ pub fn onnx_check(quick: bool) -> Result<()> {
         ("shared_bottom-dense", "shared-bottom", "example", &dense),
         ("esmm-dense", "esmm", "example", &dense),
         ("mmoe-example", "mmoe", "example", &peer_data),
+        ("mmoe-large", "mmoe", "large", &peer_data),
         ("ple-example", "ple", "example", &peer_data),
+        ("ple-large", "ple", "large", &peer_data),
         ("aitm-example", "aitm", "example", &peer_data),
     ];
     let mut md = format!(
