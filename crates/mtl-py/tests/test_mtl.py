@@ -207,7 +207,7 @@ def test_ctrl_c_stops_with_a_checkpoint_that_resumes(data, tmp_path):
     saved = json.loads(state.read_text())
     assert saved["finished"] is False and saved["global_step"] > 0
     # the run continues from its checkpoint (its config as saved: only the length may change)
-    with pytest.raises(TypeError, match="epochs and max_steps only"):
+    with pytest.raises(TypeError, match="takes epochs, max_steps and tensorboard only"):
         mtl.train(resume=out, lr=0.5)
     run = mtl.train(resume=out, progress=False, max_steps=saved["global_step"] + 3)
     assert run.summary["steps"] == saved["global_step"] + 3
