@@ -173,7 +173,16 @@ pub fn chain_quality(
 /// The chain's data set of `rows` rows (seed 2022, the steps of [`STEPS`]), generated once and
 /// reused.
 fn chain_data(mtl: &Path, rows: usize) -> Result<PathBuf> {
-    let data = work_dir(&format!("data/chain-{rows}"));
+    chain_data_seeded(mtl, rows, 2022)
+}
+
+/// [`chain_data`] from generator seed `seed`.
+pub(crate) fn chain_data_seeded(mtl: &Path, rows: usize, seed: u64) -> Result<PathBuf> {
+    let name = match seed {
+        2022 => format!("data/chain-{rows}"),
+        _ => format!("data/chain-{rows}-{seed}"),
+    };
+    let data = work_dir(&name);
     if !data.join("synth_chain_schema.toml").exists() {
         let steps: Vec<String> = STEPS.iter().map(|(n, r)| format!("{n}:{r}")).collect();
         run(Command::new(mtl)
@@ -183,7 +192,7 @@ fn chain_data(mtl: &Path, rows: usize) -> Result<PathBuf> {
                 "--rows",
                 &rows.to_string(),
                 "--seed",
-                "2022",
+                &seed.to_string(),
                 "--steps",
             ])
             .arg(steps.join(","))

@@ -9,6 +9,7 @@ mod es_cvr;
 mod gpu;
 mod onnx_check;
 mod peer;
+mod priors;
 mod quality;
 mod read_bench;
 mod scale;
@@ -94,6 +95,9 @@ enum Task {
     /// threads and as N ranks × 1 thread (samples/s, AUCs over seeds, RSS per rank, time and
     /// bytes in collectives), and the speed-up expected at 8 and 64 ranks. Needs `mpirun`.
     Scale(scale::ScaleArgs),
+    /// Label priors measured: each output's test ECE, AUC and mean prediction after one epoch
+    /// with and without `label_priors`, for MMOE, PLE, AITM and the chain, over seeds.
+    Priors(priors::PriorsArgs),
     /// What CI runs: cargo fmt --check, the tests (the MPI tests too), clippy.
     Validate,
 }
@@ -115,6 +119,7 @@ fn main() -> Result<()> {
         Task::ServeLoad(args) => serve_load::serve_load(&args),
         Task::Gpu(args) => gpu::gpu(&args),
         Task::OnnxCheck { quick } => onnx_check::onnx_check(quick),
+        Task::Priors(args) => priors::priors(&args),
         Task::EsCvr(args) => es_cvr::es_cvr(&args),
         Task::ReadBench(args) => read_bench::read_bench(&args),
         Task::StreamBench(args) => stream_bench::stream_bench(&args),

@@ -24,7 +24,7 @@ use burn::tensor::{Device, Tensor};
 use mtl_features::{BatchTensors, FieldPooling, InputLayer, InputSpec, LabelKind, TableLayout, ValidSchema};
 use mtl_layers::head::{bce_from_log_probs, bce_with_logits, log_add_exp};
 use mtl_layers::tasks::{
-    TaskConfig, TaskSpec, embedded_fields, funnel_rules, funnel_steps, loss_names, task_towers,
+    TaskConfig, TaskSpec, embedded_fields, funnel_rules, funnel_steps, loss_names, output_prior, task_towers,
 };
 use mtl_layers::{
     Forward, ModelBuilder, ModelError, ModelPlan, MultiTaskModel, OutputSpec, Tower, TowerSpec,
@@ -228,5 +228,33 @@ impl MultiTaskModel for EsmmChain {
             losses: self.losses(&p, batch),
             predictions: self.ordered(&p),
         }
+    }
+
+    const USES_LABEL_PRIORS: bool = true;
+
+    /// Step k's tower starts at the step's conditional rate, mean(label k) / mean(label k−1)
+    /// (the first step at its own rate), so that P_k starts at label k's rate on every row;
+    /// as ESMM's CVR tower, a later step's output weights start at zero (it learns only
+    /// through the product).
+    fn with_label_priors(self, label_means: &[f64]) -> Self {
+        let means: Option<Vec<f64>> = (self.steps.iter())
+            .map(|s| label_means.get(s.label).copied())
+            .collect();
+        let Some(means) = means else {
+            return self;
+        };
+        let rate = |k: usize| match k {
+            0 => Some(means[0]),
+            _ => (means[k - 1] > 0.0).then(|| (means[k] / means[k - 1]).min(1.0)),
+        };
+        let towers = (self.towers.into_iter().enumerate())
+            .map(
+                |(k, tower)| match rate(k).and_then(|p| output_prior(LabelKind::Binary, p)) {
+                    Some(bias) => tower.with_output_prior(bias, k > 0),
+                    None => tower,
+                },
+            )
+            .collect();
+        Self { towers, ..self }
     }
 }

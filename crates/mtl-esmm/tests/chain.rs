@@ -229,3 +229,43 @@ fn params_count_every_tower() {
     // input 2 fields × 4 + 1 dense = 9; tower 9·8 + 8 + 8 + 1 = 89; embeddings (20 + 30) × 4
     assert_eq!(m.num_params(), 3 * 89 + 200);
 }
+
+/// Label priors: step 1 starts at its rate, each later step at its conditional rate
+/// (mean(label k) / mean(label k−1)) with its output weights at zero, so that P_k starts at
+/// label k's rate on every row; a step whose previous rate is 0 keeps its random start.
+#[test]
+fn label_priors_start_every_step_at_its_conditional_rate() {
+    let s = schema(&[("click", "binary"), ("cart", "binary"), ("buy", "binary")]);
+    let enc = Encoder::new(&s, &StateFitter::new(&s).finish());
+    // the trainer's device: the primed biases are parameters that learn
+    let device = Device::flex().autodiff();
+    device.seed(4);
+    let config = EsmmChainConfig::new(MlpSpec::new([8, 4]), &["click", "cart", "buy"]);
+    let chain = config.init(&s, enc.layout(), &device).unwrap();
+    let rates = [0.2, 0.05, 0.01];
+    let primed = chain.clone().with_label_priors(&rates);
+    let bias = |t: &mtl_layers::Tower| v(t.mlp.output.as_ref().unwrap().bias.as_ref().unwrap().val())[0];
+    let logit = |p: f64| (p / (1.0 - p)).ln();
+    for (k, want) in [logit(0.2), logit(0.25), logit(0.2)].iter().enumerate() {
+        let got = f64::from(bias(&primed.towers[k]));
+        assert!((got - want).abs() < 1e-6, "step {k}: {got} vs {want}");
+    }
+    let batch = data(&three_step_rows()).batch(&(0..24).collect::<Vec<_>>(), enc.layout(), &device);
+    let p = primed.forward_predictions(&batch);
+    for (k, rate) in [(1, 0.25f32), (2, 0.2)] {
+        assert!(
+            v(p.conditional[k].clone())
+                .iter()
+                .all(|x| (x - rate).abs() < 1e-6),
+            "step {k}"
+        );
+    }
+    // the first step keeps its random output weights: P_1 varies by row
+    let first = v(p.joint[0].clone());
+    assert!(first.iter().any(|x| (x - first[0]).abs() > 1e-4), "{first:?}");
+    // no row reaches step 1: steps 2 and 3 have no conditional rate and keep their start
+    let unprimed = chain.clone().with_label_priors(&[0.0, 0.0, 0.0]);
+    for k in 1..3 {
+        assert_eq!(bias(&unprimed.towers[k]), bias(&chain.towers[k]), "step {k}");
+    }
+}

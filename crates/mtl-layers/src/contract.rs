@@ -128,7 +128,8 @@ pub trait MultiTaskModel: Module + Clone + std::fmt::Debug {
 
     /// The model started at its labels' base rates, before the first step: `label_means[i]`
     /// is label column `i`'s mean over the training rows. A model whose outputs have a
-    /// natural prior sets their biases to it (ESMM); the default keeps the random start.
+    /// natural prior sets their biases to it (every registered model: see
+    /// [`crate::tasks::towers_at_priors`]); the default keeps the random start.
     fn with_label_priors(self, label_means: &[f64]) -> Self {
         let _ = label_means;
         self

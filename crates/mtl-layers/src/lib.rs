@@ -23,7 +23,7 @@ pub use experts::{ExpertLayer, Experts, MAX_EXPERTS, softmax_gate, with_experts_
 pub use mlp::{Activation, Mlp, MlpBlock, MlpSpec, softmax_rows, with_running_stats_frozen};
 pub use params::trainable_params;
 pub use registry::{Registry, WithModel, example_model, model_section, parse_model};
-pub use tasks::{TaskConfig, TaskSpec, task_towers};
+pub use tasks::{TaskConfig, TaskSpec, output_prior, task_towers, towers_at_priors};
 pub use tower::{Tower, TowerKind, TowerSpec};
 
 /// What the [`registry!`] macro refers to, re-exported so that a crate using it needs no

@@ -7,7 +7,7 @@ use mtl_features::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::head::{predict, task_loss};
+use crate::head::{logit_clamped, predict, task_loss};
 use crate::tower::{Tower, TowerSpec};
 use crate::{Forward, MlpSpec, ModelError, ModelPlan, OutputSpec, resolve_label};
 
@@ -149,6 +149,39 @@ pub fn task_towers(
     tasks
         .iter()
         .map(|t| t.tower.as_ref().unwrap_or(default).init(input_dim, device))
+        .collect()
+}
+
+/// The nearest a binary prior may come to 0 or 1 (a label that never or always fires still
+/// starts at a finite logit, ±9.2).
+pub const PRIOR_CLAMP: f64 = 1e-4;
+
+/// The output a task starts at for a label mean `mean`: `logit(mean)` for a binary task (the
+/// rate clamped to `[PRIOR_CLAMP, 1 − PRIOR_CLAMP]`), the mean itself for a regression task;
+/// none for a mean that is not finite (or, binary, not a rate).
+pub fn output_prior(kind: LabelKind, mean: f64) -> Option<f64> {
+    match kind {
+        LabelKind::Binary => {
+            (mean.is_finite() && (0.0..=1.0).contains(&mean)).then(|| logit_clamped(mean, PRIOR_CLAMP))
+        }
+        LabelKind::Regression => mean.is_finite().then_some(mean),
+    }
+}
+
+/// Per-task towers started at their labels' base rates ([`output_prior`] of
+/// `label_means[task.label]`): each output bias set, the weights kept, so a task's first
+/// predictions are its base rate moved by what its random weights make of the input.
+pub fn towers_at_priors(tasks: &[TaskSpec], towers: Vec<Tower>, label_means: &[f64]) -> Vec<Tower> {
+    tasks
+        .iter()
+        .zip(towers)
+        .map(|(task, tower)| {
+            let mean = label_means.get(task.label).copied();
+            match mean.and_then(|m| output_prior(task.kind, m)) {
+                Some(bias) => tower.with_output_prior(bias, false),
+                None => tower,
+            }
+        })
         .collect()
 }
 

@@ -280,4 +280,12 @@ impl MultiTaskModel for Aitm {
             })
             .collect()
     }
+
+    const USES_LABEL_PRIORS: bool = true;
+
+    /// Each task's output starts at its label's base rate (its mean, for a regression task).
+    fn with_label_priors(self, label_means: &[f64]) -> Self {
+        let towers = mtl_layers::towers_at_priors(&self.tasks, self.towers, label_means);
+        Self { towers, ..self }
+    }
 }

@@ -325,6 +325,14 @@ impl MultiTaskModel for Mmoe {
             })
             .collect()
     }
+
+    const USES_LABEL_PRIORS: bool = true;
+
+    /// Each task's output starts at its label's base rate (its mean, for a regression task).
+    fn with_label_priors(self, label_means: &[f64]) -> Self {
+        let towers = mtl_layers::towers_at_priors(&self.tasks, self.towers, label_means);
+        Self { towers, ..self }
+    }
 }
 
 /// Shared-Bottom configuration.
@@ -385,5 +393,13 @@ impl MultiTaskModel for SharedBottom {
 
     fn forward(&self, batch: &BatchTensors) -> Forward {
         task_forward(&self.tasks, self.logits(batch), batch)
+    }
+
+    const USES_LABEL_PRIORS: bool = true;
+
+    /// Each task's output starts at its label's base rate (its mean, for a regression task).
+    fn with_label_priors(self, label_means: &[f64]) -> Self {
+        let towers = mtl_layers::towers_at_priors(&self.tasks, self.towers, label_means);
+        Self { towers, ..self }
     }
 }

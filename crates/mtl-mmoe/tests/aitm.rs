@@ -156,3 +156,26 @@ fn impossible_aitm_configs_are_named() {
         assert!(err.contains(key), "{key}: {err}");
     }
 }
+
+/// Label priors: every task's tower output bias starts at logit(its label's rate), its
+/// weights as they were.
+#[test]
+fn label_priors_start_every_task_at_its_labels_rate() {
+    let s = schema();
+    let enc = Encoder::new(&s, &StateFitter::new(&s).finish());
+    let c = config(&["click", "cart", "buy"], 0.6);
+    let m = c.init(&s, enc.layout(), &Device::flex().autodiff()).unwrap();
+    let out = |m: &Aitm, k: usize| m.towers[k].mlp.output.clone().unwrap();
+    let v = |t: Tensor<1>| t.into_data().try_to_vec::<f32>().unwrap();
+    let weights: Vec<Vec<f32>> = (0..3).map(|k| v(out(&m, k).weight.val().flatten(0, 1))).collect();
+    let primed = m.with_label_priors(&[0.3, 0.1, 0.02]);
+    for (k, rate) in [0.3f64, 0.1, 0.02].iter().enumerate() {
+        let got = f64::from(v(out(&primed, k).bias.unwrap().val())[0]);
+        assert!((got - (rate / (1.0 - rate)).ln()).abs() < 1e-6, "task {k}: {got}");
+        assert_eq!(
+            v(out(&primed, k).weight.val().flatten(0, 1)),
+            weights[k],
+            "task {k}"
+        );
+    }
+}

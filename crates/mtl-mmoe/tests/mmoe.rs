@@ -242,3 +242,63 @@ fn fused_experts_equal_separate_expert_mlps_in_training_and_eval() {
         assert!((p - q).abs() <= 1e-6, "batch first [{i}]: {p} vs {q}");
     }
 }
+
+/// Label priors: every task tower's output bias starts at logit(its label's rate) (a binary
+/// task) or its label's mean (a regression task), its weights as they were; a mean that is
+/// not a rate (or not a number) leaves the task's random start.
+#[test]
+fn label_priors_start_every_task_at_its_labels_base_rate() {
+    use mtl_layers::Tower;
+    use mtl_mmoe::{PleConfig, SharedBottomConfig};
+    let s = schema();
+    let enc = Encoder::new(&s, &StateFitter::new(&s).finish());
+    // the trainer's device: the primed biases are parameters that learn
+    let device = Device::flex().autodiff();
+    device.seed(3);
+    let biases = |towers: &[Tower]| -> Vec<f64> {
+        let out = |t: &Tower| t.mlp.output.as_ref().unwrap().bias.as_ref().unwrap().val();
+        towers.iter().map(|t| f64::from(v(out(t))[0])).collect()
+    };
+    let weights = |towers: &[Tower]| -> Vec<Vec<f32>> {
+        let out = |t: &Tower| t.mlp.output.as_ref().unwrap().weight.val();
+        towers.iter().map(|t| v(out(t))).collect()
+    };
+    // click rate 0.2: logit = ln(0.2 / 0.8); dwell mean 3.5
+    let want = [(0.2f64 / 0.8).ln(), 3.5];
+    let check = |name: &str, before: &[Tower], after: &[Tower], kept: &[Tower]| {
+        for (k, (got, want)) in biases(after).iter().zip(want).enumerate() {
+            assert!((got - want).abs() < 1e-6, "{name} task {k}: {got} vs {want}");
+        }
+        assert_eq!(weights(after), weights(before), "{name}: the weights stay");
+        assert_eq!(biases(kept), biases(before), "{name}: no rate, no prior");
+    };
+    let task_table = "tasks = [{ label = \"click\" }, { label = \"dwell\" }]";
+    let mmoe = || {
+        MmoeConfig::new(3, MlpSpec::new([8]), MlpSpec::new([4]), tasks())
+            .init(&s, enc.layout(), &device)
+            .unwrap()
+    };
+    let m = mmoe();
+    let (before, after) = (m.towers.clone(), m.clone().with_label_priors(&[0.2, 3.5]));
+    let kept = m.with_label_priors(&[1.5, f64::NAN]);
+    check("mmoe", &before, &after.towers, &kept.towers);
+    let sb: SharedBottomConfig = toml::from_str(&format!(
+        "bottom = {{ dims = [8] }}\ntower = {{ dims = [4] }}\n{task_table}"
+    ))
+    .unwrap();
+    let m = sb.init(&s, enc.layout(), &device).unwrap();
+    let (before, after) = (m.towers.clone(), m.clone().with_label_priors(&[0.2, 3.5]));
+    let kept = m.with_label_priors(&[-0.1, f64::INFINITY]);
+    check("shared_bottom", &before, &after.towers, &kept.towers);
+    let ple: PleConfig = toml::from_str(&format!(
+        "n_level = 2\nn_expert_specific = 1\nn_expert_shared = 1\nexpert = {{ dims = [8] }}\ntower = {{ dims = [4] }}\n{task_table}"
+    ))
+    .unwrap();
+    let m = ple.init(&s, enc.layout(), &device).unwrap();
+    let (before, after) = (m.towers.clone(), m.clone().with_label_priors(&[0.2, 3.5]));
+    let kept = m.with_label_priors(&[]);
+    check("ple", &before, &after.towers, &kept.towers);
+    // a label that never fires starts at a finite logit: the rate clamped to 1e-4
+    let never = mtl_layers::output_prior(mtl_features::LabelKind::Binary, 0.0).unwrap();
+    assert!((never - (1e-4f64 / (1.0 - 1e-4)).ln()).abs() < 1e-12, "{never}");
+}

@@ -154,8 +154,9 @@ pub struct TrainSettings {
     /// Start the model's outputs at the training labels' base rates before the first step
     /// ([`MultiTaskModel::with_label_priors`](mtl_layers::MultiTaskModel::with_label_priors):
     /// for ESMM the CTR tower's output bias at logit(click rate) and the CVR tower's at
-    /// logit(conversions per click), its output weights at zero). `false` keeps the random
-    /// start (torch-rechub's).
+    /// logit(conversions per click), its output weights at zero; each task tower of the other
+    /// models at its label's rate or mean, each chain step at its conditional rate). `false`
+    /// keeps the random start (torch-rechub's).
     #[serde(default = "default_true")]
     pub label_priors: bool,
     /// Write every evaluation's scalars (losses, each output's validation metrics, loss
