@@ -1,6 +1,7 @@
 //! Prediction heads and per-task losses, computed from logits so that a saturated sigmoid
 //! never produces NaN.
 
+use burn::nn::Linear;
 use burn::tensor::Tensor;
 use burn::tensor::activation::{log_sigmoid, sigmoid};
 use mtl_features::LabelKind;
@@ -61,6 +62,18 @@ pub fn task_loss(logit: Tensor<1>, label: Tensor<1>, kind: LabelKind) -> Tensor<
 pub fn log_add_exp(a: Tensor<1>, b: Tensor<1>) -> Tensor<1> {
     let m = a.clone().max_pair(b.clone()).detach();
     m.clone() + ((a - m.clone()).exp() + (b - m).exp()).log()
+}
+
+/// An output layer starting at a prior: its bias set to `bias` (a logit for a sigmoid head)
+/// and, when `zero_weights`, its weights set to zero, so that it starts at `bias` on every
+/// row. Parameter ids are kept; both stay trainable.
+pub fn output_at_prior(mut linear: Linear, bias: f64, zero_weights: bool) -> Linear {
+    linear.bias =
+        (linear.bias).map(|b| b.map(|t| t.zeros_like().add_scalar(bias).detach().set_require_grad(true)));
+    if zero_weights {
+        linear.weight = (linear.weight).map(|t| t.zeros_like().detach().set_require_grad(true));
+    }
+    linear
 }
 
 /// `ln(p / (1 − p))` with `p` clamped to `[eps, 1 − eps]`, so that 0 and 1 give finite logits.

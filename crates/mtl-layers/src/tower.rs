@@ -21,6 +21,7 @@ use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use crate::head::output_at_prior;
 use crate::mlp::{Activation, MlpSpec};
 use crate::{Mlp, ModelError};
 
@@ -212,17 +213,7 @@ impl Tower {
     /// starts at `bias` on every row (plus a `deepfm` tower's FM term) instead of at a random
     /// function of its input. Parameter ids are kept.
     pub fn with_output_prior(mut self, bias: f64, zero_weights: bool) -> Self {
-        self.mlp.output = self.mlp.output.map(|mut linear| {
-            linear.bias = linear
-                .bias
-                .map(|b| b.map(|t| t.zeros_like().add_scalar(bias).detach().set_require_grad(true)));
-            if zero_weights {
-                linear.weight = linear
-                    .weight
-                    .map(|t| t.zeros_like().detach().set_require_grad(true));
-            }
-            linear
-        });
+        self.mlp.output = (self.mlp.output).map(|linear| output_at_prior(linear, bias, zero_weights));
         self
     }
 

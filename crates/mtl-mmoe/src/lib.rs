@@ -2,7 +2,7 @@
 //!
 //! The per-task models, built from the shared blocks of `mtl-layers` (experts evaluated
 //! together, softmax gates, task towers and heads): MMOE, OMoE and Shared-Bottom below, PLE/CGC
-//! in [`PleConfig`] (its own file) and AITM in [`AitmConfig`] (its own file).
+//! in [`PleConfig`], AITM in [`AitmConfig`] and DBMTL in [`DbmtlConfig`] (each its own file).
 //!
 //! Ma et al., *Modeling Task Relationships in Multi-task Learning with Multi-gate
 //! Mixture-of-Experts*, KDD 2018, with the two baselines of its experiments built from the
@@ -53,12 +53,14 @@
 //! ```
 
 mod aitm;
+mod dbmtl;
 mod ple;
 
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 
 pub use aitm::{Aitm, AitmConfig, InfoTransfer};
+pub use dbmtl::{Dbmtl, DbmtlConfig};
 use mtl_features::{BatchTensors, FieldPooling, InputLayer, TableLayout, ValidSchema};
 pub use mtl_layers::experts::{ExpertLayer, Experts, MAX_EXPERTS};
 pub use mtl_layers::tasks::{TaskConfig, TaskSpec};

@@ -30,5 +30,6 @@ mtl_layers::registry! {
         "shared_bottom" => SharedBottom(mtl_mmoe::SharedBottomConfig) from include_str!("../../../configs/shared-bottom-example.toml"),
         "ple" => Ple(mtl_mmoe::PleConfig) from include_str!("../../../configs/ple-example.toml"),
         "aitm" => Aitm(mtl_mmoe::AitmConfig) from include_str!("../../../configs/aitm-example.toml"),
+        "dbmtl" => Dbmtl(mtl_mmoe::DbmtlConfig) from include_str!("../../../configs/dbmtl-example.toml"),
     }
 }

@@ -31,6 +31,7 @@ KINDS = {
         "tasks": TASKS,
     },
     "aitm": {"bottom": {"dims": [8, 6]}, "tower": {"dims": [4]}, "tasks": TASKS},
+    "dbmtl": {"bottom": {"dims": [8]}, "tower": {"dims": [6, 4]}, "relation": {"dims": [3]}, "tasks": TASKS},
 }
 
 SCHEMA = """
