@@ -177,6 +177,46 @@ fn gradnorm_brings_weighted_gradient_norms_within_a_band() {
     assert!((w1 + w2 - 2.0).abs() < 1e-4 && w1 > w2, "{w1} {w2}");
 }
 
+/// MetaBalance with the first task (y1, the small gradient) as the main one: the auxiliary
+/// task's weighted gradient norm on the table is brought to the main one's (relax factor 1)
+/// or part of the way (0.5), where fixed weights leave it 5–20× larger.
+#[test]
+fn metabalance_brings_the_auxiliary_gradient_norm_to_the_main_ones() {
+    let _turn = turn();
+    let dir = tempfile::tempdir().unwrap();
+    let files = scaled_pair(dir.path());
+    let meta = |relax_factor: f64| LossWeighting::Metabalance {
+        relax_factor,
+        beta: 0.9,
+        every: 1,
+    };
+    let ratio = |r: &EvalRecord| value(&r.grad_norms, "y2") / value(&r.grad_norms, "y1");
+    let late = |history: &[EvalRecord]| -> Vec<f64> {
+        history.iter().filter(|r| r.step >= 100).map(ratio).collect()
+    };
+    // relax factor 0: the weights stay 1, the norms as fixed weights leave them
+    let fixed = late(&run(dir.path(), "r0", &files, MMOE_Y, meta(0.0), 2));
+    let full = run(dir.path(), "r1", &files, MMOE_Y, meta(1.0), 2);
+    let half = late(&run(dir.path(), "r05", &files, MMOE_Y, meta(0.5), 2));
+    eprintln!(
+        "G_y2 / G_y1: r = 0 {fixed:?}\nr = 1 {:?}\nr = 0.5 {half:?}",
+        late(&full)
+    );
+    assert!(fixed.iter().all(|r| *r > 5.0), "{fixed:?}");
+    assert!(
+        late(&full).iter().all(|r| (0.5..=2.0).contains(r)),
+        "{:?}",
+        late(&full)
+    );
+    for (k, r) in half.iter().enumerate() {
+        assert!(*r > late(&full)[k] && *r < fixed[k], "evaluation {k}: {r}");
+    }
+    // the main task keeps weight 1; the auxiliary task's falls below it
+    let last = full.last().unwrap();
+    assert_eq!(value(&last.loss_weights, "y1"), 1.0);
+    assert!(value(&last.loss_weights, "y2") < 0.5, "{:?}", last.loss_weights);
+}
+
 #[test]
 fn both_rules_train_esmm_mmoe_and_ple() {
     let _turn = turn();

@@ -318,12 +318,18 @@ impl<R: Registry> RunConfig<R> {
             message: e.to_string(),
         })?;
         self.check_plan(&plan, file)?;
-        if matches!(self.train.loss_weighting, LossWeighting::Gradnorm { .. })
-            && schema.n_sparse() + schema.n_sequence() == 0
-        {
+        let rule = &self.train.loss_weighting;
+        if rule.uses_grad_norms() && schema.n_sparse() + schema.n_sequence() == 0 {
+            let kind = if matches!(rule, LossWeighting::Gradnorm { .. }) {
+                "gradnorm"
+            } else {
+                "metabalance"
+            };
             return Err(TrainError::Config {
                 file: file.to_string(),
-                message: "`train.loss_weighting` = gradnorm balances the tasks' gradient norms on the shared embedding table; this schema has no sparse or sequence field".into(),
+                message: format!(
+                    "`train.loss_weighting` = {kind} balances the tasks' gradient norms on the shared embedding table; this schema has no sparse or sequence field"
+                ),
             });
         }
         Ok((schema, plan, saved))

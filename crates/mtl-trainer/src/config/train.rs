@@ -98,8 +98,8 @@ pub struct TrainSettings {
     #[serde(default)]
     pub loss_weights: Vec<f32>,
     /// How the loss terms are weighted: `{ kind = "fixed" }` (`loss_weights`, the default),
-    /// `{ kind = "uncertainty" }` or `{ kind = "gradnorm", alpha = 1.5 }` (learned; see
-    /// [`crate::fit::weighting`]).
+    /// `{ kind = "uncertainty" }`, `{ kind = "gradnorm", alpha = 1.5 }` or `{ kind =
+    /// "metabalance", relax_factor = 0.7 }` (learned; see [`crate::fit::weighting`]).
     #[serde(default)]
     pub loss_weighting: LossWeighting,
     /// Evaluate on the validation set every N steps (default: at the end of each epoch).

@@ -7,16 +7,19 @@
 //! gradnorm     L = Σ_i w_i L_i,  and after each step    (Chen et al., ICML 2018)
 //!              G_i = w_i ‖∇_W L_i‖,  r_i = (L_i/L_i(0)) / mean_j (L_j/L_j(0))
 //!              L_grad = Σ_i |G_i − mean(G)·r_i^α|   → one Adam step on w, then Σ w = T
+//! metabalance  L = L_main + Σ_aux w_i L_i,  and after each step  (He et al., WWW 2022)
+//!              m_i ← β m_i + (1 − β) ‖∇_W L_i‖,  w_i = r · m_main / m_i + (1 − r)
 //! ```
 //!
 //! Only the terms named after a model output are *task* terms and get learned weights; any
-//! other term (AITM's calibrator, a penalty) keeps weight 1. Both learned rules are small
+//! other term (AITM's calibrator, a penalty) keeps weight 1. The learned rules are small
 //! enough to run on the host: the uncertainty gradient is `∂L/∂s_i = 1 − exp(−s_i) L_i`, and
 //! GradNorm's is `sign(G_i − target_i) · ‖∇_W L_i‖` with the target held constant, as in the
 //! paper. `W` is the shared embedding table — the layer every model shares (for ESMM, its last
 //! shared layer); its per-task gradient norms take one extra forward and backward pass per task
-//! on the step's batch (burn keeps no graph after a backward), so GradNorm's steps cost about
-//! `1 + tasks` plain steps when it updates every step (`every = 1`).
+//! on the step's batch (burn keeps no graph after a backward), so GradNorm's and MetaBalance's
+//! steps cost about `1 + tasks` plain steps when they measure every step (`every = 1`).
+//! MetaBalance's main task is the first task term (ESMM's `ctr`, the first of `tasks`).
 
 use serde::{Deserialize, Serialize};
 
@@ -61,12 +64,16 @@ impl ScalarAdam {
 /// with the same weights and moments.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct WeightingState {
-    /// Uncertainty: the log-variances `s_i`; GradNorm: the weights `w_i` (task terms only).
+    /// Uncertainty: the log-variances `s_i`; GradNorm, MetaBalance: the weights `w_i` (task
+    /// terms only).
     pub values: Vec<f64>,
     /// GradNorm: each task term's loss at the first update.
     pub initial_losses: Vec<f64>,
-    /// GradNorm: the weighted gradient norms `G_i` at the last update.
+    /// GradNorm, MetaBalance: the weighted gradient norms `w_i ‖∇_W L_i‖` at the last update.
     pub grad_norms: Vec<f64>,
+    /// MetaBalance: the moving averages of the unweighted gradient norms.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub averages: Vec<f64>,
     adam: ScalarAdam,
 }
 
@@ -104,7 +111,7 @@ impl Weighting {
         let start = match rule {
             LossWeighting::Fixed => Vec::new(),
             LossWeighting::Uncertainty { .. } => vec![0.0; n],
-            LossWeighting::Gradnorm { .. } => vec![1.0; n],
+            LossWeighting::Gradnorm { .. } | LossWeighting::Metabalance { .. } => vec![1.0; n],
         };
         let state = state.unwrap_or(WeightingState {
             values: start,
@@ -148,7 +155,9 @@ impl Weighting {
     /// Whether step `step` (1-based) needs each task term's gradient norm on the table.
     pub fn wants_grad_norms(&self, step: usize) -> bool {
         match self.rule {
-            LossWeighting::Gradnorm { every, .. } => (step - 1).is_multiple_of(every),
+            LossWeighting::Gradnorm { every, .. } | LossWeighting::Metabalance { every, .. } => {
+                (step - 1).is_multiple_of(every)
+            }
             _ => false,
         }
     }
@@ -202,7 +211,36 @@ impl Weighting {
                 }
                 self.state.grad_norms = weighted;
             }
+            LossWeighting::Metabalance {
+                relax_factor, beta, ..
+            } => {
+                let Some(norms) = grad_norms else { return };
+                self.metabalance(norms, relax_factor, beta);
+            }
         }
+    }
+
+    /// MetaBalance after a measurement of the task terms' gradient norms `norms` on the
+    /// table: their moving averages `m_i ← β m_i + (1 − β) ‖∇_W L_i‖` (the first measurement
+    /// starts them), then each auxiliary task's weight `r · m_main / m_i + (1 − r)` (the main
+    /// task, the first, keeps 1). A weight on a task term scales that task's gradient on
+    /// every shared parameter by it, which is MetaBalance's update; it scales the task's own
+    /// tower's gradient too, which Adam's per-parameter normalisation all but undoes.
+    fn metabalance(&mut self, norms: &[f64], relax_factor: f64, beta: f64) {
+        let averages = &mut self.state.averages;
+        if averages.is_empty() {
+            averages.extend_from_slice(norms);
+        } else {
+            for (m, g) in averages.iter_mut().zip(norms) {
+                *m = beta * *m + (1.0 - beta) * g;
+            }
+        }
+        let main = averages[0];
+        let w = &mut self.state.values;
+        for (i, x) in w.iter_mut().enumerate().skip(1) {
+            *x = relax_factor * main / averages[i].max(1e-12) + (1.0 - relax_factor);
+        }
+        self.state.grad_norms = w.iter().zip(norms).map(|(w, g)| w * g).collect();
     }
 
     /// Per task term: its name and current weight, for the evaluation record (empty for fixed
@@ -290,6 +328,45 @@ mod tests {
     }
 
     #[test]
+    fn metabalance_scales_the_auxiliary_tasks_toward_the_main_ones_average_norm() {
+        let rule = LossWeighting::Metabalance {
+            relax_factor: 0.7,
+            beta: 0.9,
+            every: 1,
+        };
+        let terms = names(&["main", "aux", "calibrator"]);
+        let mut w = Weighting::new(&rule, &[], &terms, &names(&["main", "aux"]), None);
+        // the first measurement starts the averages: m = (2, 0.5), w_aux = 0.7 · 2 / 0.5 + 0.3
+        w.update(&[1.0, 1.0, 1.0], Some(&[2.0, 0.5]));
+        let weights = w.weights();
+        assert_eq!(weights[0], 1.0);
+        assert!((weights[1] - 3.1).abs() < 1e-6, "{weights:?}");
+        assert_eq!(weights[2], 1.0, "a term that is no task keeps 1");
+        // then m = (0.9 · 2 + 0.1 · 1, 0.9 · 0.5 + 0.1 · 1) = (1.9, 0.55): w_aux = 0.7 · 1.9 / 0.55 + 0.3
+        w.update(&[1.0, 1.0, 1.0], Some(&[1.0, 1.0]));
+        let want = 0.7 * 1.9 / 0.55 + 0.3;
+        assert!(
+            (f64::from(w.weights()[1]) - want).abs() < 1e-5,
+            "{:?}",
+            w.weights()
+        );
+        // the weighted norms of the last measurement: (1 · 1, w_aux · 1)
+        assert!((w.state.grad_norms[1] - want).abs() < 1e-12 && w.state.grad_norms[0] == 1.0);
+        // relax factor 0 leaves every weight at 1; no measurement, no change
+        let off = LossWeighting::Metabalance {
+            relax_factor: 0.0,
+            beta: 0.9,
+            every: 2,
+        };
+        let mut w = Weighting::new(&off, &[], &terms, &names(&["main", "aux"]), None);
+        w.update(&[1.0, 1.0, 1.0], Some(&[2.0, 0.5]));
+        w.update(&[1.0, 1.0, 1.0], None);
+        assert_eq!(w.weights(), [1.0, 1.0, 1.0]);
+        let wanted: Vec<usize> = (1..=5).filter(|&s| w.wants_grad_norms(s)).collect();
+        assert_eq!(wanted, [1, 3, 5]);
+    }
+
+    #[test]
     fn gradnorm_alpha_favours_the_task_that_trains_slower() {
         let rule = LossWeighting::Gradnorm {
             alpha: 1.0,
@@ -330,6 +407,30 @@ mod tests {
                 },
                 "every` = 0",
             ),
+            (
+                LossWeighting::Metabalance {
+                    relax_factor: 1.5,
+                    beta: 0.9,
+                    every: 1,
+                },
+                "relax_factor` = 1.5",
+            ),
+            (
+                LossWeighting::Metabalance {
+                    relax_factor: 0.5,
+                    beta: 1.0,
+                    every: 1,
+                },
+                "beta` = 1",
+            ),
+            (
+                LossWeighting::Metabalance {
+                    relax_factor: 0.5,
+                    beta: 0.5,
+                    every: 0,
+                },
+                "every` = 0",
+            ),
         ];
         for (rule, needle) in bad {
             assert!(rule.check().unwrap_err().contains(needle));
@@ -340,6 +441,15 @@ mod tests {
             LossWeighting::Gradnorm {
                 alpha: 0.5,
                 lr: 0.01,
+                every: 1
+            }
+        );
+        let parsed: LossWeighting = toml::from_str("kind = \"metabalance\"\n").unwrap();
+        assert_eq!(
+            parsed,
+            LossWeighting::Metabalance {
+                relax_factor: 0.7,
+                beta: 0.9,
                 every: 1
             }
         );
