@@ -1,9 +1,10 @@
 //! `cargo xtask quality`: model quality on data with a known truth, over several training
 //! seeds (mean ± standard error), written to `target/xtask/quality/quality.{json,md}`.
 //!
-//! 1. ESMM's entire-space pCVR against a CVR model with the same tower trained on clicked rows
-//!    only, both scored on every test impression against the generator's true `p_cvr`; with
-//!    ESMM's expected calibration error per output before and after Platt scaling.
+//! 1. ESMM's and ESCM²'s (IPS, DR) entire-space pCVR against a CVR model with the same tower
+//!    trained on clicked rows only, all scored on every test impression against the
+//!    generator's true `p_cvr`, over two generated data sets; with ESMM's expected calibration
+//!    error per output before and after Platt scaling.
 //! 2. The MMoE paper's synthetic experiment: MMOE, OMoE and Shared-Bottom as the task
 //!    correlation falls (1.0, 0.9, 0.5), each seed a fresh data set and training seed.
 //! 3. The conversion chain ([`crate::chain_quality`]).
@@ -76,7 +77,11 @@ pub fn quality(quick: bool, threads: usize, seeds: u64, sections: &[String]) -> 
     Ok(())
 }
 
-/// Section 1: ESMM vs the clicked-rows CVR model, and ESMM's calibration.
+/// The generator seeds of the entire-space section: each a data set of its own.
+const CVR_DATA_SEEDS: [u64; 2] = [2022, 2023];
+
+/// Section 1: ESMM and ESCM² (IPS, DR) vs the clicked-rows CVR model over two generated data
+/// sets, and ESMM's calibration.
 fn entire_space_cvr(
     mtl: &Path,
     dir: &Path,
@@ -85,86 +90,96 @@ fn entire_space_cvr(
     seeds: u64,
 ) -> Result<(Value, String)> {
     let rows = if quick { 200_000 } else { 1_000_000 };
-    let data = ccp_data(mtl, rows, 2022)?;
-    let schema = data.join("synth_ccp_schema.toml");
-    let (train, valid, test) = (
-        data.join("synth_ccp_train.csv"),
-        data.join("synth_ccp_val.csv"),
-        data.join("synth_ccp_test.csv"),
-    );
-    let (clicked, clicked_valid) = (dir.join("clicked_train.csv"), dir.join("clicked_valid.csv"));
-    stats::filter_where(&train, &clicked, "click")?;
-    stats::filter_where(&valid, &clicked_valid, "click")?;
-    let naive_model = "type = \"shared_bottom\"\nbottom = { dims = [16, 8] }\ntower = { dims = [] }\ntasks = [{ label = \"purchase\", name = \"cvr\" }]\n";
     let mut runs = Vec::new();
-    for seed in 1..=seeds {
-        let esmm = run_config(
-            &schema,
-            &train,
-            Some(&valid),
-            &test,
-            &model_toml("esmm", "example")?,
-            seed,
-            "epochs = 2\ncalibration = \"platt\"\n",
-        );
-        let naive = run_config(
-            &schema,
-            &clicked,
-            Some(&clicked_valid),
-            &test,
-            naive_model,
-            seed,
-            "epochs = 2\n",
-        );
-        for (name, config) in [("esmm", esmm), ("naive-cvr", naive)] {
-            let job = format!("{name}-seed{seed}");
-            let (metrics, _) = train_job(mtl, &job, &config, threads, dir)?;
-            let pred = dir.join(format!("{job}-pred.csv"));
-            predict_csv(mtl, &dir.join(&job), &test, &pred, threads, Some("p_cvr"))?;
-            let (truth, scores) = stats::read_two_columns(&pred, "p_cvr", "cvr")?;
-            // CVR AUC on the clicked test rows, from the predictions (the clicked-rows model's
-            // own test metric is over every row)
-            let labels = stats::read_columns(&test, &["click", "purchase"])?;
-            let (clicked_scores, bought): (Vec<f64>, Vec<f64>) = scores
-                .iter()
-                .zip(labels[0].iter().zip(&labels[1]))
-                .filter(|(_, (c, _))| **c == 1.0)
-                .map(|(s, (_, b))| (*s, *b))
-                .unzip();
-            let mut row = json!({ "model": name, "seed": seed, "rows": truth.len(),
-                "spearman_vs_true_p_cvr": stats::spearman(&scores, &truth),
-                "auc_vs_true_p_cvr": stats::soft_auc(&scores, &truth),
-                "mean_pcvr_all_rows": scores.iter().sum::<f64>() / scores.len().max(1) as f64,
-                "cvr_auc_clicked": stats::soft_auc(&clicked_scores, &bought) });
-            if name == "esmm" {
-                for output in ["ctr", "cvr", "ctcvr"] {
-                    let ece = |m: &Value| {
-                        m.as_array()
-                            .and_then(|a| a.iter().find(|t| t["name"] == output))
-                            .and_then(|t| t["binary"]["ece"].as_f64())
-                    };
-                    row[format!("{output}_ece_before")] = json!(ece(&metrics["test_uncalibrated"]));
-                    row[format!("{output}_ece_after")] = json!(ece(&metrics["test"]));
-                }
+    let mut truth_means = Vec::new();
+    for data_seed in CVR_DATA_SEEDS {
+        let data = ccp_data(mtl, rows, data_seed)?;
+        let file = |part: &str| data.join(format!("synth_ccp_{part}"));
+        let (train, valid, test) = (file("train.csv"), file("val.csv"), file("test.csv"));
+        let clicked = dir.join(format!("clicked_train-{data_seed}.csv"));
+        let clicked_valid = dir.join(format!("clicked_valid-{data_seed}.csv"));
+        stats::filter_where(&train, &clicked, "click")?;
+        stats::filter_where(&valid, &clicked_valid, "click")?;
+        let escm2 = model_toml("escm2", "example")?;
+        let models = [
+            ("esmm", model_toml("esmm", "example")?, &train, &valid),
+            ("escm2-ips", escm2.clone(), &train, &valid),
+            (
+                "escm2-dr",
+                escm2.replace("variant = \"ips\"", "variant = \"dr\""),
+                &train,
+                &valid,
+            ),
+            ("naive-cvr", NAIVE_CVR.to_string(), &clicked, &clicked_valid),
+        ];
+        for seed in 1..=seeds {
+            for (name, model, train, valid) in &models {
+                let extra = match *name {
+                    "esmm" => "epochs = 2\ncalibration = \"platt\"\n",
+                    _ => "epochs = 2\n",
+                };
+                let schema = file("schema.toml");
+                let config = run_config(&schema, train, Some(valid), &test, model, seed, extra);
+                let job = format!("{name}-data{data_seed}-seed{seed}");
+                let mut row = cvr_run(mtl, dir, &job, &config, &test, threads)?;
+                row["model"] = json!(name);
+                row["seed"] = json!(seed);
+                row["data_seed"] = json!(data_seed);
+                runs.push(row);
             }
-            runs.push(row);
         }
-    }
-    let truth_mean = {
         let (truth, _) = stats::read_two_columns(&test, "p_cvr", "p_click")?;
-        truth.iter().sum::<f64>() / truth.len().max(1) as f64
-    };
+        truth_means.push(truth.iter().sum::<f64>() / truth.len().max(1) as f64);
+    }
+    let truth_mean = truth_means.iter().sum::<f64>() / truth_means.len() as f64;
     let md = entire_space_report(&runs, rows, seeds, truth_mean);
     Ok((json!(runs), md))
+}
+
+/// The CVR model trained on clicked rows only (the sample-selection-biased baseline).
+const NAIVE_CVR: &str = "type = \"shared_bottom\"\nbottom = { dims = [16, 8] }\ntower = { dims = [] }\ntasks = [{ label = \"purchase\", name = \"cvr\" }]\n";
+
+/// Trains `job` from `config` and scores `test`: its pCVR against the true `p_cvr` over every
+/// row, its CVR AUC on the clicked rows, and each output's test ECE before and after
+/// calibration (when the run has one).
+fn cvr_run(mtl: &Path, dir: &Path, job: &str, config: &str, test: &Path, threads: usize) -> Result<Value> {
+    let (metrics, _) = train_job(mtl, job, config, threads, dir)?;
+    let pred = dir.join(format!("{job}-pred.csv"));
+    predict_csv(mtl, &dir.join(job), test, &pred, threads, Some("p_cvr"))?;
+    let (truth, scores) = stats::read_two_columns(&pred, "p_cvr", "cvr")?;
+    // CVR AUC on the clicked test rows, from the predictions (the clicked-rows model's own test
+    // metric is over every row)
+    let labels = stats::read_columns(test, &["click", "purchase"])?;
+    let (clicked_scores, bought): (Vec<f64>, Vec<f64>) = scores
+        .iter()
+        .zip(labels[0].iter().zip(&labels[1]))
+        .filter(|(_, (c, _))| **c == 1.0)
+        .map(|(s, (_, b))| (*s, *b))
+        .unzip();
+    let mut row = json!({ "rows": truth.len(),
+        "spearman_vs_true_p_cvr": stats::spearman(&scores, &truth),
+        "auc_vs_true_p_cvr": stats::soft_auc(&scores, &truth),
+        "mean_pcvr_all_rows": scores.iter().sum::<f64>() / scores.len().max(1) as f64,
+        "cvr_auc_clicked": stats::soft_auc(&clicked_scores, &bought) });
+    for output in ["ctr", "cvr", "ctcvr"] {
+        let ece = |m: &Value| {
+            m.as_array()
+                .and_then(|a| a.iter().find(|t| t["name"] == output))
+                .and_then(|t| t["binary"]["ece"].as_f64())
+        };
+        row[format!("{output}_ece_before")] = json!(ece(&metrics["test_uncalibrated"]));
+        row[format!("{output}_ece_after")] = json!(ece(&metrics["test"]));
+    }
+    Ok(row)
 }
 
 /// The entire-space section's tables: each CVR model against the true p_cvr, and ESMM's
 /// calibration error before and after Platt scaling.
 fn entire_space_report(runs: &[Value], rows: usize, seeds: u64, truth_mean: f64) -> String {
     let mut md = format!(
-        "Entire-space CVR ({rows} generated rows, {seeds} training seeds, mean ± s.e.; true mean p_cvr over all test rows {truth_mean:.4}):\n\n| CVR model | Spearman vs true p_cvr, all rows | AUC vs true p_cvr, all rows | CVR AUC, clicked rows | mean pCVR, all rows |\n|---|---|---|---|---|\n"
+        "Entire-space CVR ({rows} generated rows from each of the generator seeds {CVR_DATA_SEEDS:?}, {seeds} training seeds on each, mean ± s.e. over all runs; true mean p_cvr over all test rows {truth_mean:.4}):\n\n| CVR model | Spearman vs true p_cvr, all rows | AUC vs true p_cvr, all rows | CVR AUC, clicked rows | mean pCVR, all rows |\n|---|---|---|---|---|\n"
     );
-    for name in ["esmm", "naive-cvr"] {
+    for name in ["esmm", "escm2-ips", "escm2-dr", "naive-cvr"] {
         let of = |r: &Value| r["model"] == name;
         md += &format!(
             "| {name} | {} | {} | {} | {} |\n",

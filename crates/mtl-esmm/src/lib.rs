@@ -54,8 +54,10 @@
 //! ```
 
 pub mod chain;
+pub mod escm2;
 
 pub use chain::{EsmmChain, EsmmChainConfig};
+pub use escm2::{Escm2, Escm2Config, Escm2Variant};
 
 use burn::module::Module;
 use burn::tensor::activation::{log_sigmoid, sigmoid};
@@ -70,10 +72,10 @@ use mtl_layers::{
 };
 use serde::{Deserialize, Serialize};
 
-fn default_click() -> String {
+pub(crate) fn default_click() -> String {
     "click".into()
 }
-fn default_conversion() -> String {
+pub(crate) fn default_conversion() -> String {
     "purchase".into()
 }
 
@@ -225,10 +227,18 @@ impl Esmm {
     /// # Shapes
     /// - every output: `[batch]`
     pub fn forward_predictions(&self, batch: &BatchTensors) -> EsmmPredictions {
-        let b = batch.rows;
         let (x, fields) = self.input.forward_with_fields(batch); // [batch, input_dim]
-        let ctr_logit = self.ctr_tower.forward(x.clone(), fields.as_ref()).reshape([b]);
-        let cvr_logit = self.cvr_tower.forward(x, fields.as_ref()).reshape([b]);
+        self.predictions_from(x, fields.as_ref())
+    }
+
+    /// [`Esmm::forward_predictions`] from the input layer's output `x` and field embeddings.
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, input_dim]`; `fields`: `[batch, fields, dim]`; every output: `[batch]`
+    pub fn predictions_from(&self, x: Tensor<2>, fields: Option<&Tensor<3>>) -> EsmmPredictions {
+        let b = x.dims()[0];
+        let ctr_logit = self.ctr_tower.forward(x.clone(), fields).reshape([b]);
+        let cvr_logit = self.cvr_tower.forward(x, fields).reshape([b]);
         let pctr = sigmoid(ctr_logit.clone());
         let pcvr = sigmoid(cvr_logit.clone());
         let pctcvr = pctr.clone() * pcvr.clone();

@@ -25,6 +25,7 @@ mtl_layers::registry! {
     pub enum ModelConfig in Models {
         "esmm" => Esmm(mtl_esmm::EsmmConfig) from include_str!("../../../configs/esmm-example.toml"),
         "esmm_chain" => EsmmChain(mtl_esmm::EsmmChainConfig) from include_str!("../../../configs/esmm-chain-example.toml"),
+        "escm2" => Escm2(mtl_esmm::Escm2Config) from include_str!("../../../configs/escm2-example.toml"),
         "mmoe" => Mmoe(mtl_mmoe::MmoeConfig) from include_str!("../../../configs/mmoe-example.toml"),
         "omoe" => Omoe(mtl_mmoe::OmoeConfig) from include_str!("../../../configs/omoe-example.toml"),
         "shared_bottom" => SharedBottom(mtl_mmoe::SharedBottomConfig) from include_str!("../../../configs/shared-bottom-example.toml"),

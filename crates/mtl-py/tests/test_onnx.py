@@ -18,6 +18,7 @@ from common import cli
 TASKS = [{"label": "click"}, {"label": "purchase"}]
 KINDS = {
     "esmm": {"ctr_tower": {"dims": [8, 4]}, "cvr_tower": {"dims": [8, 4]}},
+    "escm2": {"ctr_tower": {"dims": [8, 4]}, "cvr_tower": {"dims": [8, 4]}, "variant": "dr"},
     "esmm_chain": {"tower": {"dims": [8, 4]}, "tasks": [{"label": "click"}, {"label": "cart"}, {"label": "purchase"}]},
     "mmoe": {"n_experts": 3, "expert": {"dims": [8, 6]}, "tower": {"dims": [4]}, "tasks": TASKS},
     "omoe": {"n_experts": 3, "expert": {"dims": [8, 6]}, "tower": {"dims": [4]}, "tasks": TASKS},
