@@ -36,7 +36,10 @@ fn ips_and_dr_terms_equal_the_hand_computed_values() {
     let (ctr, cvr) = (t(&[0.0, 2.0, -3.0, 1.0]), t(&[0.5, -1.0, 2.0, 0.0]));
     let (click, conversion) = (t(&[1.0, 1.0, 0.0, 1.0]), t(&[1.0, 0.0, 0.0, 0.0]));
     let error = conversion_error(cvr, conversion);
-    close(&v(error.clone()), &[0.474_077, 0.313_262, 2.126_928, std::f64::consts::LN_2]);
+    close(
+        &v(error.clone()),
+        &[0.474_077, 0.313_262, 2.126_928, std::f64::consts::LN_2],
+    );
     let inverse = inverse_propensity(burn::tensor::activation::sigmoid(ctr), 0.05);
     close(&v(inverse.clone()), &[2.0, 1.135_335, 20.0, 1.367_879]);
     let ips = ips_loss(error.clone(), click.clone(), inverse.clone(), 0.1);

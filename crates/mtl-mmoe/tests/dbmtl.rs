@@ -2,37 +2,13 @@
 //! parameter count by formula, config errors, label priors.
 
 use burn::tensor::{Device, Tensor};
-use mtl_features::{EncodedData, Encoder, Schema, StateFitter, ValidSchema};
+use mtl_features::{Encoder, StateFitter};
 use mtl_layers::{ModelBuilder, MultiTaskModel, trainable_params};
 use mtl_mmoe::{Dbmtl, DbmtlConfig};
 
-/// Two id fields and one dense field; a click (binary) and a dwell (regression) label.
-fn schema() -> ValidSchema {
-    Schema::from_toml_str(
-        "embed_dim = 4\nembed_init_std = 0.5\n[[sparse]]\nname = \"u\"\nvocab_size = 20\n[[sparse]]\nname = \"i\"\nvocab_size = 30\n[[dense]]\nname = \"x\"\n[[labels]]\nname = \"click\"\nkind = \"binary\"\n[[labels]]\nname = \"dwell\"\nkind = \"regression\"\n",
-        "t.toml",
-    )
-    .unwrap()
-}
+mod common;
 
-fn data(rows: usize) -> EncodedData {
-    EncodedData {
-        rows,
-        n_sparse: 2,
-        seq_max_len: vec![],
-        n_dense: 1,
-        n_labels: 2,
-        sparse: (0..rows)
-            .flat_map(|r| [(r * 7 % 20) as u32, (r * 11 % 30) as u32])
-            .collect(),
-        sequence: vec![],
-        seq_len: vec![],
-        dense: (0..rows).map(|r| (r as f32 * 0.37).sin()).collect(),
-        labels: (0..rows)
-            .flat_map(|r| [(r % 2) as f32, r as f32 / 10.0])
-            .collect(),
-    }
-}
+use common::{data, schema};
 
 fn config(extra: &str) -> DbmtlConfig {
     toml::from_str(&format!(

@@ -3,54 +3,14 @@
 
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
-use mtl_features::{EncodedData, Encoder, Schema, StateFitter, ValidSchema};
+use mtl_features::{Encoder, Schema, StateFitter};
 use mtl_layers::ModelBuilder;
 use mtl_layers::{MlpSpec, MultiTaskModel, trainable_params};
 use mtl_mmoe::{MmoeConfig, SharedBottom, TaskConfig};
 
-fn schema() -> ValidSchema {
-    Schema::from_toml_str(
-        r#"
-embed_dim = 4
-embed_init_std = 0.5
-[[sparse]]
-name = "u"
-vocab_size = 20
-[[sparse]]
-name = "i"
-vocab_size = 30
-[[dense]]
-name = "x"
-[[labels]]
-name = "click"
-kind = "binary"
-[[labels]]
-name = "dwell"
-kind = "regression"
-"#,
-        "t.toml",
-    )
-    .unwrap()
-}
+mod common;
 
-fn data(rows: usize) -> EncodedData {
-    EncodedData {
-        rows,
-        n_sparse: 2,
-        seq_max_len: vec![],
-        n_dense: 1,
-        n_labels: 2,
-        sparse: (0..rows)
-            .flat_map(|r| [(r * 7 % 20) as u32, (r * 11 % 30) as u32])
-            .collect(),
-        sequence: vec![],
-        seq_len: vec![],
-        dense: (0..rows).map(|r| (r as f32 * 0.37).sin()).collect(),
-        labels: (0..rows)
-            .flat_map(|r| [(r % 2) as f32, r as f32 / 10.0])
-            .collect(),
-    }
-}
+use common::{data, schema};
 
 fn tasks() -> Vec<TaskConfig> {
     vec![TaskConfig::new("click"), TaskConfig::new("dwell")]
