@@ -307,3 +307,49 @@ fn a_killed_rank_ends_the_job_and_the_run_resumes_on_any_number_of_ranks() {
     eprintln!("resumed on 1 rank vs 2 ranks throughout: largest weight difference {diff:e}");
     assert!(diff <= 1e-5, "resumed on 1 rank: weights differ by {diff}");
 }
+
+/// A leader that cannot open its TensorBoard events (the folder asked for is a file) ends the
+/// job on every rank, naming the file, instead of leaving the others waiting in a collective;
+/// the new run's folder is removed. The job is killed after 120 s should it hang.
+#[test]
+fn a_leader_that_cannot_open_its_events_ends_every_rank() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    data(d);
+    config(d, "esmm.toml", ESMM, "");
+    std::fs::write(d.join("tb"), "a file, not a folder").unwrap();
+    let started = Instant::now();
+    let mut child = ranks(2)
+        .args([
+            "train",
+            "--config",
+            "esmm.toml",
+            "--out",
+            "m",
+            "--tensorboard",
+            "tb",
+        ])
+        .current_dir(d)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("runs mpirun");
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            let _ = child.kill();
+            panic!("the job hung: killed after 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains("tb") && stderr.contains("rank 1: rank 0 could not set up"),
+        "{stderr}"
+    );
+    assert!(!d.join("m").exists());
+}

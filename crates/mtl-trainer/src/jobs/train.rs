@@ -82,7 +82,16 @@ pub fn train<R: Registry>(
     let mut setup = setup;
     let restore = setup.restore_config.take();
     let new_dir = setup.new_dir;
-    let result = open_events(&setup.config.train, out_dir, options).and_then(|events| {
+    let events = open_events(&setup.config.train, out_dir, options);
+    // every rank learns whether the leader opened its events: a follower going on alone would
+    // wait in the first collective for a leader that has stopped
+    if group.is_distributed() && !group.leader_ok(events.is_ok()) && !group.is_leader() {
+        return Err(TrainError::LeaderFailed {
+            rank: group.rank(),
+            dir: out_dir.display().to_string(),
+        });
+    }
+    let result = events.and_then(|events| {
         let result = train_from(setup, out_dir, options, events.clone());
         // a new run that fails before its first checkpoint leaves no events behind
         if let (Err(_), Some(_), Some(events)) = (&result, new_dir, events)
