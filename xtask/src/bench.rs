@@ -45,7 +45,8 @@ pub struct BenchArgs {
     /// seeds, speeds and memory as medians.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     pub seeds: u64,
-    /// The models to run, each in its example and large configuration.
+    /// The models to run (esmm, mmoe, ple, aitm, escm2, dbmtl), each in the example and large
+    /// configurations it ships; the peer trains those it has (not ESCM², not DBMTL).
     #[arg(long, default_value = "esmm,mmoe,ple,aitm")]
     pub models: String,
     /// mtl's backend: flex, ndarray, wgpu or cuda (build it with `--features`).
@@ -155,7 +156,8 @@ impl Bench<'_> {
             "auc": auc,
             "wall_secs": secs,
         });
-        if let Some(p) = self.peer {
+        // torch-rechub 0.9 has no ESCM² and no DBMTL: mtl alone then
+        if let Some(p) = self.peer.filter(|_| PEER_MODELS.contains(&model)) {
             run["peer"] = p.bench_job(
                 &self.data.prefix,
                 &model.to_uppercase(),
@@ -173,6 +175,12 @@ impl Bench<'_> {
         Ok(run)
     }
 }
+
+/// The models `--models` may name.
+const BENCH_MODELS: [&str; 6] = ["esmm", "mmoe", "ple", "aitm", "escm2", "dbmtl"];
+
+/// The models the peer harness trains too.
+const PEER_MODELS: [&str; 4] = ["esmm", "mmoe", "ple", "aitm"];
 
 /// `cargo xtask bench`.
 pub fn bench(a: &BenchArgs) -> Result<()> {
@@ -202,10 +210,14 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
     };
     let mut results = Vec::new();
     for model in a.models.split(',').map(str::trim) {
-        if !["esmm", "mmoe", "ple", "aitm"].contains(&model) {
-            bail!("--models: unknown model `{model}` (esmm, mmoe, ple, aitm)");
+        if !BENCH_MODELS.contains(&model) {
+            bail!("--models: unknown model `{model}` ({})", BENCH_MODELS.join(", "));
         }
-        for size in ["example", "large"] {
+        // the configurations the model ships (`configs/<model>-<size>.toml`)
+        let sizes = ["example", "large"]
+            .into_iter()
+            .filter(|size| root().join(format!("configs/{model}-{size}.toml")).exists());
+        for size in sizes {
             let runs = (2022..2022 + a.seeds)
                 .map(|seed| bench.run(model, size, seed))
                 .collect::<Result<Vec<_>>>()?;
@@ -295,7 +307,7 @@ fn fmt(v: Option<f64>, digits: usize) -> String {
 
 /// The AUCs compared with the peer, per model: (mtl output, peer key).
 fn peer_aucs(model: &str) -> &'static [(&'static str, &'static str)] {
-    if model == "esmm" {
+    if model == "esmm" || model == "escm2" {
         &[
             ("ctr", "auc_ctr"),
             ("cvr", "auc_cvr_clicked"),
