@@ -215,12 +215,14 @@ pub struct TaskMetrics {
 }
 
 impl TaskMetrics {
-    /// A named metric: `auc`, `logloss`, `gauc`, `ece`, `mse`, `mae`, `mean_prediction`.
+    /// A named metric: `auc`, `logloss`, `gauc`, `ece`, `mse`, `mae`, `mean_prediction`,
+    /// `observed_rate`.
     pub fn get(&self, metric: &str) -> Option<f64> {
         match (metric, &self.binary, &self.regression) {
             ("auc", Some(b), _) => b.auc,
             ("logloss" | "log_loss", Some(b), _) => Some(b.log_loss),
             ("mean_prediction", Some(b), _) => Some(b.mean_prediction),
+            ("observed_rate", Some(b), _) => Some(b.observed_rate),
             ("ece", Some(b), _) => Some(b.ece),
             ("gauc", Some(b), _) => b.gauc.as_ref().map(|g| g.value),
             ("mse", _, Some(r)) => Some(r.mse),

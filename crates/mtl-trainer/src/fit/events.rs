@@ -149,23 +149,21 @@ pub fn evaluation_scalars(record: &EvalRecord, lr: f64) -> Vec<(String, f64)> {
     };
     out.extend(named("train_loss", &record.train_losses));
     out.extend(record.valid_loss.map(|l| ("valid_loss".to_string(), l)));
+    // `metrics.json`'s names, each where the output has it (binary or regression)
+    const METRICS: [&str; 8] = [
+        "auc",
+        "log_loss",
+        "ece",
+        "mean_prediction",
+        "observed_rate",
+        "gauc",
+        "mse",
+        "mae",
+    ];
     for task in &record.valid {
-        let mut metrics = vec![("rows", Some(task.rows as f64))];
-        if let Some(b) = &task.binary {
-            metrics.extend([
-                ("auc", b.auc),
-                ("log_loss", Some(b.log_loss)),
-                ("ece", Some(b.ece)),
-                ("mean_prediction", Some(b.mean_prediction)),
-                ("observed_rate", Some(b.observed_rate)),
-                ("gauc", b.gauc.as_ref().map(|g| g.value)),
-            ]);
-        }
-        if let Some(r) = &task.regression {
-            metrics.extend([("mse", Some(r.mse)), ("mae", Some(r.mae))]);
-        }
-        for (metric, value) in metrics {
-            out.extend(value.map(|v| (format!("{}/{metric}", task.name), v)));
+        out.push((format!("{}/rows", task.name), task.rows as f64));
+        for metric in METRICS {
+            out.extend(task.get(metric).map(|v| (format!("{}/{metric}", task.name), v)));
         }
     }
     out.extend(named("loss_weight", &record.loss_weights));
