@@ -371,23 +371,36 @@ fn encode(
             Ok::<_, mtl_data::DataError>(encoded.graph_arrays(encoder.layout()))
         })
         .map_err(|e| mtl_err(Some("encoding"), e))?;
-    // the columns `columns` of a `rows × width` block, row by row
-    let take = |v: &[i32], f: &[f32], width: usize, columns: std::ops::Range<usize>, ids: bool| -> ArrayRef {
+    // the encoder's block each input takes its columns from (`rows × width` values)
+    enum Block<'a> {
+        Ids(&'a [i32]),
+        Floats(&'a [f32]),
+    }
+    let block = |of: &str| match of {
+        "sparse_ids" => Some(Block::Ids(&host.sparse_ids)),
+        "sequence_ids" => Some(Block::Ids(&host.sequence_ids)),
+        "sequence_mask" => Some(Block::Floats(&host.sequence_mask)),
+        "dense" => Some(Block::Floats(&host.dense)),
+        _ => None,
+    };
+    let row_width = |b: &Block| {
+        let len = match b {
+            Block::Ids(v) => v.len(),
+            Block::Floats(f) => f.len(),
+        };
+        len / host.rows.max(1)
+    };
+    // the columns `columns` of a block, row by row
+    let take = |block: Block, columns: std::ops::Range<usize>| -> ArrayRef {
+        let width = row_width(&block);
         let rows = (0..host.rows).flat_map(|r| (r * width + columns.start)..(r * width + columns.end));
-        if ids {
-            Arc::new(arrow_array::Int64Array::from_iter_values(
+        match block {
+            Block::Ids(v) => Arc::new(arrow_array::Int64Array::from_iter_values(
                 rows.map(|k| i64::from(v[k])),
-            ))
-        } else {
-            Arc::new(Float32Array::from_iter_values(rows.map(|k| f[k])))
+            )),
+            Block::Floats(f) => Arc::new(Float32Array::from_iter_values(rows.map(|k| f[k]))),
         }
     };
-    let widths = [
-        ("sparse_ids", host.sparse_ids.len()),
-        ("sequence_ids", host.sequence_ids.len()),
-        ("sequence_mask", host.sequence_mask.len()),
-        ("dense", host.dense.len()),
-    ];
     let specs = side["inputs"].as_array().filter(|s| !s.is_empty());
     let specs = specs.ok_or_else(|| bad("no `inputs`: not a sidecar `mtl export` wrote".into()))?;
     let mut out = Vec::new();
@@ -395,25 +408,12 @@ fn encode(
         let name = spec["name"].as_str().unwrap_or_default();
         let of = spec["of"].as_str().unwrap_or(name);
         let column = |k: usize| spec["columns"][k].as_u64().map(|c| c as usize);
-        let block = widths
-            .iter()
-            .find(|(n, _)| *n == of)
-            .map(|(_, len)| len / host.rows.max(1));
-        let (values, width) = match (of, block, column(0), column(1)) {
+        let (values, width) = match (of, block(of), column(0), column(1)) {
             ("unused", ..) => (Arc::new(Float32Array::from(vec![0.0])) as ArrayRef, 1),
-            (_, Some(width), Some(start), Some(end)) if start < end && (end <= width || host.rows == 0) => {
-                let ids = of.ends_with("ids");
-                let f = if of == "dense" {
-                    &host.dense
-                } else {
-                    &host.sequence_mask
-                };
-                let v = if of == "sparse_ids" {
-                    &host.sparse_ids
-                } else {
-                    &host.sequence_ids
-                };
-                (take(v, f, width, start..end, ids), end - start)
+            (_, Some(b), Some(start), Some(end))
+                if start < end && (end <= row_width(&b) || host.rows == 0) =>
+            {
+                (take(b, start..end), end - start)
             }
             _ => {
                 let columns = &spec["columns"];
