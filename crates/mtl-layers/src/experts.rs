@@ -34,10 +34,7 @@ thread_local! {
 /// can lower (it has no axis swap). Elsewhere the batched product stays: on MMOE large
 /// inference it is ~10 % faster (`mtl predict`, 1M rows, 13.5–14.1 s against 15.1–15.6 s).
 pub fn with_experts_batch_first<R>(f: impl FnOnce() -> R) -> R {
-    let before = BATCH_FIRST.replace(true);
-    let out = f();
-    BATCH_FIRST.set(before);
-    out
+    crate::mlp::with_flag(&BATCH_FIRST, f)
 }
 
 /// A mixture's softmax gate over `n` experts, as torch-rechub builds it: `Linear →

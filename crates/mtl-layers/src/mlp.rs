@@ -213,9 +213,17 @@ thread_local! {
 /// (training mode) but leaving its running statistics as they are: for extra forward passes
 /// over a batch already counted (the trainer's per-task gradient norms).
 pub fn with_running_stats_frozen<R>(f: impl FnOnce() -> R) -> R {
-    let before = RUNNING_STATS_FROZEN.replace(true);
+    with_flag(&RUNNING_STATS_FROZEN, f)
+}
+
+/// Runs `f` with this thread's `flag` set, then puts it back as it was.
+pub(crate) fn with_flag<R>(
+    flag: &'static std::thread::LocalKey<std::cell::Cell<bool>>,
+    f: impl FnOnce() -> R,
+) -> R {
+    let before = flag.replace(true);
     let out = f();
-    RUNNING_STATS_FROZEN.set(before);
+    flag.set(before);
     out
 }
 
