@@ -175,14 +175,17 @@ pub fn towers_at_priors(tasks: &[TaskSpec], towers: Vec<Tower>, label_means: &[f
     tasks
         .iter()
         .zip(towers)
-        .map(|(task, tower)| {
-            let mean = label_means.get(task.label).copied();
-            match mean.and_then(|m| output_prior(task.kind, m)) {
-                Some(bias) => tower.with_output_prior(bias, false),
-                None => tower,
-            }
+        .map(|(task, tower)| match task_prior(task, label_means) {
+            Some(bias) => tower.with_output_prior(bias, false),
+            None => tower,
         })
         .collect()
+}
+
+/// Task `task`'s starting output: [`output_prior`] of its label's mean in `label_means`.
+pub fn task_prior(task: &TaskSpec, label_means: &[f64]) -> Option<f64> {
+    let mean = label_means.get(task.label).copied();
+    mean.and_then(|m| output_prior(task.kind, m))
 }
 
 /// The embedded (sparse and sequence) fields of `schema` that a `deepfm` tower can interact:

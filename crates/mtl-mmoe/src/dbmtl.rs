@@ -20,7 +20,7 @@ use burn::tensor::{Device, Tensor};
 use mtl_features::{BatchTensors, FieldPooling, InputLayer, InputSpec, TableLayout, ValidSchema};
 use mtl_layers::head::output_at_prior;
 use mtl_layers::tasks::{
-    TaskConfig, TaskSpec, output_prior, resolve_tasks, task_forward, task_plan, task_predictions,
+    TaskConfig, TaskSpec, resolve_tasks, task_forward, task_plan, task_predictions, task_prior,
     tasks_and_input,
 };
 use mtl_layers::{Forward, Mlp, MlpSpec, ModelBuilder, ModelError, ModelPlan, MultiTaskModel};
@@ -167,12 +167,9 @@ impl MultiTaskModel for Dbmtl {
     /// Each task's output starts at its label's base rate (its mean, for a regression task).
     fn with_label_priors(self, label_means: &[f64]) -> Self {
         let heads = (self.tasks.iter().zip(self.heads))
-            .map(|(task, head)| {
-                let mean = label_means.get(task.label).copied();
-                match mean.and_then(|m| output_prior(task.kind, m)) {
-                    Some(bias) => output_at_prior(head, bias, false),
-                    None => head,
-                }
+            .map(|(task, head)| match task_prior(task, label_means) {
+                Some(bias) => output_at_prior(head, bias, false),
+                None => head,
             })
             .collect();
         Self { heads, ..self }
