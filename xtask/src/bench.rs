@@ -45,7 +45,7 @@ pub struct BenchArgs {
     /// seeds, speeds and memory as medians.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     pub seeds: u64,
-    /// The models to run (esmm, mmoe, ple, aitm, escm2, dbmtl), each in the example and large
+    /// The models to run (esmm, mmoe, ple, aitm, escm2, dbmtl, pepnet), each in the example and large
     /// configurations it ships; the peer trains those it has (not ESCM², not DBMTL).
     #[arg(long, default_value = "esmm,mmoe,ple,aitm")]
     pub models: String,
@@ -177,7 +177,7 @@ impl Bench<'_> {
 }
 
 /// The models `--models` may name.
-const BENCH_MODELS: [&str; 6] = ["esmm", "mmoe", "ple", "aitm", "escm2", "dbmtl"];
+const BENCH_MODELS: [&str; 7] = ["esmm", "mmoe", "ple", "aitm", "escm2", "dbmtl", "pepnet"];
 
 /// The models the peer harness trains too.
 const PEER_MODELS: [&str; 4] = ["esmm", "mmoe", "ple", "aitm"];

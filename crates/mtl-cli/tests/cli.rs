@@ -551,7 +551,7 @@ fn ali_ccp_sample_trains_with_the_shipped_config() {
         .join("data/samples/ali-ccp/ali_ccp_test_sample.csv")
         .display()
         .to_string();
-    for model in ["esmm", "escm2", "mmoe", "ple", "aitm", "dbmtl"] {
+    for model in ["esmm", "escm2", "mmoe", "ple", "aitm", "dbmtl", "pepnet"] {
         let cfg = repo()
             .join(format!("configs/{model}-ali-ccp.toml"))
             .display()

@@ -2,7 +2,8 @@
 //!
 //! The per-task models, built from the shared blocks of `mtl-layers` (experts evaluated
 //! together, softmax gates, task towers and heads): MMOE, OMoE and Shared-Bottom below, PLE/CGC
-//! in [`PleConfig`], AITM in [`AitmConfig`] and DBMTL in [`DbmtlConfig`] (each its own file).
+//! in [`PleConfig`], AITM in [`AitmConfig`], DBMTL in [`DbmtlConfig`] and PEPNet in [`PepnetConfig`] (each its own
+//! file).
 //!
 //! Ma et al., *Modeling Task Relationships in Multi-task Learning with Multi-gate
 //! Mixture-of-Experts*, KDD 2018, with the two baselines of its experiments built from the
@@ -54,6 +55,7 @@
 
 mod aitm;
 mod dbmtl;
+mod pepnet;
 mod ple;
 
 use burn::module::Module;
@@ -67,6 +69,7 @@ pub use mtl_layers::tasks::{TaskConfig, TaskSpec};
 use mtl_layers::tasks::{task_forward, task_predictions, tasks_and_input, tower_logits, towers_plan};
 use mtl_layers::{Forward, GateWeights, Mlp, MlpSpec, ModelBuilder, ModelError, ModelPlan, MultiTaskModel};
 use mtl_layers::{Tower, TowerSpec, softmax_gate, task_towers};
+pub use pepnet::{EpnetSpec, GateNu, Pepnet, PepnetConfig, PpnetSpec};
 pub use ple::{ExtractionLayer, MAX_LEVELS, Ple, PleConfig};
 use serde::{Deserialize, Serialize};
 

@@ -32,5 +32,6 @@ mtl_layers::registry! {
         "ple" => Ple(mtl_mmoe::PleConfig) from include_str!("../../../configs/ple-example.toml"),
         "aitm" => Aitm(mtl_mmoe::AitmConfig) from include_str!("../../../configs/aitm-example.toml"),
         "dbmtl" => Dbmtl(mtl_mmoe::DbmtlConfig) from include_str!("../../../configs/dbmtl-example.toml"),
+        "pepnet" => Pepnet(mtl_mmoe::PepnetConfig) from include_str!("../../../configs/pepnet-example.toml"),
     }
 }

@@ -33,6 +33,12 @@ KINDS = {
     },
     "aitm": {"bottom": {"dims": [8, 6]}, "tower": {"dims": [4]}, "tasks": TASKS},
     "dbmtl": {"bottom": {"dims": [8]}, "tower": {"dims": [6, 4]}, "relation": {"dims": [3]}, "tasks": TASKS},
+    "pepnet": {
+        "epnet": {"gate_fields": ["item"]},
+        "ppnet": {"gate_fields": ["user", "hist", "score"], "dims": [6, 4]},
+        "tower": {"dims": [3]},
+        "tasks": TASKS,
+    },
 }
 
 SCHEMA = """
