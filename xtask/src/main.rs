@@ -3,6 +3,7 @@
 //! Heavy work runs in the release `mtl` binary (built first); xtask itself only orchestrates
 //! and summarises, so it compiles in seconds and never builds burn in the debug profile.
 
+mod attention_quality;
 mod bench;
 mod chain_quality;
 mod es_cvr;
@@ -60,8 +61,9 @@ enum Task {
         #[arg(long, default_value_t = 3)]
         seeds: u64,
         /// Sections to run: `cvr` (ESMM vs clicked-rows CVR, calibration), `mmoe` (the MMoE
-        /// paper's ordering), `chain` (the conversion chain).
-        #[arg(long, value_delimiter = ',', default_value = "cvr,mmoe,chain")]
+        /// paper's ordering), `chain` (the conversion chain), `attention` (DIN's target
+        /// attention vs mean pooling).
+        #[arg(long, value_delimiter = ',', default_value = "cvr,mmoe,chain,attention")]
         sections: Vec<String>,
     },
     /// Load test of `mtl serve` on loopback: latency and rows/s at concurrency 1, 16 and 64

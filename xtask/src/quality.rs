@@ -8,6 +8,7 @@
 //! 2. The MMoE paper's synthetic experiment: MMOE, OMoE and Shared-Bottom as the task
 //!    correlation falls (1.0, 0.9, 0.5), each seed a fresh data set and training seed.
 //! 3. The conversion chain ([`crate::chain_quality`]).
+//! 4. DIN's target attention against mean pooling ([`crate::attention_quality`]).
 
 use std::path::Path;
 use std::process::Command;
@@ -17,9 +18,12 @@ use serde_json::{Value, json};
 
 use crate::stats::{self, mean_se};
 use crate::{
-    build_mtl, ccp_data, chain_quality, model_toml, predict_csv, run, run_config, test_metric, train_job,
-    work_dir,
+    attention_quality, build_mtl, ccp_data, chain_quality, model_toml, predict_csv, run, run_config,
+    test_metric, train_job, work_dir,
 };
+
+/// The sections, in the order they run.
+const SECTIONS: [&str; 4] = ["cvr", "mmoe", "chain", "attention"];
 
 /// `mean ± se` of the numbers at `key` of `rows` that pass `keep`.
 fn cell(rows: &[Value], keep: impl Fn(&Value) -> bool, key: &str, digits: usize) -> String {
@@ -31,12 +35,15 @@ fn cell(rows: &[Value], keep: impl Fn(&Value) -> bool, key: &str, digits: usize)
     stats::mean_se_text(&xs, digits)
 }
 
-/// Runs the chosen sections (`cvr`, `mmoe`, `chain`); writes `quality.{json,md}`, or
+/// Runs the chosen sections (`cvr`, `mmoe`, `chain`, `attention`); writes `quality.{json,md}`, or
 /// `quality-<sections>.{json,md}` for a subset.
 pub fn quality(quick: bool, threads: usize, seeds: u64, sections: &[String]) -> Result<()> {
     for s in sections {
-        if !["cvr", "mmoe", "chain"].contains(&s.as_str()) {
-            anyhow::bail!("--sections: unknown section `{s}` (sections: cvr, mmoe, chain)");
+        if !SECTIONS.contains(&s.as_str()) {
+            anyhow::bail!(
+                "--sections: unknown section `{s}` (sections: {})",
+                SECTIONS.join(", ")
+            );
         }
     }
     let mtl = build_mtl()?;
@@ -62,7 +69,13 @@ pub fn quality(quick: bool, threads: usize, seeds: u64, sections: &[String]) -> 
             "\nConversion chain (impression → click → cart → purchase), per step: AUC of the step given the previous one on the test rows where the previous step happened, and Spearman ρ of that conditional with its true probability over all test rows (mean ± s.e.):\n\n{chain_md}"
         );
     }
-    let stem = if sections.len() == 3 {
+    if has("attention") {
+        let (attention, attention_md) =
+            attention_quality::attention_quality(&mtl, &dir, quick, threads, seeds)?;
+        report["attention"] = attention;
+        md += &format!("\n{attention_md}");
+    }
+    let stem = if sections.len() == SECTIONS.len() {
         "quality".to_string()
     } else {
         format!("quality-{}", sections.join("-"))

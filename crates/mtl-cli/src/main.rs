@@ -174,6 +174,19 @@ enum GenData {
         #[command(flatten)]
         data: SynthArgs,
     },
+    /// Clicks driven by whether the target item's category is among the user's earlier
+    /// categories (DIN's case: `hist_cat` pooled by target attention queried by `cat`).
+    Interest {
+        /// Rows in total.
+        #[arg(long, default_value_t = 100_000)]
+        rows: usize,
+        /// Random seed.
+        #[arg(long, default_value_t = 2018)]
+        seed: u64,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// The MMoE paper's synthetic regression pair with task correlation P.
     MmoeSynthetic {
         /// Correlation P between the two tasks.
@@ -569,6 +582,17 @@ fn gen_data(what: GenData) -> Result<()> {
                 out.display(),
                 rates.join(", "),
                 files.schema.display()
+            );
+        }
+        GenData::Interest { rows, seed, out } => {
+            let spec = mtl_synth::InterestSpec::new(rows, seed);
+            let [_, _, _, schema] = mtl_synth::generate_interest(&spec, &out, "interest")
+                .map_err(flagged)
+                .with_context(|| format!("writing to {}", out.display()))?;
+            println!(
+                "wrote {rows} rows to {}; schema {}",
+                out.display(),
+                schema.display()
             );
         }
         GenData::MmoeSynthetic {

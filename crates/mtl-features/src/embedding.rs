@@ -14,8 +14,9 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::FeatureError;
+use crate::attention::TargetAttention;
 use crate::batch::BatchTensors;
-use crate::schema::{SequencePooling, ValidSchema};
+use crate::schema::{PoolingSpec, SequencePooling, ValidSchema};
 use crate::state::TableLayout;
 
 /// How the per-field embeddings become one vector per row.
@@ -45,6 +46,23 @@ pub struct InputSpec {
     pub n_dense: usize,
     /// For group pooling: the field indices (into `[sparse…, sequence…]`) of each group.
     pub groups: Option<Vec<Vec<usize>>>,
+    /// The sequence fields pooled by target attention, in order.
+    pub attention: Vec<AttentionPlan>,
+}
+
+/// One sequence field's target attention, resolved against the schema.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttentionPlan {
+    /// The sequence field (index among the sequence fields).
+    pub sequence: usize,
+    /// The sparse fields of the query, in order.
+    pub query: Vec<usize>,
+    /// The keys' (and the query's) width.
+    pub width: usize,
+    /// The attention MLP's hidden widths.
+    pub dims: Vec<usize>,
+    /// Softmax over the present ids (else DIN's raw weights).
+    pub softmax: bool,
 }
 
 impl InputSpec {
@@ -56,9 +74,23 @@ impl InputSpec {
             .sequence
             .iter()
             .map(|s| {
-                let entry = (start, s.max_len, s.pooling);
+                let entry = (start, s.max_len, s.pooling.kind());
                 start += s.max_len;
                 entry
+            })
+            .collect();
+        let attention = (schema.schema.sequence.iter().enumerate())
+            .filter_map(|(i, s)| match &s.pooling {
+                PoolingSpec::Attention(a) => Some(AttentionPlan {
+                    sequence: i,
+                    query: (a.query.iter())
+                        .map(|q| schema.schema.sparse.iter().position(|f| &f.name == q))
+                        .collect::<Option<Vec<usize>>>()?,
+                    width: schema.dims[schema.n_sparse() + i],
+                    dims: a.dims.clone(),
+                    softmax: a.softmax,
+                }),
+                PoolingSpec::Plain(_) => None,
             })
             .collect();
         let groups = match pooling {
@@ -103,6 +135,7 @@ impl InputSpec {
             sequences,
             n_dense: schema.n_dense(),
             groups,
+            attention,
         })
     }
 
@@ -141,6 +174,8 @@ impl InputSpec {
 pub struct InputLayer {
     /// The one table of all id fields, `[total_rows, dim]`.
     pub embedding: Embedding,
+    /// Each target-attention sequence field's attention unit, in [`InputSpec::attention`] order.
+    pub attention: Vec<TargetAttention>,
     /// Layout and pooling (not trained).
     #[module(skip)]
     pub spec: InputSpec,
@@ -171,7 +206,14 @@ impl InputLayer {
                 std: init_std,
             })
             .init(device);
-        Self { embedding, spec }
+        let attention = (spec.attention.iter())
+            .map(|a| TargetAttention::new(a.width, &a.dims, a.softmax, device))
+            .collect();
+        Self {
+            embedding,
+            attention,
+            spec,
+        }
     }
 
     /// Width of [`InputLayer::forward`]'s output.
@@ -201,28 +243,51 @@ impl InputLayer {
     /// - output: `[batch, n_sparse + n_sequence, dim]`
     pub fn fields(&self, batch: &BatchTensors) -> Option<Tensor<3>> {
         let mut parts = Vec::new();
-        if let Some(ids) = &batch.sparse_ids {
-            parts.push(self.lookup(ids.clone()));
+        let sparse = batch.sparse_ids.as_ref().map(|ids| self.lookup(ids.clone()));
+        if let Some(sparse) = &sparse {
+            parts.push(sparse.clone());
         }
         if let Some(seq) = &batch.sequence {
             let [b, _] = seq.ids.dims();
+            let d = self.spec.dim;
             let emb = self.lookup(seq.ids.clone()) * seq.mask.clone().unsqueeze_dim(2);
-            for &(start, len, pooling) in &self.spec.sequences {
-                let summed = emb
-                    .clone()
-                    .slice([0..b, start..start + len, 0..self.spec.dim])
-                    .sum_dim(1);
+            for (s, &(start, len, pooling)) in self.spec.sequences.iter().enumerate() {
+                let keys = emb.clone().slice([0..b, start..start + len, 0..d]);
+                let mask = seq.mask.clone().slice([0..b, start..start + len]);
                 let pooled = match pooling {
-                    SequencePooling::Sum => summed,
+                    SequencePooling::Sum => keys.sum_dim(1),
                     SequencePooling::Mean => {
-                        let mask = seq.mask.clone().slice([0..b, start..start + len]);
-                        summed / present_at_least_one(mask).unsqueeze_dim::<3>(2)
+                        keys.sum_dim(1) / present_at_least_one(mask).unsqueeze_dim::<3>(2)
+                    }
+                    SequencePooling::Target => {
+                        let sparse = sparse.clone().expect("a target attention has a sparse query");
+                        let query = |f: usize| sparse.clone().slice([0..b, f..f + 1, 0..d]).reshape([b, d]);
+                        self.attend(s, query, keys, mask).unsqueeze_dim(1)
                     }
                 };
                 parts.push(pooled);
             }
         }
         (!parts.is_empty()).then(|| Tensor::cat(parts, 1))
+    }
+
+    /// Sequence field `s` pooled by its target attention, the query built from its sparse
+    /// fields' vectors (`query(f)` gives sparse field `f`'s).
+    ///
+    /// # Shapes
+    /// - keys: `[batch, len, width]`; mask: `[batch, len]`; output: `[batch, width]`
+    fn attend(
+        &self,
+        s: usize,
+        query: impl Fn(usize) -> Tensor<2>,
+        keys: Tensor<3>,
+        mask: Tensor<2>,
+    ) -> Tensor<2> {
+        let a = (self.spec.attention.iter())
+            .position(|a| a.sequence == s)
+            .expect("a target-pooled sequence has an attention plan");
+        let q: Vec<Tensor<2>> = self.spec.attention[a].query.iter().map(|&f| query(f)).collect();
+        self.attention[a].forward(Tensor::cat(q, 1), keys, mask)
     }
 
     /// The model input: pooled embeddings followed by the dense features.
@@ -332,11 +397,12 @@ impl InputLayer {
                 let rows = Self::widen(base, k).reshape([b, len * k]);
                 let mask = seq.mask.clone().slice([0..b, start..start + len]);
                 let emb = self.lookup(rows).reshape([b, len, k * g]) * mask.clone().unsqueeze_dim(2);
-                let summed = emb.sum_dim(1).reshape([b, k * g]);
-                out.push(match pooling {
-                    SequencePooling::Sum => summed,
-                    SequencePooling::Mean => summed / present_at_least_one(mask),
-                });
+                let pooled = match pooling {
+                    SequencePooling::Sum => emb.sum_dim(1).reshape([b, k * g]),
+                    SequencePooling::Mean => emb.sum_dim(1).reshape([b, k * g]) / present_at_least_one(mask),
+                    SequencePooling::Target => self.attend(s, |f| out[f].clone(), emb, mask),
+                };
+                out.push(pooled);
             }
         }
         out

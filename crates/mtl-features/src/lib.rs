@@ -16,6 +16,7 @@
 //! let _device = BackendKind::Flex.device().unwrap();
 //! ```
 
+pub mod attention;
 pub mod backend;
 pub mod batch;
 pub mod embedding;
@@ -30,8 +31,8 @@ pub use batch::{BatchTensors, EncodedData, HostBatch, SequenceTensors};
 pub use embedding::{FieldPooling, InputLayer, InputSpec};
 pub use error::FeatureError;
 pub use schema::{
-    DenseField, LabelField, LabelKind, Schema, SequenceField, SequencePooling, SparseField, ValidSchema,
-    VocabSpec,
+    AttentionKind, AttentionPooling, DenseField, LabelField, LabelKind, PoolingSpec, Schema, SequenceField,
+    SequencePooling, SparseField, ValidSchema, VocabSpec,
 };
 pub use state::{
     CellError, DenseStats, Encoder, FeatureState, LabelRule, StateFitter, TableLayout, canonical_id, shown,

@@ -131,9 +131,10 @@ pub struct SequenceField {
     pub delimiter: String,
     /// Ids past this many are dropped.
     pub max_len: usize,
-    /// `sum` or `mean` over the present ids.
+    /// `sum` or `mean` over the present ids, or DIN's target attention
+    /// (`{ attention = "target", query = ["item_id"] }`).
     #[serde(default)]
-    pub pooling: SequencePooling,
+    pub pooling: PoolingSpec,
     /// Pre-encoded ids in `0..vocab_size`.
     #[serde(default)]
     pub vocab_size: Option<usize>,
@@ -170,6 +171,91 @@ pub enum SequencePooling {
     /// Mean of the id embeddings (zero for an empty cell).
     #[default]
     Mean,
+    /// DIN's target attention: a sum weighted by each id's relevance to a query field (written
+    /// as a table, [`AttentionPooling`]).
+    #[serde(skip)]
+    Target,
+}
+
+/// The kinds of attention pooling (one so far).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttentionKind {
+    /// DIN's local activation unit, queried by the target item.
+    Target,
+}
+
+fn default_attention_dims() -> Vec<usize> {
+    vec![36]
+}
+
+/// DIN's target attention over a sequence field (Zhou et al., KDD 2018): each present id's
+/// weight is an MLP over `[q, k, q − k, q ⊙ k]` of the query `q` (the `query` fields'
+/// embeddings side by side) and the id's embedding `k`; the pooled vector is `Σ wᵢ kᵢ`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttentionPooling {
+    /// `"target"`.
+    pub attention: AttentionKind,
+    /// The sparse fields whose embeddings, side by side, form the query (as wide as the
+    /// sequence field's own embeddings), e.g. `["item_id"]`.
+    pub query: Vec<String>,
+    /// Normalise the weights with a softmax over the present ids (DIN itself does not).
+    #[serde(default)]
+    pub softmax: bool,
+    /// Hidden widths of the attention MLP (ReLU; DIN's 36 by default).
+    #[serde(default = "default_attention_dims")]
+    pub dims: Vec<usize>,
+}
+
+/// A sequence field's `pooling`: `"sum"`, `"mean"` or a target attention table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum PoolingSpec {
+    /// `"sum"` or `"mean"`.
+    Plain(SequencePooling),
+    /// `{ attention = "target", query = [...] }`.
+    Attention(AttentionPooling),
+}
+
+impl Default for PoolingSpec {
+    fn default() -> Self {
+        Self::Plain(SequencePooling::Mean)
+    }
+}
+
+impl PoolingSpec {
+    /// The pooling's kind.
+    pub fn kind(&self) -> SequencePooling {
+        match self {
+            Self::Plain(p) => *p,
+            Self::Attention(_) => SequencePooling::Target,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for PoolingSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = PoolingSpec;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("\"sum\", \"mean\" or a table { attention = \"target\", query = [\"item_id\"] }")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<PoolingSpec, E> {
+                match v {
+                    "sum" => Ok(PoolingSpec::Plain(SequencePooling::Sum)),
+                    "mean" => Ok(PoolingSpec::Plain(SequencePooling::Mean)),
+                    _ => Err(E::invalid_value(serde::de::Unexpected::Str(v), &self)),
+                }
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<PoolingSpec, A::Error> {
+                let table = serde::de::value::MapAccessDeserializer::new(map);
+                AttentionPooling::deserialize(table).map(PoolingSpec::Attention)
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 /// A numeric field.
@@ -411,6 +497,26 @@ impl SparseField {
     }
 }
 impl SequenceField {
+    /// A mean-pooled sequence field of up to `max_len` ids, `|`-separated, its vocabulary fitted.
+    pub fn new(name: &str, max_len: usize) -> Self {
+        Self {
+            name: name.to_string(),
+            names: Vec::new(),
+            column: None,
+            delimiter: default_delimiter(),
+            max_len,
+            pooling: PoolingSpec::default(),
+            vocab_size: None,
+            oov: None,
+            fit: Some(true),
+            min_count: None,
+            hash_buckets: None,
+            shared_with: None,
+            group: None,
+            embed_dim: None,
+        }
+    }
+
     /// The CSV column this field reads.
     pub fn column(&self) -> &str {
         self.column.as_deref().unwrap_or(&self.name)
@@ -671,6 +777,7 @@ impl Schema {
             .collect();
         let owner = self.table_owners(file, &vocab, &id_names)?;
         let dims = self.table_widths(file, &owner, &id_names)?;
+        self.check_attention(file, &dims)?;
         Ok(ValidSchema {
             schema: self,
             vocab,
@@ -805,6 +912,61 @@ impl Schema {
                     file,
                     format!("sequence[{i}].delimiter"),
                     "must not be empty".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Each target attention: its query names sparse fields, once each, as wide together as
+    /// the sequence's own embeddings; its MLP's widths in range.
+    fn check_attention(&self, file: &str, dims: &[usize]) -> Result<(), FeatureError> {
+        for (i, s) in self.sequence.iter().enumerate() {
+            let PoolingSpec::Attention(a) = &s.pooling else {
+                continue;
+            };
+            let key = |k: &str| format!("sequence[{i}].pooling.{k}");
+            if a.query.is_empty() {
+                return Err(schema_invalid(
+                    file,
+                    key("query"),
+                    "is empty: name the sparse field(s) of the target (e.g. [\"item_id\"])".into(),
+                ));
+            }
+            let mut width = 0;
+            for (q, name) in a.query.iter().enumerate() {
+                let Some(f) = self.sparse.iter().position(|f| &f.name == name) else {
+                    return Err(schema_invalid(
+                        file,
+                        key(&format!("query[{q}]")),
+                        format!("= \"{name}\" is not a sparse field of the schema"),
+                    ));
+                };
+                if a.query[..q].contains(name) {
+                    return Err(schema_invalid(
+                        file,
+                        key(&format!("query[{q}]")),
+                        format!("= \"{name}\" is named twice"),
+                    ));
+                }
+                width += dims[f];
+            }
+            let own = dims[self.sparse.len() + i];
+            if width != own {
+                return Err(schema_invalid(
+                    file,
+                    key("query"),
+                    format!(
+                        "is {width} wide but `{}`'s embeddings are {own} wide: the query and the keys need one width",
+                        s.name
+                    ),
+                ));
+            }
+            if let Some((d, &w)) = a.dims.iter().enumerate().find(|(_, w)| **w == 0 || **w > 65_536) {
+                return Err(schema_invalid(
+                    file,
+                    key(&format!("dims[{d}]")),
+                    format!("= {w}: a layer width must be between 1 and 65536"),
                 ));
             }
         }
@@ -1062,7 +1224,7 @@ kind = "binary"
         assert_eq!(s.vocab[1], VocabSpec::Fit { min_count: 2 });
         assert_eq!(s.vocab[2], VocabSpec::Hash { buckets: 7 });
         assert_eq!(s.owner, vec![0, 1, 2, 1, 1]);
-        assert_eq!(s.schema.sequence[0].pooling, SequencePooling::Sum);
+        assert_eq!(s.schema.sequence[0].pooling.kind(), SequencePooling::Sum);
     }
 
     #[test]

@@ -60,6 +60,11 @@ max_len = 3
 pooling = "sum"
 delimiter = ";"
 fit = true
+[[sequence]]
+name = "recent"
+max_len = 5
+shared_with = "item"
+pooling = { attention = "target", query = ["item"], softmax = true }
 [[dense]]
 name = "price"
 standardize = true
@@ -79,9 +84,9 @@ kind = "binary"
 
 @pytest.fixture(scope="module")
 def mixed(tmp_path_factory) -> dict[str, str]:
-    """2,000 training and 500 test rows: two id fields, two sequence fields (one mean-, one
-    sum-pooled; empty and over-long cells included), two dense fields (one standardised) and a
-    click → cart → purchase funnel."""
+    """2,000 training and 500 test rows: two id fields, three sequence fields (one mean-, one
+    sum-pooled, one pooled by target attention queried by the item; empty and over-long cells
+    included), two dense fields (one standardised) and a click → cart → purchase funnel."""
     rng = np.random.default_rng(11)
     out = tmp_path_factory.mktemp("mixed")
 
@@ -99,6 +104,7 @@ def mixed(tmp_path_factory) -> dict[str, str]:
                 "item": item,
                 "hist": cells(15, 7, "|"),
                 "tags": cells(6, 5, ";"),
+                "recent": cells(25, 8, "|"),
                 "price": price,
                 "score": score,
                 "click": click.astype(int),
@@ -167,7 +173,7 @@ def test_every_model_type_exports_a_symbolic_batch_that_scores_as_mtl_predict(mi
     encoder = mtl.Encoder.from_sidecar(str(graph) + ".json")
     session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
     # one input per sequence field; ids int64; every input's first axis the symbolic batch
-    names = ["sparse_ids", "hist.ids", "tags.ids", "hist.mask", "tags.mask", "dense"]
+    names = ["sparse_ids", "hist.ids", "tags.ids", "recent.ids", "hist.mask", "tags.mask", "recent.mask", "dense"]
     assert [i.name for i in session.get_inputs()] == names == encoder.inputs == exported["inputs"]
     assert [o.name for o in session.get_outputs()] == encoder.outputs == model.outputs
     shapes = {i.name: (i.shape, i.type) for i in session.get_inputs()}

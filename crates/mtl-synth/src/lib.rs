@@ -2,8 +2,8 @@
 //!
 //! Synthetic multi-task data with a known ground truth, for `mtl gen-data`, xtask's quality
 //! checks and the tests: click/conversion data shaped like Ali-CCP ([`generate_ccp`]), a
-//! conversion chain of N steps ([`generate_chain`]), and the MMoE paper's regression pair
-//! ([`generate_mmoe_synthetic`]). Each writes train/validation/test CSV files and a schema
+//! conversion chain of N steps ([`generate_chain`]), the MMoE paper's regression pair
+//! ([`generate_mmoe_synthetic`]) and clicks driven by a behaviour history ([`generate_interest`]). Each writes train/validation/test CSV files and a schema
 //! built with `mtl-features`' schema types. Settings are checked first; a bad one is a
 //! [`SynthError::Invalid`] naming the setting.
 //!
@@ -26,6 +26,8 @@
 //! among clicks hit their targets. Output is streamed: rows are generated and written one at
 //! a time, and the same seed gives the same bytes.
 
+mod interest;
+
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -34,6 +36,8 @@ use mtl_features::{DenseField, LabelField, LabelKind, Schema, SparseField};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use thiserror::Error;
+
+pub use interest::{InterestSpec, generate_interest};
 
 /// A generator's error: a setting out of its range, or a file that could not be written.
 #[derive(Debug, Error)]
