@@ -280,6 +280,10 @@ struct EvalArgs {
     /// column (a user id), averaged weighted by rows over the groups with both classes.
     #[arg(long, value_name = "COLUMN")]
     group_by: Option<String>,
+    /// Count every row by its sample weight in this column (finite, at least 0) in every
+    /// metric, as `[data] weight` does in training.
+    #[arg(long, value_name = "COLUMN")]
+    weight: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -803,7 +807,10 @@ fn eval(args: EvalArgs) -> Result<()> {
         &args.backend,
         args.bad_rows,
         args.allow_unfinished,
-        args.group_by.as_deref(),
+        mtl_trainer::Counting {
+            group_by: args.group_by.as_deref(),
+            weight: args.weight.as_deref(),
+        },
     )
     .with_context(|| format!("evaluating {}", args.model.display()))?;
     println!("read {report}");
@@ -956,6 +963,7 @@ fn demo(args: DemoArgs, progress: bool) -> Result<()> {
         streaming: false,
         shuffle_buffer: 1_000_000,
         shards: None,
+        weight: None,
     };
     let train = TrainSettings {
         epochs: args.epochs,

@@ -484,6 +484,119 @@ fn training_evaluations_report_gauc_by_a_column() {
     );
 }
 
+/// The sample weight of row `r` of [`weighted_csv`]: 3 on every other clicked row, else 0 or 1.
+fn weight_of_row(r: usize) -> usize {
+    if r.is_multiple_of(6) { 3 } else { r % 2 }
+}
+
+/// [`csv`] with a column `w` of sample weights ([`weight_of_row`]) and a column `one` of 1s.
+fn weighted_csv(rows: usize) -> String {
+    let text = csv(rows);
+    let mut lines = text.lines();
+    let mut out = format!("{},w,one\n", lines.next().unwrap());
+    for (r, line) in lines.enumerate() {
+        out += &format!("{line},{},1\n", weight_of_row(r));
+    }
+    out
+}
+
+fn weighted_config(dir: &Path, name: &str, weight: Option<&str>) -> String {
+    let weight = weight.map_or(String::new(), |w| format!("weight = \"{w}\"\n"));
+    write(
+        dir,
+        name,
+        &format!(
+            "schema = \"schema.toml\"\n[data]\ntrain = \"train.csv\"\nvalid = \"train.csv\"\ntest = \"train.csv\"\n{weight}[model]\ntype = \"esmm\"\nctr_tower = {{ dims = [8] }}\ncvr_tower = {{ dims = [8] }}\n[train]\nbatch_size = 64\nepochs = 2\n"
+        ),
+    )
+}
+
+fn json(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+#[test]
+fn sample_weights_count_in_training_and_every_metric_and_predict_needs_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(d, "schema.toml", SCHEMA);
+    write(d, "train.csv", &weighted_csv(300));
+    let run = |cfg: &str, out: &str| {
+        let out_dir = d.join(out).display().to_string();
+        let done = mtl(&["train", "--config", cfg, "--out", &out_dir]);
+        assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+        out_dir
+    };
+    let weighted = run(&weighted_config(d, "w.toml", Some("w")), "w");
+    let metrics = json(&d.join("w/metrics.json"));
+    let ctr = &metrics["test"][0];
+    assert_eq!(ctr["rows_from"], "all rows, weighted by w", "{ctr}");
+    // the observed click rate counts each row by its weight: Σ w·click / Σ w by hand
+    let (mut wc, mut w) = (0.0, 0.0);
+    for r in 0..300 {
+        let (weight, click) = (weight_of_row(r) as f64, f64::from(u8::from(r % 3 == 0)));
+        (wc, w) = (wc + weight * click, w + weight);
+    }
+    let observed = ctr["binary"]["observed_rate"].as_f64().unwrap();
+    assert!((observed - wc / w).abs() < 1e-12, "{observed} vs {}", wc / w);
+    // `mtl eval --weight` gives the run's own test metrics; without it, the plain ones
+    let test = d.join("train.csv").display().to_string();
+    let eval = |extra: &[&str], out: &str| {
+        let out = d.join(out).display().to_string();
+        let mut args = vec!["eval", "--model", &weighted, "--data", &test, "--out", &out];
+        args.extend(extra);
+        let done = mtl(&args);
+        assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+        json(Path::new(&out))
+    };
+    let (with, without) = (eval(&["--weight", "w"], "e1.json"), eval(&[], "e2.json"));
+    assert_eq!(with[0]["binary"], ctr["binary"]);
+    assert_ne!(
+        without[0]["binary"]["observed_rate"],
+        ctr["binary"]["observed_rate"]
+    );
+    // prediction never reads the weights: a file without the column predicts
+    write(d, "plain.csv", &csv(20));
+    let plain = d.join("plain.csv").display().to_string();
+    let scores = d.join("p.csv").display().to_string();
+    let done = mtl(&[
+        "predict", "--model", &weighted, "--data", &plain, "--out", &scores,
+    ]);
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    // weights of 1 train the very model no weights train (its scores bit for bit)
+    let ones = run(&weighted_config(d, "one.toml", Some("one")), "one");
+    let none = run(&weighted_config(d, "none.toml", None), "none");
+    let scores_of = |model: &str| {
+        let out = d.join("s.csv").display().to_string();
+        let done = mtl(&["predict", "--model", model, "--data", &plain, "--out", &out]);
+        assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+        std::fs::read_to_string(&out).unwrap()
+    };
+    let (ones, none, weighted) = (scores_of(&ones), scores_of(&none), scores_of(&weighted));
+    assert!(ones == none, "weights of 1 changed the model:\n{ones}\n{none}");
+    assert!(weighted != none, "the weights changed nothing");
+    // a negative weight names the file, line and column; a weight column the schema reads is refused
+    let mut bad = weighted_csv(20);
+    bad += "1,0,3,a,row-bad,-0.5,1\n";
+    write(d, "train.csv", &bad);
+    let out = mtl(&[
+        "train",
+        "--config",
+        &weighted_config(d, "w.toml", Some("w")),
+        "--out",
+        &d.join("bad").display().to_string(),
+    ]);
+    assert_user_error(&out, &["train.csv:22", "column `w`", "negative"]);
+    let out = mtl(&[
+        "train",
+        "--config",
+        &weighted_config(d, "c.toml", Some("click")),
+        "--out",
+        &d.join("c").display().to_string(),
+    ]);
+    assert_user_error(&out, &["data.weight", "click", "label"]);
+}
+
 fn repo() -> std::path::PathBuf {
     // at run time: a binary reused through a shared target directory was built elsewhere
     std::env::var_os("CARGO_MANIFEST_DIR")

@@ -162,6 +162,10 @@ fn two_ranks_train_the_model_one_process_trains() {
             MMOE,
             "shards = 2\nstreaming = true\nshuffle_buffer = 1000\n",
         ),
+        // sample weights (the generator's true click probability as a weight column): each
+        // rank's loss is its rows' weighted mean, the ranks' combined by their total weight
+        ("esmm-weighted", ESMM, "shards = 1\nweight = \"p_click\"\n"),
+        ("mmoe-weighted", MMOE, "shards = 2\nweight = \"p_click\"\n"),
     ] {
         let toml = format!("{name}.toml");
         config(d, &toml, model, split);
@@ -190,7 +194,7 @@ fn two_ranks_train_the_model_one_process_trains() {
         let metrics: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(d.join(&pair).join("metrics.json")).unwrap())
                 .unwrap();
-        if name == "mmoe" {
+        if name.starts_with("mmoe") && !name.contains("streamed") {
             // rank 0 (which writes the metrics) read the first half of the rows only
             let reads = metrics.to_string();
             assert!(
@@ -198,18 +202,19 @@ fn two_ranks_train_the_model_one_process_trains() {
                 "{reads}"
             );
         }
-        ok(one(
-            d,
-            &[
-                "eval",
-                "--model",
-                &pair,
-                "--data",
-                "big/synth_ccp_val.csv",
-                "--out",
-                "eval.json",
-            ],
-        ));
+        let mut eval = vec![
+            "eval",
+            "--model",
+            &pair,
+            "--data",
+            "big/synth_ccp_val.csv",
+            "--out",
+            "eval.json",
+        ];
+        if name.ends_with("weighted") {
+            eval.extend(["--weight", "p_click"]);
+        }
+        ok(one(d, &eval));
         let evaluated: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(d.join("eval.json")).unwrap()).unwrap();
         let recorded = metrics["valid"].as_array().expect("recorded metrics");

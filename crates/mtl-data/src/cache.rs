@@ -381,12 +381,14 @@ fn values_fit(data: &EncodedData, encoder: &Encoder) -> bool {
         })
     });
     let kinds: Vec<LabelKind> = encoder.schema().schema.labels.iter().map(|l| l.kind).collect();
+    let weight = encoder.weight_label();
     let labels = data.n_labels == 0
         || data.labels.chunks_exact(data.n_labels).all(|row| {
-            row.iter().zip(&kinds).all(|(&y, kind)| {
+            row.iter().zip(&kinds).enumerate().all(|(l, (&y, kind))| {
                 y.is_nan()
                     || match kind {
                         LabelKind::Binary => y == 0.0 || y == 1.0,
+                        LabelKind::Regression if weight == Some(l) => y.is_finite() && y >= 0.0,
                         LabelKind::Regression => y.is_finite(),
                     }
             })

@@ -22,7 +22,7 @@ use burn::module::Module;
 use burn::tensor::activation::{log_sigmoid, sigmoid};
 use burn::tensor::{Device, Tensor};
 use mtl_features::{BatchTensors, FieldPooling, InputLayer, InputSpec, LabelKind, TableLayout, ValidSchema};
-use mtl_layers::head::{bce_from_log_probs, bce_with_logits, log_add_exp};
+use mtl_layers::head::{bce_rows, bce_rows_from_log_probs, log_add_exp};
 use mtl_layers::tasks::{
     TaskConfig, TaskSpec, embedded_fields, funnel_rules, funnel_steps, loss_names, output_prior, task_towers,
 };
@@ -191,7 +191,7 @@ impl EsmmChain {
     pub fn losses(&self, p: &ChainPredictions, batch: &BatchTensors) -> Vec<Tensor<1>> {
         let mut label = batch.label(self.steps[0].label);
         let a1 = p.logits[0].clone();
-        let mut losses = vec![bce_with_logits(a1.clone(), label.clone())];
+        let mut losses = vec![batch.mean_rows(bce_rows(a1.clone(), label.clone()))];
         let mut log_p = log_sigmoid(a1.clone());
         let mut log_not_p = log_sigmoid(a1.neg());
         for (step, a) in self.steps.iter().zip(&p.logits).skip(1) {
@@ -199,11 +199,11 @@ impl EsmmChain {
             // 1 − P_{k−1}σ(a) = (1 − P_{k−1}) + P_{k−1}σ(−a)
             log_not_p = log_add_exp(log_not_p, log_p.clone() + log_sigmoid(a.clone().neg()));
             log_p = log_p + log_sigmoid(a.clone());
-            losses.push(bce_from_log_probs(
+            losses.push(batch.mean_rows(bce_rows_from_log_probs(
                 log_p.clone(),
                 log_not_p.clone(),
                 label.clone(),
-            ));
+            )));
         }
         losses
     }

@@ -196,19 +196,19 @@ pub fn inverse_propensity(pctr: Tensor<1>, clip: f64) -> Tensor<1> {
     pctr.detach().clamp_min(clip).recip()
 }
 
-/// IPS: `λ · mean(o · e / ô)` over every row.
+/// IPS per row, `λ · o · e / ô` (the loss term is its mean over every row).
 ///
 /// # Shapes
-/// - every input: `[batch]`; output: `[1]`
-pub fn ips_loss(error: Tensor<1>, click: Tensor<1>, inverse_propensity: Tensor<1>, weight: f64) -> Tensor<1> {
-    (click * error * inverse_propensity).mean().mul_scalar(weight)
+/// - every input, output: `[batch]`
+pub fn ips_rows(error: Tensor<1>, click: Tensor<1>, inverse_propensity: Tensor<1>, weight: f64) -> Tensor<1> {
+    (click * error * inverse_propensity).mul_scalar(weight)
 }
 
-/// DR: `[λ · mean(ê + o (e − ê) / ô), λ · mean(o (e − ê)² / ô)]`.
+/// DR per row, `[λ · (ê + o (e − ê) / ô), λ · o (e − ê)² / ô]` (the loss terms are their means).
 ///
 /// # Shapes
-/// - every input: `[batch]`; output: two `[1]`
-pub fn dr_losses(
+/// - every input: `[batch]`; output: two `[batch]`
+pub fn dr_rows(
     error: Tensor<1>,
     imputed: Tensor<1>,
     click: Tensor<1>,
@@ -217,10 +217,8 @@ pub fn dr_losses(
 ) -> [Tensor<1>; 2] {
     let observed = click * inverse_propensity;
     let residual = error - imputed.clone();
-    let dr = (imputed + observed.clone() * residual.clone())
-        .mean()
-        .mul_scalar(weight);
-    let imputation = (observed * residual.square()).mean().mul_scalar(weight);
+    let dr = (imputed + observed.clone() * residual.clone()).mul_scalar(weight);
+    let imputation = (observed * residual.square()).mul_scalar(weight);
     [dr, imputation]
 }
 
@@ -246,10 +244,11 @@ impl MultiTaskModel for Escm2 {
         let error = conversion_error(p.cvr_logit.clone(), batch.label(labels.conversion));
         let inverse = inverse_propensity(p.pctr.clone(), self.clip);
         match &self.imputation {
-            None => losses.push(ips_loss(error, click, inverse, self.weight)),
+            None => losses.push(batch.mean_rows(ips_rows(error, click, inverse, self.weight))),
             Some(tower) => {
                 let imputed = softplus(tower.forward(x, fields.as_ref()).reshape([batch.rows]), 1.0);
-                losses.extend(dr_losses(error, imputed, click, inverse, self.weight));
+                let terms = dr_rows(error, imputed, click, inverse, self.weight);
+                losses.extend(terms.map(|rows| batch.mean_rows(rows)));
             }
         }
         Forward {

@@ -65,7 +65,7 @@ use burn::tensor::{Device, Tensor};
 use mtl_features::{
     BatchTensors, FieldPooling, InputLayer, InputSpec, LabelKind, LabelRule, TableLayout, ValidSchema,
 };
-use mtl_layers::head::{bce_from_log_probs, bce_with_logits, log_add_exp};
+use mtl_layers::head::{bce_rows, bce_rows_from_log_probs, log_add_exp};
 use mtl_layers::tasks::embedded_fields;
 use mtl_layers::{
     Forward, ModelBuilder, ModelError, ModelPlan, MultiTaskModel, OutputSpec, Tower, TowerSpec, resolve_label,
@@ -251,7 +251,8 @@ impl Esmm {
         }
     }
 
-    /// The two loss terms, `[BCE(click, pCTR), BCE(click ∧ conversion, pCTCVR)]`, each `[1]`.
+    /// The two loss terms, `[BCE(click, pCTR), BCE(click ∧ conversion, pCTCVR)]`, each `[1]`
+    /// (means over the rows, each counted by its sample weight).
     pub fn losses(&self, p: &EsmmPredictions, batch: &BatchTensors) -> [Tensor<1>; 2] {
         let click = batch.label(self.labels.click);
         let ctcvr_label = click.clone() * batch.label(self.labels.conversion);
@@ -261,8 +262,8 @@ impl Esmm {
         // 1 − σ(a)σ(b) = σ(−a) + σ(a)σ(−b)
         let log_not_ctcvr = log_add_exp(log_sigmoid(a.clone().neg()), log_ctr + log_sigmoid(b.neg()));
         [
-            bce_with_logits(a, click),
-            bce_from_log_probs(log_ctcvr, log_not_ctcvr, ctcvr_label),
+            batch.mean_rows(bce_rows(a, click)),
+            batch.mean_rows(bce_rows_from_log_probs(log_ctcvr, log_not_ctcvr, ctcvr_label)),
         ]
     }
 }

@@ -2,7 +2,7 @@
 //! held constant, the loss terms each variant adds, config errors.
 
 use burn::tensor::{Device, Tensor, TensorData};
-use mtl_esmm::escm2::{conversion_error, dr_losses, inverse_propensity, ips_loss};
+use mtl_esmm::escm2::{conversion_error, dr_rows, inverse_propensity, ips_rows};
 use mtl_esmm::{Escm2Config, Escm2Variant};
 use mtl_features::{EncodedData, Encoder, Schema, StateFitter, ValidSchema};
 use mtl_layers::{ModelBuilder, MultiTaskModel};
@@ -42,9 +42,9 @@ fn ips_and_dr_terms_equal_the_hand_computed_values() {
     );
     let inverse = inverse_propensity(burn::tensor::activation::sigmoid(ctr), 0.05);
     close(&v(inverse.clone()), &[2.0, 1.135_335, 20.0, 1.367_879]);
-    let ips = ips_loss(error.clone(), click.clone(), inverse.clone(), 0.1);
+    let ips = ips_rows(error.clone(), click.clone(), inverse.clone(), 0.1).mean();
     close(&v(ips), &[0.056_298_8]);
-    let [dr, imputation] = dr_losses(error, t(&[0.2, 0.1, 0.3, 0.4]), click, inverse, 0.1);
+    let [dr, imputation] = dr_rows(error, t(&[0.2, 0.1, 0.3, 0.4]), click, inverse, 0.1).map(|r| r.mean());
     close(&v(dr), &[0.054_781_7]);
     close(&v(imputation), &[0.007_985_53]);
 }

@@ -18,4 +18,4 @@ pub use calibration::{Calibration, CalibrationMethod, Calibrator};
 pub use error::{EvalError, io_err, record_err};
 pub use metrics::{TaskMetrics, auc};
 pub use model_dir::{ModelDir, backend_device};
-pub use predict::{Predictions, predict_all, predict_rows, to_host};
+pub use predict::{Losses, Predictions, predict_all, predict_rows, to_host};

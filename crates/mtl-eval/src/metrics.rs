@@ -36,18 +36,63 @@ pub fn auc(scores: &[f32], labels: &[f32]) -> Option<f64> {
     Some((rank_sum - p * (p + 1.0) / 2.0) / (p * negatives as f64))
 }
 
+/// ROC AUC with each row counted by its sample weight: the weighted share of (positive,
+/// negative) pairs ordered correctly, a tie counting ½ — the area under the weighted ROC curve
+/// (scikit-learn's `roc_auc_score` with `sample_weight`). `None` when either class weighs
+/// nothing.
+pub fn weighted_auc(scores: &[f32], labels: &[f32], weights: &[f32]) -> Option<f64> {
+    assert!(scores.len() == labels.len() && labels.len() == weights.len());
+    let n = scores.len();
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
+    // over ties of ascending score: each positive beats the negative weight below, ½ the tie's
+    let (mut pairs, mut below, mut positive) = (0.0f64, 0.0f64, 0.0f64);
+    let mut i = 0;
+    while i < n {
+        let mut j = i;
+        while j + 1 < n && scores[order[j + 1]] == scores[order[i]] {
+            j += 1;
+        }
+        let (mut pos, mut neg) = (0.0, 0.0);
+        for &k in &order[i..=j] {
+            let w = f64::from(weights[k]);
+            if labels[k] > 0.5 { pos += w } else { neg += w }
+        }
+        pairs += pos * (below + neg / 2.0);
+        below += neg;
+        positive += pos;
+        i = j + 1;
+    }
+    (positive > 0.0 && below > 0.0).then(|| pairs / (positive * below))
+}
+
 /// Mean binary cross-entropy of probabilities, clamped to [1e-7, 1 − 1e-7].
 pub fn log_loss(probs: &[f32], labels: &[f32]) -> f64 {
+    weighted_log_loss(probs, labels, None)
+}
+
+/// [`log_loss`] with each row counted by its weight, `Σ wᵢ lᵢ / Σ wᵢ` (the plain mean without
+/// weights).
+pub fn weighted_log_loss(probs: &[f32], labels: &[f32], weights: Option<&[f32]>) -> f64 {
     let eps = 1e-7;
-    let sum: f64 = probs
-        .iter()
-        .zip(labels)
-        .map(|(&p, &y)| {
-            let p = f64::from(p).clamp(eps, 1.0 - eps);
-            -(f64::from(y) * p.ln() + (1.0 - f64::from(y)) * (1.0 - p).ln())
-        })
-        .sum();
-    sum / probs.len().max(1) as f64
+    let (mut sum, mut total) = (0.0f64, 0.0f64);
+    for (i, (&p, &y)) in probs.iter().zip(labels).enumerate() {
+        let w = weight_of(weights, i);
+        let p = f64::from(p).clamp(eps, 1.0 - eps);
+        sum += w * -(f64::from(y) * p.ln() + (1.0 - f64::from(y)) * (1.0 - p).ln());
+        total += w;
+    }
+    sum / positive_or_one(total)
+}
+
+/// Row `i`'s weight: its sample weight, or 1.
+fn weight_of(weights: Option<&[f32]>, i: usize) -> f64 {
+    weights.map_or(1.0, |w| f64::from(w[i]))
+}
+
+/// `total`, or 1 when there is nothing to divide by (no rows, or rows weighing nothing).
+fn positive_or_one(total: f64) -> f64 {
+    if total > 0.0 { total } else { 1.0 }
 }
 
 /// Metrics of one binary output.
@@ -93,18 +138,37 @@ pub struct Gauc {
 /// GAUC of `scores` against 0/1 `labels`, rows grouped by `groups` (any ids, one per row);
 /// `None` when no group holds both classes.
 pub fn gauc(scores: &[f32], labels: &[f32], groups: &[u32]) -> Option<Gauc> {
+    weighted_gauc(scores, labels, groups, None)
+}
+
+/// [`gauc`] with sample weights: each group's [`weighted_auc`], the groups weighted by their
+/// rows' total weight (by their rows without weights).
+pub fn weighted_gauc(
+    scores: &[f32],
+    labels: &[f32],
+    groups: &[u32],
+    weights: Option<&[f32]>,
+) -> Option<Gauc> {
     assert!(scores.len() == labels.len() && labels.len() == groups.len());
     let mut members: std::collections::BTreeMap<u32, Vec<usize>> = std::collections::BTreeMap::new();
     for (r, &g) in groups.iter().enumerate() {
         members.entry(g).or_default().push(r);
     }
-    let (mut weighted, mut rows, mut counted, mut skipped) = (0.0, 0, 0, 0);
+    let (mut weighted, mut mass, mut rows, mut counted, mut skipped) = (0.0, 0.0, 0, 0, 0);
     for rows_of_group in members.values() {
         let s: Vec<f32> = rows_of_group.iter().map(|&r| scores[r]).collect();
         let y: Vec<f32> = rows_of_group.iter().map(|&r| labels[r]).collect();
-        match auc(&s, &y) {
+        let (group_auc, group_mass) = match weights {
+            None => (auc(&s, &y), s.len() as f64),
+            Some(w) => {
+                let w: Vec<f32> = rows_of_group.iter().map(|&r| w[r]).collect();
+                (weighted_auc(&s, &y, &w), w.iter().map(|&x| f64::from(x)).sum())
+            }
+        };
+        match group_auc {
             Some(a) => {
-                weighted += a * s.len() as f64;
+                weighted += a * group_mass;
+                mass += group_mass;
                 rows += s.len();
                 counted += 1;
             }
@@ -112,7 +176,7 @@ pub fn gauc(scores: &[f32], labels: &[f32], groups: &[u32]) -> Option<Gauc> {
         }
     }
     (counted > 0).then(|| Gauc {
-        value: weighted / rows as f64,
+        value: weighted / mass,
         groups: counted,
         rows,
         skipped_groups: skipped,
@@ -136,7 +200,18 @@ pub struct ReliabilityBin {
 
 /// The reliability bins (equal row counts, by prediction) and the expected calibration error.
 pub fn reliability(scores: &[f32], targets: &[f32]) -> (Vec<ReliabilityBin>, f64) {
+    weighted_reliability(scores, targets, None)
+}
+
+/// [`reliability`] with sample weights: the bins hold equal row counts, their means and the
+/// ECE's shares are weighted.
+pub fn weighted_reliability(
+    scores: &[f32],
+    targets: &[f32],
+    weights: Option<&[f32]>,
+) -> (Vec<ReliabilityBin>, f64) {
     let n = scores.len();
+    let total = positive_or_one((0..n).map(|i| weight_of(weights, i)).sum());
     if n == 0 {
         return (Vec::new(), 0.0);
     }
@@ -158,10 +233,15 @@ pub fn reliability(scores: &[f32], targets: &[f32]) -> (Vec<ReliabilityBin>, f64
         }
         let rows = &order[start..end];
         start = end;
-        let k = rows.len() as f64;
-        let mean_prediction = rows.iter().map(|&r| f64::from(scores[r])).sum::<f64>() / k;
-        let observed_rate = rows.iter().map(|&r| f64::from(targets[r])).sum::<f64>() / k;
-        ece += k / n as f64 * (mean_prediction - observed_rate).abs();
+        let k: f64 = rows.iter().map(|&r| weight_of(weights, r)).sum();
+        let mean = |x: &[f32]| {
+            rows.iter()
+                .map(|&r| weight_of(weights, r) * f64::from(x[r]))
+                .sum::<f64>()
+                / positive_or_one(k)
+        };
+        let (mean_prediction, observed_rate) = (mean(scores), mean(targets));
+        ece += k / total * (mean_prediction - observed_rate).abs();
         out.push(ReliabilityBin {
             rows: rows.len(),
             mean_prediction,
@@ -285,69 +365,50 @@ pub fn evaluate_grouped(
     label_names: &[String],
     groups: Option<&[u32]>,
 ) -> Vec<TaskMetrics> {
+    evaluate_weighted(outputs, predictions, data, label_names, groups, None)
+}
+
+/// [`evaluate_grouped`], each row counted by its sample weight — label column `weight.0` of
+/// `data` (`[data] weight`, the column `weight.1`) — in every metric: AUC ([`weighted_auc`]),
+/// GAUC, log loss, ECE, mean prediction, observed rate, MSE and MAE. Row counts stay counts of
+/// rows; each output's `rows_from` says what weighs them.
+pub fn evaluate_weighted(
+    outputs: &[OutputSpec],
+    predictions: &[Vec<f32>],
+    data: &EncodedData,
+    label_names: &[String],
+    groups: Option<&[u32]>,
+    weight: Option<(usize, &str)>,
+) -> Vec<TaskMetrics> {
+    let weight_label = weight.map(|(label, _)| label);
     outputs
         .iter()
         .zip(predictions)
         .map(|(spec, pred)| {
             let (scores, targets) = rows_of(spec, pred, data);
+            let kept: Vec<usize> = (0..data.rows)
+                .filter(|&r| {
+                    spec.rows_where
+                        .is_none_or(|w| data.labels[r * data.n_labels + w] >= 0.5)
+                })
+                .collect();
+            let weights: Option<Vec<f32>> =
+                weight_label.map(|l| kept.iter().map(|&r| data.labels[r * data.n_labels + l]).collect());
+            let weights = weights.as_deref();
             let grouped = groups.and_then(|g| {
-                let ids: Vec<u32> = (0..data.rows)
-                    .filter(|&r| {
-                        spec.rows_where
-                            .is_none_or(|w| data.labels[r * data.n_labels + w] >= 0.5)
-                    })
-                    .map(|r| g[r])
-                    .collect();
-                gauc(&scores, &targets, &ids)
+                let ids: Vec<u32> = kept.iter().map(|&r| g[r]).collect();
+                weighted_gauc(&scores, &targets, &ids, weights)
             });
-            let rows_from = spec.rows_where.map_or_else(
+            let mut rows_from = spec.rows_where.map_or_else(
                 || "all rows".to_string(),
                 |w| format!("rows with {} = 1", label_names[w]),
             );
-            let n = scores.len().max(1) as f64;
+            if let Some((_, column)) = weight {
+                rows_from += &format!(", weighted by {column}");
+            }
             let (binary, regression) = match spec.kind {
-                LabelKind::Binary => {
-                    let auc = auc(&scores, &targets);
-                    let positives = targets.iter().filter(|&&y| y > 0.5).count();
-                    let auc_note = auc.is_none().then(|| {
-                        if scores.is_empty() {
-                            "no rows".to_string()
-                        } else if positives == 0 {
-                            "n/a (no positives)".to_string()
-                        } else {
-                            "n/a (no negatives)".to_string()
-                        }
-                    });
-                    let (reliability, ece) = reliability(&scores, &targets);
-                    (
-                        Some(BinaryMetrics {
-                            auc,
-                            auc_note,
-                            ece,
-                            reliability,
-                            log_loss: log_loss(&scores, &targets),
-                            mean_prediction: scores.iter().map(|&p| f64::from(p)).sum::<f64>() / n,
-                            observed_rate: positives as f64 / n,
-                            gauc: grouped,
-                        }),
-                        None,
-                    )
-                }
-                LabelKind::Regression => {
-                    let (mut se, mut ae) = (0.0, 0.0);
-                    for (&p, &y) in scores.iter().zip(&targets) {
-                        let d = f64::from(p) - f64::from(y);
-                        se += d * d;
-                        ae += d.abs();
-                    }
-                    (
-                        None,
-                        Some(RegressionMetrics {
-                            mse: se / n,
-                            mae: ae / n,
-                        }),
-                    )
-                }
+                LabelKind::Binary => (Some(binary_metrics(&scores, &targets, weights, grouped)), None),
+                LabelKind::Regression => (None, Some(regression_metrics(&scores, &targets, weights))),
             };
             TaskMetrics {
                 name: spec.name.clone(),
@@ -358,6 +419,65 @@ pub fn evaluate_grouped(
             }
         })
         .collect()
+}
+
+/// The metrics of a binary output's rows, each counted by its weight (1 without weights).
+fn binary_metrics(
+    scores: &[f32],
+    targets: &[f32],
+    weights: Option<&[f32]>,
+    gauc: Option<Gauc>,
+) -> BinaryMetrics {
+    let auc = match weights {
+        None => auc(scores, targets),
+        Some(w) => weighted_auc(scores, targets, w),
+    };
+    let (mut total, mut predicted, mut positive) = (0.0f64, 0.0f64, 0.0f64);
+    for (i, (&p, &y)) in scores.iter().zip(targets).enumerate() {
+        let w = weight_of(weights, i);
+        total += w;
+        predicted += w * f64::from(p);
+        positive += w * f64::from(u8::from(y > 0.5));
+    }
+    let auc_note = auc.is_none().then(|| {
+        if scores.is_empty() {
+            "no rows".to_string()
+        } else if positive == 0.0 {
+            "n/a (no positives)".to_string()
+        } else if positive == total {
+            "n/a (no negatives)".to_string()
+        } else {
+            "n/a (a class of zero weight)".to_string()
+        }
+    });
+    let (reliability, ece) = weighted_reliability(scores, targets, weights);
+    let total = positive_or_one(total);
+    BinaryMetrics {
+        auc,
+        auc_note,
+        ece,
+        reliability,
+        log_loss: weighted_log_loss(scores, targets, weights),
+        mean_prediction: predicted / total,
+        observed_rate: positive / total,
+        gauc,
+    }
+}
+
+/// MSE and MAE of a regression output's rows, each counted by its weight.
+fn regression_metrics(scores: &[f32], targets: &[f32], weights: Option<&[f32]>) -> RegressionMetrics {
+    let (mut se, mut ae, mut total) = (0.0, 0.0, 0.0);
+    for (i, (&p, &y)) in scores.iter().zip(targets).enumerate() {
+        let (w, d) = (weight_of(weights, i), f64::from(p) - f64::from(y));
+        se += w * d * d;
+        ae += w * d.abs();
+        total += w;
+    }
+    let total = positive_or_one(total);
+    RegressionMetrics {
+        mse: se / total,
+        mae: ae / total,
+    }
 }
 
 /// `title` on a line, then each output's one-line summary indented by two spaces; nothing for
@@ -397,6 +517,63 @@ mod tests {
         // one group is the plain AUC
         let one = gauc(&scores, &labels, &[0; 9]).unwrap();
         assert_eq!(Some(one.value), auc(&scores, &labels));
+    }
+
+    /// scikit-learn 1.9.1's values, computed once:
+    /// `roc_auc_score(y, s, sample_weight=w)`, `log_loss(y, s, sample_weight=w)`, and the
+    /// same without weights; `mean_squared_error` / `mean_absolute_error` with weights.
+    #[test]
+    fn weighted_metrics_equal_scikit_learns() {
+        let s = [0.1, 0.4, 0.35, 0.8, 0.65, 0.35, 0.9, 0.2];
+        let y = [0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0];
+        let w = [1.0, 2.0, 0.5, 1.5, 3.0, 1.0, 0.25, 2.0];
+        let close = |a: f64, b: f64| assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+        close(weighted_auc(&s, &y, &w).unwrap(), 0.504_201_680_672_268_9);
+        close(weighted_log_loss(&s, &y, Some(&w)), 0.783_298_079_625_031_6);
+        close(weighted_auc(&s, &y, &[1.0; 8]).unwrap(), 0.656_25);
+        close(auc(&s, &y).unwrap(), 0.656_25);
+        close(log_loss(&s, &y), 0.635_569_410_489_970_4);
+        let r = regression_metrics(
+            &[1.0, 2.5, 0.0, 4.0],
+            &[1.5, 2.0, 1.0, 3.0],
+            Some(&[2.0, 1.0, 0.5, 0.5]),
+        );
+        close(r.mse, 0.4375);
+        close(r.mae, 0.625);
+        // a weight of 2 is the row twice; a weight of 0 is the row left out
+        let twice = weighted_auc(&[0.3, 0.6, 0.5], &[1.0, 0.0, 0.0], &[2.0, 1.0, 1.0]);
+        let dup = auc(&[0.3, 0.3, 0.6, 0.5], &[1.0, 1.0, 0.0, 0.0]);
+        assert_eq!(twice, dup);
+        let out = weighted_auc(
+            &[0.3, 0.6, 0.5, 0.9],
+            &[1.0, 0.0, 0.0, 1.0],
+            &[1.0, 1.0, 1.0, 0.0],
+        );
+        assert_eq!(out, Some(0.0));
+        assert_eq!(weighted_auc(&[0.3, 0.6], &[1.0, 0.0], &[1.0, 0.0]), None);
+    }
+
+    #[test]
+    fn weighted_gauc_weights_groups_by_their_weight_and_the_rest_by_weight() {
+        // group 1: (0.9 pos w 1, 0.2 neg w 3) AUC 1, weight 4; group 2: (0.1 pos w 1, 0.5 neg
+        // w 1) AUC 0, weight 2 → 4/6; group 3 (one class) skipped
+        let scores = [0.9, 0.2, 0.1, 0.5, 0.7];
+        let labels = [1.0, 0.0, 1.0, 0.0, 1.0];
+        let groups = [1, 1, 2, 2, 3];
+        let weights = [1.0, 3.0, 1.0, 1.0, 5.0];
+        let g = weighted_gauc(&scores, &labels, &groups, Some(&weights)).unwrap();
+        assert!((g.value - 4.0 / 6.0).abs() < 1e-12, "{g:?}");
+        assert_eq!((g.groups, g.rows, g.skipped_groups), (2, 4, 1));
+        // the binary block: weighted mean prediction, observed rate and ECE
+        let m = binary_metrics(&scores, &labels, Some(&weights), None);
+        let total = 11.0;
+        assert!((m.mean_prediction - (0.9 + 0.6 + 0.1 + 0.5 + 3.5) / total).abs() < 1e-6);
+        assert!((m.observed_rate - 7.0 / total).abs() < 1e-12);
+        let (bins, ece) = weighted_reliability(&scores, &labels, Some(&weights));
+        // five rows, five bins of one row each: ECE = Σ wᵢ |pᵢ − yᵢ| / Σ w
+        assert_eq!(bins.len(), 5);
+        let want = (0.1 + 3.0 * 0.2 + 0.9 + 0.5 + 5.0 * 0.3) / total;
+        assert!((ece - want).abs() < 1e-6, "{ece} vs {want}");
     }
 
     #[test]

@@ -196,13 +196,26 @@ impl<R: Registry> ModelDir<R> {
         backend: &str,
         groups: Option<&[u32]>,
     ) -> Result<Vec<TaskMetrics>, EvalError> {
+        self.evaluate_weighted(data, backend, groups, None)
+    }
+
+    /// [`ModelDir::evaluate_grouped`] with every row counted by its sample weight: label
+    /// column `weight.0` of `data` (read after the schema's own labels), the column `weight.1`.
+    pub fn evaluate_weighted(
+        &self,
+        data: &EncodedData,
+        backend: &str,
+        groups: Option<&[u32]>,
+        weight: Option<(usize, &str)>,
+    ) -> Result<Vec<TaskMetrics>, EvalError> {
         let (specs, preds) = self.predict_outputs(data, backend, 4096)?;
-        Ok(crate::metrics::evaluate_grouped(
+        Ok(crate::metrics::evaluate_weighted(
             &specs,
             &preds,
             data,
             &self.schema.label_names(),
             groups,
+            weight,
         ))
     }
 }

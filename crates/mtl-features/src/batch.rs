@@ -127,6 +127,14 @@ impl EncodedData {
         self.labels.extend_from_slice(&other.labels);
     }
 
+    /// Label `label` of the rows `indices`, in that order.
+    pub fn label_of(&self, indices: &[usize], label: usize) -> Vec<f32> {
+        indices
+            .iter()
+            .map(|&r| self.labels[r * self.n_labels + label])
+            .collect()
+    }
+
     /// Label `label` of every row.
     pub fn label_column(&self, label: usize) -> Vec<f32> {
         (0..self.rows)
@@ -247,6 +255,7 @@ impl EncodedData {
             sequence,
             dense,
             labels: Tensor::from_data(TensorData::new(h.labels, [b, nl.max(1)]), device),
+            weights: None,
         }
     }
 }
@@ -290,9 +299,38 @@ pub struct BatchTensors {
     pub dense: Option<Tensor<2>>,
     /// `[batch, n_labels]`.
     pub labels: Tensor<2>,
+    /// `[batch]` sample weights (`[data] weight`), scaled so that their mean over the whole
+    /// global batch is 1; absent without weights.
+    pub weights: Option<Tensor<1>>,
 }
 
 impl BatchTensors {
+    /// The batch with sample weights `weights` (one per row) scaled to mean 1 over its rows
+    /// (all 0 when they sum to 0), and their sum before scaling.
+    pub fn with_weights(mut self, weights: &[f32]) -> (Self, f64) {
+        let (n, mass) = (weights.len(), weights.iter().map(|&w| f64::from(w)).sum::<f64>());
+        let scale = if mass > 0.0 { n as f64 / mass } else { 0.0 };
+        let scaled: Vec<f32> = weights.iter().map(|&w| (f64::from(w) * scale) as f32).collect();
+        self.weights = Some(Tensor::from_data(
+            TensorData::new(scaled, [n]),
+            &self.labels.device(),
+        ));
+        (self, mass)
+    }
+
+    /// The batch's mean of a per-row quantity, each row counted by its sample weight:
+    /// `Σ wᵢ xᵢ / B` with the weights scaled to mean 1 (`Σ wᵢ xᵢ / Σ wᵢ` over the global batch),
+    /// the plain mean without weights.
+    ///
+    /// # Shapes
+    /// - per_row: `[batch]`; output: `[1]`
+    pub fn mean_rows(&self, per_row: Tensor<1>) -> Tensor<1> {
+        match &self.weights {
+            Some(w) => (per_row * w.clone()).mean(),
+            None => per_row.mean(),
+        }
+    }
+
     /// Label column `index` as `[batch]`.
     pub fn label(&self, index: usize) -> Tensor<1> {
         self.labels

@@ -224,6 +224,8 @@ pub struct Encoder {
     lookup: Vec<Option<HashMap<String, u32>>>,
     layout: TableLayout,
     rules: Vec<LabelRule>,
+    /// The label column of sample weights (checked to be at least 0), if any.
+    weight_label: Option<usize>,
     /// Ids mapped to an `oov = "bucket"` row so far (shared by clones).
     oov: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
@@ -292,6 +294,8 @@ pub enum CellError {
     Missing,
     /// A binary label other than 0 or 1.
     NotBinary(String),
+    /// A sample weight below 0.
+    NegativeWeight(String),
 }
 
 impl std::fmt::Display for CellError {
@@ -312,6 +316,7 @@ impl std::fmt::Display for CellError {
                 "missing value (an empty cell, or NaN in a dense field) and no default"
             ),
             Self::NotBinary(v) => write!(f, "binary label `{v}` is not 0 or 1"),
+            Self::NegativeWeight(v) => write!(f, "sample weight `{v}` is negative (weights are at least 0)"),
         }
     }
 }
@@ -384,6 +389,7 @@ impl Encoder {
             lookup,
             layout,
             rules: Vec::new(),
+            weight_label: None,
             oov: Default::default(),
         }
     }
@@ -403,6 +409,18 @@ impl Encoder {
     /// The label rules checked on every labelled row.
     pub fn label_rules(&self) -> &[LabelRule] {
         &self.rules
+    }
+
+    /// The same encoder, reading label column `label` (if any) as sample weights: a value
+    /// below 0 is an error.
+    pub fn with_weight_label(mut self, label: Option<usize>) -> Self {
+        self.weight_label = label;
+        self
+    }
+
+    /// The label column of sample weights, if any.
+    pub fn weight_label(&self) -> Option<usize> {
+        self.weight_label
     }
 
     /// Checks one row's labels (in schema order) against the rules: the first rule broken,
@@ -496,6 +514,9 @@ impl Encoder {
             return Err(CellError::Missing);
         }
         let v = parse_finite(text)?;
+        if self.weight_label == Some(label) && v < 0.0 {
+            return Err(CellError::NegativeWeight(shown(text)));
+        }
         match self.schema.schema.labels[label].kind {
             LabelKind::Binary if v == 0.0 || v == 1.0 => Ok(v as f32),
             LabelKind::Binary => Err(CellError::NotBinary(shown(text))),

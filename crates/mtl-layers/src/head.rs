@@ -18,22 +18,30 @@ pub fn predict(logit: Tensor<1>, kind: LabelKind) -> Tensor<1> {
     }
 }
 
-/// Mean binary cross-entropy of `label ∈ {0,1}` against `σ(logit)`, from the logit:
+/// Binary cross-entropy of `label ∈ {0,1}` against `σ(logit)` per row, from the logit:
 /// `−[y·log σ(x) + (1−y)·log σ(−x)]`.
+///
+/// # Shapes
+/// - logit, label, output: `[batch]`
+pub fn bce_rows(logit: Tensor<1>, label: Tensor<1>) -> Tensor<1> {
+    bce_rows_from_log_probs(log_sigmoid(logit.clone()), log_sigmoid(logit.neg()), label)
+}
+
+/// Binary cross-entropy per row from `log p` and `log(1 − p)` given separately (both finite).
+///
+/// # Shapes
+/// - log_p, log_not_p, label, output: `[batch]`
+pub fn bce_rows_from_log_probs(log_p: Tensor<1>, log_not_p: Tensor<1>, label: Tensor<1>) -> Tensor<1> {
+    let not_label = label.clone().neg().add_scalar(1.0);
+    (label * log_p + not_label * log_not_p).neg()
+}
+
+/// Mean binary cross-entropy of the rows ([`bce_rows`]'s mean).
 ///
 /// # Shapes
 /// - logit, label: `[batch]`; output: `[1]`
 pub fn bce_with_logits(logit: Tensor<1>, label: Tensor<1>) -> Tensor<1> {
-    bce_from_log_probs(log_sigmoid(logit.clone()), log_sigmoid(logit.neg()), label)
-}
-
-/// Mean binary cross-entropy from `log p` and `log(1 − p)` given separately (both finite).
-///
-/// # Shapes
-/// - log_p, log_not_p, label: `[batch]`; output: `[1]`
-pub fn bce_from_log_probs(log_p: Tensor<1>, log_not_p: Tensor<1>, label: Tensor<1>) -> Tensor<1> {
-    let not_label = label.clone().neg().add_scalar(1.0);
-    (label * log_p + not_label * log_not_p).mean().neg()
+    bce_rows(logit, label).mean()
 }
 
 /// Mean squared error.
@@ -44,14 +52,14 @@ pub fn mse(prediction: Tensor<1>, label: Tensor<1>) -> Tensor<1> {
     (prediction - label).square().mean()
 }
 
-/// The loss of one task from its logit: BCE for binary, MSE for regression.
+/// The loss of one task per row from its logit: BCE for binary, squared error for regression.
 ///
 /// # Shapes
-/// - logit, label: `[batch]`; output: `[1]`
-pub fn task_loss(logit: Tensor<1>, label: Tensor<1>, kind: LabelKind) -> Tensor<1> {
+/// - logit, label, output: `[batch]`
+pub fn task_loss_rows(logit: Tensor<1>, label: Tensor<1>, kind: LabelKind) -> Tensor<1> {
     match kind {
-        LabelKind::Binary => bce_with_logits(logit, label),
-        LabelKind::Regression => mse(logit, label),
+        LabelKind::Binary => bce_rows(logit, label),
+        LabelKind::Regression => (logit - label).square(),
     }
 }
 

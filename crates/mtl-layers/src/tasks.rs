@@ -7,7 +7,7 @@ use mtl_features::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::head::{logit_clamped, predict, task_loss};
+use crate::head::{logit_clamped, predict, task_loss_rows};
 use crate::tower::{Tower, TowerSpec};
 use crate::{Forward, MlpSpec, ModelError, ModelPlan, OutputSpec, resolve_label};
 
@@ -123,7 +123,8 @@ pub fn outputs(tasks: &[TaskSpec]) -> Vec<OutputSpec> {
         .collect()
 }
 
-/// Per task: head on the tower's output, loss against the label.
+/// Per task: head on the tower's output, loss against the label (each row counted by its
+/// sample weight).
 ///
 /// # Shapes
 /// - `logits`: one `[batch]` per task
@@ -132,7 +133,7 @@ pub fn task_forward(tasks: &[TaskSpec], logits: Vec<Tensor<1>>, batch: &BatchTen
     let mut predictions = Vec::with_capacity(tasks.len());
     let mut losses = Vec::with_capacity(tasks.len());
     for (task, logit) in tasks.iter().zip(logits) {
-        losses.push(task_loss(logit.clone(), batch.label(task.label), task.kind));
+        losses.push(batch.mean_rows(task_loss_rows(logit.clone(), batch.label(task.label), task.kind)));
         predictions.push(predict(logit, task.kind));
     }
     Forward { predictions, losses }

@@ -225,16 +225,16 @@ impl Aitm {
         (tower_logits(&self.towers, z, fields.as_ref()), attention)
     }
 
-    /// `α · mean(max(p_t − p_{t−1}, 0))` summed over the chain: zero when every step's
-    /// probability is at most the previous step's.
+    /// `α · mean(max(p_t − p_{t−1}, 0))` summed over the chain (rows counted by their sample
+    /// weights): zero when every step's probability is at most the previous step's.
     ///
     /// # Shapes
     /// - `probs`: one `[batch]` per task
     /// - output: `[1]`
-    pub fn calibrator(&self, probs: &[Tensor<1>]) -> Tensor<1> {
+    pub fn calibrator(&self, probs: &[Tensor<1>], batch: &BatchTensors) -> Tensor<1> {
         probs
             .windows(2)
-            .map(|w| relu(w[1].clone() - w[0].clone()).mean())
+            .map(|w| batch.mean_rows(relu(w[1].clone() - w[0].clone())))
             .reduce(|a, b| a + b)
             .expect("a chain of two or more tasks")
             .mul_scalar(self.alpha)
@@ -257,7 +257,7 @@ impl MultiTaskModel for Aitm {
         let (logits, _) = self.forward_with_attention(batch);
         let mut f = task_forward(&self.tasks, logits, batch);
         if self.alpha > 0.0 {
-            f.losses.push(self.calibrator(&f.predictions));
+            f.losses.push(self.calibrator(&f.predictions, batch));
         }
         let conditional: Vec<Tensor<1>> = f.predictions[1..].to_vec();
         f.predictions.extend(conditional);

@@ -70,16 +70,39 @@ fn parameter_counts_match_torch_rechub() {
 
 #[test]
 fn calibrator_is_zero_on_an_ordered_chain_and_positive_otherwise() {
-    let (model, _) = build(&config(&["click", "cart", "buy"], 0.5));
+    let (model, enc) = build(&config(&["click", "cart", "buy"], 0.5));
     let device = Device::flex();
     let t = |v: [f32; 2]| Tensor::<1>::from_floats(v, &device);
-    let value = |probs: Vec<Tensor<1>>| model.calibrator(&probs).into_data().try_to_vec::<f32>().unwrap()[0];
+    let two_rows = EncodedData {
+        rows: 2,
+        n_sparse: 3,
+        n_labels: 3,
+        sparse: vec![0; 6],
+        labels: vec![0.0; 6],
+        ..Default::default()
+    };
+    let mut batch = two_rows.batch(&[0, 1], enc.layout(), &device);
+    let value = |probs: Vec<Tensor<1>>, batch: &mtl_features::BatchTensors| {
+        model
+            .calibrator(&probs, batch)
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap()[0]
+    };
     // ordered: every step at most the one before
-    assert_eq!(value(vec![t([0.5, 0.2]), t([0.4, 0.2]), t([0.1, 0.0])]), 0.0);
+    assert_eq!(
+        value(vec![t([0.5, 0.2]), t([0.4, 0.2]), t([0.1, 0.0])], &batch),
+        0.0
+    );
     // cart above click on row 2 by 0.4: mean over rows 0.2; buy above cart on row 1 by 0.1:
     // mean 0.05; α = 0.5 → 0.5 · (0.2 + 0.05) = 0.125
-    let got = value(vec![t([0.5, 0.2]), t([0.4, 0.6]), t([0.5, 0.1])]);
+    let probs = || vec![t([0.5, 0.2]), t([0.4, 0.6]), t([0.5, 0.1])];
+    let got = value(probs(), &batch);
     assert!((got - 0.125).abs() < 1e-6, "{got}");
+    // sample weights 0.5 and 1.5 (mean 1): 0.5 · (0.4 · 1.5 / 2 + 0.1 · 0.5 / 2) = 0.1625
+    batch.weights = Some(t([0.5, 1.5]));
+    let got = value(probs(), &batch);
+    assert!((got - 0.1625).abs() < 1e-6, "{got}");
 }
 
 #[test]

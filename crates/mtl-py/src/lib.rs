@@ -270,9 +270,10 @@ fn predict(
 }
 
 /// The model's metrics on `data` (labels required), as `mtl eval` reports them: JSON of one
-/// entry per output; with `group_by`, each binary output's GAUC over that column's groups.
+/// entry per output; with `group_by`, each binary output's GAUC over that column's groups;
+/// with `weight`, every metric counts each row by that column's sample weight.
 #[pyfunction]
-#[pyo3(signature = (model_dir, data, name="<data>", *, group_by=None, backend="flex", skip_bad_rows=false, allow_unfinished=false))]
+#[pyo3(signature = (model_dir, data, name="<data>", *, group_by=None, weight=None, backend="flex", skip_bad_rows=false, allow_unfinished=false))]
 #[allow(clippy::too_many_arguments)]
 fn evaluate(
     py: Python<'_>,
@@ -280,6 +281,7 @@ fn evaluate(
     data: &Bound<'_, PyAny>,
     name: &str,
     group_by: Option<&str>,
+    weight: Option<&str>,
     backend: &str,
     skip_bad_rows: bool,
     allow_unfinished: bool,
@@ -293,7 +295,7 @@ fn evaluate(
                 backend,
                 policy(skip_bad_rows),
                 allow_unfinished,
-                group_by,
+                mtl_trainer::Counting { group_by, weight },
             )
         })
         .map_err(|e| mtl_err(Some(&format!("evaluating {}", model_dir.display())), e))?;

@@ -97,13 +97,18 @@ def test_predictions_from_a_frame_and_an_arrow_table_equal_mtl_predicts(trained,
 
 
 @pytest.mark.parametrize("model", list(MODELS))
-def test_evaluate_equals_mtl_eval(trained, data, model, tmp_path):
+@pytest.mark.parametrize("weight", [None, "p_click"])
+def test_evaluate_equals_mtl_eval(trained, data, model, weight, tmp_path):
+    """GAUC by a column, and (the generator's click probability as sample weights) every
+    metric weighted, as `mtl eval --weight` weighs them."""
     m = mtl.load(trained[model].dir)
     out = tmp_path / "m.json"
-    done = cli("eval", "--model", m.dir, "--data", data["test"], "--out", str(out), "--group-by", "u1")
+    extra = ("--weight", weight) if weight else ()
+    done = cli("eval", "--model", m.dir, "--data", data["test"], "--out", str(out), "--group-by", "u1", *extra)
     assert done.returncode == 0, done.stderr
     want = {t["name"]: t for t in json.loads(out.read_text())}
-    got = m.evaluate(pd.read_csv(data["test"]), group_by="u1")
+    frame = pd.read_csv(data["test"])
+    got = m.evaluate(frame, group_by="u1", weight=weight)
     assert sorted(got) == sorted(want)
     for name, values in got.items():
         binary = want[name]["binary"]
@@ -111,6 +116,13 @@ def test_evaluate_equals_mtl_eval(trained, data, model, tmp_path):
         assert values["auc"] == pytest.approx(binary["auc"], abs=1e-12)
         assert values["log_loss"] == pytest.approx(binary["log_loss"], abs=1e-12)
         assert values["gauc"] == pytest.approx(binary["gauc"]["value"], abs=1e-12)
+    if weight:
+        # the weighted observed click rate by hand: Σ w·click / Σ w
+        first = next(iter(got.values()))
+        w, click = frame[weight].to_numpy(), frame["click"].to_numpy()
+        # (the weights are read as 32-bit floats, as labels are)
+        assert first["observed_rate"] == pytest.approx((w * click).sum() / w.sum(), rel=1e-6)
+        assert first["observed_rate"] != pytest.approx(click.mean(), rel=1e-3)
 
 
 def test_a_bad_config_raises_the_clis_message(data, tmp_path):

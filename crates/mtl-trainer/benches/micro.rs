@@ -108,6 +108,7 @@ impl WithModel for SparseStep<'_> {
                 let batch = Batch {
                     tensors: batch.clone(),
                     table_rows: unique.clone(),
+                    mass: batch.rows as f64,
                 };
                 let (m, losses) = stepper.step(m, batch, 1).expect("a finite step");
                 black_box(losses.total);

@@ -12,7 +12,7 @@ use mtl_trainer::{Registry, TrainError, TrainSettings, WithModel, example_model,
 
 fn schema() -> ValidSchema {
     Schema::from_toml_str(
-        "embed_dim = 4\nembed_init_std = 0.3\n[[sparse]]\nname = \"u\"\nvocab_size = 40\ngroup = \"user\"\n[[sparse]]\nname = \"i\"\nvocab_size = 25\ngroup = \"item\"\n[[sequence]]\nname = \"h\"\nmax_len = 3\nshared_with = \"i\"\ngroup = \"item\"\n[[dense]]\nname = \"x\"\n[[labels]]\nname = \"click\"\nkind = \"binary\"\n[[labels]]\nname = \"purchase\"\nkind = \"binary\"\n[[labels]]\nname = \"cart\"\nkind = \"binary\"\n",
+        "embed_dim = 4\nembed_init_std = 0.3\n[[sparse]]\nname = \"u0\"\nvocab_size = 40\ngroup = \"user\"\n[[sparse]]\nname = \"i0\"\nvocab_size = 25\ngroup = \"item\"\n[[sequence]]\nname = \"h\"\nmax_len = 3\nshared_with = \"i0\"\ngroup = \"item\"\n[[dense]]\nname = \"x\"\n[[labels]]\nname = \"click\"\nkind = \"binary\"\n[[labels]]\nname = \"purchase\"\nkind = \"binary\"\n[[labels]]\nname = \"cart\"\nkind = \"binary\"\n",
         "p.toml",
     )
     .unwrap()
@@ -47,7 +47,8 @@ fn data(rows: usize) -> EncodedData {
 }
 
 /// Every registered model with its example config (so a new model is covered without
-/// editing this test), and ESMM once more with the paper's group-sum input.
+/// editing this test; fields `u0` and `i0` as the examples' data names them), and ESMM once
+/// more with the paper's group-sum input.
 fn models() -> Vec<ModelConfig> {
     let mut models: Vec<ModelConfig> = Models::KINDS
         .iter()
@@ -145,5 +146,66 @@ fn all_models_agree_across_backends() {
                 assert!(diff < 1e-4, "{model}: {kind}: {what} differ by {diff}");
             }
         }
+    }
+}
+
+/// One model's loss terms (evaluation mode: BatchNorm at its running statistics, so a row's
+/// loss is its own) on the rows `idx` weighted by `weights`, and unweighted on `repeated`.
+struct WeightedLosses<'a> {
+    encoder: &'a Encoder,
+    data: &'a EncodedData,
+    idx: &'a [usize],
+    weights: &'a [f32],
+    repeated: &'a [usize],
+}
+
+impl WithModel for WeightedLosses<'_> {
+    type Out = (Vec<f32>, Vec<f32>, Vec<f32>);
+    type Error = TrainError;
+    fn run<M: MultiTaskModel + 'static>(self, model: M) -> Result<Self::Out, TrainError> {
+        let (layout, device) = (self.encoder.layout(), Device::flex());
+        let losses = |batch| flat(model.valid().forward(&batch).losses);
+        let batch = self.data.batch(self.idx, layout, &device);
+        let (weighted, mass) = batch.clone().with_weights(self.weights);
+        assert_eq!(mass, self.weights.iter().map(|&w| f64::from(w)).sum::<f64>());
+        let repeated = self.data.batch(self.repeated, layout, &device);
+        Ok((losses(weighted), losses(repeated), losses(batch)))
+    }
+}
+
+#[test]
+fn a_rows_sample_weight_counts_it_that_many_times_in_every_models_loss() {
+    // weights 0, 1, 2, 3 cycling: the same loss terms as each row repeated that many times,
+    // for every loss term of every model (a term that ignored the weights would differ)
+    let s = schema();
+    let enc = Encoder::new(&s, &StateFitter::new(&s).finish());
+    let d = data(24);
+    let idx: Vec<usize> = (0..24).collect();
+    let weights: Vec<f32> = idx.iter().map(|r| (r % 4) as f32).collect();
+    let repeated: Vec<usize> = idx.iter().flat_map(|&r| std::iter::repeat_n(r, r % 4)).collect();
+    for (k, config) in models().iter().enumerate() {
+        let device = Device::flex();
+        device.seed(300 + k as u64);
+        let job = WeightedLosses {
+            encoder: &enc,
+            data: &d,
+            idx: &idx,
+            weights: &weights,
+            repeated: &repeated,
+        };
+        let (weighted, repeated, plain) = Models::with_model(config, &s, enc.layout(), &device, job).unwrap();
+        let model = Models::kind(config);
+        assert_eq!(weighted.len(), repeated.len());
+        for (t, (w, r)) in weighted.iter().zip(&repeated).enumerate() {
+            assert!(
+                (w - r).abs() <= 1e-5 * r.abs().max(1.0),
+                "{model}: term {t}: {w} vs {r}"
+            );
+        }
+        // and the weights matter: the plain mean differs
+        assert!(
+            weighted.iter().zip(&plain).any(|(w, p)| (w - p).abs() > 1e-4),
+            "{model}"
+        );
     }
 }

@@ -66,6 +66,7 @@ fn train(
         log_every: None,
         label_names: s.label_names(),
         valid_groups: None,
+        weight_label: None,
         group: Default::default(),
         stop: None,
         tensorboard: None,

@@ -56,6 +56,7 @@ fn config(files: &CcpFiles, model: ModelConfig, settings: TrainSettings) -> RunC
             streaming: false,
             shuffle_buffer: 1_000_000,
             shards: None,
+            weight: None,
         },
         model,
         train: settings,
@@ -475,7 +476,18 @@ fn early_stopping_keeps_the_best_model() {
     let layout = model.encoder.layout();
     let (split, _) = mtl_eval::predict_all(&m, &valid, layout, &Device::flex(), 100, false).unwrap();
     let half = valid.rows.div_ceil(100) / 2 * 100;
-    let share = |rows| mtl_eval::predict_rows(&m, &valid, rows, layout, &Device::flex(), 100, true).unwrap();
+    let share = |rows| {
+        mtl_eval::predict_rows(
+            &m,
+            &valid,
+            rows,
+            layout,
+            &Device::flex(),
+            100,
+            mtl_eval::Losses::Mean,
+        )
+        .unwrap()
+    };
     let ((a, la), (b, lb)) = (share(0..half), share(half..valid.rows));
     for (o, whole) in split.iter().enumerate() {
         assert_eq!([a[o].clone(), b[o].clone()].concat(), *whole, "output {o}");

@@ -161,13 +161,16 @@ class Model:
         wants_frame = arrow is False or (arrow is None and pd is not None and isinstance(data, pd.DataFrame))
         return table.to_pandas() if wants_frame else table
 
-    def evaluate(self, data: Any, *, group_by: str | None = None, skip_bad_rows: bool = False) -> dict[str, dict[str, Any]]:
+    def evaluate(
+        self, data: Any, *, group_by: str | None = None, weight: str | None = None, skip_bad_rows: bool = False
+    ) -> dict[str, dict[str, Any]]:
         """Per-output metrics on ``data`` (labels required), as ``mtl eval`` reports them:
         ``{output: {"auc": …, "log_loss": …, …}}``; ``group_by`` adds each binary output's GAUC
-        over that column's groups."""
+        over that column's groups; ``weight`` counts every row by that column's sample weight
+        in every metric."""
         source, name = _data(data)
         text = _mtl.evaluate(
-            self.dir, source, name, group_by=group_by, backend=self.backend,
+            self.dir, source, name, group_by=group_by, weight=weight, backend=self.backend,
             skip_bad_rows=skip_bad_rows, allow_unfinished=self.allow_unfinished,
         )
         return _metrics(json.loads(text))

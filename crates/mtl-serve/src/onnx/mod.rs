@@ -168,6 +168,7 @@ fn batch(schema: &ValidSchema, ints: Vec<Tensor<2, Int>>, floats: Vec<Tensor<2>>
         sequence,
         dense,
         labels,
+        weights: None,
     }
 }
 

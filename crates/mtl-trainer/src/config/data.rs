@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use mtl_data::BadRowPolicy;
+use mtl_features::{LabelField, LabelKind, ValidSchema};
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
@@ -43,6 +44,11 @@ pub struct DataConfig {
     /// rows in one shuffled order). Saved with the run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shards: Option<usize>,
+    /// A column of sample weights (finite, at least 0): every loss term and every metric
+    /// (AUC, GAUC, log loss, ECE, mean prediction, observed rate, MSE, MAE) counts each row
+    /// by its weight. Prediction and serving do not read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<String>,
 }
 
 fn default_shuffle_buffer() -> usize {
@@ -160,6 +166,12 @@ fn default_policy() -> String {
 }
 
 impl DataConfig {
+    /// The schema the training files are read with and the weight column's label index
+    /// ([`with_weight_column`] of `weight`).
+    pub fn with_weight(&self, schema: ValidSchema) -> Result<(ValidSchema, Option<usize>), TrainError> {
+        with_weight_column(schema, self.weight.as_deref(), "data.weight")
+    }
+
     /// The bad-row policy.
     pub fn policy(&self) -> Result<BadRowPolicy, TrainError> {
         self.bad_rows.parse().map_err(|message| TrainError::Config {
@@ -167,6 +179,45 @@ impl DataConfig {
             message: format!("`data.bad_rows`: {message}"),
         })
     }
+}
+
+/// `schema` and, with `column`, that column read as one more label column after the schema's
+/// own (regression-like, checked by the encoder to be finite and at least 0: sample weights);
+/// and that column's index. The column may not be one the schema reads already; `key` names
+/// the setting in messages (`data.weight`, `--weight`).
+pub fn with_weight_column(
+    mut schema: ValidSchema,
+    column: Option<&str>,
+    key: &str,
+) -> Result<(ValidSchema, Option<usize>), TrainError> {
+    let Some(column) = column else {
+        return Ok((schema, None));
+    };
+    let bad = |message: String| TrainError::Config {
+        file: "config".into(),
+        message: format!("`{key}` = {column:?}: {message}"),
+    };
+    if column.trim().is_empty() {
+        return Err(bad("name the column of sample weights".into()));
+    }
+    let s = &schema.schema;
+    let read = (s.sparse.iter().map(|f| ("sparse field", &f.name, f.column())))
+        .chain(s.sequence.iter().map(|f| ("sequence field", &f.name, f.column())))
+        .chain(s.dense.iter().map(|f| ("dense field", &f.name, f.column())))
+        .chain(s.labels.iter().map(|f| ("label", &f.name, f.column())));
+    for (kind, name, col) in read {
+        if col == column || name == column {
+            return Err(bad(format!(
+                "the schema reads this column already (the {kind} `{name}`); sample weights are a column of their own"
+            )));
+        }
+    }
+    schema
+        .schema
+        .labels
+        .push(LabelField::new(column, LabelKind::Regression));
+    let label = schema.n_labels() - 1;
+    Ok((schema, Some(label)))
 }
 
 /// The largest shuffle block a streaming config may ask for.

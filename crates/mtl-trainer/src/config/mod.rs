@@ -20,7 +20,7 @@ mod loss_weighting;
 mod train;
 
 use data::resolve;
-pub use data::{DataConfig, DataFiles, MAX_SHUFFLE_BUFFER};
+pub use data::{DataConfig, DataFiles, MAX_SHUFFLE_BUFFER, with_weight_column};
 pub use early_stopping::{Direction, EarlyStopping, EarlyStoppingSetting};
 pub use loss_weighting::LossWeighting;
 pub use train::{

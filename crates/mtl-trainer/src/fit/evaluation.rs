@@ -7,8 +7,8 @@
 use std::time::Instant;
 
 use burn::tensor::Device;
-use mtl_eval::metrics::evaluate_grouped;
-use mtl_eval::{Predictions, predict_rows};
+use mtl_eval::metrics::evaluate_weighted;
+use mtl_eval::{Losses, Predictions, predict_rows};
 use mtl_features::{EncodedData, TableLayout};
 use mtl_layers::{MultiTaskModel, OutputSpec};
 
@@ -60,12 +60,13 @@ impl Evaluator<'_> {
                 let loss = losses.map(|l| weighted(&l, &self.settings.loss_weights));
                 (
                     loss,
-                    evaluate_grouped(
+                    evaluate_weighted(
                         &self.outputs,
                         &preds,
                         v,
                         &self.options.label_names,
                         self.options.valid_groups.as_deref(),
+                        self.options.weight(),
                     ),
                 )
             }
@@ -124,16 +125,29 @@ impl Evaluator<'_> {
         let group = &self.options.group;
         let batches = group.share(valid.rows.div_ceil(batch));
         let rows = (batches.start * batch).min(valid.rows)..(batches.end * batch).min(valid.rows);
-        let (n, model) = (rows.len(), model.valid());
-        let (preds, losses) = predict_rows(&model, valid, rows, self.layout, &self.device, batch, true)?;
+        let model = model.valid();
+        let weight = self.options.weight_label;
+        let mode = weight.map_or(Losses::Mean, Losses::Weighted);
+        // the rows' share of the loss: their number, or their total sample weight
+        let mass = |rows: std::ops::Range<usize>| match weight {
+            Some(l) => valid
+                .label_of(&rows.collect::<Vec<_>>(), l)
+                .iter()
+                .map(|&w| f64::from(w))
+                .sum(),
+            None => rows.len() as f64,
+        };
+        let (local, all) = (mass(rows.clone()), mass(0..valid.rows));
+        let (preds, losses) = predict_rows(&model, valid, rows, self.layout, &self.device, batch, mode)?;
         if !group.is_distributed() {
             return Ok((preds, losses));
         }
         let mut sums: Vec<f64> = losses.unwrap_or_default();
         sums.resize(self.loss_names.len(), 0.0);
-        sums.iter_mut().for_each(|l| *l *= n as f64);
+        sums.iter_mut().for_each(|l| *l *= local);
         group.sum_f64(&mut sums);
-        let losses = sums.iter().map(|l| l / valid.rows.max(1) as f64).collect();
+        let all = if all > 0.0 { all } else { 1.0 };
+        let losses = sums.iter().map(|l| l / all).collect();
         let preds = preds.iter().map(|p| group.gather_f32(p).concat()).collect();
         // the traffic counted is training's: an evaluation's is left out, as its time is
         let _ = group.take_traffic();

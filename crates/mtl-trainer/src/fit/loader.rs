@@ -25,6 +25,9 @@ pub struct Batch {
     pub tensors: BatchTensors,
     /// Row-sparse training: the batch's distinct table rows, in first-seen order (else empty).
     pub table_rows: Vec<i32>,
+    /// The rows' total sample weight (their number without weights): a rank's share of the
+    /// global batch's loss.
+    pub mass: f64,
 }
 
 /// The training rows: encoded in memory, or streamed from their files each epoch.
@@ -148,25 +151,37 @@ pub const PRIOR_ROWS: usize = 1 << 20;
 
 /// Each label column's mean over the finite values of the training rows: all of them in
 /// memory, or the first [`PRIOR_ROWS`] rows of the files when streaming. NaN where a column
-/// has no finite value.
-/// Rows held by shard are summed over the ranks of `group`.
-pub fn label_means(rows: TrainRows<'_>, group: &Group) -> Result<Vec<f64>, TrainError> {
-    label_means_upto(rows, PRIOR_ROWS, group)
+/// has no finite value. With sample weights (label column `weight_label`), each row counts by
+/// its weight. Rows held by shard are summed over the ranks of `group`.
+pub fn label_means(
+    rows: TrainRows<'_>,
+    group: &Group,
+    weight_label: Option<usize>,
+) -> Result<Vec<f64>, TrainError> {
+    label_means_upto(rows, PRIOR_ROWS, group, weight_label)
 }
 
 /// [`label_means`], streaming reading the first `max_rows` rows.
-fn label_means_upto(rows: TrainRows<'_>, max_rows: usize, group: &Group) -> Result<Vec<f64>, TrainError> {
-    let mut sums = LabelSums::default();
+fn label_means_upto(
+    rows: TrainRows<'_>,
+    max_rows: usize,
+    group: &Group,
+    weight_label: Option<usize>,
+) -> Result<Vec<f64>, TrainError> {
+    let mut sums = LabelSums {
+        weight_label,
+        ..LabelSums::default()
+    };
     match rows {
         TrainRows::Memory(data) => sums.add(data),
         TrainRows::Sharded(data, shards) => {
             sums.add(data);
             if shards.held(group.rank(), group.size()).is_some() && group.is_distributed() {
                 // each rank holds its own rows: the sums and counts of all of them
-                let mut flat: Vec<f64> = sums.sums.iter().flat_map(|&(s, n)| [s, n as f64]).collect();
+                let mut flat: Vec<f64> = sums.sums.iter().flat_map(|&(s, n)| [s, n]).collect();
                 group.sum_f64(&mut flat);
                 for (acc, pair) in sums.sums.iter_mut().zip(flat.chunks_exact(2)) {
-                    *acc = (pair[0], pair[1] as u64);
+                    *acc = (pair[0], pair[1]);
                 }
             }
         }
@@ -186,23 +201,25 @@ fn label_means_upto(rows: TrainRows<'_>, max_rows: usize, group: &Group) -> Resu
     Ok(sums.means())
 }
 
-/// Per label column: the sum and count of its finite values.
+/// Per label column: the (weighted) sum and the count (total weight) of its finite values.
 #[derive(Default)]
 struct LabelSums {
     rows: usize,
-    sums: Vec<(f64, u64)>,
+    sums: Vec<(f64, f64)>,
+    weight_label: Option<usize>,
 }
 
 impl LabelSums {
     fn add(&mut self, data: &EncodedData) {
         let n = data.n_labels;
-        self.sums.resize(n, (0.0, 0));
+        self.sums.resize(n, (0.0, 0.0));
         if n > 0 {
             for row in data.labels.chunks_exact(n) {
+                let w = self.weight_label.map_or(1.0, |l| f64::from(row[l]));
                 for (acc, &v) in self.sums.iter_mut().zip(row) {
                     if v.is_finite() {
-                        acc.0 += f64::from(v);
-                        acc.1 += 1;
+                        acc.0 += w * f64::from(v);
+                        acc.1 += w;
                     }
                 }
             }
@@ -213,7 +230,7 @@ impl LabelSums {
     fn means(&self) -> Vec<f64> {
         self.sums
             .iter()
-            .map(|&(sum, count)| if count > 0 { sum / count as f64 } else { f64::NAN })
+            .map(|&(sum, count)| if count > 0.0 { sum / count } else { f64::NAN })
             .collect()
     }
 }
@@ -353,14 +370,18 @@ fn make_batch(
         true => idx,
         false => &idx[share(idx.len(), plan.share.0, plan.share.1)],
     };
-    if plan.row_sparse {
-        let (tensors, table_rows) = data.batch_unique(idx, layout, device);
-        Batch { tensors, table_rows }
-    } else {
-        Batch {
-            tensors: data.batch(idx, layout, device),
-            table_rows: Vec::new(),
-        }
+    let (tensors, table_rows) = match plan.row_sparse {
+        true => data.batch_unique(idx, layout, device),
+        false => (data.batch(idx, layout, device), Vec::new()),
+    };
+    let (tensors, mass) = match plan.weight_label {
+        Some(label) => tensors.with_weights(&data.label_of(idx, label)),
+        None => (tensors, idx.len() as f64),
+    };
+    Batch {
+        tensors,
+        table_rows,
+        mass,
     }
 }
 
@@ -393,6 +414,9 @@ pub struct LoaderPlan {
     pub share: (usize, usize),
     /// How the rows are split ([`Shards`]; one shard: one permutation of every row).
     pub shards: Shards,
+    /// The label column of sample weights, if any: each batch carries them (scaled to mean 1
+    /// over the rank's rows) and their sum.
+    pub weight_label: Option<usize>,
 }
 
 impl LoaderPlan {
@@ -414,6 +438,7 @@ impl LoaderPlan {
             row_sparse,
             share,
             shards,
+            weight_label: None,
         }
     }
 
@@ -688,6 +713,7 @@ mod tests {
         let device = Device::flex();
         let rows = |from: (usize, usize)| -> Vec<Vec<f32>> {
             let plan = LoaderPlan {
+                weight_label: None,
                 batch_size: 4,
                 epochs: 2,
                 seed: 7,
@@ -714,6 +740,7 @@ mod tests {
                 &layout,
                 &device,
                 LoaderPlan {
+                    weight_label: None,
                     batch_size: 1,
                     epochs: 100,
                     seed: 0,
@@ -774,6 +801,7 @@ mod tests {
     ) -> Vec<Vec<f32>> {
         let layout = spec.encoder.layout().clone();
         let plan = LoaderPlan {
+            weight_label: None,
             batch_size,
             epochs,
             seed: 3,
@@ -846,6 +874,7 @@ mod tests {
         };
         let layout = spec.encoder.layout().clone();
         let plan = LoaderPlan {
+            weight_label: None,
             batch_size: bs,
             epochs: 2,
             seed: 7,
@@ -948,6 +977,7 @@ mod tests {
         let parquet = as_parquet(stream_spec(dir.path(), 4), dir.path());
         let layout = csv.encoder.layout().clone();
         let plan = |rows: usize, share: (usize, usize), from: (usize, usize)| LoaderPlan {
+            weight_label: None,
             batch_size: 4,
             epochs: 2,
             seed: 5,
@@ -1041,7 +1071,7 @@ mod tests {
             labels: vec![1.0, 0.5, 0.0, f32::NAN, 1.0, 1.5, 0.0, f32::NAN],
             ..Default::default()
         };
-        let means = label_means(TrainRows::Memory(&data), &Group::default()).unwrap();
+        let means = label_means(TrainRows::Memory(&data), &Group::default(), None).unwrap();
         assert_eq!(means[0], 0.5);
         assert_eq!(means[1], 1.0, "the mean of 0.5 and 1.5; NaN rows left out");
         let empty = EncodedData {
@@ -1050,17 +1080,17 @@ mod tests {
             labels: vec![f32::NAN],
             ..Default::default()
         };
-        assert!(label_means(TrainRows::Memory(&empty), &Group::default()).unwrap()[0].is_nan());
+        assert!(label_means(TrainRows::Memory(&empty), &Group::default(), None).unwrap()[0].is_nan());
         // streaming: files of 7, 5 and 9 rows labelled 0..21
         let dir = tempfile::tempdir().unwrap();
         let spec = stream_spec(dir.path(), 4);
         assert_eq!(
-            label_means(TrainRows::Stream(&spec), &Group::default()).unwrap(),
+            label_means(TrainRows::Stream(&spec), &Group::default(), None).unwrap(),
             [10.0]
         );
         // the first 10 rows (across the first two files): 0..10
         assert_eq!(
-            label_means_upto(TrainRows::Stream(&spec), 10, &Group::default()).unwrap(),
+            label_means_upto(TrainRows::Stream(&spec), 10, &Group::default(), None).unwrap(),
             [4.5]
         );
     }
@@ -1074,6 +1104,7 @@ mod tests {
         let device = Device::flex();
         let layout = spec.encoder.layout().clone();
         let plan = LoaderPlan {
+            weight_label: None,
             batch_size: 2,
             epochs: 1,
             seed: 3,

@@ -244,7 +244,8 @@ pub fn fit<'t, M: MultiTaskModel>(
     }
     let share = (options.group.rank(), options.group.size());
     let train: TrainRows<'t> = train.into();
-    let plan = LoaderPlan::from_state(settings, &state, stepper.row_sparse(), share, train.shards());
+    let mut plan = LoaderPlan::from_state(settings, &state, stepper.row_sparse(), share, train.shards());
+    plan.weight_label = options.weight_label;
     let batches = train.shards().batches(settings.batch_size);
     let model = std::thread::scope(|scope| -> Result<M, TrainError> {
         let loader = spawn(scope, train, layout, device, plan);

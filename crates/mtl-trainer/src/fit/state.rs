@@ -135,6 +135,8 @@ pub struct FitOptions {
     pub label_names: Vec<String>,
     /// Each validation row's group (`[metrics] group_by`), for GAUC in every evaluation.
     pub valid_groups: Option<Vec<u32>>,
+    /// The label column of sample weights (`[data] weight`), if any: in every loss and metric.
+    pub weight_label: Option<usize>,
     /// The ranks training the model: every rank runs the loop, the leader writes the files.
     pub group: Group,
     /// Set from outside (Ctrl-C in Python): the run stops after the step under way, leaving a
@@ -146,6 +148,11 @@ pub struct FitOptions {
 }
 
 impl FitOptions {
+    /// The sample weights' label column and column name, if any.
+    pub fn weight(&self) -> Option<(usize, &str)> {
+        (self.weight_label).map(|l| (l, self.label_names[l].as_str()))
+    }
+
     /// Whether a stop was asked from outside ([`FitOptions::stop`]).
     pub(crate) fn stop_asked(&self) -> bool {
         (self.stop.as_ref()).is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed))

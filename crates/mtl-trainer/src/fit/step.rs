@@ -296,7 +296,11 @@ impl Stepper {
         batch: Batch,
         step: usize,
     ) -> Result<(M, StepLosses), TrainError> {
-        let Batch { tensors, table_rows } = batch;
+        let Batch {
+            tensors,
+            table_rows,
+            mass,
+        } = batch;
         let local_rows = tensors.rows;
         let local_ids = match self.group.is_distributed() {
             true => table_rows.clone(),
@@ -328,7 +332,7 @@ impl Stepper {
             grad_norms,
             weight,
             rows,
-        } = self.global(terms, grad_norms, local_rows);
+        } = self.global(terms, grad_norms, local_rows, mass);
         let total = weighted(
             &terms.iter().map(|&t| f64::from(t)).collect::<Vec<_>>(),
             self.weighting.reported(),
@@ -366,9 +370,9 @@ impl Stepper {
     }
 
     /// The step's loss terms, task gradient norms and rows over every rank (each rank's
-    /// weighted by its rows), and this rank's weight in the sums (its share of the rows).
-    /// One process's are its own, untouched.
-    fn global(&self, terms: Vec<f32>, grad_norms: Option<Vec<f64>>, rows: usize) -> Global {
+    /// weighted by its `mass`: its rows, or their total sample weight), and this rank's
+    /// weight in the sums (its share of the mass). One process's are its own, untouched.
+    fn global(&self, terms: Vec<f32>, grad_norms: Option<Vec<f64>>, rows: usize, mass: f64) -> Global {
         if !self.group.is_distributed() {
             return Global {
                 terms,
@@ -377,19 +381,21 @@ impl Stepper {
                 rows: rows as u64,
             };
         }
-        let n = rows as f64;
         let norms = grad_norms.as_deref().unwrap_or(&[]);
-        let mut buf: Vec<f64> = terms.iter().map(|&t| f64::from(t) * n).collect();
-        buf.extend(norms.iter().map(|g| g * n));
-        buf.push(n);
+        let mut buf: Vec<f64> = terms.iter().map(|&t| f64::from(t) * mass).collect();
+        buf.extend(norms.iter().map(|g| g * mass));
+        buf.extend([mass, rows as f64]);
         self.group.sum_f64(&mut buf);
-        let all = buf.pop().unwrap_or(0.0).max(1.0);
+        let all_rows = buf.pop().unwrap_or(0.0);
+        let all = buf.pop().unwrap_or(0.0);
+        // a global batch that weighs nothing (every weight 0) takes no step
+        let all = if all > 0.0 { all } else { 1.0 };
         let (terms_sum, norms_sum) = buf.split_at(terms.len());
         Global {
             terms: terms_sum.iter().map(|t| (t / all) as f32).collect(),
             grad_norms: grad_norms.map(|_| norms_sum.iter().map(|g| g / all).collect()),
-            weight: (n / all) as f32,
-            rows: all as u64,
+            weight: (mass / all) as f32,
+            rows: all_rows as u64,
         }
     }
 

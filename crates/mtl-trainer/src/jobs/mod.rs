@@ -23,7 +23,7 @@ mod model_dir;
 mod predict;
 mod train;
 
-pub use eval::{eval_file, eval_file_grouped, eval_input};
+pub use eval::{Counting, eval_file, eval_file_grouped, eval_input};
 pub use model_dir::{RunLock, open_for_inference};
 pub use predict::{INPUT_LINE_COLUMN, Predictions, predict_file, predict_input};
 pub use train::train;

@@ -7,7 +7,7 @@ use std::time::Instant;
 use burn::tensor::Device;
 use mtl_data::{BadRowPolicy, fit_state, read_encoded};
 use mtl_eval::gates::{dead_experts, gate_report};
-use mtl_eval::metrics::evaluate;
+use mtl_eval::metrics::evaluate_weighted;
 use mtl_eval::{Calibration, CalibrationMethod, TaskMetrics, backend_device, predict_all};
 use mtl_features::{EncodedData, Encoder, FeatureState, Schema, ValidSchema, atomic_write};
 use mtl_layers::{ModelPlan, MultiTaskModel, WithModel};
@@ -164,7 +164,11 @@ fn train_from<R: Registry>(
     if let Some((state, _, _)) = &start {
         same_data(&state.data, &data)?;
     }
-    let encoder = Encoder::new(&schema, &features).with_label_rules(plan.label_rules);
+    // sample weights are read as one more label column (prediction never reads them)
+    let (schema, weight_label) = config.data.with_weight(schema)?;
+    let encoder = (Encoder::new(&schema, &features))
+        .with_label_rules(plan.label_rules)
+        .with_weight_label(weight_label);
     check_table_size(&encoder, &schema, &config.train, out_dir)?;
     let mut inputs = Inputs::read(&config, &encoder, options)?;
     if inputs.train.is_some() {
@@ -509,7 +513,7 @@ fn same_data(saved: &[DataFile], now: &[DataFile]) -> Result<(), TrainError> {
 /// Warns of a binary label with one class only in the training rows (held in memory): its
 /// outputs can only learn to predict that class.
 fn warn_one_class(schema: &ValidSchema, rows: TrainRows<'_>, group: &Group) -> Result<(), TrainError> {
-    let means = label_means(rows, group)?;
+    let means = label_means(rows, group, None)?;
     for (label, mean) in schema.schema.labels.iter().zip(means) {
         if label.kind != mtl_features::LabelKind::Binary {
             continue;
@@ -839,6 +843,7 @@ impl<R: Registry> WithModel for TrainJob<'_, R> {
             log_every: self.options.log_every,
             label_names: self.schema.label_names(),
             valid_groups: self.valid_groups.clone(),
+            weight_label: self.encoder.weight_label(),
             group: self.options.group.clone(),
             stop: self.options.stop.clone(),
             tensorboard: self.events.clone(),
@@ -931,16 +936,16 @@ impl<R: Registry> TrainJob<'_, R> {
             }
             // a new run of a model that starts at its labels' base rates reads them first
             None if settings.label_priors && M::USES_LABEL_PRIORS => {
-                let means = label_means(self.train, &self.options.group)?;
-                let shown: Vec<String> = self
-                    .schema
-                    .label_names()
-                    .iter()
-                    .zip(&means)
-                    .map(|(name, m)| format!("{name} {m:.4}"))
+                let weight = self.encoder.weight_label();
+                let means = label_means(self.train, &self.options.group, weight)?;
+                let names = self.schema.label_names();
+                let shown: Vec<String> = (names.iter().zip(&means).enumerate())
+                    .filter(|(l, _)| Some(*l) != weight)
+                    .map(|(_, (name, m))| format!("{name} {m:.4}"))
                     .collect();
+                let weighted = weight.map_or(String::new(), |l| format!(", weighted by {}", names[l]));
                 let message = format!(
-                    "outputs start at the training labels' means (label_priors): {}",
+                    "outputs start at the training labels' means (label_priors{weighted}): {}",
                     shown.join(", ")
                 );
                 self.options.announce(&message);
@@ -1001,15 +1006,17 @@ impl<R: Registry> TrainJob<'_, R> {
         }
         let specs = model.outputs();
         let labels = self.schema.label_names();
+        let weight = (self.encoder.weight_label()).map(|l| (l, labels[l].as_str()));
+        let evaluate = |preds: &[Vec<f32>]| evaluate_weighted(&specs, preds, test, &labels, None, weight);
         let (metrics, uncalibrated) = match calibration {
             Some(c) => {
-                let before = evaluate(&specs, &preds, test, &labels);
+                let before = evaluate(&preds);
                 let mut preds = preds;
                 let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
                 c.apply(&names, &mut preds);
-                (evaluate(&specs, &preds, test, &labels), Some(before))
+                (evaluate(&preds), Some(before))
             }
-            None => (evaluate(&specs, &preds, test, &labels), None),
+            None => (evaluate(&preds), None),
         };
         Ok(TestResult {
             metrics,

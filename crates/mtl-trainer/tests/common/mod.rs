@@ -29,6 +29,7 @@ pub fn run_config(
             streaming: false,
             shuffle_buffer: 1_000_000,
             shards: None,
+            weight: None,
         },
         model,
         train: settings,
