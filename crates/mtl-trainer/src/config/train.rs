@@ -171,7 +171,7 @@ pub const DEFAULT_EMA_DECAY: f64 = 0.99;
 
 /// The least weight decay of a new run's row-sparse embedding table (see
 /// [`TrainSettings::embedding_weight_decay`]): at PyTorch's `Adam(weight_decay=1e-4)`, ESMM's
-/// validation AUCs fall over 4 epochs; at 1e-3 on the table they hold (README *Quality*).
+/// validation AUCs fall over 4 epochs; at 1e-3 on the table they hold (docs/quality.md).
 pub const DEFAULT_EMBEDDING_WEIGHT_DECAY: f64 = 1e-3;
 
 fn default_adam_epsilon() -> f64 {
