@@ -12,7 +12,7 @@ use common::{data, schema};
 
 fn config(extra: &str) -> PepnetConfig {
     toml::from_str(&format!(
-        "epnet = {{ gate_fields = [\"u\"] }}\nppnet = {{ gate_fields = [\"i\", \"x\"], dims = [6, 3] }}\ntower = {{ dims = [] }}\ntasks = [{{ label = \"click\" }}, {{ label = \"dwell\" }}]\n{extra}"
+        "epnet = {{ gate_fields = [\"u\"] }}\nppnet = {{ gate_fields = [\"i\", \"x\"], dims = [6, 3], batch_norm = false }}\ntower = {{ dims = [] }}\ntasks = [{{ label = \"click\" }}, {{ label = \"dwell\" }}]\n{extra}"
     ))
     .unwrap()
 }
@@ -70,8 +70,8 @@ fn the_forward_pass_is_the_papers_equations() {
     let logits = m.logits(&batch);
     for (t, net) in m.ppnet.as_ref().unwrap().nets.iter().enumerate() {
         let mut a = x1.clone();
-        for (layer, g) in net.layers.iter().zip(&net.gates) {
-            a = layer.forward(a).clamp_min(0.0) * gate(g, gate_input.clone());
+        for (block, g) in net.blocks.iter().zip(&net.gates) {
+            a = block.linear.forward(a).clamp_min(0.0) * gate(g, gate_input.clone());
         }
         let expected = v(m.towers[t].forward(a, None).reshape([9]));
         let got = v(logits[t].clone());
@@ -98,7 +98,10 @@ fn gates_lie_in_zero_to_gamma_and_start_as_the_identity() {
     let plain = {
         let x = m.input.forward(&batch);
         let net = &m.ppnet.as_ref().unwrap().nets[0];
-        let a = net.layers.iter().fold(x, |a, l| l.forward(a).clamp_min(0.0));
+        let a = net
+            .blocks
+            .iter()
+            .fold(x, |a, b| b.linear.forward(a).clamp_min(0.0));
         v(m.towers[0].forward(a, None).reshape([16]))
     };
     assert_eq!(v(m.logits(&batch)[0].clone()), plain);
@@ -152,6 +155,15 @@ fn the_parameter_count_is_torcheasyrecs() {
     c.ppnet = None;
     let (m, _) = build(&c, &Device::flex());
     assert_eq!(trainable_params(&m), embeddings + epnet(m_) + 2 * linear(m_, 1));
+    // mtl's default: each PPNet layer with BatchNorm, its scale and shift 2 per unit
+    let mut c = config("");
+    c.ppnet.as_mut().unwrap().batch_norm = true;
+    let (m, _) = build(&c, &Device::flex());
+    let norms = 2 * (2 * 6 + 2 * 3);
+    assert_eq!(
+        trainable_params(&m),
+        embeddings + epnet(m_) + 2 * ppnet_task + towers + norms
+    );
 }
 
 #[test]
