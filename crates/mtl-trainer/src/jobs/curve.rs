@@ -274,7 +274,7 @@ pub fn render_reliability(metrics: &[mtl_eval::TaskMetrics], title: &str) -> Str
         let sx = |x: f64| left + x / max * side;
         let sy = |y: f64| top + side - y / max * side;
         svg += &format!(
-            "<text x=\"{left}\" y=\"16\" font-weight=\"bold\">{} {title}</text>\n<text x=\"{left}\" y=\"30\">ECE {:.4} · bars: 95 % intervals · numbers: rows</text>\n",
+            "<text x=\"{left}\" y=\"16\" font-weight=\"bold\">{} {title}</text>\n<text x=\"{left}\" y=\"30\">ECE {:.4} · bars: 95 % · numbers: rows</text>\n",
             m.name, b.ece
         );
         svg += &format!(
@@ -293,16 +293,24 @@ pub fn render_reliability(metrics: &[mtl_eval::TaskMetrics], title: &str) -> Str
                 sy(t) + 4.0
             );
         }
+        // a bin's row count beside it, unless the last count drawn is too close to read both
+        let mut last_label: Option<(f64, f64)> = None;
         for (r, (lo, hi)) in b.reliability.iter().zip(&intervals) {
             let (x, y) = (sx(r.mean_prediction), sy(r.observed_rate));
             svg += &format!(
-                "<line class=\"bin\" x1=\"{x:.1}\" x2=\"{x:.1}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"#9ecae1\" stroke-width=\"3\"/><circle cx=\"{x:.1}\" cy=\"{y:.1}\" r=\"3\" fill=\"#1f77b4\"/><text x=\"{:.1}\" y=\"{:.1}\" font-size=\"9\" fill=\"#555\">{}</text>\n",
+                "<line class=\"bin\" x1=\"{x:.1}\" x2=\"{x:.1}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"#9ecae1\" stroke-width=\"3\"/><circle cx=\"{x:.1}\" cy=\"{y:.1}\" r=\"3\" fill=\"#1f77b4\"/>\n",
                 sy(*lo),
                 sy(*hi),
-                x + 4.0,
-                y - 4.0,
-                r.rows
             );
+            if last_label.is_none_or(|(lx, ly)| (x - lx).abs() > 20.0 || (y - ly).abs() > 10.0) {
+                svg += &format!(
+                    "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"9\" fill=\"#555\">{}</text>\n",
+                    x + 4.0,
+                    y - 4.0,
+                    r.rows
+                );
+                last_label = Some((x, y));
+            }
         }
         svg += &format!(
             "<text x=\"{left}\" y=\"{}\">mean prediction</text>\n<text x=\"{}\" y=\"{}\" transform=\"rotate(-90 {} {})\">observed rate</text>\n",
@@ -370,6 +378,57 @@ mod tests {
             y.windows(2).all(|w| w[1] > w[0]) && y.last().unwrap() >= &0.6032,
             "{y:?}"
         );
+    }
+
+    /// `svg` rendered to pixels (resvg, shapes only): its size and the share of pixels that
+    /// are not the white background. With `MTL_SVG_PNG_DIR` set, written there as `name.png`
+    /// for a person to look at.
+    fn rendered(svg: &str, name: &str) -> (u32, u32, f64) {
+        let tree = resvg::usvg::Tree::from_str(svg, &resvg::usvg::Options::default()).expect("valid SVG");
+        let size = tree.size().to_int_size();
+        let mut pixmap = resvg::tiny_skia::Pixmap::new(size.width(), size.height()).unwrap();
+        pixmap.fill(resvg::tiny_skia::Color::WHITE);
+        resvg::render(
+            &tree,
+            resvg::tiny_skia::Transform::default(),
+            &mut pixmap.as_mut(),
+        );
+        if let Ok(dir) = std::env::var("MTL_SVG_PNG_DIR") {
+            pixmap
+                .save_png(std::path::Path::new(&dir).join(format!("{name}.png")))
+                .unwrap();
+        }
+        let pixels = pixmap.pixels();
+        let drawn = pixels
+            .iter()
+            .filter(|p| (p.red(), p.green(), p.blue()) != (255, 255, 255))
+            .count();
+        (size.width(), size.height(), drawn as f64 / pixels.len() as f64)
+    }
+
+    #[test]
+    fn the_pictures_render_to_pixels() {
+        let history = [
+            record(2, 1, 0.64),
+            record(4, 1, 0.61),
+            record(6, 2, 0.58),
+            record(8, 2, 0.60),
+        ];
+        let (w, h, drawn) = rendered(&render_svg(&history, Some(6)), "curve");
+        assert!(w >= 400 && h >= 150, "{w}x{h}");
+        // axes, grid, lines and markers: some of the picture, not all of it
+        assert!((0.01..0.5).contains(&drawn), "{drawn}");
+        let metrics: Vec<mtl_eval::TaskMetrics> = serde_json::from_value(serde_json::json!([{
+            "name": "ctr", "rows": 30, "rows_from": "all rows",
+            "binary": {"auc": 0.7, "log_loss": 0.5, "mean_prediction": 0.2, "observed_rate": 0.2, "ece": 0.05,
+                "reliability": [
+                    {"rows": 10, "mean_prediction": 0.1, "observed_rate": 0.0},
+                    {"rows": 10, "mean_prediction": 0.2, "observed_rate": 0.3},
+                    {"rows": 10, "mean_prediction": 0.3, "observed_rate": 0.3}]}
+        }]))
+        .unwrap();
+        let (_, _, drawn) = rendered(&render_reliability(&metrics, "(test)"), "reliability");
+        assert!((0.01..0.5).contains(&drawn), "{drawn}");
     }
 
     #[test]
