@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use serde_json::{Value, json};
 
 use crate::stats::mean_se_text;
-use crate::{run, run_config, test_metric, train_job, work_dir};
+use crate::{Section, run, run_config, test_metric, train_job, work_dir};
 
 /// The generator seeds: each a data set of its own.
 const DATA_SEEDS: [u64; 2] = [2022, 2023];
@@ -48,13 +48,14 @@ fn with_pooling(path: &Path, pooling: &toml::Value, to: &Path) -> Result<()> {
 }
 
 /// Runs the section; returns its runs and its Markdown table.
-pub fn attention_quality(
-    mtl: &Path,
-    dir: &Path,
-    quick: bool,
-    threads: usize,
-    seeds: u64,
-) -> Result<(Value, String)> {
+pub fn attention_quality(section: &Section<'_>) -> Result<(Value, String)> {
+    let Section {
+        mtl,
+        dir,
+        quick,
+        threads,
+        seeds,
+    } = *section;
     let rows = if quick { 100_000 } else { 200_000 };
     let model = "type = \"shared_bottom\"\nbottom = { dims = [64, 32] }\ntower = { dims = [16] }\ntasks = [{ label = \"click\" }]";
     let mut runs = Vec::new();

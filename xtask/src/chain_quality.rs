@@ -12,7 +12,7 @@ use anyhow::Result;
 use serde_json::{Value, json};
 
 use crate::stats::{mean_se, mean_se_text, read_columns, spearman};
-use crate::{predict_csv, run, run_config, train_job, work_dir};
+use crate::{Section, predict_csv, run, run_config, train_job, work_dir};
 
 /// The chain's steps and their rates given the previous step.
 const STEPS: [(&str, f64); 3] = [("click", 0.1), ("cart", 0.3), ("purchase", 0.3)];
@@ -80,13 +80,14 @@ fn entire_space(
 }
 
 /// Runs the section: returns its JSON and its Markdown table.
-pub fn chain_quality(
-    mtl: &Path,
-    dir: &Path,
-    quick: bool,
-    threads: usize,
-    seeds: u64,
-) -> Result<(Value, String)> {
+pub fn chain_quality(section: &Section<'_>) -> Result<(Value, String)> {
+    let Section {
+        mtl,
+        dir,
+        quick,
+        threads,
+        seeds,
+    } = *section;
     let rows = if quick { 200_000 } else { 1_000_000 };
     let data = chain_data(mtl, rows)?;
     let schema = data.join("synth_chain_schema.toml");

@@ -232,6 +232,22 @@ fn model_toml(model: &str, size: &str) -> Result<String> {
         .collect())
 }
 
+/// What every section runs with: the `mtl` binary, the output folder, the data size, the
+/// threads and the training seeds.
+#[derive(Debug, Clone, Copy)]
+pub struct Section<'a> {
+    /// The release `mtl` binary.
+    pub mtl: &'a Path,
+    /// Where the runs go.
+    pub dir: &'a Path,
+    /// Smaller data sets.
+    pub quick: bool,
+    /// CPU threads for mtl.
+    pub threads: usize,
+    /// Training seeds per model.
+    pub seeds: u64,
+}
+
 fn run_config(
     schema: &Path,
     train: &Path,

@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 
 use crate::stats::{self, mean_se};
 use crate::{
-    attention_quality, build_mtl, ccp_data, chain_quality, model_toml, predict_csv, run, run_config,
+    Section, attention_quality, build_mtl, ccp_data, chain_quality, model_toml, predict_csv, run, run_config,
     test_metric, train_job, work_dir,
 };
 
@@ -49,29 +49,35 @@ pub fn quality(quick: bool, threads: usize, seeds: u64, sections: &[String]) -> 
     let mtl = build_mtl()?;
     let dir = work_dir("quality");
     std::fs::create_dir_all(&dir)?;
+    let section = Section {
+        mtl: &mtl,
+        dir: &dir,
+        quick,
+        threads,
+        seeds,
+    };
     let mut report = json!({ "seeds": seeds });
     let mut md = String::new();
     let has = |name: &str| sections.iter().any(|s| s == name);
     if has("cvr") {
-        let (cvr, cvr_md) = entire_space_cvr(&mtl, &dir, quick, threads, seeds)?;
+        let (cvr, cvr_md) = entire_space_cvr(&section)?;
         report["cvr_entire_space"] = cvr;
         md += &cvr_md;
     }
     if has("mmoe") {
-        let (moe, moe_md) = mmoe_ordering(&mtl, &dir, quick, threads, seeds)?;
+        let (moe, moe_md) = mmoe_ordering(&section)?;
         report["mmoe_synthetic"] = moe;
         md += &format!("\n{moe_md}");
     }
     if has("chain") {
-        let (chain, chain_md) = chain_quality::chain_quality(&mtl, &dir, quick, threads, seeds)?;
+        let (chain, chain_md) = chain_quality::chain_quality(&section)?;
         report["chain"] = chain;
         md += &format!(
             "\nConversion chain (impression → click → cart → purchase), per step: AUC of the step given the previous one on the test rows where the previous step happened, and Spearman ρ of that conditional with its true probability over all test rows (mean ± s.e.):\n\n{chain_md}"
         );
     }
     if has("attention") {
-        let (attention, attention_md) =
-            attention_quality::attention_quality(&mtl, &dir, quick, threads, seeds)?;
+        let (attention, attention_md) = attention_quality::attention_quality(&section)?;
         report["attention"] = attention;
         md += &format!("\n{attention_md}");
     }
@@ -95,13 +101,14 @@ const CVR_DATA_SEEDS: [u64; 2] = [2022, 2023];
 
 /// Section 1: ESMM and ESCM² (IPS, DR) vs the clicked-rows CVR model over two generated data
 /// sets, and ESMM's calibration.
-fn entire_space_cvr(
-    mtl: &Path,
-    dir: &Path,
-    quick: bool,
-    threads: usize,
-    seeds: u64,
-) -> Result<(Value, String)> {
+fn entire_space_cvr(section: &Section<'_>) -> Result<(Value, String)> {
+    let Section {
+        mtl,
+        dir,
+        quick,
+        threads,
+        seeds,
+    } = *section;
     let rows = if quick { 200_000 } else { 1_000_000 };
     let mut runs = Vec::new();
     let mut truth_means = Vec::new();
@@ -215,7 +222,14 @@ fn entire_space_report(runs: &[Value], rows: usize, seeds: u64, truth_mean: f64)
 }
 
 /// Section 2: MMOE vs OMoE vs Shared-Bottom over task correlations, with error bars.
-fn mmoe_ordering(mtl: &Path, dir: &Path, quick: bool, threads: usize, seeds: u64) -> Result<(Value, String)> {
+fn mmoe_ordering(section: &Section<'_>) -> Result<(Value, String)> {
+    let Section {
+        mtl,
+        dir,
+        quick,
+        threads,
+        seeds,
+    } = *section;
     let rows = if quick { 30_000 } else { 100_000 };
     let correlations = [1.0, 0.9, 0.5];
     let tasks = "tasks = [{ label = \"y1\" }, { label = \"y2\" }]\n";
