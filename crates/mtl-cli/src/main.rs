@@ -176,32 +176,30 @@ enum GenData {
     },
     /// Clicks driven by whether the target item's category is among the user's earlier
     /// categories (DIN's case: `hist_cat` pooled by target attention queried by `cat`).
-    Interest {
-        /// Rows in total.
-        #[arg(long, default_value_t = 100_000)]
-        rows: usize,
-        /// Random seed.
-        #[arg(long, default_value_t = 2018)]
-        seed: u64,
-        /// Output directory.
-        #[arg(long)]
-        out: PathBuf,
-    },
+    Interest(GenOut),
     /// The MMoE paper's synthetic regression pair with task correlation P.
     MmoeSynthetic {
         /// Correlation P between the two tasks.
         #[arg(long, default_value_t = 0.5)]
         correlation: f64,
-        /// Rows in total.
-        #[arg(long, default_value_t = 100_000)]
-        rows: usize,
-        /// Random seed.
-        #[arg(long, default_value_t = 2018)]
-        seed: u64,
-        /// Output directory.
-        #[arg(long)]
-        out: PathBuf,
+        /// Rows, seed and output.
+        #[command(flatten)]
+        out: GenOut,
     },
+}
+
+/// The rows, seed and folder of a generator with fixed fields.
+#[derive(Debug, Args)]
+struct GenOut {
+    /// Rows in total.
+    #[arg(long, default_value_t = 100_000)]
+    rows: usize,
+    /// Random seed.
+    #[arg(long, default_value_t = 2018)]
+    seed: u64,
+    /// Output directory.
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -588,7 +586,7 @@ fn gen_data(what: GenData) -> Result<()> {
                 files.schema.display()
             );
         }
-        GenData::Interest { rows, seed, out } => {
+        GenData::Interest(GenOut { rows, seed, out }) => {
             let spec = mtl_synth::InterestSpec::new(rows, seed);
             let [_, _, _, schema] = mtl_synth::generate_interest(&spec, &out, "interest")
                 .map_err(flagged)
@@ -601,9 +599,7 @@ fn gen_data(what: GenData) -> Result<()> {
         }
         GenData::MmoeSynthetic {
             correlation,
-            rows,
-            seed,
-            out,
+            out: GenOut { rows, seed, out },
         } => {
             let spec = mtl_synth::MmoeSynthSpec::new(rows, seed, correlation);
             let [_, _, _, schema] = mtl_synth::generate_mmoe_synthetic(&spec, &out, "mmoe_synth")

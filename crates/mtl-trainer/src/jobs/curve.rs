@@ -350,6 +350,20 @@ mod tests {
             .collect()
     }
 
+    /// One binary output's metrics with three reliability bins of 10 rows: predictions 0.1,
+    /// 0.2, 0.3 against observed rates 0, 0.3, 0.3.
+    fn three_bins() -> Vec<mtl_eval::TaskMetrics> {
+        serde_json::from_value(serde_json::json!([{
+            "name": "ctr", "rows": 30, "rows_from": "all rows",
+            "binary": {"auc": 0.7, "log_loss": 0.5, "mean_prediction": 0.2, "observed_rate": 0.2, "ece": 0.05,
+                "reliability": [
+                    {"rows": 10, "mean_prediction": 0.1, "observed_rate": 0.0},
+                    {"rows": 10, "mean_prediction": 0.2, "observed_rate": 0.3},
+                    {"rows": 10, "mean_prediction": 0.3, "observed_rate": 0.3}]}
+        }]))
+        .unwrap()
+    }
+
     #[test]
     fn reliability_bins_carry_their_wilson_intervals_and_counts() {
         // 3 of 10: the textbook Wilson interval 0.1078 … 0.6032
@@ -359,15 +373,7 @@ mod tests {
             "{lo} {hi}"
         );
         assert_eq!(wilson(0.0, 0.0), (0.0, 1.0));
-        let metrics: Vec<mtl_eval::TaskMetrics> = serde_json::from_value(serde_json::json!([{
-            "name": "ctr", "rows": 30, "rows_from": "all rows",
-            "binary": {"auc": 0.7, "log_loss": 0.5, "mean_prediction": 0.2, "observed_rate": 0.2, "ece": 0.05,
-                "reliability": [
-                    {"rows": 10, "mean_prediction": 0.1, "observed_rate": 0.0},
-                    {"rows": 10, "mean_prediction": 0.2, "observed_rate": 0.3},
-                    {"rows": 10, "mean_prediction": 0.3, "observed_rate": 0.3}]}
-        }]))
-        .unwrap();
+        let metrics = three_bins();
         let svg = render_reliability(&metrics, "(test)");
         assert!(!svg.contains("<polyline"), "no line through noisy bins");
         assert_eq!(svg.matches("class=\"bin\"").count(), 3);
@@ -418,15 +424,7 @@ mod tests {
         assert!(w >= 400 && h >= 150, "{w}x{h}");
         // axes, grid, lines and markers: some of the picture, not all of it
         assert!((0.01..0.5).contains(&drawn), "{drawn}");
-        let metrics: Vec<mtl_eval::TaskMetrics> = serde_json::from_value(serde_json::json!([{
-            "name": "ctr", "rows": 30, "rows_from": "all rows",
-            "binary": {"auc": 0.7, "log_loss": 0.5, "mean_prediction": 0.2, "observed_rate": 0.2, "ece": 0.05,
-                "reliability": [
-                    {"rows": 10, "mean_prediction": 0.1, "observed_rate": 0.0},
-                    {"rows": 10, "mean_prediction": 0.2, "observed_rate": 0.3},
-                    {"rows": 10, "mean_prediction": 0.3, "observed_rate": 0.3}]}
-        }]))
-        .unwrap();
+        let metrics = three_bins();
         let (_, _, drawn) = rendered(&render_reliability(&metrics, "(test)"), "reliability");
         assert!((0.01..0.5).contains(&drawn), "{drawn}");
     }
