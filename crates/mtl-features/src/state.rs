@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::schema::{LabelKind, ValidSchema, VocabSpec};
+use crate::schema::{LabelField, LabelKind, ValidSchema, VocabSpec};
 use crate::{FeatureError, atomic_write};
 
 /// Mean and standard deviation of one dense field on the training data.
@@ -409,6 +409,14 @@ impl Encoder {
     /// The label rules checked on every labelled row.
     pub fn label_rules(&self) -> &[LabelRule] {
         &self.rules
+    }
+
+    /// The same encoder reading `labels` as the rows' labels (its fields and fitted state
+    /// unchanged): how an evaluation adds a column of sample weights after the model's own
+    /// labels without fitting anything again.
+    pub fn with_labels(mut self, labels: Vec<LabelField>) -> Self {
+        self.schema.schema.labels = labels;
+        self
     }
 
     /// The same encoder, reading label column `label` (if any) as sample weights: a value

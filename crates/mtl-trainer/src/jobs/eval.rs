@@ -5,8 +5,6 @@ use std::path::Path;
 use mtl_data::{BadRowPolicy, Input, ReadReport, read_input};
 use mtl_eval::TaskMetrics;
 
-use mtl_features::Encoder;
-
 use crate::config::with_weight_column;
 use crate::jobs::model_dir::open_for_inference;
 use crate::{Registry, TrainError};
@@ -59,7 +57,8 @@ pub fn eval_input<R: Registry>(
     let model = open_for_inference::<R>(dir, allow_unfinished)?;
     let plan = R::plan(&model.model, &model.schema)?;
     let (schema, weight_label) = with_weight_column(model.schema.clone(), counting.weight, "--weight")?;
-    let encoder = Encoder::new(&schema, model.encoder.state())
+    let encoder = (model.encoder.clone())
+        .with_labels(schema.schema.labels.clone())
         .with_label_rules(plan.label_rules)
         .with_weight_label(weight_label);
     let by = counting.group_by.map(|c| (c, "--group-by"));
