@@ -175,7 +175,14 @@ impl MlpBlock {
     /// - input: `[batch, in]`
     /// - output: `[batch, out]`
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        let mut x = self.linear.forward(x);
+        self.after_linear(self.linear.forward(x))
+    }
+
+    /// The block after its Linear: BatchNorm (if any), activation, dropout.
+    ///
+    /// # Shapes
+    /// - input, output: `[batch, out]`
+    pub fn after_linear(&self, mut x: Tensor<2>) -> Tensor<2> {
         if let Some(norm) = &self.norm {
             x = batch_norm_rows(norm, x);
         }

@@ -169,15 +169,56 @@ impl ExtractionLayer {
     /// - output: one `[batch, expert_dim]` per task (then the shared path's, except on the
     ///   last level); gate weights `[batch, experts the gate sees]` per task (then shared)
     pub fn forward(&self, inputs: &[Tensor<2>]) -> (Vec<Tensor<2>>, Vec<Tensor<2>>) {
-        let n_tasks = self.gates.len();
-        let shared_in = &inputs[n_tasks];
-        let specific: Vec<Tensor<3>> = self
-            .specific
-            .iter()
-            .zip(inputs)
+        let (specific, shared) = self.experts(inputs, false);
+        self.mix_paths(inputs, specific, shared)
+    }
+
+    /// [`ExtractionLayer::forward`] when every path's input is the same (the first level's:
+    /// the input embedding), with all the level's experts evaluated as one mixture
+    /// ([`Experts::forward_together`]).
+    ///
+    /// # Shapes
+    /// - as [`ExtractionLayer::forward`]
+    pub fn forward_one_input(&self, inputs: &[Tensor<2>]) -> (Vec<Tensor<2>>, Vec<Tensor<2>>) {
+        let (specific, shared) = self.experts(inputs, true);
+        self.mix_paths(inputs, specific, shared)
+    }
+
+    /// Every task's own experts on its path and the shared experts on the shared path; with
+    /// `together`, all on the first input as one mixture.
+    ///
+    /// # Shapes
+    /// - output: one `[batch, n_spec, d]` per task (none without specific experts), and the
+    ///   shared experts' `[batch, n_shared, d]`
+    fn experts(&self, inputs: &[Tensor<2>], together: bool) -> (Vec<Tensor<3>>, Option<Tensor<3>>) {
+        if together {
+            let groups: Vec<&Experts> = self.specific.iter().chain(self.shared.as_ref()).collect();
+            let mut out = Experts::forward_together(&groups, inputs[0].clone());
+            let shared = self.shared.as_ref().and_then(|_| out.pop());
+            return (out, shared);
+        }
+        let specific = (self.specific.iter().zip(inputs))
             .map(|(e, x)| e.forward(x.clone()))
             .collect();
-        let shared = self.shared.as_ref().map(|e| e.forward(shared_in.clone()));
+        let shared_in = &inputs[self.gates.len()];
+        (
+            specific,
+            self.shared.as_ref().map(|e| e.forward(shared_in.clone())),
+        )
+    }
+
+    /// Each path's gate mixing its experts.
+    ///
+    /// # Shapes
+    /// - as [`ExtractionLayer::forward`]
+    fn mix_paths(
+        &self,
+        inputs: &[Tensor<2>],
+        specific: Vec<Tensor<3>>,
+        shared: Option<Tensor<3>>,
+    ) -> (Vec<Tensor<2>>, Vec<Tensor<2>>) {
+        let n_tasks = self.gates.len();
+        let shared_in = &inputs[n_tasks];
         let mut outputs = Vec::with_capacity(n_tasks + 1);
         let mut gates = Vec::with_capacity(n_tasks + 1);
         for (t, gate) in self.gates.iter().enumerate() {
@@ -228,8 +269,12 @@ impl Ple {
         let (x, fields) = self.input.forward_with_fields(batch); // [batch, input_dim]
         let mut paths = vec![x; self.tasks.len() + 1];
         let mut gates = Vec::with_capacity(self.levels.len());
-        for level in &self.levels {
-            let (out, g) = level.forward(&paths);
+        for (l, level) in self.levels.iter().enumerate() {
+            // the first level's paths are all the input: its experts run as one mixture
+            let (out, g) = match l {
+                0 => level.forward_one_input(&paths),
+                _ => level.forward(&paths),
+            };
             paths = out;
             gates.push(g);
         }

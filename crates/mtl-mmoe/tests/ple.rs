@@ -196,3 +196,48 @@ fn impossible_ple_configs_are_named() {
         assert!(err.contains(key), "{key}: {err}");
     }
 }
+
+#[test]
+fn the_first_levels_experts_as_one_mixture_equal_the_separate_products() {
+    // every task's own experts and the shared ones on the same input: one fused first layer
+    // and one batched product per later layer give each group's own outputs (1e-6), with
+    // BatchNorm at the batch's statistics (training) and at the running ones (evaluation)
+    let device = Device::flex().autodiff();
+    device.seed(9);
+    for (spec, shared) in [(2, 1), (0, 3), (3, 0), (1, 2)] {
+        let mut c = config(2, spec, shared);
+        c.expert = MlpSpec::new([8, 6, 4]);
+        let (ple, enc) = build(&c, &device);
+        let batch = data(24).batch(&(0..24).collect::<Vec<_>>(), enc.layout(), &device);
+        let x = ple.input.forward(&batch);
+        let paths = vec![x; 3];
+        let level = &ple.levels[0];
+        let values = |ts: Vec<Tensor<2>>| -> Vec<f32> {
+            ts.into_iter()
+                .flat_map(|t| t.into_data().try_to_vec::<f32>().unwrap())
+                .collect()
+        };
+        let (one, gates_one) = level.forward_one_input(&paths);
+        let (apart, gates_apart) = level.forward(&paths);
+        let plain = level.valid();
+        let valid_paths: Vec<Tensor<2>> = paths.iter().map(|p| p.clone().inner()).collect();
+        let (one_eval, _) = plain.forward_one_input(&valid_paths);
+        let (apart_eval, _) = plain.forward(&valid_paths);
+        for (what, a, b) in [
+            ("outputs", values(one), values(apart)),
+            ("gates", values(gates_one), values(gates_apart)),
+            ("outputs, evaluation", values(one_eval), values(apart_eval)),
+        ] {
+            assert_eq!(a.len(), b.len());
+            let diff = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0f32, f32::max);
+            assert!(
+                diff <= 1e-6,
+                "{spec} specific, {shared} shared: {what} differ by {diff}"
+            );
+        }
+    }
+}
