@@ -49,13 +49,8 @@ fn with_pooling(path: &Path, pooling: &toml::Value, to: &Path) -> Result<()> {
 
 /// Runs the section; returns its runs and its Markdown table.
 pub fn attention_quality(section: &Section<'_>) -> Result<(Value, String)> {
-    let Section {
-        mtl,
-        dir,
-        quick,
-        threads,
-        seeds,
-    } = *section;
+    let (mtl, dir, quick) = (section.mtl, section.dir, section.quick);
+    let (threads, seeds) = (section.threads, section.seeds);
     let rows = if quick { 100_000 } else { 200_000 };
     let model = "type = \"shared_bottom\"\nbottom = { dims = [64, 32] }\ntower = { dims = [16] }\ntasks = [{ label = \"click\" }]";
     let mut runs = Vec::new();

@@ -81,13 +81,8 @@ fn entire_space(
 
 /// Runs the section: returns its JSON and its Markdown table.
 pub fn chain_quality(section: &Section<'_>) -> Result<(Value, String)> {
-    let Section {
-        mtl,
-        dir,
-        quick,
-        threads,
-        seeds,
-    } = *section;
+    let (mtl, dir, quick) = (section.mtl, section.dir, section.quick);
+    let (threads, seeds) = (section.threads, section.seeds);
     let rows = if quick { 200_000 } else { 1_000_000 };
     let data = chain_data(mtl, rows)?;
     let schema = data.join("synth_chain_schema.toml");

@@ -102,13 +102,8 @@ const CVR_DATA_SEEDS: [u64; 2] = [2022, 2023];
 /// Section 1: ESMM and ESCM² (IPS, DR) vs the clicked-rows CVR model over two generated data
 /// sets, and ESMM's calibration.
 fn entire_space_cvr(section: &Section<'_>) -> Result<(Value, String)> {
-    let Section {
-        mtl,
-        dir,
-        quick,
-        threads,
-        seeds,
-    } = *section;
+    let (mtl, dir, quick) = (section.mtl, section.dir, section.quick);
+    let (threads, seeds) = (section.threads, section.seeds);
     let rows = if quick { 200_000 } else { 1_000_000 };
     let mut runs = Vec::new();
     let mut truth_means = Vec::new();
@@ -223,13 +218,8 @@ fn entire_space_report(runs: &[Value], rows: usize, seeds: u64, truth_mean: f64)
 
 /// Section 2: MMOE vs OMoE vs Shared-Bottom over task correlations, with error bars.
 fn mmoe_ordering(section: &Section<'_>) -> Result<(Value, String)> {
-    let Section {
-        mtl,
-        dir,
-        quick,
-        threads,
-        seeds,
-    } = *section;
+    let (mtl, dir, quick) = (section.mtl, section.dir, section.quick);
+    let (threads, seeds) = (section.threads, section.seeds);
     let rows = if quick { 30_000 } else { 100_000 };
     let correlations = [1.0, 0.9, 0.5];
     let tasks = "tasks = [{ label = \"y1\" }, { label = \"y2\" }]\n";

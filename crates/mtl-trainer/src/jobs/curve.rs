@@ -350,6 +350,16 @@ mod tests {
             .collect()
     }
 
+    /// Four evaluations over two epochs, the loss falling to 0.58 at step 6 and rising after.
+    fn four_evaluations() -> [EvalRecord; 4] {
+        [
+            record(2, 1, 0.64),
+            record(4, 1, 0.61),
+            record(6, 2, 0.58),
+            record(8, 2, 0.60),
+        ]
+    }
+
     /// One binary output's metrics with three reliability bins of 10 rows: predictions 0.1,
     /// 0.2, 0.3 against observed rates 0, 0.3, 0.3.
     fn three_bins() -> Vec<mtl_eval::TaskMetrics> {
@@ -414,12 +424,7 @@ mod tests {
 
     #[test]
     fn the_pictures_render_to_pixels() {
-        let history = [
-            record(2, 1, 0.64),
-            record(4, 1, 0.61),
-            record(6, 2, 0.58),
-            record(8, 2, 0.60),
-        ];
+        let history = four_evaluations();
         let (w, h, drawn) = rendered(&render_svg(&history, Some(6)), "curve");
         assert!(w >= 400 && h >= 150, "{w}x{h}");
         // axes, grid, lines and markers: some of the picture, not all of it
@@ -447,12 +452,7 @@ mod tests {
 
     #[test]
     fn curves_have_ticks_in_range_epoch_ends_and_the_kept_evaluation() {
-        let history = [
-            record(2, 1, 0.64),
-            record(4, 1, 0.61),
-            record(6, 2, 0.58),
-            record(8, 2, 0.60),
-        ];
+        let history = four_evaluations();
         let svg = render_svg(&history, Some(6));
         let y = ticks(&svg, "ytick");
         // the loss panel: values 0.58 … 0.62 inside the ticks, which rise evenly
