@@ -311,16 +311,47 @@ impl PpnetTask {
         Self { blocks, gates }
     }
 
-    /// `a^L_t` from `a⁰ = x'` and the gate input `[e_uia, sg(x')]`.
+    /// `a^L_t` from `a⁰ = x'` and the values of its gates `Gʲ_t([e_uia, sg(x')])`.
     ///
     /// # Shapes
-    /// - x: `[batch, input]`; gate_input: `[batch, gate width + input]`; output: `[batch, dims[L−1]]`
-    pub fn forward(&self, x: Tensor<2>, gate_input: Tensor<2>) -> Tensor<2> {
-        let mut a = x;
-        for (block, gate) in self.blocks.iter().zip(&self.gates) {
-            a = block.forward(a) * gate.forward(gate_input.clone());
+    /// - x: `[batch, input]`; gates: `[batch, dims[j]]` per layer; output: `[batch, dims[L−1]]`
+    pub fn forward(&self, x: Tensor<2>, gates: Vec<Tensor<2>>) -> Tensor<2> {
+        (self.blocks.iter().zip(gates)).fold(x, |a, (block, gate)| block.forward(a) * gate)
+    }
+}
+
+impl Ppnet {
+    /// Every task's gate values, layer by layer. All the gates read the same input, so their
+    /// hidden layers run as one product (their weights side by side), each gate's output layer
+    /// on its own columns: the same values as each [`GateNu::forward`].
+    ///
+    /// # Shapes
+    /// - gate_input: `[batch, gate width + input]`; output: per task, `[batch, dims[j]]` per layer
+    pub fn gate_values(&self, gate_input: Tensor<2>) -> Vec<Vec<Tensor<2>>> {
+        let gates: Vec<&GateNu> = self.nets.iter().flat_map(|net| &net.gates).collect();
+        let weights = gates.iter().map(|g| g.hidden.weight.val()).collect();
+        let mut hidden = gate_input.matmul(Tensor::cat(weights, 1)); // [batch, Σ hidden]
+        let biases: Option<Vec<Tensor<1>>> = (gates.iter())
+            .map(|g| g.hidden.bias.as_ref().map(|b| b.val()))
+            .collect();
+        if let Some(biases) = biases {
+            hidden = hidden + Tensor::cat(biases, 0).unsqueeze_dim(0);
         }
-        a
+        let hidden = relu(hidden);
+        let b = hidden.dims()[0];
+        let mut at = 0;
+        (self.nets.iter())
+            .map(|net| {
+                (net.gates.iter())
+                    .map(|g| {
+                        let width = g.hidden.weight.dims()[1];
+                        let h = hidden.clone().slice([0..b, at..at + width]);
+                        at += width;
+                        sigmoid(g.output.forward(h)).mul_scalar(g.gamma)
+                    })
+                    .collect()
+            })
+            .collect()
     }
 }
 
@@ -407,8 +438,8 @@ impl Pepnet {
             Some(pp) => {
                 let uia = self.gate_fields(&pp.sources, batch, fields.as_ref());
                 let gate_input = Tensor::cat(vec![uia, x.clone().detach()], 1);
-                (pp.nets.iter())
-                    .map(|net| net.forward(x.clone(), gate_input.clone()))
+                (pp.nets.iter().zip(pp.gate_values(gate_input)))
+                    .map(|(net, gates)| net.forward(x.clone(), gates))
                     .collect()
             }
             None => vec![x; self.tasks.len()],
