@@ -8,32 +8,11 @@ use mtl_features::{EncodedData, LabelKind};
 use mtl_layers::OutputSpec;
 use serde::{Deserialize, Serialize};
 
-/// Exact ROC AUC by the rank-sum (Mann–Whitney) formula with average ranks for ties.
-/// `None` when `labels` hold only one class.
+/// Exact ROC AUC: the share of (positive, negative) pairs ordered correctly, a tie counting ½
+/// (the Mann–Whitney statistic with average ranks for ties). `None` when `labels` hold only
+/// one class.
 pub fn auc(scores: &[f32], labels: &[f32]) -> Option<f64> {
-    assert_eq!(scores.len(), labels.len());
-    let n = scores.len();
-    let positives = labels.iter().filter(|&&y| y > 0.5).count();
-    let negatives = n - positives;
-    if positives == 0 || negatives == 0 {
-        return None;
-    }
-    let mut order: Vec<usize> = (0..n).collect();
-    order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
-    let mut rank_sum = 0.0f64;
-    let mut i = 0;
-    while i < n {
-        let mut j = i;
-        while j + 1 < n && scores[order[j + 1]] == scores[order[i]] {
-            j += 1;
-        }
-        // ranks i+1 ..= j+1 share their average
-        let avg = (i + j + 2) as f64 / 2.0;
-        rank_sum += avg * order[i..=j].iter().filter(|&&k| labels[k] > 0.5).count() as f64;
-        i = j + 1;
-    }
-    let p = positives as f64;
-    Some((rank_sum - p * (p + 1.0) / 2.0) / (p * negatives as f64))
+    pair_auc(scores, labels, None)
 }
 
 /// ROC AUC with each row counted by its sample weight: the weighted share of (positive,
@@ -41,11 +20,18 @@ pub fn auc(scores: &[f32], labels: &[f32]) -> Option<f64> {
 /// (scikit-learn's `roc_auc_score` with `sample_weight`). `None` when either class weighs
 /// nothing.
 pub fn weighted_auc(scores: &[f32], labels: &[f32], weights: &[f32]) -> Option<f64> {
-    assert!(scores.len() == labels.len() && labels.len() == weights.len());
+    assert_eq!(labels.len(), weights.len());
+    pair_auc(scores, labels, Some(weights))
+}
+
+/// [`auc`] and [`weighted_auc`]: over runs of tied scores in ascending order, each positive
+/// beats the negative weight below it and half the tie's. Without weights every sum is a
+/// whole or half number, exact in `f64`.
+fn pair_auc(scores: &[f32], labels: &[f32], weights: Option<&[f32]>) -> Option<f64> {
+    assert_eq!(scores.len(), labels.len());
     let n = scores.len();
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
-    // over ties of ascending score: each positive beats the negative weight below, ½ the tie's
     let (mut pairs, mut below, mut positive) = (0.0f64, 0.0f64, 0.0f64);
     let mut i = 0;
     while i < n {
@@ -55,7 +41,7 @@ pub fn weighted_auc(scores: &[f32], labels: &[f32], weights: &[f32]) -> Option<f
         }
         let (mut pos, mut neg) = (0.0, 0.0);
         for &k in &order[i..=j] {
-            let w = f64::from(weights[k]);
+            let w = weight_of(weights, k);
             if labels[k] > 0.5 { pos += w } else { neg += w }
         }
         pairs += pos * (below + neg / 2.0);
@@ -158,14 +144,9 @@ pub fn weighted_gauc(
     for rows_of_group in members.values() {
         let s: Vec<f32> = rows_of_group.iter().map(|&r| scores[r]).collect();
         let y: Vec<f32> = rows_of_group.iter().map(|&r| labels[r]).collect();
-        let (group_auc, group_mass) = match weights {
-            None => (auc(&s, &y), s.len() as f64),
-            Some(w) => {
-                let w: Vec<f32> = rows_of_group.iter().map(|&r| w[r]).collect();
-                (weighted_auc(&s, &y, &w), w.iter().map(|&x| f64::from(x)).sum())
-            }
-        };
-        match group_auc {
+        let w: Option<Vec<f32>> = weights.map(|w| rows_of_group.iter().map(|&r| w[r]).collect());
+        let group_mass = (0..s.len()).map(|i| weight_of(w.as_deref(), i)).sum::<f64>();
+        match pair_auc(&s, &y, w.as_deref()) {
             Some(a) => {
                 weighted += a * group_mass;
                 mass += group_mass;
@@ -251,21 +232,38 @@ pub fn weighted_reliability(
     (out, ece)
 }
 
-/// The predictions and targets of one output on the rows its metrics use (`rows_where`).
+/// The rows an output's metrics use: every row, or those where its `rows_where` label is 1.
+pub fn evaluated_rows(spec: &OutputSpec, data: &EncodedData) -> Vec<usize> {
+    (0..data.rows)
+        .filter(|&r| {
+            spec.rows_where
+                .is_none_or(|w| data.labels[r * data.n_labels + w] >= 0.5)
+        })
+        .collect()
+}
+
+/// The predictions and targets of one output on the rows `rows` of `data`.
+fn scores_and_targets(
+    spec: &OutputSpec,
+    pred: &[f32],
+    data: &EncodedData,
+    rows: &[usize],
+) -> (Vec<f32>, Vec<f32>) {
+    let target = |r: usize| {
+        spec.target
+            .iter()
+            .map(|&i| data.labels[r * data.n_labels + i])
+            .product::<f32>()
+    };
+    (
+        rows.iter().map(|&r| pred[r]).collect(),
+        rows.iter().map(|&r| target(r)).collect(),
+    )
+}
+
+/// The predictions and targets of one output on the rows its metrics use ([`evaluated_rows`]).
 pub fn rows_of(spec: &OutputSpec, pred: &[f32], data: &EncodedData) -> (Vec<f32>, Vec<f32>) {
-    let mut scores = Vec::with_capacity(data.rows);
-    let mut targets = Vec::with_capacity(data.rows);
-    for (r, &score) in pred.iter().enumerate().take(data.rows) {
-        let label = |i: usize| data.labels[r * data.n_labels + i];
-        if let Some(w) = spec.rows_where
-            && label(w) < 0.5
-        {
-            continue;
-        }
-        scores.push(score);
-        targets.push(spec.target.iter().map(|&i| label(i)).product::<f32>());
-    }
-    (scores, targets)
+    scores_and_targets(spec, pred, data, &evaluated_rows(spec, data))
 }
 
 /// Metrics of one regression output.
@@ -385,13 +383,8 @@ pub fn evaluate_weighted(
         .iter()
         .zip(predictions)
         .map(|(spec, pred)| {
-            let (scores, targets) = rows_of(spec, pred, data);
-            let kept: Vec<usize> = (0..data.rows)
-                .filter(|&r| {
-                    spec.rows_where
-                        .is_none_or(|w| data.labels[r * data.n_labels + w] >= 0.5)
-                })
-                .collect();
+            let kept = evaluated_rows(spec, data);
+            let (scores, targets) = scores_and_targets(spec, pred, data, &kept);
             let weights: Option<Vec<f32>> =
                 weight_label.map(|l| kept.iter().map(|&r| data.labels[r * data.n_labels + l]).collect());
             let weights = weights.as_deref();
@@ -428,10 +421,7 @@ fn binary_metrics(
     weights: Option<&[f32]>,
     gauc: Option<Gauc>,
 ) -> BinaryMetrics {
-    let auc = match weights {
-        None => auc(scores, targets),
-        Some(w) => weighted_auc(scores, targets, w),
-    };
+    let auc = pair_auc(scores, targets, weights);
     let (mut total, mut predicted, mut positive) = (0.0f64, 0.0f64, 0.0f64);
     for (i, (&p, &y)) in scores.iter().zip(targets).enumerate() {
         let w = weight_of(weights, i);
