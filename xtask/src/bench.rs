@@ -190,6 +190,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
             &root(),
             a.peer_python.clone(),
             a.peer_dir.clone(),
+            true,
         )?)
     } else {
         None

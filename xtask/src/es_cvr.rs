@@ -74,7 +74,8 @@ pub fn es_cvr(a: &EsCvrArgs) -> Result<()> {
             anyhow::bail!("--configs: unknown configuration `{c}` (example, large)");
         }
     }
-    let p = peer::Peer::locate(&root(), a.peer_python.clone(), None)?;
+    let trains_peer = !a.no_peer && a.peer_results.is_none();
+    let p = peer::Peer::locate(&root(), a.peer_python.clone(), None, trains_peer)?;
     let mtl = build_mtl()?;
     let dir = work_dir(a.tag.as_deref().unwrap_or("es-cvr"));
     std::fs::create_dir_all(&dir)?;

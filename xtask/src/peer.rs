@@ -23,11 +23,12 @@ pub struct Peer {
 const SETUP: &str = "set it up once (a few GB of wheels):\n  python3 -m venv .venv-peer && .venv-peer/bin/pip install -r xtask/peer/requirements.txt\nor point MTL_PEER_PYTHON / --peer-python at a Python that has them";
 
 impl Peer {
-    /// Finds the peer's scripts and a Python with torch and torch-rechub, or says how to get them.
+    /// Finds the peer's scripts and a Python with torch and torch-rechub (with `train` false,
+    /// one that runs the data generator: numpy), or says how to get them.
     ///
     /// Defaults: `<root>/.venv-peer/bin/python` and `<root>/xtask/peer`; the environment
     /// variables `MTL_PEER_PYTHON` and `MTL_PEER_DIR` override them, flags override both.
-    pub fn locate(root: &Path, python: Option<PathBuf>, dir: Option<PathBuf>) -> Result<Self> {
+    pub fn locate(root: &Path, python: Option<PathBuf>, dir: Option<PathBuf>, train: bool) -> Result<Self> {
         let python = python
             .or_else(|| std::env::var_os("MTL_PEER_PYTHON").map(PathBuf::from))
             .unwrap_or_else(|| root.join(".venv-peer/bin/python"));
@@ -42,22 +43,28 @@ impl Peer {
                 );
             }
         }
-        let probe = Command::new(&python)
-            .args([
-                "-c",
+        let (code, needs) = if train {
+            (
                 "import torch, torch_rechub, numpy, pandas, sklearn, scipy; print(torch.__version__, torch_rechub.__version__)",
-            ])
-            .output();
+                "torch and torch-rechub",
+            )
+        } else {
+            (
+                "import numpy; print(numpy.__version__)",
+                "numpy (for the data generator)",
+            )
+        };
+        let probe = Command::new(&python).args(["-c", code]).output();
         match probe {
             Ok(out) if out.status.success() => {
                 eprintln!(
-                    "== peer: {} (torch, torch-rechub {})",
+                    "== peer: {} ({needs}: {})",
                     python.display(),
                     String::from_utf8_lossy(&out.stdout).trim()
                 );
             }
             Ok(out) => bail!(
-                "{} cannot import torch and torch-rechub:\n{}\n{SETUP}",
+                "{} cannot import {needs}:\n{}\n{SETUP}",
                 python.display(),
                 String::from_utf8_lossy(&out.stderr).trim()
             ),

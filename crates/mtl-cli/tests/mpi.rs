@@ -3,7 +3,7 @@
 //!
 //! - Equivalence: 2 ranks × a local batch of 256 give the weights of 1 process × 512 after 20
 //!   steps (same seed, same rows in each step) within 1e-5 — ESMM on the dense path, MMOE on
-//!   the row-sparse host table with catch-up and the weight average — and the last batch of
+//!   the row-sparse host table with (strided) catch-up and the weight average — and the last batch of
 //!   each epoch (192 rows) is split too.
 //! - Validation metrics recorded by the 2-rank run (each rank predicting one of the two
 //!   evaluation batches) equal `mtl eval` of its model in one process.
@@ -133,7 +133,7 @@ gate_batch_norm = false
 tasks = [{ label = "click" }, { label = "purchase" }]
 [train]
 embedding = "sparse"
-untouched_rows = "catch-up"
+untouched_rows = "fast-catch-up"
 "#;
 
 /// A run config: `model` (with its `[train]` head) for 2 epochs of batch 512 (20 steps),

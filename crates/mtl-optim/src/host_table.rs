@@ -2,13 +2,17 @@
 //! differentiates through those, and updates only those rows with a row-wise (lazy) Adam.
 //!
 //! Rows a step does not touch ([`SparseAdamConfig::catch_up`]):
-//! - `catch-up` (the default): as dense Adam moves them — a row's momentum keeps acting after
-//!   its last use, and weight decay acts every step. Done lazily: each row remembers the step
-//!   it was last brought up to date, and when it is next used the steps it missed are replayed
-//!   with a zero gradient (each with its own learning rate and bias correction), element for
-//!   element the operations dense Adam would have done; [`SparseAdam::catch_up`] brings every
-//!   row up to date before the table is read. The table equals burn's dense Adam's.
-//! - `frozen` (TensorFlow's LazyAdam, `torch.optim.SparseAdam`): untouched rows keep their
+//! - caught up ([`CatchUpReplay`]): as dense Adam moves them — a row's momentum keeps acting
+//!   after its last use, and weight decay acts every step. Done lazily: each row remembers the
+//!   step it was last brought up to date, and when it is next used the steps it missed are
+//!   replayed with a zero gradient (each with its own learning rate and bias correction):
+//!   `Exact`ly, element for element the operations dense Adam would have done (the table equals
+//!   burn's dense Adam's), or `Strided` ([`crate::replay`]: the first steps exactly, the rest in
+//!   closed-form strides; rows no batch has used by one map for all). [`SparseAdam::catch_up`]
+//!   brings every row up to date before the table is read; [`SparseAdam::snapshot`] does it on
+//!   copies, and [`SparseAdam::save`] keeps rows behind as they are, so that a checkpoint does
+//!   not change the run.
+//! - frozen (TensorFlow's LazyAdam, `torch.optim.SparseAdam`): untouched rows keep their
 //!   values and moments bit for bit; weight decay acts on touched rows only.
 //!
 //! Either way the bias correction uses the global step count and gradient-norm clipping
@@ -21,13 +25,16 @@
 //! uses to the training device and reads their gradient back (on the CPU backends both are
 //! plain copies). Moving the table out of a model and back in is the trainer's business.
 
-use std::path::Path;
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::OptimError;
+use crate::lazy_file;
 use crate::moments::{read_moments, write_moments};
-use crate::row_adam::{RowAdamConfig, StepConstants, average_keep};
+use crate::replay::{Betas, Fresh, FreshMap, Missed, ReplayRow, ReplayRows, average_row};
+use crate::row_adam::{RowAdamConfig, average_keep};
 
 /// How the host table is set up: the row-wise Adam, what happens to untouched rows, and the
 /// weight average.
@@ -35,8 +42,8 @@ use crate::row_adam::{RowAdamConfig, StepConstants, average_keep};
 pub struct SparseAdamConfig {
     /// The row-wise Adam's constants.
     pub adam: RowAdamConfig,
-    /// Untouched rows catch up exactly (dense Adam's result) instead of staying frozen.
-    pub catch_up: bool,
+    /// How untouched rows catch up ([`CatchUpReplay`]); `None` leaves them frozen.
+    pub catch_up: Option<CatchUpReplay>,
     /// Keep a weight average of every row with this decay (needs `catch_up`; ignored
     /// without it).
     pub average_decay: Option<f32>,
@@ -95,14 +102,69 @@ fn no_memory(what: &str, floats: usize) -> OptimError {
     }
 }
 
-/// What a step did to a row it did not touch, kept for replaying it (`catch-up`).
-#[derive(Debug, Clone, Copy)]
-struct Missed {
-    factor: f32,
-    eps: f32,
-    lr: f32,
-    /// The weight average's decay at the step ([`average_keep`]).
-    keep: f32,
+/// Rows a replay task takes at a time.
+const REPLAY_CHUNK: usize = 64;
+
+/// One bring-up-to-date's replay: the steps missed since `base`, and how they are replayed.
+struct Replay<'a> {
+    steps: &'a [Missed],
+    base: u64,
+    time: u64,
+    dim: usize,
+    betas: Betas,
+    /// With strides: the map of rows no batch has used.
+    fresh: Option<FreshMap>,
+}
+
+impl<'a> Replay<'a> {
+    /// The replay of the steps `steps` (those after `base`) up to `time`, exact or strided
+    /// (with the untouched-row grid `fresh`) as `how` says.
+    fn new(
+        steps: &'a [Missed],
+        base: u64,
+        how: (CatchUpReplay, &Fresh),
+        time: u64,
+        dim: usize,
+        config: &RowAdamConfig,
+    ) -> Self {
+        Self {
+            steps,
+            base,
+            time,
+            dim,
+            betas: config.at(1).betas(),
+            fresh: (how.0 == CatchUpReplay::Strided).then(|| how.1.map()),
+        }
+    }
+
+    /// Replays `rows`, compiled for the widest SIMD the CPU has.
+    fn run(&self, rows: &mut [ReplayRow<'_>]) {
+        let op = ReplayRows {
+            rows,
+            steps: self.steps,
+            base: self.base,
+            time: self.time,
+            dim: self.dim,
+            betas: self.betas,
+            strided: self.fresh.as_ref(),
+        };
+        pulp::Arch::new().dispatch(op);
+    }
+
+    /// Replays the rows of a block of the table (`3 × dim` floats, up-to-date step and
+    /// average per row) that are behind.
+    fn block(&self, floats: &mut [f32], lasts: &mut [u64], averages: Option<&mut [f32]>) {
+        let d = self.dim;
+        let mut averages = averages.map(|a| a.chunks_exact_mut(d));
+        let mut rows: Vec<ReplayRow<'_>> = Vec::with_capacity(lasts.len());
+        for (slot, last) in floats.chunks_exact_mut(3 * d).zip(lasts.iter_mut()) {
+            let average = averages.as_mut().and_then(|a| a.next());
+            if *last < self.time {
+                rows.push((slot, average, last));
+            }
+        }
+        self.run(&mut rows);
+    }
 }
 
 /// The `catch-up` bookkeeping: when each row was last brought up to date, and the constants
@@ -114,6 +176,20 @@ struct CatchUp {
     base: u64,
     /// The constants of steps `base + 1 ..= time`.
     steps: Vec<Missed>,
+    /// How the missed steps are replayed.
+    replay: CatchUpReplay,
+    /// Steps `base + 1 ..= time` on a row no batch has used ([`Fresh`]).
+    fresh: Fresh,
+}
+
+/// How catch-up replays the steps a row missed ([`crate::replay`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CatchUpReplay {
+    /// Every step, as dense Adam does it: the table equals dense Adam's.
+    Exact,
+    /// The first [`crate::replay::EXACT_STEPS`] exactly, the rest in closed-form strides
+    /// of doubling length: `O(log² gap)` per row, within 2e-3 of the exact replay.
+    Strided,
 }
 
 /// The embedding table and its row-wise Adam state.
@@ -132,96 +208,6 @@ pub struct SparseAdam {
     average: Option<(Vec<f32>, f32)>,
     /// The plain (non-autodiff) training device, where gathered rows go.
     device: Device,
-}
-
-/// Replays the missed steps of some rows, each given as its `3 × dim` floats and its
-/// up-to-date step, compiled for the widest SIMD the CPU has (as [`RowAdam`]).
-struct ReplayRows<'a, 'r> {
-    rows: &'a mut [ReplayRow<'r>],
-    /// The constants of steps `base + 1 ..= time`.
-    steps: &'a [Missed],
-    base: u64,
-    time: u64,
-    dim: usize,
-    betas: Betas,
-}
-
-impl pulp::WithSimd for ReplayRows<'_, '_> {
-    type Output = ();
-
-    #[inline(always)]
-    fn with_simd<S: pulp::Simd>(self, _simd: S) {
-        let d = self.dim;
-        for (slot, average, last) in self.rows.iter_mut() {
-            let (w, moments) = slot.split_at_mut(d);
-            let (m, v) = moments.split_at_mut(d);
-            let missed = &self.steps[(**last - self.base) as usize..];
-            replay(w, m, v, average.as_deref_mut(), missed, self.betas);
-            **last = self.time;
-        }
-    }
-}
-
-/// One row to replay: its `3 × dim` floats, its weight average (if kept) and its
-/// up-to-date step.
-type ReplayRow<'r> = (&'r mut [f32], Option<&'r mut [f32]>, &'r mut u64);
-
-/// Rows a replay task takes at a time.
-const REPLAY_CHUNK: usize = 64;
-
-/// The constants of a replay that do not change from step to step.
-#[derive(Debug, Clone, Copy)]
-struct Betas {
-    b1: f32,
-    b2: f32,
-    wd_grad: f32,
-    wd_update: f32,
-}
-
-impl StepConstants {
-    fn betas(&self) -> Betas {
-        Betas {
-            b1: self.b1,
-            b2: self.b2,
-            wd_grad: self.wd_grad,
-            wd_update: self.wd_update,
-        }
-    }
-}
-
-/// Replays the steps `missed` on one row (`w`, `m`, `v`) with a zero gradient: dense Adam's
-/// operations on a row no example used, weight decay included; and the weight average's
-/// update after each step, when kept.
-#[inline(always)]
-fn replay(
-    w: &mut [f32],
-    m: &mut [f32],
-    v: &mut [f32],
-    mut average: Option<&mut [f32]>,
-    missed: &[Missed],
-    k: Betas,
-) {
-    for s in missed {
-        for ((w, m), v) in w.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()) {
-            // the same operations as a touched row's with g = 0 (0 · coef + w · wd = w · wd)
-            let g = 0.0 + *w * k.wd_grad;
-            *m = *m * k.b1 + g * (1.0 - k.b1);
-            *v = *v * k.b2 + g * g * (1.0 - k.b2);
-            let update = *m * s.factor / (v.sqrt() + s.eps);
-            *w -= (update + *w * k.wd_update) * s.lr;
-        }
-        if let Some(a) = average.as_deref_mut() {
-            average_row(a, w, s.keep);
-        }
-    }
-}
-
-/// One step of a row's weight average: `a ← keep · a + (1 − keep) · w`.
-#[inline(always)]
-fn average_row(a: &mut [f32], w: &[f32], keep: f32) {
-    for (a, &w) in a.iter_mut().zip(w) {
-        *a = *a * keep + w * (1.0 - keep);
-    }
 }
 
 /// The row-wise Adam update of [`SparseAdam::step`] as one loop, compiled for the widest SIMD
@@ -303,10 +289,12 @@ impl SparseAdam {
         for (slot, row) in floats.chunks_exact_mut(3 * dim).zip(values.chunks_exact(dim)) {
             slot[..dim].copy_from_slice(row);
         }
-        let catch_up = config.catch_up.then(|| CatchUp {
+        let catch_up = config.catch_up.map(|replay| CatchUp {
             last: vec![0; rows],
             base: 0,
             steps: Vec::new(),
+            replay,
+            fresh: Fresh::new(),
         });
         // the average starts at the initial values; it needs catch-up's per-row steps
         let average = match config.average_decay.filter(|_| catch_up.is_some()) {
@@ -339,6 +327,7 @@ impl SparseAdam {
         if let Some(state) = self.catch_up.as_mut() {
             state.base = self.time as u64;
             state.steps.clear();
+            state.fresh = Fresh::new();
         }
     }
 
@@ -354,57 +343,55 @@ impl SparseAdam {
         let mut floats: &mut [f32] = self.buf.floats_mut();
         let mut lasts: &mut [u64] = &mut state.last;
         let mut averages: Option<&mut [f32]> = self.average.as_mut().map(|(a, _)| a.as_mut_slice());
-        let mut rows: Vec<ReplayRow<'_>> = Vec::new();
-        match ids {
-            Some(ids) => {
-                let mut sorted = ids.to_vec();
-                sorted.sort_unstable();
-                let mut at = 0usize;
-                for id in sorted {
-                    let id = id as usize;
-                    if id < at {
-                        continue;
-                    }
-                    let (_, rest) = std::mem::take(&mut floats).split_at_mut((id - at) * 3 * d);
-                    let (slot, rest) = rest.split_at_mut(3 * d);
-                    floats = rest;
-                    let (_, rest) = std::mem::take(&mut lasts).split_at_mut(id - at);
-                    let (last, rest) = rest.split_at_mut(1);
-                    lasts = rest;
-                    let average = averages.as_mut().map(|a| {
-                        let (_, rest) = std::mem::take(a).split_at_mut((id - at) * d);
-                        let (row, rest) = rest.split_at_mut(d);
-                        *a = rest;
-                        row
-                    });
-                    at = id + 1;
-                    if last[0] < time {
-                        rows.push((slot, average, &mut last[0]));
-                    }
-                }
+        let replay = Replay::new(
+            &state.steps,
+            state.base,
+            (state.replay, &state.fresh),
+            time,
+            d,
+            &self.config,
+        );
+        let Some(ids) = ids else {
+            // every row, block by block (no list of all rows is made)
+            let blocks = floats
+                .par_chunks_mut(3 * d * REPLAY_CHUNK)
+                .zip(lasts.par_chunks_mut(REPLAY_CHUNK));
+            match averages {
+                Some(a) => blocks
+                    .zip(a.par_chunks_mut(d * REPLAY_CHUNK))
+                    .for_each(|((f, l), a)| replay.block(f, l, Some(a))),
+                None => blocks.for_each(|(f, l)| replay.block(f, l, None)),
             }
-            None => {
-                let mut averages = averages.map(|a| a.chunks_exact_mut(d));
-                for (slot, last) in floats.chunks_exact_mut(3 * d).zip(lasts.iter_mut()) {
-                    let average = averages.as_mut().and_then(|a| a.next());
-                    if *last < time {
-                        rows.push((slot, average, last));
-                    }
-                }
+            return;
+        };
+        let mut rows: Vec<ReplayRow<'_>> = Vec::new();
+        let mut sorted = ids.to_vec();
+        sorted.sort_unstable();
+        let mut at = 0usize;
+        for id in sorted {
+            let id = id as usize;
+            if id < at {
+                continue;
+            }
+            let (_, rest) = std::mem::take(&mut floats).split_at_mut((id - at) * 3 * d);
+            let (slot, rest) = rest.split_at_mut(3 * d);
+            floats = rest;
+            let (_, rest) = std::mem::take(&mut lasts).split_at_mut(id - at);
+            let (last, rest) = rest.split_at_mut(1);
+            lasts = rest;
+            let average = averages.as_mut().map(|a| {
+                let (_, rest) = std::mem::take(a).split_at_mut((id - at) * d);
+                let (row, rest) = rest.split_at_mut(d);
+                *a = rest;
+                row
+            });
+            at = id + 1;
+            if last[0] < time {
+                rows.push((slot, average, &mut last[0]));
             }
         }
-        let (steps, base) = (state.steps.as_slice(), state.base);
-        let betas = self.config.at(1).betas();
-        rows.par_chunks_mut(REPLAY_CHUNK).for_each(|chunk| {
-            pulp::Arch::new().dispatch(ReplayRows {
-                rows: chunk,
-                steps,
-                base,
-                time,
-                dim: d,
-                betas,
-            })
-        });
+        rows.par_chunks_mut(REPLAY_CHUNK)
+            .for_each(|chunk| replay.run(chunk));
     }
 
     /// Width of a row.
@@ -455,13 +442,18 @@ impl SparseAdam {
             .average
             .as_ref()
             .map_or(0.0, |(_, decay)| average_keep(*decay, self.time));
+        let betas = c.betas();
         let catch_up = self.catch_up.as_mut().map(|state| {
-            state.steps.push(Missed {
+            let missed = Missed {
                 factor: c.factor,
                 eps: c.eps,
                 lr,
                 keep,
-            });
+            };
+            state.steps.push(missed);
+            if state.replay == CatchUpReplay::Strided {
+                state.fresh.push(&missed, betas);
+            }
             state.last.as_mut_slice()
         });
         let average = self.average.as_mut().map(|(a, _)| (a.as_mut_slice(), keep));
@@ -541,18 +533,90 @@ impl SparseAdam {
         Ok(())
     }
 
-    /// Saves the moments next to a checkpoint ([`write_moments`]), every row brought up to
-    /// date first and streamed from the table's memory (no copy of the moments is made).
+    /// The table and its weight average (`[rows, dim]`, plain device) as [`SparseAdam::table`]
+    /// and [`SparseAdam::average`] give them, every row brought up to date — on copies: the
+    /// rows and their bookkeeping stay as they are (checkpoints, so that a run stopped and
+    /// resumed anywhere trains as the uninterrupted one).
+    pub fn snapshot(&self) -> (Tensor<2>, Option<Tensor<2>>) {
+        use rayon::prelude::*;
+        let (rows, d) = (self.rows, self.dim);
+        let mut values = vec![0f32; rows * d];
+        let mut average = self.average.as_ref().map(|(a, _)| a.clone());
+        let floats = self.buf.floats();
+        let block = 3 * d * REPLAY_CHUNK;
+        let copy_values = |out: &mut [f32], slots: &[f32]| {
+            for (o, slot) in out.chunks_exact_mut(d).zip(slots.chunks_exact(3 * d)) {
+                o.copy_from_slice(&slot[..d]);
+            }
+        };
+        match &self.catch_up {
+            None => values
+                .par_chunks_mut(d * REPLAY_CHUNK)
+                .zip(floats.par_chunks(block))
+                .for_each(|(out, slots)| copy_values(out, slots)),
+            Some(state) => {
+                let how = (state.replay, &state.fresh);
+                let replay = Replay::new(&state.steps, state.base, how, self.time as u64, d, &self.config);
+                let blocks = values
+                    .par_chunks_mut(d * REPLAY_CHUNK)
+                    .zip(floats.par_chunks(block))
+                    .zip(state.last.par_chunks(REPLAY_CHUNK));
+                let one = |out: &mut [f32], slots: &[f32], last: &[u64], average: Option<&mut [f32]>| {
+                    let (mut slots, mut last) = (slots.to_vec(), last.to_vec());
+                    replay.block(&mut slots, &mut last, average);
+                    copy_values(out, &slots);
+                };
+                match average.as_mut() {
+                    Some(a) => blocks
+                        .zip(a.par_chunks_mut(d * REPLAY_CHUNK))
+                        .for_each(|(((out, slots), last), a)| one(out, slots, last, Some(a))),
+                    None => blocks.for_each(|((out, slots), last)| one(out, slots, last, None)),
+                }
+            }
+        }
+        let tensor = |v: Vec<f32>| Tensor::from_data(TensorData::new(v, [rows, d]), &self.device);
+        (tensor(values), average.map(tensor))
+    }
+
+    /// Where [`SparseAdam::save`] puts the catch-up bookkeeping beside the moments file
+    /// `moments` ([`crate::lazy_file`]).
+    pub fn catch_up_path(moments: &Path) -> PathBuf {
+        moments.with_extension("catchup")
+    }
+
+    /// Saves the moments next to a checkpoint ([`write_moments`], streamed from the table's
+    /// memory) as they are, and with catch-up its bookkeeping — each row's step, the steps'
+    /// constants, the rows' values and average as stored — at [`SparseAdam::catch_up_path`]:
+    /// the table is not brought up to date, so that the run goes on exactly as before.
     pub fn save(&mut self, path: &Path) -> Result<(), OptimError> {
-        self.catch_up();
         let (d, floats) = (self.dim, self.buf.floats());
         write_moments(path, self.rows, d, |part, r| {
             &floats[r * 3 * d + part * d..r * 3 * d + (part + 1) * d]
-        })
+        })?;
+        let Some(state) = self.catch_up.as_ref() else {
+            return Ok(());
+        };
+        let values = floats
+            .chunks_exact(3 * d)
+            .flat_map(|slot| &slot[..d])
+            .copied()
+            .collect();
+        let lazy = lazy_file::LazyState {
+            rows: self.rows,
+            dim: d,
+            time: self.time as u64,
+            base: state.base,
+            steps: Cow::Borrowed(&state.steps),
+            fresh: Cow::Borrowed(&state.fresh),
+            last: Cow::Borrowed(&state.last),
+            values,
+            average: self.average.as_ref().map(|(a, _)| Cow::Borrowed(a.as_slice())),
+        };
+        lazy_file::write(&Self::catch_up_path(path), &lazy)
     }
 
     /// Restores moments saved by [`SparseAdam::save`] (or the device table's) and the step
-    /// count.
+    /// count; the rows are taken as up to date with it (see [`SparseAdam::restore_catch_up`]).
     pub fn load(&mut self, path: &Path, time: usize) -> Result<(), OptimError> {
         let (rows, d) = (self.rows, self.dim);
         let floats = self.buf.floats_mut();
@@ -560,12 +624,50 @@ impl SparseAdam {
             floats[r * 3 * d + part * d..r * 3 * d + (part + 1) * d].copy_from_slice(values);
         })?;
         self.time = time;
-        // a saved table is up to date with its step
         if let Some(state) = self.catch_up.as_mut() {
             state.last.fill(time as u64);
             state.base = time as u64;
             state.steps.clear();
+            state.fresh = Fresh::new();
         }
+        Ok(())
+    }
+
+    /// After [`SparseAdam::load`] (and [`SparseAdam::set_average`]): where the checkpoint has
+    /// catch-up bookkeeping beside the moments file `moments`, takes the rows' values, average
+    /// and steps as saved, rows not yet brought up to date included; a checkpoint without it
+    /// (or a table without catch-up) stays as loaded.
+    pub fn restore_catch_up(&mut self, moments: &Path) -> Result<(), OptimError> {
+        let path = Self::catch_up_path(moments);
+        let Some(state) = self.catch_up.as_mut() else {
+            return Ok(());
+        };
+        if !path.exists() {
+            return Ok(());
+        }
+        let saved = lazy_file::read(&path, self.rows, self.dim, self.time as u64)?;
+        if saved.average.is_some() != self.average.is_some() {
+            return Err(OptimError::Record {
+                path: path.display().to_string(),
+                message: "saved with and loaded without a weight average, or the other way round".into(),
+            });
+        }
+        let d = self.dim;
+        for (slot, v) in self
+            .buf
+            .floats_mut()
+            .chunks_exact_mut(3 * d)
+            .zip(saved.values.chunks_exact(d))
+        {
+            slot[..d].copy_from_slice(v);
+        }
+        if let (Some((a, _)), Some(saved)) = (self.average.as_mut(), saved.average) {
+            a.copy_from_slice(&saved);
+        }
+        state.base = saved.base;
+        state.steps = saved.steps.into_owned();
+        state.fresh = saved.fresh.into_owned();
+        state.last = saved.last.into_owned();
         Ok(())
     }
 }
@@ -573,6 +675,142 @@ impl SparseAdam {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A 400-row, 4-wide table with weight decay 1e-3, `replay` for untouched rows (`None`:
+    /// frozen) and the weight average.
+    fn sparse_table(replay: Option<CatchUpReplay>) -> SparseAdam {
+        let (rows, dim) = (400usize, 4usize);
+        let device = Device::flex();
+        let init: Vec<f32> = (0..rows * dim)
+            .map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 2e-4)
+            .collect();
+        let table = Tensor::<2>::from_data(TensorData::new(init, [rows, dim]), &device);
+        let config = SparseAdamConfig {
+            catch_up: replay,
+            ..table_config(CatchUpReplay::Exact)
+        };
+        SparseAdam::new(table, config, &device)
+    }
+
+    /// Steps `steps` of a made-up run: each touches up to 6 rows (low ids often, high ids
+    /// rarely: gaps of 1 to hundreds of steps, some rows never come back) with gradients drawn
+    /// from the step number alone, so that a resumed run draws the same.
+    fn train(table: &mut SparseAdam, steps: std::ops::RangeInclusive<u64>) {
+        let dim = table.dim();
+        for step in steps {
+            let mut state = step.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let mut next = move || {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (state >> 33) as usize
+            };
+            let mut ids: Vec<i32> = (0..6)
+                .map(|_| ((next() % 400) * (next() % 400) / 400) as i32)
+                .collect();
+            ids.sort_unstable();
+            ids.dedup();
+            let (gathered, ids) = table.gather(ids);
+            drop(gathered);
+            let grad: Vec<f32> = (0..ids.len() * dim)
+                .map(|_| (next() % 2001) as f32 * 1e-6 - 1e-3)
+                .collect();
+            let grad = Tensor::<2>::from_data(TensorData::new(grad, [ids.len(), dim]), table.device());
+            table.step(&ids, grad, 1e-3);
+        }
+    }
+
+    /// [`train`] 300 steps with a full catch-up (as an evaluation does) after step 150;
+    /// returns the table and its average.
+    fn sparse_run(replay: Option<CatchUpReplay>) -> (Vec<f32>, Vec<f32>) {
+        let mut table = sparse_table(replay);
+        train(&mut table, 1..=150);
+        table.catch_up();
+        train(&mut table, 151..=300);
+        let values = table.table().into_data().try_to_vec::<f32>().unwrap();
+        let average = table
+            .average()
+            .map_or(Vec::new(), |a| a.into_data().try_to_vec::<f32>().unwrap());
+        (values, average)
+    }
+
+    #[test]
+    fn a_run_saved_mid_way_resumes_bit_for_bit_and_the_snapshot_changes_nothing() {
+        for replay in [CatchUpReplay::Strided, CatchUpReplay::Exact] {
+            let mut whole = sparse_table(Some(replay));
+            train(&mut whole, 1..=120);
+            // what a checkpoint writes: the table brought up to date on copies, the moments
+            // and the bookkeeping as they are
+            let (values, average) = whole.snapshot();
+            let dir = tempfile::tempdir().unwrap();
+            let moments = dir.path().join("moments.bin");
+            whole.save(&moments).unwrap();
+            train(&mut whole, 121..=260);
+            let mut resumed = SparseAdam::new(values.clone(), table_config(replay), &Device::flex());
+            resumed.load(&moments, 120).unwrap();
+            resumed.set_average(average.clone().unwrap()).unwrap();
+            resumed.restore_catch_up(&moments).unwrap();
+            train(&mut resumed, 121..=260);
+            let read = |t: Tensor<2>| t.into_data().try_to_vec::<f32>().unwrap();
+            assert_eq!(read(resumed.table()), read(whole.table()), "{replay:?}");
+            assert_eq!(read(resumed.average().unwrap()), read(whole.average().unwrap()));
+            // the snapshot is what an in-place catch-up gives
+            let mut again = sparse_table(Some(replay));
+            train(&mut again, 1..=120);
+            assert_eq!(read(again.table()), read(values), "{replay:?}");
+            assert_eq!(read(again.average().unwrap()), read(average.unwrap()));
+        }
+    }
+
+    #[test]
+    fn saved_catch_up_state_for_another_table_or_step_is_refused() {
+        let mut table = sparse_table(Some(CatchUpReplay::Strided));
+        train(&mut table, 1..=30);
+        let dir = tempfile::tempdir().unwrap();
+        let moments = dir.path().join("moments.bin");
+        table.save(&moments).unwrap();
+        let mut other = sparse_table(Some(CatchUpReplay::Strided));
+        other.load(&moments, 29).unwrap();
+        let message = other.restore_catch_up(&moments).unwrap_err().to_string();
+        assert!(
+            message.contains("moments.catchup") && message.contains("step 30"),
+            "{message}"
+        );
+        std::fs::write(SparseAdam::catch_up_path(&moments), b"MTLLAZY1\0\0").unwrap();
+        other.load(&moments, 30).unwrap();
+        let message = other.restore_catch_up(&moments).unwrap_err().to_string();
+        assert!(message.contains("ends early"), "{message}");
+    }
+
+    /// [`sparse_table`]'s set-up.
+    fn table_config(replay: CatchUpReplay) -> SparseAdamConfig {
+        SparseAdamConfig {
+            adam: RowAdamConfig {
+                weight_decay: 1e-3,
+                ..RowAdamConfig::default()
+            },
+            catch_up: Some(replay),
+            average_decay: Some(0.99),
+        }
+    }
+
+    #[test]
+    fn strided_catch_up_stays_near_the_exact_table_and_is_deterministic() {
+        let exact = sparse_run(Some(CatchUpReplay::Exact));
+        let strided = sparse_run(Some(CatchUpReplay::Strided));
+        let frozen = sparse_run(None);
+        let scale = exact.0.iter().fold(0f32, |s, x| s.max(x.abs()));
+        let diff = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        let (strided_error, frozen_error) = (diff(&strided.0, &exact.0), diff(&frozen.0, &exact.0));
+        assert!(strided_error < 1e-2 * scale, "strided {strided_error} of {scale}");
+        assert!(diff(&strided.1, &exact.1) < 1e-2 * scale, "the averages differ");
+        assert!(
+            strided_error * 50.0 < frozen_error,
+            "strided {strided_error}, frozen {frozen_error}"
+        );
+        // the same run again gives the same floats
+        assert_eq!(strided, sparse_run(Some(CatchUpReplay::Strided)));
+    }
 
     #[test]
     fn a_buffer_beyond_memory_is_refused_not_aborted() {

@@ -2,9 +2,9 @@
 //!
 //! Optimisers burn lacks, as burn-optim lays out its own: each beside its small config.
 //! - [`SparseAdam`] ([`host_table`]): the row-sparse embedding table in host memory with a
-//!   row-wise (lazy) Adam — a step updates only the rows its batch used; untouched rows either
-//!   catch up exactly (dense Adam's result) or stay frozen (LazyAdam); set up by
-//!   [`SparseAdamConfig`].
+//!   row-wise (lazy) Adam — a step updates only the rows its batch used; untouched rows catch
+//!   up exactly (dense Adam's result), in closed-form strides ([`replay`]), or stay frozen
+//!   (LazyAdam); set up by [`SparseAdamConfig`].
 //! - [`DeviceAdam`] ([`device_table`]): the same row-wise Adam on a table kept on the training
 //!   device.
 //! - [`Average`] ([`average`]): an exponential moving average of a module's parameters.
@@ -20,11 +20,13 @@ pub mod average;
 pub mod device_table;
 mod error;
 pub mod host_table;
+mod lazy_file;
 pub mod moments;
+pub mod replay;
 mod row_adam;
 
 pub use average::Average;
 pub use device_table::DeviceAdam;
 pub use error::OptimError;
-pub use host_table::{SparseAdam, SparseAdamConfig};
+pub use host_table::{CatchUpReplay, SparseAdam, SparseAdamConfig};
 pub use row_adam::{RowAdamConfig, average_keep};

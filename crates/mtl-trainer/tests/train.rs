@@ -301,9 +301,9 @@ fn interrupted_run_resumes_to_the_same_weights() {
     // a step limit belongs to one invocation: it is not saved with the run
     let saved = std::fs::read_to_string(part.join("config.toml")).unwrap();
     assert!(!saved.contains("max_steps"), "{saved}");
-    // the run saved its resolved handling of untouched rows (the host table's catch-up), so
+    // the run saved its resolved handling of untouched rows (the host table's fast catch-up), so
     // the resume below replays the same way
-    assert!(saved.contains("untouched_rows = \"catch-up\""), "{saved}");
+    assert!(saved.contains("untouched_rows = \"fast-catch-up\""), "{saved}");
     // and its embedding table's weight decay: the default floor above `weight_decay` = 1e-4
     assert!(saved.contains("embedding_weight_decay = 0.001"), "{saved}");
     let c = mtl_trainer::train::<Models>(

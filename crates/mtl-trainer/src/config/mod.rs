@@ -557,6 +557,35 @@ early_stopping = { metric = "click.auc" }
     }
 
     #[test]
+    fn new_host_table_runs_catch_up_in_strides_and_saved_runs_keep_their_mode() {
+        let resolved = |extra: &str, fresh: bool| {
+            let mut t: TrainSettings = toml::from_str(extra).unwrap();
+            t.resolve_untouched_rows(fresh);
+            t.untouched_rows
+        };
+        assert_eq!(resolved("", true), Some(UntouchedRows::FastCatchUp));
+        assert_eq!(
+            resolved("embedding_table = \"device\"", true),
+            Some(UntouchedRows::Frozen)
+        );
+        // a run saved with the exact replay resumes with it; one saved before the setting frozen
+        assert_eq!(
+            resolved("untouched_rows = \"catch-up\"", false),
+            Some(UntouchedRows::CatchUp)
+        );
+        assert_eq!(resolved("", false), Some(UntouchedRows::Frozen));
+        assert_eq!(
+            UntouchedRows::FastCatchUp.replay(),
+            Some(mtl_optim::CatchUpReplay::Strided)
+        );
+        assert_eq!(
+            UntouchedRows::CatchUp.replay(),
+            Some(mtl_optim::CatchUpReplay::Exact)
+        );
+        assert_eq!(UntouchedRows::Frozen.replay(), None);
+    }
+
+    #[test]
     fn the_weight_average_is_on_for_new_runs_whose_table_can_keep_one() {
         let resolved = |extra: &str, fresh: bool| {
             let mut t: TrainSettings = toml::from_str(extra).unwrap();
@@ -627,6 +656,11 @@ early_stopping = { metric = "click.auc" }
                 "embedding_table = \"device\"\nuntouched_rows = \"catch-up\"",
                 "train.untouched_rows",
                 "host table",
+            ),
+            (
+                "embedding_table = \"device\"\nuntouched_rows = \"fast-catch-up\"",
+                "train.untouched_rows",
+                "\"fast-catch-up\": needs the host table",
             ),
             (
                 "loss_weighting = { kind = \"gradnorm\", alpha = 20.0 }",

@@ -268,13 +268,16 @@ pub fn fit<'t, M: MultiTaskModel>(
             let at_epoch_end = state.batch_in_epoch == 0;
             let now: Due = due(settings, state.global_step, at_epoch_end, state.epoch);
             let (eval_due, checkpoint, limit) = (now.eval, now.checkpoint, now.limit || options.stop_asked());
-            let last = limit || state.epoch >= settings.epochs;
             let mut averaged = None;
-            if eval_due || checkpoint || last {
-                // evaluation and checkpoints read the model's whole table, and its weight
-                // average when the run keeps one (built once for all three)
+            if eval_due || state.epoch >= settings.epochs {
+                // evaluation and the end read the model's whole table, and its weight average
+                // when the run keeps one (built once for all three)
                 model = stepper.with_table(model);
                 averaged = stepper.averaged(&model);
+            } else if checkpoint || limit {
+                // a checkpoint alone leaves the training state as it is (rows not yet brought
+                // up to date are saved so), so that a resumed run trains as an uninterrupted one
+                (model, averaged) = stepper.with_table_kept(model);
             }
             if eval_due {
                 // the weight average, when kept, is the model evaluated (and kept as the best)

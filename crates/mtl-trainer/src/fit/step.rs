@@ -144,6 +144,15 @@ impl Store {
         .map_err(TrainError::from)
     }
 
+    /// The table and its weight average brought up to date on copies, the store left as it
+    /// is (checkpoints; the device table has nothing to bring up to date and no average).
+    fn snapshot(&self) -> (Tensor<2>, Option<Tensor<2>>) {
+        match self {
+            Self::Host(a) => a.snapshot(),
+            Self::Device(a) => (a.table(), None),
+        }
+    }
+
     /// The table's weight average (the host table keeps one with `ema_decay`).
     fn average(&mut self) -> Option<Tensor<2>> {
         match self {
@@ -265,6 +274,10 @@ impl Stepper {
         }
         if let (Some(saved), Store::Host(host)) = (averaged, &mut adam) {
             host.set_average(saved.input_layer().embedding.weight.val().inner())?;
+        }
+        if let (Some((path, _)), Store::Host(host)) = (moments, &mut adam) {
+            // rows the saved run had not yet brought up to date, as they were
+            host.restore_catch_up(path)?;
         }
         stepper.table = Some(Table { adam, id });
         Ok((model, stepper))
@@ -500,6 +513,28 @@ impl Stepper {
             },
             None => model,
         })
+    }
+
+    /// `model` holding the whole table, and the weight-averaged model when the run keeps one,
+    /// as [`Stepper::with_table`] and [`Stepper::averaged`] give them — but with the
+    /// row-sparse table's rows brought up to date on copies, so that the training state is
+    /// left exactly as it was (checkpoints: a run stopped and resumed anywhere then trains as
+    /// the uninterrupted one, strided catch-up included).
+    pub fn with_table_kept<M: Module>(&mut self, model: M) -> (M, Option<M>) {
+        let Some(table) = &self.table else {
+            let averaged = self.average.as_ref().map(|a| a.apply(&model));
+            return (model, averaged);
+        };
+        let (values, average) = table.adam.snapshot();
+        let model = table.set(model, values);
+        let averaged = self.average.as_ref().map(|avg| {
+            let averaged = avg.apply(&model);
+            match average {
+                Some(values) => table.set(averaged, values),
+                None => averaged,
+            }
+        });
+        (model, averaged)
     }
 
     /// `model` holding a one-row placeholder in place of the table, so that the table is
