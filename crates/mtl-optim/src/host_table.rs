@@ -200,6 +200,9 @@ pub struct SparseAdam {
     dim: usize,
     /// Steps taken (drives the bias correction).
     pub time: usize,
+    /// The constants of the step [`SparseAdam::advance`] started and [`SparseAdam::apply`]
+    /// has not yet ended.
+    current: Option<Missed>,
     config: RowAdamConfig,
     /// `Some` with [`SparseAdamConfig::catch_up`].
     catch_up: Option<CatchUp>,
@@ -313,6 +316,7 @@ impl SparseAdam {
             rows,
             dim,
             time: 0,
+            current: None,
             config: config.adam,
             catch_up,
             average,
@@ -335,6 +339,12 @@ impl SparseAdam {
     /// Rows are independent, so they are replayed in parallel: the rows behind `ids` (sorted;
     /// a repeated id is taken once) are split off the buffer as disjoint slices.
     fn bring_up_to_date(&mut self, ids: Option<&[i32]>) {
+        self.bring_up_to_date_on(ids, true);
+    }
+
+    /// [`SparseAdam::bring_up_to_date`], over rayon's threads (`parallel`) or on the calling
+    /// thread alone.
+    fn bring_up_to_date_on(&mut self, ids: Option<&[i32]>, parallel: bool) {
         use rayon::prelude::*;
         let Some(state) = self.catch_up.as_mut() else {
             return;
@@ -390,8 +400,12 @@ impl SparseAdam {
                 rows.push((slot, average, &mut last[0]));
             }
         }
-        rows.par_chunks_mut(REPLAY_CHUNK)
-            .for_each(|chunk| replay.run(chunk));
+        match parallel {
+            true => rows
+                .par_chunks_mut(REPLAY_CHUNK)
+                .for_each(|chunk| replay.run(chunk)),
+            false => replay.run(&mut rows),
+        }
     }
 
     /// Width of a row.
@@ -424,42 +438,70 @@ impl SparseAdam {
     }
 
     /// One row-wise Adam step on the rows `ids` (as [`SparseAdam::gather`] returned them, which
-    /// brought them up to date) with their gradient `grad` (`[ids, dim]`).
+    /// brought them up to date) with their gradient `grad` (`[ids, dim]`):
+    /// [`SparseAdam::advance`], then [`SparseAdam::apply`].
     pub fn step(&mut self, ids: &[i32], grad: Tensor<2>, lr: f64) {
+        self.advance(lr);
+        self.apply(ids, grad);
+    }
+
+    /// Starts the next step at learning rate `lr`: its constants are known before its
+    /// gradient, so that rows it will not touch can be brought up to date with it
+    /// ([`SparseAdam::prepare`]) while the gradient is computed. [`SparseAdam::apply`] ends it.
+    pub fn advance(&mut self, lr: f64) {
+        self.time += 1;
+        let c = self.config.at(self.time);
+        let keep = self
+            .average
+            .as_ref()
+            .map_or(0.0, |(_, decay)| average_keep(*decay, self.time));
+        let missed = Missed {
+            factor: c.factor,
+            eps: c.eps,
+            lr: lr as f32,
+            keep,
+        };
+        if let Some(state) = self.catch_up.as_mut() {
+            state.steps.push(missed);
+            if state.replay == CatchUpReplay::Strided {
+                state.fresh.push(&missed, c.betas());
+            }
+        }
+        self.current = Some(missed);
+    }
+
+    /// Whether a step [`SparseAdam::advance`] started waits for [`SparseAdam::apply`].
+    pub fn started(&self) -> bool {
+        self.current.is_some()
+    }
+
+    /// Brings the rows `ids` (distinct, none of them the current step's) up to date with the
+    /// step [`SparseAdam::advance`] started, on the calling thread: the replay a later
+    /// [`SparseAdam::gather`] of them would do, done ahead.
+    pub fn prepare(&mut self, ids: &[i32]) {
+        self.bring_up_to_date_on(Some(ids), false);
+    }
+
+    /// Ends the step [`SparseAdam::advance`] started: the row-wise Adam update of the rows
+    /// `ids` with their gradient `grad` (`[ids, dim]`).
+    pub fn apply(&mut self, ids: &[i32], grad: Tensor<2>) {
+        let Some(Missed { lr, keep, .. }) = self.current.take() else {
+            panic!("SparseAdam::apply without SparseAdam::advance");
+        };
         let g = grad.into_data();
         let g = g.as_slice::<f32>().expect("gradients are f32");
         let d = self.dim;
         debug_assert_eq!(g.len(), ids.len() * d);
-        self.time += 1;
         // as burn's clip_by_norm: coef = min(1, threshold / (‖g‖ + tiny))
         let coef = self.config.clip_norm.map_or(1.0, |threshold| {
             let norm = g.iter().map(|x| x * x).sum::<f32>().sqrt();
             (threshold / (norm + f32::MIN_POSITIVE)).min(1.0)
         });
         let c = self.config.at(self.time);
-        let lr = lr as f32;
-        let keep = self
-            .average
-            .as_ref()
-            .map_or(0.0, |(_, decay)| average_keep(*decay, self.time));
-        let betas = c.betas();
-        let catch_up = self.catch_up.as_mut().map(|state| {
-            let missed = Missed {
-                factor: c.factor,
-                eps: c.eps,
-                lr,
-                keep,
-            };
-            state.steps.push(missed);
-            if state.replay == CatchUpReplay::Strided {
-                state.fresh.push(&missed, betas);
-            }
-            state.last.as_mut_slice()
-        });
+        let catch_up = self.catch_up.as_mut().map(|state| state.last.as_mut_slice());
         let average = self.average.as_mut().map(|(a, _)| (a.as_mut_slice(), keep));
-        let floats = self.buf.floats_mut();
         let op = RowAdam {
-            floats,
+            floats: self.buf.floats_mut(),
             ids,
             g,
             dim: d,
@@ -692,31 +734,76 @@ mod tests {
         SparseAdam::new(table, config, &device)
     }
 
-    /// Steps `steps` of a made-up run: each touches up to 6 rows (low ids often, high ids
-    /// rarely: gaps of 1 to hundreds of steps, some rows never come back) with gradients drawn
-    /// from the step number alone, so that a resumed run draws the same.
-    fn train(table: &mut SparseAdam, steps: std::ops::RangeInclusive<u64>) {
+    /// The rows step `step` of a made-up run touches: up to 6, low ids often, high ids
+    /// rarely (gaps of 1 to hundreds of steps; some rows never come back), drawn from the step
+    /// number alone so that a resumed run draws the same.
+    fn step_ids(step: u64) -> Vec<i32> {
+        let mut state = step.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let mut next = move || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 33) as usize
+        };
+        let mut ids: Vec<i32> = (0..6)
+            .map(|_| ((next() % 400) * (next() % 400) / 400) as i32)
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    /// Step `step`'s made-up gradient for `n` rows of `dim`.
+    fn step_grad(step: u64, n: usize, dim: usize, device: &Device) -> Tensor<2> {
+        let grad: Vec<f32> = (0..n * dim)
+            .map(|i| ((step as usize * 7919 + i * 104729) % 2001) as f32 * 1e-6 - 1e-3)
+            .collect();
+        Tensor::<2>::from_data(TensorData::new(grad, [n, dim]), device)
+    }
+
+    /// Steps `steps` of the made-up run ([`step_ids`], [`step_grad`]); `pipelined`: as the
+    /// trainer's pipeline takes them, each step started ahead of its gradient and the next
+    /// step's other rows brought up to date before it ends.
+    fn train_with(table: &mut SparseAdam, steps: std::ops::RangeInclusive<u64>, pipelined: bool) {
         let dim = table.dim();
         for step in steps {
-            let mut state = step.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            let mut next = move || {
-                state = state
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                (state >> 33) as usize
-            };
-            let mut ids: Vec<i32> = (0..6)
-                .map(|_| ((next() % 400) * (next() % 400) / 400) as i32)
-                .collect();
-            ids.sort_unstable();
-            ids.dedup();
-            let (gathered, ids) = table.gather(ids);
+            let (gathered, ids) = table.gather(step_ids(step));
             drop(gathered);
-            let grad: Vec<f32> = (0..ids.len() * dim)
-                .map(|_| (next() % 2001) as f32 * 1e-6 - 1e-3)
-                .collect();
-            let grad = Tensor::<2>::from_data(TensorData::new(grad, [ids.len(), dim]), table.device());
-            table.step(&ids, grad, 1e-3);
+            let grad = step_grad(step, ids.len(), dim, table.device());
+            if pipelined {
+                table.advance(1e-3);
+                let ahead: Vec<i32> = step_ids(step + 1)
+                    .into_iter()
+                    .filter(|id| !ids.contains(id))
+                    .collect();
+                table.prepare(&ahead);
+                table.apply(&ids, grad);
+            } else {
+                table.step(&ids, grad, 1e-3);
+            }
+        }
+    }
+
+    /// [`train_with`], one step at a time.
+    fn train(table: &mut SparseAdam, steps: std::ops::RangeInclusive<u64>) {
+        train_with(table, steps, false);
+    }
+
+    #[test]
+    fn a_pipelined_run_is_the_sequential_run_bit_for_bit() {
+        for replay in [CatchUpReplay::Strided, CatchUpReplay::Exact] {
+            let (mut sequential, mut pipelined) = (sparse_table(Some(replay)), sparse_table(Some(replay)));
+            train_with(&mut sequential, 1..=300, false);
+            train_with(&mut pipelined, 1..=300, true);
+            let read = |t: Tensor<2>| t.into_data().try_to_vec::<f32>().unwrap();
+            assert_eq!(read(pipelined.table()), read(sequential.table()), "{replay:?}");
+            assert_eq!(
+                read(pipelined.average().unwrap()),
+                read(sequential.average().unwrap())
+            );
+            let (m1, v1) = pipelined.moments();
+            let (m2, v2) = sequential.moments();
+            assert_eq!((read(m1), read(v1)), (read(m2), read(v2)));
         }
     }
 

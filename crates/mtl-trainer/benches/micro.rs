@@ -110,7 +110,7 @@ impl WithModel for SparseStep<'_> {
                     table_rows: unique.clone(),
                     mass: batch.rows as f64,
                 };
-                let (m, losses) = stepper.step(m, batch, 1).expect("a finite step");
+                let (m, losses) = stepper.step(m, batch, 1, None).expect("a finite step");
                 black_box(losses.total);
                 model = Some(m);
             })

@@ -152,6 +152,11 @@ pub struct TrainSettings {
     /// run starts ([`TrainSettings::resolve_untouched_rows`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub untouched_rows: Option<UntouchedRows>,
+    /// Bring the next batch's table rows up to date on a second thread while a step's forward
+    /// and backward passes run (the host table catching up, one process; the same floats as
+    /// without). Left out: on with more than one thread.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<bool>,
     /// Decay of the weight average the run evaluates and saves (an exponential moving average
     /// of every parameter and table row, updated after each step; 0 turns it off, the model
     /// is then the last step's). Resolved and saved when a run starts

@@ -148,10 +148,11 @@ fn take_step<M: MultiTaskModel>(
     group: &Group,
     model: M,
     batch: loader::Batch,
+    next_rows: Option<&[i32]>,
     state: &mut TrainState,
     batches: usize,
 ) -> Result<(M, StepLosses), TrainError> {
-    let (model, losses) = stepper.step(model, batch, state.global_step + 1)?;
+    let (model, losses) = stepper.step(model, batch, state.global_step + 1, next_rows)?;
     if stepper.row_sparse() {
         state.sparse_time = stepper.sparse_time();
     }
@@ -252,17 +253,35 @@ pub fn fit<'t, M: MultiTaskModel>(
         let mut model = model;
         let mut clock = Instant::now();
         let (mut bar, mut lines): (Option<ProgressBar>, _) = (None, LineLog::new(options));
+        // with pipelining, the batch after the current one, received ahead
+        let mut ahead: Option<Result<loader::Batch, TrainError>> = None;
         loop {
             let data_clock = Instant::now();
-            let Ok(batch) = loader.recv() else {
+            let Some(batch) = ahead.take().or_else(|| loader.recv().ok()) else {
                 // the loader ran out: nothing was left of the run
                 return Ok(finished(&mut stepper, model));
             };
             let batch = batch?;
+            if stepper.pipelines() {
+                ahead = loader.recv().ok();
+            }
             state.pending_data_secs += data_clock.elapsed().as_secs_f64();
+            let next_rows = ahead
+                .as_ref()
+                .and_then(|b| b.as_ref().ok())
+                .map(|b| b.table_rows.as_slice());
             let pb = bar.get_or_insert_with(|| progress_bar(options, train.rows(), &state, settings));
-            let (stepped, losses) =
-                take_step(&mut stepper, &options.group, model, batch, &mut state, batches)?;
+            let step_clock = Instant::now();
+            let (stepped, losses) = take_step(
+                &mut stepper,
+                &options.group,
+                model,
+                batch,
+                next_rows,
+                &mut state,
+                batches,
+            )?;
+            stepper.timed(step_clock.elapsed().as_secs_f64());
             model = stepped;
             show_step(pb, &mut lines, &losses);
             let at_epoch_end = state.batch_in_epoch == 0;

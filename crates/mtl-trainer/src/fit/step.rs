@@ -35,6 +35,27 @@ struct Global {
     rows: u64,
 }
 
+/// What a step's forward and backward passes give ([`Stepper::step`]).
+struct Passes {
+    terms: Vec<f32>,
+    total: f64,
+    grad_norms: Option<Vec<f64>>,
+    weight: f32,
+    rows: u64,
+    row_grad: Option<Tensor<2>>,
+    grads: GradientsParams,
+}
+
+/// The ids of `next` (distinct) that are not in `current` (distinct), in `next`'s order.
+fn not_in(next: &[i32], current: &[i32]) -> Vec<i32> {
+    let mut current = current.to_vec();
+    current.sort_unstable();
+    next.iter()
+        .copied()
+        .filter(|id| current.binary_search(id).is_err())
+        .collect()
+}
+
 /// `Σ wᵢ · termᵢ` (a missing weight is 1).
 pub(crate) fn weighted(terms: &[f64], weights: &[f32]) -> f64 {
     terms
@@ -113,8 +134,29 @@ impl Store {
         }
     }
 
+    /// Starts the step ahead of its gradient ([`SparseAdam::advance`]; the host table only).
+    fn advance(&mut self, lr: f64) {
+        if let Self::Host(a) = self {
+            a.advance(lr);
+        }
+    }
+
+    /// Brings the rows `ids` up to date with the step started ([`SparseAdam::prepare`]).
+    fn prepare(&mut self, ids: &[i32]) {
+        if let Self::Host(a) = self {
+            a.prepare(ids);
+        }
+    }
+
+    /// Whether a step was started by [`Store::advance`] and not yet ended.
+    fn advanced(&self) -> bool {
+        matches!(self, Self::Host(a) if a.started())
+    }
+
+    /// The row-wise step on `rows` (ending one [`Store::advance`] started).
     fn step(&mut self, rows: &Gathered, grad: Tensor<2>, lr: f64) {
         match (self, rows) {
+            (Self::Host(a), Gathered::Host(ids)) if a.started() => a.apply(ids, grad),
             (Self::Host(a), Gathered::Host(ids)) => a.step(ids, grad, lr),
             (Self::Device(a), Gathered::Device(idx)) => a.step(idx, grad, lr),
             _ => unreachable!("rows are gathered by the store that steps them"),
@@ -193,6 +235,54 @@ pub struct Stepper {
     average: Option<Average>,
     /// The ranks training this model (one process by default).
     group: Group,
+    /// Whether steps bring the next batch's rows up to date on a second thread
+    /// ([`Stepper::pipelines`]).
+    pipeline: Pipeline,
+}
+
+/// Whether steps are pipelined: fixed, or tried both ways over the first steps.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Pipeline {
+    Off,
+    On,
+    /// `steps` timed so far, and the seconds of the timed pipelined and sequential ones.
+    Trial {
+        steps: usize,
+        secs: [f64; 2],
+    },
+}
+
+impl Pipeline {
+    /// Steps a trial leaves untimed (warming up), then times pipelined, then sequential.
+    const WARM: usize = 10;
+    const TIMED: usize = 30;
+
+    fn on(self) -> bool {
+        match self {
+            Self::Off => false,
+            Self::On => true,
+            Self::Trial { steps, .. } => steps < Self::WARM + Self::TIMED,
+        }
+    }
+
+    /// Counts a step of `secs`; a trial's last one picks the faster way for the rest.
+    fn record(self, secs: f64) -> Self {
+        let Self::Trial { steps, secs: mut by } = self else {
+            return self;
+        };
+        match steps {
+            s if s < Self::WARM => {}
+            s if s < Self::WARM + Self::TIMED => by[0] += secs,
+            _ => by[1] += secs,
+        }
+        if steps + 1 == Self::WARM + 2 * Self::TIMED {
+            return if by[0] < by[1] { Self::On } else { Self::Off };
+        }
+        Self::Trial {
+            steps: steps + 1,
+            secs: by,
+        }
+    }
 }
 
 impl Stepper {
@@ -228,6 +318,7 @@ impl Stepper {
             loss_names,
             average: None,
             group: Group::default(),
+            pipeline: Pipeline::Off,
         };
         // a schema without id fields has no table to update
         if settings.embedding == EmbeddingUpdate::Dense || layout.total_rows == 0 {
@@ -279,12 +370,26 @@ impl Stepper {
             // rows the saved run had not yet brought up to date, as they were
             host.restore_catch_up(path)?;
         }
+        let catches_up = matches!(&adam, Store::Host(_)) && settings.untouched().replay().is_some();
+        stepper.pipeline = match (catches_up, settings.pipeline) {
+            (false, _) | (true, Some(false)) => Pipeline::Off,
+            (true, Some(true)) => Pipeline::On,
+            (true, None) if rayon::current_num_threads() > 1 => Pipeline::Trial {
+                steps: 0,
+                secs: [0.0; 2],
+            },
+            (true, None) => Pipeline::Off,
+        };
         stepper.table = Some(Table { adam, id });
         Ok((model, stepper))
     }
 
     /// The stepper of one rank of `group` (every rank's stepper takes the same steps).
     pub fn with_group(mut self, group: Group) -> Self {
+        // every rank steps the rows of all ranks: the next batch's are not known here
+        if group.is_distributed() {
+            self.pipeline = Pipeline::Off;
+        }
         self.group = group;
         self
     }
@@ -302,12 +407,17 @@ impl Stepper {
     /// One step on `batch`; `step` (1-based) names it in a non-finite-loss error. Over
     /// several ranks the batch is this rank's share of the global batch: the losses, the
     /// gradients and the table's row gradients are summed over the ranks (each weighted by
-    /// its share of the rows), so every rank takes the global batch's step.
+    /// its share of the rows), so every rank takes the global batch's step. With the next
+    /// batch's table rows (`next_rows`) and pipelining on, the rows of the next batch that this
+    /// one does not use are brought up to date with this step on a second thread while the
+    /// forward and backward passes run ([`Stepper::pipelines`]): the same replay the next
+    /// gather would do, so the same floats.
     pub fn step<M: MultiTaskModel>(
         &mut self,
         model: M,
         batch: Batch,
         step: usize,
+        next_rows: Option<&[i32]>,
     ) -> Result<(M, StepLosses), TrainError> {
         let Batch {
             tensors,
@@ -332,10 +442,71 @@ impl Stepper {
             true => Some(vec![0.0; self.weighting.task_terms().len()]),
             false => None,
         };
+        let ahead = match (&gathered, next_rows) {
+            (Some((_, Gathered::Host(ids))), Some(next)) if self.pipeline.on() => Some(not_in(next, ids)),
+            _ => None,
+        };
+        let mut table = self.table.take();
+        let passes = match (ahead, table.as_mut()) {
+            (Some(ahead), Some(table)) => {
+                table.adam.advance(self.lr);
+                std::thread::scope(|scope| {
+                    let helper = scope.spawn(move || table.adam.prepare(&ahead));
+                    let passes = self.passes(&model, &tensors, &gathered, grad_norms, mass, step);
+                    if let Err(panic) = helper.join() {
+                        std::panic::resume_unwind(panic);
+                    }
+                    passes
+                })
+            }
+            _ => self.passes(&model, &tensors, &gathered, grad_norms, mass, step),
+        };
+        self.table = table;
+        let p = passes?;
+        if let Some((_, rows)) = gathered {
+            self.step_table(rows, local_ids, p.row_grad, p.weight)?;
+        }
+        let table = self.table.as_ref().map(|t| t.id);
+        let (model, grads) = sum_gradients(&self.group, model, p.grads, p.weight, table)?;
+        let model = self.dense.step(self.lr, model, grads);
+        let model = self.without_table(model);
+        if let Some(average) = &mut self.average {
+            average.update(&model, step);
+        }
+        self.weighting.update(&p.terms, p.grad_norms.as_deref());
+        let (total, terms, rows) = (p.total, p.terms, p.rows);
+        Ok((model, StepLosses { total, terms, rows }))
+    }
+
+    /// Whether the next step brings the following batch's rows up to date on a second thread
+    /// while its forward and backward passes run (`train.pipeline`; by default, with more than
+    /// one thread, a host table that catches up and one process, the first 70 steps try both
+    /// ways — the same floats either way — and the rest take the faster).
+    pub fn pipelines(&self) -> bool {
+        self.pipeline.on()
+    }
+
+    /// Counts a step that took `secs` (a pipelining trial times them).
+    pub fn timed(&mut self, secs: f64) {
+        self.pipeline = self.pipeline.record(secs);
+    }
+
+    /// The forward pass, the loss terms over every rank (an error where they are not finite),
+    /// and the backward pass: the table rows' gradient and the module's.
+    fn passes<M: MultiTaskModel>(
+        &self,
+        model: &M,
+        tensors: &BatchTensors,
+        gathered: &Option<(Tensor<2>, Gathered)>,
+        grad_norms: Option<Vec<f64>>,
+        mass: f64,
+        step: usize,
+    ) -> Result<Passes, TrainError> {
+        let local_rows = tensors.rows;
         let (terms, loss) = match local_rows {
             0 => (vec![0.0; self.loss_names.len()], None),
             _ => {
-                let forward = model.forward(&tensors);
+                let forward = model.forward(tensors);
                 let loss = forward.total_loss(&self.weighting.weights());
                 (mtl_eval::to_host(Tensor::cat(forward.losses, 0))?, Some(loss))
             }
@@ -364,22 +535,19 @@ impl Stepper {
                 let row_grad = gathered
                     .as_ref()
                     .and_then(|(leaf, _)| leaf.grad_remove(&mut grads));
-                (row_grad, GradientsParams::from_grads(grads, &model))
+                (row_grad, GradientsParams::from_grads(grads, model))
             }
             None => (None, GradientsParams::new()),
         };
-        if let Some((_, rows)) = gathered {
-            self.step_table(rows, local_ids, row_grad, weight)?;
-        }
-        let table = self.table.as_ref().map(|t| t.id);
-        let (model, grads) = sum_gradients(&self.group, model, grads, weight, table)?;
-        let model = self.dense.step(self.lr, model, grads);
-        let model = self.without_table(model);
-        if let Some(average) = &mut self.average {
-            average.update(&model, step);
-        }
-        self.weighting.update(&terms, grad_norms.as_deref());
-        Ok((model, StepLosses { total, terms, rows }))
+        Ok(Passes {
+            terms,
+            total,
+            grad_norms,
+            weight,
+            rows,
+            row_grad,
+            grads,
+        })
     }
 
     /// The step's loss terms, task gradient norms and rows over every rank (each rank's
@@ -427,8 +595,18 @@ impl Stepper {
             return Ok(());
         };
         if !self.group.is_distributed() {
-            if let Some(grad) = grad {
-                table.adam.step(&rows, grad, self.lr);
+            match grad {
+                Some(grad) => table.adam.step(&rows, grad, self.lr),
+                // a step started ahead ends: rows that fed nothing have a zero gradient
+                None if table.adam.advanced() => {
+                    let n = match &rows {
+                        Gathered::Host(ids) => ids.len(),
+                        Gathered::Device(_) => 0,
+                    };
+                    let zeros = Tensor::zeros([n, table.adam.dim()], table.adam.device());
+                    table.adam.step(&rows, zeros, self.lr);
+                }
+                None => {}
             }
             return Ok(());
         }
@@ -553,5 +731,48 @@ impl Stepper {
             table.adam.save(&dir.join(SPARSE_MOMENTS))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pipelining_trial_keeps_the_faster_way() {
+        let trial = |pipelined: f64, sequential: f64| {
+            let mut p = Pipeline::Trial {
+                steps: 0,
+                secs: [0.0; 2],
+            };
+            let mut ways = Vec::new();
+            while let Pipeline::Trial { .. } = p {
+                let on = p.on();
+                ways.push(on);
+                // warm-up steps are slow and must not count
+                let secs = if ways.len() <= Pipeline::WARM {
+                    9.0
+                } else if on {
+                    pipelined
+                } else {
+                    sequential
+                };
+                p = p.record(secs);
+            }
+            let pipelined_steps = ways.iter().filter(|&&on| on).count();
+            assert_eq!((ways.len(), pipelined_steps), (70, 40));
+            p
+        };
+        assert_eq!(trial(1.0, 2.0), Pipeline::On);
+        assert_eq!(trial(2.0, 1.0), Pipeline::Off);
+        // a fixed way stays
+        assert_eq!(Pipeline::On.record(5.0), Pipeline::On);
+        assert!(!Pipeline::Off.record(5.0).on());
+    }
+
+    #[test]
+    fn the_rows_ahead_are_the_next_batchs_not_in_this_one() {
+        assert_eq!(not_in(&[9, 2, 5, 7], &[7, 1, 2]), vec![9, 5]);
+        assert_eq!(not_in(&[3], &[]), vec![3]);
     }
 }
