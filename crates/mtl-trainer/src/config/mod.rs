@@ -663,6 +663,16 @@ early_stopping = { metric = "click.auc" }
                 "\"fast-catch-up\": needs the host table",
             ),
             (
+                "untouched_rows = \"frozen\"\nema_decay = 0.0\npipeline = true",
+                "train.pipeline",
+                "catching up",
+            ),
+            (
+                "embedding = \"dense\"\npipeline = true",
+                "train.pipeline",
+                "row-sparse",
+            ),
+            (
                 "loss_weighting = { kind = \"gradnorm\", alpha = 20.0 }",
                 "train.loss_weighting.alpha",
                 "= 20",

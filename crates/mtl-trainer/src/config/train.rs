@@ -154,7 +154,8 @@ pub struct TrainSettings {
     pub untouched_rows: Option<UntouchedRows>,
     /// Bring the next batch's table rows up to date on a second thread while a step's forward
     /// and backward passes run (the host table catching up, one process; the same floats as
-    /// without). Left out: on with more than one thread.
+    /// without). Left out: with more than one thread, the first 70 steps try both ways and the
+    /// rest take the faster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pipeline: Option<bool>,
     /// Decay of the weight average the run evaluates and saves (an exponential moving average
@@ -428,6 +429,16 @@ impl TrainSettings {
                     "needs the host table with `untouched_rows = \"fast-catch-up\"` or `\"catch-up\"` (or `embedding = \"dense\"`): a frozen or device table keeps no per-row steps to average over (set `ema_decay = 0`)",
                 );
             }
+        }
+        let catches_up = self.embedding == EmbeddingUpdate::Sparse
+            && self.embedding_table == TablePlace::Host
+            && self.untouched_rows != Some(UntouchedRows::Frozen);
+        if self.pipeline == Some(true) && !catches_up {
+            return out_of_range(
+                "pipeline",
+                "true".into(),
+                "brings rows up to date ahead, so it needs the row-sparse host table catching up (`untouched_rows = \"fast-catch-up\"` or `\"catch-up\"`); leave it out",
+            );
         }
         Ok(())
     }
