@@ -106,8 +106,13 @@ impl WithModel for Step<'_> {
     }
 }
 
+/// Held by each test while it seeds and initialises models: a backend's seed is shared by the
+/// process, so two tests seeding at once would draw each other's numbers.
+static SEEDED: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn all_models_agree_across_backends() {
+    let _seeded = SEEDED.lock().unwrap_or_else(|e| e.into_inner());
     let backends = usable_backends().expect("a required backend is unusable");
     assert_eq!(backends[0].0, BackendKind::Flex);
     let s = schema();
@@ -177,6 +182,7 @@ impl WithModel for WeightedLosses<'_> {
 fn a_rows_sample_weight_counts_it_that_many_times_in_every_models_loss() {
     // weights 0, 1, 2, 3 cycling: the same loss terms as each row repeated that many times,
     // for every loss term of every model (a term that ignored the weights would differ)
+    let _seeded = SEEDED.lock().unwrap_or_else(|e| e.into_inner());
     let s = schema();
     let enc = Encoder::new(&s, &StateFitter::new(&s).finish());
     let d = data(24);
