@@ -33,7 +33,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use crate::OptimError;
 use crate::lazy_file;
 use crate::moments::{read_moments, write_moments};
-use crate::replay::{Betas, Fresh, FreshMap, Missed, ReplayRow, ReplayRows, average_row};
+use crate::replay::{Betas, Fresh, LazyFreshMap, Missed, ReplayRow, ReplayRows, average_row};
 use crate::row_adam::{RowAdamConfig, average_keep};
 
 /// How the host table is set up: the row-wise Adam, what happens to untouched rows, and the
@@ -113,7 +113,7 @@ struct Replay<'a> {
     dim: usize,
     betas: Betas,
     /// With strides: the map of rows no batch has used.
-    fresh: Option<FreshMap>,
+    fresh: Option<LazyFreshMap<'a>>,
 }
 
 impl<'a> Replay<'a> {
@@ -122,7 +122,7 @@ impl<'a> Replay<'a> {
     fn new(
         steps: &'a [Missed],
         base: u64,
-        how: (CatchUpReplay, &Fresh),
+        how: (CatchUpReplay, &'a Fresh),
         time: u64,
         dim: usize,
         config: &RowAdamConfig,
@@ -133,7 +133,7 @@ impl<'a> Replay<'a> {
             time,
             dim,
             betas: config.at(1).betas(),
-            fresh: (how.0 == CatchUpReplay::Strided).then(|| how.1.map()),
+            fresh: (how.0 == CatchUpReplay::Strided).then(|| LazyFreshMap::new(how.1)),
         }
     }
 
@@ -638,11 +638,6 @@ impl SparseAdam {
         let Some(state) = self.catch_up.as_ref() else {
             return Ok(());
         };
-        let values = floats
-            .chunks_exact(3 * d)
-            .flat_map(|slot| &slot[..d])
-            .copied()
-            .collect();
         let lazy = lazy_file::LazyState {
             rows: self.rows,
             dim: d,
@@ -651,10 +646,11 @@ impl SparseAdam {
             steps: Cow::Borrowed(&state.steps),
             fresh: Cow::Borrowed(&state.fresh),
             last: Cow::Borrowed(&state.last),
-            values,
             average: self.average.as_ref().map(|(a, _)| Cow::Borrowed(a.as_slice())),
         };
-        lazy_file::write(&Self::catch_up_path(path), &lazy)
+        lazy_file::write(&Self::catch_up_path(path), &lazy, |r| {
+            &floats[r * 3 * d..r * 3 * d + d]
+        })
     }
 
     /// Restores moments saved by [`SparseAdam::save`] (or the device table's) and the step
@@ -687,7 +683,7 @@ impl SparseAdam {
         if !path.exists() {
             return Ok(());
         }
-        let saved = lazy_file::read(&path, self.rows, self.dim, self.time as u64)?;
+        let (saved, values) = lazy_file::read(&path, self.rows, self.dim, self.time as u64)?;
         if saved.average.is_some() != self.average.is_some() {
             return Err(OptimError::Record {
                 path: path.display().to_string(),
@@ -699,7 +695,7 @@ impl SparseAdam {
             .buf
             .floats_mut()
             .chunks_exact_mut(3 * d)
-            .zip(saved.values.chunks_exact(d))
+            .zip(values.chunks_exact(d))
         {
             slot[..d].copy_from_slice(v);
         }

@@ -28,13 +28,15 @@ pub(crate) struct LazyState<'a> {
     pub(crate) steps: std::borrow::Cow<'a, [Missed]>,
     pub(crate) fresh: std::borrow::Cow<'a, Fresh>,
     pub(crate) last: std::borrow::Cow<'a, [u64]>,
-    /// Every row's value (`rows × dim`).
-    pub(crate) values: Vec<f32>,
     pub(crate) average: Option<std::borrow::Cow<'a, [f32]>>,
 }
 
-/// Writes `state` to `path`.
-pub(crate) fn write(path: &Path, state: &LazyState<'_>) -> Result<(), OptimError> {
+/// Writes `state` to `path`, every row's value `value_row(r)` streamed from where it is stored.
+pub(crate) fn write<'v>(
+    path: &Path,
+    state: &LazyState<'_>,
+    value_row: impl Fn(usize) -> &'v [f32],
+) -> Result<(), OptimError> {
     let file = std::fs::File::create(path).map_err(io_err(path))?;
     let mut out = BufWriter::with_capacity(1 << 20, file);
     let mut put = |bytes: &[u8]| out.write_all(bytes).map_err(io_err(path));
@@ -61,7 +63,9 @@ pub(crate) fn write(path: &Path, state: &LazyState<'_>) -> Result<(), OptimError
     put(bytemuck::cast_slice(
         &state.last.iter().map(|x| x.to_le()).collect::<Vec<_>>(),
     ))?;
-    put(bytemuck::cast_slice(&state.values))?;
+    for r in 0..state.rows {
+        put(bytemuck::cast_slice(value_row(r)))?;
+    }
     match &state.average {
         Some(a) => {
             put(&[1])?;
@@ -75,14 +79,15 @@ pub(crate) fn write(path: &Path, state: &LazyState<'_>) -> Result<(), OptimError
         .map_err(io_err(path))
 }
 
-/// Reads the file at `path` for a `rows × dim` table at step `time`; a file of another table
-/// or step, or one that ends early, is an error naming it.
+/// Reads the file at `path` for a `rows × dim` table at step `time`: the bookkeeping and every
+/// row's value (`rows × dim`); a file of another table or step, or one that ends early, is an
+/// error naming it.
 pub(crate) fn read(
     path: &Path,
     rows: usize,
     dim: usize,
     time: u64,
-) -> Result<LazyState<'static>, OptimError> {
+) -> Result<(LazyState<'static>, Vec<f32>), OptimError> {
     let bad = |message: String| OptimError::Record {
         path: path.display().to_string(),
         message,
@@ -99,13 +104,7 @@ pub(crate) fn read(
     if take(8)? != MAGIC {
         return Err(bad("not a catch-up file (bad magic)".into()));
     }
-    let u64s = |bytes: Vec<u8>| -> Vec<u64> {
-        bytes
-            .chunks_exact(8)
-            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
-            .collect()
-    };
-    let header = u64s(take(40)?);
+    let header = decode(u64::from_le_bytes, &take(40)?);
     let (file_rows, file_dim, file_time, base, n_steps) =
         (header[0], header[1], header[2], header[3], header[4]);
     if (file_rows, file_dim) != (rows as u64, dim as u64) {
@@ -118,13 +117,7 @@ pub(crate) fn read(
             "catch-up state at step {file_time} (base {base}, {n_steps} steps); the checkpoint is at step {time}"
         )));
     }
-    let f32s = |bytes: Vec<u8>| -> Vec<f32> {
-        bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
-            .collect()
-    };
-    let steps = f32s(take(n_steps as usize * 16)?)
+    let steps = decode(f32::from_le_bytes, &take(n_steps as usize * 16)?)
         .chunks_exact(4)
         .map(|s| Missed {
             factor: s[0],
@@ -133,34 +126,28 @@ pub(crate) fn read(
             keep: s[3],
         })
         .collect::<Vec<_>>();
-    let n_points = u64s(take(8)?)[0] as usize;
-    if n_points != Fresh::new().parts().0.len() {
+    let n_points = decode(u64::from_le_bytes, &take(8)?)[0] as usize;
+    if n_points != Fresh::points() {
         return Err(bad(format!(
             "an untouched-row grid of {n_points} points (written by another mtl)"
         )));
     }
-    let f64s = |bytes: Vec<u8>| -> Vec<f64> {
-        bytes
-            .chunks_exact(8)
-            .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")))
-            .collect()
-    };
-    let points = f64s(take(n_points * 32)?)
+    let points = decode(f64::from_le_bytes, &take(n_points * 32)?)
         .chunks_exact(4)
         .map(|p| [p[0], p[1], p[2], p[3]])
         .collect();
-    let keep = f64s(take(8)?)[0];
-    let last = u64s(take(rows * 8)?);
+    let keep = decode(f64::from_le_bytes, &take(8)?)[0];
+    let last = decode(u64::from_le_bytes, &take(rows * 8)?);
     if last.iter().any(|&l| l < base || l > time) {
         return Err(bad(format!("a row's up-to-date step is outside {base}..={time}")));
     }
-    let values = f32s(take(rows * dim * 4)?);
+    let values = decode(f32::from_le_bytes, &take(rows * dim * 4)?);
     let average = match take(1)?[0] {
         0 => None,
-        1 => Some(f32s(take(rows * dim * 4)?).into()),
+        1 => Some(decode(f32::from_le_bytes, &take(rows * dim * 4)?).into()),
         flag => return Err(bad(format!("bad average flag {flag}"))),
     };
-    Ok(LazyState {
+    let state = LazyState {
         rows,
         dim,
         time,
@@ -168,7 +155,15 @@ pub(crate) fn read(
         steps: steps.into(),
         fresh: std::borrow::Cow::Owned(Fresh::from_parts(points, keep)),
         last: last.into(),
-        values,
         average,
-    })
+    };
+    Ok((state, values))
+}
+
+/// `bytes` read as little-endian values of `N` bytes each.
+fn decode<const N: usize, T>(from_le: fn([u8; N]) -> T, bytes: &[u8]) -> Vec<T> {
+    bytes
+        .chunks_exact(N)
+        .map(|b| from_le(b.try_into().expect("N bytes")))
+        .collect()
 }

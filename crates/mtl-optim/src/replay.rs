@@ -80,7 +80,7 @@ pub(crate) struct ReplayRows<'a, 'r> {
     pub(crate) betas: Betas,
     /// Strides ([`replay_strided`]) instead of the exact replay, with rows untouched since
     /// `base` whose moments are zero moved by [`FreshMap`].
-    pub(crate) strided: Option<&'a FreshMap>,
+    pub(crate) strided: Option<&'a LazyFreshMap<'a>>,
 }
 
 impl pulp::WithSimd for ReplayRows<'_, '_> {
@@ -94,8 +94,8 @@ impl pulp::WithSimd for ReplayRows<'_, '_> {
             let (m, v) = moments.split_at_mut(d);
             let missed = &self.steps[(**last - self.base) as usize..];
             match self.strided {
-                Some(fresh) if **last == self.base && fresh.fits(w, m, v) => {
-                    fresh.apply(w, m, v, average.as_deref_mut());
+                Some(fresh) if **last == self.base && FreshMap::fits(w, m, v) => {
+                    fresh.get().apply(w, m, v, average.as_deref_mut());
                 }
                 Some(_) => replay_strided(w, m, v, average.as_deref_mut(), missed, self.betas),
                 None => replay(w, m, v, average.as_deref_mut(), missed, self.betas),
@@ -138,10 +138,16 @@ impl Fresh {
         f64::from(octave).exp2() * (1.0 + (i % per) as f64 / per as f64)
     }
 
+    /// Points on the grid.
+    pub(crate) fn points() -> usize {
+        (((Self::LAST - Self::FIRST) as usize) << GRID_BITS) + 1
+    }
+
     /// The map of no steps.
     pub(crate) fn new() -> Self {
-        let n = ((Self::LAST - Self::FIRST) as usize) << GRID_BITS;
-        let points = (0..=n).map(|i| [Self::grid(i), 0.0, 0.0, 0.0]).collect();
+        let points = (0..Self::points())
+            .map(|i| [Self::grid(i), 0.0, 0.0, 0.0])
+            .collect();
         Self { points, keep: 1.0 }
     }
 
@@ -199,6 +205,28 @@ impl Fresh {
     }
 }
 
+/// [`Fresh`]'s map, read out of the grid the first time a row needs it: a replay with no row
+/// that [`FreshMap::fits`] does not pay for it.
+pub(crate) struct LazyFreshMap<'a> {
+    grid: &'a Fresh,
+    map: std::sync::OnceLock<FreshMap>,
+}
+
+impl<'a> LazyFreshMap<'a> {
+    /// The map of `grid`, not yet read out.
+    pub(crate) fn new(grid: &'a Fresh) -> Self {
+        Self {
+            grid,
+            map: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The map, read out on first use.
+    pub(crate) fn get(&self) -> &FreshMap {
+        self.map.get_or_init(|| self.grid.map())
+    }
+}
+
 /// [`Fresh`]'s grid read out for applying it to rows.
 pub(crate) struct FreshMap {
     phi: Vec<[f32; 4]>,
@@ -225,7 +253,7 @@ impl FreshMap {
 
     /// Whether a row is one this map serves: zero moments, values within the grid.
     #[inline(always)]
-    pub(crate) fn fits(&self, w: &[f32], m: &[f32], v: &[f32]) -> bool {
+    pub(crate) fn fits(w: &[f32], m: &[f32], v: &[f32]) -> bool {
         let quiet = m.iter().chain(v).fold(0f32, |s, x| s.max(x.abs())) == 0.0;
         quiet && w.iter().fold(0f32, |s, x| s.max(x.abs())) <= Fresh::w_max()
     }
@@ -774,7 +802,7 @@ mod tests {
             let scale = 10f64.powf(rng.range(-6.0, -1.0));
             let [mut w, mut m, mut v, mut a] = random_row(&mut rng, 16, scale, false);
             let (want_w, want_a, peak) = exact_f64(&w, &m, &v, &a, &steps, k);
-            if !fresh.fits(&w, &m, &v) {
+            if !FreshMap::fits(&w, &m, &v) {
                 continue;
             }
             served += 1;
@@ -784,14 +812,9 @@ mod tests {
         }
         assert_eq!(served, 40, "every row within the grid is served");
         // a row that was used, or one far from its initial scale, is not
-        let fresh = {
-            let mut f = Fresh::new();
-            history(1, 100, 1e-3).iter().for_each(|s| f.push(s, l2(1e-3)));
-            f.map()
-        };
-        assert!(!fresh.fits(&[1e-4], &[1e-9], &[0.0]));
-        assert!(!fresh.fits(&[1.0], &[0.0], &[0.0]));
-        assert!(fresh.fits(&[1e-4, -0.2], &[0.0, 0.0], &[0.0, 0.0]));
+        assert!(!FreshMap::fits(&[1e-4], &[1e-9], &[0.0]));
+        assert!(!FreshMap::fits(&[1.0], &[0.0], &[0.0]));
+        assert!(FreshMap::fits(&[1e-4, -0.2], &[0.0, 0.0], &[0.0, 0.0]));
     }
 
     #[test]

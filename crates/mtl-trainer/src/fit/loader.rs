@@ -467,6 +467,39 @@ fn shard_seed(seed: u64, k: usize) -> u64 {
     seed ^ (k as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
+/// The loader's batches as the training loop takes them: while steps are pipelined, the batch
+/// after the one taken is received too, so that its table rows are known during the step.
+pub struct Feed {
+    batches: Receiver<Result<Batch, TrainError>>,
+    ahead: Option<Result<Batch, TrainError>>,
+}
+
+impl Feed {
+    /// The batches of [`spawn`].
+    pub fn new(batches: Receiver<Result<Batch, TrainError>>) -> Self {
+        Self { batches, ahead: None }
+    }
+
+    /// The next batch (`None` once the loader ran out), receiving the one after it too when
+    /// `ahead`.
+    pub fn take(&mut self, ahead: bool) -> Option<Result<Batch, TrainError>> {
+        let batch = self.ahead.take().or_else(|| self.batches.recv().ok());
+        if ahead && batch.is_some() {
+            self.ahead = self.batches.recv().ok();
+        }
+        batch
+    }
+
+    /// The table rows of the batch received ahead, if one was.
+    pub fn next_rows(&self) -> Option<&[i32]> {
+        self.ahead
+            .as_ref()?
+            .as_ref()
+            .ok()
+            .map(|b| b.table_rows.as_slice())
+    }
+}
+
 /// Starts a thread in `scope` that sends every remaining batch of the run in order; it ends
 /// when the run's batches are all sent or the receiver is dropped.
 pub fn spawn<'scope, 'env: 'scope>(

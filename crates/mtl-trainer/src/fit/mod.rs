@@ -35,7 +35,7 @@ pub mod weighting;
 use checkpoint::{AVERAGE_MODEL, SPARSE_MOMENTS, live_checkpoint_dir, write_checkpoint};
 use collective::Group;
 use evaluation::Evaluator;
-use loader::{LoaderPlan, TrainRows, spawn};
+use loader::{Feed, LoaderPlan, TrainRows, spawn};
 use schedule::{Due, due};
 use state::{FitOptions, StepLosses, TrainState};
 use step::Stepper;
@@ -137,8 +137,8 @@ fn progress_line(pb: &ProgressBar) -> String {
 /// The model a fit hands back: the whole table in, and the weight average's values when the
 /// run keeps one.
 fn finished<M: MultiTaskModel>(stepper: &mut Stepper, model: M) -> M {
-    let model = stepper.with_table(model);
-    stepper.averaged(&model).unwrap_or(model)
+    let (model, averaged) = stepper.whole(model, true);
+    averaged.unwrap_or(model)
 }
 
 /// One optimiser step on `batch`, counted in `state` (an epoch has `batches` batches) with the
@@ -249,27 +249,18 @@ pub fn fit<'t, M: MultiTaskModel>(
     plan.weight_label = options.weight_label;
     let batches = train.shards().batches(settings.batch_size);
     let model = std::thread::scope(|scope| -> Result<M, TrainError> {
-        let loader = spawn(scope, train, layout, device, plan);
+        let mut feed = Feed::new(spawn(scope, train, layout, device, plan));
         let mut model = model;
         let mut clock = Instant::now();
         let (mut bar, mut lines): (Option<ProgressBar>, _) = (None, LineLog::new(options));
-        // with pipelining, the batch after the current one, received ahead
-        let mut ahead: Option<Result<loader::Batch, TrainError>> = None;
         loop {
             let data_clock = Instant::now();
-            let Some(batch) = ahead.take().or_else(|| loader.recv().ok()) else {
+            let Some(batch) = feed.take(stepper.pipelines()) else {
                 // the loader ran out: nothing was left of the run
                 return Ok(finished(&mut stepper, model));
             };
             let batch = batch?;
-            if stepper.pipelines() {
-                ahead = loader.recv().ok();
-            }
             state.pending_data_secs += data_clock.elapsed().as_secs_f64();
-            let next_rows = ahead
-                .as_ref()
-                .and_then(|b| b.as_ref().ok())
-                .map(|b| b.table_rows.as_slice());
             let pb = bar.get_or_insert_with(|| progress_bar(options, train.rows(), &state, settings));
             let step_clock = Instant::now();
             let (stepped, losses) = take_step(
@@ -277,7 +268,7 @@ pub fn fit<'t, M: MultiTaskModel>(
                 &options.group,
                 model,
                 batch,
-                next_rows,
+                feed.next_rows(),
                 &mut state,
                 batches,
             )?;
@@ -287,16 +278,13 @@ pub fn fit<'t, M: MultiTaskModel>(
             let at_epoch_end = state.batch_in_epoch == 0;
             let now: Due = due(settings, state.global_step, at_epoch_end, state.epoch);
             let (eval_due, checkpoint, limit) = (now.eval, now.checkpoint, now.limit || options.stop_asked());
+            // evaluation, checkpoints and the end read the model's whole table, and its weight
+            // average when the run keeps one (built once for all three); a checkpoint alone
+            // leaves the training state as it is
+            let ends = state.epoch >= settings.epochs;
             let mut averaged = None;
-            if eval_due || state.epoch >= settings.epochs {
-                // evaluation and the end read the model's whole table, and its weight average
-                // when the run keeps one (built once for all three)
-                model = stepper.with_table(model);
-                averaged = stepper.averaged(&model);
-            } else if checkpoint || limit {
-                // a checkpoint alone leaves the training state as it is (rows not yet brought
-                // up to date are saved so), so that a resumed run trains as an uninterrupted one
-                (model, averaged) = stepper.with_table_kept(model);
+            if eval_due || ends || checkpoint || limit {
+                (model, averaged) = stepper.whole(model, eval_due || ends);
             }
             if eval_due {
                 // the weight average, when kept, is the model evaluated (and kept as the best)

@@ -668,42 +668,20 @@ impl Stepper {
         WeightReport { weights, grad_norms }
     }
 
-    /// `model` holding the whole current table (for evaluation, checkpoints and the end).
-    pub fn with_table<M: Module>(&mut self, model: M) -> M {
-        match &mut self.table {
-            Some(table) => {
-                let values = table.adam.table();
-                table.set(model, values)
-            }
-            None => model,
-        }
-    }
-
-    /// `model` with the weight average in place of its parameters and table, when the run
-    /// keeps one (for evaluation, checkpoints' `average.bpk` and the saved model).
-    pub fn averaged<M: Module>(&mut self, model: &M) -> Option<M> {
-        let average = self.average.as_ref()?;
-        let model = average.apply(model);
-        Some(match &mut self.table {
-            Some(table) => match table.adam.average() {
-                Some(values) => table.set(model, values),
-                None => model,
-            },
-            None => model,
-        })
-    }
-
-    /// `model` holding the whole table, and the weight-averaged model when the run keeps one,
-    /// as [`Stepper::with_table`] and [`Stepper::averaged`] give them — but with the
-    /// row-sparse table's rows brought up to date on copies, so that the training state is
-    /// left exactly as it was (checkpoints: a run stopped and resumed anywhere then trains as
-    /// the uninterrupted one, strided catch-up included).
-    pub fn with_table_kept<M: Module>(&mut self, model: M) -> (M, Option<M>) {
-        let Some(table) = &self.table else {
+    /// `model` holding the whole table, and the weight-averaged model when the run keeps one
+    /// (for evaluation, checkpoints' `average.bpk` and the saved model). `for_good`: the
+    /// row-sparse table's rows are brought up to date in place (evaluation, the end); else on
+    /// copies, the training state left exactly as it was (a checkpoint alone: a run stopped and
+    /// resumed anywhere then trains as the uninterrupted one, strided catch-up included).
+    pub fn whole<M: Module>(&mut self, model: M, for_good: bool) -> (M, Option<M>) {
+        let Some(table) = &mut self.table else {
             let averaged = self.average.as_ref().map(|a| a.apply(&model));
             return (model, averaged);
         };
-        let (values, average) = table.adam.snapshot();
+        let (values, average) = match for_good {
+            true => (table.adam.table(), table.adam.average()),
+            false => table.adam.snapshot(),
+        };
         let model = table.set(model, values);
         let averaged = self.average.as_ref().map(|avg| {
             let averaged = avg.apply(&model);
