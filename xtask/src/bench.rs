@@ -8,7 +8,8 @@ use anyhow::{Result, bail};
 use serde_json::{Value, json};
 
 use crate::{
-    build_mtl_with, cargo, ccp_data, model_toml, peer, root, run, run_config, test_auc, train_job, work_dir,
+    build_mtl_with, cargo, ccp_data, model_toml, peer, root, run, run_config, target_dir, test_auc,
+    train_job, work_dir,
 };
 
 /// Options of `cargo xtask bench`.
@@ -20,9 +21,10 @@ pub struct BenchArgs {
     /// Rows of generated data (default 1,000,000; 100,000 with --quick).
     #[arg(long)]
     pub rows: Option<usize>,
-    /// CPU threads, for mtl and for the peer alike.
-    #[arg(long, default_value_t = 2)]
-    pub threads: usize,
+    /// CPU thread counts, for mtl and for the peer alike: every job runs at each, and the
+    /// side-by-side table compares each side at its best count (and per core, at 1 thread).
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    pub threads: Vec<usize>,
     /// Skip the criterion micro-benchmarks.
     #[arg(long)]
     pub no_micro: bool,
@@ -67,6 +69,12 @@ pub struct BenchArgs {
     /// A name for this run's folder and results (default: bench or bench-peer).
     #[arg(long)]
     pub tag: Option<String>,
+    /// Both sides without AVX-512, as on an AVX2-only CPU: mtl built without burn's and the
+    /// row-wise Adam's AVX-512 kernels (in a copy of the workspace, its own target folder;
+    /// burn-flex's element-wise kernels still choose at run time), PyTorch kept to AVX2
+    /// (`ATEN_CPU_CAPABILITY`, `MKL_ENABLE_INSTRUCTIONS`, `ONEDNN_MAX_CPU_ISA`).
+    #[arg(long)]
+    pub avx2: bool,
 }
 
 /// The data every job trains on: the files, the command that made them, and (with the peer)
@@ -120,7 +128,7 @@ struct Bench<'a> {
 
 impl Bench<'_> {
     /// One job with one training seed: mtl's metrics (and the peer's, with `--peer`).
-    fn run(&self, model: &str, size: &str, seed: u64) -> Result<Value> {
+    fn run(&self, model: &str, size: &str, seed: u64, threads: usize) -> Result<Value> {
         let name = format!("{model}-{size}");
         let config = run_config(
             &self.data.schema,
@@ -141,7 +149,7 @@ impl Bench<'_> {
                 }
             ),
         );
-        let (m, secs) = train_job(self.mtl, &name, &config, self.args.threads, self.dir)?;
+        let (m, secs) = train_job(self.mtl, &name, &config, threads, self.dir)?;
         let auc: serde_json::Map<String, Value> = peer_aucs(model)
             .iter()
             .map(|(out, _)| (out.to_string(), json!(test_auc(&m, out))))
@@ -153,6 +161,7 @@ impl Bench<'_> {
             "inference_samples_per_sec": m["inference_samples_per_sec"],
             "peak_rss_mb": m["peak_rss_mb"],
             "data_wait_fraction": m["data_wait_fraction"],
+            "embedding_table": m["embedding_table"],
             "auc": auc,
             "wall_secs": secs,
         });
@@ -163,13 +172,14 @@ impl Bench<'_> {
                 &model.to_uppercase(),
                 size,
                 peer::JobOptions {
-                    threads: self.args.threads,
+                    threads,
                     seed,
                     batch: self.args.batch_size,
                     device: &self.args.peer_device,
                     epochs: 1,
+                    avx2: self.args.avx2,
                 },
-                &self.dir.join("peer-logs"),
+                &self.dir.join(format!("peer-logs/threads-{threads}")),
             )?;
         }
         Ok(run)
@@ -185,6 +195,11 @@ const PEER_MODELS: [&str; 4] = ["esmm", "mmoe", "ple", "aitm"];
 /// `cargo xtask bench`.
 pub fn bench(a: &BenchArgs) -> Result<()> {
     let rows = a.rows.unwrap_or(if a.quick { 100_000 } else { 1_000_000 });
+    for (i, &t) in a.threads.iter().enumerate() {
+        if t == 0 || a.threads[..i].contains(&t) {
+            bail!("--threads: {t} is zero or named twice (a list such as 1,2)");
+        }
+    }
     let peer = if a.peer {
         Some(peer::Peer::locate(
             &root(),
@@ -195,7 +210,10 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
     } else {
         None
     };
-    let mtl = build_mtl_with(&a.features)?;
+    let mtl = match a.avx2 {
+        true => build_mtl_avx2(&a.features)?,
+        false => build_mtl_with(&a.features)?,
+    };
     let dir = work_dir(
         a.tag
             .as_deref()
@@ -219,16 +237,18 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
             .into_iter()
             .filter(|size| root().join(format!("configs/{model}-{size}.toml")).exists());
         for size in sizes {
-            let runs = (2022..2022 + a.seeds)
-                .map(|seed| bench.run(model, size, seed))
-                .collect::<Result<Vec<_>>>()?;
-            results.push(summarise(
-                &format!("{model}-{size}"),
-                model,
-                a.threads,
-                &a.embedding,
-                runs,
-            ));
+            for &threads in &a.threads {
+                let runs = (2022..2022 + a.seeds)
+                    .map(|seed| bench.run(model, size, seed, threads))
+                    .collect::<Result<Vec<_>>>()?;
+                results.push(summarise(
+                    &format!("{model}-{size}"),
+                    model,
+                    threads,
+                    &a.embedding,
+                    runs,
+                ));
+            }
         }
     }
     let md = report(a, &data.command, &results, peer.is_some());
@@ -248,11 +268,79 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// The workspace's switches for AVX-512 kernels: (manifest, text with them, text without).
+const AVX512_SWITCHES: [(&str, &str, &str); 3] = [
+    ("Cargo.toml", "\"rayon\", \"x86-v4\"]", "\"rayon\"]"),
+    (
+        "crates/mtl-optim/Cargo.toml",
+        "\"x86-v3\", \"x86-v4\"]",
+        "\"x86-v3\"]",
+    ),
+    (
+        "crates/mtl-trainer/Cargo.toml",
+        "\"x86-v3\", \"x86-v4\"]",
+        "\"x86-v3\"]",
+    ),
+];
+
+/// Builds the release `mtl` binary without AVX-512 GEMM and row-wise Adam kernels: the
+/// workspace's files (as git lists them, uncommitted changes included) copied under the target
+/// folder with the switches of [`AVX512_SWITCHES`] off, built into a target folder of its own.
+fn build_mtl_avx2(features: &str) -> Result<PathBuf> {
+    let copy = work_dir("avx2-src");
+    // a fresh copy: no file the workspace has since removed
+    if copy.exists() {
+        std::fs::remove_dir_all(&copy)?;
+    }
+    let listed = std::process::Command::new("git")
+        .current_dir(root())
+        .args(["ls-files", "-z", "--cached", "--others", "--exclude-standard"])
+        .output()?;
+    if !listed.status.success() {
+        bail!("git ls-files failed: {}", String::from_utf8_lossy(&listed.stderr));
+    }
+    for file in listed.stdout.split(|&b| b == 0).filter(|f| !f.is_empty()) {
+        let file = Path::new(std::str::from_utf8(file)?);
+        let (from, to) = (root().join(file), copy.join(file));
+        if from.is_file() {
+            std::fs::create_dir_all(to.parent().unwrap_or(&copy))?;
+            std::fs::copy(&from, &to)?;
+        }
+    }
+    for (manifest, with, without) in AVX512_SWITCHES {
+        let path = copy.join(manifest);
+        let text = std::fs::read_to_string(&path)?;
+        if !text.contains(with) {
+            bail!("{manifest} no longer has `{with}`: update bench.rs's AVX512_SWITCHES");
+        }
+        std::fs::write(&path, text.replace(with, without))?;
+    }
+    eprintln!(
+        "== building the release mtl binary without AVX-512 kernels in {}",
+        copy.display()
+    );
+    let target = target_dir().join("avx2");
+    let mut c = cargo();
+    c.current_dir(&copy)
+        .args(["build", "--release", "-p", "mtl-cli", "--target-dir"])
+        .arg(&target);
+    if !features.is_empty() {
+        c.args(["--features", features]);
+    }
+    run(&mut c)?;
+    Ok(target.join("release").join("mtl"))
+}
+
 /// The Markdown report: the jobs' table, and with the peer the ratio and AUC tables.
 fn report(a: &BenchArgs, data_cmd: &str, results: &[Value], peer: bool) -> String {
-    let threads = a.threads;
+    let threads = a
+        .threads
+        .iter()
+        .map(usize::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
     let mut md = format!(
-        "Data: {data_cmd} (80 % train, 10 % test), 1 epoch, batch {}, {threads} threads, backend {}, embedding updates {} (table on the {}){}.\n\n| job | train samples/s | inference samples/s | peak RSS | AUC (test) | batch building | wall |\n|---|---|---|---|---|---|---|\n",
+        "Data: {data_cmd} (80 % train, 10 % test), 1 epoch, batch {}, threads {threads}, backend {}, embedding updates {} (table on the {}){}{}.\n\n| job | threads | train samples/s | inference samples/s | peak RSS | AUC (test) | batch building | wall |\n|---|---|---|---|---|---|---|---|\n",
         a.batch_size,
         a.backend,
         a.embedding,
@@ -261,6 +349,11 @@ fn report(a: &BenchArgs, data_cmd: &str, results: &[Value], peer: bool) -> Strin
             format!("; peer on {}", a.peer_device)
         } else {
             String::new()
+        },
+        if a.avx2 {
+            "; both sides without AVX-512 (`--avx2`)"
+        } else {
+            ""
         }
     );
     for r in results {
@@ -279,8 +372,9 @@ fn report(a: &BenchArgs, data_cmd: &str, results: &[Value], peer: bool) -> Strin
                 .join(", ")
         });
         md += &format!(
-            "| {} | {} | {} | {} MB | {} | {:.1} % | {:.0} s |\n",
+            "| {} | {} | {} | {} | {} MB | {} | {:.1} % | {:.0} s |\n",
             r["job"].as_str().unwrap_or(""),
+            r["threads"],
             fmt(r["train_samples_per_sec"].as_f64(), 0),
             fmt(r["inference_samples_per_sec"].as_f64(), 0),
             fmt(r["peak_rss_mb"].as_f64(), 0),
@@ -297,9 +391,46 @@ fn report(a: &BenchArgs, data_cmd: &str, results: &[Value], peer: bool) -> Strin
     }
     if peer {
         md += &peer_table(results);
-        md += &auc_table(results, a.seeds);
+        md += &threads_table(results);
+        // the AUCs of each job at its largest thread count (the same seeds at every count)
+        md += &auc_table(&at_most_threads(results), a.seeds);
     }
     md
+}
+
+/// The jobs in the order they ran, each with its rows (one per thread count).
+fn by_job(results: &[Value]) -> Vec<(&str, Vec<&Value>)> {
+    let mut jobs: Vec<(&str, Vec<&Value>)> = Vec::new();
+    for r in results {
+        let job = r["job"].as_str().unwrap_or("");
+        match jobs.iter_mut().find(|(j, _)| *j == job) {
+            Some((_, rows)) => rows.push(r),
+            None => jobs.push((job, vec![r])),
+        }
+    }
+    jobs
+}
+
+/// Each job's row at its largest thread count.
+fn at_most_threads(results: &[Value]) -> Vec<Value> {
+    by_job(results)
+        .into_iter()
+        .filter_map(|(_, rows)| rows.into_iter().max_by_key(|r| r["threads"].as_u64()).cloned())
+        .collect()
+}
+
+/// The largest number at `path` over a job's rows, with the thread count that gave it.
+fn best(rows: &[&Value], path: &[&str]) -> Option<(f64, u64)> {
+    rows.iter()
+        .filter_map(|r| Some((at(r, path).as_f64()?, r["threads"].as_u64()?)))
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+}
+
+/// The number at `path` in a job's row at `threads` threads.
+fn at_threads(rows: &[&Value], path: &[&str], threads: u64) -> Option<f64> {
+    rows.iter()
+        .find(|r| r["threads"].as_u64() == Some(threads))
+        .and_then(|r| at(r, path).as_f64())
 }
 
 fn fmt(v: Option<f64>, digits: usize) -> String {
@@ -438,54 +569,102 @@ fn auc_table(results: &[Value], seeds: u64) -> String {
     md
 }
 
-/// The side-by-side table: mtl and torch-rechub from the same run, and their ratios.
-fn peer_table(results: &[Value]) -> String {
-    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+/// `a / b` as a ratio cell.
+fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
         (Some(a), Some(b)) if b > 0.0 => format!("{:.2}×", a / b),
         _ => "-".into(),
-    };
-    let k = |v: Option<f64>| v.map_or_else(|| "-".into(), |x| format!("{:.1}k", x / 1000.0));
+    }
+}
+
+/// Samples/s in thousands.
+fn k(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".into(), |x| format!("{:.1}k", x / 1000.0))
+}
+
+/// A number with the thread count that gave it.
+fn k_at(v: Option<(f64, u64)>) -> String {
+    v.map_or_else(|| "-".into(), |(x, t)| format!("{} ({t})", k(Some(x))))
+}
+
+/// The side-by-side table: mtl and torch-rechub from the same run, each side at its best
+/// thread count (in brackets) for each figure, and both at one thread (per core).
+fn peer_table(results: &[Value]) -> String {
     let mut md = String::from(
-        "\nSide by side (torch-rechub 0.9.0 on PyTorch, same files, same threads, `OMP_WAIT_POLICY=PASSIVE`; ratios are mtl / torch-rechub):\n\n| job | mtl train/s | torch-rechub train/s, end to end | ratio | torch-rechub, model only | ratio | mtl inference/s | torch-rechub inference/s, model only | ratio | peak RSS mtl / torch-rechub | AUC mtl / torch-rechub |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "\nSide by side (torch-rechub 0.9.0 on PyTorch, same files, `OMP_WAIT_POLICY=PASSIVE`): each side at its best thread count for each figure (in brackets), ratios mtl / torch-rechub; per core: both at 1 thread:\n\n| job | mtl train/s | torch-rechub train/s, end to end | ratio | torch-rechub, model only | ratio | mtl inference/s | torch-rechub inference/s, model only | ratio | per core: train, inference | peak RSS mtl / torch-rechub | AUC mtl / torch-rechub |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
-    for r in results {
-        let p = &r["peer"];
-        let job = r["job"].as_str().unwrap_or("");
+    let value = |v: Option<(f64, u64)>| v.map(|v| v.0);
+    for (job, rows) in by_job(results) {
         let model = job.split('-').next().unwrap_or("");
-        let (train, infer) = (
-            r["train_samples_per_sec"].as_f64(),
-            r["inference_samples_per_sec"].as_f64(),
+        let train = best(&rows, &["train_samples_per_sec"]);
+        let infer = best(&rows, &["inference_samples_per_sec"]);
+        let p_incl = best(&rows, &["peer", "train_sps_incl"]);
+        let p_excl = best(&rows, &["peer", "train_sps_excl"]);
+        let p_infer = best(&rows, &["peer", "infer_sps_excl"]);
+        let one = |path: &[&str]| at_threads(&rows, path, 1);
+        let per_core = format!(
+            "{}, {}",
+            ratio(one(&["train_samples_per_sec"]), one(&["peer", "train_sps_incl"])),
+            ratio(
+                one(&["inference_samples_per_sec"]),
+                one(&["peer", "infer_sps_excl"])
+            )
         );
-        let (p_incl, p_excl, p_infer) = (
-            p["train_sps_incl"].as_f64(),
-            p["train_sps_excl"].as_f64(),
-            p["infer_sps_excl"].as_f64(),
-        );
-        let (rss, p_rss) = (r["peak_rss_mb"].as_f64(), p["peak_rss_mb"].as_f64());
+        // memory at the thread count of each side's best training speed
+        let rss = train.and_then(|(_, t)| at_threads(&rows, &["peak_rss_mb"], t));
+        let p_rss = p_incl.and_then(|(_, t)| at_threads(&rows, &["peer", "peak_rss_mb"], t));
+        let last = rows
+            .iter()
+            .max_by_key(|r| r["threads"].as_u64())
+            .copied()
+            .unwrap_or(&Value::Null);
         let aucs = peer_aucs(model)
             .iter()
             .map(|(out, key)| {
                 format!(
                     "{out} {} / {}",
-                    fmt(r["auc"][*out].as_f64(), 3),
-                    fmt(p[*key].as_f64(), 3)
+                    fmt(last["auc"][*out].as_f64(), 3),
+                    fmt(last["peer"][*key].as_f64(), 3)
                 )
             })
             .collect::<Vec<_>>()
             .join(", ");
         md += &format!(
-            "| {job} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} MB ({}) | {aucs} |\n",
-            k(train),
-            k(p_incl),
-            ratio(train, p_incl),
-            k(p_excl),
-            ratio(train, p_excl),
-            k(infer),
-            k(p_infer),
-            ratio(infer, p_infer),
+            "| {job} | {} | {} | {} | {} | {} | {} | {} | {} | {per_core} | {} / {} MB ({}) | {aucs} |\n",
+            k_at(train),
+            k_at(p_incl),
+            ratio(value(train), value(p_incl)),
+            k_at(p_excl),
+            ratio(value(train), value(p_excl)),
+            k_at(infer),
+            k_at(p_infer),
+            ratio(value(infer), value(p_infer)),
             fmt(rss, 0),
             fmt(p_rss, 0),
             ratio(rss, p_rss),
+        );
+    }
+    md
+}
+
+/// Both sides at every thread count, and what each side gains from its threads.
+fn threads_table(results: &[Value]) -> String {
+    let mut md = String::from(
+        "\nEvery thread count (samples/s; ratios mtl / torch-rechub):\n\n| job | threads | mtl train/s | torch-rechub train/s, end to end | ratio | torch-rechub, model only | mtl inference/s | torch-rechub inference/s, model only | ratio |\n|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in results {
+        let f = |path: &[&str]| at(r, path).as_f64();
+        md += &format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            r["job"].as_str().unwrap_or(""),
+            r["threads"],
+            k(f(&["train_samples_per_sec"])),
+            k(f(&["peer", "train_sps_incl"])),
+            ratio(f(&["train_samples_per_sec"]), f(&["peer", "train_sps_incl"])),
+            k(f(&["peer", "train_sps_excl"])),
+            k(f(&["inference_samples_per_sec"])),
+            k(f(&["peer", "infer_sps_excl"])),
+            ratio(f(&["inference_samples_per_sec"]), f(&["peer", "infer_sps_excl"])),
         );
     }
     md
@@ -505,6 +684,47 @@ mod tests {
                       "infer_sps_excl": train, "peak_rss_mb": 1000.0,
                       "auc_ctr": peer_ctr, "auc_cvr_clicked": 0.6, "auc_ctcvr": 0.7 },
         })
+    }
+
+    #[test]
+    fn each_side_is_compared_at_its_best_thread_count() {
+        // mtl trains 100k/s at 1 thread and 150k/s at 2; the peer 40k/s at 1 thread, 30k/s at 2
+        let mut one = run(2022, 100_000.0, 0.7, 0.7);
+        one["peer"]["train_sps_incl"] = json!(40_000.0);
+        let mut two = run(2022, 150_000.0, 0.8, 0.7);
+        two["peer"]["train_sps_incl"] = json!(30_000.0);
+        let rows = vec![
+            summarise("esmm-example", "esmm", 1, "sparse", vec![one]),
+            summarise("esmm-example", "esmm", 2, "sparse", vec![two]),
+        ];
+        let md = peer_table(&rows);
+        let line = md.lines().find(|l| l.starts_with("| esmm-example |")).unwrap();
+        // 150k / 40k = 3.75 (not 150k / 30k = 5.00); per core 100k / 40k and 200k / 100k
+        assert!(line.contains("| 150.0k (2) | 40.0k (1) | 3.75× |"), "{line}");
+        assert!(line.contains("| 300.0k (2) | 150.0k (2) | 2.00× |"), "{line}");
+        assert!(line.contains("| 2.50×, 2.00× |"), "{line}");
+        assert!(line.contains("ctr 0.800 / 0.700"), "{line}");
+        let md = threads_table(&rows);
+        assert!(
+            md.contains("| esmm-example | 1 | 100.0k | 40.0k | 2.50× |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| esmm-example | 2 | 150.0k | 30.0k | 5.00× |"),
+            "{md}"
+        );
+        let last = at_most_threads(&rows);
+        assert_eq!(last.len(), 1);
+        assert_eq!(last[0]["threads"], json!(2));
+    }
+
+    #[test]
+    fn the_avx512_switches_are_in_the_manifests() {
+        for (manifest, with, without) in AVX512_SWITCHES {
+            let text = std::fs::read_to_string(root().join(manifest)).unwrap();
+            assert_eq!(text.matches(with).count(), 1, "{manifest}");
+            assert!(!text.replace(with, without).contains("x86-v4"), "{manifest}");
+        }
     }
 
     #[test]

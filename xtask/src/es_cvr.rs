@@ -138,6 +138,7 @@ pub fn es_cvr(a: &EsCvrArgs) -> Result<()> {
                             batch: 1024,
                             device: "cpu",
                             epochs: a.epochs,
+                            avx2: false,
                         },
                         &dir.join("peer-logs"),
                     )?;

@@ -109,7 +109,7 @@ pub fn gpu(a: &GpuArgs) -> Result<()> {
         let args = BenchArgs {
             quick: false,
             rows: Some(a.rows),
-            threads: if backend == "flex" { threads } else { 2 },
+            threads: vec![if backend == "flex" { threads } else { 2 }],
             no_micro: true,
             embedding: "sparse".into(),
             peer,
@@ -123,6 +123,7 @@ pub fn gpu(a: &GpuArgs) -> Result<()> {
             embedding_table: table.into(),
             peer_device: "cuda".into(),
             tag: Some(tag.clone()),
+            avx2: false,
         };
         md += &format!("## {backend}, batch {batch}, table on the {table}\n\n");
         match bench(&args) {

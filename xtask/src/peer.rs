@@ -114,6 +114,7 @@ impl Peer {
             batch,
             device,
             epochs,
+            avx2,
         } = job;
         std::fs::create_dir_all(log)?;
         let results = log.join(format!("{model}-{config}.jsonl"));
@@ -150,6 +151,7 @@ impl Peer {
             // on a 2-core machine PyTorch's spinning OpenMP threads make it many times slower
             // under any other load; the peer's README measures with PASSIVE
             .env("OMP_WAIT_POLICY", "PASSIVE")
+            .envs(PEER_AVX2_ENV.iter().copied().filter(|_| avx2))
             .stdout(stdout))?;
         let text =
             std::fs::read_to_string(&results).with_context(|| format!("reading {}", results.display()))?;
@@ -178,7 +180,17 @@ pub struct JobOptions<'a> {
     pub device: &'a str,
     /// Training epochs (more than one: validation AUCs after each, as `val_by_epoch`).
     pub epochs: usize,
+    /// Keep PyTorch to AVX2 (its own kernels, MKL and oneDNN), as on a CPU without AVX-512.
+    pub avx2: bool,
 }
+
+/// The environment that keeps PyTorch's CPU kernels to AVX2: ATen's dispatch, MKL's and
+/// oneDNN's instruction sets.
+pub const PEER_AVX2_ENV: [(&str, &str); 3] = [
+    ("ATEN_CPU_CAPABILITY", "avx2"),
+    ("MKL_ENABLE_INSTRUCTIONS", "AVX2"),
+    ("ONEDNN_MAX_CPU_ISA", "AVX2"),
+];
 
 /// mtl's schema for the peer's files: 10 user and 10 item id fields with the vocabularies in
 /// `synth_ccp_meta.json`, labels `click` and `purchase`.
