@@ -192,6 +192,21 @@ pub enum CatchUpReplay {
     Strided,
 }
 
+/// What the steps did to the host table since it was last asked ([`SparseAdam::take_traffic`]):
+/// the rows they updated and the rows catch-up brought up to date on the way (by a gather or
+/// [`SparseAdam::prepare`]; reading the whole table is not counted).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TableTraffic {
+    /// Steps ended ([`SparseAdam::apply`]).
+    pub steps: u64,
+    /// Row updates by those steps (a row once per step that used it).
+    pub rows_updated: u64,
+    /// Rows brought up to date before a step used them.
+    pub rows_caught_up: u64,
+    /// The steps those rows had missed, summed over the rows.
+    pub missed_steps: u64,
+}
+
 /// The embedding table and its row-wise Adam state.
 pub struct SparseAdam {
     /// Per row: value, first moment, second moment (`3 × dim` floats).
@@ -211,6 +226,8 @@ pub struct SparseAdam {
     average: Option<(Vec<f32>, f32)>,
     /// The plain (non-autodiff) training device, where gathered rows go.
     device: Device,
+    /// What the steps did since [`SparseAdam::take_traffic`] last asked.
+    traffic: TableTraffic,
 }
 
 /// The row-wise Adam update of [`SparseAdam::step`] as one loop, compiled for the widest SIMD
@@ -321,6 +338,7 @@ impl SparseAdam {
             catch_up,
             average,
             device: plain,
+            traffic: TableTraffic::default(),
         })
     }
 
@@ -400,12 +418,19 @@ impl SparseAdam {
                 rows.push((slot, average, &mut last[0]));
             }
         }
+        self.traffic.rows_caught_up += rows.len() as u64;
+        self.traffic.missed_steps += rows.iter().map(|(_, _, last)| time - **last).sum::<u64>();
         match parallel {
             true => rows
                 .par_chunks_mut(REPLAY_CHUNK)
                 .for_each(|chunk| replay.run(chunk)),
             false => replay.run(&mut rows),
         }
+    }
+
+    /// What the steps did to the table since the last call (zero counts afterwards).
+    pub fn take_traffic(&mut self) -> TableTraffic {
+        std::mem::take(&mut self.traffic)
     }
 
     /// Width of a row.
@@ -498,6 +523,8 @@ impl SparseAdam {
             (threshold / (norm + f32::MIN_POSITIVE)).min(1.0)
         });
         let c = self.config.at(self.time);
+        self.traffic.steps += 1;
+        self.traffic.rows_updated += ids.len() as u64;
         let catch_up = self.catch_up.as_mut().map(|state| state.last.as_mut_slice());
         let average = self.average.as_mut().map(|(a, _)| (a.as_mut_slice(), keep));
         let op = RowAdam {
@@ -791,6 +818,14 @@ mod tests {
             let (mut sequential, mut pipelined) = (sparse_table(Some(replay)), sparse_table(Some(replay)));
             train_with(&mut sequential, 1..=300, false);
             train_with(&mut pipelined, 1..=300, true);
+            // the rows brought up to date ahead are counted once, as the gathers count them (the
+            // pipelined run prepared step 301's rows: the sequential one gathers them here)
+            for table in [&mut sequential, &mut pipelined] {
+                drop(table.gather(step_ids(301)));
+            }
+            let traffic = sequential.take_traffic();
+            assert_eq!(pipelined.take_traffic(), traffic);
+            assert!(traffic.rows_caught_up > 0 && traffic.steps == 300);
             let read = |t: Tensor<2>| t.into_data().try_to_vec::<f32>().unwrap();
             assert_eq!(read(pipelined.table()), read(sequential.table()), "{replay:?}");
             assert_eq!(
@@ -801,6 +836,46 @@ mod tests {
             let (m2, v2) = sequential.moments();
             assert_eq!((read(m1), read(v1)), (read(m2), read(v2)));
         }
+    }
+
+    #[test]
+    fn the_traffic_counts_updated_rows_and_the_steps_rows_missed() {
+        let mut table = sparse_table(Some(CatchUpReplay::Exact));
+        let dim = table.dim();
+        let mut step = |ids: Vec<i32>| {
+            let (_, ids) = table.gather(ids);
+            let grad = step_grad(1, ids.len(), dim, table.device());
+            table.step(&ids, grad, 1e-3);
+        };
+        // step 1: rows 0-2, none behind; step 2: row 3 missed step 1; step 3: row 0 missed
+        // step 2, row 3 is current; step 4: row 1 missed steps 2 and 3, row 5 steps 1-3
+        step(vec![0, 1, 2]);
+        step(vec![2, 3]);
+        step(vec![0, 3]);
+        step(vec![1, 5]);
+        let want = TableTraffic {
+            steps: 4,
+            rows_updated: 9,
+            rows_caught_up: 4,
+            missed_steps: 1 + 1 + 2 + 3,
+        };
+        assert_eq!(table.take_traffic(), want);
+        assert_eq!(table.take_traffic(), TableTraffic::default());
+        // reading the whole table is not a step's traffic
+        table.catch_up();
+        assert_eq!(table.take_traffic(), TableTraffic::default());
+        // frozen rows are never brought up to date
+        let mut frozen = sparse_table(None);
+        for ids in [vec![0, 1], vec![2], vec![0, 2]] {
+            let (_, ids) = frozen.gather(ids);
+            let grad = step_grad(1, ids.len(), dim, frozen.device());
+            frozen.step(&ids, grad, 1e-3);
+        }
+        let t = frozen.take_traffic();
+        assert_eq!(
+            (t.steps, t.rows_updated, t.rows_caught_up, t.missed_steps),
+            (3, 5, 0, 0)
+        );
     }
 
     /// [`train`] 300 steps with a full catch-up (as an evaluation does) after step 150;

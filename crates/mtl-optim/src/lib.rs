@@ -28,5 +28,5 @@ mod row_adam;
 pub use average::Average;
 pub use device_table::DeviceAdam;
 pub use error::OptimError;
-pub use host_table::{CatchUpReplay, SparseAdam, SparseAdamConfig};
+pub use host_table::{CatchUpReplay, SparseAdam, SparseAdamConfig, TableTraffic};
 pub use row_adam::{RowAdamConfig, average_keep};

@@ -133,6 +133,19 @@ fn train_eval_predict_agree() {
     let metrics: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("metrics.json")).unwrap()).unwrap();
     assert_eq!(metrics["history"].as_array().unwrap().len(), 1);
+    // the host table's traffic: a batch's distinct rows updated, those behind brought up to date
+    let table = summary
+        .embedding_table
+        .expect("a row-sparse host run reports its table");
+    assert_eq!(
+        metrics["embedding_table"]["rows_updated_per_step"],
+        table.rows_updated_per_step
+    );
+    assert!(table.rows_updated_per_step > 0.0);
+    assert!(
+        table.rows_caught_up_per_step > 0.0 && table.rows_caught_up_per_step < table.rows_updated_per_step
+    );
+    assert!(table.missed_steps_per_row >= 1.0 && table.missed_steps_per_row < summary.steps as f64);
     // one evaluation: the curve says its values rather than drawing a line of one point
     let curve = std::fs::read_to_string(out.join("curve.svg")).unwrap();
     assert!(
@@ -330,8 +343,10 @@ fn interrupted_run_resumes_to_the_same_weights() {
         .fold(0.0f32, f32::max);
     // bit-identical: same batches, same optimiser state, BatchNorm statistics included
     assert!(max_diff == 0.0, "resumed weights differ by up to {max_diff}");
-    // same seed → same metrics
+    // same seed → same metrics, and the same table traffic counted over the three invocations
     assert_eq!(a.history.last().unwrap().valid, d.history.last().unwrap().valid);
+    assert!(a.embedding_table.is_some());
+    assert_eq!(a.embedding_table, d.embedding_table);
     // resuming a finished run is refused
     let err = mtl_trainer::train::<Models>(None, &part, true, &TrainOptions::default())
         .err()

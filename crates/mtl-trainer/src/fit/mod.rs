@@ -156,6 +156,9 @@ fn take_step<M: MultiTaskModel>(
     if stepper.row_sparse() {
         state.sparse_time = stepper.sparse_time();
     }
+    if let Some(t) = stepper.take_table_traffic() {
+        state.table_traffic.add(t);
+    }
     state.weighting = stepper.weighting_state();
     state.count_step(losses.rows, &losses, batches);
     let traffic = group.take_traffic();

@@ -100,6 +100,32 @@ pub struct TrainState {
     /// evaluation.
     #[serde(default, skip_serializing_if = "is_zero_traffic")]
     pub pending_comm: (f64, f64, f64),
+    /// The row-sparse host table's traffic over the whole run (this rank's).
+    #[serde(default)]
+    pub table_traffic: TableCounts,
+}
+
+/// The row-sparse host table's traffic ([`mtl_optim::TableTraffic`]) summed over a run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableCounts {
+    /// Row-wise steps taken.
+    pub steps: u64,
+    /// Row updates by those steps.
+    pub rows_updated: u64,
+    /// Rows brought up to date before a step used them.
+    pub rows_caught_up: u64,
+    /// The steps those rows had missed, summed.
+    pub missed_steps: u64,
+}
+
+impl TableCounts {
+    /// Adds one stretch of steps' traffic.
+    pub fn add(&mut self, t: mtl_optim::TableTraffic) {
+        self.steps += t.steps;
+        self.rows_updated += t.rows_updated;
+        self.rows_caught_up += t.rows_caught_up;
+        self.missed_steps += t.missed_steps;
+    }
 }
 
 fn is_zero(x: &f64) -> bool {

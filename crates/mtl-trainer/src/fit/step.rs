@@ -399,6 +399,14 @@ impl Stepper {
         self.table.is_some()
     }
 
+    /// What the host table's steps did since the last call (`None` without a host table).
+    pub fn take_table_traffic(&mut self) -> Option<mtl_optim::TableTraffic> {
+        match self.table.as_mut().map(|t| &mut t.adam) {
+            Some(Store::Host(a)) => Some(a.take_traffic()),
+            _ => None,
+        }
+    }
+
     /// Steps of the row-sparse optimiser so far (0 without one).
     pub fn sparse_time(&self) -> usize {
         self.table.as_ref().map_or(0, |t| t.adam.time())

@@ -14,7 +14,7 @@ use mtl_eval::metrics::metrics_block;
 use serde::{Deserialize, Serialize};
 
 use crate::fit::collective::Group;
-use crate::fit::state::EvalRecord;
+use crate::fit::state::{EvalRecord, TableCounts};
 
 mod curve;
 mod eval;
@@ -113,6 +113,32 @@ pub struct TrainSummary {
     /// Over several ranks: the fraction of rank 0's training time spent in collectives.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comm_fraction: Option<f64>,
+    /// With the row-sparse host table: what its steps did, per step (rank 0's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedding_table: Option<TableReport>,
+}
+
+/// The row-sparse host table's work per step over a run: rows updated and rows brought up to
+/// date (what a step's time beside the dense passes is made of).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct TableReport {
+    /// Rows a step updated (the batch's distinct rows), on average.
+    pub rows_updated_per_step: f64,
+    /// Rows brought up to date per step: the batch's rows that had missed steps.
+    pub rows_caught_up_per_step: f64,
+    /// The steps such a row had missed, on average.
+    pub missed_steps_per_row: f64,
+}
+
+impl TableReport {
+    /// The report of a run's counts (`None` before its first row-wise step).
+    pub fn of(c: &TableCounts) -> Option<Self> {
+        (c.steps > 0).then(|| Self {
+            rows_updated_per_step: c.rows_updated as f64 / c.steps as f64,
+            rows_caught_up_per_step: c.rows_caught_up as f64 / c.steps as f64,
+            missed_steps_per_row: c.missed_steps as f64 / c.rows_caught_up.max(1) as f64,
+        })
+    }
 }
 
 /// Peak resident set size of this process in MB (`VmHWM`), where the OS reports it.
@@ -175,6 +201,21 @@ impl std::fmt::Display for TrainSummary {
             "time spent building batches: {:.1} % of training",
             100.0 * self.data_wait_fraction
         )?;
+        if let Some(t) = self.embedding_table {
+            write!(
+                f,
+                "embedding table per step: {:.0} rows updated",
+                t.rows_updated_per_step
+            )?;
+            match t.rows_caught_up_per_step > 0.0 {
+                true => writeln!(
+                    f,
+                    ", {:.0} brought up to date ({:.1} missed steps each)",
+                    t.rows_caught_up_per_step, t.missed_steps_per_row
+                )?,
+                false => writeln!(f)?,
+            }
+        }
         if let Some(i) = self.inference_samples_per_sec {
             writeln!(f, "inference on the test file: {i:.0} samples/s")?;
         }

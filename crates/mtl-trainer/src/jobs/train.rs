@@ -22,7 +22,7 @@ use crate::fit::shards::Shards;
 use crate::fit::state::{DataFile, FitOptions, TrainState};
 use crate::fit::{fit, optimizer};
 use crate::jobs::model_dir::{RunLock, load_dir_config, mark_finished, save_dir_config};
-use crate::jobs::{TrainOptions, TrainSummary, curve, memory, peak_rss_mb};
+use crate::jobs::{TableReport, TrainOptions, TrainSummary, curve, memory, peak_rss_mb};
 use crate::{Registry, TrainError, crash_point};
 
 /// A checkpoint to resume: its state, and its model and optimiser files.
@@ -1075,6 +1075,7 @@ impl<R: Registry> TrainJob<'_, R> {
             }),
             gates,
             dead_experts,
+            embedding_table: TableReport::of(&state.table_traffic),
         }
     }
 
