@@ -154,7 +154,7 @@ pub struct TrainSettings {
     pub untouched_rows: Option<UntouchedRows>,
     /// Bring the next batch's table rows up to date on a second thread while a step's forward
     /// and backward passes run (the host table catching up, one process; the same floats as
-    /// without). Left out: with more than one thread, the first 70 steps try both ways and the
+    /// without). Left out: with more than one thread, the first 100 steps try both ways and the
     /// rest take the faster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pipeline: Option<bool>,

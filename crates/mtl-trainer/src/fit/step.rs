@@ -253,15 +253,22 @@ enum Pipeline {
 }
 
 impl Pipeline {
-    /// Steps a trial leaves untimed (warming up), then times pipelined, then sequential.
-    const WARM: usize = 10;
-    const TIMED: usize = 30;
+    /// A trial takes its steps in blocks of this many; a block's first step is not timed (it
+    /// pays or profits from the other way's last step: a pipelined step prepares the next
+    /// batch's rows, a sequential one does not).
+    const BLOCK: usize = 10;
+    /// The ways of a trial's blocks (pipelined `true`): one of each untimed (warming up), then
+    /// four of each timed in the order A B B A B A A B, so that steps growing faster as the run
+    /// warms up (a drift close to linear or quadratic) favour neither way.
+    const ORDER: [bool; 10] = [true, false, true, false, false, true, false, true, true, false];
+    /// Steps a trial leaves untimed (its first two blocks).
+    const WARM: usize = 2 * Self::BLOCK;
 
     fn on(self) -> bool {
         match self {
             Self::Off => false,
             Self::On => true,
-            Self::Trial { steps, .. } => steps < Self::WARM + Self::TIMED,
+            Self::Trial { steps, .. } => Self::ORDER[(steps / Self::BLOCK).min(Self::ORDER.len() - 1)],
         }
     }
 
@@ -270,13 +277,18 @@ impl Pipeline {
         let Self::Trial { steps, secs: mut by } = self else {
             return self;
         };
-        match steps {
-            s if s < Self::WARM => {}
-            s if s < Self::WARM + Self::TIMED => by[0] += secs,
-            _ => by[1] += secs,
+        if steps >= Self::WARM && !steps.is_multiple_of(Self::BLOCK) {
+            by[usize::from(!self.on())] += secs;
         }
-        if steps + 1 == Self::WARM + 2 * Self::TIMED {
-            return if by[0] < by[1] { Self::On } else { Self::Off };
+        if steps + 1 == Self::ORDER.len() * Self::BLOCK {
+            let on = by[0] < by[1];
+            tracing::info!(
+                pipelined_secs = by[0],
+                sequential_secs = by[1],
+                "pipelining trial: the {} way is faster",
+                if on { "pipelined" } else { "sequential" }
+            );
+            return if on { Self::On } else { Self::Off };
         }
         Self::Trial {
             steps: steps + 1,
@@ -488,7 +500,7 @@ impl Stepper {
 
     /// Whether the next step brings the following batch's rows up to date on a second thread
     /// while its forward and backward passes run (`train.pipeline`; by default, with more than
-    /// one thread, a host table that catches up and one process, the first 70 steps try both
+    /// one thread, a host table that catches up and one process, the first 100 steps try both
     /// ways — the same floats either way — and the rest take the faster).
     pub fn pipelines(&self) -> bool {
         self.pipeline.on()
@@ -726,31 +738,54 @@ mod tests {
 
     #[test]
     fn a_pipelining_trial_keeps_the_faster_way() {
-        let trial = |pipelined: f64, sequential: f64| {
+        // runs a trial whose step `i` costs `cost(i, pipelined, previous step pipelined)`
+        let trial = |cost: &dyn Fn(usize, bool, bool) -> f64| {
             let mut p = Pipeline::Trial {
                 steps: 0,
                 secs: [0.0; 2],
             };
-            let mut ways = Vec::new();
+            let mut ways: Vec<bool> = Vec::new();
             while let Pipeline::Trial { .. } = p {
-                let on = p.on();
+                let (on, before) = (p.on(), ways.last().copied().unwrap_or(true));
+                p = p.record(cost(ways.len(), on, before));
                 ways.push(on);
-                // warm-up steps are slow and must not count
-                let secs = if ways.len() <= Pipeline::WARM {
-                    9.0
-                } else if on {
-                    pipelined
-                } else {
-                    sequential
-                };
-                p = p.record(secs);
             }
-            let pipelined_steps = ways.iter().filter(|&&on| on).count();
-            assert_eq!((ways.len(), pipelined_steps), (70, 40));
+            // blocks of 10, pipelined first: 50 steps each way
+            assert_eq!(ways.len(), 100);
+            assert_eq!(ways.iter().filter(|&&on| on).count(), 50);
+            assert!(ways[..10].iter().all(|&on| on) && ways[10..20].iter().all(|&on| !on));
+            assert!(ways[90..].iter().all(|&on| !on));
             p
         };
-        assert_eq!(trial(1.0, 2.0), Pipeline::On);
-        assert_eq!(trial(2.0, 1.0), Pipeline::Off);
+        // warm-up steps are slow and must not count
+        let plain = |pipelined: f64, sequential: f64| {
+            move |i: usize, on: bool, _: bool| match (i < Pipeline::WARM, on) {
+                (true, _) => 9.0,
+                (false, true) => pipelined,
+                (false, false) => sequential,
+            }
+        };
+        assert_eq!(trial(&plain(1.0, 2.0)), Pipeline::On);
+        assert_eq!(trial(&plain(2.0, 1.0)), Pipeline::Off);
+        // a cold start (steps 5× slower at first, 1 + 4 e^(−i/30)) weighs on both ways alike:
+        // the way 10 % faster wins either way round (timing 30 steps of one way, then 30 of the
+        // other, picks the second in both cases)
+        let cold = |faster: bool| {
+            move |i: usize, on: bool, _: bool| {
+                (1.0 + 4.0 * (-(i as f64) / 30.0).exp()) * if on == faster { 1.0 } else { 1.1 }
+            }
+        };
+        assert_eq!(trial(&cold(true)), Pipeline::On);
+        assert_eq!(trial(&cold(false)), Pipeline::Off);
+        // a pipelined step after a sequential one replays its own rows (slow), a sequential one
+        // after a pipelined one finds them prepared (fast): those steps are not timed
+        let switching = |_: usize, on: bool, before: bool| match (on, before) {
+            (true, false) => 5.0,
+            (false, true) => 0.1,
+            (true, true) => 1.0,
+            (false, false) => 1.2,
+        };
+        assert_eq!(trial(&switching), Pipeline::On);
         // a fixed way stays
         assert_eq!(Pipeline::On.record(5.0), Pipeline::On);
         assert!(!Pipeline::Off.record(5.0).on());
