@@ -152,8 +152,8 @@ impl<'a> Replay<'a> {
     }
 
     /// Replays the rows of a block of the table (`3 × dim` floats, up-to-date step and
-    /// average per row) that are behind.
-    fn block(&self, floats: &mut [f32], lasts: &mut [u64], averages: Option<&mut [f32]>) {
+    /// average per row) that are behind; returns how many were, and the steps they missed.
+    fn block(&self, floats: &mut [f32], lasts: &mut [u64], averages: Option<&mut [f32]>) -> (u64, u64) {
         let d = self.dim;
         let mut averages = averages.map(|a| a.chunks_exact_mut(d));
         let mut rows: Vec<ReplayRow<'_>> = Vec::with_capacity(lasts.len());
@@ -163,7 +163,9 @@ impl<'a> Replay<'a> {
                 rows.push((slot, average, last));
             }
         }
+        let missed = rows.iter().map(|(_, _, last)| self.time - **last).sum();
         self.run(&mut rows);
+        (rows.len() as u64, missed)
     }
 }
 
@@ -194,7 +196,9 @@ pub enum CatchUpReplay {
 
 /// What the steps did to the host table since it was last asked ([`SparseAdam::take_traffic`]):
 /// the rows they updated and the rows catch-up brought up to date on the way (by a gather or
-/// [`SparseAdam::prepare`]; reading the whole table is not counted).
+/// [`SparseAdam::prepare`]), and apart from those the rows [`SparseAdam::catch_up`] brought up
+/// to date (where the whole table was read). Every row's replay is counted once, so the sums
+/// of both kinds do not depend on which rows a pipelined step prepared ahead.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TableTraffic {
     /// Steps ended ([`SparseAdam::apply`]).
@@ -205,6 +209,10 @@ pub struct TableTraffic {
     pub rows_caught_up: u64,
     /// The steps those rows had missed, summed over the rows.
     pub missed_steps: u64,
+    /// Rows brought up to date by [`SparseAdam::catch_up`].
+    pub rows_caught_up_whole: u64,
+    /// The steps those rows had missed, summed.
+    pub missed_steps_whole: u64,
 }
 
 /// The embedding table and its row-wise Adam state.
@@ -384,12 +392,18 @@ impl SparseAdam {
             let blocks = floats
                 .par_chunks_mut(3 * d * REPLAY_CHUNK)
                 .zip(lasts.par_chunks_mut(REPLAY_CHUNK));
-            match averages {
+            let add = |a: (u64, u64), b: (u64, u64)| (a.0 + b.0, a.1 + b.1);
+            let (rows, missed) = match averages {
                 Some(a) => blocks
                     .zip(a.par_chunks_mut(d * REPLAY_CHUNK))
-                    .for_each(|((f, l), a)| replay.block(f, l, Some(a))),
-                None => blocks.for_each(|(f, l)| replay.block(f, l, None)),
-            }
+                    .map(|((f, l), a)| replay.block(f, l, Some(a)))
+                    .reduce(|| (0, 0), add),
+                None => blocks
+                    .map(|(f, l)| replay.block(f, l, None))
+                    .reduce(|| (0, 0), add),
+            };
+            self.traffic.rows_caught_up_whole += rows;
+            self.traffic.missed_steps_whole += missed;
             return;
         };
         let mut rows: Vec<ReplayRow<'_>> = Vec::new();
@@ -826,6 +840,26 @@ mod tests {
             let traffic = sequential.take_traffic();
             assert_eq!(pipelined.take_traffic(), traffic);
             assert!(traffic.rows_caught_up > 0 && traffic.steps == 300);
+            // rows prepared ahead of a whole-table read are counted there by the other run:
+            // the sums of both kinds agree
+            train_with(&mut sequential, 302..=310, false);
+            train_with(&mut pipelined, 302..=310, true);
+            let whole = |t: &mut SparseAdam| {
+                t.catch_up();
+                t.take_traffic()
+            };
+            let (s, p) = (whole(&mut sequential), whole(&mut pipelined));
+            assert_ne!(s.rows_caught_up, p.rows_caught_up);
+            assert_eq!(
+                (
+                    s.rows_caught_up + s.rows_caught_up_whole,
+                    s.missed_steps + s.missed_steps_whole
+                ),
+                (
+                    p.rows_caught_up + p.rows_caught_up_whole,
+                    p.missed_steps + p.missed_steps_whole
+                )
+            );
             let read = |t: Tensor<2>| t.into_data().try_to_vec::<f32>().unwrap();
             assert_eq!(read(pipelined.table()), read(sequential.table()), "{replay:?}");
             assert_eq!(
@@ -858,12 +892,19 @@ mod tests {
             rows_updated: 9,
             rows_caught_up: 4,
             missed_steps: 1 + 1 + 2 + 3,
+            ..TableTraffic::default()
         };
         assert_eq!(table.take_traffic(), want);
         assert_eq!(table.take_traffic(), TableTraffic::default());
-        // reading the whole table is not a step's traffic
+        // reading the whole table counts apart: of 400 rows, 395 were never used (4 missed
+        // steps each), row 0 is one step behind, row 2 two, row 3 one; rows 1 and 5 are current
         table.catch_up();
-        assert_eq!(table.take_traffic(), TableTraffic::default());
+        let whole = TableTraffic {
+            rows_caught_up_whole: 395 + 3,
+            missed_steps_whole: 395 * 4 + 1 + 2 + 1,
+            ..TableTraffic::default()
+        };
+        assert_eq!(table.take_traffic(), whole);
         // frozen rows are never brought up to date
         let mut frozen = sparse_table(None);
         for ids in [vec![0, 1], vec![2], vec![0, 2]] {

@@ -51,7 +51,7 @@ pub use fit::collective::Group;
 pub use fit::state::{DataFile, EvalRecord, TrainState};
 pub use fit::weighting::{Weighting, WeightingState};
 pub use jobs::{
-    Counting, Predictions, TrainOptions, TrainSummary, eval_file, eval_file_grouped, eval_input,
+    Counting, Predictions, TableReport, TrainOptions, TrainSummary, eval_file, eval_file_grouped, eval_input,
     predict_file, predict_input, train,
 };
 pub use mtl_layers::registry::{Registry, WithModel, example_model, parse_model};

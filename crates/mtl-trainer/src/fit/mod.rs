@@ -156,9 +156,7 @@ fn take_step<M: MultiTaskModel>(
     if stepper.row_sparse() {
         state.sparse_time = stepper.sparse_time();
     }
-    if let Some(t) = stepper.take_table_traffic() {
-        state.table_traffic.add(t);
-    }
+    count_table_traffic(stepper, state);
     state.weighting = stepper.weighting_state();
     state.count_step(losses.rows, &losses, batches);
     let traffic = group.take_traffic();
@@ -166,6 +164,13 @@ fn take_step<M: MultiTaskModel>(
     state.pending_comm.1 += traffic.reduced as f64;
     state.pending_comm.2 += traffic.gathered as f64;
     Ok((model, losses))
+}
+
+/// Adds what the host table did since the last count to `state`'s run-long counts.
+fn count_table_traffic(stepper: &mut Stepper, state: &mut TrainState) {
+    if let Some(t) = stepper.take_table_traffic() {
+        state.table_traffic.add(t);
+    }
 }
 
 /// Sets up the stepper of a fit from `state`: a resumed row-sparse run takes its table's
@@ -288,6 +293,7 @@ pub fn fit<'t, M: MultiTaskModel>(
             let mut averaged = None;
             if eval_due || ends || checkpoint || limit {
                 (model, averaged) = stepper.whole(model, eval_due || ends);
+                count_table_traffic(&mut stepper, &mut state);
             }
             if eval_due {
                 // the weight average, when kept, is the model evaluated (and kept as the best)

@@ -116,6 +116,12 @@ pub struct TableCounts {
     pub rows_caught_up: u64,
     /// The steps those rows had missed, summed.
     pub missed_steps: u64,
+    /// Rows brought up to date where the whole table was read (evaluations, the end).
+    #[serde(default)]
+    pub rows_caught_up_whole: u64,
+    /// The steps those rows had missed, summed.
+    #[serde(default)]
+    pub missed_steps_whole: u64,
 }
 
 impl TableCounts {
@@ -125,6 +131,8 @@ impl TableCounts {
         self.rows_updated += t.rows_updated;
         self.rows_caught_up += t.rows_caught_up;
         self.missed_steps += t.missed_steps;
+        self.rows_caught_up_whole += t.rows_caught_up_whole;
+        self.missed_steps_whole += t.missed_steps_whole;
     }
 }
 

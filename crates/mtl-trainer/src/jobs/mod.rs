@@ -128,6 +128,11 @@ pub struct TableReport {
     pub rows_caught_up_per_step: f64,
     /// The steps such a row had missed, on average.
     pub missed_steps_per_row: f64,
+    /// Rows brought up to date, apart from those, where the whole table was read (evaluations,
+    /// the end), over the run. The rows a pipelined step brought up to date ahead of such a
+    /// read are counted per step instead, so `rows_caught_up_per_step × steps` plus this is
+    /// what does not depend on pipelining.
+    pub rows_caught_up_whole: u64,
 }
 
 impl TableReport {
@@ -137,6 +142,7 @@ impl TableReport {
             rows_updated_per_step: c.rows_updated as f64 / c.steps as f64,
             rows_caught_up_per_step: c.rows_caught_up as f64 / c.steps as f64,
             missed_steps_per_row: c.missed_steps as f64 / c.rows_caught_up.max(1) as f64,
+            rows_caught_up_whole: c.rows_caught_up_whole,
         })
     }
 }
