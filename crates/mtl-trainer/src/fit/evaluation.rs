@@ -34,7 +34,28 @@ pub(crate) struct Evaluator<'a> {
     pub loss_names: Vec<String>,
 }
 
-impl Evaluator<'_> {
+impl<'a> Evaluator<'a> {
+    /// The evaluations of a fit of `model` on `valid` (rows laid out by `layout`; `device` the
+    /// autodiff training device, whose plain device the evaluations run on).
+    pub fn new<M: MultiTaskModel>(
+        model: &M,
+        valid: Option<&'a EncodedData>,
+        layout: &'a TableLayout,
+        device: &Device,
+        settings: &'a TrainSettings,
+        options: &'a FitOptions,
+    ) -> Self {
+        Self {
+            valid,
+            layout,
+            device: device.clone().without_autodiff(),
+            settings,
+            options,
+            outputs: model.outputs(),
+            loss_names: model.loss_names(),
+        }
+    }
+
     /// Evaluates `model` (with the learned loss weights and GradNorm's gradient norms now, to
     /// record), appends the record to `state.history`, resets the running sums,
     /// and updates early stopping (saving `best.bpk` on an improvement). `clock` has run

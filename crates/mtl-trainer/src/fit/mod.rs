@@ -231,15 +231,7 @@ pub fn fit<'t, M: MultiTaskModel>(
     options: &FitOptions,
     mut state: TrainState,
 ) -> Result<FitOutcome<M>, TrainError> {
-    let eval = Evaluator {
-        valid,
-        layout,
-        device: device.clone().without_autodiff(),
-        settings,
-        options,
-        outputs: model.outputs(),
-        loss_names: model.loss_names(),
-    };
+    let eval = Evaluator::new(&model, valid, layout, device, settings, options);
     if state.pending.2.is_empty() {
         state.pending.2 = vec![0.0; eval.loss_names.len()];
     }
