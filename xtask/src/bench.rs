@@ -415,8 +415,13 @@ fn by_job(results: &[Value]) -> Vec<(&str, Vec<&Value>)> {
 fn at_most_threads(results: &[Value]) -> Vec<Value> {
     by_job(results)
         .into_iter()
-        .filter_map(|(_, rows)| rows.into_iter().max_by_key(|r| r["threads"].as_u64()).cloned())
+        .filter_map(|(_, rows)| most_threads(&rows).cloned())
         .collect()
+}
+
+/// A job's row at its largest thread count.
+fn most_threads<'a>(rows: &[&'a Value]) -> Option<&'a Value> {
+    rows.iter().max_by_key(|r| r["threads"].as_u64()).copied()
 }
 
 /// The largest number at `path` over a job's rows, with the thread count that gave it.
@@ -613,11 +618,7 @@ fn peer_table(results: &[Value]) -> String {
         // memory at the thread count of each side's best training speed
         let rss = train.and_then(|(_, t)| at_threads(&rows, &["peak_rss_mb"], t));
         let p_rss = p_incl.and_then(|(_, t)| at_threads(&rows, &["peer", "peak_rss_mb"], t));
-        let last = rows
-            .iter()
-            .max_by_key(|r| r["threads"].as_u64())
-            .copied()
-            .unwrap_or(&Value::Null);
+        let last = most_threads(&rows).unwrap_or(&Value::Null);
         let aucs = peer_aucs(model)
             .iter()
             .map(|(out, key)| {

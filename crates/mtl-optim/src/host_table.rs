@@ -163,8 +163,14 @@ impl<'a> Replay<'a> {
                 rows.push((slot, average, last));
             }
         }
-        let missed = rows.iter().map(|(_, _, last)| self.time - **last).sum();
+        let behind = self.behind(&rows);
         self.run(&mut rows);
+        behind
+    }
+
+    /// How many of `rows` there are, and the steps they missed: what replaying them does.
+    fn behind(&self, rows: &[ReplayRow<'_>]) -> (u64, u64) {
+        let missed = rows.iter().map(|(_, _, last)| self.time - **last).sum();
         (rows.len() as u64, missed)
     }
 }
@@ -432,8 +438,9 @@ impl SparseAdam {
                 rows.push((slot, average, &mut last[0]));
             }
         }
-        self.traffic.rows_caught_up += rows.len() as u64;
-        self.traffic.missed_steps += rows.iter().map(|(_, _, last)| time - **last).sum::<u64>();
+        let (behind, missed) = replay.behind(&rows);
+        self.traffic.rows_caught_up += behind;
+        self.traffic.missed_steps += missed;
         match parallel {
             true => rows
                 .par_chunks_mut(REPLAY_CHUNK)
