@@ -134,10 +134,11 @@ fn progress_line(pb: &ProgressBar) -> String {
     )
 }
 
-/// The model a fit hands back: the whole table in, and the weight average's values when the
-/// run keeps one.
-fn finished<M: MultiTaskModel>(stepper: &mut Stepper, model: M) -> M {
+/// The model a fit hands back: the whole table in (its catch-up counted in `state`), and the
+/// weight average's values when the run keeps one.
+fn finished<M: MultiTaskModel>(stepper: &mut Stepper, model: M, state: &mut TrainState) -> M {
     let (model, averaged) = stepper.whole(model, true);
+    count_table_traffic(stepper, state);
     averaged.unwrap_or(model)
 }
 
@@ -238,10 +239,8 @@ pub fn fit<'t, M: MultiTaskModel>(
     let (model, mut stepper) = stepper_for(model, optim, layout, settings, device, options, &state)?;
     // a resumed run may have nothing left: trained already, or at its step limit
     if state.trained || settings.max_steps.is_some_and(|m| state.global_step >= m) {
-        return Ok(FitOutcome {
-            model: finished(&mut stepper, model),
-            state,
-        });
+        let model = finished(&mut stepper, model, &mut state);
+        return Ok(FitOutcome { model, state });
     }
     let share = (options.group.rank(), options.group.size());
     let train: TrainRows<'t> = train.into();
@@ -257,7 +256,7 @@ pub fn fit<'t, M: MultiTaskModel>(
             let data_clock = Instant::now();
             let Some(batch) = feed.take(stepper.pipelines()) else {
                 // the loader ran out: nothing was left of the run
-                return Ok(finished(&mut stepper, model));
+                return Ok(finished(&mut stepper, model, &mut state));
             };
             let batch = batch?;
             state.pending_data_secs += data_clock.elapsed().as_secs_f64();
