@@ -27,6 +27,10 @@
 //! 1, L2 and decoupled decay, with and without the average): within 2e-3 of the row's largest
 //! value over the gap (typically 1e-5), and exactly the same floats where the gap is at most
 //! [`EXACT_STEPS`].
+//!
+//! Rows are replayed in groups ([`ReplayRows`]): each group's cache lines are read first, so
+//! that their misses overlap, and their exact steps are taken a few rows side by side, so that
+//! one row's chain of dependent operations does not leave the CPU waiting.
 
 use crate::row_adam::StepConstants;
 
@@ -87,20 +91,145 @@ impl pulp::WithSimd for ReplayRows<'_, '_> {
     type Output = ();
 
     #[inline(always)]
-    fn with_simd<S: pulp::Simd>(self, _simd: S) {
+    fn with_simd<S: pulp::Simd>(mut self, _simd: S) {
+        let rows = std::mem::take(&mut self.rows);
+        for rows in rows.chunks_mut(TOUCH_AHEAD) {
+            touch(rows);
+            self.replay(rows);
+        }
+    }
+}
+
+/// Rows whose memory is read ahead of their replay at a time: the table's rows lie far apart,
+/// and the replay's chain of dependent operations keeps the CPU from reaching the next row's
+/// loads on its own, so each row would wait for its cache misses in turn.
+const TOUCH_AHEAD: usize = 32;
+
+/// Reads every cache line of `rows` (their floats and averages), with loads that do not depend
+/// on each other, so that their misses overlap.
+#[inline(always)]
+fn touch(rows: &[ReplayRow<'_>]) {
+    let mut sum = 0u32;
+    for (slot, average, _) in rows {
+        let line = |x: &[f32]| {
+            x.iter()
+                .step_by(16)
+                .chain(x.last())
+                .fold(0u32, |s, f| s.wrapping_add(f.to_bits()))
+        };
+        sum = sum.wrapping_add(line(slot));
+        if let Some(a) = average {
+            sum = sum.wrapping_add(line(a));
+        }
+    }
+    std::hint::black_box(sum);
+}
+
+impl ReplayRows<'_, '_> {
+    /// Replays `rows`: their exact steps [`PACK`] rows side by side ([`replay_packed`]), then
+    /// each row's strides.
+    #[inline(always)]
+    fn replay(&self, rows: &mut [ReplayRow<'_>]) {
         let d = self.dim;
-        for (slot, average, last) in self.rows.iter_mut() {
+        let mut pending = Vec::with_capacity(rows.len());
+        for (slot, average, last) in rows.iter_mut() {
             let (w, moments) = slot.split_at_mut(d);
             let (m, v) = moments.split_at_mut(d);
             let missed = &self.steps[(**last - self.base) as usize..];
+            let unused_since_base = **last == self.base;
+            **last = self.time;
             match self.strided {
-                Some(fresh) if **last == self.base && FreshMap::fits(w, m, v) => {
+                Some(fresh) if unused_since_base && FreshMap::fits(w, m, v) => {
                     fresh.get().apply(w, m, v, average.as_deref_mut());
                 }
-                Some(_) => replay_strided(w, m, v, average.as_deref_mut(), missed, self.betas),
-                None => replay(w, m, v, average.as_deref_mut(), missed, self.betas),
+                Some(_) => pending.push(Pending::strided(w, m, v, average.as_deref_mut(), missed)),
+                None => pending.push(Pending::exact(w, m, v, average.as_deref_mut(), missed)),
             }
-            **last = self.time;
+        }
+        replay_packed(&mut pending, self.betas);
+        for row in pending.iter_mut().filter(|row| row.exact < row.missed.len()) {
+            strides(row, self.betas);
+        }
+    }
+}
+
+/// A row being replayed: its value, moments and average, the steps it missed, and how many
+/// of them are replayed exactly.
+struct Pending<'r, 's> {
+    w: &'r mut [f32],
+    m: &'r mut [f32],
+    v: &'r mut [f32],
+    average: Option<&'r mut [f32]>,
+    missed: &'s [Missed],
+    exact: usize,
+    /// The row's largest `|w|` before the replay, where strides follow ([`SETTLED`]).
+    scale: f32,
+}
+
+impl<'r, 's> Pending<'r, 's> {
+    /// Every missed step to be replayed exactly.
+    #[inline(always)]
+    fn exact(
+        w: &'r mut [f32],
+        m: &'r mut [f32],
+        v: &'r mut [f32],
+        average: Option<&'r mut [f32]>,
+        missed: &'s [Missed],
+    ) -> Self {
+        let exact = missed.len();
+        Self {
+            w,
+            m,
+            v,
+            average,
+            missed,
+            exact,
+            scale: 0.0,
+        }
+    }
+
+    /// The first [`EXACT_STEPS`] missed steps exactly, the rest in strides.
+    #[inline(always)]
+    fn strided(
+        w: &'r mut [f32],
+        m: &'r mut [f32],
+        v: &'r mut [f32],
+        average: Option<&'r mut [f32]>,
+        missed: &'s [Missed],
+    ) -> Self {
+        let exact = missed.len().min(EXACT_STEPS);
+        let scale = if exact < missed.len() { largest(w) } else { 0.0 };
+        Self {
+            w,
+            m,
+            v,
+            average,
+            missed,
+            exact,
+            scale,
+        }
+    }
+}
+
+/// Rows whose exact steps [`replay_packed`] takes side by side.
+const PACK: usize = 4;
+
+/// The exact steps of `rows`, [`PACK`] rows at a time step by step: one row's step is a chain
+/// of dependent operations (a square root and a division among them) that leaves the CPU
+/// waiting; the steps of other rows fill the wait. Each row gets the operations [`replay`]
+/// does, in its order, so the same floats.
+#[inline(always)]
+fn replay_packed(rows: &mut [Pending<'_, '_>], k: Betas) {
+    for pack in rows.chunks_mut(PACK) {
+        let longest = pack.iter().map(|row| row.exact).max().unwrap_or(0);
+        for j in 0..longest {
+            for row in pack.iter_mut().filter(|row| j < row.exact) {
+                let s = &row.missed[j];
+                step(row.w, row.m, row.v, s, k);
+                if let Some(a) = row.average.as_deref_mut() {
+                    average_row(a, row.w, s.keep);
+                }
+            }
         }
     }
 }
@@ -288,17 +417,23 @@ pub(crate) fn replay(
     k: Betas,
 ) {
     for s in missed {
-        for ((w, m), v) in w.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()) {
-            // the same operations as a touched row's with g = 0 (0 · coef + w · wd = w · wd)
-            let g = 0.0 + *w * k.wd_grad;
-            *m = *m * k.b1 + g * (1.0 - k.b1);
-            *v = *v * k.b2 + g * g * (1.0 - k.b2);
-            let update = *m * s.factor / (v.sqrt() + s.eps);
-            *w -= (update + *w * k.wd_update) * s.lr;
-        }
+        step(w, m, v, s, k);
         if let Some(a) = average.as_deref_mut() {
             average_row(a, w, s.keep);
         }
+    }
+}
+
+/// One missed step `s` on a row: a touched row's operations with a zero gradient.
+#[inline(always)]
+fn step(w: &mut [f32], m: &mut [f32], v: &mut [f32], s: &Missed, k: Betas) {
+    for ((w, m), v) in w.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()) {
+        // the same operations as a touched row's with g = 0 (0 · coef + w · wd = w · wd)
+        let g = 0.0 + *w * k.wd_grad;
+        *m = *m * k.b1 + g * (1.0 - k.b1);
+        *v = *v * k.b2 + g * g * (1.0 - k.b2);
+        let update = *m * s.factor / (v.sqrt() + s.eps);
+        *w -= (update + *w * k.wd_update) * s.lr;
     }
 }
 
@@ -317,33 +452,67 @@ pub(crate) fn replay_strided(
     w: &mut [f32],
     m: &mut [f32],
     v: &mut [f32],
-    mut average: Option<&mut [f32]>,
+    average: Option<&mut [f32]>,
     missed: &[Missed],
     k: Betas,
 ) {
-    let scale = w.iter().fold(0f32, |s, x| s.max(x.abs()));
-    let exact = missed.len().min(EXACT_STEPS);
-    replay(w, m, v, average.as_deref_mut(), &missed[..exact], k);
-    let (mut at, mut len) = (exact, EXACT_STEPS);
+    let mut row = Pending::strided(w, m, v, average, missed);
+    replay(
+        row.w,
+        row.m,
+        row.v,
+        row.average.as_deref_mut(),
+        &missed[..row.exact],
+        k,
+    );
+    strides(&mut row, k);
+}
+
+/// The strides of a row whose first `exact` missed steps were replayed.
+#[inline(always)]
+fn strides(row: &mut Pending<'_, '_>, k: Betas) {
+    let Pending {
+        w,
+        m,
+        v,
+        average,
+        missed,
+        exact,
+        scale,
+    } = row;
+    let (mut at, mut len) = (*exact, EXACT_STEPS);
     while at < missed.len() {
         let end = missed.len().min(at + len);
-        let mut w_chunks = w.chunks_mut(LANES);
-        let mut m_chunks = m.chunks_mut(LANES);
-        let mut v_chunks = v.chunks_mut(LANES);
         let mut a_chunks = average.as_deref_mut().map(|a| a.chunks_mut(LANES));
         let constants = StrideConstants::new(&missed[at..end], k);
         let mut reach = 0f32;
-        while let (Some(w), Some(m), Some(v)) = (w_chunks.next(), m_chunks.next(), v_chunks.next()) {
+        for ((w, m), v) in w
+            .chunks_mut(LANES)
+            .zip(m.chunks_mut(LANES))
+            .zip(v.chunks_mut(LANES))
+        {
             let a = a_chunks.as_mut().and_then(|c| c.next());
             reach = reach.max(stride(w, m, v, a, &constants));
         }
         at = end;
         len *= 2;
-        if reach <= SETTLED * scale && at < missed.len() {
-            settle(m, v, average, &missed[at..], k);
+        if reach <= SETTLED * *scale && at < missed.len() {
+            settle(m, v, average.as_deref_mut(), &missed[at..], k);
             return;
         }
     }
+}
+
+/// The largest `|x|` (lane by lane in [`LANES`]-wide arrays, so that it is vectorised).
+#[inline(always)]
+fn largest(x: &[f32]) -> f32 {
+    let mut most = [0f32; LANES];
+    for chunk in x.chunks(LANES) {
+        for (most, x) in most.iter_mut().zip(chunk) {
+            *most = most.max(x.abs());
+        }
+    }
+    most.iter().fold(0f32, |s, &x| s.max(x))
 }
 
 /// A row whose value and momentum can no longer move it by more than this fraction of its
@@ -842,6 +1011,60 @@ mod tests {
             replay(&mut w1, &mut m1, &mut v1, Some(&mut a1), &steps, k);
             replay_strided(&mut w2, &mut m2, &mut v2, Some(&mut a2), &steps, k);
             assert_eq!((w1, m1, v1, a1), (w2, m2, v2, a2), "gap {gap}");
+        }
+    }
+
+    #[test]
+    fn rows_replayed_together_get_each_rows_own_replay() {
+        // 37 rows (more than a pack and a touched group) of width 19 that missed 1 to 60 steps
+        // (a different stretch each), exact or strided, with and without the average: the
+        // replay of them all at once gives each row the floats of its replay alone
+        let mut rng = Rng(23);
+        let k = l2(1e-3);
+        let steps = history(5, 60, 1e-3);
+        let (dim, n) = (19, 37);
+        let rows: Vec<[Vec<f32>; 4]> = (0..n).map(|_| random_row(&mut rng, dim, 1e-2, true)).collect();
+        let lasts: Vec<u64> = (0..n).map(|_| (rng.next() * 60.0) as u64).collect();
+        let grid = Fresh::new();
+        let lazy = LazyFreshMap::new(&grid);
+        for strided in [false, true] {
+            for with_average in [false, true] {
+                let mut slots: Vec<Vec<f32>> = rows
+                    .iter()
+                    .map(|[w, m, v, _]| [w.clone(), m.clone(), v.clone()].concat())
+                    .collect();
+                let mut averages: Vec<Vec<f32>> = rows.iter().map(|r| r[3].clone()).collect();
+                let mut last = lasts.clone();
+                let mut together: Vec<ReplayRow<'_>> = slots
+                    .iter_mut()
+                    .zip(averages.iter_mut())
+                    .zip(last.iter_mut())
+                    .map(|((slot, a), l)| (slot.as_mut_slice(), with_average.then_some(a.as_mut_slice()), l))
+                    .collect();
+                pulp::Arch::new().dispatch(ReplayRows {
+                    rows: &mut together,
+                    steps: &steps,
+                    base: 0,
+                    time: 60,
+                    dim,
+                    betas: k,
+                    strided: strided.then_some(&lazy),
+                });
+                assert!(last.iter().all(|&l| l == 60));
+                for (i, [w, m, v, a]) in rows.iter().enumerate() {
+                    let [mut w, mut m, mut v, mut a] = [w.clone(), m.clone(), v.clone(), a.clone()];
+                    let missed = &steps[lasts[i] as usize..];
+                    let average = with_average.then_some(a.as_mut_slice());
+                    match strided {
+                        true => replay_strided(&mut w, &mut m, &mut v, average, missed, k),
+                        false => replay(&mut w, &mut m, &mut v, average, missed, k),
+                    }
+                    assert_eq!(slots[i], [w, m, v].concat(), "row {i}, strided {strided}");
+                    if with_average {
+                        assert_eq!(averages[i], a, "row {i}'s average, strided {strided}");
+                    }
+                }
+            }
         }
     }
 
