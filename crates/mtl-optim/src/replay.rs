@@ -1,12 +1,12 @@
 //! Catch-up's replay of the steps a row missed (zero data gradient), exactly or in strides.
 //!
 //! A row no batch used still moves under dense Adam: its momentum keeps acting and weight
-//! decay acts every step. [`replay`] does, step for step, the operations dense Adam would
-//! have done (`untouched_rows = "catch-up"`). Its cost is the gap: a row back after 500 steps
+//! decay acts every step. [`step`] does one step's operations as dense Adam would have done
+//! them, and `untouched_rows = "catch-up"` takes every missed step so. Its cost is the gap: a row back after 500 steps
 //! costs 500 steps' work, which on a large vocabulary is what dense Adam costs.
 //!
-//! [`replay_strided`] (`"fast-catch-up"`) replays the first [`EXACT_STEPS`] missed steps
-//! exactly and the rest in strides of doubling length (4, 8, 16, …), each in closed form.
+//! `"fast-catch-up"` replays the first [`EXACT_STEPS`] missed steps exactly and the rest in
+//! strides ([`strides`]) of doubling length (4, 8, 16, …), each in closed form.
 //! With a zero data gradient one step is linear in the row's value `w`, first moment `m`
 //! and weight average `a` once the denominator `√v + ε` is known:
 //!
@@ -64,7 +64,7 @@ impl StepConstants {
     }
 }
 
-/// Missed steps [`replay_strided`] replays exactly before its first stride (also the first
+/// Missed steps `fast-catch-up` replays exactly before its first stride (also the first
 /// stride's length).
 pub const EXACT_STEPS: usize = 8;
 
@@ -82,7 +82,7 @@ pub(crate) struct ReplayRows<'a, 'r> {
     pub(crate) time: u64,
     pub(crate) dim: usize,
     pub(crate) betas: Betas,
-    /// Strides ([`replay_strided`]) instead of the exact replay, with rows untouched since
+    /// Strides ([`strides`]) instead of the exact replay, with rows untouched since
     /// `base` whose moments are zero moved by [`FreshMap`].
     pub(crate) strided: Option<&'a LazyFreshMap<'a>>,
 }
@@ -216,7 +216,7 @@ const PACK: usize = 4;
 
 /// The exact steps of `rows`, [`PACK`] rows at a time step by step: one row's step is a chain
 /// of dependent operations (a square root and a division among them) that leaves the CPU
-/// waiting; the steps of other rows fill the wait. Each row gets the operations [`replay`]
+/// waiting; the steps of other rows fill the wait. Each row gets the operations [`step`]
 /// does, in its order, so the same floats.
 #[inline(always)]
 fn replay_packed(rows: &mut [Pending<'_, '_>], k: Betas) {
@@ -240,7 +240,7 @@ fn replay_packed(rows: &mut [Pending<'_, '_>], k: Betas) {
 /// With `m = v = 0` at the start, an element's path depends on its value `w₀` alone, and is odd
 /// in it: `w = w₀ φ(|w₀|)`, likewise `m` and the average's share, and `v = w₀² ψ(|w₀|)`. The
 /// element for each `|w₀|` of a grid (64 points per octave, `2ᵉ (1 + j/64)`, from 2⁻³⁰ to 2⁻²)
-/// is followed in f64 through the steps, exactly as [`replay`] moves it; an element in between
+/// is followed in f64 through the steps, exactly as [`step`] moves it; an element in between
 /// is interpolated linearly (its float's exponent and top mantissa bits are the grid index), one
 /// below the grid takes its first point (there `φ` no longer depends on `|w₀|`). A row with an
 /// element above the grid is replayed in strides instead.
@@ -404,26 +404,6 @@ impl FreshMap {
     }
 }
 
-/// Replays the steps `missed` on one row (`w`, `m`, `v`) with a zero gradient: dense Adam's
-/// operations on a row no example used, weight decay included; and the weight average's
-/// update after each step, when kept.
-#[inline(always)]
-pub(crate) fn replay(
-    w: &mut [f32],
-    m: &mut [f32],
-    v: &mut [f32],
-    mut average: Option<&mut [f32]>,
-    missed: &[Missed],
-    k: Betas,
-) {
-    for s in missed {
-        step(w, m, v, s, k);
-        if let Some(a) = average.as_deref_mut() {
-            average_row(a, w, s.keep);
-        }
-    }
-}
-
 /// One missed step `s` on a row: a touched row's operations with a zero gradient.
 #[inline(always)]
 fn step(w: &mut [f32], m: &mut [f32], v: &mut [f32], s: &Missed, k: Betas) {
@@ -443,29 +423,6 @@ pub(crate) fn average_row(a: &mut [f32], w: &[f32], keep: f32) {
     for (a, &w) in a.iter_mut().zip(w) {
         *a = *a * keep + w * (1.0 - keep);
     }
-}
-
-/// The missed steps `missed` on one row: the first [`EXACT_STEPS`] by [`replay`], the rest in
-/// strides of doubling length by [`stride`] (see the module's notes).
-#[inline(always)]
-pub(crate) fn replay_strided(
-    w: &mut [f32],
-    m: &mut [f32],
-    v: &mut [f32],
-    average: Option<&mut [f32]>,
-    missed: &[Missed],
-    k: Betas,
-) {
-    let mut row = Pending::strided(w, m, v, average, missed);
-    replay(
-        row.w,
-        row.m,
-        row.v,
-        row.average.as_deref_mut(),
-        &missed[..row.exact],
-        k,
-    );
-    strides(&mut row, k);
 }
 
 /// The strides of a row whose first `exact` missed steps were replayed.
@@ -824,6 +781,47 @@ mod tests {
                 }
             })
             .collect()
+    }
+
+    /// Replays the steps `missed` on one row (`w`, `m`, `v`) with a zero gradient: dense Adam's
+    /// operations on a row no example used, weight decay included; and the weight average's
+    /// update after each step, when kept: the production replay, one row alone.
+    fn replay(
+        w: &mut [f32],
+        m: &mut [f32],
+        v: &mut [f32],
+        mut average: Option<&mut [f32]>,
+        missed: &[Missed],
+        k: Betas,
+    ) {
+        for s in missed {
+            step(w, m, v, s, k);
+            if let Some(a) = average.as_deref_mut() {
+                average_row(a, w, s.keep);
+            }
+        }
+    }
+
+    /// The missed steps `missed` on one row: the first [`EXACT_STEPS`] by [`replay`], the rest in
+    /// strides of doubling length by [`strides`]: the production replay, one row alone.
+    fn replay_strided(
+        w: &mut [f32],
+        m: &mut [f32],
+        v: &mut [f32],
+        average: Option<&mut [f32]>,
+        missed: &[Missed],
+        k: Betas,
+    ) {
+        let mut row = Pending::strided(w, m, v, average, missed);
+        replay(
+            row.w,
+            row.m,
+            row.v,
+            row.average.as_deref_mut(),
+            &missed[..row.exact],
+            k,
+        );
+        strides(&mut row, k);
     }
 
     /// The exact replay in f64, textbook Adam: returns `w`, `a` after the steps and the
