@@ -80,6 +80,15 @@ impl BackendKind {
         }
     }
 
+    /// Whether `device` is one of the CPU backends' (flex, ndarray): its work runs on this
+    /// process's rayon threads, so independent batches can be given one thread each.
+    pub fn is_host_device(device: &Device) -> bool {
+        [Self::Flex, Self::Ndarray]
+            .into_iter()
+            .filter_map(|kind| kind.device().ok())
+            .any(|host| host == *device)
+    }
+
     /// Creates the device and runs one tiny operation on it, catching the panic a backend
     /// raises when no adapter exists (e.g. wgpu without a Vulkan driver).
     pub fn probe(self) -> Result<Device, FeatureError> {
@@ -154,6 +163,17 @@ impl FromStr for BackendKind {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cpu_backends_devices_are_host_devices() {
+        assert!(BackendKind::is_host_device(&Device::flex()));
+        assert!(BackendKind::is_host_device(&Device::flex().autodiff()));
+        #[cfg(feature = "ndarray")]
+        #[allow(deprecated)]
+        assert!(BackendKind::is_host_device(&Device::ndarray()));
+        #[cfg(feature = "wgpu")]
+        assert!(!BackendKind::is_host_device(&Device::wgpu(Default::default())));
+    }
 
     #[test]
     fn parses_known_names_and_rejects_others() {

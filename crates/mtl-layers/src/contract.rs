@@ -85,7 +85,7 @@ pub struct GateWeights {
 }
 
 /// A model that predicts several tasks from one encoded batch.
-pub trait MultiTaskModel: Module + Clone + std::fmt::Debug {
+pub trait MultiTaskModel: Module + Clone + std::fmt::Debug + Sync {
     /// The plan its config made when the model was built ([`ModelBuilder::plan`]): the model
     /// keeps it, and the outputs and loss terms are read from it.
     fn plan(&self) -> &ModelPlan;

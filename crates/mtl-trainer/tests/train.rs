@@ -527,6 +527,18 @@ fn early_stopping_keeps_the_best_model() {
         let joined = (la * half as f64 + lb * (n - half as f64)) / n;
         assert!((joined - whole).abs() < 1e-6, "term {t}: {joined} vs {whole}");
     }
+    // batches predicted side by side (two threads) give one thread's predictions and loss
+    // terms, bit for bit
+    let in_pool = |threads| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| mtl_eval::predict_all(&m, &valid, layout, &Device::flex(), 20, true).unwrap())
+    };
+    let (one, two) = (in_pool(1), in_pool(2));
+    assert!(valid.rows > 160, "several batches per thread");
+    assert_eq!(one, two);
     let loss: f64 = terms.unwrap().iter().sum();
     assert!(
         (loss - best).abs() < 1e-6,
