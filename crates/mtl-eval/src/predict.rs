@@ -75,7 +75,7 @@ pub fn predict_rows<M: MultiTaskModel>(
         predict_batch(model, data, &idx, layout, device, losses)
     };
     let threads = rayon::current_num_threads();
-    let side_by_side = threads > 1 && BackendKind::is_host_device(device);
+    let side_by_side = threads > 1 && starts.len() > 1 && BackendKind::is_host_device(device);
     let mut preds = vec![Vec::with_capacity(last.saturating_sub(rows.start)); model.outputs().len()];
     let (mut loss_sums, mut mass): (Vec<f64>, f64) = (Vec::new(), 0.0);
     // a few batches per thread at a time, so that only those wait beside the predictions

@@ -142,8 +142,12 @@ impl ReplayRows<'_, '_> {
                 Some(fresh) if unused_since_base && FreshMap::fits(w, m, v) => {
                     fresh.get().apply(w, m, v, average.as_deref_mut());
                 }
-                Some(_) => pending.push(Pending::strided(w, m, v, average.as_deref_mut(), missed)),
-                None => pending.push(Pending::exact(w, m, v, average.as_deref_mut(), missed)),
+                how => pending.push(Pending::new(
+                    (w, m, v),
+                    average.as_deref_mut(),
+                    missed,
+                    how.is_some(),
+                )),
             }
         }
         replay_packed(&mut pending, self.betas);
@@ -167,37 +171,19 @@ struct Pending<'r, 's> {
 }
 
 impl<'r, 's> Pending<'r, 's> {
-    /// Every missed step to be replayed exactly.
+    /// The replay of `missed` on a row: every step exactly, or (`strided`) the first
+    /// [`EXACT_STEPS`] exactly and the rest in strides.
     #[inline(always)]
-    fn exact(
-        w: &'r mut [f32],
-        m: &'r mut [f32],
-        v: &'r mut [f32],
+    fn new(
+        (w, m, v): (&'r mut [f32], &'r mut [f32], &'r mut [f32]),
         average: Option<&'r mut [f32]>,
         missed: &'s [Missed],
+        strided: bool,
     ) -> Self {
-        let exact = missed.len();
-        Self {
-            w,
-            m,
-            v,
-            average,
-            missed,
-            exact,
-            scale: 0.0,
-        }
-    }
-
-    /// The first [`EXACT_STEPS`] missed steps exactly, the rest in strides.
-    #[inline(always)]
-    fn strided(
-        w: &'r mut [f32],
-        m: &'r mut [f32],
-        v: &'r mut [f32],
-        average: Option<&'r mut [f32]>,
-        missed: &'s [Missed],
-    ) -> Self {
-        let exact = missed.len().min(EXACT_STEPS);
+        let exact = match strided {
+            true => missed.len().min(EXACT_STEPS),
+            false => missed.len(),
+        };
         let scale = if exact < missed.len() { largest(w) } else { 0.0 };
         Self {
             w,
@@ -812,7 +798,7 @@ mod tests {
         missed: &[Missed],
         k: Betas,
     ) {
-        let mut row = Pending::strided(w, m, v, average, missed);
+        let mut row = Pending::new((w, m, v), average, missed, true);
         replay(
             row.w,
             row.m,
