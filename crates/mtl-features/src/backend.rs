@@ -169,8 +169,11 @@ mod tests {
         assert!(BackendKind::is_host_device(&Device::flex()));
         assert!(BackendKind::is_host_device(&Device::flex().autodiff()));
         #[cfg(feature = "ndarray")]
-        #[allow(deprecated)]
-        assert!(BackendKind::is_host_device(&Device::ndarray()));
+        {
+            #[allow(deprecated)]
+            let ndarray = Device::ndarray();
+            assert!(BackendKind::is_host_device(&ndarray));
+        }
         #[cfg(feature = "wgpu")]
         assert!(!BackendKind::is_host_device(&Device::wgpu(Default::default())));
     }
