@@ -291,7 +291,7 @@ fn predict_csv(
 
 /// Trains one job in a child `mtl` process and returns its metrics.json and wall seconds.
 fn train_job(mtl: &Path, name: &str, config: &str, threads: usize, dir: &Path) -> Result<(Value, f64)> {
-    train_job_as(Command::new(mtl), name, config, threads, dir)
+    train_job_as(Command::new(mtl), name, config, threads, &[], dir)
 }
 
 /// [`train_job`] run by `mtl`, the command that starts the binary (`mtl` itself, or `mpirun …
@@ -301,6 +301,7 @@ fn train_job_as(
     name: &str,
     config: &str,
     threads: usize,
+    train_args: &[&str],
     dir: &Path,
 ) -> Result<(Value, f64)> {
     std::fs::create_dir_all(dir)?;
@@ -316,7 +317,8 @@ fn train_job_as(
         .args(["--quiet", "--threads", &threads.to_string(), "train", "--config"])
         .arg(&cfg)
         .arg("--out")
-        .arg(&out))?;
+        .arg(&out)
+        .args(train_args))?;
     let secs = started.elapsed().as_secs_f64();
     let metrics: Value = serde_json::from_slice(&std::fs::read(out.join("metrics.json"))?)?;
     Ok((metrics, secs))

@@ -1,6 +1,7 @@
 //! `cargo xtask scale`: data-parallel training measured. ESMM large and MMOE large on the
-//! bench data, trained as 1 process × 1 thread, 1 process × 2 threads and N MPI ranks × 1
-//! thread (`mpirun`, the `mpi` build): samples/s, speed-up, test AUCs over training seeds,
+//! bench data, trained as 1 process × 1 thread, 1 process × 2 threads, N MPI ranks × 1
+//! thread (`mpirun`, the `mpi` build) and N ranks as threads of one process (`--ranks N`):
+//! samples/s, speed-up, test AUCs over training seeds,
 //! peak RSS per rank, the share of the step in collectives and the bytes each rank sends per
 //! step — and from those bytes, the speed-up expected at 8 and 64 ranks on 25 and 100 Gb/s.
 
@@ -33,27 +34,32 @@ pub struct ScaleArgs {
     pub batch_size: usize,
 }
 
-/// One way to train: processes × threads each.
+/// One way to train: ranks (MPI processes, or threads of one process) × threads each.
 struct Side {
     name: String,
     ranks: u64,
+    /// Threads of the process (shared out among its ranks when they are threads).
     threads: usize,
+    /// The ranks are threads of one process (`mtl train --ranks N`), not MPI processes.
+    in_threads: bool,
 }
 
 /// `mtl train` of `config` as `side`, in `dir`: the job's metrics.json (with `wall_secs`).
 fn train(mtl: &Path, side: &Side, name: &str, config: &str, dir: &Path) -> Result<Value> {
-    let cmd = match side.ranks {
-        1 => Command::new(mtl),
+    let ranks = side.ranks.to_string();
+    let (cmd, args) = match side.ranks {
+        1 => (Command::new(mtl), vec![]),
+        _ if side.in_threads => (Command::new(mtl), vec!["--ranks", &ranks]),
         n => {
             let mut c = Command::new("mpirun");
             c.args(["--oversubscribe", "--bind-to", "none", "-np", &n.to_string()])
                 .arg(mtl)
                 .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
                 .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
-            c
+            (c, vec![])
         }
     };
-    let (mut m, secs) = train_job_as(cmd, name, config, side.threads, dir)?;
+    let (mut m, secs) = train_job_as(cmd, name, config, side.threads, &args, dir)?;
     m["wall_secs"] = json!(secs);
     Ok(m)
 }
@@ -140,16 +146,26 @@ pub fn scale(a: &ScaleArgs) -> Result<()> {
             name: "1 process × 1 thread".into(),
             ranks: 1,
             threads: 1,
+            in_threads: false,
         },
         Side {
             name: "1 process × 2 threads".into(),
             ranks: 1,
             threads: 2,
+            in_threads: false,
         },
+        // the side `paper` reads the bytes of: third
         Side {
             name: format!("{} ranks × 1 thread", a.ranks),
             ranks: a.ranks,
             threads: 1,
+            in_threads: false,
+        },
+        Side {
+            name: format!("1 process, {} ranks as threads (`--ranks {}`)", a.ranks, a.ranks),
+            ranks: a.ranks,
+            threads: a.ranks as usize,
+            in_threads: true,
         },
     ];
     let mut results = Vec::new();
@@ -170,7 +186,8 @@ pub fn scale(a: &ScaleArgs) -> Result<()> {
                         seed,
                         &format!("epochs = 1\nbatch_size = {}\n", a.batch_size),
                     );
-                    let name = format!("{model}-{}x{}-{seed}", side.ranks, side.threads);
+                    let how = if side.in_threads { "t" } else { "x" };
+                    let name = format!("{model}-{}{how}{}-{seed}", side.ranks, side.threads);
                     train(&mtl, side, &name, &config, &dir)
                 })
                 .collect::<Result<Vec<_>>>()?;

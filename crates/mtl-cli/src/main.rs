@@ -202,7 +202,7 @@ struct GenOut {
     out: PathBuf,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 struct TrainArgs {
     /// Run config TOML (schema, data, model, train).
     #[arg(long, required_unless_present = "resume", conflicts_with = "resume")]
@@ -251,6 +251,10 @@ struct TrainArgs {
     /// TensorBoard event files in DIR (`[train] tensorboard = true`: in `<out>/tensorboard`).
     #[arg(long, value_name = "DIR")]
     tensorboard: Option<PathBuf>,
+    /// Train as N data-parallel ranks, each a thread of this process with its share of
+    /// --threads: the same computation as `mpirun -np N` (no MPI needed; one machine).
+    #[arg(long, value_name = "N")]
+    ranks: Option<usize>,
 }
 
 #[derive(Debug, Args)]
@@ -493,7 +497,10 @@ fn run(cli: Cli) -> Result<()> {
         backend: "flex".into(),
         dir: None,
     })) {
-        Command::Train(args) => train(args, progress),
+        Command::Train(args) => match args.ranks {
+            Some(n) if n != 1 => train_in_threads(args, progress, n),
+            _ => train(args, progress, &ranks()),
+        },
         Command::Eval(args) => eval(args),
         Command::Predict(args) => predict(args),
         Command::Serve(args) => serve(args),
@@ -699,9 +706,31 @@ fn ranks() -> Group {
     Group::default()
 }
 
-fn train(args: TrainArgs, progress: bool) -> Result<()> {
-    let group = ranks();
-    let result = train_on(args, progress, &group);
+/// `mtl train --ranks N`: N ranks as threads of this process, the threads of its pool shared
+/// out among them.
+fn train_in_threads(args: TrainArgs, progress: bool, n: usize) -> Result<()> {
+    if n == 0 {
+        bail!("--ranks 0: give at least 1 (1 is one process without ranks)");
+    }
+    if ranks().is_distributed() {
+        bail!("--ranks {n} under an MPI launcher: its ranks are processes already; leave --ranks out");
+    }
+    let threads = rayon::current_num_threads();
+    if n > threads {
+        eprintln!(
+            "warning: --ranks {n} on {threads} thread(s): the ranks take turns on the cores (give \
+             --threads {n} or more, at most the cores, for a core a rank)"
+        );
+    }
+    let results = mtl_trainer::fit::collective::threads::run_ranks(n, (threads / n).max(1), |group| {
+        train(args.clone(), progress, &group)
+    })
+    .context("starting the ranks' threads")?;
+    results.into_iter().collect()
+}
+
+fn train(args: TrainArgs, progress: bool, group: &Group) -> Result<()> {
+    let result = train_on(args, progress, group);
     match result {
         // a failing rank of a job ends every rank: the others may wait on it in a collective
         Err(e) if group.is_distributed() => {
@@ -709,6 +738,10 @@ fn train(args: TrainArgs, progress: bool) -> Result<()> {
                 e.downcast_ref::<mtl_trainer::TrainError>(),
                 Some(mtl_trainer::TrainError::LeaderFailed { .. })
             );
+            if leader_failed && group.threads_of_one_process() {
+                // rank 0 says why, and ends the process
+                return Err(e);
+            }
             eprintln!("error: rank {}: {}", group.rank(), error_line(&e));
             if leader_failed {
                 // rank 0 failed before training, saying why; no rank waits on another

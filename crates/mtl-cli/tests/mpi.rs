@@ -4,7 +4,8 @@
 //! - Equivalence: 2 ranks × a local batch of 256 give the weights of 1 process × 512 after 20
 //!   steps (same seed, same rows in each step) within 1e-5 — ESMM on the dense path, MMOE on
 //!   the row-sparse host table with (strided) catch-up and the weight average — and the last batch of
-//!   each epoch (192 rows) is split too.
+//!   each epoch (192 rows) is split too. 2 ranks as threads of one process (`--ranks 2`) give
+//!   the 2 MPI ranks' weights bit for bit.
 //! - Validation metrics recorded by the 2-rank run (each rank predicting one of the two
 //!   evaluation batches) equal `mtl eval` of its model in one process.
 //! - A rank killed mid-epoch ends the job fast, naming the rank; `--resume` on 2 ranks then
@@ -12,29 +13,14 @@
 //!   trains the same model (the rows of each step are the same, split otherwise).
 #![cfg(feature = "mpi")]
 
+mod common;
+
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use burn::module::{ModuleVisitor, Param};
-use burn::tensor::{Device, Tensor};
-use mtl_eval::ModelDir;
-use mtl_layers::{MultiTaskModel, Registry, WithModel};
-use mtl_models::Models;
-
-fn mtl() -> &'static str {
-    env!("CARGO_BIN_EXE_mtl")
-}
-
-/// `mtl ARGS` in `dir`, one process.
-fn one(dir: &Path, args: &[&str]) -> Output {
-    Command::new(mtl())
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("runs mtl")
-}
+use common::{ESMM, MMOE, config, data, max_diff, mtl, ok, one, weights};
 
 /// `mpirun -np N mtl --threads 1 ARGS` in `dir` (root allowed, as in CI's containers).
 fn ranks(n: usize) -> Command {
@@ -51,100 +37,6 @@ fn on_ranks(n: usize, dir: &Path, args: &[&str]) -> Output {
         .current_dir(dir)
         .output()
         .expect("runs mpirun (install openmpi-bin)")
-}
-
-fn ok(out: Output) -> Output {
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-/// Every float tensor of the model saved at `file` of the run in `dir`, in module order.
-fn weights(dir: &Path, file: &str) -> Vec<Vec<f32>> {
-    struct Floats(Vec<Vec<f32>>);
-    impl ModuleVisitor for Floats {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            self.0.push(param.val().into_data().try_to_vec::<f32>().unwrap());
-        }
-    }
-    struct Load(PathBuf);
-    impl WithModel for Load {
-        type Out = Vec<Vec<f32>>;
-        type Error = anyhow::Error;
-        fn run<M: MultiTaskModel + 'static>(self, model: M) -> anyhow::Result<Self::Out> {
-            let model = model
-                .try_load_file(&self.0)
-                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-            let mut floats = Floats(Vec::new());
-            model.visit(&mut floats);
-            Ok(floats.0)
-        }
-    }
-    let run = ModelDir::<Models>::open(dir).unwrap();
-    let device = Device::flex();
-    let layout = run.encoder.layout();
-    Models::with_model(&run.model, &run.schema, layout, &device, Load(dir.join(file))).unwrap()
-}
-
-/// The largest difference between two runs' weights (the same tensors, in the same order).
-fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .flat_map(|(x, y)| {
-            assert_eq!(x.len(), y.len());
-            x.iter().zip(y).map(|(p, q)| (p - q).abs())
-        })
-        .fold(0.0, f32::max)
-}
-
-/// 6000 rows: 4800 to train on, 10 batches of 512 an epoch (the last of 192 rows); and the
-/// 6000 validation rows of 60,000 made alike (`big/`): two evaluation batches of 4096, one a
-/// rank.
-fn data(d: &Path) {
-    for (rows, out) in [("6000", "data"), ("60000", "big")] {
-        ok(one(
-            d,
-            &[
-                "gen-data", "ccp", "--rows", rows, "--small", "--dense", "2", "--out", out, "--quiet",
-            ],
-        ));
-    }
-}
-
-const ESMM: &str = r#"[model]
-type = "esmm"
-ctr_tower = { dims = [16, 8], batch_norm = false }
-cvr_tower = { dims = [16, 8], batch_norm = false }
-[train]
-embedding = "dense"
-"#;
-
-const MMOE: &str = r#"[model]
-type = "mmoe"
-n_experts = 4
-expert = { dims = [16], batch_norm = false }
-tower = { dims = [8], batch_norm = false }
-gate_batch_norm = false
-tasks = [{ label = "click" }, { label = "purchase" }]
-[train]
-embedding = "sparse"
-untouched_rows = "fast-catch-up"
-"#;
-
-/// A run config: `model` (with its `[train]` head) for 2 epochs of batch 512 (20 steps),
-/// with `data` added to its `[data]` table.
-fn config(d: &Path, name: &str, model: &str, data: &str) {
-    let text = format!(
-        "schema = \"data/synth_ccp_schema.toml\"\n[data]\ntrain = \"data/synth_ccp_train.csv\"\n\
-         valid = \"big/synth_ccp_val.csv\"\n{data}{model}epochs = 2\nbatch_size = 512\nlr = 3e-3\n\
-         seed = 11\nema_decay = 0.9\ncheckpoint_every_steps = 4\nearly_stopping = false\n"
-    );
-    std::fs::write(d.join(name), text).unwrap();
 }
 
 #[test]
@@ -176,6 +68,10 @@ fn two_ranks_train_the_model_one_process_trains() {
             d,
             &["train", "--config", &toml, "--out", &pair, "--quiet"],
         ));
+        // the same job as threads of one process (`--ranks 2`): the same floats
+        let threads = format!("{name}-threads");
+        let args = ["--threads", "2", "train", "--ranks", "2", "--config", &toml];
+        ok(one(d, &[&args[..], &["--out", &threads, "--quiet"]].concat()));
         // one summary: rank 0's
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert_eq!(stdout.matches("steps on flex").count(), 1, "{stdout}");
@@ -186,6 +82,10 @@ fn two_ranks_train_the_model_one_process_trains() {
             let diff = max_diff(&a, &b);
             eprintln!("{name} {file}: 1 process vs 2 ranks, largest weight difference {diff:e}");
             assert!(diff <= 1e-5, "{name} {file}: weights differ by {diff}");
+            assert!(
+                b == weights(&d.join(&threads), file),
+                "{name} {file}: 2 ranks as threads differ from 2 MPI ranks"
+            );
             // the comparison can fail: another seed's weights are far off
             assert!(a.iter().flatten().any(|w| *w != 0.0));
         }

@@ -27,7 +27,8 @@
 //!   weighting), every value checked before the first step;
 //! - [`fit`]: the loop — its shared state in [`fit::state`], then loader, schedule, steps,
 //!   loss weighting, evaluation, early stopping and checkpoints; over several ranks (MPI, the
-//!   `mpi` feature) through [`fit::collective`], each rank on its share of every batch;
+//!   `mpi` feature, or threads of one process) through [`fit::collective`], each rank on its
+//!   share of every batch;
 //! - [`jobs`]: train (fresh or resumed), evaluate, predict; the model directory and its lock.
 //!
 //! The optimisers burn lacks are `mtl-optim`'s; metrics, calibration, gate reports and

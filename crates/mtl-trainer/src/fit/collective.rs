@@ -1,5 +1,6 @@
 //! The seam between the training loop and a distributed engine: the few collective operations
-//! data-parallel training needs ([`Collective`]), one process's trivial version ([`Solo`]) and,
+//! data-parallel training needs ([`Collective`]), one process's trivial version ([`Solo`]),
+//! ranks that are threads of one process ([`threads::ThreadRank`], `mtl train --ranks N`) and,
 //! behind the `mpi` feature, MPI's ([`mpi::MpiGroup`], rsmpi on the system's OpenMPI or MPICH).
 //!
 //! Every rank runs the same loop on its share of each global batch; the loop calls these
@@ -10,6 +11,7 @@
 use std::cell::Cell;
 use std::fmt::Debug;
 use std::rc::Rc;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
@@ -18,8 +20,35 @@ use burn::tensor::{Tensor, TensorData};
 
 use crate::TrainError;
 
+/// [`Collective`]'s typed sums and gathers, for an engine with generic `sum(&self, &mut [T])`
+/// and `gather(&self, &[T]) -> Vec<Vec<T>>` methods of its own.
+macro_rules! typed_collectives {
+    () => {
+        fn sum_f32(&self, buf: &mut [f32]) {
+            self.sum(buf)
+        }
+
+        fn sum_f64(&self, buf: &mut [f64]) {
+            self.sum(buf)
+        }
+
+        fn gather_f32(&self, local: &[f32]) -> Vec<Vec<f32>> {
+            self.gather(local)
+        }
+
+        fn gather_i32(&self, local: &[i32]) -> Vec<Vec<i32>> {
+            self.gather(local)
+        }
+    };
+}
+
 #[cfg(feature = "mpi")]
 pub mod mpi;
+pub mod threads;
+
+/// Held by a rank while it draws from the process's random stream (burn's device seed) where
+/// the ranks are threads of one process ([`Group::random_turn`]).
+static RANDOM_STREAM: Mutex<()> = Mutex::new(());
 
 /// Collective operations over the ranks of one training job. Each call is made by every rank
 /// at the same point of the loop; an engine's failure (a rank that died) ends the job, as
@@ -39,6 +68,11 @@ pub trait Collective: Debug {
     fn gather_i32(&self, local: &[i32]) -> Vec<Vec<i32>>;
     /// Ends every rank of the job at once with `code` (after this rank printed why).
     fn abort(&self, code: i32) -> !;
+    /// Whether the ranks are threads of this one process ([`threads::ThreadRank`]): they
+    /// then share its memory and its random stream.
+    fn threads_of_one_process(&self) -> bool {
+        false
+    }
 }
 
 /// One process: every collective is the identity.
@@ -171,6 +205,20 @@ impl Group {
     /// Whether the job has more than one rank.
     pub fn is_distributed(&self) -> bool {
         self.size() > 1
+    }
+
+    /// Whether the job's ranks are threads of this one process (`mtl train --ranks N`).
+    pub fn threads_of_one_process(&self) -> bool {
+        self.is_distributed() && self.engine.threads_of_one_process()
+    }
+
+    /// The process's random stream (burn's device seed and the draws after it) to this rank
+    /// alone until the guard is dropped, where the ranks are threads of one process: each
+    /// rank then seeds and draws in a turn of its own, so every rank draws what a process of
+    /// its own would. `None` where each rank is a process.
+    pub fn random_turn(&self) -> Option<MutexGuard<'static, ()>> {
+        self.threads_of_one_process()
+            .then(|| RANDOM_STREAM.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// This rank's part of a global batch of `rows` rows: a contiguous range, the ranks'

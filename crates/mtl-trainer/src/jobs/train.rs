@@ -169,7 +169,7 @@ fn train_from<R: Registry>(
     let encoder = (Encoder::new(&schema, &features))
         .with_label_rules(plan.label_rules)
         .with_weight_label(weight_label);
-    check_table_size(&encoder, &schema, &config.train, out_dir)?;
+    check_table_size(&encoder, &schema, &config.train, out_dir, &options.group)?;
     let mut inputs = Inputs::read(&config, &encoder, options)?;
     if inputs.train.is_some() {
         warn_one_class(&schema, inputs.train_rows(), &options.group)?;
@@ -177,6 +177,8 @@ fn train_from<R: Registry>(
     let reads = std::mem::take(&mut inputs.reads);
     let valid_groups = inputs.valid_groups.take();
     let device = backend_device(&config.train.backend)?;
+    // ranks that are threads of this process seed and draw their model in turn (`run`)
+    let random_turn = options.group.random_turn();
     device.seed(config.train.seed);
     let ad = device.clone().autodiff();
     let summary = R::with_model(
@@ -200,6 +202,7 @@ fn train_from<R: Registry>(
             data,
             valid_groups,
             events,
+            random_turn,
         },
     );
     drop(lock);
@@ -223,6 +226,8 @@ fn resumed_run<R: Registry>(
     }
     let lock = lead.then(|| RunLock::acquire(out_dir)).transpose()?;
     let mut config = load_dir_config::<R>(out_dir)?;
+    let saved = out_dir.join("config.toml").display().to_string();
+    check_random_stream(&config, &options.group, &saved)?;
     let schema = Schema::from_file(out_dir.join("schema.toml"))?;
     let features = FeatureState::load(out_dir.join("features.json"), &schema)?;
     // a run killed before its first checkpoint starts over: its directory has all it needs
@@ -304,6 +309,47 @@ fn continue_state(state: &mut TrainState, extend: bool, out_dir: &Path) -> Resul
     Ok(())
 }
 
+/// Refuses dropout when the ranks are threads of one process: their masks would be drawn from
+/// the process's one random stream in whatever order the threads reach it, so no two runs
+/// would be the same (processes, `mpirun`, each have their own).
+fn check_random_stream<R: Registry>(
+    config: &RunConfig<R>,
+    group: &Group,
+    file: &str,
+) -> Result<(), TrainError> {
+    fn dropout(value: &toml::Value, at: &str) -> Option<(String, f64)> {
+        let table = value.as_table()?;
+        table.iter().find_map(|(key, v)| {
+            let path = format!("{at}.{key}");
+            let p = v.as_float().or_else(|| v.as_integer().map(|i| i as f64));
+            match p {
+                Some(p) if key.contains("dropout") && p > 0.0 => Some((path, p)),
+                _ => dropout(v, &path).or_else(|| {
+                    let items = v.as_array()?.iter().enumerate();
+                    items
+                        .filter_map(|(i, item)| dropout(item, &format!("{path}[{i}]")))
+                        .next()
+                }),
+            }
+        })
+    }
+    if !group.threads_of_one_process() {
+        return Ok(());
+    }
+    let model = toml::Value::try_from(&config.model).ok();
+    match model.as_ref().and_then(|m| dropout(m, "model")) {
+        Some((key, p)) => Err(TrainError::Config {
+            file: file.into(),
+            message: format!(
+                "`{key}` = {p}: ranks that are threads of one process (--ranks) share its random \
+                 stream, so their dropout masks would differ from run to run; train with dropout \
+                 on ranks that are processes (mpirun) or in one process"
+            ),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// The files a new run writes into its directory before its first checkpoint.
 const RUN_FILES: [&str; 5] = [
     "schema.toml",
@@ -350,6 +396,7 @@ fn settle_new<R: Registry>(
         ));
     }
     options.announce(&config.train.early_stopping.describe());
+    check_random_stream(&config, &options.group, "config")?;
     let (schema, plan, schema_text) = config.check_model("config")?;
     // a schema without id fields has no table to decay
     if let Some(line) = config
@@ -541,6 +588,7 @@ fn check_table_size(
     schema: &ValidSchema,
     settings: &TrainSettings,
     out_dir: &Path,
+    group: &Group,
 ) -> Result<(), TrainError> {
     let (rows, width) = (encoder.layout().total_rows, schema.table_width());
     let floats = rows.saturating_mul(width);
@@ -558,7 +606,12 @@ fn check_table_size(
             ),
         });
     }
-    let room = memory::room(memory::local_ranks());
+    // each rank holds a replica: ranks that are threads share this process's room
+    let local = match group.threads_of_one_process() {
+        true => group.size() as u64,
+        false => memory::local_ranks(),
+    };
+    let room = memory::room(local);
     memory::check_footprint(rows, width, settings, room, &file)
 }
 
@@ -827,6 +880,9 @@ struct TrainJob<'a, R: Registry> {
     valid_groups: Option<Vec<u32>>,
     /// The leader's TensorBoard event file, if asked for.
     events: Option<SharedEventFile>,
+    /// This rank's turn at the process's random stream, when the ranks are its threads
+    /// ([`Group::random_turn`]): held until the model's parameters are drawn.
+    random_turn: Option<std::sync::MutexGuard<'static, ()>>,
 }
 
 impl<R: Registry> WithModel for TrainJob<'_, R> {
@@ -835,6 +891,13 @@ impl<R: Registry> WithModel for TrainJob<'_, R> {
 
     fn run<M: MultiTaskModel + 'static>(mut self, model: M) -> Result<TrainSummary, TrainError> {
         let settings = &self.config.train;
+        // burn draws a parameter when it is first read: a new run draws all of them now, in
+        // the modules' order (the same on every rank, ranks that are threads in their turn)
+        let turn = self.random_turn.take();
+        if self.start.is_none() {
+            model.visit(&mut DrawParams);
+        }
+        drop(turn);
         let (model, optim, mut state) = self.starting_point(model)?;
         state.data = self.data.clone();
         let options = FitOptions {
@@ -908,6 +971,29 @@ impl<R: Registry> WithModel for TrainJob<'_, R> {
             mark_finished(self.out_dir, &state)?;
         }
         Ok(summary)
+    }
+}
+
+/// Reads every parameter of a model once, so that burn draws the lazily initialised ones.
+struct DrawParams;
+
+impl burn::module::ModuleVisitor for DrawParams {
+    fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<burn::tensor::Tensor<D>>) {
+        let _ = param.val();
+    }
+
+    fn visit_int<const D: usize>(
+        &mut self,
+        param: &burn::module::Param<burn::tensor::Tensor<D, burn::tensor::Int>>,
+    ) {
+        let _ = param.val();
+    }
+
+    fn visit_bool<const D: usize>(
+        &mut self,
+        param: &burn::module::Param<burn::tensor::Tensor<D, burn::tensor::Bool>>,
+    ) {
+        let _ = param.val();
     }
 }
 

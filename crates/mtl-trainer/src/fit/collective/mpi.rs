@@ -83,21 +83,7 @@ impl Collective for MpiGroup {
         self.world.size() as usize
     }
 
-    fn sum_f32(&self, buf: &mut [f32]) {
-        self.sum(buf)
-    }
-
-    fn sum_f64(&self, buf: &mut [f64]) {
-        self.sum(buf)
-    }
-
-    fn gather_f32(&self, local: &[f32]) -> Vec<Vec<f32>> {
-        self.gather(local)
-    }
-
-    fn gather_i32(&self, local: &[i32]) -> Vec<Vec<i32>> {
-        self.gather(local)
-    }
+    typed_collectives!();
 
     fn abort(&self, code: i32) -> ! {
         self.world.abort(code)
