@@ -6,7 +6,7 @@
 //! costs 500 steps' work, which on a large vocabulary is what dense Adam costs.
 //!
 //! `"fast-catch-up"` replays the first [`EXACT_STEPS`] missed steps exactly and the rest in
-//! strides ([`strides`]) of doubling length (4, 8, 16, …), each in closed form.
+//! strides ([`strides`]) of doubling length (8, 16, 32, …), each in closed form.
 //! With a zero data gradient one step is linear in the row's value `w`, first moment `m`
 //! and weight average `a` once the denominator `√v + ε` is known:
 //!

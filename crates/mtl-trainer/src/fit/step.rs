@@ -335,7 +335,8 @@ impl Stepper {
         // a schema without id fields has no table to update
         if settings.embedding == EmbeddingUpdate::Dense || layout.total_rows == 0 {
             // burn initialises parameters lazily; a large table's random initialisation
-            // (seconds at tens of millions of rows) happens here, before the training clock
+            // (seconds at tens of millions of rows) happens here at the latest, before the
+            // training clock (`train` draws a new run's parameters before it calls `fit`)
             let _ = model.input_layer().embedding.weight.val();
             stepper.average = settings
                 .average_decay()

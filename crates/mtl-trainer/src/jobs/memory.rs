@@ -5,12 +5,17 @@
 
 use crate::TrainError;
 use crate::config::{EmbeddingUpdate, TrainSettings};
+use crate::fit::collective::Group;
 
 const GIB: f64 = (1u64 << 30) as f64;
 
-/// The processes of this job on this host: an MPI launcher's local size (OpenMPI's
-/// `OMPI_COMM_WORLD_LOCAL_SIZE`, MPICH's `MPI_LOCALNRANKS`), else 1. Each holds a replica.
-pub(crate) fn local_ranks() -> u64 {
+/// The ranks of `group`'s job on this host, each holding a replica: all of them where they are
+/// threads of this process, else an MPI launcher's local size (OpenMPI's
+/// `OMPI_COMM_WORLD_LOCAL_SIZE`, MPICH's `MPI_LOCALNRANKS`), else 1.
+pub(crate) fn local_ranks(group: &Group) -> u64 {
+    if group.threads_of_one_process() {
+        return group.size() as u64;
+    }
     ["OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"]
         .iter()
         .find_map(|v| std::env::var(v).ok()?.parse().ok())

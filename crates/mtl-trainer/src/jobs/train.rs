@@ -606,12 +606,7 @@ fn check_table_size(
             ),
         });
     }
-    // each rank holds a replica: ranks that are threads share this process's room
-    let local = match group.threads_of_one_process() {
-        true => group.size() as u64,
-        false => memory::local_ranks(),
-    };
-    let room = memory::room(local);
+    let room = memory::room(memory::local_ranks(group));
     memory::check_footprint(rows, width, settings, room, &file)
 }
 
