@@ -16,7 +16,7 @@
 //! element-wise ops per layer by one larger product, which is what the small configurations
 //! (experts of width 16) spend their time on.
 
-use crate::mlp::batch_norm_over;
+use crate::mlp::{batch_norm_over, running_affine};
 use crate::{Activation, Mlp, MlpBlock, MlpSpec};
 use burn::module::{Module, Param, RunningState};
 use burn::nn::{BatchNorm, BatchNormConfig, Dropout, DropoutConfig, Initializer, Linear};
@@ -81,7 +81,21 @@ impl ExpertLayer {
     /// - input: `[n, batch, in]`
     /// - output: `[n, batch, out]`
     pub fn forward(&self, h: Tensor<3>) -> Tensor<3> {
-        self.after_product(h.matmul(self.weight.val()) + self.bias.val())
+        let Some((scale, shift)) = self.norm.as_ref().and_then(|n| running_affine(n, &h.device())) else {
+            return self.after_product(h.matmul(self.weight.val()) + self.bias.val());
+        };
+        // inference: BatchNorm folded into the weights and biases, as in `MlpBlock::forward`
+        let [n, _, out] = self.bias.dims();
+        let (scale, shift) = (scale.reshape([n, 1, out]), shift.reshape([n, 1, out]));
+        let weight = self.weight.val() * scale.clone();
+        let bias = self.bias.val() * scale + shift;
+        let y = h.matmul(weight) + bias;
+        let [_, b, _] = y.dims();
+        let y = self
+            .activation
+            .forward(y.reshape([n * b, out]))
+            .reshape([n, b, out]);
+        self.dropout.forward(y)
     }
 
     /// The layer after its product: BatchNorm over the experts' features (if any),

@@ -175,7 +175,18 @@ impl MlpBlock {
     /// - input: `[batch, in]`
     /// - output: `[batch, out]`
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        self.after_linear(self.linear.forward(x))
+        let Some((scale, shift)) = self.norm.as_ref().and_then(|n| running_affine(n, &x.device())) else {
+            return self.after_linear(self.linear.forward(x));
+        };
+        // BatchNorm by its running statistics is `y · scale + shift`: folded into the
+        // Linear's weights and bias, one pass over the activations instead of three
+        let weight = self.linear.weight.val() * scale.clone().unsqueeze_dim(0);
+        let bias = match &self.linear.bias {
+            Some(bias) => bias.val() * scale + shift,
+            None => shift,
+        };
+        let y = x.matmul(weight) + bias.unsqueeze_dim(0);
+        self.dropout.forward(self.activation.forward(y))
     }
 
     /// The block after its Linear: BatchNorm (if any), activation, dropout.
@@ -263,34 +274,45 @@ pub fn batch_norm_over<const D: usize>(norm: &BatchNorm, x: Tensor<D>, batch_dim
     let mut stats = x.dims();
     stats[batch_dim] = 1;
     let features: usize = stats.iter().product();
+    if let Some((scale, shift)) = running_affine(norm, &x.device()) {
+        return x * scale.reshape(stats) + shift.reshape(stats);
+    }
     let gamma = norm.gamma.val().reshape(stats);
     let beta = norm.beta.val().reshape(stats);
-    if x.device().is_autodiff() && norm.training.is_enabled() {
-        let mean = x.clone().mean_dim(batch_dim);
-        let centered = x - mean.clone();
-        let variance = centered.clone().square().mean_dim(batch_dim);
-        let scale = gamma * (variance.clone() + norm.epsilon).sqrt().recip();
-        let running = |state: &burn::module::RunningState<Tensor<1>>, batch: Tensor<D>| {
-            let old = state.value_sync().to_device(&batch.device());
-            let batch = batch.detach().reshape([features]);
-            state.update(
-                old.mul_scalar(1.0 - norm.momentum)
-                    .add(batch.mul_scalar(norm.momentum))
-                    .detach(),
-            );
-        };
-        if !RUNNING_STATS_FROZEN.get() {
-            running(&norm.running_mean, mean);
-            running(&norm.running_var, variance);
-        }
-        centered * scale + beta
-    } else {
-        let device = x.device();
-        let mean = norm.running_mean.value().to_device(&device).reshape(stats);
-        let variance = norm.running_var.value().to_device(&device).reshape(stats);
-        // a division, not `recip()`: burn's ONNX exporter lowers `Div` and has no `Recip`
-        let scale = gamma / (variance + norm.epsilon).sqrt();
-        let shift = beta - mean * scale.clone();
-        x * scale + shift
+    let mean = x.clone().mean_dim(batch_dim);
+    let centered = x - mean.clone();
+    let variance = centered.clone().square().mean_dim(batch_dim);
+    let scale = gamma * (variance.clone() + norm.epsilon).sqrt().recip();
+    let running = |state: &burn::module::RunningState<Tensor<1>>, batch: Tensor<D>| {
+        let old = state.value_sync().to_device(&batch.device());
+        let batch = batch.detach().reshape([features]);
+        state.update(
+            old.mul_scalar(1.0 - norm.momentum)
+                .add(batch.mul_scalar(norm.momentum))
+                .detach(),
+        );
+    };
+    if !RUNNING_STATS_FROZEN.get() {
+        running(&norm.running_mean, mean);
+        running(&norm.running_var, variance);
     }
+    centered * scale + beta
+}
+
+/// BatchNorm by its running statistics (inference) as one scale and shift per feature,
+/// `BN(y) = y · scale + shift`; `None` while it normalises by the batch's statistics
+/// (training on an autodiff device).
+///
+/// # Shapes
+/// - output: `[features]` each
+pub fn running_affine(norm: &BatchNorm, device: &Device) -> Option<(Tensor<1>, Tensor<1>)> {
+    if device.is_autodiff() && norm.training.is_enabled() {
+        return None;
+    }
+    let mean = norm.running_mean.value().to_device(device);
+    let variance = norm.running_var.value().to_device(device);
+    // a division, not `recip()`: burn's ONNX exporter lowers `Div` and has no `Recip`
+    let scale = norm.gamma.val() / (variance + norm.epsilon).sqrt();
+    let shift = norm.beta.val() - mean * scale.clone();
+    Some((scale, shift))
 }

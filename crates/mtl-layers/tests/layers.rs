@@ -87,6 +87,80 @@ fn batch_norm_uses_batch_statistics_in_training_and_running_ones_in_eval() {
     }
 }
 
+/// Gives every BatchNorm of `norms` random running statistics, scale and shift, as a trained
+/// model has them (a new one's are 0, 1, 1, 0, which would hide a term the folding drops).
+fn trained_norms<'a>(norms: impl IntoIterator<Item = &'a mut burn::nn::BatchNorm>, device: &Device) {
+    use burn::module::{Param, RunningState};
+    for norm in norms {
+        let n = norm.gamma.dims()[0];
+        let random = |mean, sd| Tensor::<1>::random([n], Distribution::Normal(mean, sd), device);
+        norm.gamma = Param::from_tensor(random(1.0, 0.5));
+        norm.beta = Param::from_tensor(random(0.0, 0.5));
+        norm.running_mean = RunningState::new(random(0.3, 1.0));
+        norm.running_var = RunningState::new(random(0.0, 1.0).abs().add_scalar(0.2));
+    }
+}
+
+#[test]
+fn inference_folds_batch_norm_into_the_layers_weights() {
+    use mtl_layers::experts::Experts;
+    let device = Device::flex();
+    device.seed(11);
+    let x = Tensor::<2>::random([9, 5], Distribution::Normal(0.5, 2.0), &device);
+    // an MLP: against BatchNorm by its running statistics written out by hand, in f64
+    let mut mlp = MlpSpec::new([6, 4]).init(5, false, &device);
+    trained_norms(mlp.blocks.iter_mut().filter_map(|b| b.norm.as_mut()), &device);
+    let f64s = |t: Tensor<1>| to_vec(t).into_iter().map(f64::from).collect::<Vec<_>>();
+    let mut h: Vec<f64> = to_vec(x.clone()).into_iter().map(f64::from).collect();
+    let mut width = 5;
+    for block in &mlp.blocks {
+        let w = to_vec(block.linear.weight.val());
+        let b = f64s(block.linear.bias.as_ref().unwrap().val());
+        let norm = block.norm.as_ref().unwrap();
+        let (g, beta) = (f64s(norm.gamma.val()), f64s(norm.beta.val()));
+        let (rm, rv) = (f64s(norm.running_mean.value()), f64s(norm.running_var.value()));
+        let out = b.len();
+        h = (0..9 * out)
+            .map(|i| {
+                let (r, c) = (i / out, i % out);
+                let z = b[c]
+                    + (0..width)
+                        .map(|k| h[r * width + k] * f64::from(w[k * out + c]))
+                        .sum::<f64>();
+                ((z - rm[c]) / (rv[c] + 1e-5).sqrt() * g[c] + beta[c]).max(0.0)
+            })
+            .collect();
+        width = out;
+    }
+    let y = to_vec(mlp.forward(x.clone()));
+    assert_eq!(y.len(), h.len());
+    for (i, (a, b)) in y.iter().zip(&h).enumerate() {
+        assert!(
+            (f64::from(*a) - b).abs() < 1e-5 * (1.0 + b.abs()),
+            "mlp [{i}]: {a} vs {b}"
+        );
+    }
+    // experts (a batched later layer): against each layer's product, then its BatchNorm
+    let mut experts = Experts::new(3, &MlpSpec::new([4, 2]), 5, &device);
+    trained_norms(experts.first.norm.as_mut(), &device);
+    trained_norms(experts.layers.iter_mut().filter_map(|l| l.norm.as_mut()), &device);
+    let first = experts
+        .first
+        .after_linear(experts.first.linear.forward(x.clone())); // [9, 3 · 4]
+    let h = first.reshape([9, 3, 4]).swap_dims(0, 1); // [3, 9, 4]
+    let layer = &experts.layers[0];
+    let expected = layer.after_product(h.matmul(layer.weight.val()) + layer.bias.val());
+    let expected = to_vec(expected.swap_dims(0, 1));
+    let got = to_vec(experts.forward(x));
+    assert_eq!(got.len(), expected.len());
+    for (i, (a, b)) in got.iter().zip(&expected).enumerate() {
+        assert!(
+            (a - b).abs() < 1e-5 * (1.0 + b.abs()),
+            "experts [{i}]: {a} vs {b}"
+        );
+    }
+}
+
 #[test]
 fn row_batch_norm_matches_burns_batch_norm_with_gradients_and_running_stats() {
     use burn::nn::BatchNormConfig;
