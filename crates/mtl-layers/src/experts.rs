@@ -89,13 +89,7 @@ impl ExpertLayer {
         let (scale, shift) = (scale.reshape([n, 1, out]), shift.reshape([n, 1, out]));
         let weight = self.weight.val() * scale.clone();
         let bias = self.bias.val() * scale + shift;
-        let y = h.matmul(weight) + bias;
-        let [_, b, _] = y.dims();
-        let y = self
-            .activation
-            .forward(y.reshape([n * b, out]))
-            .reshape([n, b, out]);
-        self.dropout.forward(y)
+        self.activate(h.matmul(weight) + bias)
     }
 
     /// The layer after its product: BatchNorm over the experts' features (if any),
@@ -107,6 +101,14 @@ impl ExpertLayer {
         if let Some(norm) = &self.norm {
             y = batch_norm_over(norm, y, 1);
         }
+        self.activate(y)
+    }
+
+    /// The activation and dropout.
+    ///
+    /// # Shapes
+    /// - input, output: `[n, batch, out]`
+    fn activate(&self, y: Tensor<3>) -> Tensor<3> {
         let [n, b, out] = y.dims();
         let y = self
             .activation
