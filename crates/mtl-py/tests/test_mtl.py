@@ -197,6 +197,7 @@ def test_ctrl_c_stops_with_a_checkpoint_that_resumes(data, tmp_path):
         import sys, mtl
         cfg = {config(data, "esmm")!r}
         cfg["train"]["epochs"] = 500
+        cfg["train"]["early_stopping"] = False  # else it may end on its own before Ctrl-C lands
         print("started", flush=True)
         try:
             mtl.train(cfg, out={str(out)!r}, progress=False)
