@@ -82,7 +82,9 @@ fn load(path: &Path, seen: &mut Vec<PathBuf>) -> Result<Table, TrainError> {
     }
     seen.push(key);
     let mut table = parse(&read(path)?, path)?;
-    let dir = path.parent().unwrap_or(Path::new("."));
+    // against the folder's absolute path: a relative one would be taken again by the reader
+    let file = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let dir = file.parent().unwrap_or(Path::new("."));
     absolutize(&mut table, dir);
     match table.remove("base") {
         None => Ok(table),

@@ -397,6 +397,28 @@ early_stopping = { metric = "click.auc" }
 "#;
 
     #[test]
+    fn a_config_named_by_a_relative_path_has_its_paths_taken_once_with_or_without_sets() {
+        // `mtl train --config configs/x.toml --set …`, run from the folder above `configs`
+        let dir = tempfile::tempdir_in(".").unwrap();
+        let folder = Path::new(dir.path().file_name().unwrap());
+        std::fs::write(dir.path().join("base.toml"), "[train]\nlr = 0.5\n").unwrap();
+        std::fs::write(dir.path().join("run.toml"), GOOD).unwrap();
+        std::fs::write(dir.path().join("child.toml"), "base = \"run.toml\"\n").unwrap();
+        let want = std::path::absolute(folder).unwrap();
+        for (file, sets) in [
+            ("run.toml", vec![]),
+            ("run.toml", vec!["train.lr=0.01".to_string()]),
+            ("child.toml", vec![]),
+        ] {
+            let c = RunConfig::from_file_with(folder.join(file), &sets).unwrap();
+            let absolute = |p: &Path| std::path::absolute(p).unwrap();
+            assert_eq!(absolute(&c.schema), want.join("s.toml"), "{file} {sets:?}");
+            let train = c.data.train.entries();
+            assert_eq!(absolute(&train[0]), want.join("t.csv"), "{file} {sets:?}");
+        }
+    }
+
+    #[test]
     fn overrides_replace_what_they_name_and_keep_the_rest() {
         let mut c = RunConfig::from_toml_str(GOOD, "c.toml").unwrap();
         let file = c.clone();
