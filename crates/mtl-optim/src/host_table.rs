@@ -175,6 +175,49 @@ impl<'a> Replay<'a> {
     }
 }
 
+/// Rows behind and their replay, shared by two threads: chunks of rows handed out in order,
+/// each taken once (the lock only makes a chunk shareable).
+struct SharedReplay<'a> {
+    replay: Replay<'a>,
+    chunks: Vec<std::sync::Mutex<Vec<ReplayRow<'a>>>>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl<'a> SharedReplay<'a> {
+    fn new(replay: Replay<'a>, rows: Vec<ReplayRow<'a>>) -> Self {
+        let mut chunks = Vec::with_capacity(rows.len().div_ceil(REPLAY_CHUNK));
+        let mut rows = rows.into_iter().peekable();
+        while rows.peek().is_some() {
+            let chunk: Vec<ReplayRow<'a>> = rows.by_ref().take(REPLAY_CHUNK).collect();
+            chunks.push(std::sync::Mutex::new(chunk));
+        }
+        Self {
+            replay,
+            chunks,
+            next: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// Replays chunks not yet taken until none is left.
+    fn take_chunks(&self) {
+        use std::sync::atomic::Ordering;
+        while let Some(chunk) = self.chunks.get(self.next.fetch_add(1, Ordering::Relaxed)) {
+            let mut rows = chunk.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            self.replay.run(&mut rows);
+        }
+    }
+}
+
+/// The ids of `next` (distinct) that are not in `current` (distinct), in `next`'s order.
+fn not_in(next: &[i32], current: &[i32]) -> Vec<i32> {
+    let mut current = current.to_vec();
+    current.sort_unstable();
+    next.iter()
+        .copied()
+        .filter(|id| current.binary_search(id).is_err())
+        .collect()
+}
+
 /// The `catch-up` bookkeeping: when each row was last brought up to date, and the constants
 /// of the steps since every row last was.
 struct CatchUp {
@@ -202,7 +245,7 @@ pub enum CatchUpReplay {
 
 /// What the steps did to the host table since it was last asked ([`SparseAdam::take_traffic`]):
 /// the rows they updated and the rows catch-up brought up to date on the way (by a gather or
-/// [`SparseAdam::prepare`]), and apart from those the rows [`SparseAdam::catch_up`] brought up
+/// [`SparseAdam::prepare_beside`]), and apart from those the rows [`SparseAdam::catch_up`] brought up
 /// to date (where the whole table was read). Every row's replay is counted once, so the sums
 /// of both kinds do not depend on which rows a pipelined step prepared ahead.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -368,19 +411,60 @@ impl SparseAdam {
     }
 
     /// Replays the missed steps of the rows `ids` (every row when `None`); nothing when frozen.
-    /// Rows are independent, so they are replayed in parallel: the rows behind `ids` (sorted;
-    /// a repeated id is taken once) are split off the buffer as disjoint slices.
+    /// Rows are independent, so they are replayed in parallel over rayon's threads, as
+    /// disjoint slices of the buffer ([`SparseAdam::rows_behind`]).
     fn bring_up_to_date(&mut self, ids: Option<&[i32]>) {
-        self.bring_up_to_date_on(ids, true);
+        use rayon::prelude::*;
+        let Some(ids) = ids else {
+            self.bring_every_row_up_to_date();
+            return;
+        };
+        if let Some((replay, mut rows)) = self.rows_behind(ids) {
+            rows.par_chunks_mut(REPLAY_CHUNK)
+                .for_each(|chunk| replay.run(chunk));
+        }
     }
 
-    /// [`SparseAdam::bring_up_to_date`], over rayon's threads (`parallel`) or on the calling
-    /// thread alone.
-    fn bring_up_to_date_on(&mut self, ids: Option<&[i32]>, parallel: bool) {
+    /// Every row's missed steps replayed, block by block over rayon's threads (no list of all
+    /// rows is made).
+    fn bring_every_row_up_to_date(&mut self) {
         use rayon::prelude::*;
         let Some(state) = self.catch_up.as_mut() else {
             return;
         };
+        let d = self.dim;
+        let replay = Replay::new(
+            &state.steps,
+            state.base,
+            (state.replay, &state.fresh),
+            self.time as u64,
+            d,
+            &self.config,
+        );
+        let blocks = self
+            .buf
+            .floats_mut()
+            .par_chunks_mut(3 * d * REPLAY_CHUNK)
+            .zip(state.last.par_chunks_mut(REPLAY_CHUNK));
+        let add = |a: (u64, u64), b: (u64, u64)| (a.0 + b.0, a.1 + b.1);
+        let (rows, missed) = match self.average.as_mut() {
+            Some((a, _)) => blocks
+                .zip(a.par_chunks_mut(d * REPLAY_CHUNK))
+                .map(|((f, l), a)| replay.block(f, l, Some(a)))
+                .reduce(|| (0, 0), add),
+            None => blocks
+                .map(|(f, l)| replay.block(f, l, None))
+                .reduce(|| (0, 0), add),
+        };
+        self.traffic.rows_caught_up_whole += rows;
+        self.traffic.missed_steps_whole += missed;
+    }
+
+    /// The rows among `ids` that are behind, split off the buffer as disjoint slices (sorted;
+    /// a repeated id is taken once), counted in the traffic, with the replay that brings them
+    /// up to date; `None` when frozen.
+    fn rows_behind(&mut self, ids: &[i32]) -> Option<(Replay<'_>, Vec<ReplayRow<'_>>)> {
+        let state = self.catch_up.as_mut()?;
         let (d, time) = (self.dim, self.time as u64);
         let mut floats: &mut [f32] = self.buf.floats_mut();
         let mut lasts: &mut [u64] = &mut state.last;
@@ -393,27 +477,13 @@ impl SparseAdam {
             d,
             &self.config,
         );
-        let Some(ids) = ids else {
-            // every row, block by block (no list of all rows is made)
-            let blocks = floats
-                .par_chunks_mut(3 * d * REPLAY_CHUNK)
-                .zip(lasts.par_chunks_mut(REPLAY_CHUNK));
-            let add = |a: (u64, u64), b: (u64, u64)| (a.0 + b.0, a.1 + b.1);
-            let (rows, missed) = match averages {
-                Some(a) => blocks
-                    .zip(a.par_chunks_mut(d * REPLAY_CHUNK))
-                    .map(|((f, l), a)| replay.block(f, l, Some(a)))
-                    .reduce(|| (0, 0), add),
-                None => blocks
-                    .map(|(f, l)| replay.block(f, l, None))
-                    .reduce(|| (0, 0), add),
-            };
-            self.traffic.rows_caught_up_whole += rows;
-            self.traffic.missed_steps_whole += missed;
-            return;
-        };
         let mut rows: Vec<ReplayRow<'_>> = Vec::new();
-        let mut sorted = ids.to_vec();
+        // only the rows behind are sorted (after a prepared step, often none)
+        let mut sorted: Vec<i32> = ids
+            .iter()
+            .copied()
+            .filter(|&id| lasts[id as usize] < time)
+            .collect();
         sorted.sort_unstable();
         let mut at = 0usize;
         for id in sorted {
@@ -441,12 +511,7 @@ impl SparseAdam {
         let (behind, missed) = replay.behind(&rows);
         self.traffic.rows_caught_up += behind;
         self.traffic.missed_steps += missed;
-        match parallel {
-            true => rows
-                .par_chunks_mut(REPLAY_CHUNK)
-                .for_each(|chunk| replay.run(chunk)),
-            false => replay.run(&mut rows),
-        }
+        Some((replay, rows))
     }
 
     /// What the steps did to the table since the last call (zero counts afterwards).
@@ -493,7 +558,7 @@ impl SparseAdam {
 
     /// Starts the next step at learning rate `lr`: its constants are known before its
     /// gradient, so that rows it will not touch can be brought up to date with it
-    /// ([`SparseAdam::prepare`]) while the gradient is computed. [`SparseAdam::apply`] ends it.
+    /// ([`SparseAdam::prepare_beside`]) while the gradient is computed. [`SparseAdam::apply`] ends it.
     pub fn advance(&mut self, lr: f64) {
         self.time += 1;
         let c = self.config.at(self.time);
@@ -521,11 +586,37 @@ impl SparseAdam {
         self.current.is_some()
     }
 
-    /// Brings the rows `ids` (distinct, none of them the current step's) up to date with the
-    /// step [`SparseAdam::advance`] started, on the calling thread: the replay a later
-    /// [`SparseAdam::gather`] of them would do, done ahead.
-    pub fn prepare(&mut self, ids: &[i32]) {
-        self.bring_up_to_date_on(Some(ids), false);
+    /// Brings the rows of the next batch (`next`, distinct) that the current step does not use
+    /// (`current`, distinct: [`SparseAdam::apply`] brings those) up to date with the step
+    /// [`SparseAdam::advance`] started — the replay a later [`SparseAdam::gather`] of them would
+    /// do, done ahead — on a second thread while `work` runs on the calling thread, which then
+    /// takes its share of what is left; returns what `work` returned. Finding the rows and
+    /// replaying them is all the second thread's; each row is replayed whole by one thread, so
+    /// the floats do not depend on which.
+    pub fn prepare_beside<R>(&mut self, next: &[i32], current: &[i32], work: impl FnOnce() -> R) -> R {
+        if self.catch_up.is_none() {
+            return work();
+        }
+        let shared = std::sync::OnceLock::new();
+        let (table, shared_rows) = (self, &shared);
+        std::thread::scope(|scope| {
+            let helper = scope.spawn(move || {
+                let ahead = not_in(next, current);
+                if let Some((replay, rows)) = SparseAdam::rows_behind(table, &ahead) {
+                    shared_rows
+                        .get_or_init(|| SharedReplay::new(replay, rows))
+                        .take_chunks();
+                }
+            });
+            let out = work();
+            if let Some(rows) = shared.get() {
+                rows.take_chunks();
+            }
+            if let Err(panic) = helper.join() {
+                std::panic::resume_unwind(panic);
+            }
+            out
+        })
     }
 
     /// Ends the step [`SparseAdam::advance`] started: the row-wise Adam update of the rows
@@ -816,11 +907,7 @@ mod tests {
             let grad = step_grad(step, ids.len(), dim, table.device());
             if pipelined {
                 table.advance(1e-3);
-                let ahead: Vec<i32> = step_ids(step + 1)
-                    .into_iter()
-                    .filter(|id| !ids.contains(id))
-                    .collect();
-                table.prepare(&ahead);
+                table.prepare_beside(&step_ids(step + 1), &ids, || ());
                 table.apply(&ids, grad);
             } else {
                 table.step(&ids, grad, 1e-3);
@@ -876,6 +963,45 @@ mod tests {
             let (m1, v1) = pipelined.moments();
             let (m2, v2) = sequential.moments();
             assert_eq!((read(m1), read(v1)), (read(m2), read(v2)));
+        }
+    }
+
+    #[test]
+    fn the_rows_ahead_are_the_next_batchs_not_in_this_one() {
+        assert_eq!(not_in(&[9, 2, 5, 7], &[7, 1, 2]), vec![9, 5]);
+        assert_eq!(not_in(&[3], &[]), vec![3]);
+    }
+
+    #[test]
+    fn rows_prepared_by_both_threads_are_those_a_gather_replays() {
+        let read = |t: Tensor<2>| t.into_data().try_to_vec::<f32>().unwrap();
+        for replay in [CatchUpReplay::Strided, CatchUpReplay::Exact] {
+            let (mut gathered, mut prepared) = (sparse_table(Some(replay)), sparse_table(Some(replay)));
+            train(&mut gathered, 1..=60);
+            train(&mut prepared, 1..=60);
+            // step 61 uses rows 0-2; the other 397 rows (7 chunks, most behind) are brought up
+            // to date beside it: the helper thread starts, the calling thread joins in after its
+            // own work, and together they replay what the gather of step 62 replays alone
+            let (ids, rest): (Vec<i32>, Vec<i32>) = ((0..3).collect(), (3..400).collect());
+            let (dim, device) = (gathered.dim(), gathered.device().clone());
+            let grad = || step_grad(61, ids.len(), dim, &device);
+            drop(gathered.gather(ids.clone()));
+            gathered.step(&ids, grad(), 1e-3);
+            drop(gathered.gather(rest.clone()));
+            drop(prepared.gather(ids.clone()));
+            prepared.advance(1e-3);
+            let next: Vec<i32> = (0..400).collect();
+            assert_eq!(prepared.prepare_beside(&next, &ids, || 7), 7);
+            prepared.apply(&ids, grad());
+            drop(prepared.gather(rest.clone()));
+            assert_eq!(prepared.take_traffic(), gathered.take_traffic());
+            // read straight from the buffers: every row is up to date, nothing left to replay
+            let buffer = |t: &SparseAdam| t.buf.floats().to_vec();
+            assert_eq!(buffer(&prepared), buffer(&gathered), "{replay:?}");
+            assert_eq!(
+                read(prepared.average().unwrap()),
+                read(gathered.average().unwrap())
+            );
         }
     }
 

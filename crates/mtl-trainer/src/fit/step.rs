@@ -46,16 +46,6 @@ struct Passes {
     grads: GradientsParams,
 }
 
-/// The ids of `next` (distinct) that are not in `current` (distinct), in `next`'s order.
-fn not_in(next: &[i32], current: &[i32]) -> Vec<i32> {
-    let mut current = current.to_vec();
-    current.sort_unstable();
-    next.iter()
-        .copied()
-        .filter(|id| current.binary_search(id).is_err())
-        .collect()
-}
-
 /// `Σ wᵢ · termᵢ` (a missing weight is 1).
 pub(crate) fn weighted(terms: &[f64], weights: &[f32]) -> f64 {
     terms
@@ -141,10 +131,12 @@ impl Store {
         }
     }
 
-    /// Brings the rows `ids` up to date with the step started ([`SparseAdam::prepare`]).
-    fn prepare(&mut self, ids: &[i32]) {
-        if let Self::Host(a) = self {
-            a.prepare(ids);
+    /// Brings the rows of `next` not in `current` up to date with the step started beside `work`
+    /// ([`SparseAdam::prepare_beside`]; the host table only).
+    fn prepare_beside<R>(&mut self, next: &[i32], current: &[i32], work: impl FnOnce() -> R) -> R {
+        match self {
+            Self::Host(a) => a.prepare_beside(next, current, work),
+            Self::Device(_) => work(),
         }
     }
 
@@ -464,20 +456,15 @@ impl Stepper {
             false => None,
         };
         let ahead = match (&gathered, next_rows) {
-            (Some((_, Gathered::Host(ids))), Some(next)) if self.pipeline.on() => Some(not_in(next, ids)),
+            (Some((_, Gathered::Host(ids))), Some(next)) if self.pipeline.on() => Some((next, ids)),
             _ => None,
         };
         let mut table = self.table.take();
         let passes = match (ahead, table.as_mut()) {
-            (Some(ahead), Some(table)) => {
+            (Some((next, current)), Some(table)) => {
                 table.adam.advance(self.lr);
-                std::thread::scope(|scope| {
-                    let helper = scope.spawn(move || table.adam.prepare(&ahead));
-                    let passes = self.passes(&model, &tensors, &gathered, grad_norms, mass, step);
-                    if let Err(panic) = helper.join() {
-                        std::panic::resume_unwind(panic);
-                    }
-                    passes
+                table.adam.prepare_beside(next, current, || {
+                    self.passes(&model, &tensors, &gathered, grad_norms, mass, step)
                 })
             }
             _ => self.passes(&model, &tensors, &gathered, grad_norms, mass, step),
@@ -790,11 +777,5 @@ mod tests {
         // a fixed way stays
         assert_eq!(Pipeline::On.record(5.0), Pipeline::On);
         assert!(!Pipeline::Off.record(5.0).on());
-    }
-
-    #[test]
-    fn the_rows_ahead_are_the_next_batchs_not_in_this_one() {
-        assert_eq!(not_in(&[9, 2, 5, 7], &[7, 1, 2]), vec![9, 5]);
-        assert_eq!(not_in(&[3], &[]), vec![3]);
     }
 }
