@@ -194,7 +194,10 @@ def test_ctrl_c_stops_with_a_checkpoint_that_resumes(data, tmp_path):
     out = tmp_path / "long"
     script = textwrap.dedent(
         f"""
-        import sys, mtl
+        import signal, sys, mtl
+        # a job started in the background (`.ci/run &`) passes SIGINT on ignored, and Python
+        # then leaves it so: Ctrl-C must reach Python's handler here
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         cfg = {config(data, "esmm")!r}
         cfg["train"]["epochs"] = 500
         cfg["train"]["early_stopping"] = False  # else it may end on its own before Ctrl-C lands
