@@ -305,7 +305,7 @@ pub fn batch_norm_over<const D: usize>(norm: &BatchNorm, x: Tensor<D>, batch_dim
 ///
 /// # Shapes
 /// - output: `[features]` each
-pub fn running_affine(norm: &BatchNorm, device: &Device) -> Option<(Tensor<1>, Tensor<1>)> {
+pub(crate) fn running_affine(norm: &BatchNorm, device: &Device) -> Option<(Tensor<1>, Tensor<1>)> {
     if device.is_autodiff() && norm.training.is_enabled() {
         return None;
     }
