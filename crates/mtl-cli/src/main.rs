@@ -452,9 +452,7 @@ fn threads_per_local_rank() -> Option<usize> {
     if std::env::var_os("RAYON_NUM_THREADS").is_some() {
         return None;
     }
-    let local: usize = ["OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"]
-        .iter()
-        .find_map(|v| std::env::var(v).ok()?.parse().ok())?;
+    let local = mtl_trainer::fit::collective::launcher_local_ranks()?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     (local > 1).then(|| (cores / local).max(1))
 }

@@ -236,6 +236,14 @@ impl Group {
     }
 }
 
+/// How many ranks an MPI launcher says share this host (OpenMPI's
+/// `OMPI_COMM_WORLD_LOCAL_SIZE`, MPICH's `MPI_LOCALNRANKS`), where it says.
+pub fn launcher_local_ranks() -> Option<usize> {
+    ["OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok()?.parse().ok())
+}
+
 /// Rank `rank`'s part of `0..rows` split into `ranks` contiguous ranges in rank order.
 pub fn share(rows: usize, rank: usize, ranks: usize) -> std::ops::Range<usize> {
     rows * rank / ranks..rows * (rank + 1) / ranks

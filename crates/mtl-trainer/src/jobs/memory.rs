@@ -16,10 +16,7 @@ pub(crate) fn local_ranks(group: &Group) -> u64 {
     if group.threads_of_one_process() {
         return group.size() as u64;
     }
-    ["OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"]
-        .iter()
-        .find_map(|v| std::env::var(v).ok()?.parse().ok())
-        .unwrap_or(1)
+    crate::fit::collective::launcher_local_ranks().map_or(1, |n| n as u64)
 }
 
 /// The parts of training's memory that grow with the embedding table: `(what, bytes)`.
