@@ -185,8 +185,7 @@ impl MlpBlock {
             Some(bias) => bias.val() * scale + shift,
             None => shift,
         };
-        let y = x.matmul(weight) + bias.unsqueeze_dim(0);
-        self.dropout.forward(self.activation.forward(y))
+        self.activate(x.matmul(weight) + bias.unsqueeze_dim(0))
     }
 
     /// The block after its Linear: BatchNorm (if any), activation, dropout.
@@ -197,7 +196,15 @@ impl MlpBlock {
         if let Some(norm) = &self.norm {
             x = batch_norm_rows(norm, x);
         }
-        self.dropout.forward(self.activation.forward(x))
+        self.activate(x)
+    }
+
+    /// The activation and dropout.
+    ///
+    /// # Shapes
+    /// - input, output: `[batch, out]`
+    fn activate(&self, y: Tensor<2>) -> Tensor<2> {
+        self.dropout.forward(self.activation.forward(y))
     }
 }
 
