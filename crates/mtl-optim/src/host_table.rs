@@ -33,8 +33,9 @@ use burn::tensor::{Device, Tensor, TensorData};
 use crate::OptimError;
 use crate::lazy_file;
 use crate::moments::{read_moments, write_moments};
-use crate::replay::{Betas, Fresh, LazyFreshMap, Missed, ReplayRow, ReplayRows, average_row};
+use crate::replay::{Betas, Fresh, LazyFreshMap, Missed, ReplayRow, ReplayRows};
 use crate::row_adam::{RowAdamConfig, average_keep};
+use crate::row_step::{DEFERRED, Deferred, RowStep, Split, StepScalars, split_rows};
 
 /// How the host table is set up: the row-wise Adam, what happens to untouched rows, and the
 /// weight average.
@@ -208,16 +209,6 @@ impl<'a> SharedReplay<'a> {
     }
 }
 
-/// The ids of `next` (distinct) that are not in `current` (distinct), in `next`'s order.
-fn not_in(next: &[i32], current: &[i32]) -> Vec<i32> {
-    let mut current = current.to_vec();
-    current.sort_unstable();
-    next.iter()
-        .copied()
-        .filter(|id| current.binary_search(id).is_err())
-        .collect()
-}
-
 /// The `catch-up` bookkeeping: when each row was last brought up to date, and the constants
 /// of the steps since every row last was.
 struct CatchUp {
@@ -285,63 +276,10 @@ pub struct SparseAdam {
     device: Device,
     /// What the steps did since [`SparseAdam::take_traffic`] last asked.
     traffic: TableTraffic,
-}
-
-/// The row-wise Adam update of [`SparseAdam::step`] as one loop, compiled for the widest SIMD
-/// the CPU has (pulp's runtime dispatch: AVX-512, AVX2 or SSE2). Element for element the same
-/// IEEE operations as a scalar loop, so the results do not depend on the CPU.
-struct RowAdam<'a> {
-    floats: &'a mut [f32],
-    ids: &'a [i32],
-    g: &'a [f32],
-    dim: usize,
-    coef: f32,
-    b1: f32,
-    b2: f32,
-    factor: f32,
-    eps: f32,
-    lr: f32,
-    wd_grad: f32,
-    wd_update: f32,
-    /// With `catch-up`: each row's up-to-date step (the step's rows were brought up to date
-    /// by [`SparseAdam::gather`]; they are up to date with this step after it).
-    catch_up: Option<&'a mut [u64]>,
-    /// With a weight average: every row's average (`[rows, dim]`) and this step's decay.
-    average: Option<(&'a mut [f32], f32)>,
-    /// This step (1-based).
-    time: u64,
-}
-
-impl pulp::WithSimd for RowAdam<'_> {
-    type Output = ();
-
-    #[inline(always)]
-    fn with_simd<S: pulp::Simd>(self, _simd: S) {
-        let d = self.dim;
-        let (b1, b2, factor, eps, lr) = (self.b1, self.b2, self.factor, self.eps, self.lr);
-        let mut catch_up = self.catch_up;
-        let mut average = self.average;
-        for (&id, g) in self.ids.iter().zip(self.g.chunks_exact(d)) {
-            let base = id as usize * 3 * d;
-            let (w, moments) = self.floats[base..base + 3 * d].split_at_mut(d);
-            let (m, v) = moments.split_at_mut(d);
-            if let Some(last) = catch_up.as_mut() {
-                debug_assert_eq!(last[id as usize] + 1, self.time, "row {id} was not gathered");
-                last[id as usize] = self.time;
-            }
-            for (((w, m), v), &g) in w.iter_mut().zip(m).zip(v).zip(g) {
-                let g = g * self.coef + *w * self.wd_grad;
-                *m = *m * b1 + g * (1.0 - b1);
-                *v = *v * b2 + g * g * (1.0 - b2);
-                let update = *m * factor / (v.sqrt() + eps);
-                *w -= (update + *w * self.wd_update) * lr;
-            }
-            if let Some((a, keep)) = average.as_mut() {
-                let row = id as usize * d;
-                average_row(&mut a[row..row + d], w, *keep);
-            }
-        }
-    }
+    /// How the started step's rows divide, found by [`SparseAdam::prepare_beside`].
+    split: Option<Split>,
+    /// An ended step's rows whose update waits ([`crate::row_step`]).
+    deferred: Option<Deferred>,
 }
 
 impl SparseAdam {
@@ -396,12 +334,15 @@ impl SparseAdam {
             average,
             device: plain,
             traffic: TableTraffic::default(),
+            split: None,
+            deferred: None,
         })
     }
 
     /// Brings every row up to date with the last step (`catch-up`; nothing to do when frozen):
     /// replays the steps each row missed. The table then reads as dense Adam's would.
     pub fn catch_up(&mut self) {
+        self.take_deferred();
         self.bring_up_to_date(None);
         if let Some(state) = self.catch_up.as_mut() {
             state.base = self.time as u64;
@@ -537,6 +478,9 @@ impl SparseAdam {
     /// - output: `[ids, dim]` leaf
     pub fn gather(&mut self, ids: Vec<i32>) -> (Tensor<2>, Vec<i32>) {
         let d = self.dim;
+        if self.waits_for_any(&ids) {
+            self.take_deferred();
+        }
         self.bring_up_to_date(Some(&ids));
         let floats = self.buf.floats();
         let mut out = Vec::with_capacity(ids.len() * d);
@@ -579,6 +523,7 @@ impl SparseAdam {
             }
         }
         self.current = Some(missed);
+        self.split = None;
     }
 
     /// Whether a step [`SparseAdam::advance`] started waits for [`SparseAdam::apply`].
@@ -590,9 +535,11 @@ impl SparseAdam {
     /// (`current`, distinct: [`SparseAdam::apply`] brings those) up to date with the step
     /// [`SparseAdam::advance`] started — the replay a later [`SparseAdam::gather`] of them would
     /// do, done ahead — on a second thread while `work` runs on the calling thread, which then
-    /// takes its share of what is left; returns what `work` returned. Finding the rows and
-    /// replaying them is all the second thread's; each row is replayed whole by one thread, so
-    /// the floats do not depend on which.
+    /// takes its share of what is left; returns what `work` returned. The second thread first
+    /// updates the rows an earlier step left waiting, and finds which of `current`'s rows the
+    /// next batch uses: [`SparseAdam::apply`] (given `current`) updates only those and leaves
+    /// the others to the next step's second thread ([`crate::row_step`]). Each row is updated
+    /// and replayed whole by one thread, so the floats do not depend on which.
     pub fn prepare_beside<R>(&mut self, next: &[i32], current: &[i32], work: impl FnOnce() -> R) -> R {
         if self.catch_up.is_none() {
             return work();
@@ -601,7 +548,9 @@ impl SparseAdam {
         let (table, shared_rows) = (self, &shared);
         std::thread::scope(|scope| {
             let helper = scope.spawn(move || {
-                let ahead = not_in(next, current);
+                table.take_deferred();
+                let (ahead, split) = split_rows(next, current);
+                table.split = Some(split);
                 if let Some((replay, rows)) = SparseAdam::rows_behind(table, &ahead) {
                     shared_rows
                         .get_or_init(|| SharedReplay::new(replay, rows))
@@ -620,43 +569,80 @@ impl SparseAdam {
     }
 
     /// Ends the step [`SparseAdam::advance`] started: the row-wise Adam update of the rows
-    /// `ids` with their gradient `grad` (`[ids, dim]`).
+    /// `ids` with their gradient `grad` (`[ids, dim]`). After [`SparseAdam::prepare_beside`]
+    /// (with `ids` as its `current`) the rows the next batch does not use wait: the next
+    /// step's second thread, or whatever reads them first, updates them.
     pub fn apply(&mut self, ids: &[i32], grad: Tensor<2>) {
         let Some(Missed { lr, keep, .. }) = self.current.take() else {
             panic!("SparseAdam::apply without SparseAdam::advance");
         };
+        self.take_deferred();
         let g = grad.into_data();
-        let g = g.as_slice::<f32>().expect("gradients are f32");
-        let d = self.dim;
-        debug_assert_eq!(g.len(), ids.len() * d);
+        let values = g.as_slice::<f32>().expect("gradients are f32");
+        debug_assert_eq!(values.len(), ids.len() * self.dim);
         // as burn's clip_by_norm: coef = min(1, threshold / (‖g‖ + tiny))
         let coef = self.config.clip_norm.map_or(1.0, |threshold| {
-            let norm = g.iter().map(|x| x * x).sum::<f32>().sqrt();
+            let norm = values.iter().map(|x| x * x).sum::<f32>().sqrt();
             (threshold / (norm + f32::MIN_POSITIVE)).min(1.0)
         });
-        let c = self.config.at(self.time);
+        let s = StepScalars {
+            c: self.config.at(self.time),
+            coef,
+            lr,
+            keep,
+            time: self.time as u64,
+        };
         self.traffic.steps += 1;
         self.traffic.rows_updated += ids.len() as u64;
-        let catch_up = self.catch_up.as_mut().map(|state| state.last.as_mut_slice());
-        let average = self.average.as_mut().map(|(a, _)| (a.as_mut_slice(), keep));
-        let op = RowAdam {
+        let split = self.split.take().filter(|split| split.rows == ids.len());
+        self.update_rows(ids, values, split.as_ref().map(|split| split.now.as_slice()), s);
+        let (Some(split), Some(state)) = (split, self.catch_up.as_mut()) else {
+            return;
+        };
+        if split.later.is_empty() {
+            return;
+        }
+        for &p in &split.later {
+            state.last[ids[p as usize] as usize] = DEFERRED;
+        }
+        self.deferred = Some(Deferred {
+            ids: ids.to_vec(),
+            g,
+            later: split.later,
+            s,
+        });
+    }
+
+    /// The update ([`RowStep`]) of the rows `ids` at the positions `only` (every one when
+    /// `None`) with their gradient `g` (`[ids, dim]`) at a step's scalars `s`.
+    fn update_rows(&mut self, ids: &[i32], g: &[f32], only: Option<&[u32]>, s: StepScalars) {
+        let op = RowStep {
             floats: self.buf.floats_mut(),
             ids,
             g,
-            dim: d,
-            coef,
-            b1: c.b1,
-            b2: c.b2,
-            factor: c.factor,
-            eps: c.eps,
-            lr,
-            wd_grad: c.wd_grad,
-            wd_update: c.wd_update,
-            catch_up,
-            average,
-            time: self.time as u64,
+            only,
+            dim: self.dim,
+            s,
+            catch_up: self.catch_up.as_mut().map(|state| state.last.as_mut_slice()),
+            average: self.average.as_mut().map(|(a, _)| a.as_mut_slice()),
         };
         pulp::Arch::new().dispatch(op);
+    }
+
+    /// Updates the rows an ended step left waiting, if any ([`crate::row_step`]).
+    fn take_deferred(&mut self) {
+        if let Some(d) = self.deferred.take() {
+            let g = d.g.as_slice::<f32>().expect("gradients are f32");
+            self.update_rows(&d.ids, g, Some(&d.later), d.s);
+        }
+    }
+
+    /// Whether any of the rows `ids` waits for an ended step's update.
+    fn waits_for_any(&self, ids: &[i32]) -> bool {
+        match (&self.deferred, &self.catch_up) {
+            (Some(_), Some(state)) => ids.iter().any(|&id| state.last[id as usize] == DEFERRED),
+            _ => false,
+        }
     }
 
     /// Column block `part` (0 value, 1 first moment, 2 second moment) of every row as a
@@ -696,6 +682,7 @@ impl SparseAdam {
     /// Restores the table's weight average (`[rows, dim]`, as [`SparseAdam::average`] gave
     /// it) when resuming; nothing without one.
     pub fn set_average(&mut self, values: Tensor<2>) -> Result<(), OptimError> {
+        self.take_deferred();
         let Some((a, _)) = self.average.as_mut() else {
             return Ok(());
         };
@@ -717,9 +704,11 @@ impl SparseAdam {
     /// The table and its weight average (`[rows, dim]`, plain device) as [`SparseAdam::table`]
     /// and [`SparseAdam::average`] give them, every row brought up to date — on copies: the
     /// rows and their bookkeeping stay as they are (checkpoints, so that a run stopped and
-    /// resumed anywhere trains as the uninterrupted one).
-    pub fn snapshot(&self) -> (Tensor<2>, Option<Tensor<2>>) {
+    /// resumed anywhere trains as the uninterrupted one; rows whose update waits take it
+    /// first, as they would anyway).
+    pub fn snapshot(&mut self) -> (Tensor<2>, Option<Tensor<2>>) {
         use rayon::prelude::*;
+        self.take_deferred();
         let (rows, d) = (self.rows, self.dim);
         let mut values = vec![0f32; rows * d];
         let mut average = self.average.as_ref().map(|(a, _)| a.clone());
@@ -770,6 +759,7 @@ impl SparseAdam {
     /// constants, the rows' values and average as stored — at [`SparseAdam::catch_up_path`]:
     /// the table is not brought up to date, so that the run goes on exactly as before.
     pub fn save(&mut self, path: &Path) -> Result<(), OptimError> {
+        self.take_deferred();
         let (d, floats) = (self.dim, self.buf.floats());
         write_moments(path, self.rows, d, |part, r| {
             &floats[r * 3 * d + part * d..r * 3 * d + (part + 1) * d]
@@ -801,6 +791,7 @@ impl SparseAdam {
             floats[r * 3 * d + part * d..r * 3 * d + (part + 1) * d].copy_from_slice(values);
         })?;
         self.time = time;
+        (self.split, self.deferred) = (None, None);
         if let Some(state) = self.catch_up.as_mut() {
             state.last.fill(time as u64);
             state.base = time as u64;
@@ -967,12 +958,6 @@ mod tests {
     }
 
     #[test]
-    fn the_rows_ahead_are_the_next_batchs_not_in_this_one() {
-        assert_eq!(not_in(&[9, 2, 5, 7], &[7, 1, 2]), vec![9, 5]);
-        assert_eq!(not_in(&[3], &[]), vec![3]);
-    }
-
-    #[test]
     fn rows_prepared_by_both_threads_are_those_a_gather_replays() {
         let read = |t: Tensor<2>| t.into_data().try_to_vec::<f32>().unwrap();
         for replay in [CatchUpReplay::Strided, CatchUpReplay::Exact] {
@@ -1050,6 +1035,85 @@ mod tests {
             (t.steps, t.rows_updated, t.rows_caught_up, t.missed_steps),
             (3, 5, 0, 0)
         );
+    }
+
+    /// Steps `steps` of the made-up run, pipelined with `hint(step)` named as the next batch's
+    /// rows (the real next batch's or not), or one at a time without a hint; returns how many
+    /// gathers found rows waiting, and every gathered row's values.
+    fn train_hinted(
+        table: &mut SparseAdam,
+        steps: std::ops::RangeInclusive<u64>,
+        hint: Option<&dyn Fn(u64) -> Vec<i32>>,
+    ) -> (usize, Vec<f32>) {
+        let (dim, mut waited, mut values) = (table.dim(), 0, Vec::new());
+        for step in steps {
+            let ids = step_ids(step);
+            waited += usize::from(table.waits_for_any(&ids));
+            let (gathered, ids) = table.gather(ids);
+            values.extend(gathered.into_data().iter::<f32>());
+            let grad = step_grad(step, ids.len(), dim, table.device());
+            match hint {
+                Some(hint) => {
+                    table.advance(1e-3);
+                    table.prepare_beside(&hint(step), &ids, || ());
+                    table.apply(&ids, grad);
+                }
+                None => table.step(&ids, grad, 1e-3),
+            }
+        }
+        (waited, values)
+    }
+
+    #[test]
+    fn rows_left_waiting_are_updated_before_anything_reads_them() {
+        let read = |t: Tensor<2>| t.into_data().try_to_vec::<f32>().unwrap();
+        // every third step names the next batch without this step's rows as the next: the
+        // next gather finds the rows both use waiting (the rows brought up to date ahead are
+        // the same: strides replayed in two parts are not the strides of the whole gap)
+        let hint = &|step: u64| match step % 3 {
+            0 => crate::row_step::not_in(&step_ids(step + 1), &step_ids(step)),
+            _ => step_ids(step + 1),
+        };
+        for replay in [CatchUpReplay::Strided, CatchUpReplay::Exact] {
+            let mut sequential = sparse_table(Some(replay));
+            let (mut read_first, mut saved_first) = (sparse_table(Some(replay)), sparse_table(Some(replay)));
+            let (_, want) = train_hinted(&mut sequential, 1..=60, None);
+            let (waited, gathered) = train_hinted(&mut read_first, 1..=60, Some(hint));
+            assert!(waited > 0 && gathered == want, "{replay:?}");
+            train_hinted(&mut saved_first, 1..=60, Some(hint));
+            assert!(read_first.deferred.is_some() && saved_first.deferred.is_some());
+            // a checkpoint taken with rows waiting: its snapshot is the sequential run's, and its
+            // moments and bookkeeping resume as the sequential run goes on
+            let (values, average) = read_first.snapshot();
+            let (want_values, want_average) = sequential.snapshot();
+            assert!(read(values.clone()) == read(want_values), "{replay:?}");
+            assert!(read(average.clone().unwrap()) == read(want_average.unwrap()));
+            let dir = tempfile::tempdir().unwrap();
+            let moments = dir.path().join("moments.bin");
+            saved_first.save(&moments).unwrap();
+            let mut resumed = SparseAdam::new(values, table_config(replay), &Device::flex());
+            resumed.load(&moments, 60).unwrap();
+            resumed.set_average(average.unwrap()).unwrap();
+            resumed.restore_catch_up(&moments).unwrap();
+            let (_, want) = train_hinted(&mut sequential, 61..=120, None);
+            train(&mut resumed, 61..=120);
+            let (_, gathered) = train_hinted(&mut read_first, 61..=120, Some(hint));
+            assert!(gathered == want, "{replay:?}");
+            // a step taken one at a time after a pipelined one updates the waiting rows first
+            train(&mut read_first, 121..=125);
+            train(&mut sequential, 121..=125);
+            train(&mut resumed, 121..=125);
+            for (name, table) in [("pipelined", &mut read_first), ("resumed", &mut resumed)] {
+                assert!(
+                    read(table.table()) == read(sequential.table()),
+                    "{name} {replay:?}"
+                );
+                let average = read(table.average().unwrap());
+                assert!(average == read(sequential.average().unwrap()), "{name}");
+                let ((m1, v1), (m2, v2)) = (table.moments(), sequential.moments());
+                assert!((read(m1), read(v1)) == (read(m2), read(v2)), "{name}");
+            }
+        }
     }
 
     /// [`train`] 300 steps with a full catch-up (as an evaluation does) after step 150;

@@ -24,6 +24,7 @@ mod lazy_file;
 pub mod moments;
 pub mod replay;
 mod row_adam;
+mod row_step;
 
 pub use average::Average;
 pub use device_table::DeviceAdam;

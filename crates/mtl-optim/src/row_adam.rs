@@ -37,6 +37,7 @@ impl Default for RowAdamConfig {
 /// The constants of step `t`: betas, bias-corrected factor and epsilon (burn's Adam's
 /// formulation), and the weight decay split into the gradient's part (L2, Adam) and the
 /// update's (decoupled, AdamW).
+#[derive(Clone, Copy)]
 pub(crate) struct StepConstants {
     pub(crate) b1: f32,
     pub(crate) b2: f32,

@@ -180,7 +180,7 @@ impl Store {
 
     /// The table and its weight average brought up to date on copies, the store left as it
     /// is (checkpoints; the device table has nothing to bring up to date and no average).
-    fn snapshot(&self) -> (Tensor<2>, Option<Tensor<2>>) {
+    fn snapshot(&mut self) -> (Tensor<2>, Option<Tensor<2>>) {
         match self {
             Self::Host(a) => a.snapshot(),
             Self::Device(a) => (a.table(), None),

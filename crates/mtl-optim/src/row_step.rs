@@ -1,0 +1,169 @@
+//! One step's row-wise Adam update of the host table's rows ([`RowStep`]), and the part of a
+//! step's update that may wait ([`Deferred`]).
+//!
+//! A pipelined step ([`crate::SparseAdam::prepare_beside`]) must update at once only the rows
+//! the next batch gathers; its other rows' update can wait for the second thread of the next
+//! step, which takes it before anything else it does there. A row's update is the same
+//! arithmetic whenever it runs (the step's constants, learning rate, clip factor and average
+//! keep are kept with it), so the floats do not depend on when; until then the row's
+//! up-to-date step reads [`DEFERRED`], so that whatever reads it first takes the update.
+
+use burn::tensor::TensorData;
+
+use crate::replay::average_row;
+use crate::row_adam::StepConstants;
+
+/// A row's up-to-date step (catch-up's bookkeeping) while its update waits in a [`Deferred`].
+pub(crate) const DEFERRED: u64 = u64::MAX;
+
+/// What one step's update of a row needs besides the row and its gradient.
+#[derive(Clone, Copy)]
+pub(crate) struct StepScalars {
+    /// The step's Adam constants.
+    pub(crate) c: StepConstants,
+    /// The gradient's clip factor (over all of the step's rows).
+    pub(crate) coef: f32,
+    pub(crate) lr: f32,
+    /// The weight average's keep at this step.
+    pub(crate) keep: f32,
+    /// The step (1-based).
+    pub(crate) time: u64,
+}
+
+/// The row-wise Adam update of some of a step's rows as one loop, compiled for the widest SIMD
+/// the CPU has (pulp's runtime dispatch: AVX-512, AVX2 or SSE2). Element for element the same
+/// IEEE operations as a scalar loop, so the results do not depend on the CPU.
+pub(crate) struct RowStep<'a> {
+    /// The table: per row value, first moment, second moment (`3 × dim` floats).
+    pub(crate) floats: &'a mut [f32],
+    /// The step's rows, and their gradient (`[ids, dim]`).
+    pub(crate) ids: &'a [i32],
+    pub(crate) g: &'a [f32],
+    /// The positions in `ids` to update; every one when `None`.
+    pub(crate) only: Option<&'a [u32]>,
+    pub(crate) dim: usize,
+    pub(crate) s: StepScalars,
+    /// With `catch-up`: each row's up-to-date step (the step's rows were brought up to date
+    /// by the gather; they are up to date with this step after it).
+    pub(crate) catch_up: Option<&'a mut [u64]>,
+    /// With a weight average: every row's average (`[rows, dim]`).
+    pub(crate) average: Option<&'a mut [f32]>,
+}
+
+impl pulp::WithSimd for RowStep<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(mut self, _simd: S) {
+        let d = self.dim;
+        match self.only {
+            None => {
+                for (p, &id) in self.ids.iter().enumerate() {
+                    self.row(id, p * d);
+                }
+            }
+            Some(only) => {
+                for &p in only {
+                    self.row(self.ids[p as usize], p as usize * d);
+                }
+            }
+        }
+    }
+}
+
+impl RowStep<'_> {
+    /// The update of row `id`, whose gradient starts at `at` in `g`.
+    #[inline(always)]
+    fn row(&mut self, id: i32, at: usize) {
+        let (d, s) = (self.dim, self.s);
+        let (b1, b2, c) = (s.c.b1, s.c.b2, s.c);
+        let base = id as usize * 3 * d;
+        let (w, moments) = self.floats[base..base + 3 * d].split_at_mut(d);
+        let (m, v) = moments.split_at_mut(d);
+        if let Some(last) = self.catch_up.as_mut() {
+            let last = &mut last[id as usize];
+            debug_assert!(
+                *last == DEFERRED || *last + 1 == s.time,
+                "row {id} was not gathered"
+            );
+            *last = s.time;
+        }
+        for (((w, m), v), &g) in w.iter_mut().zip(m).zip(v).zip(&self.g[at..at + d]) {
+            let g = g * s.coef + *w * c.wd_grad;
+            *m = *m * b1 + g * (1.0 - b1);
+            *v = *v * b2 + g * g * (1.0 - b2);
+            let update = *m * c.factor / (v.sqrt() + c.eps);
+            *w -= (update + *w * c.wd_update) * s.lr;
+        }
+        if let Some(a) = self.average.as_mut() {
+            let row = id as usize * d;
+            average_row(&mut a[row..row + d], w, s.keep);
+        }
+    }
+}
+
+/// How a pipelined step's rows divide ([`split_rows`]): by position in the step's ids.
+pub(crate) struct Split {
+    /// The rows the next batch uses: updated when the step ends.
+    pub(crate) now: Vec<u32>,
+    /// The others: their update may wait ([`Deferred`]).
+    pub(crate) later: Vec<u32>,
+    /// How many ids the step has.
+    pub(crate) rows: usize,
+}
+
+/// The ids of `next` (distinct) that are not in `current` (distinct), in `next`'s order (the
+/// rows a pipelined step brings up to date ahead), and how `current`'s rows divide by whether
+/// `next` uses them.
+pub(crate) fn split_rows(next: &[i32], current: &[i32]) -> (Vec<i32>, Split) {
+    let ahead = not_in(next, current);
+    let mut next = next.to_vec();
+    next.sort_unstable();
+    let (mut now, mut later) = (Vec::new(), Vec::new());
+    for (p, id) in current.iter().enumerate() {
+        match next.binary_search(id) {
+            Ok(_) => now.push(p as u32),
+            Err(_) => later.push(p as u32),
+        }
+    }
+    let rows = current.len();
+    (ahead, Split { now, later, rows })
+}
+
+/// The ids of `next` (distinct) that are not in `current` (distinct), in `next`'s order.
+pub(crate) fn not_in(next: &[i32], current: &[i32]) -> Vec<i32> {
+    let mut current = current.to_vec();
+    current.sort_unstable();
+    next.iter()
+        .copied()
+        .filter(|id| current.binary_search(id).is_err())
+        .collect()
+}
+
+/// A step's rows whose update waits (their up-to-date step reads [`DEFERRED`]): the step's
+/// ids and gradient, the positions that wait, and the step's scalars.
+pub(crate) struct Deferred {
+    pub(crate) ids: Vec<i32>,
+    pub(crate) g: TensorData,
+    pub(crate) later: Vec<u32>,
+    pub(crate) s: StepScalars,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rows_ahead_are_the_next_batchs_not_in_this_one() {
+        assert_eq!(not_in(&[9, 2, 5, 7], &[7, 1, 2]), vec![9, 5]);
+        assert_eq!(not_in(&[3], &[]), vec![3]);
+    }
+
+    #[test]
+    fn a_steps_rows_divide_by_whether_the_next_batch_uses_them() {
+        let (ahead, split) = split_rows(&[9, 2, 5, 7], &[7, 1, 2, 8]);
+        assert_eq!(ahead, vec![9, 5]);
+        // 7 and 2 (positions 0 and 2) come back next step; 1 and 8 do not
+        assert_eq!((split.now, split.later, split.rows), (vec![0, 2], vec![1, 3], 4));
+    }
+}
