@@ -18,6 +18,12 @@
 //! Either way the bias correction uses the global step count and gradient-norm clipping
 //! applies to the step's rows. Dense layers keep burn's optimiser.
 //!
+//! With catch-up, a step can be pipelined ([`SparseAdam::prepare_beside`]): while its passes
+//! run, a second thread brings the next batch's other rows up to date, and updates the rows
+//! the previous step left waiting — a pipelined step updates at once only the rows the next
+//! batch shares with it ([`crate::row_step`]). Whatever reads a waiting row first (a gather, a
+//! snapshot, a checkpoint, a catch-up) updates it: the same floats as steps taken one at a time.
+//!
 //! The table and its moments live in host memory, one row's value, first and second moment
 //! side by side (`3 × dim` floats), so that a step's update of a row touches one place in
 //! memory, in one pass; on Linux the buffer asks for transparent huge pages, so random rows
