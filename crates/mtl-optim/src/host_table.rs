@@ -897,19 +897,12 @@ mod tests {
     /// trainer's pipeline takes them, each step started ahead of its gradient and the next
     /// step's other rows brought up to date before it ends.
     fn train_with(table: &mut SparseAdam, steps: std::ops::RangeInclusive<u64>, pipelined: bool) {
-        let dim = table.dim();
-        for step in steps {
-            let (gathered, ids) = table.gather(step_ids(step));
-            drop(gathered);
-            let grad = step_grad(step, ids.len(), dim, table.device());
-            if pipelined {
-                table.advance(1e-3);
-                table.prepare_beside(&step_ids(step + 1), &ids, || ());
-                table.apply(&ids, grad);
-            } else {
-                table.step(&ids, grad, 1e-3);
-            }
-        }
+        let next = |step: u64| step_ids(step + 1);
+        train_hinted(
+            table,
+            steps,
+            pipelined.then_some(&next as &dyn Fn(u64) -> Vec<i32>),
+        );
     }
 
     /// [`train_with`], one step at a time.
