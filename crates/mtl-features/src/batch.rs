@@ -157,8 +157,8 @@ impl EncodedData {
         device: &Device,
     ) -> (BatchTensors, Vec<i32>) {
         let mut unique: Vec<i32> = Vec::new();
-        let mut position: std::collections::HashMap<usize, i32> =
-            std::collections::HashMap::with_capacity(indices.len() * 4);
+        let mut position: rustc_hash::FxHashMap<usize, i32> =
+            rustc_hash::FxHashMap::with_capacity_and_hasher(indices.len() * 4, Default::default());
         // an id owning several rows keeps them consecutive among the gathered rows
         let batch = self.build(indices, layout, device, |global, slots| {
             *position.entry(global).or_insert_with(|| {
