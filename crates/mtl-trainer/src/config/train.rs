@@ -154,8 +154,9 @@ pub struct TrainSettings {
     pub untouched_rows: Option<UntouchedRows>,
     /// Bring the next batch's table rows up to date on a second thread while a step's forward
     /// and backward passes run (the host table catching up, one process; the same floats as
-    /// without). Left out: with more than one thread, the first 100 steps try both ways and the
-    /// rest take the faster.
+    /// without). Left out: with more than one thread, pipelined where the gathers of the first
+    /// sequential steps take a tenth of them or more (their catch-up is what moves), else the
+    /// first 100 steps try both ways and the rest take the faster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pipeline: Option<bool>,
     /// Decay of the weight average the run evaluates and saves (an exponential moving average

@@ -230,6 +230,8 @@ pub struct Stepper {
     /// Whether steps bring the next batch's rows up to date on a second thread
     /// ([`Stepper::pipelines`]).
     pipeline: Pipeline,
+    /// The seconds the last step's gather took (a pipelining trial weighs them).
+    gather_secs: f64,
 }
 
 /// Whether steps are pipelined: fixed, or tried both ways over the first steps.
@@ -237,10 +239,12 @@ pub struct Stepper {
 enum Pipeline {
     Off,
     On,
-    /// `steps` timed so far, and the seconds of the timed pipelined and sequential ones.
+    /// `steps` timed so far, the seconds of the timed pipelined and sequential ones, and
+    /// those of the warm-up's sequential steps and of their gathers ([`Pipeline::SHARE`]).
     Trial {
         steps: usize,
         secs: [f64; 2],
+        warm: [f64; 2],
     },
 }
 
@@ -255,6 +259,23 @@ impl Pipeline {
     const ORDER: [bool; 10] = [true, false, true, false, false, true, false, true, true, false];
     /// Steps a trial leaves untimed (its first two blocks).
     const WARM: usize = 2 * Self::BLOCK;
+    /// Where the gathers of the warm-up's sequential steps (their catch-up's replay, which a
+    /// pipelined step takes off the calling thread) take at least this share of those steps'
+    /// time, the trial ends there with the pipelined way and skips the timed blocks, whose
+    /// sequential half costs such a model most. Measured on `configs/` (800k rows of `mtl
+    /// gen-data ccp`, 2 threads): the examples' gathers take 0.13–0.33 of such steps and they
+    /// train 1.06–1.45× faster pipelined; the large configurations' 0.02–0.07, where the two
+    /// ways are within about ±10 % and the timed blocks decide.
+    const SHARE: f64 = 0.1;
+
+    /// A trial about to take its first step.
+    fn trial() -> Self {
+        Self::Trial {
+            steps: 0,
+            secs: [0.0; 2],
+            warm: [0.0; 2],
+        }
+    }
 
     fn on(self) -> bool {
         match self {
@@ -264,19 +285,39 @@ impl Pipeline {
         }
     }
 
-    /// Counts a step of `secs`; a trial's last one picks the faster way for the rest.
-    fn record(self, secs: f64) -> Self {
-        let Self::Trial { steps, secs: mut by } = self else {
+    /// Counts a step of `secs` whose gather took `gather` of them; a trial's last one (or the
+    /// warm-up's last, where its gathers take [`Pipeline::SHARE`]) picks the faster way for
+    /// the rest.
+    fn record(self, secs: f64, gather: f64) -> Self {
+        let Self::Trial {
+            steps,
+            secs: mut by,
+            mut warm,
+        } = self
+        else {
             return self;
         };
-        if steps >= Self::WARM && !steps.is_multiple_of(Self::BLOCK) {
+        let first_of_block = steps.is_multiple_of(Self::BLOCK);
+        if steps >= Self::WARM && !first_of_block {
             by[usize::from(!self.on())] += secs;
+        }
+        if steps < Self::WARM && !first_of_block && !self.on() {
+            warm[0] += secs;
+            warm[1] += gather;
+        }
+        if steps + 1 == Self::WARM && warm[0] > 0.0 && warm[1] >= Self::SHARE * warm[0] {
+            tracing::info!(
+                gather_share = warm[1] / warm[0],
+                "pipelining trial: the gathers' catch-up takes a large share of a sequential step; the pipelined way is kept"
+            );
+            return Self::On;
         }
         if steps + 1 == Self::ORDER.len() * Self::BLOCK {
             let on = by[0] < by[1];
             tracing::info!(
                 pipelined_secs = by[0],
                 sequential_secs = by[1],
+                gather_share = warm[1] / warm[0],
                 "pipelining trial: the {} way is faster",
                 if on { "pipelined" } else { "sequential" }
             );
@@ -285,6 +326,7 @@ impl Pipeline {
         Self::Trial {
             steps: steps + 1,
             secs: by,
+            warm,
         }
     }
 }
@@ -323,6 +365,7 @@ impl Stepper {
             average: None,
             group: Group::default(),
             pipeline: Pipeline::Off,
+            gather_secs: 0.0,
         };
         // a schema without id fields has no table to update
         if settings.embedding == EmbeddingUpdate::Dense || layout.total_rows == 0 {
@@ -379,10 +422,7 @@ impl Stepper {
         stepper.pipeline = match (catches_up, settings.pipeline) {
             (false, _) | (true, Some(false)) => Pipeline::Off,
             (true, Some(true)) => Pipeline::On,
-            (true, None) if rayon::current_num_threads() > 1 => Pipeline::Trial {
-                steps: 0,
-                secs: [0.0; 2],
-            },
+            (true, None) if rayon::current_num_threads() > 1 => Pipeline::trial(),
             (true, None) => Pipeline::Off,
         };
         stepper.table = Some(Table { adam, id });
@@ -444,7 +484,9 @@ impl Stepper {
         };
         let (model, gathered) = match &mut self.table {
             Some(table) => {
+                let clock = std::time::Instant::now();
                 let (leaf, ids) = table.adam.gather(table_rows);
+                self.gather_secs = clock.elapsed().as_secs_f64();
                 (table.set(model, leaf.clone()), Some((leaf, ids)))
             }
             None => (model, None),
@@ -488,15 +530,15 @@ impl Stepper {
 
     /// Whether the next step brings the following batch's rows up to date on a second thread
     /// while its forward and backward passes run (`train.pipeline`; by default, with more than
-    /// one thread, a host table that catches up and one process, the first 100 steps try both
-    /// ways — the same floats either way — and the rest take the faster).
+    /// one thread, a host table that catches up and one process, the first steps try both ways
+    /// — the same floats either way — and the rest take the faster).
     pub fn pipelines(&self) -> bool {
         self.pipeline.on()
     }
 
-    /// Counts a step that took `secs` (a pipelining trial times them).
+    /// Counts a step that took `secs` (a pipelining trial times them and their gathers).
     pub fn timed(&mut self, secs: f64) {
-        self.pipeline = self.pipeline.record(secs);
+        self.pipeline = self.pipeline.record(secs, self.gather_secs);
     }
 
     /// The forward pass, the loss terms over every rank (an error where they are not finite),
@@ -724,20 +766,27 @@ impl Stepper {
 mod tests {
     use super::*;
 
+    /// Runs a trial whose step `i` costs `cost(i, pipelined, previous step pipelined)` seconds,
+    /// of which its gather takes `gather(i, pipelined)`; the way it picks and its steps' ways.
+    fn run_trial(
+        cost: &dyn Fn(usize, bool, bool) -> f64,
+        gather: &dyn Fn(usize, bool) -> f64,
+    ) -> (Pipeline, Vec<bool>) {
+        let mut p = Pipeline::trial();
+        let mut ways: Vec<bool> = Vec::new();
+        while let Pipeline::Trial { .. } = p {
+            let (i, on, before) = (ways.len(), p.on(), ways.last().copied().unwrap_or(true));
+            p = p.record(cost(i, on, before), gather(i, on));
+            ways.push(on);
+        }
+        (p, ways)
+    }
+
     #[test]
     fn a_pipelining_trial_keeps_the_faster_way() {
-        // runs a trial whose step `i` costs `cost(i, pipelined, previous step pipelined)`
+        // gathers that take nothing: the whole trial is timed
         let trial = |cost: &dyn Fn(usize, bool, bool) -> f64| {
-            let mut p = Pipeline::Trial {
-                steps: 0,
-                secs: [0.0; 2],
-            };
-            let mut ways: Vec<bool> = Vec::new();
-            while let Pipeline::Trial { .. } = p {
-                let (on, before) = (p.on(), ways.last().copied().unwrap_or(true));
-                p = p.record(cost(ways.len(), on, before));
-                ways.push(on);
-            }
+            let (p, ways) = run_trial(cost, &|_, _| 0.0);
             // blocks of 10, pipelined first: 50 steps each way
             assert_eq!(ways.len(), 100);
             assert_eq!(ways.iter().filter(|&&on| on).count(), 50);
@@ -775,7 +824,27 @@ mod tests {
         };
         assert_eq!(trial(&switching), Pipeline::On);
         // a fixed way stays
-        assert_eq!(Pipeline::On.record(5.0), Pipeline::On);
-        assert!(!Pipeline::Off.record(5.0).on());
+        assert_eq!(Pipeline::On.record(5.0, 5.0), Pipeline::On);
+        assert!(!Pipeline::Off.record(5.0, 5.0).on());
+    }
+
+    #[test]
+    fn a_trial_whose_gathers_weigh_on_the_sequential_steps_ends_after_the_warm_up() {
+        // the warm-up's sequential steps (10..20) take 1 s, their gathers `share` of it; the
+        // timed blocks would find the sequential way faster
+        let cost = |i: usize, on: bool, _: bool| match (i < Pipeline::WARM, on) {
+            (true, _) => 1.0,
+            (false, true) => 2.0,
+            (false, false) => 1.0,
+        };
+        let sequential_gathers = |share: f64| move |_: usize, on: bool| if on { 0.0 } else { share };
+        let (p, ways) = run_trial(&cost, &sequential_gathers(0.11));
+        assert_eq!((p, ways.len()), (Pipeline::On, Pipeline::WARM));
+        // just below the share: the trial goes on and times both ways
+        let (p, ways) = run_trial(&cost, &sequential_gathers(0.09));
+        assert_eq!((p, ways.len()), (Pipeline::Off, 100));
+        // the gathers of pipelined steps, and of a block's first step, do not count
+        let (p, ways) = run_trial(&cost, &|i, on| if on || i == Pipeline::BLOCK { 5.0 } else { 0.0 });
+        assert_eq!((p, ways.len()), (Pipeline::Off, 100));
     }
 }
