@@ -367,17 +367,20 @@ impl SparseAdam {
 
     /// Replays the missed steps of the rows `ids` (every row when `None`); nothing when frozen.
     /// Rows are independent, so they are replayed in parallel over rayon's threads, as
-    /// disjoint slices of the buffer ([`SparseAdam::rows_behind`]).
-    fn bring_up_to_date(&mut self, ids: Option<&[i32]>) {
+    /// disjoint slices of the buffer ([`SparseAdam::rows_behind`]). Returns whether any of
+    /// `ids` waits for an ended step's update (such a row is not behind: see `rows_behind`).
+    fn bring_up_to_date(&mut self, ids: Option<&[i32]>) -> bool {
         use rayon::prelude::*;
         let Some(ids) = ids else {
             self.bring_every_row_up_to_date();
-            return;
+            return false;
         };
-        if let Some((replay, mut rows)) = self.rows_behind(ids) {
-            rows.par_chunks_mut(REPLAY_CHUNK)
-                .for_each(|chunk| replay.run(chunk));
-        }
+        let Some((replay, mut rows, waits)) = self.rows_behind(ids) else {
+            return false;
+        };
+        rows.par_chunks_mut(REPLAY_CHUNK)
+            .for_each(|chunk| replay.run(chunk));
+        waits
     }
 
     /// Every row's missed steps replayed, block by block over rayon's threads (no list of all
@@ -417,8 +420,10 @@ impl SparseAdam {
 
     /// The rows among `ids` that are behind, split off the buffer as disjoint slices (sorted;
     /// a repeated id is taken once), counted in the traffic, with the replay that brings them
-    /// up to date; `None` when frozen.
-    fn rows_behind(&mut self, ids: &[i32]) -> Option<(Replay<'_>, Vec<ReplayRow<'_>>)> {
+    /// up to date, and whether any of `ids` waits for an ended step's update — never behind:
+    /// its up-to-date step reads [`DEFERRED`], past every step, and once updated it is up to
+    /// date (the step that left it waiting was the last); `None` when frozen.
+    fn rows_behind(&mut self, ids: &[i32]) -> Option<(Replay<'_>, Vec<ReplayRow<'_>>, bool)> {
         let state = self.catch_up.as_mut()?;
         let (d, time) = (self.dim, self.time as u64);
         let mut floats: &mut [f32] = self.buf.floats_mut();
@@ -434,10 +439,15 @@ impl SparseAdam {
         );
         let mut rows: Vec<ReplayRow<'_>> = Vec::new();
         // only the rows behind are sorted (after a prepared step, often none)
+        let mut waits = false;
         let mut sorted: Vec<i32> = ids
             .iter()
             .copied()
-            .filter(|&id| lasts[id as usize] < time)
+            .filter(|&id| {
+                let last = lasts[id as usize];
+                waits |= last == DEFERRED;
+                last < time
+            })
             .collect();
         sorted.sort_unstable();
         let mut at = 0usize;
@@ -466,7 +476,7 @@ impl SparseAdam {
         let (behind, missed) = replay.behind(&rows);
         self.traffic.rows_caught_up += behind;
         self.traffic.missed_steps += missed;
-        Some((replay, rows))
+        Some((replay, rows, waits))
     }
 
     /// What the steps did to the table since the last call (zero counts afterwards).
@@ -492,10 +502,10 @@ impl SparseAdam {
     /// - output: `[ids, dim]` leaf
     pub fn gather(&mut self, ids: Vec<i32>) -> (Tensor<2>, Vec<i32>) {
         let d = self.dim;
-        if self.waits_for_any(&ids) {
+        // rows waiting for an ended step's update are not behind: they take it after the replay
+        if self.bring_up_to_date(Some(&ids)) {
             self.take_deferred();
         }
-        self.bring_up_to_date(Some(&ids));
         let floats = self.buf.floats();
         let mut out = Vec::with_capacity(ids.len() * d);
         for &id in &ids {
@@ -565,7 +575,8 @@ impl SparseAdam {
                 table.take_deferred();
                 let (ahead, split) = split_rows(next, current);
                 table.split = Some(split);
-                if let Some((replay, rows)) = SparseAdam::rows_behind(table, &ahead) {
+                // the rows an earlier step left waiting were updated just above
+                if let Some((replay, rows, _)) = SparseAdam::rows_behind(table, &ahead) {
                     shared_rows
                         .get_or_init(|| SharedReplay::new(replay, rows))
                         .take_chunks();
@@ -652,6 +663,7 @@ impl SparseAdam {
     }
 
     /// Whether any of the rows `ids` waits for an ended step's update.
+    #[cfg(test)]
     fn waits_for_any(&self, ids: &[i32]) -> bool {
         match (&self.deferred, &self.catch_up) {
             (Some(_), Some(state)) => ids.iter().any(|&id| state.last[id as usize] == DEFERRED),
