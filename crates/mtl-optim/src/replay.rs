@@ -395,12 +395,21 @@ impl FreshMap {
 fn step(w: &mut [f32], m: &mut [f32], v: &mut [f32], s: &Missed, k: Betas) {
     for ((w, m), v) in w.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()) {
         // the same operations as a touched row's with g = 0 (0 · coef + w · wd = w · wd)
-        let g = 0.0 + *w * k.wd_grad;
-        *m = *m * k.b1 + g * (1.0 - k.b1);
-        *v = *v * k.b2 + g * g * (1.0 - k.b2);
-        let update = *m * s.factor / (v.sqrt() + s.eps);
-        *w -= (update + *w * k.wd_update) * s.lr;
+        adam_element(w, m, v, 0.0, s, k);
     }
+}
+
+/// One element's Adam step at step `s`'s constants, its data gradient (clipped) being `g`:
+/// the L2 decay joins the gradient, the decoupled decay the update. A touched row's update
+/// ([`crate::row_step::RowStep`]) and a missed step's replay ([`step`]) both take it, so
+/// that catch-up's exact replay is the operations dense Adam does.
+#[inline(always)]
+pub(crate) fn adam_element(w: &mut f32, m: &mut f32, v: &mut f32, g: f32, s: &Missed, k: Betas) {
+    let g = g + *w * k.wd_grad;
+    *m = *m * k.b1 + g * (1.0 - k.b1);
+    *v = *v * k.b2 + g * g * (1.0 - k.b2);
+    let update = *m * s.factor / (v.sqrt() + s.eps);
+    *w -= (update + *w * k.wd_update) * s.lr;
 }
 
 /// One step of a row's weight average: `a ← keep · a + (1 − keep) · w`.

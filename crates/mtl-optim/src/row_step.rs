@@ -10,7 +10,7 @@
 
 use burn::tensor::TensorData;
 
-use crate::replay::average_row;
+use crate::replay::{Missed, adam_element, average_row};
 use crate::row_adam::StepConstants;
 
 /// A row's up-to-date step (catch-up's bookkeeping) while its update waits in a [`Deferred`].
@@ -28,6 +28,19 @@ pub(crate) struct StepScalars {
     pub(crate) keep: f32,
     /// The step (1-based).
     pub(crate) time: u64,
+}
+
+impl StepScalars {
+    /// The step's constants as a replayed step keeps them ([`Missed`]).
+    #[inline(always)]
+    fn constants(&self) -> Missed {
+        Missed {
+            factor: self.c.factor,
+            eps: self.c.eps,
+            lr: self.lr,
+            keep: self.keep,
+        }
+    }
 }
 
 /// The row-wise Adam update of some of a step's rows as one loop, compiled for the widest SIMD
@@ -76,7 +89,7 @@ impl RowStep<'_> {
     #[inline(always)]
     fn row(&mut self, id: i32, at: usize) {
         let (d, s) = (self.dim, self.s);
-        let (b1, b2, c) = (s.c.b1, s.c.b2, s.c);
+        let (k, at_step) = (s.c.betas(), s.constants());
         let base = id as usize * 3 * d;
         let (w, moments) = self.floats[base..base + 3 * d].split_at_mut(d);
         let (m, v) = moments.split_at_mut(d);
@@ -89,11 +102,7 @@ impl RowStep<'_> {
             *last = s.time;
         }
         for (((w, m), v), &g) in w.iter_mut().zip(m).zip(v).zip(&self.g[at..at + d]) {
-            let g = g * s.coef + *w * c.wd_grad;
-            *m = *m * b1 + g * (1.0 - b1);
-            *v = *v * b2 + g * g * (1.0 - b2);
-            let update = *m * c.factor / (v.sqrt() + c.eps);
-            *w -= (update + *w * c.wd_update) * s.lr;
+            adam_element(w, m, v, g * s.coef, &at_step, k);
         }
         if let Some(a) = self.average.as_mut() {
             let row = id as usize * d;
