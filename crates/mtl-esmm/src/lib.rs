@@ -68,7 +68,8 @@ use mtl_features::{
 use mtl_layers::head::{bce_rows, bce_rows_from_log_probs, log_add_exp};
 use mtl_layers::tasks::embedded_fields;
 use mtl_layers::{
-    Forward, ModelBuilder, ModelError, ModelPlan, MultiTaskModel, OutputSpec, Tower, TowerSpec, resolve_label,
+    Branching, Forward, ModelBuilder, ModelError, ModelPlan, MultiTaskModel, OutputSpec, Tower, TowerSpec,
+    Trunk, resolve_label, trainable_params,
 };
 use serde::{Deserialize, Serialize};
 
@@ -221,6 +222,25 @@ pub struct EsmmPredictions {
     pub pctcvr: Tensor<1>,
 }
 
+impl EsmmPredictions {
+    /// pCTR = σ(a), pCVR = σ(b), pCTCVR = pCTR × pCVR from the towers' logits `a` and `b`.
+    ///
+    /// # Shapes
+    /// - `ctr_logit`, `cvr_logit` and every output: `[batch]`
+    pub fn from_logits(ctr_logit: Tensor<1>, cvr_logit: Tensor<1>) -> Self {
+        let pctr = sigmoid(ctr_logit.clone());
+        let pcvr = sigmoid(cvr_logit.clone());
+        let pctcvr = pctr.clone() * pcvr.clone();
+        Self {
+            ctr_logit,
+            cvr_logit,
+            pctr,
+            pcvr,
+            pctcvr,
+        }
+    }
+}
+
 impl Esmm {
     /// The towers' logits and the three probabilities.
     ///
@@ -239,16 +259,7 @@ impl Esmm {
         let b = x.dims()[0];
         let ctr_logit = self.ctr_tower.forward(x.clone(), fields).reshape([b]);
         let cvr_logit = self.cvr_tower.forward(x, fields).reshape([b]);
-        let pctr = sigmoid(ctr_logit.clone());
-        let pcvr = sigmoid(cvr_logit.clone());
-        let pctcvr = pctr.clone() * pcvr.clone();
-        EsmmPredictions {
-            ctr_logit,
-            cvr_logit,
-            pctr,
-            pcvr,
-            pctcvr,
-        }
+        EsmmPredictions::from_logits(ctr_logit, cvr_logit)
     }
 
     /// The two loss terms, `[BCE(click, pCTR), BCE(click ∧ conversion, pCTCVR)]`, each `[1]`
@@ -319,12 +330,11 @@ impl MultiTaskModel for Esmm {
     }
 
     fn forward(&self, batch: &BatchTensors) -> Forward {
-        let p = self.forward_predictions(batch);
-        let losses = self.losses(&p, batch).to_vec();
-        Forward {
-            predictions: vec![p.pctr, p.pcvr, p.pctcvr],
-            losses,
-        }
+        self.forward_branched(batch)
+    }
+
+    fn branching(&self) -> Option<&dyn Branching> {
+        Some(self)
     }
 
     const USES_LABEL_PRIORS: bool = true;
@@ -338,6 +348,44 @@ impl MultiTaskModel for Esmm {
             ctr_tower: self.ctr_tower.with_output_prior(logit(ctr), false),
             cvr_tower: self.cvr_tower.with_output_prior(logit(cvr), true),
             ..self
+        }
+    }
+}
+
+/// ESMM cut at its towers: the input layer, then the CTR tower (branch 0) and the CVR tower
+/// (branch 1), each on the pooled embeddings (and the field embeddings, for a DeepFM tower).
+impl Branching for Esmm {
+    fn trunk(&self, batch: &BatchTensors) -> Trunk {
+        let (input, stack) = self.input.forward_with_fields(batch);
+        Trunk { input, stack }
+    }
+
+    fn branch_count(&self) -> usize {
+        2
+    }
+
+    fn branch_work(&self) -> usize {
+        trainable_params(&self.ctr_tower).min(trainable_params(&self.cvr_tower))
+    }
+
+    fn branch(&self, i: usize, trunk: &Trunk) -> Tensor<2> {
+        let tower = [&self.ctr_tower, &self.cvr_tower][i];
+        tower.forward(trunk.input.clone(), trunk.stack.as_ref()) // [batch, 1]
+    }
+
+    fn head(&self, outputs: Vec<Tensor<2>>, _trunk: &Trunk, batch: &BatchTensors) -> Forward {
+        let b = batch.rows;
+        let [ctr_logit, cvr_logit]: [Tensor<1>; 2] = outputs
+            .into_iter()
+            .map(|logit| logit.reshape([b]))
+            .collect::<Vec<_>>()
+            .try_into()
+            .expect("ESMM has two branches, the towers");
+        let p = EsmmPredictions::from_logits(ctr_logit, cvr_logit);
+        let losses = self.losses(&p, batch).to_vec();
+        Forward {
+            predictions: vec![p.pctr, p.pcvr, p.pctcvr],
+            losses,
         }
     }
 }

@@ -84,6 +84,61 @@ pub struct GateWeights {
     pub weights: Tensor<2>,
 }
 
+/// What a model's trunk — the part every task shares — hands its branches.
+#[derive(Debug, Clone)]
+pub struct Trunk {
+    /// The shared vector each branch reads, `[batch, width]` (the pooled embeddings).
+    pub input: Tensor<2>,
+    /// Stacked vectors some branches also read, `[batch, n, dim]` (ESMM: the field
+    /// embeddings a DeepFM tower takes; a mixture: its experts' outputs), if any.
+    pub stack: Option<Tensor<3>>,
+}
+
+impl Trunk {
+    /// A copy of both tensors cut from the graph that made them, each a leaf that takes
+    /// its own gradient (a branch's pass then builds a graph of its own).
+    pub fn detached(&self) -> Self {
+        Self {
+            input: self.input.clone().detach().require_grad(),
+            stack: self.stack.clone().map(|s| s.detach().require_grad()),
+        }
+    }
+}
+
+/// A forward pass cut where it branches: `forward(batch) = head([branch₀(t), …, branchₙ₋₁(t)],
+/// t, batch)` with `t = trunk(batch)`, each branch reading only the trunk's output and its own
+/// parameters. The trainer can then run each branch's forward and backward pass on a graph of
+/// its own, side by side on a CPU with several threads.
+pub trait Branching: Sync {
+    /// The part every branch shares (the input layer; a mixture's experts).
+    fn trunk(&self, batch: &BatchTensors) -> Trunk;
+
+    /// How many branches there are.
+    fn branch_count(&self) -> usize;
+
+    /// About how many multiply-adds a row costs the lightest branch's forward pass (for an
+    /// MLP, its weights): whether the branches are worth a thread each.
+    fn branch_work(&self) -> usize;
+
+    /// Branch `i`'s output from the trunk's (ESMM: a tower's logit; AITM: a task's bottom).
+    ///
+    /// # Shapes
+    /// - output: `[batch, width]`
+    fn branch(&self, i: usize, trunk: &Trunk) -> Tensor<2>;
+
+    /// The predictions and loss terms from every branch's output, in branch order, and the
+    /// trunk's (for what reads it past the branches, e.g. a DeepFM tower the field embeddings).
+    fn head(&self, outputs: Vec<Tensor<2>>, trunk: &Trunk, batch: &BatchTensors) -> Forward;
+
+    /// The whole forward pass, one branch after another: what [`MultiTaskModel::forward`]
+    /// returns for a model that branches.
+    fn forward_branched(&self, batch: &BatchTensors) -> Forward {
+        let trunk = self.trunk(batch);
+        let outputs = (0..self.branch_count()).map(|i| self.branch(i, &trunk)).collect();
+        self.head(outputs, &trunk, batch)
+    }
+}
+
 /// A model that predicts several tasks from one encoded batch.
 pub trait MultiTaskModel: Module + Clone + std::fmt::Debug + Sync {
     /// The plan its config made when the model was built ([`ModelBuilder::plan`]): the model
@@ -120,6 +175,12 @@ pub trait MultiTaskModel: Module + Clone + std::fmt::Debug + Sync {
     fn gates(&self, batch: &BatchTensors) -> Vec<GateWeights> {
         let _ = batch;
         Vec::new()
+    }
+
+    /// The forward pass cut at its branches ([`Branching`]), for a model whose forward pass
+    /// is [`Branching::forward_branched`]; none (the default) for one that does not branch.
+    fn branching(&self) -> Option<&dyn Branching> {
+        None
     }
 
     /// Whether [`MultiTaskModel::with_label_priors`] uses the labels' means (the trainer reads

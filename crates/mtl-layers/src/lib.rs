@@ -17,7 +17,9 @@ pub mod registry;
 pub mod tasks;
 pub mod tower;
 
-pub use contract::{Forward, GateWeights, ModelBuilder, ModelPlan, MultiTaskModel, OutputSpec};
+pub use contract::{
+    Branching, Forward, GateWeights, ModelBuilder, ModelPlan, MultiTaskModel, OutputSpec, Trunk,
+};
 pub use error::{ModelError, resolve_label};
 pub use experts::{ExpertLayer, Experts, MAX_EXPERTS, softmax_gate, with_experts_batch_first};
 pub use mlp::{Activation, Mlp, MlpBlock, MlpSpec, softmax_rows, with_running_stats_frozen};

@@ -23,7 +23,8 @@ use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 use mtl_features::{BatchTensors, FieldPooling, InputLayer, InputSpec, LabelKind, TableLayout, ValidSchema};
 use mtl_layers::{
-    Forward, GateWeights, Mlp, MlpSpec, ModelBuilder, ModelError, ModelPlan, MultiTaskModel, OutputSpec,
+    Branching, Forward, GateWeights, Mlp, MlpSpec, ModelBuilder, ModelError, ModelPlan, MultiTaskModel,
+    OutputSpec, Trunk, trainable_params,
 };
 use serde::{Deserialize, Serialize};
 
@@ -209,10 +210,28 @@ impl Aitm {
     /// - attention: one `[batch, 2]` per task after the first
     pub fn forward_with_attention(&self, batch: &BatchTensors) -> (Vec<Tensor<1>>, Vec<Tensor<2>>) {
         let (x, fields) = self.input.forward_with_fields(batch); // [batch, input_dim]
-        let mut z: Vec<Tensor<2>> = Vec::with_capacity(self.tasks.len());
+        let q = self
+            .bottoms
+            .iter()
+            .map(|bottom| bottom.forward(x.clone()))
+            .collect();
+        self.transferred_logits(q, fields.as_ref())
+    }
+
+    /// Per-task logits and each transfer's attention weights from the bottoms' outputs `q`:
+    /// `z_1 = q_1`, `z_t = AIT(q_t, info_t(z_{t−1}))`, then the towers.
+    ///
+    /// # Shapes
+    /// - `q`: one `[batch, d]` per task; `fields`: `[batch, fields, dim]`
+    /// - logits: one `[batch]` per task; attention: one `[batch, 2]` per task after the first
+    fn transferred_logits(
+        &self,
+        q: Vec<Tensor<2>>,
+        fields: Option<&Tensor<3>>,
+    ) -> (Vec<Tensor<1>>, Vec<Tensor<2>>) {
+        let mut z: Vec<Tensor<2>> = Vec::with_capacity(q.len());
         let mut attention = Vec::with_capacity(self.transfer.len());
-        for (t, bottom) in self.bottoms.iter().enumerate() {
-            let q = bottom.forward(x.clone()); // [batch, d]
+        for (t, q) in q.into_iter().enumerate() {
             if t == 0 {
                 z.push(q);
                 continue;
@@ -222,7 +241,19 @@ impl Aitm {
             z.push(mixed);
             attention.push(w);
         }
-        (tower_logits(&self.towers, z, fields.as_ref()), attention)
+        (tower_logits(&self.towers, z, fields), attention)
+    }
+
+    /// The predictions (each task's, then each step's given the previous) and loss terms
+    /// (each task's, then the calibrator's when α > 0) from the tasks' logits.
+    fn forward_from_logits(&self, logits: Vec<Tensor<1>>, batch: &BatchTensors) -> Forward {
+        let mut f = task_forward(&self.tasks, logits, batch);
+        if self.alpha > 0.0 {
+            f.losses.push(self.calibrator(&f.predictions, batch));
+        }
+        let conditional: Vec<Tensor<1>> = f.predictions[1..].to_vec();
+        f.predictions.extend(conditional);
+        f
     }
 
     /// `α · mean(max(p_t − p_{t−1}, 0))` summed over the chain (rows counted by their sample
@@ -254,14 +285,11 @@ impl MultiTaskModel for Aitm {
     }
 
     fn forward(&self, batch: &BatchTensors) -> Forward {
-        let (logits, _) = self.forward_with_attention(batch);
-        let mut f = task_forward(&self.tasks, logits, batch);
-        if self.alpha > 0.0 {
-            f.losses.push(self.calibrator(&f.predictions, batch));
-        }
-        let conditional: Vec<Tensor<1>> = f.predictions[1..].to_vec();
-        f.predictions.extend(conditional);
-        f
+        self.forward_branched(batch)
+    }
+
+    fn branching(&self) -> Option<&dyn Branching> {
+        Some(self)
     }
 
     fn input_layer(&self) -> &InputLayer {
@@ -287,5 +315,31 @@ impl MultiTaskModel for Aitm {
     fn with_label_priors(self, label_means: &[f64]) -> Self {
         let towers = mtl_layers::towers_at_priors(&self.tasks, self.towers, label_means);
         Self { towers, ..self }
+    }
+}
+
+/// AITM cut at its bottoms: the input layer, then each task's bottom MLP (branch `t`), then the
+/// transfers, the towers and the losses (the head).
+impl Branching for Aitm {
+    fn trunk(&self, batch: &BatchTensors) -> Trunk {
+        let (input, stack) = self.input.forward_with_fields(batch);
+        Trunk { input, stack }
+    }
+
+    fn branch_count(&self) -> usize {
+        self.bottoms.len()
+    }
+
+    fn branch_work(&self) -> usize {
+        self.bottoms.iter().map(trainable_params).min().unwrap_or(0)
+    }
+
+    fn branch(&self, i: usize, trunk: &Trunk) -> Tensor<2> {
+        self.bottoms[i].forward(trunk.input.clone()) // [batch, d]
+    }
+
+    fn head(&self, outputs: Vec<Tensor<2>>, trunk: &Trunk, batch: &BatchTensors) -> Forward {
+        let (logits, _) = self.transferred_logits(outputs, trunk.stack.as_ref());
+        self.forward_from_logits(logits, batch)
     }
 }

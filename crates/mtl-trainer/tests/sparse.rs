@@ -70,6 +70,7 @@ fn train(
         group: Default::default(),
         stop: None,
         tensorboard: None,
+        draws_at_random: false,
     };
     let r = fit(
         m,

@@ -20,6 +20,7 @@ use crate::config::{OptimizerKind, TrainSettings};
 use crate::error::record_err;
 use crate::{TrainError, crash_point};
 
+pub mod branches;
 pub mod checkpoint;
 pub mod collective;
 pub mod early_stopping;
@@ -215,7 +216,18 @@ fn stepper_for<M: MultiTaskModel>(
         state.weighting.clone(),
         averaged.as_ref(),
     )?;
-    Ok((model, stepper.with_group(options.group.clone())))
+    // a model's branches side by side on a CPU with several threads, unless their passes draw
+    // at random (dropout: the threads would draw from the one stream in no fixed order)
+    let side_by_side = rayon::current_num_threads() > 1
+        && mtl_features::BackendKind::is_host_device(&device.clone().without_autodiff())
+        && !options.draws_at_random
+        && branches::worth_side_by_side(&model);
+    Ok((
+        model,
+        stepper
+            .with_group(options.group.clone())
+            .with_branches(side_by_side),
+    ))
 }
 
 /// Trains `model` (on an autodiff device) from `state` on `train` (rows in memory, or a

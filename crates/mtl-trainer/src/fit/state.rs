@@ -179,6 +179,9 @@ pub struct FitOptions {
     /// The TensorBoard event file the leader appends each evaluation's scalars to
     /// ([`crate::fit::events`]), if any.
     pub tensorboard: Option<crate::fit::events::SharedEventFile>,
+    /// Whether the model's training forward pass draws at random (dropout): its branches then
+    /// take their passes one after another, so that the draws keep their order.
+    pub draws_at_random: bool,
 }
 
 impl FitOptions {

@@ -21,6 +21,7 @@ use mtl_optim::{Average, DeviceAdam, SparseAdam};
 use crate::TrainError;
 use crate::config::{EmbeddingUpdate, TablePlace, TrainSettings};
 use crate::error::record_err;
+use crate::fit::branches;
 use crate::fit::checkpoint::SPARSE_MOMENTS;
 use crate::fit::collective::{Group, merge_rows, sum_gradients};
 use crate::fit::loader::Batch;
@@ -232,6 +233,8 @@ pub struct Stepper {
     pipeline: Pipeline,
     /// The seconds the last step's gather took (a pipelining trial weighs them).
     gather_secs: f64,
+    /// Whether a model's branches run their passes side by side ([`Stepper::with_branches`]).
+    branches_side_by_side: bool,
 }
 
 /// Whether steps are pipelined: fixed, or tried both ways over the first steps.
@@ -366,6 +369,7 @@ impl Stepper {
             group: Group::default(),
             pipeline: Pipeline::Off,
             gather_secs: 0.0,
+            branches_side_by_side: false,
         };
         // a schema without id fields has no table to update
         if settings.embedding == EmbeddingUpdate::Dense || layout.total_rows == 0 {
@@ -436,6 +440,16 @@ impl Stepper {
             self.pipeline = Pipeline::Off;
         }
         self.group = group;
+        self
+    }
+
+    /// The stepper with a branching model's branches ([`mtl_layers::Branching`]) taking their
+    /// forward and backward passes side by side, on rayon's threads, when `side_by_side` (for
+    /// a CPU backend with several threads, a model that draws nothing at random and branches
+    /// worth it: [`branches::worth_side_by_side`]); otherwise a step takes one pass over the
+    /// whole graph.
+    pub fn with_branches(mut self, side_by_side: bool) -> Self {
+        self.branches_side_by_side = side_by_side;
         self
     }
 
@@ -556,9 +570,19 @@ impl Stepper {
         let (terms, loss) = match local_rows {
             0 => (vec![0.0; self.loss_names.len()], None),
             _ => {
-                let forward = model.forward(tensors);
+                let cut = match self.branches_side_by_side {
+                    true => branches::forward(model, tensors, true),
+                    false => None,
+                };
+                let (forward, cut) = match cut {
+                    Some((forward, cut)) => (forward, Some(cut)),
+                    None => (model.forward(tensors), None),
+                };
                 let loss = forward.total_loss(&self.weighting.weights());
-                (mtl_eval::to_host(Tensor::cat(forward.losses, 0))?, Some(loss))
+                (
+                    mtl_eval::to_host(Tensor::cat(forward.losses, 0))?,
+                    Some((loss, cut)),
+                )
             }
         };
         let Global {
@@ -578,14 +602,21 @@ impl Stepper {
             });
         }
         let (row_grad, grads) = match loss {
-            Some(loss) => {
-                let mut grads = loss.backward();
+            Some((loss, cut)) => {
+                let (mut trunk, rest) = match cut {
+                    Some(cut) => branches::backward(cut, loss),
+                    None => (Some(loss.backward()), Vec::new()),
+                };
                 // take the rows' gradient before the module's gradients are collected (a batch
                 // whose rows feed nothing has no gradient to apply)
-                let row_grad = gathered
-                    .as_ref()
-                    .and_then(|(leaf, _)| leaf.grad_remove(&mut grads));
-                (row_grad, GradientsParams::from_grads(grads, model))
+                let row_grad = match (gathered, &mut trunk) {
+                    (Some((leaf, _)), Some(trunk)) => leaf.grad_remove(trunk),
+                    _ => None,
+                };
+                (
+                    row_grad,
+                    branches::params(trunk.into_iter().chain(rest).collect(), model),
+                )
             }
             None => (None, GradientsParams::new()),
         };

@@ -309,14 +309,9 @@ fn continue_state(state: &mut TrainState, extend: bool, out_dir: &Path) -> Resul
     Ok(())
 }
 
-/// Refuses dropout when the ranks are threads of one process: their masks would be drawn from
-/// the process's one random stream in whatever order the threads reach it, so no two runs
-/// would be the same (processes, `mpirun`, each have their own).
-fn check_random_stream<R: Registry>(
-    config: &RunConfig<R>,
-    group: &Group,
-    file: &str,
-) -> Result<(), TrainError> {
+/// The first dropout of the model's config above 0 (its key and value), if any: the one thing
+/// a model draws at random in its training forward pass.
+fn model_dropout<R: Registry>(config: &RunConfig<R>) -> Option<(String, f64)> {
     fn dropout(value: &toml::Value, at: &str) -> Option<(String, f64)> {
         let table = value.as_table()?;
         table.iter().find_map(|(key, v)| {
@@ -333,11 +328,22 @@ fn check_random_stream<R: Registry>(
             }
         })
     }
+    let model = toml::Value::try_from(&config.model).ok()?;
+    dropout(&model, "model")
+}
+
+/// Refuses dropout when the ranks are threads of one process: their masks would be drawn from
+/// the process's one random stream in whatever order the threads reach it, so no two runs
+/// would be the same (processes, `mpirun`, each have their own).
+fn check_random_stream<R: Registry>(
+    config: &RunConfig<R>,
+    group: &Group,
+    file: &str,
+) -> Result<(), TrainError> {
     if !group.threads_of_one_process() {
         return Ok(());
     }
-    let model = toml::Value::try_from(&config.model).ok();
-    match model.as_ref().and_then(|m| dropout(m, "model")) {
+    match model_dropout(config) {
         Some((key, p)) => Err(TrainError::Config {
             file: file.into(),
             message: format!(
@@ -905,6 +911,7 @@ impl<R: Registry> WithModel for TrainJob<'_, R> {
             group: self.options.group.clone(),
             stop: self.options.stop.clone(),
             tensorboard: self.events.clone(),
+            draws_at_random: model_dropout(self.config).is_some(),
         };
         let outcome = fit(
             model,
