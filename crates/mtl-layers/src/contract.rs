@@ -89,8 +89,8 @@ pub struct GateWeights {
 pub struct Trunk {
     /// The shared vector each branch reads, `[batch, width]` (the pooled embeddings).
     pub input: Tensor<2>,
-    /// Stacked vectors some branches also read, `[batch, n, dim]` (ESMM: the field
-    /// embeddings a DeepFM tower takes; a mixture: its experts' outputs), if any.
+    /// Stacked vectors some branches (or the head) also read, `[batch, n, dim]` (ESMM and
+    /// AITM: the field embeddings a DeepFM tower takes), if any.
     pub stack: Option<Tensor<3>>,
 }
 
@@ -110,7 +110,7 @@ impl Trunk {
 /// parameters. The trainer can then run each branch's forward and backward pass on a graph of
 /// its own, side by side on a CPU with several threads.
 pub trait Branching: Sync {
-    /// The part every branch shares (the input layer; a mixture's experts).
+    /// The part every branch shares (ESMM and AITM: the input layer).
     fn trunk(&self, batch: &BatchTensors) -> Trunk;
 
     /// How many branches there are.

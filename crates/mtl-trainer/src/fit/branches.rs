@@ -1,16 +1,19 @@
 //! A step's forward and backward passes cut at the model's branches ([`Branching`]).
 //!
 //! Forward: the trunk's pass once; each branch's on a detached copy of the trunk's output, so
-//! on a graph of its own — side by side on rayon's threads where that keeps the floats (a CPU
-//! backend, several threads, nothing drawn at random) — and the head's on detached copies of
+//! on a graph of its own — side by side on rayon's threads where that keeps the floats and
+//! pays (a CPU backend, several threads, nothing drawn at random, branches worth a thread:
+//! [`worth_side_by_side`]) — and the head's on detached copies of
 //! the branches' outputs (and one more of the trunk's). Backward runs the other way, by the
 //! chain rule: the head's graph gives each branch output its gradient `g`; each branch's
 //! graph, seeded with `Σ out ⊙ g`, gives its parameters and its copy of the trunk's output
 //! theirs; the copies' gradients (the branches' in branch order, then the head's), summed and
 //! seeded the same way into the trunk's graph, give the trunk's parameters and the gathered
-//! table rows theirs. The seeds' backward passes multiply by 1, so each gradient is the one a
-//! single pass computes — bit for bit where the trunk's output reaches the head only through
-//! two branches (a sum of two terms does not depend on their order), as in ESMM and AITM.
+//! table rows theirs. The seeds' backward passes multiply by 1 and the branches' gradients are
+//! summed in the order one pass's backward sums them, so each gradient is the one a single
+//! pass computes, bit for bit where the trunk's output reaches the head only through the
+//! branches (tested: ESMM's two towers, a three-task AITM's bottoms; a DeepFM tower, which
+//! also reads the field embeddings the input is made of, may differ in the last bits).
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
