@@ -7,7 +7,7 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor};
 use mtl_esmm::{Esmm, EsmmConfig};
-use mtl_features::{BatchTensors, EncodedData, Encoder, Schema, StateFitter, ValidSchema};
+use mtl_features::{BackendKind, BatchTensors, EncodedData, Encoder, Schema, StateFitter, ValidSchema};
 use mtl_layers::{MlpSpec, ModelBuilder, MultiTaskModel};
 use mtl_mmoe::{Aitm, AitmConfig};
 use mtl_trainer::TrainSettings;
@@ -223,9 +223,14 @@ fn side_by_side_branches_keep_batchnorms_running_statistics() {
     }
 }
 
-/// `model` trained 2 epochs of batch 256 over 1024 rows on a rayon pool of `threads`
-/// threads: every float it ends with.
-fn trained<M: MultiTaskModel + Send>(model: M, threads: usize, out: &std::path::Path) -> Vec<Vec<f32>> {
+/// `model` (on `kind`'s device) trained 2 epochs of batch 256 over 1024 rows on a rayon pool
+/// of `threads` threads: every float it ends with.
+fn trained<M: MultiTaskModel + Send>(
+    model: M,
+    kind: BackendKind,
+    threads: usize,
+    out: &std::path::Path,
+) -> Vec<Vec<f32>> {
     let run = || {
         let s = schema();
         let enc = Encoder::new(&s, &StateFitter::new(&s).finish());
@@ -248,7 +253,7 @@ fn trained<M: MultiTaskModel + Send>(model: M, threads: usize, out: &std::path::
             tensorboard: None,
             draws_at_random: false,
         };
-        let (layout, device) = (enc.layout(), Device::flex().autodiff());
+        let (layout, device) = (enc.layout(), kind.device().unwrap().autodiff());
         let r = fit(
             model,
             optimizer(&settings),
@@ -288,20 +293,42 @@ fn two_threads_train_the_model_one_thread_trains() {
         "towers of 16 and 8 are not worth a thread each"
     );
     let start = values(&esmm(&device).valid());
-    let one = trained(esmm(&device), 1, &dir.path().join("esmm-1"));
+    let one = trained(esmm(&device), BackendKind::Flex, 1, &dir.path().join("esmm-1"));
     assert!(
         differing(&one, &start).len() > 10,
         "training moved the parameters"
     );
     assert_eq!(
-        differing(&trained(esmm(&device), 2, &dir.path().join("esmm-2")), &one),
+        differing(
+            &trained(esmm(&device), BackendKind::Flex, 2, &dir.path().join("esmm-2")),
+            &one
+        ),
         Vec::<usize>::new(),
         "ESMM"
     );
-    let one = trained(aitm(&device), 1, &dir.path().join("aitm-1"));
+    let one = trained(aitm(&device), BackendKind::Flex, 1, &dir.path().join("aitm-1"));
     assert_eq!(
-        differing(&trained(aitm(&device), 2, &dir.path().join("aitm-2")), &one),
+        differing(
+            &trained(aitm(&device), BackendKind::Flex, 2, &dir.path().join("aitm-2")),
+            &one
+        ),
         Vec::<usize>::new(),
         "AITM"
     );
+}
+
+#[test]
+fn two_threads_on_ndarray_train_the_model_one_thread_trains() {
+    // the other CPU backend (when compiled in, as in the README's test command) runs the
+    // branches side by side too
+    if !BackendKind::Ndarray.is_compiled() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let device = BackendKind::Ndarray.device().unwrap().autodiff();
+    assert!(BackendKind::is_host_device(&device.clone().without_autodiff()));
+    let kind = BackendKind::Ndarray;
+    let one = trained(esmm(&device), kind, 1, &dir.path().join("1"));
+    let two = trained(esmm(&device), kind, 2, &dir.path().join("2"));
+    assert_eq!(differing(&two, &one), Vec::<usize>::new());
 }
