@@ -1,18 +1,18 @@
 //! A step's passes cut at the model's branches (`fit::branches`) against one pass over the
 //! whole graph: the same loss terms, gradients and BatchNorm statistics, bit for bit, one
 //! branch after another and side by side on two threads; and training on two threads (the
-//! branches side by side) against one.
+//! branches side by side, the optimisers' steps beside each other) against one.
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor};
 use mtl_esmm::{Esmm, EsmmConfig};
 use mtl_features::{BackendKind, BatchTensors, EncodedData, Encoder, Schema, StateFitter, ValidSchema};
-use mtl_layers::{MlpSpec, ModelBuilder, MultiTaskModel};
+use mtl_layers::{MlpSpec, ModelBuilder, MultiTaskModel, trainable_params};
 use mtl_mmoe::{Aitm, AitmConfig};
 use mtl_trainer::TrainSettings;
 use mtl_trainer::fit::state::{FitOptions, TrainState};
-use mtl_trainer::fit::{branches, fit, optimizer};
+use mtl_trainer::fit::{branches, fit, optimizer, step};
 
 const SCHEMA: &str = "embed_dim = 16\nembed_init_std = 0.3\n[[sparse]]\nname = \"a\"\nvocab_size = 50\n[[sparse]]\nname = \"b\"\nvocab_size = 40\n[[sparse]]\nname = \"c\"\nvocab_size = 30\n[[labels]]\nname = \"click\"\nkind = \"binary\"\n[[labels]]\nname = \"cart\"\nkind = \"binary\"\n[[labels]]\nname = \"purchase\"\nkind = \"binary\"\n";
 
@@ -133,7 +133,7 @@ fn build<M: MultiTaskModel>(config: impl ModelBuilder<Model = M>, device: &Devic
 /// ESMM with wide BatchNorm towers (their products run on several threads).
 fn esmm(device: &Device) -> Esmm {
     build(
-        EsmmConfig::new(MlpSpec::new([256, 128]), MlpSpec::new([256, 128])),
+        EsmmConfig::new(MlpSpec::new([512, 128]), MlpSpec::new([512, 128])),
         device,
     )
 }
@@ -279,11 +279,18 @@ fn trained<M: MultiTaskModel + Send>(
 #[test]
 fn two_threads_train_the_model_one_thread_trains() {
     // the defaults (row-sparse table, catch-up, the weight average); on two threads ESMM's
-    // towers and AITM's bottoms take their passes side by side (both worth it)
+    // towers and AITM's bottoms take their passes side by side (both worth it), and ESMM's
+    // dense optimiser its step beside the table's (enough dense parameters)
     let dir = tempfile::tempdir().unwrap();
     let device = Device::flex().autodiff();
     assert!(branches::worth_side_by_side(&esmm(&device)));
     assert!(branches::worth_side_by_side(&aitm(&device)));
+    let m = esmm(&device);
+    let dense = trainable_params(&m) - m.input_layer().embedding.weight.shape().num_elements();
+    assert!(
+        dense >= step::OPTIMISERS_BESIDE_PARAMS,
+        "{dense} dense parameters"
+    );
     let small = build(
         EsmmConfig::new(MlpSpec::new([16, 8]), MlpSpec::new([16, 8])),
         &device,

@@ -214,6 +214,24 @@ impl Table {
     fn placeholder(&self) -> Tensor<2> {
         Tensor::zeros([1, self.adam.dim()], self.adam.device())
     }
+
+    /// One process's row-wise Adam step on the step's `rows` with their gradient `grad`
+    /// (none when they fed no loss).
+    fn step_alone(&mut self, rows: &Gathered, grad: Option<Tensor<2>>, lr: f64) {
+        match grad {
+            Some(grad) => self.adam.step(rows, grad, lr),
+            // a step started ahead ends: rows that fed nothing have a zero gradient
+            None if self.adam.advanced() => {
+                let n = match rows {
+                    Gathered::Host(ids) => ids.len(),
+                    Gathered::Device(_) => 0,
+                };
+                let zeros = Tensor::zeros([n, self.adam.dim()], self.adam.device());
+                self.adam.step(rows, zeros, lr);
+            }
+            None => {}
+        }
+    }
 }
 
 /// Takes optimiser steps: burn's optimiser on the dense parameters and, with
@@ -235,7 +253,16 @@ pub struct Stepper {
     gather_secs: f64,
     /// Whether a model's branches run their passes side by side ([`Stepper::with_branches`]).
     branches_side_by_side: bool,
+    /// Whether the table's and the dense optimiser's steps run side by side
+    /// ([`Stepper::with_optimisers_beside`]).
+    optimisers_beside: bool,
 }
+
+/// The least number of trainable dense parameters for which one process with several threads
+/// takes the dense optimiser's step beside the table's ([`Stepper::with_optimisers_beside`]):
+/// below it handing one over to another thread costs more than it saves (measured: ESMM and
+/// MMOE example slower, ESMM and MMOE large faster).
+pub const OPTIMISERS_BESIDE_PARAMS: usize = 131_072;
 
 /// Whether steps are pipelined: fixed, or tried both ways over the first steps.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -370,6 +397,7 @@ impl Stepper {
             pipeline: Pipeline::Off,
             gather_secs: 0.0,
             branches_side_by_side: false,
+            optimisers_beside: false,
         };
         // a schema without id fields has no table to update
         if settings.embedding == EmbeddingUpdate::Dense || layout.total_rows == 0 {
@@ -453,6 +481,15 @@ impl Stepper {
         self
     }
 
+    /// The stepper with the row-sparse table's optimiser step and the dense optimiser's step
+    /// taken side by side on rayon's threads when `beside` (for one process on a CPU backend
+    /// with several threads and a model of at least [`OPTIMISERS_BESIDE_PARAMS`] dense
+    /// parameters); they update disjoint state, so the floats are the same either way.
+    pub fn with_optimisers_beside(mut self, beside: bool) -> Self {
+        self.optimisers_beside = beside;
+        self
+    }
+
     /// Whether the embedding table is updated row-sparse (batches then carry their rows).
     pub fn row_sparse(&self) -> bool {
         self.table.is_some()
@@ -527,12 +564,26 @@ impl Stepper {
         };
         self.table = table;
         let p = passes?;
-        if let Some((_, rows)) = gathered {
-            self.step_table(rows, local_ids, p.row_grad, p.weight)?;
-        }
         let table = self.table.as_ref().map(|t| t.id);
-        let (model, grads) = sum_gradients(&self.group, model, p.grads, p.weight, table)?;
-        let model = self.dense.step(self.lr, model, grads);
+        let model = match (gathered, &mut self.table) {
+            (Some((_, rows)), Some(t)) if self.optimisers_beside && !self.group.is_distributed() => {
+                // two optimisers on disjoint state side by side: the floats of one after the other
+                let (dense, lr) = (&mut self.dense, self.lr);
+                let (grads, row_grad) = (p.grads, p.row_grad);
+                let (_, model) = rayon::join(
+                    || t.step_alone(&rows, row_grad, lr),
+                    || dense.step(lr, model, grads),
+                );
+                model
+            }
+            (gathered, _) => {
+                if let Some((_, rows)) = gathered {
+                    self.step_table(rows, local_ids, p.row_grad, p.weight)?;
+                }
+                let (model, grads) = sum_gradients(&self.group, model, p.grads, p.weight, table)?;
+                self.dense.step(self.lr, model, grads)
+            }
+        };
         let model = self.without_table(model);
         if let Some(average) = &mut self.average {
             average.update(&model, step);
@@ -676,19 +727,7 @@ impl Stepper {
             return Ok(());
         };
         if !self.group.is_distributed() {
-            match grad {
-                Some(grad) => table.adam.step(&rows, grad, self.lr),
-                // a step started ahead ends: rows that fed nothing have a zero gradient
-                None if table.adam.advanced() => {
-                    let n = match &rows {
-                        Gathered::Host(ids) => ids.len(),
-                        Gathered::Device(_) => 0,
-                    };
-                    let zeros = Tensor::zeros([n, table.adam.dim()], table.adam.device());
-                    table.adam.step(&rows, zeros, self.lr);
-                }
-                None => {}
-            }
+            table.step_alone(&rows, grad, self.lr);
             return Ok(());
         }
         let (ids, local) = match grad {
