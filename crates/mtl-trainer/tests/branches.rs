@@ -339,3 +339,30 @@ fn two_threads_on_ndarray_train_the_model_one_thread_trains() {
     let two = trained(esmm(&device), kind, 2, &dir.path().join("2"));
     assert_eq!(differing(&two, &one), Vec::<usize>::new());
 }
+
+#[test]
+fn deepfm_towers_cut_give_the_whole_graphs_gradients_to_rounding() {
+    // a DeepFM tower also reads the field embeddings the input is made of: their gradient's
+    // terms meet in another order than in one pass (the last bits may differ)
+    let device = Device::flex().autodiff();
+    let b = batch(&device);
+    let mut tower: mtl_layers::TowerSpec = MlpSpec::new([512, 128]).into();
+    tower.kind = mtl_layers::TowerKind::Deepfm;
+    let m = build(EsmmConfig::new(tower.clone(), tower), &device);
+    let (whole, cut) = (passes(&m, &b, None), passes(&m, &b, Some(false)));
+    assert_eq!(cut.0, whole.0, "loss terms");
+    let mut worst = 0.0f32;
+    for (a, w) in cut.1.iter().zip(&whole.1) {
+        let (Some(a), Some(w)) = (a, w) else {
+            assert_eq!(a.is_some(), w.is_some());
+            continue;
+        };
+        let scale = w.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        let diff = a.iter().zip(w).fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+        worst = worst.max(diff / scale.max(f32::MIN_POSITIVE));
+    }
+    assert!(
+        worst < 1e-6,
+        "largest difference relative to a gradient's largest entry: {worst}"
+    );
+}
