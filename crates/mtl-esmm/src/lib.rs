@@ -333,8 +333,10 @@ impl MultiTaskModel for Esmm {
         self.forward_branched(batch)
     }
 
+    /// Cut at its towers unless a tower reads the field embeddings (DeepFM): their gradient's
+    /// terms would meet in another order than in one pass.
     fn branching(&self) -> Option<&dyn Branching> {
-        Some(self)
+        (!self.ctr_tower.fm && !self.cvr_tower.fm).then_some(self as &dyn Branching)
     }
 
     const USES_LABEL_PRIORS: bool = true;

@@ -178,7 +178,9 @@ pub trait MultiTaskModel: Module + Clone + std::fmt::Debug + Sync {
     }
 
     /// The forward pass cut at its branches ([`Branching`]), for a model whose forward pass
-    /// is [`Branching::forward_branched`]; none (the default) for one that does not branch.
+    /// is [`Branching::forward_branched`] and whose cut passes give one pass's floats (its
+    /// trunk's output reaching the head only through the branches); none (the default) for
+    /// one that does not branch.
     fn branching(&self) -> Option<&dyn Branching> {
         None
     }

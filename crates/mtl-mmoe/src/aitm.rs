@@ -288,8 +288,10 @@ impl MultiTaskModel for Aitm {
         self.forward_branched(batch)
     }
 
+    /// Cut at its bottoms unless a tower reads the field embeddings (DeepFM): their gradient's
+    /// terms would meet in another order than in one pass.
     fn branching(&self) -> Option<&dyn Branching> {
-        Some(self)
+        (!self.towers.iter().any(|t| t.fm)).then_some(self as &dyn Branching)
     }
 
     fn input_layer(&self) -> &InputLayer {

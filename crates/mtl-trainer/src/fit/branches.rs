@@ -12,8 +12,8 @@
 //! table rows theirs. The seeds' backward passes multiply by 1 and the branches' gradients are
 //! summed in the order one pass's backward sums them, so each gradient is the one a single
 //! pass computes, bit for bit where the trunk's output reaches the head only through the
-//! branches (tested: ESMM's two towers, a three-task AITM's bottoms; a DeepFM tower, which
-//! also reads the field embeddings the input is made of, may differ in the last bits).
+//! branches (tested: ESMM's two towers, a three-task AITM's bottoms; a model with a DeepFM
+//! tower, which also reads the field embeddings the input is made of, does not cut).
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
