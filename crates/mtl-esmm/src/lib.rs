@@ -257,8 +257,11 @@ impl Esmm {
     /// - `x`: `[batch, input_dim]`; `fields`: `[batch, fields, dim]`; every output: `[batch]`
     pub fn predictions_from(&self, x: Tensor<2>, fields: Option<&Tensor<3>>) -> EsmmPredictions {
         let b = x.dims()[0];
-        let ctr_logit = self.ctr_tower.forward(x.clone(), fields).reshape([b]);
-        let cvr_logit = self.cvr_tower.forward(x, fields).reshape([b]);
+        let trunk = Trunk {
+            input: x,
+            stack: fields.cloned(),
+        };
+        let [ctr_logit, cvr_logit] = [0, 1].map(|i| self.branch(i, &trunk).reshape([b]));
         EsmmPredictions::from_logits(ctr_logit, cvr_logit)
     }
 

@@ -209,13 +209,9 @@ impl Aitm {
     /// - logits: one `[batch]` per task
     /// - attention: one `[batch, 2]` per task after the first
     pub fn forward_with_attention(&self, batch: &BatchTensors) -> (Vec<Tensor<1>>, Vec<Tensor<2>>) {
-        let (x, fields) = self.input.forward_with_fields(batch); // [batch, input_dim]
-        let q = self
-            .bottoms
-            .iter()
-            .map(|bottom| bottom.forward(x.clone()))
-            .collect();
-        self.transferred_logits(q, fields.as_ref())
+        let trunk = self.trunk(batch);
+        let q = (0..self.branch_count()).map(|t| self.branch(t, &trunk)).collect();
+        self.transferred_logits(q, trunk.stack.as_ref())
     }
 
     /// Per-task logits and each transfer's attention weights from the bottoms' outputs `q`:
