@@ -466,6 +466,7 @@ impl Stepper {
         // every rank steps the rows of all ranks: the next batch's are not known here
         if group.is_distributed() {
             self.pipeline = Pipeline::Off;
+            self.optimisers_beside = false;
         }
         self.group = group;
         self
@@ -482,11 +483,12 @@ impl Stepper {
     }
 
     /// The stepper with the row-sparse table's optimiser step and the dense optimiser's step
-    /// taken side by side on rayon's threads when `beside` (for one process on a CPU backend
-    /// with several threads and a model of at least [`OPTIMISERS_BESIDE_PARAMS`] dense
-    /// parameters); they update disjoint state, so the floats are the same either way.
+    /// taken side by side on rayon's threads when `beside` (for a CPU backend with several
+    /// threads and a model of at least [`OPTIMISERS_BESIDE_PARAMS`] dense parameters) and it
+    /// is one process (ranks sum the gradients first); they update disjoint state, so the
+    /// floats are the same either way.
     pub fn with_optimisers_beside(mut self, beside: bool) -> Self {
-        self.optimisers_beside = beside;
+        self.optimisers_beside = beside && !self.group.is_distributed();
         self
     }
 
@@ -566,7 +568,7 @@ impl Stepper {
         let p = passes?;
         let table = self.table.as_ref().map(|t| t.id);
         let model = match (gathered, &mut self.table) {
-            (Some((_, rows)), Some(t)) if self.optimisers_beside && !self.group.is_distributed() => {
+            (Some((_, rows)), Some(t)) if self.optimisers_beside => {
                 // two optimisers on disjoint state side by side: the floats of one after the other
                 let (dense, lr) = (&mut self.dense, self.lr);
                 let (grads, row_grad) = (p.grads, p.row_grad);
