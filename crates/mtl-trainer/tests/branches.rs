@@ -243,15 +243,8 @@ fn trained<M: MultiTaskModel + Send>(
         };
         let options = FitOptions {
             out_dir: out.to_path_buf(),
-            progress: false,
-            log_every: None,
             label_names: s.label_names(),
-            valid_groups: None,
-            weight_label: None,
-            group: Default::default(),
-            stop: None,
-            tensorboard: None,
-            draws_at_random: false,
+            ..FitOptions::default()
         };
         let (layout, device) = (enc.layout(), kind.device().unwrap().autodiff());
         let r = fit(

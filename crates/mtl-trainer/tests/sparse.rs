@@ -62,15 +62,8 @@ fn train(
     std::fs::create_dir_all(out).unwrap();
     let options = FitOptions {
         out_dir: out.to_path_buf(),
-        progress: false,
-        log_every: None,
         label_names: s.label_names(),
-        valid_groups: None,
-        weight_label: None,
-        group: Default::default(),
-        stop: None,
-        tensorboard: None,
-        draws_at_random: false,
+        ..FitOptions::default()
     };
     let r = fit(
         m,

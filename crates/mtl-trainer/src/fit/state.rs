@@ -155,8 +155,9 @@ pub struct DataFile {
     pub hash: String,
 }
 
-/// Options of one `fit` call that are not model settings.
-#[derive(Debug, Clone)]
+/// Options of one `fit` call that are not model settings (by default: no folder, quiet, one
+/// process, nothing drawn at random).
+#[derive(Debug, Clone, Default)]
 pub struct FitOptions {
     /// Folder for `checkpoint/` and `best.bpk`.
     pub out_dir: PathBuf,
