@@ -120,15 +120,25 @@ pub trait Branching: Sync {
     /// MLP, its weights): whether the branches are worth a thread each.
     fn branch_work(&self) -> usize;
 
-    /// Branch `i`'s output from the trunk's (ESMM: a tower's logit; AITM: a task's bottom).
+    /// Branch `i`'s output from the trunk's (ESMM: a tower's logit; AITM: a task's bottom;
+    /// MMOE: a group's experts, experts first), in whatever layout its head reads.
     ///
     /// # Shapes
-    /// - output: `[batch, width]`
+    /// - output: `[batch, width]` (ESMM, AITM) or `[n_g · batch, width]` (MMOE)
     fn branch(&self, i: usize, trunk: &Trunk) -> Tensor<2>;
 
     /// The predictions and loss terms from every branch's output, in branch order, and the
     /// trunk's (for what reads it past the branches, e.g. a DeepFM tower the field embeddings).
     fn head(&self, outputs: Vec<Tensor<2>>, trunk: &Trunk, batch: &BatchTensors) -> Forward;
+
+    /// Whether one pass over the whole graph gives the cut passes' gradients bit for bit:
+    /// true (the default) where the trunk's output reaches the head only through the
+    /// branches; false where the head reads it too (MMOE's gates: its gradient's terms then
+    /// meet in another order), for which a trainer that cuts the passes on several threads
+    /// cuts them on one as well, so that the floats do not depend on the number of threads.
+    fn one_pass_is_exact(&self) -> bool {
+        true
+    }
 
     /// The whole forward pass, one branch after another: what [`MultiTaskModel::forward`]
     /// returns for a model that branches.
@@ -178,9 +188,9 @@ pub trait MultiTaskModel: Module + Clone + std::fmt::Debug + Sync {
     }
 
     /// The forward pass cut at its branches ([`Branching`]), for a model whose forward pass
-    /// is [`Branching::forward_branched`] and whose cut passes give one pass's floats (its
-    /// trunk's output reaching the head only through the branches); none (the default) for
-    /// one that does not branch.
+    /// is [`Branching::forward_branched`] (and whose cut passes give one pass's floats, or
+    /// say they do not: [`Branching::one_pass_is_exact`]); none (the default) for one that
+    /// does not branch.
     fn branching(&self) -> Option<&dyn Branching> {
         None
     }

@@ -222,11 +222,61 @@ impl Experts {
                 .iter()
                 .fold(h, |h, layer| layer.forward_batch_first(h));
         }
-        let h = self
-            .layers
-            .iter()
-            .fold(h.swap_dims(0, 1), |h, layer| layer.forward(h)); // [n, batch, out]
-        h.swap_dims(0, 1)
+        self.later_layers(h.swap_dims(0, 1)).swap_dims(0, 1)
+    }
+
+    /// The later layers over the first's output, experts first.
+    ///
+    /// # Shapes
+    /// - input: `[n, batch, d₁]`
+    /// - output: `[n, batch, out]`
+    fn later_layers(&self, h: Tensor<3>) -> Tensor<3> {
+        self.layers.iter().fold(h, |h, layer| layer.forward(h))
+    }
+
+    /// Every expert's output, experts first and flat (the layout the later layers' batched
+    /// products leave, so no copy); the same values as [`Experts::forward`].
+    ///
+    /// # Shapes
+    /// - input: `[batch, in]`
+    /// - output: `[n · batch, out]`, expert `k`'s rows `k · batch .. (k + 1) · batch`
+    pub fn forward_flat(&self, x: Tensor<2>) -> Tensor<2> {
+        let b = x.dims()[0];
+        let h = self.first.forward(x); // [batch, n · d₁]
+        let d1 = h.dims()[1] / self.n;
+        let h = h.reshape([b, self.n, d1]).swap_dims(0, 1); // [n, batch, d₁]
+        let h = self.later_layers(h);
+        let [n, b, out] = h.dims();
+        h.reshape([n * b, out])
+    }
+
+    /// Several groups' experts as one mixture: each group's outputs in group order.
+    ///
+    /// # Shapes
+    /// - input: `[batch, in]`
+    /// - output: `[batch, Σ n_g, out]`
+    pub fn forward_groups(groups: &[&Experts], x: Tensor<2>) -> Tensor<3> {
+        if let [one] = groups {
+            return one.forward(x);
+        }
+        if BATCH_FIRST.get() {
+            let outputs = groups.iter().map(|g| g.forward(x.clone())).collect();
+            return Tensor::cat(outputs, 1);
+        }
+        let b = x.dims()[0];
+        let flat = groups.iter().map(|g| g.forward_flat(x.clone())).collect();
+        Self::unflatten(Tensor::cat(flat, 0), b)
+    }
+
+    /// [`Experts::forward_flat`]'s layout (of one group or several, concatenated) as
+    /// [`Experts::forward`]'s: a view, no copy.
+    ///
+    /// # Shapes
+    /// - input: `[n · batch, out]`
+    /// - output: `[batch, n, out]`
+    pub fn unflatten(flat: Tensor<2>, batch: usize) -> Tensor<3> {
+        let [rows, out] = flat.dims();
+        flat.reshape([rows / batch, batch, out]).swap_dims(0, 1)
     }
 
     /// Several groups of experts over the same input (PLE's first level: each task's own

@@ -67,7 +67,10 @@ use mtl_features::{BatchTensors, FieldPooling, InputLayer, TableLayout, ValidSch
 pub use mtl_layers::experts::{ExpertLayer, Experts, MAX_EXPERTS};
 pub use mtl_layers::tasks::{TaskConfig, TaskSpec};
 use mtl_layers::tasks::{task_forward, task_predictions, tasks_and_input, tower_logits, towers_plan};
-use mtl_layers::{Forward, GateWeights, Mlp, MlpSpec, ModelBuilder, ModelError, ModelPlan, MultiTaskModel};
+use mtl_layers::{
+    Branching, Forward, GateWeights, Mlp, MlpSpec, ModelBuilder, ModelError, ModelPlan, MultiTaskModel,
+    Trunk, trainable_params,
+};
 use mtl_layers::{Tower, TowerSpec, softmax_gate, task_towers};
 pub use pepnet::{EpnetSpec, GateNu, Pepnet, PepnetConfig, PpnetSpec};
 pub use ple::{ExtractionLayer, MAX_LEVELS, Ple, PleConfig};
@@ -109,6 +112,16 @@ pub struct MmoeConfig {
     /// How field embeddings become the experts' input.
     #[serde(default)]
     pub pooling: FieldPooling,
+    /// How many equal groups the experts are evaluated in (dividing `n_experts`; default 1):
+    /// the same function and parameter count, each group's products and element-wise work on
+    /// its own, so that a trainer on a CPU with several threads can run the groups side by
+    /// side ([`Branching`]). Worth it for wide experts (`configs/mmoe-large.toml` sets 2).
+    #[serde(default = "one_group")]
+    pub expert_groups: usize,
+}
+
+fn one_group() -> usize {
+    1
 }
 
 impl MmoeConfig {
@@ -127,6 +140,7 @@ impl MmoeConfig {
             gate_batch_norm: true,
             gating: Gating::PerTask,
             pooling: FieldPooling::Concat,
+            expert_groups: 1,
         }
     }
 
@@ -149,6 +163,16 @@ impl ModelBuilder for MmoeConfig {
             return Err(ModelError::Invalid {
                 key: "model.n_experts".into(),
                 message: format!("= {}: must be between 1 and {MAX_EXPERTS}", self.n_experts),
+            });
+        }
+        let groups = self.expert_groups;
+        if groups == 0 || groups > self.n_experts || !self.n_experts.is_multiple_of(groups) {
+            return Err(ModelError::Invalid {
+                key: "model.expert_groups".into(),
+                message: format!(
+                    "= {groups}: must divide model.n_experts = {} into equal groups",
+                    self.n_experts
+                ),
             });
         }
         if self.expert.dims.is_empty() {
@@ -177,8 +201,11 @@ impl ModelBuilder for MmoeConfig {
             Gating::PerTask => tasks.len(),
             Gating::Shared => 1,
         };
+        let group = self.n_experts / self.expert_groups;
+        let mut groups = (0..self.expert_groups).map(|_| Experts::new(group, &self.expert, width, device));
         Ok(Mmoe {
-            experts: Experts::new(self.n_experts, &self.expert, width, device),
+            experts: groups.next().expect("at least one group (checked)"),
+            expert_groups: groups.collect(),
             gates: (0..n_gates).map(|_| gate.init(width, false, device)).collect(),
             towers: task_towers(&self.tasks, &self.tower, expert_width, device),
             input,
@@ -255,8 +282,12 @@ impl ModelBuilder for SharedBottomConfig {
 pub struct Mmoe {
     /// Shared embeddings and pooling.
     pub input: InputLayer,
-    /// Expert MLPs `f_k`, evaluated together.
+    /// Expert MLPs `f_k`, evaluated together: all of them, or the first group's where the
+    /// config asks for several groups.
     pub experts: Experts,
+    /// The later groups of experts, in order (empty for one group; kept apart from `experts`
+    /// so that a one-group model's weights are named as they always were).
+    pub expert_groups: Vec<Experts>,
     /// Gates: one per task (MMOE) or one shared (OMoE); each ends in a softmax over experts.
     pub gates: Vec<Mlp>,
     /// Task towers `h_t`, each ending in one output.
@@ -270,26 +301,83 @@ pub struct Mmoe {
 }
 
 impl Mmoe {
+    /// Every group of experts, in order (`experts` first).
+    pub fn groups(&self) -> impl Iterator<Item = &Experts> {
+        std::iter::once(&self.experts).chain(&self.expert_groups)
+    }
+
+    /// How many experts there are, in all groups.
+    pub fn n_experts(&self) -> usize {
+        self.groups().map(Experts::len).sum()
+    }
+
     /// Tower outputs (logits or values) and each task's gate weights.
     ///
     /// # Shapes
     /// - logits: one `[batch]` per task
     /// - gates: one `[batch, n_experts]` per task (rows are non-negative and sum to 1)
     pub fn forward_with_gates(&self, batch: &BatchTensors) -> (Vec<Tensor<1>>, Vec<Tensor<2>>) {
-        let b = batch.rows;
-        let (x, fields) = self.input.forward_with_fields(batch); // [batch, input_dim]
-        let experts = self.experts.forward(x.clone()); // [batch, n_experts, expert_dim]
+        let trunk = self.trunk(batch);
+        let groups: Vec<&Experts> = self.groups().collect();
+        let experts = Experts::forward_groups(&groups, trunk.input.clone()); // [batch, n_experts, expert_dim]
+        self.mixed(experts, &trunk)
+    }
+
+    /// The towers' outputs and the gates' weights from every expert's output and the input
+    /// layer's: `y_t = h_t( Σ_k g^t_k(x) f_k(x) )`.
+    ///
+    /// # Shapes
+    /// - `experts`: `[batch, n_experts, expert_dim]`; `trunk.input`: `[batch, input_dim]`
+    /// - logits: one `[batch]` per task; gates: one `[batch, n_experts]` per task
+    fn mixed(&self, experts: Tensor<3>, trunk: &Trunk) -> (Vec<Tensor<1>>, Vec<Tensor<2>>) {
+        let [b, _, e] = experts.dims();
+        let x = &trunk.input;
         let gate_weights: Vec<Tensor<2>> = self.gates.iter().map(|g| g.forward(x.clone())).collect();
         let mut mixed = Vec::with_capacity(self.tasks.len());
         let mut gates = Vec::with_capacity(self.tasks.len());
         for t in 0..self.towers.len() {
             let g = gate_weights[t.min(gate_weights.len() - 1)].clone(); // [batch, n_experts]
             let m = (experts.clone() * g.clone().unsqueeze_dim(2)).sum_dim(1); // [batch, 1, expert_dim]
-            let [_, _, e] = m.dims();
             mixed.push(m.reshape([b, e]));
             gates.push(g);
         }
-        (tower_logits(&self.towers, mixed, fields.as_ref()), gates)
+        (tower_logits(&self.towers, mixed, trunk.stack.as_ref()), gates)
+    }
+}
+
+impl Branching for Mmoe {
+    fn trunk(&self, batch: &BatchTensors) -> Trunk {
+        let (input, stack) = self.input.forward_with_fields(batch); // [batch, input_dim]
+        Trunk { input, stack }
+    }
+
+    fn branch_count(&self) -> usize {
+        1 + self.expert_groups.len()
+    }
+
+    fn branch_work(&self) -> usize {
+        self.groups().map(trainable_params).min().unwrap_or(0)
+    }
+
+    /// Group `i`'s experts' outputs, experts first ([`Experts::forward_flat`]).
+    ///
+    /// # Shapes
+    /// - output: `[n_g · batch, expert_dim]`
+    fn branch(&self, i: usize, trunk: &Trunk) -> Tensor<2> {
+        let group = self.groups().nth(i).expect("a branch per group");
+        group.forward_flat(trunk.input.clone())
+    }
+
+    /// The gates read the input layer's output in the head.
+    fn one_pass_is_exact(&self) -> bool {
+        false
+    }
+
+    fn head(&self, outputs: Vec<Tensor<2>>, trunk: &Trunk, batch: &BatchTensors) -> Forward {
+        let [b, _] = trunk.input.dims();
+        let experts = Experts::unflatten(Tensor::cat(outputs, 0), b); // [batch, n_experts, expert_dim]
+        let (logits, _) = self.mixed(experts, trunk);
+        task_forward(&self.tasks, logits, batch)
     }
 }
 
@@ -306,14 +394,27 @@ impl MultiTaskModel for Mmoe {
         &self.input
     }
 
+    /// One group: the pass of [`Mmoe::forward_with_gates`]; several: the groups' outputs
+    /// through [`Branching`]'s cut (the floats of the trainer's cut passes).
     fn forward(&self, batch: &BatchTensors) -> Forward {
+        if !self.expert_groups.is_empty() {
+            return self.forward_branched(batch);
+        }
         let (logits, _) = self.forward_with_gates(batch);
         task_forward(&self.tasks, logits, batch)
     }
 
+    /// Cut at its groups of experts where there are several, unless a tower reads the field
+    /// embeddings (DeepFM): their gradient's terms would meet in another order than in one
+    /// pass.
+    fn branching(&self) -> Option<&dyn Branching> {
+        let cut = !self.expert_groups.is_empty() && !self.towers.iter().any(|t| t.fm);
+        cut.then_some(self as &dyn Branching)
+    }
+
     fn gates(&self, batch: &BatchTensors) -> Vec<GateWeights> {
         let (_, gates) = self.forward_with_gates(batch);
-        let experts: Vec<String> = (0..self.experts.len()).map(|k| format!("expert{k}")).collect();
+        let experts: Vec<String> = (0..self.n_experts()).map(|k| format!("expert{k}")).collect();
         let shared = self.gates.len() == 1 && self.tasks.len() > 1;
         gates
             .into_iter()

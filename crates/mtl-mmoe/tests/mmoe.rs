@@ -155,6 +155,88 @@ fn bad_task_config_is_named() {
     assert!(err.contains("model.n_experts"), "{err}");
 }
 
+/// Experts in groups (`expert_groups`): the model is `y_t = h_t( Σ_k g^t_k(x) f_k(x) )` over
+/// all of them, worked out here from each expert's own MLP, its gates and towers — with
+/// batch statistics (training) and running ones; the gates name every expert.
+#[test]
+fn grouped_experts_mix_every_experts_mlp() {
+    let s = schema();
+    let enc = Encoder::new(&s, &StateFitter::new(&s).finish());
+    for device in [Device::flex().autodiff(), Device::flex()] {
+        device.seed(11);
+        let mut config = MmoeConfig::new(6, MlpSpec::new([8, 5]), MlpSpec::new([4]), tasks());
+        config.expert_groups = 3;
+        let model = config.init(&s, enc.layout(), &device).unwrap();
+        assert_eq!((model.n_experts(), model.expert_groups.len()), (6, 2));
+        assert!(model.groups().all(|g| g.len() == 2));
+        let batch = data(13).batch(&(0..13).collect::<Vec<_>>(), enc.layout(), &device);
+        let (x, _) = model.input.forward_with_fields(&batch); // [13, input]
+        let mlps: Vec<_> = model
+            .groups()
+            .flat_map(|g| (0..g.len()).map(|k| g.expert(k)))
+            .collect();
+        let f: Vec<Tensor<2>> = mlps.iter().map(|m| m.forward(x.clone())).collect(); // [13, 5] each
+        let (logits, gates) = model.forward_with_gates(&batch);
+        for t in 0..2 {
+            let g = model.gates[t].forward(x.clone()); // [13, 6]
+            let mixed = (0..6)
+                .map(|k| f[k].clone() * g.clone().slice([0..13, k..k + 1]))
+                .reduce(|a, b| a + b)
+                .unwrap();
+            let want = v(model.towers[t].forward(mixed, None).reshape([13]));
+            let got = v(logits[t].clone());
+            for (i, (p, q)) in got.iter().zip(&want).enumerate() {
+                assert!((p - q).abs() < 1e-5, "task {t} row {i}: {p} vs {q}");
+            }
+            assert_eq!(v(gates[t].clone()).len(), 13 * 6);
+        }
+        // the form ONNX export captures (batch first, the groups side by side): the same
+        let (captured, _) = mtl_layers::with_experts_batch_first(|| model.forward_with_gates(&batch));
+        for (a, b) in captured.iter().zip(&logits) {
+            for (p, q) in v(a.clone()).iter().zip(&v(b.clone())) {
+                assert!((p - q).abs() <= 1e-6, "batch first: {p} vs {q}");
+            }
+        }
+        let named = model.gates(&batch);
+        assert_eq!(named[0].experts.len(), 6);
+        assert_eq!(named[0].experts[5], "expert5");
+        // the trainer's forward (cut at the groups) predicts what predict does
+        let forward = model.forward(&batch);
+        assert_eq!(
+            v(forward.predictions[0].clone()),
+            v(model.predict(&batch)[0].clone())
+        );
+        assert!(model.branching().is_some(), "groups are branches");
+    }
+}
+
+#[test]
+fn expert_groups_must_divide_the_experts() {
+    let s = schema();
+    let enc = Encoder::new(&s, &StateFitter::new(&s).finish());
+    for groups in [0, 3, 5] {
+        let mut config = MmoeConfig::new(4, MlpSpec::new([4]), MlpSpec::new([4]), tasks());
+        config.expert_groups = groups;
+        let err = config
+            .init(&s, enc.layout(), &Device::flex())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("model.expert_groups") && err.contains(&format!("= {groups}")),
+            "{err}"
+        );
+    }
+    let one = MmoeConfig::new(4, MlpSpec::new([4]), MlpSpec::new([4]), tasks())
+        .init(&s, enc.layout(), &Device::flex())
+        .unwrap();
+    assert!(one.expert_groups.is_empty() && one.branching().is_none());
+    // a config without the key reads as one group
+    let text = "n_experts = 4\nexpert = { dims = [4] }\ntower = { dims = [4] }\n\
+                tasks = [{ label = \"click\" }]";
+    let config: MmoeConfig = toml::from_str(text).unwrap();
+    assert_eq!(config.expert_groups, 1);
+}
+
 /// The fused experts, each expert's MLP on its own, and the batch-first form ONNX export
 /// captures all give the same outputs.
 #[test]
@@ -195,6 +277,9 @@ fn fused_experts_equal_separate_expert_mlps_in_training_and_eval() {
         let one = fused.clone().slice([0..4, k..k + 1, 0..2]).reshape([4, 2]);
         close(one, mlp.forward(x.clone()), &format!("eval, expert {k}"));
     }
+    // experts first and flat (what a group hands the trainer's cut), viewed back: the same
+    let flat = Experts::unflatten(experts.forward_flat(x.clone()), 4);
+    assert_eq!(v(flat.reshape([4, n * 2])), v(fused.clone().reshape([4, n * 2])));
     // the form ONNX export captures (batch first, a product per expert): the same values
     let batch_first = mtl_layers::with_experts_batch_first(|| experts.forward(x.clone()));
     let (a, b) = (v(fused.reshape([4, n * 2])), v(batch_first.reshape([4, n * 2])));

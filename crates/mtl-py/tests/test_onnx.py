@@ -1,5 +1,5 @@
 """ONNX export against `mtl predict`: every model type (experts, bottoms and towers of two
-layers) on id, sequence and dense fields, encoded by `mtl.Encoder` from the sidecar alone and
+layers; MMOE's experts in one group and in two) on id, sequence and dense fields, encoded by `mtl.Encoder` from the sidecar alone and
 scored by onnxruntime at several batch sizes (the batch axis is symbolic), within 1e-6 of the
 command's own scores."""
 
@@ -21,6 +21,7 @@ KINDS = {
     "escm2": {"ctr_tower": {"dims": [8, 4]}, "cvr_tower": {"dims": [8, 4]}, "variant": "dr"},
     "esmm_chain": {"tower": {"dims": [8, 4]}, "tasks": [{"label": "click"}, {"label": "cart"}, {"label": "purchase"}]},
     "mmoe": {"n_experts": 3, "expert": {"dims": [8, 6]}, "tower": {"dims": [4]}, "tasks": TASKS},
+    "mmoe_groups": {"type": "mmoe", "n_experts": 4, "expert_groups": 2, "expert": {"dims": [8, 6]}, "tower": {"dims": [4]}, "tasks": TASKS},
     "omoe": {"n_experts": 3, "expert": {"dims": [8, 6]}, "tower": {"dims": [4]}, "tasks": TASKS},
     "shared_bottom": {"bottom": {"dims": [8, 6]}, "tower": {"dims": [4]}, "tasks": TASKS},
     "ple": {

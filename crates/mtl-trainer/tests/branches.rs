@@ -9,7 +9,7 @@ use burn::tensor::{Device, Tensor};
 use mtl_esmm::{Esmm, EsmmConfig};
 use mtl_features::{BackendKind, BatchTensors, EncodedData, Encoder, Schema, StateFitter, ValidSchema};
 use mtl_layers::{MlpSpec, ModelBuilder, MultiTaskModel, trainable_params};
-use mtl_mmoe::{Aitm, AitmConfig};
+use mtl_mmoe::{Aitm, AitmConfig, Mmoe, MmoeConfig};
 use mtl_trainer::TrainSettings;
 use mtl_trainer::fit::state::{FitOptions, TrainState};
 use mtl_trainer::fit::{branches, fit, optimizer, step};
@@ -148,6 +148,17 @@ fn aitm(device: &Device) -> Aitm {
     build(config, device)
 }
 
+/// MMOE over three tasks with six experts in three groups: the groups are the branches, the
+/// gates (which read the trunk's output too), the mixing and the towers the head.
+fn mmoe(device: &Device) -> Mmoe {
+    let config: MmoeConfig = toml::from_str(
+        "n_experts = 6\nexpert_groups = 3\nexpert = { dims = [256, 64] }\ntower = { dims = [16] }\n\
+         tasks = [{ label = \"click\" }, { label = \"cart\" }, { label = \"purchase\" }]",
+    )
+    .unwrap();
+    build(config, device)
+}
+
 /// A batch of 1024 rows.
 fn batch(device: &Device) -> BatchTensors {
     let s = schema();
@@ -161,13 +172,36 @@ fn cut_passes_give_the_whole_graphs_loss_and_gradients_bit_for_bit() {
     let device = Device::flex().autodiff();
     let b = batch(&device);
     let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
-    let check = |name: &str, whole: Passes, cut: &(dyn Fn(bool) -> Passes + Sync)| {
+    // `exact`: the cut gives the whole graph's floats; else (MMOE, whose gates read the trunk's
+    // output in the head: its gradient's terms meet in another order) within 1e-6 of them,
+    // the cut side by side still the cut one branch after another's bit for bit
+    let check = |name: &str, whole: Passes, cut: &(dyn Fn(bool) -> Passes + Sync), exact: bool| {
         let with_grads = whole.1.iter().filter(|g| g.is_some()).count();
         assert!(
             with_grads > 10,
             "{name}: the branches' and the table's parameters have gradients: {with_grads}"
         );
-        assert_eq!(cut(false), whole, "{name}: one branch after another");
+        let after = cut(false);
+        if !exact {
+            assert_eq!(after.0, whole.0, "{name}: loss terms");
+            for (i, (a, g)) in after.1.iter().zip(&whole.1).enumerate() {
+                let (Some(a), Some(g)) = (a, g) else {
+                    assert_eq!(
+                        a, g,
+                        "{name}: parameter {i} has a gradient on both sides or neither"
+                    );
+                    continue;
+                };
+                let scale = g.iter().fold(0f32, |m, x| m.max(x.abs()));
+                let gap = a.iter().zip(g).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+                assert!(gap <= 1e-6 * scale, "{name}: parameter {i}: {gap} of {scale}");
+            }
+        }
+        let whole = match exact {
+            true => whole,
+            false => after.clone(),
+        };
+        assert_eq!(after, whole, "{name}: one branch after another");
         for round in 0..4 {
             let side = pool.install(|| cut(true));
             assert_eq!(side.0, whole.0, "{name}: loss terms, side by side, round {round}");
@@ -180,9 +214,11 @@ fn cut_passes_give_the_whole_graphs_loss_and_gradients_bit_for_bit() {
         }
     };
     let m = esmm(&device);
-    check("ESMM", passes(&m, &b, None), &|s| passes(&m, &b, Some(s)));
+    check("ESMM", passes(&m, &b, None), &|s| passes(&m, &b, Some(s)), true);
     let m = aitm(&device);
-    check("AITM", passes(&m, &b, None), &|s| passes(&m, &b, Some(s)));
+    check("AITM", passes(&m, &b, None), &|s| passes(&m, &b, Some(s)), true);
+    let m = mmoe(&device);
+    check("MMOE", passes(&m, &b, None), &|s| passes(&m, &b, Some(s)), false);
 }
 
 #[test]
@@ -272,12 +308,14 @@ fn trained<M: MultiTaskModel + Send>(
 #[test]
 fn two_threads_train_the_model_one_thread_trains() {
     // the defaults (row-sparse table, catch-up, the weight average); on two threads ESMM's
-    // towers and AITM's bottoms take their passes side by side (both worth it), and ESMM's
+    // towers, AITM's bottoms and MMOE's groups of experts take their passes side by side
+    // (all worth it), and ESMM's
     // dense optimiser its step beside the table's (enough dense parameters)
     let dir = tempfile::tempdir().unwrap();
     let device = Device::flex().autodiff();
     assert!(branches::worth_side_by_side(&esmm(&device)));
     assert!(branches::worth_side_by_side(&aitm(&device)));
+    assert!(branches::worth_side_by_side(&mmoe(&device)));
     let m = esmm(&device);
     let dense = trainable_params(&m) - m.input_layer().embedding.weight.shape().num_elements();
     assert!(
@@ -315,6 +353,15 @@ fn two_threads_train_the_model_one_thread_trains() {
         Vec::<usize>::new(),
         "AITM"
     );
+    let one = trained(mmoe(&device), BackendKind::Flex, 1, &dir.path().join("mmoe-1"));
+    assert_eq!(
+        differing(
+            &trained(mmoe(&device), BackendKind::Flex, 2, &dir.path().join("mmoe-2")),
+            &one
+        ),
+        Vec::<usize>::new(),
+        "MMOE"
+    );
 }
 
 #[test]
@@ -351,5 +398,39 @@ fn models_whose_towers_read_the_field_embeddings_do_not_cut() {
     )
     .unwrap();
     assert!(build(config, &device).branching().is_none());
+    let config: MmoeConfig = toml::from_str(
+        "n_experts = 4\nexpert_groups = 2\nexpert = { dims = [256] }\n\
+         tower = { dims = [16], kind = \"deepfm\" }\ntasks = [{ label = \"click\" }]",
+    )
+    .unwrap();
+    assert!(build(config, &device).branching().is_none());
     assert!(esmm(&device).branching().is_some() && aitm(&device).branching().is_some());
+    assert!(mmoe(&device).branching().is_some());
+}
+
+#[test]
+fn the_passes_are_cut_on_one_thread_only_where_one_pass_would_differ() {
+    use branches::Branches::{Cut, SideBySide, Whole};
+    let device = Device::flex().autodiff();
+    let pool = |n| rayon::ThreadPoolBuilder::new().num_threads(n).build().unwrap();
+    let (one, two) = (pool(1), pool(2));
+    let (e, m) = (esmm(&device), mmoe(&device));
+    // ESMM's one pass is its cut's floats: cut only to run side by side
+    assert_eq!(one.install(|| branches::Branches::of(&e, true, false)), Whole);
+    assert_eq!(
+        two.install(|| branches::Branches::of(&e, true, false)),
+        SideBySide
+    );
+    // MMOE's gates read the trunk's output in the head: cut on one thread as well
+    assert_eq!(one.install(|| branches::Branches::of(&m, true, false)), Cut);
+    assert_eq!(
+        two.install(|| branches::Branches::of(&m, true, false)),
+        SideBySide
+    );
+    // dropout (draws at random) or a device that is not the CPU: one pass
+    for (host, random) in [(true, true), (false, false)] {
+        for p in [&one, &two] {
+            assert_eq!(p.install(|| branches::Branches::of(&m, host, random)), Whole);
+        }
+    }
 }

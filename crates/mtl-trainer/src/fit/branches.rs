@@ -13,7 +13,10 @@
 //! summed in the order one pass's backward sums them, so each gradient is the one a single
 //! pass computes, bit for bit where the trunk's output reaches the head only through the
 //! branches (tested: ESMM's two towers, a three-task AITM's bottoms; a model with a DeepFM
-//! tower, which also reads the field embeddings the input is made of, does not cut).
+//! tower, which also reads the field embeddings the input is made of, does not cut). Where the
+//! head reads the trunk's output too (MMOE's gates beside its groups of experts) the sum's
+//! terms meet in another order than in one pass, so such a model is cut on one thread as
+//! well ([`Branches::of`]): the same floats on any number of threads.
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
@@ -28,12 +31,42 @@ use rayon::prelude::*;
 pub const SIDE_BY_SIDE_WORK: usize = 32_768;
 
 /// Whether a step of `model` on a CPU with several threads runs its branches side by side
-/// (a model that branches, each branch worth a thread: [`SIDE_BY_SIDE_WORK`]); the other
-/// steps take one pass over the whole graph.
+/// (a model that branches, each branch worth a thread: [`SIDE_BY_SIDE_WORK`]; see
+/// [`Branches::of`]).
 pub fn worth_side_by_side<M: MultiTaskModel>(model: &M) -> bool {
     model
         .branching()
         .is_some_and(|b| b.branch_work() >= SIDE_BY_SIDE_WORK)
+}
+
+/// How a step takes its forward and backward passes through a model's branches.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Branches {
+    /// One pass over the whole graph.
+    #[default]
+    Whole,
+    /// Cut at the branches, one branch after another.
+    Cut,
+    /// Cut at the branches, side by side on rayon's threads.
+    SideBySide,
+}
+
+impl Branches {
+    /// The passes of a step of `model`: side by side where the device is a CPU, rayon has
+    /// several threads, nothing is drawn at random (`draws_at_random`: dropout, whose draws
+    /// from the one stream would come in no fixed order) and the branches are worth it
+    /// ([`worth_side_by_side`]); with one thread, cut one branch after another where one
+    /// pass would not give the cut's floats ([`mtl_layers::Branching::one_pass_is_exact`]),
+    /// so that a model trains to the same floats on any number of threads.
+    pub fn of<M: MultiTaskModel>(model: &M, host: bool, draws_at_random: bool) -> Self {
+        let exact = model.branching().is_none_or(|b| b.one_pass_is_exact());
+        match host && !draws_at_random && worth_side_by_side(model) {
+            false => Self::Whole,
+            true if rayon::current_num_threads() > 1 => Self::SideBySide,
+            true if exact => Self::Whole,
+            true => Self::Cut,
+        }
+    }
 }
 
 /// A forward pass cut at the branches, kept for its backward pass ([`backward`]).

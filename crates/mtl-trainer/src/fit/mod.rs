@@ -216,17 +216,15 @@ fn stepper_for<M: MultiTaskModel>(
         state.weighting.clone(),
         averaged.as_ref(),
     )?;
-    // a model's branches side by side on a CPU with several threads, unless their passes draw
-    // at random (dropout: the threads would draw from the one stream in no fixed order)
-    let threads = rayon::current_num_threads() > 1
-        && mtl_features::BackendKind::is_host_device(&device.clone().without_autodiff());
-    let side_by_side = threads && !options.draws_at_random && branches::worth_side_by_side(&model);
+    let host = mtl_features::BackendKind::is_host_device(&device.clone().without_autodiff());
+    let threads = rayon::current_num_threads() > 1 && host;
+    let cut = branches::Branches::of(&model, host, options.draws_at_random);
     let beside = threads && mtl_layers::trainable_params(&model) >= step::OPTIMISERS_BESIDE_PARAMS;
     Ok((
         model,
         stepper
             .with_group(options.group.clone())
-            .with_branches(side_by_side)
+            .with_branches(cut)
             .with_optimisers_beside(beside),
     ))
 }

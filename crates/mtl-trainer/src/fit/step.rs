@@ -21,7 +21,7 @@ use mtl_optim::{Average, DeviceAdam, SparseAdam};
 use crate::TrainError;
 use crate::config::{EmbeddingUpdate, TablePlace, TrainSettings};
 use crate::error::record_err;
-use crate::fit::branches;
+use crate::fit::branches::{self, Branches};
 use crate::fit::checkpoint::SPARSE_MOMENTS;
 use crate::fit::collective::{Group, merge_rows, sum_gradients};
 use crate::fit::loader::Batch;
@@ -251,8 +251,8 @@ pub struct Stepper {
     pipeline: Pipeline,
     /// The seconds the last step's gather took (a pipelining trial weighs them).
     gather_secs: f64,
-    /// Whether a model's branches run their passes side by side ([`Stepper::with_branches`]).
-    branches_side_by_side: bool,
+    /// How the passes go through a model's branches ([`Stepper::with_branches`]).
+    branches: Branches,
     /// Whether the table's and the dense optimiser's steps run side by side
     /// ([`Stepper::with_optimisers_beside`]).
     optimisers_beside: bool,
@@ -396,7 +396,7 @@ impl Stepper {
             group: Group::default(),
             pipeline: Pipeline::Off,
             gather_secs: 0.0,
-            branches_side_by_side: false,
+            branches: Branches::Whole,
             optimisers_beside: false,
         };
         // a schema without id fields has no table to update
@@ -472,13 +472,11 @@ impl Stepper {
         self
     }
 
-    /// The stepper with a branching model's branches ([`mtl_layers::Branching`]) taking their
-    /// forward and backward passes side by side, on rayon's threads, when `side_by_side` (for
-    /// a CPU backend with several threads, a model that draws nothing at random and branches
-    /// worth it: [`branches::worth_side_by_side`]); otherwise a step takes one pass over the
-    /// whole graph.
-    pub fn with_branches(mut self, side_by_side: bool) -> Self {
-        self.branches_side_by_side = side_by_side;
+    /// The stepper with a branching model's passes ([`mtl_layers::Branching`]) cut at its
+    /// branches, one after another or side by side on rayon's threads ([`Branches::of`]);
+    /// [`Branches::Whole`] (the default): one pass over the whole graph.
+    pub fn with_branches(mut self, branches: Branches) -> Self {
+        self.branches = branches;
         self
     }
 
@@ -623,9 +621,10 @@ impl Stepper {
         let (terms, loss) = match local_rows {
             0 => (vec![0.0; self.loss_names.len()], None),
             _ => {
-                let cut = match self.branches_side_by_side {
-                    true => branches::forward(model, tensors, true),
-                    false => None,
+                let cut = match self.branches {
+                    Branches::Whole => None,
+                    Branches::Cut => branches::forward(model, tensors, false),
+                    Branches::SideBySide => branches::forward(model, tensors, true),
                 };
                 let (forward, cut) = match cut {
                     Some((forward, cut)) => (forward, Some(cut)),
