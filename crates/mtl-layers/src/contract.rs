@@ -110,7 +110,7 @@ impl Trunk {
 /// parameters. The trainer can then run each branch's forward and backward pass on a graph of
 /// its own, side by side on a CPU with several threads.
 pub trait Branching: Sync {
-    /// The part every branch shares (ESMM and AITM: the input layer).
+    /// The part every branch shares (every model that branches: the input layer).
     fn trunk(&self, batch: &BatchTensors) -> Trunk;
 
     /// How many branches there are.
@@ -133,15 +133,17 @@ pub trait Branching: Sync {
 
     /// Whether one pass over the whole graph gives the cut passes' gradients bit for bit:
     /// true (the default) where the trunk's output reaches the head only through the
-    /// branches; false where the head reads it too (MMOE's gates: its gradient's terms then
-    /// meet in another order), for which a trainer that cuts the passes on several threads
+    /// branches and `forward` is [`Branching::forward_branched`]; false where the head reads
+    /// it too (MMOE's and PLE's gates: its gradient's terms then meet in another order), for
+    /// which a trainer that cuts the passes on several threads
     /// cuts them on one as well, so that the floats do not depend on the number of threads.
     fn one_pass_is_exact(&self) -> bool {
         true
     }
 
-    /// The whole forward pass, one branch after another: what [`MultiTaskModel::forward`]
-    /// returns for a model that branches.
+    /// The whole forward pass, one branch after another: the function [`MultiTaskModel::forward`]
+    /// computes (ESMM and AITM: the same operations; MMOE and PLE run theirs in their own
+    /// order, whose floats may differ in the last bits: [`Branching::one_pass_is_exact`]).
     fn forward_branched(&self, batch: &BatchTensors) -> Forward {
         let trunk = self.trunk(batch);
         let outputs = (0..self.branch_count()).map(|i| self.branch(i, &trunk)).collect();
@@ -188,9 +190,9 @@ pub trait MultiTaskModel: Module + Clone + std::fmt::Debug + Sync {
     }
 
     /// The forward pass cut at its branches ([`Branching`]), for a model whose forward pass
-    /// is [`Branching::forward_branched`] (and whose cut passes give one pass's floats, or
-    /// say they do not: [`Branching::one_pass_is_exact`]); none (the default) for one that
-    /// does not branch.
+    /// is the function of [`Branching::forward_branched`] (and whose cut passes give one
+    /// pass's floats, or say they do not: [`Branching::one_pass_is_exact`]); none (the
+    /// default) for one that does not branch.
     fn branching(&self) -> Option<&dyn Branching> {
         None
     }

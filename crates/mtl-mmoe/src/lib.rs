@@ -394,12 +394,7 @@ impl MultiTaskModel for Mmoe {
         &self.input
     }
 
-    /// One group: the pass of [`Mmoe::forward_with_gates`]; several: the groups' outputs
-    /// through [`Branching`]'s cut (the floats of the trainer's cut passes).
     fn forward(&self, batch: &BatchTensors) -> Forward {
-        if !self.expert_groups.is_empty() {
-            return self.forward_branched(batch);
-        }
         let (logits, _) = self.forward_with_gates(batch);
         task_forward(&self.tasks, logits, batch)
     }

@@ -18,7 +18,10 @@
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 use mtl_features::{BatchTensors, FieldPooling, InputLayer, TableLayout, ValidSchema};
-use mtl_layers::{Forward, GateWeights, Mlp, MlpSpec, ModelBuilder, ModelError, ModelPlan, MultiTaskModel};
+use mtl_layers::{
+    Branching, Forward, GateWeights, Mlp, MlpSpec, ModelBuilder, ModelError, ModelPlan, MultiTaskModel,
+    Trunk, trainable_params,
+};
 use serde::{Deserialize, Serialize};
 
 use mtl_layers::tasks::tower_logits;
@@ -266,19 +269,83 @@ impl Ple {
     /// - logits: one `[batch]` per task
     /// - gates: per level, `[batch, experts]` per task (then the shared gate's)
     pub fn forward_with_gates(&self, batch: &BatchTensors) -> (Vec<Tensor<1>>, Vec<Vec<Tensor<2>>>) {
-        let (x, fields) = self.input.forward_with_fields(batch); // [batch, input_dim]
-        let mut paths = vec![x; self.tasks.len() + 1];
+        let trunk = self.trunk(batch);
+        // the first level's paths are all the input: its experts run as one mixture
+        let paths = vec![trunk.input.clone(); self.tasks.len() + 1];
+        let (specific, shared) = self.levels[0].experts(&paths, true);
+        self.after_first_experts(&trunk, specific, shared)
+    }
+
+    /// The first level's groups of experts, in order: each task's own, then the shared ones.
+    fn first_groups(&self) -> Vec<&Experts> {
+        let first = &self.levels[0];
+        first.specific.iter().chain(first.shared.as_ref()).collect()
+    }
+
+    /// The logits and every level's gate weights from the first level's experts' outputs
+    /// and the input layer's (which the first level's gates read).
+    ///
+    /// # Shapes
+    /// - `specific`: one `[batch, n_spec, d]` per task (none without specific experts);
+    ///   `shared`: `[batch, n_shared, d]`; output as [`Ple::forward_with_gates`]
+    fn after_first_experts(
+        &self,
+        trunk: &Trunk,
+        specific: Vec<Tensor<3>>,
+        shared: Option<Tensor<3>>,
+    ) -> (Vec<Tensor<1>>, Vec<Vec<Tensor<2>>>) {
+        let inputs = vec![trunk.input.clone(); self.tasks.len() + 1];
+        let (mut paths, first) = self.levels[0].mix_paths(&inputs, specific, shared);
         let mut gates = Vec::with_capacity(self.levels.len());
-        for (l, level) in self.levels.iter().enumerate() {
-            // the first level's paths are all the input: its experts run as one mixture
-            let (out, g) = match l {
-                0 => level.forward_one_input(&paths),
-                _ => level.forward(&paths),
-            };
+        gates.push(first);
+        for level in &self.levels[1..] {
+            let (out, g) = level.forward(&paths);
             paths = out;
             gates.push(g);
         }
-        (tower_logits(&self.towers, paths, fields.as_ref()), gates)
+        (tower_logits(&self.towers, paths, trunk.stack.as_ref()), gates)
+    }
+}
+
+/// Cut at the first level's groups of experts (each task's own, the shared ones); the gates,
+/// the later levels and the towers are the head.
+impl Branching for Ple {
+    fn trunk(&self, batch: &BatchTensors) -> Trunk {
+        let (input, stack) = self.input.forward_with_fields(batch); // [batch, input_dim]
+        Trunk { input, stack }
+    }
+
+    fn branch_count(&self) -> usize {
+        self.first_groups().len()
+    }
+
+    fn branch_work(&self) -> usize {
+        self.first_groups()
+            .into_iter()
+            .map(trainable_params)
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// Group `i`'s experts' outputs, experts first ([`Experts::forward_flat`]).
+    ///
+    /// # Shapes
+    /// - output: `[n_g · batch, expert_dim]`
+    fn branch(&self, i: usize, trunk: &Trunk) -> Tensor<2> {
+        self.first_groups()[i].forward_flat(trunk.input.clone())
+    }
+
+    /// The first level's gates read the input layer's output in the head.
+    fn one_pass_is_exact(&self) -> bool {
+        false
+    }
+
+    fn head(&self, outputs: Vec<Tensor<2>>, trunk: &Trunk, batch: &BatchTensors) -> Forward {
+        let [b, _] = trunk.input.dims();
+        let mut groups: Vec<Tensor<3>> = outputs.into_iter().map(|o| Experts::unflatten(o, b)).collect();
+        let shared = self.levels[0].shared.as_ref().and_then(|_| groups.pop());
+        let (logits, _) = self.after_first_experts(trunk, groups, shared);
+        task_forward(&self.tasks, logits, batch)
     }
 }
 
@@ -295,6 +362,14 @@ impl MultiTaskModel for Ple {
     fn forward(&self, batch: &BatchTensors) -> Forward {
         let (logits, _) = self.forward_with_gates(batch);
         task_forward(&self.tasks, logits, batch)
+    }
+
+    /// Cut at the first level's groups where there are several, unless a tower reads the
+    /// field embeddings (DeepFM): their gradient's terms would meet in another order than in
+    /// one pass. (Its one pass runs narrow groups' first products as one: the same function.)
+    fn branching(&self) -> Option<&dyn Branching> {
+        let cut = self.first_groups().len() > 1 && !self.towers.iter().any(|t| t.fm);
+        cut.then_some(self as &dyn Branching)
     }
 
     fn input_layer(&self) -> &InputLayer {

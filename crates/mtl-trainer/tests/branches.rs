@@ -1,6 +1,7 @@
 //! A step's passes cut at the model's branches (`fit::branches`) against one pass over the
-//! whole graph: the same loss terms, gradients and BatchNorm statistics, bit for bit, one
-//! branch after another and side by side on two threads; and training on two threads (the
+//! whole graph: the same loss terms, gradients and BatchNorm statistics, bit for bit (within
+//! 1e-6 where the head reads the trunk too: MMOE, PLE), one branch after another and side by
+//! side on two threads; and training on two threads (the
 //! branches side by side, the optimisers' steps beside each other) against one.
 
 use burn::module::{Module, ModuleVisitor, Param};
@@ -9,7 +10,7 @@ use burn::tensor::{Device, Tensor};
 use mtl_esmm::{Esmm, EsmmConfig};
 use mtl_features::{BackendKind, BatchTensors, EncodedData, Encoder, Schema, StateFitter, ValidSchema};
 use mtl_layers::{MlpSpec, ModelBuilder, MultiTaskModel, trainable_params};
-use mtl_mmoe::{Aitm, AitmConfig, Mmoe, MmoeConfig};
+use mtl_mmoe::{Aitm, AitmConfig, Mmoe, MmoeConfig, Ple, PleConfig};
 use mtl_trainer::TrainSettings;
 use mtl_trainer::fit::state::{FitOptions, TrainState};
 use mtl_trainer::fit::{branches, fit, optimizer, step};
@@ -159,6 +160,18 @@ fn mmoe(device: &Device) -> Mmoe {
     build(config, device)
 }
 
+/// PLE over three tasks, two levels: the first level's groups (each task's two experts, the two
+/// shared ones) are the branches; the gates, the second level and the towers the head.
+fn ple(device: &Device) -> Ple {
+    let config: PleConfig = toml::from_str(
+        "n_level = 2\nn_expert_specific = 2\nn_expert_shared = 2\nexpert = { dims = [256, 64] }\n\
+         tower = { dims = [16] }\n\
+         tasks = [{ label = \"click\" }, { label = \"cart\" }, { label = \"purchase\" }]",
+    )
+    .unwrap();
+    build(config, device)
+}
+
 /// A batch of 1024 rows.
 fn batch(device: &Device) -> BatchTensors {
     let s = schema();
@@ -219,6 +232,8 @@ fn cut_passes_give_the_whole_graphs_loss_and_gradients_bit_for_bit() {
     check("AITM", passes(&m, &b, None), &|s| passes(&m, &b, Some(s)), true);
     let m = mmoe(&device);
     check("MMOE", passes(&m, &b, None), &|s| passes(&m, &b, Some(s)), false);
+    let m = ple(&device);
+    check("PLE", passes(&m, &b, None), &|s| passes(&m, &b, Some(s)), false);
 }
 
 #[test]
@@ -316,6 +331,7 @@ fn two_threads_train_the_model_one_thread_trains() {
     assert!(branches::worth_side_by_side(&esmm(&device)));
     assert!(branches::worth_side_by_side(&aitm(&device)));
     assert!(branches::worth_side_by_side(&mmoe(&device)));
+    assert!(branches::worth_side_by_side(&ple(&device)));
     let m = esmm(&device);
     let dense = trainable_params(&m) - m.input_layer().embedding.weight.shape().num_elements();
     assert!(
@@ -362,6 +378,15 @@ fn two_threads_train_the_model_one_thread_trains() {
         Vec::<usize>::new(),
         "MMOE"
     );
+    let one = trained(ple(&device), BackendKind::Flex, 1, &dir.path().join("ple-1"));
+    assert_eq!(
+        differing(
+            &trained(ple(&device), BackendKind::Flex, 2, &dir.path().join("ple-2")),
+            &one
+        ),
+        Vec::<usize>::new(),
+        "PLE"
+    );
 }
 
 #[test]
@@ -405,7 +430,7 @@ fn models_whose_towers_read_the_field_embeddings_do_not_cut() {
     .unwrap();
     assert!(build(config, &device).branching().is_none());
     assert!(esmm(&device).branching().is_some() && aitm(&device).branching().is_some());
-    assert!(mmoe(&device).branching().is_some());
+    assert!(mmoe(&device).branching().is_some() && ple(&device).branching().is_some());
 }
 
 #[test]
@@ -421,8 +446,12 @@ fn the_passes_are_cut_on_one_thread_only_where_one_pass_would_differ() {
         two.install(|| branches::Branches::of(&e, true, false)),
         SideBySide
     );
-    // MMOE's gates read the trunk's output in the head: cut on one thread as well
+    // MMOE's and PLE's gates read the trunk's output in the head: cut on one thread as well
     assert_eq!(one.install(|| branches::Branches::of(&m, true, false)), Cut);
+    assert_eq!(
+        one.install(|| branches::Branches::of(&ple(&device), true, false)),
+        Cut
+    );
     assert_eq!(
         two.install(|| branches::Branches::of(&m, true, false)),
         SideBySide
