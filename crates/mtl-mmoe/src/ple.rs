@@ -271,8 +271,7 @@ impl Ple {
     pub fn forward_with_gates(&self, batch: &BatchTensors) -> (Vec<Tensor<1>>, Vec<Vec<Tensor<2>>>) {
         let trunk = self.trunk(batch);
         // the first level's paths are all the input: its experts run as one mixture
-        let paths = vec![trunk.input.clone(); self.tasks.len() + 1];
-        let (specific, shared) = self.levels[0].experts(&paths, true);
+        let (specific, shared) = self.levels[0].experts(std::slice::from_ref(&trunk.input), true);
         self.after_first_experts(&trunk, specific, shared)
     }
 
