@@ -185,9 +185,9 @@ fn cut_passes_give_the_whole_graphs_loss_and_gradients_bit_for_bit() {
     let device = Device::flex().autodiff();
     let b = batch(&device);
     let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
-    // `exact`: the cut gives the whole graph's floats; else (MMOE, whose gates read the trunk's
-    // output in the head: its gradient's terms meet in another order) within 1e-6 of them,
-    // the cut side by side still the cut one branch after another's bit for bit
+    // `exact`: the cut gives the whole graph's floats; else (MMOE and PLE, whose gates read
+    // the trunk's output in the head: its gradient's terms meet in another order) within 1e-6
+    // of them, the cut side by side still the cut one branch after another's bit for bit
     let check = |name: &str, whole: Passes, cut: &(dyn Fn(bool) -> Passes + Sync), exact: bool| {
         let with_grads = whole.1.iter().filter(|g| g.is_some()).count();
         assert!(
@@ -210,15 +210,15 @@ fn cut_passes_give_the_whole_graphs_loss_and_gradients_bit_for_bit() {
                 assert!(gap <= 1e-6 * scale, "{name}: parameter {i}: {gap} of {scale}");
             }
         }
-        let whole = match exact {
+        let want = match exact {
             true => whole,
             false => after.clone(),
         };
-        assert_eq!(after, whole, "{name}: one branch after another");
+        assert_eq!(after, want, "{name}: one branch after another");
         for round in 0..4 {
             let side = pool.install(|| cut(true));
-            assert_eq!(side.0, whole.0, "{name}: loss terms, side by side, round {round}");
-            for (i, (a, g)) in side.1.iter().zip(&whole.1).enumerate() {
+            assert_eq!(side.0, want.0, "{name}: loss terms, side by side, round {round}");
+            for (i, (a, g)) in side.1.iter().zip(&want.1).enumerate() {
                 assert_eq!(
                     a, g,
                     "{name}: parameter {i}'s gradient, side by side, round {round}"
@@ -323,8 +323,8 @@ fn trained<M: MultiTaskModel + Send>(
 #[test]
 fn two_threads_train_the_model_one_thread_trains() {
     // the defaults (row-sparse table, catch-up, the weight average); on two threads ESMM's
-    // towers, AITM's bottoms and MMOE's groups of experts take their passes side by side
-    // (all worth it), and ESMM's
+    // towers, AITM's bottoms, MMOE's groups of experts and PLE's first level's take their
+    // passes side by side (all worth it), and ESMM's
     // dense optimiser its step beside the table's (enough dense parameters)
     let dir = tempfile::tempdir().unwrap();
     let device = Device::flex().autodiff();
