@@ -361,8 +361,7 @@ impl MultiTaskModel for Esmm {
 /// (branch 1), each on the pooled embeddings (and the field embeddings, for a DeepFM tower).
 impl Branching for Esmm {
     fn trunk(&self, batch: &BatchTensors) -> Trunk {
-        let (input, stack) = self.input.forward_with_fields(batch);
-        Trunk { input, stack }
+        Trunk::of_input(&self.input, batch)
     }
 
     fn branch_count(&self) -> usize {

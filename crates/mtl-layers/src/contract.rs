@@ -95,6 +95,13 @@ pub struct Trunk {
 }
 
 impl Trunk {
+    /// The input layer's output on `batch` and its field embeddings (every model that
+    /// branches has this trunk).
+    pub fn of_input(layer: &InputLayer, batch: &BatchTensors) -> Self {
+        let (input, stack) = layer.forward_with_fields(batch); // [batch, input_dim]
+        Self { input, stack }
+    }
+
     /// A copy of both tensors cut from the graph that made them, each a leaf that takes
     /// its own gradient (a branch's pass then builds a graph of its own).
     pub fn detached(&self) -> Self {

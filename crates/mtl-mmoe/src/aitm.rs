@@ -320,8 +320,7 @@ impl MultiTaskModel for Aitm {
 /// transfers, the towers and the losses (the head).
 impl Branching for Aitm {
     fn trunk(&self, batch: &BatchTensors) -> Trunk {
-        let (input, stack) = self.input.forward_with_fields(batch);
-        Trunk { input, stack }
+        Trunk::of_input(&self.input, batch)
     }
 
     fn branch_count(&self) -> usize {

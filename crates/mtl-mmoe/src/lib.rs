@@ -347,8 +347,7 @@ impl Mmoe {
 
 impl Branching for Mmoe {
     fn trunk(&self, batch: &BatchTensors) -> Trunk {
-        let (input, stack) = self.input.forward_with_fields(batch); // [batch, input_dim]
-        Trunk { input, stack }
+        Trunk::of_input(&self.input, batch)
     }
 
     fn branch_count(&self) -> usize {

@@ -310,8 +310,7 @@ impl Ple {
 /// the later levels and the towers are the head.
 impl Branching for Ple {
     fn trunk(&self, batch: &BatchTensors) -> Trunk {
-        let (input, stack) = self.input.forward_with_fields(batch); // [batch, input_dim]
-        Trunk { input, stack }
+        Trunk::of_input(&self.input, batch)
     }
 
     fn branch_count(&self) -> usize {

@@ -347,46 +347,38 @@ fn two_threads_train_the_model_one_thread_trains() {
         "towers of 16 and 8 are not worth a thread each"
     );
     let start = values(&esmm(&device).valid());
-    let one = trained(esmm(&device), BackendKind::Flex, 1, &dir.path().join("esmm-1"));
+    let one = same_on_two_threads(esmm, "ESMM", dir.path());
     assert!(
         differing(&one, &start).len() > 10,
         "training moved the parameters"
     );
-    assert_eq!(
-        differing(
-            &trained(esmm(&device), BackendKind::Flex, 2, &dir.path().join("esmm-2")),
-            &one
-        ),
-        Vec::<usize>::new(),
-        "ESMM"
+    same_on_two_threads(aitm, "AITM", dir.path());
+    same_on_two_threads(mmoe, "MMOE", dir.path());
+    same_on_two_threads(ple, "PLE", dir.path());
+}
+
+/// `make`'s model trained on one thread and on two ([`trained`]): the same floats, which it
+/// returns.
+fn same_on_two_threads<M: MultiTaskModel + Send>(
+    make: fn(&Device) -> M,
+    name: &str,
+    dir: &std::path::Path,
+) -> Vec<Vec<f32>> {
+    let device = Device::flex().autodiff();
+    let one = trained(
+        make(&device),
+        BackendKind::Flex,
+        1,
+        &dir.join(format!("{name}-1")),
     );
-    let one = trained(aitm(&device), BackendKind::Flex, 1, &dir.path().join("aitm-1"));
-    assert_eq!(
-        differing(
-            &trained(aitm(&device), BackendKind::Flex, 2, &dir.path().join("aitm-2")),
-            &one
-        ),
-        Vec::<usize>::new(),
-        "AITM"
+    let two = trained(
+        make(&device),
+        BackendKind::Flex,
+        2,
+        &dir.join(format!("{name}-2")),
     );
-    let one = trained(mmoe(&device), BackendKind::Flex, 1, &dir.path().join("mmoe-1"));
-    assert_eq!(
-        differing(
-            &trained(mmoe(&device), BackendKind::Flex, 2, &dir.path().join("mmoe-2")),
-            &one
-        ),
-        Vec::<usize>::new(),
-        "MMOE"
-    );
-    let one = trained(ple(&device), BackendKind::Flex, 1, &dir.path().join("ple-1"));
-    assert_eq!(
-        differing(
-            &trained(ple(&device), BackendKind::Flex, 2, &dir.path().join("ple-2")),
-            &one
-        ),
-        Vec::<usize>::new(),
-        "PLE"
-    );
+    assert_eq!(differing(&two, &one), Vec::<usize>::new(), "{name}");
+    one
 }
 
 #[test]
