@@ -208,10 +208,7 @@ impl Experts {
     /// - input: `[batch, in]`
     /// - output: `[batch, n, out]`
     pub fn forward(&self, x: Tensor<2>) -> Tensor<3> {
-        let b = x.dims()[0];
-        let h = self.first.forward(x); // [batch, n · d₁]
-        let d1 = h.dims()[1] / self.n;
-        let h = h.reshape([b, self.n, d1]);
+        let h = self.first_layer(x);
         if self.layers.is_empty() {
             return h;
         }
@@ -223,6 +220,18 @@ impl Experts {
                 .fold(h, |h, layer| layer.forward_batch_first(h));
         }
         self.later_layers(h.swap_dims(0, 1)).swap_dims(0, 1)
+    }
+
+    /// The first layer's output, every expert's side by side.
+    ///
+    /// # Shapes
+    /// - input: `[batch, in]`
+    /// - output: `[batch, n, d₁]`
+    fn first_layer(&self, x: Tensor<2>) -> Tensor<3> {
+        let b = x.dims()[0];
+        let h = self.first.forward(x); // [batch, n · d₁]
+        let d1 = h.dims()[1] / self.n;
+        h.reshape([b, self.n, d1])
     }
 
     /// The later layers over the first's output, experts first.
@@ -241,11 +250,7 @@ impl Experts {
     /// - input: `[batch, in]`
     /// - output: `[n · batch, out]`, expert `k`'s rows `k · batch .. (k + 1) · batch`
     pub fn forward_flat(&self, x: Tensor<2>) -> Tensor<2> {
-        let b = x.dims()[0];
-        let h = self.first.forward(x); // [batch, n · d₁]
-        let d1 = h.dims()[1] / self.n;
-        let h = h.reshape([b, self.n, d1]).swap_dims(0, 1); // [n, batch, d₁]
-        let h = self.later_layers(h);
+        let h = self.later_layers(self.first_layer(x).swap_dims(0, 1)); // [n, batch, out]
         let [n, b, out] = h.dims();
         h.reshape([n * b, out])
     }
@@ -313,12 +318,7 @@ impl Experts {
             start += width;
         }
         (groups.iter().zip(hs))
-            .map(|(g, h)| {
-                g.layers
-                    .iter()
-                    .fold(h, |h, layer| layer.forward(h))
-                    .swap_dims(0, 1)
-            })
+            .map(|(g, h)| g.later_layers(h).swap_dims(0, 1))
             .collect()
     }
 
