@@ -218,13 +218,13 @@ fn stepper_for<M: MultiTaskModel>(
     )?;
     let host = mtl_features::BackendKind::is_host_device(&device.clone().without_autodiff());
     let threads = rayon::current_num_threads() > 1 && host;
-    let cut = branches::Branches::of(&model, host, options.draws_at_random);
+    let passes = branches::Branches::of(&model, host, options.draws_at_random);
     let beside = threads && mtl_layers::trainable_params(&model) >= step::OPTIMISERS_BESIDE_PARAMS;
     Ok((
         model,
         stepper
             .with_group(options.group.clone())
-            .with_branches(cut)
+            .with_branches(passes)
             .with_optimisers_beside(beside),
     ))
 }
