@@ -211,9 +211,9 @@ fn replay_packed(rows: &mut [Pending<'_, '_>], k: Betas) {
         for j in 0..longest {
             for row in pack.iter_mut().filter(|row| j < row.exact) {
                 let s = &row.missed[j];
-                step(row.w, row.m, row.v, s, k);
-                if let Some(a) = row.average.as_deref_mut() {
-                    average_row(a, row.w, s.keep);
+                match row.average.as_deref_mut() {
+                    Some(a) => step_averaged(row.w, row.m, row.v, a, s, k),
+                    None => step(row.w, row.m, row.v, s, k),
                 }
             }
         }
@@ -399,6 +399,18 @@ fn step(w: &mut [f32], m: &mut [f32], v: &mut [f32], s: &Missed, k: Betas) {
     }
 }
 
+/// [`step`] and the weight average's update after it ([`average_element`]), element by element in
+/// one loop: each element gets the same operations in the same order, so the same floats, and
+/// the average reads the new value where it is (a loop of its own would read the row back
+/// from memory just written, and wait for it).
+#[inline(always)]
+fn step_averaged(w: &mut [f32], m: &mut [f32], v: &mut [f32], a: &mut [f32], s: &Missed, k: Betas) {
+    for (((w, m), v), a) in w.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(a.iter_mut()) {
+        adam_element(w, m, v, 0.0, s, k);
+        average_element(a, *w, s.keep);
+    }
+}
+
 /// One element's Adam step at step `s`'s constants, its data gradient (clipped) being `g`:
 /// the L2 decay joins the gradient, the decoupled decay the update. A touched row's update
 /// ([`crate::row_step::RowStep`]) and a missed step's replay ([`step`]) both take it, so
@@ -412,12 +424,10 @@ pub(crate) fn adam_element(w: &mut f32, m: &mut f32, v: &mut f32, g: f32, s: &Mi
     *w -= (update + *w * k.wd_update) * s.lr;
 }
 
-/// One step of a row's weight average: `a ← keep · a + (1 − keep) · w`.
+/// One element's step of the weight average: `a ← keep · a + (1 − keep) · w`.
 #[inline(always)]
-pub(crate) fn average_row(a: &mut [f32], w: &[f32], keep: f32) {
-    for (a, &w) in a.iter_mut().zip(w) {
-        *a = *a * keep + w * (1.0 - keep);
-    }
+pub(crate) fn average_element(a: &mut f32, w: f32, keep: f32) {
+    *a = *a * keep + w * (1.0 - keep);
 }
 
 /// The strides of a row whose first `exact` missed steps were replayed.
@@ -756,6 +766,14 @@ mod tests {
 
         fn range(&mut self, lo: f64, hi: f64) -> f64 {
             lo + (hi - lo) * self.next()
+        }
+    }
+
+    /// One step of a row's weight average, in a loop of its own after the step's (what the
+    /// replay and a touched row's update do in one loop, element by element).
+    fn average_row(a: &mut [f32], w: &[f32], keep: f32) {
+        for (a, &w) in a.iter_mut().zip(w) {
+            *a = *a * keep + w * (1.0 - keep);
         }
     }
 

@@ -10,7 +10,7 @@
 
 use burn::tensor::TensorData;
 
-use crate::replay::{Missed, adam_element, average_row};
+use crate::replay::{Missed, adam_element, average_element};
 use crate::row_adam::StepConstants;
 
 /// A row's up-to-date step (catch-up's bookkeeping) while its update waits in a [`Deferred`].
@@ -101,12 +101,22 @@ impl RowStep<'_> {
             );
             *last = s.time;
         }
-        for (((w, m), v), &g) in w.iter_mut().zip(m).zip(v).zip(&self.g[at..at + d]) {
-            adam_element(w, m, v, g * s.coef, &at_step, k);
-        }
-        if let Some(a) = self.average.as_mut() {
-            let row = id as usize * d;
-            average_row(&mut a[row..row + d], w, s.keep);
+        let g = &self.g[at..at + d];
+        match self.average.as_mut() {
+            // the average's update in the same loop, element by element: the same floats as
+            // a loop of its own after the step, without reading the new values back
+            Some(a) => {
+                let a = &mut a[id as usize * d..(id as usize + 1) * d];
+                for ((((w, m), v), &g), a) in w.iter_mut().zip(m).zip(v).zip(g).zip(a) {
+                    adam_element(w, m, v, g * s.coef, &at_step, k);
+                    average_element(a, *w, s.keep);
+                }
+            }
+            None => {
+                for (((w, m), v), &g) in w.iter_mut().zip(m).zip(v).zip(g) {
+                    adam_element(w, m, v, g * s.coef, &at_step, k);
+                }
+            }
         }
     }
 }
@@ -160,6 +170,69 @@ pub(crate) struct Deferred {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rows_average_updated_in_the_steps_loop_is_the_average_after_the_step() {
+        // rows 19 wide (a vector's width and a remainder), two of three updated: the update
+        // with the average gives the table the floats of the update without it, and each
+        // updated row's average `keep · a + (1 − keep) · w` of its new values, by hand
+        let (dim, rows) = (19, 3);
+        let mut x = 0.37f32;
+        let mut next = || {
+            x = (x * 9.73 + 0.11).fract();
+            x - 0.5
+        };
+        let floats: Vec<f32> = (0..rows * 3 * dim)
+            .map(|i| next() * if i % (3 * dim) >= 2 * dim { 1e-3 } else { 0.1 })
+            .map(f32::abs)
+            .collect();
+        let average: Vec<f32> = (0..rows * dim).map(|_| next() * 0.1).collect();
+        let (ids, g): (Vec<i32>, Vec<f32>) = (vec![2, 0], (0..2 * dim).map(|_| next() * 0.01).collect());
+        let config = crate::RowAdamConfig {
+            weight_decay: 0.01,
+            ..Default::default()
+        };
+        let s = StepScalars {
+            c: config.at(3),
+            coef: 0.7,
+            lr: 0.01,
+            keep: 0.9,
+            time: 3,
+        };
+        let run = |average: Option<&mut [f32]>| {
+            let mut floats = floats.clone();
+            pulp::Arch::new().dispatch(RowStep {
+                floats: &mut floats,
+                ids: &ids,
+                g: &g,
+                only: None,
+                dim,
+                s,
+                catch_up: None,
+                average,
+            });
+            floats
+        };
+        let mut averaged = average.clone();
+        let (with, without) = (run(Some(&mut averaged)), run(None));
+        assert_eq!(with, without);
+        assert_ne!(with, floats);
+        let mut by_hand = average.clone();
+        for &id in &ids {
+            let id = id as usize;
+            for i in 0..dim {
+                let w = without[id * 3 * dim + i];
+                by_hand[id * dim + i] = by_hand[id * dim + i] * 0.9 + w * (1.0 - 0.9);
+            }
+        }
+        assert_eq!(averaged, by_hand);
+        assert_eq!(
+            averaged[dim..2 * dim],
+            average[dim..2 * dim],
+            "row 1 was not updated"
+        );
+        assert_ne!(averaged[..dim], average[..dim]);
+    }
 
     #[test]
     fn a_steps_rows_divide_by_whether_the_next_batch_uses_them() {
