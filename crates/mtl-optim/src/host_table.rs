@@ -294,6 +294,10 @@ pub struct SparseAdam {
     split: Option<Split>,
     /// An ended step's rows whose update waits ([`crate::row_step`]).
     deferred: Option<Deferred>,
+    /// The thread that takes a pipelined step's second-thread work
+    /// ([`SparseAdam::prepare_beside`]): started by the first such step and kept (a thread
+    /// started for every step cost the calling thread the start, each step).
+    helper: Option<rayon::ThreadPool>,
 }
 
 impl SparseAdam {
@@ -350,6 +354,7 @@ impl SparseAdam {
             traffic: TableTraffic::default(),
             split: None,
             deferred: None,
+            helper: None,
         })
     }
 
@@ -563,15 +568,28 @@ impl SparseAdam {
     /// updates the rows an earlier step left waiting, and finds which of `current`'s rows the
     /// next batch uses: [`SparseAdam::apply`] (given `current`) updates only those and leaves
     /// the others to the next step's second thread ([`crate::row_step`]). Each row is updated
-    /// and replayed whole by one thread, so the floats do not depend on which.
+    /// and replayed whole by one thread, so the floats do not depend on which. The second
+    /// thread is the table's own, started by the first call and kept.
     pub fn prepare_beside<R>(&mut self, next: &[i32], current: &[i32], work: impl FnOnce() -> R) -> R {
         if self.catch_up.is_none() {
             return work();
         }
+        // without a thread to do it on, the step is taken as without `prepare_beside`: the
+        // same floats (the gathers replay the rows, `apply` updates them all)
+        let Some(helper) = self.helper.take().or_else(|| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(1)
+                .thread_name(|_| "mtl-table".into())
+                .build()
+                .ok()
+        }) else {
+            return work();
+        };
         let shared = std::sync::OnceLock::new();
-        let (table, shared_rows) = (self, &shared);
-        std::thread::scope(|scope| {
-            let helper = scope.spawn(move || {
+        let (table, shared_rows) = (&mut *self, &shared);
+        // ends when both sides are done; a panic on the second thread reaches this one
+        let out = helper.in_place_scope(|scope| {
+            scope.spawn(move |_| {
                 table.take_deferred();
                 let (ahead, split) = split_rows(next, current);
                 table.split = Some(split);
@@ -586,11 +604,10 @@ impl SparseAdam {
             if let Some(rows) = shared.get() {
                 rows.take_chunks();
             }
-            if let Err(panic) = helper.join() {
-                std::panic::resume_unwind(panic);
-            }
             out
-        })
+        });
+        self.helper = Some(helper);
+        out
     }
 
     /// Ends the step [`SparseAdam::advance`] started: the row-wise Adam update of the rows
