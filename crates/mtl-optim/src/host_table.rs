@@ -37,7 +37,6 @@ use std::path::{Path, PathBuf};
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::OptimError;
-use crate::helper::Helper;
 use crate::lazy_file;
 use crate::moments::{read_moments, write_moments};
 use crate::replay::{Betas, Fresh, LazyFreshMap, Missed, ReplayRow, ReplayRows};
@@ -298,7 +297,7 @@ pub struct SparseAdam {
     /// The thread that takes a pipelined step's second-thread work
     /// ([`SparseAdam::prepare_beside`]): started by the first such step and kept (a thread
     /// started for every step cost the calling thread the start, each step).
-    helper: Option<Helper>,
+    helper: Option<rayon::ThreadPool>,
 }
 
 impl SparseAdam {
@@ -577,25 +576,30 @@ impl SparseAdam {
         }
         // without a thread to do it on, the step is taken as without `prepare_beside`: the
         // same floats (the gathers replay the rows, `apply` updates them all)
-        let Some(mut helper) = self.helper.take().or_else(Helper::new) else {
+        let Some(helper) = self.helper.take().or_else(|| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(1)
+                .thread_name(|_| "mtl-table".into())
+                .build()
+                .ok()
+        }) else {
             return work();
         };
         let shared = std::sync::OnceLock::new();
         let (table, shared_rows) = (&mut *self, &shared);
-        let side = move || {
-            let table = table; // taken whole: the rows it lends outlive this call
-            table.take_deferred();
-            let (ahead, split) = split_rows(next, current);
-            table.split = Some(split);
-            // the rows an earlier step left waiting were updated just above
-            if let Some((replay, rows, _)) = SparseAdam::rows_behind(table, &ahead) {
-                shared_rows
-                    .get_or_init(|| SharedReplay::new(replay, rows))
-                    .take_chunks();
-            }
-        };
         // ends when both sides are done; a panic on the second thread reaches this one
-        let out = helper.beside(side, || {
+        let out = helper.in_place_scope(|scope| {
+            scope.spawn(move |_| {
+                table.take_deferred();
+                let (ahead, split) = split_rows(next, current);
+                table.split = Some(split);
+                // the rows an earlier step left waiting were updated just above
+                if let Some((replay, rows, _)) = SparseAdam::rows_behind(table, &ahead) {
+                    shared_rows
+                        .get_or_init(|| SharedReplay::new(replay, rows))
+                        .take_chunks();
+                }
+            });
             let out = work();
             if let Some(rows) = shared.get() {
                 rows.take_chunks();

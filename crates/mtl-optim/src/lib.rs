@@ -19,7 +19,6 @@
 pub mod average;
 pub mod device_table;
 mod error;
-mod helper;
 pub mod host_table;
 mod lazy_file;
 pub mod moments;
