@@ -3,18 +3,23 @@
 //! backward, Adam) on the torch-rechub example configuration (20 fields, embed 16, batch 1024):
 //! through burn's dense embedding gradient for every model, and as `mtl train` runs it by
 //! default (row-sparse: gather the batch's rows, row-wise Adam) for ESMM and MMOE.
+//! Apart from the backends: catch-up's replay of the steps a row missed, exact and strided, on
+//! a table small enough to stay in cache — the replay's arithmetic alone (`catch_up/…`;
+//! `RAYON_NUM_THREADS=1` for one thread's cost).
 //! `cargo xtask bench` runs them; `MTL_BENCH_VOCAB` sets the ids per field.
 
 use std::hint::black_box;
 
 use burn::module::Module;
 use burn::optim::GradientsParams;
+use burn::tensor::{Device, TensorData};
 use burn::tensor::{Distribution, Tensor};
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use mtl_features::backend::usable_backends;
 use mtl_features::{BatchTensors, EncodedData, Encoder, Schema, StateFitter, ValidSchema};
 use mtl_layers::{MlpSpec, MultiTaskModel};
 use mtl_models::{ModelConfig, Models};
+use mtl_optim::{CatchUpReplay, RowAdamConfig, SparseAdam, SparseAdamConfig};
 use mtl_trainer::fit::loader::Batch;
 use mtl_trainer::fit::step::Stepper;
 use mtl_trainer::{EmbeddingUpdate, Registry, TrainError, TrainSettings, WithModel};
@@ -202,6 +207,67 @@ fn benches(c: &mut Criterion) {
     }
 }
 
+/// Rows and width of the catch-up benchmarks' table.
+const CATCH_UP_ROWS: usize = 10_000;
+const CATCH_UP_DIM: usize = 16;
+
+/// A host table of [`CATCH_UP_ROWS`] rows whose every row took one step (so it has moments)
+/// and then missed `gap` steps (one other row took them), with the weight average; Adam with
+/// L2 decay 1e-3, as the defaults train the table.
+fn behind_table(replay: CatchUpReplay, gap: u64) -> SparseAdam {
+    let (rows, dim) = (CATCH_UP_ROWS, CATCH_UP_DIM);
+    let device = Device::flex();
+    let tensor = |v: Vec<f32>, n: usize| Tensor::<2>::from_data(TensorData::new(v, [n, dim]), &device);
+    let init = (0..rows * dim)
+        .map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 2e-4)
+        .collect();
+    let config = SparseAdamConfig {
+        adam: RowAdamConfig {
+            weight_decay: 1e-3,
+            ..RowAdamConfig::default()
+        },
+        catch_up: Some(replay),
+        average_decay: Some(0.99),
+    };
+    let mut table = SparseAdam::new(tensor(init, rows), config, &device);
+    let all: Vec<i32> = (0..rows as i32).collect();
+    let grad = (0..rows * dim)
+        .map(|i| ((i * 104729) % 2001) as f32 * 1e-6 - 1e-3)
+        .collect();
+    drop(table.gather(all.clone()));
+    table.step(&all, tensor(grad, rows), 1e-3);
+    // row `rows − 1` alone takes the next steps; the others fall behind
+    for _ in 0..gap {
+        drop(table.gather(vec![rows as i32 - 1]));
+        table.step(&[rows as i32 - 1], tensor(vec![1e-3; dim], 1), 1e-3);
+    }
+    table
+}
+
+/// Catch-up's replay of [`CATCH_UP_ROWS`] rows that missed `gap` steps each, exactly and in
+/// strides (`fast-catch-up`, the default): divide by the rows for one row's cost. The rows lie
+/// side by side in a table that stays in cache; a training step's rows are scattered over a
+/// larger one, so its replay also waits on memory.
+fn catch_up_benches(c: &mut Criterion) {
+    for gap in [12, 50, 350] {
+        for (name, replay) in [
+            ("exact", CatchUpReplay::Exact),
+            ("strided", CatchUpReplay::Strided),
+        ] {
+            c.bench_function(&format!("catch_up/{name}/gap{gap}/rows{CATCH_UP_ROWS}"), |b| {
+                b.iter_batched(
+                    || behind_table(replay, gap),
+                    |mut table| {
+                        table.catch_up();
+                        table
+                    },
+                    BatchSize::PerIteration,
+                )
+            });
+        }
+    }
+}
+
 /// Hands back the model built by the registry as a type-erased box of its forward.
 struct Return;
 
@@ -248,6 +314,6 @@ impl WithModel for Return {
 criterion_group! {
     name = micro;
     config = Criterion::default().sample_size(10);
-    targets = benches
+    targets = benches, catch_up_benches
 }
 criterion_main!(micro);
