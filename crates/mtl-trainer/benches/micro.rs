@@ -12,8 +12,7 @@ use std::hint::black_box;
 
 use burn::module::Module;
 use burn::optim::GradientsParams;
-use burn::tensor::{Device, TensorData};
-use burn::tensor::{Distribution, Tensor};
+use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use mtl_features::backend::usable_backends;
 use mtl_features::{BatchTensors, EncodedData, Encoder, Schema, StateFitter, ValidSchema};
@@ -207,8 +206,9 @@ fn benches(c: &mut Criterion) {
     }
 }
 
-/// Rows and width of the catch-up benchmarks' table.
+/// Rows of the catch-up benchmarks' table.
 const CATCH_UP_ROWS: usize = 10_000;
+/// Width of its rows (the examples' embedding width).
 const CATCH_UP_DIM: usize = 16;
 
 /// A host table of [`CATCH_UP_ROWS`] rows whose every row took one step (so it has moments)
@@ -247,7 +247,7 @@ fn behind_table(replay: CatchUpReplay, gap: u64) -> SparseAdam {
 /// Catch-up's replay of [`CATCH_UP_ROWS`] rows that missed `gap` steps each, exactly and in
 /// strides (`fast-catch-up`, the default): divide by the rows for one row's cost. The rows lie
 /// side by side in a table that stays in cache; a training step's rows are scattered over a
-/// larger one, so its replay also waits on memory.
+/// larger one.
 fn catch_up_benches(c: &mut Criterion) {
     for gap in [12, 50, 350] {
         for (name, replay) in [
